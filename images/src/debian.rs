@@ -1,0 +1,159 @@
+//! Debian packages on the build host: what is installed, installing what is
+//! missing (as root), fetching a package without installing it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DebianError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("missing packages {missing:?}; run as root (it installs them) or: apt-get install {}", missing.join(" "))]
+    MissingPackages { missing: Vec<String> },
+    #[error("`{command}` failed ({status}); last output:\n{tail}")]
+    Command { command: String, status: String, tail: String },
+}
+
+impl DebianError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// The installed version of a Debian package, `None` if not installed.
+pub fn installed_version(package: &str) -> Result<Option<String>, DebianError> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}\t${Version}", package])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(DebianError::io("run dpkg-query (is this a Debian host?)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(match text.split_once('\t') {
+        Some((status, version)) if out.status.success() && status.ends_with(" installed") => Some(version.trim().to_string()),
+        _ => None,
+    })
+}
+
+/// Installs whichever of `packages` are missing; refuses without root.
+pub fn ensure_packages(packages: &[&str], log: &mut dyn FnMut(&str)) -> Result<(), DebianError> {
+    let mut missing = Vec::new();
+    for p in packages {
+        if installed_version(p)?.is_none() {
+            missing.push(p.to_string());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DebianError::MissingPackages { missing });
+    }
+    log(&format!("installing {}", missing.join(" ")));
+    // An update first: a fresh machine may have no package lists at all.
+    let update = Command::new("apt-get").args(["-q", "update"]).stdout(Stdio::null()).status();
+    if !matches!(update, Ok(s) if s.success()) {
+        log("apt-get update failed; trying the install with the lists already here");
+    }
+    let out = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(DebianError::io("run apt-get"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DebianError::Command {
+            command: format!("apt-get install {}", missing.join(" ")),
+            status: out.status.to_string(),
+            tail: tail_lines(&String::from_utf8_lossy(&out.stderr), 20),
+        })
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The candidate version of `package` and the packages it depends on
+/// (`apt-cache show`), e.g. for a metapackage like `linux-image-cloud-amd64`.
+pub fn candidate(package: &str) -> Result<(String, Vec<String>), DebianError> {
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", package])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(DebianError::io("run apt-cache"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_show(&text).filter(|_| out.status.success()).ok_or_else(|| DebianError::Command {
+        command: format!("apt-cache show {package}"),
+        status: out.status.to_string(),
+        tail: "no such package in the apt lists (run apt-get update)".into(),
+    })
+}
+
+fn parse_show(text: &str) -> Option<(String, Vec<String>)> {
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).map(str::trim));
+    let version = field("Version:")?.to_string();
+    let depends = field("Depends:")
+        .map(|d| {
+            d.split(',')
+                .filter_map(|alt| alt.split('|').next())
+                .filter_map(|p| p.split_whitespace().next())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((version, depends))
+}
+
+/// Downloads `package`'s .deb into `dir` (no install); returns its path.
+pub fn download(package: &str, dir: &Path) -> Result<std::path::PathBuf, DebianError> {
+    let out = Command::new("apt-get")
+        .args(["download", "-q", package])
+        .current_dir(dir)
+        .output()
+        .map_err(DebianError::io("run apt-get download"))?;
+    if !out.status.success() {
+        return Err(DebianError::Command {
+            command: format!("apt-get download {package}"),
+            status: out.status.to_string(),
+            tail: tail_lines(&String::from_utf8_lossy(&out.stderr), 20),
+        });
+    }
+    let entries = std::fs::read_dir(dir).map_err(DebianError::io(format!("read {}", dir.display())))?;
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .ok_or_else(|| DebianError::Io {
+            what: format!("apt-get download {package}"),
+            source: std::io::Error::other("no .deb appeared"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_cache_show_is_parsed() {
+        let text = "Package: linux-image-cloud-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2), a | b\n";
+        let (v, deps) = parse_show(text).unwrap();
+        assert_eq!(v, "6.1.192-2");
+        assert_eq!(deps, ["linux-image-6.1.0-56-cloud-amd64", "a"]);
+        assert!(parse_show("Package: x\n").is_none());
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail_lines("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_lines("a", 5), "a");
+    }
+}

@@ -1,0 +1,12 @@
+//! bulkhead-images: everything the guest boots from.
+//!
+//! - [`kernel`]: the guest kernel, built from Debian's `linux-source-6.1` with
+//!   the project's config fragment and cached by input hash.
+//! - [`cache`]: where cached artifacts live.
+//! - [`debian`]: packages the builds need from the host.
+//! - [`initramfs`]: cpio archives the kernel unpacks as its first root.
+
+pub mod cache;
+pub mod debian;
+pub mod initramfs;
+pub mod kernel;
