@@ -1,0 +1,52 @@
+//! The `bulkhead` command line.
+
+mod kernel;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the command failed (the message says why and what to do)
+  2  bad usage";
+
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead", version, about = "Run OCI container images, each in its own KVM microVM", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build and locate the guest kernel every microVM boots.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Kernel(kernel::KernelCommand),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kernel(cmd) => kernel::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bulkhead: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

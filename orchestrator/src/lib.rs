@@ -1,0 +1,3 @@
+//! bulkhead: the CLI and (as it grows) the local runtime and control plane.
+
+pub mod cli;
