@@ -1,0 +1,100 @@
+//! The event loop both modes share: output chunks from reader threads, the
+//! exit of the process that runs it all, and a deadline.
+
+use std::io::Read;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Instant;
+
+use super::Stream;
+
+/// Where bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Out(Stream),
+    Control,
+    Collect,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Data(Channel, Vec<u8>),
+    /// A channel reached EOF.
+    Closed,
+    /// The process we wait for ended (its raw wait status rendered later).
+    Exited(std::process::ExitStatus),
+}
+
+/// Everything the loop gathered.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub control: Vec<u8>,
+    pub collect: Vec<u8>,
+    pub exit: Option<std::process::ExitStatus>,
+    pub timed_out: bool,
+}
+
+/// Reads `reader` to EOF on a thread, sending chunks as they come.
+pub fn spawn_reader(mut reader: impl Read + Send + 'static, channel: Channel, tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Event::Data(channel, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::Closed);
+    });
+}
+
+/// Runs until the process exited and every one of `channels` closed. At the
+/// deadline it calls `kill` once and keeps draining (the kill makes the
+/// process exit and its channels close).
+pub fn pump(
+    rx: &Receiver<Event>,
+    channels: usize,
+    deadline: Instant,
+    kill: &mut dyn FnMut(),
+    sink: &mut dyn FnMut(Stream, &[u8]),
+) -> Gathered {
+    let mut g = Gathered::default();
+    let mut open = channels;
+    while g.exit.is_none() || open > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let event = if g.timed_out { rx.recv().map_err(|_| RecvTimeoutError::Disconnected) } else { rx.recv_timeout(wait) };
+        match event {
+            Ok(Event::Data(ch, data)) => {
+                match ch {
+                    Channel::Out(s) => sink(s, &data),
+                    Channel::Control | Channel::Collect => {}
+                }
+                match ch {
+                    Channel::Out(Stream::Stdout) => g.stdout.extend(data),
+                    Channel::Out(Stream::Stderr) => g.stderr.extend(data),
+                    Channel::Control => g.control.extend(data),
+                    Channel::Collect => g.collect.extend(data),
+                }
+            }
+            Ok(Event::Closed) => open = open.saturating_sub(1),
+            Ok(Event::Exited(status)) => g.exit = Some(status),
+            Err(RecvTimeoutError::Timeout) => {
+                g.timed_out = true;
+                kill();
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    g
+}
+
+/// 0-255 like a shell reports it: the code, or 128+N when killed by signal N.
+pub fn shell_status(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
