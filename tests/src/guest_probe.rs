@@ -1,0 +1,131 @@
+//! Boots the project's guest kernel with a probe initramfs (static busybox +
+//! `bulkhead-agent probe`) under plain QEMU (`-M microvm`, TCG) on this host,
+//! and reads the probe's report from the serial console.
+//!
+//! This checks the kernel itself (config, ACPI power-off, SMP) before
+//! bulkhead-vmm can boot it; it then moves into the test host on the VMM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bulkhead_images::initramfs::CpioWriter;
+
+use crate::testhost::pump::{pump, shell_status, spawn_reader, Channel, Event};
+use crate::testhost::{Stream, TestHostError};
+
+/// The probe's `/init`: mount what a container runtime mounts, run the
+/// probe, power off through ACPI (QEMU exits only if that works).
+const PROBE_INIT: &str = r#"#!/bin/sh
+bb=/bin/busybox
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+$bb mkdir -p /dev/pts
+$bb mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+$bb ln -sf pts/ptmx /dev/ptmx
+$bb mount -t tmpfs tmpfs /tmp
+$bb --install -s
+/bin/bulkhead-agent probe --expect-cpus "$PROBE_CPUS"
+echo "probe: exit $?"
+$bb poweroff -f
+"#;
+
+/// What the probe boot showed.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    /// Lines starting with `probe: `, without the prefix.
+    pub lines: Vec<String>,
+    /// The whole serial console.
+    pub console: String,
+    /// QEMU's exit status: it exits by itself only when the guest powered
+    /// off through ACPI (with `-no-reboot`, a panic exits too, without the
+    /// probe's final line).
+    pub qemu_status: Option<i32>,
+    pub elapsed: Duration,
+}
+
+impl ProbeReport {
+    /// True when every check passed and the probe exited 0.
+    pub fn all_ok(&self) -> bool {
+        self.lines.iter().any(|l| l == "all ok") && self.lines.iter().any(|l| l == "exit 0")
+    }
+}
+
+/// The static agent built by `make agent` (in `$CARGO_TARGET_DIR`).
+pub fn static_agent_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("x86_64-unknown-linux-gnu/release/bulkhead-agent")
+}
+
+/// Boots `kernel` with the probe on `cpus` vCPUs; `live` sees console output.
+pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mut dyn FnMut(&[u8])) -> Result<ProbeReport, TestHostError> {
+    let started = Instant::now();
+    let work = tempfile::Builder::new().prefix("bulkhead-probe-").tempdir().map_err(TestHostError::io("create a work dir"))?;
+    let initrd = work.path().join("probe.cpio");
+    let mut w = CpioWriter::new(Vec::new());
+    let io = |what: &str| TestHostError::io(format!("probe initramfs: {what}"));
+    w.host_file("/bin/busybox", 0o755, Path::new("/bin/busybox")).map_err(io("busybox"))?;
+    w.symlink("/bin/sh", "busybox").map_err(io("sh"))?;
+    w.host_file("/bin/bulkhead-agent", 0o755, agent).map_err(io("agent"))?;
+    w.file("/init", 0o755, PROBE_INIT.as_bytes()).map_err(io("init"))?;
+    // The kernel opens /dev/console for init's stdio before init can mount devtmpfs.
+    w.char_device("/dev/console", 0o600, 5, 1).map_err(io("console"))?;
+    for d in ["/proc", "/sys", "/tmp"] {
+        w.dir(d, 0o755).map_err(io(d))?;
+    }
+    std::fs::write(&initrd, w.finish().map_err(io("finish"))?).map_err(io("write"))?;
+
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-smp", &cpus.to_string(), "-m", "512"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", &format!("console=ttyS0 panic=-1 PROBE_CPUS={cpus}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(TestHostError::io("start qemu-system-x86_64"))?;
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        spawn_reader(out, Channel::Out(Stream::Stdout), tx.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        spawn_reader(err, Channel::Out(Stream::Stderr), tx.clone());
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::Exited(status));
+            }
+        });
+    }
+    drop(tx);
+    let g = pump(
+        &rx,
+        2,
+        started + timeout,
+        &mut || {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        },
+        &mut |_, bytes| live(bytes),
+    );
+    let console = format!("{}{}", String::from_utf8_lossy(&g.stdout), String::from_utf8_lossy(&g.stderr));
+    if g.timed_out {
+        return Err(TestHostError::Timeout { after: timeout, console: crate::testhost::tail_lines(&console, 25) });
+    }
+    let lines = console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("probe: ").map(str::to_string))
+        .collect();
+    Ok(ProbeReport { lines, console, qemu_status: g.exit.map(shell_status), elapsed: started.elapsed() })
+}
