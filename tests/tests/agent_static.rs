@@ -1,6 +1,8 @@
 //! The agent's static build refuses programs that would need NSS (shared
 //! glibc libraries) at run time: a guest has none of them.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::process::Command;
 
 /// AGENT_RUSTFLAGS as the Makefile sets them, so this test and the real

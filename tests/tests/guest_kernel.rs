@@ -1,6 +1,8 @@
 //! The guest kernel: cached build with every listed symbol, and a probe boot
 //! that checks what containers need from it.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::process::Command;
 use std::time::Duration;
 

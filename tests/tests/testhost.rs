@@ -3,6 +3,8 @@
 //! nested host provides (hardware-like KVM, pivot_root on a tmpfs root) is
 //! checked in the mode this host takes.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::fs;
 use std::time::Duration;
 
