@@ -1,0 +1,170 @@
+//! `bulkhead-vmm` flags, and merging them over a `--config` JSON file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{ConfigError, DiskConfig, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig};
+
+pub const AFTER_HELP: &str = "\
+--config FILE.json takes the same settings (keys: kernel, initrd, cmdline, vcpus,
+memory_mib, disks [{path, read_only}], vsock {uds_path, cid}, net {tap, mac},
+serial, boot_timeline); flags given on the command line override it.
+
+The VMM adds to the kernel command line: panic=-1 and pci=off (unless panic=
+or pci= is given) and the virtio-mmio device declarations. Without --cmdline it
+starts from \"console=ttyS0 reboot=k\".
+
+Exit codes:
+  0    the guest powered off (ACPI S5) or rebooted (i8042 or ACPI reset)
+  1    the VMM failed (bad configuration, unreadable kernel, KVM error)
+  2    bad usage
+  3    the guest kernel panicked (pvpanic)
+  4    the guest crashed: triple fault, KVM internal/emulation error, failed
+       VM entry (a one-line reason goes to stderr)
+  130  stopped by SIGINT
+  143  stopped by SIGTERM
+Whether a workload succeeded is the guest agent's report, not this code.";
+
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead-vmm", version, about = "Run one KVM microVM: boot a Linux kernel with virtio-mmio devices", after_help = AFTER_HELP)]
+pub struct Args {
+    /// Guest kernel: ELF vmlinux (PVH entry if present) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs loaded next to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (1-64) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u8>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    /// A virtio-blk disk; append ",ro" for read-only (repeatable).
+    #[arg(long, value_name = "PATH[,ro]")]
+    pub disk: Vec<DiskConfig>,
+    /// Host side of virtio-vsock: this Unix socket accepts host connections
+    /// ("CONNECT <port>\n"); guest connections to host port P go to <PATH>_P.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID (3 or more).
+    #[arg(long, value_name = "N")]
+    pub vsock_cid: Option<u32>,
+    /// virtio-net on this TAP interface.
+    #[arg(long, value_name = "NAME")]
+    pub tap: Option<String>,
+    /// The guest NIC's MAC address.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<MacAddr>,
+    /// Where the serial console goes: stdout, none or a file [default: stdout].
+    #[arg(long, value_name = "stdout|none|PATH")]
+    pub serial: Option<SerialOutput>,
+    /// Settings as JSON; flags override them.
+    #[arg(long, value_name = "FILE.json")]
+    pub config: Option<PathBuf>,
+    /// Print boot milestones (kernel entry, guest stage codes) with their
+    /// microseconds since process start to stderr at exit.
+    #[arg(long)]
+    pub boot_timeline: bool,
+    /// Print KVM's supported CPUID table (for recording test data) and exit.
+    #[arg(long)]
+    pub dump_supported_cpuid: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("--config {path}: {detail}")]
+    ConfigFile { path: String, detail: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl Args {
+    /// The config file (if any) with every given flag on top.
+    pub fn into_config(self) -> Result<VmConfig, CliError> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?;
+                serde_json::from_str(&text).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?
+            }
+            None => VmConfig::default(),
+        };
+        if self.kernel.is_some() {
+            c.kernel = self.kernel;
+        }
+        if self.initrd.is_some() {
+            c.initrd = self.initrd;
+        }
+        if self.cmdline.is_some() {
+            c.cmdline = self.cmdline;
+        }
+        if let Some(v) = self.vcpus {
+            c.vcpus = v;
+        }
+        if let Some(m) = self.memory {
+            c.memory_mib = m;
+        }
+        if !self.disk.is_empty() {
+            c.disks = self.disk;
+        }
+        match (self.vsock_uds, self.vsock_cid, c.vsock.as_mut()) {
+            (None, None, _) => {}
+            (Some(uds_path), Some(cid), _) => c.vsock = Some(VsockConfig { uds_path, cid }),
+            (Some(uds_path), None, Some(v)) => v.uds_path = uds_path,
+            (None, Some(cid), Some(v)) => v.cid = cid,
+            _ => return Err(ConfigError::VsockHalf.into()),
+        }
+        match (self.tap, self.mac, c.net.as_mut()) {
+            (Some(tap), mac, _) => c.net = Some(NetConfig { tap, mac }),
+            (None, Some(mac), Some(n)) => n.mac = Some(mac),
+            (None, Some(_), None) => return Err(ConfigError::MacWithoutTap.into()),
+            (None, None, _) => {}
+        }
+        if let Some(s) = self.serial {
+            c.serial = s;
+        }
+        c.boot_timeline |= self.boot_timeline;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, CliError> {
+        Args::try_parse_from(std::iter::once("bulkhead-vmm").chain(args.iter().copied())).unwrap().into_config()
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-vmm-cli-{}.json", std::process::id()));
+        std::fs::write(&dir, r#"{"kernel":"/from-file","vcpus":4,"vsock":{"uds_path":"/v","cid":7},"serial":"none"}"#).unwrap();
+        let c = parse(&["--config", dir.to_str().unwrap(), "--vcpus", "2", "--vsock-cid", "9", "--disk", "/d,ro"]).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(c.kernel.as_deref(), Some(std::path::Path::new("/from-file")));
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.vsock, Some(VsockConfig { uds_path: "/v".into(), cid: 9 }));
+        assert_eq!(c.disks, vec![DiskConfig { path: "/d".into(), read_only: true }]);
+        assert_eq!(c.serial, SerialOutput::None);
+    }
+
+    #[test]
+    fn half_settings_and_bad_files_are_errors() {
+        assert!(matches!(parse(&["--vsock-cid", "3"]), Err(CliError::Config(ConfigError::VsockHalf))));
+        assert!(matches!(parse(&["--mac", "02:00:00:00:00:01"]), Err(CliError::Config(ConfigError::MacWithoutTap))));
+        assert!(matches!(parse(&["--config", "/no/such/file.json"]), Err(CliError::ConfigFile { .. })));
+        assert!(Args::try_parse_from(["bulkhead-vmm", "--disk", "x,bogus"]).is_err());
+        assert!(Args::try_parse_from(["bulkhead-vmm", "--serial", ""]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}
