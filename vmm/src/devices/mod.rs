@@ -1,0 +1,8 @@
+//! Devices the guest reaches through port I/O and MMIO.
+
+pub mod bus;
+pub mod ioapic;
+pub mod legacy;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};
