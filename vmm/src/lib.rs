@@ -1,7 +1,21 @@
 //! bulkhead-vmm: the microVM monitor.
 //!
-//! [`host`] tells what kind of KVM this machine offers; the VMM proper
-//! (builder, vCPUs, devices) is built on the rust-vmm crates pinned in the
-//! workspace.
+//! Firecracker's shape on the rust-vmm crates: [`builder`] is the only place
+//! that wires memory, kernel, devices and vCPUs together; [`vstate`] holds
+//! thin KVM wrappers; devices sit on a two-method [`devices::BusDevice`]
+//! range map; the vCPU loop's exit handling is the plain function
+//! [`vstate::vcpu::handle_exit`]; [`runner`] runs the threads.
 
+pub mod arch;
+pub mod boot;
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod devices;
+pub mod exit;
 pub mod host;
+pub mod layout;
+pub mod runner;
+pub mod timeline;
+pub mod tiny_guest;
+pub mod vstate;

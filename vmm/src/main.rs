@@ -1,10 +1,61 @@
-//! bulkhead-vmm binary. The monitor is being built (issue: bulkhead-vmm boots
-//! Linux); until then it reports the host's KVM kind and refuses to run.
+//! bulkhead-vmm: one process, one microVM. `--help` lists flags and exit codes.
 
 use std::process::ExitCode;
 
+use bulkhead_vmm::cli::Args;
+use bulkhead_vmm::exit::code;
+use bulkhead_vmm::{arch, builder, runner, timeline, vstate};
+use clap::Parser;
+
 fn main() -> ExitCode {
-    let kvm = bulkhead_vmm::host::detect();
-    eprintln!("bulkhead-vmm: not implemented yet (host KVM: {kvm})");
-    ExitCode::from(1)
+    timeline::mark_process_start();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return ExitCode::from(if usage { code::USAGE } else { code::GUEST_STOPPED });
+        }
+    };
+    if args.dump_supported_cpuid {
+        return dump_cpuid();
+    }
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let built = match builder::build(&config) {
+        Ok(b) => b,
+        Err(e) => return fail(&e),
+    };
+    let timeline = built.ctx.timeline.clone();
+    let reason = match runner::run(built) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if config.boot_timeline {
+        for (m, t) in timeline.events() {
+            eprintln!("bulkhead-vmm: boot-timeline {} {}us", m.name(), t.as_micros());
+        }
+        eprintln!("bulkhead-vmm: boot-timeline exit {}us", timeline::since_start().as_micros());
+    }
+    if let bulkhead_vmm::exit::ExitReason::Crash(why) = &reason {
+        eprintln!("bulkhead-vmm: {why}");
+    }
+    ExitCode::from(reason.code())
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("bulkhead-vmm: {e}");
+    ExitCode::from(code::VMM_ERROR)
+}
+
+fn dump_cpuid() -> ExitCode {
+    match vstate::vm::Vm::new().and_then(|vm| vm.supported_cpuid()) {
+        Ok(c) => {
+            print!("{}", arch::cpuid::render(c.as_slice()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }

@@ -1,0 +1,130 @@
+//! The one place that wires a VM together: memory, devices, kernel, tables
+//! and vCPUs, in the order they depend on each other.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use bulkhead_agent_proto::BOOT_STAGE_PORT;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::boot::{self, acpi, mptable, params, BootError, Entry};
+use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::devices::ioapic::{IrqLine, Ioapic};
+use crate::devices::legacy::{AcpiPm, BootStagePort, I8042, PvPanic};
+use crate::devices::serial::{SerialDevice, SerialOutput as SerialSink};
+use crate::devices::{Bus, BusError};
+use crate::exit::ExitSignal;
+use crate::layout::{self, IOAPIC_ADDR, IOAPIC_SIZE, IRQ_SERIAL, PORT_ACPI_SLEEP_CONTROL, PORT_COM1, PORT_I8042, PORT_PVPANIC};
+use crate::timeline::Timeline;
+use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    #[error("guest memory of {mib} MiB: {detail}")]
+    Memory { mib: u32, detail: String },
+    #[error("serial output {path}: {source}")]
+    SerialFile { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
+}
+
+/// A VM ready to run.
+#[derive(Debug)]
+pub struct BuiltVm {
+    pub vm: Vm,
+    pub mem: GuestMemoryMmap,
+    pub vcpus: Vec<Vcpu>,
+    pub ctx: VcpuContext,
+    pub serial: Arc<Mutex<SerialDevice>>,
+}
+
+pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
+    config.validate()?;
+    if !config.disks.is_empty() {
+        return Err(BuildError::Unsupported("--disk (virtio-blk)"));
+    }
+    if config.vsock.is_some() {
+        return Err(BuildError::Unsupported("--vsock-uds (virtio-vsock)"));
+    }
+    if config.net.is_some() {
+        return Err(BuildError::Unsupported("--tap (virtio-net)"));
+    }
+    let kernel_path = config.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
+
+    let vm = Vm::new()?;
+    let mem_bytes = u64::from(config.memory_mib) << 20;
+    let ranges: Vec<(GuestAddress, usize)> =
+        layout::ram_ranges(mem_bytes).into_iter().map(|(start, len)| (GuestAddress(start), len as usize)).collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| BuildError::Memory { mib: config.memory_mib, detail: e.to_string() })?;
+    vm.register_memory(&mem)?;
+
+    let exit = Arc::new(ExitSignal::new()?);
+    let timeline = Arc::new(Timeline::default());
+    let ioapic_id = mptable::ioapic_id(config.vcpus);
+    let ioapic = Arc::new(Mutex::new(Ioapic::new(ioapic_id, vm.msi_sink())));
+
+    let mut mmio = Bus::new();
+    mmio.insert(ioapic.clone(), IOAPIC_ADDR, IOAPIC_SIZE)?;
+
+    let mut io = Bus::new();
+    let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine::new(ioapic.clone(), IRQ_SERIAL), serial_sink(&config.serial)?)));
+    io.insert(serial.clone(), u64::from(PORT_COM1), 8)?;
+    io.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), u64::from(PORT_I8042), 5)?;
+    io.insert(Arc::new(Mutex::new(AcpiPm::new(exit.clone()))), u64::from(PORT_ACPI_SLEEP_CONTROL), 3)?;
+    io.insert(Arc::new(Mutex::new(PvPanic::new(exit.clone()))), u64::from(PORT_PVPANIC), 1)?;
+    io.insert(Arc::new(Mutex::new(BootStagePort::new(timeline.clone()))), u64::from(BOOT_STAGE_PORT), 1)?;
+
+    let kernel = boot::load_kernel(&mem, kernel_path)?;
+    let initrd = match &config.initrd {
+        Some(p) => Some(boot::load_initrd(&mem, p, kernel.end, boot::initrd_addr_max(&kernel.entry))?),
+        None => None,
+    };
+    let cmdline = boot::build_cmdline(config.cmdline.as_deref(), &[])?;
+    boot::write_cmdline(&mem, &cmdline)?;
+    match kernel.entry {
+        Entry::Pvh(_) => params::write_pvh_start_info(&mem, initrd)?,
+        Entry::Linux64 { header, .. } => params::write_zero_page(&mem, header, cmdline.len(), initrd)?,
+    }
+    mptable::write(&mem, config.vcpus)?;
+    acpi::write(&mem, config.vcpus, ioapic_id)?;
+
+    let supported = vm.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        let vcpu = Vcpu::new(vm.create_vcpu(id)?, id);
+        vcpu.configure(&mem, &kernel.entry, config.vcpus, &supported)?;
+        vcpus.push(vcpu);
+    }
+
+    let ctx = VcpuContext { io: Arc::new(io), mmio: Arc::new(mmio), exit, timeline };
+    Ok(BuiltVm { vm, mem, vcpus, ctx, serial })
+}
+
+fn serial_sink(out: &SerialOutput) -> Result<SerialSink, BuildError> {
+    Ok(match out {
+        SerialOutput::Stdout => SerialSink::new(Some(Box::new(std::io::stdout()) as Box<dyn Write + Send>)),
+        SerialOutput::None => SerialSink::new(None),
+        SerialOutput::File(path) => {
+            let f = File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::SerialFile { path: path.display().to_string(), source })?;
+            SerialSink::new(Some(Box::new(f)))
+        }
+    })
+}

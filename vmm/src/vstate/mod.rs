@@ -1,0 +1,4 @@
+//! Thin wrappers over the KVM VM and vCPU file descriptors.
+
+pub mod vcpu;
+pub mod vm;
