@@ -10,27 +10,23 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bulkhead_images::initramfs::CpioWriter;
-
 use crate::testhost::pump::{pump, shell_status, spawn_reader, Channel, Event};
 use crate::testhost::{Stream, TestHostError};
 
 /// The probe's `/init`: mount what a container runtime mounts, run the
 /// probe, power off through ACPI (QEMU exits only if that works).
-const PROBE_INIT: &str = r#"#!/bin/sh
-bb=/bin/busybox
-$bb mount -t proc proc /proc
-$bb mount -t sysfs sysfs /sys
-$bb mount -t devtmpfs devtmpfs /dev
-$bb mkdir -p /dev/pts
-$bb mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
-$bb ln -sf pts/ptmx /dev/ptmx
-$bb mount -t tmpfs tmpfs /tmp
-$bb --install -s
-/bin/bulkhead-agent probe --expect-cpus "$PROBE_CPUS"
+const PROBE_RUN: &str = r#"/bin/bulkhead-agent probe --expect-cpus "$PROBE_CPUS"
 echo "probe: exit $?"
 $bb poweroff -f
 "#;
+
+/// The probe's initramfs: busybox, the static agent, an /init that runs the
+/// probe (expecting `$PROBE_CPUS` CPUs, from the kernel command line) and
+/// powers off.
+pub fn initramfs(agent: &Path) -> std::io::Result<Vec<u8>> {
+    let init = format!("#!/bin/sh\n{}{PROBE_RUN}", crate::guest_initramfs::MOUNTS);
+    crate::guest_initramfs::busybox(&init, &[("/bin/bulkhead-agent", agent)])
+}
 
 /// What the probe boot showed.
 #[derive(Debug, Clone)]
@@ -67,18 +63,8 @@ pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mu
     let started = Instant::now();
     let work = tempfile::Builder::new().prefix("bulkhead-probe-").tempdir().map_err(TestHostError::io("create a work dir"))?;
     let initrd = work.path().join("probe.cpio");
-    let mut w = CpioWriter::new(Vec::new());
-    let io = |what: &str| TestHostError::io(format!("probe initramfs: {what}"));
-    w.host_file("/bin/busybox", 0o755, Path::new("/bin/busybox")).map_err(io("busybox"))?;
-    w.symlink("/bin/sh", "busybox").map_err(io("sh"))?;
-    w.host_file("/bin/bulkhead-agent", 0o755, agent).map_err(io("agent"))?;
-    w.file("/init", 0o755, PROBE_INIT.as_bytes()).map_err(io("init"))?;
-    // The kernel opens /dev/console for init's stdio before init can mount devtmpfs.
-    w.char_device("/dev/console", 0o600, 5, 1).map_err(io("console"))?;
-    for d in ["/proc", "/sys", "/tmp"] {
-        w.dir(d, 0o755).map_err(io(d))?;
-    }
-    std::fs::write(&initrd, w.finish().map_err(io("finish"))?).map_err(io("write"))?;
+    let image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
+    std::fs::write(&initrd, image).map_err(TestHostError::io("write probe initramfs"))?;
 
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-smp", &cpus.to_string(), "-m", "512"])

@@ -34,6 +34,12 @@ pub const GUEST_KERNEL_PATH: &str = "/usr/share/bulkhead/vmlinux";
 /// Where the workspace's binaries are inside the nested test host.
 pub const BINARIES_DIR: &str = "/usr/local/bin";
 
+/// Debian's stock cloud kernel (bzImage) the nested test host boots on:
+/// also a guest kernel for tests that need a distribution kernel.
+pub fn stock_kernel() -> Result<PathBuf, TestHostError> {
+    Ok(assets::prepare(&mut |m| eprintln!("testhost: {m}"))?.kernel)
+}
+
 /// How the command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
