@@ -49,7 +49,7 @@ impl ProbeReport {
     }
 }
 
-/// The static agent built by `make agent` (in `$CARGO_TARGET_DIR`).
+/// The static agent built by `make static` (in `$CARGO_TARGET_DIR`).
 pub fn static_agent_path() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .filter(|d| !d.is_empty())

@@ -5,14 +5,14 @@
 
 use std::process::Command;
 
-/// AGENT_RUSTFLAGS as the Makefile sets them, so this test and the real
+/// STATIC_RUSTFLAGS as the Makefile sets them, so this test and the real
 /// build cannot drift apart.
 fn agent_rustflags() -> String {
     let makefile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Makefile")).unwrap();
     makefile
         .lines()
-        .find_map(|l| l.strip_prefix("AGENT_RUSTFLAGS := "))
-        .expect("AGENT_RUSTFLAGS in the Makefile")
+        .find_map(|l| l.strip_prefix("STATIC_RUSTFLAGS := "))
+        .expect("STATIC_RUSTFLAGS in the Makefile")
         .to_string()
 }
 
@@ -33,10 +33,13 @@ fn a_static_program_calling_getpwnam_fails_to_link() {
 }
 
 #[test]
-fn the_built_agent_is_static() {
+fn the_built_agent_and_vmm_are_static() {
     let agent = bulkhead_tests::guest_probe::static_agent_path();
-    let out = Command::new("readelf").arg("-d").arg(&agent).output().expect("readelf");
-    assert!(out.status.success(), "{}: not built? run `make agent`", agent.display());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("(NEEDED)"), "{} needs shared libraries:\n{text}", agent.display());
+    let vmm = agent.with_file_name("bulkhead-vmm");
+    for bin in [agent, vmm] {
+        let out = Command::new("readelf").arg("-d").arg(&bin).output().expect("readelf");
+        assert!(out.status.success(), "{}: not built? run `make static`", bin.display());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("(NEEDED)"), "{} needs shared libraries:\n{text}", bin.display());
+    }
 }

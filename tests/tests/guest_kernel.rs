@@ -63,7 +63,7 @@ fn probe_boot_passes_every_check_and_powers_off() {
     let _vm = vm_lock();
     let k = built();
     let agent = guest_probe::static_agent_path();
-    assert!(agent.is_file(), "no static agent at {} (`make agent`)", agent.display());
+    assert!(agent.is_file(), "no static agent at {} (`make static`)", agent.display());
     let report = guest_probe::boot(&k.vmlinux, &agent, 2, Duration::from_secs(240), &mut |_| {}).unwrap();
     for check in ["cpus", "threads", "epoll", "setuid", "pty", "shebang", "overlay-tmpfs", "filesystems"] {
         assert!(

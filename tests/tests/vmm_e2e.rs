@@ -56,7 +56,7 @@ fn script(runs: &[(&str, &str, &str)]) -> String {
 fn guest_cpio(dir: &std::path::Path) -> std::path::PathBuf {
     let init = format!("#!/bin/sh\n{}{ACTIONS}", guest_initramfs::MOUNTS);
     let agent = guest_probe::static_agent_path();
-    assert!(agent.is_file(), "no static agent at {} (`make agent`)", agent.display());
+    assert!(agent.is_file(), "no static agent at {} (`make static`)", agent.display());
     let path = dir.join("guest.cpio");
     std::fs::write(&path, guest_initramfs::busybox(&init, &[("/bin/bulkhead-agent", &agent)]).unwrap()).unwrap();
     path

@@ -9,7 +9,7 @@ use crate::config::{ConfigError, DiskConfig, MacAddr, NetConfig, SerialOutput, V
 pub const AFTER_HELP: &str = "\
 --config FILE.json takes the same settings (keys: kernel, initrd, cmdline, vcpus,
 memory_mib, disks [{path, read_only}], vsock {uds_path, cid}, net {tap, mac},
-serial, boot_timeline); flags given on the command line override it.
+serial, boot_timeline, memory_report); flags given on the command line override it.
 
 The VMM adds to the kernel command line: panic=-1 and pci=off (unless panic=
 or pci= is given) and the virtio-mmio device declarations. Without --cmdline it
@@ -70,6 +70,10 @@ pub struct Args {
     /// microseconds since process start to stderr at exit.
     #[arg(long)]
     pub boot_timeline: bool,
+    /// Print peak RSS, the guest memory's resident part and the VMM's
+    /// overhead (the difference) to stderr at exit.
+    #[arg(long)]
+    pub memory_report: bool,
     /// Print KVM's supported CPUID table (for recording test data) and exit.
     #[arg(long)]
     pub dump_supported_cpuid: bool,
@@ -128,6 +132,7 @@ impl Args {
             c.serial = s;
         }
         c.boot_timeline |= self.boot_timeline;
+        c.memory_report |= self.memory_report;
         Ok(c)
     }
 }

@@ -192,6 +192,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Print the boot timeline (stage codes with times) on exit.
     pub boot_timeline: bool,
+    /// Print peak RSS, guest-resident memory and the difference on exit.
+    pub memory_report: bool,
 }
 
 impl Default for VmConfig {
@@ -207,6 +209,7 @@ impl Default for VmConfig {
             net: None,
             serial: SerialOutput::Stdout,
             boot_timeline: false,
+            memory_report: false,
         }
     }
 }

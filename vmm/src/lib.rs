@@ -15,6 +15,7 @@ pub mod devices;
 pub mod exit;
 pub mod host;
 pub mod layout;
+pub mod memory_report;
 pub mod runner;
 pub mod timeline;
 pub mod tiny_guest;

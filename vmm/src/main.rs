@@ -29,10 +29,19 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let timeline = built.ctx.timeline.clone();
-    let reason = match runner::run(built) {
+    let ended = match runner::run(built, config.memory_report) {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    let reason = ended.reason;
+    if let Some(m) = ended.memory {
+        eprintln!(
+            "bulkhead-vmm: memory peak_rss_kib={} guest_rss_kib={} overhead_kib={}",
+            m.peak_rss_kib,
+            m.guest_rss_kib,
+            m.overhead_kib()
+        );
+    }
     if config.boot_timeline {
         for (m, t) in timeline.events() {
             eprintln!("bulkhead-vmm: boot-timeline {} {}us", m.name(), t.as_micros());

@@ -9,9 +9,18 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::builder::BuiltVm;
 use crate::exit::ExitReason;
+use crate::memory_report::{self, MemoryReport};
 
-/// Runs the VM to its end. SIGINT and SIGTERM stop it.
-pub fn run(vm: BuiltVm) -> std::io::Result<ExitReason> {
+/// How the VM ended, and what the VMM measured on the way.
+#[derive(Debug)]
+pub struct Ended {
+    pub reason: ExitReason,
+    pub memory: Option<MemoryReport>,
+}
+
+/// Runs the VM to its end. SIGINT and SIGTERM stop it. With `measure`,
+/// the memory report is taken once the VM has stopped.
+pub fn run(vm: BuiltVm, measure: bool) -> std::io::Result<Ended> {
     // Block the stop signals in every thread (vCPU threads inherit the
     // mask) and read them from a signalfd here.
     let mut stop = SigSet::empty();
@@ -47,11 +56,12 @@ pub fn run(vm: BuiltVm) -> std::io::Result<ExitReason> {
         }
         if let Some(reason) = ctx.exit.reason() {
             serial.lock().unwrap_or_else(|p| p.into_inner()).flush_output();
+            let memory = if measure { memory_report::measure(&mem).ok() } else { None };
             // The vCPU threads may still be inside KVM_RUN: the process exit
             // that follows ends them; the VM and memory go with it.
             std::mem::forget(vm);
             std::mem::forget(mem);
-            return Ok(reason);
+            return Ok(Ended { reason, memory });
         }
     }
 }

@@ -20,7 +20,7 @@ struct Args {
     /// Guest kernel (default: the one `bulkhead kernel build` cached).
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Static agent binary (default: built by `make agent`).
+    /// Static agent binary (default: built by `make static`).
     #[arg(long)]
     agent: Option<PathBuf>,
     /// vCPUs of the probe VM.
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     };
     let agent = args.agent.clone().unwrap_or_else(guest_probe::static_agent_path);
     if !agent.is_file() {
-        eprintln!("bulkhead-guest-probe: no static agent at {}; run `make agent`", agent.display());
+        eprintln!("bulkhead-guest-probe: no static agent at {}; run `make static`", agent.display());
         return ExitCode::from(125);
     }
     eprintln!("booting {} on {} vCPUs under QEMU microvm (software emulation)...", kernel.display(), args.cpus);

@@ -13,10 +13,11 @@ use bulkhead_images::initramfs::CpioWriter;
 use super::{shell_quote, TestHost, TestHostError, BINARIES_DIR};
 
 /// Binaries of the workspace the test host carries: (dir under the target
-/// dir, name). The agent is static, built for the explicit target triple.
+/// dir, name). The agent and the VMM are the static builds (`make static`),
+/// as shipped.
 const WORKSPACE_BINARIES: &[(&str, &str)] = &[
     ("release", "bulkhead"),
-    ("release", "bulkhead-vmm"),
+    ("x86_64-unknown-linux-gnu/release", "bulkhead-vmm"),
     ("x86_64-unknown-linux-gnu/release", "bulkhead-agent"),
 ];
 
