@@ -13,9 +13,16 @@ use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::devices::ioapic::{IrqLine, Ioapic};
 use crate::devices::legacy::{AcpiPm, BootStagePort, I8042, PvPanic};
 use crate::devices::serial::{SerialDevice, SerialOutput as SerialSink};
+use crate::devices::virtio::block::{Block, FileDisk};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::{Bus, BusError};
 use crate::exit::ExitSignal;
-use crate::layout::{self, IOAPIC_ADDR, IOAPIC_SIZE, IRQ_SERIAL, PORT_ACPI_SLEEP_CONTROL, PORT_COM1, PORT_I8042, PORT_PVPANIC};
+use crate::layout::{
+    self, IOAPIC_ADDR, IOAPIC_SIZE, IRQ_SERIAL, PORT_ACPI_SLEEP_CONTROL, PORT_COM1, PORT_I8042, PORT_PVPANIC, VIRTIO_IRQS, VIRTIO_MMIO_BASE,
+    VIRTIO_MMIO_SIZE,
+};
 use crate::timeline::Timeline;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -40,6 +47,10 @@ pub enum BuildError {
     Io(#[from] std::io::Error),
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
+    #[error("disk {path}: {source}")]
+    Disk { path: String, source: std::io::Error },
+    #[error("too many virtio devices: at most {0}")]
+    TooManyDevices(usize),
 }
 
 /// A VM ready to run.
@@ -54,9 +65,6 @@ pub struct BuiltVm {
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     config.validate()?;
-    if !config.disks.is_empty() {
-        return Err(BuildError::Unsupported("--disk (virtio-blk)"));
-    }
     if config.vsock.is_some() {
         return Err(BuildError::Unsupported("--vsock-uds (virtio-vsock)"));
     }
@@ -88,6 +96,14 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     io.insert(Arc::new(Mutex::new(PvPanic::new(exit.clone()))), u64::from(PORT_PVPANIC), 1)?;
     io.insert(Arc::new(Mutex::new(BootStagePort::new(timeline.clone()))), u64::from(BOOT_STAGE_PORT), 1)?;
 
+    let mut virtio = VirtioSlots { mem: &mem, ioapic: &ioapic, mmio: &mut mmio, declared: Vec::new() };
+    for (i, d) in config.disks.iter().enumerate() {
+        let disk = FileDisk::open(&d.path, d.read_only).map_err(|source| BuildError::Disk { path: d.path.display().to_string(), source })?;
+        virtio.add(Box::new(Block::new(Box::new(disk), d.read_only, &format!("bulkhead-disk{i}"))))?;
+    }
+    virtio.add(Box::new(Rng::new()))?;
+    let virtio_devices = virtio.declared;
+
     let kernel = boot::load_kernel(&mem, kernel_path)?;
     let initrd = match &config.initrd {
         Some(p) => Some(boot::load_initrd(&mem, p, kernel.end, boot::initrd_addr_max(&kernel.entry))?),
@@ -100,7 +116,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
         Entry::Linux64 { header, .. } => params::write_zero_page(&mem, header, cmdline.len(), initrd)?,
     }
     mptable::write(&mem, config.vcpus)?;
-    acpi::write(&mem, config.vcpus, ioapic_id)?;
+    acpi::write(&mem, config.vcpus, ioapic_id, &virtio_devices)?;
 
     let supported = vm.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -112,6 +128,28 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
 
     let ctx = VcpuContext { io: Arc::new(io), mmio: Arc::new(mmio), exit, timeline };
     Ok(BuiltVm { vm, mem, vcpus, ctx, serial })
+}
+
+/// Hands out virtio-mmio windows and IRQs in order, and records each
+/// device for the DSDT.
+struct VirtioSlots<'a> {
+    mem: &'a GuestMemoryMmap,
+    ioapic: &'a Arc<Mutex<Ioapic>>,
+    mmio: &'a mut Bus,
+    declared: Vec<acpi::MmioDevice>,
+}
+
+impl VirtioSlots<'_> {
+    fn add(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), BuildError> {
+        let n = self.declared.len();
+        let irq = *VIRTIO_IRQS.get(n).ok_or(BuildError::TooManyDevices(VIRTIO_IRQS.len()))?;
+        let base = VIRTIO_MMIO_BASE + n as u64 * VIRTIO_MMIO_SIZE;
+        let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(self.ioapic.clone(), irq)));
+        let transport = MmioTransport::new(device, self.mem.clone(), interrupt);
+        self.mmio.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+        self.declared.push(acpi::MmioDevice { base, size: VIRTIO_MMIO_SIZE, irq });
+        Ok(())
+    }
 }
 
 fn serial_sink(out: &SerialOutput) -> Result<SerialSink, BuildError> {

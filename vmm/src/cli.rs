@@ -11,9 +11,10 @@ pub const AFTER_HELP: &str = "\
 memory_mib, disks [{path, read_only}], vsock {uds_path, cid}, net {tap, mac},
 serial, boot_timeline, memory_report); flags given on the command line override it.
 
-The VMM adds to the kernel command line: panic=-1 and pci=off (unless panic=
-or pci= is given) and the virtio-mmio device declarations. Without --cmdline it
-starts from \"console=ttyS0 reboot=k\".
+The VMM adds to the kernel command line panic=-1 and pci=off (unless panic= or
+pci= is given). Without --cmdline it starts from \"console=ttyS0 reboot=k\".
+Devices (COM1, virtio-mmio disks, vsock, net, rng, pvpanic) are described in the
+ACPI DSDT, CPUs in the MADT and the MP table: the guest kernel needs ACPI.
 
 Exit codes:
   0    the guest powered off (ACPI S5) or rebooted (i8042 or ACPI reset)

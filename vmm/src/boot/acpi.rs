@@ -3,7 +3,14 @@
 //! Hardware-reduced ACPI: no PM1 blocks or GPEs, power-off through the FADT's
 //! sleep control register and reboot through its reset register (both I/O
 //! ports the VMM serves). The MADT lists the CPUs and the IOAPIC; the DSDT
-//! describes COM1, the pvpanic device and the S5 sleep type.
+//! describes COM1, the pvpanic device, the virtio-mmio devices and the S5
+//! sleep type.
+//!
+//! virtio-mmio devices are declared here rather than with
+//! `virtio_mmio.device=` on the command line: with a split irqchip there is
+//! no legacy PIC, so Linux preallocates no ISA IRQ descriptors and a raw IRQ
+//! number from the command line fails `request_irq` (-EINVAL). Declared in
+//! ACPI, each interrupt goes through the GSI mapping and just works.
 
 use acpi_tables::aml;
 use acpi_tables::Aml;
@@ -32,8 +39,16 @@ const IAPC_NO_MSI: u16 = 1 << 3;
 const IAPC_NO_ASPM: u16 = 1 << 4;
 const IAPC_NO_CMOS_RTC: u16 = 1 << 5;
 
+/// A virtio-mmio device as the DSDT declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioDevice {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+}
+
 /// The tables as bytes, each with the address it is written at.
-pub fn build(vcpus: u8, ioapic_id: u8) -> Result<Vec<(u64, Vec<u8>)>, BootError> {
+pub fn build(vcpus: u8, ioapic_id: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, BootError> {
     let mut next = RSDP_ADDR + Rsdp::len() as u64;
     let mut place = |len: usize| {
         let addr = (next + 7) & !7;
@@ -41,7 +56,7 @@ pub fn build(vcpus: u8, ioapic_id: u8) -> Result<Vec<(u64, Vec<u8>)>, BootError>
         addr
     };
 
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio)?;
     let dsdt_addr = place(dsdt.len());
 
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
@@ -80,8 +95,8 @@ pub fn build(vcpus: u8, ioapic_id: u8) -> Result<Vec<(u64, Vec<u8>)>, BootError>
 }
 
 /// Writes the tables into guest memory.
-pub fn write(mem: &GuestMemoryMmap, vcpus: u8, ioapic_id: u8) -> Result<(), BootError> {
-    for (addr, bytes) in build(vcpus, ioapic_id)? {
+pub fn write(mem: &GuestMemoryMmap, vcpus: u8, ioapic_id: u8, virtio: &[MmioDevice]) -> Result<(), BootError> {
+    for (addr, bytes) in build(vcpus, ioapic_id, virtio)? {
         mem.write_slice(&bytes, GuestAddress(addr)).map_err(|source| BootError::GuestMemory { what: "ACPI tables", source })?;
     }
     Ok(())
@@ -97,7 +112,7 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     out
 }
 
-fn dsdt() -> Vec<u8> {
+fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, BootError> {
     let mut body = Vec::new();
     // \_S5: the SLP_TYP the guest writes to the sleep control register.
     let s5_type = ACPI_S5_SLEEP_TYPE;
@@ -123,9 +138,28 @@ fn dsdt() -> Vec<u8> {
     )
     .to_aml_bytes(&mut body);
 
+    for (i, d) in virtio.iter().enumerate() {
+        let (Ok(base), Ok(size)) = (u32::try_from(d.base), u32::try_from(d.size)) else {
+            return Err(BootError::Tables(format!("virtio-mmio window {:#x}+{:#x} is not below 4 GiB", d.base, d.size)));
+        };
+        if i > 0xfff {
+            return Err(BootError::Tables("too many virtio-mmio devices for ACPI names".into()));
+        }
+        let hid: &'static str = "LNRO0005";
+        let window = aml::Memory32Fixed::new(true, base, size);
+        let irq = aml::Interrupt::new(true, true, false, false, d.irq);
+        let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
+        let uid = i as u32;
+        aml::Device::new(
+            format!("_SB_.V{i:03X}").as_str().into(),
+            vec![&aml::Name::new("_HID".into(), &hid), &aml::Name::new("_UID".into(), &uid), &aml::Name::new("_CRS".into(), &crs)],
+        )
+        .to_aml_bytes(&mut body);
+    }
+
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     sdt.append_slice(&body);
-    sdt.as_slice().to_vec()
+    Ok(sdt.as_slice().to_vec())
 }
 
 #[cfg(test)]
@@ -142,7 +176,7 @@ mod tests {
 
     #[test]
     fn tables_checksum_and_point_at_each_other() {
-        let tables = build(2, 2).unwrap();
+        let tables = build(2, 2, &[]).unwrap();
         let find = |sig: &[u8]| tables.iter().find(|(_, b)| &b[..sig.len()] == sig).unwrap().clone();
         let (_, rsdp) = find(b"RSD PTR ");
         assert!(sums_to_zero(&rsdp[..20]) && sums_to_zero(&rsdp));
@@ -169,13 +203,19 @@ mod tests {
 
     #[test]
     fn dsdt_names_the_devices_and_s5() {
-        let d = dsdt();
+        let virtio = [MmioDevice { base: 0xd000_0000, size: 0x1000, irq: 5 }, MmioDevice { base: 0xd000_1000, size: 0x1000, irq: 6 }];
+        let d = dsdt(&virtio).unwrap();
         let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"_S5_") && has(b"COM1") && has(b"PEVT") && has(b"QEMU0001"));
+        assert!(has(b"V000") && has(b"V001") && has(b"LNRO0005"));
+        // Memory32Fixed descriptor (0x86) with the second window's base.
+        assert!(has(&[0x86, 9, 0, 1, 0x00, 0x10, 0x00, 0xd0]));
+        assert!(dsdt(&[MmioDevice { base: 1 << 32, size: 0x1000, irq: 5 }]).is_err());
     }
 
     #[test]
     fn the_most_vcpus_fit() {
-        build(crate::config::MAX_VCPUS, crate::config::MAX_VCPUS).unwrap();
+        let virtio: Vec<MmioDevice> = (0..10).map(|i| MmioDevice { base: 0xd000_0000 + i * 0x1000, size: 0x1000, irq: 5 }).collect();
+        build(crate::config::MAX_VCPUS, crate::config::MAX_VCPUS, &virtio).unwrap();
     }
 }

@@ -4,5 +4,6 @@ pub mod bus;
 pub mod ioapic;
 pub mod legacy;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

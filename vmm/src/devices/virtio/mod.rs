@@ -1,0 +1,127 @@
+//! virtio devices on the virtio-mmio transport (version 2, "modern").
+//!
+//! [`mmio::MmioTransport`] owns the register interface and the queues until
+//! the driver sets DRIVER_OK; then it hands them to the device
+//! ([`VirtioDevice::activate`]). Queue notifications run the device's queue
+//! handling on the notifying vCPU's thread; host-side events (sockets, TAP)
+//! come from the event loop. Both reach the device through its transport's
+//! mutex.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use super::ioapic::IrqLine;
+
+/// VIRTIO_F_VERSION_1: every device offers it (modern transport only).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_RING_F_EVENT_IDX.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// The interrupt status register's bits and the line behind them.
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: IrqLine,
+}
+
+impl VirtioInterrupt {
+    pub const USED_BUFFER: u32 = 1;
+    pub const CONFIG_CHANGE: u32 = 2;
+
+    pub fn new(irq: IrqLine) -> Self {
+        Self { status: AtomicU32::new(0), irq }
+    }
+
+    /// The device put buffers in a used ring.
+    pub fn signal_used(&self) {
+        self.status.fetch_or(Self::USED_BUFFER, Ordering::SeqCst);
+        self.irq.raise();
+    }
+
+    pub fn signal_config(&self) {
+        self.status.fetch_or(Self::CONFIG_CHANGE, Ordering::SeqCst);
+        self.irq.raise();
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    /// One per [`VirtioDevice::queue_max_sizes`] entry, validated.
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<VirtioInterrupt>,
+    /// Features the driver acknowledged (a subset of the offered ones).
+    pub features: u64,
+}
+
+impl std::fmt::Debug for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activation").field("queues", &self.queues.len()).field("features", &self.features).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("{0}")]
+    Device(String),
+}
+
+/// A virtio device behind the MMIO transport.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered (VIRTIO_F_VERSION_1 included).
+    fn features(&self) -> u64;
+    /// Device config space; out-of-range bytes read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Config space writes; ignored unless a device has writable fields.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// The driver notified queue `index` (already checked to exist).
+    fn queue_notify(&mut self, index: usize);
+    /// Back to the state before activation (the driver wrote status 0).
+    fn reset(&mut self);
+}
+
+/// Copies `config[offset..]` into `data`, zero where out of range.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| config.get(o)).copied().unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [9u8; 4];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+}
