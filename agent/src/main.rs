@@ -7,15 +7,20 @@
 use std::process::ExitCode;
 
 mod probe;
+mod vsock_probe;
 
 const USAGE: &str = "\
 usage: bulkhead-agent probe [--expect-cpus N]
        bulkhead-agent probe-setuid UID
+       bulkhead-agent probe-vsock-echo PORT
+       bulkhead-agent probe-vsock-call PORT MESSAGE
 
   probe         check the guest kernel: threads, epoll/eventfd/timerfd/signalfd,
                 setuid, a pty, a shebang script, overlay over tmpfs, filesystems.
                 Prints one line per check and `probe: all ok` or `probe: N failed`.
   probe-setuid  (used by probe) drop to UID and check that it cannot come back.
+  probe-vsock-echo  accept one vsock connection on PORT, echo it back
+  probe-vsock-call  connect to the host (CID 2) on PORT, send MESSAGE, print the reply
 
 exit codes: 0 all checks passed, 1 a check failed, 2 bad usage";
 
@@ -29,6 +34,14 @@ fn main() -> ExitCode {
         Some("probe-setuid") => match args.get(1).and_then(|s| s.parse::<u32>().ok()) {
             Some(uid) => probe::setuid_child(uid),
             None => usage_error("probe-setuid needs a numeric UID"),
+        },
+        Some("probe-vsock-echo") => match args.get(1).and_then(|s| s.parse::<u32>().ok()) {
+            Some(port) => vsock_probe::echo(port),
+            None => usage_error("probe-vsock-echo needs a numeric PORT"),
+        },
+        Some("probe-vsock-call") => match (args.get(1).and_then(|s| s.parse::<u32>().ok()), args.get(2)) {
+            (Some(port), Some(msg)) => vsock_probe::call(port, msg),
+            _ => usage_error("probe-vsock-call needs PORT and MESSAGE"),
         },
         Some("-h") | Some("--help") => {
             println!("{USAGE}");

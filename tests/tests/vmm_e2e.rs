@@ -18,6 +18,17 @@ case "$ACTION" in
 reboot) $bb reboot -f ;;
 panic) echo c > /proc/sysrq-trigger ;;
 probe) /bin/bulkhead-agent probe --expect-cpus "$CPUS"; echo "probe: exit $?"; $bb poweroff -f ;;
+virtio)
+	$bb mkdir -p /ro /rw
+	$bb mount -o ro /dev/vda /ro && $bb cat /ro/hello.txt
+	echo "serial=$($bb cat /sys/block/vda/serial)"
+	$bb mount /dev/vdb /rw && echo "written by the guest" > /rw/out.txt && $bb umount /rw && echo "rw-done"
+	echo "rng-bytes=$($bb head -c 16 /dev/hwrng | $bb wc -c)"
+	/bin/bulkhead-agent probe-vsock-echo 5000 &
+	echo_pid=$!
+	/bin/bulkhead-agent probe-vsock-call 6000 "ping from guest"
+	wait $echo_pid
+	$bb poweroff -f ;;
 *) $bb poweroff -f ;;
 esac
 "#;
@@ -108,4 +119,73 @@ fn debian_cloud_kernel_bzimage_boots_with_2_vcpus() {
     let cloud = c.get("cloud2").unwrap_or_else(|| panic!("stdout:\n{}\nstderr:\n{}", out.stdout_str(), out.stderr_str()));
     assert_eq!(cloud.exit, 0, "{}", cloud.serial);
     assert!(cloud.serial.contains("GUEST nproc=2"), "{}", cloud.serial);
+}
+
+fn mkfs(dir: &std::path::Path, name: &str, contents: Option<&std::path::Path>) -> std::path::PathBuf {
+    let img = dir.join(name);
+    let mut cmd = std::process::Command::new("mkfs.ext4");
+    cmd.arg("-q");
+    if let Some(src) = contents {
+        cmd.arg("-d").arg(src);
+    }
+    let status = cmd.arg(&img).arg("8M").status().expect("mkfs.ext4 (e2fsprogs)");
+    assert!(status.success());
+    img
+}
+
+#[test]
+fn virtio_disks_rng_and_vsock_both_ways() {
+    let _vm = vm_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cpio = guest_cpio(dir.path());
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("hello.txt"), "from the read-only disk\n").unwrap();
+    let ro = mkfs(dir.path(), "ro.img", Some(&src));
+    let rw = mkfs(dir.path(), "rw.img", None);
+    let back = dir.path().join("rw-back.img");
+    // The host listener answers the guest's call; once it has, the guest's
+    // echo listener is up, so the host's CONNECT cannot race it.
+    let script = r#"
+bulkhead-testkit vsock-listen /tmp/v.sock_6000 "pong from host" > /tmp/listen.out &
+lp=$!
+bulkhead-vmm --kernel "$BULKHEAD_KERNEL" --initrd /t/guest.cpio --serial /tmp/virtio.log \
+  --cmdline "console=ttyS0 quiet ACTION=virtio" --disk /t/ro.img,ro --disk /t/rw.img \
+  --vsock-uds /tmp/v.sock --vsock-cid 3 &
+vp=$!
+wait $lp
+cat /tmp/listen.out
+bulkhead-testkit vsock-connect /tmp/v.sock 5000 "echo me please"
+wait $vp; rc=$?
+cat /tmp/virtio.log
+echo "CASE virtio exit=$rc"
+"#;
+    let out = TestHost::new()
+        .unwrap()
+        .stage(&cpio, "/t/guest.cpio")
+        .stage(&ro, "/t/ro.img")
+        .stage(&rw, "/t/rw.img")
+        .collect("/t/rw.img", &back)
+        .timeout(Duration::from_secs(300))
+        .run(&["sh", "-c", script])
+        .unwrap();
+    let text = out.stdout_str();
+    let report = format!("stdout:\n{text}\nstderr:\n{}", out.stderr_str());
+    let c = cases(&text);
+    let v = c.get("virtio").unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(v.exit, 0, "{report}");
+    for want in [
+        "from the read-only disk",
+        "serial=bulkhead-disk0",
+        "rw-done",
+        "rng-bytes=16",
+        "vsock-call: reply \"pong from host\"",
+        "vsock-echo: echoed 14 bytes",
+        "vsock-listen: got \"ping from guest\"",
+        "vsock-connect: reply \"echo me please\"",
+    ] {
+        assert!(v.serial.contains(want), "missing {want:?}\n{report}");
+    }
+    let cat = std::process::Command::new("debugfs").args(["-R", "cat /out.txt"]).arg(&back).output().expect("debugfs (e2fsprogs)");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "written by the guest\n");
 }

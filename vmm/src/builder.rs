@@ -16,6 +16,8 @@ use crate::devices::serial::{SerialDevice, SerialOutput as SerialSink};
 use crate::devices::virtio::block::{Block, FileDisk};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::event_loop::{EventLoop, Registry};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::{Bus, BusError};
 use crate::exit::ExitSignal;
@@ -49,6 +51,8 @@ pub enum BuildError {
     Unsupported(&'static str),
     #[error("disk {path}: {source}")]
     Disk { path: String, source: std::io::Error },
+    #[error("vsock socket {path}: {source}")]
+    Vsock { path: String, source: std::io::Error },
     #[error("too many virtio devices: at most {0}")]
     TooManyDevices(usize),
 }
@@ -61,13 +65,11 @@ pub struct BuiltVm {
     pub vcpus: Vec<Vcpu>,
     pub ctx: VcpuContext,
     pub serial: Arc<Mutex<SerialDevice>>,
+    pub event_loop: EventLoop,
 }
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     config.validate()?;
-    if config.vsock.is_some() {
-        return Err(BuildError::Unsupported("--vsock-uds (virtio-vsock)"));
-    }
     if config.net.is_some() {
         return Err(BuildError::Unsupported("--tap (virtio-net)"));
     }
@@ -96,10 +98,16 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     io.insert(Arc::new(Mutex::new(PvPanic::new(exit.clone()))), u64::from(PORT_PVPANIC), 1)?;
     io.insert(Arc::new(Mutex::new(BootStagePort::new(timeline.clone()))), u64::from(BOOT_STAGE_PORT), 1)?;
 
-    let mut virtio = VirtioSlots { mem: &mem, ioapic: &ioapic, mmio: &mut mmio, declared: Vec::new() };
+    let mut event_loop = EventLoop::new()?;
+    let mut virtio = VirtioSlots { mem: &mem, ioapic: &ioapic, mmio: &mut mmio, event_loop: &mut event_loop, declared: Vec::new() };
     for (i, d) in config.disks.iter().enumerate() {
         let disk = FileDisk::open(&d.path, d.read_only).map_err(|source| BuildError::Disk { path: d.path.display().to_string(), source })?;
         virtio.add(Box::new(Block::new(Box::new(disk), d.read_only, &format!("bulkhead-disk{i}"))))?;
+    }
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(u64::from(v.cid), &v.uds_path, virtio.registry())
+            .map_err(|source| BuildError::Vsock { path: v.uds_path.display().to_string(), source })?;
+        virtio.add(Box::new(vsock))?;
     }
     virtio.add(Box::new(Rng::new()))?;
     let virtio_devices = virtio.declared;
@@ -127,7 +135,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     }
 
     let ctx = VcpuContext { io: Arc::new(io), mmio: Arc::new(mmio), exit, timeline };
-    Ok(BuiltVm { vm, mem, vcpus, ctx, serial })
+    Ok(BuiltVm { vm, mem, vcpus, ctx, serial, event_loop })
 }
 
 /// Hands out virtio-mmio windows and IRQs in order, and records each
@@ -136,17 +144,24 @@ struct VirtioSlots<'a> {
     mem: &'a GuestMemoryMmap,
     ioapic: &'a Arc<Mutex<Ioapic>>,
     mmio: &'a mut Bus,
+    event_loop: &'a mut EventLoop,
     declared: Vec<acpi::MmioDevice>,
 }
 
 impl VirtioSlots<'_> {
+    /// The event registry of the next device added.
+    fn registry(&self) -> Registry {
+        self.event_loop.registry(self.event_loop.next_device_index())
+    }
+
     fn add(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), BuildError> {
         let n = self.declared.len();
         let irq = *VIRTIO_IRQS.get(n).ok_or(BuildError::TooManyDevices(VIRTIO_IRQS.len()))?;
         let base = VIRTIO_MMIO_BASE + n as u64 * VIRTIO_MMIO_SIZE;
         let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(self.ioapic.clone(), irq)));
-        let transport = MmioTransport::new(device, self.mem.clone(), interrupt);
-        self.mmio.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(device, self.mem.clone(), interrupt)));
+        self.mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        self.event_loop.add_device(transport);
         self.declared.push(acpi::MmioDevice { base, size: VIRTIO_MMIO_SIZE, irq });
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod event_loop;
 pub mod exit;
 pub mod host;
 pub mod layout;

@@ -17,6 +17,7 @@ use super::{shell_quote, TestHost, TestHostError, BINARIES_DIR};
 /// as shipped.
 const WORKSPACE_BINARIES: &[(&str, &str)] = &[
     ("release", "bulkhead"),
+    ("release", "bulkhead-testkit"),
     ("x86_64-unknown-linux-gnu/release", "bulkhead-vmm"),
     ("x86_64-unknown-linux-gnu/release", "bulkhead-agent"),
 ];

@@ -137,7 +137,7 @@ fn execute(reader: &mut Reader<'_>, writer: &mut Writer<'_>, disk: &dyn DiskBack
 fn checked_range(sector: u64, len: u64, disk_size: u64) -> Option<u64> {
     let offset = sector.checked_mul(SECTOR_SIZE)?;
     let end = offset.checked_add(len)?;
-    (len % SECTOR_SIZE == 0 && end <= disk_size).then_some(offset)
+    (len.is_multiple_of(SECTOR_SIZE) && end <= disk_size).then_some(offset)
 }
 
 fn copy_from_disk(disk: &dyn DiskBackend, offset: u64, len: u64, writer: &mut Writer<'_>) -> (u8, usize) {

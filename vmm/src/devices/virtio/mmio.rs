@@ -212,14 +212,12 @@ impl MmioTransport {
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            reg::DRIVER_FEATURES => {
-                // Only between DRIVER and FEATURES_OK.
-                if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
-                        1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32),
-                        _ => {}
-                    }
+            // Only between DRIVER and FEATURES_OK.
+            reg::DRIVER_FEATURES if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32),
+                    _ => {}
                 }
             }
             reg::QUEUE_SEL => self.queue_sel = value,
@@ -267,7 +265,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32-bit, naturally aligned; anything else reads 0.
-        let value = if data.len() == 4 && offset % 4 == 0 { self.read_register(offset) } else { 0 };
+        let value = if data.len() == 4 && offset.is_multiple_of(4) { self.read_register(offset) } else { 0 };
         let bytes = value.to_le_bytes();
         for (i, d) in data.iter_mut().enumerate() {
             *d = bytes.get(i).copied().unwrap_or(0);
@@ -281,7 +279,7 @@ impl BusDevice for MmioTransport {
             }
             return;
         }
-        if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+        if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         }
     }
@@ -355,11 +353,14 @@ pub mod tests {
         u32::from_le_bytes(d)
     }
 
-    fn transport() -> (MmioTransport, Arc<Mutex<Vec<u64>>>, Arc<Mutex<Vec<usize>>>, Arc<Mutex<usize>>) {
+    /// The transport, and what its device saw: activations, notifies, resets.
+    type Seen = (Arc<Mutex<Vec<u64>>>, Arc<Mutex<Vec<usize>>>, Arc<Mutex<usize>>);
+
+    fn transport() -> (MmioTransport, Seen) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let p = Probe::default();
         let (a, n, rs) = (p.activations.clone(), p.notifies.clone(), p.resets.clone());
-        (MmioTransport::new(Box::new(p), mem, interrupt().0), a, n, rs)
+        (MmioTransport::new(Box::new(p), mem, interrupt().0), (a, n, rs))
     }
 
     /// Sets up both queues at valid addresses and drives status to DRIVER_OK.
@@ -385,7 +386,7 @@ pub mod tests {
 
     #[test]
     fn identifies_itself_and_its_config() {
-        let (mut t, ..) = transport();
+        let (mut t, _) = transport();
         assert_eq!(r(&mut t, reg::MAGIC), MAGIC);
         assert_eq!(r(&mut t, reg::VERSION), 2);
         assert_eq!(r(&mut t, reg::DEVICE_ID), 42);
@@ -400,7 +401,7 @@ pub mod tests {
 
     #[test]
     fn a_proper_bring_up_activates_with_the_acked_features() {
-        let (mut t, act, notes, _) = transport();
+        let (mut t, (act, notes, _)) = transport();
         bring_up(&mut t, 1, 1);
         assert!(t.is_activated());
         assert_eq!(*act.lock().unwrap(), vec![VIRTIO_F_VERSION_1 | 1]);
@@ -412,7 +413,7 @@ pub mod tests {
     #[test]
     fn legacy_or_unoffered_features_do_not_get_features_ok() {
         for (hi, lo) in [(0u32, 1u32), (1, 1 << 7)] {
-            let (mut t, act, ..) = transport();
+            let (mut t, (act, ..)) = transport();
             bring_up(&mut t, hi, lo);
             assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
             assert!(!t.is_activated());
@@ -423,7 +424,7 @@ pub mod tests {
 
     #[test]
     fn queue_and_feature_changes_after_driver_ok_are_ignored() {
-        let (mut t, ..) = transport();
+        let (mut t, _) = transport();
         bring_up(&mut t, 1, 1);
         w(&mut t, reg::QUEUE_SEL, 0);
         w(&mut t, reg::QUEUE_NUM, 2);
@@ -439,7 +440,7 @@ pub mod tests {
 
     #[test]
     fn invalid_queues_fail_activation_and_reset_recovers() {
-        let (mut t, act, _, resets) = transport();
+        let (mut t, (act, _, resets)) = transport();
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
         w(&mut t, reg::DRIVER_FEATURES, 1);
@@ -462,7 +463,7 @@ pub mod tests {
 
     #[test]
     fn odd_sizes_and_offsets_do_nothing() {
-        let (mut t, ..) = transport();
+        let (mut t, _) = transport();
         t.write(reg::STATUS, &[1]);
         t.write(reg::STATUS + 1, &1u32.to_le_bytes());
         t.write(reg::STATUS, &[1, 0, 0, 0, 0, 0, 0, 0]);
@@ -476,7 +477,7 @@ pub mod tests {
 
     #[test]
     fn bad_queue_sizes_are_refused() {
-        let (mut t, ..) = transport();
+        let (mut t, _) = transport();
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, reg::QUEUE_SEL, 0);
         for bad in [0u32, 3, 32, 1 << 16, u32::MAX] {

@@ -10,6 +10,7 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -102,6 +103,11 @@ pub trait VirtioDevice: Send {
     fn queue_notify(&mut self, index: usize);
     /// Back to the state before activation (the driver wrote status 0).
     fn reset(&mut self);
+    /// A file descriptor the device registered became ready (`events`:
+    /// epoll bits). Runs on the event loop thread.
+    fn host_event(&mut self, _token: u32, _events: u32) {}
+    /// Hands over what the device still holds for the host (VM exit).
+    fn flush_host(&mut self) {}
 }
 
 /// Copies `config[offset..]` into `data`, zero where out of range.
