@@ -107,7 +107,7 @@ pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mu
     );
     let console = format!("{}{}", String::from_utf8_lossy(&g.stdout), String::from_utf8_lossy(&g.stderr));
     if g.timed_out {
-        return Err(TestHostError::Timeout { after: timeout, console: crate::testhost::tail_lines(&console, 25) });
+        return Err(TestHostError::Timeout { after: timeout, output: String::new(), console: crate::testhost::tail_lines(&console, 25) });
     }
     let lines = console
         .lines()

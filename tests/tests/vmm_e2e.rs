@@ -24,6 +24,9 @@ virtio)
 	echo "serial=$($bb cat /sys/block/vda/serial)"
 	$bb mount /dev/vdb /rw && echo "written by the guest" > /rw/out.txt && $bb umount /rw && echo "rw-done"
 	echo "rng-bytes=$($bb head -c 16 /dev/hwrng | $bb wc -c)"
+	echo "mac=$($bb cat /sys/class/net/eth0/address)"
+	$bb ip addr add 10.0.2.2/24 dev eth0 && $bb ip link set eth0 up
+	$bb ping -c 3 -W 5 10.0.2.1 >/dev/null && echo "ping-ok"
 	/bin/bulkhead-agent probe-vsock-echo 5000 &
 	echo_pid=$!
 	/bin/bulkhead-agent probe-vsock-call 6000 "ping from guest"
@@ -134,7 +137,7 @@ fn mkfs(dir: &std::path::Path, name: &str, contents: Option<&std::path::Path>) -
 }
 
 #[test]
-fn virtio_disks_rng_and_vsock_both_ways() {
+fn virtio_disks_rng_net_and_vsock_both_ways() {
     let _vm = vm_lock();
     let dir = tempfile::tempdir().unwrap();
     let cpio = guest_cpio(dir.path());
@@ -144,17 +147,18 @@ fn virtio_disks_rng_and_vsock_both_ways() {
     let ro = mkfs(dir.path(), "ro.img", Some(&src));
     let rw = mkfs(dir.path(), "rw.img", None);
     let back = dir.path().join("rw-back.img");
-    // The host listener answers the guest's call; once it has, the guest's
-    // echo listener is up, so the host's CONNECT cannot race it.
+    // The host listener is bound before the VM starts; the FIFO unblocks
+    // once it has served the guest's call, and by then the guest's echo
+    // listener is up, so the host's CONNECT cannot race it.
     let script = r#"
-bulkhead-testkit vsock-listen /tmp/v.sock_6000 "pong from host" > /tmp/listen.out &
-lp=$!
+bulkhead-testkit tap-create tap0 && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up
+mkfifo /tmp/served
+bulkhead-testkit vsock-listen /tmp/v.sock_6000 "pong from host" /tmp/served
 bulkhead-vmm --kernel "$BULKHEAD_KERNEL" --initrd /t/guest.cpio --serial /tmp/virtio.log \
   --cmdline "console=ttyS0 quiet ACTION=virtio" --disk /t/ro.img,ro --disk /t/rw.img \
-  --vsock-uds /tmp/v.sock --vsock-cid 3 &
+  --vsock-uds /tmp/v.sock --vsock-cid 3 --tap tap0 --mac 02:00:00:00:00:02 &
 vp=$!
-wait $lp
-cat /tmp/listen.out
+cat /tmp/served
 bulkhead-testkit vsock-connect /tmp/v.sock 5000 "echo me please"
 wait $vp; rc=$?
 cat /tmp/virtio.log
@@ -166,7 +170,7 @@ echo "CASE virtio exit=$rc"
         .stage(&ro, "/t/ro.img")
         .stage(&rw, "/t/rw.img")
         .collect("/t/rw.img", &back)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(120))
         .run(&["sh", "-c", script])
         .unwrap();
     let text = out.stdout_str();
@@ -179,6 +183,8 @@ echo "CASE virtio exit=$rc"
         "serial=bulkhead-disk0",
         "rw-done",
         "rng-bytes=16",
+        "mac=02:00:00:00:00:02",
+        "ping-ok",
         "vsock-call: reply \"pong from host\"",
         "vsock-echo: echoed 14 bytes",
         "vsock-listen: got \"ping from guest\"",

@@ -15,6 +15,8 @@ use crate::devices::legacy::{AcpiPm, BootStagePort, I8042, PvPanic};
 use crate::devices::serial::{SerialDevice, SerialOutput as SerialSink};
 use crate::devices::virtio::block::{Block, FileDisk};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::tap::Tap;
+use crate::devices::virtio::net::{random_mac, Net};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{EventLoop, Registry};
@@ -51,6 +53,8 @@ pub enum BuildError {
     Unsupported(&'static str),
     #[error("disk {path}: {source}")]
     Disk { path: String, source: std::io::Error },
+    #[error("TAP {name}: {source}")]
+    Tap { name: String, source: std::io::Error },
     #[error("vsock socket {path}: {source}")]
     Vsock { path: String, source: std::io::Error },
     #[error("too many virtio devices: at most {0}")]
@@ -70,9 +74,6 @@ pub struct BuiltVm {
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     config.validate()?;
-    if config.net.is_some() {
-        return Err(BuildError::Unsupported("--tap (virtio-net)"));
-    }
     let kernel_path = config.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
 
     let vm = Vm::new()?;
@@ -103,6 +104,12 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     for (i, d) in config.disks.iter().enumerate() {
         let disk = FileDisk::open(&d.path, d.read_only).map_err(|source| BuildError::Disk { path: d.path.display().to_string(), source })?;
         virtio.add(Box::new(Block::new(Box::new(disk), d.read_only, &format!("bulkhead-disk{i}"))))?;
+    }
+    if let Some(n) = &config.net {
+        let tap_err = |source| BuildError::Tap { name: n.tap.clone(), source };
+        let tap = Tap::open(&n.tap).map_err(tap_err)?;
+        let mac = n.mac.map(|m| m.0).unwrap_or_else(random_mac);
+        virtio.add(Box::new(Net::new(tap, mac, &virtio.registry()).map_err(tap_err)?))?;
     }
     if let Some(v) = &config.vsock {
         let vsock = Vsock::new(u64::from(v.cid), &v.uds_path, virtio.registry())

@@ -55,7 +55,8 @@ pub struct Args {
     /// The guest's vsock CID (3 or more).
     #[arg(long, value_name = "N")]
     pub vsock_cid: Option<u32>,
-    /// virtio-net on this TAP interface.
+    /// virtio-net on this TAP interface (created if missing), or fd:N for an
+    /// open TAP file descriptor (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) passed in.
     #[arg(long, value_name = "NAME")]
     pub tap: Option<String>,
     /// The guest NIC's MAC address.

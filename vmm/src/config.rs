@@ -40,7 +40,7 @@ pub enum ConfigError {
     Mac(String),
     #[error("--mac needs --tap")]
     MacWithoutTap,
-    #[error("--tap {0:?}: interface names are 1 to 15 bytes")]
+    #[error("--tap {0:?}: interface names are 1 to 15 bytes (or fd:N for an open TAP)")]
     TapName(String),
     #[error("--serial {0:?}: expected stdout, none or a file path")]
     Serial(String),
@@ -238,7 +238,8 @@ impl VmConfig {
             }
         }
         if let Some(n) = &self.net {
-            if n.tap.is_empty() || n.tap.len() > 15 || n.tap.contains('/') {
+            let fd_form = n.tap.strip_prefix("fd:").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            if !fd_form && (n.tap.is_empty() || n.tap.len() > 15 || n.tap.contains('/')) {
                 return Err(ConfigError::TapName(n.tap.clone()));
             }
         }

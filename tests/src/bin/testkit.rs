@@ -4,9 +4,15 @@
 //!   vsock-connect UDS PORT MESSAGE  Firecracker-style: CONNECT PORT over the
 //!                                   VMM's Unix socket, send MESSAGE, half-close,
 //!                                   print the reply
-//!   vsock-listen PATH REPLY         accept one connection on the Unix socket
-//!                                   PATH (a VMM's <uds>_<port>), print what
-//!                                   arrives until EOF, answer REPLY
+//!   vsock-listen PATH REPLY REPORT  bind the Unix socket PATH (a VMM's
+//!                                   <uds>_<port>) and return once it is bound;
+//!                                   in the background accept one connection,
+//!                                   read it to EOF, answer REPLY, then write
+//!                                   what arrived to REPORT (a FIFO a script
+//!                                   can block on)
+//!   tap-create NAME                 create a persistent TAP (busybox has no
+//!                                   `ip tuntap`) so its address can be set
+//!                                   before a VMM opens it
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -17,8 +23,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["vsock-connect", uds, port, msg] => vsock_connect(uds, port, msg),
-        ["vsock-listen", path, reply] => vsock_listen(path, reply),
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY".into()),
+        ["vsock-listen", path, reply, report] => vsock_listen(path, reply, report),
+        ["tap-create", name] => tap_create(name),
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,14 +57,56 @@ fn vsock_connect(uds: &str, port: &str, msg: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn vsock_listen(path: &str, reply: &str) -> Result<(), String> {
+fn vsock_listen(path: &str, reply: &str, report: &str) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path).map_err(|e| format!("bind {path}: {e}"))?;
-    println!("vsock-listen: ready");
-    let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
-    let mut got = String::new();
-    s.read_to_string(&mut got).map_err(|e| e.to_string())?;
-    println!("vsock-listen: got {got:?}");
-    s.write_all(reply.as_bytes()).map_err(|e| e.to_string())?;
+    // Bound: the caller may go on. The serving half runs in a child, so
+    // "the command returned" means "the socket is there" without polling.
+    // SAFETY: this program is single-threaded, so fork duplicates no locks
+    // held by other threads.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Parent { .. } => return Ok(()),
+        nix::unistd::ForkResult::Child => {}
+    }
+    let served = (|| -> Result<String, String> {
+        let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
+        let mut got = String::new();
+        s.read_to_string(&mut got).map_err(|e| e.to_string())?;
+        s.write_all(reply.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(format!("vsock-listen: got {got:?}\n"))
+    })()
+    .unwrap_or_else(|e| format!("vsock-listen: {e}\n"));
+    let _ = std::fs::OpenOptions::new().write(true).open(report).and_then(|mut f| f.write_all(served.as_bytes()));
+    std::process::exit(0);
+}
+
+fn tap_create(name: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    const IFF_VNET_HDR: libc::c_short = 0x4000;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?}: 1 to 15 bytes"));
+    }
+    let tun = std::fs::File::options().read(true).write(true).open("/dev/net/tun").map_err(|e| format!("/dev/net/tun: {e}"))?;
+    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads an ifreq; `req` is one and outlives the call.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        return Err(format!("TUNSETIFF: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: TUNSETPERSIST takes its argument by value.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        return Err(format!("TUNSETPERSIST: {}", std::io::Error::last_os_error()));
+    }
+    println!("tap-create: {name}");
     Ok(())
 }

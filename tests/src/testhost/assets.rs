@@ -21,9 +21,9 @@ const INIT_SCRIPT: &str = include_str!("../../testhost/init");
 const CLOUD_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// Modules the L1 machine loads (with their dependencies, in order):
-/// kvm-amd for nested KVM, virtio_pci + virtio_console for the stdio ports.
-/// Add here what later tests need (networking, vsock).
-const MODULES: &[&str] = &["kvm_amd", "virtio_pci", "virtio_console"];
+/// kvm-amd for nested KVM, virtio_pci + virtio_console for the stdio ports,
+/// tun for the VMs' TAP devices. Add here what later tests need.
+const MODULES: &[&str] = &["kvm_amd", "virtio_pci", "virtio_console", "tun"];
 
 /// Host tools the nested mode needs, and the packages that bring them.
 const TOOLS: &[(&str, &str)] = &[

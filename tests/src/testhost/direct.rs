@@ -73,7 +73,8 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         sink,
     );
     if gathered.timed_out {
-        return Err(TestHostError::Timeout { after: th.timeout, console: String::new() });
+        let output = format!("{}{}", String::from_utf8_lossy(&gathered.stdout), String::from_utf8_lossy(&gathered.stderr));
+        return Err(TestHostError::Timeout { after: th.timeout, output: super::tail_lines(&output, 25), console: String::new() });
     }
     let status = gathered.exit.map(shell_status).unwrap_or(125);
     for c in &th.collects {

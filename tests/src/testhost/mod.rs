@@ -88,8 +88,8 @@ pub enum TestHostError {
     StaleBinary { binary: PathBuf, source_file: PathBuf },
     #[error("the test host ended without reporting an exit status{}\n--- console (last lines) ---\n{console}", .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     NoStatus { reason: Option<String>, console: String },
-    #[error("the command timed out after {:?} in the test host\n--- console (last lines) ---\n{console}", .after)]
-    Timeout { after: Duration, console: String },
+    #[error("the command timed out after {:?} in the test host\n--- its output (last lines) ---\n{output}\n--- console (last lines) ---\n{console}", .after)]
+    Timeout { after: Duration, output: String, console: String },
     #[error("collect {guest}: {why}")]
     Collect { guest: String, why: String },
 }

@@ -84,7 +84,8 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
     let console_text = fs::read_to_string(&console).unwrap_or_default();
     let console_tail = tail_lines(&console_text, 25);
     if gathered.timed_out {
-        return Err(TestHostError::Timeout { after: th.timeout, console: console_tail });
+        let output = format!("{}{}", String::from_utf8_lossy(&gathered.stdout), String::from_utf8_lossy(&gathered.stderr));
+        return Err(TestHostError::Timeout { after: th.timeout, output: tail_lines(&output, 25), console: console_tail });
     }
     let control = String::from_utf8_lossy(&gathered.control).into_owned();
     let status = match control.lines().last().map(str::trim) {
