@@ -7,11 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::testhost::pump::{pump, shell_status, spawn_reader, Channel, Event};
-use crate::testhost::{Stream, TestHostError};
+use crate::testhost::pump::{shell_status, watch_child};
+use crate::testhost::TestHostError;
 
 /// The probe's `/init`: mount what a container runtime mounts, run the
 /// probe, power off through ACPI (QEMU exits only if that works).
@@ -66,7 +65,7 @@ pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mu
     let image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
     std::fs::write(&initrd, image).map_err(TestHostError::io("write probe initramfs"))?;
 
-    let mut child = Command::new("qemu-system-x86_64")
+    let child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-smp", &cpus.to_string(), "-m", "512"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
@@ -79,32 +78,7 @@ pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mu
         .stderr(Stdio::piped())
         .spawn()
         .map_err(TestHostError::io("start qemu-system-x86_64"))?;
-    let (tx, rx) = mpsc::channel();
-    if let Some(out) = child.stdout.take() {
-        spawn_reader(out, Channel::Out(Stream::Stdout), tx.clone());
-    }
-    if let Some(err) = child.stderr.take() {
-        spawn_reader(err, Channel::Out(Stream::Stderr), tx.clone());
-    }
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = tx.send(Event::Exited(status));
-            }
-        });
-    }
-    drop(tx);
-    let g = pump(
-        &rx,
-        2,
-        started + timeout,
-        &mut || {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        },
-        &mut |_, bytes| live(bytes),
-    );
+    let g = watch_child(child, started + timeout, false, &mut |_, bytes| live(bytes));
     let console = format!("{}{}", String::from_utf8_lossy(&g.stdout), String::from_utf8_lossy(&g.stderr));
     if g.timed_out {
         return Err(TestHostError::Timeout { after: timeout, output: String::new(), console: crate::testhost::tail_lines(&console, 25) });

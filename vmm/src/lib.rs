@@ -14,6 +14,8 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod host;
 pub mod layout;
 pub mod memory_report;

@@ -10,10 +10,9 @@ use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Instant;
 
-use super::pump::{pump, shell_status, spawn_reader, Channel, Event};
+use super::pump::{shell_status, watch_child};
 use super::{Mode, Output, Stream, TestHost, TestHostError};
 
 pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Output, TestHostError> {
@@ -41,37 +40,12 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         Err(e) => return Err(TestHostError::io(format!("start {}", argv[0]))(e)),
     };
 
-    let (tx, rx) = mpsc::channel();
     if let Some(mut stdin) = child.stdin.take() {
         let bytes = th.stdin.clone();
         // A command that does not read its stdin gets EPIPE here; that is fine.
         std::thread::spawn(move || stdin.write_all(&bytes));
     }
-    if let Some(out) = child.stdout.take() {
-        spawn_reader(out, Channel::Out(Stream::Stdout), tx.clone());
-    }
-    if let Some(err) = child.stderr.take() {
-        spawn_reader(err, Channel::Out(Stream::Stderr), tx.clone());
-    }
-    let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = tx.send(Event::Exited(status));
-            }
-        });
-    }
-    drop(tx);
-    let gathered = pump(
-        &rx,
-        2,
-        started + th.timeout,
-        &mut || {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        },
-        sink,
-    );
+    let gathered = watch_child(child, started + th.timeout, true, sink);
     if gathered.timed_out {
         let output = format!("{}{}", String::from_utf8_lossy(&gathered.stdout), String::from_utf8_lossy(&gathered.stderr));
         return Err(TestHostError::Timeout { after: th.timeout, output: super::tail_lines(&output, 25), console: String::new() });

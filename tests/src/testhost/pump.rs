@@ -93,6 +93,32 @@ pub fn pump(
     g
 }
 
+/// Runs `child` to its end or `deadline`: its piped stdout and stderr stream
+/// through `sink`; at the deadline it is killed with SIGKILL (its whole
+/// process group when `group`, for a child started with `process_group(0)`).
+pub fn watch_child(mut child: std::process::Child, deadline: Instant, group: bool, sink: &mut dyn FnMut(Stream, &[u8])) -> Gathered {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut channels = 0;
+    if let Some(out) = child.stdout.take() {
+        spawn_reader(out, Channel::Out(Stream::Stdout), tx.clone());
+        channels += 1;
+    }
+    if let Some(err) = child.stderr.take() {
+        spawn_reader(err, Channel::Out(Stream::Stderr), tx.clone());
+        channels += 1;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    std::thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            let _ = tx.send(Event::Exited(status));
+        }
+    });
+    let mut kill = || {
+        let _ = if group { nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL) } else { nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) };
+    };
+    pump(&rx, channels, deadline, &mut kill, sink)
+}
+
 /// 0-255 like a shell reports it: the code, or 128+N when killed by signal N.
 pub fn shell_status(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;

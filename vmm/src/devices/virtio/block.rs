@@ -16,7 +16,7 @@ use std::path::Path;
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{drain_queue, read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -166,6 +166,45 @@ fn copy_to_disk(disk: &dyn DiskBackend, offset: u64, len: u64, reader: &mut Read
     S_OK
 }
 
+/// A disk in memory (tests and fuzzing); out-of-range access is an error.
+#[derive(Debug)]
+pub struct MemDisk(std::sync::Mutex<Vec<u8>>);
+
+impl MemDisk {
+    pub fn new(data: Vec<u8>) -> Self {
+        Self(std::sync::Mutex::new(data))
+    }
+
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn range(&self, offset: u64, len: usize) -> std::io::Result<std::ops::Range<usize>> {
+        let start = usize::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let end = start.checked_add(len).filter(|e| *e <= self.size() as usize);
+        end.map(|e| start..e).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    }
+}
+
+impl DiskBackend for MemDisk {
+    fn size(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let r = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.0.lock().unwrap_or_else(|p| p.into_inner())[r]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let r = self.range(offset, buf.len())?;
+        self.0.lock().unwrap_or_else(|p| p.into_inner())[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct Block {
     disk: Box<dyn DiskBackend>,
     read_only: bool,
@@ -193,28 +232,9 @@ impl Block {
     }
 
     fn process_queue(&mut self) {
-        let Some(a) = &mut self.active else { return };
-        let mem = &a.mem;
-        let q = &mut a.queues[0];
-        let mut used_any = false;
-        loop {
-            // With EVENT_IDX, re-check after re-enabling notifications so a
-            // request that raced in is not left behind.
-            while let Some(chain) = q.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let done = process_request(mem, chain, self.disk.as_ref(), self.read_only, &self.id);
-                if q.add_used(mem, head, done.used_len).is_err() {
-                    return;
-                }
-                used_any = true;
-            }
-            match q.enable_notification(mem) {
-                Ok(true) => continue,
-                _ => break,
-            }
-        }
-        if used_any && q.needs_notification(mem).unwrap_or(true) {
-            a.interrupt.signal_used();
+        let Self { disk, read_only, id, active, .. } = self;
+        if let Some(a) = active {
+            drain_queue(a, 0, |mem, chain| process_request(mem, chain, disk.as_ref(), *read_only, id).used_len);
         }
     }
 }
@@ -257,7 +277,6 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
     use virtio_queue::Queue;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -265,27 +284,6 @@ mod tests {
 
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
-
-    #[derive(Debug)]
-    pub struct MemDisk(pub Mutex<Vec<u8>>);
-
-    impl DiskBackend for MemDisk {
-        fn size(&self) -> u64 {
-            self.0.lock().unwrap().len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            let d = self.0.lock().unwrap();
-            buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
-            Ok(())
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.0.lock().unwrap()[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
-            Ok(())
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
@@ -310,7 +308,7 @@ mod tests {
     }
 
     fn disk(sectors: usize) -> MemDisk {
-        MemDisk(Mutex::new((0..sectors * 512).map(|i| (i / 512) as u8).collect()))
+        MemDisk::new((0..sectors * 512).map(|i| (i / 512) as u8).collect())
     }
 
     #[test]
@@ -328,7 +326,7 @@ mod tests {
         header(&m, 0x4000, T_OUT, 5);
         let c = run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x7000, 512, F_NEXT), desc(0x6000, 1, F_WRITE)]);
         assert_eq!(c.status, Some(S_OK));
-        assert_eq!(d.0.lock().unwrap()[5 * 512], 0x77);
+        assert_eq!(d.contents()[5 * 512], 0x77);
 
         header(&m, 0x4000, T_FLUSH, 0);
         assert_eq!(run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x6000, 1, F_WRITE)]).status, Some(S_OK));
@@ -355,7 +353,7 @@ mod tests {
             let c = run(&m, &d, ro, &[desc(0x4000, 16, F_NEXT), desc(0x5000, len, flags), desc(0x6000, 1, F_WRITE)]);
             assert_eq!(c.status, Some(S_IOERR), "{kind} {sector} {len} {ro}");
         }
-        assert_eq!(d.0.lock().unwrap()[0], 0, "nothing written to the read-only disk");
+        assert_eq!(d.contents()[0], 0, "nothing written to the read-only disk");
         header(&m, 0x4000, 0x55, 0);
         assert_eq!(run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x6000, 1, F_WRITE)]).status, Some(S_UNSUPP));
     }

@@ -16,7 +16,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::ioapic::IrqLine;
@@ -109,6 +109,35 @@ pub trait VirtioDevice: Send {
     fn host_event(&mut self, _token: u32, _events: u32) {}
     /// Hands over what the device still holds for the host (VM exit).
     fn flush_host(&mut self) {}
+}
+
+/// Hands every available chain of queue `index` to `handle`, which returns
+/// how many bytes it wrote into the chain, and puts each on the used ring.
+/// Re-checks after re-enabling notifications, so with EVENT_IDX a chain that
+/// raced in is not left behind; interrupts the guest once, if it wants one.
+pub fn drain_queue(a: &mut Activation, index: usize, mut handle: impl FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32) {
+    let Activation { mem, queues, interrupt, .. } = a;
+    let mem: &GuestMemoryMmap = mem;
+    let Some(q) = queues.get_mut(index) else { return };
+    let mut used_any = false;
+    loop {
+        while let Some(chain) = q.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = handle(mem, chain);
+            // A used ring the guest made unwritable: nothing more to do.
+            if q.add_used(mem, head, len).is_err() {
+                return;
+            }
+            used_any = true;
+        }
+        match q.enable_notification(mem) {
+            Ok(true) => continue,
+            _ => break,
+        }
+    }
+    if used_any && q.needs_notification(mem).unwrap_or(true) {
+        interrupt.signal_used();
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero where out of range.

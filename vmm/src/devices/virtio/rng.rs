@@ -3,9 +3,10 @@
 
 use std::io::Write;
 
-use virtio_queue::QueueT;
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateError, Activation, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{drain_queue, ActivateError, Activation, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 
 const QUEUE_SIZE: u16 = 64;
 /// Most bytes served per request; a guest asking for gigabytes gets this much.
@@ -22,33 +23,27 @@ impl Rng {
     }
 
     fn process_queue(&mut self) {
-        let Some(a) = &mut self.active else { return };
-        let mem = &a.mem;
-        let q = &mut a.queues[0];
-        let mut used_any = false;
-        let mut buf = [0u8; 4096];
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let mut written = 0usize;
-            if let Ok(mut w) = chain.writer(mem) {
-                let want = w.available_bytes().min(MAX_PER_REQUEST);
-                while written < want {
-                    let n = (want - written).min(buf.len());
-                    if getrandom(&mut buf[..n]).is_err() || w.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    written += n;
-                }
-            }
-            if q.add_used(mem, head, written as u32).is_err() {
-                break;
-            }
-            used_any = true;
-        }
-        if used_any {
-            a.interrupt.signal_used();
+        if let Some(a) = &mut self.active {
+            drain_queue(a, 0, fill_random);
         }
     }
+}
+
+/// Fills the chain's writable part (up to [`MAX_PER_REQUEST`]); returns the
+/// bytes written.
+fn fill_random(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    let Ok(mut w) = chain.writer(mem) else { return 0 };
+    let want = w.available_bytes().min(MAX_PER_REQUEST);
+    let mut buf = [0u8; 4096];
+    let mut written = 0usize;
+    while written < want {
+        let n = (want - written).min(buf.len());
+        if getrandom(&mut buf[..n]).is_err() || w.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        written += n;
+    }
+    written as u32
 }
 
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
@@ -100,7 +95,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn fills_writable_buffers_and_caps_huge_requests() {

@@ -15,7 +15,7 @@ use std::io::{ErrorKind, Read};
 use virtio_queue::QueueT;
 
 use self::tap::{Tap, VNET_HDR_LEN};
-use super::{read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1};
+use super::{drain_queue, read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1};
 use crate::event_loop::{Registry, READ_EDGE};
 
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -50,26 +50,18 @@ impl Net {
     }
 
     fn process_tx(&mut self) {
-        let Some(a) = &mut self.active else { return };
-        let mem = &a.mem;
-        let mut used_any = false;
-        while let Some(chain) = a.queues[TX].pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        let Self { tap, active, tx_buf, .. } = self;
+        let Some(a) = active else { return };
+        drain_queue(a, TX, |mem, chain| {
             if let Ok(mut reader) = chain.reader(mem) {
                 let len = reader.available_bytes();
-                if (VNET_HDR_LEN..=MAX_FRAME).contains(&len) && reader.read_exact(&mut self.tx_buf[..len]).is_ok() {
+                if (VNET_HDR_LEN..=MAX_FRAME).contains(&len) && reader.read_exact(&mut tx_buf[..len]).is_ok() {
                     // A full TAP queue drops the frame, as a NIC would.
-                    let _ = self.tap.write_frame(&self.tx_buf[..len]);
+                    let _ = tap.write_frame(&tx_buf[..len]);
                 }
             }
-            if a.queues[TX].add_used(mem, head, 0).is_err() {
-                break;
-            }
-            used_any = true;
-        }
-        if used_any {
-            a.interrupt.signal_used();
-        }
+            0
+        });
     }
 
     fn process_rx(&mut self) {

@@ -16,7 +16,7 @@ use virtio_queue::QueueT;
 
 use self::muxer::Muxer;
 use self::packet::{Header, HEADER_LEN, MAX_PAYLOAD};
-use super::{ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use super::{drain_queue, ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 use crate::event_loop::Registry;
 
 const QUEUE_SIZES: [u16; 3] = [256, 256, 64];
@@ -38,31 +38,23 @@ impl Vsock {
     }
 
     fn process_tx(&mut self) {
-        let Some(a) = &mut self.active else { return };
-        let mem = &a.mem;
-        let mut used_any = false;
-        while let Some(chain) = a.queues[TX].pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            if let Ok(mut reader) = chain.reader(mem) {
-                let mut raw = [0u8; HEADER_LEN];
-                if reader.read_exact(&mut raw).is_ok() {
-                    if let Ok(h) = Header::parse(&raw) {
-                        // Read no more than the bounded buffer; a length past
-                        // it or past the chain fails the packet's checks.
-                        let want = (h.len as usize).min(self.buf.len());
-                        let got = read_up_to(&mut reader, &mut self.buf[..want]);
-                        self.muxer.from_guest(&h, &self.buf[..got]);
-                    }
-                }
+        let Self { muxer, active, buf, .. } = self;
+        let Some(a) = active else { return };
+        drain_queue(a, TX, |mem, chain| {
+            let Ok(mut reader) = chain.reader(mem) else { return 0 };
+            let mut raw = [0u8; HEADER_LEN];
+            if reader.read_exact(&mut raw).is_err() {
+                return 0;
             }
-            if a.queues[TX].add_used(mem, head, 0).is_err() {
-                break;
+            if let Ok(h) = Header::parse(&raw) {
+                // Read no more than the bounded buffer; a length past it or
+                // past the chain fails the packet's checks.
+                let want = (h.len as usize).min(buf.len());
+                let got = read_up_to(&mut reader, &mut buf[..want]);
+                muxer.from_guest(&h, &buf[..got]);
             }
-            used_any = true;
-        }
-        if used_any {
-            a.interrupt.signal_used();
-        }
+            0
+        });
     }
 
     fn process_rx(&mut self) {
