@@ -38,6 +38,15 @@ fn serial_output_then_power_off_exits_0() {
 }
 
 #[test]
+fn an_elf_without_the_pvh_note_boots_through_the_64_bit_entry() {
+    let (_dir, kernel) = guest("long", Program::new());
+    std::fs::write(&kernel, Program::new().print("long mode\n").power_off().elf_64bit_entry()).unwrap();
+    let out = vmm().arg("--kernel").arg(&kernel).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "long mode\n");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn both_resets_exit_0() {
     for (name, p) in [("i8042", Program::new().print("a\n").reset_i8042()), ("acpi", Program::new().print("b\n").reset_acpi())] {
         let out = run(name, p, &[]);
