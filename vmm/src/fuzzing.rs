@@ -70,8 +70,8 @@ pub fn blk_request(data: &[u8]) {
     }
     let vq = MockSplitQueue::new(&mem, 16);
     let Ok(chain) = vq.build_desc_chain(&raw) else { return };
-    let disk = MemDisk::new(vec![0u8; 64 * 1024]);
-    let _ = block::process_request(&mem, chain, &disk, read_only, b"fuzz-disk-0123456789");
+    let mut backend = block::Backend::new(Box::new(MemDisk::new(vec![0u8; 64 * 1024])), read_only, "fuzz-disk");
+    let _ = backend.process_request(&mem, chain);
 }
 
 /// A stream of vsock packets from the guest, each a 44-byte header (with

@@ -43,6 +43,22 @@ pub trait DiskBackend: Send {
     fn flush(&self) -> std::io::Result<()>;
 }
 
+/// A shared disk (tests keep a handle to look at what the guest wrote).
+impl<T: DiskBackend + Sync> DiskBackend for std::sync::Arc<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        (**self).flush()
+    }
+}
+
 #[derive(Debug)]
 pub struct FileDisk {
     file: File,
@@ -80,55 +96,112 @@ pub struct Completion {
     pub used_len: u32,
 }
 
-/// Runs one request chain against `disk`.
-pub fn process_request(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, disk: &dyn DiskBackend, read_only: bool, id: &[u8; ID_BYTES]) -> Completion {
-    let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
-        return Completion { status: None, used_len: 0 };
-    };
-    // The status byte is the last writable byte; without one there is no
-    // way to answer, and the request is dropped.
-    let Some(data_len) = writer.available_bytes().checked_sub(1) else {
-        return Completion { status: None, used_len: 0 };
-    };
-    let Ok(mut status_writer) = writer.split_at(data_len) else {
-        return Completion { status: None, used_len: 0 };
-    };
-    let (status, data_written) = execute(&mut reader, &mut writer, disk, read_only, id);
-    let ok = status_writer.write_all(&[status]).is_ok();
-    Completion { status: ok.then_some(status), used_len: (data_written + usize::from(ok)) as u32 }
+/// A disk as requests see it: the backend, its read-only flag, the id
+/// GET_ID returns, and the bounce buffer data moves through (allocated once).
+pub struct Backend {
+    disk: Box<dyn DiskBackend>,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+    bounce: Vec<u8>,
 }
 
-/// (status, bytes written to the guest's data buffers)
-fn execute(reader: &mut Reader<'_>, writer: &mut Writer<'_>, disk: &dyn DiskBackend, read_only: bool, id: &[u8; ID_BYTES]) -> (u8, usize) {
-    let mut header = [0u8; 16];
-    if reader.read_exact(&mut header).is_err() {
-        return (S_IOERR, 0);
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("read_only", &self.read_only).field("size", &self.disk.size()).finish()
     }
-    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
-    match kind {
-        T_IN => {
-            let len = writer.available_bytes() as u64;
-            let Some(offset) = checked_range(sector, len, disk.size()) else { return (S_IOERR, 0) };
-            copy_from_disk(disk, offset, len, writer)
+}
+
+impl Backend {
+    /// `id` is what VIRTIO_BLK_T_GET_ID returns (the guest's
+    /// /sys/block/vdX/serial), cut to 20 bytes.
+    pub fn new(disk: Box<dyn DiskBackend>, read_only: bool, id: &str) -> Self {
+        let mut id_bytes = [0u8; ID_BYTES];
+        for (d, s) in id_bytes.iter_mut().zip(id.bytes()) {
+            *d = s;
         }
-        T_OUT => {
-            if read_only {
-                return (S_IOERR, 0);
+        Self { disk, read_only, id: id_bytes, bounce: vec![0u8; BOUNCE] }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.disk.size()
+    }
+
+    /// Runs one request chain.
+    pub fn process_request(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Completion {
+        let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
+            return Completion { status: None, used_len: 0 };
+        };
+        // The status byte is the last writable byte; without one there is no
+        // way to answer, and the request is dropped.
+        let Some(data_len) = writer.available_bytes().checked_sub(1) else {
+            return Completion { status: None, used_len: 0 };
+        };
+        let Ok(mut status_writer) = writer.split_at(data_len) else {
+            return Completion { status: None, used_len: 0 };
+        };
+        let (status, data_written) = self.execute(&mut reader, &mut writer);
+        let ok = status_writer.write_all(&[status]).is_ok();
+        Completion { status: ok.then_some(status), used_len: (data_written + usize::from(ok)) as u32 }
+    }
+
+    /// (status, bytes written to the guest's data buffers)
+    fn execute(&mut self, reader: &mut Reader<'_>, writer: &mut Writer<'_>) -> (u8, usize) {
+        let mut header = [0u8; 16];
+        if reader.read_exact(&mut header).is_err() {
+            return (S_IOERR, 0);
+        }
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
+        match kind {
+            T_IN => {
+                let len = writer.available_bytes() as u64;
+                let Some(offset) = checked_range(sector, len, self.disk.size()) else { return (S_IOERR, 0) };
+                self.copy_from_disk(offset, len, writer)
             }
-            let len = reader.available_bytes() as u64;
-            let Some(offset) = checked_range(sector, len, disk.size()) else { return (S_IOERR, 0) };
-            (copy_to_disk(disk, offset, len, reader), 0)
-        }
-        T_FLUSH => (if disk.flush().is_ok() { S_OK } else { S_IOERR }, 0),
-        T_GET_ID => {
-            let n = writer.available_bytes().min(ID_BYTES);
-            match writer.write_all(&id[..n]) {
-                Ok(()) => (S_OK, n),
-                Err(_) => (S_IOERR, 0),
+            T_OUT => {
+                if self.read_only {
+                    return (S_IOERR, 0);
+                }
+                let len = reader.available_bytes() as u64;
+                let Some(offset) = checked_range(sector, len, self.disk.size()) else { return (S_IOERR, 0) };
+                (self.copy_to_disk(offset, len, reader), 0)
             }
+            T_FLUSH => (if self.disk.flush().is_ok() { S_OK } else { S_IOERR }, 0),
+            T_GET_ID => {
+                let n = writer.available_bytes().min(ID_BYTES);
+                match writer.write_all(&self.id[..n]) {
+                    Ok(()) => (S_OK, n),
+                    Err(_) => (S_IOERR, 0),
+                }
+            }
+            _ => (S_UNSUPP, 0),
         }
-        _ => (S_UNSUPP, 0),
+    }
+
+    fn copy_from_disk(&mut self, offset: u64, len: u64, writer: &mut Writer<'_>) -> (u8, usize) {
+        let mut done = 0u64;
+        while done < len {
+            let n = BOUNCE.min((len - done) as usize);
+            let buf = &mut self.bounce[..n];
+            if self.disk.read_at(buf, offset + done).is_err() || writer.write_all(buf).is_err() {
+                return (S_IOERR, done as usize);
+            }
+            done += n as u64;
+        }
+        (S_OK, done as usize)
+    }
+
+    fn copy_to_disk(&mut self, offset: u64, len: u64, reader: &mut Reader<'_>) -> u8 {
+        let mut done = 0u64;
+        while done < len {
+            let n = BOUNCE.min((len - done) as usize);
+            let buf = &mut self.bounce[..n];
+            if reader.read_exact(buf).is_err() || self.disk.write_at(buf, offset + done).is_err() {
+                return S_IOERR;
+            }
+            done += n as u64;
+        }
+        S_OK
     }
 }
 
@@ -138,32 +211,6 @@ fn checked_range(sector: u64, len: u64, disk_size: u64) -> Option<u64> {
     let offset = sector.checked_mul(SECTOR_SIZE)?;
     let end = offset.checked_add(len)?;
     (len.is_multiple_of(SECTOR_SIZE) && end <= disk_size).then_some(offset)
-}
-
-fn copy_from_disk(disk: &dyn DiskBackend, offset: u64, len: u64, writer: &mut Writer<'_>) -> (u8, usize) {
-    let mut buf = vec![0u8; BOUNCE.min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        let n = BOUNCE.min((len - done) as usize);
-        if disk.read_at(&mut buf[..n], offset + done).is_err() || writer.write_all(&buf[..n]).is_err() {
-            return (S_IOERR, done as usize);
-        }
-        done += n as u64;
-    }
-    (S_OK, done as usize)
-}
-
-fn copy_to_disk(disk: &dyn DiskBackend, offset: u64, len: u64, reader: &mut Reader<'_>) -> u8 {
-    let mut buf = vec![0u8; BOUNCE.min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        let n = BOUNCE.min((len - done) as usize);
-        if reader.read_exact(&mut buf[..n]).is_err() || disk.write_at(&buf[..n], offset + done).is_err() {
-            return S_IOERR;
-        }
-        done += n as u64;
-    }
-    S_OK
 }
 
 /// A disk in memory (tests and fuzzing); out-of-range access is an error.
@@ -205,36 +252,25 @@ impl DiskBackend for MemDisk {
     }
 }
 
+#[derive(Debug)]
 pub struct Block {
-    disk: Box<dyn DiskBackend>,
-    read_only: bool,
-    id: [u8; ID_BYTES],
+    backend: Backend,
     config: [u8; 8],
     active: Option<Activation>,
 }
 
-impl std::fmt::Debug for Block {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block").field("read_only", &self.read_only).field("size", &self.disk.size()).finish()
-    }
-}
-
 impl Block {
-    /// `id` is what VIRTIO_BLK_T_GET_ID returns (the guest's
-    /// /sys/block/vdX/serial), cut to 20 bytes.
+    /// See [`Backend::new`].
     pub fn new(disk: Box<dyn DiskBackend>, read_only: bool, id: &str) -> Self {
-        let mut id_bytes = [0u8; ID_BYTES];
-        for (d, s) in id_bytes.iter_mut().zip(id.bytes()) {
-            *d = s;
-        }
-        let capacity = disk.size() / SECTOR_SIZE;
-        Self { disk, read_only, id: id_bytes, config: capacity.to_le_bytes(), active: None }
+        let backend = Backend::new(disk, read_only, id);
+        let capacity = backend.size() / SECTOR_SIZE;
+        Self { backend, config: capacity.to_le_bytes(), active: None }
     }
 
     fn process_queue(&mut self) {
-        let Self { disk, read_only, id, active, .. } = self;
+        let Self { backend, active, .. } = self;
         if let Some(a) = active {
-            drain_queue(a, 0, |mem, chain| process_request(mem, chain, disk.as_ref(), *read_only, id).used_len);
+            drain_queue(a, 0, |mem, chain| backend.process_request(mem, chain).used_len);
         }
     }
 }
@@ -249,7 +285,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_BLK_F_FLUSH | if self.read_only { VIRTIO_BLK_F_RO } else { 0 }
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_BLK_F_FLUSH | if self.backend.read_only { VIRTIO_BLK_F_RO } else { 0 }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -301,14 +337,14 @@ mod tests {
     }
 
     /// Runs one chain made of `descs`.
-    fn run(mem: &GuestMemoryMmap, disk: &MemDisk, read_only: bool, descs: &[RawDescriptor]) -> Completion {
+    fn run(mem: &GuestMemoryMmap, disk: &std::sync::Arc<MemDisk>, read_only: bool, descs: &[RawDescriptor]) -> Completion {
         let vq = MockSplitQueue::new(mem, 16);
         let chain = vq.build_desc_chain(descs).unwrap();
-        process_request(mem, chain, disk, read_only, b"disk-id-0123456789ab")
+        Backend::new(Box::new(disk.clone()), read_only, "disk-id-0123456789ab").process_request(mem, chain)
     }
 
-    fn disk(sectors: usize) -> MemDisk {
-        MemDisk::new((0..sectors * 512).map(|i| (i / 512) as u8).collect())
+    fn disk(sectors: usize) -> std::sync::Arc<MemDisk> {
+        std::sync::Arc::new(MemDisk::new((0..sectors * 512).map(|i| (i / 512) as u8).collect()))
     }
 
     #[test]

@@ -46,7 +46,8 @@ fn fill_random(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) 
     written as u32
 }
 
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+/// Fills `buf` from the host's getrandom(2).
+pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of

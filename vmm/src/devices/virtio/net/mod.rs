@@ -144,10 +144,8 @@ impl VirtioDevice for Net {
 /// A random locally administered unicast MAC.
 pub fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
-        mac = [0, 0, 0, 0, 0, std::process::id() as u8];
+    if super::rng::getrandom(&mut mac).is_err() {
+        mac[5] = std::process::id() as u8;
     }
     mac[0] = (mac[0] & 0xfc) | 0x02;
     mac
