@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::{drain_queue, read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -292,11 +292,7 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
-        let event_idx = activation.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for q in &mut activation.queues {
-            q.set_event_idx(event_idx);
-        }
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.active = Some(activation);
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::devices::BusDevice;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -174,7 +174,12 @@ impl MmioTransport {
             self.fail();
             return;
         }
-        let queues = std::mem::replace(&mut self.queues, Self::fresh_queues(self.device.as_ref()));
+        let mut queues = std::mem::replace(&mut self.queues, Self::fresh_queues(self.device.as_ref()));
+        // Whatever the device, the rings follow the acked EVENT_IDX.
+        let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         let activation = Activation { mem, queues, interrupt: self.interrupt.clone(), features: self.driver_features };
         match self.device.activate(activation) {
             Ok(()) => self.activated = true,
