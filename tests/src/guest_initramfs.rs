@@ -32,5 +32,6 @@ $bb mkdir -p /dev/pts
 $bb mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 $bb ln -sf pts/ptmx /dev/ptmx
 $bb mount -t tmpfs tmpfs /tmp
+$bb mkdir -p /usr/bin /usr/sbin /sbin
 $bb --install -s
 "#;

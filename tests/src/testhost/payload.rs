@@ -22,6 +22,16 @@ const WORKSPACE_BINARIES: &[(&str, &str)] = &[
     ("x86_64-unknown-linux-gnu/release", "bulkhead-agent"),
 ];
 
+/// The target dir of a program cargo built with the release profile:
+/// `<target>/release/<bin>` or `<target>/release/deps/<test>`.
+fn target_dir_of(exe: &Path) -> Option<PathBuf> {
+    let mut dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir = dir.parent()?;
+    }
+    (dir.file_name()? == "release").then(|| dir.parent().map(Path::to_path_buf)).flatten()
+}
+
 /// Where the workspace's built binaries are.
 #[derive(Debug, Clone)]
 pub struct WorkspaceBinaries {
@@ -30,11 +40,16 @@ pub struct WorkspaceBinaries {
 }
 
 impl WorkspaceBinaries {
-    /// `$CARGO_TARGET_DIR`, else `target/` in the workspace this crate is in.
+    /// `$CARGO_TARGET_DIR`; else the target dir the running program was
+    /// built into (`<target>/release/bulkhead-testhost`, or
+    /// `<target>/release/deps/<test>`), so the CLI and the tests find the
+    /// binaries built beside them however cargo was pointed; else `target/`
+    /// in the workspace this crate is in.
     pub fn from_env() -> Self {
         let dir = std::env::var_os("CARGO_TARGET_DIR")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
+            .or_else(|| std::env::current_exe().ok().and_then(|exe| target_dir_of(&exe)))
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
         Self { target_dir: Some(dir) }
     }
@@ -259,6 +274,14 @@ fn add_entry<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_dir_comes_from_where_the_program_was_built() {
+        assert_eq!(target_dir_of(Path::new("/c/target/release/bulkhead-testhost")), Some(PathBuf::from("/c/target")));
+        assert_eq!(target_dir_of(Path::new("/c/target/release/deps/vmm_e2e-123")), Some(PathBuf::from("/c/target")));
+        assert_eq!(target_dir_of(Path::new("/usr/local/bin/bulkhead-testhost")), None);
+        assert_eq!(target_dir_of(Path::new("/c/target/debug/deps/x")), None);
+    }
 
     #[test]
     fn dep_info_sources_handle_escaped_spaces() {
