@@ -55,21 +55,79 @@ pub fn ensure_packages(packages: &[&str], log: &mut dyn FnMut(&str)) -> Result<(
     if !matches!(update, Ok(s) if s.success()) {
         log("apt-get update failed; trying the install with the lists already here");
     }
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter().map(String::as_str));
+    run_apt(&args)
+}
+
+/// The release codename of this Debian host (`VERSION_CODENAME` in
+/// /etc/os-release), e.g. "bookworm".
+pub fn codename() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    parse_codename(&text)
+}
+
+fn parse_codename(os_release: &str) -> Option<String> {
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Apt source file this crate writes when it enables backports.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bulkhead-backports.sources";
+
+/// Installs (or upgrades) `package` from `<codename>-backports`, first adding
+/// that suite to apt's sources when no source names it. Root only.
+pub fn install_from_backports(package: &str, log: &mut dyn FnMut(&str)) -> Result<(), DebianError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DebianError::MissingPackages { missing: vec![format!("{package} (from backports)")] });
+    }
+    let codename = codename().ok_or_else(|| DebianError::Io {
+        what: "read VERSION_CODENAME from /etc/os-release".into(),
+        source: std::io::Error::other("not found"),
+    })?;
+    let suite = format!("{codename}-backports");
+    if !apt_sources_mention(&suite) {
+        log(&format!("adding {suite} to apt's sources ({BACKPORTS_SOURCE})"));
+        let text = format!(
+            "# Added by bulkhead: packages newer than {codename} ships (see README).\nTypes: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        );
+        std::fs::write(BACKPORTS_SOURCE, text).map_err(DebianError::io(format!("write {BACKPORTS_SOURCE}")))?;
+    }
+    log(&format!("installing {package} from {suite}"));
+    run_apt(&["-q", "update"])?;
+    run_apt(&["install", "-y", "-q", "--no-install-recommends", "-t", &suite, package])
+}
+
+/// Whether any apt source file names `suite`.
+fn apt_sources_mention(suite: &str) -> bool {
+    let mut files = vec![std::path::PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.filter_map(Result::ok).map(|e| e.path()));
+    }
+    files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).any(|text| {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .any(|l| l.split_whitespace().any(|w| w == suite))
+    })
+}
+
+fn run_apt(args: &[&str]) -> Result<(), DebianError> {
     let out = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output()
         .map_err(DebianError::io("run apt-get"))?;
     if out.status.success() {
-        Ok(())
-    } else {
-        Err(DebianError::Command {
-            command: format!("apt-get install {}", missing.join(" ")),
-            status: out.status.to_string(),
-            tail: tail_lines(&String::from_utf8_lossy(&out.stderr), 20),
-        })
+        return Ok(());
     }
+    Err(DebianError::Command {
+        command: format!("apt-get {}", args.join(" ")),
+        status: out.status.to_string(),
+        tail: tail_lines(&String::from_utf8_lossy(&out.stderr), 20),
+    })
 }
 
 /// The last `n` lines of `text`.
@@ -149,6 +207,15 @@ mod tests {
         assert_eq!(v, "6.1.192-2");
         assert_eq!(deps, ["linux-image-6.1.0-56-cloud-amd64", "a"]);
         assert!(parse_show("Package: x\n").is_none());
+    }
+
+    #[test]
+    fn codename_is_read_from_os_release() {
+        let text = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n";
+        assert_eq!(parse_codename(text).as_deref(), Some("bookworm"));
+        assert_eq!(parse_codename("VERSION_CODENAME=\"trixie\"\n").as_deref(), Some("trixie"));
+        assert_eq!(parse_codename("VERSION_CODENAME=\n"), None);
+        assert_eq!(parse_codename("ID=debian\n"), None);
     }
 
     #[test]

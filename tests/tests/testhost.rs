@@ -145,3 +145,20 @@ fn the_cli_passes_stdio_and_status_through() {
     assert!(String::from_utf8_lossy(&out.stderr).ends_with("err\n"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn a_frozen_test_host_is_booted_again_then_given_up_on() {
+    let _vm = vm_lock();
+    // A stopped heartbeat looks, from outside, just like the emulated
+    // machine freezing (QEMU's SVM flaw this guards against).
+    let script = "echo booted; kill -STOP $(cat /run/testhost-heartbeat.pid); sleep 600";
+    let mut boots = 0;
+    let err = host(Mode::Nested)
+        .attempts(2)
+        .frozen_after(Duration::from_secs(5))
+        .run_streaming(&["sh", "-c", script], &mut |_, data| boots += String::from_utf8_lossy(data).matches("booted").count())
+        .unwrap_err();
+    assert!(matches!(err, TestHostError::BrokeDown { .. }), "{err}");
+    assert!(err.to_string().contains("froze"), "{err}");
+    assert_eq!(boots, 2, "one boot per attempt");
+}

@@ -14,7 +14,11 @@ runs inside the nested test host: QEMU in software emulation with an emulated AM
 CPU, Debian's cloud kernel, kvm-amd loaded, the workspace's binaries (refused if
 stale) in /usr/local/bin, the guest kernel at /usr/share/bulkhead/vmlinux
 ($BULKHEAD_KERNEL in both modes). CMD's stdout and stderr come back on their own
-channels; the kernel console is kept apart (--console shows it).
+channels; the kernel console is kept apart (--console shows it). QEMU's
+emulated SVM has flaws: when the nested test host itself freezes (its heartbeat
+stops) or panics, it is booted again, up to --attempts times; a failing CMD is
+never retried. Needs QEMU 10+ (on Debian 12 it is installed from
+bookworm-backports when missing, as root).
 
 stdin: read to EOF and given to CMD, unless it is a terminal or -n is given.
 
@@ -47,9 +51,14 @@ struct Args {
     /// Memory of the nested test host, MiB.
     #[arg(long, default_value_t = 2048, value_name = "MIB")]
     memory: u32,
-    /// vCPUs of the nested test host (each costs a host core of emulation).
-    #[arg(long, default_value_t = 1)]
+    /// vCPUs of the nested test host (each busy one costs a host core of
+    /// emulation; more than the nested guests' vCPUs keeps QEMU's interrupt
+    /// flaw from freezing it).
+    #[arg(long, default_value_t = bulkhead_tests::testhost::DEFAULT_CPUS)]
     cpus: u32,
+    /// Boots of the nested test host when it freezes or panics.
+    #[arg(long, default_value_t = bulkhead_tests::testhost::DEFAULT_ATTEMPTS, value_name = "N")]
+    attempts: u32,
     /// auto: nested unless the CPU has hardware virtualization.
     #[arg(long, default_value = "auto", value_parser = ["auto", "direct", "nested"])]
     mode: String,
@@ -62,8 +71,12 @@ struct Args {
     /// Print which path this host takes (direct or nested) and exit.
     #[arg(long)]
     which: bool,
+    /// Prepare the nested test host (QEMU, the cloud kernel, the base
+    /// initramfs; installs and downloads as needed) and exit.
+    #[arg(long, conflicts_with = "which")]
+    prepare: bool,
     /// The command and its arguments.
-    #[arg(trailing_var_arg = true, required_unless_present = "which")]
+    #[arg(trailing_var_arg = true, required_unless_present_any = ["which", "prepare"])]
     cmd: Vec<String>,
 }
 
@@ -89,6 +102,10 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         println!("{}", th.mode());
         return Ok(ExitCode::SUCCESS);
     }
+    if args.prepare {
+        bulkhead_tests::testhost::prepare_nested()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     for s in &args.stage {
         let (src, dst) = split_pair(s, "--stage", "SRC:DST")?;
         th = th.stage(PathBuf::from(src), dst);
@@ -110,7 +127,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         stdin.lock().read_to_end(&mut buf)?;
         th = th.stdin(buf);
     }
-    th = th.timeout(Duration::from_secs(args.timeout)).memory_mib(args.memory).cpus(args.cpus);
+    th = th.timeout(Duration::from_secs(args.timeout)).memory_mib(args.memory).cpus(args.cpus).attempts(args.attempts);
 
     let argv: Vec<&str> = args.cmd.iter().map(String::as_str).collect();
     let out = th.run_streaming(&argv, &mut |stream, bytes| {

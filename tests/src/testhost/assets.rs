@@ -42,17 +42,80 @@ pub struct Assets {
 /// Installs missing tools (as root), fetches the cloud kernel and builds the
 /// base initramfs unless cached. `log` hears about anything slow.
 pub fn prepare(log: &mut dyn FnMut(&str)) -> Result<Assets, TestHostError> {
-    let missing: Vec<&str> = TOOLS.iter().filter(|(bin, _)| !Path::new(bin).exists()).map(|(_, pkg)| *pkg).collect();
-    if !missing.is_empty() {
-        debian::ensure_packages(&missing, log).map_err(packages)?;
-    }
     let root = bulkhead_images::cache::cache_root()
         .ok_or_else(|| TestHostError::Usage("no cache directory: set BULKHEAD_CACHE or HOME".into()))?
         .join("testhost");
     fs::create_dir_all(&root).map_err(TestHostError::io(format!("create {}", root.display())))?;
+    // Tests boot test hosts side by side: one of them installs and builds,
+    // the others wait for it (apt and dpkg take locks of their own and fail).
+    let lock_path = root.join(".prepare.lock");
+    let lock_file = fs::File::create(&lock_path).map_err(TestHostError::io(format!("create {}", lock_path.display())))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| TestHostError::io(format!("lock {}", lock_path.display()))(e.into()))?;
+    let missing: Vec<&str> = TOOLS.iter().filter(|(bin, _)| !Path::new(bin).exists()).map(|(_, pkg)| *pkg).collect();
+    if !missing.is_empty() {
+        debian::ensure_packages(&missing, log).map_err(packages)?;
+    }
+    ensure_qemu(log)?;
     let cloud = cloud_kernel(&root, log)?;
     let base_initramfs = base_initramfs(&root, &cloud, log)?;
     Ok(Assets { kernel: cloud.dir.join("vmlinuz"), base_initramfs })
+}
+
+/// The oldest QEMU seen to run the nested test host reliably. Debian 12's
+/// own QEMU 7.2 does not: its emulated SVM now and then stops delivering the
+/// L1 machine's interrupts (a timer or IPI stays pending in the local APIC
+/// while L1 runs with interrupts enabled), so a guest vCPU spinning on
+/// another (e.g. `smp_call_function_single` on reboot) freezes the whole
+/// test host. Measured: 7.2.22 froze in most boots running eight 2-vCPU
+/// guests one after another; 10.0.2 (bookworm-backports) never did.
+const MIN_QEMU: (u32, u32) = (10, 0);
+
+/// Makes sure QEMU is new enough, installing it from backports (as root, on
+/// Debian) when it is not.
+fn ensure_qemu(log: &mut dyn FnMut(&str)) -> Result<(), TestHostError> {
+    let found = qemu_version()?;
+    if found >= MIN_QEMU {
+        return Ok(());
+    }
+    log(&format!(
+        "QEMU {}.{} is too old for the nested test host (needs {}.{}+)",
+        found.0, found.1, MIN_QEMU.0, MIN_QEMU.1
+    ));
+    debian::install_from_backports("qemu-system-x86", log).map_err(|e| TestHostError::Command {
+        command: format!("install QEMU {}.{}+ (found {}.{})", MIN_QEMU.0, MIN_QEMU.1, found.0, found.1),
+        detail: format!(
+            "{e}\nQEMU before {}.{} loses interrupts in its emulated SVM and freezes the test host; on Debian 12 install qemu-system-x86 from bookworm-backports",
+            MIN_QEMU.0, MIN_QEMU.1
+        ),
+    })?;
+    let now = qemu_version()?;
+    if now < MIN_QEMU {
+        return Err(TestHostError::Command {
+            command: "install QEMU from backports".into(),
+            detail: format!("still QEMU {}.{} after the install", now.0, now.1),
+        });
+    }
+    Ok(())
+}
+
+/// (major, minor) of `qemu-system-x86_64 --version`.
+fn qemu_version() -> Result<(u32, u32), TestHostError> {
+    let out = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map_err(TestHostError::io("run qemu-system-x86_64 --version"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_qemu_version(&text).ok_or_else(|| TestHostError::Command {
+        command: "qemu-system-x86_64 --version".into(),
+        detail: format!("no version in {:?}", text.lines().next().unwrap_or_default()),
+    })
+}
+
+fn parse_qemu_version(text: &str) -> Option<(u32, u32)> {
+    let rest = text.lines().next()?.split("version ").nth(1)?;
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 fn packages(e: debian::DebianError) -> TestHostError {
@@ -249,6 +312,17 @@ fn run(cmd: &mut Command) -> Result<(), TestHostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qemu_versions_are_parsed() {
+        assert_eq!(parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright"), Some((7, 2)));
+        assert_eq!(parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"), Some((10, 0)));
+        assert_eq!(parse_qemu_version("QEMU emulator version 9.1.0"), Some((9, 1)));
+        assert!((7, 2) < MIN_QEMU && (10, 0) >= MIN_QEMU && (10, 1) >= MIN_QEMU && (9, 2) < MIN_QEMU);
+        assert_eq!(parse_qemu_version(""), None);
+        assert_eq!(parse_qemu_version("something else"), None);
+        assert_eq!(parse_qemu_version("QEMU emulator version x.y"), None);
+    }
 
     const DEP: &str = "kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/virt/lib/irqbypass.ko\n\
 kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n\

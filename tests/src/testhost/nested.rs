@@ -7,18 +7,23 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::pump::{pump, shell_status, spawn_reader, Channel, Event};
 use super::{assets, payload, tail_lines, Mode, Output, Stream, TestHost, TestHostError};
 
 /// The virtio-serial ports, in the order their sockets are made.
-const PORTS: [(&str, Channel); 4] = [
+const PORTS: [(&str, Channel); 5] = [
     ("stdout", Channel::Out(Stream::Stdout)),
     ("stderr", Channel::Out(Stream::Stderr)),
     ("control", Channel::Control),
     ("collect", Channel::Collect),
+    ("heartbeat", Channel::Heartbeat),
 ];
+
+/// The test host's init beats once a second from its own timer; this long
+/// without a beat means the emulated machine froze.
+pub const FROZEN_AFTER: Duration = Duration::from_secs(30);
 
 pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Output, TestHostError> {
     let started = Instant::now();
@@ -76,6 +81,7 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         &rx,
         PORTS.len(),
         started + th.timeout,
+        Some(th.frozen_after),
         &mut || {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         },
@@ -83,6 +89,12 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
     );
     let console_text = fs::read_to_string(&console).unwrap_or_default();
     let console_tail = tail_lines(&console_text, 25);
+    if gathered.frozen {
+        return Err(TestHostError::BrokeDown {
+            why: format!("it froze (no heartbeat for {:?})", th.frozen_after),
+            console: console_tail,
+        });
+    }
     if gathered.timed_out {
         let output = format!("{}{}", String::from_utf8_lossy(&gathered.stdout), String::from_utf8_lossy(&gathered.stderr));
         return Err(TestHostError::Timeout { after: th.timeout, output: tail_lines(&output, 25), console: console_tail });
@@ -93,6 +105,9 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         _ => None,
     };
     let Some(status) = status else {
+        if console_text.contains("Kernel panic") {
+            return Err(TestHostError::BrokeDown { why: "its kernel panicked".into(), console: console_tail });
+        }
         let qemu_err = qemu_stderr.and_then(|h| h.join().ok()).unwrap_or_default();
         let qemu_exit = gathered.exit.map(shell_status);
         let reason = match control.lines().last() {
@@ -131,7 +146,8 @@ fn qemu_command(th: &TestHost, assets: &assets::Assets, initrd: &Path, console: 
         .arg(&assets.kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off {}", std::env::var("BULKHEAD_TESTHOST_CMDLINE").unwrap_or_default()))
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .args(["-device", "virtio-serial-pci,id=vs"]);
@@ -140,6 +156,11 @@ fn qemu_command(th: &TestHost, assets: &assets::Assets, initrd: &Path, console: 
             .arg(format!("socket,id={name},path={}", sock.display()))
             .arg("-device")
             .arg(format!("virtserialport,bus=vs.0,chardev={name},name=testhost.{name}"));
+    }
+    // For debugging the emulated machine itself (a QEMU monitor socket, a
+    // gdb stub): extra arguments, split on whitespace.
+    if let Some(extra) = std::env::var_os("BULKHEAD_TESTHOST_QEMU_ARGS") {
+        c.args(extra.to_string_lossy().split_whitespace());
     }
     c
 }

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Stream;
 
@@ -13,6 +13,8 @@ pub enum Channel {
     Out(Stream),
     Control,
     Collect,
+    /// Beats from the nested test host while it is alive.
+    Heartbeat,
 }
 
 #[derive(Debug)]
@@ -33,6 +35,8 @@ pub struct Gathered {
     pub collect: Vec<u8>,
     pub exit: Option<std::process::ExitStatus>,
     pub timed_out: bool,
+    /// Heartbeats had started and then stopped for longer than allowed.
+    pub frozen: bool,
 }
 
 /// Reads `reader` to EOF on a thread, sending chunks as they come.
@@ -54,37 +58,52 @@ pub fn spawn_reader(mut reader: impl Read + Send + 'static, channel: Channel, tx
 }
 
 /// Runs until the process exited and every one of `channels` closed. At the
-/// deadline it calls `kill` once and keeps draining (the kill makes the
-/// process exit and its channels close).
+/// deadline, or when heartbeats (once started) stop for `freeze_after`, it
+/// calls `kill` once and keeps draining (the kill makes the process exit and
+/// its channels close).
 pub fn pump(
     rx: &Receiver<Event>,
     channels: usize,
     deadline: Instant,
+    freeze_after: Option<Duration>,
     kill: &mut dyn FnMut(),
     sink: &mut dyn FnMut(Stream, &[u8]),
 ) -> Gathered {
     let mut g = Gathered::default();
     let mut open = channels;
+    let mut last_beat: Option<Instant> = None;
+    let mut killed = false;
     while g.exit.is_none() || open > 0 {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let event = if g.timed_out { rx.recv().map_err(|_| RecvTimeoutError::Disconnected) } else { rx.recv_timeout(wait) };
+        let frozen_at = last_beat.zip(freeze_after).map(|(beat, after)| beat + after);
+        let until = frozen_at.map_or(deadline, |f| f.min(deadline));
+        let event = if killed {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+        };
         match event {
-            Ok(Event::Data(ch, data)) => {
-                match ch {
-                    Channel::Out(s) => sink(s, &data),
-                    Channel::Control | Channel::Collect => {}
+            Ok(Event::Data(ch, data)) => match ch {
+                Channel::Out(s) => {
+                    sink(s, &data);
+                    if s == Stream::Stdout { g.stdout.extend(data) } else { g.stderr.extend(data) }
                 }
-                match ch {
-                    Channel::Out(Stream::Stdout) => g.stdout.extend(data),
-                    Channel::Out(Stream::Stderr) => g.stderr.extend(data),
-                    Channel::Control => g.control.extend(data),
-                    Channel::Collect => g.collect.extend(data),
-                }
-            }
+                Channel::Control => g.control.extend(data),
+                Channel::Collect => g.collect.extend(data),
+                Channel::Heartbeat => last_beat = Some(Instant::now()),
+            },
             Ok(Event::Closed) => open = open.saturating_sub(1),
-            Ok(Event::Exited(status)) => g.exit = Some(status),
+            Ok(Event::Exited(status)) => {
+                g.exit = Some(status);
+                // Beats end with the machine; only the deadline is left.
+                last_beat = None;
+            }
             Err(RecvTimeoutError::Timeout) => {
-                g.timed_out = true;
+                if Instant::now() >= deadline {
+                    g.timed_out = true;
+                } else {
+                    g.frozen = true;
+                }
+                killed = true;
                 kill();
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -116,11 +135,52 @@ pub fn watch_child(mut child: std::process::Child, deadline: Instant, group: boo
     let mut kill = || {
         let _ = if group { nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL) } else { nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) };
     };
-    pump(&rx, channels, deadline, &mut kill, sink)
+    pump(&rx, channels, deadline, None, &mut kill, sink)
 }
 
 /// 0-255 like a shell reports it: the code, or 128+N when killed by signal N.
 pub fn shell_status(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Feeds `events`, then answers a kill by ending the process.
+    fn run(events: Vec<Event>, deadline: Duration, freeze_after: Option<Duration>) -> Gathered {
+        let (tx, rx) = mpsc::channel();
+        for e in events {
+            tx.send(e).unwrap();
+        }
+        let killer = tx.clone();
+        let mut kill = move || {
+            killer.send(Event::Closed).unwrap();
+            killer.send(Event::Exited(std::os::unix::process::ExitStatusExt::from_raw(9))).unwrap();
+        };
+        pump(&rx, 1, Instant::now() + deadline, freeze_after, &mut kill, &mut |_, _| {})
+    }
+
+    #[test]
+    fn silence_after_heartbeats_is_a_freeze() {
+        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n'])], Duration::from_secs(60), Some(Duration::from_millis(50)));
+        assert!(g.frozen && !g.timed_out);
+    }
+
+    #[test]
+    fn without_heartbeats_only_the_deadline_counts() {
+        let g = run(vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())], Duration::from_millis(100), Some(Duration::from_millis(10)));
+        assert!(g.timed_out && !g.frozen);
+        assert_eq!(g.stdout, b"x");
+    }
+
+    #[test]
+    fn an_exit_ends_the_watch_for_heartbeats() {
+        let exited = Event::Exited(std::os::unix::process::ExitStatusExt::from_raw(0));
+        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n']), exited], Duration::from_millis(200), Some(Duration::from_millis(10)));
+        // The channel stays open past the exit: the deadline ends it, not a freeze.
+        assert!(!g.frozen && g.timed_out);
+    }
 }
