@@ -17,8 +17,8 @@ stale) in /usr/local/bin, the guest kernel at /usr/share/bulkhead/vmlinux
 channels; the kernel console is kept apart (--console shows it). QEMU's
 emulated SVM has flaws: when the nested test host itself freezes (its heartbeat
 stops) or panics, it is booted again, up to --attempts times; a failing CMD is
-never retried. Needs QEMU 10+ (on Debian 12 it is installed from
-bookworm-backports when missing, as root).
+never retried. Wants QEMU 10+ (on Debian 12 it is installed from
+bookworm-backports when older, as root; failing that, it warns and goes on).
 
 stdin: read to EOF and given to CMD, unless it is a terminal or -n is given.
 

@@ -72,7 +72,9 @@ pub fn prepare(log: &mut dyn FnMut(&str)) -> Result<Assets, TestHostError> {
 const MIN_QEMU: (u32, u32) = (10, 0);
 
 /// Makes sure QEMU is new enough, installing it from backports (as root, on
-/// Debian) when it is not.
+/// Debian) when it is not. When that cannot be done the old QEMU still runs
+/// the test host, with a warning: it freezes more often, and a frozen test
+/// host is booted again ([`super::DEFAULT_ATTEMPTS`]).
 fn ensure_qemu(log: &mut dyn FnMut(&str)) -> Result<(), TestHostError> {
     let found = qemu_version()?;
     if found >= MIN_QEMU {
@@ -82,19 +84,16 @@ fn ensure_qemu(log: &mut dyn FnMut(&str)) -> Result<(), TestHostError> {
         "QEMU {}.{} is too old for the nested test host (needs {}.{}+)",
         found.0, found.1, MIN_QEMU.0, MIN_QEMU.1
     ));
-    debian::install_from_backports("qemu-system-x86", log).map_err(|e| TestHostError::Command {
-        command: format!("install QEMU {}.{}+ (found {}.{})", MIN_QEMU.0, MIN_QEMU.1, found.0, found.1),
-        detail: format!(
-            "{e}\nQEMU before {}.{} loses interrupts in its emulated SVM and freezes the test host; on Debian 12 install qemu-system-x86 from bookworm-backports",
-            MIN_QEMU.0, MIN_QEMU.1
-        ),
-    })?;
-    let now = qemu_version()?;
-    if now < MIN_QEMU {
-        return Err(TestHostError::Command {
-            command: "install QEMU from backports".into(),
-            detail: format!("still QEMU {}.{} after the install", now.0, now.1),
-        });
+    let installed = debian::install_from_backports("qemu-system-x86", log).map_err(|e| e.to_string()).and_then(|()| {
+        let now = qemu_version().map_err(|e| e.to_string())?;
+        if now >= MIN_QEMU { Ok(()) } else { Err(format!("still QEMU {}.{} after the install", now.0, now.1)) }
+    });
+    if let Err(why) = installed {
+        log(&format!(
+            "WARNING: keeping QEMU {}.{}, which freezes the test host more often (install QEMU {}.{}+; on Debian 12 \
+             qemu-system-x86 from bookworm-backports): {why}",
+            found.0, found.1, MIN_QEMU.0, MIN_QEMU.1
+        ));
     }
     Ok(())
 }
