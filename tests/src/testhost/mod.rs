@@ -100,8 +100,8 @@ pub enum TestHostError {
     Collect { guest: String, why: String },
     /// The emulated machine itself failed (QEMU's nested SVM emulation, not
     /// the command): worth booting it again.
-    #[error("the nested test host broke down: {why} (a flaw of QEMU's emulated SVM, not of the command)\n--- console (last lines) ---\n{console}")]
-    BrokeDown { why: String, console: String },
+    #[error("the nested test host broke down{}: {why} (a flaw of QEMU's emulation, not of the command)\n--- console (last lines) ---\n{console}", if *.boots > 1 { format!(" in each of {} boots", .boots) } else { String::new() })]
+    BrokeDown { why: String, console: String, boots: u32 },
 }
 
 impl TestHostError {
@@ -303,6 +303,9 @@ impl TestHost {
                         Err(e @ TestHostError::BrokeDown { .. }) if attempt < self.attempts => {
                             attempt += 1;
                             eprintln!("testhost: {e}\ntesthost: booting it again (attempt {attempt} of {})", self.attempts);
+                        }
+                        Err(TestHostError::BrokeDown { why, console, .. }) => {
+                            return Err(TestHostError::BrokeDown { why, console, boots: attempt })
                         }
                         result => return result,
                     }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::pump::{pump, shell_status, spawn_reader, Channel, Event};
+use super::pump::{pump, shell_status, spawn_reader, Channel, Event, Heartbeat};
 use super::{assets, payload, tail_lines, Mode, Output, Stream, TestHost, TestHostError};
 
 /// The virtio-serial ports, in the order their sockets are made.
@@ -24,6 +24,11 @@ const PORTS: [(&str, Channel); 5] = [
 /// The test host's init beats once a second from its own timer; this long
 /// without a beat means the emulated machine froze.
 pub const FROZEN_AFTER: Duration = Duration::from_secs(30);
+
+/// The first beat comes once the test host booted (4-10 s here); none by
+/// then means it stalled while booting (seen: RCU stalls with an idle
+/// emulated CPU's timer never firing).
+const FIRST_BEAT_WITHIN: Duration = Duration::from_secs(90);
 
 pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Output, TestHostError> {
     let started = Instant::now();
@@ -81,7 +86,7 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         &rx,
         PORTS.len(),
         started + th.timeout,
-        Some(th.frozen_after),
+        Some(Heartbeat { first_within: FIRST_BEAT_WITHIN, silence: th.frozen_after }),
         &mut || {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         },
@@ -91,8 +96,9 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
     let console_tail = tail_lines(&console_text, 25);
     if gathered.frozen {
         return Err(TestHostError::BrokeDown {
-            why: format!("it froze (no heartbeat for {:?})", th.frozen_after),
+            why: format!("it froze (no heartbeat for {:?}, or none within {FIRST_BEAT_WITHIN:?} of the start)", th.frozen_after),
             console: console_tail,
+            boots: 1,
         });
     }
     if gathered.timed_out {
@@ -106,7 +112,7 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
     };
     let Some(status) = status else {
         if console_text.contains("Kernel panic") {
-            return Err(TestHostError::BrokeDown { why: "its kernel panicked".into(), console: console_tail });
+            return Err(TestHostError::BrokeDown { why: "its kernel panicked".into(), console: console_tail, boots: 1 });
         }
         let qemu_err = qemu_stderr.and_then(|h| h.join().ok()).unwrap_or_default();
         // QEMU killed by a signal it did not get from us (an assertion's
@@ -115,6 +121,7 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
             return Err(TestHostError::BrokeDown {
                 why: format!("QEMU died of signal {signal}: {}", tail_lines(qemu_err.trim(), 3)),
                 console: console_tail,
+                boots: 1,
             });
         }
         let qemu_exit = gathered.exit.map(shell_status);

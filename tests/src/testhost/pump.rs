@@ -26,6 +26,14 @@ pub enum Event {
     Exited(std::process::ExitStatus),
 }
 
+/// What heartbeats must look like: the first within `first_within` of the
+/// start, then no gap longer than `silence`.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    pub first_within: Duration,
+    pub silence: Duration,
+}
+
 /// Everything the loop gathered.
 #[derive(Debug, Default)]
 pub struct Gathered {
@@ -58,23 +66,23 @@ pub fn spawn_reader(mut reader: impl Read + Send + 'static, channel: Channel, tx
 }
 
 /// Runs until the process exited and every one of `channels` closed. At the
-/// deadline, or when heartbeats (once started) stop for `freeze_after`, it
+/// deadline, or when `heartbeat` says the machine froze, it
 /// calls `kill` once and keeps draining (the kill makes the process exit and
 /// its channels close).
 pub fn pump(
     rx: &Receiver<Event>,
     channels: usize,
     deadline: Instant,
-    freeze_after: Option<Duration>,
+    heartbeat: Option<Heartbeat>,
     kill: &mut dyn FnMut(),
     sink: &mut dyn FnMut(Stream, &[u8]),
 ) -> Gathered {
     let mut g = Gathered::default();
     let mut open = channels;
-    let mut last_beat: Option<Instant> = None;
+    // When the machine counts as frozen if no beat comes first.
+    let mut frozen_at = heartbeat.map(|h| Instant::now() + h.first_within);
     let mut killed = false;
     while g.exit.is_none() || open > 0 {
-        let frozen_at = last_beat.zip(freeze_after).map(|(beat, after)| beat + after);
         let until = frozen_at.map_or(deadline, |f| f.min(deadline));
         let event = if killed {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
@@ -89,13 +97,13 @@ pub fn pump(
                 }
                 Channel::Control => g.control.extend(data),
                 Channel::Collect => g.collect.extend(data),
-                Channel::Heartbeat => last_beat = Some(Instant::now()),
+                Channel::Heartbeat => frozen_at = heartbeat.map(|h| Instant::now() + h.silence),
             },
             Ok(Event::Closed) => open = open.saturating_sub(1),
             Ok(Event::Exited(status)) => {
                 g.exit = Some(status);
                 // Beats end with the machine; only the deadline is left.
-                last_beat = None;
+                frozen_at = None;
             }
             Err(RecvTimeoutError::Timeout) => {
                 if Instant::now() >= deadline {
@@ -150,7 +158,7 @@ mod tests {
     use std::sync::mpsc;
 
     /// Feeds `events`, then answers a kill by ending the process.
-    fn run(events: Vec<Event>, deadline: Duration, freeze_after: Option<Duration>) -> Gathered {
+    fn run(events: Vec<Event>, deadline: Duration, heartbeat: Option<Heartbeat>) -> Gathered {
         let (tx, rx) = mpsc::channel();
         for e in events {
             tx.send(e).unwrap();
@@ -160,26 +168,36 @@ mod tests {
             killer.send(Event::Closed).unwrap();
             killer.send(Event::Exited(std::os::unix::process::ExitStatusExt::from_raw(9))).unwrap();
         };
-        pump(&rx, 1, Instant::now() + deadline, freeze_after, &mut kill, &mut |_, _| {})
+        pump(&rx, 1, Instant::now() + deadline, heartbeat, &mut kill, &mut |_, _| {})
+    }
+
+    fn beats(first_within_ms: u64, silence_ms: u64) -> Option<Heartbeat> {
+        Some(Heartbeat { first_within: Duration::from_millis(first_within_ms), silence: Duration::from_millis(silence_ms) })
     }
 
     #[test]
     fn silence_after_heartbeats_is_a_freeze() {
-        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n'])], Duration::from_secs(60), Some(Duration::from_millis(50)));
+        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n'])], Duration::from_secs(60), beats(60_000, 50));
         assert!(g.frozen && !g.timed_out);
     }
 
     #[test]
-    fn without_heartbeats_only_the_deadline_counts() {
-        let g = run(vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())], Duration::from_millis(100), Some(Duration::from_millis(10)));
-        assert!(g.timed_out && !g.frozen);
+    fn no_first_beat_in_time_is_a_freeze() {
+        let g = run(vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())], Duration::from_secs(60), beats(50, 60_000));
+        assert!(g.frozen && !g.timed_out);
         assert_eq!(g.stdout, b"x");
+    }
+
+    #[test]
+    fn without_heartbeat_watch_only_the_deadline_counts() {
+        let g = run(vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())], Duration::from_millis(100), None);
+        assert!(g.timed_out && !g.frozen);
     }
 
     #[test]
     fn an_exit_ends_the_watch_for_heartbeats() {
         let exited = Event::Exited(std::os::unix::process::ExitStatusExt::from_raw(0));
-        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n']), exited], Duration::from_millis(200), Some(Duration::from_millis(10)));
+        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n']), exited], Duration::from_millis(200), beats(10, 10));
         // The channel stays open past the exit: the deadline ends it, not a freeze.
         assert!(!g.frozen && g.timed_out);
     }
