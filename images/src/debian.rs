@@ -94,7 +94,11 @@ pub fn install_from_backports(package: &str, log: &mut dyn FnMut(&str)) -> Resul
         let text = format!(
             "# Added by bulkhead: packages newer than {codename} ships (see README).\nTypes: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         );
-        std::fs::write(BACKPORTS_SOURCE, text).map_err(DebianError::io(format!("write {BACKPORTS_SOURCE}")))?;
+        // Whole or not at all: a half-written source file breaks every apt run.
+        let tmp = format!("{BACKPORTS_SOURCE}.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, BACKPORTS_SOURCE))
+            .map_err(DebianError::io(format!("write {BACKPORTS_SOURCE}")))?;
     }
     log(&format!("installing {package} from {suite}"));
     run_apt(&["-q", "update"])?;
