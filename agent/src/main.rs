@@ -1,20 +1,40 @@
 //! bulkhead-agent: PID 1 inside a bulkhead microVM.
 //!
-//! Today it carries the guest-kernel probe (`bulkhead-agent probe`), which
-//! checks that the guest kernel gives a container what it expects. The agent
-//! proper (serving the host over vsock) is built on top of this binary.
+//! With no arguments it is the agent: it mounts what PID 1 mounts, dials
+//! the host over vsock, and serves the host's requests (start the
+//! container, exec, signals, stdio) until the container ends, then powers
+//! the VM off. `--unix PATH` dials a Unix socket instead (the
+//! namespace-based tests); everything else is the same code path.
+//! The `probe*` subcommands check a guest kernel and its vsock.
 
 use std::process::ExitCode;
 
+mod netlink;
+mod pid1;
 mod probe;
+mod process;
+mod rootfs;
+mod server;
+mod transport;
 mod vsock_probe;
 
+pub use bulkhead_agent::passwd;
+
+use bulkhead_agent_proto::{BootStage, FromAgent, Hello, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
+
 const USAGE: &str = "\
-usage: bulkhead-agent probe [--expect-cpus N]
+usage: bulkhead-agent [--unix PATH]
+       bulkhead-agent probe [--expect-cpus N]
        bulkhead-agent probe-setuid UID
        bulkhead-agent probe-vsock-echo PORT
        bulkhead-agent probe-vsock-call PORT MESSAGE
 
+  (no command)  be PID 1: mount /proc, /sys, /dev, /dev/pts, /run, /tmp and
+                cgroup2, dial the host (vsock CID 2, port 1024 or
+                bulkhead.port=N from the kernel command line) and serve it.
+                Refuses to run unless it is PID 1 (of a VM or a pid namespace).
+  --unix PATH   dial the Unix socket PATH instead of vsock (tests: run it as
+                PID 1 of fresh pid/mount/uts/net namespaces)
   probe         check the guest kernel: threads, epoll/eventfd/timerfd/signalfd,
                 setuid, a pty, a shebang script, overlay over tmpfs, filesystems.
                 Prints one line per check and `probe: all ok` or `probe: N failed`.
@@ -22,11 +42,16 @@ usage: bulkhead-agent probe [--expect-cpus N]
   probe-vsock-echo  accept one vsock connection on PORT, echo it back
   probe-vsock-call  connect to the host (CID 2) on PORT, send MESSAGE, print the reply
 
-exit codes: 0 all checks passed, 1 a check failed, 2 bad usage";
+exit codes (probes): 0 all checks passed, 1 a check failed, 2 bad usage";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        None => agent(None),
+        Some("--unix") => match args.get(1) {
+            Some(path) if args.len() == 2 => agent(Some(path.into())),
+            _ => usage_error("--unix needs one PATH"),
+        },
         Some("probe") => match probe::parse_expect_cpus(&args[1..]) {
             Ok(expect_cpus) => probe::run_all(expect_cpus),
             Err(msg) => usage_error(&msg),
@@ -47,11 +72,60 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        _ => usage_error("the agent protocol is not implemented yet; only `probe` is available"),
+        Some(other) => usage_error(&format!("unknown command {other:?}")),
     }
 }
 
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("bulkhead-agent: {msg}\n{USAGE}");
     ExitCode::from(2)
+}
+
+/// The agent proper. Returns only on failure before serving; after that
+/// the machine powers off.
+fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
+    if std::process::id() != 1 {
+        // Power-off and kill(-1) are PID 1's business; anywhere else they
+        // would hit the host.
+        return usage_error("the agent runs only as PID 1 (of a VM, or of a pid namespace with --unix)");
+    }
+    let in_vm = unix.is_none();
+    let marks = pid1::BootMarks::new(in_vm);
+    marks.mark(BootStage::AgentStarted);
+    let fail = |what: String| -> ExitCode {
+        eprintln!("bulkhead-agent: {what}");
+        // As PID 1, returning panics the kernel: the VMM reports a failed
+        // guest, and the host gets no exit report, which is the contract.
+        pid1::power_off()
+    };
+    if let Err(e) = pid1::mount_proc() {
+        return fail(e.to_string());
+    }
+    let signals = match pid1::signal_fd() {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let own_pid_ns = match std::fs::File::open("/proc/self/ns/pid") {
+        Ok(f) => f,
+        Err(e) => return fail(format!("open /proc/self/ns/pid: {e}")),
+    };
+    let transport = match unix {
+        Some(path) => transport::Transport::Unix { path },
+        None => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            transport::Transport::Vsock { port: pid1::port_from_cmdline(&cmdline).unwrap_or(AGENT_VSOCK_PORT) }
+        }
+    };
+    let conn = match transport.dial() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    // Dialed first, mounted after: readiness is what the host waits on.
+    if let Err(e) = pid1::mount_rest() {
+        return fail(e.to_string());
+    }
+    let boot_to_connected_us = if in_vm { pid1::since_boot_us() } else { None };
+    marks.mark(BootStage::AgentReady);
+    let hello = FromAgent::Hello(Hello { protocol: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into(), boot_to_connected_us });
+    server::Agent::new(conn, signals, own_pid_ns, &marks).run(hello)
 }

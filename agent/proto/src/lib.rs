@@ -1,8 +1,23 @@
-//! What the guest agent and the host agree on.
+//! What the guest agent and the host agree on: the frame format, the
+//! control messages, flow control, and (feature `client`) the host's async
+//! client.
 //!
-//! Only the fixed points live here so far: where the agent finds the host and
-//! how it marks boot stages for the VMM. The request/response types arrive with
-//! the agent protocol itself.
+//! The connection: the agent dials the host (vsock port
+//! [`AGENT_VSOCK_PORT`], or a Unix socket in tests) and sends
+//! [`FromAgent::Hello`]. The host sends requests ([`ToAgent`]) with ids and
+//! gets one [`FromAgent::Reply`] each. Stdio travels in data frames on
+//! per-process streams, each direction under credit ([`flow`]). Each started
+//! process ends with exactly one [`FromAgent::Exited`].
+
+pub mod flow;
+pub mod frame;
+pub mod messages;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use frame::{Fd, Frame, FrameDecoder, FrameError, StreamId};
+pub use messages::*;
 
 /// Version of the host <-> agent protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -10,6 +25,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// vsock port on the host (CID 2) that the agent dials as soon as it starts.
 /// The VMM forwards it to the Unix socket `<uds>_<port>`.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Kernel command-line key that overrides [`AGENT_VSOCK_PORT`]; the only
+/// thing the agent takes from the command line.
+pub const PORT_CMDLINE_KEY: &str = "bulkhead.port";
 
 /// I/O port the guest writes one-byte boot-stage codes to; the VMM timestamps
 /// each write (same idea as Firecracker's boot-time device).

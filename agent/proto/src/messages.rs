@@ -1,0 +1,321 @@
+//! Control messages, JSON inside control frames. Unknown fields and
+//! unknown message types are errors (`deny_unknown_fields`): the two sides
+//! ship together, and a peer sending what we do not know is broken or
+//! hostile. Sizes are bounded by the frame limit; [`ProcessSpec::validate`]
+//! bounds the rest.
+
+use serde::{Deserialize, Serialize};
+
+/// Host -> agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToAgent {
+    /// Set up the container (root, network, hostname) and start its main
+    /// process as `process` (host-chosen id). Only once.
+    Start { id: u64, process: u32, spec: Box<StartRequest> },
+    /// Start another process in the running container.
+    Exec { id: u64, process: u32, spec: ProcessSpec },
+    /// Send `signal` to a process.
+    Signal { id: u64, process: u32, signal: i32 },
+    /// Resize a TTY-mode process's terminal.
+    Resize { id: u64, process: u32, rows: u16, cols: u16 },
+    /// The host has the exit report of `process`.
+    AckExit { process: u32 },
+    /// Stop everything and power off.
+    Shutdown { id: u64 },
+}
+
+/// Agent -> host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FromAgent {
+    /// First message on every connection.
+    Hello(Hello),
+    /// The outcome of request `id`.
+    Reply { id: u64, result: Result<(), AgentError> },
+    /// A process ended; sent exactly once per started process, after its
+    /// output streams are closed.
+    Exited { process: u32, status: ExitStatus },
+    /// The agent could not go on (a protocol error on its side); it closes
+    /// the connection after this.
+    Fatal { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub protocol: u32,
+    pub agent_version: String,
+    /// Microseconds from the kernel handing over to the agent (boot clock)
+    /// to the agent connected, if the agent could tell.
+    pub boot_to_connected_us: Option<u64>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's convention: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{kind:?}: {message}")]
+pub struct AgentError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The program was not found (a CLI maps this to 127).
+    NotFound,
+    /// The program exists but cannot be executed (126).
+    NotExecutable,
+    /// The request itself is wrong (bad field, unknown process, second start).
+    InvalidRequest,
+    /// Setting up failed (mount, user lookup, network, ...).
+    Failed,
+}
+
+impl AgentError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// The container and its main process.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StartRequest {
+    pub process: ProcessSpec,
+    pub root: RootSpec,
+    pub hostname: Option<String>,
+    /// Extra /etc/hosts lines besides localhost and the hostname.
+    pub hosts: Vec<HostEntry>,
+    pub dns: DnsSpec,
+    pub network: Option<NetworkSpec>,
+    /// How long the agent waits for the host to acknowledge the main
+    /// process's exit before powering off anyway (ms; 0 = default 5000).
+    pub exit_ack_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the process's PATH.
+    pub args: Vec<String>,
+    /// `KEY=value` entries; PATH defaults to the usual one when absent.
+    pub env: Vec<String>,
+    /// Working directory (absolute) [default: /].
+    pub cwd: Option<String>,
+    /// `uid[:gid]` or `name[:group]`, names from the image's /etc/passwd
+    /// and /etc/group [default: 0:0].
+    pub user: Option<String>,
+    /// Supplementary group ids on top of the user's groups in /etc/group.
+    pub additional_gids: Vec<u32>,
+    pub rlimits: Vec<Rlimit>,
+    /// Run on a pseudo-terminal (stdout carries both output streams).
+    pub tty: bool,
+    /// Initial terminal size in TTY mode.
+    pub tty_size: Option<(u16, u16)>,
+    /// The host will send stdin; without it stdin is /dev/null.
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: RlimitResource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RlimitResource {
+    RlimitNofile,
+    RlimitNproc,
+    RlimitCore,
+    RlimitStack,
+    RlimitFsize,
+    RlimitAs,
+    RlimitMemlock,
+    RlimitCpu,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RootSpec {
+    /// Where the image's root filesystem is.
+    pub source: RootSource,
+    /// A read-write block device for the overlay's upper layer (formatted
+    /// ext4); tmpfs when absent.
+    pub scratch: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RootSource {
+    /// A block device (virtio-blk) with an ext4 or erofs filesystem,
+    /// mounted read-only.
+    Block { device: String, fstype: String },
+    /// A directory already visible to the agent, bound read-only (the
+    /// namespace-based tests, where the agent runs on a host).
+    Directory { path: String },
+}
+
+impl Default for RootSource {
+    fn default() -> Self {
+        RootSource::Block { device: "/dev/vda".into(), fstype: "ext4".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub address: String,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSpec {
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub interface: String,
+    /// IPv4 address and prefix length, e.g. 10.0.0.2/24.
+    pub address: String,
+    pub gateway: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+/// Most argv/env entries, groups, rlimits and hosts a request may carry.
+pub const MAX_LIST: usize = 4096;
+
+impl ProcessSpec {
+    /// Checks what serde cannot: a non-empty argv, no NUL bytes anywhere,
+    /// `KEY=value` env, an absolute cwd, bounded list sizes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.args.is_empty() {
+            return Err("args is empty".into());
+        }
+        if self.args.len() > MAX_LIST || self.env.len() > MAX_LIST || self.additional_gids.len() > MAX_LIST || self.rlimits.len() > 64 {
+            return Err("too many args, env entries, groups or rlimits".into());
+        }
+        let strings = self.args.iter().chain(&self.env).chain(self.cwd.iter()).chain(self.user.iter());
+        if strings.clone().any(|s| s.contains('\0')) {
+            return Err("a string contains a NUL byte".into());
+        }
+        if let Some(bad) = self.env.iter().find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
+            return Err(format!("env entry {bad:?} is not KEY=value"));
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.starts_with('/') {
+                return Err(format!("cwd {cwd:?} is not absolute"));
+            }
+        }
+        if let Some(r) = self.rlimits.iter().find(|r| r.soft > r.hard) {
+            return Err(format!("{:?}: soft limit above hard limit", r.resource));
+        }
+        Ok(())
+    }
+}
+
+impl ToAgent {
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl FromAgent {
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Serializes a control message (infallible for these types).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    serde_json::to_vec(msg).unwrap_or_else(|e| format!(r#"{{"type":"fatal","message":"encode: {e}"}}"#).into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = vec![
+            ToAgent::Start { id: 1, process: 1, spec: Box::new(StartRequest { process: ProcessSpec { args: vec!["echo".into(), "hi".into()], ..Default::default() }, ..Default::default() }) },
+            ToAgent::Signal { id: 2, process: 1, signal: 15 },
+            ToAgent::AckExit { process: 1 },
+        ];
+        for m in msgs {
+            assert_eq!(ToAgent::decode(&encode(&m)).unwrap(), m);
+        }
+        let replies = vec![
+            FromAgent::Reply { id: 3, result: Err(AgentError::new(ErrorKind::NotFound, "nope: not found")) },
+            FromAgent::Reply { id: 4, result: Ok(()) },
+            FromAgent::Exited { process: 1, status: ExitStatus::Signal(9) },
+            FromAgent::Hello(Hello { protocol: 1, agent_version: "x".into(), boot_to_connected_us: Some(5) }),
+        ];
+        for m in replies {
+            assert_eq!(FromAgent::decode(&encode(&m)).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn unknown_types_fields_and_junk_are_rejected() {
+        for bad in [
+            &br#"{"type":"format_disk","id":1}"#[..],
+            br#"{"type":"signal","id":1,"process":1,"signal":15,"extra":true}"#,
+            br#"{"type":"signal","id":-1,"process":1,"signal":15}"#,
+            br#"{"type":"signal","id":1,"process":1}"#,
+            br#"{"id":1}"#,
+            br#"[1,2,3]"#,
+            b"\xff\xfe",
+            b"",
+            br#"{"type":"start","id":1,"process":1,"spec":{"process":{"args":["a"],"uid":0}}}"#,
+        ] {
+            assert!(ToAgent::decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        for bad in [&br#"{"type":"exited","process":1,"status":{"code":1,"signal":2}}"#[..], br#"{"type":"reply","id":1,"result":{"Maybe":null}}"#] {
+            assert!(FromAgent::decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn process_specs_are_validated() {
+        let ok = ProcessSpec { args: vec!["sh".into()], env: vec!["A=b".into(), "EMPTY=".into()], cwd: Some("/tmp".into()), ..Default::default() };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = [
+            ProcessSpec::default(),
+            ProcessSpec { args: vec!["a\0b".into()], ..ok.clone() },
+            ProcessSpec { env: vec!["NOEQUALS".into()], ..ok.clone() },
+            ProcessSpec { env: vec!["=v".into()], ..ok.clone() },
+            ProcessSpec { cwd: Some("relative".into()), ..ok.clone() },
+            ProcessSpec { args: vec!["x".into(); MAX_LIST + 1], ..ok.clone() },
+            ProcessSpec { rlimits: vec![Rlimit { resource: RlimitResource::RlimitNofile, soft: 2, hard: 1 }], ..ok.clone() },
+        ];
+        for b in bad {
+            assert!(b.validate().is_err(), "{b:?}");
+        }
+    }
+}
