@@ -6,6 +6,7 @@
 //! - [`debian`]: packages the builds need from the host.
 //! - [`initramfs`]: cpio archives the kernel unpacks as its first root.
 
+pub mod agent_initramfs;
 pub mod cache;
 pub mod debian;
 pub mod initramfs;

@@ -4,6 +4,7 @@
 //! directly on hosts with VT-x/AMD-V, else inside a QEMU-emulated machine
 //! with an emulated AMD CPU (the nested test host, DESIGN.md).
 
+pub mod agent_vm;
 pub mod busybox_root;
 pub mod guest_initramfs;
 pub mod guest_probe;

@@ -13,6 +13,10 @@
 //!   tap-create NAME                 create a persistent TAP (busybox has no
 //!                                   `ip tuntap`) so its address can be set
 //!                                   before a VMM opens it
+//!   agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD
+//!                                   boot VMs with the agent and drive it with
+//!                                   the host client (bulkhead_tests::agent_vm);
+//!                                   prints CHECK and TIMING lines
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -25,7 +29,8 @@ fn main() -> ExitCode {
         ["vsock-connect", uds, port, msg] => vsock_connect(uds, port, msg),
         ["vsock-listen", path, reply, report] => vsock_listen(path, reply, report),
         ["tap-create", name] => tap_create(name),
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME".into()),
+        ["agent-e2e", kernel, initrd, disk, baseline] => agent_e2e(kernel, initrd, disk, baseline),
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,4 +114,14 @@ fn tap_create(name: &str) -> Result<(), String> {
     }
     println!("tap-create: {name}");
     Ok(())
+}
+
+fn agent_e2e(kernel: &str, initrd: &str, disk: &str, baseline: &str) -> Result<(), String> {
+    let paths = bulkhead_tests::agent_vm::paths(kernel, initrd, disk, baseline)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
+    if rt.block_on(bulkhead_tests::agent_vm::run(&paths)) {
+        Ok(())
+    } else {
+        Err("a case could not run (see CHECK lines)".into())
+    }
 }
