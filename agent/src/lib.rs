@@ -1,4 +1,6 @@
 //! The parts of bulkhead-agent that are plain logic (tested and fuzzed on
 //! the host); the binary holds the PID 1 side.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod passwd;

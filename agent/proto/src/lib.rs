@@ -11,6 +11,8 @@
 
 pub mod flow;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod messages;
 
 #[cfg(feature = "client")]
