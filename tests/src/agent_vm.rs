@@ -21,6 +21,8 @@ pub struct Paths {
     pub agent_initrd: PathBuf,
     pub disk: PathBuf,
     pub baseline_initrd: PathBuf,
+    /// An empty ext4 disk for the overlay's upper layer (exit7 case).
+    pub scratch: PathBuf,
 }
 
 fn check(name: &str, ok: bool, detail: impl std::fmt::Display) -> bool {
@@ -47,7 +49,7 @@ struct Vm {
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Vm {
-    async fn boot(p: &Paths, name: &str) -> Result<Vm, String> {
+    async fn boot(p: &Paths, name: &str, scratch: bool) -> Result<Vm, String> {
         let uds = PathBuf::from(format!("/tmp/{name}.vsock"));
         let listener_path = format!("{}_{AGENT_VSOCK_PORT}", uds.display());
         let _ = std::fs::remove_file(&listener_path);
@@ -61,6 +63,7 @@ impl Vm {
             .arg(&p.agent_initrd)
             .arg("--disk")
             .arg(format!("{},ro", p.disk.display()))
+            .args(if scratch { vec!["--disk".into(), p.scratch.display().to_string()] } else { vec![] })
             .args(["--memory", "256", "--vsock-cid", "3", "--boot-timeline", "--cmdline", "console=ttyS0 quiet"])
             .arg("--vsock-uds")
             .arg(&uds)
@@ -110,7 +113,7 @@ fn timeline_us(stderr: &str, name: &str) -> Option<u64> {
 }
 
 async fn echo_case(p: &Paths) -> Result<(), String> {
-    let vm = Vm::boot(p, "echo").await?;
+    let vm = Vm::boot(p, "echo", false).await?;
     check("hello-from-agent", vm.client.hello().boot_to_connected_us.is_some(), format!("{:?}", vm.client.hello()));
     let mut proc_ = vm.client.start(Vm::start_request(process(&["echo", "hello"]))).await.map_err(|e| e.to_string())?;
     let mut first_output = None;
@@ -140,8 +143,12 @@ async fn echo_case(p: &Paths) -> Result<(), String> {
 }
 
 async fn exit7_case(p: &Paths) -> Result<(), String> {
-    let vm = Vm::boot(p, "exit7").await?;
-    let out = vm.client.start(Vm::start_request(process(&["sh", "-c", "exit 7"]))).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
+    // With a scratch disk as the overlay's upper layer: what the workload
+    // writes must be on that disk after power-off (the agent syncs).
+    let vm = Vm::boot(p, "exit7", true).await?;
+    let mut req = Vm::start_request(process(&["sh", "-c", "echo persisted > /data.txt; exit 7"]));
+    req.root.scratch = Some("/dev/vdb".into());
+    let out = vm.client.start(req).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
     check("exit-7", out.status == ExitStatus::Code(7), format!("{:?}", out.status));
     let (code, stderr) = vm.finish().await;
     check("exit7-vmm-exit-0", code == Some(0), format!("{code:?} {stderr}"));
@@ -162,7 +169,7 @@ echo look-done
 "#;
 
 async fn exec_term_case(p: &Paths) -> Result<(), String> {
-    let vm = Vm::boot(p, "exec").await?;
+    let vm = Vm::boot(p, "exec", false).await?;
     let main = process(&["sh", "-c", "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait"]);
     let mut proc_ = vm.client.start(Vm::start_request(main)).await.map_err(|e| e.to_string())?;
     let first = proc_.next_output().await;
@@ -230,9 +237,9 @@ pub async fn run(p: &Paths) -> bool {
 }
 
 /// Checks the paths exist before booting anything.
-pub fn paths(kernel: &str, agent_initrd: &str, disk: &str, baseline_initrd: &str) -> Result<Paths, String> {
-    let p = Paths { kernel: kernel.into(), agent_initrd: agent_initrd.into(), disk: disk.into(), baseline_initrd: baseline_initrd.into() };
-    for f in [&p.kernel, &p.agent_initrd, &p.disk, &p.baseline_initrd] {
+pub fn paths(kernel: &str, agent_initrd: &str, disk: &str, baseline_initrd: &str, scratch: &str) -> Result<Paths, String> {
+    let p = Paths { kernel: kernel.into(), agent_initrd: agent_initrd.into(), disk: disk.into(), baseline_initrd: baseline_initrd.into(), scratch: scratch.into() };
+    for f in [&p.kernel, &p.agent_initrd, &p.disk, &p.baseline_initrd, &p.scratch] {
         if !Path::new(f).is_file() {
             return Err(format!("{} does not exist", f.display()));
         }

@@ -197,10 +197,14 @@ fn state(pid: u32) -> char {
     stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()).unwrap_or('?')
 }
 
+/// Waits until no `sleep` is left running (up to 10 s), then prints how
+/// many zombies the container has.
+const ZOMBIE_COUNT: &str = "read x; i=0; while ps -o stat=,comm= | grep -v '^Z' | grep -q ' sleep$' && [ $i -lt 200 ]; do usleep 50000; i=$((i+1)); done; ps -o stat= | grep -c Z; exit 0";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_processes_and_orphans_leave_no_zombies() {
     let a = NsAgent::boot().await;
-    let mut main = a.client.start(a.start_request(ProcessSpec { stdin: true, ..process(&["sh", "-c", "read x; ps -o stat= | grep -c Z; exit 0"]) })).await.unwrap();
+    let mut main = a.client.start(a.start_request(ProcessSpec { stdin: true, ..process(&["sh", "-c", ZOMBIE_COUNT]) })).await.unwrap();
     // Each exec'd shell orphans two grandchildren and exits at once.
     for _ in 0..5 {
         let out = a.client.exec(process(&["sh", "-c", "sleep 0.2 & sleep 0.1 & exit 0"])).await.unwrap().collect().await.unwrap();
@@ -212,9 +216,8 @@ async fn finished_processes_and_orphans_leave_no_zombies() {
     let kids = children(agent);
     assert_eq!(kids.len(), 1, "the agent has unreaped children: {kids:?}");
     assert!(kids.iter().all(|&k| state(k) != 'Z'));
-    // Let the orphans finish, then count zombies from inside.
-    let waiter = a.client.exec(process(&["sleep", "0.3"])).await.unwrap().collect().await.unwrap();
-    assert_eq!(waiter.status, ExitStatus::Code(0));
+    // The main process waits (by looking, bounded) for the orphans to be
+    // gone, then counts zombies from inside.
     main.write_stdin(b"\n").await.unwrap();
     let mut out = Vec::new();
     while let Some(o) = main.next_output().await {
@@ -283,4 +286,36 @@ async fn a_host_speaking_garbage_is_cut_off_and_the_agent_stops() {
     assert!(text.contains(r#""type":"hello""#) && text.contains(r#""type":"fatal""#) && text.contains("protocol version 71"), "{text}");
     // And it stops: PID 1 of the namespace ends.
     tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || child.wait())).await.expect("the agent kept running").unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rlimits_and_extra_groups_apply() {
+    use bulkhead_agent_proto::{Rlimit, RlimitResource};
+    let spec = ProcessSpec {
+        user: Some("bob".into()),
+        additional_gids: vec![77, 29],
+        rlimits: vec![Rlimit { resource: RlimitResource::RlimitNofile, soft: 123, hard: 456 }, Rlimit { resource: RlimitResource::RlimitCore, soft: 0, hard: 0 }],
+        ..process(&["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c; id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' '"])
+    };
+    let (out, a) = NsAgent::boot().await.run(spec).await;
+    assert_eq!((text(&out.stdout), out.status), ("123\n456\n0\n29 77 1001 ".to_string(), ExitStatus::Code(0)), "{}", text(&out.stderr));
+    a.powered_off();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_agent_stops_the_workload_in_order_and_reports_its_exit() {
+    let a = NsAgent::boot().await;
+    let main = process(&["sh", "-c", "trap 'echo bye; exit 5' TERM; echo up; sleep 1000 & wait"]);
+    let mut p = a.client.start(a.start_request(main)).await.unwrap();
+    assert_eq!(p.next_output().await, Some(Output::Data(Fd::Stdout, b"up\n".to_vec())));
+    // An exec'd process can be signalled too.
+    let mut side = a.client.exec(process(&["sleep", "1000"])).await.unwrap();
+    side.signal(9).await.unwrap();
+    assert_eq!(side.wait().await.unwrap(), ExitStatus::Signal(9));
+    // Now SIGTERM to the agent itself (PID 1 of the namespace; unshare's child).
+    let agent = children(a.child.id())[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let rest = p.collect().await.unwrap();
+    assert_eq!((text(&rest.stdout), rest.status), ("bye\n".into(), ExitStatus::Code(5)));
+    a.powered_off();
 }

@@ -25,6 +25,10 @@ fn agent_runs_echo_exit_codes_exec_and_sigterm_in_a_vm_then_powers_off() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("root.img");
     busybox_root::ext4(dir.path(), &disk).unwrap();
+    let scratch = dir.path().join("scratch.img");
+    let status = std::process::Command::new("mkfs.ext4").arg("-q").arg(&scratch).arg("16M").status().expect("mkfs.ext4 (e2fsprogs)");
+    assert!(status.success());
+    let scratch_back = dir.path().join("scratch-back.img");
     let baseline = dir.path().join("baseline.cpio");
     std::fs::write(&baseline, guest_initramfs::busybox("#!/bin/sh\necho BASELINE-INIT\n/bin/busybox poweroff -f\n", &[]).unwrap()).unwrap();
 
@@ -33,8 +37,10 @@ fn agent_runs_echo_exit_codes_exec_and_sigterm_in_a_vm_then_powers_off() {
         .stage(&initrd, "/t/agent.cpio")
         .stage(&disk, "/t/root.img")
         .stage(&baseline, "/t/baseline.cpio")
+        .stage(&scratch, "/t/scratch.img")
+        .collect("/t/scratch.img", &scratch_back)
         .timeout(Duration::from_secs(500))
-        .run(&["sh", "-c", "bulkhead-testkit agent-e2e \"$BULKHEAD_KERNEL\" /t/agent.cpio /t/root.img /t/baseline.cpio"])
+        .run(&["sh", "-c", "bulkhead-testkit agent-e2e \"$BULKHEAD_KERNEL\" /t/agent.cpio /t/root.img /t/baseline.cpio /t/scratch.img"])
         .unwrap();
     let stdout = out.stdout_str();
     let report = format!("stdout:\n{stdout}\nstderr:\n{}", out.stderr_str());
@@ -60,6 +66,10 @@ fn agent_runs_echo_exit_codes_exec_and_sigterm_in_a_vm_then_powers_off() {
         assert!(checks.iter().any(|l| l.split_whitespace().nth(1) == Some(want)), "check {want} did not run\n{report}");
     }
     assert_eq!(out.status, 0, "{report}");
+    // The workload's write went to the scratch disk's upper layer and
+    // reached the disk before power-off.
+    let cat = std::process::Command::new("debugfs").args(["-R", "cat /upper/data.txt"]).arg(&scratch_back).output().expect("debugfs (e2fsprogs)");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "persisted\n", "{report}");
 
     // The boot timeline, in emulated microseconds since the VMM started
     // (ratios only: the test host is emulated).

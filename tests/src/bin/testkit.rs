@@ -13,7 +13,7 @@
 //!   tap-create NAME                 create a persistent TAP (busybox has no
 //!                                   `ip tuntap`) so its address can be set
 //!                                   before a VMM opens it
-//!   agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD
+//!   agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH
 //!                                   boot VMs with the agent and drive it with
 //!                                   the host client (bulkhead_tests::agent_vm);
 //!                                   prints CHECK and TIMING lines
@@ -29,8 +29,8 @@ fn main() -> ExitCode {
         ["vsock-connect", uds, port, msg] => vsock_connect(uds, port, msg),
         ["vsock-listen", path, reply, report] => vsock_listen(path, reply, report),
         ["tap-create", name] => tap_create(name),
-        ["agent-e2e", kernel, initrd, disk, baseline] => agent_e2e(kernel, initrd, disk, baseline),
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD".into()),
+        ["agent-e2e", kernel, initrd, disk, baseline, scratch] => agent_e2e(kernel, initrd, disk, baseline, scratch),
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,8 +116,8 @@ fn tap_create(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn agent_e2e(kernel: &str, initrd: &str, disk: &str, baseline: &str) -> Result<(), String> {
-    let paths = bulkhead_tests::agent_vm::paths(kernel, initrd, disk, baseline)?;
+fn agent_e2e(kernel: &str, initrd: &str, disk: &str, baseline: &str, scratch: &str) -> Result<(), String> {
+    let paths = bulkhead_tests::agent_vm::paths(kernel, initrd, disk, baseline, scratch)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
     if rt.block_on(bulkhead_tests::agent_vm::run(&paths)) {
         Ok(())
