@@ -33,9 +33,11 @@ agent: static
 kernel: build
 	$(BIN)/bulkhead kernel build
 
-# The main job, for now: build the guest kernel and the agent, boot them.
+# The main job, for now: build the guest kernel and the agent, check the
+# kernel, then boot a workload in a microVM through the agent.
 demo: kernel
 	$(BIN)/bulkhead-guest-probe
+	$(BIN)/bulkhead-agent-demo
 
 test: kernel
 	cargo test --release --workspace

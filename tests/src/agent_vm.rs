@@ -246,3 +246,60 @@ pub fn paths(kernel: &str, agent_initrd: &str, disk: &str, baseline_initrd: &str
     }
     Ok(p)
 }
+
+/// Boots one VM and runs `args` as its workload, passing its stdout and
+/// stderr through; returns the workload's exit code in the shell's
+/// convention (128+N for a signal, 125 when it could not run at all).
+pub async fn run_one(kernel: &str, agent_initrd: &str, disk: &str, args: &[String]) -> i32 {
+    use std::io::Write;
+    let p = Paths { kernel: kernel.into(), agent_initrd: agent_initrd.into(), disk: disk.into(), baseline_initrd: PathBuf::new(), scratch: PathBuf::new() };
+    let vm = match Vm::boot(&p, "run", false).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("agent-run: {e}");
+            return 125;
+        }
+    };
+    let spec = ProcessSpec { args: args.to_vec(), ..Default::default() };
+    let mut proc_ = match vm.client.start(Vm::start_request(spec)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("agent-run: {e}");
+            return match e {
+                bulkhead_agent_proto::client::ClientError::Agent(a) if a.kind == bulkhead_agent_proto::ErrorKind::NotFound => 127,
+                bulkhead_agent_proto::client::ClientError::Agent(a) if a.kind == bulkhead_agent_proto::ErrorKind::NotExecutable => 126,
+                _ => 125,
+            };
+        }
+    };
+    while let Some(o) = proc_.next_output().await {
+        match o {
+            Output::Data(Fd::Stderr, b) => {
+                let _ = std::io::stderr().write_all(&b);
+            }
+            Output::Data(_, b) => {
+                let _ = std::io::stdout().write_all(&b);
+                let _ = std::io::stdout().flush();
+            }
+            Output::Eof(_) => {}
+        }
+    }
+    let status = match proc_.wait().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("agent-run: {e}");
+            return 125;
+        }
+    };
+    let connected = vm.connected;
+    let (code, stderr) = vm.finish().await;
+    let k = timeline_us(&stderr, "kernel-entry").unwrap_or(0);
+    let w = timeline_us(&stderr, "workload-started").unwrap_or(0);
+    eprintln!(
+        "agent-run: VMM exit {code:?}; kernel entry at {:.0} ms, agent connected at {:.0} ms, workload started at {:.0} ms (emulated time)",
+        k as f64 / 1e3,
+        connected.as_secs_f64() * 1e3,
+        w as f64 / 1e3
+    );
+    status.shell_code()
+}

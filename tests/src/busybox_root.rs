@@ -34,6 +34,7 @@ pub fn ext4(dir: &Path, image: &Path) -> std::io::Result<()> {
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree)?;
     build(&tree)?;
+    std::fs::File::create(image)?; // an existing file keeps mkfs quiet
     let status = Command::new("mkfs.ext4").args(["-q", "-d"]).arg(&tree).arg(image).arg("16M").status()?;
     if !status.success() {
         return Err(std::io::Error::other(format!("mkfs.ext4 failed: {status}")));

@@ -17,6 +17,10 @@
 //!                                   boot VMs with the agent and drive it with
 //!                                   the host client (bulkhead_tests::agent_vm);
 //!                                   prints CHECK and TIMING lines
+//!   agent-run KERNEL AGENT_INITRD DISK CMD...
+//!                                   boot one VM and run CMD as its workload;
+//!                                   its output passes through, its exit code
+//!                                   is ours
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -30,7 +34,19 @@ fn main() -> ExitCode {
         ["vsock-listen", path, reply, report] => vsock_listen(path, reply, report),
         ["tap-create", name] => tap_create(name),
         ["agent-e2e", kernel, initrd, disk, baseline, scratch] => agent_e2e(kernel, initrd, disk, baseline, scratch),
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH".into()),
+        ["agent-run", kernel, initrd, disk, cmd @ ..] if !cmd.is_empty() => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("bulkhead-testkit: tokio: {e}");
+                    return ExitCode::from(125);
+                }
+            };
+            let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+            let code = rt.block_on(bulkhead_tests::agent_vm::run_one(kernel, initrd, disk, &cmd));
+            return ExitCode::from(u8::try_from(code).unwrap_or(125));
+        }
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
