@@ -8,6 +8,9 @@
 
 pub mod agent_initramfs;
 pub mod cache;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod debian;
 pub mod initramfs;
 pub mod kernel;
+pub mod unpack;

@@ -1,0 +1,255 @@
+//! Applying image layers to a directory: OCI whiteouts, owners, modes,
+//! mtimes, symlinks, hardlinks, xattrs — with the layer treated as hostile.
+//!
+//! Every path is walked one component at a time from a directory fd we
+//! hold, with `O_NOFOLLOW`: a symlink anywhere in an entry's parent path is
+//! an error ([`UnpackError::ThroughSymlink`]), never followed, so nothing is
+//! ever written outside the target. An entry's last component is never
+//! followed either: whatever is there (a symlink from an earlier entry
+//! included) is removed and the entry created in its place. Device nodes are
+//! skipped and reported (a container gets its devices from the guest's
+//! devtmpfs, not from its image). Sizes, entry counts and name lengths are
+//! capped ([`Limits`]). Duplicate entries: the later one wins.
+
+mod fsops;
+pub mod path;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use fsops::{DirFd, Meta};
+use path::Whiteout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("malformed layer tarball: {0}")]
+    Tar(String),
+    #[error("absolute path in layer: {0:?}")]
+    AbsolutePath(String),
+    #[error("path climbs out of the root: {0:?}")]
+    Escape(String),
+    #[error("path goes through a symlink: {0:?}")]
+    ThroughSymlink(String),
+    #[error("a parent of {0:?} is not a directory")]
+    NotADirectory(String),
+    #[error("hardlink {link:?} -> {target:?}: {why}")]
+    Hardlink { link: String, target: String, why: String },
+    #[error("bad whiteout {0:?}")]
+    BadWhiteout(String),
+    #[error("name too long: {0:?}")]
+    NameTooLong(String),
+    #[error("more than {0} entries in the image")]
+    TooManyEntries(u64),
+    #[error("the image unpacks to more than {0} bytes")]
+    TooLarge(u64),
+    #[error("layer digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+}
+
+/// Caps on what an image may unpack to (all layers together).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_bytes: 32 << 30, max_entries: 2_000_000 }
+    }
+}
+
+/// What was unpacked, and what was skipped on purpose.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Device nodes and unsupported entry types, not created.
+    pub skipped: Vec<String>,
+    /// Extended attributes not applied (only `user.*` and
+    /// `security.capability` are).
+    pub skipped_xattrs: u64,
+}
+
+/// Unpacks layers into one root directory, keeping the running totals the
+/// limits apply to.
+#[derive(Debug)]
+pub struct Unpacker {
+    root: DirFd,
+    limits: Limits,
+    report: Report,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Unpacker {
+    /// `root` must exist and be a directory (normally empty).
+    pub fn new(root: &Path, limits: Limits) -> Result<Self, UnpackError> {
+        Ok(Self { root: DirFd::open_root(root)?, limits, report: Report::default() })
+    }
+
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Applies one uncompressed layer tarball.
+    pub fn apply(&mut self, layer: impl Read) -> Result<(), UnpackError> {
+        let mut archive = tar::Archive::new(layer);
+        let mut created: HashSet<Vec<u8>> = HashSet::new();
+        let mut dir_times: Vec<(Vec<u8>, Meta)> = Vec::new();
+        let entries = archive.entries().map_err(|e| UnpackError::Tar(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| UnpackError::Tar(e.to_string()))?;
+            self.report.entries += 1;
+            if self.report.entries > self.limits.max_entries {
+                return Err(UnpackError::TooManyEntries(self.limits.max_entries));
+            }
+            let raw_path = entry.path_bytes().into_owned();
+            let comps = path::components(&raw_path)?;
+            let Some((name, parents)) = comps.split_last() else {
+                continue; // the root itself: its metadata is ours
+            };
+            let kind = entry.header().entry_type();
+            let meta = Meta::from_header(entry.header())?;
+            match path::whiteout(name)? {
+                Whiteout::Remove(target) => {
+                    let dir = self.root.walk(parents, false, &raw_path)?;
+                    if let Some(dir) = dir {
+                        dir.remove(target, &raw_path)?;
+                    }
+                    continue;
+                }
+                Whiteout::Opaque => {
+                    let prefix = parents.join(&b'/');
+                    if let Some(dir) = self.root.walk(parents, true, &raw_path)? {
+                        dir.clear_except(&prefix, &created, &raw_path)?;
+                    }
+                    continue;
+                }
+                Whiteout::None => {}
+            }
+            let Some(dir) = self.root.walk(parents, true, &raw_path)? else { continue };
+            let full = comps.join(&b'/');
+            created.insert(full.clone());
+            match kind {
+                tar::EntryType::Directory => {
+                    dir.make_dir(name, &meta, &raw_path)?;
+                    dir_times.push((full, meta));
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                    let size = entry.size();
+                    self.report.bytes = self.report.bytes.saturating_add(size);
+                    if self.report.bytes > self.limits.max_bytes {
+                        return Err(UnpackError::TooLarge(self.limits.max_bytes));
+                    }
+                    let xattrs = xattrs(&mut entry, &mut self.report);
+                    let file: OwnedFd = dir.create_file(name, &raw_path)?;
+                    let copied = std::io::copy(&mut (&mut entry).take(size), &mut std::fs::File::from(file.try_clone().map_err(io(&raw_path))?)).map_err(|e| UnpackError::Tar(format!("{}: {e}", lossy(&raw_path))))?;
+                    if copied != size {
+                        return Err(UnpackError::Tar(format!("{}: {copied} of {size} bytes", lossy(&raw_path))));
+                    }
+                    fsops::finish_file(&file, &meta, &xattrs, &raw_path)?;
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry.link_name_bytes().ok_or_else(|| UnpackError::Tar(format!("{}: symlink without target", lossy(&raw_path))))?.into_owned();
+                    dir.make_symlink(name, &target, &meta, &raw_path)?;
+                }
+                tar::EntryType::Link => {
+                    let target = entry.link_name_bytes().ok_or_else(|| UnpackError::Tar(format!("{}: hardlink without target", lossy(&raw_path))))?.into_owned();
+                    let tcomps = path::components(&target).map_err(|e| UnpackError::Hardlink { link: lossy(&raw_path), target: lossy(&target), why: e.to_string() })?;
+                    let Some((tname, tparents)) = tcomps.split_last() else {
+                        return Err(UnpackError::Hardlink { link: lossy(&raw_path), target: lossy(&target), why: "points at the root".into() });
+                    };
+                    let tdir = self.root.walk(tparents, false, &target)?.ok_or_else(|| UnpackError::Hardlink { link: lossy(&raw_path), target: lossy(&target), why: "target does not exist".into() })?;
+                    dir.make_hardlink(name, &tdir, tname, &raw_path, &target)?;
+                }
+                tar::EntryType::Fifo => dir.make_fifo(name, &meta, &raw_path)?,
+                other => {
+                    // Devices and anything exotic: not created, reported.
+                    self.report.skipped.push(format!("{} ({other:?})", lossy(&raw_path)));
+                    created.remove(&full);
+                }
+            }
+        }
+        // Directory times last: creating their children changed them.
+        for (full, meta) in dir_times.iter().rev() {
+            let comps = path::components(full)?;
+            if let Some((name, parents)) = comps.split_last() {
+                if let Some(dir) = self.root.walk(parents, false, full)? {
+                    dir.set_times(name, meta, full)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a layer blob as stored: checks its sha256 (of the bytes as
+    /// stored, compressed or not) against `digest` (`sha256:<hex>`) and
+    /// decompresses gzip by its magic bytes.
+    pub fn apply_blob(&mut self, blob: impl Read, digest: &str) -> Result<(), UnpackError> {
+        let mut hashing = HashingReader { inner: blob, hasher: Sha256::new() };
+        let mut magic = [0u8; 2];
+        let n = read_up_to(&mut hashing, &mut magic).map_err(|e| UnpackError::Tar(e.to_string()))?;
+        let chained = std::io::Read::chain(&magic[..n], &mut hashing);
+        let result = if magic[..n] == [0x1f, 0x8b] { self.apply(flate2::read::GzDecoder::new(chained)) } else { self.apply(chained) };
+        // Hash what the tar reader did not need (padding, trailing blocks).
+        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| UnpackError::Tar(e.to_string()))?;
+        let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+        if actual != digest {
+            return Err(UnpackError::DigestMismatch { expected: digest.to_string(), actual });
+        }
+        result
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The entry's `SCHILY.xattr.*` pax records we apply; the rest are counted.
+fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, report: &mut Report) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(Some(exts)) = entry.pax_extensions() else { return out };
+    for ext in exts.flatten() {
+        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+            if name.starts_with(b"user.") || name == b"security.capability" {
+                out.push((name.to_vec(), ext.value_bytes().to_vec()));
+            } else {
+                report.skipped_xattrs += 1;
+            }
+        }
+    }
+    out
+}
+
+fn io(path: &[u8]) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
+    move |source| UnpackError::Io { path: lossy(path), source }
+}
