@@ -4,7 +4,12 @@
 //!   the project's config fragment and cached by input hash.
 //! - [`cache`]: where cached artifacts live.
 //! - [`debian`]: packages the builds need from the host.
-//! - [`initramfs`]: cpio archives the kernel unpacks as its first root.
+//! - [`initramfs`]: cpio archives the kernel unpacks as its first root;
+//!   [`agent_initramfs`]: the agent's, cached.
+//! - [`store`]: the content store (blobs, manifests, refs, gc) and imports
+//!   (OCI layout, docker save, a root directory).
+//! - [`unpack`]: applying layers, treating them as hostile.
+//! - [`rootdisk`]: an image's root disk (ext4/erofs), cached.
 
 pub mod agent_initramfs;
 pub mod cache;
@@ -13,4 +18,6 @@ pub mod fuzzing;
 pub mod debian;
 pub mod initramfs;
 pub mod kernel;
+pub mod rootdisk;
+pub mod store;
 pub mod unpack;

@@ -1,5 +1,6 @@
 //! The `bulkhead` command line.
 
+mod image;
 mod kernel;
 
 use std::process::ExitCode;
@@ -24,12 +25,18 @@ enum Command {
     /// Build and locate the guest kernel every microVM boots.
     #[command(subcommand, after_help = EXIT_CODES)]
     Kernel(kernel::KernelCommand),
+    /// Import, list, inspect and remove images; build their root disks.
+    /// The store is $BULKHEAD_DATA, else /var/lib/bulkhead as root, else
+    /// ~/.local/share/bulkhead.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Image(image::ImageCommand),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Kernel(cmd) => kernel::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
