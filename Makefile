@@ -42,9 +42,11 @@ demo: kernel
 test: kernel
 	cargo test --release --workspace
 
-# VMM boot benchmark with a tiny guest on this host's /dev/kvm.
+# VMM boot benchmark with a tiny guest on this host's /dev/kvm; root disk
+# build of a generated ~100 MB image (root: unpacking keeps owners).
 bench: static
 	cargo bench -p bulkhead-vmm --bench boot
+	cargo bench -p bulkhead-images --bench rootdisk
 
 clippy:
 	cargo clippy --release --workspace --all-targets -- -D warnings
