@@ -5,80 +5,16 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::Command;
 
 use bulkhead_images::rootdisk::{self, Format};
 use bulkhead_images::store::{import, Store, StoreError};
 use bulkhead_images::unpack::Limits;
-use sha2::{Digest as _, Sha256};
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (CI installs umoci, skopeo, erofs-utils)"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    /// An OCI layout at `layout/` (tag `t`) holding a busybox root with a
-    /// file owned by 1000:1000 and a setuid binary, plus `docker.tar` and
-    /// `oci.tar` copies made by skopeo.
-    fn new() -> Self {
-        // Installed as on CI when missing (root; apt), so `make test` works on a fresh machine.
-        static TOOLS: std::sync::Once = std::sync::Once::new();
-        TOOLS.call_once(|| bulkhead_images::debian::ensure_packages(&["umoci", "skopeo", "erofs-utils"], &mut |m| eprintln!("{m}")).unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        let p = |s: &str| dir.path().join(s);
-        sh(Command::new("umoci").args(["init", "--layout"]).arg(p("layout")));
-        sh(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:t", p("layout").display())));
-        sh(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:t", p("layout").display())).arg(p("bundle")));
-        let rootfs = p("bundle/rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::create_dir_all(rootfs.join("home/alice")).unwrap();
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for a in ["sh", "ls", "cat"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-        }
-        std::fs::write(rootfs.join("home/alice/notes"), "mine").unwrap();
-        std::os::unix::fs::chown(rootfs.join("home/alice/notes"), Some(1000), Some(1000)).unwrap();
-        std::os::unix::fs::chown(rootfs.join("home/alice"), Some(1000), Some(1000)).unwrap();
-        std::fs::write(rootfs.join("bin/su"), "pretend").unwrap();
-        std::fs::set_permissions(rootfs.join("bin/su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
-        let image = format!("{}:t", p("layout").display());
-        sh(Command::new("umoci").args(["repack", "--image", &image]).arg(p("bundle")));
-        sh(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh", "--config.env", "GREETING=hi", "--config.workingdir", "/home/alice"]));
-        sh(Command::new("skopeo").args(["--insecure-policy", "copy", &format!("oci:{image}"), &format!("docker-archive:{}:busybox:t", p("docker.tar").display())]));
-        sh(Command::new("skopeo").args(["--insecure-policy", "copy", &format!("oci:{image}"), &format!("oci-archive:{}:t", p("oci.tar").display())]));
-        Fixture { dir }
-    }
-
-    fn path(&self, s: &str) -> PathBuf {
-        self.dir.path().join(s)
-    }
-}
-
-fn tree_hash(dir: &Path) -> String {
-    let mut all = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        for e in std::fs::read_dir(&p).unwrap() {
-            let e = e.unwrap();
-            let md = e.path().symlink_metadata().unwrap();
-            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-            let content = if md.is_file() { hex::encode(Sha256::digest(std::fs::read(e.path()).unwrap())) } else if md.is_symlink() { std::fs::read_link(e.path()).unwrap().display().to_string() } else { String::new() };
-            all.push(format!("{rel} {:o} {}:{} {content}", md.mode(), md.uid(), md.gid()));
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    all.sort();
-    all.join("\n")
-}
+use common::{tree_hash, Fixture};
 
 fn unpack(store: &Store, reference: &str, into: &Path) -> String {
     std::fs::create_dir_all(into).unwrap();

@@ -12,6 +12,9 @@
 pub mod digest;
 pub mod import;
 pub mod oci;
+pub mod pull;
+
+pub use import::Imported;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

@@ -10,6 +10,20 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// Pull an image from a registry (OCI distribution API): the manifest
+    /// raw, linux/amd64 out of an index, each blob streamed to disk and
+    /// checked; blobs already in the store are not fetched again.
+    /// Credentials: --creds, else ~/.docker/config.json, else anonymous.
+    Pull {
+        /// registry/repository[:tag|@digest]
+        reference: String,
+        /// Plain HTTP (a registry on loopback).
+        #[arg(long)]
+        insecure: bool,
+        /// user:password for basic auth.
+        #[arg(long, value_name = "USER:PASSWORD")]
+        creds: Option<String>,
+    },
     /// Import an image from a `docker save` tarball or an OCI image layout
     /// (directory or tar). Every blob is checked against its digest.
     Import {
@@ -47,6 +61,35 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
     let dir = Store::default_dir();
     let store = Store::open(&dir).with_context(|| format!("open the image store at {} (BULKHEAD_DATA moves it)", dir.display()))?;
     match cmd {
+        ImageCommand::Pull { reference, insecure, creds } => {
+            let basic_auth = match creds {
+                Some(c) => Some(c.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).context("--creds wants USER:PASSWORD")?),
+                None => None,
+            };
+            let opts = bulkhead_images::store::pull::PullOptions { insecure, basic_auth };
+            let bars = indicatif::MultiProgress::new();
+            let style = indicatif::ProgressStyle::with_template("{prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let by_blob: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>> = Default::default();
+            let progress = |d: &bulkhead_images::store::Digest, done: u64, total: u64| {
+                let mut map = by_blob.lock().unwrap_or_else(|p| p.into_inner());
+                let bar = map.entry(d.to_string()).or_insert_with(|| {
+                    let b = bars.add(indicatif::ProgressBar::new(total));
+                    b.set_style(style.clone());
+                    b.set_prefix(d.hex()[..12].to_string());
+                    b
+                });
+                bar.set_position(done);
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let i = rt.block_on(bulkhead_images::store::pull::pull(&store, &reference, &opts, &progress))?;
+            for b in by_blob.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                b.finish();
+            }
+            println!("{}", i.manifest);
+            for n in i.names {
+                eprintln!("named {n}");
+            }
+        }
         ImageCommand::Import { path, name } => {
             eprintln!("importing {} ...", path.display());
             let i = import::import(&store, &path, name.as_deref())?;
