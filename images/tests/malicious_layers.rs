@@ -408,3 +408,19 @@ fn m31_user_xattrs_apply_and_others_are_counted_not_applied() {
     let n = unsafe { libc::getxattr(path.as_ptr(), c"user.origin".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert_eq!(&buf[..usize::try_from(n).unwrap()], b"image");
 }
+
+#[test]
+fn m32_zstd_layers_unpack_and_a_zstd_bomb_stops_at_the_cap() {
+    let layer = Layer::default().file("hello", "from zstd").end();
+    let blob = zstd::stream::encode_all(&layer[..], 3).unwrap();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob)));
+    let s = Scene::new();
+    Unpacker::new(&s.root, Limits::default()).unwrap().apply_blob(&blob[..], &digest).unwrap();
+    assert_eq!(std::fs::read_to_string(s.root.join("hello")).unwrap(), "from zstd");
+    let zeros = vec![0u8; 8 << 20];
+    let bomb = zstd::stream::encode_all(&Layer::default().raw(b"bomb", EntryType::Regular, &zeros, b"", 0o644, None).end()[..], 19).unwrap();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bomb)));
+    let s = Scene::new();
+    let mut u = Unpacker::new(&s.root, Limits { max_bytes: 1 << 20, max_entries: 100 }).unwrap();
+    expect_err!(u.apply_blob(&bomb[..], &digest), UnpackError::TooLarge(_));
+}

@@ -193,13 +193,23 @@ impl Unpacker {
 
     /// Applies a layer blob as stored: checks its sha256 (of the bytes as
     /// stored, compressed or not) against `digest` (`sha256:<hex>`) and
-    /// decompresses gzip by its magic bytes.
+    /// decompresses gzip or zstd by their magic bytes (media types are the
+    /// image author's claim; the bytes are what we read).
     pub fn apply_blob(&mut self, blob: impl Read, digest: &str) -> Result<(), UnpackError> {
         let mut hashing = HashingReader { inner: blob, hasher: Sha256::new() };
-        let mut magic = [0u8; 2];
+        let mut magic = [0u8; 4];
         let n = read_up_to(&mut hashing, &mut magic).map_err(|e| UnpackError::Tar(e.to_string()))?;
         let chained = std::io::Read::chain(&magic[..n], &mut hashing);
-        let result = if magic[..n] == [0x1f, 0x8b] { self.apply(flate2::read::GzDecoder::new(chained)) } else { self.apply(chained) };
+        let result = if magic[..n].starts_with(&[0x1f, 0x8b]) {
+            self.apply(flate2::read::GzDecoder::new(chained))
+        } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
+            match zstd::stream::read::Decoder::new(chained) {
+                Ok(d) => self.apply(d),
+                Err(e) => Err(UnpackError::Tar(format!("zstd: {e}"))),
+            }
+        } else {
+            self.apply(chained)
+        };
         // Hash what the tar reader did not need (padding, trailing blocks).
         std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| UnpackError::Tar(e.to_string()))?;
         let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
