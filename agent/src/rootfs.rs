@@ -84,6 +84,12 @@ pub fn enter(spec: &RootSpec) -> Result<(), RootError> {
     }
     mount(Some("tmpfs"), format!("{root}/run").as_str(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")).map_err(sys("tmpfs /run"))?;
     mount(Some("tmpfs"), format!("{root}/tmp").as_str(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")).map_err(sys("tmpfs /tmp"))?;
+    // POSIX shared memory (shm_open) lives on /dev/shm.
+    let shm = format!("{root}/dev/shm");
+    if !Path::new(&shm).is_dir() {
+        mkdir(&shm)?;
+    }
+    mount(Some("shm"), shm.as_str(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k")).map_err(sys("tmpfs /dev/shm"))?;
 
     // Drop the agent's binary from rootfs (it stays mapped while we run).
     // In the namespace-based tests /init does not exist: nothing to do.

@@ -251,7 +251,7 @@ async fn users_switch_by_name_and_by_number() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostname_hosts_dns_and_network_come_from_the_request() {
     let a = NsAgent::boot().await;
-    let mut req = a.start_request(process(&["sh", "-c", "hostname; cat /etc/hosts /etc/resolv.conf; ip -4 -o addr show lo | tr -s ' ' | cut -d' ' -f4; ip route | head -1; cat /sys/class/net/lo/mtu; ls /proc | grep -c '^[0-9]'; readlink /proc/1/exe"]));
+    let mut req = a.start_request(process(&["sh", "-c", "hostname; cat /etc/hosts /etc/resolv.conf; ip -4 -o addr show lo | tr -s ' ' | cut -d' ' -f4; ip route | head -1; cat /sys/class/net/lo/mtu; grep -c ' /dev/shm tmpfs .*size=65536k' /proc/mounts; ls /proc | grep -c '^[0-9]'; readlink /proc/1/exe"]));
     req.hostname = Some("web-1".into());
     req.dns.nameservers = vec!["10.200.0.53".into()];
     req.network = Some(NetworkSpec { interface: "lo".into(), address: "10.200.0.2/24".into(), gateway: Some("10.200.0.1".into()), mtu: Some(1400) });
@@ -262,6 +262,7 @@ async fn hostname_hosts_dns_and_network_come_from_the_request() {
     assert_eq!(lines[0], "web-1");
     assert!(s.contains("10.200.0.2\tweb-1\n") && s.contains("nameserver 10.200.0.53\n"), "{s}");
     assert!(lines.contains(&"10.200.0.2/24") && lines.contains(&"default via 10.200.0.1 dev lo ") && lines.contains(&"1400"), "{s}");
+    assert_eq!(lines[lines.len() - 3], "1", "/dev/shm is a tmpfs: {s}");
     // Its own pid namespace: it sees itself (and a pipe's helpers), and
     // /proc/1/exe is busybox, not the agent.
     let n: usize = lines[lines.len() - 2].parse().unwrap();
