@@ -8,20 +8,12 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::process::Command;
 
 use bulkhead_images::rootdisk::{self, Format};
 use bulkhead_images::store::{import, Store, StoreError};
-use bulkhead_images::unpack::Limits;
-use common::{tree_hash, Fixture};
+use common::{unpack, Fixture};
 
-fn unpack(store: &Store, reference: &str, into: &Path) -> String {
-    std::fs::create_dir_all(into).unwrap();
-    let d = store.resolve(reference).unwrap();
-    rootdisk::unpack_tree(store, &d, into, Limits::default(), &mut |_, _| {}).unwrap();
-    tree_hash(into)
-}
 
 #[test]
 fn docker_save_oci_tar_and_oci_dir_give_the_same_tree_with_the_images_owners() {

@@ -8,11 +8,9 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bulkhead_images::rootdisk;
 use bulkhead_images::store::pull::{pull, PullOptions};
 use bulkhead_images::store::{import, Store};
-use bulkhead_images::unpack::Limits;
-use common::{tree_hash, Fixture, Registry};
+use common::{unpack, Fixture, Registry};
 
 fn insecure() -> PullOptions {
     PullOptions { insecure: true, basic_auth: None }
@@ -22,12 +20,6 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-fn unpack(store: &Store, reference: &str, into: &std::path::Path) -> String {
-    std::fs::create_dir_all(into).unwrap();
-    let d = store.resolve(reference).unwrap();
-    rootdisk::unpack_tree(store, &d, into, Limits::default(), &mut |_, _| {}).unwrap();
-    tree_hash(into)
-}
 
 #[test]
 fn pull_by_tag_and_digest_repull_is_a_no_op_and_a_wrong_digest_fails() {

@@ -26,6 +26,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
 }
 
+/// Most files an image archive may hold (layers, configs, side files).
+const MAX_ARCHIVE_FILES: usize = 10_000;
+
 fn read_capped(r: impl Read, what: &str) -> Result<Vec<u8>, StoreError> {
     let mut v = Vec::new();
     r.take(MAX_JSON + 1).read_to_end(&mut v).map_err(io(format!("read {what}")))?;
@@ -69,6 +72,10 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Imported
     let mut by_path: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
     for entry in archive.entries().map_err(not_tar)? {
         let entry = entry.map_err(not_tar)?;
+        // Each file becomes a blob: a tarball of a million tiny files is not an image.
+        if by_path.len() >= MAX_ARCHIVE_FILES {
+            return Err(StoreError::Bad(format!("{}: more than {MAX_ARCHIVE_FILES} files; not an image archive", path.display())));
+        }
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }

@@ -1,7 +1,6 @@
 //! The filesystem side of unpacking, all relative to directory fds we hold
 //! and never following a symlink (see the module above).
 
-use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
@@ -101,15 +100,15 @@ impl DirFd {
             None => Ok(()),
             Some(SFlag::S_IFDIR) => {
                 let child = self.open_child(name).map_err(sys(raw))?;
-                child.clear_except(b"", &HashSet::new(), raw)?;
+                child.clear_except(b"", &|_| false, raw)?;
                 nix::unistd::unlinkat(self.0.as_fd(), name, UnlinkatFlags::RemoveDir).map_err(sys(raw))
             }
             Some(_) => nix::unistd::unlinkat(self.0.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(sys(raw)),
         }
     }
 
-    /// Removes every child whose full path (`prefix/child`) is not in `keep`.
-    pub fn clear_except(&self, prefix: &[u8], keep: &HashSet<Vec<u8>>, raw: &[u8]) -> Result<(), UnpackError> {
+    /// Removes every child whose full path (`prefix/child`) `keep` refuses.
+    pub fn clear_except(&self, prefix: &[u8], keep: &dyn Fn(&[u8]) -> bool, raw: &[u8]) -> Result<(), UnpackError> {
         // A fresh open of "." (not a dup): its own offset for the listing.
         let mut listing = nix::dir::Dir::openat(self.0.as_fd(), ".", DIR_FLAGS, Mode::empty()).map_err(sys(raw))?;
         let mut names: Vec<Vec<u8>> = Vec::new();
@@ -122,7 +121,7 @@ impl DirFd {
         }
         for n in names {
             let full = if prefix.is_empty() { n.clone() } else { [prefix, b"/", &n].concat() };
-            if !keep.contains(&full) {
+            if !keep(&full) {
                 self.remove(&n, raw)?;
             }
         }

@@ -15,6 +15,7 @@ mod fsops;
 pub mod path;
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -103,8 +104,13 @@ impl Unpacker {
     /// Applies one uncompressed layer tarball.
     pub fn apply(&mut self, layer: impl Read) -> Result<(), UnpackError> {
         let mut archive = tar::Archive::new(layer);
-        let mut created: HashSet<Vec<u8>> = HashSet::new();
+        // Paths this layer created, as keyed hashes: a layer of millions of
+        // long names must not cost gigabytes here (a collision would only
+        // keep a lower-layer file an opaque whiteout should hide).
+        let keyed = std::collections::hash_map::RandomState::new();
+        let mut created: HashSet<u64> = HashSet::new();
         let mut dir_times: Vec<(Vec<u8>, Meta)> = Vec::new();
+        let mut dir_times_bytes = 0usize;
         let entries = archive.entries().map_err(|e| UnpackError::Tar(e.to_string()))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| UnpackError::Tar(e.to_string()))?;
@@ -130,7 +136,7 @@ impl Unpacker {
                 Whiteout::Opaque => {
                     let prefix = parents.join(&b'/');
                     if let Some(dir) = self.root.walk(parents, true, &raw_path)? {
-                        dir.clear_except(&prefix, &created, &raw_path)?;
+                        dir.clear_except(&prefix, &|full: &[u8]| created.contains(&keyed.hash_one(full)), &raw_path)?;
                     }
                     continue;
                 }
@@ -138,11 +144,16 @@ impl Unpacker {
             }
             let Some(dir) = self.root.walk(parents, true, &raw_path)? else { continue };
             let full = comps.join(&b'/');
-            created.insert(full.clone());
+            created.insert(keyed.hash_one(&full[..]));
             match kind {
                 tar::EntryType::Directory => {
                     dir.make_dir(name, &meta, &raw_path)?;
-                    dir_times.push((full, meta));
+                    // Bounded: past 64 MiB of names, later directories keep
+                    // the time of their unpacking.
+                    if dir_times_bytes < 64 << 20 {
+                        dir_times_bytes += full.len();
+                        dir_times.push((full, meta));
+                    }
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                     let size = entry.size();
@@ -174,8 +185,10 @@ impl Unpacker {
                 tar::EntryType::Fifo => dir.make_fifo(name, &meta, &raw_path)?,
                 other => {
                     // Devices and anything exotic: not created, reported.
-                    self.report.skipped.push(format!("{} ({other:?})", lossy(&raw_path)));
-                    created.remove(&full);
+                    if self.report.skipped.len() < 1000 {
+                        self.report.skipped.push(format!("{} ({other:?})", lossy(&raw_path)));
+                    }
+                    created.remove(&keyed.hash_one(&full[..]));
                 }
             }
         }

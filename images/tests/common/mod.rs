@@ -138,3 +138,11 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// Unpacks the image `reference` from `store` into `into`; its tree hash.
+pub fn unpack(store: &bulkhead_images::store::Store, reference: &str, into: &Path) -> String {
+    std::fs::create_dir_all(into).unwrap();
+    let d = store.resolve(reference).unwrap();
+    bulkhead_images::rootdisk::unpack_tree(store, &d, into, bulkhead_images::unpack::Limits::default(), &mut |_, _| {}).unwrap();
+    tree_hash(into)
+}
