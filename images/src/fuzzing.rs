@@ -23,3 +23,19 @@ pub fn layer_apply(data: &[u8]) {
     let _ = std::fs::remove_dir_all(&parent);
     assert_eq!(beside, vec![std::ffi::OsString::from("root")], "something was written outside the root");
 }
+
+/// The JSON documents of an image (manifest, index, config) as a registry
+/// or an archive hands them over: parsed, an index's pick, the config's
+/// process spec. Nothing may panic; whatever parses must validate or not.
+pub fn image_json(data: &[u8]) {
+    use crate::store::oci::{ImageConfig, Index, Manifest};
+    if let Ok(m) = serde_json::from_slice::<Manifest>(data) {
+        let _ = serde_json::to_vec(&m);
+    }
+    if let Ok(i) = serde_json::from_slice::<Index>(data) {
+        let _ = i.pick();
+    }
+    if let Ok(c) = serde_json::from_slice::<ImageConfig>(data) {
+        let _ = c.config.process_spec().validate();
+    }
+}

@@ -1,4 +1,5 @@
-//! Replays the committed layer-applier fuzz corpus (images/fuzz/corpus/layer_apply).
+//! Replays the committed fuzz corpora of the layer applier and the image
+//! JSON parsers (images/fuzz/corpus/<target>).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -8,6 +9,17 @@ fn layer_apply_corpus() {
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         bulkhead_images::fuzzing::layer_apply(&std::fs::read(entry.unwrap().path()).unwrap());
+        count += 1;
+    }
+    assert!(count > 0, "empty corpus in {}", dir.display());
+}
+
+#[test]
+fn image_json_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/image_json");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        bulkhead_images::fuzzing::image_json(&std::fs::read(entry.unwrap().path()).unwrap());
         count += 1;
     }
     assert!(count > 0, "empty corpus in {}", dir.display());
