@@ -20,4 +20,5 @@ pub mod initramfs;
 pub mod kernel;
 pub mod rootdisk;
 pub mod store;
+mod tarbound;
 pub mod unpack;

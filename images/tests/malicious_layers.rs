@@ -424,3 +424,25 @@ fn m32_zstd_layers_unpack_and_a_zstd_bomb_stops_at_the_cap() {
     let mut u = Unpacker::new(&s.root, Limits { max_bytes: 1 << 20, max_entries: 100 }).unwrap();
     expect_err!(u.apply_blob(&bomb[..], &digest), UnpackError::TooLarge(_));
 }
+
+#[test]
+fn m33_a_huge_pax_header_is_refused_before_it_is_held_in_memory() {
+    // 64 MiB of "extended header" zeros, a few KiB compressed: the tar
+    // reader would hold it all for the next entry.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let pax = vec![b'0'; 64 << 20];
+    gz.write_all(&Layer::default().raw(b"././@PaxHeader", EntryType::XHeader, &pax, b"", 0o644, None).file("after", "x").end()).unwrap();
+    let blob = gz.finish().unwrap();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob)));
+    let s = Scene::new();
+    let mut u = Unpacker::new(&s.root, Limits::default()).unwrap();
+    match u.apply_blob(&blob[..], &digest) {
+        Err(UnpackError::Tar(m)) => assert!(m.contains("metadata"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A directory entry carrying data is drained, not counted as metadata.
+    let l = Layer::default().raw(b"d", EntryType::Directory, &vec![7u8; 6 << 20], b"", 0o755, None).file("d/f", "ok").end();
+    let (s, r) = run(&[l]);
+    r.unwrap();
+    assert_eq!(std::fs::read_to_string(s.root.join("d/f")).unwrap(), "ok");
+}

@@ -60,7 +60,8 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Imported
         return finish_oci(store, &docs, name);
     }
     let file = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
-    let mut archive = tar::Archive::new(file);
+    let (bounded, budget) = crate::tarbound::BoundedReader::new(file);
+    let mut archive = tar::Archive::new(bounded);
     // The tar crate's messages quote the bytes it choked on: keep one short line.
     let not_tar = |e: std::io::Error| {
         let msg: String = e.to_string().lines().next().unwrap_or_default().chars().take(80).collect();
@@ -70,13 +71,19 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Imported
     // is not ours to choose); the small JSON documents are kept aside.
     let mut docs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut by_path: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
-    for entry in archive.entries().map_err(not_tar)? {
-        let entry = entry.map_err(not_tar)?;
+    let mut entries = archive.entries().map_err(not_tar)?;
+    loop {
+        budget.arm();
+        let Some(entry) = entries.next() else { break };
+        budget.disarm();
+        let mut entry = entry.map_err(not_tar)?;
         // Each file becomes a blob: a tarball of a million tiny files is not an image.
         if by_path.len() >= MAX_ARCHIVE_FILES {
             return Err(StoreError::Bad(format!("{}: more than {MAX_ARCHIVE_FILES} files; not an image archive", path.display())));
         }
         if entry.header().entry_type() != tar::EntryType::Regular {
+            // Drained uncounted: only headers and metadata count.
+            std::io::copy(&mut entry, &mut std::io::sink()).map_err(not_tar)?;
             continue;
         }
         let p = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();

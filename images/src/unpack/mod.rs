@@ -62,7 +62,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_bytes: 32 << 30, max_entries: 2_000_000 }
+        Self {
+            max_bytes: 32 << 30,
+            max_entries: 2_000_000,
+        }
     }
 }
 
@@ -94,7 +97,11 @@ fn lossy(b: &[u8]) -> String {
 impl Unpacker {
     /// `root` must exist and be a directory (normally empty).
     pub fn new(root: &Path, limits: Limits) -> Result<Self, UnpackError> {
-        Ok(Self { root: DirFd::open_root(root)?, limits, report: Report::default() })
+        Ok(Self {
+            root: DirFd::open_root(root)?,
+            limits,
+            report: Report::default(),
+        })
     }
 
     pub fn report(&self) -> &Report {
@@ -103,7 +110,8 @@ impl Unpacker {
 
     /// Applies one uncompressed layer tarball.
     pub fn apply(&mut self, layer: impl Read) -> Result<(), UnpackError> {
-        let mut archive = tar::Archive::new(layer);
+        let (bounded, budget) = crate::tarbound::BoundedReader::new(layer);
+        let mut archive = tar::Archive::new(bounded);
         // Paths this layer created, as keyed hashes: a layer of millions of
         // long names must not cost gigabytes here (a collision would only
         // keep a lower-layer file an opaque whiteout should hide).
@@ -111,86 +119,114 @@ impl Unpacker {
         let mut created: HashSet<u64> = HashSet::new();
         let mut dir_times: Vec<(Vec<u8>, Meta)> = Vec::new();
         let mut dir_times_bytes = 0usize;
-        let entries = archive.entries().map_err(|e| UnpackError::Tar(e.to_string()))?;
-        for entry in entries {
+        let mut entries = archive.entries().map_err(|e| UnpackError::Tar(e.to_string()))?;
+        loop {
+            budget.arm();
+            let Some(entry) = entries.next() else { break };
+            budget.disarm();
             let mut entry = entry.map_err(|e| UnpackError::Tar(e.to_string()))?;
-            self.report.entries += 1;
-            if self.report.entries > self.limits.max_entries {
-                return Err(UnpackError::TooManyEntries(self.limits.max_entries));
+            'entry: {
+                self.report.entries += 1;
+                if self.report.entries > self.limits.max_entries {
+                    return Err(UnpackError::TooManyEntries(self.limits.max_entries));
+                }
+                let raw_path = entry.path_bytes().into_owned();
+                let comps = path::components(&raw_path)?;
+                let Some((name, parents)) = comps.split_last() else {
+                    break 'entry; // the root itself: its metadata is ours
+                };
+                let kind = entry.header().entry_type();
+                let meta = Meta::from_header(entry.header())?;
+                match path::whiteout(name)? {
+                    Whiteout::Remove(target) => {
+                        let dir = self.root.walk(parents, false, &raw_path)?;
+                        if let Some(dir) = dir {
+                            dir.remove(target, &raw_path)?;
+                        }
+                        break 'entry;
+                    }
+                    Whiteout::Opaque => {
+                        let prefix = parents.join(&b'/');
+                        if let Some(dir) = self.root.walk(parents, true, &raw_path)? {
+                            dir.clear_except(&prefix, &|full: &[u8]| created.contains(&keyed.hash_one(full)), &raw_path)?;
+                        }
+                        break 'entry;
+                    }
+                    Whiteout::None => {}
+                }
+                let Some(dir) = self.root.walk(parents, true, &raw_path)? else { break 'entry };
+                let full = comps.join(&b'/');
+                created.insert(keyed.hash_one(&full[..]));
+                match kind {
+                    tar::EntryType::Directory => {
+                        dir.make_dir(name, &meta, &raw_path)?;
+                        // Bounded: past 64 MiB of names, later directories keep
+                        // the time of their unpacking.
+                        if dir_times_bytes < 64 << 20 {
+                            dir_times_bytes += full.len();
+                            dir_times.push((full, meta));
+                        }
+                    }
+                    tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                        let size = entry.size();
+                        self.report.bytes = self.report.bytes.saturating_add(size);
+                        if self.report.bytes > self.limits.max_bytes {
+                            return Err(UnpackError::TooLarge(self.limits.max_bytes));
+                        }
+                        let xattrs = xattrs(&mut entry, &mut self.report);
+                        let file: OwnedFd = dir.create_file(name, &raw_path)?;
+                        let copied = std::io::copy(&mut (&mut entry).take(size), &mut std::fs::File::from(file.try_clone().map_err(io(&raw_path))?))
+                            .map_err(|e| UnpackError::Tar(format!("{}: {e}", lossy(&raw_path))))?;
+                        if copied != size {
+                            return Err(UnpackError::Tar(format!("{}: {copied} of {size} bytes", lossy(&raw_path))));
+                        }
+                        fsops::finish_file(&file, &meta, &xattrs, &raw_path)?;
+                    }
+                    tar::EntryType::Symlink => {
+                        let target = entry
+                            .link_name_bytes()
+                            .ok_or_else(|| UnpackError::Tar(format!("{}: symlink without target", lossy(&raw_path))))?
+                            .into_owned();
+                        dir.make_symlink(name, &target, &meta, &raw_path)?;
+                    }
+                    tar::EntryType::Link => {
+                        let target = entry
+                            .link_name_bytes()
+                            .ok_or_else(|| UnpackError::Tar(format!("{}: hardlink without target", lossy(&raw_path))))?
+                            .into_owned();
+                        let tcomps = path::components(&target).map_err(|e| UnpackError::Hardlink {
+                            link: lossy(&raw_path),
+                            target: lossy(&target),
+                            why: e.to_string(),
+                        })?;
+                        let Some((tname, tparents)) = tcomps.split_last() else {
+                            return Err(UnpackError::Hardlink {
+                                link: lossy(&raw_path),
+                                target: lossy(&target),
+                                why: "points at the root".into(),
+                            });
+                        };
+                        let tdir = self.root.walk(tparents, false, &target)?.ok_or_else(|| UnpackError::Hardlink {
+                            link: lossy(&raw_path),
+                            target: lossy(&target),
+                            why: "target does not exist".into(),
+                        })?;
+                        dir.make_hardlink(name, &tdir, tname, &raw_path, &target)?;
+                    }
+                    tar::EntryType::Fifo => dir.make_fifo(name, &meta, &raw_path)?,
+                    other => {
+                        // Devices and anything exotic: not created, reported.
+                        if self.report.skipped.len() < 1000 {
+                            self.report.skipped.push(format!("{} ({other:?})", lossy(&raw_path)));
+                        }
+                        created.remove(&keyed.hash_one(&full[..]));
+                    }
+                }
             }
-            let raw_path = entry.path_bytes().into_owned();
-            let comps = path::components(&raw_path)?;
-            let Some((name, parents)) = comps.split_last() else {
-                continue; // the root itself: its metadata is ours
-            };
-            let kind = entry.header().entry_type();
-            let meta = Meta::from_header(entry.header())?;
-            match path::whiteout(name)? {
-                Whiteout::Remove(target) => {
-                    let dir = self.root.walk(parents, false, &raw_path)?;
-                    if let Some(dir) = dir {
-                        dir.remove(target, &raw_path)?;
-                    }
-                    continue;
-                }
-                Whiteout::Opaque => {
-                    let prefix = parents.join(&b'/');
-                    if let Some(dir) = self.root.walk(parents, true, &raw_path)? {
-                        dir.clear_except(&prefix, &|full: &[u8]| created.contains(&keyed.hash_one(full)), &raw_path)?;
-                    }
-                    continue;
-                }
-                Whiteout::None => {}
-            }
-            let Some(dir) = self.root.walk(parents, true, &raw_path)? else { continue };
-            let full = comps.join(&b'/');
-            created.insert(keyed.hash_one(&full[..]));
-            match kind {
-                tar::EntryType::Directory => {
-                    dir.make_dir(name, &meta, &raw_path)?;
-                    // Bounded: past 64 MiB of names, later directories keep
-                    // the time of their unpacking.
-                    if dir_times_bytes < 64 << 20 {
-                        dir_times_bytes += full.len();
-                        dir_times.push((full, meta));
-                    }
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                    let size = entry.size();
-                    self.report.bytes = self.report.bytes.saturating_add(size);
-                    if self.report.bytes > self.limits.max_bytes {
-                        return Err(UnpackError::TooLarge(self.limits.max_bytes));
-                    }
-                    let xattrs = xattrs(&mut entry, &mut self.report);
-                    let file: OwnedFd = dir.create_file(name, &raw_path)?;
-                    let copied = std::io::copy(&mut (&mut entry).take(size), &mut std::fs::File::from(file.try_clone().map_err(io(&raw_path))?)).map_err(|e| UnpackError::Tar(format!("{}: {e}", lossy(&raw_path))))?;
-                    if copied != size {
-                        return Err(UnpackError::Tar(format!("{}: {copied} of {size} bytes", lossy(&raw_path))));
-                    }
-                    fsops::finish_file(&file, &meta, &xattrs, &raw_path)?;
-                }
-                tar::EntryType::Symlink => {
-                    let target = entry.link_name_bytes().ok_or_else(|| UnpackError::Tar(format!("{}: symlink without target", lossy(&raw_path))))?.into_owned();
-                    dir.make_symlink(name, &target, &meta, &raw_path)?;
-                }
-                tar::EntryType::Link => {
-                    let target = entry.link_name_bytes().ok_or_else(|| UnpackError::Tar(format!("{}: hardlink without target", lossy(&raw_path))))?.into_owned();
-                    let tcomps = path::components(&target).map_err(|e| UnpackError::Hardlink { link: lossy(&raw_path), target: lossy(&target), why: e.to_string() })?;
-                    let Some((tname, tparents)) = tcomps.split_last() else {
-                        return Err(UnpackError::Hardlink { link: lossy(&raw_path), target: lossy(&target), why: "points at the root".into() });
-                    };
-                    let tdir = self.root.walk(tparents, false, &target)?.ok_or_else(|| UnpackError::Hardlink { link: lossy(&raw_path), target: lossy(&target), why: "target does not exist".into() })?;
-                    dir.make_hardlink(name, &tdir, tname, &raw_path, &target)?;
-                }
-                tar::EntryType::Fifo => dir.make_fifo(name, &meta, &raw_path)?,
-                other => {
-                    // Devices and anything exotic: not created, reported.
-                    if self.report.skipped.len() < 1000 {
-                        self.report.skipped.push(format!("{} ({other:?})", lossy(&raw_path)));
-                    }
-                    created.remove(&keyed.hash_one(&full[..]));
-                }
-            }
+            // Whatever the entry holds that we did not read (a directory
+            // with data, a skipped device) is drained here, uncounted:
+            // only headers and metadata count against the budget.
+            std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| UnpackError::Tar(e.to_string()))?;
         }
         // Directory times last: creating their children changed them.
         for (full, meta) in dir_times.iter().rev() {
