@@ -327,14 +327,11 @@ impl<'a> Agent<'a> {
                 self.reply(id, r);
             }
             ToAgent::Exec { id, process, spec } => {
-                let r = match self.main.and_then(|m| self.procs.get(&m)) {
-                    _ if self.procs.contains_key(&process) => Err(invalid(format!("process id {process} is taken"))),
-                    Some(main) if main.status.is_none() => {
-                        let main_pid = main.pid;
-                        process::spawn(&spec, Namespaces::Join(main_pid), &self.own_pid_ns).map(|s| self.track(process, s, spec.stdin))
-                    }
+                let main_pid = self.check_new_id(process).and_then(|()| match self.main.and_then(|m| self.procs.get(&m)) {
+                    Some(main) if main.status.is_none() => Ok(main.pid),
                     _ => Err(invalid("the container is not running")),
-                };
+                });
+                let r = main_pid.and_then(|pid| process::spawn(&spec, Namespaces::Join(pid), &self.own_pid_ns)).map(|s| self.track(process, s, spec.stdin));
                 self.reply(id, r);
             }
             ToAgent::Signal { id, process, signal } => {
@@ -369,9 +366,7 @@ impl<'a> Agent<'a> {
         if self.started {
             return Err(invalid("the container was already started"));
         }
-        if self.procs.contains_key(&process) || StreamId::new(process, Fd::Stdin).is_none() {
-            return Err(invalid(format!("bad process id {process}")));
-        }
+        self.check_new_id(process)?;
         spec.process.validate().map_err(invalid)?;
         let spec_err = |e: rootfs::RootError| invalid(e.to_string());
         if let Some(h) = &spec.hostname {
@@ -404,6 +399,17 @@ impl<'a> Agent<'a> {
         self.track(process, spawned, spec.process.stdin);
         self.main = Some(process);
         self.marks.mark(BootStage::WorkloadStarted);
+        Ok(())
+    }
+
+    /// A host-chosen id for a new process: in range and not taken.
+    fn check_new_id(&self, process: u32) -> Result<(), AgentError> {
+        if StreamId::new(process, Fd::Stdin).is_none() {
+            return Err(invalid(format!("bad process id {process}")));
+        }
+        if self.procs.contains_key(&process) {
+            return Err(invalid(format!("process id {process} is taken")));
+        }
         Ok(())
     }
 

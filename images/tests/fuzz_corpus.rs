@@ -3,24 +3,22 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-#[test]
-fn layer_apply_corpus() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/layer_apply");
+fn replay(target: &str, run: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
-        bulkhead_images::fuzzing::layer_apply(&std::fs::read(entry.unwrap().path()).unwrap());
+        run(&std::fs::read(entry.unwrap().path()).unwrap());
         count += 1;
     }
     assert!(count > 0, "empty corpus in {}", dir.display());
 }
 
 #[test]
+fn layer_apply_corpus() {
+    replay("layer_apply", bulkhead_images::fuzzing::layer_apply);
+}
+
+#[test]
 fn image_json_corpus() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/image_json");
-    let mut count = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        bulkhead_images::fuzzing::image_json(&std::fs::read(entry.unwrap().path()).unwrap());
-        count += 1;
-    }
-    assert!(count > 0, "empty corpus in {}", dir.display());
+    replay("image_json", bulkhead_images::fuzzing::image_json);
 }
