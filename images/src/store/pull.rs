@@ -123,6 +123,9 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions, progress: 
         let pick = index.pick().ok_or_else(|| what(&"no linux/amd64 image in the index"))?.clone();
         let by_digest = r.clone_with_digest(pick.digest.to_string());
         let (bytes, _) = retry(|| client.pull_manifest_raw(&by_digest, &auth, ACCEPTED)).await.map_err(|e| what(&chain(&e)))?;
+        if bytes.len() as u64 > super::MAX_JSON {
+            return Err(what(&"platform manifest too large"));
+        }
         manifest_digest = Digest::of(&bytes);
         if manifest_digest != pick.digest {
             return Err(StoreError::DigestMismatch { what: "platform manifest".into(), expected: pick.digest, actual: manifest_digest });
