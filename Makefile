@@ -39,7 +39,9 @@ demo: kernel
 	$(BIN)/bulkhead-guest-probe
 	$(BIN)/bulkhead-agent-demo
 
+# The rootless image test runs as the unprivileged user this creates.
 test: kernel
+	tests/setup-test-user
 	cargo test --release --workspace
 
 # VMM boot benchmark with a tiny guest on this host's /dev/kvm; root disk

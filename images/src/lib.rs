@@ -10,6 +10,7 @@
 //!   (OCI layout, docker save, a root directory).
 //! - [`unpack`]: applying layers, treating them as hostile.
 //! - [`rootdisk`]: an image's root disk (ext4/erofs), cached.
+//! - [`userns`]: the same, rootless, in a user namespace with subordinate ids.
 
 pub mod agent_initramfs;
 pub mod cache;
@@ -22,3 +23,4 @@ pub mod rootdisk;
 pub mod store;
 mod tarbound;
 pub mod unpack;
+pub mod userns;

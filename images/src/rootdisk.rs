@@ -38,11 +38,11 @@ impl std::str::FromStr for Format {
 pub enum RootDiskError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("unpacking layer {layer}: {source}")]
-    Unpack { layer: Digest, source: UnpackError },
+    #[error("unpacking layer {layer}")]
+    Unpack { layer: Digest, #[source] source: UnpackError },
     #[error("{0}")]
     Tool(String),
-    #[error("unpacking keeps the image's file owners, which needs root here (rootless unpacking in a user namespace is not implemented yet)")]
+    #[error("unpacking keeps the image's file owners, which needs root: run as root, or inside a user namespace (`bulkhead image disk` sets one up itself, see `userns`)")]
     NeedsRoot,
 }
 

@@ -58,6 +58,34 @@ pub struct Image {
     pub config_bytes: Vec<u8>,
 }
 
+/// A temp dir in the store's `tmp/`, removed on drop; the open lock on it
+/// tells `gc` it is in use.
+#[derive(Debug)]
+pub struct TempDir {
+    dir: tempfile::TempDir,
+    _lock: File,
+}
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// An exclusive flock held as long as `f`'s open file description lives.
+fn hold_lock(f: &File) -> Result<(), StoreError> {
+    try_lock(f).map_err(io("lock a temp entry"))
+}
+
+fn try_lock(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
@@ -69,6 +97,8 @@ pub struct GcReport {
     pub blobs_removed: u64,
     pub bytes_freed: u64,
     pub disks_removed: u64,
+    /// Entries in `tmp/` that crashed writers left.
+    pub temp_removed: u64,
 }
 
 impl Store {
@@ -105,12 +135,48 @@ impl Store {
     }
 
     /// A temp file in the store's filesystem, removed unless persisted.
+    /// It holds a lock while open, so `gc` leaves it alone.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        tempfile::NamedTempFile::new_in(self.root.join("tmp")).map_err(io("create a temp file in the store"))
+        let _creating = self.tmp_guard(nix::fcntl::FlockArg::LockShared)?;
+        let f = tempfile::NamedTempFile::new_in(self.root.join("tmp")).map_err(io("create a temp file in the store"))?;
+        hold_lock(f.as_file())?;
+        Ok(f)
     }
 
-    pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, StoreError> {
-        tempfile::Builder::new().prefix(prefix).tempdir_in(self.root.join("tmp")).map_err(io("create a temp dir in the store"))
+    /// A temp dir in the store, locked (see [`TempDir`]) so `gc` leaves it alone.
+    pub fn temp_dir(&self, prefix: &str) -> Result<TempDir, StoreError> {
+        let _creating = self.tmp_guard(nix::fcntl::FlockArg::LockShared)?;
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(self.root.join("tmp")).map_err(io("create a temp dir in the store"))?;
+        let lock = File::open(dir.path()).map_err(io("open the temp dir"))?;
+        hold_lock(&lock)?;
+        Ok(TempDir { dir, _lock: lock })
+    }
+
+    /// Creating a temp entry and locking it happen under this lock, shared;
+    /// `gc` takes it exclusively, so it never sees one created but not yet locked.
+    fn tmp_guard(&self, how: nix::fcntl::FlockArg) -> Result<nix::fcntl::Flock<File>, StoreError> {
+        let f = File::options().create(true).truncate(false).write(true).open(self.root.join(".tmp.lock")).map_err(io("open the temp lock"))?;
+        nix::fcntl::Flock::lock(f, how).map_err(|(_, e)| io("lock the temp lock")(e.into()))
+    }
+
+    /// Removes what crashed writers left in `tmp/`: every entry nobody holds
+    /// a lock on. Root disk trees in there can be owned by the image's ids,
+    /// so a rootless caller runs this inside its user namespace.
+    fn sweep_tmp(&self) -> Result<u64, StoreError> {
+        let _sweeping = self.tmp_guard(nix::fcntl::FlockArg::LockExclusive)?;
+        let mut removed = 0;
+        for e in std::fs::read_dir(self.root.join("tmp")).map_err(io("list tmp"))?.flatten() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = e.path();
+            let Ok(f) = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else { continue };
+            if try_lock(&f).is_err() {
+                continue; // someone is still writing it
+            }
+            let res = if f.metadata().map(|m| m.is_dir()).unwrap_or(false) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            res.map_err(io(format!("remove {}", path.display())))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Streams `r` into the store, hashing as it goes; with `expected`, a
@@ -275,6 +341,7 @@ impl Store {
                     report.disks_removed += 1;
                 }
             }
+            report.temp_removed = self.sweep_tmp()?;
             Ok(report)
         })
     }
@@ -341,5 +408,21 @@ mod tests {
         assert_eq!(s.gc().unwrap_or_else(|e| panic!("{e}")).blobs_removed, 3);
         assert!(matches!(s.resolve("busybox"), Err(StoreError::NotFound(_))));
         assert!(s.set_ref("bad name", &m).is_err() && s.set_ref("/abs", &m).is_err() && s.set_ref("", &m).is_err());
+    }
+
+    #[test]
+    fn gc_sweeps_temp_entries_nobody_holds_and_keeps_the_ones_in_use() {
+        let (_d, s) = store();
+        let busy_dir = s.temp_dir("busy-").unwrap_or_else(|e| panic!("{e}"));
+        let busy_file = s.temp_file().unwrap_or_else(|e| panic!("{e}"));
+        let crashed = s.root().join("tmp/rootdisk-crashed");
+        std::fs::create_dir_all(crashed.join("a/b")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(s.root().join("tmp/.tmpXYZ"), b"half a blob").unwrap_or_else(|e| panic!("{e}"));
+        let r = s.gc().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.temp_removed, 2, "{r:?}");
+        assert!(!crashed.exists() && busy_dir.path().is_dir() && busy_file.path().is_file());
+        drop(busy_dir);
+        drop(busy_file);
+        assert_eq!(s.gc().unwrap_or_else(|e| panic!("{e}")).temp_removed, 0, "dropped temp entries remove themselves");
     }
 }

@@ -45,6 +45,14 @@ fn sys(path: &[u8]) -> impl FnOnce(Errno) -> UnpackError + '_ {
     move |e| UnpackError::Io { path: lossy(path), source: std::io::Error::from(e) }
 }
 
+/// chown's error: `EINVAL` means the id has no mapping in our user namespace.
+fn chown_err<'a>(path: &'a [u8], meta: &'a Meta) -> impl FnOnce(Errno) -> UnpackError + 'a {
+    move |e| match e {
+        Errno::EINVAL => UnpackError::IdNotMapped { path: lossy(path), uid: meta.uid, gid: meta.gid },
+        e => UnpackError::Io { path: lossy(path), source: std::io::Error::from(e) },
+    }
+}
+
 const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY.union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC).union(OFlag::O_RDONLY);
 
 impl DirFd {
@@ -129,7 +137,7 @@ impl DirFd {
     }
 
     fn own(&self, name: &[u8], meta: &Meta, raw: &[u8]) -> Result<(), UnpackError> {
-        nix::unistd::fchownat(self.0.as_fd(), name, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(sys(raw))
+        nix::unistd::fchownat(self.0.as_fd(), name, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(chown_err(raw, meta))
     }
 
     pub fn make_dir(&self, name: &[u8], meta: &Meta, raw: &[u8]) -> Result<(), UnpackError> {
@@ -142,7 +150,7 @@ impl DirFd {
             None => nix::sys::stat::mkdirat(self.0.as_fd(), name, Mode::from_bits_truncate(0o700)).map_err(sys(raw))?,
         }
         let d = self.open_child(name).map_err(sys(raw))?;
-        nix::unistd::fchown(d.0.as_fd(), Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))).map_err(sys(raw))?;
+        nix::unistd::fchown(d.0.as_fd(), Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))).map_err(chown_err(raw, meta))?;
         nix::sys::stat::fchmod(d.0.as_fd(), Mode::from_bits_truncate(meta.mode)).map_err(sys(raw))
     }
 
@@ -195,7 +203,7 @@ impl DirFd {
 
 /// Owner, then mode (chown clears setuid bits), xattrs, mtime.
 pub fn finish_file(file: &OwnedFd, meta: &Meta, xattrs: &[(Vec<u8>, Vec<u8>)], raw: &[u8]) -> Result<(), UnpackError> {
-    nix::unistd::fchown(file.as_fd(), Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))).map_err(sys(raw))?;
+    nix::unistd::fchown(file.as_fd(), Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))).map_err(chown_err(raw, meta))?;
     nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(meta.mode)).map_err(sys(raw))?;
     for (name, value) in xattrs {
         let Ok(cname) = std::ffi::CString::new(name.clone()) else { continue };

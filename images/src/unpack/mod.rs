@@ -51,6 +51,8 @@ pub enum UnpackError {
     TooLarge(u64),
     #[error("layer digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("{path} is owned by {uid}:{gid}, outside the ids this user may hand out (its /etc/subuid and /etc/subgid ranges, mapped from 1): widen the ranges or run as root")]
+    IdNotMapped { path: String, uid: u32, gid: u32 },
 }
 
 /// Caps on what an image may unpack to (all layers together).

@@ -57,6 +57,23 @@ pub enum ImageCommand {
     },
 }
 
+/// `disk` and `gc` create and delete trees owned by the image's ids: a
+/// non-root caller runs them again as root of a user namespace with its
+/// subordinate ids (see `bulkhead_images::userns`). `None`: run here.
+pub fn rerun_rootless(cmd: &ImageCommand) -> Option<Result<std::process::ExitCode>> {
+    if nix::unistd::geteuid().is_root() || !matches!(cmd, ImageCommand::Disk { .. } | ImageCommand::Gc) {
+        return None;
+    }
+    let run = || -> Result<std::process::ExitCode> {
+        let dir = Store::default_dir();
+        let exe = std::env::current_exe().context("find our own binary")?;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let status = bulkhead_images::userns::rerun_inside(&exe, &args, &[("BULKHEAD_DATA", &dir)])?;
+        Ok(std::process::ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))))
+    };
+    Some(run())
+}
+
 pub fn run(cmd: ImageCommand) -> Result<()> {
     let dir = Store::default_dir();
     let store = Store::open(&dir).with_context(|| format!("open the image store at {} (BULKHEAD_DATA moves it)", dir.display()))?;
@@ -132,7 +149,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Gc => {
             let r = store.gc()?;
-            eprintln!("removed {} blobs ({} MiB) and {} disks", r.blobs_removed, r.bytes_freed >> 20, r.disks_removed);
+            eprintln!("removed {} blobs ({} MiB), {} disks and {} stale temp entries", r.blobs_removed, r.bytes_freed >> 20, r.disks_removed, r.temp_removed);
         }
         ImageCommand::Disk { image, format } => {
             let d = store.resolve(&image)?;

@@ -33,7 +33,20 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // In the child `image disk|gc` starts in a user namespace: wait for its id maps.
+    if let Err(e) = bulkhead_images::userns::child_wait() {
+        eprintln!("bulkhead: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
+    if let Command::Image(cmd) = &cli.command {
+        if let Some(done) = image::rerun_rootless(cmd) {
+            return done.unwrap_or_else(|e| {
+                eprintln!("bulkhead: {e:#}");
+                ExitCode::FAILURE
+            });
+        }
+    }
     let result = match cli.command {
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),
