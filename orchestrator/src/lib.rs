@@ -1,3 +1,4 @@
 //! bulkhead: the CLI and (as it grows) the local runtime and control plane.
 
 pub mod cli;
+pub mod runtime;

@@ -48,7 +48,7 @@ pub fn run(cmd: KernelCommand) -> Result<()> {
 
 /// A live bar on a terminal; on a pipe or in CI, a line per phase and every
 /// 10% of the compile, so logs show the build is alive.
-struct TerminalProgress {
+pub(crate) struct TerminalProgress {
     bar: Option<ProgressBar>,
     started: Instant,
     did_work: bool,
@@ -56,7 +56,7 @@ struct TerminalProgress {
 }
 
 impl TerminalProgress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { bar: None, started: Instant::now(), did_work: false, last_tenth: 0 }
     }
 }

@@ -1,17 +1,22 @@
 //! The `bulkhead` command line.
 
 mod image;
-mod kernel;
+pub(crate) mod kernel;
+mod run;
+mod workloads;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the command failed (the message says why and what to do)
-  2  bad usage";
+  2  bad usage
+`run` and `exec` exit with the workload's status instead, and 125/126/127
+when bulkhead failed / the command is not executable / not found.";
 
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead", version, about = "Run OCI container images, each in its own KVM microVM", after_help = EXIT_CODES)]
@@ -22,6 +27,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run an image: in its own microVM (default) or as a container on this
+    /// host's kernel (--runtime container). Attached unless -d.
+    Run(Box<run::RunArgs>),
+    /// List workloads (running ones; -a for all).
+    Ps(workloads::PsArgs),
+    /// Print a workload's output (stdout and stderr as they came).
+    Logs(workloads::LogsArgs),
+    /// Run another command in a running workload.
+    Exec(workloads::ExecArgs),
+    /// Send the image's stop signal (default SIGTERM), then SIGKILL after -t seconds.
+    Stop(workloads::StopArgs),
+    /// Send a signal to a workload's main process.
+    Kill(workloads::KillArgs),
+    /// Remove workloads that ended (-f: also running or orphaned ones).
+    Rm(workloads::RmArgs),
+    /// A workload's details as JSON: image digest, runtime, VM size, pids,
+    /// socket paths, exit status, times.
+    Inspect(workloads::InspectArgs),
     /// Build and locate the guest kernel every microVM boots.
     #[command(subcommand, after_help = EXIT_CODES)]
     Kernel(kernel::KernelCommand),
@@ -30,6 +53,17 @@ enum Command {
     /// ~/.local/share/bulkhead.
     #[command(subcommand, after_help = EXIT_CODES)]
     Image(image::ImageCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
+    /// The per-workload supervisor (started by `run`; not for people).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        notify_fd: Option<i32>,
+        id: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -38,7 +72,21 @@ pub fn main() -> ExitCode {
         eprintln!("bulkhead: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let usage = !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+            let _ = e.print();
+            // Like docker: a bad `run`/`exec` flag is bulkhead's failure (125), not the workload's.
+            let sub = std::env::args().nth(1).unwrap_or_default();
+            return match (usage, sub.as_str()) {
+                (false, _) => ExitCode::SUCCESS,
+                (true, "run" | "exec") => ExitCode::from(run::EXIT_BULKHEAD),
+                (true, _) => ExitCode::from(2),
+            };
+        }
+    };
     if let Command::Image(cmd) = &cli.command {
         if let Some(done) = image::rerun_rootless(cmd) {
             return done.unwrap_or_else(|e| {
@@ -47,15 +95,28 @@ pub fn main() -> ExitCode {
             });
         }
     }
-    let result = match cli.command {
-        Command::Kernel(cmd) => kernel::run(cmd),
-        Command::Image(cmd) => image::run(cmd),
+    let (result, failure) = match cli.command {
+        Command::Supervise { data, notify_fd, id } => return crate::runtime::supervisor::main(data, id, notify_fd),
+        Command::Run(a) => (run::run(*a), run::EXIT_BULKHEAD),
+        Command::Exec(a) => (workloads::exec(a), run::EXIT_BULKHEAD),
+        Command::Ps(a) => (workloads::ps(a), 1),
+        Command::Logs(a) => (workloads::logs(a), 1),
+        Command::Stop(a) => (workloads::stop(a), 1),
+        Command::Kill(a) => (workloads::kill(a), 1),
+        Command::Rm(a) => (workloads::rm(a), 1),
+        Command::Inspect(a) => (workloads::inspect(a), 1),
+        Command::Kernel(cmd) => (kernel::run(cmd).map(|()| 0), 1),
+        Command::Image(cmd) => (image::run(cmd).map(|()| 0), 1),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bulkhead", &mut std::io::stdout());
+            (Ok(0), 1)
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("bulkhead: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(failure)
         }
     }
 }
@@ -66,7 +127,6 @@ mod tests {
 
     #[test]
     fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,369 @@
+//! `bulkhead run`: an image in its own microVM (or, with `--runtime
+//! container`, on the shared kernel through crun/runc), docker-style.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bulkhead_agent_proto::ProcessSpec;
+use bulkhead_images::rootdisk::{self, Format};
+use bulkhead_images::store::Store;
+use clap::Args;
+
+use crate::runtime::attach::Request;
+use crate::runtime::paths::{self, Paths};
+use crate::runtime::record::{now_ms, write_json, Record, RuntimeKind, VmFiles, WorkloadConfig};
+use crate::runtime::state::State;
+use crate::runtime::{client, container};
+
+/// bulkhead's own failure (docker's convention).
+pub const EXIT_BULKHEAD: u8 = 125;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: the workload's (128+N when killed by signal N); 125 when bulkhead itself failed, 126 when the command cannot be executed, 127 when it is not found.")]
+pub struct RunArgs {
+    /// Run in the background and print the workload's id.
+    #[arg(short, long)]
+    detach: bool,
+    /// Remove the workload and everything it left once it ends.
+    #[arg(long)]
+    rm: bool,
+    /// Keep stdin open and pass it to the workload.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the workload a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// A name to refer to it by (default: the image's name and a short id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass ours on).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines, # comments).
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the workload.
+    #[arg(short, long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User (name or uid, optionally :group) from the image's /etc/passwd.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Replace the image's Entrypoint (the image's Cmd is dropped too).
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// vCPUs for the microVM (default 1); CPU quota for a container.
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Memory: 512m, 1g, or bytes (microVM default 256m; a container has no limit unless given).
+    #[arg(short, long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Where it runs: its own microVM, or a container on this host's kernel.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Microvm)]
+    runtime: RuntimeKind,
+    /// The OCI runtime for --runtime container (default: crun if installed, else runc).
+    #[arg(long, value_name = "crun|runc")]
+    oci_runtime: Option<String>,
+    // Docker flags bulkhead does not support yet: refused by name, never ignored.
+    #[arg(short = 'v', long = "volume", hide = true)]
+    volume: Vec<String>,
+    #[arg(long, hide = true)]
+    mount: Vec<String>,
+    #[arg(short = 'p', long = "publish", hide = true)]
+    publish: Vec<String>,
+    #[arg(long, hide = true)]
+    network: Option<String>,
+    #[arg(long, hide = true)]
+    privileged: bool,
+    #[arg(long, hide = true)]
+    restart: Option<String>,
+    /// The image (name[:tag] or digest) from `bulkhead image ls`.
+    image: String,
+    /// Command and arguments (default: the image's Entrypoint and Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+impl RunArgs {
+    fn refuse_unsupported(&self) -> Result<()> {
+        let mut not_yet = Vec::new();
+        if !self.volume.is_empty() || !self.mount.is_empty() {
+            not_yet.push("-v/--volume and --mount (volumes are not supported yet)");
+        }
+        if !self.publish.is_empty() || self.network.is_some() {
+            not_yet.push("-p/--publish and --network (workload networking is not built yet: workloads get loopback only)");
+        }
+        if self.privileged {
+            not_yet.push("--privileged (not supported: it would undo the isolation bulkhead exists for)");
+        }
+        if self.restart.is_some() {
+            not_yet.push("--restart (restart policies belong to `bulkhead deploy`, not built yet)");
+        }
+        if !not_yet.is_empty() {
+            bail!("unsupported flag(s): {}", not_yet.join("; "));
+        }
+        if self.detach && self.rm && self.interactive {
+            bail!("-d with -i: a detached workload has no stdin to read");
+        }
+        Ok(())
+    }
+}
+
+/// `512m`, `1g`, `1024k`, plain bytes -> MiB (at least 1).
+pub fn parse_memory(s: &str) -> Result<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("--memory {s:?}: use a size like 512m or 1g"))?;
+    let bytes = n.checked_mul(mult).context("--memory: too large")?;
+    if bytes < 4 << 20 {
+        bail!("--memory {s}: at least 4m");
+    }
+    Ok(bytes >> 20)
+}
+
+/// `SIGTERM`, `TERM`, `15` -> 15.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    name.parse::<nix::sys::signal::Signal>().map(|s| s as i32).map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
+}
+
+/// Image config + env files + flags -> the process to run.
+fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<ProcessSpec> {
+    let rc = &img.config.config;
+    let mut spec = rc.process_spec();
+    spec.args = match &a.entrypoint {
+        Some(e) => std::iter::once(e.clone()).chain(a.command.iter().cloned()).collect(),
+        None if !a.command.is_empty() => rc.entrypoint.iter().flatten().cloned().chain(a.command.iter().cloned()).collect(),
+        None => spec.args,
+    };
+    if spec.args.is_empty() || spec.args[0].is_empty() {
+        bail!("no command: the image has no Entrypoint or Cmd, so give one after the image name");
+    }
+    let mut extra = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("--env-file {}", f.display()))?;
+        extra.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+    }
+    extra.extend(a.env.iter().cloned());
+    for e in extra {
+        let kv = match e.split_once('=') {
+            Some(_) => e,
+            None => match std::env::var(&e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue, // docker: an unset KEY is left out
+            },
+        };
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        if key.is_empty() {
+            bail!("-e {kv:?}: empty variable name");
+        }
+        spec.env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        spec.env.push(kv);
+    }
+    if let Some(w) = &a.workdir {
+        if !w.starts_with('/') {
+            bail!("-w {w:?}: the working directory must be absolute");
+        }
+        spec.cwd = Some(w.clone());
+    }
+    if let Some(u) = &a.user {
+        spec.user = Some(u.clone());
+    }
+    spec.tty = a.tty;
+    spec.stdin = a.interactive;
+    Ok(spec)
+}
+
+/// Directories holding the shipped static binaries: the static build beside
+/// ours (`<target>/x86_64-unknown-linux-gnu/release`), then our own dir.
+fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("find our own binary")?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let candidates = [dir.join("../x86_64-unknown-linux-gnu/release").join(name), dir.join(name)];
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| format!("no {name} next to {} (build it: `make static`)", exe.display()))
+}
+
+fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<VmFiles> {
+    match bulkhead_vmm::host::detect() {
+        bulkhead_vmm::host::KvmKind::Hardware => {}
+        other => bail!(
+            "this host cannot boot a microVM: {other}. A stock Linux guest needs VT-x/AMD-V behind /dev/kvm. Use --runtime container here, or run bulkhead inside the nested test host (`tests/testhost/run -- bulkhead run ...`; `make demo` does)"
+        ),
+    }
+    let kernel = match std::env::var_os("BULKHEAD_KERNEL").filter(|k| !k.is_empty()) {
+        Some(k) => PathBuf::from(k),
+        None => match bulkhead_images::kernel::find_built() {
+            Ok(k) => k.vmlinux,
+            Err(_) => {
+                eprintln!("the guest kernel is not built yet: building it once (minutes; cached)");
+                let mut progress = super::kernel::TerminalProgress::new();
+                bulkhead_images::kernel::build(&Default::default(), &mut progress).context("build the guest kernel (`bulkhead kernel build` shows more)")?.vmlinux
+            }
+        },
+    };
+    let agent = binary("bulkhead-agent")?;
+    let initrd = bulkhead_images::agent_initramfs::cached(&agent).context("the agent's initramfs")?;
+    let disk = rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}")).context("the image's root disk")?;
+    Ok(VmFiles { vmm: binary("bulkhead-vmm")?, kernel, initrd, disk })
+}
+
+pub fn data_dir() -> PathBuf {
+    Store::default_dir()
+}
+
+/// Starts the supervisor for `id` and waits for its first word: `ok`, or
+/// `err MESSAGE` (it ended already).
+fn spawn_supervisor(data: &Path, id: &str) -> Result<std::result::Result<(), String>> {
+    let (read_end, write_end): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let fd = write_end.as_raw_fd();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("__supervise").arg("--data").arg(data).args(["--notify-fd", "3", id]);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it puts our pipe end at fd 3 (without CLOEXEC) for the child.
+    unsafe {
+        cmd.pre_exec(move || if libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let status = cmd.status().context("start the supervisor")?;
+    drop(write_end);
+    if !status.success() {
+        bail!("the supervisor failed to start: {status}");
+    }
+    let mut msg = String::new();
+    std::fs::File::from(read_end).read_to_string(&mut msg)?;
+    let first = msg.lines().next().unwrap_or("").to_string();
+    Ok(match first.as_str() {
+        "ok" => Ok(()),
+        "" => Err("the supervisor died before it started the workload".into()),
+        other => Err(other.strip_prefix("err ").unwrap_or(other).replace("\\n", "\n")),
+    })
+}
+
+pub fn run(a: RunArgs) -> Result<u8> {
+    a.refuse_unsupported()?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("`bulkhead run` needs root for now (KVM, TAP devices, overlay mounts, OCI runtimes)");
+    }
+    let data = data_dir();
+    let store = Store::open(&data).with_context(|| format!("open the image store at {}", data.display()))?;
+    let manifest = store.resolve(&a.image).with_context(|| format!("image {:?} (pull or import it first: `bulkhead image pull|import`)", a.image))?;
+    let img = store.image(&manifest)?;
+    let process = process_spec(&img, &a)?;
+    let stop_signal = match img.config.config.stop_signal.as_deref() {
+        Some(s) if !s.is_empty() => parse_signal(s).with_context(|| format!("the image's StopSignal {s:?}"))?,
+        _ => libc::SIGTERM,
+    };
+    let memory_mib = a.memory.as_deref().map(parse_memory).transpose()?;
+    if let Some(c) = a.cpus {
+        if !(c > 0.0 && c <= 64.0) {
+            bail!("--cpus {c}: between 0 and 64");
+        }
+    }
+    let vm = match a.runtime {
+        RuntimeKind::Microvm => Some(vm_files(&store, &manifest)?),
+        RuntimeKind::Container => {
+            if let Some(r) = &a.oci_runtime {
+                if r != "crun" && r != "runc" {
+                    bail!("--oci-runtime {r:?}: crun or runc");
+                }
+                container::which(r).with_context(|| format!("{r} is not installed (apt-get install {r})"))?;
+            } else if container::default_oci_runtime().is_none() {
+                bail!("--runtime container needs crun or runc: apt-get install crun (or runc)");
+            }
+            None
+        }
+    };
+    let id = paths::new_id()?;
+    let name = match &a.name {
+        Some(n) if paths::valid_name(n) => n.clone(),
+        Some(n) => bail!("--name {n:?}: letters, digits, '_', '.', '-', starting with a letter or digit"),
+        None => {
+            let base: String = a.image.rsplit('/').next().unwrap_or("w").split([':', '@']).next().unwrap_or("w").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            format!("{}-{}", if base.is_empty() { "w" } else { &base }, &id[..8])
+        }
+    };
+    let cfg = WorkloadConfig {
+        id: id.clone(),
+        name,
+        image: a.image.clone(),
+        manifest: manifest.to_string(),
+        runtime: a.runtime,
+        oci_runtime: a.oci_runtime.clone(),
+        process,
+        cpus: a.cpus,
+        memory_mib,
+        stop_signal,
+        attach: !a.detach,
+        auto_remove: a.rm,
+        vm,
+        created_ms: now_ms(),
+    };
+    let p = Paths::new(&data);
+    let state = State::new(p.clone());
+    let dir = p.workload_dir(&id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    write_json(&dir.join("config.json"), &cfg)?;
+    if let Err(e) = state.insert(&Record { config: cfg.clone(), running: None, exit: None }) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e.into());
+    }
+    let started = spawn_supervisor(&data, &id)?;
+    if a.detach {
+        return match started {
+            Ok(()) => {
+                println!("{id}");
+                Ok(0)
+            }
+            Err(e) => {
+                let code = state.get(&id).ok().and_then(|r| r.exit.map(|x| x.code)).unwrap_or(125);
+                eprintln!("bulkhead: {e}");
+                Ok(u8::try_from(code).unwrap_or(EXIT_BULKHEAD))
+            }
+        };
+    }
+    if let Err(e) = started {
+        bail!("{e}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report = rt.block_on(async {
+        let s = client::connect(&Paths::ctl_socket(&id)).await?;
+        client::session(s, &Request::Attach { stdin: a.interactive }, a.interactive, a.tty).await
+    });
+    rt.shutdown_background();
+    let report = report?;
+    if let Some(e) = &report.error {
+        eprintln!("bulkhead: {e}");
+    }
+    Ok(u8::try_from(report.code.clamp(0, 255)).unwrap_or(EXIT_BULKHEAD))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_and_signal_names() {
+        assert_eq!(parse_memory("512m").ok(), Some(512));
+        assert_eq!(parse_memory("1G").ok(), Some(1024));
+        assert_eq!(parse_memory("1gb").ok(), Some(1024));
+        assert_eq!(parse_memory("268435456").ok(), Some(256));
+        assert!(parse_memory("").is_err() && parse_memory("lots").is_err() && parse_memory("1k").is_err() && parse_memory("99999999999999g").is_err());
+        assert_eq!(parse_signal("KILL").ok(), Some(9));
+        assert_eq!(parse_signal("sigterm").ok(), Some(15));
+        assert_eq!(parse_signal("2").ok(), Some(2));
+        assert!(parse_signal("0").is_err() && parse_signal("NOPE").is_err() && parse_signal("65").is_err());
+    }
+}

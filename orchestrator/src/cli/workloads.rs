@@ -1,0 +1,370 @@
+//! `bulkhead ps|logs|exec|stop|kill|rm|inspect`: workloads `run` started.
+
+use std::io::{Read, Seek, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bulkhead_agent_proto::ProcessSpec;
+use clap::Args;
+
+use super::run::{data_dir, parse_signal};
+use crate::runtime::attach::Request;
+use crate::runtime::client;
+use crate::runtime::paths::{self, Paths};
+use crate::runtime::record::{Record, Status};
+use crate::runtime::state::State;
+use crate::runtime::supervisor::remove_files;
+
+fn state() -> State {
+    State::new(Paths::new(data_dir()))
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Also the ones that ended.
+    #[arg(short, long)]
+    all: bool,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+}
+
+fn ago(ms: u64) -> String {
+    let s = crate::runtime::record::now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86399 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+fn summary(r: &Record) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.config.id,
+        "name": r.config.name,
+        "image": r.config.image,
+        "runtime": r.config.runtime.to_string(),
+        "status": r.status().to_string(),
+        "created_ms": r.config.created_ms,
+        "command": r.config.process.args,
+    })
+}
+
+pub fn ps(a: PsArgs) -> Result<u8> {
+    let all = state().list()?;
+    let shown: Vec<&Record> = all.iter().filter(|r| a.all || r.status().is_live()).collect();
+    if a.format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&shown.iter().map(|r| summary(r)).collect::<Vec<_>>())?);
+        return Ok(0);
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["ID", "NAME", "IMAGE", "RUNTIME", "COMMAND", "CREATED", "STATUS"]);
+    for r in shown {
+        let mut cmd = r.config.process.args.join(" ");
+        if cmd.len() > 30 {
+            cmd = format!("{}...", cmd.chars().take(27).collect::<String>());
+        }
+        let mut status = r.status().to_string();
+        if let Some(first) = status.lines().next() {
+            status = first.chars().take(60).collect();
+        }
+        t.add_row([paths::short(&r.config.id).to_string(), r.config.name.clone(), r.config.image.clone(), r.config.runtime.to_string(), cmd, ago(r.config.created_ms), status]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new output until the workload ends.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
+    name: String,
+}
+
+fn last_lines(bytes: &[u8], n: usize) -> &[u8] {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut count = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            count += 1;
+            if count == n {
+                return &bytes[i + 1..];
+            }
+        }
+    }
+    if n == 0 {
+        &bytes[bytes.len()..]
+    } else {
+        bytes
+    }
+}
+
+pub fn logs(a: LogsArgs) -> Result<u8> {
+    let st = state();
+    let r = st.get(&a.name)?;
+    let dir = st.paths().workload_dir(&r.config.id);
+    let log = dir.join("log");
+    let mut all = std::fs::read(dir.join("log.1")).unwrap_or_default();
+    let mut f = std::fs::File::open(&log).ok();
+    if let Some(f) = &mut f {
+        f.read_to_end(&mut all)?;
+    }
+    let out = match a.tail {
+        Some(n) => last_lines(&all, n),
+        None => &all,
+    };
+    std::io::stdout().write_all(out)?;
+    std::io::stdout().flush()?;
+    if !a.follow {
+        return Ok(0);
+    }
+    // Follow: inotify on the workload dir wakes us for new output, a
+    // rotation, or exit.json (then drain and stop).
+    let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC)?;
+    use nix::sys::inotify::AddWatchFlags as W;
+    ino.add_watch(&dir, W::IN_MODIFY | W::IN_CREATE | W::IN_MOVED_TO | W::IN_DELETE_SELF)?;
+    let mut pos = f.as_mut().map(|f| f.stream_position()).transpose()?.unwrap_or(0);
+    loop {
+        let done = dir.join("exit.json").exists() || !dir.exists() || st.get(&r.config.id).map(|r| !r.status().is_live()).unwrap_or(true);
+        // Rotated: start over on the new file.
+        if std::fs::metadata(&log).map(|m| m.len() < pos).unwrap_or(false) {
+            pos = 0;
+        }
+        if let Ok(mut f) = std::fs::File::open(&log) {
+            f.seek(std::io::SeekFrom::Start(pos))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            pos += buf.len() as u64;
+            std::io::stdout().write_all(&buf)?;
+            std::io::stdout().flush()?;
+        }
+        if done {
+            return Ok(0);
+        }
+        // Bounded wait, so a supervisor that died without writing still ends us.
+        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&ino), nix::poll::PollFlags::POLLIN)];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16))? > 0 {
+            let _ = ino.read_events();
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[arg(short, long)]
+    interactive: bool,
+    #[arg(short, long)]
+    tty: bool,
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    #[arg(short, long = "workdir")]
+    workdir: Option<String>,
+    #[arg(short, long)]
+    user: Option<String>,
+    name: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+fn running(r: &Record) -> Result<()> {
+    match r.status() {
+        Status::Running => Ok(()),
+        s => bail!("{} is not running ({s})", r.config.name),
+    }
+}
+
+pub fn exec(a: ExecArgs) -> Result<u8> {
+    let r = state().get(&a.name)?;
+    running(&r)?;
+    let mut env = r.config.process.env.clone();
+    for e in &a.env {
+        let key = e.split('=').next().unwrap_or_default();
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    let process = ProcessSpec { args: a.command.clone(), env, cwd: a.workdir.clone().or(r.config.process.cwd.clone()), user: a.user.clone().or(r.config.process.user.clone()), tty: a.tty, stdin: a.interactive, ..Default::default() };
+    let rt = rt()?;
+    let report = rt.block_on(async {
+        let s = client::connect(&Paths::ctl_socket(&r.config.id)).await?;
+        client::session(s, &Request::Exec { process }, a.interactive, a.tty).await
+    });
+    rt.shutdown_background();
+    let report = report?;
+    if let Some(e) = &report.error {
+        eprintln!("bulkhead: {e}");
+    }
+    Ok(u8::try_from(report.code.clamp(0, 255)).unwrap_or(125))
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait after the stop signal before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+pub fn stop(a: StopArgs) -> Result<u8> {
+    let st = state();
+    let rt = rt()?;
+    for n in &a.names {
+        let r = st.get(n)?;
+        if r.status() == Status::Running {
+            rt.block_on(client::request(&Paths::ctl_socket(&r.config.id), &Request::Stop { timeout_s: a.time }))?;
+        }
+        println!("{n}");
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Signal name or number.
+    #[arg(short, long, default_value = "KILL")]
+    signal: String,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+pub fn kill(a: KillArgs) -> Result<u8> {
+    let sig = parse_signal(&a.signal)?;
+    let st = state();
+    let rt = rt()?;
+    for n in &a.names {
+        let r = st.get(n)?;
+        running(&r)?;
+        rt.block_on(client::request(&Paths::ctl_socket(&r.config.id), &Request::Signal { signal: sig }))?;
+        println!("{n}");
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Kill it first if it still runs (also cleans up after a dead supervisor).
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// Blocks until `p` has exited (pidfd poll), at most `limit`.
+fn wait_gone(p: &crate::runtime::procs::ProcId, limit: Duration) -> bool {
+    let Some(fd) = p.pidfd() else { return true };
+    let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fd), nix::poll::PollFlags::POLLIN)];
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).map(|n| n > 0).unwrap_or(false)
+}
+
+pub fn rm(a: RmArgs) -> Result<u8> {
+    let st = state();
+    for n in &a.names {
+        let r = st.get(n)?;
+        let status = r.status();
+        if status.is_live() || matches!(&status, Status::Failed(_)) && r.exit.is_none() {
+            if !a.force {
+                bail!("{} is {status}: stop it first, or `bulkhead rm -f`", r.config.name);
+            }
+            force_end(&r);
+        }
+        remove_files(st.paths(), &r.config.id).with_context(|| format!("remove the files of {}", r.config.name))?;
+        st.remove(&r.config.id)?;
+        println!("{n}");
+    }
+    Ok(0)
+}
+
+/// Kills the workload: through its supervisor if alive, else (an orphan)
+/// the VMM or OCI runtime directly, and the runtime's state.
+fn force_end(r: &Record) {
+    let sup = r.running.as_ref().map(|x| x.supervisor);
+    if let Some(s) = sup.filter(|s| s.alive()) {
+        if let Ok(rt) = rt() {
+            let _ = rt.block_on(client::request(&Paths::ctl_socket(&r.config.id), &Request::Signal { signal: libc::SIGKILL }));
+        }
+        if !wait_gone(&s, Duration::from_secs(30)) {
+            s.signal(libc::SIGKILL);
+            wait_gone(&s, Duration::from_secs(5));
+        }
+    }
+    if let Some(p) = r.running.as_ref().and_then(|x| x.runtime) {
+        if p.signal(libc::SIGKILL) {
+            wait_gone(&p, Duration::from_secs(10));
+        }
+    }
+    if r.config.runtime == crate::runtime::record::RuntimeKind::Container {
+        for rt in ["crun", "runc"] {
+            let _ = std::process::Command::new(rt).args(["delete", "-f", &r.config.id]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    name: String,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<u8> {
+    let st = state();
+    let r = st.get(&a.name)?;
+    let dir = st.paths().workload_dir(&r.config.id);
+    let c = &r.config;
+    let v = serde_json::json!({
+        "id": c.id,
+        "name": c.name,
+        "image": c.image,
+        "image_digest": c.manifest,
+        "runtime": c.runtime.to_string(),
+        "oci_runtime": c.oci_runtime,
+        "status": r.status().to_string(),
+        "process": c.process,
+        "vm": c.vm.as_ref().map(|vm| serde_json::json!({
+            "vcpus": c.cpus.map_or(1, |x| x.ceil() as u32),
+            "memory_mib": c.memory_mib.unwrap_or(crate::runtime::microvm::DEFAULT_MEMORY_MIB),
+            "kernel": vm.kernel, "initrd": vm.initrd, "disk": vm.disk, "vmm": vm.vmm,
+        })),
+        "limits": {"cpus": c.cpus, "memory_mib": c.memory_mib},
+        "pids": r.running.as_ref().map(|x| serde_json::json!({"supervisor": x.supervisor.pid, "runtime": x.runtime.map(|p| p.pid)})),
+        "paths": {
+            "dir": dir,
+            "log": dir.join("log"),
+            "control_socket": Paths::ctl_socket(&c.id),
+            "runtime_dir": Paths::run_dir(&c.id),
+        },
+        "created_ms": c.created_ms,
+        "started_ms": r.running.as_ref().and_then(|x| x.started_ms),
+        "exit": r.exit,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_takes_whole_last_lines() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+        assert_eq!(last_lines(b"", 3), b"");
+    }
+}

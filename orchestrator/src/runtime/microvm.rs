@@ -1,0 +1,195 @@
+//! The microVM runtime: bulkhead-vmm with our guest kernel, the agent's
+//! initramfs and the image's root disk (read-only, an overlay on tmpfs in
+//! the guest), driven through the agent over vsock.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bulkhead_agent_proto::client::{AgentClient, ClientError, Output};
+use bulkhead_agent_proto::{ErrorKind, ExitStatus, Fd, ProcessSpec, RootSource, RootSpec, StartRequest, AGENT_VSOCK_PORT};
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+
+use super::attach::{ExitReport, Kind};
+use super::procs::ProcId;
+use super::record::WorkloadConfig;
+use super::workload::{failed, proc_pair, Control, Proc};
+
+/// How long the guest may take from VMM start to the agent dialing in.
+/// Generous: under the nested test host's emulation a boot takes seconds.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const CID: u32 = 3;
+
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+#[derive(Debug)]
+pub struct Microvm {
+    child: tokio::sync::Mutex<Child>,
+    client: AgentClient,
+    console: PathBuf,
+    pid: Option<ProcId>,
+}
+
+/// The last `n` lines of the guest's serial console.
+pub fn console_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn with_console(why: String, console: &Path) -> String {
+    let tail = console_tail(console, 20);
+    if tail.is_empty() {
+        why
+    } else {
+        format!("{why}\n--- guest console (last lines) ---\n{tail}")
+    }
+}
+
+impl Microvm {
+    /// Starts the VMM and waits for the agent's hello.
+    pub async fn boot(cfg: &WorkloadConfig, run_dir: &Path, workload_dir: &Path) -> Result<Self, String> {
+        let files = cfg.vm.as_ref().ok_or("no VM files in the workload config")?;
+        let uds = run_dir.join("vsock");
+        let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
+        let _ = std::fs::remove_file(&listener_path);
+        let listener = UnixListener::bind(&listener_path).map_err(|e| format!("bind {}: {e}", listener_path.display()))?;
+        let console = workload_dir.join("console.log");
+        let vcpus = cfg.cpus.map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
+        let memory = cfg.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        let mut child = Command::new(&files.vmm)
+            .arg("--kernel")
+            .arg(&files.kernel)
+            .arg("--initrd")
+            .arg(&files.initrd)
+            .arg("--disk")
+            .arg(format!("{},ro", files.disk.display()))
+            .args(["--vcpus", &vcpus.to_string(), "--memory", &memory.to_string(), "--vsock-cid", &CID.to_string(), "--cmdline", "console=ttyS0 quiet reboot=k"])
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .arg("--serial")
+            .arg(&console)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(workload_dir.join("vmm.log")).map_err(|e| format!("create vmm.log: {e}"))?))
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", files.vmm.display()))?;
+        let pid = child.id().and_then(|p| ProcId::of(p as i32));
+        let client = tokio::select! {
+            c = AgentClient::accept(&listener) => c.map_err(|e| with_console(format!("the agent: {e}"), &console))?,
+            s = child.wait() => {
+                let vmm_log = std::fs::read_to_string(workload_dir.join("vmm.log")).unwrap_or_default();
+                return Err(with_console(format!("the VMM exited before the agent dialed in ({}): {}", s.map(|s| s.to_string()).unwrap_or_default(), vmm_log.trim()), &console));
+            }
+            _ = tokio::time::sleep(BOOT_TIMEOUT) => {
+                let _ = child.start_kill();
+                return Err(with_console(format!("no agent within {BOOT_TIMEOUT:?}"), &console));
+            }
+        };
+        Ok(Microvm { child: tokio::sync::Mutex::new(child), client, console, pid })
+    }
+
+    pub fn pid(&self) -> Option<ProcId> {
+        self.pid
+    }
+
+    pub async fn start_main(&self, cfg: &WorkloadConfig) -> Result<Proc, ExitReport> {
+        let req = StartRequest {
+            process: cfg.process.clone(),
+            root: RootSpec { source: RootSource::Block { device: "/dev/vda".into(), fstype: "ext4".into() }, scratch: None },
+            hostname: Some(super::paths::short(&cfg.id).to_string()),
+            ..Default::default()
+        };
+        let p = self.client.start(req).await.map_err(|e| self.report(e))?;
+        Ok(drive(p))
+    }
+
+    pub async fn exec(&self, spec: &ProcessSpec) -> Result<Proc, ExitReport> {
+        let p = self.client.exec(spec.clone()).await.map_err(|e| self.report(e))?;
+        Ok(drive(p))
+    }
+
+    fn report(&self, e: ClientError) -> ExitReport {
+        match e {
+            ClientError::Agent(a) => {
+                let code = match a.kind {
+                    ErrorKind::NotFound => 127,
+                    ErrorKind::NotExecutable => 126,
+                    _ => 125,
+                };
+                ExitReport { code, signal: None, error: Some(a.message) }
+            }
+            other => failed(with_console(other.to_string(), &self.console)),
+        }
+    }
+
+    /// A VM that ended without the agent's report: why, with the console.
+    pub fn lost(&self, why: &str) -> ExitReport {
+        failed(with_console(why.to_string(), &self.console))
+    }
+
+    /// After the main process ended the agent powers the VM off: wait for
+    /// that, then make sure.
+    pub async fn finish(&self) {
+        let mut child = self.child.lock().await;
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            let _ = self.client.shutdown().await;
+            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Runs an agent process as a [`Proc`].
+fn drive(mut p: bulkhead_agent_proto::client::Process) -> Proc {
+    let (proc_, ends) = proc_pair();
+    let stdin = p.stdin();
+    let mut stdin_rx = ends.stdin;
+    tokio::spawn(async move {
+        while let Some(Some(data)) = stdin_rx.recv().await {
+            if stdin.write(&data).await.is_err() {
+                return;
+            }
+        }
+        let _ = stdin.close().await;
+    });
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Control>(16);
+    let mut control = ends.control;
+    tokio::spawn(async move {
+        while let Some(c) = control.recv().await {
+            if ctl_tx.send(c).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (out, exit) = (ends.output, ends.exit);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                o = p.next_output() => match o {
+                    Some(Output::Data(fd, data)) => {
+                        let kind = if fd == Fd::Stderr { Kind::Stderr } else { Kind::Stdout };
+                        let _ = out.send((kind, data)).await;
+                    }
+                    Some(Output::Eof(_)) => {}
+                    None => break,
+                },
+                Some(c) = ctl_rx.recv() => match c {
+                    Control::Signal(s) => { let _ = p.signal(s).await; }
+                    Control::Resize(r, c) => { let _ = p.resize(r, c).await; }
+                },
+            }
+        }
+        drop(out);
+        let report = match p.wait().await {
+            Ok(ExitStatus::Code(c)) => ExitReport { code: c, signal: None, error: None },
+            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128 + s, signal: Some(s), error: None },
+            Err(e) => failed(format!("the agent connection ended without an exit report: {e}")),
+        };
+        let _ = exit.send(report);
+    });
+    proc_
+}

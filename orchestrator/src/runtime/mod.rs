@@ -1,0 +1,27 @@
+//! The local runtime: workloads started by `bulkhead run`, each owned by a
+//! supervisor process (`supervisor.rs`, like conmon) that survives the CLI.
+//!
+//! ```text
+//! <data>/state.redb + state.lock     workload records (redb, opened per
+//!                                    transaction under the flock)
+//! <data>/workloads/<id>/config.json  what to run (written by `run`)
+//!                       log, log.1   the workload's output (rotated)
+//!                       console.log  the VM's serial console (microvm)
+//!                       running.json supervisor + runtime pids (supervisor)
+//!                       exit.json    how it ended (supervisor; folded in
+//!                                    by the CLI)
+//!                       upper/ work/ rootfs/ bundle/  (container runtime)
+//! /run/bulkhead/<id12>/ctl.sock      the supervisor's control socket
+//!                       vsock*       the VM's vsock sockets (microvm)
+//! ```
+
+pub mod attach;
+pub mod client;
+pub mod container;
+pub mod microvm;
+pub mod paths;
+pub mod procs;
+pub mod record;
+pub mod state;
+pub mod supervisor;
+pub mod workload;

@@ -1,0 +1,157 @@
+//! What is known about a workload: its config (written once by `run`), what
+//! its supervisor reports while it runs (`running.json`) and how it ended
+//! (`exit.json`). The CLI folds the supervisor's files into the state store.
+
+use std::path::{Path, PathBuf};
+
+use bulkhead_agent_proto::ProcessSpec;
+use serde::{Deserialize, Serialize};
+
+use super::procs::ProcId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Its own KVM microVM with its own guest kernel.
+    Microvm,
+    /// The host's shared kernel, through crun or runc.
+    Container,
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Microvm => "microvm",
+            RuntimeKind::Container => "container",
+        })
+    }
+}
+
+/// What the microVM boots (resolved by the CLI before the supervisor starts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmFiles {
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disk: PathBuf,
+}
+
+/// Everything the supervisor needs to run the workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadConfig {
+    pub id: String,
+    pub name: String,
+    /// The image as the user named it, and what it resolved to.
+    pub image: String,
+    pub manifest: String,
+    pub runtime: RuntimeKind,
+    /// crun or runc (container runtime).
+    pub oci_runtime: Option<String>,
+    pub process: ProcessSpec,
+    /// As asked (`--cpus`, `--memory`); a VM gets 1 vCPU and 256 MiB when
+    /// not, a container no limit.
+    pub cpus: Option<f64>,
+    pub memory_mib: Option<u64>,
+    /// From the image's StopSignal (default SIGTERM).
+    pub stop_signal: i32,
+    /// The supervisor waits for the first attach before starting the
+    /// workload, so an attached `run` sees every byte.
+    pub attach: bool,
+    /// `--rm`: the supervisor removes every trace once it ends.
+    pub auto_remove: bool,
+    pub vm: Option<VmFiles>,
+    pub created_ms: u64,
+}
+
+/// Written by the supervisor once it is up, again when the workload started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    pub supervisor: ProcId,
+    /// The VMM, or the OCI runtime's process for the container.
+    pub runtime: Option<ProcId>,
+    pub started_ms: Option<u64>,
+}
+
+/// How the workload ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    /// Shell convention: the code, 128+N for signal N; 125 bulkhead failed,
+    /// 126 not executable, 127 not found.
+    pub code: i32,
+    pub signal: Option<i32>,
+    /// Why bulkhead (not the workload) failed, with the fix where known.
+    pub error: Option<String>,
+    pub finished_ms: u64,
+}
+
+/// A row of the state store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub config: WorkloadConfig,
+    pub running: Option<Running>,
+    pub exit: Option<Exit>,
+}
+
+/// Where a workload stands, as `ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Exited(i32),
+    /// bulkhead failed it (or its supervisor died): the reason.
+    Failed(String),
+}
+
+impl Status {
+    pub fn is_live(&self) -> bool {
+        matches!(self, Status::Created | Status::Running)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Created => f.write_str("created"),
+            Status::Running => f.write_str("running"),
+            Status::Exited(c) => write!(f, "exited ({c})"),
+            Status::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+impl Record {
+    pub fn status(&self) -> Status {
+        if let Some(e) = &self.exit {
+            return match &e.error {
+                Some(why) => Status::Failed(why.clone()),
+                None => Status::Exited(e.code),
+            };
+        }
+        match &self.running {
+            Some(r) if r.supervisor.alive() => if r.started_ms.is_some() { Status::Running } else { Status::Created },
+            Some(_) => Status::Failed("its supervisor died (`bulkhead rm -f` cleans up)".into()),
+            None if now_ms().saturating_sub(self.config.created_ms) > 60_000 => Status::Failed("its supervisor never came up".into()),
+            None => Status::Created,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Writes `value` as JSON to `path` atomically (temp file + rename).
+pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads JSON from `path`; `None` when the file does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,252 @@
+//! The state store: one redb file in the data dir. redb locks its file for
+//! as long as a `Database` is open, so every operation opens it for one
+//! transaction only, behind a blocking flock on `state.lock`: any number of
+//! CLI invocations and supervisors take turns.
+
+use std::fs::File;
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::paths::Paths;
+use super::record::{read_json, Exit, Record, Running};
+
+const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads");
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("state store: {0}")]
+    Db(String),
+    #[error("no workload {0:?} (`bulkhead ps -a` lists them)")]
+    NotFound(String),
+    #[error("{0:?} matches more than one workload: give more of the id")]
+    Ambiguous(String),
+    #[error("the name {0:?} is taken (`bulkhead rm {0}` frees it, or pick another with --name)")]
+    NameTaken(String),
+    #[error("a record in the state store is damaged: {0}")]
+    Corrupt(String),
+}
+
+fn db<E: std::fmt::Display>(e: E) -> StateError {
+    StateError::Db(e.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    paths: Paths,
+}
+
+impl State {
+    pub fn new(paths: Paths) -> Self {
+        Self { paths }
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// Runs `f` with the database open, holding the lock.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StateError>) -> Result<T, StateError> {
+        let io = |source| StateError::Io { path: self.paths.state_lock().display().to_string(), source };
+        std::fs::create_dir_all(self.paths.data()).map_err(io)?;
+        let lock = File::options().create(true).truncate(false).write(true).open(self.paths.state_lock()).map_err(io)?;
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
+        let database = Database::create(self.paths.state_db()).map_err(db)?;
+        f(&database)
+    }
+
+    /// Adds a new workload; its name must be free.
+    pub fn insert(&self, rec: &Record) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(rec).map_err(db)?;
+        self.with_db(|d| {
+            let tx = d.begin_write().map_err(db)?;
+            {
+                let mut names = tx.open_table(NAMES).map_err(db)?;
+                if names.get(rec.config.name.as_str()).map_err(db)?.is_some() {
+                    return Err(StateError::NameTaken(rec.config.name.clone()));
+                }
+                names.insert(rec.config.name.as_str(), rec.config.id.as_str()).map_err(db)?;
+                tx.open_table(WORKLOADS).map_err(db)?.insert(rec.config.id.as_str(), bytes.as_slice()).map_err(db)?;
+            }
+            tx.commit().map_err(db)
+        })
+    }
+
+    /// Every workload, oldest first, with the supervisors' files folded in.
+    pub fn list(&self) -> Result<Vec<Record>, StateError> {
+        let mut all = self.with_db(|d| {
+            let tx = d.begin_read().map_err(db)?;
+            let table = match tx.open_table(WORKLOADS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db(e)),
+            };
+            let mut v = Vec::new();
+            for row in table.iter().map_err(db)? {
+                let (_, value) = row.map_err(db)?;
+                v.push(serde_json::from_slice::<Record>(value.value()).map_err(|e| StateError::Corrupt(e.to_string()))?);
+            }
+            Ok(v)
+        })?;
+        for r in &mut all {
+            self.fold(r)?;
+        }
+        all.sort_by_key(|r| r.config.created_ms);
+        Ok(all)
+    }
+
+    /// The workload named `key`: a name, a full id or a unique id prefix.
+    pub fn get(&self, key: &str) -> Result<Record, StateError> {
+        let by_name = self.with_db(|d| {
+            let tx = d.begin_read().map_err(db)?;
+            match tx.open_table(NAMES) {
+                Ok(t) => Ok(t.get(key).map_err(db)?.map(|v| v.value().to_string())),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(db(e)),
+            }
+        })?;
+        let all = self.list()?;
+        if let Some(id) = by_name {
+            return all.into_iter().find(|r| r.config.id == id).ok_or_else(|| StateError::Corrupt(format!("name {key:?} points at a missing id")));
+        }
+        let hex = !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit());
+        let mut hits: Vec<Record> = all.into_iter().filter(|r| hex && r.config.id.starts_with(key)).collect();
+        match hits.len() {
+            0 => Err(StateError::NotFound(key.to_string())),
+            1 => Ok(hits.remove(0)),
+            _ => Err(StateError::Ambiguous(key.to_string())),
+        }
+    }
+
+    /// Reads `running.json` and `exit.json` into the record (and the store
+    /// when they changed it).
+    fn fold(&self, r: &mut Record) -> Result<(), StateError> {
+        let dir = self.paths.workload_dir(&r.config.id);
+        let io = |source| StateError::Io { path: dir.display().to_string(), source };
+        let running: Option<Running> = read_json(&dir.join("running.json")).map_err(io)?;
+        let exit: Option<Exit> = read_json(&dir.join("exit.json")).map_err(io)?;
+        let mut changed = false;
+        if running.is_some() && running != r.running {
+            r.running = running;
+            changed = true;
+        }
+        if exit.is_some() && exit != r.exit {
+            r.exit = exit;
+            changed = true;
+        }
+        if changed {
+            self.put(r)?;
+        }
+        Ok(())
+    }
+
+    fn put(&self, r: &Record) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(r).map_err(db)?;
+        self.with_db(|d| {
+            let tx = d.begin_write().map_err(db)?;
+            {
+                let mut t = tx.open_table(WORKLOADS).map_err(db)?;
+                // A row removed meanwhile (rm) stays removed.
+                if t.get(r.config.id.as_str()).map_err(db)?.is_none() {
+                    return Ok(());
+                }
+                t.insert(r.config.id.as_str(), bytes.as_slice()).map_err(db)?;
+            }
+            tx.commit().map_err(db)
+        })
+    }
+
+    /// Drops the row and frees the name.
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        self.with_db(|d| {
+            let tx = d.begin_write().map_err(db)?;
+            {
+                let mut t = tx.open_table(WORKLOADS).map_err(db)?;
+                let name = match t.remove(id).map_err(db)? {
+                    Some(v) => serde_json::from_slice::<Record>(v.value()).ok().map(|r| r.config.name),
+                    None => None,
+                };
+                if let Some(n) = name {
+                    tx.open_table(NAMES).map_err(db)?.remove(n.as_str()).map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)
+        })
+    }
+
+    /// How many rows there are (tests count leftovers).
+    pub fn count(&self) -> Result<usize, StateError> {
+        self.with_db(|d| {
+            let tx = d.begin_read().map_err(db)?;
+            let n = match tx.open_table(WORKLOADS) {
+                Ok(t) => t.len().map_err(db)? as usize,
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(db(e)),
+            };
+            let m = match tx.open_table(NAMES) {
+                Ok(t) => t.len().map_err(db)? as usize,
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(db(e)),
+            };
+            Ok(n.max(m))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::record::{RuntimeKind, WorkloadConfig};
+
+    fn rec(id: &str, name: &str) -> Record {
+        Record {
+            config: WorkloadConfig {
+                id: id.into(),
+                name: name.into(),
+                image: "busybox".into(),
+                manifest: "sha256:00".into(),
+                runtime: RuntimeKind::Container,
+                oci_runtime: None,
+                process: Default::default(),
+                cpus: None,
+                memory_mib: None,
+                stop_signal: 15,
+                attach: false,
+                auto_remove: false,
+                vm: None,
+                created_ms: super::super::record::now_ms(),
+            },
+            running: None,
+            exit: None,
+        }
+    }
+
+    #[test]
+    fn names_are_unique_lookups_by_name_or_prefix_and_exit_files_fold_in() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = State::new(Paths::new(d.path()));
+        assert!(s.list().unwrap_or_else(|e| panic!("{e}")).is_empty());
+        s.insert(&rec("abc123", "web")).unwrap_or_else(|e| panic!("{e}"));
+        s.insert(&rec("abd456", "db")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(s.insert(&rec("fff", "web")), Err(StateError::NameTaken(_))));
+        assert_eq!(s.get("web").unwrap_or_else(|e| panic!("{e}")).config.id, "abc123");
+        assert_eq!(s.get("abd").unwrap_or_else(|e| panic!("{e}")).config.name, "db");
+        assert!(matches!(s.get("ab"), Err(StateError::Ambiguous(_))));
+        assert!(matches!(s.get("zz"), Err(StateError::NotFound(_))));
+        assert!(matches!(s.get(""), Err(StateError::NotFound(_))));
+
+        let dir = s.paths().workload_dir("abc123");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let exit = Exit { code: 7, signal: None, error: None, finished_ms: 1 };
+        super::super::record::write_json(&dir.join("exit.json"), &exit).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.get("web").unwrap_or_else(|e| panic!("{e}")).status(), super::super::record::Status::Exited(7));
+        std::fs::write(dir.join("exit.json"), b"{garbage").unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.get("web").is_err(), "a damaged exit file is an error, not a silent running");
+
+        s.remove("abc123").unwrap_or_else(|e| panic!("{e}"));
+        s.insert(&rec("abc999", "web")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.count().unwrap_or_else(|e| panic!("{e}")), 2);
+    }
+}
