@@ -8,6 +8,7 @@ pub mod agent_vm;
 pub mod busybox_root;
 pub mod guest_initramfs;
 pub mod guest_probe;
+pub mod run_cases;
 pub mod testhost;
 
 /// Serialises tests that boot VMs: each boot costs a full core of emulation,

@@ -1,0 +1,263 @@
+//! `bulkhead run` and friends, one table of cases for both runtimes. The
+//! container rows run natively (the tests call [`run_table`]); the microvm
+//! rows run inside the test host (`bulkhead-testkit run-cases`), each case
+//! printing `CHECK <runtime>/<name> <ok|FAIL> <detail>`.
+//!
+//! Every case drives the real CLI as a user would, with `BULKHEAD_DATA`
+//! pointing at a store that holds the busybox image [`IMAGE`].
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The image every case runs (made by [`prepare_store`]).
+pub const IMAGE: &str = "bb:test";
+
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub bulkhead: PathBuf,
+    pub data: PathBuf,
+    /// "microvm" or "container".
+    pub runtime: String,
+    /// For the container runtime: crun or runc.
+    pub oci_runtime: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Ctx {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bulkhead);
+        c.env("BULKHEAD_DATA", &self.data).args(args);
+        c
+    }
+
+    /// `bulkhead run --runtime R [--oci-runtime O] FLAGS... IMAGE ARGS...`
+    fn run_cmd(&self, flags: &[&str], args: &[&str]) -> Command {
+        let mut c = self.cmd(&["run", "--runtime", &self.runtime]);
+        if let Some(o) = &self.oci_runtime {
+            c.args(["--oci-runtime", o]);
+        }
+        c.args(flags).arg(IMAGE).args(args);
+        c
+    }
+
+    fn out(&self, mut c: Command) -> Output {
+        c.stdin(Stdio::null()).output().unwrap_or_else(|e| Output { status: std::os::unix::process::ExitStatusExt::from_raw(125 << 8), stdout: Vec::new(), stderr: e.to_string().into_bytes() })
+    }
+
+    fn bh(&self, args: &[&str]) -> Output {
+        self.out(self.cmd(args))
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!("code={:?} stdout={:?} stderr={:?}", o.status.code(), text(&o.stdout), text(&o.stderr))
+}
+
+/// Imports a busybox root (see `busybox_root`) as [`IMAGE`] into `data`,
+/// and with `disk` builds its ext4 root disk too (so a test host without
+/// e2fsprogs finds it cached).
+pub fn prepare_store(bulkhead: &Path, data: &Path, disk: bool) -> Result<(), String> {
+    let tree = tempfile::tempdir().map_err(|e| e.to_string())?;
+    crate::busybox_root::build(tree.path()).map_err(|e| e.to_string())?;
+    let run = |args: &[&str]| -> Result<(), String> {
+        let o = Command::new(bulkhead).env("BULKHEAD_DATA", data).args(args).output().map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!("bulkhead {args:?}: {}", show(&o)))
+        }
+    };
+    run(&["image", "import-dir", &tree.path().display().to_string(), "--name", IMAGE])?;
+    if disk {
+        run(&["image", "disk", IMAGE])?;
+    }
+    Ok(())
+}
+
+/// Runs every case; never panics (a failure is a `Check` with `ok: false`).
+pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut check = |name: &str, ok: bool, detail: String| {
+        let c = Check { name: format!("{}/{name}", ctx.runtime), ok, detail: detail.replace('\n', "\\n") };
+        println!("CHECK {} {} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+        let _ = std::io::stdout().flush();
+        checks.push(c);
+    };
+
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["echo", "hi"]));
+    check("echo", o.status.code() == Some(0) && text(&o.stdout) == "hi\n", show(&o));
+
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", "exit 7"]));
+    check("exit-7", o.status.code() == Some(7), show(&o));
+
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["nosuch-command"]));
+    check("not-found-127", o.status.code() == Some(127) && text(&o.stderr).contains("nosuch-command"), show(&o));
+
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["/notexec"]));
+    check("not-executable-126", o.status.code() == Some(126), show(&o));
+
+    let o = ctx.out(ctx.run_cmd(&["--rm", "-e", "A=from-flag", "-w", "/tmp", "-u", "alice", "--entrypoint", "sh"], &["-c", "echo $A; pwd; id -u"]));
+    check("env-workdir-user-entrypoint", o.status.code() == Some(0) && text(&o.stdout) == "from-flag\n/tmp\n1000\n", show(&o));
+
+    let mut c = ctx.run_cmd(&["--rm", "-i"], &["cat"]);
+    let o = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().and_then(|mut child| {
+        if let Some(mut i) = child.stdin.take() {
+            i.write_all(b"round trip\n")?;
+        }
+        child.wait_with_output()
+    });
+    match o {
+        Ok(o) => check("stdin-round-trip", o.status.code() == Some(0) && text(&o.stdout) == "round trip\n", show(&o)),
+        Err(e) => check("stdin-round-trip", false, e.to_string()),
+    }
+
+    let o = ctx.out(ctx.run_cmd(&["--rm", "-t"], &["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty"]));
+    check("tty", o.status.code() == Some(0) && text(&o.stdout).contains("is-a-tty"), show(&o));
+
+    check_sigkill(ctx, &mut check);
+    check_detached_lifecycle(ctx, &mut check);
+
+    // Writes stay in one workload.
+    let a = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", "echo x > /marker && test -e /marker"]));
+    let b = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", "test ! -e /marker"]));
+    check("writes-do-not-leak", a.status.code() == Some(0) && b.status.code() == Some(0), format!("{} / {}", show(&a), show(&b)));
+
+    // Run/rm cycles, then nothing may be left.
+    let mut failures = Vec::new();
+    for i in 0..cycles {
+        let name = format!("cycle-{i}");
+        let r = ctx.out(ctx.run_cmd(&["--name", &name], &["true"]));
+        let rm = ctx.bh(&["rm", &name]);
+        if r.status.code() != Some(0) || rm.status.code() != Some(0) {
+            failures.push(format!("{name}: {} / {}", show(&r), show(&rm)));
+        }
+    }
+    check(&format!("{cycles}-run-rm-cycles"), failures.is_empty(), failures.join("; "));
+    let left = leftovers(ctx);
+    check("nothing-left", left.is_empty(), left.join("; "));
+    checks
+}
+
+/// An attached run killed with SIGKILL exits 137.
+fn check_sigkill(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let mut c = ctx.run_cmd(&["--rm", "--name", "killme"], &["sh", "-c", "echo ready; exec sleep 1000"]);
+    let child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return check("sigkill-137", false, e.to_string()),
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.as_mut() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let k = ctx.bh(&["kill", "-s", "KILL", "killme"]);
+    let o = child.wait_with_output();
+    match o {
+        Ok(o) => check("sigkill-137", line == "ready\n" && o.status.code() == Some(137), format!("first line {line:?}; kill: {}; run: {}", show(&k), show(&o))),
+        Err(e) => check("sigkill-137", false, e.to_string()),
+    }
+}
+
+/// run -d, 8 CLI invocations at once, logs, exec, stop (the trap's exit
+/// code shows the stop signal arrived), rm.
+fn check_detached_lifecycle(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let o = ctx.out(ctx.run_cmd(&["-d", "--name", "daemon"], &["sh", "-c", "trap 'echo got-term; exit 3' TERM; echo started; while true; do sleep 0.1; done"]));
+    let id = text(&o.stdout).trim().to_string();
+    check("detach-prints-id", o.status.code() == Some(0) && id.len() == 64, show(&o));
+
+    let o = ctx.bh(&["exec", "daemon", "sh", "-c", "echo in-exec; exit 4"]);
+    check("exec", o.status.code() == Some(4) && text(&o.stdout) == "in-exec\n", show(&o));
+
+    // 8 at once against the running workload: state store and socket shared.
+    let mut kids = Vec::new();
+    for i in 0..8 {
+        let args: Vec<String> = match i % 4 {
+            0 => vec!["ps".into(), "--format".into(), "json".into()],
+            1 => vec!["inspect".into(), "daemon".into()],
+            2 => vec!["logs".into(), "daemon".into()],
+            _ => vec!["exec".into(), "daemon".into(), "echo".into(), format!("concurrent-{i}")],
+        };
+        let mut c = ctx.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        kids.push((args, c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()));
+    }
+    let mut bad = Vec::new();
+    for (args, k) in kids {
+        match k.and_then(|k| k.wait_with_output()) {
+            Ok(o) if o.status.success() && (args[0] != "exec" || text(&o.stdout) == format!("{}\n", args[3])) && (args[0] != "ps" || text(&o.stdout).contains("daemon")) => {}
+            Ok(o) => bad.push(format!("{args:?}: {}", show(&o))),
+            Err(e) => bad.push(format!("{args:?}: {e}")),
+        }
+    }
+    check("8-clis-at-once", bad.is_empty(), bad.join("; "));
+
+    let o = ctx.bh(&["logs", "daemon"]);
+    check("logs", text(&o.stdout).starts_with("started\n"), show(&o));
+    let o = ctx.bh(&["stop", "-t", "20", "daemon"]);
+    let ps = ctx.bh(&["ps", "-a", "--format", "json"]);
+    let stopped = serde_like_status(&text(&ps.stdout), "daemon");
+    check("stop", o.status.code() == Some(0) && stopped.as_deref() == Some("exited (3)"), format!("{} / status {stopped:?}", show(&o)));
+    let o = ctx.bh(&["logs", "--tail", "1", "daemon"]);
+    check("logs-tail", text(&o.stdout) == "got-term\n", show(&o));
+    let o = ctx.bh(&["rm", "daemon"]);
+    let gone = !text(&ctx.bh(&["ps", "-a"]).stdout).contains("daemon");
+    check("rm", o.status.code() == Some(0) && gone, show(&o));
+}
+
+/// The "status" of workload `name` in `ps --format json` output.
+fn serde_like_status(json: &str, name: &str) -> Option<String> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+    v.iter().find(|w| w["name"] == name).and_then(|w| w["status"].as_str().map(str::to_string))
+}
+
+/// What a workload could leave behind: rows, dirs, sockets, mounts,
+/// supervisors, OCI runtime state, temp files.
+pub fn leftovers(ctx: &Ctx) -> Vec<String> {
+    let mut left = Vec::new();
+    let ps = ctx.bh(&["ps", "-a", "--format", "json"]);
+    if text(&ps.stdout).trim() != "[]" {
+        left.push(format!("state rows: {}", text(&ps.stdout)));
+    }
+    for dir in [ctx.data.join("workloads"), ctx.data.join("tmp")] {
+        let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        if n > 0 {
+            left.push(format!("{n} entries in {}", dir.display()));
+        }
+    }
+    let n = std::fs::read_dir("/run/bulkhead").map(|d| d.count()).unwrap_or(0);
+    if n > 0 {
+        left.push(format!("{n} runtime dirs in /run/bulkhead"));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let data = ctx.data.display().to_string();
+    let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&data)).collect();
+    if !ours.is_empty() {
+        left.push(format!("mounts: {ours:?}"));
+    }
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = text(&cmdline).replace('\0', " ");
+        if cmd.contains("__supervise") && cmd.contains(&data) || cmd.contains("bulkhead-vmm") || cmd.contains("sleep 1000") {
+            left.push(format!("process {}: {cmd}", p.file_name().to_string_lossy()));
+        }
+    }
+    for rt in ["crun", "runc"] {
+        if let Ok(o) = Command::new(rt).arg("list").output() {
+            let rows = text(&o.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+            if rows > 0 {
+                left.push(format!("{rt} list: {}", text(&o.stdout)));
+            }
+        }
+    }
+    left
+}
