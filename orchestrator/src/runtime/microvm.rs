@@ -103,12 +103,12 @@ impl Microvm {
             ..Default::default()
         };
         let p = self.client.start(req).await.map_err(|e| self.report(e))?;
-        Ok(drive(p))
+        Ok(drive(p, cfg.process.stdin))
     }
 
     pub async fn exec(&self, spec: &ProcessSpec) -> Result<Proc, ExitReport> {
         let p = self.client.exec(spec.clone()).await.map_err(|e| self.report(e))?;
-        Ok(drive(p))
+        Ok(drive(p, spec.stdin))
     }
 
     fn report(&self, e: ClientError) -> ExitReport {
@@ -143,19 +143,23 @@ impl Microvm {
     }
 }
 
-/// Runs an agent process as a [`Proc`].
-fn drive(mut p: bulkhead_agent_proto::client::Process) -> Proc {
+/// Runs an agent process as a [`Proc`]. Only a process started with stdin
+/// gets data or an EOF on it: the agent treats anything else as a broken
+/// protocol and hangs up.
+fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc {
     let (proc_, ends) = proc_pair();
-    let stdin = p.stdin();
-    let mut stdin_rx = ends.stdin;
-    tokio::spawn(async move {
-        while let Some(Some(data)) = stdin_rx.recv().await {
-            if stdin.write(&data).await.is_err() {
-                return;
+    if has_stdin {
+        let stdin = p.stdin();
+        let mut stdin_rx = ends.stdin;
+        tokio::spawn(async move {
+            while let Some(Some(data)) = stdin_rx.recv().await {
+                if stdin.write(&data).await.is_err() {
+                    return;
+                }
             }
-        }
-        let _ = stdin.close().await;
-    });
+            let _ = stdin.close().await;
+        });
+    }
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Control>(16);
     let mut control = ends.control;
     tokio::spawn(async move {

@@ -17,6 +17,9 @@
 //!                                   boot VMs with the agent and drive it with
 //!                                   the host client (bulkhead_tests::agent_vm);
 //!                                   prints CHECK and TIMING lines
+//!   run-cases DATA CYCLES           the `bulkhead run` table (run_cases) with
+//!                                   the microvm runtime against the store in
+//!                                   DATA; prints CHECK lines, fails if any did
 //!   agent-run KERNEL AGENT_INITRD DISK CMD...
 //!                                   boot one VM and run CMD as its workload;
 //!                                   its output passes through, its exit code
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         ["vsock-listen", path, reply, report] => vsock_listen(path, reply, report),
         ["tap-create", name] => tap_create(name),
         ["agent-e2e", kernel, initrd, disk, baseline, scratch] => agent_e2e(kernel, initrd, disk, baseline, scratch),
+        ["run-cases", data, cycles] => run_cases(data, cycles),
         ["agent-run", kernel, initrd, disk, cmd @ ..] if !cmd.is_empty() => {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -46,7 +50,7 @@ fn main() -> ExitCode {
             let code = rt.block_on(bulkhead_tests::agent_vm::run_one(kernel, initrd, disk, &cmd));
             return ExitCode::from(u8::try_from(code).unwrap_or(125));
         }
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | run-cases DATA CYCLES | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,6 +58,16 @@ fn main() -> ExitCode {
             eprintln!("bulkhead-testkit: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run_cases(data: &str, cycles: &str) -> Result<(), String> {
+    let bulkhead = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("bulkhead");
+    let ctx = bulkhead_tests::run_cases::Ctx { bulkhead, data: data.into(), runtime: "microvm".into(), oci_runtime: None };
+    let checks = bulkhead_tests::run_cases::run_table(&ctx, cycles.parse().map_err(|_| format!("cycles {cycles:?}"))?);
+    match checks.iter().filter(|c| !c.ok).count() {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} checks failed", checks.len())),
     }
 }
 

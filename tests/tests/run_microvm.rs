@@ -1,0 +1,62 @@
+//! `bulkhead run` with the microvm runtime: the shared table of cases
+//! (`run_cases`) and 5 run/rm cycles, inside the test host (nested on
+//! machines whose /dev/kvm cannot boot Linux), then a count of leftovers.
+//! Also: on such a machine `run --runtime microvm` itself refuses at once.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bulkhead_tests::run_cases;
+use bulkhead_tests::testhost::{Mode, TestHost};
+
+fn bulkhead() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let b = exe.parent().and_then(|d| d.parent()).unwrap().join("bulkhead");
+    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    b
+}
+
+#[test]
+fn the_run_table_passes_in_microvms() {
+    let _vm = bulkhead_tests::vm_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The root disk is built here: the test host has no mkfs.
+    run_cases::prepare_store(&bulkhead(), &data, true).unwrap();
+    let out = TestHost::new()
+        .unwrap()
+        .stage(&data, "/t/data")
+        .env("BULKHEAD_CACHE", "/t/cache")
+        .timeout(Duration::from_secs(900))
+        .run(&["bulkhead-testkit", "run-cases", "/t/data", "5"])
+        .unwrap();
+    let stdout = out.stdout_str();
+    let report = format!("stdout:\n{stdout}\nstderr:\n{}", out.stderr_str());
+    let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
+    let failed: Vec<&&str> = checks.iter().filter(|l| l.split_whitespace().nth(2) != Some("ok")).collect();
+    assert!(failed.is_empty(), "failed: {failed:#?}\n{report}");
+    for want in ["echo", "exit-7", "not-found-127", "tty", "sigkill-137", "exec", "8-clis-at-once", "stop", "writes-do-not-leak", "5-run-rm-cycles", "nothing-left"] {
+        assert!(checks.iter().any(|l| l.split_whitespace().nth(1) == Some(&format!("microvm/{want}"))), "check {want} did not run\n{report}");
+    }
+    assert_eq!(out.status, 0, "{report}");
+}
+
+#[test]
+fn without_hardware_virtualization_a_microvm_run_fails_fast_and_says_why() {
+    if Mode::detect().unwrap() == Mode::Direct {
+        // This host boots microVMs; the table above covers it.
+        assert_eq!(bulkhead_vmm::host::detect(), bulkhead_vmm::host::KvmKind::Hardware);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    run_cases::prepare_store(&bulkhead(), &data, false).unwrap();
+    let o = std::process::Command::new(bulkhead()).env("BULKHEAD_DATA", &data).args(["run", run_cases::IMAGE, "echo", "hi"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("cannot boot a microVM") && err.contains("--runtime container") && err.contains("testhost"), "{err}");
+    let ps = std::process::Command::new(bulkhead()).env("BULKHEAD_DATA", &data).args(["ps", "-a", "--format", "json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "[]", "a refused run leaves no record");
+}
