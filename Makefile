@@ -33,11 +33,11 @@ agent: static
 kernel: build
 	$(BIN)/bulkhead kernel build
 
-# The main job, for now: build the guest kernel and the agent, check the
-# kernel, then boot a workload in a microVM through the agent.
+# The main job: build the guest kernel, the agent and the VMM, make a demo
+# image from busybox-static, run it with `bulkhead run` in a microVM (in the
+# nested test host where /dev/kvm cannot boot Linux) and as a container.
 demo: kernel
-	$(BIN)/bulkhead-guest-probe
-	$(BIN)/bulkhead-agent-demo
+	scripts/demo
 
 # The rootless image test runs as the unprivileged user this creates.
 test: kernel

@@ -141,7 +141,7 @@ fn a_user_without_root_builds_disks_with_the_images_owners_and_gc_cleans_inside_
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = r.bulkhead(USER, &["image", "gc"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.contains("1 disks and 1 stale temp entries"), "{err}");
+    assert!(out.status.success() && err.contains("1 disks, 0 trees and 1 stale temp entries"), "{err}");
     assert!(!stale.exists() && !Path::new(&disk).exists());
 
     // A user with no subordinate ids is told what to do.

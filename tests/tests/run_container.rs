@@ -35,10 +35,18 @@ fn ctx(dir: &tempfile::TempDir, oci: &str) -> Ctx {
 fn table(oci: &str) {
     let _l = lock();
     let dir = tempfile::tempdir().unwrap();
-    let checks = run_cases::run_table(&ctx(&dir, oci), 20);
+    let ctx = ctx(&dir, oci);
+    let checks = run_cases::run_table(&ctx, 20);
     let failed: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
     assert!(failed.is_empty(), "{oci}: failed: {failed:#?}");
     assert!(checks.len() >= 18, "{checks:#?}");
+    // The image's unpacked tree goes with the image.
+    let bh = |args: &[&str]| Command::new(&ctx.bulkhead).env("BULKHEAD_DATA", &ctx.data).args(args).output().unwrap();
+    assert_eq!(std::fs::read_dir(ctx.data.join("trees")).unwrap().count(), 1);
+    assert!(bh(&["image", "rm", run_cases::IMAGE]).status.success());
+    let gc = bh(&["image", "gc"]);
+    assert!(String::from_utf8_lossy(&gc.stderr).contains("1 trees"), "{gc:?}");
+    assert_eq!(std::fs::read_dir(ctx.data.join("trees")).unwrap().count(), 0);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! <data>/tmp/                   files being written (same filesystem)
 //! <data>/refs.json              {"name:tag": "sha256:..."}
 //! <data>/disks/<hex>.<format>   root disks by manifest digest (rootdisk.rs)
+//! <data>/trees/<hex>/           unpacked images for the container runtime
 //! ```
 
 pub mod digest;
@@ -99,6 +100,8 @@ pub struct GcReport {
     pub disks_removed: u64,
     /// Entries in `tmp/` that crashed writers left.
     pub temp_removed: u64,
+    /// Unpacked image trees (`trees/<manifest>`) no name reaches.
+    pub trees_removed: u64,
 }
 
 impl Store {
@@ -339,6 +342,17 @@ impl Store {
                 if !manifests.contains(&hex) && !keep.contains(&hex) {
                     std::fs::remove_file(e.path()).map_err(io(format!("remove disk {name}")))?;
                     report.disks_removed += 1;
+                }
+            }
+            // Unpacked trees (the container runtime's lower layers), unless a
+            // mount still uses one.
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for e in std::fs::read_dir(self.root.join("trees")).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let in_use = mounts.contains(&e.path().display().to_string());
+                if !manifests.contains(&name) && !keep.contains(&name) && !in_use {
+                    std::fs::remove_dir_all(e.path()).map_err(io(format!("remove tree {name}")))?;
+                    report.trees_removed += 1;
                 }
             }
             report.temp_removed = self.sweep_tmp()?;

@@ -149,7 +149,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Gc => {
             let r = store.gc()?;
-            eprintln!("removed {} blobs ({} MiB), {} disks and {} stale temp entries", r.blobs_removed, r.bytes_freed >> 20, r.disks_removed, r.temp_removed);
+            eprintln!("removed {} blobs ({} MiB), {} disks, {} trees and {} stale temp entries", r.blobs_removed, r.bytes_freed >> 20, r.disks_removed, r.trees_removed, r.temp_removed);
         }
         ImageCommand::Disk { image, format } => {
             let d = store.resolve(&image)?;

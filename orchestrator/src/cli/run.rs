@@ -63,6 +63,9 @@ pub struct RunArgs {
     /// Where it runs: its own microVM, or a container on this host's kernel.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Microvm)]
     runtime: RuntimeKind,
+    /// Print to stderr how long the start took and how long it ran.
+    #[arg(long)]
+    timing: bool,
     /// The OCI runtime for --runtime container (default: crun if installed, else runc).
     #[arg(long, value_name = "crun|runc")]
     oci_runtime: Option<String>,
@@ -253,6 +256,7 @@ fn spawn_supervisor(data: &Path, id: &str) -> Result<std::result::Result<(), Str
 }
 
 pub fn run(a: RunArgs) -> Result<u8> {
+    let invoked_ms = now_ms();
     a.refuse_unsupported()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("`bulkhead run` needs root for now (KVM, TAP devices, overlay mounts, OCI runtimes)");
@@ -346,6 +350,13 @@ pub fn run(a: RunArgs) -> Result<u8> {
     let report = report?;
     if let Some(e) = &report.error {
         eprintln!("bulkhead: {e}");
+    }
+    if a.timing {
+        let end = now_ms();
+        match report.started_ms {
+            Some(s) => eprintln!("bulkhead: {} started {} ms after `bulkhead run` began (wall clock), then ended and was cleaned up {} ms later", a.runtime, s.saturating_sub(invoked_ms), end.saturating_sub(s)),
+            None => eprintln!("bulkhead: {} never started ({} ms)", a.runtime, end.saturating_sub(invoked_ms)),
+        }
     }
     Ok(u8::try_from(report.code.clamp(0, 255)).unwrap_or(EXIT_BULKHEAD))
 }

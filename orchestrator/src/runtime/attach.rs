@@ -71,6 +71,9 @@ pub struct ExitReport {
     pub code: i32,
     pub signal: Option<i32>,
     pub error: Option<String>,
+    /// When the workload's process started (Unix ms), if it did.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -119,7 +119,7 @@ impl Microvm {
                     ErrorKind::NotExecutable => 126,
                     _ => 125,
                 };
-                ExitReport { code, signal: None, error: Some(a.message) }
+                ExitReport { code, signal: None, error: Some(a.message), started_ms: None }
             }
             other => failed(with_console(other.to_string(), &self.console)),
         }
@@ -189,8 +189,8 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
         }
         drop(out);
         let report = match p.wait().await {
-            Ok(ExitStatus::Code(c)) => ExitReport { code: c, signal: None, error: None },
-            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128 + s, signal: Some(s), error: None },
+            Ok(ExitStatus::Code(c)) => ExitReport { code: c, signal: None, error: None, started_ms: None },
+            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128 + s, signal: Some(s), error: None, started_ms: None },
             Err(e) => failed(format!("the agent connection ended without an exit report: {e}")),
         };
         let _ = exit.send(report);

@@ -88,7 +88,7 @@ fn tell(notify: &mut Option<std::fs::File>, msg: &str) {
 
 enum Backend {
     Container(Container),
-    Microvm(Microvm),
+    Microvm(Box<Microvm>),
 }
 
 impl Backend {
@@ -157,7 +157,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             }
         }
         super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &run_dir, &dir).await {
-            Ok(m) => Backend::Microvm(m),
+            Ok(m) => Backend::Microvm(Box::new(m)),
             Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
         },
     };
@@ -222,6 +222,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     }
     cleanup(&backend).await;
     drop(listener);
+    report.started_ms = running.started_ms;
     finish(&paths, &cfg, &report, Some(&exit_tx), &mut notify).await;
     // Let every attached client get its exit frame.
     for h in handlers {
