@@ -126,7 +126,13 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
     check("tty", o.status.code() == Some(0) && text(&o.stdout).contains("is-a-tty"), show(&o));
 
     check_sigkill(ctx, &mut check);
+    check_sigterm_forwarded(ctx, &mut check);
+    check_limits(ctx, &mut check);
     check_detached_lifecycle(ctx, &mut check);
+    check_orphan(ctx, &mut check);
+    if ctx.runtime == "microvm" {
+        check_vmm_killed(ctx, &mut check);
+    }
 
     // Writes stay in one workload.
     let a = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", "echo x > /marker && test -e /marker"]));
@@ -167,6 +173,96 @@ fn check_sigkill(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
         Ok(o) => check("sigkill-137", line == "ready\n" && o.status.code() == Some(137), format!("first line {line:?}; kill: {}; run: {}", show(&k), show(&o))),
         Err(e) => check("sigkill-137", false, e.to_string()),
     }
+}
+
+/// SIGTERM to an attached `run` reaches the workload (its trap exits 3).
+fn check_sigterm_forwarded(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let mut c = ctx.run_cmd(&["--rm"], &["sh", "-c", "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.1; done"]);
+    let mut child = match c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(c) => c,
+        Err(e) => return check("sigterm-forwarded", false, e.to_string()),
+    };
+    let mut out = BufReader::new(child.stdout.take().unwrap_or_else(|| unreachable!("piped")));
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    let status = child.wait();
+    let code = status.as_ref().ok().and_then(|s| s.code());
+    check("sigterm-forwarded", line == "ready\n" && rest == "got-term\n" && code == Some(3), format!("first {line:?} then {rest:?}, exit {code:?}"));
+}
+
+/// --cpus/--memory: the VM's size, or the container's cgroup limits.
+fn check_limits(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    if ctx.runtime == "microvm" {
+        let o = ctx.out(ctx.run_cmd(&["--rm", "--cpus", "2", "--memory", "300m"], &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"]));
+        let t = text(&o.stdout);
+        let mut lines = t.lines();
+        let cpus = lines.next().unwrap_or_default().trim().to_string();
+        let kb: u64 = lines.next().unwrap_or_default().split_whitespace().nth(1).and_then(|k| k.parse().ok()).unwrap_or(0);
+        // MemTotal is what the guest kernel keeps after its own reservations.
+        check("limits", o.status.code() == Some(0) && cpus == "2" && (200 * 1024..=300 * 1024).contains(&kb), show(&o));
+    } else {
+        let script = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us";
+        let o = ctx.out(ctx.run_cmd(&["--rm", "--cpus", "0.5", "--memory", "64m"], &["sh", "-c", script]));
+        let t = text(&o.stdout);
+        check("limits", o.status.code() == Some(0) && t.lines().next() == Some("67108864") && t.lines().nth(1).is_some_and(|l| l.starts_with("50000")), show(&o));
+    }
+}
+
+fn pidfd_wait(pid: i32, ms: u16) {
+    // SAFETY: pidfd_open with a pid and no flags; the fd is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: a new fd from the kernel, owned here.
+        let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
+        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fd), nix::poll::PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+    }
+}
+
+fn status_of(ctx: &Ctx, name: &str) -> String {
+    serde_like_status(&text(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout), name).unwrap_or_default()
+}
+
+fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
+    let v: serde_json::Value = serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).ok()?;
+    v["pids"][which].as_i64().map(|p| p as i32)
+}
+
+/// The supervisor killed with SIGKILL: `ps` says so, `rm -f` kills the
+/// orphaned VMM or OCI runtime and cleans up.
+fn check_orphan(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let o = ctx.out(ctx.run_cmd(&["-d", "--name", "orphan"], &["sleep", "1000"]));
+    let (Some(sup), Some(runtime)) = (pid_of(ctx, "orphan", "supervisor"), pid_of(ctx, "orphan", "runtime")) else {
+        return check("orphan-reported-and-cleaned", false, format!("no pids: {}", show(&o)));
+    };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::Signal::SIGKILL);
+    pidfd_wait(sup, 10_000);
+    let status = status_of(ctx, "orphan");
+    let plain_rm = ctx.bh(&["rm", "orphan"]);
+    let rm = ctx.bh(&["rm", "-f", "orphan"]);
+    let runtime_alive = std::path::Path::new(&format!("/proc/{runtime}")).exists() && !std::fs::read_to_string(format!("/proc/{runtime}/stat")).unwrap_or_default().contains(") Z");
+    check(
+        "orphan-reported-and-cleaned",
+        status.starts_with("failed: its supervisor died") && !plain_rm.status.success() && rm.status.success() && !runtime_alive,
+        format!("status {status:?}; rm: {}; rm -f: {}; runtime {runtime} alive: {runtime_alive}", show(&plain_rm), show(&rm)),
+    );
+}
+
+/// The VMM killed from outside: the workload is reported failed, with the
+/// guest console's last lines.
+fn check_vmm_killed(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let o = ctx.out(ctx.run_cmd(&["-d", "--name", "vmmkill"], &["sleep", "1000"]));
+    let (Some(sup), Some(vmm)) = (pid_of(ctx, "vmmkill", "supervisor"), pid_of(ctx, "vmmkill", "runtime")) else {
+        return check("vmm-killed-reported", false, format!("no pids: {}", show(&o)));
+    };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(vmm), nix::sys::signal::Signal::SIGKILL);
+    pidfd_wait(sup, 30_000);
+    let status = status_of(ctx, "vmmkill");
+    let rm = ctx.bh(&["rm", "vmmkill"]);
+    check("vmm-killed-reported", status.starts_with("failed:") && status.contains("guest console") && rm.status.success(), format!("status {status:?}; rm: {}", show(&rm)));
 }
 
 /// run -d, 8 CLI invocations at once, logs, exec, stop (the trap's exit
@@ -247,7 +343,7 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let cmd = text(&cmdline).replace('\0', " ");
-        if cmd.contains("__supervise") && cmd.contains(&data) || cmd.contains("bulkhead-vmm") || cmd.contains("sleep 1000") {
+        if cmd.contains("__supervise") && cmd.contains(&data) || cmd.contains("bulkhead-vmm") || cmd.starts_with("sleep 1000") {
             left.push(format!("process {}: {cmd}", p.file_name().to_string_lossy()));
         }
     }

@@ -279,7 +279,10 @@ pub fn rm(a: RmArgs) -> Result<u8> {
         let status = r.status();
         if status.is_live() || matches!(&status, Status::Failed(_)) && r.exit.is_none() {
             if !a.force {
-                bail!("{} is {status}: stop it first, or `bulkhead rm -f`", r.config.name);
+                if status.is_live() {
+                    bail!("{} is {status}: stop it first, or `bulkhead rm -f`", r.config.name);
+                }
+                bail!("{} may have processes left ({status}): `bulkhead rm -f` kills them and removes it", r.config.name);
             }
             force_end(&r);
         }

@@ -14,7 +14,10 @@ use tokio::process::{Child, Command};
 use super::attach::{ExitReport, Kind};
 use super::procs::ProcId;
 use super::record::WorkloadConfig;
-use super::workload::{failed, proc_pair, Control, Proc};
+use super::workload::{failed, proc_pair, Control, Proc, RotatingLog};
+
+/// The guest's serial console is kept in `console.log` (and `console.1`), this big at most.
+const CONSOLE_LIMIT: u64 = 1 << 20;
 
 /// How long the guest may take from VMM start to the agent dialing in.
 /// Generous: under the nested test host's emulation a boot takes seconds.
@@ -28,6 +31,7 @@ pub struct Microvm {
     child: tokio::sync::Mutex<Child>,
     client: AgentClient,
     console: PathBuf,
+    console_pump: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pid: Option<ProcId>,
 }
 
@@ -68,18 +72,34 @@ impl Microvm {
             .args(["--vcpus", &vcpus.to_string(), "--memory", &memory.to_string(), "--vsock-cid", &CID.to_string(), "--cmdline", "console=ttyS0 quiet reboot=k"])
             .arg("--vsock-uds")
             .arg(&uds)
-            .arg("--serial")
-            .arg(&console)
+            .args(["--serial", "stdout"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(workload_dir.join("vmm.log")).map_err(|e| format!("create vmm.log: {e}"))?))
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| format!("start {}: {e}", files.vmm.display()))?;
         let pid = child.id().and_then(|p| ProcId::of(p as i32));
+        // The console is guest output: kept, but capped (a guest may print forever).
+        let mut pump = child.stdout.take().map(|mut out| {
+            let mut log = RotatingLog::new(console.clone(), CONSOLE_LIMIT);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = out.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    log.write(&buf[..n]);
+                }
+            })
+        });
         let client = tokio::select! {
             c = AgentClient::accept(&listener) => c.map_err(|e| with_console(format!("the agent: {e}"), &console))?,
             s = child.wait() => {
+                if let Some(p) = pump.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+                }
                 let vmm_log = std::fs::read_to_string(workload_dir.join("vmm.log")).unwrap_or_default();
                 return Err(with_console(format!("the VMM exited before the agent dialed in ({}): {}", s.map(|s| s.to_string()).unwrap_or_default(), vmm_log.trim()), &console));
             }
@@ -88,7 +108,7 @@ impl Microvm {
                 return Err(with_console(format!("no agent within {BOOT_TIMEOUT:?}"), &console));
             }
         };
-        Ok(Microvm { child: tokio::sync::Mutex::new(child), client, console, pid })
+        Ok(Microvm { child: tokio::sync::Mutex::new(child), client, console, console_pump: tokio::sync::Mutex::new(pump), pid })
     }
 
     pub fn pid(&self) -> Option<ProcId> {
@@ -125,8 +145,13 @@ impl Microvm {
         }
     }
 
-    /// A VM that ended without the agent's report: why, with the console.
-    pub fn lost(&self, why: &str) -> ExitReport {
+    /// A VM that ended without the agent's report: why, with the console
+    /// (once the VMM is gone and its last output is in).
+    pub async fn lost(&self, why: &str) -> ExitReport {
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.lock().await.wait()).await;
+        if let Some(p) = self.console_pump.lock().await.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+        }
         failed(with_console(why.to_string(), &self.console))
     }
 

@@ -22,7 +22,7 @@ use super::paths::Paths;
 use super::procs::ProcId;
 use super::record::{now_ms, read_json, write_json, Exit, Running, WorkloadConfig};
 use super::state::State;
-use super::workload::{failed, Control, Proc};
+use super::workload::{failed, Control, Proc, RotatingLog};
 
 /// Rotate `log` to `log.1` past this size.
 pub const LOG_ROTATE_BYTES: u64 = 8 << 20;
@@ -185,7 +185,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     if let Some(s) = first {
         handlers.push(tokio::spawn(serve(s, Arc::clone(&shared))));
     }
-    let mut log = LogWriter::new(dir.join("log"));
+    let mut log = RotatingLog::new(dir.join("log"), LOG_ROTATE_BYTES);
     let mut exit = Box::pin(exit);
     let mut report = None;
     let mut output_open = true;
@@ -218,7 +218,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     let mut report = report.unwrap_or_else(|| failed("no exit status"));
     drop(shared);
     if let (Backend::Microvm(m), 125) = (&*backend, report.code) {
-        report = m.lost(report.error.as_deref().unwrap_or("the VM ended without the agent's exit report"));
+        report = m.lost(report.error.as_deref().unwrap_or("the VM ended without the agent's exit report")).await;
     }
     cleanup(&backend).await;
     drop(listener);
@@ -387,36 +387,6 @@ async fn client_input(mut rd: tokio::net::unix::OwnedReadHalf, stdin: Option<mps
                 }
             }
             _ => return, // a client does not send output
-        }
-    }
-}
-
-/// Appends to `log`, moving it to `log.1` past [`LOG_ROTATE_BYTES`].
-struct LogWriter {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    size: u64,
-}
-
-impl LogWriter {
-    fn new(path: PathBuf) -> Self {
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        Self { path, file: None, size }
-    }
-
-    fn write(&mut self, data: &[u8]) {
-        if self.size + data.len() as u64 > LOG_ROTATE_BYTES && self.size > 0 {
-            self.file = None;
-            let _ = std::fs::rename(&self.path, self.path.with_extension("1"));
-            self.size = 0;
-        }
-        if self.file.is_none() {
-            self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).ok();
-        }
-        if let Some(f) = &mut self.file {
-            if f.write_all(data).is_ok() {
-                self.size += data.len() as u64;
-            }
         }
     }
 }

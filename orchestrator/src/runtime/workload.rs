@@ -104,3 +104,58 @@ pub fn stdio_for(slave: Option<&OwnedFd>) -> std::io::Result<(Stdio, Stdio, Stdi
         None => (Stdio::piped(), Stdio::piped(), Stdio::piped()),
     })
 }
+
+/// Appends to a file, moving it to `<name>.1` once it would pass `limit`,
+/// so a chatty workload or guest cannot fill the disk.
+#[derive(Debug)]
+pub struct RotatingLog {
+    path: std::path::PathBuf,
+    limit: u64,
+    file: Option<std::fs::File>,
+    size: u64,
+}
+
+impl RotatingLog {
+    pub fn new(path: std::path::PathBuf, limit: u64) -> Self {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Self { path, limit, file: None, size }
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
+        use std::io::Write;
+        if self.size + data.len() as u64 > self.limit && self.size > 0 {
+            self.file = None;
+            let _ = std::fs::rename(&self.path, self.path.with_extension("1"));
+            self.size = 0;
+        }
+        if self.file.is_none() {
+            self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).ok();
+        }
+        if let Some(f) = &mut self.file {
+            if f.write_all(data).is_ok() {
+                self.size += data.len() as u64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rotates_once_past_its_limit_and_keeps_one_old_file() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = d.path().join("log");
+        let mut log = RotatingLog::new(p.clone(), 10);
+        log.write(b"0123456");
+        log.write(b"789");
+        assert_eq!(std::fs::read(&p).unwrap_or_default(), b"0123456789");
+        log.write(b"abc");
+        assert_eq!(std::fs::read(p.with_extension("1")).unwrap_or_default(), b"0123456789");
+        assert_eq!(std::fs::read(&p).unwrap_or_default(), b"abc");
+        log.write(b"defghijklmnop"); // larger than the limit: rotates, then written whole
+        assert_eq!(std::fs::read(p.with_extension("1")).unwrap_or_default(), b"abc");
+        assert_eq!(std::fs::read(&p).unwrap_or_default(), b"defghijklmnop");
+    }
+}
