@@ -1,6 +1,6 @@
 //! Pulls from a real registry (Debian's docker-registry on loopback) of an
 //! image pushed by skopeo: by tag and by digest, a re-pull that fetches
-//! nothing, a wrong digest, and basic auth.
+//! nothing, a wrong digest, basic auth, and bearer tokens from a token server.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bulkhead_images::store::pull::{pull, PullOptions};
 use bulkhead_images::store::{import, Store};
-use common::{unpack, Fixture, Registry};
+use common::{unpack, Fixture, Registry, TokenServer};
 
 fn insecure() -> PullOptions {
     PullOptions { insecure: true, basic_auth: None }
@@ -70,4 +70,22 @@ fn basic_auth_is_needed_and_used() {
     let opts = PullOptions { insecure: true, basic_auth: Some(("tester".into(), "s3cret".into())) };
     let got = rt().block_on(pull(&store, &name, &opts, &|_, _, _| {})).unwrap();
     assert!(store.image(&got.manifest).is_ok());
+}
+
+#[test]
+fn bearer_tokens_from_the_registrys_token_server_are_fetched_and_used() {
+    let f = Fixture::new();
+    let tokens = TokenServer::start("tester", "t0ken-pass");
+    let reg = Registry::start_token(&tokens);
+    reg.push(&f.path("layout"), "tokened:t", Some("tester:t0ken-pass"));
+    let store = Store::open(f.path("store")).unwrap();
+    let name = format!("{}/tokened:t", reg.addr);
+    let anon = rt().block_on(pull(&store, &name, &insecure(), &|_, _, _| {}));
+    assert!(anon.is_err(), "anonymous pull behind token auth: {anon:?}");
+    let wrong = PullOptions { insecure: true, basic_auth: Some(("tester".into(), "nope".into())) };
+    assert!(rt().block_on(pull(&store, &name, &wrong, &|_, _, _| {})).is_err(), "a wrong password gets no token");
+    let opts = PullOptions { insecure: true, basic_auth: Some(("tester".into(), "t0ken-pass".into())) };
+    let got = rt().block_on(pull(&store, &name, &opts, &|_, _, _| {})).unwrap();
+    assert!(store.image(&got.manifest).is_ok());
+    assert!(!unpack(&store, &name, &f.path("pulled")).is_empty());
 }

@@ -86,12 +86,24 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(auth: Option<(&str, &str)>) -> Self {
+        Self::start_with(auth, None)
+    }
+
+    /// With token auth: clients get a bearer token from `tokens` first.
+    pub fn start_token(tokens: &TokenServer) -> Self {
+        Self::start_with(None, Some(tokens))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>, tokens: Option<&TokenServer>) -> Self {
         static TOOLS: std::sync::Once = std::sync::Once::new();
         TOOLS.call_once(|| bulkhead_images::debian::ensure_packages(&["docker-registry"], &mut |m| eprintln!("{m}")).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let mut config = format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", dir.path().join("data").display());
+        if let Some(t) = tokens {
+            config.push_str(&format!("auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n", t.realm, t.cert.display()));
+        }
         if let Some((user, pass)) = auth {
             // bcrypt through the system's libcrypt (what htpasswd -B would write).
             let out = Command::new("python3").args(["-c", &format!("import crypt; print(crypt.crypt('{pass}', crypt.mksalt(crypt.METHOD_BLOWFISH)))")]).output().unwrap();
@@ -145,4 +157,98 @@ pub fn unpack(store: &bulkhead_images::store::Store, reference: &str, into: &Pat
     let d = store.resolve(reference).unwrap();
     bulkhead_images::rootdisk::unpack_tree(store, &d, into, bulkhead_images::unpack::Limits::default(), &mut |_, _| {}).unwrap();
     tree_hash(into)
+}
+
+pub const TOKEN_SERVICE: &str = "bulkhead-test-registry";
+pub const TOKEN_ISSUER: &str = "bulkhead-test-issuer";
+
+/// A bearer-token server of the Docker token protocol (what a registry's
+/// `auth: token` points clients to; Debian packages none): checks basic
+/// credentials on `GET /token?service=..&scope=repository:NAME:ACTIONS`
+/// and answers an ES256 JWT whose `x5c` is a self-signed certificate the
+/// registry trusts. Signing is openssl's. Serves until the process ends.
+pub struct TokenServer {
+    pub realm: String,
+    pub cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TokenServer {
+    pub fn start(user: &str, pass: &str) -> Self {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        sh(Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=bulkhead-test-token"]).arg("-keyout").arg(&key).arg("-out").arg(&cert));
+        let der = Command::new("openssl").args(["x509", "-outform", "der", "-in"]).arg(&cert).output().unwrap().stdout;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = serve_token(conn, &want, &x5c, &key);
+            }
+        });
+        TokenServer { realm, cert, _dir: dir }
+    }
+}
+
+fn serve_token(mut conn: std::net::TcpStream, want_auth: &str, x5c: &str, key: &Path) -> std::io::Result<()> {
+    use base64::Engine as _;
+    use std::io::{BufRead, Write};
+    let mut reader = std::io::BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut authorized = false;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            authorized |= k.eq_ignore_ascii_case("authorization") && v.trim() == want_auth;
+        }
+    }
+    if !authorized {
+        return conn.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+    let target = request.split_whitespace().nth(1).unwrap_or_default();
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let mut access = Vec::new();
+    for kv in query.split('&') {
+        if let Some(scope) = kv.strip_prefix("scope=") {
+            let scope = scope.replace("%3A", ":").replace("%2C", ",").replace("%2F", "/");
+            let parts: Vec<&str> = scope.splitn(3, ':').collect();
+            if let [kind, name, actions] = parts.as_slice() {
+                access.push(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}));
+            }
+        }
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+    let claims = serde_json::json!({"iss": TOKEN_ISSUER, "sub": "tester", "aud": TOKEN_SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", std::process::id()), "access": access});
+    let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let mut openssl = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(key).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn()?;
+    openssl.stdin.take().unwrap().write_all(signing_input.as_bytes())?;
+    let der_sig = openssl.wait_with_output()?.stdout;
+    let token = format!("{signing_input}.{}", b64(&ecdsa_der_to_raw(&der_sig)));
+    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
+}
+
+/// ECDSA signature DER (SEQUENCE { INTEGER r, INTEGER s }) -> JWS r||s, 32 bytes each.
+fn ecdsa_der_to_raw(der: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 2; // SEQUENCE tag + short length (a P-256 signature is under 128 bytes)
+    for _ in 0..2 {
+        assert_eq!(der[i], 0x02, "INTEGER expected in {der:?}");
+        let len = der[i + 1] as usize;
+        let int = &der[i + 2..i + 2 + len];
+        let int = &int[int.len().saturating_sub(32)..];
+        out.extend(std::iter::repeat_n(0u8, 32 - int.len()));
+        out.extend_from_slice(int);
+        i += 2 + len;
+    }
+    out
 }
