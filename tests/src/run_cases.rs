@@ -129,6 +129,7 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
     check_sigterm_forwarded(ctx, &mut check);
     check_limits(ctx, &mut check);
     check_detached_lifecycle(ctx, &mut check);
+    check_stop_with_closed_output(ctx, &mut check);
     check_orphan(ctx, &mut check);
     if ctx.runtime == "microvm" {
         check_vmm_killed(ctx, &mut check);
@@ -229,6 +230,19 @@ fn status_of(ctx: &Ctx, name: &str) -> String {
 fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).ok()?;
     v["pids"][which].as_i64().map(|p| p as i32)
+}
+
+/// `stop` reaches a workload that closed its output and runs on (its
+/// signals do not ride on its output stream).
+fn check_stop_with_closed_output(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let o = ctx.out(ctx.run_cmd(&["-d", "--name", "quiet"], &["sh", "-c", "exec >/dev/null 2>&1; exec sleep 1000"]));
+    let stop = ctx.bh(&["stop", "-t", "2", "quiet"]);
+    let status = status_of(ctx, "quiet");
+    let rm = ctx.bh(&["rm", "quiet"]);
+    // 143: SIGTERM did it (microVM: the workload is not PID 1); 137: the
+    // SIGKILL after -t (a container's PID 1 ignores SIGTERM without a handler).
+    let ok = o.status.success() && stop.status.success() && (status == "exited (143)" || status == "exited (137)") && rm.status.success();
+    check("stop-with-closed-output", ok, format!("run: {}; stop: {}; status {status:?}", show(&o), show(&stop)));
 }
 
 /// The supervisor killed with SIGKILL: `ps` says so, `rm -f` kills the

@@ -37,7 +37,7 @@ fn the_run_table_passes_in_microvms() {
     let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
     let failed: Vec<&&str> = checks.iter().filter(|l| l.split_whitespace().nth(2) != Some("ok")).collect();
     assert!(failed.is_empty(), "failed: {failed:#?}\n{report}");
-    for want in ["echo", "exit-7", "not-found-127", "tty", "sigkill-137", "exec", "8-clis-at-once", "stop", "writes-do-not-leak", "sigterm-forwarded", "limits", "orphan-reported-and-cleaned", "vmm-killed-reported", "5-run-rm-cycles", "nothing-left"] {
+    for want in ["echo", "exit-7", "not-found-127", "tty", "sigkill-137", "exec", "8-clis-at-once", "stop", "writes-do-not-leak", "sigterm-forwarded", "limits", "stop-with-closed-output", "orphan-reported-and-cleaned", "vmm-killed-reported", "5-run-rm-cycles", "nothing-left"] {
         assert!(checks.iter().any(|l| l.split_whitespace().nth(1) == Some(&format!("microvm/{want}"))), "check {want} did not run\n{report}");
     }
     assert_eq!(out.status, 0, "{report}");

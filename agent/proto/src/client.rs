@@ -334,15 +334,19 @@ impl Process {
         self.stdin().close().await
     }
 
+    /// A handle for signals and resizes that can move to another task
+    /// (while this one reads output or waits for the exit).
+    pub fn control(&self) -> Control {
+        Control { id: self.id, inner: Arc::clone(&self.inner) }
+    }
+
     pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.request(id, ToAgent::Signal { id, process: self.id, signal }).await
+        self.control().signal(signal).await
     }
 
     /// Resizes the terminal of a TTY-mode process.
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.request(id, ToAgent::Resize { id, process: self.id, rows, cols }).await
+        self.control().resize(rows, cols).await
     }
 
     /// The next output chunk or end of a stream; `None` once both output
@@ -396,6 +400,25 @@ impl Process {
         }
         let status = self.wait().await?;
         Ok(Collected { stdout, stderr, status })
+    }
+}
+
+/// Signals and terminal size of a [`Process`], usable from another task.
+#[derive(Debug, Clone)]
+pub struct Control {
+    id: u32,
+    inner: Arc<Inner>,
+}
+
+impl Control {
+    pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.request(id, ToAgent::Signal { id, process: self.id, signal }).await
+    }
+
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.request(id, ToAgent::Resize { id, process: self.id, rows, cols }).await
     }
 }
 

@@ -289,6 +289,11 @@ impl Container {
         self.spawn(cmd, p.tty, log).map(|(p, _)| p)
     }
 
+    /// SIGKILL to every process of the container (it did not stop when told).
+    pub async fn kill_all(&self) {
+        let _ = Command::new(&self.runtime).args(["kill", "--all", &self.id, "KILL"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
+    }
+
     /// After the workload ended: the runtime's leftovers, the overlay mount.
     pub async fn cleanup(&self) {
         let _ = Command::new(&self.runtime).args(["delete", "-f", &self.id]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;

@@ -155,6 +155,11 @@ impl Microvm {
         failed(with_console(why.to_string(), &self.console))
     }
 
+    /// Ends the VM without asking the guest (it did not stop when told).
+    pub async fn kill_vm(&self) {
+        let _ = self.child.lock().await.start_kill();
+    }
+
     /// After the main process ended the agent powers the VM off: wait for
     /// that, then make sure.
     pub async fn finish(&self) {
@@ -185,31 +190,29 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
             let _ = stdin.close().await;
         });
     }
-    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Control>(16);
+    // Signals go through their own handle, so they still reach a process
+    // that closed its output but runs on.
+    let agent_control = p.control();
     let mut control = ends.control;
     tokio::spawn(async move {
         while let Some(c) = control.recv().await {
-            if ctl_tx.send(c).await.is_err() {
-                return;
-            }
+            // Bounded: a guest that stopped answering must not hold back
+            // the signals queued after this one (stop's SIGKILL).
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                match c {
+                    Control::Signal(s) => agent_control.signal(s).await,
+                    Control::Resize(r, c) => agent_control.resize(r, c).await,
+                }
+            })
+            .await;
         }
     });
     let (out, exit) = (ends.output, ends.exit);
     tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                o = p.next_output() => match o {
-                    Some(Output::Data(fd, data)) => {
-                        let kind = if fd == Fd::Stderr { Kind::Stderr } else { Kind::Stdout };
-                        let _ = out.send((kind, data)).await;
-                    }
-                    Some(Output::Eof(_)) => {}
-                    None => break,
-                },
-                Some(c) = ctl_rx.recv() => match c {
-                    Control::Signal(s) => { let _ = p.signal(s).await; }
-                    Control::Resize(r, c) => { let _ = p.resize(r, c).await; }
-                },
+        while let Some(o) = p.next_output().await {
+            if let Output::Data(fd, data) = o {
+                let kind = if fd == Fd::Stderr { Kind::Stderr } else { Kind::Stdout };
+                let _ = out.send((kind, data)).await;
             }
         }
         drop(out);

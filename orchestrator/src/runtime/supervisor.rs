@@ -92,6 +92,14 @@ enum Backend {
 }
 
 impl Backend {
+    /// The last resort of `stop`: not through the guest or the workload.
+    async fn force_kill(&self) {
+        match self {
+            Backend::Container(c) => c.kill_all().await,
+            Backend::Microvm(m) => m.kill_vm().await,
+        }
+    }
+
     async fn exec(&self, p: &bulkhead_agent_proto::ProcessSpec) -> Result<Proc, ExitReport> {
         match self {
             Backend::Container(c) => c.exec(p),
@@ -307,7 +315,11 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
             let _ = shared.main_control.send(Control::Signal(shared.stop_signal)).await;
             if tokio::time::timeout(Duration::from_secs(timeout_s), ended(shared.exit.clone())).await.is_err() {
                 let _ = shared.main_control.send(Control::Signal(libc::SIGKILL)).await;
-                ended(shared.exit.clone()).await;
+                // A SIGKILL the guest never delivers (it hangs): end the VM itself.
+                if tokio::time::timeout(Duration::from_secs(10), ended(shared.exit.clone())).await.is_err() {
+                    shared.backend.force_kill().await;
+                    ended(shared.exit.clone()).await;
+                }
             }
             let _ = attach::write_json(&mut wr, Kind::Reply, &Reply { error: None }).await;
         }
