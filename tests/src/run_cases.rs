@@ -224,7 +224,7 @@ fn pidfd_wait(pid: i32, ms: u16) {
 }
 
 fn status_of(ctx: &Ctx, name: &str) -> String {
-    serde_like_status(&text(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout), name).unwrap_or_default()
+    ps_status(&text(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout), name).unwrap_or_default()
 }
 
 fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
@@ -315,7 +315,7 @@ fn check_detached_lifecycle(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String
     check("logs", text(&o.stdout).starts_with("started\n"), show(&o));
     let o = ctx.bh(&["stop", "-t", "20", "daemon"]);
     let ps = ctx.bh(&["ps", "-a", "--format", "json"]);
-    let stopped = serde_like_status(&text(&ps.stdout), "daemon");
+    let stopped = ps_status(&text(&ps.stdout), "daemon");
     check("stop", o.status.code() == Some(0) && stopped.as_deref() == Some("exited (3)"), format!("{} / status {stopped:?}", show(&o)));
     let o = ctx.bh(&["logs", "--tail", "1", "daemon"]);
     check("logs-tail", text(&o.stdout) == "got-term\n", show(&o));
@@ -325,7 +325,7 @@ fn check_detached_lifecycle(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String
 }
 
 /// The "status" of workload `name` in `ps --format json` output.
-fn serde_like_status(json: &str, name: &str) -> Option<String> {
+fn ps_status(json: &str, name: &str) -> Option<String> {
     let v: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
     v.iter().find(|w| w["name"] == name).and_then(|w| w["status"].as_str().map(str::to_string))
 }

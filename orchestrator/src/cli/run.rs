@@ -107,9 +107,6 @@ impl RunArgs {
         if !not_yet.is_empty() {
             bail!("unsupported flag(s): {}", not_yet.join("; "));
         }
-        if self.detach && self.rm && self.interactive {
-            bail!("-d with -i: a detached workload has no stdin to read");
-        }
         Ok(())
     }
 }
@@ -128,6 +125,9 @@ pub fn parse_memory(s: &str) -> Result<u64> {
     let bytes = n.checked_mul(mult).context("--memory: too large")?;
     if bytes < 4 << 20 {
         bail!("--memory {s}: at least 4m");
+    }
+    if bytes > 1 << 40 {
+        bail!("--memory {s}: at most 1t");
     }
     Ok(bytes >> 20)
 }
@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(parse_memory("1G").ok(), Some(1024));
         assert_eq!(parse_memory("1gb").ok(), Some(1024));
         assert_eq!(parse_memory("268435456").ok(), Some(256));
-        assert!(parse_memory("").is_err() && parse_memory("lots").is_err() && parse_memory("1k").is_err() && parse_memory("99999999999999g").is_err());
+        assert!(parse_memory("").is_err() && parse_memory("lots").is_err() && parse_memory("1k").is_err() && parse_memory("99999999999999g").is_err() && parse_memory("2048g").is_err());
         assert_eq!(parse_signal("KILL").ok(), Some(9));
         assert_eq!(parse_signal("sigterm").ok(), Some(15));
         assert_eq!(parse_signal("2").ok(), Some(2));

@@ -89,7 +89,10 @@ pub enum FrameError {
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: Kind, payload: &[u8]) -> Result<(), FrameError> {
-    let len = u32::try_from(payload.len()).ok().filter(|l| *l <= MAX_FRAME).ok_or(FrameError::TooLong(u32::MAX))?;
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong(len));
+    }
     let mut head = [0u8; 5];
     head[0] = kind as u8;
     head[1..].copy_from_slice(&len.to_le_bytes());

@@ -32,23 +32,12 @@ pub fn ensure_tree(store: &Store, paths: &Paths, manifest: &Digest) -> Result<Pa
     let work = store.temp_dir("tree-").map_err(|e| e.to_string())?;
     let dest = work.path().join("root");
     std::fs::create_dir(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
-    bulkhead_images::rootdisk::unpack_tree(store, manifest, &dest, Default::default(), &mut |_, _| {}).map_err(|e| format!("unpack the image: {}", chain(&e)))?;
+    bulkhead_images::rootdisk::unpack_tree(store, manifest, &dest, Default::default(), &mut |_, _| {}).map_err(|e| format!("unpack the image: {:#}", anyhow::Error::new(e)))?;
     match std::fs::rename(&dest, &tree) {
         Ok(()) => Ok(tree),
         Err(_) if tree.is_dir() => Ok(tree), // another run won the race
         Err(e) => Err(format!("publish {}: {e}", tree.display())),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Which OCI runtime: `crun` if installed, else `runc`.

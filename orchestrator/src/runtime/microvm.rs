@@ -218,7 +218,8 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
         drop(out);
         let report = match p.wait().await {
             Ok(ExitStatus::Code(c)) => ExitReport { code: c, signal: None, error: None, started_ms: None },
-            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128 + s, signal: Some(s), error: None, started_ms: None },
+            // The agent is guest code: no arithmetic on its numbers may overflow.
+            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128i32.saturating_add(s), signal: Some(s), error: None, started_ms: None },
             Err(e) => failed(format!("the agent connection ended without an exit report: {e}")),
         };
         let _ = exit.send(report);

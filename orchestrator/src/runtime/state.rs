@@ -5,7 +5,7 @@
 
 use std::fs::File;
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 use super::paths::Paths;
 use super::record::{read_json, Exit, Record, Running};
@@ -176,8 +176,10 @@ impl State {
         })
     }
 
-    /// How many rows there are (tests count leftovers).
-    pub fn count(&self) -> Result<usize, StateError> {
+    /// How many rows there are, by id or by name (whichever is more).
+    #[cfg(test)]
+    fn count(&self) -> Result<usize, StateError> {
+        use redb::ReadableTableMetadata;
         self.with_db(|d| {
             let tx = d.begin_read().map_err(db)?;
             let n = match tx.open_table(WORKLOADS) {

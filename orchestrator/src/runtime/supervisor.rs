@@ -218,6 +218,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             }
             conn = listener.accept() => {
                 if let Ok((s, _)) = conn {
+                    handlers.retain(|h| !h.is_finished()); // a long-lived workload sees many requests
                     handlers.push(tokio::spawn(serve(s, Arc::clone(&shared))));
                 }
             }
