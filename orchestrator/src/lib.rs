@@ -1,4 +1,5 @@
 //! bulkhead: the CLI and (as it grows) the local runtime and control plane.
 
 pub mod cli;
+pub mod network;
 pub mod runtime;

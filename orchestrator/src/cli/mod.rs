@@ -2,6 +2,7 @@
 
 mod image;
 pub(crate) mod kernel;
+mod network;
 mod run;
 mod workloads;
 
@@ -45,6 +46,12 @@ enum Command {
     /// A workload's details as JSON: image digest, runtime, VM size, pids,
     /// socket paths, exit status, times.
     Inspect(workloads::InspectArgs),
+    /// Networks: bridges, subnets and the firewall rules between workloads.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Network(network::NetworkCommand),
+    /// Host-wide maintenance.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    System(network::SystemCommand),
     /// Build and locate the guest kernel every microVM boots.
     #[command(subcommand, after_help = EXIT_CODES)]
     Kernel(kernel::KernelCommand),
@@ -106,6 +113,8 @@ pub fn main() -> ExitCode {
         Command::Rm(a) => (workloads::rm(a), 1),
         Command::Inspect(a) => (workloads::inspect(a), 1),
         Command::Kernel(cmd) => (kernel::run(cmd).map(|()| 0), 1),
+        Command::Network(cmd) => (network::run(cmd).map(|()| 0), 1),
+        Command::System(cmd) => (network::system(cmd).map(|()| 0), 1),
         Command::Image(cmd) => (image::run(cmd).map(|()| 0), 1),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bulkhead", &mut std::io::stdout());

@@ -12,6 +12,8 @@ use bulkhead_images::rootdisk::{self, Format};
 use bulkhead_images::store::Store;
 use clap::Args;
 
+use crate::network::store::{self, Want};
+use crate::network::{lifecycle, Publish};
 use crate::runtime::attach::Request;
 use crate::runtime::paths::{self, Paths};
 use crate::runtime::record::{now_ms, write_json, Record, RuntimeKind, VmFiles, WorkloadConfig};
@@ -69,15 +71,18 @@ pub struct RunArgs {
     /// The OCI runtime for --runtime container (default: crun if installed, else runc).
     #[arg(long, value_name = "crun|runc")]
     oci_runtime: Option<String>,
+    /// Publish a port on the host's IPv4 addresses: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]
+    /// (127.0.0.1 included; IPv6 is not published). Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+    /// The network to join (`bulkhead network ls`), or `none` for loopback only.
+    #[arg(long, value_name = "NAME", default_value = crate::network::DEFAULT_NETWORK)]
+    network: String,
     // Docker flags bulkhead does not support yet: refused by name, never ignored.
     #[arg(short = 'v', long = "volume", hide = true)]
     volume: Vec<String>,
     #[arg(long, hide = true)]
     mount: Vec<String>,
-    #[arg(short = 'p', long = "publish", hide = true)]
-    publish: Vec<String>,
-    #[arg(long, hide = true)]
-    network: Option<String>,
     #[arg(long, hide = true)]
     privileged: bool,
     #[arg(long, hide = true)]
@@ -94,9 +99,6 @@ impl RunArgs {
         let mut not_yet = Vec::new();
         if !self.volume.is_empty() || !self.mount.is_empty() {
             not_yet.push("-v/--volume and --mount (volumes are not supported yet)");
-        }
-        if !self.publish.is_empty() || self.network.is_some() {
-            not_yet.push("-p/--publish and --network (workload networking is not built yet: workloads get loopback only)");
         }
         if self.privileged {
             not_yet.push("--privileged (not supported: it would undo the isolation bulkhead exists for)");
@@ -290,6 +292,36 @@ pub fn run(a: RunArgs) -> Result<u8> {
             None
         }
     };
+    let ports = a.publish.iter().map(|p| Publish::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    if a.network == crate::network::NONE && !ports.is_empty() {
+        bail!("-p needs a network: --network none has loopback only");
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if let Some(q) = ports[..i].iter().find(|q| q.clashes(p)) {
+            bail!("-p {p} and -p {q} claim the same host port");
+        }
+    }
+    let p = Paths::new(&data);
+    let state = State::new(p.clone());
+    // Leftovers of workloads that are gone (a crash, a reboot) go first.
+    if let Err(e) = lifecycle::sweep(&state) {
+        eprintln!("bulkhead: warning: cleaning up after workloads that are gone: {e}");
+    }
+    let want = if a.network == crate::network::NONE {
+        None
+    } else {
+        if a.network == crate::network::DEFAULT_NETWORK {
+            lifecycle::ensure_default(&state)?;
+        }
+        // A port another workload publishes, or a host program's: refused
+        // now, not at start (the insert checks workloads again, atomically).
+        store::check_ports(&store::leases(&state)?, &ports)?;
+        for port in &ports {
+            drop(crate::network::host::bind_port(port)?);
+        }
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        Some(Want { network: a.network.clone(), ports, nameservers: crate::network::nameservers(&resolv) })
+    };
     let id = paths::new_id()?;
     let name = match &a.name {
         Some(n) if paths::valid_name(n) => n.clone(),
@@ -313,16 +345,19 @@ pub fn run(a: RunArgs) -> Result<u8> {
         attach: !a.detach,
         auto_remove: a.rm,
         vm,
+        network: None,
         created_ms: now_ms(),
     };
-    let p = Paths::new(&data);
-    let state = State::new(p.clone());
     let dir = p.workload_dir(&id);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    write_json(&dir.join("config.json"), &cfg)?;
-    if let Err(e) = state.insert(&Record { config: cfg.clone(), running: None, exit: None }) {
+    let mut rec = Record { config: cfg, running: None, exit: None };
+    // The record and its address lease in one transaction; then the config
+    // (with the address) for the supervisor.
+    let inserted = store::insert_workload(&state, &mut rec, want.as_ref()).map_err(anyhow::Error::from).and_then(|()| write_json(&dir.join("config.json"), &rec.config).map_err(anyhow::Error::from));
+    if let Err(e) = inserted {
+        let _ = state.remove(&id);
         let _ = std::fs::remove_dir_all(&dir);
-        return Err(e.into());
+        return Err(e);
     }
     let started = spawn_supervisor(&data, &id)?;
     if a.detach {

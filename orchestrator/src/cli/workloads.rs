@@ -48,6 +48,10 @@ fn ago(ms: u64) -> String {
     }
 }
 
+fn ports(r: &Record) -> String {
+    r.config.network.as_ref().map(|n| n.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+}
+
 fn summary(r: &Record) -> serde_json::Value {
     serde_json::json!({
         "id": r.config.id,
@@ -57,6 +61,8 @@ fn summary(r: &Record) -> serde_json::Value {
         "status": r.status().to_string(),
         "created_ms": r.config.created_ms,
         "command": r.config.process.args,
+        "ip": r.config.network.as_ref().map(|n| n.ip.to_string()),
+        "ports": ports(r),
     })
 }
 
@@ -69,7 +75,7 @@ pub fn ps(a: PsArgs) -> Result<u8> {
     }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["ID", "NAME", "IMAGE", "RUNTIME", "COMMAND", "CREATED", "STATUS"]);
+    t.set_header(["ID", "NAME", "IMAGE", "RUNTIME", "COMMAND", "CREATED", "STATUS", "PORTS"]);
     for r in shown {
         let mut cmd = r.config.process.args.join(" ");
         if cmd.len() > 30 {
@@ -79,7 +85,7 @@ pub fn ps(a: PsArgs) -> Result<u8> {
         if let Some(first) = status.lines().next() {
             status = first.chars().take(60).collect();
         }
-        t.add_row([paths::short(&r.config.id).to_string(), r.config.name.clone(), r.config.image.clone(), r.config.runtime.to_string(), cmd, ago(r.config.created_ms), status]);
+        t.add_row([paths::short(&r.config.id).to_string(), r.config.name.clone(), r.config.image.clone(), r.config.runtime.to_string(), cmd, ago(r.config.created_ms), status, ports(r)]);
     }
     println!("{t}");
     Ok(0)
@@ -286,6 +292,7 @@ pub fn rm(a: RmArgs) -> Result<u8> {
             }
             force_end(&r);
         }
+        crate::network::lifecycle::detach(&st, &r.config.id).with_context(|| format!("remove the network of {}", r.config.name))?;
         remove_files(st.paths(), &r.config.id).with_context(|| format!("remove the files of {}", r.config.name))?;
         st.remove(&r.config.id)?;
         println!("{n}");
@@ -337,6 +344,7 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
         "oci_runtime": c.oci_runtime,
         "status": r.status().to_string(),
         "process": c.process,
+        "network": c.network.as_ref().map(|n| serde_json::json!({"network": n.network, "ip": n.ip.to_string(), "gateway": n.gateway.to_string(), "mac": n.mac, "interface": n.host_if, "ports": n.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "nameservers": n.nameservers})),
         "vm": c.vm.as_ref().map(|vm| serde_json::json!({
             "vcpus": c.cpus.map_or(1, |x| x.ceil() as u32),
             "memory_mib": c.memory_mib.unwrap_or(crate::runtime::microvm::DEFAULT_MEMORY_MIB),

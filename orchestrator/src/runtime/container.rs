@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bulkhead_agent_proto::ProcessSpec;
 use bulkhead_images::store::{Digest, Store};
-use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec, UserBuilder};
+use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, Spec, UserBuilder};
 use tokio::process::Command;
 
 use super::attach::{ExitReport, Kind};
@@ -67,7 +67,9 @@ pub struct Container {
 
 impl Container {
     /// Mounts the overlay and writes the bundle's config.json.
-    pub fn prepare(cfg: &WorkloadConfig, paths: &Paths, store: &Store) -> Result<Self, String> {
+    /// `netns`: the network namespace the supervisor made (veth and
+    /// address in place), joined through `/proc/<supervisor>/fd/N`.
+    pub fn prepare(cfg: &WorkloadConfig, paths: &Paths, store: &Store, netns: Option<&OwnedFd>) -> Result<Self, String> {
         let runtime = cfg.oci_runtime.clone().or_else(|| default_oci_runtime().map(str::to_string)).ok_or("neither crun nor runc is installed (apt-get install crun runc)")?;
         let manifest = Digest::parse(&cfg.manifest).map_err(|e| e.to_string())?;
         let tree = ensure_tree(store, paths, &manifest)?;
@@ -79,7 +81,9 @@ impl Container {
         let opts = format!("lowerdir={},upperdir={},workdir={}", tree.display(), upper.display(), work.display());
         nix::mount::mount(Some("overlay"), &rootfs, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str())).map_err(|e| format!("mount the overlay on {}: {e}", rootfs.display()))?;
         let c = Container { id: cfg.id.clone(), hybrid_unshare: runtime == "crun" && hybrid_cgroups(), runtime, bundle, rootfs, execs: Default::default() };
-        let spec = c.spec(cfg).inspect_err(|_| c.unmount())?;
+        let etc = write_etc_files(cfg, &dir).inspect_err(|_| c.unmount())?;
+        let mut spec = c.spec(cfg).inspect_err(|_| c.unmount())?;
+        join_network(&mut spec, netns, &etc).inspect_err(|_| c.unmount())?;
         spec.save(c.bundle.join("config.json")).map_err(|e| format!("write config.json: {e}"))?;
         Ok(c)
     }
@@ -288,6 +292,50 @@ impl Container {
         let _ = Command::new(&self.runtime).args(["delete", "-f", &self.id]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
         self.unmount();
     }
+}
+
+/// hostname, hosts and (with a network) resolv.conf for the container, in
+/// `<workload>/etc/`: bound over the image's, as docker does.
+fn write_etc_files(cfg: &WorkloadConfig, dir: &Path) -> Result<Vec<(PathBuf, &'static str)>, String> {
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc).map_err(|e| format!("create {}: {e}", etc.display()))?;
+    let host = super::paths::short(&cfg.id);
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(a) = &cfg.network {
+        hosts.push_str(&format!("{}\t{host}\n", a.ip));
+    } else {
+        hosts.push_str(&format!("127.0.1.1\t{host}\n"));
+    }
+    let mut files = vec![(etc.join("hostname"), "/etc/hostname", format!("{host}\n")), (etc.join("hosts"), "/etc/hosts", hosts)];
+    if let Some(a) = &cfg.network {
+        let resolv: String = a.nameservers.iter().map(|n| format!("nameserver {n}\n")).collect();
+        files.push((etc.join("resolv.conf"), "/etc/resolv.conf", resolv));
+    }
+    let mut out = Vec::new();
+    for (path, dest, text) in files {
+        std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        out.push((path, dest));
+    }
+    Ok(out)
+}
+
+/// The spec joins `netns` and binds the etc files in.
+fn join_network(spec: &mut Spec, netns: Option<&OwnedFd>, etc: &[(PathBuf, &'static str)]) -> Result<(), String> {
+    if let Some(ns) = netns {
+        let path = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd()));
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path).build().map_err(|e| e.to_string())?);
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (src, dest) in etc {
+        mounts.push(MountBuilder::default().destination(*dest).typ("bind").source(src).options(vec!["rbind".to_string(), "rprivate".to_string()]).build().map_err(|e| e.to_string())?);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// The runtime's exit code, or a start failure its JSON log names (runc and

@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bulkhead_agent_proto::client::{AgentClient, ClientError, Output};
-use bulkhead_agent_proto::{ErrorKind, ExitStatus, Fd, ProcessSpec, RootSource, RootSpec, StartRequest, AGENT_VSOCK_PORT};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use bulkhead_agent_proto::{DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec, StartRequest, AGENT_VSOCK_PORT};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
@@ -53,7 +55,8 @@ fn with_console(why: String, console: &Path) -> String {
 
 impl Microvm {
     /// Starts the VMM and waits for the agent's hello.
-    pub async fn boot(cfg: &WorkloadConfig, run_dir: &Path, workload_dir: &Path) -> Result<Self, String> {
+    /// `tap`: the workload's TAP (on its bridge), passed to the VMM as fd 3.
+    pub async fn boot(cfg: &WorkloadConfig, run_dir: &Path, workload_dir: &Path, tap: Option<&OwnedFd>) -> Result<Self, String> {
         let files = cfg.vm.as_ref().ok_or("no VM files in the workload config")?;
         let uds = run_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
@@ -62,7 +65,16 @@ impl Microvm {
         let console = workload_dir.join("console.log");
         let vcpus = cfg.cpus.map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
         let memory = cfg.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
-        let mut child = Command::new(&files.vmm)
+        let mut cmd = Command::new(&files.vmm);
+        if let (Some(tap), Some(a)) = (tap, &cfg.network) {
+            let fd = tap.as_raw_fd();
+            cmd.args(["--tap", "fd:3", "--mac", &a.mac]);
+            // SAFETY: dup2 is async-signal-safe; it gives the VMM the TAP as fd 3 (without CLOEXEC).
+            unsafe {
+                cmd.pre_exec(move || if libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            }
+        }
+        let mut child = cmd
             .arg("--kernel")
             .arg(&files.kernel)
             .arg("--initrd")
@@ -120,6 +132,8 @@ impl Microvm {
             process: cfg.process.clone(),
             root: RootSpec { source: RootSource::Block { device: "/dev/vda".into(), fstype: "ext4".into() }, scratch: None },
             hostname: Some(super::paths::short(&cfg.id).to_string()),
+            network: cfg.network.as_ref().map(|a| NetworkSpec { interface: "eth0".into(), address: format!("{}/{}", a.ip, a.prefix), gateway: Some(a.gateway.to_string()), mtu: None }),
+            dns: DnsSpec { nameservers: cfg.network.as_ref().map(|a| a.nameservers.clone()).unwrap_or_default(), search: Vec::new() },
             ..Default::default()
         };
         let p = self.client.start(req).await.map_err(|e| self.report(e))?;

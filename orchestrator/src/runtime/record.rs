@@ -60,6 +60,9 @@ pub struct WorkloadConfig {
     /// `--rm`: the supervisor removes every trace once it ends.
     pub auto_remove: bool,
     pub vm: Option<VmFiles>,
+    /// Its address, ports and bridge (`None`: `--network none`).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
     pub created_ms: u64,
 }
 
@@ -153,5 +156,31 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// A record for unit tests: a container workload that never ran.
+#[cfg(test)]
+pub fn test_record(id: &str, name: &str) -> Record {
+    Record {
+        config: WorkloadConfig {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox".into(),
+            manifest: "sha256:00".into(),
+            runtime: RuntimeKind::Container,
+            oci_runtime: None,
+            process: Default::default(),
+            cpus: None,
+            memory_mib: None,
+            stop_signal: 15,
+            attach: false,
+            auto_remove: false,
+            vm: None,
+            network: None,
+            created_ms: now_ms(),
+        },
+        running: None,
+        exit: None,
     }
 }

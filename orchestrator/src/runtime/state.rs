@@ -29,10 +29,6 @@ pub enum StateError {
     Corrupt(String),
 }
 
-fn db<E: std::fmt::Display>(e: E) -> StateError {
-    StateError::Db(e.to_string())
-}
-
 #[derive(Debug, Clone)]
 pub struct State {
     paths: Paths,
@@ -48,7 +44,7 @@ impl State {
     }
 
     /// Runs `f` with the database open, holding the lock.
-    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StateError>) -> Result<T, StateError> {
+    pub(crate) fn with_db<T, E: From<StateError>>(&self, f: impl FnOnce(&Database) -> Result<T, E>) -> Result<T, E> {
         let io = |source| StateError::Io { path: self.paths.state_lock().display().to_string(), source };
         std::fs::create_dir_all(self.paths.data()).map_err(io)?;
         let lock = File::options().create(true).truncate(false).write(true).open(self.paths.state_lock()).map_err(io)?;
@@ -59,17 +55,9 @@ impl State {
 
     /// Adds a new workload; its name must be free.
     pub fn insert(&self, rec: &Record) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(rec).map_err(db)?;
         self.with_db(|d| {
             let tx = d.begin_write().map_err(db)?;
-            {
-                let mut names = tx.open_table(NAMES).map_err(db)?;
-                if names.get(rec.config.name.as_str()).map_err(db)?.is_some() {
-                    return Err(StateError::NameTaken(rec.config.name.clone()));
-                }
-                names.insert(rec.config.name.as_str(), rec.config.id.as_str()).map_err(db)?;
-                tx.open_table(WORKLOADS).map_err(db)?.insert(rec.config.id.as_str(), bytes.as_slice()).map_err(db)?;
-            }
+            insert_in(&tx, rec)?;
             tx.commit().map_err(db)
         })
     }
@@ -172,6 +160,7 @@ impl State {
                     tx.open_table(NAMES).map_err(db)?.remove(n.as_str()).map_err(db)?;
                 }
             }
+            crate::network::store::remove_leases_in(&tx, id)?;
             tx.commit().map_err(db)
         })
     }
@@ -197,32 +186,28 @@ impl State {
     }
 }
 
+/// Inserts `rec` in an open write transaction; its name must be free.
+pub(crate) fn insert_in(tx: &redb::WriteTransaction, rec: &Record) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(rec).map_err(db)?;
+    let mut names = tx.open_table(NAMES).map_err(db)?;
+    if names.get(rec.config.name.as_str()).map_err(db)?.is_some() {
+        return Err(StateError::NameTaken(rec.config.name.clone()));
+    }
+    names.insert(rec.config.name.as_str(), rec.config.id.as_str()).map_err(db)?;
+    tx.open_table(WORKLOADS).map_err(db)?.insert(rec.config.id.as_str(), bytes.as_slice()).map_err(db)?;
+    Ok(())
+}
+
+pub(crate) fn db<E: std::fmt::Display>(e: E) -> StateError {
+    StateError::Db(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::record::{RuntimeKind, WorkloadConfig};
 
     fn rec(id: &str, name: &str) -> Record {
-        Record {
-            config: WorkloadConfig {
-                id: id.into(),
-                name: name.into(),
-                image: "busybox".into(),
-                manifest: "sha256:00".into(),
-                runtime: RuntimeKind::Container,
-                oci_runtime: None,
-                process: Default::default(),
-                cpus: None,
-                memory_mib: None,
-                stop_signal: 15,
-                attach: false,
-                auto_remove: false,
-                vm: None,
-                created_ms: super::super::record::now_ms(),
-            },
-            running: None,
-            exit: None,
-        }
+        super::super::record::test_record(id, name)
     }
 
     #[test]

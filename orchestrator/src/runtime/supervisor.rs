@@ -15,6 +15,8 @@ use bulkhead_images::store::Store;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::network::lifecycle as network;
+
 use super::attach::{self, ExitReport, Kind, Reply, Request};
 use super::container::Container;
 use super::microvm::Microvm;
@@ -153,18 +155,23 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             }
         }
     }
+    let state = State::new(paths.clone());
+    let attached = match network::attach(&state, &cfg) {
+        Ok(a) => a,
+        Err(e) => return fail_early(&paths, &cfg, first, failed(format!("workload network: {e}")), &mut notify).await,
+    };
     let backend = match cfg.runtime {
         super::record::RuntimeKind::Container => {
             let store = match Store::open(paths.data()) {
                 Ok(s) => s,
                 Err(e) => return fail_early(&paths, &cfg, first, failed(e.to_string()), &mut notify).await,
             };
-            match Container::prepare(&cfg, &paths, &store) {
+            match Container::prepare(&cfg, &paths, &store, attached.netns.as_ref()) {
                 Ok(c) => Backend::Container(c),
                 Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
             }
         }
-        super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &run_dir, &dir).await {
+        super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &run_dir, &dir, attached.tap.as_ref()).await {
             Ok(m) => Backend::Microvm(Box::new(m)),
             Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
         },
@@ -230,6 +237,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         report = m.lost(report.error.as_deref().unwrap_or("the VM ended without the agent's exit report")).await;
     }
     cleanup(&backend).await;
+    drop(attached);
     drop(listener);
     report.started_ms = running.started_ms;
     finish(&paths, &cfg, &report, Some(&exit_tx), &mut notify).await;
@@ -260,6 +268,10 @@ async fn cleanup(b: &Backend) {
 /// Records the end (or removes every trace for --rm), then tells waiters.
 async fn finish(paths: &Paths, cfg: &WorkloadConfig, report: &ExitReport, exit_tx: Option<&watch::Sender<Option<ExitReport>>>, notify: &mut Option<std::fs::File>) {
     let dir = paths.workload_dir(&cfg.id);
+    // The address, ports, interfaces and rules go before anything else.
+    if let Err(e) = network::detach(&State::new(paths.clone()), &cfg.id) {
+        eprintln!("bulkhead supervisor: network teardown: {e}");
+    }
     let exit = Exit { code: report.code, signal: report.signal, error: report.error.clone(), finished_ms: now_ms() };
     if cfg.auto_remove {
         let _ = remove_files(paths, &cfg.id);

@@ -1,0 +1,139 @@
+//! `bulkhead network create|ls|inspect|rm` and `bulkhead system prune`.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use super::run::data_dir;
+use super::workloads::OutputFormat;
+use crate::network::{host, lifecycle, rules, store, Subnet};
+use crate::runtime::paths::Paths;
+use crate::runtime::state::State;
+
+fn state() -> State {
+    State::new(Paths::new(data_dir()))
+}
+
+fn need_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("`bulkhead {what}` needs root (bridges and nftables rules)");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network: a bridge of its own and a subnet. Workloads on
+    /// different networks cannot reach each other.
+    Create(CreateArgs),
+    /// List networks.
+    Ls {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// A network's details as JSON: subnet, bridge, the workloads on it with
+    /// their addresses and ports, and its firewall rules.
+    Inspect { name: String },
+    /// Remove networks no workload is on, with their bridges.
+    Rm { names: Vec<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// IPv4 subnet (ADDRESS/PREFIX, /8 to /29); its first address is the gateway.
+    #[arg(long, default_value = "10.89.0.0/16")]
+    subnet: String,
+    /// The bridge's name (default: bh-NAME, or bh-HASH when NAME does not fit).
+    #[arg(long)]
+    bridge: Option<String>,
+    name: String,
+}
+
+pub fn run(cmd: NetworkCommand) -> Result<()> {
+    let st = state();
+    match cmd {
+        NetworkCommand::Create(a) => {
+            need_root("network create")?;
+            let subnet = Subnet::parse(&a.subnet)?;
+            let n = lifecycle::create(&st, &a.name, subnet, a.bridge)?;
+            println!("{}", n.name);
+        }
+        NetworkCommand::Ls { format } => {
+            let nets = store::networks(&st)?;
+            let leases = store::leases(&st)?;
+            let count = |name: &str| leases.iter().filter(|l| l.attachment.network == name).count();
+            if format == OutputFormat::Json {
+                let v: Vec<_> = nets
+                    .iter()
+                    .map(|n| serde_json::json!({"name": n.name, "bridge": n.bridge, "subnet": n.subnet.to_string(), "gateway": n.gateway().to_string(), "workloads": count(&n.name)}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let mut t = comfy_table::Table::new();
+            t.load_preset(comfy_table::presets::NOTHING);
+            t.set_header(["NAME", "BRIDGE", "SUBNET", "GATEWAY", "WORKLOADS"]);
+            for n in &nets {
+                t.add_row([n.name.clone(), n.bridge.clone(), n.subnet.to_string(), n.gateway().to_string(), count(&n.name).to_string()]);
+            }
+            println!("{t}");
+        }
+        NetworkCommand::Inspect { name } => {
+            let n = store::network(&st, &name)?;
+            let leases: Vec<_> = store::leases(&st)?.into_iter().filter(|l| l.attachment.network == name).collect();
+            let attachments: Vec<_> = leases.iter().map(|l| l.attachment.clone()).collect();
+            let workloads: Vec<_> = leases
+                .iter()
+                .map(|l| serde_json::json!({"id": l.id, "ip": l.attachment.ip.to_string(), "mac": l.attachment.mac, "interface": l.attachment.host_if, "ports": l.attachment.ports.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+                .collect();
+            let v = serde_json::json!({
+                "name": n.name,
+                "bridge": n.bridge,
+                "bridge_present": host::link_exists(&n.bridge),
+                "subnet": n.subnet.to_string(),
+                "gateway": n.gateway().to_string(),
+                "workloads": workloads,
+                "rules": rules::network_rules(&n, &attachments),
+                "nft_table_loaded": host::list_rules().is_some(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        NetworkCommand::Rm { names } => {
+            need_root("network rm")?;
+            if names.is_empty() {
+                bail!("name the network(s) to remove (`bulkhead network ls`)");
+            }
+            for n in names {
+                lifecycle::remove(&st, &n)?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Remove what workloads that are gone left behind (after a crash or a
+    /// reboot): address leases, TAP and veth interfaces, firewall rules;
+    /// recreate missing bridges. Running workloads are not touched.
+    Prune,
+}
+
+pub fn system(cmd: SystemCommand) -> Result<()> {
+    match cmd {
+        SystemCommand::Prune => {
+            need_root("system prune")?;
+            let removed = lifecycle::sweep(&state())?;
+            for r in &removed {
+                match r.strip_prefix('(') {
+                    Some(note) => println!("{}", note.trim_end_matches(')')),
+                    None => println!("removed {r}"),
+                }
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The host side of networking: bridges, TAPs, veth pairs, network
+//! namespaces, sysctls (iproute2's `ip`), published-port sockets and the
+//! nftables script (`nft`). Every step is idempotent where it can be, so a
+//! retry or a sweep after a crash converges.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::{Attachment, NetError, Network, Proto, Publish};
+
+/// `name` from PATH, then the sbin dirs (root's PATH may lack them).
+fn tool(name: &str, package: &str) -> Result<std::path::PathBuf, NetError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from));
+    match dirs.map(|d| d.join(name)).find(|p| p.is_file()) {
+        Some(p) => Ok(p),
+        None => Err(NetError::host(format!("workload networking needs `{name}`"), format!("not installed (apt-get install {package})"))),
+    }
+}
+
+/// Runs `prog` with `stdin`, inside the network namespace `netns` if given;
+/// an error carries its stderr.
+fn run(prog: &Path, args: &[&str], stdin: &[u8], netns: Option<&OwnedFd>) -> Result<(), NetError> {
+    let mut cmd = Command::new(prog);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(ns) = netns {
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe and touches no memory of ours; the fd stays open until the child has exec'd.
+        unsafe {
+            cmd.pre_exec(move || if libc::setns(fd, libc::CLONE_NEWNET) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+    }
+    let what = format!("{} {}", prog.display(), args.join(" "));
+    let mut child = cmd.spawn().map_err(|e| NetError::host(&what, e))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(stdin).map_err(|e| NetError::host(&what, e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| NetError::host(&what, e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(NetError::host(what, if err.is_empty() { out.status.to_string() } else { err }))
+    }
+}
+
+/// `ip -batch -`: one command per line, stopping at the first failure.
+fn ip_batch(lines: &[String], netns: Option<&OwnedFd>) -> Result<(), NetError> {
+    let ip = tool("ip", "iproute2")?;
+    run(&ip, &["-batch", "-"], lines.join("\n").as_bytes(), netns).map_err(|e| match e {
+        NetError::Host { why, .. } => NetError::host(format!("ip: {}", lines.join("; ")), why),
+        other => other,
+    })
+}
+
+/// The interfaces of our network namespace. From /proc/self/net/dev, not
+/// /sys/class/net: sysfs shows the namespace of whoever mounted it, which
+/// differs when bulkhead runs in a namespace of its own (the tests do).
+fn links() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+    text.lines().skip(2).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim().to_string()).collect()
+}
+
+pub fn link_exists(name: &str) -> bool {
+    links().iter().any(|l| l == name)
+}
+
+/// Interfaces whose names start with one of `prefixes`.
+pub fn links_with_prefix(prefixes: &[&str]) -> Vec<String> {
+    links().into_iter().filter(|n| prefixes.iter().any(|p| n.starts_with(p))).collect()
+}
+
+fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
+    std::fs::write(path, value).map_err(|e| NetError::host(format!("set {path} to {value}"), e))
+}
+
+/// The network's bridge, up, with the gateway address; forwarding on, and
+/// `route_localnet` so connections to 127.0.0.1 can be DNATed out of it.
+pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
+    let b = &net.bridge;
+    let mut lines = Vec::new();
+    if !link_exists(b) {
+        lines.push(format!("link add {b} type bridge"));
+    }
+    lines.push(format!("address replace {}/{} dev {b}", net.gateway(), net.subnet.prefix));
+    lines.push(format!("link set {b} up"));
+    ip_batch(&lines, None)?;
+    sysctl(&format!("/proc/sys/net/ipv4/conf/{b}/route_localnet"), "1")?;
+    sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+}
+
+/// Deletes an interface if it is there.
+pub fn delete_link(name: &str) -> Result<(), NetError> {
+    if !link_exists(name) {
+        return Ok(());
+    }
+    match ip_batch(&[format!("link del {name}")], None) {
+        Err(_) if !link_exists(name) => Ok(()), // gone meanwhile (its netns ended)
+        other => other,
+    }
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// A TAP for a microVM (vnet headers, no packet info), on the bridge and
+/// up. Not persistent: it disappears when the last fd (the VMM's) closes.
+pub fn open_tap(name: &str, bridge: &str) -> Result<OwnedFd, NetError> {
+    let what = format!("create TAP {name}");
+    let file = std::fs::File::options().read(true).write(true).open("/dev/net/tun").map_err(|e| NetError::host(&what, format!("/dev/net/tun: {e}")))?;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(NetError::host(what, "bad interface name"));
+    }
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0x0002 | 0x1000 | 0x4000, _pad: [0; 22] }; // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: TUNSETIFF reads and writes one ifreq; `req` is one and outlives the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        return Err(NetError::host(what, std::io::Error::last_os_error()));
+    }
+    ip_batch(&[format!("link set {name} master {bridge} up")], None)?;
+    Ok(file.into())
+}
+
+/// A new, empty network namespace, held by the returned fd (no bind mount:
+/// it ends with the last process in it and the last fd, crash or not).
+pub fn new_netns() -> Result<OwnedFd, NetError> {
+    let made = std::thread::spawn(|| -> std::io::Result<OwnedFd> {
+        // SAFETY: unshare on this short-lived thread only; it touches no memory.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
+    })
+    .join();
+    match made {
+        Ok(r) => r.map_err(|e| NetError::host("create a network namespace", e)),
+        Err(_) => Err(NetError::host("create a network namespace", "the thread panicked")),
+    }
+}
+
+/// Loopback up inside `netns`.
+pub fn lo_up(netns: &OwnedFd) -> Result<(), NetError> {
+    ip_batch(&["link set lo up".into()], Some(netns))
+}
+
+/// A veth pair: `a.host_if` on the bridge, the other end as `eth0` in
+/// `netns` with the workload's MAC, address and default route.
+pub fn veth_into(a: &Attachment, peer: &str, netns: &OwnedFd) -> Result<(), NetError> {
+    let ns_path = format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd());
+    ip_batch(&[format!("link add {} type veth peer name {peer}", a.host_if), format!("link set {peer} netns {ns_path}"), format!("link set {} master {} up", a.host_if, a.bridge)], None)?;
+    ip_batch(
+        &[
+            "link set lo up".into(),
+            format!("link set {peer} name eth0"),
+            format!("link set eth0 address {}", a.mac),
+            format!("address add {}/{} dev eth0", a.ip, a.prefix),
+            "link set eth0 up".into(),
+            format!("route add default via {}", a.gateway),
+        ],
+        Some(netns),
+    )
+}
+
+/// A socket bound to a published port (never listening): it keeps host
+/// programs off the port while the workload publishes it, and binding it
+/// is the check that the port is free.
+pub fn bind_port(p: &Publish) -> Result<OwnedFd, NetError> {
+    let ty = match p.proto {
+        Proto::Tcp => libc::SOCK_STREAM,
+        Proto::Udp => libc::SOCK_DGRAM,
+    };
+    // SAFETY: socket() takes plain integers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(NetError::host("socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let addr = libc::sockaddr_in { sin_family: libc::AF_INET as libc::sa_family_t, sin_port: p.host_port.to_be(), sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() }, sin_zero: [0; 8] };
+    // SAFETY: bind reads a sockaddr_in of the size given; `addr` outlives the call.
+    if unsafe { libc::bind(sock.as_raw_fd(), std::ptr::addr_of!(addr).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) } < 0 {
+        let e = std::io::Error::last_os_error();
+        let why = if e.raw_os_error() == Some(libc::EADDRINUSE) { "already in use on this host".to_string() } else { e.to_string() };
+        return Err(NetError::Conflict(format!("cannot publish {ip}:{}/{}: {why}", p.host_port, p.proto)));
+    }
+    Ok(sock)
+}
+
+/// The host's IPv4 addresses with prefix lengths, by interface (`ip -j`).
+pub fn host_addresses() -> Result<Vec<(String, Ipv4Addr, u8)>, NetError> {
+    let ip = tool("ip", "iproute2")?;
+    let out = Command::new(&ip).args(["-j", "-4", "address", "show"]).output().map_err(|e| NetError::host("ip -j -4 address show", e))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| NetError::host("ip -j -4 address show", e))?;
+    let mut all = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        let name = link["ifname"].as_str().unwrap_or_default().to_string();
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            if let (Some(Ok(addr)), Some(len)) = (a["local"].as_str().map(str::parse::<Ipv4Addr>), a["prefixlen"].as_u64()) {
+                all.push((name.clone(), addr, len.min(32) as u8));
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Replaces bulkhead's nftables tables with `script` in one transaction.
+pub fn apply_rules(script: &str) -> Result<(), NetError> {
+    let nft = tool("nft", "nftables")?;
+    run(&nft, &["-f", "-"], script.as_bytes(), None)
+}
+
+/// The nft script as the kernel holds it now (for `network inspect`).
+pub fn list_rules() -> Option<String> {
+    let nft = tool("nft", "nftables").ok()?;
+    let out = Command::new(&nft).args(["list", "table", "inet", "bulkhead"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,198 @@
+//! Workload networking: one host bridge per network, an address per
+//! workload from the state store, a TAP (microVM) or veth pair (container)
+//! on the bridge, and bulkhead's own nftables tables (`inet bulkhead` for
+//! NAT, published ports and isolation; `bridge bulkhead` for per-port
+//! anti-spoofing), rendered whole from the state store and swapped in
+//! atomically after every change.
+//!
+//! ```text
+//! subnet.rs  subnets, address allocation, MACs (pure)
+//! publish.rs -p HOSTIP:HOSTPORT:PORT/PROTO parsing (pure)
+//! rules.rs   the nft script for a set of networks and leases (pure)
+//! store.rs   networks and leases in the state store (redb)
+//! lifecycle.rs set up, tear down, sweep (what supervisors and the CLI call)
+//! host.rs    bridges, TAPs, veths, netns, sysctls, nft: the host side
+//! ```
+
+pub mod host;
+pub mod lifecycle;
+pub mod publish;
+pub mod rules;
+pub mod store;
+pub mod subnet;
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+pub use publish::{Proto, Publish};
+pub use subnet::Subnet;
+
+/// The network `run` uses unless told otherwise, created on first use.
+pub const DEFAULT_NETWORK: &str = "bulkhead";
+pub const DEFAULT_BRIDGE: &str = "bulkhead0";
+pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+/// `--network none`: loopback only.
+pub const NONE: &str = "none";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Bad input from the user: nothing was changed.
+    #[error("{0}")]
+    Input(String),
+    #[error("no network {0:?} (`bulkhead network ls` lists them)")]
+    NoSuchNetwork(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{what}: {why}")]
+    Host { what: String, why: String },
+    #[error(transparent)]
+    State(#[from] crate::runtime::state::StateError),
+}
+
+impl NetError {
+    pub fn host(what: impl Into<String>, why: impl std::fmt::Display) -> Self {
+        NetError::Host {
+            what: what.into(),
+            why: why.to_string(),
+        }
+    }
+}
+
+/// A network: a bridge and the subnet its workloads get addresses from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub bridge: String,
+    pub subnet: Subnet,
+    pub created_ms: u64,
+    /// Where the next address search starts (see `subnet::allocate`).
+    #[serde(default)]
+    pub cursor: u32,
+}
+
+impl Network {
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.gateway()
+    }
+}
+
+/// A workload's place on a network: written into its config when `run`
+/// allocates it, and kept as a lease in the store until released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub bridge: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+    /// The host side: the TAP (microvm) or the veth end on the bridge.
+    pub host_if: String,
+    pub ports: Vec<Publish>,
+    pub nameservers: Vec<String>,
+}
+
+/// Host interface names: a kind letter and the id's first 12 digits (15 bytes, IFNAMSIZ-1).
+pub fn tap_name(id: &str) -> String {
+    format!("bht{}", crate::runtime::paths::short(id))
+}
+
+pub fn veth_name(id: &str) -> String {
+    format!("bhv{}", crate::runtime::paths::short(id))
+}
+
+/// The veth end that moves into the container (renamed eth0 there).
+pub fn peer_name(id: &str) -> String {
+    format!("bhp{}", crate::runtime::paths::short(id))
+}
+
+/// Network names: like workload names, at most 32 characters.
+pub fn valid_name(n: &str) -> bool {
+    n.len() <= 32 && n != NONE && crate::runtime::paths::valid_name(n)
+}
+
+/// The bridge for a new network: `bh-NAME` when that fits IFNAMSIZ.
+pub fn bridge_for(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    if clean.len() == name.len() && name.len() <= 12 {
+        format!("bh-{name}")
+    } else {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(name.as_bytes());
+        format!(
+            "bh-{}",
+            h.iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    }
+}
+
+/// Nameservers for workloads: the host's own from /etc/resolv.conf, less
+/// loopback ones (a workload cannot reach the host's 127.0.0.53) and IPv6
+/// ones (workloads are IPv4-only); else public resolvers, like docker.
+pub fn nameservers(resolv_conf: &str) -> Vec<String> {
+    let mine: Vec<String> = resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .map(|a| a.to_string())
+        .take(3)
+        .collect();
+    if mine.is_empty() {
+        vec!["8.8.8.8".into(), "8.8.4.4".into()]
+    } else {
+        mine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_ifnamsiz() {
+        let id = "0123456789abcdef0123";
+        for n in [
+            tap_name(id),
+            veth_name(id),
+            peer_name(id),
+            bridge_for("a-very-long-network-name"),
+            bridge_for("web"),
+        ] {
+            assert!(n.len() <= 15, "{n}");
+        }
+        assert_eq!(bridge_for("web"), "bh-web");
+        assert_ne!(bridge_for("a.b"), bridge_for("a_b"));
+    }
+
+    #[test]
+    fn nameservers_skip_loopback_and_ipv6() {
+        assert_eq!(
+            nameservers("nameserver 127.0.0.53\nnameserver ::1\n# x\nnameserver 192.168.1.1\n"),
+            vec!["192.168.1.1"]
+        );
+        assert_eq!(
+            nameservers("nameserver 127.0.0.1\n"),
+            vec!["8.8.8.8", "8.8.4.4"]
+        );
+        assert_eq!(nameservers(""), vec!["8.8.8.8", "8.8.4.4"]);
+    }
+
+    #[test]
+    fn network_names() {
+        assert!(valid_name("web") && valid_name("tenant-1.prod"));
+        assert!(
+            !valid_name("none")
+                && !valid_name("")
+                && !valid_name("a/b")
+                && !valid_name(&"a".repeat(33))
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Networks and address leases in the state store. A lease is written in
+//! the same transaction as the workload's record, so an address is never
+//! handed out twice, and survives restarts of everything.
+
+use std::collections::BTreeSet;
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::subnet::{allocate, mac_for};
+use super::{Attachment, NetError, Network, Publish};
+use crate::runtime::record::Record;
+use crate::runtime::state::{db, insert_in, State, StateError};
+
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+/// `<network>/<ip>` -> [`Lease`].
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    pub attachment: Attachment,
+}
+
+/// What `run` asks for: a network and the ports to publish on the host.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub network: String,
+    pub ports: Vec<Publish>,
+    pub nameservers: Vec<String>,
+}
+
+fn corrupt(e: serde_json::Error) -> StateError {
+    StateError::Corrupt(e.to_string())
+}
+
+fn rows<T: redb::ReadableTable<&'static str, &'static [u8]>, V: serde::de::DeserializeOwned>(t: &T) -> Result<Vec<V>, StateError> {
+    let mut v = Vec::new();
+    for row in t.iter().map_err(db)? {
+        let (_, value) = row.map_err(db)?;
+        v.push(serde_json::from_slice(value.value()).map_err(corrupt)?);
+    }
+    Ok(v)
+}
+
+fn read_all<V: serde::de::DeserializeOwned>(state: &State, def: TableDefinition<&str, &[u8]>) -> Result<Vec<V>, NetError> {
+    state.with_db(|d| {
+        let tx = d.begin_read().map_err(db)?;
+        match tx.open_table(def) {
+            Ok(t) => Ok(rows(&t)?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(db(e).into()),
+        }
+    })
+}
+
+pub fn networks(state: &State) -> Result<Vec<Network>, NetError> {
+    let mut v: Vec<Network> = read_all(state, NETWORKS)?;
+    v.sort_by_key(|n| n.created_ms);
+    Ok(v)
+}
+
+pub fn network(state: &State, name: &str) -> Result<Network, NetError> {
+    networks(state)?.into_iter().find(|n| n.name == name).ok_or_else(|| NetError::NoSuchNetwork(name.to_string()))
+}
+
+pub fn leases(state: &State) -> Result<Vec<Lease>, NetError> {
+    read_all(state, LEASES)
+}
+
+/// Adds a network: its name and bridge must be free and its subnet must
+/// not overlap another network's.
+pub fn create_network(state: &State, net: &Network) -> Result<(), NetError> {
+    state.with_db(|d| {
+        let tx = d.begin_write().map_err(db)?;
+        {
+            let mut t = tx.open_table(NETWORKS).map_err(db)?;
+            let all: Vec<Network> = rows(&t)?;
+            if all.iter().any(|n| n.name == net.name) {
+                return Err(NetError::Conflict(format!("a network named {:?} exists already", net.name)));
+            }
+            if let Some(n) = all.iter().find(|n| n.bridge == net.bridge) {
+                return Err(NetError::Conflict(format!("the bridge {} belongs to network {:?} already", net.bridge, n.name)));
+            }
+            if let Some(n) = all.iter().find(|n| n.subnet.overlaps(&net.subnet)) {
+                return Err(NetError::Conflict(format!("subnet {} overlaps network {:?} ({}): pick another with --subnet", net.subnet, n.name, n.subnet)));
+            }
+            let bytes = serde_json::to_vec(net).map_err(db)?;
+            t.insert(net.name.as_str(), bytes.as_slice()).map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(())
+    })
+}
+
+/// Drops a network that no workload holds an address on.
+pub fn remove_network(state: &State, name: &str) -> Result<Network, NetError> {
+    state.with_db(|d| {
+        let tx = d.begin_write().map_err(db)?;
+        let net = {
+            let mut t = tx.open_table(NETWORKS).map_err(db)?;
+            let net: Network = match t.get(name).map_err(db)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
+                None => return Err(NetError::NoSuchNetwork(name.to_string())),
+            };
+            let users: Vec<Lease> = rows(&tx.open_table(LEASES).map_err(db)?)?;
+            let users: Vec<&str> = users.iter().filter(|l| l.attachment.network == name).map(|l| crate::runtime::paths::short(&l.id)).collect();
+            if !users.is_empty() {
+                return Err(NetError::Conflict(format!("network {name:?} is in use by {} (remove them first)", users.join(", "))));
+            }
+            t.remove(name).map_err(db)?;
+            net
+        };
+        tx.commit().map_err(db)?;
+        Ok(net)
+    })
+}
+
+/// Inserts the workload's record and, for `want`, a lease on that network:
+/// the next free address, and its ports unless another workload publishes
+/// them already. One transaction: all of it or nothing.
+pub fn insert_workload(state: &State, rec: &mut Record, want: Option<&Want>) -> Result<(), NetError> {
+    state.with_db(|d| {
+        let tx = d.begin_write().map_err(db)?;
+        if let Some(w) = want {
+            let mut nets = tx.open_table(NETWORKS).map_err(db)?;
+            let mut net: Network = match nets.get(w.network.as_str()).map_err(db)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
+                None => return Err(NetError::NoSuchNetwork(w.network.clone())),
+            };
+            let mut leases_t = tx.open_table(LEASES).map_err(db)?;
+            let all: Vec<Lease> = rows(&leases_t)?;
+            check_ports(&all, &w.ports)?;
+            let taken: BTreeSet<_> = all.iter().filter(|l| l.attachment.network == net.name).map(|l| l.attachment.ip).collect();
+            let (ip, cursor) = allocate(&net.subnet, &taken, net.cursor).ok_or_else(|| NetError::Conflict(format!("network {:?} ({}) has no free address left", net.name, net.subnet)))?;
+            net.cursor = cursor;
+            let id = &rec.config.id;
+            let kind = rec.config.runtime;
+            let attachment = Attachment {
+                network: net.name.clone(),
+                bridge: net.bridge.clone(),
+                ip,
+                prefix: net.subnet.prefix,
+                gateway: net.gateway(),
+                mac: mac_for(ip),
+                host_if: match kind {
+                    crate::runtime::record::RuntimeKind::Microvm => super::tap_name(id),
+                    crate::runtime::record::RuntimeKind::Container => super::veth_name(id),
+                },
+                ports: w.ports.clone(),
+                nameservers: w.nameservers.clone(),
+            };
+            let lease = serde_json::to_vec(&Lease { id: id.clone(), attachment: attachment.clone() }).map_err(db)?;
+            leases_t.insert(format!("{}/{ip}", net.name).as_str(), lease.as_slice()).map_err(db)?;
+            nets.insert(net.name.as_str(), serde_json::to_vec(&net).map_err(db)?.as_slice()).map_err(db)?;
+            rec.config.network = Some(attachment);
+        }
+        insert_in(&tx, rec)?;
+        tx.commit().map_err(db)?;
+        Ok(())
+    })
+}
+
+/// Refuses ports another workload publishes already.
+pub fn check_ports(leases: &[Lease], ports: &[Publish]) -> Result<(), NetError> {
+    for p in ports {
+        if let Some(l) = leases.iter().find(|l| l.attachment.ports.iter().any(|q| q.clashes(p))) {
+            return Err(NetError::Conflict(format!("port {}/{} is already published by workload {}", p.host_port, p.proto, crate::runtime::paths::short(&l.id))));
+        }
+    }
+    Ok(())
+}
+
+/// Gives back the workload's address and ports; whether it held any.
+pub fn release(state: &State, id: &str) -> Result<bool, NetError> {
+    state.with_db(|d| {
+        let tx = d.begin_write().map_err(db)?;
+        let n = remove_leases_in(&tx, id)?;
+        tx.commit().map_err(db)?;
+        Ok(n > 0)
+    })
+}
+
+/// Removes `id`'s leases inside an open transaction; how many there were.
+pub(crate) fn remove_leases_in(tx: &redb::WriteTransaction, id: &str) -> Result<usize, StateError> {
+    let mut t = tx.open_table(LEASES).map_err(db)?;
+    let mut keys = Vec::new();
+    for row in t.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let lease: Lease = serde_json::from_slice(v.value()).map_err(corrupt)?;
+        if lease.id == id {
+            keys.push(k.value().to_string());
+        }
+    }
+    for k in &keys {
+        t.remove(k.as_str()).map_err(db)?;
+    }
+    Ok(keys.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Subnet;
+    use crate::runtime::paths::Paths;
+
+    fn rec(id: &str) -> Record {
+        crate::runtime::record::test_record(id, &format!("w-{id}"))
+    }
+
+    fn want(ports: &[&str]) -> Want {
+        Want { network: "small".into(), ports: ports.iter().map(|p| Publish::parse(p).unwrap_or_else(|e| panic!("{e}"))).collect(), nameservers: vec![] }
+    }
+
+    #[test]
+    fn leases_are_unique_transactional_and_released() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = State::new(Paths::new(d.path()));
+        let net = Network { name: "small".into(), bridge: "bh-small".into(), subnet: Subnet::parse("10.9.0.0/29").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0 };
+        create_network(&s, &net).unwrap_or_else(|e| panic!("{e}"));
+        let clash = Network { name: "other".into(), bridge: "bh-other".into(), subnet: Subnet::parse("10.9.0.0/24").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0 };
+        assert!(matches!(create_network(&s, &clash), Err(NetError::Conflict(m)) if m.contains("overlaps")));
+        assert!(matches!(create_network(&s, &net), Err(NetError::Conflict(_))), "names are unique");
+
+        let mut ips = BTreeSet::new();
+        for i in 0..5 {
+            let mut r = rec(&format!("{i:02}"));
+            insert_workload(&s, &mut r, Some(&want(&[]))).unwrap_or_else(|e| panic!("{e}"));
+            assert!(ips.insert(r.config.network.map(|a| a.ip)), "an address handed out twice");
+        }
+        let mut full = rec("99");
+        assert!(matches!(insert_workload(&s, &mut full, Some(&want(&[]))), Err(NetError::Conflict(m)) if m.contains("no free address")));
+        assert!(s.get("w-99").is_err(), "a refused lease leaves no record either");
+        assert!(matches!(remove_network(&s, "small"), Err(NetError::Conflict(m)) if m.contains("in use")));
+
+        assert!(release(&s, "02").unwrap_or_else(|e| panic!("{e}")));
+        let mut again = rec("05");
+        insert_workload(&s, &mut again, Some(&want(&["8080:80"]))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.config.network.as_ref().map(|a| a.ip.octets()[3]), Some(4), "only the released address was free");
+        let mut port_clash = rec("06");
+        s.remove("00").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(insert_workload(&s, &mut port_clash, Some(&want(&["127.0.0.1:8080:81"]))), Err(NetError::Conflict(m)) if m.contains("already published")));
+        assert_eq!(leases(&s).unwrap_or_else(|e| panic!("{e}")).len(), 4, "rm released 00's lease");
+        for id in ["01", "03", "04", "05"] {
+            s.remove(id).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(remove_network(&s, "small").map(|n| n.bridge).ok().as_deref(), Some("bh-small"));
+        assert!(networks(&s).unwrap_or_else(|e| panic!("{e}")).is_empty());
+    }
+}

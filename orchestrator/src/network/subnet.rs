@@ -1,0 +1,140 @@
+//! IPv4 subnets and address allocation: pure functions, no host state.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::NetError;
+
+/// An IPv4 subnet: its base address (host bits zero) and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    /// `10.88.0.0/16`. The base must have no host bits set; /8 to /29 (a
+    /// gateway and at least one workload address besides network and broadcast).
+    pub fn parse(s: &str) -> Result<Self, NetError> {
+        let bad = |why: &str| NetError::Input(format!("subnet {s:?}: {why}"));
+        let (addr, len) = s.split_once('/').ok_or_else(|| bad("write it as ADDRESS/PREFIX, e.g. 10.89.0.0/16"))?;
+        let base: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+        let prefix: u8 = len.parse().map_err(|_| bad("the prefix length is not a number"))?;
+        if !(8..=29).contains(&prefix) {
+            return Err(bad("the prefix length must be 8 to 29"));
+        }
+        let net = Subnet { base, prefix };
+        if u32::from(base) & !net.mask() != 0 {
+            let fixed = Ipv4Addr::from(u32::from(base) & net.mask());
+            return Err(bad(&format!("host bits are set (did you mean {fixed}/{prefix}?)")));
+        }
+        Ok(net)
+    }
+
+    pub fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - u32::from(self.prefix))
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.base)
+    }
+
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        self.contains(other.base) || other.contains(self.base)
+    }
+
+    /// The first host address: the bridge's own.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1)
+    }
+
+    /// The address at `offset` from the base.
+    pub fn at(&self, offset: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + offset)
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// The next free workload address at or after offset `cursor` (wrapping):
+/// offsets 2..size-1, skipping the network, the gateway (1) and broadcast.
+/// Rolling forward instead of taking the lowest free address keeps a just
+/// released address (and stale ARP or conntrack entries for it) unused for
+/// as long as possible. Returns the address and the cursor after it.
+pub fn allocate(subnet: &Subnet, taken: &BTreeSet<Ipv4Addr>, cursor: u32) -> Option<(Ipv4Addr, u32)> {
+    let first = 2u32;
+    let end = subnet.size() - 1; // broadcast
+    let span = end - first;
+    let start = if (first..end).contains(&cursor) { cursor } else { first };
+    (0..span).map(|i| first + (start - first + i) % span).map(|o| (subnet.at(o), o)).find(|(a, _)| !taken.contains(a)).map(|(a, o)| (a, o + 1))
+}
+
+/// A locally administered MAC derived from the address: unique per host
+/// as long as addresses are (subnets never overlap).
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:b4:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Subnet {
+        Subnet::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn subnets_parse_strictly() {
+        let n = net("10.88.0.0/16");
+        assert_eq!((n.gateway(), n.size()), (Ipv4Addr::new(10, 88, 0, 1), 65536));
+        for bad in ["10.88.0.0", "10.88.0.1/16", "10.88.0.0/30", "10.0.0.0/7", "10.88.0.0/x", "nope/16", "10.88.0.0/16/1", ""] {
+            assert!(Subnet::parse(bad).is_err(), "{bad}");
+        }
+        let e = Subnet::parse("10.88.1.0/16").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("10.88.0.0/16"), "{e}");
+    }
+
+    #[test]
+    fn overlaps_both_ways() {
+        assert!(net("10.88.0.0/16").overlaps(&net("10.88.4.0/24")));
+        assert!(net("10.88.4.0/24").overlaps(&net("10.88.0.0/16")));
+        assert!(!net("10.88.0.0/16").overlaps(&net("10.89.0.0/16")));
+        assert!(net("10.0.0.0/8").overlaps(&net("10.200.0.0/29")));
+    }
+
+    #[test]
+    fn allocation_rolls_forward_skips_taken_and_ends_when_full() {
+        let n = net("192.168.5.0/29"); // .2 .. .6
+        let mut taken = BTreeSet::new();
+        let mut cursor = 0;
+        let mut got = Vec::new();
+        while let Some((a, c)) = allocate(&n, &taken, cursor) {
+            assert!(taken.insert(a), "{a} handed out twice");
+            got.push(a.octets()[3]);
+            cursor = c;
+        }
+        assert_eq!(got, vec![2, 3, 4, 5, 6], "never the network, gateway or broadcast address");
+        taken.remove(&Ipv4Addr::new(192, 168, 5, 4));
+        assert_eq!(allocate(&n, &taken, cursor).map(|(a, _)| a), Some(Ipv4Addr::new(192, 168, 5, 4)), "a released address comes back");
+        taken.remove(&Ipv4Addr::new(192, 168, 5, 3));
+        // Released .3 and .4; the cursor sits after .6: .3 comes first when wrapping.
+        assert_eq!(allocate(&n, &taken, 7).map(|(a, _)| a), Some(Ipv4Addr::new(192, 168, 5, 3)));
+        assert_eq!(allocate(&n, &taken, 4).map(|(a, _)| a), Some(Ipv4Addr::new(192, 168, 5, 4)), "from the cursor on");
+    }
+
+    #[test]
+    fn macs_are_local_unicast_and_follow_the_address() {
+        assert_eq!(mac_for(Ipv4Addr::new(10, 88, 0, 2)), "02:b4:0a:58:00:02");
+    }
+}
