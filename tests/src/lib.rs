@@ -8,6 +8,8 @@ pub mod agent_vm;
 pub mod busybox_root;
 pub mod guest_initramfs;
 pub mod guest_probe;
+pub mod net_cases;
+pub mod netns;
 pub mod run_cases;
 pub mod testhost;
 

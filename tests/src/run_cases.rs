@@ -21,6 +21,9 @@ pub struct Ctx {
     pub runtime: String,
     /// For the container runtime: crun or runc.
     pub oci_runtime: Option<String>,
+    /// The network namespace bulkhead runs in (its bridge and rules go
+    /// there); `None`: ours (inside the test host, a machine of its own).
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,14 +34,33 @@ pub struct Check {
 }
 
 impl Ctx {
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bulkhead);
         c.env("BULKHEAD_DATA", &self.data).args(args);
+        if let Some(ns) = &self.netns {
+            if let Err(e) = crate::netns::command_in(&mut c, ns) {
+                // A command that cannot start there fails loudly instead of running here.
+                c = Command::new("false");
+                eprintln!("{e}");
+            }
+        }
         c
     }
 
+    /// A host tool (`ip`, `nft`) where bulkhead runs.
+    pub fn tool(&self, prog: &str, args: &[&str]) -> Output {
+        let mut c = Command::new(prog);
+        c.args(args);
+        if let Some(ns) = &self.netns {
+            if crate::netns::command_in(&mut c, ns).is_err() {
+                c = Command::new("false");
+            }
+        }
+        self.out(c)
+    }
+
     /// `bulkhead run --runtime R [--oci-runtime O] FLAGS... IMAGE ARGS...`
-    fn run_cmd(&self, flags: &[&str], args: &[&str]) -> Command {
+    pub fn run_cmd(&self, flags: &[&str], args: &[&str]) -> Command {
         let mut c = self.cmd(&["run", "--runtime", &self.runtime]);
         if let Some(o) = &self.oci_runtime {
             c.args(["--oci-runtime", o]);
@@ -47,20 +69,20 @@ impl Ctx {
         c
     }
 
-    fn out(&self, mut c: Command) -> Output {
+    pub fn out(&self, mut c: Command) -> Output {
         c.stdin(Stdio::null()).output().unwrap_or_else(|e| Output { status: std::os::unix::process::ExitStatusExt::from_raw(125 << 8), stdout: Vec::new(), stderr: e.to_string().into_bytes() })
     }
 
-    fn bh(&self, args: &[&str]) -> Output {
+    pub fn bh(&self, args: &[&str]) -> Output {
         self.out(self.cmd(args))
     }
 }
 
-fn text(b: &[u8]) -> String {
+pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn show(o: &Output) -> String {
+pub fn show(o: &Output) -> String {
     format!("code={:?} stdout={:?} stderr={:?}", o.status.code(), text(&o.stdout), text(&o.stderr))
 }
 
@@ -85,15 +107,19 @@ pub fn prepare_store(bulkhead: &Path, data: &Path, disk: bool) -> Result<(), Str
     Ok(())
 }
 
+/// Prints `CHECK <prefix><name> ok|FAIL <detail>` (one line) and keeps it.
+pub fn record(checks: &mut Vec<Check>, prefix: &str, name: &str, ok: bool, detail: String) {
+    let c = Check { name: format!("{prefix}{name}"), ok, detail: detail.replace('\n', "\\n") };
+    println!("CHECK {} {} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+    let _ = std::io::stdout().flush();
+    checks.push(c);
+}
+
 /// Runs every case; never panics (a failure is a `Check` with `ok: false`).
 pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut check = |name: &str, ok: bool, detail: String| {
-        let c = Check { name: format!("{}/{name}", ctx.runtime), ok, detail: detail.replace('\n', "\\n") };
-        println!("CHECK {} {} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
-        let _ = std::io::stdout().flush();
-        checks.push(c);
-    };
+    let prefix = format!("{}/", ctx.runtime);
+    let mut check = |name: &str, ok: bool, detail: String| record(&mut checks, &prefix, name, ok, detail);
 
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["echo", "hi"]));
     check("echo", o.status.code() == Some(0) && text(&o.stdout) == "hi\n", show(&o));
@@ -361,6 +387,7 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
             left.push(format!("process {}: {cmd}", p.file_name().to_string_lossy()));
         }
     }
+    left.extend(crate::net_cases::net_leftovers(ctx));
     for rt in ["crun", "runc"] {
         if let Ok(o) = Command::new(rt).arg("list").output() {
             let rows = text(&o.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();

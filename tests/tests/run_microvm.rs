@@ -2,6 +2,7 @@
 //! (`run_cases`) and 5 run/rm cycles, inside the test host (nested on
 //! machines whose /dev/kvm cannot boot Linux), then a count of leftovers.
 //! Also: on such a machine `run --runtime microvm` itself refuses at once.
+//! And the networking table (`net_cases`) with microVMs, in the test host.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -18,8 +19,10 @@ fn bulkhead() -> PathBuf {
     b
 }
 
-#[test]
-fn the_run_table_passes_in_microvms() {
+/// Runs `bulkhead-testkit TABLE /t/data CYCLES` in the test host against a
+/// fresh store, and checks that every CHECK passed and each of `wants`
+/// (prefixed) ran.
+fn table_in_test_host(table: &str, cycles: &str, memory_mib: u32, prefix: &str, wants: &[&str]) {
     let _vm = bulkhead_tests::vm_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -29,18 +32,48 @@ fn the_run_table_passes_in_microvms() {
         .unwrap()
         .stage(&data, "/t/data")
         .env("BULKHEAD_CACHE", "/t/cache")
+        .memory_mib(memory_mib)
         .timeout(Duration::from_secs(900))
-        .run(&["bulkhead-testkit", "run-cases", "/t/data", "5"])
+        .run(&["bulkhead-testkit", table, "/t/data", cycles])
         .unwrap();
     let stdout = out.stdout_str();
     let report = format!("stdout:\n{stdout}\nstderr:\n{}", out.stderr_str());
     let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
     let failed: Vec<&&str> = checks.iter().filter(|l| l.split_whitespace().nth(2) != Some("ok")).collect();
     assert!(failed.is_empty(), "failed: {failed:#?}\n{report}");
-    for want in ["echo", "exit-7", "not-found-127", "tty", "sigkill-137", "exec", "8-clis-at-once", "stop", "writes-do-not-leak", "sigterm-forwarded", "limits", "stop-with-closed-output", "orphan-reported-and-cleaned", "vmm-killed-reported", "5-run-rm-cycles", "nothing-left"] {
-        assert!(checks.iter().any(|l| l.split_whitespace().nth(1) == Some(&format!("microvm/{want}"))), "check {want} did not run\n{report}");
+    for want in wants {
+        assert!(checks.iter().any(|l| l.split_whitespace().nth(1) == Some(&format!("{prefix}{want}"))), "check {want} did not run\n{report}");
     }
     assert_eq!(out.status, 0, "{report}");
+}
+
+#[test]
+fn the_run_table_passes_in_microvms() {
+    let wants = ["echo", "exit-7", "not-found-127", "tty", "sigkill-137", "exec", "8-clis-at-once", "stop", "writes-do-not-leak", "sigterm-forwarded", "limits", "stop-with-closed-output", "orphan-reported-and-cleaned", "vmm-killed-reported", "5-run-rm-cycles", "nothing-left"];
+    table_in_test_host("run-cases", "5", 2048, "microvm/", &wants);
+}
+
+/// Workload networking (`net_cases`) with microVMs: TAPs on the bridge, the
+/// guest configured by the agent, published ports, isolation, spoofing.
+#[test]
+fn workload_networking_in_microvms() {
+    let wants = [
+        "published-127.0.0.1",
+        "published-host-address",
+        "published-from-outside",
+        "egress-masqueraded",
+        "same-network-reaches",
+        "other-network-isolated",
+        "host-services-unreachable",
+        "forged-ip-dropped",
+        "forged-mac-dropped",
+        "bad-input-changes-nothing",
+        "3-network-cycles",
+        "nothing-left-per-workload",
+        "networks-removed",
+    ];
+    // Up to four 256 MiB VMs at once.
+    table_in_test_host("net-cases", "3", 3072, "microvm/net/", &wants);
 }
 
 #[test]

@@ -20,6 +20,8 @@
 //!   run-cases DATA CYCLES           the `bulkhead run` table (run_cases) with
 //!                                   the microvm runtime against the store in
 //!                                   DATA; prints CHECK lines, fails if any did
+//!   net-cases DATA CYCLES           the networking table (net_cases) with the
+//!                                   microvm runtime; prints CHECK lines
 //!   agent-run KERNEL AGENT_INITRD DISK CMD...
 //!                                   boot one VM and run CMD as its workload;
 //!                                   its output passes through, its exit code
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         ["tap-create", name] => tap_create(name),
         ["agent-e2e", kernel, initrd, disk, baseline, scratch] => agent_e2e(kernel, initrd, disk, baseline, scratch),
         ["run-cases", data, cycles] => run_cases(data, cycles),
+        ["net-cases", data, cycles] => net_cases(data, cycles),
         ["agent-run", kernel, initrd, disk, cmd @ ..] if !cmd.is_empty() => {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
             let code = rt.block_on(bulkhead_tests::agent_vm::run_one(kernel, initrd, disk, &cmd));
             return ExitCode::from(u8::try_from(code).unwrap_or(125));
         }
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | run-cases DATA CYCLES | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | run-cases DATA CYCLES | net-cases DATA CYCLES | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,9 +65,18 @@ fn main() -> ExitCode {
 }
 
 fn run_cases(data: &str, cycles: &str) -> Result<(), String> {
+    microvm_table(data, cycles, bulkhead_tests::run_cases::run_table)
+}
+
+fn net_cases(data: &str, cycles: &str) -> Result<(), String> {
+    microvm_table(data, cycles, |ctx, n| bulkhead_tests::net_cases::run_table(ctx, "vm", n))
+}
+
+/// A table of `bulkhead run` cases with the microvm runtime against DATA.
+fn microvm_table(data: &str, cycles: &str, table: impl Fn(&bulkhead_tests::run_cases::Ctx, usize) -> Vec<bulkhead_tests::run_cases::Check>) -> Result<(), String> {
     let bulkhead = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("bulkhead");
-    let ctx = bulkhead_tests::run_cases::Ctx { bulkhead, data: data.into(), runtime: "microvm".into(), oci_runtime: None };
-    let checks = bulkhead_tests::run_cases::run_table(&ctx, cycles.parse().map_err(|_| format!("cycles {cycles:?}"))?);
+    let ctx = bulkhead_tests::run_cases::Ctx { bulkhead, data: data.into(), runtime: "microvm".into(), oci_runtime: None, netns: None };
+    let checks = table(&ctx, cycles.parse().map_err(|_| format!("cycles {cycles:?}"))?);
     match checks.iter().filter(|c| !c.ok).count() {
         0 => Ok(()),
         n => Err(format!("{n} of {} checks failed", checks.len())),

@@ -22,14 +22,38 @@ const CLOUD_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// Modules the L1 machine loads (with their dependencies, in order):
 /// kvm-amd for nested KVM, virtio_pci + virtio_console for the stdio ports,
-/// tun for the VMs' TAP devices. Add here what later tests need.
-const MODULES: &[&str] = &["kvm_amd", "virtio_pci", "virtio_console", "tun"];
+/// tun for the VMs' TAP devices, bridge + veth + nf_tables with NAT,
+/// masquerade, conntrack and fib for workload networking. Add here what
+/// later tests need.
+const MODULES: &[&str] = &[
+    "kvm_amd",
+    "virtio_pci",
+    "virtio_console",
+    "tun",
+    "bridge",
+    "veth",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_ct",
+    "nft_fib_inet",
+    "nft_fib_ipv4",
+    "nft_meta_bridge",
+];
+
+/// Host programs the L1 machine gets (with their shared libraries), in
+/// /usr/local/sbin so they come before busybox's applets of the same name:
+/// bulkhead's networking drives iproute2 and nftables.
+const L1_PROGRAMS: &[(&str, &str)] = &[("/usr/sbin/ip", "ip"), ("/usr/sbin/nft", "nft")];
 
 /// Host tools the nested mode needs, and the packages that bring them.
 const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
     ("/bin/busybox", "busybox-static"),
     ("/sbin/depmod", "kmod"),
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/sbin/nft", "nftables"),
 ];
 
 /// What a nested run boots.
@@ -202,11 +226,14 @@ fn base_initramfs(root: &Path, cloud: &CloudKernel, log: &mut dyn FnMut(&str)) -
     let busybox = Path::new("/bin/busybox");
 
     let mut key = Sha256::new();
-    key.update(b"testhost-base-v1\0");
+    key.update(b"testhost-base-v2\0");
     key.update(cloud.dir.to_string_lossy().as_bytes());
     key.update(INIT_SCRIPT.as_bytes());
     key.update(modules.join("\n").as_bytes());
     key.update(fs::read(busybox).map_err(TestHostError::io("read /bin/busybox"))?);
+    for (program, _) in L1_PROGRAMS {
+        key.update(fs::read(program).map_err(TestHostError::io(format!("read {program}")))?);
+    }
     if let Some(k) = &guest_kernel {
         let meta = fs::metadata(k).map_err(TestHostError::io(format!("stat {}", k.display())))?;
         key.update(format!("{}:{}:{:?}", k.display(), meta.len(), meta.modified().ok()).as_bytes());
@@ -235,6 +262,15 @@ fn base_initramfs(root: &Path, cloud: &CloudKernel, log: &mut dyn FnMut(&str)) -
         load_list.push('\n');
     }
     w.file("/etc/testhost/modules", 0o644, load_list.as_bytes()).map_err(io("module list"))?;
+    let mut libs = BTreeSet::new();
+    for (program, name) in L1_PROGRAMS {
+        w.host_file(&format!("/usr/local/sbin/{name}"), 0o755, Path::new(program)).map_err(io(name))?;
+        libs.extend(super::payload::shared_libs(Path::new(program))?);
+    }
+    for lib in &libs {
+        let guest = lib.to_str().ok_or_else(|| TestHostError::Usage(format!("library path {} is not UTF-8", lib.display())))?;
+        w.host_file(guest, 0o755, lib).map_err(io(guest))?;
+    }
     if let Some(k) = &guest_kernel {
         w.host_file(GUEST_KERNEL_PATH, 0o644, k).map_err(io("guest kernel"))?;
     }

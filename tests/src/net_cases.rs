@@ -1,0 +1,290 @@
+//! Workload networking, one table for both runtimes: published ports (from
+//! the host itself, 127.0.0.1 included, and from another machine), egress
+//! through masquerade, isolation between networks and from the host's own
+//! services, anti-spoofing, bad input, and create/remove cycles that leave
+//! nothing behind. Everything happens in a [`Lan`] the table makes: a host
+//! namespace where bulkhead runs and an outside one on a veth pair.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::netns::{self, http_get, Lan, Listener, HOST_ADDR, OUTSIDE_ADDR};
+use crate::run_cases::{record, show, text, Check, Ctx, IMAGE};
+
+const PAGE: &str = "page-from-web";
+/// Serves PAGE on port 80 (httpd daemonizes once bound), says so, stays.
+const WEB: &str = "mkdir -p /www && echo page-from-web > /www/index.html && httpd -p 80 -h /www && echo ready && exec sleep 3600";
+
+fn nc_get(ip: &str, port: u16) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}")
+}
+
+/// The table; `tag` keeps namespace names apart between callers.
+pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let prefix = format!("{}/net/", base.runtime);
+    let mut check = |name: &str, ok: bool, detail: String| record(&mut checks, &prefix, name, ok, detail);
+    let lan = match Lan::create(tag) {
+        Ok(l) => l,
+        Err(e) => {
+            check("lan", false, e);
+            return checks;
+        }
+    };
+    let ctx = Ctx { netns: Some(lan.host.path()), ..base.clone() };
+    let outside = Listener::start(&lan.outside, &format!("{OUTSIDE_ADDR}:9000"), "outside");
+    let host_service = Listener::start(&lan.host, "0.0.0.0:9001", "host");
+    let (outside, host_service) = match (outside, host_service) {
+        (Ok(o), Ok(h)) => (o, h),
+        (o, h) => {
+            check("listeners", false, format!("{:?} {:?}", o.err(), h.err()));
+            return checks;
+        }
+    };
+
+    // Published: from the host (127.0.0.1 and its LAN address) and from outside.
+    let web = start_detached(&ctx, &["--name", "web", "-p", "8080:80"], WEB);
+    check("web-started", web.is_ok(), web.clone().err().unwrap_or_default());
+    let web_ip = inspect_ip(&ctx, "web").unwrap_or_default();
+    for (name, ns, addr) in [
+        ("published-127.0.0.1", &lan.host, "127.0.0.1:8080".to_string()),
+        ("published-host-address", &lan.host, format!("{HOST_ADDR}:8080")),
+        ("published-from-outside", &lan.outside, format!("{HOST_ADDR}:8080")),
+    ] {
+        let got = http_get(ns, &addr);
+        check(name, got.as_deref().is_ok_and(|b| b.contains(PAGE)), format!("{addr}: {got:?}"));
+    }
+
+    // Egress: the outside sees the host's address, not the workload's.
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &nc_get(OUTSIDE_ADDR, 9000)]));
+    check("egress-masqueraded", text(&o.stdout).contains(&format!("from-outside peer={HOST_ADDR}")), format!("{} peers={:?}", show(&o), outside.peers()));
+
+    // Same network: reachable. Another network: not.
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &nc_get(&web_ip, 80)]));
+    check("same-network-reaches", !web_ip.is_empty() && text(&o.stdout).contains(PAGE), format!("web={web_ip} {}", show(&o)));
+    let created = ctx.bh(&["network", "create", "--subnet", "10.99.0.0/24", "iso"]);
+    let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "iso"], &["sh", "-c", &format!("{}; echo tried", nc_get(&web_ip, 80))]));
+    check("other-network-isolated", created.status.success() && text(&o.stdout).contains("tried") && !text(&o.stdout).contains(PAGE), format!("{} / {}", show(&created), show(&o)));
+
+    // The host's own services: not reachable from a workload, on any of its addresses.
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &format!("{}; {}; echo tried", nc_get("10.88.0.1", 9001), nc_get(HOST_ADDR, 9001))]));
+    let reached: Vec<String> = host_service.peers();
+    check("host-services-unreachable", text(&o.stdout).contains("tried") && !text(&o.stdout).contains("from-host") && reached.is_empty(), format!("{} host listener saw {reached:?}", show(&o)));
+
+    check_spoofing(&ctx, &outside, &mut check);
+    check_bad_input(&ctx, &mut check);
+    check_cycles(&ctx, cycles, &mut check);
+
+    let rm = ctx.bh(&["rm", "-f", "web"]);
+    check("web-removed", rm.status.success(), show(&rm));
+    let left = net_leftovers(&ctx);
+    check("nothing-left-per-workload", left.is_empty(), left.join("; "));
+    let rm = ctx.bh(&["network", "rm", "iso", "bulkhead"]);
+    let links = links(&ctx);
+    let tables = text(&ctx.tool("nft", &["list", "tables"]).stdout);
+    check(
+        "networks-removed",
+        rm.status.success() && !links.iter().any(|l| l == "bulkhead0" || l.starts_with("bh-")) && !tables.contains("bulkhead"),
+        format!("{} links={links:?} tables={tables:?}", show(&rm)),
+    );
+    drop(outside);
+    drop(host_service);
+    checks
+}
+
+/// `run -d ... sh -c SCRIPT`, then its log until it says `ready`.
+fn start_detached(ctx: &Ctx, flags: &[&str], script: &str) -> Result<(), String> {
+    let mut f = vec!["-d"];
+    f.extend_from_slice(flags);
+    let o = ctx.out(ctx.run_cmd(&f, &["sh", "-c", script]));
+    if !o.status.success() {
+        return Err(show(&o));
+    }
+    let id = text(&o.stdout).trim().to_string();
+    let mut logs = ctx.cmd(&["logs", "-f", &id]);
+    let mut child = logs.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    let ready = child.stdout.take().map(|out| BufReader::new(out).lines().map_while(Result::ok).any(|l| l == "ready")).unwrap_or(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    if ready {
+        Ok(())
+    } else {
+        Err(format!("{id} ended before it was ready: {}", show(&ctx.bh(&["logs", &id]))))
+    }
+}
+
+fn inspect(ctx: &Ctx, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).unwrap_or_default()
+}
+
+fn inspect_ip(ctx: &Ctx, name: &str) -> Option<String> {
+    inspect(ctx, name)["network"]["ip"].as_str().map(str::to_string)
+}
+
+/// A workload sending from an address or MAC not its own gets nothing out.
+/// In a microVM the guest's root does it; a container has no CAP_NET_ADMIN,
+/// so the test changes its namespace from outside (as an escaped workload would).
+fn check_spoofing(ctx: &Ctx, outside: &Listener, check: &mut impl FnMut(&str, bool, String)) {
+    let get = nc_get(OUTSIDE_ADDR, 9000);
+    if ctx.runtime == "microvm" {
+        let ip_forge = format!("{get}; echo STEP; ip address flush dev eth0 && ip address add 10.88.0.250/16 dev eth0 && ip route add default via 10.88.0.1 && echo FORGED && {get}; echo DONE");
+        let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &ip_forge]));
+        let out = text(&o.stdout);
+        let (before, after) = out.split_once("STEP").unwrap_or(("", ""));
+        check("forged-ip-dropped", before.contains("from-outside") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-outside"), show(&o));
+        // ifconfig's ioctl, not `ip link`: busybox's ip wants AF_PACKET, which our guest kernel lacks.
+        let mac_forge =
+            format!("{get}; echo STEP; ifconfig eth0 down && ifconfig eth0 hw ether 02:00:00:00:00:99 && ifconfig eth0 up && ip route add default via 10.88.0.1 && echo FORGED && {get}; echo DONE");
+        let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &mac_forge]));
+        let out = text(&o.stdout);
+        let (before, after) = out.split_once("STEP").unwrap_or(("", ""));
+        check("forged-mac-dropped", before.contains("from-outside") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-outside"), show(&o));
+        return;
+    }
+    let started = start_detached(ctx, &["--name", "forger"], "echo ready && exec sleep 3600");
+    let ip = inspect_ip(ctx, "forger").unwrap_or_default();
+    let ns = inspect(ctx, "forger")["pids"]["supervisor"].as_i64().and_then(|p| netns_fd_of(p as i32));
+    let Some(ns) = ns.filter(|_| started.is_ok()) else {
+        check("forged-ip-dropped", false, format!("no namespace for the container: {started:?}"));
+        return;
+    };
+    let connect = |ns: &Path| -> bool {
+        let ns = ns.to_path_buf();
+        std::thread::spawn(move || {
+            netns::enter(&ns).is_ok()
+                && std::net::TcpStream::connect_timeout(&format!("{OUTSIDE_ADDR}:9000").parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))), Duration::from_secs(3)).is_ok()
+        })
+        .join()
+        .unwrap_or(false)
+    };
+    let ip_in = |cmds: &[&str]| -> Result<(), String> {
+        for c in cmds {
+            let mut cmd = Command::new("ip");
+            cmd.args(c.split_whitespace());
+            netns::command_in(&mut cmd, &ns)?;
+            let o = cmd.output().map_err(|e| e.to_string())?;
+            if !o.status.success() {
+                return Err(format!("ip {c}: {}", text(&o.stderr)));
+            }
+        }
+        Ok(())
+    };
+    let control = connect(&ns);
+    let forged = ip_in(&["address flush dev eth0", "address add 10.88.0.250/16 dev eth0", "route add default via 10.88.0.1"]);
+    let through = connect(&ns);
+    check("forged-ip-dropped", control && forged.is_ok() && !through, format!("control={control} forge={forged:?} forged-got-through={through}"));
+    let forged = ip_in(&[
+        "address flush dev eth0",
+        "link set eth0 down",
+        "link set eth0 address 02:00:00:00:00:99",
+        "link set eth0 up",
+        &format!("address add {ip}/16 dev eth0"),
+        "route add default via 10.88.0.1",
+    ]);
+    let through = connect(&ns);
+    check("forged-mac-dropped", forged.is_ok() && !through, format!("forge={forged:?} forged-got-through={through} outside saw {:?}", outside.peers()));
+    let _ = ctx.bh(&["rm", "-f", "forger"]);
+}
+
+/// The supervisor holds the container's network namespace as an fd.
+fn netns_fd_of(pid: i32) -> Option<PathBuf> {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).find(|p| std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("net:")))
+}
+
+fn count_rows(ctx: &Ctx, args: &[&str]) -> usize {
+    serde_json::from_slice::<Vec<serde_json::Value>>(&ctx.bh(args).stdout).map(|v| v.len()).unwrap_or(usize::MAX)
+}
+
+fn check_bad_input(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let before = (count_rows(ctx, &["ps", "-a", "--format", "json"]), count_rows(ctx, &["network", "ls", "--format", "json"]), links(ctx));
+    let cases: [(&str, Vec<&str>, i32, &str); 7] = [
+        ("port-already-published", vec!["run", "-d", "-p", "8080:80", IMAGE, "true"], 125, "already published"),
+        ("port-in-use-on-host", vec!["run", "-d", "-p", "9001:80", IMAGE, "true"], 125, "already in use"),
+        ("invalid-port-spec", vec!["run", "-d", "-p", "80", IMAGE, "true"], 125, "HOSTPORT:PORT"),
+        ("invalid-protocol", vec!["run", "-d", "-p", "8081:80/sctp", IMAGE, "true"], 125, "unknown protocol"),
+        ("unknown-network", vec!["run", "-d", "--network", "nosuch", IMAGE, "true"], 125, "no network"),
+        ("overlapping-subnet", vec!["network", "create", "--subnet", "10.88.5.0/24", "clash"], 1, "overlaps"),
+        ("subnet-overlapping-the-host", vec!["network", "create", "--subnet", "192.168.77.0/28", "lanclash"], 1, "overlaps"),
+    ];
+    for (name, mut args, code, says) in cases {
+        if args[0] == "run" {
+            args.splice(1..1, ["--runtime", ctx.runtime.as_str()]);
+        }
+        let o = ctx.bh(&args);
+        check(name, o.status.code() == Some(code) && text(&o.stderr).contains(says), show(&o));
+    }
+    let after = (count_rows(ctx, &["ps", "-a", "--format", "json"]), count_rows(ctx, &["network", "ls", "--format", "json"]), links(ctx));
+    check("bad-input-changes-nothing", before == after, format!("before {before:?} after {after:?}"));
+}
+
+/// Workloads come and go on a /29 (5 addresses), three alive at a time:
+/// live ones never share an address, released ones come back.
+fn check_cycles(ctx: &Ctx, cycles: usize, check: &mut impl FnMut(&str, bool, String)) {
+    let made = ctx.bh(&["network", "create", "--subnet", "10.98.0.0/29", "small"]);
+    let mut live: Vec<(String, String)> = Vec::new();
+    let mut seen = Vec::new();
+    let mut problems = Vec::new();
+    for i in 0..cycles {
+        if live.len() == 3 {
+            let (name, _) = live.remove(0);
+            let rm = ctx.bh(&["rm", "-f", &name]);
+            if !rm.status.success() {
+                problems.push(format!("rm {name}: {}", show(&rm)));
+            }
+        }
+        let name = format!("cyc{i}");
+        let port = format!("{}:80", 8100 + i % 4);
+        let o = ctx.out(ctx.run_cmd(&["-d", "--name", &name, "--network", "small", "-p", &port], &["sleep", "3600"]));
+        let ip = inspect_ip(ctx, &name).unwrap_or_default();
+        if !o.status.success() || ip.is_empty() {
+            problems.push(format!("{name}: {}", show(&o)));
+            continue;
+        }
+        if live.iter().any(|(_, other)| *other == ip) {
+            problems.push(format!("{name} got {ip}, which a live workload holds"));
+        }
+        seen.push(ip.clone());
+        live.push((name, ip));
+    }
+    for (name, _) in &live {
+        let _ = ctx.bh(&["rm", "-f", name]);
+    }
+    let reused = seen.len() > 5 && (0..seen.len()).any(|i| seen[..i].contains(&seen[i]));
+    let rm = ctx.bh(&["network", "rm", "small"]);
+    check(
+        &format!("{cycles}-network-cycles"),
+        made.status.success() && problems.is_empty() && (cycles <= 5 || reused) && rm.status.success(),
+        format!("{} {problems:?} seen={seen:?} {}", show(&made), show(&rm)),
+    );
+}
+
+/// Interfaces where bulkhead runs.
+fn links(ctx: &Ctx) -> Vec<String> {
+    let o = ctx.tool("ip", &["-o", "link", "show"]);
+    let mut v: Vec<String> = text(&o.stdout).lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n).to_string()).collect();
+    v.sort();
+    v
+}
+
+/// What a workload's network could leave behind: its interfaces, its
+/// rules, its lease.
+pub fn net_leftovers(ctx: &Ctx) -> Vec<String> {
+    let mut left = Vec::new();
+    let ours: Vec<String> = links(ctx).into_iter().filter(|l| ["bht", "bhv", "bhp"].iter().any(|p| l.starts_with(p))).collect();
+    if !ours.is_empty() {
+        left.push(format!("interfaces {ours:?}"));
+    }
+    let rules = text(&ctx.tool("nft", &["list", "ruleset"]).stdout);
+    let per_workload: Vec<&str> = rules.lines().filter(|l| l.contains("\"bht") || l.contains("\"bhv") || l.contains("dnat ip to")).collect();
+    if !per_workload.is_empty() {
+        left.push(format!("rules {per_workload:?}"));
+    }
+    let nets: Vec<serde_json::Value> = serde_json::from_slice(&ctx.bh(&["network", "ls", "--format", "json"]).stdout).unwrap_or_default();
+    for n in nets.iter().filter(|n| n["workloads"].as_u64() != Some(0)) {
+        left.push(format!("leases on {}", n["name"]));
+    }
+    left
+}
