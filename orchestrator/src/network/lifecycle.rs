@@ -117,7 +117,9 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
     let mut out = Attached::default();
     if cfg.runtime == RuntimeKind::Container {
         let ns = host::new_netns()?;
-        host::lo_up(&ns)?;
+        if cfg.network.is_none() {
+            host::lo_up(&ns)?; // else veth_into does it
+        }
         out.netns = Some(ns);
     }
     let Some(a) = &cfg.network else {
@@ -132,7 +134,7 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
         }
         match (&cfg.runtime, &out.netns) {
             (RuntimeKind::Microvm, _) => out.tap = Some(host::open_tap(&a.host_if, &a.bridge)?),
-            (RuntimeKind::Container, Some(ns)) => host::veth_into(a, &super::peer_name(&cfg.id), ns)?,
+            (RuntimeKind::Container, Some(ns)) => host::veth_into(a, ns)?,
             (RuntimeKind::Container, None) => {}
         }
         apply(state)
@@ -142,7 +144,6 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
         Err(e) => {
             drop(out);
             let _ = host::delete_link(&a.host_if);
-            let _ = host::delete_link(&super::peer_name(&cfg.id));
             Err(e)
         }
     }
@@ -151,7 +152,7 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
 /// Tears down what `attach` made and releases the lease (idempotent).
 pub fn detach(state: &State, id: &str) -> Result<(), NetError> {
     let _l = lock(state)?;
-    for name in [super::tap_name(id), super::veth_name(id), super::peer_name(id)] {
+    for name in [super::tap_name(id), super::veth_name(id)] {
         host::delete_link(&name)?;
     }
     if store::release(state, id)? {
@@ -174,7 +175,7 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
         store::release(state, &l.id)?;
         removed.push(format!("lease {} on {} (workload {})", l.attachment.ip, l.attachment.network, crate::runtime::paths::short(&l.id)));
     }
-    for name in host::links_with_prefix(&["bht", "bhv", "bhp"]) {
+    for name in host::links_with_prefix(&["bht", "bhv"]) {
         let id = &name[3..];
         if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !is_live(id) {
             host::delete_link(&name)?;

@@ -102,11 +102,6 @@ pub fn veth_name(id: &str) -> String {
     format!("bhv{}", crate::runtime::paths::short(id))
 }
 
-/// The veth end that moves into the container (renamed eth0 there).
-pub fn peer_name(id: &str) -> String {
-    format!("bhp{}", crate::runtime::paths::short(id))
-}
-
 /// Network names: like workload names, at most 32 characters.
 pub fn valid_name(n: &str) -> bool {
     n.len() <= 32 && n != NONE && crate::runtime::paths::valid_name(n)
@@ -159,13 +154,7 @@ mod tests {
     #[test]
     fn interface_names_fit_ifnamsiz() {
         let id = "0123456789abcdef0123";
-        for n in [
-            tap_name(id),
-            veth_name(id),
-            peer_name(id),
-            bridge_for("a-very-long-network-name"),
-            bridge_for("web"),
-        ] {
+        for n in [tap_name(id), veth_name(id), bridge_for("a-very-long-network-name"), bridge_for("web")] {
             assert!(n.len() <= 15, "{n}");
         }
         assert_eq!(bridge_for("web"), "bh-web");
