@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::netns::{self, http_get, Lan, Listener, HOST_ADDR, OUTSIDE_ADDR};
-use crate::run_cases::{record, show, text, Check, Ctx, IMAGE};
+use crate::run_cases::{pid_of, pidfd_wait, record, show, text, Check, Ctx, IMAGE};
 
 const PAGE: &str = "page-from-web";
 /// Serves PAGE on port 80 (httpd daemonizes once bound), says so, stays.
@@ -73,7 +73,10 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     let reached: Vec<String> = host_service.peers();
     check("host-services-unreachable", text(&o.stdout).contains("tried") && !text(&o.stdout).contains("from-host") && reached.is_empty(), format!("{} host listener saw {reached:?}", show(&o)));
 
+    check_inspect(&ctx, &web_ip, &mut check);
+    check_none(&ctx, &mut check);
     check_spoofing(&ctx, &outside, &mut check);
+    check_crash_sweeps(&ctx, &mut check);
     check_bad_input(&ctx, &mut check);
     check_cycles(&ctx, cycles, &mut check);
 
@@ -188,6 +191,47 @@ fn check_spoofing(ctx: &Ctx, outside: &Listener, check: &mut impl FnMut(&str, bo
     let _ = ctx.bh(&["rm", "-f", "forger"]);
 }
 
+/// `network inspect` shows the workload, its port and the rule for it.
+fn check_inspect(ctx: &Ctx, web_ip: &str, check: &mut impl FnMut(&str, bool, String)) {
+    let o = ctx.bh(&["network", "inspect", "bulkhead"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let has_web = v["workloads"].as_array().into_iter().flatten().any(|w| w["ip"] == web_ip && w["ports"][0] == "0.0.0.0:8080->80/tcp");
+    let has_rule = v["rules"].as_array().into_iter().flatten().any(|r| r.as_str().is_some_and(|r| r.contains(&format!("dnat ip to {web_ip}:80"))));
+    check("inspect-shows-rules", has_web && has_rule && v["nft_table_loaded"] == true, show(&o));
+}
+
+/// `--network none`: loopback, no eth0, no way out.
+fn check_none(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "none"], &["sh", "-c", &format!("cat /proc/net/dev; {}; echo tried", nc_get(OUTSIDE_ADDR, 9000))]));
+    let out = text(&o.stdout);
+    check("network-none-loopback-only", out.contains("lo:") && !out.contains("eth0") && out.contains("tried") && !out.contains("from-outside"), show(&o));
+}
+
+/// A supervisor killed with SIGKILL leaves its interface, lease and rules;
+/// the sweep at the next `run`, and `system prune`, remove them.
+fn check_crash_sweeps(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    for (name, by) in [("crash1", "run"), ("crash2", "prune")] {
+        let started = start_detached(ctx, &["--name", name, "-p", "8095:80"], "echo ready && exec sleep 3600");
+        let Some(sup) = pid_of(ctx, name, "supervisor").filter(|_| started.is_ok()) else {
+            check(&format!("crash-swept-by-{by}"), false, format!("{started:?}"));
+            continue;
+        };
+        let id = inspect(ctx, name)["id"].as_str().map(|i| i[..12].to_string()).unwrap_or_default();
+        let mine = |ctx: &Ctx| -> Vec<String> { net_leftovers(ctx).into_iter().filter(|t| !id.is_empty() && t.contains(&id)).collect() };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::Signal::SIGKILL);
+        pidfd_wait(sup, 10_000);
+        let before = mine(ctx);
+        let swept = match by {
+            "run" => ctx.out(ctx.run_cmd(&["--rm", "--network", "none"], &["true"])),
+            _ => ctx.bh(&["system", "prune"]),
+        };
+        let after = mine(ctx);
+        let rm = ctx.bh(&["rm", "-f", name]);
+        let said = by == "run" || text(&swept.stdout).contains("removed lease");
+        check(&format!("crash-swept-by-{by}"), !before.is_empty() && swept.status.success() && said && after.is_empty() && rm.status.success(), format!("left before: {before:?}; {}; left after: {after:?}", show(&swept)));
+    }
+}
+
 /// The supervisor holds the container's network namespace as an fd.
 fn netns_fd_of(pid: i32) -> Option<PathBuf> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
@@ -269,22 +313,16 @@ fn links(ctx: &Ctx) -> Vec<String> {
     v
 }
 
-/// What a workload's network could leave behind: its interfaces, its
-/// rules, its lease.
+/// What workloads' networking leaves where bulkhead runs, one entry each:
+/// interfaces, rules naming them or forwarding ports, leases (`lease <id>`).
 pub fn net_leftovers(ctx: &Ctx) -> Vec<String> {
-    let mut left = Vec::new();
-    let ours: Vec<String> = links(ctx).into_iter().filter(|l| ["bht", "bhv"].iter().any(|p| l.starts_with(p))).collect();
-    if !ours.is_empty() {
-        left.push(format!("interfaces {ours:?}"));
-    }
+    let mut v: Vec<String> = links(ctx).into_iter().filter(|l| ["bht", "bhv"].iter().any(|p| l.starts_with(p))).collect();
     let rules = text(&ctx.tool("nft", &["list", "ruleset"]).stdout);
-    let per_workload: Vec<&str> = rules.lines().filter(|l| l.contains("\"bht") || l.contains("\"bhv") || l.contains("dnat ip to")).collect();
-    if !per_workload.is_empty() {
-        left.push(format!("rules {per_workload:?}"));
-    }
+    v.extend(rules.lines().filter(|l| l.contains("\"bht") || l.contains("\"bhv") || l.contains("dnat ip to")).map(|l| l.trim().to_string()));
     let nets: Vec<serde_json::Value> = serde_json::from_slice(&ctx.bh(&["network", "ls", "--format", "json"]).stdout).unwrap_or_default();
-    for n in nets.iter().filter(|n| n["workloads"].as_u64() != Some(0)) {
-        left.push(format!("leases on {}", n["name"]));
+    for n in nets.iter().filter_map(|n| n["name"].as_str()) {
+        let v2: serde_json::Value = serde_json::from_slice(&ctx.bh(&["network", "inspect", n]).stdout).unwrap_or_default();
+        v.extend(v2["workloads"].as_array().into_iter().flatten().filter_map(|w| w["id"].as_str()).map(|id| format!("lease {id} on {n}")));
     }
-    left
+    v
 }

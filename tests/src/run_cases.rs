@@ -238,7 +238,7 @@ fn check_limits(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     }
 }
 
-fn pidfd_wait(pid: i32, ms: u16) {
+pub fn pidfd_wait(pid: i32, ms: u16) {
     // SAFETY: pidfd_open with a pid and no flags; the fd is ours.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd >= 0 {
@@ -253,7 +253,7 @@ fn status_of(ctx: &Ctx, name: &str) -> String {
     ps_status(&text(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout), name).unwrap_or_default()
 }
 
-fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
+pub fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).ok()?;
     v["pids"][which].as_i64().map(|p| p as i32)
 }
