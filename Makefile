@@ -45,10 +45,13 @@ test: kernel
 	cargo test --release --workspace
 
 # VMM boot benchmark with a tiny guest on this host's /dev/kvm; root disk
-# build of a generated ~100 MB image (root: unpacking keeps owners).
+# build of a generated ~100 MB image (root: unpacking keeps owners); the
+# hot paths (criterion): virtio-blk requests, vsock packets, frame codec.
 bench: static
 	cargo bench -p bulkhead-vmm --bench boot
 	cargo bench -p bulkhead-images --bench rootdisk
+	cargo bench -p bulkhead-vmm --bench queues
+	cargo bench -p bulkhead-agent-proto --bench frame
 
 clippy:
 	cargo clippy --release --workspace --all-targets -- -D warnings
