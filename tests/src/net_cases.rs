@@ -78,6 +78,7 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     check_spoofing(&ctx, &outside, &mut check);
     check_crash_sweeps(&ctx, &mut check);
     check_bad_input(&ctx, &mut check);
+    check_auto_subnets(&ctx, &mut check);
     check_cycles(&ctx, cycles, &mut check);
 
     let rm = ctx.bh(&["rm", "-f", "web"]);
@@ -262,6 +263,17 @@ fn check_bad_input(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     }
     let after = (count_rows(ctx, &["ps", "-a", "--format", "json"]), count_rows(ctx, &["network", "ls", "--format", "json"]), links(ctx));
     check("bad-input-changes-nothing", before == after, format!("before {before:?} after {after:?}"));
+}
+
+/// `network create` without --subnet picks a free /16 each time.
+fn check_auto_subnets(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let a = ctx.bh(&["network", "create", "auto1"]);
+    let b = ctx.bh(&["network", "create", "auto2"]);
+    let subnet = |n: &str| serde_json::from_slice::<serde_json::Value>(&ctx.bh(&["network", "inspect", n]).stdout).ok().and_then(|v| v["subnet"].as_str().map(str::to_string));
+    let (sa, sb) = (subnet("auto1"), subnet("auto2"));
+    let rm = ctx.bh(&["network", "rm", "auto1", "auto2"]);
+    let fresh = |s: &Option<String>| s.as_deref().is_some_and(|s| s.starts_with("10.") && s.ends_with(".0.0/16") && s != "10.88.0.0/16");
+    check("subnets-picked-when-not-given", a.status.success() && b.status.success() && fresh(&sa) && fresh(&sb) && sa != sb && rm.status.success(), format!("{sa:?} {sb:?} {} {}", show(&a), show(&rm)));
 }
 
 /// Workloads come and go on a /29 (5 addresses), three alive at a time:

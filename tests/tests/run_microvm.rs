@@ -72,6 +72,7 @@ fn workload_networking_in_microvms() {
         "crash-swept-by-run",
         "crash-swept-by-prune",
         "bad-input-changes-nothing",
+        "subnets-picked-when-not-given",
         "3-network-cycles",
         "nothing-left-per-workload",
         "networks-removed",

@@ -39,9 +39,10 @@ pub enum NetworkCommand {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// IPv4 subnet (ADDRESS/PREFIX, /8 to /29); its first address is the gateway.
-    #[arg(long, default_value = "10.89.0.0/16")]
-    subnet: String,
+    /// IPv4 subnet (ADDRESS/PREFIX, /8 to /29); its first address is the
+    /// gateway [default: the first 10.N.0.0/16 from 10.89 that nothing here uses].
+    #[arg(long)]
+    subnet: Option<String>,
     /// The bridge's name (default: bh-NAME, or bh-HASH when NAME does not fit).
     #[arg(long)]
     bridge: Option<String>,
@@ -53,7 +54,10 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
     match cmd {
         NetworkCommand::Create(a) => {
             need_root("network create")?;
-            let subnet = Subnet::parse(&a.subnet)?;
+            let subnet = match &a.subnet {
+                Some(s) => Subnet::parse(s)?,
+                None => lifecycle::pick_subnet(&st)?,
+            };
             let n = lifecycle::create(&st, &a.name, subnet, a.bridge)?;
             println!("{}", n.name);
         }

@@ -36,13 +36,21 @@ pub fn check_host_overlap(subnet: &Subnet, ours: &[Network]) -> Result<(), NetEr
         if ours.iter().any(|n| n.bridge == ifname) {
             continue;
         }
-        let base = std::net::Ipv4Addr::from(u32::from(addr) & (u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)));
-        let theirs = Subnet { base, prefix: len };
-        if theirs.overlaps(subnet) {
+        if super::subnet::of_address(addr, len).overlaps(subnet) {
             return Err(NetError::Conflict(format!("subnet {subnet} overlaps {addr}/{len} on this host's {ifname}: pick another with --subnet")));
         }
     }
     Ok(())
+}
+
+/// A subnet for a new network when none is asked for: the first 10.N.0.0/16
+/// from 10.89 on that neither another network nor the host's own addresses use.
+pub fn pick_subnet(state: &State) -> Result<Subnet, NetError> {
+    let ours = store::networks(state)?;
+    let mut taken: Vec<Subnet> = ours.iter().map(|n| n.subnet).collect();
+    taken.extend(host::host_addresses()?.into_iter().filter(|(ifname, _, _)| !ours.iter().any(|n| &n.bridge == ifname)).map(|(_, a, l)| super::subnet::of_address(a, l)));
+    let candidates = (89..=254u8).map(|b| Subnet { base: std::net::Ipv4Addr::new(10, b, 0, 0), prefix: 16 });
+    super::subnet::first_free(candidates, &taken).ok_or_else(|| NetError::Conflict("no free 10.N.0.0/16 left for a new network: give one with --subnet".into()))
 }
 
 /// Adds a network to the store and brings up its bridge.

@@ -33,8 +33,9 @@ impl Subnet {
         Ok(net)
     }
 
+    /// (A /0, from a host address, masks nothing in.)
     pub fn mask(&self) -> u32 {
-        u32::MAX << (32 - u32::from(self.prefix))
+        u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0)
     }
 
     pub fn size(&self) -> u32 {
@@ -64,6 +65,17 @@ impl std::fmt::Display for Subnet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.base, self.prefix)
     }
+}
+
+/// The first of `candidates` that overlaps none of `taken`.
+pub fn first_free(mut candidates: impl Iterator<Item = Subnet>, taken: &[Subnet]) -> Option<Subnet> {
+    candidates.find(|c| !taken.iter().any(|t| t.overlaps(c)))
+}
+
+/// The subnet an interface address lies in (`192.168.1.5/24` -> `192.168.1.0/24`).
+pub fn of_address(addr: Ipv4Addr, prefix: u8) -> Subnet {
+    let prefix = prefix.min(32);
+    Subnet { base: Ipv4Addr::from(u32::from(addr) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)), prefix }
 }
 
 /// The next free workload address at or after offset `cursor` (wrapping):
@@ -131,6 +143,17 @@ mod tests {
         // Released .3 and .4; the cursor sits after .6: .3 comes first when wrapping.
         assert_eq!(allocate(&n, &taken, 7).map(|(a, _)| a), Some(Ipv4Addr::new(192, 168, 5, 3)));
         assert_eq!(allocate(&n, &taken, 4).map(|(a, _)| a), Some(Ipv4Addr::new(192, 168, 5, 4)), "from the cursor on");
+    }
+
+    #[test]
+    fn free_subnets_skip_taken_ones_and_host_addresses() {
+        let candidates = || (89..=91u8).map(|b| Subnet { base: Ipv4Addr::new(10, b, 0, 0), prefix: 16 });
+        let taken = [net("10.89.0.0/16"), of_address(Ipv4Addr::new(10, 90, 3, 7), 24)];
+        assert_eq!(first_free(candidates(), &taken), Some(net("10.91.0.0/16")));
+        assert_eq!(first_free(candidates(), &[net("10.0.0.0/8")]), None);
+        assert_eq!(of_address(Ipv4Addr::new(192, 168, 1, 5), 24), net("192.168.1.0/24"));
+        let everything = of_address(Ipv4Addr::new(10, 1, 2, 3), 0);
+        assert!(everything.overlaps(&net("10.89.0.0/16")) && everything.contains(Ipv4Addr::new(1, 2, 3, 4)), "a /0 covers everything");
     }
 
     #[test]
