@@ -79,10 +79,9 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     check_crash_sweeps(&ctx, &mut check);
     check_bad_input(&ctx, &mut check);
     check_auto_subnets(&ctx, &mut check);
-    check_cycles(&ctx, cycles, &mut check);
-
     let rm = ctx.bh(&["rm", "-f", "web"]);
     check("web-removed", rm.status.success(), show(&rm));
+    check_cycles(&ctx, cycles, &mut check);
     let left = net_leftovers(&ctx);
     check("nothing-left-per-workload", left.is_empty(), left.join("; "));
     let rm = ctx.bh(&["network", "rm", "iso", "bulkhead"]);
@@ -276,7 +275,9 @@ fn check_auto_subnets(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     check("subnets-picked-when-not-given", a.status.success() && b.status.success() && fresh(&sa) && fresh(&sb) && sa != sb && rm.status.success(), format!("{sa:?} {sb:?} {} {}", show(&a), show(&rm)));
 }
 
-/// Workloads come and go on a /29 (5 addresses), three alive at a time:
+/// Workloads come and go on a /29 (5 addresses), three alive at a time
+/// (two for microVMs: under the test host's emulation more VMs booting side
+/// by side slow each other past the boot timeout):
 /// live ones never share an address, released ones come back.
 fn check_cycles(ctx: &Ctx, cycles: usize, check: &mut impl FnMut(&str, bool, String)) {
     let made = ctx.bh(&["network", "create", "--subnet", "10.98.0.0/29", "small"]);
@@ -284,7 +285,7 @@ fn check_cycles(ctx: &Ctx, cycles: usize, check: &mut impl FnMut(&str, bool, Str
     let mut seen = Vec::new();
     let mut problems = Vec::new();
     for i in 0..cycles {
-        if live.len() == 3 {
+        if live.len() == if ctx.runtime == "microvm" { 2 } else { 3 } {
             let (name, _) = live.remove(0);
             let rm = ctx.bh(&["rm", "-f", &name]);
             if !rm.status.success() {
