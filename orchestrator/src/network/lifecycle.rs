@@ -32,15 +32,15 @@ pub fn apply(state: &State) -> Result<(), NetError> {
 /// Checks a new subnet against the host's own addresses (other than
 /// bulkhead's bridges): routing to an overlapping network would break.
 pub fn check_host_overlap(subnet: &Subnet, ours: &[Network]) -> Result<(), NetError> {
-    for (ifname, addr, len) in host::host_addresses()? {
-        if ours.iter().any(|n| n.bridge == ifname) {
-            continue;
-        }
-        if super::subnet::of_address(addr, len).overlaps(subnet) {
-            return Err(NetError::Conflict(format!("subnet {subnet} overlaps {addr}/{len} on this host's {ifname}: pick another with --subnet")));
-        }
+    match host_subnets(ours)?.into_iter().find(|(_, _, theirs)| theirs.overlaps(subnet)) {
+        Some((ifname, addr, theirs)) => Err(NetError::Conflict(format!("subnet {subnet} overlaps {addr}/{} on this host's {ifname}: pick another with --subnet", theirs.prefix))),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The host's own IPv4 addresses and their subnets, bulkhead's bridges left out.
+fn host_subnets(ours: &[Network]) -> Result<Vec<(String, std::net::Ipv4Addr, Subnet)>, NetError> {
+    Ok(host::host_addresses()?.into_iter().filter(|(ifname, _, _)| !ours.iter().any(|n| &n.bridge == ifname)).map(|(i, a, l)| (i, a, super::subnet::of_address(a, l))).collect())
 }
 
 /// A subnet for a new network when none is asked for: the first 10.N.0.0/16
@@ -48,7 +48,7 @@ pub fn check_host_overlap(subnet: &Subnet, ours: &[Network]) -> Result<(), NetEr
 pub fn pick_subnet(state: &State) -> Result<Subnet, NetError> {
     let ours = store::networks(state)?;
     let mut taken: Vec<Subnet> = ours.iter().map(|n| n.subnet).collect();
-    taken.extend(host::host_addresses()?.into_iter().filter(|(ifname, _, _)| !ours.iter().any(|n| &n.bridge == ifname)).map(|(_, a, l)| super::subnet::of_address(a, l)));
+    taken.extend(host_subnets(&ours)?.into_iter().map(|(_, _, s)| s));
     let candidates = (89..=254u8).map(|b| Subnet { base: std::net::Ipv4Addr::new(10, b, 0, 0), prefix: 16 });
     super::subnet::first_free(candidates, &taken).ok_or_else(|| NetError::Conflict("no free 10.N.0.0/16 left for a new network: give one with --subnet".into()))
 }
