@@ -10,6 +10,9 @@ pub const AFTER_HELP: &str = "\
 --config FILE.json takes the same settings (keys: kernel, initrd, cmdline, vcpus,
 memory_mib, disks [{path, read_only}], vsock {uds_path, cid}, net {tap, mac},
 serial, boot_timeline, memory_report); flags given on the command line override it.
+Firecracker's form works too: `--no-api --config-file FILE.json` with its keys
+boot-source, drives, machine-config, vsock, network-interfaces (one) and entropy;
+other Firecracker keys are refused by name.
 
 The VMM adds to the kernel command line panic=-1 and pci=off (unless panic= or
 pci= is given). Without --cmdline it starts from \"console=ttyS0 reboot=k\".
@@ -68,6 +71,15 @@ pub struct Args {
     /// Settings as JSON; flags override them.
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
+    /// Settings in Firecracker's config-file JSON (a subset); flags override them.
+    #[arg(long, value_name = "FILE.json", conflicts_with = "config")]
+    pub config_file: Option<PathBuf>,
+    /// Firecracker's flag: bulkhead-vmm never serves an API (accepted for compatibility).
+    #[arg(long)]
+    pub no_api: bool,
+    /// Firecracker's instance id (accepted for compatibility; unused).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
     /// Print boot milestones (kernel entry, guest stage codes) with their
     /// microseconds since process start to stderr at exit.
     #[arg(long)]
@@ -92,12 +104,11 @@ pub enum CliError {
 impl Args {
     /// The config file (if any) with every given flag on top.
     pub fn into_config(self) -> Result<VmConfig, CliError> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?;
-                serde_json::from_str(&text).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?
-            }
-            None => VmConfig::default(),
+        let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() });
+        let mut c = match (&self.config, &self.config_file) {
+            (Some(path), _) => serde_json::from_str(&read(path)?).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?,
+            (None, Some(path)) => crate::firecracker::parse(&read(path)?).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?,
+            (None, None) => VmConfig::default(),
         };
         if self.kernel.is_some() {
             c.kernel = self.kernel;
@@ -158,6 +169,22 @@ mod tests {
         assert_eq!(c.vsock, Some(VsockConfig { uds_path: "/v".into(), cid: 9 }));
         assert_eq!(c.disks, vec![DiskConfig { path: "/d".into(), read_only: true }]);
         assert_eq!(c.serial, SerialOutput::None);
+    }
+
+    #[test]
+    fn firecracker_form_is_accepted_and_flags_override_it() {
+        let path = std::env::temp_dir().join(format!("bulkhead-vmm-fc-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"boot-source":{"kernel_image_path":"/k"},"machine-config":{"vcpu_count":2,"mem_size_mib":64}}"#).unwrap();
+        let c = parse(&["--no-api", "--id", "a", "--config-file", path.to_str().unwrap(), "--memory", "96"]);
+        let bad = parse(&["--config-file", "/no/such/file.json"]);
+        std::fs::write(&path, r#"{"boot-source":{"kernel_image_path":"/k"},"machine-config":{"vcpu_count":2,"mem_size_mib":64},"mmds-config":{}}"#).unwrap();
+        let unsupported = parse(&["--config-file", path.to_str().unwrap()]);
+        std::fs::remove_file(&path).unwrap();
+        let c = c.unwrap();
+        assert_eq!((c.kernel.as_deref(), c.vcpus, c.memory_mib), (Some(std::path::Path::new("/k")), 2, 96));
+        assert!(matches!(bad, Err(CliError::ConfigFile { .. })));
+        assert!(unsupported.is_err_and(|e| e.to_string().contains("mmds-config")));
+        assert!(Args::try_parse_from(["bulkhead-vmm", "--config", "a", "--config-file", "b"]).is_err());
     }
 
     #[test]

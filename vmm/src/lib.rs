@@ -14,6 +14,7 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod firecracker;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod host;

@@ -43,10 +43,9 @@ fn main() -> ExitCode {
         );
     }
     if config.boot_timeline {
-        for (m, t) in timeline.events() {
-            eprintln!("bulkhead-vmm: boot-timeline {} {}us", m.name(), t.as_micros());
+        for line in timeline.report_lines() {
+            eprintln!("{line}");
         }
-        eprintln!("bulkhead-vmm: boot-timeline exit {}us", timeline::since_start().as_micros());
     }
     if let bulkhead_vmm::exit::ExitReason::Crash(why) = &reason {
         eprintln!("bulkhead-vmm: {why}");

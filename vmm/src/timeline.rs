@@ -9,11 +9,62 @@ use bulkhead_agent_proto::BootStage;
 /// Most events kept: the guest may write the port in a loop.
 const MAX_EVENTS: usize = 64;
 
-static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+static PROCESS_START: OnceLock<(Instant, u64)> = OnceLock::new();
 
 /// Marks the process start; call first thing in `main`.
 pub fn mark_process_start() -> Instant {
-    *PROCESS_START.get_or_init(Instant::now)
+    PROCESS_START.get_or_init(|| (Instant::now(), monotonic_us())).0
+}
+
+/// The process start on CLOCK_MONOTONIC (microseconds): the one clock every
+/// process on the host shares, so a caller can place the timeline on its own.
+pub fn process_start_monotonic_us() -> u64 {
+    mark_process_start();
+    PROCESS_START.get().map_or(0, |s| s.1)
+}
+
+/// CLOCK_MONOTONIC now, in microseconds.
+pub fn monotonic_us() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0).saturating_mul(1_000_000).saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0) / 1000),
+        Err(_) => 0,
+    }
+}
+
+/// Prefix of the lines `--boot-timeline` prints at exit.
+pub const TIMELINE_PREFIX: &str = "bulkhead-vmm: boot-timeline ";
+/// Prefix of the line with the process start on CLOCK_MONOTONIC.
+pub const CLOCK_PREFIX: &str = "bulkhead-vmm: boot-clock monotonic_start_us=";
+
+/// What `--boot-timeline` printed, read back from the VMM's stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The process start on CLOCK_MONOTONIC, µs.
+    pub monotonic_start_us: Option<u64>,
+    /// Milestone names with µs since the process start, in order.
+    pub marks: Vec<(String, u64)>,
+}
+
+/// Reads the timeline lines out of the VMM's stderr. Anything else (other
+/// messages, malformed or oversized lines) is skipped: the log may hold text
+/// a guest influenced.
+pub fn parse_report(stderr: &str) -> Report {
+    let mut r = Report::default();
+    for line in stderr.lines() {
+        if let Some(v) = line.strip_prefix(CLOCK_PREFIX) {
+            r.monotonic_start_us = v.trim().parse().ok().or(r.monotonic_start_us);
+        } else if let Some(rest) = line.strip_prefix(TIMELINE_PREFIX) {
+            let mut words = rest.split(' ');
+            let (Some(name), Some(at), None) = (words.next(), words.next(), words.next()) else { continue };
+            let valid_name = !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if let (true, Some(Ok(us))) = (valid_name, at.strip_suffix("us").map(str::parse::<u64>)) {
+                if r.marks.len() < MAX_EVENTS + 1 {
+                    r.marks.push((name.to_string(), us));
+                }
+            }
+        }
+    }
+    r
 }
 
 /// Time since [`mark_process_start`] (or since the first call to this).
@@ -65,6 +116,15 @@ impl Timeline {
     pub fn render(&self) -> String {
         self.events().iter().map(|(m, t)| format!("{}\t{}\n", m.name(), t.as_micros())).collect()
     }
+
+    /// The `--boot-timeline` report: the clock line, each milestone, then
+    /// `exit` (now); [`parse_report`] reads it back.
+    pub fn report_lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("{CLOCK_PREFIX}{}", process_start_monotonic_us())];
+        lines.extend(self.events().iter().map(|(m, t)| format!("{TIMELINE_PREFIX}{} {}us", m.name(), t.as_micros())));
+        lines.push(format!("{TIMELINE_PREFIX}exit {}us", since_start().as_micros()));
+        lines
+    }
 }
 
 #[cfg(test)]
@@ -85,5 +145,43 @@ mod tests {
         assert!(t.render().starts_with("kernel-entry\t"));
         assert_eq!(Milestone::Guest(2).name(), "agent-ready");
         assert_eq!(Milestone::Guest(200).name(), "guest-code-200");
+    }
+
+    #[test]
+    fn report_round_trips_and_the_clock_is_monotonic() {
+        let t = Timeline::default();
+        t.record(Milestone::KernelEntry);
+        t.record(Milestone::Guest(2));
+        let text = format!("some other message\n{}\n", t.report_lines().join("\n"));
+        let r = parse_report(&text);
+        assert_eq!(r.monotonic_start_us, Some(process_start_monotonic_us()));
+        let names: Vec<&str> = r.marks.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["kernel-entry", "agent-ready", "exit"]);
+        assert!(r.marks.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(process_start_monotonic_us() > 0 && process_start_monotonic_us() <= monotonic_us());
+    }
+
+    #[test]
+    fn malformed_report_lines_are_skipped() {
+        let long = "x".repeat(100);
+        let text = [
+            "bulkhead-vmm: boot-timeline".to_string(),
+            "bulkhead-vmm: boot-timeline kernel-entry".into(),
+            "bulkhead-vmm: boot-timeline kernel-entry 12".into(),
+            "bulkhead-vmm: boot-timeline kernel-entry -5us".into(),
+            "bulkhead-vmm: boot-timeline kernel-entry 99999999999999999999999us".into(),
+            "bulkhead-vmm: boot-timeline kernel entry 5us".into(),
+            "bulkhead-vmm: boot-timeline kernel\u{0}entry 5us".into(),
+            format!("bulkhead-vmm: boot-timeline {long} 5us"),
+            "bulkhead-vmm: boot-clock monotonic_start_us=soon".into(),
+            "bulkhead-vmm: boot-timeline agent-ready 7us".into(),
+        ]
+        .join("\n");
+        let r = parse_report(&text);
+        assert_eq!(r.monotonic_start_us, None);
+        assert_eq!(r.marks, vec![("agent-ready".to_string(), 7)]);
+        let flood = "bulkhead-vmm: boot-timeline guest-code-9 1us\n".repeat(1000);
+        assert_eq!(parse_report(&flood).marks.len(), MAX_EVENTS + 1);
+        assert_eq!(parse_report(""), Report::default());
     }
 }

@@ -138,3 +138,18 @@ fn bad_inputs_fail_with_code_1_and_a_message() {
     let out = vmm().arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(i32::from(code::USAGE)));
 }
+
+#[test]
+fn firecracker_config_file_form_boots_the_same_guest() {
+    let (dir, kernel) = guest("fc", Program::new().print("started the Firecracker way\n").out8(0x3f0, 2).power_off());
+    let config = dir.path().join("vm.json");
+    let json = serde_json::json!({"boot-source": {"kernel_image_path": kernel}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}});
+    std::fs::write(&config, json.to_string()).unwrap();
+    let out = vmm().args(["--no-api", "--id", "fc1", "--config-file"]).arg(&config).arg("--boot-timeline").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started the Firecracker way\n");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let report = bulkhead_vmm::timeline::parse_report(&err);
+    assert!(report.monotonic_start_us.is_some_and(|t| t <= bulkhead_vmm::timeline::monotonic_us()), "{err}");
+    assert_eq!(report.marks.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["kernel-entry", "agent-ready", "exit"], "{err}");
+}
