@@ -1,5 +1,6 @@
 //! bulkhead: the CLI and (as it grows) the local runtime and control plane.
 
+pub mod bench;
 pub mod cli;
 pub mod network;
 pub mod runtime;

@@ -186,11 +186,26 @@ mod tests {
             (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": true}}"#, "smt"),
             (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 99999, "mem_size_mib": 128}}"#, "vcpu_count 99999"),
             (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": -1, "mem_size_mib": 128}}"#, "invalid value"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "rate_limiter": {}}]}"#, "rate_limiter"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": true}, {"drive_id": "b", "path_on_host": "/b", "is_root_device": true}]}"#, "more than one"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": false}, {"drive_id": "a", "path_on_host": "/b", "is_root_device": false}]}"#, "twice"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "network-interfaces": [{"iface_id": "a", "host_dev_name": "t0"}, {"iface_id": "b", "host_dev_name": "t1"}]}"#, "at most one"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "network-interfaces": [{"iface_id": "a", "host_dev_name": "t0", "guest_mac": "zz"}]}"#, "zz"),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "rate_limiter": {}}]}"#,
+                "rate_limiter",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": true}, {"drive_id": "b", "path_on_host": "/b", "is_root_device": true}]}"#,
+                "more than one",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": false}, {"drive_id": "a", "path_on_host": "/b", "is_root_device": false}]}"#,
+                "twice",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "network-interfaces": [{"iface_id": "a", "host_dev_name": "t0"}, {"iface_id": "b", "host_dev_name": "t1"}]}"#,
+                "at most one",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "network-interfaces": [{"iface_id": "a", "host_dev_name": "t0", "guest_mac": "zz"}]}"#,
+                "zz",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(text).expect_err(text).to_string();

@@ -3,7 +3,7 @@
 mod image;
 pub(crate) mod kernel;
 mod network;
-mod run;
+pub(crate) mod run;
 mod workloads;
 
 use std::path::PathBuf;
@@ -60,6 +60,10 @@ enum Command {
     /// ~/.local/share/bulkhead.
     #[command(subcommand, after_help = EXIT_CODES)]
     Image(image::ImageCommand),
+    /// Measure: microVM vs container start phases (boot), many idle
+    /// workloads (density), the VMM alone (overhead).
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Bench(crate::bench::BenchCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
     /// The per-workload supervisor (started by `run`; not for people).
@@ -116,6 +120,7 @@ pub fn main() -> ExitCode {
         Command::Network(cmd) => (network::run(cmd).map(|()| 0), 1),
         Command::System(cmd) => (network::system(cmd).map(|()| 0), 1),
         Command::Image(cmd) => (image::run(cmd).map(|()| 0), 1),
+        Command::Bench(cmd) => (crate::bench::run(cmd).map(|()| 0), 1),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bulkhead", &mut std::io::stdout());
             (Ok(0), 1)

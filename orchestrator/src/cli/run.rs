@@ -87,6 +87,12 @@ pub struct RunArgs {
     privileged: bool,
     #[arg(long, hide = true)]
     restart: Option<String>,
+    // For `bulkhead bench`: another VMM started Firecracker's way (--no-api
+    // --config-file), and where to write the start milestones as JSON.
+    #[arg(long, hide = true, value_name = "PATH")]
+    vmm_firecracker: Option<PathBuf>,
+    #[arg(long, hide = true, value_name = "FILE")]
+    timeline_json: Option<PathBuf>,
     /// The image (name[:tag] or digest) from `bulkhead image ls`.
     image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd).
@@ -195,7 +201,7 @@ fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<Proc
 
 /// Directories holding the shipped static binaries: the static build beside
 /// ours (`<target>/x86_64-unknown-linux-gnu/release`), then our own dir.
-fn binary(name: &str) -> Result<PathBuf> {
+pub(crate) fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("find our own binary")?;
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     let candidates = [dir.join("../x86_64-unknown-linux-gnu/release").join(name), dir.join(name)];
@@ -223,7 +229,7 @@ fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<
     let agent = binary("bulkhead-agent")?;
     let initrd = bulkhead_images::agent_initramfs::cached(&agent).context("the agent's initramfs")?;
     let disk = rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}")).context("the image's root disk")?;
-    Ok(VmFiles { vmm: binary("bulkhead-vmm")?, kernel, initrd, disk })
+    Ok(VmFiles { vmm: binary("bulkhead-vmm")?, kernel, initrd, disk, flavor: Default::default() })
 }
 
 pub fn data_dir() -> PathBuf {
@@ -279,7 +285,17 @@ pub fn run(a: RunArgs) -> Result<u8> {
         }
     }
     let vm = match a.runtime {
-        RuntimeKind::Microvm => Some(vm_files(&store, &manifest)?),
+        RuntimeKind::Microvm => {
+            let mut files = vm_files(&store, &manifest)?;
+            if let Some(other) = &a.vmm_firecracker {
+                if a.network != crate::network::NONE {
+                    bail!("another VMM runs with --network none only");
+                }
+                files.vmm = std::fs::canonicalize(other).with_context(|| format!("the other VMM {}", other.display()))?;
+                files.flavor = crate::runtime::record::VmmFlavor::Firecracker;
+            }
+            Some(files)
+        }
         RuntimeKind::Container => {
             if let Some(r) = &a.oci_runtime {
                 if r != "crun" && r != "runc" {
@@ -385,6 +401,10 @@ pub fn run(a: RunArgs) -> Result<u8> {
     let report = report?;
     if let Some(e) = &report.error {
         eprintln!("bulkhead: {e}");
+    }
+    if let Some(path) = &a.timeline_json {
+        let json = serde_json::json!({"code": report.code, "timeline": report.timeline});
+        std::fs::write(path, json.to_string()).with_context(|| format!("write {}", path.display()))?;
     }
     if a.timing {
         let end = now_ms();

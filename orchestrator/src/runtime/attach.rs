@@ -74,6 +74,24 @@ pub struct ExitReport {
     /// When the workload's process started (Unix ms), if it did.
     #[serde(default)]
     pub started_ms: Option<u64>,
+    /// Start milestones on CLOCK_MONOTONIC (`bulkhead bench` reads them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Mark>,
+}
+
+/// A start milestone: `runtime-invoked`, `agent-connected`, and for
+/// bulkhead-vmm its own (`vmm-start`, `kernel-entry`, `agent-ready`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub name: String,
+    /// CLOCK_MONOTONIC, µs.
+    pub at_us: u64,
+}
+
+impl Mark {
+    pub fn now(name: &str) -> Self {
+        Mark { name: name.into(), at_us: bulkhead_vmm::timeline::monotonic_us() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

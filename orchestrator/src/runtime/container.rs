@@ -353,9 +353,9 @@ pub fn exit_report(code: i32, log: &str) -> ExitReport {
             } else {
                 125
             };
-            ExitReport { code, signal: None, error: Some(msg), started_ms: None }
+            ExitReport { code, signal: None, error: Some(msg), started_ms: None, timeline: Vec::new() }
         }
-        _ => ExitReport { code, signal: (129..=192).contains(&code).then_some(code - 128), error: None, started_ms: None },
+        _ => ExitReport { code, signal: (129..=192).contains(&code).then_some(code - 128), error: None, started_ms: None, timeline: Vec::new() },
     }
 }
 

@@ -13,9 +13,9 @@ use bulkhead_agent_proto::{DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, Proc
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
-use super::attach::{ExitReport, Kind};
+use super::attach::{ExitReport, Kind, Mark};
 use super::procs::ProcId;
-use super::record::WorkloadConfig;
+use super::record::{VmmFlavor, WorkloadConfig};
 use super::workload::{failed, proc_pair, Control, Proc, RotatingLog};
 
 /// The guest's serial console is kept in `console.log` (and `console.1`), this big at most.
@@ -56,7 +56,8 @@ fn with_console(why: String, console: &Path) -> String {
 impl Microvm {
     /// Starts the VMM and waits for the agent's hello.
     /// `tap`: the workload's TAP (on its bridge), passed to the VMM as fd 3.
-    pub async fn boot(cfg: &WorkloadConfig, run_dir: &Path, workload_dir: &Path, tap: Option<&OwnedFd>) -> Result<Self, String> {
+    /// `marks` gets `runtime-invoked` (the VMM's spawn) and `agent-connected`.
+    pub async fn boot(cfg: &WorkloadConfig, run_dir: &Path, workload_dir: &Path, tap: Option<&OwnedFd>, marks: &mut Vec<Mark>) -> Result<Self, String> {
         let files = cfg.vm.as_ref().ok_or("no VM files in the workload config")?;
         let uds = run_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
@@ -65,26 +66,46 @@ impl Microvm {
         let console = workload_dir.join("console.log");
         let vcpus = cfg.cpus.map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
         let memory = cfg.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        let cmdline = "console=ttyS0 quiet reboot=k";
         let mut cmd = Command::new(&files.vmm);
-        if let (Some(tap), Some(a)) = (tap, &cfg.network) {
-            let fd = tap.as_raw_fd();
-            cmd.args(["--tap", "fd:3", "--mac", &a.mac]);
-            // SAFETY: dup2 is async-signal-safe; it gives the VMM the TAP as fd 3 (without CLOEXEC).
-            unsafe {
-                cmd.pre_exec(move || if libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        match files.flavor {
+            VmmFlavor::Bulkhead => {
+                if let (Some(tap), Some(a)) = (tap, &cfg.network) {
+                    let fd = tap.as_raw_fd();
+                    cmd.args(["--tap", "fd:3", "--mac", &a.mac]);
+                    // SAFETY: dup2 is async-signal-safe; it gives the VMM the TAP as fd 3 (without CLOEXEC).
+                    unsafe {
+                        cmd.pre_exec(move || if libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+                    }
+                }
+                cmd.arg("--kernel")
+                    .arg(&files.kernel)
+                    .arg("--initrd")
+                    .arg(&files.initrd)
+                    .arg("--disk")
+                    .arg(format!("{},ro", files.disk.display()))
+                    .args(["--vcpus", &vcpus.to_string(), "--memory", &memory.to_string(), "--vsock-cid", &CID.to_string(), "--cmdline", cmdline])
+                    .arg("--vsock-uds")
+                    .arg(&uds)
+                    .args(["--serial", "stdout", "--boot-timeline"]);
+            }
+            VmmFlavor::Firecracker => {
+                if cfg.network.is_some() {
+                    return Err("a Firecracker-compatible VMM runs with --network none only (it takes a TAP by name, not an open one)".into());
+                }
+                let config = serde_json::json!({
+                    "boot-source": {"kernel_image_path": files.kernel, "initrd_path": files.initrd, "boot_args": cmdline},
+                    "drives": [{"drive_id": "rootfs", "path_on_host": files.disk, "is_root_device": false, "is_read_only": true}],
+                    "machine-config": {"vcpu_count": vcpus, "mem_size_mib": memory},
+                    "vsock": {"guest_cid": CID, "uds_path": uds},
+                });
+                let path = run_dir.join("vmm-config.json");
+                std::fs::write(&path, config.to_string()).map_err(|e| format!("write {}: {e}", path.display()))?;
+                cmd.args(["--no-api", "--config-file"]).arg(&path);
             }
         }
+        marks.push(Mark::now("runtime-invoked"));
         let mut child = cmd
-            .arg("--kernel")
-            .arg(&files.kernel)
-            .arg("--initrd")
-            .arg(&files.initrd)
-            .arg("--disk")
-            .arg(format!("{},ro", files.disk.display()))
-            .args(["--vcpus", &vcpus.to_string(), "--memory", &memory.to_string(), "--vsock-cid", &CID.to_string(), "--cmdline", "console=ttyS0 quiet reboot=k"])
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .args(["--serial", "stdout"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(workload_dir.join("vmm.log")).map_err(|e| format!("create vmm.log: {e}"))?))
@@ -120,6 +141,7 @@ impl Microvm {
                 return Err(with_console(format!("no agent within {BOOT_TIMEOUT:?}"), &console));
             }
         };
+        marks.push(Mark::now("agent-connected"));
         Ok(Microvm { child: tokio::sync::Mutex::new(child), client, console, console_pump: tokio::sync::Mutex::new(pump), pid })
     }
 
@@ -153,7 +175,7 @@ impl Microvm {
                     ErrorKind::NotExecutable => 126,
                     _ => 125,
                 };
-                ExitReport { code, signal: None, error: Some(a.message), started_ms: None }
+                ExitReport { code, signal: None, error: Some(a.message), started_ms: None, timeline: Vec::new() }
             }
             other => failed(with_console(other.to_string(), &self.console)),
         }
@@ -185,6 +207,18 @@ impl Microvm {
             }
         }
     }
+}
+
+/// bulkhead-vmm's own milestones from `vmm.log` (once it exited), on
+/// CLOCK_MONOTONIC: `vmm-start` (its `main`), `kernel-entry`, the guest's
+/// stage codes (`agent-ready`, ...) and `vmm-exit`. None from another VMM.
+pub fn vmm_timeline(workload_dir: &Path) -> Vec<Mark> {
+    let log = std::fs::read(workload_dir.join("vmm.log")).unwrap_or_default();
+    let report = bulkhead_vmm::timeline::parse_report(&String::from_utf8_lossy(&log));
+    let Some(start) = report.monotonic_start_us else { return Vec::new() };
+    let mut marks = vec![Mark { name: "vmm-start".into(), at_us: start }];
+    marks.extend(report.marks.into_iter().map(|(name, us)| Mark { name: if name == "exit" { "vmm-exit".into() } else { name }, at_us: start.saturating_add(us) }));
+    marks
 }
 
 /// Runs an agent process as a [`Proc`]. Only a process started with stdin
@@ -231,9 +265,9 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
         }
         drop(out);
         let report = match p.wait().await {
-            Ok(ExitStatus::Code(c)) => ExitReport { code: c, signal: None, error: None, started_ms: None },
+            Ok(ExitStatus::Code(c)) => ExitReport { code: c, signal: None, error: None, started_ms: None, timeline: Vec::new() },
             // The agent is guest code: no arithmetic on its numbers may overflow.
-            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128i32.saturating_add(s), signal: Some(s), error: None, started_ms: None },
+            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128i32.saturating_add(s), signal: Some(s), error: None, started_ms: None, timeline: Vec::new() },
             Err(e) => failed(format!("the agent connection ended without an exit report: {e}")),
         };
         let _ = exit.send(report);

@@ -34,6 +34,18 @@ pub struct VmFiles {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub disk: PathBuf,
+    /// How to start `vmm`: bulkhead-vmm's flags, or Firecracker's config file.
+    #[serde(default)]
+    pub flavor: VmmFlavor,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmFlavor {
+    #[default]
+    Bulkhead,
+    /// `--no-api --config-file` (Firecracker and compatible VMMs; `bench --vmm-vs`).
+    Firecracker,
 }
 
 /// Everything the supervisor needs to run the workload.

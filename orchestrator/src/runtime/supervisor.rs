@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::network::lifecycle as network;
 
-use super::attach::{self, ExitReport, Kind, Reply, Request};
+use super::attach::{self, ExitReport, Kind, Mark, Reply, Request};
 use super::container::Container;
 use super::microvm::Microvm;
 use super::paths::Paths;
@@ -156,6 +156,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         }
     }
     let state = State::new(paths.clone());
+    let mut marks = Vec::new();
     let attached = match network::attach(&state, &cfg) {
         Ok(a) => a,
         Err(e) => return fail_early(&paths, &cfg, first, failed(format!("workload network: {e}")), &mut notify).await,
@@ -171,13 +172,16 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
                 Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
             }
         }
-        super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &run_dir, &dir, attached.tap.as_ref()).await {
+        super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &run_dir, &dir, attached.tap.as_ref(), &mut marks).await {
             Ok(m) => Backend::Microvm(Box::new(m)),
             Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
         },
     };
     let started = match &backend {
-        Backend::Container(c) => c.start_main(&cfg.process),
+        Backend::Container(c) => {
+            marks.push(Mark::now("runtime-invoked"));
+            c.start_main(&cfg.process)
+        }
         Backend::Microvm(m) => m.start_main(&cfg).await.map(|p| (p, m.pid())),
     };
     let (main_proc, runtime_pid) = match started {
@@ -240,6 +244,10 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     drop(attached);
     drop(listener);
     report.started_ms = running.started_ms;
+    if let Backend::Microvm(_) = &*backend {
+        marks.extend(super::microvm::vmm_timeline(&dir));
+    }
+    report.timeline = marks;
     finish(&paths, &cfg, &report, Some(&exit_tx), &mut notify).await;
     // Let every attached client get its exit frame.
     for h in handlers {

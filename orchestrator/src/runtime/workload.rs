@@ -45,7 +45,7 @@ pub fn proc_pair() -> (Proc, ProcEnds) {
 
 /// A failure of bulkhead itself (exit code 125).
 pub fn failed(why: impl Into<String>) -> ExitReport {
-    ExitReport { code: 125, signal: None, error: Some(why.into()), started_ms: None }
+    ExitReport { code: 125, signal: None, error: Some(why.into()), started_ms: None, timeline: Vec::new() }
 }
 
 /// Copies a readable stream into `out` as `kind` chunks until it ends.

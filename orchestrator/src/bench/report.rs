@@ -1,0 +1,230 @@
+//! What every bench reports: host facts, then series of samples (one per
+//! runtime and phase or metric) with their summaries; as a table, as JSON,
+//! and as an SVG plot.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::facts::HostFacts;
+use super::stats::Summary;
+
+/// One distribution: a runtime's samples of one phase or metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub runtime: String,
+    pub phase: String,
+    pub unit: String,
+    pub samples: Vec<f64>,
+    pub summary: Option<Summary>,
+}
+
+impl Series {
+    pub fn new(runtime: &str, phase: &str, unit: &str, samples: Vec<f64>) -> Series {
+        Series { runtime: runtime.into(), phase: phase.into(), unit: unit.into(), summary: Summary::of(&samples), samples }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageFacts {
+    pub name: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// boot, density or overhead.
+    pub bench: String,
+    /// What the reader must know first (emulated microVMs, ...).
+    pub notes: Vec<String>,
+    pub host: HostFacts,
+    /// Where the microVMs ran, when not on `host` (the nested test host).
+    #[serde(default)]
+    pub microvm_host: Option<HostFacts>,
+    #[serde(default)]
+    pub image: Option<ImageFacts>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub runs: usize,
+    pub warmup: usize,
+    /// How the samples were taken, in a sentence.
+    pub method: String,
+    pub series: Vec<Series>,
+}
+
+impl Report {
+    /// The header lines: notes, host facts, image, VM size.
+    pub fn header(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.notes.iter().map(|n| format!("NOTE: {n}")).collect();
+        lines.push(format!("host: {}", self.host.describe()));
+        if let Some(m) = &self.microvm_host {
+            lines.push(format!("microVMs ran in: {}", m.describe()));
+        }
+        if let Some(i) = &self.image {
+            lines.push(format!("image: {} ({})", i.name, i.digest));
+        }
+        if !self.command.is_empty() {
+            lines.push(format!("command: {}", self.command.join(" ")));
+        }
+        lines.push(format!("per VM: {} vCPU(s), {} MiB; {} runs per runtime after {} warm-up run(s)", self.vcpus, self.memory_mib, self.runs, self.warmup));
+        lines.push(self.method.clone());
+        lines
+    }
+
+    pub fn table(&self) -> String {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::NOTHING);
+        let what = if self.bench == "boot" { "PHASE" } else { "METRIC" };
+        t.set_header(["RUNTIME", what, "UNIT", "N", "MEDIAN", "P90", "MIN", "MAX"]);
+        for s in &self.series {
+            let mut row = vec![s.runtime.clone(), s.phase.clone(), s.unit.clone()];
+            match &s.summary {
+                Some(m) => row.extend([m.n.to_string(), num(m.median), num(m.p90), num(m.min), num(m.max)]),
+                None => row.extend(["0", "-", "-", "-", "-"].map(String::from)),
+            }
+            t.add_row(row);
+        }
+        for c in 3..8 {
+            if let Some(col) = t.column_mut(c) {
+                col.set_cell_alignment(comfy_table::CellAlignment::Right);
+            }
+        }
+        t.to_string()
+    }
+
+    pub fn text(&self) -> String {
+        format!("{}\n\n{}\n", self.header().join("\n"), self.table())
+    }
+
+    /// One horizontal box plot per series, a panel per unit.
+    pub fn plot(&self, path: &Path) -> Result<(), String> {
+        plot(self, path).map_err(|e| format!("plot {}: {e}", path.display()))
+    }
+}
+
+fn num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn segment_label(v: &plotters::prelude::SegmentValue<&String>) -> String {
+    match v {
+        plotters::prelude::SegmentValue::CenterOf(s) => (*s).clone(),
+        _ => String::new(),
+    }
+}
+
+fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let mut units: Vec<&str> = Vec::new();
+    for s in &r.series {
+        if s.summary.is_some() && !units.contains(&s.unit.as_str()) {
+            units.push(&s.unit);
+        }
+    }
+    if units.is_empty() {
+        return Err("no samples to plot".into());
+    }
+    let rows: Vec<usize> = units.iter().map(|u| r.series.iter().filter(|s| s.unit == *u && s.summary.is_some()).count()).collect();
+    let height = 90 + rows.iter().map(|n| 80 + 28 * *n as u32).sum::<u32>();
+    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!("bulkhead bench {}: {}", r.bench, r.notes.first().map_or_else(|| r.host.describe(), |n| n.chars().take(110).collect()));
+    let (top, body) = root.split_vertically(50);
+    top.titled(&title, ("sans-serif", 18))?;
+    let heights: Vec<u32> = rows.iter().map(|n| 80 + 28 * *n as u32).collect();
+    let mut rest = body;
+    for (i, unit) in units.iter().enumerate() {
+        let (area, below) = rest.split_vertically(heights[i]);
+        rest = below;
+        let series: Vec<&Series> = r.series.iter().filter(|s| s.unit == *unit && s.summary.is_some()).collect();
+        let mut labels: Vec<String> = series.iter().map(|s| format!("{} {}", s.runtime, s.phase)).collect();
+        let min = series.iter().filter_map(|s| s.summary.map(|m| m.min)).fold(f64::INFINITY, f64::min);
+        let max = series.iter().filter_map(|s| s.summary.map(|m| m.max)).fold(0.0, f64::max);
+        // Seconds next to milliseconds: a log axis keeps both readable.
+        let log = min > 0.0 && max / min > 20.0;
+        let (lo, hi) = if log { ((min / 1.5) as f32, (max * 1.5) as f32) } else { (0.0, (max * 1.1).max(1e-3) as f32) };
+        let mut b = ChartBuilder::on(&area);
+        b.margin(8).x_label_area_size(36).y_label_area_size(260);
+        let boxes = series.iter().zip(&labels).map(|(s, l)| {
+            let q = Quartiles::new(&s.samples.iter().filter(|v| v.is_finite()).copied().collect::<Vec<f64>>());
+            (l.clone(), q)
+        });
+        let boxes: Vec<(String, Quartiles)> = boxes.collect();
+        if labels.len() == 1 {
+            // plotters labels no segment of a one-segment axis.
+            labels.push(String::new());
+        }
+        if log {
+            let mut chart = b.build_cartesian_2d((lo..hi).log_scale(), labels[..].into_segmented())?;
+            chart
+                .configure_mesh()
+                .x_desc(format!("{unit} (log scale)"))
+                .y_labels(labels.len() * 2 + 1)
+                .y_label_formatter(&segment_label)
+                .label_style(("sans-serif", 13))
+                .light_line_style(WHITE)
+                .draw()?;
+            chart.draw_series(boxes.iter().map(|(l, q)| Boxplot::new_horizontal(SegmentValue::CenterOf(l), q).width(14)))?;
+        } else {
+            let mut chart = b.build_cartesian_2d(lo..hi, labels[..].into_segmented())?;
+            chart.configure_mesh().x_desc(unit.to_string()).y_labels(labels.len() * 2 + 1).y_label_formatter(&segment_label).label_style(("sans-serif", 13)).light_line_style(WHITE).draw()?;
+            chart.draw_series(boxes.iter().map(|(l, q)| Boxplot::new_horizontal(SegmentValue::CenterOf(l), q).width(14)))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            bench: "boot".into(),
+            notes: vec!["emulated".into()],
+            host: HostFacts::of_this_host(),
+            microvm_host: None,
+            image: Some(ImageFacts { name: "demo".into(), digest: "sha256:00".into() }),
+            command: vec!["echo".into(), "hi".into()],
+            vcpus: 1,
+            memory_mib: 256,
+            runs: 3,
+            warmup: 1,
+            method: "alternating".into(),
+            series: vec![
+                Series::new("microvm", "exit", "ms", vec![6000.0, 6500.0, 5900.0]),
+                Series::new("crun", "exit", "ms", vec![60.0, 55.0, 70.0]),
+                Series::new("crun", "kernel-entry", "ms", vec![]),
+                Series::new("crun", "rate", "workloads/s", vec![3.0]),
+            ],
+        }
+    }
+
+    #[test]
+    fn text_json_and_svg() {
+        let r = report();
+        let text = r.text();
+        assert!(text.starts_with("NOTE: emulated\nhost: "), "{text}");
+        assert!(text.contains("microvm") && text.contains("6000") && text.contains("workloads/s"), "{text}");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("p.svg");
+        r.plot(&svg).unwrap();
+        let body = std::fs::read_to_string(&svg).unwrap();
+        assert!(body.starts_with("<svg") && body.contains("microvm exit") && body.contains("crun rate"), "{body}");
+        assert!(!body.contains("crun kernel-entry"), "a series without samples is not plotted");
+        let mut empty = report();
+        empty.series.clear();
+        assert!(empty.plot(&svg).is_err());
+    }
+}
