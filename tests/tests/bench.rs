@@ -122,6 +122,16 @@ fn boot_and_density_report_every_runtime() {
     for oci in ["crun", "runc"] {
         check_phases(&report, oci, &["runtime-invoked", "first-output", "exit"], 3);
     }
+    // Ratios of medians: VMM against VMM always stands; microVM against a
+    // container only where both ran on hardware here.
+    let ratios = report["ratios"].as_array().unwrap();
+    let ratio = |phase: &str, a: &str, b: &str| ratios.iter().find(|r| r["phase"] == phase && r["numerator"] == a && r["denominator"] == b).unwrap_or_else(|| panic!("no {phase} {a}/{b}: {report:#}"));
+    assert_eq!(ratio("exit", "vmm-vs:other-vmm", "microvm")["representative"], true);
+    for oci in ["crun", "runc"] {
+        let r = ratio("exit", "microvm", oci);
+        assert_eq!(r["representative"], !nested(), "{r}");
+        assert!(r["value"].as_f64().unwrap() > 0.0, "{r}");
+    }
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("microvm kernel-entry") && plot.contains("vmm-vs:other-vmm exit") && plot.contains("runc first-output"), "{plot}");
     let table = bh(&data, &ns, &["ps", "-a", "--format", "json"]);

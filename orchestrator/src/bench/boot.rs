@@ -100,6 +100,22 @@ pub fn run(a: BootArgs) -> Result<Report> {
     if !local.is_empty() {
         series.extend(measure(&a, &local, &command)?);
     }
+    // VMM against VMM always means something; microVM against container
+    // only where both ran on this host's own hardware.
+    let native = microvm_host.is_none();
+    let mut pairs = Vec::new();
+    let names: Vec<String> = targets.iter().map(Target::name).collect();
+    for (vm, other) in targets.iter().filter(|t| matches!(t, Target::VmmVs(_))).map(|t| (t.name(), "microvm".to_string())) {
+        if names.contains(&other) {
+            pairs.push((vm, other, true));
+        }
+    }
+    for vm in targets.iter().filter(|t| t.is_vm()) {
+        for c in targets.iter().filter(|t| !t.is_vm()) {
+            pairs.push((vm.name(), c.name(), native));
+        }
+    }
+    let ratios = ["first-output", "exit"].iter().flat_map(|p| super::report::Ratio::of(&series, p, &pairs)).collect();
     Ok(Report {
         bench: "boot".into(),
         notes,
@@ -113,6 +129,7 @@ pub fn run(a: BootArgs) -> Result<Report> {
         warmup: a.warmup,
         method: "each run: `bulkhead run --rm --network none IMAGE CMD`, runtimes alternating A B A B; phases in ms since `bulkhead run` was invoked".into(),
         series,
+        ratios,
     })
 }
 

@@ -89,6 +89,7 @@ pub fn run(a: DensityArgs) -> Result<Report> {
         warmup: 0,
         method: "per runtime: N x `bulkhead run -d --network none IMAGE CMD` one after another, memory read once all run, then one `bulkhead rm -f` of them all".into(),
         series,
+        ratios: Vec::new(),
     })
 }
 

@@ -52,6 +52,35 @@ pub struct Report {
     /// How the samples were taken, in a sentence.
     pub method: String,
     pub series: Vec<Series>,
+    /// Ratios of medians between runtimes (boot).
+    #[serde(default)]
+    pub ratios: Vec<Ratio>,
+}
+
+/// `numerator / denominator` of one phase's medians.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    pub phase: String,
+    pub numerator: String,
+    pub denominator: String,
+    pub value: f64,
+    /// False where the two ran on different kinds of machine (emulated
+    /// microVMs against native containers).
+    pub representative: bool,
+}
+
+impl Ratio {
+    /// Every pair of `pairs` that both have `phase`.
+    pub fn of(series: &[Series], phase: &str, pairs: &[(String, String, bool)]) -> Vec<Ratio> {
+        let median = |rt: &str| series.iter().find(|s| s.runtime == rt && s.phase == phase).and_then(|s| s.summary).map(|m| m.median);
+        pairs
+            .iter()
+            .filter_map(|(a, b, representative)| {
+                let (x, y) = (median(a)?, median(b)?);
+                (y > 0.0).then(|| Ratio { phase: phase.into(), numerator: a.clone(), denominator: b.clone(), value: x / y, representative: *representative })
+            })
+            .collect()
+    }
 }
 
 impl Report {
@@ -95,7 +124,23 @@ impl Report {
     }
 
     pub fn text(&self) -> String {
-        format!("{}\n\n{}\n", self.header().join("\n"), self.table())
+        let mut out = format!("{}\n\n{}\n", self.header().join("\n"), self.table());
+        if !self.ratios.is_empty() {
+            out.push_str("\nratios of medians:\n");
+            for r in &self.ratios {
+                let mark = if r.representative { "" } else { "   NOT representative (emulated microVMs vs native containers)" };
+                out.push_str(&format!("  {:<13} {} / {} = {:.2}x{mark}\n", r.phase, r.numerator, r.denominator, r.value));
+            }
+        }
+        out
+    }
+
+    /// One line under the plot's title.
+    fn subtitle(&self) -> String {
+        match &self.microvm_host {
+            Some(_) => "microVMs ran emulated in the nested test host: compare VMM with VMM only; microVM-vs-container ratios are NOT representative".into(),
+            None => format!("host: {}", self.host.describe()),
+        }
     }
 
     /// One horizontal box plot per series, a panel per unit.
@@ -112,6 +157,15 @@ fn num(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
+}
+
+/// min, p25, median, p75, max of the finite samples.
+fn five_numbers(samples: &[f64]) -> Option<[f64; 5]> {
+    let m = Summary::of(samples)?;
+    let mut s: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    let rank = |p: usize| s[(p * s.len()).div_ceil(100).clamp(1, s.len()) - 1];
+    Some([m.min, rank(25), m.median, rank(75), m.max])
 }
 
 fn segment_label(v: &plotters::prelude::SegmentValue<&String>) -> String {
@@ -136,9 +190,9 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let height = 90 + rows.iter().map(|n| 80 + 28 * *n as u32).sum::<u32>();
     let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let title = format!("bulkhead bench {}: {}", r.bench, r.notes.first().map_or_else(|| r.host.describe(), |n| n.chars().take(110).collect()));
     let (top, body) = root.split_vertically(50);
-    top.titled(&title, ("sans-serif", 18))?;
+    let below = top.titled(&format!("bulkhead bench {}", r.bench), ("sans-serif", 18))?;
+    below.draw_text(&r.subtitle(), &("sans-serif", 13).into_text_style(&below), (10, 4))?;
     let heights: Vec<u32> = rows.iter().map(|n| 80 + 28 * *n as u32).collect();
     let mut rest = body;
     for (i, unit) in units.iter().enumerate() {
@@ -153,30 +207,45 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let (lo, hi) = if log { ((min / 1.5) as f32, (max * 1.5) as f32) } else { (0.0, (max * 1.1).max(1e-3) as f32) };
         let mut b = ChartBuilder::on(&area);
         b.margin(8).x_label_area_size(36).y_label_area_size(260);
-        let boxes = series.iter().zip(&labels).map(|(s, l)| {
-            let q = Quartiles::new(&s.samples.iter().filter(|v| v.is_finite()).copied().collect::<Vec<f64>>());
-            (l.clone(), q)
-        });
-        let boxes: Vec<(String, Quartiles)> = boxes.collect();
+        // Box: the middle half (p25 to p75) with the median; whiskers: min and max.
+        let boxes: Vec<(String, [f64; 5])> = series.iter().zip(&labels).filter_map(|(s, l)| Some((l.clone(), five_numbers(&s.samples)?))).collect();
+        // plotters puts the first segment at the bottom: first series on top.
+        labels.reverse();
         if labels.len() == 1 {
             // plotters labels no segment of a one-segment axis.
             labels.push(String::new());
         }
+        let mut shapes = Vec::new();
         if log {
-            let mut chart = b.build_cartesian_2d((lo..hi).log_scale(), labels[..].into_segmented())?;
-            chart
-                .configure_mesh()
+            let mut mesh = b.build_cartesian_2d((lo..hi).log_scale(), labels[..].into_segmented())?;
+            mesh.configure_mesh()
                 .x_desc(format!("{unit} (log scale)"))
                 .y_labels(labels.len() * 2 + 1)
                 .y_label_formatter(&segment_label)
                 .label_style(("sans-serif", 13))
                 .light_line_style(WHITE)
                 .draw()?;
-            chart.draw_series(boxes.iter().map(|(l, q)| Boxplot::new_horizontal(SegmentValue::CenterOf(l), q).width(14)))?;
+            for (l, v) in &boxes {
+                shapes.push(v.map(|x| mesh.backend_coord(&(x as f32, SegmentValue::CenterOf(l)))));
+            }
         } else {
-            let mut chart = b.build_cartesian_2d(lo..hi, labels[..].into_segmented())?;
-            chart.configure_mesh().x_desc(unit.to_string()).y_labels(labels.len() * 2 + 1).y_label_formatter(&segment_label).label_style(("sans-serif", 13)).light_line_style(WHITE).draw()?;
-            chart.draw_series(boxes.iter().map(|(l, q)| Boxplot::new_horizontal(SegmentValue::CenterOf(l), q).width(14)))?;
+            let mut mesh = b.build_cartesian_2d(lo..hi, labels[..].into_segmented())?;
+            mesh.configure_mesh().x_desc(unit.to_string()).y_labels(labels.len() * 2 + 1).y_label_formatter(&segment_label).label_style(("sans-serif", 13)).light_line_style(WHITE).draw()?;
+            for (l, v) in &boxes {
+                shapes.push(v.map(|x| mesh.backend_coord(&(x as f32, SegmentValue::CenterOf(l)))));
+            }
+        }
+        // Drawn in backend pixels on the root area (at 0,0).
+        let style = ShapeStyle::from(&BLACK).stroke_width(1);
+        for [min, q1, med, q3, max] in shapes {
+            let y = med.1;
+            root.draw(&PathElement::new(vec![(min.0, y), (max.0, y)], style))?;
+            for x in [min.0, max.0] {
+                root.draw(&PathElement::new(vec![(x, y - 5), (x, y + 5)], style))?;
+            }
+            root.draw(&Rectangle::new([(q1.0, y - 7), (q3.0.max(q1.0 + 1), y + 7)], ShapeStyle::from(&WHITE).filled()))?;
+            root.draw(&Rectangle::new([(q1.0, y - 7), (q3.0.max(q1.0 + 1), y + 7)], style))?;
+            root.draw(&PathElement::new(vec![(med.0, y - 7), (med.0, y + 7)], ShapeStyle::from(&BLACK).stroke_width(2)))?;
         }
     }
     root.present()?;
@@ -200,6 +269,7 @@ mod tests {
             runs: 3,
             warmup: 1,
             method: "alternating".into(),
+            ratios: vec![Ratio { phase: "exit".into(), numerator: "microvm".into(), denominator: "crun".into(), value: 100.0, representative: false }],
             series: vec![
                 Series::new("microvm", "exit", "ms", vec![6000.0, 6500.0, 5900.0]),
                 Series::new("crun", "exit", "ms", vec![60.0, 55.0, 70.0]),
@@ -215,6 +285,10 @@ mod tests {
         let text = r.text();
         assert!(text.starts_with("NOTE: emulated\nhost: "), "{text}");
         assert!(text.contains("microvm") && text.contains("6000") && text.contains("workloads/s"), "{text}");
+        assert!(text.contains("exit          microvm / crun = 100.00x   NOT representative"), "{text}");
+        let r2 = Ratio::of(&r.series, "exit", &[("microvm".into(), "crun".into(), true), ("crun".into(), "nobody".into(), true)]);
+        assert_eq!(r2.len(), 1);
+        assert!((r2[0].value - 6000.0 / 60.0).abs() < 1e-9 && r2[0].representative);
         let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         let dir = tempfile::tempdir().unwrap();
