@@ -291,13 +291,31 @@ fn check_orphan(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     );
 }
 
+/// (name, `Seccomp:`, `NoNewPrivs:`) of a VMM's own threads (not KVM's
+/// `kvm-*` kernel workers in its thread group).
+pub fn vmm_thread_filters(pid: i32) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string();
+        if !name.starts_with("kvm-") {
+            out.push((name, field("Seccomp:"), field("NoNewPrivs:")));
+        }
+    }
+    out
+}
+
 /// The VMM killed from outside: the workload is reported failed, with the
-/// guest console's last lines.
+/// guest console's last lines. First: every VMM thread runs filtered.
 fn check_vmm_killed(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     let o = ctx.out(ctx.run_cmd(&["-d", "--name", "vmmkill"], &["sleep", "1000"]));
     let (Some(sup), Some(vmm)) = (pid_of(ctx, "vmmkill", "supervisor"), pid_of(ctx, "vmmkill", "runtime")) else {
         return check("vmm-killed-reported", false, format!("no pids: {}", show(&o)));
     };
+    let filters = vmm_thread_filters(vmm);
+    let filtered = filters.iter().any(|t| t.0 == "bulkhead-vmm") && filters.iter().any(|t| t.0.starts_with("vcpu")) && filters.iter().all(|t| t.1 == "2" && t.2 == "1");
+    check("vmm-seccomp", filtered, format!("(thread, Seccomp, NoNewPrivs): {filters:?}"));
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(vmm), nix::sys::signal::Signal::SIGKILL);
     pidfd_wait(sup, 30_000);
     let status = status_of(ctx, "vmmkill");

@@ -4,8 +4,9 @@
 //! Per run: process start (spawn) -> first guest serial byte on the pipe,
 //! and -> process reaped (the VM fully torn down), plus the VMM's memory
 //! overhead (peak RSS minus the guest mapping's resident pages, from
-//! `--memory-report`). The static build (as shipped, `make static`) and the
-//! plain workspace build run alternately to cancel drift.
+//! `--memory-report`). The static build (as shipped, `make static`), the
+//! same with `--no-seccomp` (what the filters cost) and the plain workspace
+//! build run alternately to cancel drift.
 //!
 //! `cargo bench -p bulkhead-vmm --bench boot [-- RUNS]` (default 30 runs,
 //! 3 warm-up runs discarded).
@@ -25,9 +26,10 @@ struct Sample {
     overhead_kib: u64,
 }
 
-fn run_once(vmm: &Path, kernel: &Path) -> Sample {
+fn run_once(vmm: &Path, extra: &[&str], kernel: &Path) -> Sample {
     let start = Instant::now();
     let mut child = Command::new(vmm)
+        .args(extra)
         .arg("--kernel")
         .arg(kernel)
         .arg("--memory-report")
@@ -89,9 +91,13 @@ fn main() {
     let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30);
     let dynamic = PathBuf::from(env!("CARGO_BIN_EXE_bulkhead-vmm"));
     let static_build = dynamic.parent().and_then(|d| d.parent()).map(|t| t.join("x86_64-unknown-linux-gnu/release/bulkhead-vmm"));
-    let mut builds = vec![("workspace build (dynamic)", dynamic)];
+    let mut builds: Vec<(&str, PathBuf, &[&str])> = vec![("workspace build (dynamic)", dynamic, &[])];
     match static_build.filter(|p| p.is_file()) {
-        Some(p) => builds.insert(0, ("static build (as shipped)", p)),
+        Some(p) => {
+            // What the seccomp filters cost: the shipped binary without them.
+            builds.insert(0, ("static build, --no-seccomp (debugging only)", p.clone(), &["--no-seccomp"]));
+            builds.insert(0, ("static build (as shipped)", p, &[]));
+        }
         None => println!("(no static build: run `make static` to measure the shipped binary too)"),
     }
 
@@ -101,18 +107,18 @@ fn main() {
     std::fs::write(&kernel, Program::new().print(LINE).reset_i8042().elf()).expect("write guest");
 
     println!("bulkhead-vmm boot benchmark: tiny PVH guest, 1 vCPU, 128 MiB, host KVM: {}", bulkhead_vmm::host::detect());
-    for (_, vmm) in &builds {
+    for (_, vmm, extra) in &builds {
         for _ in 0..3 {
-            run_once(vmm, &kernel);
+            run_once(vmm, extra, &kernel);
         }
     }
     let mut results: Vec<Vec<Sample>> = builds.iter().map(|_| Vec::with_capacity(runs)).collect();
     for _ in 0..runs {
-        for (i, (_, vmm)) in builds.iter().enumerate() {
-            results[i].push(run_once(vmm, &kernel));
+        for (i, (_, vmm, extra)) in builds.iter().enumerate() {
+            results[i].push(run_once(vmm, extra, &kernel));
         }
     }
-    for ((name, _), samples) in builds.iter().zip(&results) {
+    for ((name, _, _), samples) in builds.iter().zip(&results) {
         report(name, samples);
     }
     let _ = std::fs::remove_dir_all(&dir);

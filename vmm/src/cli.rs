@@ -88,6 +88,16 @@ pub struct Args {
     /// overhead (the difference) to stderr at exit.
     #[arg(long)]
     pub memory_report: bool,
+    /// Run without the seccomp filters. For debugging only: a guest that
+    /// breaks the VMM then has every system call of this process.
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Tests only (feature test-hooks): once the filters are in, the main
+    /// or a vCPU thread makes a forbidden call: KIND:CALL with KIND main or
+    /// vcpu, CALL execve, open, socket or ptrace.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, value_name = "KIND:CALL", hide = true)]
+    pub seccomp_violation: Option<String>,
     /// Print KVM's supported CPUID table (for recording test data) and exit.
     #[arg(long)]
     pub dump_supported_cpuid: bool,
@@ -146,6 +156,9 @@ impl Args {
         }
         c.boot_timeline |= self.boot_timeline;
         c.memory_report |= self.memory_report;
+        if self.no_seccomp {
+            c.seccomp = false;
+        }
         Ok(c)
     }
 }
@@ -185,6 +198,8 @@ mod tests {
         assert!(matches!(bad, Err(CliError::ConfigFile { .. })));
         assert!(unsupported.is_err_and(|e| e.to_string().contains("mmds-config")));
         assert!(Args::try_parse_from(["bulkhead-vmm", "--config", "a", "--config-file", "b"]).is_err());
+        assert!(parse(&["--kernel", "/k"]).unwrap().seccomp, "seccomp is on unless turned off");
+        assert!(!parse(&["--kernel", "/k", "--no-seccomp"]).unwrap().seccomp);
     }
 
     #[test]

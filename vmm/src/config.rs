@@ -194,6 +194,8 @@ pub struct VmConfig {
     pub boot_timeline: bool,
     /// Print peak RSS, guest-resident memory and the difference on exit.
     pub memory_report: bool,
+    /// seccomp filters on every thread (`--no-seccomp` turns them off, for debugging only).
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -210,6 +212,7 @@ impl Default for VmConfig {
             serial: SerialOutput::Stdout,
             boot_timeline: false,
             memory_report: false,
+            seccomp: true,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod host;
 pub mod layout;
 pub mod memory_report;
 pub mod runner;
+pub mod seccomp;
 pub mod timeline;
 pub mod tiny_guest;
 pub mod vstate;

@@ -20,6 +20,16 @@ fn main() -> ExitCode {
     if args.dump_supported_cpuid {
         return dump_cpuid();
     }
+    #[cfg(feature = "test-hooks")]
+    let violation = match args.seccomp_violation.as_deref().map(bulkhead_vmm::seccomp::parse_violation).transpose() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("bulkhead-vmm: --seccomp-violation {e}");
+            return ExitCode::from(code::USAGE);
+        }
+    };
+    #[cfg(not(feature = "test-hooks"))]
+    let violation = None;
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -29,7 +39,8 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let timeline = built.ctx.timeline.clone();
-    let ended = match runner::run(built, config.memory_report) {
+    let opts = runner::RunOptions { measure: config.memory_report, seccomp: config.seccomp, violation };
+    let ended = match runner::run(built, &opts) {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };

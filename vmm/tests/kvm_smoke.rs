@@ -153,3 +153,53 @@ fn firecracker_config_file_form_boots_the_same_guest() {
     assert!(report.monotonic_start_us.is_some_and(|t| t <= bulkhead_vmm::timeline::monotonic_us()), "{err}");
     assert_eq!(report.marks.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["kernel-entry", "agent-ready", "exit"], "{err}");
 }
+
+/// `Seccomp:` and `NoNewPrivs:` of the VMM's own threads (KVM's kernel
+/// workers, `kvm-*`, live in its thread group too), by name.
+fn thread_seccomp(pid: u32) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap().trim().to_string();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string();
+        if !name.starts_with("kvm-") {
+            out.push((name, field("Seccomp:"), field("NoNewPrivs:")));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_thread_runs_filtered_unless_no_seccomp() {
+    for (flags, want) in [(&[][..], ("2", "1")), (&["--no-seccomp"][..], ("0", "0"))] {
+        let (_dir, kernel) = guest("filtered", Program::new().print("spinning\n").spin());
+        let mut child = vmm().arg("--kernel").arg(&kernel).args(["--vcpus", "2"]).args(flags).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "spinning\n");
+        let threads = thread_seccomp(child.id());
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
+        assert_eq!(names, ["bulkhead-vmm", "vcpu0", "vcpu1"], "{threads:?}");
+        assert!(threads.iter().all(|t| (t.1.as_str(), t.2.as_str()) == want), "{flags:?}: {threads:?}");
+        assert_eq!(status.code(), Some(i32::from(code::SIGTERM)), "the exit path works filtered: {flags:?}");
+    }
+}
+
+#[test]
+fn forbidden_calls_kill_the_vmm_with_sigsys_on_every_thread_kind() {
+    use std::os::unix::process::ExitStatusExt;
+    let (_dir, kernel) = guest("violate", Program::new().print("up\n").power_off());
+    for kind in ["main", "vcpu"] {
+        for call in ["execve", "open", "socket", "ptrace"] {
+            let out = vmm().arg("--kernel").arg(&kernel).args(["--seccomp-violation", &format!("{kind}:{call}")]).output().unwrap();
+            assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{kind}:{call}: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    // The memory report reads /proc files opened before the filters.
+    let out = vmm().arg("--kernel").arg(&kernel).arg("--memory-report").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("overhead_kib="));
+}
