@@ -9,7 +9,7 @@ use crate::config::{ConfigError, DiskConfig, MacAddr, NetConfig, SerialOutput, V
 pub const AFTER_HELP: &str = "\
 --config FILE.json takes the same settings (keys: kernel, initrd, cmdline, vcpus,
 memory_mib, disks [{path, read_only}], vsock {uds_path, cid}, net {tap, mac},
-serial, boot_timeline, memory_report); flags given on the command line override it.
+serial, boot_timeline, memory_report, seccomp); flags given on the command line override it.
 Firecracker's form works too: `--no-api --config-file FILE.json` with its keys
 boot-source, drives, machine-config, vsock, network-interfaces (one) and entropy;
 other Firecracker keys are refused by name.
