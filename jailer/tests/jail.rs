@@ -1,0 +1,246 @@
+//! bulkhead-jailer around the real bulkhead-vmm with tiny guests on this
+//! machine's /dev/kvm (any KVM, kvm_pvm included): what the jailed VMM can
+//! see and do, the refusals, 20 start/stop cycles that leave nothing, and
+//! what the jail costs at start.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use bulkhead_vmm::tiny_guest::Program;
+
+const UID: u32 = 64_123;
+
+fn jailer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead-jailer"))
+}
+
+/// The shipped (static) VMM; it needs no libraries inside the jail.
+fn vmm() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let release = exe.parent().and_then(|d| d.parent()).unwrap();
+    let v = release.join("../x86_64-unknown-linux-gnu/release/bulkhead-vmm");
+    assert!(v.is_file(), "no {} (make static)", v.display());
+    std::fs::canonicalize(v).unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+    kernel: PathBuf,
+}
+
+fn fixture(program: Program) -> Fixture {
+    assert!(Path::new("/dev/kvm").exists(), "these tests need /dev/kvm");
+    let dir = tempfile::Builder::new().prefix("bulkhead-jailer-test-").tempdir_in("/var/tmp").unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let base = root.join("jails");
+    std::fs::create_dir(&base).unwrap();
+    let kernel = root.join("guest").join("tiny.elf");
+    std::fs::create_dir(kernel.parent().unwrap()).unwrap();
+    std::fs::write(&kernel, program.elf()).unwrap();
+    Fixture { _dir: dir, base, kernel }
+}
+
+fn memory_limit() -> String {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "memory.max=268435456".into()
+    } else {
+        "memory.limit_in_bytes=268435456".into()
+    }
+}
+
+fn jailed(f: &Fixture, id: &str, vmm_args: &[&str]) -> Command {
+    jailed_with(f, id, vmm_args, true)
+}
+
+fn jailed_with(f: &Fixture, id: &str, vmm_args: &[&str], cgroups: bool) -> Command {
+    let mut c = jailer();
+    c.args(["--id", id, "--uid", &UID.to_string(), "--gid", &UID.to_string(), "--chroot-base"]).arg(&f.base);
+    c.arg("--bind").arg(&f.kernel).args(["--resource-limit", "NOFILE=64", "--resource-limit", "FSIZE=0"]);
+    if cgroups {
+        c.args(["--cgroup", &memory_limit(), "--cgroup", "pids.max=32"]);
+    }
+    c.arg("--").arg(vmm()).arg("--kernel").arg(&f.kernel).args(vmm_args);
+    c
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix(key)).unwrap().trim().to_string()
+}
+
+fn ns(pid: &str, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+/// Every path under `dir` (relative), without following symlinks or entering /proc.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for e in std::fs::read_dir(dir.join(&rel)).unwrap().flatten() {
+            let r = rel.join(e.file_name());
+            out.push(r.display().to_string());
+            if e.file_type().unwrap().is_dir() && r != Path::new("proc") {
+                todo.push(r);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The jail's cgroups, and any process still running this test's guest
+/// (a jailed VMM or a jailer that outlived it: their command lines name it).
+fn leftovers(id: &str, kernel: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for ctl in ["memory", "pids", ""] {
+        let p = Path::new("/sys/fs/cgroup").join(ctl).join("bulkhead").join(id);
+        if p.exists() {
+            out.push(p.display().to_string());
+        }
+    }
+    let needle = kernel.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            out.push(format!("process {}: {}", e.file_name().to_string_lossy(), String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_jailed_vmm_runs_unprivileged_in_its_own_namespaces_and_root() {
+    let f = fixture(Program::new().print("jailed\n").spin());
+    let mut child = jailed(&f, "look", &["--vcpus", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "jailed\n", "the guest runs");
+    // jailer -> middle -> the VMM (PID 1 of its pid namespace)
+    let middle = children(child.id());
+    let vmm_pid = middle.first().map(|m| children(*m)).unwrap_or_default();
+    assert_eq!(vmm_pid.len(), 1, "{middle:?} {vmm_pid:?}");
+    let p = vmm_pid[0];
+    let facts = [("Seccomp:", "2"), ("NoNewPrivs:", "1"), ("CapEff:", "0000000000000000"), ("CapPrm:", "0000000000000000"), ("CapBnd:", "0000000000000000"), ("CapAmb:", "0000000000000000")];
+    for (k, want) in facts {
+        assert_eq!(status_field(p, k), want, "{k}");
+    }
+    assert!(status_field(p, "Uid:").split_whitespace().all(|u| u == UID.to_string()), "{}", status_field(p, "Uid:"));
+    assert!(status_field(p, "Gid:").split_whitespace().all(|g| g == UID.to_string()));
+    assert_eq!(status_field(p, "Groups:"), "");
+    for kind in ["mnt", "pid", "ipc", "uts"] {
+        assert_ne!(ns(&p.to_string(), kind), ns("self", kind), "{kind} namespace");
+    }
+    assert_eq!(ns(&p.to_string(), "net"), ns("self", "net"), "no --netns: the host's");
+    assert_eq!(status_field(p, "NSpid:").split_whitespace().last(), Some("1"), "PID 1 of its namespace");
+    // Its root: the devices, /proc, the VMM and the kernel (and their parent dirs), nothing else.
+    let root = PathBuf::from(format!("/proc/{p}/root"));
+    let mut want: Vec<String> = vec!["dev".into(), "dev/kvm".into(), "dev/net".into(), "dev/net/tun".into(), "proc".into()];
+    for file in [vmm(), f.kernel.clone()] {
+        let mut acc = PathBuf::new();
+        for c in file.strip_prefix("/").unwrap().components() {
+            acc.push(c);
+            want.push(acc.display().to_string());
+        }
+    }
+    want.sort();
+    want.dedup();
+    assert_eq!(tree(&root), want);
+    let env = std::fs::read(format!("/proc/{p}/environ")).unwrap();
+    assert!(env.is_empty(), "an empty environment: {}", String::from_utf8_lossy(&env));
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{p}/fd")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(fds.iter().all(|fd| fd.parse::<i32>().unwrap() < 32), "{fds:?}");
+    let limits = std::fs::read_to_string(format!("/proc/{p}/limits")).unwrap();
+    assert!(limits.lines().any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("64")), "{limits}");
+    // SIGTERM to the jailer reaches the VMM; its code comes back.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "{:?}",
+        child.stderr.take().map(|mut e| {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            s
+        })
+    );
+    assert!(!f.base.join("look").exists(), "the jail dir is removed");
+    assert_eq!(leftovers("look", &f.kernel), Vec::<String>::new());
+}
+
+#[test]
+fn bad_jails_are_refused_and_nothing_is_made() {
+    let f = fixture(Program::new().power_off());
+    let link = f.base.parent().unwrap().join("link");
+    std::os::unix::fs::symlink(&f.base, &link).unwrap();
+    std::fs::create_dir(f.base.join("taken")).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--chroot-base".into(), link.display().to_string()], "is a symlink"),
+        (vec!["--id".into(), "a/b".into()], "--id \"a/b\""),
+        (vec!["--id".into(), "..".into()], "--id \"..\""),
+        (vec!["--id".into(), "taken".into()], "exists already"),
+        (vec!["--uid".into(), "0".into()], "must not run as root"),
+        (vec!["--cgroup".into(), "devices.allow=a".into()], "--cgroup"),
+        (vec!["--bind".into(), "/no/such/file".into()], "/no/such/file"),
+    ];
+    for (over, want) in cases {
+        let mut base: Vec<(String, String)> =
+            vec![("--id".into(), "ok".into()), ("--uid".into(), UID.to_string()), ("--gid".into(), UID.to_string()), ("--chroot-base".into(), f.base.display().to_string())];
+        match base.iter_mut().find(|(k, _)| *k == over[0]) {
+            Some(kv) => kv.1 = over[1].clone(),
+            None => base.push((over[0].clone(), over[1].clone())),
+        }
+        let args: Vec<String> = base.into_iter().flat_map(|(k, v)| [k, v]).collect();
+        let out = jailer().args(&args).arg("--").arg(vmm()).arg("--kernel").arg(&f.kernel).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{over:?}: {err}");
+        assert!(err.contains(want), "{over:?}: wanted {want:?} in {err}");
+        let mut made: Vec<String> = std::fs::read_dir(&f.base).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        made.sort();
+        assert_eq!(made, ["taken"], "{over:?} made something");
+        assert!(std::fs::read_dir(f.base.join("taken")).unwrap().next().is_none(), "{over:?} touched the existing jail dir");
+    }
+    assert_eq!(leftovers("ok", &f.kernel), Vec::<String>::new());
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn twenty_jailed_cycles_leave_nothing_and_the_jail_cost_is_reported() {
+    let f = fixture(Program::new().print("cycle\n").power_off());
+    let (mut jailed_ms, mut plain_ms, mut no_cgroup_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..20 {
+        let id = format!("cycle-{i}");
+        let start = std::time::Instant::now();
+        let out = jailed(&f, &id, &[]).output().unwrap();
+        jailed_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(out.status.success(), "cycle {i}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "cycle\n");
+        assert!(!f.base.join(&id).exists());
+        assert_eq!(leftovers(&id, &f.kernel), Vec::<String>::new(), "cycle {i}");
+        let start = std::time::Instant::now();
+        let out = Command::new(vmm()).arg("--kernel").arg(&f.kernel).output().unwrap();
+        plain_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(out.status.success());
+        let start = std::time::Instant::now();
+        let out = jailed_with(&f, &id, &[], false).output().unwrap();
+        no_cgroup_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(out.status.success(), "cycle {i} without cgroups: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(std::fs::read_dir(&f.base).unwrap().count(), 0);
+    let (j, p, n) = (median_ms(jailed_ms), median_ms(plain_ms), median_ms(no_cgroup_ms));
+    // Figures for the closing note and the README, not a timed assertion.
+    eprintln!("jail cost (medians of 20, start to exit, tiny guest): plain {p:.2} ms; jailed {j:.2} ms (+{:.2}); jailed without cgroups {n:.2} ms (+{:.2})", j - p, n - p);
+}
