@@ -64,6 +64,71 @@ impl Program {
         self
     }
 
+    /// `iterations` pseudo-random 32-bit writes (xorshift32 from `seed`):
+    /// each to a random register of the first 8 virtio-mmio windows, to a
+    /// random dword of guest RAM in [2 MiB, 2.25 MiB) (where [`Self::virtio_init`]
+    /// puts the rings: forged descriptor chains, their values kept below
+    /// 2.25 MiB so they point into guest RAM), and a byte to a random
+    /// COM1 register. No stack, no paging: the code at 1 MiB is never hit.
+    pub fn hostile_writes(mut self, seed: u32, iterations: u32) -> Self {
+        let c = &mut self.code;
+        c.push(0xb8); // mov eax, seed
+        c.extend_from_slice(&seed.max(1).to_le_bytes());
+        c.push(0xbe); // mov esi, iterations
+        c.extend_from_slice(&iterations.max(1).to_le_bytes());
+        let top = c.len();
+        c.extend_from_slice(&[
+            0x89, 0xc1, 0xc1, 0xe1, 0x0d, 0x31, 0xc8, // x ^= x << 13
+            0x89, 0xc1, 0xc1, 0xe9, 0x11, 0x31, 0xc8, // x ^= x >> 17
+            0x89, 0xc1, 0xc1, 0xe1, 0x05, 0x31, 0xc8, // x ^= x << 5
+            0x89, 0xc7, 0xc1, 0xc7, 0x07, // edi = rol(x, 7): the value
+            0x89, 0xc2, 0xc1, 0xea, 0x0c, 0x83, 0xe2, 0x07, 0xc1, 0xe2, 0x0c, // edx = ((x >> 12) & 7) << 12: the window
+            0x89, 0xc3, 0x81, 0xe3, 0xfc, 0x01, 0x00, 0x00, // ebx = x & 0x1fc: the register
+            0x01, 0xda, 0x81, 0xc2, 0x00, 0x00, 0x00, 0xd0, // edx += ebx + 0xd000_0000
+            0x89, 0x3a, // mov [edx], edi
+            0x89, 0xc2, 0x81, 0xe2, 0xfc, 0xff, 0x03, 0x00, 0x81, 0xc2, 0x00, 0x00, 0x20, 0x00, // edx = (x & 0x3fffc) + 2 MiB
+            0x81, 0xe7, 0xff, 0xff, 0x23, 0x00, // edi &= 0x23ffff: addresses and lengths that land in guest RAM
+            0x89, 0x3a, // mov [edx], edi
+            0x89, 0xc2, 0xc1, 0xea, 0x18, 0x83, 0xe2, 0x07, 0x81, 0xc2, 0xf8, 0x03, 0x00, 0x00, // edx = ((x >> 24) & 7) + 0x3f8
+            0xee, // out dx, al
+            0x4e, // dec esi
+            0x0f, 0x85, // jnz top
+        ]);
+        let rel = top as i64 - (c.len() as i64 + 4);
+        c.extend_from_slice(&(rel as i32).to_le_bytes());
+        self
+    }
+
+    /// The virtio-mmio driver handshake on the first 8 windows, rings at
+    /// 2 MiB: reset, ACKNOWLEDGE|DRIVER, FEATURES_OK, queue 0 of 16 entries,
+    /// ready, DRIVER_OK, then a notify. What comes after runs "after DRIVER_OK".
+    pub fn virtio_init(mut self) -> Self {
+        for slot in 0..8u32 {
+            let base = 0xd000_0000 + slot * 0x1000;
+            self = self.mmio_write32(base + 0x70, 0).mmio_write32(base + 0x70, 1).mmio_write32(base + 0x70, 3);
+            // VIRTIO_F_VERSION_1 (bit 32), nothing else.
+            self = self.mmio_write32(base + 0x24, 1).mmio_write32(base + 0x20, 1).mmio_write32(base + 0x24, 0).mmio_write32(base + 0x20, 0).mmio_write32(base + 0x70, 0xb);
+            for q in 0..3u32 {
+                let ring = 0x20_0000 + q * 0x1_0000;
+                self = self
+                    .mmio_write32(base + 0x30, q)
+                    .mmio_write32(base + 0x38, 16)
+                    .mmio_write32(base + 0x80, ring)
+                    .mmio_write32(base + 0x84, 0)
+                    .mmio_write32(base + 0x90, ring + 0x1000)
+                    .mmio_write32(base + 0x94, 0)
+                    .mmio_write32(base + 0xa0, ring + 0x2000)
+                    .mmio_write32(base + 0xa4, 0)
+                    .mmio_write32(base + 0x44, 1);
+            }
+            self = self.mmio_write32(base + 0x70, 0xf);
+            for q in 0..3u32 {
+                self = self.mmio_write32(base + 0x50, q);
+            }
+        }
+        self
+    }
+
     /// ACPI S5 through the sleep control register.
     pub fn power_off(self) -> Self {
         self.out8(PORT_ACPI_SLEEP_CONTROL, (ACPI_S5_SLEEP_TYPE << 2) | (1 << 5))
@@ -87,6 +152,14 @@ impl Program {
     /// `ud2` with no IDT: #UD, #DF, then a triple fault.
     pub fn triple_fault(mut self) -> Self {
         self.code.extend_from_slice(&[0x0f, 0x0b]);
+        self
+    }
+
+    /// Burns time: `mov ecx, iterations; loop $`.
+    pub fn delay(mut self, iterations: u32) -> Self {
+        self.code.push(0xb9);
+        self.code.extend_from_slice(&iterations.max(1).to_le_bytes());
+        self.code.extend_from_slice(&[0xe2, 0xfe]);
         self
     }
 
