@@ -24,6 +24,34 @@ fn unified() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
 
+/// `--cgroup` arguments for one VM in this host's hierarchy: memory in
+/// bytes, a CPU share (`None`: unlimited; 1.5 = one and a half CPUs), pids.
+pub fn limits(memory_bytes: u64, cpus: Option<f64>, pids: u32) -> Vec<String> {
+    let v2 = unified();
+    let mut out = vec![if v2 { format!("memory.max={memory_bytes}") } else { format!("memory.limit_in_bytes={memory_bytes}") }, format!("pids.max={pids}")];
+    if let Some(c) = cpus.filter(|c| c.is_finite() && *c > 0.0) {
+        // Per 100 ms period; the kernel's floor is 1 ms.
+        let quota = ((c * 100_000.0).round() as u64).max(1000);
+        out.push(if v2 { format!("cpu.max={quota} 100000") } else { format!("cpu.cfs_quota_us={quota}") });
+    }
+    out
+}
+
+/// Every `bulkhead/<id>` directory the jailer may make for `id`, made or not.
+pub fn candidate_dirs(id: &str) -> Vec<PathBuf> {
+    if unified() {
+        vec![Path::new(ROOT).join("bulkhead").join(id)]
+    } else {
+        ["memory", "cpu", "pids"].iter().map(|c| Path::new(ROOT).join(c).join("bulkhead").join(id)).collect()
+    }
+}
+
+/// The ids that have a `bulkhead/<id>` group under any controller.
+pub fn ids() -> Vec<String> {
+    let parents: Vec<PathBuf> = if unified() { vec![Path::new(ROOT).join("bulkhead")] } else { ["memory", "cpu", "pids"].iter().map(|c| Path::new(ROOT).join(c).join("bulkhead")).collect() };
+    parents.iter().filter_map(|p| std::fs::read_dir(p).ok()).flatten().flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect()
+}
+
 fn dir_for(controller: &str, id: &str) -> Result<PathBuf, CgroupError> {
     let base = if unified() { PathBuf::from(ROOT) } else { Path::new(ROOT).join(controller) };
     if !base.is_dir() {

@@ -4,7 +4,9 @@
 //! namespaces) and the VMM (PID 1 of the new pid namespace: binds in what
 //! it needs, pivot_root, rlimits, closes fds, NO_NEW_PRIVS, drops to
 //! UID:GID with no capabilities, execs with an empty environment). The
-//! upper two pass SIGTERM/SIGINT down and the exit status up.
+//! upper two pass SIGTERM/SIGINT down and the exit status up; the lower two
+//! die with their parent (PR_SET_PDEATHSIG), so a killed jailer takes its
+//! VMM along (what it leaves, `cleanup` removes).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -105,13 +107,14 @@ fn relay(child: Pid, signals: &SigSet) -> i32 {
 
 fn start(spec: &Spec, root: &Path, cgroups: &Cgroups) -> Result<i32, JailError> {
     let signals = relayed_signals();
+    let jailer = nix::unistd::getpid();
     signals.thread_block().map_err(|e| JailError::Sys("block signals", e))?;
     // SAFETY: the jailer is single-threaded here; the child only runs the
     // code below before exec or _exit.
     match unsafe { fork() }.map_err(|e| JailError::Sys("fork", e))? {
         ForkResult::Parent { child } => Ok(relay(child, &signals)),
         ForkResult::Child => {
-            let code = match middle(spec, root, cgroups, &signals) {
+            let code = match middle(spec, root, cgroups, &signals, jailer) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("bulkhead-jailer: {e}");
@@ -124,7 +127,22 @@ fn start(spec: &Spec, root: &Path, cgroups: &Cgroups) -> Result<i32, JailError> 
     }
 }
 
-fn middle(spec: &Spec, root: &Path, cgroups: &Cgroups, signals: &SigSet) -> Result<i32, JailError> {
+/// The kernel kills this process when its parent ends, whoever ends it
+/// (a SIGKILLed jailer must not leave a VMM running); 0 when the parent is
+/// already gone.
+fn die_with_parent(parent: Option<Pid>) -> Result<(), JailError> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(JailError::Sys("PR_SET_PDEATHSIG", nix::Error::last()));
+    }
+    if parent.is_some_and(|p| nix::unistd::getppid() != p) {
+        return Err(JailError::Sys("the jailer ended before the jail was made", nix::Error::ESRCH));
+    }
+    Ok(())
+}
+
+fn middle(spec: &Spec, root: &Path, cgroups: &Cgroups, signals: &SigSet, jailer: Pid) -> Result<i32, JailError> {
+    die_with_parent(Some(jailer))?;
     cgroups.join(std::process::id() as i32)?;
     if let Some(ns) = &spec.netns {
         let f = std::fs::File::open(ns).map_err(|e| JailError::Sys("open the network namespace", nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
@@ -156,6 +174,10 @@ fn jail_self(spec: &Spec, root: &Path) -> Result<std::convert::Infallible, JailE
     nix::unistd::sethostname(&spec.id).map_err(sys("sethostname"))?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(sys("make / private"))?;
     mount(Some(root), root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(sys("bind the jail root"))?;
+    // A base on a nodev mount (/run on most hosts) would make the two
+    // device nodes unusable: the jail root's own flags are nosuid, noexec,
+    // devices allowed (each bind below gets its own, stricter flags).
+    mount(None::<&str>, root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, None::<&str>).map_err(sys("remount the jail root"))?;
     let vmm = (PathBuf::from(&spec.command[0]), false);
     for (host, rw) in spec.binds.iter().chain(std::iter::once(&vmm)) {
         let target = chroot::inside(root, host);
@@ -193,6 +215,9 @@ fn jail_self(spec: &Spec, root: &Path) -> Result<std::convert::Infallible, JailE
     nix::unistd::setresgid(spec.gid.into(), spec.gid.into(), spec.gid.into()).map_err(sys("setresgid"))?;
     // From uid 0 to another: the permitted and effective capabilities go.
     nix::unistd::setresuid(spec.uid.into(), spec.uid.into(), spec.uid.into()).map_err(sys("setresuid"))?;
+    // After the uid change (which clears it); kept across exec. The parent
+    // (the middle process) is outside this pid namespace: no ppid to check.
+    die_with_parent(None)?;
     // SIGTERM/SIGINT stay blocked across exec: the VMM reads them from a
     // signalfd, and as PID 1 of its namespace an unblocked one with the
     // default action would be dropped. SIGCHLD goes back.

@@ -38,6 +38,7 @@ struct Args {
     chroot_base: PathBuf,
     /// A host file or directory the VM needs (kernel, initrd, disk, vsock
     /// socket dir), bound in at the same path; read-only unless ",rw".
+    /// UID:GID must be able to use it by its mode bits (checked first).
     #[arg(long = "bind", value_name = "PATH[,rw]")]
     binds: Vec<String>,
     /// A cgroup limit, e.g. memory.max=300M, pids.max=64, cpu.max="50000 100000"
@@ -53,7 +54,7 @@ struct Args {
     /// An inherited fd the VMM keeps (e.g. a TAP passed as fd 3).
     #[arg(long = "keep-fd", value_name = "N")]
     keep_fds: Vec<i32>,
-    /// The VMM (absolute path) and its arguments, after `--`.
+    /// The VMM (absolute path, a static executable) and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
@@ -68,13 +69,17 @@ fn spec(a: Args) -> Result<Spec, validate::ValidateError> {
         return Err(validate::ValidateError::NotDir { what: "--chroot-base", path: base.display().to_string() });
     }
     let vmm = validate::real_path("the VMM", &PathBuf::from(&a.command[0]))?;
+    validate::static_elf(&vmm)?;
+    validate::accessible(&vmm, a.uid, a.gid, false)?;
     let mut binds = Vec::new();
     for b in &a.binds {
         let (path, rw) = match b.strip_suffix(",rw") {
             Some(p) => (p, true),
             None => (b.strip_suffix(",ro").unwrap_or(b), false),
         };
-        binds.push((validate::real_path("--bind", &PathBuf::from(path))?, rw));
+        let real = validate::real_path("--bind", &PathBuf::from(path))?;
+        validate::accessible(&real, a.uid, a.gid, rw)?;
+        binds.push((real, rw));
     }
     let netns = a.netns.as_deref().map(|p| validate::real_path("--netns", p)).transpose()?;
     let cgroups = a.cgroups.iter().map(|c| validate::cgroup(c)).collect::<Result<_, _>>()?;

@@ -20,6 +20,12 @@ pub enum ValidateError {
     KeyValue { flag: &'static str, value: String },
     #[error("--resource-limit {0:?}: NOFILE or FSIZE with a number")]
     Rlimit(String),
+    #[error("the VMM {0:?} is dynamically linked: the jail holds no libraries (use the static build, `make static`)")]
+    Dynamic(String),
+    #[error("{0:?} is not an ELF executable")]
+    NotElf(String),
+    #[error("{path:?}: uid {uid} / gid {gid} may not {access} it (mode {mode:o}, owner {owner}:{group}); the jailed VMM could not use it")]
+    Access { path: String, uid: u32, gid: u32, access: &'static str, mode: u32, owner: u32, group: u32 },
     #[error("--cgroup {0:?}: KEY is controller.file (memory.max, pids.max, cpu.max; v1: memory.limit_in_bytes, cpu.cfs_quota_us, ...), VALUE one line")]
     Cgroup(String),
 }
@@ -51,6 +57,65 @@ pub fn real_path(what: &'static str, p: &Path) -> Result<PathBuf, ValidateError>
         }
     }
     Ok(walked)
+}
+
+/// A static ELF executable: no PT_INTERP program header (a dynamic one
+/// would find no loader and no libraries in the jail).
+pub fn static_elf(p: &Path) -> Result<(), ValidateError> {
+    let bytes = std::fs::read(p).map_err(|e| ValidateError::Missing { what: "the VMM", path: p.display().to_string(), detail: e.to_string() })?;
+    match elf_interpreter(&bytes) {
+        Some(false) => Ok(()),
+        Some(true) => Err(ValidateError::Dynamic(p.display().to_string())),
+        None => Err(ValidateError::NotElf(p.display().to_string())),
+    }
+}
+
+/// Whether a 64-bit little-endian ELF file has a PT_INTERP header; `None`
+/// when it is no such file (or its header table lies outside it).
+pub fn elf_interpreter(b: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    if b.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let phoff = usize::try_from(u64::from_le_bytes(b.get(0x20..0x28)?.try_into().ok()?)).ok()?;
+    let (entsize, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+    if entsize < 4 {
+        return None;
+    }
+    let mut found = false;
+    for i in 0..count {
+        let at = phoff.checked_add(i.checked_mul(entsize)?)?;
+        found |= u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?) == PT_INTERP;
+    }
+    Some(found)
+}
+
+/// The mode bits that apply to `uid`/`gid` (no supplementary groups: the
+/// jail drops them) allow reading, and writing when `write`; for a
+/// directory also searching.
+pub fn accessible(p: &Path, uid: u32, gid: u32, write: bool) -> Result<(), ValidateError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).map_err(|e| ValidateError::Missing { what: "--bind", path: p.display().to_string(), detail: e.to_string() })?;
+    let shift = if m.uid() == uid {
+        6
+    } else if m.gid() == gid {
+        3
+    } else {
+        0
+    };
+    let bits = (m.mode() >> shift) & 7;
+    let need = 4 | if write { 2 } else { 0 } | if m.is_dir() { 1 } else { 0 };
+    if bits & need == need {
+        return Ok(());
+    }
+    let access = match (write, m.is_dir()) {
+        (true, true) => "read, write and search",
+        (true, false) => "read and write",
+        (false, true) => "read and search",
+        (false, false) => "read",
+    };
+    Err(ValidateError::Access { path: p.display().to_string(), uid, gid, access, mode: m.mode() & 0o7777, owner: m.uid(), group: m.gid() })
 }
 
 /// `NAME=VALUE`.
@@ -87,6 +152,49 @@ pub fn cgroup(s: &str) -> Result<(String, String, String), ValidateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elf_interpreter_headers_and_malformed_files() {
+        let mut elf = vec![0u8; 0x40 + 2 * 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        elf[0x40..0x44].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        assert_eq!(elf_interpreter(&elf), Some(false));
+        elf[0x40 + 56..0x40 + 60].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(elf_interpreter(&elf), Some(true));
+        assert_eq!(elf_interpreter(&elf[..0x40 + 58]), None, "a header table past the end");
+        let mut huge = elf.clone();
+        huge[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(elf_interpreter(&huge), None);
+        let mut many = elf.clone();
+        many[0x38..0x3a].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(elf_interpreter(&many), None);
+        for junk in [&b""[..], b"\x7fELF", b"#!/bin/sh\n", &[0u8; 64]] {
+            assert_eq!(elf_interpreter(junk), None);
+        }
+        assert_eq!(elf_interpreter(&std::fs::read("/bin/sh").unwrap()), Some(true), "a dynamic shell");
+    }
+
+    #[test]
+    fn access_follows_the_mode_bits_for_the_vmm_uid() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("disk");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(accessible(&f, 64123, 64123, false).is_ok());
+        assert!(matches!(accessible(&f, 64123, 64123, true), Err(ValidateError::Access { access: "read and write", .. })));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = accessible(&f, 64123, 64123, false).unwrap_err();
+        assert!(e.to_string().contains("may not read it (mode 600"), "{e}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(accessible(dir.path(), 64123, 64123, false).is_err());
+        nix::unistd::chown(dir.path(), Some(64123.into()), Some(64123.into())).unwrap();
+        assert!(accessible(dir.path(), 64123, 64123, true).is_ok());
+        assert!(accessible(&dir.path().join("nope"), 1, 1, false).is_err());
+    }
 
     #[test]
     fn ids() {

@@ -244,3 +244,75 @@ fn twenty_jailed_cycles_leave_nothing_and_the_jail_cost_is_reported() {
     // Figures for the closing note and the README, not a timed assertion.
     eprintln!("jail cost (medians of 20, start to exit, tiny guest): plain {p:.2} ms; jailed {j:.2} ms (+{:.2}); jailed without cgroups {n:.2} ms (+{:.2})", j - p, n - p);
 }
+
+#[test]
+fn a_killed_jailer_takes_its_vmm_along_and_cleanup_removes_the_rest() {
+    let f = fixture(Program::new().print("up\n").spin());
+    let mut child = jailed(&f, "killed", &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "up\n");
+    let middle = children(child.id());
+    let vmm_pid = children(middle[0])[0];
+    let pidfd = |pid: u32| {
+        // SAFETY: pidfd_open with a pid and no flags.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as i32, 0) };
+        assert!(fd >= 0, "pidfd_open {pid}");
+        // SAFETY: the fd was just opened and is ours.
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }
+    };
+    let vmm_fd = pidfd(vmm_pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The VMM's pidfd turns readable when it has exited (no reaper needed).
+    let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&vmm_fd), nix::poll::PollFlags::POLLIN)];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).unwrap();
+    assert_eq!(ready, 1, "the VMM outlived its jailer by 10 s");
+    // What the jailer had no chance to remove.
+    assert!(f.base.join("killed").exists());
+    let removed = bulkhead_jailer::cleanup::remove(&f.base, "killed").unwrap();
+    assert!(removed.iter().any(|r| r.starts_with("jail dir")), "{removed:?}");
+    assert!(!f.base.join("killed").exists());
+    assert_eq!(leftovers("killed", &f.kernel), Vec::<String>::new());
+}
+
+#[test]
+fn a_nodev_noexec_base_works_and_dynamic_vmms_or_unusable_binds_are_refused() {
+    let f = fixture(Program::new().print("on tmpfs\n").power_off());
+    // Like /run on most hosts: tmpfs, nosuid, nodev, noexec.
+    let tmpfs = f.base.join("run");
+    std::fs::create_dir(&tmpfs).unwrap();
+    let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC;
+    nix::mount::mount(Some("tmpfs"), &tmpfs, Some("tmpfs"), flags, Some("size=16m")).unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(tmpfs.clone());
+    let mut c = jailer();
+    c.args(["--id", "t1", "--uid", &UID.to_string(), "--gid", &UID.to_string(), "--chroot-base"]).arg(&tmpfs).arg("--bind").arg(&f.kernel);
+    let out = c.arg("--").arg(vmm()).arg("--kernel").arg(&f.kernel).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "on tmpfs\n");
+    assert_eq!(std::fs::read_dir(&tmpfs).unwrap().count(), 0);
+
+    let secret = f.kernel.with_file_name("secret");
+    std::fs::write(&secret, "x").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cases: Vec<(PathBuf, Vec<String>, &str)> = vec![
+        (PathBuf::from(std::fs::canonicalize("/bin/true").unwrap()), vec![], "dynamically linked"),
+        (vmm(), vec!["--bind".into(), secret.display().to_string()], "may not read it (mode 600"),
+        (vmm(), vec!["--bind".into(), format!("{},rw", f.kernel.display())], "may not read and write it"),
+    ];
+    for (vmm_path, extra, want) in cases {
+        let mut c = jailer();
+        c.args(["--id", "t2", "--uid", &UID.to_string(), "--gid", &UID.to_string(), "--chroot-base"]).arg(&tmpfs).args(&extra);
+        let out = c.arg("--").arg(&vmm_path).arg("--kernel").arg(&f.kernel).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{want}: {err}");
+        assert!(err.contains(want), "wanted {want:?} in {err}");
+        assert_eq!(std::fs::read_dir(&tmpfs).unwrap().count(), 0, "{want}: made something");
+    }
+}
