@@ -10,6 +10,8 @@ pub enum CgroupError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("no cgroup hierarchy for {0} (neither v2 at /sys/fs/cgroup nor v1 at /sys/fs/cgroup/{0})")]
     NoController(String),
+    #[error("cgroup {path}: no such file (is the {controller} controller available and enabled for bulkhead/ on this host?)")]
+    NoFile { path: PathBuf, controller: String },
 }
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -77,18 +79,22 @@ impl Cgroups {
         let made = self;
         for (controller, file, value) in limits {
             let dir = dir_for(controller, id)?;
+            if unified() {
+                // One dir for every controller; it gets a controller only if
+                // its parents pass it on (each controller, not just the first).
+                let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+                std::fs::create_dir_all(&parent).map_err(|source| CgroupError::Io { path: parent.clone(), source })?;
+                let _ = std::fs::write(Path::new(ROOT).join("cgroup.subtree_control"), format!("+{controller}"));
+                let _ = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{controller}"));
+            }
             if !made.dirs.contains(&dir) {
-                if unified() {
-                    // Children get the controller only if the parent passes it on.
-                    let parent = dir.parent().unwrap_or(&dir).to_path_buf();
-                    std::fs::create_dir_all(&parent).map_err(|source| CgroupError::Io { path: parent.clone(), source })?;
-                    let _ = std::fs::write(Path::new(ROOT).join("cgroup.subtree_control"), format!("+{controller}"));
-                    let _ = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{controller}"));
-                }
                 std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Io { path: dir.clone(), source })?;
                 made.dirs.push(dir.clone());
             }
             let path = dir.join(file);
+            if !path.exists() {
+                return Err(CgroupError::NoFile { path, controller: controller.clone() });
+            }
             std::fs::write(&path, value).map_err(|source| CgroupError::Io { path, source })?;
         }
         Ok(())

@@ -302,7 +302,7 @@ fn a_nodev_noexec_base_works_and_dynamic_vmms_or_unusable_binds_are_refused() {
     std::fs::write(&secret, "x").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let cases: Vec<(PathBuf, Vec<String>, &str)> = vec![
-        (PathBuf::from(std::fs::canonicalize("/bin/true").unwrap()), vec![], "dynamically linked"),
+        (std::fs::canonicalize("/bin/true").unwrap(), vec![], "dynamically linked"),
         (vmm(), vec!["--bind".into(), secret.display().to_string()], "may not read it (mode 600"),
         (vmm(), vec!["--bind".into(), format!("{},rw", f.kernel.display())], "may not read and write it"),
     ];

@@ -16,7 +16,7 @@ use crate::network::store::{self, Want};
 use crate::network::{lifecycle, Publish};
 use crate::runtime::attach::Request;
 use crate::runtime::paths::{self, Paths};
-use crate::runtime::record::{now_ms, write_json, Record, RuntimeKind, VmFiles, WorkloadConfig};
+use crate::runtime::record::{now_ms, write_json, Jail, Record, RuntimeKind, VmFiles, WorkloadConfig};
 use crate::runtime::state::State;
 use crate::runtime::{client, container};
 
@@ -229,7 +229,26 @@ fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<
     let agent = binary("bulkhead-agent")?;
     let initrd = bulkhead_images::agent_initramfs::cached(&agent).context("the agent's initramfs")?;
     let disk = rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}")).context("the image's root disk")?;
-    Ok(VmFiles { vmm: binary("bulkhead-vmm")?, kernel, initrd, disk, flavor: Default::default() })
+    let real = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
+    let jail = Jail { jailer: real(binary("bulkhead-jailer")?)?, chroot_base: Paths::jail_base(), uid: 0, gid: 0, ids: jail_ids()? };
+    Ok(VmFiles { vmm: real(binary("bulkhead-vmm")?)?, kernel: real(kernel)?, initrd: real(initrd)?, disk: real(disk)?, flavor: Default::default(), jail: Some(jail) })
+}
+
+/// The uids (and gids, the same numbers) jailed VMMs run as: one each,
+/// `BULKHEAD_JAIL_IDS=FIRST-LAST`. The default lies above the ranges
+/// distributions hand out (users, subuid maps from 100000, systemd's
+/// containers up to 1879048191) and below 2^31.
+pub const DEFAULT_JAIL_IDS: (u32, u32) = (2_000_000_000, 2_000_065_535);
+
+fn jail_ids() -> Result<(u32, u32)> {
+    let Some(v) = std::env::var("BULKHEAD_JAIL_IDS").ok().filter(|v| !v.is_empty()) else { return Ok(DEFAULT_JAIL_IDS) };
+    parse_jail_ids(&v).with_context(|| format!("BULKHEAD_JAIL_IDS={v:?}: FIRST-LAST, 0 < FIRST <= LAST < 4294967295 (e.g. 2000000000-2000065535)"))
+}
+
+fn parse_jail_ids(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('-')?;
+    let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a > 0 && a <= b && b < u32::MAX).then_some((a, b))
 }
 
 pub fn data_dir() -> PathBuf {
@@ -322,6 +341,9 @@ pub fn run(a: RunArgs) -> Result<u8> {
     // Leftovers of workloads that are gone (a crash, a reboot) go first.
     if let Err(e) = lifecycle::sweep(&state) {
         eprintln!("bulkhead: warning: cleaning up after workloads that are gone: {e}");
+    }
+    if let Err(e) = crate::runtime::jail::sweep(&state) {
+        eprintln!("bulkhead: warning: removing the jails of workloads that are gone: {e}");
     }
     let want = if a.network == crate::network::NONE {
         None
@@ -431,5 +453,10 @@ mod tests {
         assert_eq!(parse_signal("sigterm").ok(), Some(15));
         assert_eq!(parse_signal("2").ok(), Some(2));
         assert!(parse_signal("0").is_err() && parse_signal("NOPE").is_err() && parse_signal("65").is_err());
+        assert_eq!(parse_jail_ids("5-9"), Some((5, 9)));
+        assert_eq!(parse_jail_ids("7-7"), Some((7, 7)));
+        for bad in ["", "5", "9-5", "0-10", "-1-5", "a-b", "1-4294967295", "1-99999999999"] {
+            assert_eq!(parse_jail_ids(bad), None, "{bad}");
+        }
     }
 }

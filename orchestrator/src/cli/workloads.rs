@@ -349,6 +349,7 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
             "vcpus": c.cpus.map_or(1, |x| x.ceil() as u32),
             "memory_mib": c.memory_mib.unwrap_or(crate::runtime::microvm::DEFAULT_MEMORY_MIB),
             "kernel": vm.kernel, "initrd": vm.initrd, "disk": vm.disk, "vmm": vm.vmm,
+            "jail": vm.jail.as_ref().map(|j| serde_json::json!({"uid": j.uid, "gid": j.gid, "dir": j.chroot_base.join(&c.id), "vm_dir": Paths::vm_dir(&c.id), "jailer": j.jailer})),
         })),
         "limits": {"cpus": c.cpus, "memory_mib": c.memory_mib},
         "pids": r.running.as_ref().map(|x| serde_json::json!({"supervisor": x.supervisor.pid, "runtime": x.runtime.map(|p| p.pid)})),

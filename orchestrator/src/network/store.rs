@@ -155,6 +155,7 @@ pub fn insert_workload(state: &State, rec: &mut Record, want: Option<&Want>) -> 
             nets.insert(net.name.as_str(), serde_json::to_vec(&net).map_err(db)?.as_slice()).map_err(db)?;
             rec.config.network = Some(attachment);
         }
+        crate::runtime::state::assign_jail_ids(&tx, rec)?;
         insert_in(&tx, rec)?;
         tx.commit().map_err(db)?;
         Ok(())

@@ -14,6 +14,7 @@ use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
 use super::attach::{ExitReport, Kind, Mark};
+use super::jail;
 use super::procs::ProcId;
 use super::record::{VmmFlavor, WorkloadConfig};
 use super::workload::{failed, proc_pair, Control, Proc, RotatingLog};
@@ -54,20 +55,28 @@ fn with_console(why: String, console: &Path) -> String {
 }
 
 impl Microvm {
-    /// Starts the VMM and waits for the agent's hello.
+    /// Starts the VMM (through bulkhead-jailer when the config has a jail)
+    /// and waits for the agent's hello.
     /// `tap`: the workload's TAP (on its bridge), passed to the VMM as fd 3.
     /// `marks` gets `runtime-invoked` (the VMM's spawn) and `agent-connected`.
     pub async fn boot(cfg: &WorkloadConfig, run_dir: &Path, workload_dir: &Path, tap: Option<&OwnedFd>, marks: &mut Vec<Mark>) -> Result<Self, String> {
         let files = cfg.vm.as_ref().ok_or("no VM files in the workload config")?;
-        let uds = run_dir.join("vsock");
+        let jail = files.jail.as_ref();
+        let vm_dir = run_dir.join("vm");
+        jail::make_vm_dir(&vm_dir, jail).map_err(|e| e.to_string())?;
+        let uds = vm_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
-        let _ = std::fs::remove_file(&listener_path);
         let listener = UnixListener::bind(&listener_path).map_err(|e| format!("bind {}: {e}", listener_path.display()))?;
+        jail::hand_over(&listener_path, jail).map_err(|e| e.to_string())?;
         let console = workload_dir.join("console.log");
         let vcpus = cfg.cpus.map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
         let memory = cfg.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         let cmdline = "console=ttyS0 quiet reboot=k";
-        let mut cmd = Command::new(&files.vmm);
+        let with_tap = tap.is_some() && cfg.network.is_some() && files.flavor == VmmFlavor::Bulkhead;
+        let mut cmd = match jail {
+            Some(j) => jail::command(j, cfg, files, &vm_dir, vcpus, memory, with_tap),
+            None => Command::new(&files.vmm),
+        };
         match files.flavor {
             VmmFlavor::Bulkhead => {
                 if let (Some(tap), Some(a)) = (tap, &cfg.network) {
@@ -99,7 +108,7 @@ impl Microvm {
                     "machine-config": {"vcpu_count": vcpus, "mem_size_mib": memory},
                     "vsock": {"guest_cid": CID, "uds_path": uds},
                 });
-                let path = run_dir.join("vmm-config.json");
+                let path = vm_dir.join("vmm-config.json");
                 std::fs::write(&path, config.to_string()).map_err(|e| format!("write {}: {e}", path.display()))?;
                 cmd.args(["--no-api", "--config-file"]).arg(&path);
             }
@@ -112,7 +121,7 @@ impl Microvm {
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| format!("start {}: {e}", files.vmm.display()))?;
-        let pid = child.id().and_then(|p| ProcId::of(p as i32));
+        let started = child.id();
         // The console is guest output: kept, but capped (a guest may print forever).
         let mut pump = child.stdout.take().map(|mut out| {
             let mut log = RotatingLog::new(console.clone(), CONSOLE_LIMIT);
@@ -142,6 +151,12 @@ impl Microvm {
             }
         };
         marks.push(Mark::now("agent-connected"));
+        // The agent dialed in: the VMM is running (under its jailer, if jailed).
+        let pid = match (started, jail) {
+            (Some(j), Some(_)) => jail::vmm_under(j as i32),
+            (Some(p), None) => ProcId::of(p as i32),
+            (None, _) => None,
+        };
         Ok(Microvm { child: tokio::sync::Mutex::new(child), client, console, console_pump: tokio::sync::Mutex::new(pump), pid })
     }
 
@@ -192,8 +207,11 @@ impl Microvm {
     }
 
     /// Ends the VM without asking the guest (it did not stop when told).
+    /// The VMM itself: a jailer outliving it removes its jail and cgroups.
     pub async fn kill_vm(&self) {
-        let _ = self.child.lock().await.start_kill();
+        if !self.pid.is_some_and(|p| p.signal(libc::SIGKILL)) {
+            let _ = self.child.lock().await.start_kill();
+        }
     }
 
     /// After the main process ended the agent powers the VM off: wait for
@@ -203,7 +221,12 @@ impl Microvm {
         if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
             let _ = self.client.shutdown().await;
             if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
-                let _ = child.kill().await;
+                if let Some(p) = self.pid {
+                    p.signal(libc::SIGKILL);
+                }
+                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
             }
         }
     }

@@ -12,12 +12,16 @@
 //!                                    by the CLI)
 //!                       upper/ work/ rootfs/ bundle/  (container runtime)
 //! /run/bulkhead/<id12>/ctl.sock      the supervisor's control socket
-//!                       vsock*       the VM's vsock sockets (microvm)
+//!                       vm/vsock*    the VM's vsock sockets (microvm; vm/ is
+//!                                    the jailed VMM's, owned by its uid)
+//! /run/bulkhead/jail/<id>/root       the VMM's jail (bulkhead-jailer), with
+//!                                    cgroups bulkhead/<id>
 //! ```
 
 pub mod attach;
 pub mod client;
 pub mod container;
+pub mod jail;
 pub mod microvm;
 pub mod paths;
 pub mod procs;

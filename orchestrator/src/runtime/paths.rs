@@ -44,6 +44,17 @@ impl Paths {
     pub fn ctl_socket(id: &str) -> PathBuf {
         Self::run_dir(id).join("ctl.sock")
     }
+
+    /// The one dir of the run dir a jailed VMM sees (writable, its own):
+    /// the vsock sockets, a Firecracker-style config.
+    pub fn vm_dir(id: &str) -> PathBuf {
+        Self::run_dir(id).join("vm")
+    }
+
+    /// Where bulkhead-jailer makes the VMMs' jail dirs (`<this>/<id>/root`).
+    pub fn jail_base() -> PathBuf {
+        Path::new(RUN_ROOT).join("jail")
+    }
 }
 
 pub fn short(id: &str) -> &str {
@@ -71,7 +82,7 @@ mod tests {
     fn ids_are_hex_and_socket_paths_fit_sun_path() {
         let id = new_id().unwrap_or_else(|e| panic!("{e}"));
         assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(Paths::run_dir(&id).join("vsock_1024").as_os_str().len() < 108);
+        assert!(Paths::vm_dir(&id).join("vsock_1024").as_os_str().len() < 108);
         assert_ne!(id, new_id().unwrap_or_else(|e| panic!("{e}")));
     }
 

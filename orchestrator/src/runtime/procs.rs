@@ -27,6 +27,24 @@ fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z'))).unwrap_or(true)
 }
 
+/// The parent pid in a /proc/PID/stat line (field 4).
+fn parse_parent(stat: &str) -> Option<i32> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes whose parent is `pid` (a scan of /proc: works without
+/// CONFIG_PROC_CHILDREN).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if std::fs::read_to_string(e.path().join("stat")).ok().as_deref().and_then(parse_parent) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
 impl ProcId {
     pub fn of(pid: i32) -> Option<Self> {
         Some(Self { pid, start: start_time(pid)? })
@@ -73,6 +91,18 @@ mod tests {
         assert_eq!(parse_start_time("42 (x) S 1"), None);
         assert_eq!(parse_start_time("no paren"), None);
         assert_eq!(parse_start_time(""), None);
+        assert_eq!(parse_parent(line), Some(1));
+        assert_eq!(parse_parent("42 (x)"), None);
+        assert_eq!(parse_parent("42 (x) S notapid"), None);
+    }
+
+    #[test]
+    fn children_of_finds_a_child_we_started() {
+        let mut c = std::process::Command::new("sleep").arg("30").spawn().unwrap_or_else(|e| panic!("{e}"));
+        let kids = children_of(std::process::id() as i32);
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(kids.contains(&(c.id() as i32)), "{kids:?}");
     }
 
     #[test]

@@ -37,6 +37,23 @@ pub struct VmFiles {
     /// How to start `vmm`: bulkhead-vmm's flags, or Firecracker's config file.
     #[serde(default)]
     pub flavor: VmmFlavor,
+    /// The box the VMM runs in (`None` only in records from before jails).
+    #[serde(default)]
+    pub jail: Option<Jail>,
+}
+
+/// How the VMM is jailed (`bulkhead-jailer`): its own uid and gid (from
+/// the configured range, unique among the workloads in the store), its
+/// jail dir `<chroot_base>/<workload id>`, cgroups `bulkhead/<workload id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jail {
+    pub jailer: PathBuf,
+    pub chroot_base: PathBuf,
+    /// 0 until the store gives it one (in the insert's transaction).
+    pub uid: u32,
+    pub gid: u32,
+    /// The range `uid` comes from, inclusive.
+    pub ids: (u32, u32),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

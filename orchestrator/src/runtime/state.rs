@@ -27,6 +27,8 @@ pub enum StateError {
     NameTaken(String),
     #[error("a record in the state store is damaged: {0}")]
     Corrupt(String),
+    #[error("no free jail uid in {0}-{1}: every one belongs to a workload in the store (`bulkhead rm` ended ones, or widen BULKHEAD_JAIL_IDS)")]
+    NoJailId(u32, u32),
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +188,27 @@ impl State {
     }
 }
 
+/// Gives a jailed VMM its uid/gid (uid = gid): the lowest of its range
+/// no workload in the store holds, ended ones included (their files may
+/// still be around until `rm`). In the insert's write transaction, so two
+/// `run`s at once never get the same.
+pub(crate) fn assign_jail_ids(tx: &redb::WriteTransaction, rec: &mut Record) -> Result<(), StateError> {
+    let Some(jail) = rec.config.vm.as_mut().and_then(|v| v.jail.as_mut()).filter(|j| j.uid == 0) else { return Ok(()) };
+    let mut taken = std::collections::BTreeSet::new();
+    for row in tx.open_table(WORKLOADS).map_err(db)?.iter().map_err(db)? {
+        let (_, value) = row.map_err(db)?;
+        let other: Record = serde_json::from_slice(value.value()).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        if let Some(j) = other.config.vm.and_then(|v| v.jail) {
+            taken.insert(j.uid);
+        }
+    }
+    let (first, last) = jail.ids;
+    let free = (first.max(1)..=last).find(|u| !taken.contains(u)).ok_or(StateError::NoJailId(first, last))?;
+    jail.uid = free;
+    jail.gid = free;
+    Ok(())
+}
+
 /// Inserts `rec` in an open write transaction; its name must be free.
 pub(crate) fn insert_in(tx: &redb::WriteTransaction, rec: &Record) -> Result<(), StateError> {
     let bytes = serde_json::to_vec(rec).map_err(db)?;
@@ -235,5 +258,36 @@ mod tests {
         s.remove("abc123").unwrap_or_else(|e| panic!("{e}"));
         s.insert(&rec("abc999", "web")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.count().unwrap_or_else(|e| panic!("{e}")), 2);
+    }
+
+    #[test]
+    fn jail_ids_are_the_lowest_free_in_range_and_never_shared() {
+        use super::super::record::{Jail, VmFiles};
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = State::new(Paths::new(d.path()));
+        let jailed = |id: &str| {
+            let mut r = rec(id, id);
+            let jail = Jail { jailer: "/j".into(), chroot_base: "/b".into(), uid: 0, gid: 0, ids: (7, 9) };
+            r.config.vm = Some(VmFiles { vmm: "/v".into(), kernel: "/k".into(), initrd: "/i".into(), disk: "/d".into(), flavor: Default::default(), jail: Some(jail) });
+            r
+        };
+        let insert = |id: &str| {
+            let mut r = jailed(id);
+            s.with_db(|d| {
+                let tx = d.begin_write().map_err(db)?;
+                assign_jail_ids(&tx, &mut r)?;
+                insert_in(&tx, &r)?;
+                tx.commit().map_err(db)
+            })
+            .map(|()| r.config.vm.and_then(|v| v.jail).map(|j| (j.uid, j.gid)))
+        };
+        assert_eq!(insert("a").ok().flatten(), Some((7, 7)));
+        assert_eq!(insert("b").ok().flatten(), Some((8, 8)));
+        assert_eq!(insert("c").ok().flatten(), Some((9, 9)));
+        assert!(matches!(insert("d"), Err(StateError::NoJailId(7, 9))), "the range is used up");
+        s.remove("b").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(insert("e").ok().flatten(), Some((8, 8)), "a removed workload's uid is free again");
+        let uids: Vec<u32> = s.list().unwrap_or_else(|e| panic!("{e}")).iter().filter_map(|r| r.config.vm.as_ref()?.jail.as_ref().map(|j| j.uid)).collect();
+        assert_eq!(uids.len(), 3);
     }
 }

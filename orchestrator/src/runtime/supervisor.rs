@@ -280,6 +280,11 @@ async fn finish(paths: &Paths, cfg: &WorkloadConfig, report: &ExitReport, exit_t
     if let Err(e) = network::detach(&State::new(paths.clone()), &cfg.id) {
         eprintln!("bulkhead supervisor: network teardown: {e}");
     }
+    // The jailer removes its jail when the VMM ends; this is for a jailer
+    // that was killed (or never got that far).
+    if let Err(e) = super::jail::remove(&cfg.id) {
+        eprintln!("bulkhead supervisor: jail teardown: {e}");
+    }
     let exit = Exit { code: report.code, signal: report.signal, error: report.error.clone(), finished_ms: now_ms() };
     if cfg.auto_remove {
         let _ = remove_files(paths, &cfg.id);
@@ -294,9 +299,11 @@ async fn finish(paths: &Paths, cfg: &WorkloadConfig, report: &ExitReport, exit_t
     }
 }
 
-/// Removes the workload's files: the overlay mount (if still there), its
-/// data dir, its runtime dir.
+/// Removes the workload's files: a jail its jailer left (with anything
+/// still in its cgroups), the overlay mount (if still there), its data dir,
+/// its runtime dir.
 pub fn remove_files(paths: &Paths, id: &str) -> std::io::Result<()> {
+    super::jail::remove(id).map_err(|e| std::io::Error::other(e.to_string()))?;
     let dir = paths.workload_dir(id);
     let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(Paths::run_dir(id));

@@ -18,6 +18,7 @@ use super::{shell_quote, TestHost, TestHostError, BINARIES_DIR};
 const WORKSPACE_BINARIES: &[(&str, &str)] = &[
     ("release", "bulkhead"),
     ("release", "bulkhead-testkit"),
+    ("release", "bulkhead-jailer"),
     ("x86_64-unknown-linux-gnu/release", "bulkhead-vmm"),
     ("x86_64-unknown-linux-gnu/release", "bulkhead-agent"),
 ];
