@@ -47,6 +47,14 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     // Published: from the host (127.0.0.1 and its LAN address) and from outside.
     let web = start_detached(&ctx, &["--name", "web", "-p", "8080:80"], WEB);
     check("web-started", web.is_ok(), web.clone().err().unwrap_or_default());
+    if ctx.runtime == "microvm" {
+        // Jailed with its TAP passed in (the checks below need it working).
+        let problems = match crate::run_cases::pid_of(&ctx, "web", "runtime") {
+            Some(pid) => crate::run_cases::vmm_jail_problems(&ctx, "web", pid, 1, 256, false),
+            None => vec!["no VMM pid".into()],
+        };
+        check("web-vmm-jailed", problems.is_empty(), problems.join("; "));
+    }
     let web_ip = inspect_ip(&ctx, "web").unwrap_or_default();
     for (name, ns, addr) in [
         ("published-127.0.0.1", &lan.host, "127.0.0.1:8080".to_string()),

@@ -85,3 +85,38 @@ fn the_run_table_passes_with_crun() {
 fn the_run_table_passes_with_runc() {
     table("runc");
 }
+
+/// What a lost workload's jailer left (a jail dir; a cgroup with a process
+/// still in it) goes at the next `run`; the jail of a workload the store
+/// still has stays until its `rm`. Natively: the sweep does not care what
+/// the workload was, so a container keeps it fast.
+#[test]
+fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = NetNs::create("bhtest-jail-sweep").unwrap();
+    let ctx = ctx(&dir, "crun", Some(&ns));
+    let keep = ctx.out(ctx.run_cmd(&["-d", "--name", "keep", "--network", "none"], &["sleep", "1000"]));
+    assert!(keep.status.success(), "{}", run_cases::show(&keep));
+    let keep_id = run_cases::text(&keep.stdout).trim().to_string();
+    let base = PathBuf::from("/run/bulkhead/jail");
+    let lost_id: String = keep_id.chars().rev().collect(); // 64 hex digits no workload has
+    for id in [&keep_id, &lost_id] {
+        std::fs::create_dir_all(base.join(id).join("root/dev")).unwrap();
+    }
+    let groups = bulkhead_jailer::cgroup::Cgroups::create(&lost_id, &[("pids".into(), "pids.max".into(), "8".into())]).unwrap();
+    let mut stray = Command::new("sleep").arg("1000").spawn().unwrap();
+    groups.join(stray.id() as i32).unwrap();
+
+    let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "none"], &["true"]));
+    assert!(o.status.success(), "{}", run_cases::show(&o));
+    assert!(!base.join(&lost_id).exists(), "the lost workload's jail dir is swept");
+    assert!(groups.dirs().iter().all(|d| !d.exists()), "its cgroups are swept: {:?}", groups.dirs());
+    let status = stray.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "what ran in its cgroup is killed");
+    assert!(base.join(&keep_id).exists(), "a workload in the store keeps its jail");
+
+    let rm = ctx.bh(&["rm", "-f", "keep"]);
+    assert!(rm.status.success(), "{}", run_cases::show(&rm));
+    assert!(!base.join(&keep_id).exists(), "rm removes the workload's jail");
+}

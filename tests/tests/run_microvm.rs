@@ -49,7 +49,26 @@ fn table_in_test_host(table: &str, cycles: &str, memory_mib: u32, prefix: &str, 
 
 #[test]
 fn the_run_table_passes_in_microvms() {
-    let wants = ["echo", "exit-7", "not-found-127", "tty", "sigkill-137", "exec", "8-clis-at-once", "stop", "writes-do-not-leak", "sigterm-forwarded", "limits", "stop-with-closed-output", "orphan-reported-and-cleaned", "vmm-seccomp", "vmm-jailed", "vmm-killed-reported", "5-run-rm-cycles", "nothing-left"];
+    let wants = [
+        "echo",
+        "exit-7",
+        "not-found-127",
+        "tty",
+        "sigkill-137",
+        "exec",
+        "8-clis-at-once",
+        "stop",
+        "writes-do-not-leak",
+        "sigterm-forwarded",
+        "limits",
+        "stop-with-closed-output",
+        "orphan-reported-and-cleaned",
+        "vmm-seccomp",
+        "vmm-jailed",
+        "jailer-killed-vm-ends-reported",
+        "5-run-rm-cycles",
+        "nothing-left",
+    ];
     table_in_test_host("run-cases", "5", 2048, "microvm/", &wants);
 }
 
@@ -58,6 +77,7 @@ fn the_run_table_passes_in_microvms() {
 #[test]
 fn workload_networking_in_microvms() {
     let wants = [
+        "web-vmm-jailed",
         "published-127.0.0.1",
         "published-host-address",
         "published-from-outside",
