@@ -46,12 +46,14 @@ test: kernel
 
 # VMM boot benchmark with a tiny guest on this host's /dev/kvm; root disk
 # build of a generated ~100 MB image (root: unpacking keeps owners); the
-# hot paths (criterion): virtio-blk requests, vsock packets, frame codec.
+# hot paths (criterion): virtio-blk requests, vsock packets, frame codec;
+# the orchestrator's scheduler: 100k instances on 1k simulated nodes.
 bench: static
 	cargo bench -p bulkhead-vmm --bench boot
 	cargo bench -p bulkhead-images --bench rootdisk
 	cargo bench -p bulkhead-vmm --bench queues
 	cargo bench -p bulkhead-agent-proto --bench frame
+	cargo bench -p bulkhead --bench schedule
 
 clippy:
 	cargo clippy --release --workspace --all-targets -- -D warnings

@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod network;
 pub mod runtime;

@@ -1,0 +1,9 @@
+//! The control plane's pure parts (issue: orchestrator on etcd): what a
+//! service asks for (`spec`), where its instances go (`schedule`, a pure
+//! function of a snapshot), and when a failed instance restarts
+//! (`backoff`). The server, the node daemon and the stores build on these.
+
+pub mod backoff;
+pub mod schedule;
+pub mod spec;
+pub mod store;

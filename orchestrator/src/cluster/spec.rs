@@ -1,0 +1,292 @@
+//! A service as users write it (`bulkhead deploy -f service.yaml`, YAML or
+//! JSON) and its checks: every field known, every value in range, with the
+//! field named in the error. Nothing here trusts the file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::record::RuntimeKind;
+
+/// Replicas of one service, at most.
+pub const MAX_REPLICAS: u32 = 1000;
+/// One instance's vCPUs (microvm) or CPU limit (container), at most.
+pub const MAX_CPUS: f64 = 64.0;
+/// One instance's memory, at most (MiB).
+pub const MAX_MEMORY_MIB: u64 = 256 << 10;
+/// What an instance asks for when the spec says nothing: a microVM's
+/// default size, or a small container share.
+pub const DEFAULT_VM: Resources = Resources { millicpus: 1000, memory_mib: 256 };
+pub const DEFAULT_CONTAINER: Resources = Resources { millicpus: 100, memory_mib: 64 };
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("the service file is neither valid YAML nor JSON: {0}")]
+    Syntax(String),
+    #[error("{field}: {why}")]
+    Field { field: &'static str, why: String },
+}
+
+fn field(field: &'static str, why: impl Into<String>) -> SpecError {
+    SpecError::Field { field, why: why.into() }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart whenever it ends (servers).
+    #[default]
+    Always,
+    /// Restart when it ends with a non-zero code or a signal.
+    OnFailure,
+    /// Never restart (batch jobs).
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Replicas go to the nodes holding the fewest of this service, then
+    /// the least loaded.
+    #[default]
+    Spread,
+    /// Replicas fill the most loaded node that still fits.
+    Binpack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Only nodes with every one of these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// At most one replica of this service per node.
+    #[serde(default)]
+    pub anti_affinity: bool,
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+/// What the user writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_runtime")]
+    pub runtime: RuntimeKind,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// vCPUs (microvm, rounded up) or a CPU share (container).
+    pub cpus: Option<f64>,
+    /// As `bulkhead run --memory`: 512m, 1g, or bytes.
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub placement: Placement,
+    /// As `bulkhead run -p`: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp].
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+fn default_runtime() -> RuntimeKind {
+    RuntimeKind::Microvm
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// CPU in thousandths and memory in MiB: integers, so sums are exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub millicpus: u64,
+    pub memory_mib: u64,
+}
+
+impl Resources {
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources { millicpus: self.millicpus.saturating_add(o.millicpus), memory_mib: self.memory_mib.saturating_add(o.memory_mib) }
+    }
+
+    pub fn times(self, n: u64) -> Resources {
+        Resources { millicpus: self.millicpus.saturating_mul(n), memory_mib: self.memory_mib.saturating_mul(n) }
+    }
+
+    /// Both fit within `o`.
+    pub fn within(self, o: Resources) -> bool {
+        self.millicpus <= o.millicpus && self.memory_mib <= o.memory_mib
+    }
+}
+
+/// A checked spec, with what one instance takes from a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub spec: ServiceSpec,
+    pub memory_mib: Option<u64>,
+    /// Per instance, including a microVM's VMM overhead.
+    pub request: Resources,
+}
+
+/// Parses a service file: JSON when it starts with `{`, else YAML.
+pub fn parse(text: &str) -> Result<Service, SpecError> {
+    let spec: ServiceSpec = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
+    };
+    check(spec)
+}
+
+/// Every field in range; what one instance needs from a node.
+pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
+    if !crate::runtime::paths::valid_name(&spec.name) {
+        return Err(field("name", format!("{:?}: 1-64 of letters, digits, '_', '.', '-', starting with a letter or digit", spec.name)));
+    }
+    if spec.image.trim().is_empty() || spec.image.chars().any(char::is_whitespace) {
+        return Err(field("image", format!("{:?}: an image reference (e.g. busybox:latest)", spec.image)));
+    }
+    if spec.replicas > MAX_REPLICAS {
+        return Err(field("replicas", format!("{} is over the limit of {MAX_REPLICAS}", spec.replicas)));
+    }
+    if let Some(c) = spec.cpus {
+        if !(c.is_finite() && c > 0.0 && c <= MAX_CPUS) {
+            return Err(field("cpus", format!("{c}: more than 0, at most {MAX_CPUS}")));
+        }
+    }
+    let memory_mib = spec.memory.as_deref().map(|m| crate::cli::run::parse_memory(m).map_err(|e| field("memory", format!("{m:?}: {e:#}")))).transpose()?;
+    if let Some(m) = memory_mib {
+        if !(16..=MAX_MEMORY_MIB).contains(&m) {
+            return Err(field("memory", format!("{m} MiB: between 16 MiB and {MAX_MEMORY_MIB} MiB")));
+        }
+    }
+    for k in spec.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(field("env", format!("{k:?}: a variable name (no '=', not empty)")));
+        }
+    }
+    if spec.env.values().any(|v| v.contains('\0')) || spec.command.iter().any(|a| a.contains('\0')) {
+        return Err(field("command", "no NUL bytes in arguments or values"));
+    }
+    let mut ports = Vec::new();
+    for p in &spec.ports {
+        let parsed = crate::network::Publish::parse(p).map_err(|e| field("ports", e.to_string()))?;
+        if let Some(q) = ports.iter().find(|q: &&crate::network::Publish| q.clashes(&parsed)) {
+            return Err(field("ports", format!("{p} and {q} claim the same host port")));
+        }
+        ports.push(parsed);
+    }
+    if !ports.is_empty() && !spec.placement.anti_affinity && spec.replicas > 1 {
+        return Err(field("ports", "replicas that publish a host port need placement.anti_affinity: true (one per node)"));
+    }
+    for (k, v) in &spec.placement.labels {
+        if !valid_label(k) || !valid_label(v) {
+            return Err(field("placement.labels", format!("{k:?}={v:?}: 1-63 of letters, digits, '-', '_', '.', '/'")));
+        }
+    }
+    let request = instance_request(spec.runtime, spec.cpus, memory_mib);
+    Ok(Service { spec, memory_mib, request })
+}
+
+/// Node label keys and values.
+pub fn valid_label(s: &str) -> bool {
+    (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+/// What one instance takes from a node: a microVM its vCPUs (whole) and
+/// guest memory plus the VMM's overhead (the same the jail's cgroup
+/// allows), a container its limits.
+pub fn instance_request(runtime: RuntimeKind, cpus: Option<f64>, memory_mib: Option<u64>) -> Resources {
+    match runtime {
+        RuntimeKind::Microvm => Resources {
+            millicpus: cpus.map_or(DEFAULT_VM.millicpus, |c| (c.ceil() as u64).saturating_mul(1000)),
+            memory_mib: memory_mib.unwrap_or(DEFAULT_VM.memory_mib).saturating_add(crate::runtime::jail::OVERHEAD_MIB),
+        },
+        RuntimeKind::Container => Resources { millicpus: cpus.map_or(DEFAULT_CONTAINER.millicpus, |c| (c * 1000.0).ceil() as u64), memory_mib: memory_mib.unwrap_or(DEFAULT_CONTAINER.memory_mib) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+name: web
+image: busybox:latest
+command: [httpd, -f, -p, '80']
+env: {GREETING: hello}
+replicas: 3
+cpus: 1.5
+memory: 128m
+restart: on-failure
+placement:
+  labels: {zone: a}
+  anti_affinity: true
+  strategy: binpack
+ports: ['8080:80']
+";
+
+    #[test]
+    fn a_full_spec_in_yaml_and_json() {
+        let s = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.spec.replicas, 3);
+        assert_eq!(s.spec.restart, RestartPolicy::OnFailure);
+        assert_eq!(s.spec.placement.strategy, Strategy::Binpack);
+        assert_eq!(s.memory_mib, Some(128));
+        assert_eq!(s.request, Resources { millicpus: 2000, memory_mib: 128 + 64 }, "2 whole vCPUs, guest + VMM overhead");
+        let json = serde_json::to_string(&s.spec).unwrap_or_default();
+        assert_eq!(parse(&json).map(|j| j.spec), Ok(s.spec));
+        let minimal = parse("name: a\nimage: x\nruntime: container\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((minimal.spec.replicas, minimal.spec.restart, minimal.request), (1, RestartPolicy::Always, DEFAULT_CONTAINER));
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("name: a\nimage: x\nreplica: 3\n", "unknown field `replica`"),
+            ("name: a\nimage: x\nplacement: {label: {a: b}}\n", "unknown field `label`"),
+            ("name: 'bad name'\nimage: x\n", "name:"),
+            ("name: a\nimage: ''\n", "image:"),
+            ("name: a\nimage: x\nreplicas: 1001\n", "replicas:"),
+            ("name: a\nimage: x\nreplicas: -1\n", "neither valid YAML nor JSON"),
+            ("name: a\nimage: x\ncpus: 0\n", "cpus:"),
+            ("name: a\nimage: x\ncpus: .nan\n", "cpus:"),
+            ("name: a\nimage: x\ncpus: 65\n", "cpus:"),
+            ("name: a\nimage: x\nmemory: lots\n", "memory:"),
+            ("name: a\nimage: x\nmemory: 1m\n", "memory:"),
+            ("name: a\nimage: x\nmemory: 999999g\n", "memory:"),
+            ("name: a\nimage: x\nenv: {'A=B': c}\n", "env:"),
+            ("name: a\nimage: x\nports: ['80']\n", "ports:"),
+            ("name: a\nimage: x\nports: ['8080:80', '8080:81']\n", "same host port"),
+            ("name: a\nimage: x\nreplicas: 2\nports: ['8080:80']\n", "anti_affinity"),
+            ("name: a\nimage: x\nplacement: {labels: {'a b': c}}\n", "placement.labels"),
+            ("name: a\nimage: x\nruntime: vm\n", "neither valid YAML nor JSON"),
+            ("restart: sometimes\n", "neither valid YAML nor JSON"),
+            ("{\"name\": \"a\"", "neither valid YAML nor JSON"),
+            ("", "neither valid YAML nor JSON"),
+            ("- a\n- b\n", "neither valid YAML nor JSON"),
+        ];
+        for (text, want) in cases {
+            match parse(text) {
+                Ok(s) => panic!("{text:?} was accepted: {s:?}"),
+                Err(e) => assert!(e.to_string().contains(want), "{text:?}: wanted {want:?} in {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_per_runtime() {
+        assert_eq!(instance_request(RuntimeKind::Microvm, None, None), Resources { millicpus: 1000, memory_mib: 256 + 64 });
+        assert_eq!(instance_request(RuntimeKind::Microvm, Some(0.5), Some(512)), Resources { millicpus: 1000, memory_mib: 576 });
+        assert_eq!(instance_request(RuntimeKind::Container, Some(0.25), Some(32)), Resources { millicpus: 250, memory_mib: 32 });
+        let r = Resources { millicpus: 3, memory_mib: 5 };
+        assert_eq!(r.times(2).plus(r), Resources { millicpus: 9, memory_mib: 15 });
+        assert!(r.within(r) && !r.times(2).within(r));
+        assert_eq!(Resources { millicpus: u64::MAX, memory_mib: 1 }.plus(r).millicpus, u64::MAX, "saturates");
+    }
+}
