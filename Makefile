@@ -4,8 +4,9 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/bulkhead/target
 BIN := $(CARGO_TARGET_DIR)/release
 
 # The shipped binaries that run where libraries are scarce or costly are
-# static glibc: the agent (PID 1 in guests with no libraries) and the VMM
-# (no dynamic loading at start, ~1 MiB less resident). GNU ld (not lld) is
+# static glibc: the agent (PID 1 in guests with no libraries), the VMM (no
+# dynamic loading at start, ~1 MiB less resident; its jail holds no
+# libraries) and the jailer (~0.7 ms less per VM start). GNU ld (not lld) is
 # used because only it reports glibc's "statically linked applications
 # requires at runtime the shared libraries" warnings, which linker-messages
 # turns into errors; fat LTO drops unreachable code first, so only calls the
@@ -25,7 +26,7 @@ build: static
 # functions): the agent goes into every guest's initramfs, 1.7 MB not 5.6.
 static:
 	CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_STRIP=debuginfo RUSTFLAGS="$(STATIC_RUSTFLAGS)" \
-		cargo build --release --target $(STATIC_TARGET) -p bulkhead-agent -p bulkhead-vmm
+		cargo build --release --target $(STATIC_TARGET) -p bulkhead-agent -p bulkhead-vmm -p bulkhead-jailer
 
 agent: static
 

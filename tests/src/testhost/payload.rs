@@ -13,14 +13,14 @@ use bulkhead_images::initramfs::CpioWriter;
 use super::{shell_quote, TestHost, TestHostError, BINARIES_DIR};
 
 /// Binaries of the workspace the test host carries: (dir under the target
-/// dir, name). The agent and the VMM are the static builds (`make static`),
-/// as shipped.
+/// dir, name). The agent, the VMM and the jailer are the static builds
+/// (`make static`), as shipped.
 const WORKSPACE_BINARIES: &[(&str, &str)] = &[
     ("release", "bulkhead"),
     ("release", "bulkhead-testkit"),
-    ("release", "bulkhead-jailer"),
     ("x86_64-unknown-linux-gnu/release", "bulkhead-vmm"),
     ("x86_64-unknown-linux-gnu/release", "bulkhead-agent"),
+    ("x86_64-unknown-linux-gnu/release", "bulkhead-jailer"),
 ];
 
 /// The target dir of a program cargo built with the release profile:
