@@ -6,4 +6,5 @@
 pub mod backoff;
 pub mod schedule;
 pub mod spec;
+pub mod state;
 pub mod store;

@@ -1,0 +1,406 @@
+//! The cluster's records in the store and the writes that change them.
+//! Every change is one transaction guarded by the revisions it read: the
+//! service, each node, and `/placements`, which every change of where
+//! instances run rewrites, so two deploys that read the same free capacity
+//! cannot both commit, and the one that lost changes nothing. Heartbeats
+//! live apart so they do not fail deploys. Records are JSON under:
+//!
+//! ```text
+//! /nodes/<node>                          Node (capacity, labels, cordon)
+//! /heartbeats/<node>                     its last heartbeat (ms)
+//! /placements                            rewritten by every placement change
+//! /services/<tenant>/<service>           ServiceRecord (the checked spec)
+//! /instances/<tenant>/<service>/<index>  Instance (node, state, restarts)
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::schedule::{self, NodeView, Quota, Request};
+use super::spec::{self, Resources, Service, ServiceSpec};
+use super::store::{Compare, Entry, FileStore, Op, StoreError};
+use crate::runtime::record::RuntimeKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Unschedulable(#[from] schedule::Unschedulable),
+    #[error(transparent)]
+    OverQuota(#[from] schedule::OverQuota),
+    #[error("no service {0:?}")]
+    NoService(String),
+    #[error("no node {0:?}")]
+    NoNode(String),
+    #[error("service {0:?} exists (scale it, or remove it first)")]
+    Exists(String),
+    #[error("a damaged record at {0}: {1}")]
+    Corrupt(String, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub allocatable: Resources,
+    pub runtimes: Vec<RuntimeKind>,
+    pub cordoned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub tenant: String,
+    pub spec: ServiceSpec,
+    pub request: Resources,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Assigned; the node has not reported it running yet.
+    Pending,
+    Running,
+    Exited,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub tenant: String,
+    pub service: String,
+    pub index: u32,
+    pub node: String,
+    pub state: InstanceState,
+    pub request: Resources,
+    pub restarts: u32,
+    pub last_exit: Option<i32>,
+}
+
+fn service_key(tenant: &str, name: &str) -> String {
+    format!("/services/{tenant}/{name}")
+}
+
+fn instance_prefix(tenant: &str, name: &str) -> String {
+    format!("/instances/{tenant}/{name}/")
+}
+
+fn instance_key(tenant: &str, name: &str, index: u32) -> String {
+    format!("/instances/{tenant}/{name}/{index:06}")
+}
+
+fn node_key(name: &str) -> String {
+    format!("/nodes/{name}")
+}
+
+fn heartbeat_key(name: &str) -> String {
+    format!("/heartbeats/{name}")
+}
+
+const PLACEMENTS: &str = "/placements";
+
+fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, StateError> {
+    serde_json::from_slice(&e.value).map_err(|err| StateError::Corrupt(e.key.clone(), err.to_string()))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// What a deploy or scale did (or, dry, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// (instance index, node) placed.
+    pub placed: Vec<(u32, String)>,
+    /// Instance indexes removed.
+    pub removed: Vec<u32>,
+    /// The store revision written (0: dry run).
+    pub revision: u64,
+}
+
+/// The cluster's state over a store.
+#[derive(Debug)]
+pub struct Cluster {
+    store: FileStore,
+}
+
+impl Cluster {
+    pub fn new(store: FileStore) -> Self {
+        Cluster { store }
+    }
+
+    /// Adds or updates a node (keeping its cordon).
+    pub fn register_node(&self, mut node: Node) -> Result<u64, StateError> {
+        let key = node_key(&node.name);
+        let old = self.store.get(&key)?;
+        let guard = match &old {
+            Some(e) => {
+                node.cordoned = decode::<Node>(e)?.cordoned;
+                Compare::Revision(key.clone(), e.revision)
+            }
+            None => Compare::Absent(key.clone()),
+        };
+        Ok(self.store.txn(&[guard], &[Op::Put(key, encode(&node))])?)
+    }
+
+    /// A node is alive at `now_ms` (the server's clock).
+    pub fn heartbeat(&self, name: &str, now_ms: u64) -> Result<u64, StateError> {
+        if self.store.get(&node_key(name))?.is_none() {
+            return Err(StateError::NoNode(name.into()));
+        }
+        Ok(self.store.txn(&[], &[Op::Put(heartbeat_key(name), now_ms.to_le_bytes().to_vec())])?)
+    }
+
+    fn heartbeat_ms(&self, name: &str) -> Result<u64, StateError> {
+        let e = self.store.get(&heartbeat_key(name))?;
+        Ok(e.and_then(|e| e.value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)).unwrap_or(0))
+    }
+
+    /// A guard that fails if any placement changed since, and the write
+    /// that makes other such guards fail.
+    fn placements_guard(&self) -> Result<(Compare, Op), StateError> {
+        let guard = match self.store.get(PLACEMENTS)? {
+            Some(e) => Compare::Revision(PLACEMENTS.into(), e.revision),
+            None => Compare::Absent(PLACEMENTS.into()),
+        };
+        Ok((guard, Op::Put(PLACEMENTS.into(), Vec::new())))
+    }
+
+    pub fn cordon(&self, name: &str, cordoned: bool) -> Result<u64, StateError> {
+        let key = node_key(name);
+        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
+        let mut n: Node = decode(&e)?;
+        n.cordoned = cordoned;
+        Ok(self.store.txn(&[Compare::Revision(key.clone(), e.revision)], &[Op::Put(key, encode(&n))])?)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<(Node, u64)>, StateError> {
+        self.store.list("/nodes/")?.iter().map(|e| Ok((decode(e)?, e.revision))).collect()
+    }
+
+    /// Every instance (of `tenant`, or all with `None`).
+    pub fn instances(&self, tenant: Option<&str>) -> Result<Vec<Instance>, StateError> {
+        let prefix = tenant.map_or_else(|| "/instances/".to_string(), |t| format!("/instances/{t}/"));
+        self.store.list(&prefix)?.iter().map(decode).collect()
+    }
+
+    /// A tenant's services (another tenant's are not there for it).
+    pub fn services(&self, tenant: &str) -> Result<Vec<ServiceRecord>, StateError> {
+        self.store.list(&format!("/services/{tenant}/"))?.iter().map(decode).collect()
+    }
+
+    pub fn service(&self, tenant: &str, name: &str) -> Result<ServiceRecord, StateError> {
+        let e = self.store.get(&service_key(tenant, name))?.ok_or_else(|| StateError::NoService(name.into()))?;
+        decode(&e)
+    }
+
+    /// The nodes as the scheduler sees them for `service`, each with the
+    /// revision read (the write is guarded by it).
+    fn snapshot(&self, tenant: &str, service: &str, ready_after_ms: u64) -> Result<(Vec<NodeView>, Vec<Compare>, Op), StateError> {
+        let (placements, bump) = self.placements_guard()?;
+        let nodes = self.nodes()?;
+        let all = self.instances(None)?;
+        let mut views = Vec::new();
+        let mut guards = vec![placements];
+        for (n, rev) in nodes {
+            let on: Vec<&Instance> = all.iter().filter(|i| i.node == n.name).collect();
+            let allocated = on.iter().fold(Resources::default(), |a, i| a.plus(i.request));
+            let this_service = on.iter().filter(|i| i.tenant == tenant && i.service == service).count() as u32;
+            guards.push(Compare::Revision(node_key(&n.name), rev));
+            let ready = self.heartbeat_ms(&n.name)? >= ready_after_ms;
+            views.push(NodeView { name: n.name, labels: n.labels, allocatable: n.allocatable, allocated, cordoned: n.cordoned, ready, runtimes: n.runtimes, this_service });
+        }
+        Ok((views, guards, bump))
+    }
+
+    /// Creates a service and places its replicas, all or nothing; `dry`
+    /// computes the placement and writes nothing.
+    pub fn deploy(&self, tenant: &str, quota: &Quota, svc: &Service, ready_after_ms: u64, dry: bool) -> Result<Change, StateError> {
+        let key = service_key(tenant, &svc.spec.name);
+        if self.store.get(&key)?.is_some() {
+            return Err(StateError::Exists(svc.spec.name.clone()));
+        }
+        let record = ServiceRecord { tenant: tenant.into(), spec: svc.spec.clone(), request: svc.request };
+        let mut guards = vec![Compare::Absent(key.clone())];
+        let mut ops = vec![Op::Put(key, encode(&record))];
+        let change = self.place_more(&record, quota, 0, svc.spec.replicas, ready_after_ms, &mut guards, &mut ops)?;
+        self.commit(change, &guards, &ops, dry)
+    }
+
+    /// Sets a service's replica count: new instances placed (all or
+    /// nothing), the highest-numbered removed first.
+    pub fn scale(&self, tenant: &str, quota: &Quota, name: &str, replicas: u32, ready_after_ms: u64, dry: bool) -> Result<Change, StateError> {
+        let key = service_key(tenant, name);
+        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoService(name.into()))?;
+        let mut record: ServiceRecord = decode(&e)?;
+        let mut spec = record.spec.clone();
+        spec.replicas = replicas;
+        spec::check(spec.clone())?;
+        record.spec = spec;
+        let mut guards = vec![Compare::Revision(key.clone(), e.revision)];
+        let mut ops = vec![Op::Put(key, encode(&record))];
+        let existing: Vec<Instance> = self.store.list(&instance_prefix(tenant, name))?.iter().map(decode).collect::<Result<_, _>>()?;
+        let have = existing.len() as u32;
+        let change = if replicas > have {
+            let next = existing.iter().map(|i| i.index + 1).max().unwrap_or(0);
+            self.place_more(&record, quota, next, replicas - have, ready_after_ms, &mut guards, &mut ops)?
+        } else {
+            let mut by_index = existing;
+            by_index.sort_by_key(|i| std::cmp::Reverse(i.index));
+            let removed: Vec<u32> = by_index.iter().take((have - replicas) as usize).map(|i| i.index).collect();
+            ops.extend(removed.iter().map(|i| Op::Delete(instance_key(tenant, name, *i))));
+            let (placements, bump) = self.placements_guard()?;
+            guards.push(placements);
+            ops.push(bump);
+            Change { placed: Vec::new(), removed, revision: 0 }
+        };
+        self.commit(change, &guards, &ops, dry)
+    }
+
+    /// Removes a service and its instances (nodes stop them).
+    pub fn remove(&self, tenant: &str, name: &str) -> Result<u64, StateError> {
+        let key = service_key(tenant, name);
+        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoService(name.into()))?;
+        let (placements, bump) = self.placements_guard()?;
+        let mut ops = vec![Op::Delete(key.clone()), bump];
+        ops.extend(self.store.list(&instance_prefix(tenant, name))?.into_iter().map(|i| Op::Delete(i.key)));
+        Ok(self.store.txn(&[Compare::Revision(key, e.revision), placements], &ops)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn place_more(&self, record: &ServiceRecord, quota: &Quota, first_index: u32, count: u32, ready_after_ms: u64, guards: &mut Vec<Compare>, ops: &mut Vec<Op>) -> Result<Change, StateError> {
+        let tenant = &record.tenant;
+        let mine = self.instances(Some(tenant))?;
+        let used = mine.iter().fold(Resources::default(), |a, i| a.plus(i.request));
+        schedule::check_quota(quota, used, mine.len() as u64, record.request.times(u64::from(count)), u64::from(count))?;
+        let (views, node_guards, bump) = self.snapshot(tenant, &record.spec.name, ready_after_ms)?;
+        let p = &record.spec.placement;
+        let req = Request { each: record.request, runtime: record.spec.runtime, labels: &p.labels, anti_affinity: p.anti_affinity, strategy: p.strategy };
+        let placed = schedule::place(&views, &req, count as usize)?;
+        guards.extend(node_guards);
+        ops.push(bump);
+        let mut change = Change { placed: Vec::new(), removed: Vec::new(), revision: 0 };
+        for (k, node_index) in placed.into_iter().enumerate() {
+            let index = first_index + k as u32;
+            let node = views[node_index].name.clone();
+            let inst =
+                Instance { tenant: tenant.clone(), service: record.spec.name.clone(), index, node: node.clone(), state: InstanceState::Pending, request: record.request, restarts: 0, last_exit: None };
+            ops.push(Op::Put(instance_key(tenant, &record.spec.name, index), encode(&inst)));
+            change.placed.push((index, node));
+        }
+        Ok(change)
+    }
+
+    fn commit(&self, mut change: Change, guards: &[Compare], ops: &[Op], dry: bool) -> Result<Change, StateError> {
+        if !dry {
+            change.revision = self.store.txn(guards, ops)?;
+        }
+        Ok(change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(nodes: usize) -> (tempfile::TempDir, Cluster) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let c = Cluster::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
+        for i in 0..nodes {
+            let n = Node {
+                name: format!("n{i}"),
+                labels: [("zone".to_string(), if i == 0 { "a" } else { "b" }.to_string())].into(),
+                allocatable: Resources { millicpus: 8000, memory_mib: 8192 },
+                runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
+                cordoned: false,
+            };
+            c.register_node(n).unwrap_or_else(|e| panic!("{e}"));
+            c.heartbeat(&format!("n{i}"), 100).unwrap_or_else(|e| panic!("{e}"));
+        }
+        (dir, c)
+    }
+
+    fn svc(text: &str) -> Service {
+        spec::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn per_node(c: &Cluster, tenant: &str) -> Vec<usize> {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for i in c.instances(Some(tenant)).unwrap_or_default() {
+            *m.entry(i.node).or_default() += 1;
+        }
+        m.into_values().collect()
+    }
+
+    #[test]
+    fn six_spread_two_two_two_then_nine_then_three() {
+        let (_d, c) = cluster(3);
+        let s = svc("name: web\nimage: bb\nruntime: container\nreplicas: 6\n");
+        let dry = c.deploy("acme", &Quota::default(), &s, 0, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((dry.placed.len(), dry.revision), (6, 0));
+        assert!(c.instances(None).unwrap_or_default().is_empty(), "a dry run writes nothing");
+        let done = c.deploy("acme", &Quota::default(), &s, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(done.placed, dry.placed, "the dry run showed what happened");
+        assert_eq!(per_node(&c, "acme"), [2, 2, 2]);
+        c.scale("acme", &Quota::default(), "web", 9, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(per_node(&c, "acme"), [3, 3, 3]);
+        let down = c.scale("acme", &Quota::default(), "web", 3, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(down.removed, [8, 7, 6, 5, 4, 3]);
+        assert_eq!(c.instances(Some("acme")).unwrap_or_default().len(), 3);
+        assert_eq!(c.service("acme", "web").map(|r| r.spec.replicas).ok(), Some(3));
+        assert!(matches!(c.deploy("acme", &Quota::default(), &s, 0, false), Err(StateError::Exists(_))));
+    }
+
+    #[test]
+    fn impossible_placements_quotas_and_other_tenants_change_nothing() {
+        let (_d, c) = cluster(3);
+        let before = c.store.revision().unwrap_or(0);
+        let big = svc("name: big\nimage: bb\nreplicas: 4\nplacement: {anti_affinity: true}\n");
+        let e = c.deploy("acme", &Quota::default(), &big, 0, false).unwrap_err();
+        assert!(e.to_string().contains("only 3 fit"), "{e}");
+        let zoned = svc("name: z\nimage: bb\nreplicas: 2\nplacement: {labels: {zone: c}}\n");
+        assert!(c.deploy("acme", &Quota::default(), &zoned, 0, false).unwrap_err().to_string().contains("without the placement labels"));
+        let q = Quota { instances: Some(2), ..Default::default() };
+        let three = svc("name: three\nimage: bb\nreplicas: 3\n");
+        assert!(matches!(c.deploy("acme", &q, &three, 0, false), Err(StateError::OverQuota(_))));
+        let stale = c.deploy("acme", &Quota::default(), &svc("name: old\nimage: bb\n"), 200, false).unwrap_err();
+        assert!(stale.to_string().contains("3 not ready"), "nodes silent since before 200 ms: {stale}");
+        assert_eq!(c.store.revision().unwrap_or(0), before, "nothing written");
+        c.deploy("acme", &Quota::default(), &three, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(c.service("other", "three"), Err(StateError::NoService(_))));
+        assert!(matches!(c.scale("other", &Quota::default(), "three", 1, 0, false), Err(StateError::NoService(_))));
+        assert!(matches!(c.remove("other", "three"), Err(StateError::NoService(_))));
+        assert!(c.services("other").unwrap_or_default().is_empty() && c.instances(Some("other")).unwrap_or_default().is_empty());
+        c.cordon("n0", true).unwrap_or_else(|e| panic!("{e}"));
+        let more = c.scale("acme", &Quota::default(), "three", 5, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(more.placed.iter().all(|(_, n)| n != "n0"), "cordoned: {more:?}");
+        c.remove("acme", "three").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.instances(None).unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn two_deploys_that_read_the_same_capacity_cannot_both_commit() {
+        let (_d, c) = cluster(1);
+        let plan = |name: &str, replicas: u32| {
+            let s = svc(&format!("name: {name}\nimage: bb\nreplicas: {replicas}\nmemory: 1g\n"));
+            let record = ServiceRecord { tenant: "t".into(), spec: s.spec.clone(), request: s.request };
+            let (mut guards, mut ops) = (vec![Compare::Absent(service_key("t", name))], vec![Op::Put(service_key("t", name), encode(&record))]);
+            c.place_more(&record, &Quota::default(), 0, replicas, 0, &mut guards, &mut ops).unwrap_or_else(|e| panic!("{e}"));
+            (guards, ops)
+        };
+        // Each fits alone (5 x 1088 MiB of 8192); together they would not.
+        let (a, b) = (plan("a", 5), plan("b", 5));
+        let empty = || Change { placed: vec![], removed: vec![], revision: 0 };
+        c.commit(empty(), &a.0, &a.1, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(c.commit(empty(), &b.0, &b.1, false), Err(StateError::Store(StoreError::Conflict(_)))));
+        assert_eq!(c.instances(None).unwrap_or_default().len(), 5);
+        assert!(c.services("t").unwrap_or_default().iter().all(|s| s.spec.name == "a"));
+        // A heartbeat in between fails nothing.
+        let (g, o) = plan("c", 1);
+        c.heartbeat("n0", 900).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.commit(empty(), &g, &o, false).is_ok());
+        assert_eq!(c.instances(None).unwrap_or_default().len(), 6);
+    }
+}
