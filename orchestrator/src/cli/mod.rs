@@ -1,5 +1,6 @@
 //! The `bulkhead` command line.
 
+mod cluster;
 mod image;
 pub(crate) mod kernel;
 mod network;
@@ -64,6 +65,23 @@ enum Command {
     /// workloads (density), the VMM alone (overhead).
     #[command(subcommand, after_help = EXIT_CODES)]
     Bench(crate::bench::BenchCommand),
+    /// The control plane: its HTTP API over the cluster store (one host:
+    /// file:PATH). Prints where the admin token is on first start.
+    Server(cluster::ServerArgs),
+    /// Deploy a service from a file (YAML or JSON) through the server.
+    Deploy(cluster::DeployArgs),
+    /// A tenant's services on the server: ls, inspect, scale, rm.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Service(cluster::ServiceCommand),
+    /// A tenant's instances on the server.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Instance(cluster::InstanceCommand),
+    /// The server's nodes (admin): ls, cordon, uncordon.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Node(cluster::NodeCommand),
+    /// Tenants on the server (admin): create.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Tenant(cluster::TenantCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
     /// The per-workload supervisor (started by `run`; not for people).
@@ -121,6 +139,12 @@ pub fn main() -> ExitCode {
         Command::System(cmd) => (network::system(cmd).map(|()| 0), 1),
         Command::Image(cmd) => (image::run(cmd).map(|()| 0), 1),
         Command::Bench(cmd) => (crate::bench::run(cmd).map(|()| 0), 1),
+        Command::Server(a) => (cluster::server(a).map(|()| 0), 1),
+        Command::Deploy(a) => (cluster::deploy(a).map(|()| 0), 1),
+        Command::Service(cmd) => (cluster::service(cmd).map(|()| 0), 1),
+        Command::Instance(cmd) => (cluster::instance(cmd).map(|()| 0), 1),
+        Command::Node(cmd) => (cluster::node(cmd).map(|()| 0), 1),
+        Command::Tenant(cmd) => (cluster::tenant(cmd).map(|()| 0), 1),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bulkhead", &mut std::io::stdout());
             (Ok(0), 1)

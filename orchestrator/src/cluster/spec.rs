@@ -21,7 +21,7 @@ pub const DEFAULT_CONTAINER: Resources = Resources { millicpus: 100, memory_mib:
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("the service file is neither valid YAML nor JSON: {0}")]
+    #[error("the service file does not parse (YAML or JSON, known fields only): {0}")]
     Syntax(String),
     #[error("{field}: {why}")]
     Field { field: &'static str, why: String },
@@ -253,7 +253,7 @@ ports: ['8080:80']
             ("name: 'bad name'\nimage: x\n", "name:"),
             ("name: a\nimage: ''\n", "image:"),
             ("name: a\nimage: x\nreplicas: 1001\n", "replicas:"),
-            ("name: a\nimage: x\nreplicas: -1\n", "neither valid YAML nor JSON"),
+            ("name: a\nimage: x\nreplicas: -1\n", "does not parse"),
             ("name: a\nimage: x\ncpus: 0\n", "cpus:"),
             ("name: a\nimage: x\ncpus: .nan\n", "cpus:"),
             ("name: a\nimage: x\ncpus: 65\n", "cpus:"),
@@ -265,11 +265,11 @@ ports: ['8080:80']
             ("name: a\nimage: x\nports: ['8080:80', '8080:81']\n", "same host port"),
             ("name: a\nimage: x\nreplicas: 2\nports: ['8080:80']\n", "anti_affinity"),
             ("name: a\nimage: x\nplacement: {labels: {'a b': c}}\n", "placement.labels"),
-            ("name: a\nimage: x\nruntime: vm\n", "neither valid YAML nor JSON"),
-            ("restart: sometimes\n", "neither valid YAML nor JSON"),
-            ("{\"name\": \"a\"", "neither valid YAML nor JSON"),
-            ("", "neither valid YAML nor JSON"),
-            ("- a\n- b\n", "neither valid YAML nor JSON"),
+            ("name: a\nimage: x\nruntime: vm\n", "does not parse"),
+            ("restart: sometimes\n", "does not parse"),
+            ("{\"name\": \"a\"", "does not parse"),
+            ("", "does not parse"),
+            ("- a\n- b\n", "does not parse"),
         ];
         for (text, want) in cases {
             match parse(text) {

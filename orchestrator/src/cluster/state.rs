@@ -123,7 +123,7 @@ pub struct Change {
 /// The cluster's state over a store.
 #[derive(Debug)]
 pub struct Cluster {
-    store: FileStore,
+    pub(crate) store: FileStore,
 }
 
 impl Cluster {
@@ -153,7 +153,8 @@ impl Cluster {
         Ok(self.store.txn(&[], &[Op::Put(heartbeat_key(name), now_ms.to_le_bytes().to_vec())])?)
     }
 
-    fn heartbeat_ms(&self, name: &str) -> Result<u64, StateError> {
+    /// When the node last said it is alive (0: never).
+    pub fn last_heartbeat_ms(&self, name: &str) -> Result<u64, StateError> {
         let e = self.store.get(&heartbeat_key(name))?;
         Ok(e.and_then(|e| e.value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)).unwrap_or(0))
     }
@@ -209,7 +210,7 @@ impl Cluster {
             let allocated = on.iter().fold(Resources::default(), |a, i| a.plus(i.request));
             let this_service = on.iter().filter(|i| i.tenant == tenant && i.service == service).count() as u32;
             guards.push(Compare::Revision(node_key(&n.name), rev));
-            let ready = self.heartbeat_ms(&n.name)? >= ready_after_ms;
+            let ready = self.last_heartbeat_ms(&n.name)? >= ready_after_ms;
             views.push(NodeView { name: n.name, labels: n.labels, allocatable: n.allocatable, allocated, cordoned: n.cordoned, ready, runtimes: n.runtimes, this_service });
         }
         Ok((views, guards, bump))

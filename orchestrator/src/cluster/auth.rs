@@ -1,0 +1,105 @@
+//! Who is asking: bearer tokens (32 random bytes, hex), kept only as their
+//! SHA-256 in the store, each naming the admin (nodes, tenants, cordon) or
+//! one tenant (its own services and instances, within its quota).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::schedule::Quota;
+use super::state::{Cluster, StateError};
+use super::store::{Compare, Op};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Principal {
+    Admin,
+    Tenant(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub name: String,
+    pub quota: Quota,
+}
+
+/// A fresh token from the kernel's random pool.
+pub fn new_token() -> std::io::Result<String> {
+    let mut b = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    Ok(format!("bh_{}", hex::encode(b)))
+}
+
+fn token_key(token: &str) -> String {
+    format!("/tokens/{}", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+fn tenant_key(name: &str) -> String {
+    format!("/tenants/{name}")
+}
+
+impl Cluster {
+    /// The principal a token stands for, if any.
+    pub fn principal(&self, token: &str) -> Result<Option<Principal>, StateError> {
+        match self.store.get(&token_key(token))? {
+            Some(e) => serde_json::from_slice(&e.value).map(Some).map_err(|err| StateError::Corrupt(e.key, err.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `token` for the admin unless an admin token exists; true if stored.
+    pub fn init_admin(&self, token: &str) -> Result<bool, StateError> {
+        if self.store.get("/admin")?.is_some() {
+            return Ok(false);
+        }
+        let principal = serde_json::to_vec(&Principal::Admin).unwrap_or_default();
+        self.store.txn(&[Compare::Absent("/admin".into())], &[Op::Put("/admin".into(), Vec::new()), Op::Put(token_key(token), principal)])?;
+        Ok(true)
+    }
+
+    /// A new tenant and its first token.
+    pub fn create_tenant(&self, name: &str, quota: Quota) -> Result<String, StateError> {
+        if !crate::runtime::paths::valid_name(name) {
+            return Err(StateError::Spec(super::spec::SpecError::Field { field: "name", why: format!("{name:?}: letters, digits, '_', '.', '-'") }));
+        }
+        let token = new_token().map_err(|e| StateError::Corrupt("/dev/urandom".into(), e.to_string()))?;
+        let tenant = serde_json::to_vec(&Tenant { name: name.into(), quota }).unwrap_or_default();
+        let principal = serde_json::to_vec(&Principal::Tenant(name.into())).unwrap_or_default();
+        let key = tenant_key(name);
+        match self.store.txn(&[Compare::Absent(key.clone())], &[Op::Put(key, tenant), Op::Put(token_key(&token), principal)]) {
+            Ok(_) => Ok(token),
+            Err(super::store::StoreError::Conflict(_)) => Err(StateError::Exists(format!("tenant {name}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn tenant(&self, name: &str) -> Result<Tenant, StateError> {
+        let e = self.store.get(&tenant_key(name))?.ok_or_else(|| StateError::NoService(format!("tenant {name}")))?;
+        serde_json::from_slice(&e.value).map_err(|err| StateError::Corrupt(e.key, err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::store::FileStore;
+
+    #[test]
+    fn tokens_map_to_principals_and_are_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let c = Cluster::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
+        let admin = new_token().unwrap_or_default();
+        assert!(admin.starts_with("bh_") && admin.len() == 67);
+        assert!(c.init_admin(&admin).unwrap_or(false));
+        assert!(!c.init_admin("bh_other").unwrap_or(true), "one admin token, set once");
+        assert_eq!(c.principal(&admin).ok().flatten(), Some(Principal::Admin));
+        assert_eq!(c.principal("bh_other").ok().flatten(), None);
+        let t = c.create_tenant("acme", Quota { instances: Some(3), ..Default::default() }).unwrap_or_default();
+        assert_eq!(c.principal(&t).ok().flatten(), Some(Principal::Tenant("acme".into())));
+        assert!(matches!(c.create_tenant("acme", Quota::default()), Err(StateError::Exists(_))));
+        assert!(c.create_tenant("a/b", Quota::default()).is_err());
+        assert_eq!(c.tenant("acme").map(|t| t.quota.instances).ok(), Some(Some(3)));
+        let raw: Vec<u8> = c.store.list("/").unwrap_or_default().iter().flat_map(|e| [e.key.as_bytes(), &e.value].concat()).collect();
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(!raw.contains(&admin[3..]) && !raw.contains(&t[3..]), "no token in the store as is");
+    }
+}

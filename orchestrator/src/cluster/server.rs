@@ -1,0 +1,299 @@
+//! `bulkhead server`: the control plane's HTTP JSON API over the cluster
+//! state. Every request carries a bearer token; tenants see and change
+//! only their own services and instances (another tenant's are "not
+//! found"), the admin registers nodes, cordons them and creates tenants.
+//! The routes and their OpenAPI document come from one table (`ROUTES`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::auth::Principal;
+use super::backoff::{Clock, MonotonicClock};
+use super::schedule::Quota;
+use super::spec::{self, Resources};
+use super::state::{Cluster, Node, StateError};
+use super::store::StoreError;
+
+/// (method, path, who, what): the API, for the router and /openapi.json.
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("get", "/openapi.json", "anyone", "This document."),
+    ("post", "/v1/tenants", "admin", "Create a tenant ({name, quota}); returns its token."),
+    ("post", "/v1/nodes", "admin", "Register or update a node ({name, labels, allocatable, runtimes})."),
+    ("get", "/v1/nodes", "admin", "Nodes with readiness, allocation and instance counts."),
+    ("post", "/v1/nodes/{name}/heartbeat", "admin", "The node is alive."),
+    ("post", "/v1/nodes/{name}/cordon", "admin", "No new instances on the node."),
+    ("post", "/v1/nodes/{name}/uncordon", "admin", "New instances may go to the node again."),
+    ("post", "/v1/services", "tenant", "Deploy a service: the body is its spec (YAML or JSON); ?dry_run=true places without writing."),
+    ("get", "/v1/services", "tenant", "The tenant's services."),
+    ("get", "/v1/services/{name}", "tenant", "One service with its instances."),
+    ("delete", "/v1/services/{name}", "tenant", "Remove a service and its instances."),
+    ("post", "/v1/services/{name}/scale", "tenant", "Set the replica count ({replicas}); ?dry_run=true."),
+    ("get", "/v1/instances", "tenant", "The tenant's instances."),
+];
+
+#[derive(Clone)]
+struct App {
+    cluster: Arc<Cluster>,
+    clock: Arc<dyn Clock>,
+    grace_ms: u64,
+}
+
+/// An error as the API returns it: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        let status = match &e {
+            StateError::Spec(_) => StatusCode::BAD_REQUEST,
+            StateError::NoService(_) | StateError::NoNode(_) => StatusCode::NOT_FOUND,
+            StateError::Exists(_) | StateError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            StateError::Unschedulable(_) | StateError::OverQuota(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Store(_) | StateError::Corrupt(..) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok<T: Serialize>(v: T) -> ApiResult {
+    Ok(Json(v).into_response())
+}
+
+fn who(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "no token: send Authorization: Bearer TOKEN (the CLI: --token or BULKHEAD_TOKEN)".into()));
+    };
+    app.cluster.principal(token)?.ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))
+}
+
+fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    match who(app, headers)? {
+        Principal::Admin => Ok(()),
+        Principal::Tenant(_) => Err(ApiError(StatusCode::FORBIDDEN, "this needs the admin token".into())),
+    }
+}
+
+fn tenant(app: &App, headers: &HeaderMap) -> Result<(String, Quota), ApiError> {
+    match who(app, headers)? {
+        Principal::Tenant(t) => {
+            let quota = app.cluster.tenant(&t)?.quota;
+            Ok((t, quota))
+        }
+        Principal::Admin => Err(ApiError(StatusCode::FORBIDDEN, "services belong to tenants: use a tenant's token".into())),
+    }
+}
+
+impl App {
+    /// Nodes whose last heartbeat is older than this are not ready.
+    fn ready_after_ms(&self) -> u64 {
+        self.clock.now_ms().saturating_sub(self.grace_ms)
+    }
+}
+
+/// `?dry_run=true` (or `1`); anything else in the query is refused.
+fn dry_run(q: &Option<String>) -> Result<bool, ApiError> {
+    match q.as_deref() {
+        None | Some("") | Some("dry_run=false") | Some("dry_run=0") => Ok(false),
+        Some("dry_run=true") | Some("dry_run=1") => Ok(true),
+        Some(other) => Err(ApiError(StatusCode::BAD_REQUEST, format!("query {other:?}: only dry_run=true|false"))),
+    }
+}
+
+/// A JSON body, refused as JSON (400) when it is not the expected shape;
+/// read after the caller is known, so strangers learn nothing from it.
+fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    serde_json::from_str(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the request body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+    #[serde(default)]
+    quota: Quota,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scale {
+    replicas: u32,
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(document())
+}
+
+/// The OpenAPI 3.1 document of `ROUTES`.
+pub fn document() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, who, what) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        let security = if *who == "anyone" { json!([]) } else { json!([{ "bearer": [] }]) };
+        entry[*method] = json!({
+            "summary": what,
+            "description": format!("Caller: {who}."),
+            "security": security,
+            "responses": {
+                "200": {"description": "OK (JSON)"},
+                "400": {"description": "bad input (the error names the field)"},
+                "401": {"description": "no token or an unknown one"},
+                "403": {"description": "the token may not do this"},
+                "404": {"description": "not found (or another tenant's)"},
+                "409": {"description": "exists already, or changed meanwhile (retry)"},
+                "422": {"description": "cannot be placed, or over the tenant's quota"}
+            }
+        });
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "bulkhead control plane", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    })
+}
+
+async fn create_tenant(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
+    admin(&app, &headers)?;
+    let t: NewTenant = body(&text)?;
+    let token = app.cluster.create_tenant(&t.name, t.quota)?;
+    ok(json!({ "name": t.name, "token": token }))
+}
+
+async fn register_node(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
+    admin(&app, &headers)?;
+    let n: Node = body(&text)?;
+    if !crate::runtime::paths::valid_name(&n.name) || n.labels.iter().any(|(k, v)| !spec::valid_label(k) || !spec::valid_label(v)) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("node {:?}: a name of letters, digits, '_', '.', '-', and labels of 1-63 such characters", n.name)));
+    }
+    let name = n.name.clone();
+    app.cluster.register_node(n)?;
+    let revision = app.cluster.heartbeat(&name, app.clock.now_ms())?;
+    ok(json!({ "name": name, "revision": revision }))
+}
+
+async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    admin(&app, &headers)?;
+    let ready_after = app.ready_after_ms();
+    let instances = app.cluster.instances(None)?;
+    let mut out = Vec::new();
+    for (n, _) in app.cluster.nodes()? {
+        let on: Vec<_> = instances.iter().filter(|i| i.node == n.name).collect();
+        let allocated = on.iter().fold(Resources::default(), |a, i| a.plus(i.request));
+        let last = app.cluster.last_heartbeat_ms(&n.name)?;
+        out.push(json!({ "node": n, "ready": last >= ready_after, "heartbeat_age_ms": app.clock.now_ms().saturating_sub(last), "allocated": allocated, "instances": on.len() }));
+    }
+    ok(out)
+}
+
+async fn heartbeat(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(json!({ "revision": app.cluster.heartbeat(&name, app.clock.now_ms())? }))
+}
+
+async fn cordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(json!({ "revision": app.cluster.cordon(&name, true)? }))
+}
+
+async fn uncordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(json!({ "revision": app.cluster.cordon(&name, false)? }))
+}
+
+async fn deploy(State(app): State<App>, headers: HeaderMap, RawQuery(q): RawQuery, text: String) -> ApiResult {
+    let (t, quota) = tenant(&app, &headers)?;
+    let dry = dry_run(&q)?;
+    let svc = spec::parse(&text).map_err(StateError::from)?;
+    ok(app.cluster.deploy(&t, &quota, &svc, app.ready_after_ms(), dry)?)
+}
+
+async fn services(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    let (t, _) = tenant(&app, &headers)?;
+    let instances = app.cluster.instances(Some(&t))?;
+    let rows: Vec<_> = app
+        .cluster
+        .services(&t)?
+        .into_iter()
+        .map(|s| {
+            let n = instances.iter().filter(|i| i.service == s.spec.name).count();
+            json!({ "service": s, "instances": n })
+        })
+        .collect();
+    ok(rows)
+}
+
+async fn service(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    let (t, _) = tenant(&app, &headers)?;
+    let s = app.cluster.service(&t, &name)?;
+    let instances: Vec<_> = app.cluster.instances(Some(&t))?.into_iter().filter(|i| i.service == name).collect();
+    ok(json!({ "service": s, "instances": instances }))
+}
+
+async fn remove(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    let (t, _) = tenant(&app, &headers)?;
+    ok(json!({ "revision": app.cluster.remove(&t, &name)? }))
+}
+
+async fn scale(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>, RawQuery(q): RawQuery, text: String) -> ApiResult {
+    let (t, quota) = tenant(&app, &headers)?;
+    let dry = dry_run(&q)?;
+    let s: Scale = body(&text)?;
+    ok(app.cluster.scale(&t, &quota, &name, s.replicas, app.ready_after_ms(), dry)?)
+}
+
+async fn instances(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    let (t, _) = tenant(&app, &headers)?;
+    ok(app.cluster.instances(Some(&t))?)
+}
+
+async fn no_route() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route (GET /openapi.json lists them)".into())
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/nodes", post(register_node).get(nodes))
+        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{name}/cordon", post(cordon))
+        .route("/v1/nodes/{name}/uncordon", post(uncordon))
+        .route("/v1/services", post(deploy).get(services))
+        .route("/v1/services/{name}", get(service).delete(remove))
+        .route("/v1/services/{name}/scale", post(scale))
+        .route("/v1/instances", get(instances))
+        .fallback(no_route)
+        .with_state(app)
+}
+
+/// Serves until SIGTERM or SIGINT.
+pub async fn serve(cluster: Cluster, listen: SocketAddr, grace_ms: u64) -> std::io::Result<()> {
+    let app = App { cluster: Arc::new(cluster), clock: Arc::new(MonotonicClock), grace_ms };
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!("bulkhead server: listening on http://{}", listener.local_addr()?);
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    axum::serve(listener, router(app)).with_graceful_shutdown(stop).await
+}

@@ -1,0 +1,224 @@
+//! `bulkhead server` with its one-host store, natively: the CLI and plain
+//! HTTP against a real server on loopback. Tenants, tokens, quotas, the
+//! scheduler's spread through deploy and scale, dry runs, bad input that
+//! changes nothing, the OpenAPI document against the routes, a restart
+//! that keeps everything. (Nodes register over HTTP here: the node daemon
+//! that does it for real is not built yet.)
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+fn bulkhead() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let b = exe.parent().and_then(|d| d.parent()).unwrap().join("bulkhead");
+    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    b
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    admin: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a server on a free loopback port; its address from its first words.
+fn start(store: &Path) -> Server {
+    let mut child = Command::new(bulkhead()).args(["server", "--listen", "127.0.0.1:0", "--store"]).arg(format!("file:{}", store.display())).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    for _ in 0..4 {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(a) = line.trim().strip_prefix("bulkhead server: listening on http://") {
+            addr = Some(a.to_string());
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let admin = std::fs::read_to_string(store.with_extension("admin-token")).unwrap().trim().to_string();
+    Server { child, addr: addr.expect("the server said where it listens"), admin }
+}
+
+/// One HTTP/1.1 request: (status, body as JSON or a string).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let body = body.unwrap_or("");
+    req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let text = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.into())))
+}
+
+fn cli(s: &Server, token: &str, args: &[&str]) -> Output {
+    Command::new(bulkhead()).args(args).env("BULKHEAD_SERVER", format!("http://{}", s.addr)).env("BULKHEAD_TOKEN", token).output().unwrap()
+}
+
+fn show(o: &Output) -> String {
+    format!("{:?} stdout={:?} stderr={:?}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", show(o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Instances per node of `tenant`'s token, in node order.
+fn spread(s: &Server, token: &str) -> Vec<usize> {
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for i in json(&cli(s, token, &["instance", "ls", "--format", "json"])).as_array().unwrap() {
+        *per.entry(i["node"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    per.into_values().collect()
+}
+
+fn register(s: &Server, name: &str, zone: &str) {
+    let node = format!(r#"{{"name":"{name}","labels":{{"zone":"{zone}"}},"allocatable":{{"millicpus":8000,"memory_mib":8192}},"runtimes":["microvm","container"],"cordoned":false}}"#);
+    let (status, v) = http(&s.addr, "POST", "/v1/nodes", Some(&s.admin), Some(&node));
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn tenants_deploy_scale_and_isolation_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("cluster.redb");
+    let s = start(&store);
+    for (n, z) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
+        register(&s, n, z);
+    }
+    let acme = String::from_utf8(cli(&s, &s.admin, &["tenant", "create", "acme", "--instances", "20"]).stdout).unwrap().trim().to_string();
+    let small = String::from_utf8(cli(&s, &s.admin, &["tenant", "create", "small", "--instances", "2"]).stdout).unwrap().trim().to_string();
+    assert!(acme.starts_with("bh_") && small.starts_with("bh_") && acme != small);
+    let web = dir.path().join("web.yaml");
+    std::fs::write(&web, "name: web\nimage: busybox\nruntime: container\nreplicas: 6\n").unwrap();
+    let w = web.to_str().unwrap();
+
+    // A dry run shows the placement and writes nothing.
+    let dry = json(&cli(&s, &acme, &["deploy", "-f", w, "--dry-run", "--format", "json"]));
+    assert_eq!(dry["placed"].as_array().unwrap().len(), 6);
+    assert_eq!(dry["revision"], 0);
+    assert_eq!(json(&cli(&s, &acme, &["service", "ls", "--format", "json"])), serde_json::json!([]));
+    let done = json(&cli(&s, &acme, &["deploy", "-f", w, "--format", "json"]));
+    assert_eq!(done["placed"], dry["placed"]);
+    assert_eq!(spread(&s, &acme), [2, 2, 2]);
+    json(&cli(&s, &acme, &["service", "scale", "web", "9", "--format", "json"]));
+    assert_eq!(spread(&s, &acme), [3, 3, 3]);
+    let down = json(&cli(&s, &acme, &["service", "scale", "web", "3", "--format", "json"]));
+    assert_eq!(down["removed"].as_array().unwrap().len(), 6);
+    assert_eq!(spread(&s, &acme), [1, 1, 1]);
+
+    // Another tenant sees nothing of it and can change nothing.
+    let o = cli(&s, &small, &["service", "inspect", "web"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no service \"web\""), "{}", show(&o));
+    assert!(!cli(&s, &small, &["service", "rm", "web"]).status.success());
+    assert!(!cli(&s, &small, &["service", "scale", "web", "0"]).status.success());
+    assert_eq!(json(&cli(&s, &small, &["instance", "ls", "--format", "json"])), serde_json::json!([]));
+    assert_eq!(http(&s.addr, "GET", "/v1/nodes", Some(&small), None).0, 403, "nodes are the admin's");
+    assert_eq!(http(&s.addr, "GET", "/v1/services", Some(&s.admin), None).0, 403, "services are tenants'");
+    assert_eq!(http(&s.addr, "GET", "/v1/services", None, None).0, 401);
+    assert_eq!(http(&s.addr, "GET", "/v1/services", Some("bh_nope"), None).0, 401);
+    assert_eq!(spread(&s, &acme), [1, 1, 1]);
+
+    // Quotas, bad specs, impossible placements, duplicates: refused, nothing written.
+    // What the nodes hold (not their heartbeat ages, which move on their own).
+    let revision = |s: &Server| {
+        json(&cli(s, &s.admin, &["node", "ls", "--format", "json"]))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["node"].to_string(), n["allocated"].to_string(), n["instances"].to_string()))
+            .collect::<Vec<_>>()
+    };
+    let before = (revision(&s), json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])));
+    std::fs::write(dir.path().join("three.yaml"), "name: three\nimage: busybox\nreplicas: 3\n").unwrap();
+    let o = cli(&s, &small, &["deploy", "-f", dir.path().join("three.yaml").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("quota of instances"), "{}", show(&o));
+    let cases = [
+        ("name: x\nimage: busybox\nreplica: 2\n", "unknown field `replica`"),
+        ("name: x\nimage: busybox\nreplicas: 4\nplacement: {anti_affinity: true}\n", "only 3 fit"),
+        ("name: x\nimage: busybox\nplacement: {labels: {zone: c}}\n", "without the placement labels"),
+        ("name: x\nimage: busybox\nmemory: 9g\n", "short of memory"),
+        ("name: web\nimage: busybox\n", "exists"),
+    ];
+    for (text, want) in cases {
+        let f = dir.path().join("case.yaml");
+        std::fs::write(&f, text).unwrap();
+        let o = cli(&s, &acme, &["deploy", "-f", f.to_str().unwrap()]);
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(want), "{text:?}: {}", show(&o));
+        // The server refuses it the same way when the CLI's own check is skipped.
+        if !want.contains("unknown field") {
+            continue;
+        }
+        let (status, v) = http(&s.addr, "POST", "/v1/services", Some(&acme), Some(text));
+        assert_eq!(status, 400, "{v}");
+    }
+    assert_eq!((revision(&s), json(&cli(&s, &acme, &["instance", "ls", "--format", "json"]))), before, "nothing changed");
+
+    // Cordon: new replicas avoid the node.
+    assert!(cli(&s, &s.admin, &["node", "cordon", "n3"]).status.success());
+    json(&cli(&s, &acme, &["service", "scale", "web", "5", "--format", "json"]));
+    assert_eq!(spread(&s, &acme), [2, 2, 1], "the two new ones on n1 and n2");
+    assert!(cli(&s, &s.admin, &["node", "uncordon", "n3"]).status.success());
+
+    // Every documented route answers with JSON (never the router's bare 404).
+    let (status, doc) = http(&s.addr, "GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    let routes: usize = paths.values().map(|m| m.as_object().unwrap().len()).sum();
+    assert_eq!((paths.len(), routes), (10, 13), "{:?}", paths.keys());
+    for (path, methods) in paths {
+        for method in methods.as_object().unwrap().keys() {
+            let concrete = path.replace("{name}", "web");
+            let (status, v) = http(&s.addr, &method.to_uppercase(), &concrete, Some("bh_nope"), Some("{}"));
+            assert!(v.is_object() || v.is_array(), "{method} {path}: {status} {v}");
+        }
+    }
+    for (path, body) in [("/v1/services/web/scale", "not json"), ("/v1/services/web/scale?dry_run=maybe", r#"{"replicas": 1}"#), ("/v1/services/web/scale", r#"{"replicas": -1}"#)] {
+        let (status, v) = http(&s.addr, "POST", path, Some(&acme), Some(body));
+        assert!(status == 400 && v["error"].is_string(), "{path} {body}: {status} {v}");
+    }
+    let (status, v) = http(&s.addr, "GET", "/v2/nothing", Some(&acme), None);
+    assert!(status == 404 && v["error"].as_str().unwrap().contains("openapi"), "{v}");
+
+    // A restart keeps everything, and the admin token.
+    let before = (json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), s.admin.clone());
+    drop(s);
+    let s = start(&store);
+    assert_eq!((json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), s.admin.clone()), before);
+    assert!(cli(&s, &acme, &["service", "rm", "web"]).status.success());
+    assert_eq!(json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), serde_json::json!([]));
+}
+
+#[test]
+fn bad_server_flags_and_no_server_are_clear_errors() {
+    let o = Command::new(bulkhead()).args(["server", "--store", "etcd://127.0.0.1:2379"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not built yet"), "{}", show(&o));
+    let o = Command::new(bulkhead()).args(["server", "--store", "nope"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("file:PATH"), "{}", show(&o));
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = Command::new(bulkhead()).args(["service", "ls"]).env("BULKHEAD_SERVER", format!("http://127.0.0.1:{port}")).env("BULKHEAD_TOKEN", "bh_x").output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cannot reach the server"), "{}", show(&o));
+    let o = Command::new(bulkhead()).args(["service", "ls"]).env_remove("BULKHEAD_TOKEN").output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no token"), "{}", show(&o));
+}
