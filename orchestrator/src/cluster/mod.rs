@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod reconcile;
 pub mod schedule;
 pub mod server;
 pub mod spec;
