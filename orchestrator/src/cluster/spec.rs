@@ -133,13 +133,65 @@ pub struct Service {
     pub request: Resources,
 }
 
+/// A service file is at most this big.
+pub const MAX_FILE_BYTES: usize = 64 << 10;
+/// Brackets nested deeper than this are refused before parsing: the YAML
+/// parser takes time quadratic in flow nesting (100k levels: ~50 s here).
+pub const MAX_FLOW_DEPTH: usize = 32;
+
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Whether YAML `text` holds an anchor (`&a`) or alias (`*a`) token: a `&`
+/// or `*` where a value starts (line start, after `: `, `- `, `[`, `{`,
+/// `,`), outside quotes. Aliases repeat what they name: a 30 KiB string
+/// aliased 8000 times in a 64 KiB file is 240 MiB once parsed.
+fn has_anchor_or_alias(text: &str) -> bool {
+    for line in text.lines() {
+        let (mut quote, mut value_start) = (None::<char>, true);
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') if value_start => break,
+                (None, '&' | '*') if value_start => return true,
+                (None, ' ' | '\t') => {}
+                (None, '[' | '{' | ',' | '-') => value_start = true,
+                (None, ':') => value_start = true,
+                (None, _) => value_start = false,
+            }
+        }
+    }
+    false
+}
+
 /// Parses a service file: JSON when it starts with `{`, else YAML.
 pub fn parse(text: &str) -> Result<Service, SpecError> {
-    let spec: ServiceSpec = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
-    };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(SpecError::Syntax(format!("{} bytes: a service file is at most {MAX_FILE_BYTES}", text.len())));
+    }
+    if flow_depth(text) > MAX_FLOW_DEPTH {
+        return Err(SpecError::Syntax(format!("brackets nested deeper than {MAX_FLOW_DEPTH}")));
+    }
+    let json = text.trim_start().starts_with('{');
+    if !json && has_anchor_or_alias(text) {
+        return Err(SpecError::Syntax("YAML anchors and aliases (&name, *name) are not accepted; quote a value that starts with & or *".into()));
+    }
+    let spec: ServiceSpec =
+        if json { serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))? } else { serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))? };
     check(spec)
 }
 
@@ -276,6 +328,27 @@ ports: ['8080:80']
                 Ok(s) => panic!("{text:?} was accepted: {s:?}"),
                 Err(e) => assert!(e.to_string().contains(want), "{text:?}: wanted {want:?} in {e}"),
             }
+        }
+    }
+
+    /// Tenants write these files: alias amplification, deep nesting,
+    /// oversize files, dangling aliases, binary junk and second documents
+    /// end in an error.
+    #[test]
+    fn hostile_yaml_is_refused() {
+        let mut bomb = String::from("name: a\nimage: x\nenv: {A: &l0 xxxxxxxxxx}\ncommand: [");
+        bomb += &vec!["*l0"; 8000].join(", ");
+        bomb += "]\n";
+        assert!(bomb.len() < MAX_FILE_BYTES);
+        // 60 KiB of brackets: under the size cap, refused by the depth cap (parsing it took ~50 s).
+        let deep = format!("name: {}x{}\nimage: x\n", "[".repeat(30_000), "]".repeat(30_000));
+        let huge = format!("name: a\nimage: x\ncommand: [{}]\n", "x,".repeat(40_000));
+        for text in [bomb, deep, huge, "name: *nowhere\nimage: x\n".to_string(), "\u{0}\u{1}".into(), "name: a\nimage: x\n---\nname: b\n".into()] {
+            assert!(parse(&text).is_err(), "{}", &text[..text.len().min(80)]);
+        }
+        assert!(parse("name: a\nimage: x\ncommand: [sh, -c, 'ls *.txt', \"a & b\"]\nenv: {A: 'x & *y'} # a *comment\n").is_ok(), "& and * inside quoted values and comments are fine");
+        for token in ["name: &a web\nimage: x\n", "name: a\nimage: x\ncommand:\n  - *x\n", "name: a\nimage: x\nenv: {A: *v}\n"] {
+            assert!(parse(token).unwrap_err().to_string().contains("anchors and aliases"), "{token:?}");
         }
     }
 
