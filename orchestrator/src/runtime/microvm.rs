@@ -59,10 +59,10 @@ impl Microvm {
     /// and waits for the agent's hello.
     /// `tap`: the workload's TAP (on its bridge), passed to the VMM as fd 3.
     /// `marks` gets `runtime-invoked` (the VMM's spawn) and `agent-connected`.
-    pub async fn boot(cfg: &WorkloadConfig, run_dir: &Path, workload_dir: &Path, tap: Option<&OwnedFd>, marks: &mut Vec<Mark>) -> Result<Self, String> {
+    pub async fn boot(cfg: &WorkloadConfig, workload_dir: &Path, tap: Option<&OwnedFd>, marks: &mut Vec<Mark>) -> Result<Self, String> {
         let files = cfg.vm.as_ref().ok_or("no VM files in the workload config")?;
         let jail = files.jail.as_ref();
-        let vm_dir = run_dir.join("vm");
+        let vm_dir = super::paths::Paths::vm_dir(&cfg.id);
         jail::make_vm_dir(&vm_dir, jail).map_err(|e| e.to_string())?;
         let uds = vm_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));

@@ -172,7 +172,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
                 Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
             }
         }
-        super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &run_dir, &dir, attached.tap.as_ref(), &mut marks).await {
+        super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &dir, attached.tap.as_ref(), &mut marks).await {
             Ok(m) => Backend::Microvm(Box::new(m)),
             Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
         },
