@@ -107,6 +107,11 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     let groups = bulkhead_jailer::cgroup::Cgroups::create(&lost_id, &[("pids".into(), "pids.max".into(), "8".into())]).unwrap();
     let mut stray = Command::new("sleep").arg("1000").spawn().unwrap();
     groups.join(stray.id() as i32).unwrap();
+    // A bulkhead cgroup with no jail dir: another store's container on this host.
+    let other_id: String = lost_id.replace(|c: char| c.is_ascii_digit(), "e");
+    let others = bulkhead_jailer::cgroup::Cgroups::create(&other_id, &[("pids".into(), "pids.max".into(), "8".into())]).unwrap();
+    let mut neighbour = Command::new("sleep").arg("1000").spawn().unwrap();
+    others.join(neighbour.id() as i32).unwrap();
 
     let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "none"], &["true"]));
     assert!(o.status.success(), "{}", run_cases::show(&o));
@@ -115,6 +120,11 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     let status = stray.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "what ran in its cgroup is killed");
     assert!(base.join(&keep_id).exists(), "a workload in the store keeps its jail");
+    assert!(neighbour.try_wait().unwrap().is_none(), "another store's container (a cgroup, no jail dir) is left alone");
+    let _ = neighbour.kill();
+    let _ = neighbour.wait();
+    bulkhead_jailer::cleanup::remove(&base, &other_id).unwrap();
+    assert!(others.dirs().iter().all(|d| !d.exists()));
 
     let rm = ctx.bh(&["rm", "-f", "keep"]);
     assert!(rm.status.success(), "{}", run_cases::show(&rm));

@@ -97,8 +97,12 @@ pub fn remove(id: &str) -> Result<Vec<String>, JailError> {
 /// inserted before it, so it is in the list.
 pub fn sweep(state: &State) -> Result<Vec<String>, JailError> {
     let base = Paths::jail_base();
-    // Only ids bulkhead makes (64 hex digits): other jails on this host are not ours.
-    let ids: Vec<String> = bulkhead_jailer::cleanup::ids(&base).into_iter().filter(|i| i.len() == 64 && i.bytes().all(|b| b.is_ascii_hexdigit())).collect();
+    // Only jail dirs, with ids bulkhead makes (64 hex digits): other jails on
+    // this host are not ours, and a bulkhead cgroup without a jail dir may be
+    // a container's of another store on this host (`bulkhead node`s side by
+    // side): sweeping it would kill that container.
+    let ids: Vec<String> =
+        std::fs::read_dir(&base).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|i| i.len() == 64 && i.bytes().all(|b| b.is_ascii_hexdigit())).collect();
     if ids.is_empty() {
         return Ok(Vec::new());
     }
