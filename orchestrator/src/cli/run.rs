@@ -93,6 +93,13 @@ pub struct RunArgs {
     vmm_firecracker: Option<PathBuf>,
     #[arg(long, hide = true, value_name = "FILE")]
     timeline_json: Option<PathBuf>,
+    // For `bulkhead node`: the workload stops once the deadline in this file
+    // (CLOCK_MONOTONIC ms) has passed: the stop signal, then SIGKILL after
+    // --fence-kill-after-ms.
+    #[arg(long, hide = true, value_name = "FILE")]
+    fence_deadline_file: Option<PathBuf>,
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 3000)]
+    fence_kill_after_ms: u64,
     /// The image (name[:tag] or digest) from `bulkhead image ls`.
     image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd).
@@ -385,6 +392,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         vm,
         network: None,
         created_ms: now_ms(),
+        fencing: a.fence_deadline_file.as_ref().map(|f| crate::runtime::fencing::Fencing { deadline_file: f.clone(), kill_after_ms: a.fence_kill_after_ms }),
     };
     let dir = p.workload_dir(&id);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;

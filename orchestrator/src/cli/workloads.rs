@@ -352,6 +352,7 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
             "jail": vm.jail.as_ref().map(|j| serde_json::json!({"uid": j.uid, "gid": j.gid, "dir": j.chroot_base.join(&c.id), "vm_dir": Paths::vm_dir(&c.id), "jailer": j.jailer})),
         })),
         "limits": {"cpus": c.cpus, "memory_mib": c.memory_mib},
+        "fencing": c.fencing,
         "pids": r.running.as_ref().map(|x| serde_json::json!({"supervisor": x.supervisor.pid, "runtime": x.runtime.map(|p| p.pid)})),
         "paths": {
             "dir": dir,

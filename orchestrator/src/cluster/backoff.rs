@@ -20,7 +20,7 @@ pub struct MonotonicClock;
 
 impl Clock for MonotonicClock {
     fn now_ms(&self) -> u64 {
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| (t.tv_sec() as u64).saturating_mul(1000).saturating_add(t.tv_nsec() as u64 / 1_000_000)).unwrap_or(0)
+        crate::runtime::fencing::monotonic_ms()
     }
 }
 

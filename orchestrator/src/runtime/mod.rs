@@ -21,6 +21,7 @@
 pub mod attach;
 pub mod client;
 pub mod container;
+pub mod fencing;
 pub mod jail;
 pub mod microvm;
 pub mod paths;

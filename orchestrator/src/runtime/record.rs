@@ -93,6 +93,9 @@ pub struct WorkloadConfig {
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
     pub created_ms: u64,
+    /// Started by `bulkhead node`: stopped once its lease deadline passes.
+    #[serde(default)]
+    pub fencing: Option<super::fencing::Fencing>,
 }
 
 /// Written by the supervisor once it is up, again when the workload started.
@@ -208,6 +211,7 @@ pub fn test_record(id: &str, name: &str) -> Record {
             vm: None,
             network: None,
             created_ms: now_ms(),
+            fencing: None,
         },
         running: None,
         exit: None,

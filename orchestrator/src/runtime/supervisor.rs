@@ -208,8 +208,26 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     let mut exit = Box::pin(exit);
     let mut report = None;
     let mut output_open = true;
+    let fencing = cfg.fencing.clone();
+    let mut fenced = fencing.is_none();
+    let mut lease_over = Box::pin(async move {
+        match &fencing {
+            Some(f) => {
+                super::fencing::passed(f.deadline_file.clone()).await;
+                Duration::from_millis(f.kill_after_ms)
+            }
+            None => std::future::pending().await,
+        }
+    });
     while output_open || report.is_none() {
         tokio::select! {
+            kill_after = &mut lease_over, if !fenced && report.is_none() => {
+                // The node daemon did not renew the lease in time: the server
+                // may start a replacement once the deadline and stop time are over.
+                fenced = true;
+                eprintln!("bulkhead supervisor: the lease deadline passed: stopping the workload");
+                tokio::spawn(stop(Arc::clone(&shared), kill_after));
+            }
             chunk = output.recv(), if output_open => match chunk {
                 Some((kind, data)) => {
                     log.write(&data);
@@ -340,15 +358,7 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
             let _ = attach::write_json(&mut wr, Kind::Reply, &Reply { error }).await;
         }
         Request::Stop { timeout_s } => {
-            let _ = shared.main_control.send(Control::Signal(shared.stop_signal)).await;
-            if tokio::time::timeout(Duration::from_secs(timeout_s), ended(shared.exit.clone())).await.is_err() {
-                let _ = shared.main_control.send(Control::Signal(libc::SIGKILL)).await;
-                // A SIGKILL the guest never delivers (it hangs): end the VM itself.
-                if tokio::time::timeout(Duration::from_secs(10), ended(shared.exit.clone())).await.is_err() {
-                    shared.backend.force_kill().await;
-                    ended(shared.exit.clone()).await;
-                }
-            }
+            stop(Arc::clone(&shared), Duration::from_secs(timeout_s)).await;
             let _ = attach::write_json(&mut wr, Kind::Reply, &Reply { error: None }).await;
         }
         Request::Attach { stdin } => {
@@ -392,6 +402,20 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
             let report = exit.await.unwrap_or_else(|_| failed("the exec'd process was lost"));
             let _ = attach::write_json(&mut wr, Kind::Exit, &report).await;
             input.abort();
+        }
+    }
+}
+
+/// The stop signal, SIGKILL after `timeout`, and the VM ended from outside
+/// if even that is not delivered; returns once the workload has ended.
+async fn stop(shared: Arc<Shared>, timeout: Duration) {
+    let _ = shared.main_control.send(Control::Signal(shared.stop_signal)).await;
+    if tokio::time::timeout(timeout, ended(shared.exit.clone())).await.is_err() {
+        let _ = shared.main_control.send(Control::Signal(libc::SIGKILL)).await;
+        // A SIGKILL the guest never delivers (it hangs): end the VM itself.
+        if tokio::time::timeout(Duration::from_secs(10), ended(shared.exit.clone())).await.is_err() {
+            shared.backend.force_kill().await;
+            ended(shared.exit.clone()).await;
         }
     }
 }
