@@ -185,7 +185,7 @@ fn tenants_deploy_scale_and_isolation_through_the_api() {
     assert_eq!(status, 200);
     let paths = doc["paths"].as_object().unwrap();
     let routes: usize = paths.values().map(|m| m.as_object().unwrap().len()).sum();
-    assert_eq!((paths.len(), routes), (10, 13), "{:?}", paths.keys());
+    assert_eq!((paths.len(), routes), (14, 17), "{:?}", paths.keys());
     for (path, methods) in paths {
         for method in methods.as_object().unwrap().keys() {
             let concrete = path.replace("{name}", "web");
@@ -197,6 +197,28 @@ fn tenants_deploy_scale_and_isolation_through_the_api() {
         let (status, v) = http(&s.addr, "POST", path, Some(&acme), Some(body));
         assert!(status == 400 && v["error"].is_string(), "{path} {body}: {status} {v}");
     }
+    // Joining takes a join token; syncing, that node's own token.
+    let (_, j) = http(&s.addr, "POST", "/v1/nodes/tokens", Some(&s.admin), None);
+    let join = j["token"].as_str().unwrap().to_string();
+    let node = r#"{"name": "n9", "labels": {}, "allocatable": {"millicpus": 1000, "memory_mib": 1024}, "runtimes": ["container"], "cordoned": false}"#;
+    for token in [&acme, &s.admin] {
+        assert_eq!(http(&s.addr, "POST", "/v1/nodes/join", Some(token), Some(node)).0, 403, "only a join token joins");
+    }
+    assert_eq!(http(&s.addr, "POST", "/v1/nodes/tokens", Some(&acme), None).0, 403);
+    let (status, n9) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(node));
+    assert_eq!(status, 200, "{n9}");
+    let n9_token = n9["token"].as_str().unwrap();
+    let (status, synced) = http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(r#"{"reports": []}"#));
+    assert!(status == 200 && synced["assignments"] == serde_json::json!([]), "{synced}");
+    for (token, path) in [(n9_token, "/v1/nodes/n1/sync"), (join.as_str(), "/v1/nodes/n9/sync"), (acme.as_str(), "/v1/nodes/n9/sync"), (n9_token, "/v1/nodes/n9/drain")] {
+        assert_eq!(http(&s.addr, "POST", path, Some(token), Some(r#"{"reports": []}"#)).0, 403, "{path}");
+    }
+    let forged = r#"{"reports": [{"tenant": "acme", "service": "web", "index": 0, "fence": 1, "state": "exited", "code": 1}]}"#;
+    let before = json(&cli(&s, &acme, &["instance", "ls", "--format", "json"]));
+    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(forged)).0, 200);
+    assert_eq!(json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), before, "a node's reports about another node's instances change nothing");
+    assert!(cli(&s, &s.admin, &["node", "cordon", "n9"]).status.success());
+
     let (status, v) = http(&s.addr, "GET", "/v2/nothing", Some(&acme), None);
     assert!(status == 404 && v["error"].as_str().unwrap().contains("openapi"), "{v}");
 
@@ -213,6 +235,10 @@ fn tenants_deploy_scale_and_isolation_through_the_api() {
 fn bad_server_flags_and_no_server_are_clear_errors() {
     let o = Command::new(bulkhead()).args(["server", "--store", "etcd://127.0.0.1:2379"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not built yet"), "{}", show(&o));
+    let o = Command::new(bulkhead()).args(["server", "--heartbeat-grace", "10s", "--lease", "5s"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("at least the grace"), "{}", show(&o));
+    let o = Command::new(bulkhead()).args(["server", "--lease", "5 parsecs"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unit"), "{}", show(&o));
     let o = Command::new(bulkhead()).args(["server", "--store", "nope"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("file:PATH"), "{}", show(&o));
     // A port nothing listens on (bound, then closed).

@@ -10,8 +10,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::cluster::auth::new_token;
+use crate::cluster::backoff::BackoffPolicy;
+use crate::cluster::reconcile::Timing;
+use crate::cluster::server::Settings;
 use crate::cluster::state::Cluster;
 use crate::cluster::store::FileStore;
+use crate::runtime::record::RuntimeKind;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
@@ -24,12 +28,49 @@ pub struct ServerArgs {
     /// etcd://HOST:PORT[,...] is not built yet.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// Seconds without a heartbeat before a node counts as not ready.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    /// Without a heartbeat this long a node is lost: not ready, and its
+    /// instances are replaced once its lease and the stop time are over.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
     heartbeat_grace: u64,
+    /// A node's workloads stop themselves this long after the node last
+    /// reached the server (at least the grace).
+    #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    lease: u64,
+    /// How long a workload may take to stop (stop signal, then SIGKILL
+    /// halfway) before a replacement starts elsewhere.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    stop_time: u64,
+    /// Restart backoff: the first wait, doubling...
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    backoff_initial: u64,
+    /// ...up to this...
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration_ms)]
+    backoff_cap: u64,
+    /// ...and forgotten after a run this long.
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration_ms)]
+    backoff_reset: u64,
+}
+
+/// `500ms`, `10s`, `5m`, `1h`, or plain seconds -> milliseconds.
+pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: a number with ms, s, m or h (e.g. 10s)"))?;
+    let mult = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: the unit is ms, s, m or h")),
+    };
+    n.checked_mul(mult).filter(|ms| *ms <= 7 * 24 * 3_600_000).ok_or_else(|| format!("{s:?}: at most a week"))
 }
 
 pub fn server(a: ServerArgs) -> Result<()> {
+    let timing = Timing { grace_ms: a.heartbeat_grace, lease_ms: a.lease, stop_ms: a.stop_time };
+    let backoff = BackoffPolicy { initial_ms: a.backoff_initial, cap_ms: a.backoff_cap, reset_after_ms: a.backoff_reset };
+    let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
     let path = match a.store.as_deref() {
         None => super::run::data_dir().join("cluster.redb"),
         Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
@@ -47,7 +88,7 @@ pub fn server(a: ServerArgs) -> Result<()> {
         eprintln!("bulkhead server: new cluster store {}; the admin token is in {} (export BULKHEAD_TOKEN=$(cat {}))", path.display(), token_file.display(), token_file.display());
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(crate::cluster::server::serve(cluster, a.listen, a.heartbeat_grace.saturating_mul(1000))).with_context(|| format!("serve on {}", a.listen))
+    rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings)).with_context(|| format!("serve on {}", a.listen))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -254,10 +295,58 @@ pub fn instance(cmd: InstanceCommand) -> Result<()> {
     Ok(())
 }
 
+/// `bulkhead node --server URL --join-token T` runs the node daemon;
+/// `bulkhead node ls|cordon|uncordon|drain|token` manage nodes (admin).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    cmd: Option<NodeCommand>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// The node daemon's settings.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The server to join (default: $BULKHEAD_SERVER, else http://127.0.0.1:7070).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// From `bulkhead node token create` (default: $BULKHEAD_JOIN_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    join_token: Option<String>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// A label for placement constraints (KEY=VALUE); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// CPUs to offer (default: all of this host's).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory to offer, as `run --memory` (default: 90% of this host's).
+    #[arg(long)]
+    memory: Option<String>,
+    /// A runtime to offer; repeatable (default: microvm where /dev/kvm is,
+    /// container where crun or runc is).
+    #[arg(long = "runtime", value_enum)]
+    runtimes: Vec<RuntimeKind>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Nodes: ready, cordoned, CPU and memory allocated of allocatable.
     Ls(Conn),
+    /// Cordon a node and move its instances elsewhere (they are replaced
+    /// on other nodes; the node stops its copies).
+    Drain {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Join tokens for new nodes.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// No new instances on this node.
     Cordon {
         name: String,
@@ -272,8 +361,70 @@ pub enum NodeCommand {
     },
 }
 
-pub fn node(cmd: NodeCommand) -> Result<()> {
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// A new join token (admin); prints it.
+    Create(Conn),
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+fn daemon(a: DaemonArgs) -> Result<()> {
+    let server = a.server.or_else(|| std::env::var("BULKHEAD_SERVER").ok().filter(|s| !s.is_empty())).unwrap_or_else(|| DEFAULT_SERVER.into());
+    let join_token = a
+        .join_token
+        .or_else(|| std::env::var("BULKHEAD_JOIN_TOKEN").ok().filter(|s| !s.is_empty()))
+        .context("`bulkhead node` runs the node daemon: it needs --join-token (from `bulkhead node token create`) or BULKHEAD_JOIN_TOKEN; or use a subcommand (ls, cordon, uncordon, drain, token)")?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the node daemon needs root (it runs workloads through `bulkhead run`)");
+    }
+    let name = a.name.unwrap_or_else(host_name);
+    if !crate::runtime::paths::valid_name(&name) {
+        bail!("node name {name:?}: letters, digits, '_', '.', '-' (--name)");
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: KEY=VALUE"))?;
+        if !crate::cluster::spec::valid_label(k) || !crate::cluster::spec::valid_label(v) {
+            bail!("--label {l:?}: 1-63 letters, digits, '_', '.', '-' on each side");
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let (mut allocatable, mut runtimes) = crate::cluster::node::host_defaults();
+    if let Some(c) = a.cpus {
+        if !(c.is_finite() && c > 0.0) {
+            bail!("--cpus {c}: more than 0");
+        }
+        allocatable.millicpus = (c * 1000.0).round() as u64;
+    }
+    if let Some(m) = &a.memory {
+        allocatable.memory_mib = super::run::parse_memory(m)?;
+    }
+    if !a.runtimes.is_empty() {
+        runtimes = a.runtimes;
+    }
+    if runtimes.is_empty() {
+        bail!("this host offers no runtime: no /dev/kvm (microvm) and no crun or runc (container: apt-get install crun)");
+    }
+    let node = crate::cluster::state::Node { name, labels, allocatable, runtimes, cordoned: false };
+    let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()? };
+    crate::cluster::node::run(cfg)?;
+    Ok(())
+}
+
+pub fn node(a: NodeArgs) -> Result<()> {
+    let Some(cmd) = a.cmd else { return daemon(a.daemon) };
     match cmd {
+        NodeCommand::Drain { name, conn } => {
+            let v = conn.call(reqwest::Method::POST, &format!("/v1/nodes/{}/drain", path_segment(&name)?), None)?;
+            println!("{name}: cordoned, {} instance(s) to move", s(&v["moved"]));
+        }
+        NodeCommand::Token(TokenCommand::Create(conn)) => {
+            let v = conn.call(reqwest::Method::POST, "/v1/nodes/tokens", None)?;
+            println!("{}", s(&v["token"]));
+        }
         NodeCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/nodes", None)?;
             conn.print(&v, |v| {

@@ -76,9 +76,10 @@ enum Command {
     /// A tenant's instances on the server.
     #[command(subcommand, after_help = EXIT_CODES)]
     Instance(cluster::InstanceCommand),
-    /// The server's nodes (admin): ls, cordon, uncordon.
-    #[command(subcommand, after_help = EXIT_CODES)]
-    Node(cluster::NodeCommand),
+    /// The node daemon (`bulkhead node --server URL --join-token T`), or the
+    /// server's nodes (admin): ls, cordon, uncordon, drain, token create.
+    #[command(after_help = EXIT_CODES)]
+    Node(cluster::NodeArgs),
     /// Tenants on the server (admin): create.
     #[command(subcommand, after_help = EXIT_CODES)]
     Tenant(cluster::TenantCommand),

@@ -14,6 +14,10 @@ use super::store::{Compare, Op};
 pub enum Principal {
     Admin,
     Tenant(String),
+    /// May join nodes (`bulkhead node token create`), nothing else.
+    Join,
+    /// One node: its own heartbeats, reports and assignments.
+    Node(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +76,32 @@ impl Cluster {
         }
     }
 
+    /// A new join token (reusable: one per cluster or per batch of hosts).
+    pub fn create_join_token(&self) -> Result<String, StateError> {
+        let token = new_token().map_err(|e| StateError::Corrupt("/dev/urandom".into(), e.to_string()))?;
+        let principal = serde_json::to_vec(&Principal::Join).unwrap_or_default();
+        self.store.txn(&[], &[Op::Put(token_key(&token), principal)])?;
+        Ok(token)
+    }
+
+    /// A fresh token for node `name` (its previous one stops working).
+    pub fn issue_node_token(&self, name: &str) -> Result<String, StateError> {
+        let token = new_token().map_err(|e| StateError::Corrupt("/dev/urandom".into(), e.to_string()))?;
+        let principal = serde_json::to_vec(&Principal::Node(name.into())).unwrap_or_default();
+        let current = format!("/node-tokens/{name}");
+        let mut guards = Vec::new();
+        let mut ops = vec![Op::Put(token_key(&token), principal), Op::Put(current.clone(), token_key(&token).into_bytes())];
+        match self.store.get(&current)? {
+            Some(old) => {
+                guards.push(Compare::Revision(current, old.revision));
+                ops.push(Op::Delete(String::from_utf8_lossy(&old.value).into_owned()));
+            }
+            None => guards.push(Compare::Absent(current)),
+        }
+        self.store.txn(&guards, &ops)?;
+        Ok(token)
+    }
+
     pub fn tenant(&self, name: &str) -> Result<Tenant, StateError> {
         let e = self.store.get(&tenant_key(name))?.ok_or_else(|| StateError::NoService(format!("tenant {name}")))?;
         serde_json::from_slice(&e.value).map_err(|err| StateError::Corrupt(e.key, err.to_string()))
@@ -98,6 +128,13 @@ mod tests {
         assert!(matches!(c.create_tenant("acme", Quota::default()), Err(StateError::Exists(_))));
         assert!(c.create_tenant("a/b", Quota::default()).is_err());
         assert_eq!(c.tenant("acme").map(|t| t.quota.instances).ok(), Some(Some(3)));
+        let join = c.create_join_token().unwrap_or_default();
+        assert_eq!(c.principal(&join).ok().flatten(), Some(Principal::Join));
+        let n1 = c.issue_node_token("n1").unwrap_or_default();
+        assert_eq!(c.principal(&n1).ok().flatten(), Some(Principal::Node("n1".into())));
+        let n1_again = c.issue_node_token("n1").unwrap_or_default();
+        assert_eq!(c.principal(&n1).ok().flatten(), None, "a node's new token replaces its old one");
+        assert_eq!(c.principal(&n1_again).ok().flatten(), Some(Principal::Node("n1".into())));
         let raw: Vec<u8> = c.store.list("/").unwrap_or_default().iter().flat_map(|e| [e.key.as_bytes(), &e.value].concat()).collect();
         let raw = String::from_utf8_lossy(&raw);
         assert!(!raw.contains(&admin[3..]) && !raw.contains(&t[3..]), "no token in the store as is");

@@ -3,8 +3,10 @@
 //! function of a snapshot), and when a failed instance restarts
 //! (`backoff`). The server, the node daemon and the stores build on these.
 
+pub mod assign;
 pub mod auth;
 pub mod backoff;
+pub mod node;
 pub mod reconcile;
 pub mod schedule;
 pub mod server;

@@ -47,6 +47,16 @@ pub enum Action {
     Remove { tenant: String, service: String, index: u32 },
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Place { tenant, service, count } => write!(f, "place {count} of {tenant}/{service}"),
+            Action::Restart { tenant, service, index } => write!(f, "restart {tenant}/{service}/{index}"),
+            Action::Remove { tenant, service, index } => write!(f, "remove {tenant}/{service}/{index}"),
+        }
+    }
+}
+
 /// The actions that bring what is observed to what is desired, at `now_ms`.
 /// `heartbeats`: each node's last heartbeat (a node not in it never sent one).
 pub fn reconcile(services: &[ServiceRecord], seen: &[Seen], heartbeats: &BTreeMap<String, u64>, now_ms: u64, t: &Timing) -> Vec<Action> {
@@ -124,7 +134,7 @@ mod tests {
     }
 
     fn inst(service: &str, index: u32, node: &str, state: InstanceState) -> Seen {
-        let instance = Instance { tenant: "t".into(), service: service.into(), index, node: node.into(), state, request: Resources::default(), restarts: 0, last_exit: None };
+        let instance = Instance { tenant: "t".into(), service: service.into(), index, node: node.into(), state, request: Resources::default(), restarts: 0, last_exit: None, fence: 0 };
         Seen { instance, restarts: Restarts::default() }
     }
 

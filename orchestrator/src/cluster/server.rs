@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::Principal;
-use super::backoff::{Clock, MonotonicClock};
+use super::assign::Report;
+use super::backoff::{BackoffPolicy, Clock, MonotonicClock};
+use super::reconcile::Timing;
 use super::schedule::Quota;
 use super::spec::{self, Resources};
 use super::state::{Cluster, Node, StateError};
@@ -29,8 +31,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/v1/nodes", "admin", "Register or update a node ({name, labels, allocatable, runtimes})."),
     ("get", "/v1/nodes", "admin", "Nodes with readiness, allocation and instance counts."),
     ("post", "/v1/nodes/{name}/heartbeat", "admin", "The node is alive."),
+    ("post", "/v1/nodes/tokens", "admin", "A new join token for `bulkhead node --join-token`."),
+    ("post", "/v1/nodes/join", "join token", "A node joins ({name, labels, allocatable, runtimes}): registered, and given its own token and the cluster's timing."),
+    ("post", "/v1/nodes/{name}/sync", "that node", "Heartbeat with reports ({reports: [{tenant, service, index, fence, state: running|exited, code}]}); returns its assignments."),
     ("post", "/v1/nodes/{name}/cordon", "admin", "No new instances on the node."),
     ("post", "/v1/nodes/{name}/uncordon", "admin", "New instances may go to the node again."),
+    ("post", "/v1/nodes/{name}/drain", "admin", "Cordon the node and move its instances elsewhere."),
     ("post", "/v1/services", "tenant", "Deploy a service: the body is its spec (YAML or JSON); ?dry_run=true places without writing."),
     ("get", "/v1/services", "tenant", "The tenant's services."),
     ("get", "/v1/services/{name}", "tenant", "One service with its instances."),
@@ -39,11 +45,42 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/instances", "tenant", "The tenant's instances."),
 ];
 
+/// How the cluster keeps time: heartbeats, leases, stop time, backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub timing: Timing,
+    pub backoff: BackoffPolicy,
+    /// Nodes sync this often.
+    pub heartbeat_ms: u64,
+    /// A fenced workload gets its stop signal at the lease deadline and
+    /// SIGKILL this much later (within `timing.stop_ms`).
+    pub kill_after_ms: u64,
+    /// The reconciler runs this often.
+    pub reconcile_ms: u64,
+}
+
+impl Settings {
+    /// Sane timing for these values: the lease outlasts the grace (a live
+    /// node's workloads never fence themselves), the kill comes within the
+    /// stop time, heartbeats come several times per grace.
+    pub fn new(timing: Timing, backoff: BackoffPolicy) -> Result<Self, String> {
+        if timing.grace_ms < 1_000 || timing.lease_ms < timing.grace_ms || timing.stop_ms < 1_000 {
+            return Err(format!("heartbeat grace {} ms (at least 1000), lease {} ms (at least the grace), stop time {} ms (at least 1000)", timing.grace_ms, timing.lease_ms, timing.stop_ms));
+        }
+        if backoff.initial_ms == 0 || backoff.cap_ms < backoff.initial_ms {
+            return Err(format!("backoff {} ms to {} ms: more than 0, the cap at least the first", backoff.initial_ms, backoff.cap_ms));
+        }
+        let heartbeat_ms = (timing.grace_ms / 4).clamp(250, 2_000);
+        Ok(Settings { timing, backoff, heartbeat_ms, kill_after_ms: timing.stop_ms / 2, reconcile_ms: heartbeat_ms.min(1_000) })
+    }
+}
+
 #[derive(Clone)]
 struct App {
     cluster: Arc<Cluster>,
     clock: Arc<dyn Clock>,
     grace_ms: u64,
+    settings: Settings,
 }
 
 /// An error as the API returns it: a status and `{"error": "..."}`.
@@ -86,7 +123,7 @@ fn who(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError> {
 fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     match who(app, headers)? {
         Principal::Admin => Ok(()),
-        Principal::Tenant(_) => Err(ApiError(StatusCode::FORBIDDEN, "this needs the admin token".into())),
+        _ => Err(ApiError(StatusCode::FORBIDDEN, "this needs the admin token".into())),
     }
 }
 
@@ -96,7 +133,7 @@ fn tenant(app: &App, headers: &HeaderMap) -> Result<(String, Quota), ApiError> {
             let quota = app.cluster.tenant(&t)?.quota;
             Ok((t, quota))
         }
-        Principal::Admin => Err(ApiError(StatusCode::FORBIDDEN, "services belong to tenants: use a tenant's token".into())),
+        _ => Err(ApiError(StatusCode::FORBIDDEN, "services belong to tenants: use a tenant's token".into())),
     }
 }
 
@@ -179,13 +216,56 @@ async fn create_tenant(State(app): State<App>, headers: HeaderMap, text: String)
 async fn register_node(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
     admin(&app, &headers)?;
     let n: Node = body(&text)?;
-    if !crate::runtime::paths::valid_name(&n.name) || n.labels.iter().any(|(k, v)| !spec::valid_label(k) || !spec::valid_label(v)) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("node {:?}: a name of letters, digits, '_', '.', '-', and labels of 1-63 such characters", n.name)));
-    }
+    valid_node(&n)?;
     let name = n.name.clone();
     app.cluster.register_node(n)?;
     let revision = app.cluster.heartbeat(&name, app.clock.now_ms())?;
     ok(json!({ "name": name, "revision": revision }))
+}
+
+async fn join_token(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(json!({ "token": app.cluster.create_join_token()? }))
+}
+
+fn valid_node(n: &Node) -> Result<(), ApiError> {
+    if !crate::runtime::paths::valid_name(&n.name) || n.labels.iter().any(|(k, v)| !spec::valid_label(k) || !spec::valid_label(v)) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("node {:?}: a name of letters, digits, '_', '.', '-', and labels of 1-63 such characters", n.name)));
+    }
+    Ok(())
+}
+
+async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
+    if who(&app, &headers)? != Principal::Join {
+        return Err(ApiError(StatusCode::FORBIDDEN, "joining needs a join token (`bulkhead node token create`)".into()));
+    }
+    let mut n: Node = body(&text)?;
+    valid_node(&n)?;
+    n.cordoned = false; // kept as it was by register_node
+    let name = n.name.clone();
+    app.cluster.register_node(n)?;
+    app.cluster.heartbeat(&name, app.clock.now_ms())?;
+    let token = app.cluster.issue_node_token(&name)?;
+    let s = app.settings;
+    ok(json!({ "name": name, "token": token, "heartbeat_ms": s.heartbeat_ms, "lease_ms": s.timing.lease_ms, "kill_after_ms": s.kill_after_ms }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sync {
+    #[serde(default)]
+    reports: Vec<Report>,
+}
+
+async fn sync(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>, text: String) -> ApiResult {
+    if who(&app, &headers)? != Principal::Node(name.clone()) {
+        return Err(ApiError(StatusCode::FORBIDDEN, format!("this needs node {name}'s own token")));
+    }
+    let s: Sync = body(&text)?;
+    let now = app.clock.now_ms();
+    app.cluster.heartbeat(&name, now)?;
+    app.cluster.report(&name, &s.reports, now, &app.settings.backoff)?;
+    ok(json!({ "assignments": app.cluster.assignments(&name)?, "lease_ms": app.settings.timing.lease_ms, "kill_after_ms": app.settings.kill_after_ms }))
 }
 
 async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
@@ -210,6 +290,11 @@ async fn heartbeat(State(app): State<App>, headers: HeaderMap, Path(name): Path<
 async fn cordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
     admin(&app, &headers)?;
     ok(json!({ "revision": app.cluster.cordon(&name, true)? }))
+}
+
+async fn drain(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(json!({ "moved": app.cluster.drain(&name)? }))
 }
 
 async fn uncordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
@@ -273,8 +358,12 @@ fn router(app: App) -> Router {
         .route("/v1/tenants", post(create_tenant))
         .route("/v1/nodes", post(register_node).get(nodes))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/tokens", post(join_token))
+        .route("/v1/nodes/join", post(join))
+        .route("/v1/nodes/{name}/sync", post(sync))
         .route("/v1/nodes/{name}/cordon", post(cordon))
         .route("/v1/nodes/{name}/uncordon", post(uncordon))
+        .route("/v1/nodes/{name}/drain", post(drain))
         .route("/v1/services", post(deploy).get(services))
         .route("/v1/services/{name}", get(service).delete(remove))
         .route("/v1/services/{name}/scale", post(scale))
@@ -283,11 +372,36 @@ fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// Serves until SIGTERM or SIGINT.
-pub async fn serve(cluster: Cluster, listen: SocketAddr, grace_ms: u64) -> std::io::Result<()> {
-    let app = App { cluster: Arc::new(cluster), clock: Arc::new(MonotonicClock), grace_ms };
+/// The reconciler: a pass every `reconcile_ms`, on its own thread (the
+/// store calls block). Failures are logged when they change, not each pass.
+fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) {
+    let mut last_problem = String::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(settings.reconcile_ms));
+        let problem = match cluster.reconcile_pass(clock.now_ms(), &settings.timing) {
+            Ok(pass) => {
+                for a in &pass.applied {
+                    eprintln!("bulkhead server: {a}");
+                }
+                pass.failed.iter().map(|(a, why)| format!("{a}: {why}")).collect::<Vec<_>>().join("; ")
+            }
+            Err(e) => e.to_string(),
+        };
+        if problem != last_problem && !problem.is_empty() {
+            eprintln!("bulkhead server: reconciler: {problem}");
+        }
+        last_problem = problem;
+    }
+}
+
+/// Serves until SIGTERM or SIGINT; the reconciler runs beside it.
+pub async fn serve(cluster: Cluster, listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let app = App { cluster: Arc::new(cluster), clock: Arc::clone(&clock), grace_ms: settings.timing.grace_ms, settings };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("bulkhead server: listening on http://{}", listener.local_addr()?);
+    let (cluster, clock) = (Arc::clone(&app.cluster), Arc::clone(&clock));
+    std::thread::Builder::new().name("reconciler".into()).spawn(move || reconciler(cluster, clock, settings))?;
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {

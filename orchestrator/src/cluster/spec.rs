@@ -221,6 +221,9 @@ pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(field("env", format!("{k:?}: a variable name (no '=', not empty)")));
         }
+        if k.starts_with("BULKHEAD_") {
+            return Err(field("env", format!("{k:?}: BULKHEAD_* names are the node's (it sets the instance's identity there)")));
+        }
     }
     if spec.env.values().any(|v| v.contains('\0')) || spec.command.iter().any(|a| a.contains('\0')) {
         return Err(field("command", "no NUL bytes in arguments or values"));
@@ -313,6 +316,7 @@ ports: ['8080:80']
             ("name: a\nimage: x\nmemory: 1m\n", "memory:"),
             ("name: a\nimage: x\nmemory: 999999g\n", "memory:"),
             ("name: a\nimage: x\nenv: {'A=B': c}\n", "env:"),
+            ("name: a\nimage: x\nenv: {BULKHEAD_FENCE: '1'}\n", "env:"),
             ("name: a\nimage: x\nports: ['80']\n", "ports:"),
             ("name: a\nimage: x\nports: ['8080:80', '8080:81']\n", "same host port"),
             ("name: a\nimage: x\nreplicas: 2\nports: ['8080:80']\n", "anti_affinity"),

@@ -10,13 +10,16 @@
 //! /heartbeats/<node>                     its last heartbeat (ms)
 //! /placements                            rewritten by every placement change
 //! /services/<tenant>/<service>           ServiceRecord (the checked spec)
-//! /instances/<tenant>/<service>/<index>  Instance (node, state, restarts)
+//! /instances/<tenant>/<service>/<index>  Instance: the assignment (node);
+//!                                        its revision is the fence
+//! /status/<tenant>/<service>/<index>     InstanceStatus: what its node reported
 //! ```
 
 use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::backoff::Restarts;
 use super::schedule::{self, NodeView, Quota, Request};
 use super::spec::{self, Resources, Service, ServiceSpec};
 use super::store::{Compare, Entry, FileStore, Op, StoreError};
@@ -77,9 +80,27 @@ pub struct Instance {
     pub request: Resources,
     pub restarts: u32,
     pub last_exit: Option<i32>,
+    /// The store revision that assigned it (placed or restarted): nodes run
+    /// only the copy with the current fence, and reports about any other
+    /// are ignored.
+    #[serde(default)]
+    pub fence: u64,
 }
 
-fn service_key(tenant: &str, name: &str) -> String {
+/// What the node reported about an instance (kept apart from the
+/// assignment, so reports never move its fence).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The assignment this describes (0: none reported yet).
+    pub fence: u64,
+    pub state: Option<InstanceState>,
+    pub last_exit: Option<i32>,
+    /// When it was first reported running (server clock).
+    pub started_ms: Option<u64>,
+    pub restarts: Restarts,
+}
+
+pub(crate) fn service_key(tenant: &str, name: &str) -> String {
     format!("/services/{tenant}/{name}")
 }
 
@@ -87,11 +108,15 @@ fn instance_prefix(tenant: &str, name: &str) -> String {
     format!("/instances/{tenant}/{name}/")
 }
 
-fn instance_key(tenant: &str, name: &str, index: u32) -> String {
+pub(crate) fn instance_key(tenant: &str, name: &str, index: u32) -> String {
     format!("/instances/{tenant}/{name}/{index:06}")
 }
 
-fn node_key(name: &str) -> String {
+pub(crate) fn status_key(tenant: &str, name: &str, index: u32) -> String {
+    format!("/status/{tenant}/{name}/{index:06}")
+}
+
+pub(crate) fn node_key(name: &str) -> String {
     format!("/nodes/{name}")
 }
 
@@ -99,13 +124,13 @@ fn heartbeat_key(name: &str) -> String {
     format!("/heartbeats/{name}")
 }
 
-const PLACEMENTS: &str = "/placements";
+pub(crate) const PLACEMENTS: &str = "/placements";
 
-fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, StateError> {
+pub(crate) fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, StateError> {
     serde_json::from_slice(&e.value).map_err(|err| StateError::Corrupt(e.key.clone(), err.to_string()))
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
@@ -161,7 +186,7 @@ impl Cluster {
 
     /// A guard that fails if any placement changed since, and the write
     /// that makes other such guards fail.
-    fn placements_guard(&self) -> Result<(Compare, Op), StateError> {
+    pub(crate) fn placements_guard(&self) -> Result<(Compare, Op), StateError> {
         let guard = match self.store.get(PLACEMENTS)? {
             Some(e) => Compare::Revision(PLACEMENTS.into(), e.revision),
             None => Compare::Absent(PLACEMENTS.into()),
@@ -177,14 +202,59 @@ impl Cluster {
         Ok(self.store.txn(&[Compare::Revision(key.clone(), e.revision)], &[Op::Put(key, encode(&n))])?)
     }
 
+    /// Cordons the node and deletes its instances (the reconciler places
+    /// replacements elsewhere; the node stops its copies). Returns how many.
+    pub fn drain(&self, name: &str) -> Result<usize, StateError> {
+        let key = node_key(name);
+        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
+        let mut n: Node = decode(&e)?;
+        n.cordoned = true;
+        let (placements, bump) = self.placements_guard()?;
+        let mut guards = vec![Compare::Revision(key.clone(), e.revision), placements];
+        let mut ops = vec![Op::Put(key, encode(&n)), bump];
+        let mut moved = 0;
+        for i in self.instances(None)?.into_iter().filter(|i| i.node == name) {
+            let ikey = instance_key(&i.tenant, &i.service, i.index);
+            guards.push(Compare::Revision(ikey.clone(), i.fence));
+            ops.push(Op::Delete(ikey));
+            ops.push(Op::Delete(status_key(&i.tenant, &i.service, i.index)));
+            moved += 1;
+        }
+        self.store.txn(&guards, &ops)?;
+        Ok(moved)
+    }
+
     pub fn nodes(&self) -> Result<Vec<(Node, u64)>, StateError> {
         self.store.list("/nodes/")?.iter().map(|e| Ok((decode(e)?, e.revision))).collect()
     }
 
-    /// Every instance (of `tenant`, or all with `None`).
+    /// Every instance (of `tenant`, or all with `None`), as last reported.
     pub fn instances(&self, tenant: Option<&str>) -> Result<Vec<Instance>, StateError> {
-        let prefix = tenant.map_or_else(|| "/instances/".to_string(), |t| format!("/instances/{t}/"));
-        self.store.list(&prefix)?.iter().map(decode).collect()
+        Ok(self.instances_with_status(tenant)?.into_iter().map(|(i, _)| i).collect())
+    }
+
+    /// Every instance with its node's reports: state, exit and restarts
+    /// come from the status when it is about the current fence.
+    pub fn instances_with_status(&self, tenant: Option<&str>) -> Result<Vec<(Instance, InstanceStatus)>, StateError> {
+        let scope = tenant.map_or_else(String::new, |t| format!("{t}/"));
+        let mut statuses: BTreeMap<String, InstanceStatus> = BTreeMap::new();
+        for e in self.store.list(&format!("/status/{scope}"))? {
+            let key = e.key.replacen("/status/", "/instances/", 1);
+            statuses.insert(key, decode(&e)?);
+        }
+        let mut out = Vec::new();
+        for e in self.store.list(&format!("/instances/{scope}"))? {
+            let mut i: Instance = decode(&e)?;
+            i.fence = e.revision;
+            let st = statuses.remove(&e.key).unwrap_or_default();
+            i.restarts = st.restarts.total;
+            if st.fence == i.fence {
+                i.state = st.state.unwrap_or(InstanceState::Pending);
+                i.last_exit = st.last_exit;
+            }
+            out.push((i, st));
+        }
+        Ok(out)
     }
 
     /// A tenant's services (another tenant's are not there for it).
@@ -251,7 +321,7 @@ impl Cluster {
             let mut by_index = existing;
             by_index.sort_by_key(|i| std::cmp::Reverse(i.index));
             let removed: Vec<u32> = by_index.iter().take((have - replicas) as usize).map(|i| i.index).collect();
-            ops.extend(removed.iter().map(|i| Op::Delete(instance_key(tenant, name, *i))));
+            ops.extend(removed.iter().flat_map(|i| [Op::Delete(instance_key(tenant, name, *i)), Op::Delete(status_key(tenant, name, *i))]));
             let (placements, bump) = self.placements_guard()?;
             guards.push(placements);
             ops.push(bump);
@@ -267,11 +337,12 @@ impl Cluster {
         let (placements, bump) = self.placements_guard()?;
         let mut ops = vec![Op::Delete(key.clone()), bump];
         ops.extend(self.store.list(&instance_prefix(tenant, name))?.into_iter().map(|i| Op::Delete(i.key)));
+        ops.extend(self.store.list(&format!("/status/{tenant}/{name}/"))?.into_iter().map(|i| Op::Delete(i.key)));
         Ok(self.store.txn(&[Compare::Revision(key, e.revision), placements], &ops)?)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn place_more(&self, record: &ServiceRecord, quota: &Quota, first_index: u32, count: u32, ready_after_ms: u64, guards: &mut Vec<Compare>, ops: &mut Vec<Op>) -> Result<Change, StateError> {
+    pub(crate) fn place_more(&self, record: &ServiceRecord, quota: &Quota, first_index: u32, count: u32, ready_after_ms: u64, guards: &mut Vec<Compare>, ops: &mut Vec<Op>) -> Result<Change, StateError> {
         let tenant = &record.tenant;
         let mine = self.instances(Some(tenant))?;
         let used = mine.iter().fold(Resources::default(), |a, i| a.plus(i.request));
@@ -287,14 +358,14 @@ impl Cluster {
             let index = first_index + k as u32;
             let node = views[node_index].name.clone();
             let inst =
-                Instance { tenant: tenant.clone(), service: record.spec.name.clone(), index, node: node.clone(), state: InstanceState::Pending, request: record.request, restarts: 0, last_exit: None };
+                Instance { tenant: tenant.clone(), service: record.spec.name.clone(), index, node: node.clone(), state: InstanceState::Pending, request: record.request, restarts: 0, last_exit: None, fence: 0 };
             ops.push(Op::Put(instance_key(tenant, &record.spec.name, index), encode(&inst)));
             change.placed.push((index, node));
         }
         Ok(change)
     }
 
-    fn commit(&self, mut change: Change, guards: &[Compare], ops: &[Op], dry: bool) -> Result<Change, StateError> {
+    pub(crate) fn commit(&self, mut change: Change, guards: &[Compare], ops: &[Op], dry: bool) -> Result<Change, StateError> {
         if !dry {
             change.revision = self.store.txn(guards, ops)?;
         }

@@ -1,0 +1,397 @@
+//! The control plane with real node daemons, natively: three "hosts" (network
+//! namespaces on a bridge of the test's own, in a "lan" namespace where the
+//! server and a counting listener run), each running `bulkhead node` with
+//! its own data dir, running container instances through `bulkhead run`.
+//!
+//! Every instance connects to the listener and says who it is; the listener
+//! keeps every connect and disconnect, so "never more copies than desired"
+//! is checked at every moment, not sampled. The cluster's timing is
+//! shortened by configuration (grace 2 s, lease 3 s, stop time 3 s, backoff
+//! 1 s doubling to 4 s); the default schedule is the unit tests'.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulkhead_tests::netns::{self, NetNs};
+use bulkhead_tests::run_cases;
+use serde_json::Value;
+
+const LAN_ADDR: &str = "10.78.0.1";
+const COUNTER_PORT: u16 = 9000;
+
+fn bulkhead() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let b = exe.parent().and_then(|d| d.parent()).unwrap().join("bulkhead");
+    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    b
+}
+
+/// A child process killed (and reaped) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGCONT);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One connection to the counter: who, from its first word to its last.
+#[derive(Debug, Clone)]
+struct Visit {
+    who: String,
+    from: Instant,
+    until: Option<Instant>,
+}
+
+/// The listener every instance connects to, on the lan.
+#[derive(Clone, Default)]
+struct Counter(Arc<Mutex<Vec<Visit>>>);
+
+impl Counter {
+    fn start(lan: &NetNs) -> Counter {
+        let c = Counter::default();
+        let (visits, path) = (Arc::clone(&c.0), lan.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            netns::enter(&path).unwrap();
+            let l = TcpListener::bind((LAN_ADDR, COUNTER_PORT)).unwrap();
+            tx.send(()).unwrap();
+            for conn in l.incoming().flatten() {
+                let visits = Arc::clone(&visits);
+                std::thread::spawn(move || {
+                    // A copy says who it is every 200 ms: silent for 2 s (a
+                    // FIN can be lost with its namespace), it is gone since its last word.
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut r = BufReader::new(conn);
+                    let mut who = String::new();
+                    if r.read_line(&mut who).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let slot = {
+                        let mut v = visits.lock().unwrap();
+                        v.push(Visit { who: who.trim().to_string(), from: Instant::now(), until: None });
+                        v.len() - 1
+                    };
+                    let mut line = String::new();
+                    let mut last = Instant::now();
+                    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                        last = Instant::now();
+                        line.clear();
+                    }
+                    visits.lock().unwrap()[slot].until = Some(last);
+                });
+            }
+        });
+        rx.recv().unwrap();
+        c
+    }
+
+    /// The most copies of `service` connected at once since `since`.
+    fn most_at_once(&self, service: &str, since: Instant) -> usize {
+        let v = self.0.lock().unwrap().clone();
+        let mine: Vec<&Visit> = v.iter().filter(|x| x.who.starts_with(&format!("{service}/")) && x.until.is_none_or(|u| u > since)).collect();
+        // At each connect: how many were connected then.
+        mine.iter().map(|a| mine.iter().filter(|b| b.from <= a.from.max(since) && b.until.is_none_or(|u| u > a.from.max(since))).count()).max().unwrap_or(0)
+    }
+
+    /// Who of `service` is connected now.
+    fn connected(&self, service: &str) -> Vec<String> {
+        let mut who: Vec<String> = self.0.lock().unwrap().iter().filter(|x| x.until.is_none() && x.who.starts_with(&format!("{service}/"))).map(|x| x.who.clone()).collect();
+        who.sort();
+        who
+    }
+}
+
+struct Cluster {
+    lan: NetNs,
+    hosts: Vec<NetNs>,
+    data: Vec<PathBuf>,
+    server: Proc,
+    nodes: Vec<Option<Proc>>,
+    admin: String,
+    tenant: String,
+    join: String,
+    url: String,
+    counter: Counter,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn bh_in(&self, ns: &NetNs, args: &[&str]) -> Output {
+        let mut c = Command::new(bulkhead());
+        c.args(args).stdin(Stdio::null());
+        netns::command_in(&mut c, &ns.path()).unwrap();
+        c.output().unwrap()
+    }
+
+    fn api(&self, token: &str, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--server", &self.url, "--token", token, "--format", "json"]);
+        let o = self.bh_in(&self.lan, &all);
+        assert!(o.status.success(), "bulkhead {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let mut c = Command::new(bulkhead());
+        let name = format!("n{}", i + 1);
+        c.args(["node", "--server", &self.url, "--join-token", &self.join, "--name", &name, "--cpus", "4", "--memory", "4g", "--runtime", "container", "--label", &format!("host={name}")]);
+        c.env("BULKHEAD_DATA", &self.data[i]).stdin(Stdio::null());
+        netns::command_in(&mut c, &self.hosts[i].path()).unwrap();
+        self.nodes[i] = Some(Proc(c.spawn().unwrap()));
+    }
+
+    fn signal_node(&self, i: usize, sig: nix::sys::signal::Signal) {
+        let p = self.nodes[i].as_ref().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), sig).unwrap();
+    }
+
+    /// (service, index, node, state, restarts, fence) of the tenant's instances.
+    fn instances(&self) -> Vec<(String, u64, String, String, u64, u64)> {
+        let v = self.api(&self.tenant, &["instance", "ls"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["service"].as_str().unwrap().to_string(),
+                    i["index"].as_u64().unwrap(),
+                    i["node"].as_str().unwrap().to_string(),
+                    i["state"].as_str().unwrap().to_string(),
+                    i["restarts"].as_u64().unwrap(),
+                    i["fence"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Running instances of `service` per node.
+    fn running_per_node(&self, service: &str) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for (s, _, node, state, _, _) in self.instances() {
+            if s == service && state == "running" {
+                *m.entry(node).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// What the server and each node hold, for a failure's message.
+    fn diagnose(&self) -> String {
+        let mut out = format!("instances: {:?}\ncounter: {:?}\n", self.instances(), self.counter.0.lock().unwrap().iter().rev().take(12).collect::<Vec<_>>());
+        for (i, d) in self.data.iter().enumerate() {
+            let o = Command::new(bulkhead()).env("BULKHEAD_DATA", d).args(["ps", "-a"]).output().unwrap();
+            out += &format!("n{} workloads:\n{}\n", i + 1, String::from_utf8_lossy(&o.stdout));
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000).unwrap_or(0);
+            for l in std::fs::read_dir(d.join("node/leases")).into_iter().flatten().flatten() {
+                out += &format!("  lease {}: {} (now {now})\n", l.file_name().to_string_lossy(), std::fs::read_to_string(l.path()).unwrap_or_default().trim());
+            }
+            for w in std::fs::read_dir(d.join("workloads")).into_iter().flatten().flatten().take(3) {
+                for f in ["log", "supervisor.log", "exit.json"] {
+                    let text = std::fs::read_to_string(w.path().join(f)).unwrap_or_default();
+                    out += &format!("  {}/{f}: {}\n", w.file_name().to_string_lossy(), text.chars().rev().take(400).collect::<String>().chars().rev().collect::<String>());
+                }
+            }
+        }
+        out
+    }
+
+    /// The local workloads of node `i` that run (name, id).
+    fn local(&self, i: usize) -> Vec<(String, String)> {
+        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", &self.data[i]).args(["ps", "--format", "json"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array().unwrap().iter().map(|w| (w["name"].as_str().unwrap().to_string(), w["id"].as_str().unwrap().to_string())).collect()
+    }
+}
+
+/// Waits for `cond` (polled every 200 ms) up to `limit`; the time it took.
+fn wait_for(c: &Cluster, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}\n{}", c.diagnose());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+fn setup() -> Cluster {
+    bulkhead_images::debian::ensure_packages(&["crun", "nftables", "iproute2"], &mut |m| eprintln!("{m}")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lan = NetNs::create("bhtest-clan").unwrap();
+    lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    lan.ip(&["address", "add", &format!("{LAN_ADDR}/24"), "dev", "br0"]).unwrap();
+    lan.ip(&["link", "set", "br0", "up"]).unwrap();
+    let mut hosts = Vec::new();
+    let mut data = Vec::new();
+    for i in 0..3 {
+        let h = NetNs::create(&format!("bhtest-cn{}", i + 1)).unwrap();
+        let (inside, outside) = ("eth0".to_string(), format!("veth{i}"));
+        lan.ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &h.name]).unwrap();
+        lan.ip(&["link", "set", &outside, "master", "br0", "up"]).unwrap();
+        h.ip(&["address", "add", &format!("10.78.0.{}/24", 11 + i), "dev", &inside]).unwrap();
+        h.ip(&["link", "set", &inside, "up"]).unwrap();
+        h.ip(&["route", "add", "default", "via", LAN_ADDR]).unwrap();
+        let d = dir.path().join(format!("n{}", i + 1));
+        run_cases::prepare_store(&bulkhead(), &d, false).unwrap();
+        hosts.push(h);
+        data.push(d);
+    }
+    let store = dir.path().join("cluster.redb");
+    let mut c = Command::new(bulkhead());
+    c.args(["server", "--listen", &format!("{LAN_ADDR}:7070"), "--store", &format!("file:{}", store.display())]);
+    c.args(["--heartbeat-grace", "2s", "--lease", "3s", "--stop-time", "3s", "--backoff-initial", "1s", "--backoff-cap", "4s"]);
+    c.stdin(Stdio::null()).stderr(Stdio::piped());
+    netns::command_in(&mut c, &lan.path()).unwrap();
+    let mut child = c.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the server ended before it listened");
+        eprint!("server: {line}");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            eprintln!("server: {line}");
+        }
+    });
+    let admin = std::fs::read_to_string(store.with_extension("admin-token")).unwrap().trim().to_string();
+    let mut cl = Cluster {
+        lan,
+        hosts,
+        data,
+        server: Proc(child),
+        nodes: vec![None, None, None],
+        admin,
+        tenant: String::new(),
+        join: String::new(),
+        url: format!("http://{LAN_ADDR}:7070"),
+        counter: Counter::default(),
+        _dir: dir,
+    };
+    cl.tenant = cl.api(&cl.admin.clone(), &["tenant", "create", "acme"])["token"].as_str().unwrap().to_string();
+    let o = cl.bh_in(&cl.lan, &["node", "token", "create", "--server", &cl.url, "--token", &cl.admin]);
+    assert!(o.status.success(), "{o:?}");
+    cl.join = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    for i in 0..3 {
+        cl.start_node(i);
+    }
+    wait_for(&cl, "3 ready nodes", Duration::from_secs(30), || cl.api(&cl.admin, &["node", "ls"]).as_array().unwrap().iter().filter(|n| n["ready"] == true).count() == 3);
+    cl
+}
+
+fn deploy(c: &Cluster, yaml: &str) {
+    let f = c._dir.path().join("svc.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    c.api(&c.tenant, &["deploy", "-f", f.to_str().unwrap()]);
+}
+
+/// Each copy connects to the counter and says who it is, every 200 ms.
+fn web(replicas: u32) -> String {
+    format!("name: web\nimage: {}\nruntime: container\nreplicas: {replicas}\ncpus: 0.1\nmemory: 32m\ncommand: [sh, -c, 'while :; do echo \"$BULKHEAD_SERVICE/$BULKHEAD_INSTANCE/$BULKHEAD_FENCE/$BULKHEAD_NODE\"; sleep 0.2; done | nc {LAN_ADDR} {COUNTER_PORT}']\n", run_cases::IMAGE)
+}
+
+#[test]
+fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
+    let mut c = setup();
+    c.counter = Counter::start(&c.lan);
+    let counter = c.counter.clone();
+    let _ = &c.server;
+
+    // 6 replicas spread 2/2/2; 9 -> 3/3/3; back to 3 -> 1/1/1, the rest stopped and removed.
+    deploy(&c, &web(6));
+    for (n, per) in [(6, 2), (9, 3), (3, 1)] {
+        if n != 6 {
+            c.api(&c.tenant, &["service", "scale", "web", &n.to_string()]);
+        }
+        let want: BTreeMap<String, usize> = ["n1", "n2", "n3"].iter().map(|s| (s.to_string(), per)).collect();
+        let took = wait_for(&c, &format!("{n} running {per}/{per}/{per}"), Duration::from_secs(60), || c.running_per_node("web") == want && counter.connected("web").len() == n);
+        wait_for(&c, "only the assigned copies run locally", Duration::from_secs(30), || (0..3).all(|i| c.local(i).len() == per));
+        eprintln!("{n} replicas running and connected after {took:?}");
+    }
+
+    // Restart node n1's daemon: its instance is re-adopted, not restarted.
+    let before: Vec<_> = c.instances().into_iter().filter(|i| i.2 == "n1").collect();
+    let local_before = c.local(0);
+    c.signal_node(0, nix::sys::signal::Signal::SIGTERM);
+    let _ = c.nodes[0].take();
+    c.start_node(0);
+    // Longer than a lease and the kill after it: a copy nobody renewed would be gone.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(c.local(0), local_before, "the same local workload, still running");
+    let after: Vec<_> = c.instances().into_iter().filter(|i| i.2 == "n1").collect();
+    assert_eq!(after, before, "same instance, fence and restart count");
+
+    // SIGSTOP n2's daemon past grace + lease + stop time: its copy fences
+    // itself before the replacement starts; SIGCONT: it removes its copy.
+    let since = Instant::now();
+    c.signal_node(1, nix::sys::signal::Signal::SIGSTOP);
+    let took = wait_for(&c, "n2's instance replaced", Duration::from_secs(30), || {
+        let per = c.running_per_node("web");
+        !per.contains_key("n2") && per.values().sum::<usize>() == 3 && counter.connected("web").len() == 3
+    });
+    eprintln!("SIGSTOP: replaced after {took:?}");
+    assert!(c.local(1).is_empty(), "n2's copy stopped itself (its lease ran out) while its daemon was stopped");
+    c.signal_node(1, nix::sys::signal::Signal::SIGCONT);
+    wait_for(&c, "n2's stopped copy removed", Duration::from_secs(20), || {
+        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", &c.data[1]).args(["ps", "-a", "--format", "json"]).output().unwrap();
+        serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().is_empty()
+    });
+    assert!(counter.most_at_once("web", since) <= 3, "never more than 3 copies at once: {:?}", counter.0.lock().unwrap());
+
+    // SIGKILL n3's daemon and its workloads (supervisors and containers):
+    // replacements run on the other nodes within 30 s.
+    let since = Instant::now();
+    c.signal_node(2, nix::sys::signal::Signal::SIGKILL);
+    for (_, id) in c.local(2) {
+        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", &c.data[2]).args(["inspect", &id]).output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        // The container's init (all in its pid namespace die with it), the OCI runtime, the supervisor.
+        let init = std::fs::read_to_string(Path::new(v["paths"]["dir"].as_str().unwrap()).join("bundle/pid")).unwrap();
+        let pids = [init.trim().parse::<i64>().ok(), v["pids"]["runtime"].as_i64(), v["pids"]["supervisor"].as_i64()];
+        assert!(pids.iter().all(Option::is_some), "{v}");
+        for p in pids.into_iter().flatten() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let took = wait_for(&c, "n3's instance replaced on n1/n2", Duration::from_secs(30), || {
+        let per = c.running_per_node("web");
+        !per.contains_key("n3") && per.values().sum::<usize>() == 3 && counter.connected("web").len() == 3
+    });
+    eprintln!("SIGKILL: replaced after {took:?}");
+    assert!(counter.most_at_once("web", since) <= 3, "never more than 3 copies at once: {:?}", counter.0.lock().unwrap());
+    c.start_node(2);
+    wait_for(&c, "n3 back", Duration::from_secs(30), || c.api(&c.admin, &["node", "ls"]).as_array().unwrap().iter().filter(|n| n["ready"] == true).count() == 3);
+
+    // A crash loop backs off 1, 2, 4, 4 s (the schedule shortened for CI).
+    deploy(&c, &format!("name: crash\nimage: {}\nruntime: container\nrestart: on-failure\ncommand: [sh, -c, 'exit 3']\nplacement:\n  labels: {{host: n3}}\n", run_cases::IMAGE));
+    let mut seen_at: Vec<(u64, Instant)> = Vec::new();
+    wait_for(&c, "5 restarts of the crash loop", Duration::from_secs(60), || {
+        let r = c.instances().into_iter().find(|i| i.0 == "crash").map_or(0, |i| i.4);
+        if seen_at.last().is_none_or(|(n, _)| *n != r) {
+            seen_at.push((r, Instant::now()));
+        }
+        r >= 5
+    });
+    let gaps: Vec<f64> = seen_at.windows(2).map(|w| (w[1].1 - w[0].1).as_secs_f64()).collect();
+    eprintln!("crash loop: restarts seen {:?}, gaps {gaps:?}", seen_at.iter().map(|s| s.0).collect::<Vec<_>>());
+    let last = c.instances().into_iter().find(|i| i.0 == "crash").unwrap();
+    assert_eq!(last.2, "n3");
+    // From the second restart on each gap holds the backoff (1, 2, 4, 4 s)
+    // plus a run; the cap holds (4 s plus a few syncs, never 8).
+    let n = gaps.len();
+    assert!(n >= 3, "{seen_at:?}");
+    assert!(gaps[n - 3] >= 1.9 && gaps[n - 2] >= 3.9 && gaps[n - 1] >= 3.9, "the backoff doubles to its cap: {gaps:?}");
+    assert!(gaps[n - 1] < 7.5, "and stays at the cap: {gaps:?}");
+}
