@@ -16,11 +16,19 @@ BIN := $(CARGO_TARGET_DIR)/release
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C linker-features=-lld -D linker-messages
 
-.PHONY: all build static agent kernel demo test bench clippy
+.PHONY: all build build-deps static agent kernel demo test bench clippy
 all: build
 
-build: static
+build: static build-deps
 	cargo build --release --workspace
+
+# etcd-client (the control plane's etcd store) generates its gRPC code at
+# build time: it needs protoc and the standard .proto files.
+build-deps:
+	@missing=""; for p in protobuf-compiler libprotobuf-dev; do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q ' installed$$' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (the etcd client's build needs protoc)"; \
+		apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
 # Debug info is stripped (symbols stay, so backtraces still name
 # functions): the agent goes into every guest's initramfs, 1.7 MB not 5.6.
@@ -56,5 +64,5 @@ bench: static
 	cargo bench -p bulkhead-agent-proto --bench frame
 	cargo bench -p bulkhead --bench schedule
 
-clippy:
+clippy: build-deps
 	cargo clippy --release --workspace --all-targets -- -D warnings

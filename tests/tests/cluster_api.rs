@@ -33,24 +33,36 @@ impl Drop for Server {
     }
 }
 
-/// Starts a server on a free loopback port; its address from its first words.
-fn start(store: &Path) -> Server {
-    let mut child = Command::new(bulkhead()).args(["server", "--listen", "127.0.0.1:0", "--store"]).arg(format!("file:{}", store.display())).stderr(Stdio::piped()).spawn().unwrap();
+/// Starts a server on a free loopback port over `store` (file:PATH or
+/// etcd://...); its address from its first words; returns once it leads
+/// and its admin token is written.
+fn start(store: &str, token_file: &Path) -> Server {
+    let mut child =
+        Command::new(bulkhead()).args(["server", "--listen", "127.0.0.1:0", "--leader-lease", "2s", "--store", store, "--admin-token-file"]).arg(token_file).stderr(Stdio::piped()).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    for _ in 0..4 {
+    let mut s = Server { child, addr: String::new(), admin: String::new() }; // killed on drop, whatever happens
+    for _ in 0..10 {
         let mut line = String::new();
         if err.read_line(&mut line).unwrap() == 0 {
             break;
         }
         if let Some(a) = line.trim().strip_prefix("bulkhead server: listening on http://") {
-            addr = Some(a.to_string());
+            s.addr = a.to_string();
             break;
         }
     }
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    let admin = std::fs::read_to_string(store.with_extension("admin-token")).unwrap().trim().to_string();
-    Server { child, addr: addr.expect("the server said where it listens"), admin }
+    assert!(!s.addr.is_empty(), "the server said where it listens");
+    // Leading (a restarted server waits out its predecessor's leader lease) with a token.
+    let start = std::time::Instant::now();
+    loop {
+        s.admin = std::fs::read_to_string(token_file).unwrap_or_default().trim().to_string();
+        if !s.admin.is_empty() && http(&s.addr, "GET", "/v1/nodes", Some(&s.admin), None).0 == 200 {
+            return s;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the server at {} did not lead within 30 s", s.addr);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// One HTTP/1.1 request: (status, body as JSON or a string).
@@ -99,10 +111,24 @@ fn register(s: &Server, name: &str, zone: &str) {
 }
 
 #[test]
-fn tenants_deploy_scale_and_isolation_through_the_api() {
+fn tenants_deploy_scale_and_isolation_through_the_api_on_a_file_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("cluster.redb");
-    let s = start(&store);
+    let store = format!("file:{}", dir.path().join("cluster.redb").display());
+    scenario(&dir, &store);
+}
+
+/// The same on a one-member etcd (Debian's etcd-server, started here).
+#[test]
+fn tenants_deploy_scale_and_isolation_through_the_api_on_etcd() {
+    bulkhead_images::debian::ensure_packages(&["etcd-server"], &mut |m| eprintln!("{m}")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = bulkhead_tests::etcd::Etcd::start(dir.path(), "127.0.0.1", 1, None).unwrap();
+    scenario(&dir, &etcd.url());
+}
+
+fn scenario(dir: &tempfile::TempDir, store: &str) {
+    let token_file = dir.path().join("admin-token");
+    let s = start(store, &token_file);
     for (n, z) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
         register(&s, n, z);
     }
@@ -225,7 +251,7 @@ fn tenants_deploy_scale_and_isolation_through_the_api() {
     // A restart keeps everything, and the admin token.
     let before = (json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), s.admin.clone());
     drop(s);
-    let s = start(&store);
+    let s = start(store, &token_file);
     assert_eq!((json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), s.admin.clone()), before);
     assert!(cli(&s, &acme, &["service", "rm", "web"]).status.success());
     assert_eq!(json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), serde_json::json!([]));
@@ -233,8 +259,12 @@ fn tenants_deploy_scale_and_isolation_through_the_api() {
 
 #[test]
 fn bad_server_flags_and_no_server_are_clear_errors() {
-    let o = Command::new(bulkhead()).args(["server", "--store", "etcd://127.0.0.1:2379"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not built yet"), "{}", show(&o));
+    // An etcd nobody runs (a port bound, then closed): a clear error, soon.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = Command::new(bulkhead()).args(["server", "--store", &format!("etcd://127.0.0.1:{port}")]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(&format!("127.0.0.1:{port}")), "{}", show(&o));
+    let o = Command::new(bulkhead()).args(["server", "--store", "etcd://nohostport"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("HOST:PORT"), "{}", show(&o));
     let o = Command::new(bulkhead()).args(["server", "--heartbeat-grace", "10s", "--lease", "5s"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("at least the grace"), "{}", show(&o));
     let o = Command::new(bulkhead()).args(["server", "--lease", "5 parsecs"]).output().unwrap();
@@ -247,4 +277,37 @@ fn bad_server_flags_and_no_server_are_clear_errors() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cannot reach the server"), "{}", show(&o));
     let o = Command::new(bulkhead()).args(["service", "ls"]).env_remove("BULKHEAD_TOKEN").output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no token"), "{}", show(&o));
+}
+
+/// A leader that lost the election without noticing yet (its lease still
+/// alive, the leader key already someone else's) writes nothing: etcd
+/// refuses its transaction on the key's value, and it stops writing.
+#[test]
+fn a_deposed_leaders_writes_are_refused_by_etcd() {
+    use bulkhead::cluster::store::{Compare, Op, Store, StoreError};
+    bulkhead_images::debian::ensure_packages(&["etcd-server"], &mut |m| eprintln!("{m}")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = bulkhead_tests::etcd::Etcd::start(dir.path(), "127.0.0.1", 1, None).unwrap();
+    let a = bulkhead::cluster::etcd::EtcdStore::open(&etcd.url(), "http://a", 2).unwrap();
+    let start = std::time::Instant::now();
+    while !a.is_leader() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "a never led");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let put = |k: &str| Op::Put(k.into(), b"x".to_vec());
+    assert!(a.txn(&[Compare::Absent("/k1".into())], &[put("/k1")]).is_ok(), "the leader writes");
+    assert!(matches!(a.txn(&[Compare::Absent("/k1".into())], &[put("/k1")]), Err(StoreError::Conflict(_))), "a failed compare is a conflict");
+    // Another server won meanwhile (as after a's lease ran out).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([format!("http://{}", etcd.clients[0])], None).await.unwrap();
+        c.put("/bulkhead/leader", r#"{"id": "b", "api": "http://b"}"#, None).await.unwrap();
+    });
+    assert!(a.is_leader(), "a has not noticed");
+    let r = a.txn(&[], &[put("/k2")]);
+    assert!(matches!(&r, Err(StoreError::NotLeader(Some(l))) if l == "http://b"), "{r:?}");
+    assert_eq!(a.get("/k2").unwrap(), None, "nothing written");
+    assert!(!a.is_leader(), "and it stopped writing");
+    assert!(matches!(a.txn(&[], &[put("/k3")]), Err(StoreError::NotLeader(_))));
+    assert_eq!(a.list("/").unwrap().iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["/k1", "/leader"]);
 }

@@ -19,6 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bulkhead_tests::etcd::Etcd;
 use bulkhead_tests::netns::{self, NetNs};
 use bulkhead_tests::run_cases;
 use serde_json::Value;
@@ -115,13 +116,15 @@ struct Cluster {
     lan: NetNs,
     hosts: Vec<NetNs>,
     data: Vec<PathBuf>,
-    server: Proc,
+    servers: Vec<Option<Proc>>,
+    server_args: Vec<Vec<String>>,
     nodes: Vec<Option<Proc>>,
     admin: String,
     tenant: String,
     join: String,
     url: String,
     counter: Counter,
+    _etcd: Option<Etcd>,
     _dir: tempfile::TempDir,
 }
 
@@ -213,6 +216,17 @@ impl Cluster {
     }
 }
 
+fn signal_server(c: &Cluster, i: usize, sig: nix::sys::signal::Signal) {
+    let p = c.servers[i].as_ref().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), sig).unwrap();
+}
+
+/// One at a time: they share the namespaces' names.
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Waits for `cond` (polled every 200 ms) up to `limit`; the time it took.
 fn wait_for(c: &Cluster, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -223,8 +237,40 @@ fn wait_for(c: &Cluster, what: &str, limit: Duration, mut cond: impl FnMut() -> 
     start.elapsed()
 }
 
-fn setup() -> Cluster {
-    bulkhead_images::debian::ensure_packages(&["crun", "nftables", "iproute2"], &mut |m| eprintln!("{m}")).unwrap();
+/// The shape of a test cluster.
+struct Shape {
+    hosts: usize,
+    /// 0: a file store and one server; else etcd members (and two servers).
+    etcd_members: usize,
+    /// Server flags: timing and backoff.
+    timing: &'static [&'static str],
+}
+
+/// Starts server `i` (its flags kept in the cluster) and waits for it to listen.
+fn start_server(c: &mut Cluster, i: usize) {
+    let mut cmd = Command::new(bulkhead());
+    cmd.args(&c.server_args[i]).stdin(Stdio::null()).stderr(Stdio::piped());
+    netns::command_in(&mut cmd, &c.lan.path()).unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "server {i} ended before it listened");
+        eprint!("server{i}: {line}");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            eprintln!("server{i}: {line}");
+        }
+    });
+    c.servers[i] = Some(Proc(child));
+}
+
+fn setup(shape: Shape) -> Cluster {
+    bulkhead_images::debian::ensure_packages(&["crun", "nftables", "iproute2", "etcd-server"], &mut |m| eprintln!("{m}")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lan = NetNs::create("bhtest-clan").unwrap();
     lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
@@ -232,7 +278,7 @@ fn setup() -> Cluster {
     lan.ip(&["link", "set", "br0", "up"]).unwrap();
     let mut hosts = Vec::new();
     let mut data = Vec::new();
-    for i in 0..3 {
+    for i in 0..shape.hosts {
         let h = NetNs::create(&format!("bhtest-cn{}", i + 1)).unwrap();
         let (inside, outside) = ("eth0".to_string(), format!("veth{i}"));
         lan.ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &h.name]).unwrap();
@@ -245,49 +291,57 @@ fn setup() -> Cluster {
         hosts.push(h);
         data.push(d);
     }
-    let store = dir.path().join("cluster.redb");
-    let mut c = Command::new(bulkhead());
-    c.args(["server", "--listen", &format!("{LAN_ADDR}:7070"), "--store", &format!("file:{}", store.display())]);
-    c.args(["--heartbeat-grace", "2s", "--lease", "3s", "--stop-time", "3s", "--backoff-initial", "1s", "--backoff-cap", "4s"]);
-    c.stdin(Stdio::null()).stderr(Stdio::piped());
-    netns::command_in(&mut c, &lan.path()).unwrap();
-    let mut child = c.spawn().unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "the server ended before it listened");
-        eprint!("server: {line}");
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        for line in err.lines().map_while(Result::ok) {
-            eprintln!("server: {line}");
-        }
-    });
-    let admin = std::fs::read_to_string(store.with_extension("admin-token")).unwrap().trim().to_string();
+    let token_file = dir.path().join("admin-token");
+    let (store, n_servers, etcd) = if shape.etcd_members == 0 {
+        (format!("file:{}", dir.path().join("cluster.redb").display()), 1, None)
+    } else {
+        let e = Etcd::start(dir.path(), LAN_ADDR, shape.etcd_members, Some(&lan.path())).unwrap();
+        (e.url(), 2, Some(e))
+    };
+    let server_args: Vec<Vec<String>> = (0..n_servers)
+        .map(|i| {
+            let mut a: Vec<String> =
+                ["server", "--listen", &format!("{LAN_ADDR}:{}", 7070 + i), "--store", &store, "--leader-lease", "2s", "--admin-token-file"].iter().map(|s| s.to_string()).collect();
+            a.push(token_file.display().to_string());
+            a.extend(shape.timing.iter().map(|s| s.to_string()));
+            a
+        })
+        .collect();
+    let url = (0..n_servers).map(|i| format!("http://{LAN_ADDR}:{}", 7070 + i)).collect::<Vec<_>>().join(",");
+    let nodes = (0..shape.hosts).map(|_| None).collect();
     let mut cl = Cluster {
         lan,
         hosts,
         data,
-        server: Proc(child),
-        nodes: vec![None, None, None],
-        admin,
+        servers: vec![None, None],
+        server_args,
+        nodes,
+        admin: String::new(),
         tenant: String::new(),
         join: String::new(),
-        url: format!("http://{LAN_ADDR}:7070"),
+        url,
         counter: Counter::default(),
+        _etcd: etcd,
         _dir: dir,
     };
+    for i in 0..n_servers {
+        start_server(&mut cl, i);
+    }
+    let start = Instant::now();
+    while cl.admin.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no admin token from the first leader");
+        std::thread::sleep(Duration::from_millis(100));
+        cl.admin = std::fs::read_to_string(&token_file).unwrap_or_default().trim().to_string();
+    }
     cl.tenant = cl.api(&cl.admin.clone(), &["tenant", "create", "acme"])["token"].as_str().unwrap().to_string();
     let o = cl.bh_in(&cl.lan, &["node", "token", "create", "--server", &cl.url, "--token", &cl.admin]);
     assert!(o.status.success(), "{o:?}");
     cl.join = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    for i in 0..3 {
+    for i in 0..shape.hosts {
         cl.start_node(i);
     }
-    wait_for(&cl, "3 ready nodes", Duration::from_secs(30), || cl.api(&cl.admin, &["node", "ls"]).as_array().unwrap().iter().filter(|n| n["ready"] == true).count() == 3);
+    let n = shape.hosts;
+    wait_for(&cl, "every node ready", Duration::from_secs(30), || cl.api(&cl.admin, &["node", "ls"]).as_array().unwrap().iter().filter(|x| x["ready"] == true).count() == n);
     cl
 }
 
@@ -304,10 +358,10 @@ fn web(replicas: u32) -> String {
 
 #[test]
 fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
-    let mut c = setup();
+    let _l = lock();
+    let mut c = setup(Shape { hosts: 3, etcd_members: 0, timing: &["--heartbeat-grace", "2s", "--lease", "3s", "--stop-time", "3s", "--backoff-initial", "1s", "--backoff-cap", "4s"] });
     c.counter = Counter::start(&c.lan);
     let counter = c.counter.clone();
-    let _ = &c.server;
 
     // 6 replicas spread 2/2/2; 9 -> 3/3/3; back to 3 -> 1/1/1, the rest stopped and removed.
     deploy(&c, &web(6));
@@ -394,4 +448,75 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     assert!(n >= 3, "{seen_at:?}");
     assert!(gaps[n - 3] >= 1.9 && gaps[n - 2] >= 3.9 && gaps[n - 1] >= 3.9, "the backoff doubles to its cap: {gaps:?}");
     assert!(gaps[n - 1] < 7.5, "and stays at the cap: {gaps:?}");
+}
+
+/// Two servers on a 3-member etcd, one node. The leader is SIGKILLed
+/// amid a run of scale changes (each retried until acknowledged, through
+/// either server): the standby takes over, every acknowledged change is
+/// there and the instances run. Then the new leader is SIGSTOPped: the
+/// restarted first server takes over; once resumed, the old leader's
+/// write is refused and changes nothing.
+#[test]
+fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_nothing() {
+    let _l = lock();
+    // Leader lease 2 s; the workloads' lease (10 s) outlasts a failover.
+    let mut c = setup(Shape { hosts: 1, etcd_members: 3, timing: &["--heartbeat-grace", "5s", "--lease", "10s", "--stop-time", "3s"] });
+    c.counter = Counter::start(&c.lan);
+    deploy(&c, &web(1));
+    let leads = |c: &Cluster, i: usize| -> bool {
+        let o = c.bh_in(&c.lan, &["node", "ls", "--server", &format!("http://{LAN_ADDR}:{}", 7070 + i), "--token", &c.admin]);
+        o.status.success()
+    };
+    // Retried until acknowledged (a failover answers 503 or nothing meanwhile).
+    let scale = |c: &Cluster, n: u32| {
+        let start = Instant::now();
+        loop {
+            let o = c.bh_in(&c.lan, &["service", "scale", "web", &n.to_string(), "--server", &c.url, "--token", &c.tenant]);
+            if o.status.success() {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "scale {n} never acknowledged: {}", String::from_utf8_lossy(&o.stderr));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let first = (0..2).find(|i| leads(&c, *i)).expect("one server leads");
+    let mut acked = 1;
+    for n in 2..=6 {
+        if n == 4 {
+            let p = c.servers[first].take().unwrap();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+            drop(p);
+            eprintln!("SIGKILLed the leader, server {first}");
+        }
+        scale(&c, n);
+        acked = n;
+    }
+    let second = 1 - first;
+    assert!(leads(&c, second), "the standby took over");
+    let took = wait_for(&c, "the acknowledged replicas all running", Duration::from_secs(60), || {
+        let svc = c.api(&c.tenant, &["service", "inspect", "web"]);
+        svc["service"]["spec"]["replicas"] == acked && c.running_per_node("web").values().sum::<usize>() == acked as usize && c.counter.connected("web").len() == acked as usize
+    });
+    eprintln!("after the failover: {acked} replicas running {took:?} later");
+
+    // The killed server comes back (a standby); the leader is SIGSTOPped.
+    start_server(&mut c, first);
+    signal_server(&c, second, nix::sys::signal::Signal::SIGSTOP);
+    let took = wait_for(&c, "the restarted server leads", Duration::from_secs(30), || leads(&c, first));
+    eprintln!("SIGSTOP: server {first} leads after {took:?}");
+    scale(&c, 3);
+    // A write to the stopped old leader waits in its socket; it is served
+    // the moment it resumes, before it can have heard it lost: refused anyway.
+    let mut write = Command::new(bulkhead());
+    write.args(["service", "scale", "web", "9", "--server", &format!("http://{LAN_ADDR}:{}", 7070 + second), "--token", &c.tenant]).stdin(Stdio::null());
+    netns::command_in(&mut write, &c.lan.path()).unwrap();
+    let pending = write.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // the request is sent (nothing to wait on: the server is stopped)
+    signal_server(&c, second, nix::sys::signal::Signal::SIGCONT);
+    let o = pending.wait_with_output().unwrap();
+    assert!(!o.status.success(), "the old leader's write went through: {}", String::from_utf8_lossy(&o.stdout));
+    eprintln!("the resumed old leader said: {}", String::from_utf8_lossy(&o.stderr).trim());
+    assert_eq!(c.api(&c.tenant, &["service", "inspect", "web"])["service"]["spec"]["replicas"], 3, "its write changed nothing");
+    wait_for(&c, "3 running", Duration::from_secs(60), || c.running_per_node("web").values().sum::<usize>() == 3 && c.counter.connected("web").len() == 3);
+    assert!(!leads(&c, second), "the old leader stands by");
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -14,6 +15,7 @@ use crate::cluster::backoff::BackoffPolicy;
 use crate::cluster::reconcile::Timing;
 use crate::cluster::server::Settings;
 use crate::cluster::state::Cluster;
+use crate::cluster::etcd::EtcdStore;
 use crate::cluster::store::FileStore;
 use crate::runtime::record::RuntimeKind;
 
@@ -24,10 +26,22 @@ pub struct ServerArgs {
     /// Where the API listens.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// file:PATH: one host (default: cluster.redb in the data dir).
-    /// etcd://HOST:PORT[,...] is not built yet.
+    /// file:PATH: one host (default: cluster.redb in the data dir); or
+    /// etcd://HOST:PORT[,HOST:PORT...]: several servers share it, one leads.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Where this server's API is for others (announced while it leads;
+    /// default: http://LISTEN).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// etcd: the leader's lease; a standby takes over this long after the
+    /// leader stopped renewing it.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    leader_lease: u64,
+    /// Where a new store's admin token is written (default: beside a file
+    /// store, or cluster.admin-token in the data dir).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Without a heartbeat this long a node is lost: not ready, and its
     /// instances are replaced once its lease and the stop time are over.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
@@ -71,24 +85,58 @@ pub fn server(a: ServerArgs) -> Result<()> {
     let timing = Timing { grace_ms: a.heartbeat_grace, lease_ms: a.lease, stop_ms: a.stop_time };
     let backoff = BackoffPolicy { initial_ms: a.backoff_initial, cap_ms: a.backoff_cap, reset_after_ms: a.backoff_reset };
     let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
-    let path = match a.store.as_deref() {
-        None => super::run::data_dir().join("cluster.redb"),
-        Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
-        Some(s) if s.starts_with("etcd://") => bail!("--store {s}: the etcd store is not built yet; use file:PATH (one host)"),
-        Some(s) => bail!("--store {s:?}: file:PATH (or, later, etcd://HOST:PORT)"),
+    let (cluster, token_file, what) = match a.store.as_deref() {
+        Some(s) if s.starts_with("etcd://") => {
+            let api = a.advertise.clone().unwrap_or_else(|| format!("http://{}", a.listen));
+            let ttl = a.leader_lease.div_ceil(1000).max(2) as i64;
+            let store = EtcdStore::open(s, &api, ttl).with_context(|| format!("--store {s}"))?;
+            let file = a.admin_token_file.clone().unwrap_or_else(|| super::run::data_dir().join("cluster.admin-token"));
+            (Cluster::new(store), file, s.to_string())
+        }
+        other => {
+            let path = match other {
+                None => super::run::data_dir().join("cluster.redb"),
+                Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
+                Some(s) => bail!("--store {s:?}: file:PATH (one host) or etcd://HOST:PORT[,HOST:PORT...]"),
+            };
+            let file = a.admin_token_file.clone().unwrap_or_else(|| path.with_extension("admin-token"));
+            (Cluster::new(FileStore::open(&path)?), file, path.display().to_string())
+        }
     };
-    let cluster = Cluster::new(FileStore::open(&path)?);
-    let token_file = path.with_extension("admin-token");
-    let token = new_token()?;
-    if cluster.init_admin(&token)? {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&token_file).with_context(|| format!("write {}", token_file.display()))?;
-        writeln!(f, "{token}")?;
-        eprintln!("bulkhead server: new cluster store {}; the admin token is in {} (export BULKHEAD_TOKEN=$(cat {}))", path.display(), token_file.display(), token_file.display());
-    }
+    let cluster = Arc::new(cluster);
+    // The admin token: made by the first leader of a new store.
+    let first = Arc::clone(&cluster);
+    std::thread::spawn(move || loop {
+        if first.is_leader() {
+            match new_token().map_err(anyhow::Error::from).and_then(|t| Ok((first.init_admin(&t)?, t))) {
+                Ok((true, token)) => match write_token(&token_file, &token) {
+                    Ok(()) => eprintln!("bulkhead server: new cluster store {what}; the admin token is in {} (export BULKHEAD_TOKEN=$(cat {}))", token_file.display(), token_file.display()),
+                    Err(e) => eprintln!("bulkhead server: the admin token could not be written ({e:#}); it is {token}"),
+                },
+                Ok((false, _)) => {}
+                Err(e) => {
+                    eprintln!("bulkhead server: the admin token: {e:#}");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings)).with_context(|| format!("serve on {}", a.listen))
+}
+
+fn write_token(file: &std::path::Path, token: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).with_context(|| format!("write {}", file.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,7 +148,8 @@ pub enum Format {
 /// How to reach the server.
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// The server's URL (default: $BULKHEAD_SERVER, else http://127.0.0.1:7070).
+    /// The server's URL, or several comma-separated (the first that answers
+    /// and leads is used; default: $BULKHEAD_SERVER, else http://127.0.0.1:7070).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// A bearer token (default: $BULKHEAD_TOKEN).
@@ -123,19 +172,35 @@ impl Conn {
         // The TLS stack's crypto (reqwest is built without a default): ring, once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         rt.block_on(async {
-            let mut req = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token);
-            if let Some(b) = body {
-                let kind = if b.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
-                req = req.header("content-type", kind).body(b);
+            // Several servers (comma-separated): the first that answers and is not a standby.
+            let mut last = None;
+            for base in base.split(',').map(|b| b.trim().trim_end_matches('/')).filter(|b| !b.is_empty()) {
+                let mut req = reqwest::Client::new().request(method.clone(), format!("{base}{path}")).bearer_auth(&token);
+                if let Some(b) = &body {
+                    let kind = if b.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
+                    req = req.header("content-type", kind).body(b.clone());
+                }
+                let resp = match req.send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        last = Some(anyhow::Error::new(e).context(format!("cannot reach the server at {base} (is `bulkhead server` running there? --server or BULKHEAD_SERVER)")));
+                        continue;
+                    }
+                };
+                let status = resp.status();
+                let text = resp.text().await?;
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                let why = || v["error"].as_str().map_or_else(|| format!("{status}: {v}"), str::to_string);
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    last = Some(anyhow::anyhow!("{base}: {}", why()));
+                    continue;
+                }
+                if !status.is_success() {
+                    bail!("{}", why());
+                }
+                return Ok(v);
             }
-            let resp = req.send().await.with_context(|| format!("cannot reach the server at {base} (is `bulkhead server` running there? --server or BULKHEAD_SERVER)"))?;
-            let status = resp.status();
-            let text = resp.text().await?;
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            if !status.is_success() {
-                bail!("{}", v["error"].as_str().map_or_else(|| format!("{status}: {v}"), str::to_string));
-            }
-            Ok(v)
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("--server: no URL given")))
         })
     }
 
@@ -309,7 +374,8 @@ pub struct NodeArgs {
 /// The node daemon's settings.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// The server to join (default: $BULKHEAD_SERVER, else http://127.0.0.1:7070).
+    /// The server to join, or several comma-separated (default:
+    /// $BULKHEAD_SERVER, else http://127.0.0.1:7070).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// From `bulkhead node token create` (default: $BULKHEAD_JOIN_TOKEN).

@@ -24,6 +24,17 @@ impl Clock for MonotonicClock {
     }
 }
 
+/// Wall-clock milliseconds: what servers that take over from each other
+/// (possibly on other hosts) agree on, kept in sync by NTP.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WallClock;
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> u64 {
+        crate::runtime::record::now_ms()
+    }
+}
+
 /// A clock tests move by hand.
 #[derive(Debug, Default)]
 pub struct FakeClock(AtomicU64);

@@ -6,6 +6,7 @@
 pub mod assign;
 pub mod auth;
 pub mod backoff;
+pub mod etcd;
 pub mod node;
 pub mod reconcile;
 pub mod schedule;

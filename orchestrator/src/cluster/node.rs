@@ -96,23 +96,51 @@ struct Synced {
 }
 
 struct Client {
-    base: String,
+    /// One server, or several sharing a store: the leader answers.
+    bases: Vec<String>,
     http: reqwest::Client,
+    /// The last one that answered (tried first).
+    current: usize,
 }
 
 impl Client {
-    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, token: &str, body: serde_json::Value) -> Result<T, NodeError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self.http.post(&url).bearer_auth(token).json(&body).timeout(Duration::from_secs(5)).send().await.map_err(|e| NodeError::Server(self.base.clone(), e.to_string()))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| NodeError::Server(self.base.clone(), e.to_string()))?;
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(NodeError::Refused(text));
+    fn new(servers: &str) -> Client {
+        let bases = servers.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
+        Client { bases, http: reqwest::Client::new(), current: 0 }
+    }
+
+    fn name(&self) -> String {
+        self.bases.join(",")
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&mut self, path: &str, token: &str, body: serde_json::Value) -> Result<T, NodeError> {
+        let mut last = NodeError::Server(self.name(), "no server URL".into());
+        for k in 0..self.bases.len() {
+            let i = (self.current + k) % self.bases.len();
+            let base = self.bases[i].clone();
+            let resp = match self.http.post(format!("{base}{path}")).bearer_auth(token).json(&body).timeout(Duration::from_secs(5)).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = NodeError::Server(base, e.to_string());
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let text = resp.text().await.map_err(|e| NodeError::Server(base.clone(), e.to_string()))?;
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                last = NodeError::Server(base, text); // a standby: try the next
+                continue;
+            }
+            self.current = i;
+            if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+                return Err(NodeError::Refused(text));
+            }
+            if !status.is_success() {
+                return Err(NodeError::Server(base, format!("{status}: {text}")));
+            }
+            return serde_json::from_str(&text).map_err(|e| NodeError::Server(base, format!("an answer that does not parse: {e}")));
         }
-        if !status.is_success() {
-            return Err(NodeError::Server(self.base.clone(), format!("{status}: {text}")));
-        }
-        serde_json::from_str(&text).map_err(|e| NodeError::Server(self.base.clone(), format!("an answer that does not parse: {e}")))
+        Err(last)
     }
 }
 
@@ -136,7 +164,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     std::fs::create_dir_all(&leases).map_err(|e| NodeError::Local(format!("{}: {e}", leases.display())))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| NodeError::Local(e.to_string()))?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client { base: cfg.server.trim_end_matches('/').to_string(), http: reqwest::Client::new() };
+    let client = Client::new(&cfg.server);
     let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, lease_ms: 15_000 };
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| NodeError::Local(e.to_string()))?;
@@ -153,7 +181,7 @@ impl Daemon {
         let j: Joined = self.client.post("/v1/nodes/join", &self.cfg.join_token, serde_json::to_value(&self.cfg.node).unwrap_or_default()).await?;
         self.lease_ms = j.lease_ms;
         self.kill_after_ms = j.kill_after_ms;
-        eprintln!("bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)", self.client.base, self.cfg.node.name, j.heartbeat_ms, j.lease_ms);
+        eprintln!("bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)", self.client.name(), self.cfg.node.name, j.heartbeat_ms, j.lease_ms);
         Ok((j.token, j.heartbeat_ms.clamp(100, 10_000)))
     }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::auth::Principal;
 use super::assign::Report;
-use super::backoff::{BackoffPolicy, Clock, MonotonicClock};
+use super::backoff::{BackoffPolicy, Clock, WallClock};
 use super::reconcile::Timing;
 use super::schedule::Quota;
 use super::spec::{self, Resources};
@@ -100,6 +100,7 @@ impl From<StateError> for ApiError {
             StateError::NoService(_) | StateError::NoNode(_) => StatusCode::NOT_FOUND,
             StateError::Exists(_) | StateError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
             StateError::Unschedulable(_) | StateError::OverQuota(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Store(StoreError::NotLeader(_)) => StatusCode::SERVICE_UNAVAILABLE,
             StateError::Store(_) | StateError::Corrupt(..) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -113,6 +114,10 @@ fn ok<T: Serialize>(v: T) -> ApiResult {
 }
 
 fn who(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    if !app.cluster.is_leader() {
+        let leader = app.cluster.leader_hint().map(|l| format!(": the leader is {l}")).unwrap_or_default();
+        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("this server is a standby{leader}")));
+    }
     let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "no token: send Authorization: Bearer TOKEN (the CLI: --token or BULKHEAD_TOKEN)".into()));
@@ -378,6 +383,9 @@ fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) 
     let mut last_problem = String::new();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(settings.reconcile_ms));
+        if !cluster.is_leader() {
+            continue; // a standby decides nothing
+        }
         let problem = match cluster.reconcile_pass(clock.now_ms(), &settings.timing) {
             Ok(pass) => {
                 for a in &pass.applied {
@@ -395,9 +403,10 @@ fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) 
 }
 
 /// Serves until SIGTERM or SIGINT; the reconciler runs beside it.
-pub async fn serve(cluster: Cluster, listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
-    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-    let app = App { cluster: Arc::new(cluster), clock: Arc::clone(&clock), grace_ms: settings.timing.grace_ms, settings };
+pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
+    // Stored times (heartbeats, backoff) must mean the same to the next leader.
+    let clock: Arc<dyn Clock> = Arc::new(WallClock);
+    let app = App { cluster, clock: Arc::clone(&clock), grace_ms: settings.timing.grace_ms, settings };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("bulkhead server: listening on http://{}", listener.local_addr()?);
     let (cluster, clock) = (Arc::clone(&app.cluster), Arc::clone(&clock));

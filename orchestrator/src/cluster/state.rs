@@ -22,7 +22,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use super::backoff::Restarts;
 use super::schedule::{self, NodeView, Quota, Request};
 use super::spec::{self, Resources, Service, ServiceSpec};
-use super::store::{Compare, Entry, FileStore, Op, StoreError};
+use super::store::{Compare, Entry, Op, Store, StoreError};
 use crate::runtime::record::RuntimeKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -148,12 +148,21 @@ pub struct Change {
 /// The cluster's state over a store.
 #[derive(Debug)]
 pub struct Cluster {
-    pub(crate) store: FileStore,
+    pub(crate) store: Box<dyn Store>,
 }
 
 impl Cluster {
-    pub fn new(store: FileStore) -> Self {
-        Cluster { store }
+    pub fn new(store: impl Store + 'static) -> Self {
+        Cluster { store: Box::new(store) }
+    }
+
+    /// Whether this server may write (see `Store::is_leader`).
+    pub fn is_leader(&self) -> bool {
+        self.store.is_leader()
+    }
+
+    pub fn leader_hint(&self) -> Option<String> {
+        self.store.leader_hint()
     }
 
     /// Adds or updates a node (keeping its cordon).
@@ -376,6 +385,8 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::cluster::store::FileStore;
 
     fn cluster(nodes: usize) -> (tempfile::TempDir, Cluster) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

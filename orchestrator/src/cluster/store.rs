@@ -25,6 +25,9 @@ pub enum StoreError {
     /// no longer the leader). Nothing was written.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// This server is a standby (or was deposed): it writes nothing.
+    #[error("this server is not the leader{}", .0.as_deref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader(Option<String>),
 }
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
@@ -55,6 +58,28 @@ pub enum Op {
     Delete(String),
 }
 
+/// What the cluster state needs of a store: etcd's model. Every write is
+/// one `txn`; a store shared by several servers also refuses writes from
+/// one that is not (or no longer) the leader.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The revision of the last transaction (0: none yet).
+    fn revision(&self) -> Result<u64, StoreError>;
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Applies `ops` at a new revision if every compare holds, else
+    /// nothing (`Conflict`, or `NotLeader` when leadership was lost).
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<u64, StoreError>;
+    /// Whether this server may write now (a one-host store: always).
+    fn is_leader(&self) -> bool {
+        true
+    }
+    /// Where the leader's API is, as it announced it (if known).
+    fn leader_hint(&self) -> Option<String> {
+        None
+    }
+}
+
 #[derive(Debug)]
 pub struct FileStore {
     db: redb::Database,
@@ -79,15 +104,17 @@ impl FileStore {
         tx.commit().map_err(db)?;
         Ok(FileStore { db: database })
     }
+}
 
+impl Store for FileStore {
     /// The revision of the last transaction (0: none yet).
-    pub fn revision(&self) -> Result<u64, StoreError> {
+    fn revision(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let meta = tx.open_table(META).map_err(db)?;
         Ok(meta.get(REVISION).map_err(db)?.map(|v| v.value()).unwrap_or(0))
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let kv = tx.open_table(KV).map_err(db)?;
         let got = kv.get(key).map_err(db)?;
@@ -95,7 +122,7 @@ impl FileStore {
     }
 
     /// Every entry whose key starts with `prefix`, in key order.
-    pub fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let kv = tx.open_table(KV).map_err(db)?;
         let mut out = Vec::new();
@@ -111,7 +138,7 @@ impl FileStore {
 
     /// Applies `ops` at a new revision if every compare holds, else
     /// nothing (`Conflict`, naming the first that failed).
-    pub fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<u64, StoreError> {
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<u64, StoreError> {
         let tx = self.db.begin_write().map_err(db)?;
         let revision = {
             let mut kv = tx.open_table(KV).map_err(db)?;
