@@ -87,6 +87,10 @@ pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
         lines.push(format!("link add {b} type bridge"));
     }
     lines.push(format!("address replace {}/{} dev {b}", net.gateway(), net.subnet.prefix));
+    // A fixed MAC: a bridge left to itself takes its lowest port's, so it
+    // changes when that workload goes, and every other workload's ARP entry
+    // for the gateway is wrong until it expires (~50 s without traffic out).
+    lines.push(format!("link set {b} address {}", super::subnet::mac_for(net.gateway())));
     lines.push(format!("link set {b} up"));
     ip_batch(&lines, None)?;
     sysctl(&format!("/proc/sys/net/ipv4/conf/{b}/route_localnet"), "1")?;
