@@ -2,7 +2,9 @@
 //! (`run_cases`) and 5 run/rm cycles, inside the test host (nested on
 //! machines whose /dev/kvm cannot boot Linux), then a count of leftovers.
 //! Also: on such a machine `run --runtime microvm` itself refuses at once.
-//! And the networking table (`net_cases`) with microVMs, in the test host.
+//! And the networking table (`net_cases`) with microVMs, in the test host,
+//! and a microVM service deployed through `bulkhead server` and `bulkhead
+//! node` there (`cluster_cases`).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -70,6 +72,15 @@ fn the_run_table_passes_in_microvms() {
         "nothing-left",
     ];
     table_in_test_host("run-cases", "5", 2048, "microvm/", &wants);
+}
+
+/// A microVM service through the control plane: deployed, running on the
+/// node, its logs and an exec through the server, its VMM jailed, scaled
+/// to zero and gone.
+#[test]
+fn a_microvm_service_deploys_through_server_and_node() {
+    let wants = ["node-joined", "deploy-running", "logs-through-the-server", "exec-through-the-server", "vmm-jailed", "scaled-to-zero-removed", "nothing-left"];
+    table_in_test_host("cluster-cases", "1", 2048, "cluster/", &wants);
 }
 
 /// Workload networking (`net_cases`) with microVMs: TAPs on the bridge, the

@@ -42,6 +42,12 @@ pub struct ServerArgs {
     /// store, or cluster.admin-token in the data dir).
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Without a heartbeat this long a node is lost: not ready, and its
     /// instances are replaced once its lease and the stop time are over.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
@@ -85,9 +91,13 @@ pub fn server(a: ServerArgs) -> Result<()> {
     let timing = Timing { grace_ms: a.heartbeat_grace, lease_ms: a.lease, stop_ms: a.stop_time };
     let backoff = BackoffPolicy { initial_ms: a.backoff_initial, cap_ms: a.backoff_cap, reset_after_ms: a.backoff_reset };
     let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(crate::cluster::tls::server_config(c, k)?),
+        _ => None,
+    };
     let (cluster, token_file, what) = match a.store.as_deref() {
         Some(s) if s.starts_with("etcd://") => {
-            let api = a.advertise.clone().unwrap_or_else(|| format!("http://{}", a.listen));
+            let api = a.advertise.clone().unwrap_or_else(|| format!("{}://{}", if tls.is_some() { "https" } else { "http" }, a.listen));
             let ttl = a.leader_lease.div_ceil(1000).max(2) as i64;
             let store = EtcdStore::open(s, &api, ttl).with_context(|| format!("--store {s}"))?;
             let file = a.admin_token_file.clone().unwrap_or_else(|| super::run::data_dir().join("cluster.admin-token"));
@@ -125,7 +135,7 @@ pub fn server(a: ServerArgs) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(200));
     });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings)).with_context(|| format!("serve on {}", a.listen))
+    rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings, tls)).with_context(|| format!("serve on {}", a.listen))
 }
 
 fn write_token(file: &std::path::Path, token: &str) -> Result<()> {
@@ -155,8 +165,18 @@ pub struct Conn {
     /// A bearer token (default: $BULKHEAD_TOKEN).
     #[arg(long)]
     token: Option<String>,
+    /// For https:// servers: trust only this CA certificate (PEM), e.g. the
+    /// one `bulkhead tls self-signed` made (default: $BULKHEAD_CACERT, else
+    /// the system's roots).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+/// --cacert, else $BULKHEAD_CACERT.
+fn cacert(flag: &Option<PathBuf>) -> Option<PathBuf> {
+    flag.clone().or_else(|| std::env::var_os("BULKHEAD_CACERT").filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
 impl Conn {
@@ -169,13 +189,12 @@ impl Conn {
             .or_else(|| std::env::var("BULKHEAD_TOKEN").ok().filter(|s| !s.is_empty()))
             .context("no token: --token or BULKHEAD_TOKEN (the server wrote the admin token beside its store)")?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        // The TLS stack's crypto (reqwest is built without a default): ring, once per process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = crate::cluster::tls::client(cacert(&self.cacert).as_deref())?;
         rt.block_on(async {
             // Several servers (comma-separated): the first that answers and is not a standby.
             let mut last = None;
             for base in base.split(',').map(|b| b.trim().trim_end_matches('/')).filter(|b| !b.is_empty()) {
-                let mut req = reqwest::Client::new().request(method.clone(), format!("{base}{path}")).bearer_auth(&token);
+                let mut req = http.request(method.clone(), format!("{base}{path}")).bearer_auth(&token);
                 if let Some(b) = &body {
                     let kind = if b.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
                     req = req.header("content-type", kind).body(b.clone());
@@ -183,7 +202,14 @@ impl Conn {
                 let resp = match req.send().await {
                     Ok(r) => r,
                     Err(e) => {
-                        last = Some(anyhow::Error::new(e).context(format!("cannot reach the server at {base} (is `bulkhead server` running there? --server or BULKHEAD_SERVER)")));
+                        // reqwest's Display is terse; the chain says why (refused, certificate, ...).
+                        let mut why = e.to_string();
+                        let mut src = std::error::Error::source(&e);
+                        while let Some(s) = src {
+                            why = format!("{why}: {s}");
+                            src = s.source();
+                        }
+                        last = Some(anyhow::anyhow!("cannot reach the server at {base}: {why} (is `bulkhead server` running there? --server or BULKHEAD_SERVER; --cacert for a self-signed one)"));
                         continue;
                     }
                 };
@@ -345,19 +371,59 @@ fn path_segment(name: &str) -> Result<&str> {
 pub enum InstanceCommand {
     /// The tenant's instances: service, index, node, state, restarts.
     Ls(Conn),
+    /// An instance's output (stdout and stderr as they came), from its node.
+    Logs {
+        service: String,
+        index: u32,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a command in an instance (on its node) and print its output;
+    /// exits with the command's status. Not interactive.
+    Exec {
+        service: String,
+        index: u32,
+        #[command(flatten)]
+        conn: Conn,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
-pub fn instance(cmd: InstanceCommand) -> Result<()> {
-    let InstanceCommand::Ls(conn) = cmd;
-    let v = conn.call(reqwest::Method::GET, "/v1/instances", None)?;
-    conn.print(&v, |v| {
-        let mut t = table(&["SERVICE", "INSTANCE", "NODE", "STATE", "RESTARTS", "LAST EXIT"]);
-        for i in v.as_array().into_iter().flatten() {
-            t.add_row(vec![s(&i["service"]), s(&i["index"]), s(&i["node"]), s(&i["state"]), s(&i["restarts"]), s(&i["last_exit"])]);
+pub fn instance(cmd: InstanceCommand) -> Result<u8> {
+    match cmd {
+        InstanceCommand::Ls(conn) => {
+            let v = conn.call(reqwest::Method::GET, "/v1/instances", None)?;
+            conn.print(&v, |v| {
+                let mut t = table(&["SERVICE", "INSTANCE", "NODE", "STATE", "RESTARTS", "LAST EXIT", "FENCE"]);
+                for i in v.as_array().into_iter().flatten() {
+                    t.add_row(vec![s(&i["service"]), s(&i["index"]), s(&i["node"]), s(&i["state"]), s(&i["restarts"]), s(&i["last_exit"]), s(&i["fence"])]);
+                }
+                t
+            });
+            Ok(0)
         }
-        t
-    });
-    Ok(())
+        InstanceCommand::Logs { service, index, tail, conn } => {
+            let q = tail.map(|n| format!("?tail={n}")).unwrap_or_default();
+            let v = conn.call(reqwest::Method::GET, &format!("/v1/services/{}/instances/{index}/logs{q}", path_segment(&service)?), None)?;
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = out.write_all(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()).as_bytes());
+            Ok(0)
+        }
+        InstanceCommand::Exec { service, index, conn, command } => {
+            let body = json!({ "command": command }).to_string();
+            let v = conn.call(reqwest::Method::POST, &format!("/v1/services/{}/instances/{index}/exec", path_segment(&service)?), Some(body))?;
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(v["stdout"].as_str().unwrap_or("").as_bytes());
+            let _ = std::io::stderr().write_all(v["stderr"].as_str().unwrap_or("").as_bytes());
+            Ok(u8::try_from(v["code"].as_i64().unwrap_or(125).clamp(0, 255)).unwrap_or(125))
+        }
+    }
 }
 
 /// `bulkhead node --server URL --join-token T` runs the node daemon;
@@ -397,6 +463,18 @@ pub struct DaemonArgs {
     /// container where crun or runc is).
     #[arg(long = "runtime", value_enum)]
     runtimes: Vec<RuntimeKind>,
+    /// For https:// servers: trust only this CA certificate (PEM; default:
+    /// $BULKHEAD_CACERT, else the system's roots).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Where this node's own API listens (the server asks it for logs and
+    /// exec, with a secret it got at join).
+    #[arg(long, default_value = "0.0.0.0:7071", value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// How the server reaches that API (default: this host's address on the
+    /// way to the server, and the --listen port).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -474,8 +552,8 @@ fn daemon(a: DaemonArgs) -> Result<()> {
     if runtimes.is_empty() {
         bail!("this host offers no runtime: no /dev/kvm (microvm) and no crun or runc (container: apt-get install crun)");
     }
-    let node = crate::cluster::state::Node { name, labels, allocatable, runtimes, cordoned: false };
-    let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()? };
+    let node = crate::cluster::state::Node { name, labels, allocatable, runtimes, cordoned: false, api: None };
+    let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()?, cacert: cacert(&a.cacert), listen: a.listen, advertise: a.advertise };
     crate::cluster::node::run(cfg)?;
     Ok(())
 }
@@ -555,5 +633,46 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Format::Table => println!("{}", s(&v["token"])),
     }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// A self-signed certificate and key for trying `bulkhead server
+    /// --tls-cert/--tls-key` (clients: --cacert with the certificate).
+    SelfSigned {
+        /// A DNS name or IP address the server is reached by; repeatable
+        /// (default: localhost and 127.0.0.1).
+        #[arg(long = "name", value_name = "HOST")]
+        names: Vec<String>,
+        /// Where server.crt and server.key (0600) go.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+pub fn tls(cmd: TlsCommand) -> Result<()> {
+    let TlsCommand::SelfSigned { mut names, out } = cmd;
+    if names.is_empty() {
+        names = vec!["localhost".into(), "127.0.0.1".into()];
+    }
+    let (cert, key) = crate::cluster::tls::self_signed(&names)?;
+    let (cert_file, key_file) = (out.join("server.crt"), out.join("server.key"));
+    for f in [&cert_file, &key_file] {
+        if f.exists() {
+            bail!("{} exists: not overwritten (remove it, or --out another dir)", f.display());
+        }
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    std::fs::write(&cert_file, cert).with_context(|| format!("write {}", cert_file.display()))?;
+    write_token(&key_file, key.trim_end())?;
+    println!("{}\n{}", cert_file.display(), key_file.display());
+    eprintln!(
+        "bulkhead: self-signed for {}: bulkhead server --tls-cert {} --tls-key {}; clients: --cacert {} (or BULKHEAD_CACERT)",
+        names.join(", "),
+        cert_file.display(),
+        key_file.display(),
+        cert_file.display()
+    );
     Ok(())
 }

@@ -73,7 +73,7 @@ enum Command {
     /// A tenant's services on the server: ls, inspect, scale, rm.
     #[command(subcommand, after_help = EXIT_CODES)]
     Service(cluster::ServiceCommand),
-    /// A tenant's instances on the server.
+    /// A tenant's instances on the server: ls, logs, exec.
     #[command(subcommand, after_help = EXIT_CODES)]
     Instance(cluster::InstanceCommand),
     /// The node daemon (`bulkhead node --server URL --join-token T`), or the
@@ -83,6 +83,9 @@ enum Command {
     /// Tenants on the server (admin): create.
     #[command(subcommand, after_help = EXIT_CODES)]
     Tenant(cluster::TenantCommand),
+    /// TLS for the server's API: a self-signed pair to try it.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Tls(cluster::TlsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
     /// The per-workload supervisor (started by `run`; not for people).
@@ -143,9 +146,10 @@ pub fn main() -> ExitCode {
         Command::Server(a) => (cluster::server(a).map(|()| 0), 1),
         Command::Deploy(a) => (cluster::deploy(a).map(|()| 0), 1),
         Command::Service(cmd) => (cluster::service(cmd).map(|()| 0), 1),
-        Command::Instance(cmd) => (cluster::instance(cmd).map(|()| 0), 1),
+        Command::Instance(cmd) => (cluster::instance(cmd), 1),
         Command::Node(cmd) => (cluster::node(cmd).map(|()| 0), 1),
         Command::Tenant(cmd) => (cluster::tenant(cmd).map(|()| 0), 1),
+        Command::Tls(cmd) => (cluster::tls(cmd).map(|()| 0), 1),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bulkhead", &mut std::io::stdout());
             (Ok(0), 1)

@@ -102,6 +102,20 @@ impl Cluster {
         Ok(token)
     }
 
+    /// What the server sends to node `name`'s own API (`None`: it has none).
+    pub fn set_node_secret(&self, name: &str, secret: Option<&str>) -> Result<u64, StateError> {
+        let key = format!("/node-secrets/{name}");
+        let op = match secret {
+            Some(s) => Op::Put(key, s.as_bytes().to_vec()),
+            None => Op::Delete(key),
+        };
+        Ok(self.store.txn(&[], &[op])?)
+    }
+
+    pub fn node_secret(&self, name: &str) -> Result<Option<String>, StateError> {
+        Ok(self.store.get(&format!("/node-secrets/{name}"))?.map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+    }
+
     pub fn tenant(&self, name: &str) -> Result<Tenant, StateError> {
         let e = self.store.get(&tenant_key(name))?.ok_or_else(|| StateError::NoService(format!("tenant {name}")))?;
         serde_json::from_slice(&e.value).map_err(|err| StateError::Corrupt(e.key, err.to_string()))

@@ -47,15 +47,21 @@ pub struct NodeConfig {
     pub data: PathBuf,
     /// This program, for `run`, `stop` and `rm`.
     pub bulkhead: PathBuf,
+    /// Trust only this CA for https:// servers.
+    pub cacert: Option<PathBuf>,
+    /// The node API (`node_api`) listens here...
+    pub listen: std::net::SocketAddr,
+    /// ...and the server reaches it here (default: derived).
+    pub advertise: Option<String>,
 }
 
 /// An instance's identity on this node, from its workload's environment.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    tenant: String,
-    service: String,
-    index: u32,
-    fence: u64,
+pub(crate) struct Key {
+    pub tenant: String,
+    pub service: String,
+    pub index: u32,
+    pub fence: u64,
 }
 
 impl Key {
@@ -104,9 +110,9 @@ struct Client {
 }
 
 impl Client {
-    fn new(servers: &str) -> Client {
+    fn new(servers: &str, http: reqwest::Client) -> Client {
         let bases = servers.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
-        Client { bases, http: reqwest::Client::new(), current: 0 }
+        Client { bases, http, current: 0 }
     }
 
     fn name(&self) -> String {
@@ -156,6 +162,23 @@ struct Daemon {
     failed_starts: Arc<Mutex<BTreeMap<Key, i32>>>,
     kill_after_ms: u64,
     lease_ms: u64,
+    /// What the server must send to the node API.
+    secret: String,
+}
+
+/// The address the server sees this host by: `listen` unless it is
+/// 0.0.0.0, else the source address of the route to the first server.
+fn own_address(servers: &str, listen: std::net::IpAddr) -> std::net::IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let host = servers.split(',').next().unwrap_or("").trim().split("://").last().unwrap_or("").split('/').next().unwrap_or("").to_string();
+    let hostport = if host.contains(':') { host } else { format!("{host}:80") };
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|u| {
+        u.connect(&hostport)?;
+        u.local_addr()
+    });
+    routed.map(|a| a.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// Runs the node daemon until SIGTERM or SIGINT.
@@ -163,9 +186,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let leases = cfg.data.join("node").join("leases");
     std::fs::create_dir_all(&leases).map_err(|e| NodeError::Local(format!("{}: {e}", leases.display())))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| NodeError::Local(e.to_string()))?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::new(&cfg.server);
-    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, lease_ms: 15_000 };
+    let http = super::tls::client(cfg.cacert.as_deref()).map_err(|e| NodeError::Local(e.to_string()))?;
+    let client = Client::new(&cfg.server, http);
+    let secret = super::auth::new_token().map_err(|e| NodeError::Local(e.to_string()))?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(cfg.listen)).map_err(|e| NodeError::Local(format!("the node API on {}: {e}", cfg.listen)))?;
+    let port = listener.local_addr().map_err(|e| NodeError::Local(e.to_string()))?.port();
+    let mut cfg = cfg;
+    cfg.node.api = Some(cfg.advertise.clone().unwrap_or_else(|| format!("http://{}:{port}", own_address(&cfg.server, cfg.listen.ip()))));
+    rt.spawn(super::node_api::serve(listener, secret.clone(), cfg.data.clone(), cfg.bulkhead.clone()));
+    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, lease_ms: 15_000, secret };
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| NodeError::Local(e.to_string()))?;
         tokio::select! {
@@ -178,7 +207,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
 
 impl Daemon {
     async fn join(&mut self) -> Result<(String, u64), NodeError> {
-        let j: Joined = self.client.post("/v1/nodes/join", &self.cfg.join_token, serde_json::to_value(&self.cfg.node).unwrap_or_default()).await?;
+        let mut body = serde_json::to_value(&self.cfg.node).unwrap_or_default();
+        body["api_secret"] = json!(self.secret);
+        let j: Joined = self.client.post("/v1/nodes/join", &self.cfg.join_token, body).await?;
         self.lease_ms = j.lease_ms;
         self.kill_after_ms = j.kill_after_ms;
         eprintln!("bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)", self.client.name(), self.cfg.node.name, j.heartbeat_ms, j.lease_ms);
@@ -356,7 +387,7 @@ fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, leas
 }
 
 /// This node's instances among the local workloads.
-fn local_instances(data: &Path) -> Result<BTreeMap<Key, Record>, NodeError> {
+pub(crate) fn local_instances(data: &Path) -> Result<BTreeMap<Key, Record>, NodeError> {
     let state = State::new(Paths::new(data));
     let records = state.list().map_err(|e| NodeError::Local(e.to_string()))?;
     Ok(records.into_iter().filter_map(|r| Some((Key::from_env(&r.config.process.env)?, r))).collect())

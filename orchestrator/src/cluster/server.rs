@@ -43,6 +43,8 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("delete", "/v1/services/{name}", "tenant", "Remove a service and its instances."),
     ("post", "/v1/services/{name}/scale", "tenant", "Set the replica count ({replicas}); ?dry_run=true."),
     ("get", "/v1/instances", "tenant", "The tenant's instances."),
+    ("get", "/v1/services/{name}/instances/{index}/logs", "tenant", "An instance's output from its node (text; ?tail=N)."),
+    ("post", "/v1/services/{name}/instances/{index}/exec", "tenant", "Run {command: [...]} in an instance on its node; {code, stdout, stderr}."),
 ];
 
 /// How the cluster keeps time: heartbeats, leases, stop time, backoff.
@@ -81,6 +83,8 @@ struct App {
     clock: Arc<dyn Clock>,
     grace_ms: u64,
     settings: Settings,
+    /// To the nodes' own APIs (logs, exec).
+    http: reqwest::Client,
 }
 
 /// An error as the API returns it: a status and `{"error": "..."}`.
@@ -244,15 +248,81 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
     if who(&app, &headers)? != Principal::Join {
         return Err(ApiError(StatusCode::FORBIDDEN, "joining needs a join token (`bulkhead node token create`)".into()));
     }
-    let mut n: Node = body(&text)?;
+    let JoinRequest { node: mut n, api_secret } = body(&text)?;
     valid_node(&n)?;
     n.cordoned = false; // kept as it was by register_node
     let name = n.name.clone();
     app.cluster.register_node(n)?;
+    app.cluster.set_node_secret(&name, api_secret.as_deref())?;
     app.cluster.heartbeat(&name, app.clock.now_ms())?;
     let token = app.cluster.issue_node_token(&name)?;
     let s = app.settings;
     ok(json!({ "name": name, "token": token, "heartbeat_ms": s.heartbeat_ms, "lease_ms": s.timing.lease_ms, "kill_after_ms": s.kill_after_ms }))
+}
+
+#[derive(Debug, Deserialize)]
+struct JoinRequest {
+    #[serde(flatten)]
+    node: Node,
+    /// What the server sends to the node's own API.
+    #[serde(default)]
+    api_secret: Option<String>,
+}
+
+/// The instance `index` of the caller's `service`, its node's API and secret.
+fn instance_on_node(app: &App, headers: &HeaderMap, service: &str, index: &str) -> Result<(super::node_api::Target, String, String), ApiError> {
+    let (t, _) = tenant(app, headers)?;
+    let index: u32 = index.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("instance {index:?}: a number")))?;
+    app.cluster.service(&t, service)?; // another tenant's: not found
+    let i = app.cluster.instances(Some(&t))?.into_iter().find(|i| i.service == service && i.index == index).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no instance {service}/{index}")))?;
+    let node = app.cluster.nodes()?.into_iter().map(|(n, _)| n).find(|n| n.name == i.node).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node {}", i.node)))?;
+    let (Some(api), Some(secret)) = (node.api, app.cluster.node_secret(&node.name)?) else {
+        return Err(ApiError(StatusCode::CONFLICT, format!("node {} has no API (it did not join through `bulkhead node`)", node.name)));
+    };
+    Ok((super::node_api::Target { tenant: t, service: service.into(), index, fence: i.fence }, api, secret))
+}
+
+/// Relays the node's answer (status and body) or says it cannot be reached.
+async fn relay(resp: Result<reqwest::Response, reqwest::Error>, node_api: &str) -> ApiResult {
+    let resp = resp.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("the instance's node at {node_api}: {e}")))?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let kind = resp.headers().get("content-type").cloned();
+    let bytes = resp.bytes().await.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("the instance's node at {node_api}: {e}")))?;
+    let mut r = (status, bytes).into_response();
+    if let Some(k) = kind {
+        r.headers_mut().insert("content-type", k);
+    }
+    Ok(r)
+}
+
+async fn instance_logs(State(app): State<App>, headers: HeaderMap, Path((name, index)): Path<(String, String)>, RawQuery(q): RawQuery) -> ApiResult {
+    let tail = match q.as_deref() {
+        None | Some("") => None,
+        Some(q) => Some(q.strip_prefix("tail=").and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, format!("query {q:?}: only tail=N")))?),
+    };
+    let (t, api, secret) = instance_on_node(&app, &headers, &name, &index)?;
+    // Tenant and service names are letters, digits, '_', '.', '-': nothing to escape.
+    let mut url = format!("{api}/logs?tenant={}&service={}&index={}&fence={}", t.tenant, t.service, t.index, t.fence);
+    if let Some(n) = tail {
+        url += &format!("&tail={n}");
+    }
+    let resp = app.http.get(url).bearer_auth(secret).timeout(std::time::Duration::from_secs(30)).send().await;
+    relay(resp, &api).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Exec {
+    command: Vec<String>,
+}
+
+async fn instance_exec(State(app): State<App>, headers: HeaderMap, Path((name, index)): Path<(String, String)>, text: String) -> ApiResult {
+    let (t, api, secret) = instance_on_node(&app, &headers, &name, &index)?;
+    let e: Exec = body(&text)?;
+    let req = super::node_api::ExecRequest { target: t, command: e.command };
+    let timeout = super::node_api::EXEC_TIMEOUT + std::time::Duration::from_secs(10);
+    let resp = app.http.post(format!("{api}/exec")).json(&req).bearer_auth(secret).timeout(timeout).send().await;
+    relay(resp, &api).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,6 +443,8 @@ fn router(app: App) -> Router {
         .route("/v1/services/{name}", get(service).delete(remove))
         .route("/v1/services/{name}/scale", post(scale))
         .route("/v1/instances", get(instances))
+        .route("/v1/services/{name}/instances/{index}/logs", get(instance_logs))
+        .route("/v1/services/{name}/instances/{index}/exec", post(instance_exec))
         .fallback(no_route)
         .with_state(app)
 }
@@ -402,13 +474,16 @@ fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) 
     }
 }
 
-/// Serves until SIGTERM or SIGINT; the reconciler runs beside it.
-pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
+/// Serves until SIGTERM or SIGINT (over TLS with `tls`); the reconciler
+/// runs beside it.
+pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<()> {
     // Stored times (heartbeats, backoff) must mean the same to the next leader.
     let clock: Arc<dyn Clock> = Arc::new(WallClock);
-    let app = App { cluster, clock: Arc::clone(&clock), grace_ms: settings.timing.grace_ms, settings };
+    let http = super::tls::client(None).map_err(std::io::Error::other)?;
+    let app = App { cluster, clock: Arc::clone(&clock), grace_ms: settings.timing.grace_ms, settings, http };
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!("bulkhead server: listening on http://{}", listener.local_addr()?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("bulkhead server: listening on {scheme}://{}", listener.local_addr()?);
     let (cluster, clock) = (Arc::clone(&app.cluster), Arc::clone(&clock));
     std::thread::Builder::new().name("reconciler".into()).spawn(move || reconciler(cluster, clock, settings))?;
     let stop = async {
@@ -418,5 +493,34 @@ pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    axum::serve(listener, router(app)).with_graceful_shutdown(stop).await
+    match tls {
+        None => axum::serve(listener, router(app)).with_graceful_shutdown(stop).await,
+        Some(config) => {
+            tokio::select! {
+                r = serve_tls(listener, router(app), config) => r,
+                _ = stop => Ok(()),
+            }
+        }
+    }
+}
+
+/// Each connection: the TLS handshake (10 s at most), then HTTP/1.1.
+async fn serve_tls(listener: tokio::net::TcpListener, app: Router, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("bulkhead server: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
 }

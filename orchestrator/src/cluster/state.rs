@@ -52,6 +52,9 @@ pub struct Node {
     pub allocatable: Resources,
     pub runtimes: Vec<RuntimeKind>,
     pub cordoned: bool,
+    /// The node daemon's own API (logs, exec), if it has one.
+    #[serde(default)]
+    pub api: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -398,6 +401,7 @@ mod tests {
                 allocatable: Resources { millicpus: 8000, memory_mib: 8192 },
                 runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
                 cordoned: false,
+                api: None,
             };
             c.register_node(n).unwrap_or_else(|e| panic!("{e}"));
             c.heartbeat(&format!("n{i}"), 100).unwrap_or_else(|e| panic!("{e}"));

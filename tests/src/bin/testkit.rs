@@ -22,6 +22,8 @@
 //!                                   DATA; prints CHECK lines, fails if any did
 //!   net-cases DATA CYCLES           the networking table (net_cases) with the
 //!                                   microvm runtime; prints CHECK lines
+//!   cluster-cases DATA              a microvm service through bulkhead server
+//!                                   and bulkhead node (cluster_cases)
 //!   agent-run KERNEL AGENT_INITRD DISK CMD...
 //!                                   boot one VM and run CMD as its workload;
 //!                                   its output passes through, its exit code
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         ["agent-e2e", kernel, initrd, disk, baseline, scratch] => agent_e2e(kernel, initrd, disk, baseline, scratch),
         ["run-cases", data, cycles] => run_cases(data, cycles),
         ["net-cases", data, cycles] => net_cases(data, cycles),
+        ["cluster-cases", data, ..] => microvm_table(data, "1", |ctx, _| bulkhead_tests::cluster_cases::run_table(ctx)),
         ["agent-run", kernel, initrd, disk, cmd @ ..] if !cmd.is_empty() => {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
             let code = rt.block_on(bulkhead_tests::agent_vm::run_one(kernel, initrd, disk, &cmd));
             return ExitCode::from(u8::try_from(code).unwrap_or(125));
         }
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | run-cases DATA CYCLES | net-cases DATA CYCLES | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | run-cases DATA CYCLES | net-cases DATA CYCLES | cluster-cases DATA | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

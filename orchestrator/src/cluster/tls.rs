@@ -1,0 +1,96 @@
+//! TLS for the control plane's API (rustls with the ring provider): the
+//! server's certificate and key from PEM files, a self-signed pair for
+//! trying it out (`bulkhead tls self-signed`), and the clients' trust (a CA
+//! file, or the system's roots).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {why}")]
+    File { path: String, why: String },
+    #[error("TLS: {0}")]
+    Config(String),
+}
+
+fn file_err(path: &Path, why: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.display().to_string(), why: why.to_string() }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's TLS settings from a PEM certificate chain and its key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).map_err(|e| file_err(cert, e))?.collect::<Result<_, _>>().map_err(|e| file_err(cert, e))?;
+    if chain.is_empty() {
+        return Err(file_err(cert, "no PEM certificate in it"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("no PEM private key in it ({e})")))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| TlsError::Config(format!("{} and {} do not make a certificate and its key: {e}", cert.display(), key.display())))?;
+    Ok(Arc::new(config))
+}
+
+/// A self-signed certificate for `names` (DNS names or IP addresses) and
+/// its key, both PEM.
+pub fn self_signed(names: &[String]) -> Result<(String, String), TlsError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
+}
+
+/// An HTTP client that trusts `ca` (PEM) only, or the system's roots.
+pub fn client(ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
+    // The TLS stack's crypto (reqwest is built without a default): ring, once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let b = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| file_err(ca, e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| file_err(ca, e))?;
+        if certs.is_empty() {
+            return Err(file_err(ca, "no PEM certificate in it"));
+        }
+        return b.tls_certs_only(certs).build().map_err(|e| TlsError::Config(e.to_string()));
+    }
+    match b.build() {
+        Ok(c) => Ok(c),
+        // No system roots to be found (a minimal root fs): plain http still
+        // works, https fails to verify, with --cacert the way out.
+        Err(_) => reqwest::Client::builder().tls_certs_only(Vec::new()).build().map_err(|e| TlsError::Config(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_self_signed_pair_loads_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key) = self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap_or_else(|e| panic!("{e}"));
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, &cert).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&k, &key).unwrap_or_else(|e| panic!("{e}"));
+        assert!(server_config(&c, &k).is_ok());
+        let err = |r: Result<Arc<rustls::ServerConfig>, TlsError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(server_config(&k, &k)).contains("no PEM certificate"), "a key where the certificate goes");
+        assert!(err(server_config(&c, &c)).contains("no PEM private key"), "a certificate where the key goes");
+        let (_, other_key) = self_signed(&["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&k, other_key).unwrap_or_else(|e| panic!("{e}"));
+        assert!(err(server_config(&c, &k)).contains("do not make a certificate and its key"), "{}", err(server_config(&c, &k)));
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(server_config(&junk, &k).is_err());
+        assert!(err(server_config(&dir.path().join("none"), &k)).contains("none"));
+        assert!(client(Some(&junk)).is_err() && client(Some(&c)).is_ok() && client(None).is_ok());
+    }
+}
