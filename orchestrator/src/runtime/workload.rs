@@ -139,9 +139,37 @@ impl RotatingLog {
     }
 }
 
+/// The last `n` whole lines of `bytes` (a final newline ends the last one).
+pub fn last_lines(bytes: &[u8], n: usize) -> &[u8] {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut count = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            count += 1;
+            if count == n {
+                return &bytes[i + 1..];
+            }
+        }
+    }
+    if n == 0 {
+        &bytes[bytes.len()..]
+    } else {
+        bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_takes_whole_last_lines() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+        assert_eq!(last_lines(b"", 3), b"");
+    }
 
     #[test]
     fn the_log_rotates_once_past_its_limit_and_keeps_one_old_file() {
