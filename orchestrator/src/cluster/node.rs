@@ -355,7 +355,7 @@ fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, leas
     c.args(["run", "-d", "--name", &k.workload_name(), "--runtime", &spec.runtime.to_string()]);
     c.arg("--fence-deadline-file").arg(lease).args(["--fence-kill-after-ms", &kill_after_ms.to_string()]);
     for (key, value) in &spec.env {
-        c.args(["-e", &format!("{key}={value}")]);
+        c.arg(format!("--env={key}={value}"));
     }
     for (key, value) in [
         ("BULKHEAD_TENANT", k.tenant.clone()),
@@ -364,18 +364,19 @@ fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, leas
         ("BULKHEAD_FENCE", k.fence.to_string()),
         ("BULKHEAD_NODE", node.to_string()),
     ] {
-        c.args(["-e", &format!("{key}={value}")]);
+        c.arg(format!("--env={key}={value}"));
     }
     if let Some(cpus) = spec.cpus {
-        c.args(["--cpus", &cpus.to_string()]);
+        c.arg(format!("--cpus={cpus}"));
     }
     if let Some(m) = &spec.memory {
-        c.args(["--memory", m]);
+        c.arg(format!("--memory={m}"));
     }
     for p in &spec.ports {
-        c.args(["-p", p]);
+        c.arg(format!("--publish={p}"));
     }
-    c.arg(&spec.image).args(&spec.command);
+    // Tenant values as `--flag=value` and after `--`: none can pass for a flag of `run`.
+    c.arg("--").arg(&spec.image).args(&spec.command);
     let o = c.output().map_err(|e| (Some(125), format!("{}: {e}", bulkhead.display())))?;
     if o.status.success() {
         return Ok(());
