@@ -160,8 +160,8 @@ struct Daemon {
     /// Starts that failed before the runtime made a workload: reported
     /// as exited with this code until the assignment changes.
     failed_starts: Arc<Mutex<BTreeMap<Key, i32>>>,
+    /// From the server: SIGKILL this long after a lease deadline passed.
     kill_after_ms: u64,
-    lease_ms: u64,
     /// What the server must send to the node API.
     secret: String,
 }
@@ -194,7 +194,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let mut cfg = cfg;
     cfg.node.api = Some(cfg.advertise.clone().unwrap_or_else(|| format!("http://{}:{port}", own_address(&cfg.server, cfg.listen.ip()))));
     rt.spawn(super::node_api::serve(listener, secret.clone(), cfg.data.clone(), cfg.bulkhead.clone()));
-    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, lease_ms: 15_000, secret };
+    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, secret };
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| NodeError::Local(e.to_string()))?;
         tokio::select! {
@@ -210,7 +210,6 @@ impl Daemon {
         let mut body = serde_json::to_value(&self.cfg.node).unwrap_or_default();
         body["api_secret"] = json!(self.secret);
         let j: Joined = self.client.post("/v1/nodes/join", &self.cfg.join_token, body).await?;
-        self.lease_ms = j.lease_ms;
         self.kill_after_ms = j.kill_after_ms;
         eprintln!("bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)", self.client.name(), self.cfg.node.name, j.heartbeat_ms, j.lease_ms);
         Ok((j.token, j.heartbeat_ms.clamp(100, 10_000)))
@@ -270,7 +269,6 @@ impl Daemon {
         let sent = monotonic_ms();
         let path = format!("/v1/nodes/{}/sync", self.cfg.node.name);
         let s: Synced = self.client.post(&path, token, json!({ "reports": reports })).await?;
-        self.lease_ms = s.lease_ms;
         self.kill_after_ms = s.kill_after_ms;
         let deadline = sent.saturating_add(s.lease_ms);
         let assigned: BTreeMap<Key, Assignment> = s.assignments.into_iter().map(|a| (Key::of(&a), a)).collect();

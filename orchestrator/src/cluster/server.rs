@@ -81,7 +81,6 @@ impl Settings {
 struct App {
     cluster: Arc<Cluster>,
     clock: Arc<dyn Clock>,
-    grace_ms: u64,
     settings: Settings,
     /// To the nodes' own APIs (logs, exec).
     http: reqwest::Client,
@@ -149,7 +148,7 @@ fn tenant(app: &App, headers: &HeaderMap) -> Result<(String, Quota), ApiError> {
 impl App {
     /// Nodes whose last heartbeat is older than this are not ready.
     fn ready_after_ms(&self) -> u64 {
-        self.clock.now_ms().saturating_sub(self.grace_ms)
+        self.clock.now_ms().saturating_sub(self.settings.timing.grace_ms)
     }
 }
 
@@ -480,7 +479,7 @@ pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings
     // Stored times (heartbeats, backoff) must mean the same to the next leader.
     let clock: Arc<dyn Clock> = Arc::new(WallClock);
     let http = super::tls::client(None).map_err(std::io::Error::other)?;
-    let app = App { cluster, clock: Arc::clone(&clock), grace_ms: settings.timing.grace_ms, settings, http };
+    let app = App { cluster, clock: Arc::clone(&clock), settings, http };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("bulkhead server: listening on {scheme}://{}", listener.local_addr()?);
