@@ -100,7 +100,27 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Puts `pid` (and so what it starts) into every group.
+    /// Puts the calling process (single-threaded: the jailer's child, just
+    /// forked, that becomes the VMM) and so what it starts into every group.
+    ///
+    /// On v1 the one thread moves itself through `tasks`: a thread moving
+    /// itself skips the global threadgroup lock, whose write side waits
+    /// for an RCU grace period (3-12 ms here); moving a whole process
+    /// through `cgroup.procs` takes it. v2 has no such path between
+    /// domains: there the move waits unless the host mounts cgroup2 with
+    /// `favordynmods` (clone3's CLONE_INTO_CGROUP would avoid it; not used:
+    /// a raw clone leaves libc's thread state stale in the child).
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        let file = if unified() { "cgroup.procs" } else { "tasks" };
+        for d in &self.dirs {
+            let path = d.join(file);
+            std::fs::write(&path, "0").map_err(|source| CgroupError::Io { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Puts process `pid` into every group (through `cgroup.procs`: the
+    /// slow path, for processes other than the caller).
     pub fn join(&self, pid: i32) -> Result<(), CgroupError> {
         for d in &self.dirs {
             let path = d.join("cgroup.procs");

@@ -1,6 +1,8 @@
 //! The jail's directory: `<base>/<id>/root`, made fresh (a directory that
-//! is already there is refused, never reused), with mount points for what
-//! is bound in and the two device nodes the VMM needs; and its removal.
+//! is already there is refused, never reused) and empty on the host; the
+//! jail mounts a tmpfs over `root` in its own mount namespace and makes
+//! there the mount points for what is bound in and the two device nodes
+//! the VMM needs. And its removal.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -64,8 +66,8 @@ pub fn device(root: &Path, host: &Path, uid: u32, gid: u32) -> Result<(), Chroot
     Ok(())
 }
 
-/// Removes `<base>/<id>`. The binds lived only in the jail's own mount
-/// namespace, gone with it: here these are the empty mount points.
+/// Removes `<base>/<id>`. The tmpfs and the binds lived only in the
+/// jail's own mount namespace, gone with it: here `root` is empty.
 pub fn remove(jail: &Path) -> Result<(), ChrootError> {
     match std::fs::remove_dir_all(jail) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", jail)(e)),

@@ -62,8 +62,8 @@ pub fn remove(base: &Path, id: &str) -> Result<Vec<String>, CleanupError> {
         }
     }
     let jail = base.join(id);
-    // The jail's binds lived in its own mount namespace: here these are
-    // empty mount points and the device nodes.
+    // The jail's tmpfs and binds lived in its own mount namespace: here
+    // `root` is empty (jails from older versions held mount points).
     match std::fs::remove_dir_all(&jail) {
         Ok(()) => removed.push(format!("jail dir {}", jail.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

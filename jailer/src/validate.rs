@@ -64,9 +64,11 @@ pub fn real_path(what: &'static str, p: &Path) -> Result<PathBuf, ValidateError>
 pub fn static_elf(p: &Path) -> Result<(), ValidateError> {
     use std::io::Read;
     // The header and the program headers sit at the start: a few KiB, not
-    // the whole binary (reading all of it cost more than the rest of the jail).
-    let mut bytes = Vec::new();
-    let read = std::fs::File::open(p).and_then(|f| f.take(64 << 10).read_to_end(&mut bytes));
+    // the whole binary (reading all of it cost more than the rest of the
+    // jail). A buffer of the full size: one read, not a doubling series.
+    const HEADERS: usize = 16 << 10;
+    let mut bytes = Vec::with_capacity(HEADERS + 1);
+    let read = std::fs::File::open(p).and_then(|f| f.take(HEADERS as u64).read_to_end(&mut bytes));
     read.map_err(|e| ValidateError::Missing { what: "the VMM", path: p.display().to_string(), detail: e.to_string() })?;
     match elf_interpreter(&bytes) {
         Some(false) => Ok(()),

@@ -79,11 +79,9 @@ pub fn command(jail: &Jail, cfg: &WorkloadConfig, files: &VmFiles, vm_dir: &Path
     c
 }
 
-/// The VMM under a running jailer: jailer -> middle process -> VMM.
+/// The VMM under a running jailer: its one child.
 pub fn vmm_under(jailer: i32) -> Option<ProcId> {
-    let middle = children_of(jailer);
-    let vmm = children_of(*middle.first()?);
-    ProcId::of(*vmm.first()?)
+    ProcId::of(*children_of(jailer).first()?)
 }
 
 /// Removes workload `id`'s jail dir and cgroups if its jailer did not
