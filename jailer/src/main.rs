@@ -8,15 +8,17 @@ use bulkhead_jailer::validate;
 use clap::Parser;
 
 const AFTER_HELP: &str = "\
-Steps: validate everything; create <chroot-base>/<id>/root (a jail dir that
-exists already is refused, never reused; no path may contain a symlink);
-bind in the VMM and each --bind at its own path (read-only unless ,rw);
-create /dev/kvm and /dev/net/tun owned by UID:GID; cgroups bulkhead/<id>;
-then new mount, pid, ipc and uts namespaces (and --netns), pivot_root into
-the jail, a fresh /proc, rlimits, every fd closed but 0-2 and --keep-fd, an
-empty environment, NO_NEW_PRIVS, no capabilities (bounding set too), and
-exec as UID:GID. SIGTERM and SIGINT are passed to the VMM; the jail dir and
-cgroups are removed when it ends.
+Steps: validate everything (no path may contain a symlink; a file bound
+,rw may have no other hard link); create <chroot-base>/<id>/root (a jail
+dir that exists already is refused, never reused) and cgroups
+bulkhead/<id>; then new pid, ipc and uts namespaces (and --netns), and for
+the VMM's process its cgroups and a new mount namespace, where a small
+tmpfs over the jail root gets /dev/kvm and /dev/net/tun owned by UID:GID,
+the VMM and each --bind at its own path (read-only unless ,rw) and a fresh
+/proc, and turns read-only; pivot_root into it, rlimits, every fd closed
+but 0-2 and --keep-fd, an empty environment, NO_NEW_PRIVS, no capabilities
+(bounding set too), and exec as UID:GID. SIGTERM and SIGINT are passed to
+the VMM; the jail dir and cgroups are removed when it ends.
 
 Exit codes: the VMM's (128+N when killed by signal N); 125 when jailing
 failed (the message says which step); 2 bad usage.";
@@ -78,6 +80,9 @@ fn spec(a: Args) -> Result<Spec, validate::ValidateError> {
             None => (b.strip_suffix(",ro").unwrap_or(b), false),
         };
         let real = validate::real_path("--bind", &PathBuf::from(path))?;
+        if rw {
+            validate::not_hard_linked(&real)?;
+        }
         validate::accessible(&real, a.uid, a.gid, rw)?;
         binds.push((real, rw));
     }

@@ -26,6 +26,8 @@ pub enum ValidateError {
     NotElf(String),
     #[error("{path:?}: uid {uid} / gid {gid} may not {access} it (mode {mode:o}, owner {owner}:{group}); the jailed VMM could not use it")]
     Access { path: String, uid: u32, gid: u32, access: &'static str, mode: u32, owner: u32, group: u32 },
+    #[error("--bind {0:?},rw: a file with other hard links; the VMM could write it under another name (copy it, or bind it read-only)")]
+    HardLinked(String),
     #[error("--cgroup {0:?}: KEY is controller.file (memory.max, pids.max, cpu.max; v1: memory.limit_in_bytes, cpu.cfs_quota_us, ...), VALUE one line")]
     Cgroup(String),
 }
@@ -123,6 +125,17 @@ pub fn accessible(p: &Path, uid: u32, gid: u32, write: bool) -> Result<(), Valid
         (false, false) => "read",
     };
     Err(ValidateError::Access { path: p.display().to_string(), uid, gid, access, mode: m.mode() & 0o7777, owner: m.uid(), group: m.gid() })
+}
+
+/// A file bound writable must have no other name: through a hard link
+/// the jailed VMM would write a file somewhere else on the host.
+pub fn not_hard_linked(p: &Path) -> Result<(), ValidateError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).map_err(|e| ValidateError::Missing { what: "--bind", path: p.display().to_string(), detail: e.to_string() })?;
+    if !m.is_dir() && m.nlink() > 1 {
+        return Err(ValidateError::HardLinked(p.display().to_string()));
+    }
+    Ok(())
 }
 
 /// `NAME=VALUE`.

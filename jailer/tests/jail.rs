@@ -182,6 +182,9 @@ fn bad_jails_are_refused_and_nothing_is_made() {
     let link = f.base.parent().unwrap().join("link");
     std::os::unix::fs::symlink(&f.base, &link).unwrap();
     std::fs::create_dir(f.base.join("taken")).unwrap();
+    let linked = f.base.parent().unwrap().join("disk");
+    std::fs::write(&linked, b"").unwrap();
+    std::fs::hard_link(&linked, f.base.parent().unwrap().join("disk-elsewhere")).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--chroot-base".into(), link.display().to_string()], "is a symlink"),
         (vec!["--id".into(), "a/b".into()], "--id \"a/b\""),
@@ -190,6 +193,7 @@ fn bad_jails_are_refused_and_nothing_is_made() {
         (vec!["--uid".into(), "0".into()], "must not run as root"),
         (vec!["--cgroup".into(), "devices.allow=a".into()], "--cgroup"),
         (vec!["--bind".into(), "/no/such/file".into()], "/no/such/file"),
+        (vec!["--bind".into(), format!("{},rw", linked.display())], "other hard links"),
     ];
     for (over, want) in cases {
         let mut base: Vec<(String, String)> =

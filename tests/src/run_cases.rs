@@ -427,7 +427,7 @@ fn check_vmm_killed(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     check("vmm-jailed", problems.is_empty(), problems.join("; "));
     // The jailer itself SIGKILLed (it cannot clean up): the VMM dies with
     // it (parent-death signal), the supervisor reports and removes the jail.
-    let jailer = parent_of(vmm).and_then(parent_of);
+    let jailer = parent_of(vmm);
     let id = serde_json::from_slice::<serde_json::Value>(&ctx.bh(&["inspect", "vmmkill"]).stdout).ok().and_then(|v| v["id"].as_str().map(str::to_string)).unwrap_or_default();
     if let Some(j) = jailer {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(j), nix::sys::signal::Signal::SIGKILL);
