@@ -27,6 +27,7 @@ fn cluster() -> Vec<NodeView> {
             cordoned: i % 97 == 0,
             ready: true,
             runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
+            has_image: true,
             this_service: 0,
         })
         .collect()

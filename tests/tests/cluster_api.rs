@@ -250,11 +250,27 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
         assert_eq!(http(&s.addr, "POST", "/v1/nodes/join", Some(token), Some(node)).0, 403, "only a join token joins");
     }
     assert_eq!(http(&s.addr, "POST", "/v1/nodes/tokens", Some(&acme), None).0, 403);
+    // A node API only over TLS with its certificate: the secret is never sent in the clear.
+    let (cert, _) = bulkhead::cluster::tls::self_signed(&["10.0.0.9".into()]).unwrap();
+    let with_api = |api: &str, cert: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(node).unwrap();
+        (v["api"], v["api_secret"], v["api_cert"]) = (api.into(), "bh_s".into(), cert.into());
+        v.to_string()
+    };
+    for (api, cert, why) in [("http://10.0.0.9:7071", cert.as_str(), "plain http"), ("https://10.0.0.9:7071", "junk", "no certificate"), ("https://10.0.0.9:7071", "", "no certificate")] {
+        let (status, e) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(&with_api(api, cert)));
+        assert_eq!(status, 400, "{why}: {e}");
+        let listed = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
+        assert!(listed.as_array().unwrap().iter().all(|n| n["node"]["name"] != "n9"), "{why}: nothing registered");
+    }
     let (status, n9) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(node));
     assert_eq!(status, 200, "{n9}");
     let n9_token = n9["token"].as_str().unwrap();
-    let (status, synced) = http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(r#"{"reports": []}"#));
+    let (status, synced) = http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(r#"{"reports": [], "images": ["x:1", "sha256:ab"]}"#));
     assert!(status == 200 && synced["assignments"] == serde_json::json!([]), "{synced}");
+    let listed = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
+    let n9_listed = listed.as_array().unwrap().iter().find(|n| n["node"]["name"] == "n9").cloned().unwrap_or_default();
+    assert_eq!(n9_listed["node"]["images"], serde_json::json!(["sha256:ab", "x:1"]), "the images it said it holds: {n9_listed}");
     for (token, path) in [(n9_token, "/v1/nodes/n1/sync"), (join.as_str(), "/v1/nodes/n9/sync"), (acme.as_str(), "/v1/nodes/n9/sync"), (n9_token, "/v1/nodes/n9/drain")] {
         assert_eq!(http(&s.addr, "POST", path, Some(token), Some(r#"{"reports": []}"#)).0, 403, "{path}");
     }

@@ -1,7 +1,8 @@
 //! The control plane with real node daemons, natively: three "hosts" (network
-//! namespaces on a bridge of the test's own, in a "lan" namespace where the
-//! server and a counting listener run), each running `bulkhead node` with
-//! its own data dir, running container instances through `bulkhead run`.
+//! namespaces on a bridge of the test's own, in a "lan" namespace where
+//! etcd (Debian's etcd-server: one member, or three for the failover test),
+//! two servers and a counting listener run), each running `bulkhead node`
+//! with its own data dir, running container instances through `bulkhead run`.
 //!
 //! Every instance connects to the listener and says who it is; the listener
 //! keeps every connect and disconnect, so "never more copies than desired"
@@ -378,9 +379,21 @@ fn web(replicas: u32) -> String {
 #[test]
 fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     let _l = lock();
-    let mut c = setup(Shape { hosts: 3, etcd_members: 0, timing: &["--heartbeat-grace", "2s", "--lease", "3s", "--stop-time", "3s", "--backoff-initial", "1s", "--backoff-cap", "4s"] });
+    let mut c = setup(Shape { hosts: 3, etcd_members: 1, timing: &["--heartbeat-grace", "2s", "--lease", "3s", "--stop-time", "3s", "--backoff-initial", "1s", "--backoff-cap", "4s"] });
     c.counter = Counter::start(&c.lan);
     let counter = c.counter.clone();
+
+    // Each node's own API is https (its certificate pinned by the server).
+    for n in c.api(&c.admin, &["node", "ls"]).as_array().unwrap() {
+        assert!(n["node"]["api"].as_str().is_some_and(|a| a.starts_with("https://")), "{n}");
+    }
+    // An image in no node's store: refused at deploy, nothing made.
+    let nope = c._dir.path().join("nope.yaml");
+    std::fs::write(&nope, "name: nope\nimage: bb:no-such-tag\nruntime: container\n").unwrap();
+    let o = c.bh_in(&c.lan, &["deploy", "-f", nope.to_str().unwrap(), "--server", &c.url, "--token", &c.tenant]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("image \"bb:no-such-tag\" is in the store of none of the 3 nodes"), "{err}");
+    assert_eq!(c.api(&c.tenant, &["service", "ls"]).as_array().map(Vec::len), Some(0), "nothing deployed");
 
     // 6 replicas spread 2/2/2; 9 -> 3/3/3; back to 3 -> 1/1/1, the rest stopped and removed.
     deploy(&c, &web(6));
@@ -491,6 +504,24 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     assert!(gaps[1] >= 1.7 && gaps[2] >= 3.5 && gaps[3] >= 3.5 && gaps[4] >= 3.5, "the backoff doubles to its cap: {gaps:?}");
     assert!(gaps[2] > gaps[1] + 1.0, "it doubled: {gaps:?}");
     assert!(gaps[3] < 7.5 && gaps[4] < 7.5, "and stays at the cap: {gaps:?}");
+    // Instance times (server wall clock): a running copy has started and
+    // not exited; an exited copy has ended, no earlier than it started.
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let listed = |service: &str, state: &str| -> Option<Value> {
+        c.api(&c.tenant, &["instance", "ls"]).as_array().unwrap().iter().find(|i| i["service"] == service && i["state"] == state).cloned()
+    };
+    let web = listed("web", "running").expect("web runs");
+    let started = web["started_ms"].as_u64().expect("a start time");
+    assert!(started <= now_ms() && now_ms() - started < 600_000 && web["exited_ms"].is_null(), "{web}");
+    let mut exited = None;
+    wait_for(&c, "the crash loop's copy exited", Duration::from_secs(15), || {
+        exited = listed("crash", "exited");
+        exited.is_some()
+    });
+    // It exits at once: seen running or not (no start time then), its end is known.
+    let exited = exited.unwrap();
+    let to = exited["exited_ms"].as_u64().expect("an exit time");
+    assert!(to <= now_ms() && exited["started_ms"].as_u64().is_none_or(|from| from <= to), "{exited}");
 }
 
 /// Two servers on a 3-member etcd, one node. The leader is SIGKILLed

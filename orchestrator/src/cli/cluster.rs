@@ -134,7 +134,10 @@ pub fn server(a: ServerArgs) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Store calls (redb, or etcd through its client thread) block the
+    // worker that makes them: several workers, so a slow store call holds
+    // up its own request, not every other one.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
     rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings, tls)).with_context(|| format!("serve on {}", a.listen))
 }
 
@@ -399,9 +402,20 @@ pub fn instance(cmd: InstanceCommand) -> Result<u8> {
         InstanceCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/instances", None)?;
             conn.print(&v, |v| {
-                let mut t = table(&["SERVICE", "INSTANCE", "NODE", "STATE", "RESTARTS", "LAST EXIT", "FENCE"]);
+                let mut t = table(&["SERVICE", "INSTANCE", "NODE", "STATE", "STARTED", "EXITED", "RESTARTS", "LAST EXIT", "FENCE"]);
+                let when = |v: &Value| v.as_u64().map(super::workloads::ago).unwrap_or_default();
                 for i in v.as_array().into_iter().flatten() {
-                    t.add_row(vec![s(&i["service"]), s(&i["index"]), s(&i["node"]), s(&i["state"]), s(&i["restarts"]), s(&i["last_exit"]), s(&i["fence"])]);
+                    t.add_row(vec![
+                        s(&i["service"]),
+                        s(&i["index"]),
+                        s(&i["node"]),
+                        s(&i["state"]),
+                        when(&i["started_ms"]),
+                        when(&i["exited_ms"]),
+                        s(&i["restarts"]),
+                        s(&i["last_exit"]),
+                        s(&i["fence"]),
+                    ]);
                 }
                 t
             });
@@ -471,8 +485,10 @@ pub struct DaemonArgs {
     /// exec, with a secret it got at join).
     #[arg(long, default_value = "0.0.0.0:7071", value_name = "ADDR:PORT")]
     listen: SocketAddr,
-    /// How the server reaches that API (default: this host's address on the
-    /// way to the server, and the --listen port).
+    /// How the server reaches that API: https://HOST:PORT (it speaks TLS
+    /// only, with a certificate made at start for HOST, which the server
+    /// pins). Default: this host's address on the way to the server, and
+    /// the --listen port.
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
 }
@@ -552,7 +568,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
     if runtimes.is_empty() {
         bail!("this host offers no runtime: no /dev/kvm (microvm) and no crun or runc (container: apt-get install crun)");
     }
-    let node = crate::cluster::state::Node { name, labels, allocatable, runtimes, cordoned: false, api: None };
+    let node = crate::cluster::state::Node { name, labels, allocatable, runtimes, cordoned: false, api: None, images: None };
     let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()?, cacert: cacert(&a.cacert), listen: a.listen, advertise: a.advertise };
     crate::cluster::node::run(cfg)?;
     Ok(())

@@ -38,7 +38,7 @@ pub struct PsArgs {
     format: OutputFormat,
 }
 
-fn ago(ms: u64) -> String {
+pub(crate) fn ago(ms: u64) -> String {
     let s = crate::runtime::record::now_ms().saturating_sub(ms) / 1000;
     match s {
         0..=59 => format!("{s} s ago"),

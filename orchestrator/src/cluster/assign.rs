@@ -94,6 +94,7 @@ impl Cluster {
                 Observed::Running => {
                     st.state = Some(InstanceState::Running);
                     st.started_ms = Some(now_ms);
+                    st.exited_ms = None;
                     st.last_exit = None;
                 }
                 Observed::Exited { .. } if current && st.state == Some(InstanceState::Exited) => continue,
@@ -104,6 +105,7 @@ impl Cluster {
                     st.restarts.ended(svc.spec.restart, backoff, code, started, now_ms);
                     st.state = Some(InstanceState::Exited);
                     st.last_exit = Some(code);
+                    st.exited_ms = Some(now_ms);
                 }
             }
             st.fence = r.fence;
@@ -189,7 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let c = Cluster::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
         for n in nodes {
-            let node = Node { name: n.to_string(), labels: BTreeMap::new(), allocatable: Resources { millicpus: 4000, memory_mib: 4096 }, runtimes: vec![RuntimeKind::Container], cordoned: false, api: None };
+            let node = Node { name: n.to_string(), labels: BTreeMap::new(), allocatable: Resources { millicpus: 4000, memory_mib: 4096 }, runtimes: vec![RuntimeKind::Container], cordoned: false, api: None, images: None };
             c.register_node(node).unwrap_or_else(|e| panic!("{e}"));
             c.heartbeat(n, 1_000).unwrap_or_else(|e| panic!("{e}"));
         }

@@ -26,6 +26,15 @@ pub struct Tenant {
     pub quota: Quota,
 }
 
+/// What the server needs to call a node's own API: the secret the node
+/// made at start and the certificate its API serves (self-signed, made at
+/// start too), both given at join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAccess {
+    pub secret: String,
+    pub cert: String,
+}
+
 /// A fresh token from the kernel's random pool.
 pub fn new_token() -> std::io::Result<String> {
     let mut b = [0u8; 32];
@@ -102,18 +111,19 @@ impl Cluster {
         Ok(token)
     }
 
-    /// What the server sends to node `name`'s own API (`None`: it has none).
-    pub fn set_node_secret(&self, name: &str, secret: Option<&str>) -> Result<u64, StateError> {
+    /// How the server reaches node `name`'s own API (`None`: it has none).
+    pub fn set_node_access(&self, name: &str, access: Option<&NodeAccess>) -> Result<u64, StateError> {
         let key = format!("/node-secrets/{name}");
-        let op = match secret {
-            Some(s) => Op::Put(key, s.as_bytes().to_vec()),
+        let op = match access {
+            Some(a) => Op::Put(key, serde_json::to_vec(a).map_err(|e| StateError::Corrupt(format!("/node-secrets/{name}"), e.to_string()))?),
             None => Op::Delete(key),
         };
         Ok(self.store.txn(&[], &[op])?)
     }
 
-    pub fn node_secret(&self, name: &str) -> Result<Option<String>, StateError> {
-        Ok(self.store.get(&format!("/node-secrets/{name}"))?.map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+    pub fn node_access(&self, name: &str) -> Result<Option<NodeAccess>, StateError> {
+        let Some(e) = self.store.get(&format!("/node-secrets/{name}"))? else { return Ok(None) };
+        serde_json::from_slice(&e.value).map(Some).map_err(|err| StateError::Corrupt(e.key, err.to_string()))
     }
 
     pub fn tenant(&self, name: &str) -> Result<Tenant, StateError> {

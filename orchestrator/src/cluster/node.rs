@@ -162,8 +162,10 @@ struct Daemon {
     failed_starts: Arc<Mutex<BTreeMap<Key, i32>>>,
     /// From the server: SIGKILL this long after a lease deadline passed.
     kill_after_ms: u64,
-    /// What the server must send to the node API.
+    /// What the server must send to the node API...
     secret: String,
+    /// ...and the certificate that API serves (PEM).
+    cert: String,
 }
 
 /// The address the server sees this host by: `listen` unless it is
@@ -181,6 +183,13 @@ fn own_address(servers: &str, listen: std::net::IpAddr) -> std::net::IpAddr {
     routed.map(|a| a.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
+/// The host of an https:// URL (an IPv6 address without its brackets).
+fn api_host(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let host = u.host_str().filter(|_| u.scheme() == "https")?;
+    Some(host.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let leases = cfg.data.join("node").join("leases");
@@ -192,9 +201,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let listener = rt.block_on(tokio::net::TcpListener::bind(cfg.listen)).map_err(|e| NodeError::Local(format!("the node API on {}: {e}", cfg.listen)))?;
     let port = listener.local_addr().map_err(|e| NodeError::Local(e.to_string()))?.port();
     let mut cfg = cfg;
-    cfg.node.api = Some(cfg.advertise.clone().unwrap_or_else(|| format!("http://{}:{port}", own_address(&cfg.server, cfg.listen.ip()))));
-    rt.spawn(super::node_api::serve(listener, secret.clone(), cfg.data.clone(), cfg.bulkhead.clone()));
-    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, secret };
+    let api = cfg.advertise.clone().unwrap_or_else(|| format!("https://{}", std::net::SocketAddr::new(own_address(&cfg.server, cfg.listen.ip()), port)));
+    // TLS only, with a certificate made now for the advertised host: the
+    // server pins it (it gets it at join, over its own API).
+    let host = api_host(&api).ok_or_else(|| NodeError::Local(format!("--advertise {api:?}: https://HOST:PORT (the node API speaks TLS only)")))?;
+    let (cert, key) = super::tls::self_signed(&[host]).map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
+    let tls = super::tls::server_config_pem(&cert, &key).map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
+    cfg.node.api = Some(api);
+    rt.spawn(super::node_api::serve(listener, tls, secret.clone(), cfg.data.clone(), cfg.bulkhead.clone()));
+    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, secret, cert };
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| NodeError::Local(e.to_string()))?;
         tokio::select! {
@@ -207,8 +222,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
 
 impl Daemon {
     async fn join(&mut self) -> Result<(String, u64), NodeError> {
+        self.cfg.node.images = local_images(&self.cfg.data);
         let mut body = serde_json::to_value(&self.cfg.node).unwrap_or_default();
         body["api_secret"] = json!(self.secret);
+        body["api_cert"] = json!(self.cert);
         let j: Joined = self.client.post("/v1/nodes/join", &self.cfg.join_token, body).await?;
         self.kill_after_ms = j.kill_after_ms;
         eprintln!("bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)", self.client.name(), self.cfg.node.name, j.heartbeat_ms, j.lease_ms);
@@ -268,7 +285,7 @@ impl Daemon {
         // server's own reckoning (its heartbeat time + the lease).
         let sent = monotonic_ms();
         let path = format!("/v1/nodes/{}/sync", self.cfg.node.name);
-        let s: Synced = self.client.post(&path, token, json!({ "reports": reports })).await?;
+        let s: Synced = self.client.post(&path, token, json!({ "reports": reports, "images": local_images(&self.cfg.data) })).await?;
         self.kill_after_ms = s.kill_after_ms;
         let deadline = sent.saturating_add(s.lease_ms);
         let assigned: BTreeMap<Key, Assignment> = s.assignments.into_iter().map(|a| (Key::of(&a), a)).collect();
@@ -386,6 +403,14 @@ fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, leas
 }
 
 /// This node's instances among the local workloads.
+/// What the local image store holds, as the server matches a service's
+/// image: every name and the manifest digests they point at. `None` when
+/// the store cannot be read (the server then keeps what it was told last).
+fn local_images(data: &Path) -> Option<BTreeSet<String>> {
+    let refs = bulkhead_images::store::Store::open(data).and_then(|s| s.refs()).ok()?;
+    Some(refs.into_iter().flat_map(|(name, digest)| [name, digest.to_string()]).collect())
+}
+
 pub(crate) fn local_instances(data: &Path) -> Result<BTreeMap<Key, Record>, NodeError> {
     let state = State::new(Paths::new(data));
     let records = state.list().map_err(|e| NodeError::Local(e.to_string()))?;

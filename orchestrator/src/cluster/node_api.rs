@@ -2,9 +2,12 @@
 //! logs and a command run in it (what `bulkhead instance logs|exec` asks
 //! the server for; the server checks the tenant, then asks the node).
 //!
-//! Each request carries the secret the node made at start and gave the
-//! server when it joined; the node acts only on its own cluster instances
-//! (found by their BULKHEAD_* environment), never on other workloads.
+//! It speaks TLS only, with a certificate the node makes at start. Each
+//! request carries the secret the node made at start too; it gave both to
+//! the server when it joined (the server pins the certificate, so the
+//! secret never crosses the network in the clear). The node acts only on
+//! its own cluster instances (found by their BULKHEAD_* environment), never
+//! on other workloads.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,11 +119,11 @@ async fn exec(State(app): State<NodeApp>, headers: HeaderMap, Json(req): Json<Ex
     }
 }
 
-/// Serves the node API on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, secret: String, data: PathBuf, bulkhead: PathBuf) -> std::io::Result<()> {
+/// Serves the node API over TLS on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, secret: String, data: PathBuf, bulkhead: PathBuf) -> std::io::Result<()> {
     let app = NodeApp { secret: Arc::new(secret), data, bulkhead };
     let router = Router::new().route("/logs", get(logs)).route("/exec", post(exec)).with_state(app);
-    axum::serve(listener, router).await
+    super::tls::serve(listener, router, tls).await
 }
 
 #[cfg(test)]

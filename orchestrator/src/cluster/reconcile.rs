@@ -134,7 +134,7 @@ mod tests {
     }
 
     fn inst(service: &str, index: u32, node: &str, state: InstanceState) -> Seen {
-        let instance = Instance { tenant: "t".into(), service: service.into(), index, node: node.into(), state, request: Resources::default(), restarts: 0, last_exit: None, fence: 0 };
+        let instance = Instance { tenant: "t".into(), service: service.into(), index, node: node.into(), state, request: Resources::default(), restarts: 0, last_exit: None, started_ms: None, exited_ms: None, fence: 0 };
         Seen { instance, restarts: Restarts::default() }
     }
 

@@ -1,6 +1,6 @@
 //! Where instances go. A pure function of a snapshot (nodes with what they
 //! hold, one service's request): filter (ready, not cordoned, labels,
-//! runtime, anti-affinity, free CPU and memory), then score (spread: the
+//! runtime, the image, anti-affinity, free CPU and memory), then score (spread: the
 //! fewest of this service, then the least loaded; binpack: the most loaded
 //! that fits), ties broken by node name, so the same snapshot always gives
 //! the same answer whatever order the nodes come in. All or nothing: a
@@ -25,6 +25,9 @@ pub struct NodeView {
     /// Heartbeating within the grace.
     pub ready: bool,
     pub runtimes: Vec<RuntimeKind>,
+    /// The service's image is in the node's store (or the node does not
+    /// say what it holds).
+    pub has_image: bool,
     /// Instances of the service being placed already there.
     pub this_service: u32,
 }
@@ -48,6 +51,7 @@ pub struct Refusals {
     pub cordoned: usize,
     pub labels: usize,
     pub runtime: usize,
+    pub image: usize,
     pub anti_affinity: usize,
     pub cpu: usize,
     pub memory: usize,
@@ -64,6 +68,7 @@ impl fmt::Display for Refusals {
             (self.cordoned, "cordoned"),
             (self.labels, "without the placement labels"),
             (self.runtime, "without the runtime"),
+            (self.image, "without the image"),
             (self.anti_affinity, "holding a replica already (anti_affinity)"),
             (self.cpu, "short of CPU"),
             (self.memory, "short of memory"),
@@ -100,6 +105,8 @@ fn static_refusal(n: &NodeView, req: &Request, r: &mut Refusals) -> bool {
         &mut r.labels
     } else if !n.runtimes.contains(&req.runtime) {
         &mut r.runtime
+    } else if !n.has_image {
+        &mut r.image
     } else {
         return false;
     };
@@ -205,6 +212,7 @@ mod tests {
             cordoned: false,
             ready: true,
             runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
+            has_image: true,
             this_service: 0,
         }
     }
@@ -234,21 +242,22 @@ mod tests {
 
     #[test]
     fn refusals_say_why_and_nothing_is_placed() {
-        let mut nodes = vec![node("a", 1, 8192), node("b", 8, 256), node("c", 8, 8192), node("d", 8, 8192), node("e", 8, 8192), node("f", 8, 8192)];
+        let mut nodes = vec![node("a", 1, 8192), node("b", 8, 256), node("c", 8, 8192), node("d", 8, 8192), node("e", 8, 8192), node("f", 8, 8192), node("g", 8, 8192)];
         nodes[2].cordoned = true;
         nodes[3].ready = false;
         nodes[4].runtimes = vec![RuntimeKind::Container];
         nodes[5].labels.insert("zone".into(), "b".into());
+        nodes[6].has_image = false;
         let zone_a: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
         let e = place(&nodes, &req(&zone_a, Strategy::Spread, false), 1).unwrap_err();
-        assert_eq!(e.refusals.labels, 6 - 2, "cordoned and not-ready count first: {e}");
+        assert_eq!(e.refusals.labels, 7 - 2, "cordoned and not-ready count first: {e}");
         let none = BTreeMap::new();
         // a and f take one each; the third finds them taken and b short of memory.
         let e = place(&nodes, &req(&none, Strategy::Spread, true), 3).unwrap_err();
-        assert_eq!((e.placed, e.refusals.cordoned, e.refusals.not_ready, e.refusals.runtime, e.refusals.anti_affinity, e.refusals.memory), (2, 1, 1, 1, 2, 1), "{e}");
+        assert_eq!((e.placed, e.refusals.cordoned, e.refusals.not_ready, e.refusals.runtime, e.refusals.image, e.refusals.anti_affinity, e.refusals.memory), (2, 1, 1, 1, 1, 2, 1), "{e}");
         assert_eq!(place(&nodes, &req(&none, Strategy::Spread, true), 2).map(|p| names(&nodes, &p)), Ok(vec!["f".to_string(), "a".to_string()]), "the less loaded first");
         let text = e.to_string();
-        assert!(text.contains("only 2 fit") && text.contains("1 cordoned") && text.contains("short of memory") && text.contains("anti_affinity"), "{text}");
+        assert!(text.contains("only 2 fit") && text.contains("1 cordoned") && text.contains("short of memory") && text.contains("anti_affinity") && text.contains("1 without the image"), "{text}");
         assert_eq!(place(&[], &req(&none, Strategy::Spread, false), 1).unwrap_err().refusals.to_string(), "there are no nodes");
         assert_eq!(place(&[], &req(&none, Strategy::Spread, false), 0), Ok(vec![]));
     }
@@ -267,7 +276,7 @@ mod tests {
     const ZONES: [&str; 3] = ["a", "b", "c"];
 
     fn arb_node() -> impl proptest::strategy::Strategy<Value = NodeView> {
-        (0u64..16, 0u64..16384, 0u64..16, 0u64..16384, any::<bool>(), any::<bool>(), 0usize..3, 0u32..3, 0usize..4).prop_map(|(cpu, mib, ucpu, umib, cordoned, ready, zone, mine, rts)| {
+        (0u64..16, 0u64..16384, 0u64..16, 0u64..16384, any::<bool>(), any::<bool>(), 0usize..3, 0u32..3, 0usize..4, 0u8..8).prop_map(|(cpu, mib, ucpu, umib, cordoned, ready, zone, mine, rts, image)| {
             let allocatable = Resources { millicpus: cpu * 1000, memory_mib: mib };
             NodeView {
                 name: String::new(),
@@ -281,6 +290,7 @@ mod tests {
                     1 => vec![RuntimeKind::Container],
                     _ => vec![RuntimeKind::Microvm, RuntimeKind::Container],
                 },
+                has_image: image != 0,
                 this_service: mine,
             }
         })
@@ -331,7 +341,7 @@ mod tests {
                 for (i, k) in added {
                     let n = &nodes[i];
                     prop_assert!(n.allocated.plus(each.times(k)).within(n.allocatable), "overcommitted {}", n.name);
-                    prop_assert!(n.ready && !n.cordoned && n.runtimes.contains(&runtime));
+                    prop_assert!(n.ready && !n.cordoned && n.runtimes.contains(&runtime) && n.has_image);
                     prop_assert!(labels.iter().all(|(k, v)| n.labels.get(k) == Some(v)));
                     prop_assert!(!anti || (k == 1 && n.this_service == 0), "anti-affinity on {}", n.name);
                 }

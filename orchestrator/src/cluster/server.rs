@@ -32,8 +32,8 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/nodes", "admin", "Nodes with readiness, allocation and instance counts."),
     ("post", "/v1/nodes/{name}/heartbeat", "admin", "The node is alive."),
     ("post", "/v1/nodes/tokens", "admin", "A new join token for `bulkhead node --join-token`."),
-    ("post", "/v1/nodes/join", "join token", "A node joins ({name, labels, allocatable, runtimes}): registered, and given its own token and the cluster's timing."),
-    ("post", "/v1/nodes/{name}/sync", "that node", "Heartbeat with reports ({reports: [{tenant, service, index, fence, state: running|exited, code}]}); returns its assignments."),
+    ("post", "/v1/nodes/join", "join token", "A node joins ({name, labels, allocatable, runtimes, images, api, api_secret, api_cert}; its API https only, with that certificate): registered, and given its own token and the cluster's timing."),
+    ("post", "/v1/nodes/{name}/sync", "that node", "Heartbeat with reports ({reports: [{tenant, service, index, fence, state: running|exited, code}], images}); returns its assignments."),
     ("post", "/v1/nodes/{name}/cordon", "admin", "No new instances on the node."),
     ("post", "/v1/nodes/{name}/uncordon", "admin", "New instances may go to the node again."),
     ("post", "/v1/nodes/{name}/drain", "admin", "Cordon the node and move its instances elsewhere."),
@@ -82,8 +82,6 @@ struct App {
     cluster: Arc<Cluster>,
     clock: Arc<dyn Clock>,
     settings: Settings,
-    /// To the nodes' own APIs (logs, exec).
-    http: reqwest::Client,
 }
 
 /// An error as the API returns it: a status and `{"error": "..."}`.
@@ -102,7 +100,7 @@ impl From<StateError> for ApiError {
             StateError::Spec(_) => StatusCode::BAD_REQUEST,
             StateError::NoService(_) | StateError::NoNode(_) => StatusCode::NOT_FOUND,
             StateError::Exists(_) | StateError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
-            StateError::Unschedulable(_) | StateError::OverQuota(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Unschedulable(_) | StateError::OverQuota(_) | StateError::UnknownImage { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Store(StoreError::NotLeader(_)) => StatusCode::SERVICE_UNAVAILABLE,
             StateError::Store(_) | StateError::Corrupt(..) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -247,12 +245,22 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
     if who(&app, &headers)? != Principal::Join {
         return Err(ApiError(StatusCode::FORBIDDEN, "joining needs a join token (`bulkhead node token create`)".into()));
     }
-    let JoinRequest { node: mut n, api_secret } = body(&text)?;
+    let JoinRequest { node: mut n, api_secret, api_cert } = body(&text)?;
     valid_node(&n)?;
     n.cordoned = false; // kept as it was by register_node
+    // The node API only over TLS with the certificate the node gave: its
+    // secret never crosses the network in the clear.
+    let access = match (api_secret, api_cert, n.api.as_deref()) {
+        (Some(secret), Some(cert), Some(api)) if api.starts_with("https://") => {
+            super::tls::pinned_client(&cert).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("api_cert: {e}")))?;
+            Some(super::auth::NodeAccess { secret, cert })
+        }
+        (None, None, _) => None,
+        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "a node API needs api_secret, api_cert and an https:// api URL".into())),
+    };
     let name = n.name.clone();
     app.cluster.register_node(n)?;
-    app.cluster.set_node_secret(&name, api_secret.as_deref())?;
+    app.cluster.set_node_access(&name, access.as_ref())?;
     app.cluster.heartbeat(&name, app.clock.now_ms())?;
     let token = app.cluster.issue_node_token(&name)?;
     let s = app.settings;
@@ -263,22 +271,27 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
 struct JoinRequest {
     #[serde(flatten)]
     node: Node,
-    /// What the server sends to the node's own API.
+    /// What the server sends to the node's own API...
     #[serde(default)]
     api_secret: Option<String>,
+    /// ...and the certificate that API serves (PEM), pinned.
+    #[serde(default)]
+    api_cert: Option<String>,
 }
 
-/// The instance `index` of the caller's `service`, its node's API and secret.
-fn instance_on_node(app: &App, headers: &HeaderMap, service: &str, index: &str) -> Result<(super::node_api::Target, String, String), ApiError> {
+/// The instance `index` of the caller's `service`, its node's API, the
+/// secret for it and a client that trusts only that node's certificate.
+fn instance_on_node(app: &App, headers: &HeaderMap, service: &str, index: &str) -> Result<(super::node_api::Target, String, String, reqwest::Client), ApiError> {
     let (t, _) = tenant(app, headers)?;
     let index: u32 = index.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("instance {index:?}: a number")))?;
     app.cluster.service(&t, service)?; // another tenant's: not found
     let i = app.cluster.instances(Some(&t))?.into_iter().find(|i| i.service == service && i.index == index).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no instance {service}/{index}")))?;
     let node = app.cluster.nodes()?.into_iter().map(|(n, _)| n).find(|n| n.name == i.node).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node {}", i.node)))?;
-    let (Some(api), Some(secret)) = (node.api, app.cluster.node_secret(&node.name)?) else {
+    let (Some(api), Some(access)) = (node.api, app.cluster.node_access(&node.name)?) else {
         return Err(ApiError(StatusCode::CONFLICT, format!("node {} has no API (it did not join through `bulkhead node`)", node.name)));
     };
-    Ok((super::node_api::Target { tenant: t, service: service.into(), index, fence: i.fence }, api, secret))
+    let http = super::tls::pinned_client(&access.cert).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("node {}'s certificate: {e}", node.name)))?;
+    Ok((super::node_api::Target { tenant: t, service: service.into(), index, fence: i.fence }, api, access.secret, http))
 }
 
 /// Relays the node's answer (status and body) or says it cannot be reached.
@@ -299,13 +312,13 @@ async fn instance_logs(State(app): State<App>, headers: HeaderMap, Path((name, i
         None | Some("") => None,
         Some(q) => Some(q.strip_prefix("tail=").and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, format!("query {q:?}: only tail=N")))?),
     };
-    let (t, api, secret) = instance_on_node(&app, &headers, &name, &index)?;
+    let (t, api, secret, http) = instance_on_node(&app, &headers, &name, &index)?;
     // Tenant and service names are letters, digits, '_', '.', '-': nothing to escape.
     let mut url = format!("{api}/logs?tenant={}&service={}&index={}&fence={}", t.tenant, t.service, t.index, t.fence);
     if let Some(n) = tail {
         url += &format!("&tail={n}");
     }
-    let resp = app.http.get(url).bearer_auth(secret).timeout(std::time::Duration::from_secs(30)).send().await;
+    let resp = http.get(url).bearer_auth(secret).timeout(std::time::Duration::from_secs(30)).send().await;
     relay(resp, &api).await
 }
 
@@ -316,11 +329,11 @@ struct Exec {
 }
 
 async fn instance_exec(State(app): State<App>, headers: HeaderMap, Path((name, index)): Path<(String, String)>, text: String) -> ApiResult {
-    let (t, api, secret) = instance_on_node(&app, &headers, &name, &index)?;
+    let (t, api, secret, http) = instance_on_node(&app, &headers, &name, &index)?;
     let e: Exec = body(&text)?;
     let req = super::node_api::ExecRequest { target: t, command: e.command };
     let timeout = super::node_api::EXEC_TIMEOUT + std::time::Duration::from_secs(10);
-    let resp = app.http.post(format!("{api}/exec")).json(&req).bearer_auth(secret).timeout(timeout).send().await;
+    let resp = http.post(format!("{api}/exec")).json(&req).bearer_auth(secret).timeout(timeout).send().await;
     relay(resp, &api).await
 }
 
@@ -329,6 +342,9 @@ async fn instance_exec(State(app): State<App>, headers: HeaderMap, Path((name, i
 struct Sync {
     #[serde(default)]
     reports: Vec<Report>,
+    /// The node's images now (`None`: not said, the record keeps its own).
+    #[serde(default)]
+    images: Option<std::collections::BTreeSet<String>>,
 }
 
 async fn sync(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>, text: String) -> ApiResult {
@@ -338,6 +354,13 @@ async fn sync(State(app): State<App>, headers: HeaderMap, Path(name): Path<Strin
     let s: Sync = body(&text)?;
     let now = app.clock.now_ms();
     app.cluster.heartbeat(&name, now)?;
+    if let Some(images) = s.images {
+        // Best effort: a raced write is tried again at the next sync, and
+        // must not cost this one (it renews the node's leases).
+        if let Err(e) = app.cluster.set_node_images(&name, images) {
+            eprintln!("bulkhead server: node {name}'s images: {e}");
+        }
+    }
     app.cluster.report(&name, &s.reports, now, &app.settings.backoff)?;
     ok(json!({ "assignments": app.cluster.assignments(&name)?, "lease_ms": app.settings.timing.lease_ms, "kill_after_ms": app.settings.kill_after_ms }))
 }
@@ -478,8 +501,7 @@ fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) 
 pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<()> {
     // Stored times (heartbeats, backoff) must mean the same to the next leader.
     let clock: Arc<dyn Clock> = Arc::new(WallClock);
-    let http = super::tls::client(None).map_err(std::io::Error::other)?;
-    let app = App { cluster, clock: Arc::clone(&clock), settings, http };
+    let app = App { cluster, clock: Arc::clone(&clock), settings };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("bulkhead server: listening on {scheme}://{}", listener.local_addr()?);
@@ -496,30 +518,10 @@ pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings
         None => axum::serve(listener, router(app)).with_graceful_shutdown(stop).await,
         Some(config) => {
             tokio::select! {
-                r = serve_tls(listener, router(app), config) => r,
+                r = super::tls::serve(listener, router(app), config) => r,
                 _ = stop => Ok(()),
             }
         }
     }
 }
 
-/// Each connection: the TLS handshake (10 s at most), then HTTP/1.1.
-async fn serve_tls(listener: tokio::net::TcpListener, app: Router, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("bulkhead server: accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-        });
-    }
-}

@@ -6,7 +6,7 @@
 //! live apart so they do not fail deploys. Records are JSON under:
 //!
 //! ```text
-//! /nodes/<node>                          Node (capacity, labels, cordon)
+//! /nodes/<node>                          Node (capacity, labels, cordon, images)
 //! /heartbeats/<node>                     its last heartbeat (ms)
 //! /placements                            rewritten by every placement change
 //! /services/<tenant>/<service>           ServiceRecord (the checked spec)
@@ -15,7 +15,7 @@
 //! /status/<tenant>/<service>/<index>     InstanceStatus: what its node reported
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -41,6 +41,8 @@ pub enum StateError {
     NoNode(String),
     #[error("service {0:?} exists (scale it, or remove it first)")]
     Exists(String),
+    #[error("image {image:?} is in the store of none of the {nodes} nodes (pull or import it there first: `bulkhead image pull|import`)")]
+    UnknownImage { image: String, nodes: usize },
     #[error("a damaged record at {0}: {1}")]
     Corrupt(String, String),
 }
@@ -55,6 +57,19 @@ pub struct Node {
     /// The node daemon's own API (logs, exec), if it has one.
     #[serde(default)]
     pub api: Option<String>,
+    /// What its image store holds: names as `bulkhead image ls` shows them
+    /// and manifest digests. `None`: not said (a node registered through
+    /// the API by hand), so any image may be placed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<BTreeSet<String>>,
+}
+
+impl Node {
+    /// Whether a service naming `image` (`name[:tag]` or a digest) can run
+    /// here: as `bulkhead run` resolves it in the node's store.
+    pub fn may_have_image(&self, image: &str) -> bool {
+        self.images.as_ref().is_none_or(|held| held.contains(image) || held.contains(&bulkhead_images::store::normalise(image)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +98,12 @@ pub struct Instance {
     pub request: Resources,
     pub restarts: u32,
     pub last_exit: Option<i32>,
+    /// When its node first reported this copy running, and exited (server
+    /// wall clock, ms since the epoch; from the status record).
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    #[serde(default)]
+    pub exited_ms: Option<u64>,
     /// The store revision that assigned it (placed or restarted): nodes run
     /// only the copy with the current fence, and reports about any other
     /// are ignored.
@@ -100,6 +121,9 @@ pub struct InstanceStatus {
     pub last_exit: Option<i32>,
     /// When it was first reported running (server clock).
     pub started_ms: Option<u64>,
+    /// When it was reported exited (server clock).
+    #[serde(default)]
+    pub exited_ms: Option<u64>,
     pub restarts: Restarts,
 }
 
@@ -180,6 +204,20 @@ impl Cluster {
             None => Compare::Absent(key.clone()),
         };
         Ok(self.store.txn(&[guard], &[Op::Put(key, encode(&node))])?)
+    }
+
+    /// The images node `name` holds now, when they changed since it said
+    /// last (a write only then: the record's revision guards placements).
+    pub fn set_node_images(&self, name: &str, images: BTreeSet<String>) -> Result<bool, StateError> {
+        let key = node_key(name);
+        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
+        let mut node: Node = decode(&e)?;
+        if node.images.as_ref() == Some(&images) {
+            return Ok(false);
+        }
+        node.images = Some(images);
+        self.store.txn(&[Compare::Revision(key.clone(), e.revision)], &[Op::Put(key, encode(&node))])?;
+        Ok(true)
     }
 
     /// A node is alive at `now_ms` (the server's clock).
@@ -263,6 +301,7 @@ impl Cluster {
             if st.fence == i.fence {
                 i.state = st.state.unwrap_or(InstanceState::Pending);
                 i.last_exit = st.last_exit;
+                (i.started_ms, i.exited_ms) = (st.started_ms, st.exited_ms);
             }
             out.push((i, st));
         }
@@ -281,7 +320,7 @@ impl Cluster {
 
     /// The nodes as the scheduler sees them for `service`, each with the
     /// revision read (the write is guarded by it).
-    fn snapshot(&self, tenant: &str, service: &str, ready_after_ms: u64) -> Result<(Vec<NodeView>, Vec<Compare>, Op), StateError> {
+    fn snapshot(&self, tenant: &str, service: &str, image: &str, ready_after_ms: u64) -> Result<(Vec<NodeView>, Vec<Compare>, Op), StateError> {
         let (placements, bump) = self.placements_guard()?;
         let nodes = self.nodes()?;
         let all = self.instances(None)?;
@@ -293,7 +332,8 @@ impl Cluster {
             let this_service = on.iter().filter(|i| i.tenant == tenant && i.service == service).count() as u32;
             guards.push(Compare::Revision(node_key(&n.name), rev));
             let ready = self.last_heartbeat_ms(&n.name)? >= ready_after_ms;
-            views.push(NodeView { name: n.name, labels: n.labels, allocatable: n.allocatable, allocated, cordoned: n.cordoned, ready, runtimes: n.runtimes, this_service });
+            let has_image = n.may_have_image(image);
+            views.push(NodeView { name: n.name, labels: n.labels, allocatable: n.allocatable, allocated, cordoned: n.cordoned, ready, runtimes: n.runtimes, has_image, this_service });
         }
         Ok((views, guards, bump))
     }
@@ -359,7 +399,12 @@ impl Cluster {
         let mine = self.instances(Some(tenant))?;
         let used = mine.iter().fold(Resources::default(), |a, i| a.plus(i.request));
         schedule::check_quota(quota, used, mine.len() as u64, record.request.times(u64::from(count)), u64::from(count))?;
-        let (views, node_guards, bump) = self.snapshot(tenant, &record.spec.name, ready_after_ms)?;
+        let (views, node_guards, bump) = self.snapshot(tenant, &record.spec.name, &record.spec.image, ready_after_ms)?;
+        if !views.is_empty() && views.iter().all(|v| !v.has_image) {
+            // An unknown image (a typo, or never pulled): said as such, not
+            // as a placement refused by every node.
+            return Err(StateError::UnknownImage { image: record.spec.image.clone(), nodes: views.len() });
+        }
         let p = &record.spec.placement;
         let req = Request { each: record.request, runtime: record.spec.runtime, labels: &p.labels, anti_affinity: p.anti_affinity, strategy: p.strategy };
         let placed = schedule::place(&views, &req, count as usize)?;
@@ -370,7 +415,7 @@ impl Cluster {
             let index = first_index + k as u32;
             let node = views[node_index].name.clone();
             let inst =
-                Instance { tenant: tenant.clone(), service: record.spec.name.clone(), index, node: node.clone(), state: InstanceState::Pending, request: record.request, restarts: 0, last_exit: None, fence: 0 };
+                Instance { tenant: tenant.clone(), service: record.spec.name.clone(), index, node: node.clone(), state: InstanceState::Pending, request: record.request, restarts: 0, last_exit: None, started_ms: None, exited_ms: None, fence: 0 };
             ops.push(Op::Put(instance_key(tenant, &record.spec.name, index), encode(&inst)));
             change.placed.push((index, node));
         }
@@ -402,6 +447,7 @@ mod tests {
                 runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
                 cordoned: false,
                 api: None,
+                images: None,
             };
             c.register_node(n).unwrap_or_else(|e| panic!("{e}"));
             c.heartbeat(&format!("n{i}"), 100).unwrap_or_else(|e| panic!("{e}"));
@@ -438,6 +484,39 @@ mod tests {
         assert_eq!(c.instances(Some("acme")).unwrap_or_default().len(), 3);
         assert_eq!(c.service("acme", "web").map(|r| r.spec.replicas).ok(), Some(3));
         assert!(matches!(c.deploy("acme", &Quota::default(), &s, 0, false), Err(StateError::Exists(_))));
+    }
+
+    #[test]
+    fn images_nodes_lack_are_refused_and_go_only_where_they_are() {
+        let (_d, c) = cluster(3);
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+        for (n, held) in [("n0", set(&["bb:latest"])), ("n1", set(&["other:1"])), ("n2", set(&["bb:latest", "sha256:abc"]))] {
+            assert!(c.set_node_images(n, held.clone()).unwrap_or_else(|e| panic!("{e}")));
+            let rev = c.store.revision().unwrap_or(0);
+            assert!(!c.set_node_images(n, held).unwrap_or_else(|e| panic!("{e}")), "the same set again");
+            assert_eq!(c.store.revision().unwrap_or(0), rev, "and no write");
+        }
+        let before = c.store.revision().unwrap_or(0);
+        let e = c.deploy("acme", &Quota::default(), &svc("name: t\nimage: bb:typo\n"), 0, false).unwrap_err();
+        assert!(matches!(&e, StateError::UnknownImage { image, nodes: 3 } if image == "bb:typo"), "{e}");
+        assert!(e.to_string().contains("none of the 3 nodes"), "{e}");
+        assert_eq!(c.store.revision().unwrap_or(0), before, "nothing written");
+        // "bb" is bb:latest, as `bulkhead run` resolves it; a digest as itself.
+        c.deploy("acme", &Quota::default(), &svc("name: web\nimage: bb\nreplicas: 4\n"), 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.instances(Some("acme")).unwrap_or_default().iter().all(|i| i.node != "n1"));
+        let d = c.deploy("acme", &Quota::default(), &svc("name: pinned\nimage: sha256:abc\nreplicas: 2\n"), 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(d.placed.iter().all(|(_, n)| n == "n2"), "{d:?}");
+        // Only n1 has it, and n1 is cordoned: a placement refusal that says so.
+        c.cordon("n1", true).unwrap_or_else(|e| panic!("{e}"));
+        let e = c.deploy("acme", &Quota::default(), &svc("name: o\nimage: other:1\n"), 0, false).unwrap_err();
+        assert!(e.to_string().contains("1 cordoned, 2 without the image"), "{e}");
+        // A node that never said what it holds may run anything.
+        let mut n3 = c.nodes().unwrap_or_default()[0].0.clone();
+        (n3.name, n3.images) = ("n3".into(), None);
+        c.register_node(n3).unwrap_or_else(|e| panic!("{e}"));
+        c.heartbeat("n3", 100).unwrap_or_else(|e| panic!("{e}"));
+        let d = c.deploy("acme", &Quota::default(), &svc("name: t\nimage: bb:typo\n"), 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.placed, [(0, "n3".to_string())]);
     }
 
     #[test]

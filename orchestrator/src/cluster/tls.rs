@@ -1,7 +1,9 @@
 //! TLS for the control plane's API (rustls with the ring provider): the
 //! server's certificate and key from PEM files, a self-signed pair for
 //! trying it out (`bulkhead tls self-signed`), and the clients' trust (a CA
-//! file, or the system's roots).
+//! file, or the system's roots). Node daemons serve their own API with a
+//! self-signed certificate made at start, which the server pins (it got
+//! it at join, over the server's own API).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,12 +34,18 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         return Err(file_err(cert, "no PEM certificate in it"));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("no PEM private key in it ({e})")))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| TlsError::Config(format!("{} and {} do not make a certificate and its key: {e}", cert.display(), key.display())))?;
+    config_of(chain, key_der).map_err(|e| TlsError::Config(format!("{} and {} do not make a certificate and its key: {e}", cert.display(), key.display())))
+}
+
+/// The same from PEM text (a node's own pair, made at start).
+pub fn server_config_pem(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>().map_err(|e| TlsError::Config(format!("the certificate: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| TlsError::Config(format!("the key: {e}")))?;
+    config_of(chain, key_der).map_err(|e| TlsError::Config(format!("the certificate and its key: {e}")))
+}
+
+fn config_of(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let config = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?.with_no_client_auth().with_single_cert(chain, key)?;
     Ok(Arc::new(config))
 }
 
@@ -69,6 +77,38 @@ pub fn client(ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
     }
 }
 
+/// A client that trusts `cert` (PEM) and nothing else: a node's own API.
+pub fn pinned_client(cert: &str) -> Result<reqwest::Client, TlsError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = reqwest::Certificate::from_pem_bundle(cert.as_bytes()).map_err(|e| TlsError::Config(format!("the pinned certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Config("the pinned certificate: no PEM certificate".into()));
+    }
+    reqwest::Client::builder().tls_certs_only(certs).build().map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// Serves `app` over TLS on `listener`: each connection's handshake (10 s
+/// at most), then HTTP/1.1. Runs until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("bulkhead: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +132,28 @@ mod tests {
         assert!(server_config(&junk, &k).is_err());
         assert!(err(server_config(&dir.path().join("none"), &k)).contains("none"));
         assert!(client(Some(&junk)).is_err() && client(Some(&c)).is_ok() && client(None).is_ok());
+        assert!(server_config_pem(&cert, &key).is_ok() && server_config_pem(&key, &key).is_err() && server_config_pem(&cert, &cert).is_err());
+        assert!(pinned_client("junk").is_err() && pinned_client(&cert).is_ok());
+    }
+
+    /// A pinned client reaches the server with that certificate, and no
+    /// other: not one with another self-signed certificate for the same
+    /// name, not plain HTTP.
+    #[test]
+    fn a_pinned_client_trusts_its_certificate_only() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let (cert, key) = self_signed(&["127.0.0.1".into()]).unwrap_or_else(|e| panic!("{e}"));
+            let (other, _) = self_signed(&["127.0.0.1".into()]).unwrap_or_else(|e| panic!("{e}"));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+            let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+            let app = axum::Router::new().route("/hi", axum::routing::get(|| async { "hello" }));
+            tokio::spawn(serve(listener, app, server_config_pem(&cert, &key).unwrap_or_else(|e| panic!("{e}"))));
+            let url = format!("https://127.0.0.1:{port}/hi");
+            let got = pinned_client(&cert).unwrap_or_else(|e| panic!("{e}")).get(&url).send().await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got.text().await.unwrap_or_default(), "hello");
+            assert!(pinned_client(&other).unwrap_or_else(|e| panic!("{e}")).get(&url).send().await.is_err(), "another certificate for the same name");
+            assert!(client(None).unwrap_or_else(|e| panic!("{e}")).get(format!("http://127.0.0.1:{port}/hi")).send().await.map(|r| !r.status().is_success()).unwrap_or(true), "plain HTTP gets nothing");
+        });
     }
 }
