@@ -201,8 +201,16 @@ fn check_pty() -> CheckResult {
     let mut slave = fs::OpenOptions::new().read(true).write(true).open(&name).map_err(|e| format!("open {name}: {e}"))?;
     slave.write_all(b"ping\n").map_err(|e| format!("write slave: {e}"))?;
     let mut master_file = fs::File::from(std::os::fd::OwnedFd::from(master));
+    // The line may come in pieces (the tty layer passes it on from a
+    // work queue): read until its end, or 16 bytes.
     let mut buf = [0u8; 16];
-    let n = master_file.read(&mut buf).map_err(|e| format!("read master: {e}"))?;
+    let mut n = 0;
+    while n < buf.len() && !buf[..n].contains(&b'\n') {
+        match master_file.read(&mut buf[n..]).map_err(|e| format!("read master: {e}"))? {
+            0 => break,
+            got => n += got,
+        }
+    }
     // The line discipline turns "\n" into "\r\n" (ONLCR): proof a real tty sits between.
     if &buf[..n] == b"ping\r\n" {
         Ok(name)

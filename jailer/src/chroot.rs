@@ -19,18 +19,42 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     move |source| ChrootError::Io { what, path: path.to_path_buf(), source }
 }
 
-/// `<base>/<id>` (created, 0700) and its `root` (0755, so the VMM's uid can
-/// walk it). `base` was checked symlink-free by the caller.
-pub fn create(base: &Path, id: &str) -> Result<(PathBuf, PathBuf), ChrootError> {
+/// The jail dir's lock: held by its jailer for as long as the jail lives
+/// (a sweep, `cleanup::unheld`, leaves a held jail alone).
+pub type Held = nix::fcntl::Flock<std::fs::File>;
+
+fn lock(path: &Path, how: nix::fcntl::FlockArg) -> Result<Held, ChrootError> {
+    let f = std::fs::File::open(path).map_err(io("open", path))?;
+    nix::fcntl::Flock::lock(f, how).map_err(|(_, e)| io("lock", path)(e.into()))
+}
+
+/// `<base>/<id>` (created, 0700, and locked) and its `root` (0755, so the
+/// VMM's uid can walk it). `base` was checked symlink-free by the caller.
+/// Made under a shared lock on `base`, which a sweep takes exclusively:
+/// no sweep sees the dir between its making and its locking.
+pub fn create(base: &Path, id: &str) -> Result<(PathBuf, PathBuf, Held), ChrootError> {
+    let making = lock(base, nix::fcntl::FlockArg::LockShared)?;
     let jail = base.join(id);
     match std::fs::DirBuilder::new().mode(0o700).create(&jail) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(ChrootError::Exists(jail)),
         Err(e) => return Err(io("create", &jail)(e)),
     }
+    let held = lock(&jail, nix::fcntl::FlockArg::LockExclusiveNonblock)?;
+    drop(making);
     let root = jail.join("root");
     std::fs::DirBuilder::new().mode(0o755).create(&root).map_err(io("create", &root))?;
-    Ok((jail, root))
+    Ok((jail, root, held))
+}
+
+/// Whether jail dir `jail` is held by a live jailer.
+pub fn is_held(jail: &Path) -> bool {
+    matches!(lock(jail, nix::fcntl::FlockArg::LockExclusiveNonblock), Err(ChrootError::Io { what: "lock", .. }))
+}
+
+/// The exclusive lock on `base` a sweep holds while it decides (see `create`).
+pub fn lock_base(base: &Path) -> Result<Held, ChrootError> {
+    lock(base, nix::fcntl::FlockArg::LockExclusive)
 }
 
 /// Where `host` appears inside `root`: the same absolute path.
@@ -82,8 +106,11 @@ mod tests {
     #[test]
     fn fresh_dirs_only_and_mount_points_at_the_same_path() {
         let base = tempfile::tempdir().unwrap();
-        let (jail, root) = create(base.path(), "j1").unwrap();
+        let (jail, root, held) = create(base.path(), "j1").unwrap();
         assert!(matches!(create(base.path(), "j1"), Err(ChrootError::Exists(_))));
+        assert!(is_held(&jail), "its jailer holds it");
+        drop(held);
+        assert!(!is_held(&jail), "and no more once it is gone");
         let src = tempfile::tempdir().unwrap();
         let file = src.path().join("kernel");
         std::fs::write(&file, "k").unwrap();

@@ -82,11 +82,24 @@ pub fn ids(base: &Path) -> Vec<String> {
     ids
 }
 
-/// Removes every jail not `keep`; what went.
+/// Of `ids`, those with a dir under `base` that no live jailer holds: what
+/// a sweep may remove. Jailers make and lock their dirs under a shared lock
+/// on `base`; this takes it exclusively while it looks, so a jail being
+/// made is never taken for a dead one. Another store's live jails on this
+/// host (two `bulkhead node`s side by side) are held, so left alone.
+pub fn unheld(base: &Path, ids: &[String]) -> Vec<String> {
+    let Ok(_looking) = crate::chroot::lock_base(base) else { return Vec::new() };
+    ids.iter().filter(|id| validate::id(id).is_ok() && base.join(id).is_dir() && !crate::chroot::is_held(&base.join(id))).cloned().collect()
+}
+
+/// Removes every jail dir (with its cgroups) not `keep` and not held by a
+/// live jailer; what went. A bulkhead cgroup without a jail dir is left:
+/// it may be a container's.
 pub fn sweep(base: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, CleanupError> {
+    let candidates: Vec<String> = ids(base).into_iter().filter(|i| !keep(i)).collect();
     let mut removed = Vec::new();
-    for id in ids(base).iter().filter(|i| !keep(i)) {
-        removed.extend(remove(base, id)?);
+    for id in unheld(base, &candidates) {
+        removed.extend(remove(base, &id)?);
     }
     Ok(removed)
 }
@@ -102,11 +115,15 @@ mod tests {
         std::fs::create_dir_all(root.join("dev")).unwrap();
         std::fs::create_dir_all(base.path().join("j2")).unwrap();
         std::fs::create_dir_all(base.path().join("bad name")).unwrap();
+        let (_, _, held) = crate::chroot::create(base.path(), "j3").unwrap();
         // Keeps every other id: the host's own bulkhead cgroups are not this test's.
         assert!(ids(base.path()).iter().any(|i| i == "j1") && !ids(base.path()).iter().any(|i| i == "bad name"));
-        let gone = sweep(base.path(), |id| id != "j1").unwrap();
+        let gone = sweep(base.path(), |id| id != "j1" && id != "j3").unwrap();
         assert_eq!(gone, [format!("jail dir {}", base.path().join("j1").display())]);
         assert!(base.path().join("j2").exists() && base.path().join("bad name").exists());
+        assert!(base.path().join("j3").exists(), "a live jailer's jail is left alone");
+        drop(held);
+        assert_eq!(unheld(base.path(), &["j3".into()]), ["j3"], "its jailer gone, it may go");
         assert!(remove(base.path(), "j1").unwrap().is_empty());
         assert!(remove(base.path(), "../j2").unwrap().is_empty() && base.path().join("j2").exists());
     }

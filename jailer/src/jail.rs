@@ -55,13 +55,14 @@ const DEVICES: &[&str] = &["/dev/kvm", "/dev/net/tun"];
 /// Jails `spec.command` and waits for it; returns its exit code (128+N
 /// when killed by signal N). The jail dir and cgroups are gone afterwards.
 pub fn run(spec: &Spec) -> Result<i32, JailError> {
-    let (jail, root) = chroot::create(&spec.chroot_base, &spec.id)?;
+    let (jail, root, held) = chroot::create(&spec.chroot_base, &spec.id)?;
     let result = Cgroups::create(&spec.id, &spec.cgroups).map_err(JailError::from).and_then(|cgroups| {
         let r = start(spec, &root, &cgroups);
         cgroups.remove();
         r
     });
     let removed = chroot::remove(&jail);
+    drop(held);
     let code = result?;
     removed?;
     Ok(code)

@@ -104,6 +104,10 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     for id in [&keep_id, &lost_id] {
         std::fs::create_dir_all(base.join(id).join("root/dev")).unwrap();
     }
+    // A jail of another store on this host, its jailer alive: it holds the dir's lock.
+    let live_id: String = lost_id.replace(|c: char| c.is_ascii_digit(), "d");
+    std::fs::create_dir_all(base.join(&live_id).join("root")).unwrap();
+    let live = nix::fcntl::Flock::lock(std::fs::File::open(base.join(&live_id)).unwrap(), nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let groups = bulkhead_jailer::cgroup::Cgroups::create(&lost_id, &[("pids".into(), "pids.max".into(), "8".into())]).unwrap();
     let mut stray = Command::new("sleep").arg("1000").spawn().unwrap();
     groups.join(stray.id() as i32).unwrap();
@@ -120,6 +124,9 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     let status = stray.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "what ran in its cgroup is killed");
     assert!(base.join(&keep_id).exists(), "a workload in the store keeps its jail");
+    assert!(base.join(&live_id).exists(), "a jail its jailer holds is left alone, whoever's it is");
+    drop(live);
+    bulkhead_jailer::cleanup::remove(&base, &live_id).unwrap();
     assert!(neighbour.try_wait().unwrap().is_none(), "another store's container (a cgroup, no jail dir) is left alone");
     let _ = neighbour.kill();
     let _ = neighbour.wait();

@@ -105,9 +105,12 @@ pub fn sweep(state: &State) -> Result<Vec<String>, JailError> {
         return Ok(Vec::new());
     }
     let known: BTreeSet<String> = state.list()?.into_iter().map(|r| r.config.id).collect();
+    let unknown: Vec<String> = ids.into_iter().filter(|i| !known.contains(i)).collect();
+    // Of those, only jails no live jailer holds: another store's running
+    // VMs on this host (another data dir, a second `bulkhead node`) keep theirs.
     let mut removed = Vec::new();
-    for id in ids.iter().filter(|i| !known.contains(*i)) {
-        removed.extend(remove(id)?);
+    for id in bulkhead_jailer::cleanup::unheld(&base, &unknown) {
+        removed.extend(remove(&id)?);
     }
     Ok(removed)
 }
