@@ -383,9 +383,14 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     c.counter = Counter::start(&c.lan);
     let counter = c.counter.clone();
 
-    // Each node's own API is https (its certificate pinned by the server).
+    // Each node's own API is https (its certificate pinned by the server);
+    // each says its host's capacity beside what it offers (--cpus 4 --memory 4g).
+    let host_cpus = std::thread::available_parallelism().unwrap().get() as u64;
     for n in c.api(&c.admin, &["node", "ls"]).as_array().unwrap() {
         assert!(n["node"]["api"].as_str().is_some_and(|a| a.starts_with("https://")), "{n}");
+        assert_eq!(n["node"]["capacity"]["millicpus"].as_u64(), Some(host_cpus * 1000), "{n}");
+        assert!(n["node"]["capacity"]["memory_mib"].as_u64().is_some_and(|m| m > 0), "{n}");
+        assert_eq!((n["node"]["allocatable"]["millicpus"].as_u64(), n["node"]["allocatable"]["memory_mib"].as_u64()), (Some(4000), Some(4096)), "{n}");
     }
     // An image in no node's store: refused at deploy, nothing made.
     let nope = c._dir.path().join("nope.yaml");

@@ -495,7 +495,7 @@ pub struct DaemonArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Nodes: ready, cordoned, CPU and memory allocated of allocatable.
+    /// Nodes: ready, cordoned, CPU and memory allocated of allocatable, capacity.
     Ls(Conn),
     /// Cordon a node and move its instances elsewhere (they are replaced
     /// on other nodes; the node stops its copies).
@@ -568,7 +568,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
     if runtimes.is_empty() {
         bail!("this host offers no runtime: no /dev/kvm (microvm) and no crun or runc (container: apt-get install crun)");
     }
-    let node = crate::cluster::state::Node { name, labels, allocatable, runtimes, cordoned: false, api: None, images: None };
+    let node = crate::cluster::state::Node { name, labels, capacity: Some(crate::cluster::node::host_capacity()), allocatable, runtimes, cordoned: false, api: None, images: None };
     let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()?, cacert: cacert(&a.cacert), listen: a.listen, advertise: a.advertise };
     crate::cluster::node::run(cfg)?;
     Ok(())
@@ -588,7 +588,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
         NodeCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/nodes", None)?;
             conn.print(&v, |v| {
-                let mut t = table(&["NAME", "READY", "CORDONED", "CPU", "MEMORY MIB", "INSTANCES", "LABELS"]);
+                let mut t = table(&["NAME", "READY", "CORDONED", "CPU", "MEMORY MIB", "CAPACITY", "INSTANCES", "LABELS"]);
                 for n in v.as_array().into_iter().flatten() {
                     let labels: Vec<String> = n["node"]["labels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect();
                     t.add_row(vec![
@@ -597,6 +597,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
                         s(&n["node"]["cordoned"]),
                         format!("{}/{}", cpus(&n["allocated"]["millicpus"]), cpus(&n["node"]["allocatable"]["millicpus"])),
                         format!("{}/{}", s(&n["allocated"]["memory_mib"]), s(&n["node"]["allocatable"]["memory_mib"])),
+                        n["node"]["capacity"].as_object().map(|_| format!("{} CPU, {} MiB", cpus(&n["node"]["capacity"]["millicpus"]), s(&n["node"]["capacity"]["memory_mib"]))).unwrap_or_default(),
                         s(&n["instances"]),
                         labels.join(","),
                     ]);

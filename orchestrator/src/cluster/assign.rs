@@ -191,7 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let c = Cluster::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
         for n in nodes {
-            let node = Node { name: n.to_string(), labels: BTreeMap::new(), allocatable: Resources { millicpus: 4000, memory_mib: 4096 }, runtimes: vec![RuntimeKind::Container], cordoned: false, api: None, images: None };
+            let node = Node { name: n.to_string(), labels: BTreeMap::new(), capacity: None, allocatable: Resources { millicpus: 4000, memory_mib: 4096 }, runtimes: vec![RuntimeKind::Container], cordoned: false, api: None, images: None };
             c.register_node(node).unwrap_or_else(|e| panic!("{e}"));
             c.heartbeat(n, 1_000).unwrap_or_else(|e| panic!("{e}"));
         }

@@ -429,9 +429,17 @@ fn observed(r: &Record) -> Option<Observed> {
 
 /// What this host offers when not told: its CPUs, 90% of its memory, and
 /// the runtimes it can run (microvm with /dev/kvm, container with crun or runc).
-pub fn host_defaults() -> (Resources, Vec<RuntimeKind>) {
+/// This host's CPUs and memory, whole.
+pub fn host_capacity() -> Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())).unwrap_or(0);
+    Resources { millicpus: cpus * 1000, memory_mib: mem_kib / 1024 }
+}
+
+/// What a node offers by default: every CPU, 90% of memory (the rest for
+/// the host and the VMMs' own), and the runtimes this host has.
+pub fn host_defaults() -> (Resources, Vec<RuntimeKind>) {
+    let whole = host_capacity();
     let mut runtimes = Vec::new();
     if Path::new("/dev/kvm").exists() {
         runtimes.push(RuntimeKind::Microvm);
@@ -439,7 +447,7 @@ pub fn host_defaults() -> (Resources, Vec<RuntimeKind>) {
     if crate::runtime::container::default_oci_runtime().is_some() {
         runtimes.push(RuntimeKind::Container);
     }
-    (Resources { millicpus: cpus * 1000, memory_mib: mem_kib / 1024 * 9 / 10 }, runtimes)
+    (Resources { millicpus: whole.millicpus, memory_mib: whole.memory_mib * 9 / 10 }, runtimes)
 }
 
 #[cfg(test)]

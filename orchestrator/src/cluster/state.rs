@@ -51,6 +51,12 @@ pub enum StateError {
 pub struct Node {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The host's whole CPUs and memory, as its node daemon found them
+    /// (`None`: not said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Resources>,
+    /// What instances may use of it (all CPUs and 90% of memory unless the
+    /// node was told otherwise).
     pub allocatable: Resources,
     pub runtimes: Vec<RuntimeKind>,
     pub cordoned: bool,
@@ -443,6 +449,7 @@ mod tests {
             let n = Node {
                 name: format!("n{i}"),
                 labels: [("zone".to_string(), if i == 0 { "a" } else { "b" }.to_string())].into(),
+                capacity: None,
                 allocatable: Resources { millicpus: 8000, memory_mib: 8192 },
                 runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
                 cordoned: false,
