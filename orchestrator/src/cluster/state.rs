@@ -71,11 +71,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// Whether a service naming `image` (`name[:tag]` or a digest) can run
-    /// here: as `bulkhead run` resolves it in the node's store.
-    pub fn may_have_image(&self, image: &str) -> bool {
-        self.images.as_ref().is_none_or(|held| held.contains(image) || held.contains(&bulkhead_images::store::normalise(image)))
+    /// Whether a service's image can run here: `names` are what
+    /// `image_names` makes of it.
+    pub fn may_have_image(&self, names: &[String; 2]) -> bool {
+        self.images.as_ref().is_none_or(|held| names.iter().any(|n| held.contains(n)))
     }
+}
+
+/// A service's image (`name[:tag]` or a digest) as given and as `bulkhead
+/// run` resolves it in a node's store (`bb` is `bb:latest`).
+pub fn image_names(image: &str) -> [String; 2] {
+    [image.to_string(), bulkhead_images::store::normalise(image)]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -332,13 +338,14 @@ impl Cluster {
         let all = self.instances(None)?;
         let mut views = Vec::new();
         let mut guards = vec![placements];
+        let image = image_names(image);
         for (n, rev) in nodes {
             let on: Vec<&Instance> = all.iter().filter(|i| i.node == n.name).collect();
             let allocated = on.iter().fold(Resources::default(), |a, i| a.plus(i.request));
             let this_service = on.iter().filter(|i| i.tenant == tenant && i.service == service).count() as u32;
             guards.push(Compare::Revision(node_key(&n.name), rev));
             let ready = self.last_heartbeat_ms(&n.name)? >= ready_after_ms;
-            let has_image = n.may_have_image(image);
+            let has_image = n.may_have_image(&image);
             views.push(NodeView { name: n.name, labels: n.labels, allocatable: n.allocatable, allocated, cordoned: n.cordoned, ready, runtimes: n.runtimes, has_image, this_service });
         }
         Ok((views, guards, bump))
