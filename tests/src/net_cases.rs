@@ -1,16 +1,19 @@
 //! Workload networking, one table for both runtimes: published ports (from
 //! the host itself, 127.0.0.1 included, and from another machine), egress
-//! through masquerade, isolation between networks and from the host's own
-//! services, anti-spoofing, bad input, and create/remove cycles that leave
-//! nothing behind. Everything happens in a [`Lan`] the table makes: a host
-//! namespace where bulkhead runs and an outside one on a veth pair.
+//! through masquerade to the internet and nowhere else unless allowed (the
+//! LAN, cloud metadata, the host's loopback), walls that fail closed when
+//! the firewall is flushed, isolation between networks and from the host's
+//! own services, anti-spoofing, bad input, and create/remove cycles that
+//! leave nothing behind. Everything happens in a [`Lan`] the table makes: a
+//! host namespace where bulkhead runs and an outside one on a veth pair,
+//! which also plays the internet and the metadata service.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::netns::{self, http_get, Lan, Listener, HOST_ADDR, OUTSIDE_ADDR};
+use crate::netns::{self, http_get, Lan, Listener, UdpCounter, HOST_ADDR, INTERNET_ADDR, METADATA_ADDR, OUTSIDE_ADDR};
 use crate::run_cases::{pid_of, pidfd_wait, record, show, text, Check, Ctx, IMAGE};
 
 const PAGE: &str = "page-from-web";
@@ -36,10 +39,13 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     let ctx = Ctx { netns: Some(lan.host.path()), ..base.clone() };
     let outside = Listener::start(&lan.outside, &format!("{OUTSIDE_ADDR}:9000"), "outside");
     let host_service = Listener::start(&lan.host, "0.0.0.0:9001", "host");
-    let (outside, host_service) = match (outside, host_service) {
-        (Ok(o), Ok(h)) => (o, h),
-        (o, h) => {
-            check("listeners", false, format!("{:?} {:?}", o.err(), h.err()));
+    let internet = Listener::start(&lan.outside, &format!("{INTERNET_ADDR}:9000"), "internet");
+    let metadata = Listener::start(&lan.outside, &format!("{METADATA_ADDR}:80"), "metadata");
+    let host_loopback = UdpCounter::start(&lan.host, "127.0.0.1:9003");
+    let (outside, host_service, internet, metadata, host_loopback) = match (outside, host_service, internet, metadata, host_loopback) {
+        (Ok(o), Ok(h), Ok(i), Ok(m), Ok(l)) => (o, h, i, m, l),
+        (o, h, i, m, l) => {
+            check("listeners", false, format!("{:?} {:?} {:?} {:?} {:?}", o.err(), h.err(), i.err(), m.err(), l.err()));
             return checks;
         }
     };
@@ -65,9 +71,9 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
         check(name, got.as_deref().is_ok_and(|b| b.contains(PAGE)), format!("{addr}: {got:?}"));
     }
 
-    // Egress: the outside sees the host's address, not the workload's.
-    let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &nc_get(OUTSIDE_ADDR, 9000)]));
-    check("egress-masqueraded", text(&o.stdout).contains(&format!("from-outside peer={HOST_ADDR}")), format!("{} peers={:?}", show(&o), outside.peers()));
+    // Egress: the internet sees the host's address, not the workload's.
+    let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &nc_get(INTERNET_ADDR, 9000)]));
+    check("egress-masqueraded", text(&o.stdout).contains(&format!("from-internet peer={HOST_ADDR}")), format!("{} peers={:?}", show(&o), internet.peers()));
 
     // Same network: reachable. Another network: not.
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &nc_get(&web_ip, 80)]));
@@ -81,9 +87,11 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     let reached: Vec<String> = host_service.peers();
     check("host-services-unreachable", text(&o.stdout).contains("tried") && !text(&o.stdout).contains("from-host") && reached.is_empty(), format!("{} host listener saw {reached:?}", show(&o)));
 
+    let walls = Walls { outside: &outside, internet: &internet, metadata: &metadata, host_service: &host_service, host_loopback: &host_loopback };
+    check_egress(&ctx, &walls, &mut check);
     check_inspect(&ctx, &web_ip, &mut check);
     check_none(&ctx, &mut check);
-    check_spoofing(&ctx, &outside, &mut check);
+    check_spoofing(&ctx, &internet, &mut check);
     check_crash_sweeps(&ctx, &mut check);
     check_bad_input(&ctx, &mut check);
     check_auto_subnets(&ctx, &mut check);
@@ -102,7 +110,126 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     );
     drop(outside);
     drop(host_service);
+    drop(internet);
+    drop(metadata);
+    drop(host_loopback);
     checks
+}
+
+/// What the egress checks watch: every listener a workload must not reach
+/// (and the internet, which it must).
+struct Walls<'a> {
+    outside: &'a Listener,
+    internet: &'a Listener,
+    metadata: &'a Listener,
+    host_service: &'a Listener,
+    host_loopback: &'a UdpCounter,
+}
+
+impl Walls<'_> {
+    /// Connections each listener has seen so far: the LAN host, metadata,
+    /// the host's services, the host's loopback.
+    fn denied_seen(&self) -> [usize; 4] {
+        [self.outside.peers().len(), self.metadata.peers().len(), self.host_service.peers().len(), self.host_loopback.count() as usize]
+    }
+}
+
+/// Egress walls: a workload reaches the internet and nothing private
+/// (the LAN, the cloud metadata address, the host's services and its
+/// loopback) unless `--allow-egress` opens a range. With bulkhead's
+/// firewall tables flushed (a firewall reload) the walls fail closed:
+/// nothing at all gets out until `system prune` (or the node daemon)
+/// puts them back. The control: with the routing rule removed too, the
+/// loopback attack lands, so the checks can fail.
+fn check_egress(ctx: &Ctx, w: &Walls, check: &mut impl FnMut(&str, bool, String)) {
+    let probe = format!("{}; echo; {}; echo; {}; echo; {}; echo tried", nc_get(INTERNET_ADDR, 9000), nc_get(OUTSIDE_ADDR, 9000), nc_get(METADATA_ADDR, 80), nc_get(HOST_ADDR, 9001));
+    let allowed = ctx.out(ctx.run_cmd(&["--rm", "--allow-egress", &format!("{OUTSIDE_ADDR}/32")], &["sh", "-c", &format!("{}; echo; {}; echo tried", nc_get(OUTSIDE_ADDR, 9000), nc_get(METADATA_ADDR, 80))]));
+    let out = text(&allowed.stdout);
+    check("egress-allowed-by-flag", out.contains(&format!("from-outside peer={HOST_ADDR}")) && out.contains("tried") && !out.contains("from-metadata"), show(&allowed));
+    let before = w.denied_seen();
+    let lan_seen = before[0];
+
+    let prober = start_detached(ctx, &["--name", "prober"], "echo ready && exec sleep 3600");
+    let looper = start_detached(ctx, &["--name", "looper"], "echo ready && exec sleep 3600").and_then(|()| route_loopback_out(ctx, "looper"));
+    if let Err(e) = prober.clone().and(looper.clone()) {
+        check("egress-denied-by-default", false, format!("prober {prober:?} looper {looper:?}: {e}"));
+        return;
+    }
+    let exec = |name: &str, script: &str| ctx.bh(&["exec", name, "sh", "-c", script]);
+    let loop_attack = || exec("looper", "timeout 3 tftp -g -r probe -l /tmp/probe 127.0.0.1 9003; echo tried");
+
+    let reached = w.internet.peers().len();
+    let o = exec("prober", &probe);
+    let l = loop_attack();
+    let seen = w.denied_seen();
+    let reached_now = w.internet.peers().len();
+    check(
+        "egress-denied-by-default",
+        text(&o.stdout).contains("from-internet") && reached_now > reached && text(&o.stdout).contains("tried") && text(&l.stdout).contains("tried") && seen == [lan_seen, before[1], before[2], before[3]],
+        format!("{} / {}; seen (lan, metadata, host, host loopback) {before:?} -> {seen:?}", show(&o), show(&l)),
+    );
+
+    // A firewall reload flushes every table: nothing gets out, nothing gets in.
+    let flushed = ctx.tool("nft", &["flush", "ruleset"]);
+    let o = exec("prober", &probe);
+    let l = loop_attack();
+    let seen_flushed = w.denied_seen();
+    check(
+        "walls-fail-closed-when-flushed",
+        flushed.status.success() && w.internet.peers().len() == reached_now && !text(&o.stdout).contains("from-") && text(&o.stdout).contains("tried") && text(&l.stdout).contains("tried") && seen_flushed == seen,
+        format!("{} / {} / {}; seen {seen:?} -> {seen_flushed:?}", show(&flushed), show(&o), show(&l)),
+    );
+
+    // The control: without the routing rule either, the host's loopback is open to the workload.
+    let bridge = bridge_of(ctx, "bulkhead");
+    let unruled = ctx.tool("ip", &["rule", "del", "pref", "0", "iif", &bridge, "fwmark", "0/0x400000", "prohibit"]);
+    let l = loop_attack();
+    let landed = w.host_loopback.count() as usize;
+    check("control-loopback-open-without-the-walls", unruled.status.success() && landed > seen_flushed[3], format!("{} / {}; host loopback {} -> {landed}", show(&unruled), show(&l), seen_flushed[3]));
+
+    let pruned = ctx.bh(&["system", "prune"]);
+    let o = exec("prober", &probe);
+    let l = loop_attack();
+    let seen_back = w.denied_seen();
+    check(
+        "walls-restored-by-prune",
+        pruned.status.success() && text(&pruned.stdout).contains("restored") && text(&o.stdout).contains("from-internet") && seen_back == [seen[0], seen[1], seen[2], landed],
+        format!("{} / {} / {}; seen {seen_flushed:?} -> {seen_back:?}", show(&pruned), show(&o), show(&l)),
+    );
+    let _ = ctx.bh(&["rm", "-f", "prober", "looper"]);
+}
+
+/// The bridge of network `name`.
+fn bridge_of(ctx: &Ctx, name: &str) -> String {
+    inspect_network(ctx, name)["bridge"].as_str().unwrap_or_default().to_string()
+}
+
+fn inspect_network(ctx: &Ctx, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&ctx.bh(&["network", "inspect", name]).stdout).unwrap_or_default()
+}
+
+/// Sends the workload's traffic for 127.0.0.0/8 to its gateway, as a
+/// workload's root would to reach the host's loopback services: in a
+/// microVM the guest's root does it; a container has no CAP_NET_ADMIN, so
+/// the test changes its namespace from outside (as an escaped workload would).
+fn route_loopback_out(ctx: &Ctx, name: &str) -> Result<(), String> {
+    let steps = ["route del local 127.0.0.0/8 dev lo table local", "route del local 127.0.0.1 dev lo table local", "route add 127.0.0.0/8 via 10.88.0.1 dev eth0"];
+    if ctx.runtime == "microvm" {
+        let script = steps.iter().map(|s| format!("ip {s}")).collect::<Vec<_>>().join(" && ") + " && echo ROUTED";
+        let o = ctx.bh(&["exec", name, "sh", "-c", &script]);
+        return if text(&o.stdout).contains("ROUTED") { Ok(()) } else { Err(show(&o)) };
+    }
+    let ns = inspect(ctx, name)["pids"]["supervisor"].as_i64().and_then(|p| netns_fd_of(p as i32)).ok_or("no network namespace for the container")?;
+    for s in steps {
+        let mut cmd = Command::new("ip");
+        cmd.args(s.split_whitespace());
+        netns::command_in(&mut cmd, &ns)?;
+        let o = cmd.output().map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("ip {s}: {}", text(&o.stderr)));
+        }
+    }
+    Ok(())
 }
 
 /// `run -d ... sh -c SCRIPT`, then its log until it says `ready`.
@@ -137,21 +264,21 @@ fn inspect_ip(ctx: &Ctx, name: &str) -> Option<String> {
 /// A workload sending from an address or MAC not its own gets nothing out.
 /// In a microVM the guest's root does it; a container has no CAP_NET_ADMIN,
 /// so the test changes its namespace from outside (as an escaped workload would).
-fn check_spoofing(ctx: &Ctx, outside: &Listener, check: &mut impl FnMut(&str, bool, String)) {
-    let get = nc_get(OUTSIDE_ADDR, 9000);
+fn check_spoofing(ctx: &Ctx, internet: &Listener, check: &mut impl FnMut(&str, bool, String)) {
+    let get = nc_get(INTERNET_ADDR, 9000);
     if ctx.runtime == "microvm" {
         let ip_forge = format!("{get}; echo STEP; ip address flush dev eth0 && ip address add 10.88.0.250/16 dev eth0 && ip route add default via 10.88.0.1 && echo FORGED && {get}; echo DONE");
         let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &ip_forge]));
         let out = text(&o.stdout);
         let (before, after) = out.split_once("STEP").unwrap_or(("", ""));
-        check("forged-ip-dropped", before.contains("from-outside") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-outside"), show(&o));
+        check("forged-ip-dropped", before.contains("from-internet") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-internet"), show(&o));
         // ifconfig's ioctl, not `ip link`: busybox's ip wants AF_PACKET, which our guest kernel lacks.
         let mac_forge =
             format!("{get}; echo STEP; ifconfig eth0 down && ifconfig eth0 hw ether 02:00:00:00:00:99 && ifconfig eth0 up && ip route add default via 10.88.0.1 && echo FORGED && {get}; echo DONE");
         let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &mac_forge]));
         let out = text(&o.stdout);
         let (before, after) = out.split_once("STEP").unwrap_or(("", ""));
-        check("forged-mac-dropped", before.contains("from-outside") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-outside"), show(&o));
+        check("forged-mac-dropped", before.contains("from-internet") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-internet"), show(&o));
         return;
     }
     let started = start_detached(ctx, &["--name", "forger"], "echo ready && exec sleep 3600");
@@ -165,7 +292,7 @@ fn check_spoofing(ctx: &Ctx, outside: &Listener, check: &mut impl FnMut(&str, bo
         let ns = ns.to_path_buf();
         std::thread::spawn(move || {
             netns::enter(&ns).is_ok()
-                && std::net::TcpStream::connect_timeout(&format!("{OUTSIDE_ADDR}:9000").parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))), Duration::from_secs(3)).is_ok()
+                && std::net::TcpStream::connect_timeout(&format!("{INTERNET_ADDR}:9000").parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))), Duration::from_secs(3)).is_ok()
         })
         .join()
         .unwrap_or(false)
@@ -195,7 +322,7 @@ fn check_spoofing(ctx: &Ctx, outside: &Listener, check: &mut impl FnMut(&str, bo
         "route add default via 10.88.0.1",
     ]);
     let through = connect(&ns);
-    check("forged-mac-dropped", forged.is_ok() && !through, format!("forge={forged:?} forged-got-through={through} outside saw {:?}", outside.peers()));
+    check("forged-mac-dropped", forged.is_ok() && !through, format!("forge={forged:?} forged-got-through={through} the internet saw {:?}", internet.peers()));
     let _ = ctx.bh(&["rm", "-f", "forger"]);
 }
 

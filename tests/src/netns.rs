@@ -17,6 +17,10 @@ use std::time::Duration;
 /// The host's address on the LAN between the test host and the outside.
 pub const HOST_ADDR: &str = "192.168.77.1";
 pub const OUTSIDE_ADDR: &str = "192.168.77.2";
+/// The outside also plays the internet (a TEST-NET-2 address: the host's
+/// default route leads there) and the cloud's metadata service.
+pub const INTERNET_ADDR: &str = "198.51.100.7";
+pub const METADATA_ADDR: &str = "169.254.169.254";
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let o = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e} (apt-get install iproute2)"))?;
@@ -110,8 +114,60 @@ impl Lan {
         host.ip(&["address", "add", &format!("{HOST_ADDR}/24"), "dev", h])?;
         host.ip(&["link", "set", h, "up"])?;
         outside.ip(&["address", "add", &format!("{OUTSIDE_ADDR}/24"), "dev", o])?;
+        for a in [INTERNET_ADDR, METADATA_ADDR] {
+            outside.ip(&["address", "add", &format!("{a}/32"), "dev", o])?;
+        }
         outside.ip(&["link", "set", o, "up"])?;
+        host.ip(&["route", "add", "default", "via", OUTSIDE_ADDR])?;
         Ok(Lan { host, outside })
+    }
+}
+
+/// A UDP socket on a thread inside a namespace that counts the datagrams
+/// it receives (one datagram is enough to prove a path is open).
+#[derive(Debug)]
+pub struct UdpCounter {
+    count: Arc<Mutex<u64>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpCounter {
+    pub fn start(ns: &NetNs, bind: &str) -> Result<Self, String> {
+        let bind: SocketAddr = bind.parse().map_err(|e| format!("{bind}: {e}"))?;
+        let (count, stop) = (Arc::new(Mutex::new(0u64)), Arc::new(AtomicBool::new(false)));
+        let (c, s, path) = (Arc::clone(&count), Arc::clone(&stop), ns.path());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sock = enter(&path).and_then(|()| std::net::UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}")));
+            let sock = match sock.and_then(|s| s.set_read_timeout(Some(Duration::from_millis(200))).map(|()| s).map_err(|e| e.to_string())) {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::SeqCst) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    *c.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                }
+            }
+        });
+        ready_rx.recv().map_err(|e| e.to_string())??;
+        Ok(UdpCounter { count, stop })
+    }
+
+    pub fn count(&self) -> u64 {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for UdpCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

@@ -56,7 +56,7 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
             need_root("network create")?;
             let subnet = match &a.subnet {
                 Some(s) => Subnet::parse(s)?,
-                None => lifecycle::pick_subnet(&st)?,
+                None => lifecycle::pick_subnet(&st, 16)?,
             };
             let n = lifecycle::create(&st, &a.name, subnet, a.bridge)?;
             println!("{}", n.name);
@@ -68,16 +68,16 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
             if format == OutputFormat::Json {
                 let v: Vec<_> = nets
                     .iter()
-                    .map(|n| serde_json::json!({"name": n.name, "bridge": n.bridge, "subnet": n.subnet.to_string(), "gateway": n.gateway().to_string(), "workloads": count(&n.name)}))
+                    .map(|n| serde_json::json!({"name": n.name, "bridge": n.bridge, "subnet": n.subnet.to_string(), "gateway": n.gateway().to_string(), "tenant": n.tenant, "workloads": count(&n.name)}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
             let mut t = comfy_table::Table::new();
             t.load_preset(comfy_table::presets::NOTHING);
-            t.set_header(["NAME", "BRIDGE", "SUBNET", "GATEWAY", "WORKLOADS"]);
+            t.set_header(["NAME", "BRIDGE", "SUBNET", "GATEWAY", "TENANT", "WORKLOADS"]);
             for n in &nets {
-                t.add_row([n.name.clone(), n.bridge.clone(), n.subnet.to_string(), n.gateway().to_string(), count(&n.name).to_string()]);
+                t.add_row([n.name.clone(), n.bridge.clone(), n.subnet.to_string(), n.gateway().to_string(), n.tenant.clone().unwrap_or_default(), count(&n.name).to_string()]);
             }
             println!("{t}");
         }
@@ -85,9 +85,13 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
             let n = store::network(&st, &name)?;
             let leases: Vec<_> = store::leases(&st)?.into_iter().filter(|l| l.attachment.network == name).collect();
             let attachments: Vec<_> = leases.iter().map(|l| l.attachment.clone()).collect();
+            let policy = store::host_policy(&st)?;
             let workloads: Vec<_> = leases
                 .iter()
-                .map(|l| serde_json::json!({"id": l.id, "ip": l.attachment.ip.to_string(), "mac": l.attachment.mac, "interface": l.attachment.host_if, "ports": l.attachment.ports.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+                .map(|l| {
+                    let a = &l.attachment;
+                    serde_json::json!({"id": l.id, "ip": a.ip.to_string(), "mac": a.mac, "interface": a.host_if, "ports": a.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "allow_egress": a.allow_egress.iter().map(ToString::to_string).collect::<Vec<_>>()})
+                })
                 .collect();
             let v = serde_json::json!({
                 "name": n.name,
@@ -95,8 +99,10 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
                 "bridge_present": host::link_exists(&n.bridge),
                 "subnet": n.subnet.to_string(),
                 "gateway": n.gateway().to_string(),
+                "tenant": n.tenant,
                 "workloads": workloads,
-                "rules": rules::network_rules(&n, &attachments),
+                "protected": policy.protected.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "rules": rules::network_rules(&n, &attachments, &policy),
                 "nft_table_loaded": host::list_rules().is_some(),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -119,7 +125,9 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
 pub enum SystemCommand {
     /// Remove what workloads that are gone left behind (after a crash or a
     /// reboot): address leases, TAP and veth interfaces, firewall rules;
-    /// recreate missing bridges. Running workloads are not touched.
+    /// recreate missing bridges, and put back our firewall tables and
+    /// routing rules where something removed them (a firewall reload cuts
+    /// workloads off until then). Running workloads are not touched.
     Prune,
 }
 
@@ -127,7 +135,8 @@ pub fn system(cmd: SystemCommand) -> Result<()> {
     match cmd {
         SystemCommand::Prune => {
             need_root("system prune")?;
-            let removed = lifecycle::sweep(&state())?;
+            let mut removed = lifecycle::sweep(&state())?;
+            removed.extend(lifecycle::check_walls(&state())?.into_iter().map(|w| format!("(restored {w})")));
             for r in &removed {
                 match r.strip_prefix('(') {
                     Some(note) => println!("{}", note.trim_end_matches(')')),

@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// The network to join (`bulkhead network ls`), or `none` for loopback only.
     #[arg(long, value_name = "NAME", default_value = crate::network::DEFAULT_NETWORK)]
     network: String,
+    /// Let the workload reach CIDR (or one address) although it is
+    /// private, link-local or otherwise denied; repeatable. By default a
+    /// workload reaches the internet, its own network and nothing else:
+    /// not 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16 (cloud
+    /// metadata), 127/8, 224/4, 240/4, nor this host's control plane,
+    /// which nothing opens.
+    #[arg(long = "allow-egress", value_name = "CIDR")]
+    allow_egress: Vec<String>,
     // Docker flags bulkhead does not support yet: refused by name, never ignored.
     #[arg(short = 'v', long = "volume", hide = true)]
     volume: Vec<String>,
@@ -338,6 +346,13 @@ pub fn run(a: RunArgs) -> Result<u8> {
     if a.network == crate::network::NONE && !ports.is_empty() {
         bail!("-p needs a network: --network none has loopback only");
     }
+    let allow_egress = a.allow_egress.iter().map(|c| crate::network::egress::parse_allow(c)).collect::<Result<Vec<_>, _>>()?;
+    if a.network == crate::network::NONE && !allow_egress.is_empty() {
+        bail!("--allow-egress needs a network: --network none has loopback only");
+    }
+    if allow_egress.len() > crate::network::egress::MAX_ALLOWS {
+        bail!("--allow-egress: at most {} of them", crate::network::egress::MAX_ALLOWS);
+    }
     for (i, p) in ports.iter().enumerate() {
         if let Some(q) = ports[..i].iter().find(|q| q.clashes(p)) {
             bail!("-p {p} and -p {q} claim the same host port");
@@ -365,7 +380,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
             drop(crate::network::host::bind_port(port)?);
         }
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        Some(Want { network: a.network.clone(), ports, nameservers: crate::network::nameservers(&resolv) })
+        Some(Want { network: a.network.clone(), ports, nameservers: crate::network::nameservers(&resolv), allow_egress })
     };
     let id = paths::new_id()?;
     let name = match &a.name {
@@ -395,7 +410,8 @@ pub fn run(a: RunArgs) -> Result<u8> {
         fencing: a.fence_deadline_file.as_ref().map(|f| crate::runtime::fencing::Fencing { deadline_file: f.clone(), kill_after_ms: a.fence_kill_after_ms }),
     };
     let dir = p.workload_dir(&id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    // Configs, logs and writable layers: closed to other users.
+    bulkhead_images::private::dir(&p.data().join("workloads")).and_then(|()| bulkhead_images::private::dir(&dir)).with_context(|| format!("create {}", dir.display()))?;
     let mut rec = Record { config: cfg, running: None, exit: None };
     // The record and its address lease in one transaction; then the config
     // (with the address) for the supervisor.

@@ -78,10 +78,14 @@ fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
     std::fs::write(path, value).map_err(|e| NetError::host(format!("set {path} to {value}"), e))
 }
 
-/// The network's bridge, up, with the gateway address; forwarding on, and
+/// The network's bridge, up, with the gateway address and no IPv6 (the
+/// host answers workloads nothing over it, with or without our tables);
 /// `route_localnet` so connections to 127.0.0.1 can be DNATed out of it.
+/// Its fail-closed routing rule comes first (before a new bridge exists;
+/// put back for one an older bulkhead made).
 pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
     let b = &net.bridge;
+    ensure_fail_closed(&[b.as_str()])?;
     let mut lines = Vec::new();
     if !link_exists(b) {
         lines.push(format!("link add {b} type bridge"));
@@ -93,8 +97,83 @@ pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
     lines.push(format!("link set {b} address {}", super::subnet::mac_for(net.gateway())));
     lines.push(format!("link set {b} up"));
     ip_batch(&lines, None)?;
-    sysctl(&format!("/proc/sys/net/ipv4/conf/{b}/route_localnet"), "1")?;
-    sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    let v6 = format!("/proc/sys/net/ipv6/conf/{b}/disable_ipv6");
+    if Path::new(&v6).exists() {
+        sysctl(&v6, "1")?;
+    }
+    sysctl(&format!("/proc/sys/net/ipv4/conf/{b}/route_localnet"), "1")
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Whether the host forwards IPv4 now.
+pub fn forwarding_on() -> Result<bool, NetError> {
+    let v = std::fs::read_to_string(IP_FORWARD).map_err(|e| NetError::host(format!("read {IP_FORWARD}"), e))?;
+    Ok(v.trim() == "1")
+}
+
+/// Turns IPv4 forwarding on (workloads' traffic is routed).
+pub fn enable_forwarding() -> Result<(), NetError> {
+    if forwarding_on()? {
+        return Ok(());
+    }
+    sysctl(IP_FORWARD, "1")
+}
+
+/// The host's routing policy rules (`ip -j rule show`).
+fn routing_rules() -> Result<Vec<serde_json::Value>, NetError> {
+    let ip = tool("ip", "iproute2")?;
+    let out = Command::new(&ip).args(["-j", "-4", "rule", "show"]).output().map_err(|e| NetError::host("ip -j -4 rule show", e))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| NetError::host("ip -j -4 rule show", e))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn is_ours(rule: &serde_json::Value, bridge: &str) -> bool {
+    let mask = format!("{:#x}", super::egress::BRIDGE_MARK);
+    rule["priority"] == 0 && rule["iif"] == bridge && rule["action"] == "prohibit" && rule["fwmask"] == mask.as_str() && rule["fwmark"] == "0"
+}
+
+/// Fail closed: the host routes a packet that arrives on one of these
+/// bridges (to itself or onward) only if our nftables rules marked it.
+/// With our tables flushed (a firewall reload), workloads reach nothing:
+/// not the host's services, not its loopback (`route_localnet`), not the
+/// LAN. This needs our rule before the `local` table's, which the kernel
+/// keeps at preference 0: that rule moves to 1 (first of all others still),
+/// ours take 0. Returns what it added, for people.
+pub fn ensure_fail_closed(bridges: &[&str]) -> Result<Vec<String>, NetError> {
+    let rules = routing_rules()?;
+    let mut lines = Vec::new();
+    if rules.iter().any(|r| r["priority"] == 0 && r["table"] == "local") {
+        if !rules.iter().any(|r| r["priority"] == 1 && r["table"] == "local") {
+            lines.push("rule add pref 1 table local".to_string());
+        }
+        lines.push("rule del pref 0 table local".to_string());
+    }
+    for b in bridges {
+        if !rules.iter().any(|r| is_ours(r, b)) {
+            lines.push(format!("rule add pref 0 iif {b} fwmark 0/{:#x} prohibit", super::egress::BRIDGE_MARK));
+        }
+    }
+    if !lines.is_empty() {
+        ip_batch(&lines, None)?;
+    }
+    Ok(lines)
+}
+
+/// Removes a bridge and its routing rule.
+pub fn delete_bridge(name: &str) -> Result<(), NetError> {
+    delete_link(name)?;
+    if routing_rules()?.iter().any(|r| is_ours(r, name)) {
+        ip_batch(&[format!("rule del pref 0 iif {name} fwmark 0/{:#x} prohibit", super::egress::BRIDGE_MARK)], None)?;
+    }
+    Ok(())
+}
+
+/// Whether our inet table is in the kernel (a firewall reload that
+/// flushes the ruleset takes it along).
+pub fn tables_present() -> bool {
+    let Ok(nft) = tool("nft", "nftables") else { return false };
+    Command::new(&nft).args(["list", "table", "inet", "bulkhead"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Deletes an interface if it is there.

@@ -17,16 +17,60 @@ use crate::runtime::state::State;
 pub fn lock(state: &State) -> Result<nix::fcntl::Flock<File>, NetError> {
     let path = state.paths().data().join("network.lock");
     let io = |e: std::io::Error| NetError::host(format!("lock {}", path.display()), e);
-    std::fs::create_dir_all(state.paths().data()).map_err(io)?;
-    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    bulkhead_images::private::dir(state.paths().data()).map_err(io)?;
+    let f = std::os::unix::fs::OpenOptionsExt::mode(File::options().create(true).truncate(false).write(true), 0o600).open(&path).map_err(io)?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))
 }
 
-/// Renders both tables from the store and swaps them in (lock held).
+/// Renders both tables from the store and swaps them in (lock held);
+/// then forwarding goes on if there are networks (after the rules, so
+/// nothing is forwarded before our forward chain is there). Whether the
+/// host forwarded before bulkhead is found once, before that, and kept.
 pub fn apply(state: &State) -> Result<(), NetError> {
     let nets = store::networks(state)?;
     let leases: Vec<Attachment> = store::leases(state)?.into_iter().map(|l| l.attachment).collect();
-    host::apply_rules(&rules::script(&nets, &leases))
+    if !nets.is_empty() && store::host_policy(state)?.forwarded_before_us.is_none() {
+        let on = host::forwarding_on()?;
+        store::update_host_policy(state, |p| p.forwarded_before_us = Some(on))?;
+    }
+    host::apply_rules(&rules::script(&nets, &leases, &store::host_policy(state)?))?;
+    if !nets.is_empty() {
+        host::enable_forwarding()?;
+    }
+    Ok(())
+}
+
+/// The addresses of the control plane and its store, which no workload
+/// reaches whatever it allows (the node daemon sets them); the rules are
+/// rendered again when they changed. Whether they did.
+pub fn set_protected(state: &State, mut protected: Vec<Subnet>) -> Result<bool, NetError> {
+    protected.sort_by_key(|s| (u32::from(s.base), s.prefix));
+    protected.dedup();
+    let _l = lock(state)?;
+    let changed = store::update_host_policy(state, |p| p.protected = protected)?;
+    if changed {
+        apply(state)?;
+    }
+    Ok(changed)
+}
+
+/// Puts back what the host lost of our walls while networks exist: our
+/// tables (a firewall reload flushes them: workloads are cut off until
+/// then, never opened) and the fail-closed routing rules. What it did.
+pub fn check_walls(state: &State) -> Result<Vec<String>, NetError> {
+    let _l = lock(state)?;
+    let nets = store::networks(state)?;
+    if nets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut fixed = Vec::new();
+    let bridges: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
+    fixed.extend(host::ensure_fail_closed(&bridges)?.into_iter().map(|r| format!("routing: {r}")));
+    if !host::tables_present() {
+        apply(state)?;
+        fixed.push("the nftables tables inet/bridge bulkhead, which were gone".into());
+    }
+    Ok(fixed)
 }
 
 /// Checks a new subnet against the host's own addresses (other than
@@ -43,18 +87,27 @@ fn host_subnets(ours: &[Network]) -> Result<Vec<(String, std::net::Ipv4Addr, Sub
     Ok(host::host_addresses()?.into_iter().filter(|(ifname, _, _)| !ours.iter().any(|n| &n.bridge == ifname)).map(|(i, a, l)| (i, a, super::subnet::of_address(a, l))).collect())
 }
 
-/// A subnet for a new network when none is asked for: the first 10.N.0.0/16
-/// from 10.89 on that neither another network nor the host's own addresses use.
-pub fn pick_subnet(state: &State) -> Result<Subnet, NetError> {
+/// A subnet for a new network when none is asked for: the first /`prefix`
+/// (16 to 29) from 10.89.0.0 up to 10.254.255.255 that neither another
+/// network nor the host's own addresses use.
+pub fn pick_subnet(state: &State, prefix: u8) -> Result<Subnet, NetError> {
     let ours = store::networks(state)?;
     let mut taken: Vec<Subnet> = ours.iter().map(|n| n.subnet).collect();
     taken.extend(host_subnets(&ours)?.into_iter().map(|(_, _, s)| s));
-    let candidates = (89..=254u8).map(|b| Subnet { base: std::net::Ipv4Addr::new(10, b, 0, 0), prefix: 16 });
-    super::subnet::first_free(candidates, &taken).ok_or_else(|| NetError::Conflict("no free 10.N.0.0/16 left for a new network: give one with --subnet".into()))
+    let prefix = prefix.clamp(16, 29);
+    let step = 1u32 << (32 - u32::from(prefix));
+    let (first, end) = (u32::from(std::net::Ipv4Addr::new(10, 89, 0, 0)), u32::from(std::net::Ipv4Addr::new(10, 255, 0, 0)));
+    let candidates = (first..end).step_by(step as usize).map(|b| Subnet { base: std::net::Ipv4Addr::from(b), prefix });
+    super::subnet::first_free(candidates, &taken).ok_or_else(|| NetError::Conflict(format!("no free /{prefix} left in 10.89.0.0-10.254.255.255 for a new network: give one with --subnet")))
 }
 
 /// Adds a network to the store and brings up its bridge.
 pub fn create(state: &State, name: &str, subnet: Subnet, bridge: Option<String>) -> Result<Network, NetError> {
+    let _l = lock(state)?;
+    create_locked(state, name, subnet, bridge, None)
+}
+
+fn create_locked(state: &State, name: &str, subnet: Subnet, bridge: Option<String>, tenant: Option<&str>) -> Result<Network, NetError> {
     if !super::valid_name(name) {
         return Err(NetError::Input(format!("network name {name:?}: letters, digits, '_', '.', '-', at most 32, starting with a letter or digit (and not \"none\")")));
     }
@@ -62,19 +115,18 @@ pub fn create(state: &State, name: &str, subnet: Subnet, bridge: Option<String>)
     if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(NetError::Input(format!("bridge name {bridge:?}: 1 to 15 letters, digits, '-', '_', '.'")));
     }
-    let _l = lock(state)?;
     let existing = store::networks(state)?;
     if host::link_exists(&bridge) && !existing.iter().any(|n| n.bridge == bridge) {
         return Err(NetError::Conflict(format!("an interface named {bridge} exists on this host already and is not bulkhead's: pick another with --bridge")));
     }
     check_host_overlap(&subnet, &existing)?;
-    let net = Network { name: name.to_string(), bridge, subnet, created_ms: now_ms(), cursor: 0 };
+    let net = Network { name: name.to_string(), bridge, subnet, created_ms: now_ms(), cursor: 0, tenant: tenant.map(str::to_string) };
     store::create_network(state, &net)?;
     let up = host::ensure_bridge(&net).and_then(|()| apply(state));
     if let Err(e) = up {
         // Nothing half-made: the record and the bridge go again.
         let _ = store::remove_network(state, name);
-        let _ = host::delete_link(&net.bridge);
+        let _ = host::delete_bridge(&net.bridge);
         let _ = apply(state);
         return Err(e);
     }
@@ -85,9 +137,39 @@ pub fn create(state: &State, name: &str, subnet: Subnet, bridge: Option<String>)
 pub fn remove(state: &State, name: &str) -> Result<Network, NetError> {
     let _l = lock(state)?;
     let net = store::remove_network(state, name)?;
-    host::delete_link(&net.bridge)?;
+    host::delete_bridge(&net.bridge)?;
     apply(state)?;
     Ok(net)
+}
+
+/// The network of a cluster tenant's instances on this node, made on
+/// first use (its own bridge and a free /24): tenants never share one.
+pub fn ensure_tenant_network(state: &State, tenant: &str) -> Result<String, NetError> {
+    let name = super::tenant_network(tenant);
+    let _l = lock(state)?;
+    match store::network(state, &name) {
+        Ok(n) if n.tenant.as_deref() == Some(tenant) => return Ok(name),
+        Ok(_) => return Err(NetError::Conflict(format!("network {name:?} exists and is not tenant {tenant:?}'s: remove it (`bulkhead network rm {name}`)"))),
+        Err(NetError::NoSuchNetwork(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let subnet = pick_subnet(state, 24)?;
+    create_locked(state, &name, subnet, None, Some(tenant))?;
+    Ok(name)
+}
+
+/// Removes a tenant's network once no workload is on it; whether it did.
+pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetError> {
+    let name = super::tenant_network(tenant);
+    let _l = lock(state)?;
+    let Ok(net) = store::network(state, &name) else { return Ok(false) };
+    if net.tenant.as_deref() != Some(tenant) || store::leases(state)?.iter().any(|l| l.attachment.network == name) {
+        return Ok(false);
+    }
+    store::remove_network(state, &name)?;
+    host::delete_bridge(&net.bridge)?;
+    apply(state)?;
+    Ok(true)
 }
 
 /// The default network, created on first use.

@@ -8,12 +8,14 @@
 //! ```text
 //! subnet.rs  subnets, address allocation, MACs (pure)
 //! publish.rs -p HOSTIP:HOSTPORT:PORT/PROTO parsing (pure)
+//! egress.rs  what workloads may reach beyond their network (pure)
 //! rules.rs   the nft script for a set of networks and leases (pure)
 //! store.rs   networks and leases in the state store (redb)
 //! lifecycle.rs set up, tear down, sweep (what supervisors and the CLI call)
 //! host.rs    bridges, TAPs, veths, netns, sysctls, nft: the host side
 //! ```
 
+pub mod egress;
 pub mod host;
 pub mod lifecycle;
 pub mod publish;
@@ -69,6 +71,10 @@ pub struct Network {
     /// Where the next address search starts (see `subnet::allocate`).
     #[serde(default)]
     pub cursor: u32,
+    /// The cluster tenant whose instances on this node it holds (made on
+    /// first use, removed with the last): tenants never share a bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Network {
@@ -91,6 +97,9 @@ pub struct Attachment {
     pub host_if: String,
     pub ports: Vec<Publish>,
     pub nameservers: Vec<String>,
+    /// Beyond the internet: what `--allow-egress` opened (see `egress`).
+    #[serde(default)]
+    pub allow_egress: Vec<Subnet>,
 }
 
 /// Host interface names: a kind letter and the id's first 12 digits (15 bytes, IFNAMSIZ-1).
@@ -100,6 +109,18 @@ pub fn tap_name(id: &str) -> String {
 
 pub fn veth_name(id: &str) -> String {
     format!("bhv{}", crate::runtime::paths::short(id))
+}
+
+/// The network a cluster tenant's instances join on a node: `t-TENANT`,
+/// or `t-` and a hash where the tenant's name does not fit.
+pub fn tenant_network(tenant: &str) -> String {
+    let name = format!("t-{tenant}");
+    if valid_name(&name) {
+        return name;
+    }
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(tenant.as_bytes());
+    format!("t-{}", h.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Network names: like workload names, at most 32 characters.
@@ -172,6 +193,14 @@ mod tests {
             vec!["8.8.8.8", "8.8.4.4"]
         );
         assert_eq!(nameservers(""), vec!["8.8.8.8", "8.8.4.4"]);
+    }
+
+    #[test]
+    fn tenant_networks_are_one_per_tenant_and_valid() {
+        assert_eq!(tenant_network("acme"), "t-acme");
+        let long = tenant_network(&"x".repeat(60));
+        assert!(valid_name(&long) && long != tenant_network(&"x".repeat(61)), "{long}");
+        assert_ne!(tenant_network("a.b"), tenant_network("a_b"));
     }
 
     #[test]

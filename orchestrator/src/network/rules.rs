@@ -1,23 +1,39 @@
-//! bulkhead's nftables rules, rendered whole from the networks and the
-//! leases in the state store. `script` replaces both tables in one `nft -f`
-//! transaction: the kernel never sees half of a change, and a sweep after a
-//! crash is the same call as any other update.
+//! bulkhead's nftables rules, rendered whole from the networks, the
+//! leases and the host's egress policy in the state store. `script`
+//! replaces both tables in one `nft -f` transaction: the kernel never sees
+//! half of a change, and a sweep after a crash is the same call as any other
+//! update.
 //!
-//! - `table inet bulkhead` (IPv4 and IPv6 in one place): input from a bridge
-//!   only for replies (workloads cannot reach host services); forwarding
-//!   within a network, out to the world, and in only through published ports;
-//!   nothing between networks; no IPv6 from workloads; DNAT for published
-//!   ports in prerouting (other hosts) and output (the host itself, 127.0.0.1
-//!   included, masqueraded out of the bridge); masquerade for egress.
+//! - `table inet bulkhead` (IPv4 and IPv6 in one place):
+//!   - input from a bridge only for replies (workloads cannot reach host
+//!     services, 127.0.0.1 included);
+//!   - forward, policy drop: replies, published ports (DNAT) and a
+//!     network's own traffic; nothing between networks; then egress:
+//!     never the protected addresses (control plane, store), the workload's
+//!     own nameservers on port 53 and what it allowed, never the denied
+//!     ranges (`egress::DENIED`), then the internet. No IPv6 from or to
+//!     workloads. Forwarding that is not ours passes only where the host
+//!     forwarded before bulkhead turned forwarding on;
+//!   - DNAT for published ports in prerouting (other hosts) and output (the
+//!     host itself, 127.0.0.1 included, masqueraded out of the bridge);
+//!     masquerade for egress.
 //! - `table bridge bulkhead`: per workload port, frames must carry the
 //!   workload's own MAC, ARP and IPv4 its own address; nothing else passes.
 //!   It sees traffic between workloads on one bridge, which never reaches
-//!   the inet table.
+//!   the inet table. Then it marks every frame from a workload's port
+//!   (`egress::BRIDGE_MARK`): the host routes no unmarked packet that
+//!   arrives on our bridges (`host::ensure_fail_closed`), so with these
+//!   tables flushed workloads reach nothing, not everything.
 
-use super::{Attachment, Network, Proto};
+use super::egress::{self, HostPolicy, BRIDGE_MARK};
+use super::{Attachment, Network, Proto, Subnet};
 
 fn quoted_set(names: &[&str]) -> String {
     names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+}
+
+fn addr_set(nets: &[Subnet]) -> String {
+    nets.iter().map(Subnet::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
@@ -38,8 +54,23 @@ fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
     v
 }
 
+/// The egress exceptions of one workload: its nameservers (port 53 only)
+/// and what it allowed, from its own address on its own bridge (the
+/// bridge table keeps that address its own).
+fn egress_rules(a: &Attachment) -> Vec<String> {
+    let mut v = Vec::new();
+    let ns: Vec<String> = a.nameservers.iter().filter_map(|n| n.parse::<std::net::Ipv4Addr>().ok()).map(|n| n.to_string()).collect();
+    if !ns.is_empty() {
+        v.push(format!("iifname \"{}\" ip saddr {} ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept", a.bridge, a.ip, ns.join(", ")));
+    }
+    if !a.allow_egress.is_empty() {
+        v.push(format!("iifname \"{}\" ip saddr {} ip daddr {{ {} }} accept", a.bridge, a.ip, addr_set(&a.allow_egress)));
+    }
+    v
+}
+
 /// The rules of the inet table that concern one network (for `network inspect`).
-pub fn network_rules(net: &Network, leases: &[Attachment]) -> Vec<String> {
+pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) -> Vec<String> {
     let b = &net.bridge;
     let mine: Vec<Attachment> = leases.iter().filter(|a| a.network == net.name).cloned().collect();
     let mut v = vec![
@@ -47,13 +78,21 @@ pub fn network_rules(net: &Network, leases: &[Attachment]) -> Vec<String> {
         format!("input: iifname \"{b}\" drop"),
         format!("forward: iifname \"{b}\" oifname \"{b}\" accept"),
         format!("forward: iifname \"{b}\" oifname @bridges drop   (other networks)"),
-        format!("forward: iifname \"{b}\" accept   (egress)"),
+    ];
+    if !policy.protected.is_empty() {
+        v.push(format!("forward: iifname \"{b}\" ip daddr {{ {} }} drop   (control plane and store)", addr_set(&policy.protected)));
+    }
+    v.extend(mine.iter().flat_map(egress_rules).map(|r| format!("forward: {r}")));
+    v.extend([
+        format!("forward: iifname \"{b}\" ip daddr {{ {} }} drop   (denied ranges)", egress::DENIED.join(", ")),
+        format!("forward: iifname \"{b}\" accept   (the internet)"),
         format!("forward: oifname \"{b}\" drop   (unless established or published)"),
         format!("postrouting: ip saddr {} oifname != @bridges masquerade", net.subnet),
         format!("postrouting: oifname \"{b}\" ip saddr 127.0.0.0/8 masquerade"),
-    ];
+    ]);
     v.extend(dnat_rules(&mine).into_iter().map(|r| format!("prerouting+output: {r}")));
     v.extend(mine.iter().flat_map(port_rules).map(|r| format!("bridge prerouting: {r}")));
+    v.extend(mine.iter().map(|a| format!("bridge prerouting: iifname \"{}\" meta mark set meta mark or {BRIDGE_MARK:#x}   (unmarked: not routed)", a.host_if)));
     v
 }
 
@@ -70,7 +109,7 @@ fn port_rules(a: &Attachment) -> Vec<String> {
 
 /// The whole `nft -f` script: both tables replaced, or deleted when there
 /// are no networks.
-pub fn script(networks: &[Network], leases: &[Attachment]) -> String {
+pub fn script(networks: &[Network], leases: &[Attachment], policy: &HostPolicy) -> String {
     let mut s = String::from("table inet bulkhead {}\ndelete table inet bulkhead\ntable bridge bulkhead {}\ndelete table bridge bulkhead\n");
     if networks.is_empty() {
         return s;
@@ -83,13 +122,19 @@ pub fn script(networks: &[Network], leases: &[Attachment]) -> String {
     };
     s.push_str("table inet bulkhead {\n");
     s.push_str(&format!("\tset bridges {{\n\t\ttype ifname\n\t\telements = {{ {} }}\n\t}}\n", quoted_set(&bridges)));
+    s.push_str(&format!("\tset denied {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n", egress::DENIED.join(", ")));
+    s.push_str("\tset protected {\n\t\ttype ipv4_addr\n\t\tflags interval\n");
+    if !policy.protected.is_empty() {
+        s.push_str(&format!("\t\telements = {{ {} }}\n", addr_set(&policy.protected)));
+    }
+    s.push_str("\t}\n");
 
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
     line(&mut s, "iifname @bridges ct state established,related accept");
     line(&mut s, "iifname @bridges drop");
     s.push_str("\t}\n");
 
-    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n");
     line(&mut s, "iifname @bridges meta nfproto ipv6 drop");
     line(&mut s, "oifname @bridges meta nfproto ipv6 drop");
     line(&mut s, "iifname @bridges ct state established,related accept");
@@ -99,8 +144,19 @@ pub fn script(networks: &[Network], leases: &[Attachment]) -> String {
         line(&mut s, &format!("iifname \"{b}\" oifname \"{b}\" accept"));
     }
     line(&mut s, "iifname @bridges oifname @bridges drop");
-    line(&mut s, "iifname @bridges accept");
+    line(&mut s, "iifname @bridges ip daddr @protected drop");
+    for a in leases {
+        for r in egress_rules(a) {
+            line(&mut s, &r);
+        }
+    }
+    line(&mut s, "iifname @bridges ip daddr @denied drop");
+    line(&mut s, "iifname @bridges meta nfproto ipv4 accept");
+    line(&mut s, "iifname @bridges drop");
     line(&mut s, "oifname @bridges drop");
+    if policy.forwarded_before_us == Some(true) {
+        line(&mut s, "accept");
+    }
     s.push_str("\t}\n");
 
     let dnat = dnat_rules(leases);
@@ -121,12 +177,23 @@ pub fn script(networks: &[Network], leases: &[Attachment]) -> String {
     }
     s.push_str("\t}\n}\n");
 
-    s.push_str("table bridge bulkhead {\n\tchain ports {\n\t\ttype filter hook prerouting priority -200; policy accept;\n");
+    // The mark is set here, on the frame as it enters a bridge from a
+    // workload's port (after the anti-spoofing drops), not in an inet
+    // prerouting chain: with br_netfilter the inet prerouting hook sees the
+    // port, not the bridge (`meta ibrname` needs a module hosts may lack).
+    let ports: Vec<&str> = leases.iter().map(|a| a.host_if.as_str()).collect();
+    s.push_str("table bridge bulkhead {\n\tset ports {\n\t\ttype ifname\n");
+    if !ports.is_empty() {
+        s.push_str(&format!("\t\telements = {{ {} }}\n", quoted_set(&ports)));
+    }
+    s.push_str("\t}\n");
+    s.push_str("\tchain ports {\n\t\ttype filter hook prerouting priority -200; policy accept;\n");
     for a in leases {
         for r in port_rules(a) {
             line(&mut s, &r);
         }
     }
+    line(&mut s, &format!("iifname @ports meta mark set meta mark or {BRIDGE_MARK:#x}"));
     s.push_str("\t}\n}\n");
     s
 }
@@ -137,7 +204,7 @@ mod tests {
     use crate::network::{Publish, Subnet};
 
     fn net(name: &str, bridge: &str, subnet: &str) -> Network {
-        Network { name: name.into(), bridge: bridge.into(), subnet: Subnet::parse(subnet).unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0 }
+        Network { name: name.into(), bridge: bridge.into(), subnet: Subnet::parse(subnet).unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0, tenant: None }
     }
 
     fn lease(ip: &str, port: &str) -> Attachment {
@@ -151,12 +218,23 @@ mod tests {
             host_if: "bhtabc".into(),
             ports: vec![Publish::parse(port).unwrap_or_else(|e| panic!("{e}"))],
             nameservers: vec![],
+            allow_egress: vec![],
         }
+    }
+
+    fn cidr(s: &str) -> Subnet {
+        Subnet::parse_cidr(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The line numbers of the forward chain's rules that contain `what`.
+    fn forward_line(s: &str, what: &str) -> usize {
+        let chain = s.split("chain forward {").nth(1).and_then(|c| c.split("\n\t}").next()).unwrap_or_default();
+        chain.lines().position(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what:?} in the forward chain:\n{chain}"))
     }
 
     #[test]
     fn no_networks_deletes_both_tables_and_nothing_else() {
-        let s = script(&[], &[]);
+        let s = script(&[], &[], &HostPolicy::default());
         assert_eq!(s.lines().filter(|l| l.starts_with("delete table")).count(), 2);
         assert!(!s.contains("chain"));
     }
@@ -164,7 +242,7 @@ mod tests {
     #[test]
     fn the_script_replaces_tables_and_holds_every_rule_of_a_lease() {
         let nets = [net("bulkhead", "bulkhead0", "10.88.0.0/16"), net("other", "bh-other", "10.89.0.0/24")];
-        let s = script(&nets, &[lease("10.88.0.2", "127.0.0.1:8080:80")]);
+        let s = script(&nets, &[lease("10.88.0.2", "127.0.0.1:8080:80")], &HostPolicy::default());
         let delete = s.find("delete table inet bulkhead").unwrap_or(usize::MAX);
         let create = s.find("table inet bulkhead {\n").unwrap_or(0);
         assert!(delete < create, "the old table goes first, in the same transaction");
@@ -176,7 +254,42 @@ mod tests {
         assert!(s.contains("iifname @bridges oifname @bridges drop"));
         // The braces balance (a broken script would be refused whole by nft).
         assert_eq!(s.matches('{').count(), s.matches('}').count());
-        let r = network_rules(&nets[1], &[lease("10.88.0.2", "8080:80")]);
+        let r = network_rules(&nets[1], &[lease("10.88.0.2", "8080:80")], &HostPolicy::default());
         assert!(r.iter().any(|l| l.contains("10.89.0.0/24")) && !r.iter().any(|l| l.contains("dnat")), "another network's publications are not this one's");
+    }
+
+    /// Egress: the protected addresses go before anything a workload
+    /// allowed, its allows before the denied ranges, the internet last;
+    /// nothing of ours falls through to the policy, which drops.
+    #[test]
+    fn egress_is_denied_by_default_and_protected_addresses_win_over_allows() {
+        let nets = [net("bulkhead", "bulkhead0", "10.88.0.0/16")];
+        let mut a = lease("10.88.0.2", "8080:80");
+        a.allow_egress = vec![cidr("172.31.9.0/24")];
+        a.nameservers = vec!["10.0.0.2".into(), "not-an-address".into()];
+        let policy = HostPolicy { protected: vec![cidr("172.31.9.1/32"), cidr("203.0.113.5/32")], forwarded_before_us: Some(false) };
+        let s = script(&nets, &[a.clone()], &policy);
+        assert!(s.contains("type filter hook forward priority filter; policy drop;"), "{s}");
+        assert!(s.contains("elements = { 172.31.9.1/32, 203.0.113.5/32 }"));
+        let bridge_table = s.split("table bridge bulkhead {\n").nth(1).unwrap_or_default();
+        assert!(bridge_table.contains("elements = { \"bhtabc\" }") && bridge_table.contains("iifname @ports meta mark set meta mark or 0x400000"), "the mark the host's routing asks for, on frames from workloads' ports");
+        for r in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"] {
+            assert!(s.contains(r), "{r} is not denied");
+        }
+        let protected = forward_line(&s, "ip daddr @protected drop");
+        let allow = forward_line(&s, "ip saddr 10.88.0.2 ip daddr { 172.31.9.0/24 } accept");
+        let dns = forward_line(&s, "ip daddr { 10.0.0.2 } meta l4proto { tcp, udp } th dport 53 accept");
+        let denied = forward_line(&s, "ip daddr @denied drop");
+        let internet = forward_line(&s, "iifname @bridges meta nfproto ipv4 accept");
+        let between = forward_line(&s, "iifname @bridges oifname @bridges drop");
+        assert!(between < protected && protected < allow && protected < dns && allow < denied && dns < denied && denied < internet, "{s}");
+        assert!(forward_line(&s, "oifname @bridges ct status dnat accept") < between, "published ports come in");
+        assert!(!s.lines().any(|l| l.trim() == "accept"), "the host did not forward before us: nothing else is let through");
+        let router = HostPolicy { forwarded_before_us: Some(true), ..policy.clone() };
+        let s = script(&nets, &[a.clone()], &router);
+        assert!(forward_line(&s, "oifname @bridges drop") < s.split("chain forward {").nth(1).map(|c| c.lines().position(|l| l.trim() == "accept").unwrap_or(0)).unwrap_or(0), "a router's own forwarding passes, after ours");
+        let r = network_rules(&nets[0], &[a], &policy);
+        assert!(r.iter().any(|l| l.contains("172.31.9.1/32") && l.contains("control plane")), "{r:?}");
+        assert!(r.iter().any(|l| l.contains("ip daddr { 172.31.9.0/24 } accept")), "{r:?}");
     }
 }

@@ -7,14 +7,17 @@ use std::collections::BTreeSet;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::egress::HostPolicy;
 use super::subnet::{allocate, mac_for};
-use super::{Attachment, NetError, Network, Publish};
+use super::{Attachment, NetError, Network, Publish, Subnet};
 use crate::runtime::record::Record;
 use crate::runtime::state::{db, insert_in, State, StateError};
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 /// `<network>/<ip>` -> [`Lease`].
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// `policy` -> this host's [`HostPolicy`].
+const HOST: TableDefinition<&str, &[u8]> = TableDefinition::new("host");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -28,6 +31,8 @@ pub struct Want {
     pub network: String,
     pub ports: Vec<Publish>,
     pub nameservers: Vec<String>,
+    /// `--allow-egress`: reachable beyond the internet.
+    pub allow_egress: Vec<Subnet>,
 }
 
 fn corrupt(e: serde_json::Error) -> StateError {
@@ -66,6 +71,44 @@ pub fn network(state: &State, name: &str) -> Result<Network, NetError> {
 
 pub fn leases(state: &State) -> Result<Vec<Lease>, NetError> {
     read_all(state, LEASES)
+}
+
+/// This host's egress policy (the default until a node daemon says more).
+pub fn host_policy(state: &State) -> Result<HostPolicy, NetError> {
+    state.with_db(|d| {
+        let tx = d.begin_read().map_err(db)?;
+        let t = match tx.open_table(HOST) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HostPolicy::default()),
+            Err(e) => return Err(db(e).into()),
+        };
+        Ok(match t.get("policy").map_err(db)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
+            None => HostPolicy::default(),
+        })
+    })
+}
+
+/// Changes the host's egress policy in one transaction; whether it changed.
+pub fn update_host_policy(state: &State, change: impl FnOnce(&mut HostPolicy)) -> Result<bool, NetError> {
+    state.with_db(|d| {
+        let tx = d.begin_write().map_err(db)?;
+        let changed = {
+            let mut t = tx.open_table(HOST).map_err(db)?;
+            let old: HostPolicy = match t.get("policy").map_err(db)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
+                None => HostPolicy::default(),
+            };
+            let mut new = old.clone();
+            change(&mut new);
+            if new != old {
+                t.insert("policy", serde_json::to_vec(&new).map_err(db)?.as_slice()).map_err(db)?;
+            }
+            new != old
+        };
+        tx.commit().map_err(db)?;
+        Ok(changed)
+    })
 }
 
 /// Adds a network: its name and bridge must be free and its subnet must
@@ -149,6 +192,7 @@ pub fn insert_workload(state: &State, rec: &mut Record, want: Option<&Want>) -> 
                 },
                 ports: w.ports.clone(),
                 nameservers: w.nameservers.clone(),
+                allow_egress: w.allow_egress.clone(),
             };
             let lease = serde_json::to_vec(&Lease { id: id.clone(), attachment: attachment.clone() }).map_err(db)?;
             leases_t.insert(format!("{}/{ip}", net.name).as_str(), lease.as_slice()).map_err(db)?;
@@ -210,16 +254,16 @@ mod tests {
     }
 
     fn want(ports: &[&str]) -> Want {
-        Want { network: "small".into(), ports: ports.iter().map(|p| Publish::parse(p).unwrap_or_else(|e| panic!("{e}"))).collect(), nameservers: vec![] }
+        Want { network: "small".into(), ports: ports.iter().map(|p| Publish::parse(p).unwrap_or_else(|e| panic!("{e}"))).collect(), nameservers: vec![], allow_egress: vec![] }
     }
 
     #[test]
     fn leases_are_unique_transactional_and_released() {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = State::new(Paths::new(d.path()));
-        let net = Network { name: "small".into(), bridge: "bh-small".into(), subnet: Subnet::parse("10.9.0.0/29").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0 };
+        let net = Network { name: "small".into(), bridge: "bh-small".into(), subnet: Subnet::parse("10.9.0.0/29").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0, tenant: None };
         create_network(&s, &net).unwrap_or_else(|e| panic!("{e}"));
-        let clash = Network { name: "other".into(), bridge: "bh-other".into(), subnet: Subnet::parse("10.9.0.0/24").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0 };
+        let clash = Network { name: "other".into(), bridge: "bh-other".into(), subnet: Subnet::parse("10.9.0.0/24").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0, tenant: None };
         assert!(matches!(create_network(&s, &clash), Err(NetError::Conflict(m)) if m.contains("overlaps")));
         assert!(matches!(create_network(&s, &net), Err(NetError::Conflict(_))), "names are unique");
 
@@ -247,5 +291,17 @@ mod tests {
         }
         assert_eq!(remove_network(&s, "small").map(|n| n.bridge).ok().as_deref(), Some("bh-small"));
         assert!(networks(&s).unwrap_or_else(|e| panic!("{e}")).is_empty());
+    }
+
+    #[test]
+    fn the_host_policy_is_kept_and_written_only_when_it_changes() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = State::new(Paths::new(d.path()));
+        assert_eq!(host_policy(&s).ok(), Some(HostPolicy::default()));
+        let p = Subnet::parse_cidr("172.31.9.1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(update_host_policy(&s, |h| h.protected = vec![p]).ok(), Some(true));
+        assert_eq!(update_host_policy(&s, |h| h.protected = vec![p]).ok(), Some(false), "the same again changes nothing");
+        assert_eq!(update_host_policy(&s, |h| h.forwarded_before_us = Some(false)).ok(), Some(true));
+        assert_eq!(host_policy(&s).ok(), Some(HostPolicy { protected: vec![p], forwarded_before_us: Some(false) }));
     }
 }

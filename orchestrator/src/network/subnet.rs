@@ -15,15 +15,34 @@ pub struct Subnet {
 }
 
 impl Subnet {
-    /// `10.88.0.0/16`. The base must have no host bits set; /8 to /29 (a
-    /// gateway and at least one workload address besides network and broadcast).
+    /// `10.88.0.0/16` as a network's subnet: `parse_cidr`'s rules, and /8
+    /// to /29 (a gateway and at least one workload address besides
+    /// network and broadcast).
     pub fn parse(s: &str) -> Result<Self, NetError> {
+        if !s.contains('/') {
+            return Err(NetError::Input(format!("subnet {s:?}: write it as ADDRESS/PREFIX, e.g. 10.89.0.0/16")));
+        }
+        let net = Self::parse_cidr(s)?;
+        if !(8..=29).contains(&net.prefix) {
+            return Err(NetError::Input(format!("subnet {s:?}: the prefix length must be 8 to 29")));
+        }
+        Ok(net)
+    }
+
+    /// Any IPv4 CIDR, /0 to /32, written ADDRESS/PREFIX with no host bits
+    /// set; a bare address is its /32.
+    pub fn parse_cidr(s: &str) -> Result<Self, NetError> {
         let bad = |why: &str| NetError::Input(format!("subnet {s:?}: {why}"));
-        let (addr, len) = s.split_once('/').ok_or_else(|| bad("write it as ADDRESS/PREFIX, e.g. 10.89.0.0/16"))?;
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, l),
+            None if s.parse::<Ipv4Addr>().is_ok() => (s, "32"),
+            None => return Err(bad("write it as ADDRESS/PREFIX, e.g. 10.89.0.0/16")),
+        };
         let base: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
-        let prefix: u8 = len.parse().map_err(|_| bad("the prefix length is not a number"))?;
-        if !(8..=29).contains(&prefix) {
-            return Err(bad("the prefix length must be 8 to 29"));
+        let digits = !len.is_empty() && len.len() <= 2 && len.bytes().all(|b| b.is_ascii_digit());
+        let prefix: u8 = len.parse().ok().filter(|_| digits).ok_or_else(|| bad("the prefix length is not a number"))?;
+        if prefix > 32 {
+            return Err(bad("the prefix length must be 0 to 32"));
         }
         let net = Subnet { base, prefix };
         if u32::from(base) & !net.mask() != 0 {
@@ -38,8 +57,10 @@ impl Subnet {
         u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0)
     }
 
+    /// How many addresses (a /0's 2^32 does not fit: it saturates; only
+    /// networks, /8 to /29, are sized).
     pub fn size(&self) -> u32 {
-        1u32 << (32 - u32::from(self.prefix))
+        1u32.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(u32::MAX)
     }
 
     pub fn contains(&self, a: Ipv4Addr) -> bool {
@@ -115,6 +136,17 @@ mod tests {
         }
         let e = Subnet::parse("10.88.1.0/16").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("10.88.0.0/16"), "{e}");
+    }
+
+    #[test]
+    fn cidrs_parse_any_prefix_and_refuse_malformed_ones() {
+        assert_eq!(Subnet::parse_cidr("0.0.0.0/0").map(|n| (n.prefix, n.contains(Ipv4Addr::new(8, 8, 8, 8)))).ok(), Some((0, true)));
+        assert_eq!(Subnet::parse_cidr("192.168.1.5").ok(), Some(Subnet { base: Ipv4Addr::new(192, 168, 1, 5), prefix: 32 }));
+        assert_eq!(Subnet::parse_cidr("172.16.0.0/12").map(|n| n.to_string()).ok().as_deref(), Some("172.16.0.0/12"));
+        for bad in ["", "/", "10.0.0.0/", "10.0.0.0/33", "10.0.0.1/8", "10.0.0.0/-1", "10.0.0.0/8/8", "::1/128", "1.2.3/8", "1.2.3.4.5/32", "256.0.0.0/8", " 10.0.0.0/8", "10.0.0.0/0x8", "10.0.0.0/+8"] {
+            assert!(Subnet::parse_cidr(bad).is_err(), "{bad:?}");
+        }
+        assert!(Subnet::parse("0.0.0.0/0").is_err() && Subnet::parse("10.0.0.0/30").is_err(), "networks stay /8 to /29");
     }
 
     #[test]
