@@ -255,17 +255,24 @@ pub fn detach(state: &State, id: &str) -> Result<(), NetError> {
 /// veths; recreates missing bridges (after a reboot); then renders the
 /// rules again if any of that happened. Returns what it did, for people.
 pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
+    let _l = lock(state)?;
+    // Leases and interfaces first, the records after: a workload's record
+    // is written with its lease (one transaction) and before its interface,
+    // so everything seen here that still has a live workload has its
+    // record in the list read next. (Read the other way round, a `run`
+    // beside this one could insert a workload between the two reads, and
+    // its lease and interface would be swept as left over.)
+    let leases: Vec<Lease> = store::leases(state)?;
+    let links = host::links_with_prefix(&["bht", "bhv"]);
     let records = state.list()?;
     let live: BTreeSet<&str> = records.iter().filter(|r| r.status().is_live()).map(|r| r.config.id.as_str()).collect();
     let is_live = |short: &str| live.iter().any(|id| id.starts_with(short));
-    let _l = lock(state)?;
     let mut removed = Vec::new();
-    let leases: Vec<Lease> = store::leases(state)?;
     for l in leases.iter().filter(|l| !live.contains(l.id.as_str())) {
         store::release(state, &l.id)?;
         removed.push(format!("lease {} on {} (workload {})", l.attachment.ip, l.attachment.network, crate::runtime::paths::short(&l.id)));
     }
-    for name in host::links_with_prefix(&["bht", "bhv"]) {
+    for name in links {
         let id = &name[3..];
         if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !is_live(id) {
             host::delete_link(&name)?;
