@@ -73,7 +73,7 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     let join = text(&api(&admin, &["node", "token", "create"]).stdout).trim().to_string();
     let tenant = text(&api(&admin, &["tenant", "create", "acme"]).stdout).trim().to_string();
     let node =
-        ctx.cmd(&["node", "--server", &url, "--join-token", &join, "--name", "vm1", "--runtime", "microvm", "--cpus", "2", "--memory", "1g", "--listen", "127.0.0.1:0"]).stdin(Stdio::null()).spawn();
+        ctx.cmd(&["node", "--insecure", "--server", &url, "--join-token", &join, "--name", "vm1", "--runtime", "microvm", "--cpus", "2", "--memory", "1g", "--listen", "127.0.0.1:0"]).stdin(Stdio::null()).spawn();
     let Ok(node) = node.map(Killed) else {
         check("node", false, "cannot start bulkhead node".into());
         return checks;

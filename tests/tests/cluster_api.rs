@@ -230,7 +230,7 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
     assert_eq!(status, 200);
     let paths = doc["paths"].as_object().unwrap();
     let routes: usize = paths.values().map(|m| m.as_object().unwrap().len()).sum();
-    assert_eq!((paths.len(), routes), (16, 19), "{:?}", paths.keys());
+    assert_eq!((paths.len(), routes), (17, 20), "{:?}", paths.keys());
     for (path, methods) in paths {
         for method in methods.as_object().unwrap().keys() {
             let concrete = path.replace("{name}", "web").replace("{index}", "x");
@@ -278,6 +278,44 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
     let before = json(&cli(&s, &acme, &["instance", "ls", "--format", "json"]));
     assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(forged)).0, 200);
     assert_eq!(json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), before, "a node's reports about another node's instances change nothing");
+    assert!(cli(&s, &s.admin, &["node", "cordon", "n9"]).status.success());
+
+    // Node names are bound (issue 20): a second join under n9, without its
+    // token or with another, is refused and changes nothing; n9 itself
+    // (its token in node_token) joins again; an admin's `node rm` frees the name.
+    assert_eq!(n9["control_plane"], serde_json::json!(["127.0.0.1/32"]), "the server's address, for the node's walls: {n9}");
+    let nodes_now = || {
+        let mut v = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
+        v.as_array_mut().unwrap().iter_mut().for_each(|n| n["heartbeat_age_ms"] = serde_json::Value::Null); // the clock moves on
+        v
+    };
+    let nodes_before = nodes_now();
+    let taker = |presented: Option<&str>| {
+        let mut v: serde_json::Value = serde_json::from_str(&with_api("https://10.6.6.6:7071", &cert)).unwrap();
+        if let Some(t) = presented {
+            v["node_token"] = t.into();
+        }
+        v.to_string()
+    };
+    for presented in [None, Some("bh_guess"), Some(join.as_str()), Some(acme.as_str())] {
+        let (status, e) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(&taker(presented)));
+        assert!(status == 409 && e["error"].as_str().is_some_and(|m| m.contains("node rm n9")), "{presented:?}: {status} {e}");
+    }
+    assert_eq!(nodes_now(), nodes_before, "refused joins change nothing (the API, the secret, the cordon)");
+    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(r#"{"reports": []}"#)).0, 200, "n9's token still works");
+    let (status, again) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(&taker(Some(n9_token))));
+    assert_eq!(status, 200, "{again}");
+    let n9_token = again["token"].as_str().unwrap().to_string();
+    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(&n9_token), Some(r#"{"reports": []}"#)).0, 200);
+    assert!(!cli(&s, &acme, &["node", "rm", "n9"]).status.success(), "only the admin removes nodes");
+    let rm = cli(&s, &s.admin, &["node", "rm", "n9"]);
+    assert!(rm.status.success() && String::from_utf8_lossy(&rm.stdout).contains("n9: removed"), "{}", show(&rm));
+    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(&n9_token), Some(r#"{"reports": []}"#)).0, 401, "a removed node's token is gone");
+    let (status, fresh) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(node));
+    assert_eq!(status, 200, "the name is free again: {fresh}");
+    // A node with instances that may still run is not removed.
+    let busy = cli(&s, &s.admin, &["node", "rm", "n1"]);
+    assert!(!busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("drain"), "{}", show(&busy));
     assert!(cli(&s, &s.admin, &["node", "cordon", "n9"]).status.success());
 
     let (status, v) = http(&s.addr, "GET", "/v2/nothing", Some(&acme), None);

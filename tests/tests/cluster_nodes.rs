@@ -26,6 +26,9 @@ use bulkhead_tests::run_cases;
 use serde_json::Value;
 
 const LAN_ADDR: &str = "10.78.0.1";
+/// The counter stands on "the internet" (a TEST-NET-2 address in the lan
+/// namespace): workloads reach no private address, and never the server's.
+const COUNTER_ADDR: &str = "198.51.100.9";
 const COUNTER_PORT: u16 = 9000;
 
 fn bulkhead() -> PathBuf {
@@ -65,7 +68,7 @@ impl Counter {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             netns::enter(&path).unwrap();
-            let l = TcpListener::bind((LAN_ADDR, COUNTER_PORT)).unwrap();
+            let l = TcpListener::bind((COUNTER_ADDR, COUNTER_PORT)).unwrap();
             tx.send(()).unwrap();
             for conn in l.incoming().flatten() {
                 let visits = Arc::clone(&visits);
@@ -167,7 +170,8 @@ impl Cluster {
     fn start_node(&mut self, i: usize) {
         let mut c = Command::new(bulkhead());
         let name = format!("n{}", i + 1);
-        c.args(["node", "--server", &self.url, "--join-token", &self.join, "--name", &name, "--cpus", "4", "--memory", "4g", "--runtime", "container", "--label", &format!("host={name}")]);
+        // Plain http on the test's own lan (the walls test covers TLS).
+        c.args(["node", "--insecure", "--server", &self.url, "--join-token", &self.join, "--name", &name, "--cpus", "4", "--memory", "4g", "--runtime", "container", "--label", &format!("host={name}")]);
         c.env("BULKHEAD_DATA", &self.data[i]).stdin(Stdio::null());
         netns::command_in(&mut c, &self.hosts[i].path()).unwrap();
         self.nodes[i] = Some(Proc(c.spawn().unwrap()));
@@ -295,6 +299,7 @@ fn setup(shape: Shape) -> Cluster {
     let lan = NetNs::create("bhtest-clan").unwrap();
     lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
     lan.ip(&["address", "add", &format!("{LAN_ADDR}/24"), "dev", "br0"]).unwrap();
+    lan.ip(&["address", "add", &format!("{COUNTER_ADDR}/32"), "dev", "br0"]).unwrap();
     lan.ip(&["link", "set", "br0", "up"]).unwrap();
     let mut hosts = Vec::new();
     let mut data = Vec::new();
@@ -373,7 +378,7 @@ fn deploy(c: &Cluster, yaml: &str) {
 
 /// Each copy connects to the counter and says who it is, every 200 ms.
 fn web(replicas: u32) -> String {
-    format!("name: web\nimage: {}\nruntime: container\nreplicas: {replicas}\ncpus: 0.1\nmemory: 32m\ncommand: [sh, -c, 'echo started $BULKHEAD_SERVICE/$BULKHEAD_INSTANCE; while :; do echo \"$BULKHEAD_SERVICE/$BULKHEAD_INSTANCE/$BULKHEAD_FENCE/$BULKHEAD_NODE\"; sleep 0.2; done | nc {LAN_ADDR} {COUNTER_PORT}']\n", run_cases::IMAGE)
+    format!("name: web\nimage: {}\nruntime: container\nreplicas: {replicas}\ncpus: 0.1\nmemory: 32m\ncommand: [sh, -c, 'echo started $BULKHEAD_SERVICE/$BULKHEAD_INSTANCE; while :; do echo \"$BULKHEAD_SERVICE/$BULKHEAD_INSTANCE/$BULKHEAD_FENCE/$BULKHEAD_NODE\"; sleep 0.2; done | nc {COUNTER_ADDR} {COUNTER_PORT}']\n", run_cases::IMAGE)
 }
 
 #[test]
@@ -410,6 +415,14 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         let took = wait_for(&c, &format!("{n} running {per}/{per}/{per}"), Duration::from_secs(60), || c.running_per_node("web") == want && counter.connected("web").len() == n);
         wait_for(&c, "only the assigned copies run locally", Duration::from_secs(30), || (0..3).all(|i| c.local(i).len() == per));
         eprintln!("{n} replicas running and connected after {took:?}");
+    }
+    // Each node put the tenant's copies on a network of its own, and keeps
+    // them from the control plane (the servers and etcd share LAN_ADDR).
+    for d in &c.data {
+        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", d).args(["network", "inspect", "t-acme"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        assert!(v["tenant"] == "acme" && v["workloads"].as_array().map(Vec::len) == Some(1), "{}: {v}", d.display());
+        assert_eq!(v["protected"], serde_json::json!([format!("{LAN_ADDR}/32")]), "{v}");
     }
     // The copies that stayed spoke without a pause while the others were stopped and removed.
     std::thread::sleep(Duration::from_secs(3)); // longer than the counter's silence limit

@@ -138,7 +138,36 @@ pub fn server(a: ServerArgs) -> Result<()> {
     // worker that makes them: several workers, so a slow store call holds
     // up its own request, not every other one.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
-    rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings, tls)).with_context(|| format!("serve on {}", a.listen))
+    let control_plane = control_plane(&a);
+    rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings, tls, control_plane)).with_context(|| format!("serve on {}", a.listen))
+}
+
+/// The addresses nodes keep workloads from: this server's (its listen
+/// address unless unspecified, its advertised host) and its etcd's.
+fn control_plane(a: &ServerArgs) -> Vec<String> {
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    if !a.listen.ip().is_unspecified() {
+        hosts.push((a.listen.ip().to_string(), a.listen.port()));
+    }
+    if let Some(u) = a.advertise.as_deref().and_then(|u| reqwest::Url::parse(u).ok()) {
+        if let Some(h) = u.host_str() {
+            hosts.push((h.trim_start_matches('[').trim_end_matches(']').to_string(), u.port_or_known_default().unwrap_or(443)));
+        }
+    }
+    if let Some(etcd) = a.store.as_deref().and_then(|s| s.strip_prefix("etcd://")) {
+        for ep in etcd.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (h, p) = ep.rsplit_once(':').unwrap_or((ep, "2379"));
+            hosts.push((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().unwrap_or(2379)));
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (h, port) in hosts {
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), port)).map(|a| a.collect::<Vec<_>>()).unwrap_or_default();
+        out.extend(resolved.into_iter().filter(|s| s.is_ipv4() && !s.ip().is_unspecified()).map(|s| format!("{}/32", s.ip())));
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn write_token(file: &std::path::Path, token: &str) -> Result<()> {
@@ -491,6 +520,11 @@ pub struct DaemonArgs {
     /// the --listen port.
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
+    /// Join and sync over http:// although the join token, this node's
+    /// token and its API secret then cross the network in the clear
+    /// (refused without this flag).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -507,6 +541,15 @@ pub enum NodeCommand {
     /// Join tokens for new nodes.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Remove a node and free its name (its token stops working; a join
+    /// under a name that holds a token is refused otherwise). Refused
+    /// while instances assigned to it may still run: drain it first, or
+    /// stop its daemon and wait its lease and stop time.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// No new instances on this node.
     Cordon {
         name: String,
@@ -536,7 +579,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
     let join_token = a
         .join_token
         .or_else(|| std::env::var("BULKHEAD_JOIN_TOKEN").ok().filter(|s| !s.is_empty()))
-        .context("`bulkhead node` runs the node daemon: it needs --join-token (from `bulkhead node token create`) or BULKHEAD_JOIN_TOKEN; or use a subcommand (ls, cordon, uncordon, drain, token)")?;
+        .context("`bulkhead node` runs the node daemon: it needs --join-token (from `bulkhead node token create`) or BULKHEAD_JOIN_TOKEN; or use a subcommand (ls, cordon, uncordon, drain, rm, token)")?;
     if !nix::unistd::geteuid().is_root() {
         bail!("the node daemon needs root (it runs workloads through `bulkhead run`)");
     }
@@ -569,7 +612,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
         bail!("this host offers no runtime: no /dev/kvm (microvm) and no crun or runc (container: apt-get install crun)");
     }
     let node = crate::cluster::state::Node { name, labels, capacity: Some(crate::cluster::node::host_capacity()), allocatable, runtimes, cordoned: false, api: None, images: None };
-    let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()?, cacert: cacert(&a.cacert), listen: a.listen, advertise: a.advertise };
+    let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()?, cacert: cacert(&a.cacert), listen: a.listen, advertise: a.advertise, insecure: a.insecure };
     crate::cluster::node::run(cfg)?;
     Ok(())
 }
@@ -580,6 +623,10 @@ pub fn node(a: NodeArgs) -> Result<()> {
         NodeCommand::Drain { name, conn } => {
             let v = conn.call(reqwest::Method::POST, &format!("/v1/nodes/{}/drain", path_segment(&name)?), None)?;
             println!("{name}: cordoned, {} instance(s) to move", s(&v["moved"]));
+        }
+        NodeCommand::Rm { name, conn } => {
+            let v = conn.call(reqwest::Method::DELETE, &format!("/v1/nodes/{}", path_segment(&name)?), None)?;
+            println!("{name}: removed ({} instance(s) to place elsewhere)", s(&v["instances_moved"]));
         }
         NodeCommand::Token(TokenCommand::Create(conn)) => {
             let v = conn.call(reqwest::Method::POST, "/v1/nodes/tokens", None)?;

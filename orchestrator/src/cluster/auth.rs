@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::schedule::Quota;
-use super::state::{Cluster, StateError};
+use super::state::{decode, encode, heartbeat_key, node_key, Cluster, Node, StateError};
 use super::store::{Compare, Op};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,22 +93,66 @@ impl Cluster {
         Ok(token)
     }
 
-    /// A fresh token for node `name` (its previous one stops working).
-    pub fn issue_node_token(&self, name: &str) -> Result<String, StateError> {
-        let token = new_token().map_err(|e| StateError::Corrupt("/dev/urandom".into(), e.to_string()))?;
-        let principal = serde_json::to_vec(&Principal::Node(name.into())).unwrap_or_default();
-        let current = format!("/node-tokens/{name}");
+    /// Node `node.name` joins: its record (keeping a cordon), how the
+    /// server reaches its API, a heartbeat at `now_ms` and a fresh token
+    /// (the previous one stops working), in one transaction: all or
+    /// nothing. A name that is registered and holds a token is bound to
+    /// that token: joining under it needs it (`presented`, the node's own
+    /// proof after a restart), else `Taken` and nothing changes; an admin
+    /// frees a name by removing the node (`remove_node`).
+    pub fn join_node(&self, mut node: Node, access: Option<&NodeAccess>, presented: Option<&str>, now_ms: u64) -> Result<String, StateError> {
+        let name = node.name.clone();
+        let bound = format!("/node-tokens/{name}");
+        let nkey = node_key(&name);
         let mut guards = Vec::new();
-        let mut ops = vec![Op::Put(token_key(&token), principal), Op::Put(current.clone(), token_key(&token).into_bytes())];
-        match self.store.get(&current)? {
+        let mut ops = Vec::new();
+        match self.store.get(&bound)? {
             Some(old) => {
-                guards.push(Compare::Revision(current, old.revision));
-                ops.push(Op::Delete(String::from_utf8_lossy(&old.value).into_owned()));
+                let current = String::from_utf8_lossy(&old.value).into_owned();
+                if presented.map(token_key).as_deref() != Some(current.as_str()) {
+                    return Err(StateError::Taken(format!(
+                        "node {name:?} is registered and holds a token: a join under its name needs that token (a restarted node daemon sends it from its data dir). If that machine is gone, free the name: `bulkhead node rm {name}`"
+                    )));
+                }
+                guards.push(Compare::Revision(bound.clone(), old.revision));
+                ops.push(Op::Delete(current));
             }
-            None => guards.push(Compare::Absent(current)),
+            None => guards.push(Compare::Absent(bound.clone())),
         }
-        self.store.txn(&guards, &ops)?;
-        Ok(token)
+        match self.store.get(&nkey)? {
+            Some(e) => {
+                node.cordoned = decode::<Node>(&e)?.cordoned;
+                guards.push(Compare::Revision(nkey.clone(), e.revision));
+            }
+            None => guards.push(Compare::Absent(nkey.clone())),
+        }
+        let token = new_token().map_err(|e| StateError::Corrupt("/dev/urandom".into(), e.to_string()))?;
+        let principal = serde_json::to_vec(&Principal::Node(name.clone())).unwrap_or_default();
+        ops.push(Op::Put(token_key(&token), principal));
+        ops.push(Op::Put(bound, token_key(&token).into_bytes()));
+        ops.push(Op::Put(nkey, encode(&node)));
+        ops.push(Op::Put(heartbeat_key(&name), now_ms.to_le_bytes().to_vec()));
+        let secrets = format!("/node-secrets/{name}");
+        ops.push(match access {
+            Some(a) => Op::Put(secrets, serde_json::to_vec(a).map_err(|e| StateError::Corrupt(format!("/node-secrets/{name}"), e.to_string()))?),
+            None => Op::Delete(secrets),
+        });
+        match self.store.txn(&guards, &ops) {
+            Ok(_) => Ok(token),
+            Err(super::store::StoreError::Conflict(_)) => Err(StateError::Taken(format!("node {name:?} joined or changed meanwhile: try again"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The keys that bind node `name`'s token (for its removal).
+    pub(crate) fn node_token_ops(&self, name: &str) -> Result<Vec<Op>, StateError> {
+        let bound = format!("/node-tokens/{name}");
+        let mut ops = vec![Op::Delete(format!("/node-secrets/{name}"))];
+        if let Some(old) = self.store.get(&bound)? {
+            ops.push(Op::Delete(String::from_utf8_lossy(&old.value).into_owned()));
+            ops.push(Op::Delete(bound));
+        }
+        Ok(ops)
     }
 
     /// How the server reaches node `name`'s own API (`None`: it has none).
@@ -154,11 +198,19 @@ mod tests {
         assert_eq!(c.tenant("acme").map(|t| t.quota.instances).ok(), Some(Some(3)));
         let join = c.create_join_token().unwrap_or_default();
         assert_eq!(c.principal(&join).ok().flatten(), Some(Principal::Join));
-        let n1 = c.issue_node_token("n1").unwrap_or_default();
+        let node = |api: &str| Node { name: "n1".into(), labels: Default::default(), capacity: None, allocatable: Default::default(), runtimes: vec![], cordoned: false, api: Some(api.into()), images: None };
+        let n1 = c.join_node(node("https://10.0.0.1:7071"), None, None, 5).unwrap_or_default();
         assert_eq!(c.principal(&n1).ok().flatten(), Some(Principal::Node("n1".into())));
-        let n1_again = c.issue_node_token("n1").unwrap_or_default();
+        // A second join under the bound name, without its token or with another: refused, nothing changes.
+        let before = c.store.list("/").unwrap_or_default();
+        for presented in [None, Some("bh_guess"), Some(join.as_str())] {
+            assert!(matches!(c.join_node(node("https://10.6.6.6:7071"), None, presented, 9), Err(StateError::Taken(_))), "{presented:?}");
+        }
+        assert_eq!(c.store.list("/").unwrap_or_default(), before, "a refused join writes nothing");
+        let n1_again = c.join_node(node("https://10.0.0.1:7072"), None, Some(&n1), 10).unwrap_or_default();
         assert_eq!(c.principal(&n1).ok().flatten(), None, "a node's new token replaces its old one");
         assert_eq!(c.principal(&n1_again).ok().flatten(), Some(Principal::Node("n1".into())));
+        assert_eq!(c.last_heartbeat_ms("n1").ok(), Some(10));
         let raw: Vec<u8> = c.store.list("/").unwrap_or_default().iter().flat_map(|e| [e.key.as_bytes(), &e.value].concat()).collect();
         let raw = String::from_utf8_lossy(&raw);
         assert!(!raw.contains(&admin[3..]) && !raw.contains(&t[3..]), "no token in the store as is");

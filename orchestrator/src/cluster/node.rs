@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::json;
@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub listen: std::net::SocketAddr,
     /// ...and the server reaches it here (default: derived).
     pub advertise: Option<String>,
+    /// Join and sync over http:// (the join token, this node's token and
+    /// its API secret then cross the network in the clear).
+    pub insecure: bool,
 }
 
 /// An instance's identity on this node, from its workload's environment.
@@ -92,6 +95,10 @@ struct Joined {
     heartbeat_ms: u64,
     lease_ms: u64,
     kill_after_ms: u64,
+    /// The control plane's and its store's addresses (no workload here
+    /// may reach them).
+    #[serde(default)]
+    control_plane: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +106,63 @@ struct Synced {
     assignments: Vec<Assignment>,
     lease_ms: u64,
     kill_after_ms: u64,
+    #[serde(default)]
+    control_plane: Vec<String>,
+}
+
+/// This node's name and token, kept (0600) so a restarted daemon proves it
+/// is the node that holds the name: a join under a registered name that
+/// holds a token needs that token.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct Identity {
+    name: String,
+    token: String,
+}
+
+fn identity_file(data: &Path) -> PathBuf {
+    data.join("node").join("identity.json")
+}
+
+fn read_identity(data: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(identity_file(data)).ok()?;
+    let id: Identity = serde_json::from_str(&text).ok()?;
+    (id.name == name).then_some(id.token)
+}
+
+fn write_identity(data: &Path, name: &str, token: &str) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(&Identity { name: name.into(), token: token.into() }).map_err(std::io::Error::other)?;
+    crate::runtime::record::write_private(&identity_file(data), &bytes)
+}
+
+/// The servers' URLs that are not https://, unless `insecure` allows them.
+pub fn refuse_cleartext(servers: &str, insecure: bool) -> Result<(), NodeError> {
+    let plain: Vec<&str> = servers.split(',').map(str::trim).filter(|u| !u.is_empty() && !u.starts_with("https://")).collect();
+    if plain.is_empty() || insecure {
+        return Ok(());
+    }
+    Err(NodeError::Local(format!(
+        "refusing to join over {}: the join token, this node's token and its API secret would cross the network in the clear. Serve the API over TLS (`bulkhead server --tls-cert/--tls-key`, then https:// and --cacert here), or accept the risk with --insecure",
+        plain.join(", ")
+    )))
+}
+
+/// The addresses no workload on this node may reach: the servers' (their
+/// URLs' hosts, resolved) and what the server says of itself and its store.
+fn protected_addresses(servers: &str, said: &[String]) -> Vec<crate::network::Subnet> {
+    let mut out = Vec::new();
+    for url in servers.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let Ok(u) = reqwest::Url::parse(url) else { continue };
+        let Some(host) = u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()) else { continue };
+        let port = u.port_or_known_default().unwrap_or(443);
+        if let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)) {
+            out.extend(addrs.filter_map(|a| match a.ip() {
+                std::net::IpAddr::V4(ip) => Some(crate::network::Subnet { base: ip, prefix: 32 }),
+                std::net::IpAddr::V6(_) => None,
+            }));
+        }
+    }
+    out.extend(said.iter().filter_map(|a| crate::network::Subnet::parse_cidr(a).ok()));
+    out
 }
 
 struct Client {
@@ -166,7 +230,29 @@ struct Daemon {
     secret: String,
     /// ...and the certificate that API serves (PEM).
     cert: String,
+    /// One lock per tenant: starts hold it shared while they make sure the
+    /// tenant's network exists and run; a removal takes it alone to drop
+    /// the network once nothing is on it.
+    tenant_locks: TenantLocks,
+    /// What the server said last of the control plane's addresses.
+    control_plane: Vec<String>,
+    /// When our firewall tables and routing rules were last checked.
+    walls_checked: Option<Instant>,
 }
+
+#[derive(Clone, Default)]
+struct TenantLocks(Arc<Mutex<BTreeMap<String, Arc<RwLock<()>>>>>);
+
+impl TenantLocks {
+    fn of(&self, tenant: &str) -> Arc<RwLock<()>> {
+        Arc::clone(self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.to_string()).or_default())
+    }
+}
+
+/// How often the node checks that its firewall tables and routing rules
+/// are still there (a firewall reload flushes the tables: the workloads
+/// are cut off, never opened, until they are back).
+const WALLS_EVERY: Duration = Duration::from_secs(5);
 
 /// The address the server sees this host by: `listen` unless it is
 /// 0.0.0.0, else the source address of the route to the first server.
@@ -192,8 +278,11 @@ fn api_host(url: &str) -> Option<String> {
 
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
+    refuse_cleartext(&cfg.server, cfg.insecure)?;
     let leases = cfg.data.join("node").join("leases");
-    std::fs::create_dir_all(&leases).map_err(|e| NodeError::Local(format!("{}: {e}", leases.display())))?;
+    for d in [cfg.data.as_path(), &cfg.data.join("node"), &leases] {
+        bulkhead_images::private::dir(d).map_err(|e| NodeError::Local(format!("{}: {e}", d.display())))?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| NodeError::Local(e.to_string()))?;
     let http = super::tls::client(cfg.cacert.as_deref()).map_err(|e| NodeError::Local(e.to_string()))?;
     let client = Client::new(&cfg.server, http);
@@ -209,7 +298,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let tls = super::tls::server_config_pem(&cert, &key).map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
     cfg.node.api = Some(api);
     rt.spawn(super::node_api::serve(listener, tls, secret.clone(), cfg.data.clone(), cfg.bulkhead.clone()));
-    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, secret, cert };
+    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, secret, cert, tenant_locks: TenantLocks::default(), control_plane: Vec::new(), walls_checked: None };
+    d.protect(Vec::new());
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| NodeError::Local(e.to_string()))?;
         tokio::select! {
@@ -226,8 +316,15 @@ impl Daemon {
         let mut body = serde_json::to_value(&self.cfg.node).unwrap_or_default();
         body["api_secret"] = json!(self.secret);
         body["api_cert"] = json!(self.cert);
+        if let Some(t) = read_identity(&self.cfg.data, &self.cfg.node.name) {
+            body["node_token"] = json!(t);
+        }
         let j: Joined = self.client.post("/v1/nodes/join", &self.cfg.join_token, body).await?;
+        if let Err(e) = write_identity(&self.cfg.data, &self.cfg.node.name, &j.token) {
+            eprintln!("bulkhead node: keep this node's token in {}: {e} (a restarted daemon will not get its name back)", identity_file(&self.cfg.data).display());
+        }
         self.kill_after_ms = j.kill_after_ms;
+        self.protect(j.control_plane);
         eprintln!("bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)", self.client.name(), self.cfg.node.name, j.heartbeat_ms, j.lease_ms);
         Ok((j.token, j.heartbeat_ms.clamp(100, 10_000)))
     }
@@ -272,6 +369,33 @@ impl Daemon {
         }
     }
 
+    /// Keeps the control plane out of every workload's reach: the servers'
+    /// addresses and what the server said (`said`), when that changed.
+    fn protect(&mut self, said: Vec<String>) {
+        if said == self.control_plane && self.walls_checked.is_some() {
+            return;
+        }
+        let state = State::new(Paths::new(&self.cfg.data));
+        match crate::network::lifecycle::set_protected(&state, protected_addresses(&self.cfg.server, &said)) {
+            Ok(_) => self.control_plane = said,
+            Err(e) => eprintln!("bulkhead node: keep workloads from the control plane's addresses: {e}"),
+        }
+        self.check_walls();
+    }
+
+    /// Puts our firewall tables and routing rules back if they went.
+    fn check_walls(&mut self) {
+        if self.walls_checked.is_some_and(|t| t.elapsed() < WALLS_EVERY) {
+            return;
+        }
+        self.walls_checked = Some(Instant::now());
+        match crate::network::lifecycle::check_walls(&State::new(Paths::new(&self.cfg.data))) {
+            Ok(fixed) if fixed.is_empty() => {}
+            Ok(fixed) => eprintln!("bulkhead node: restored {}", fixed.join("; ")),
+            Err(e) => eprintln!("bulkhead node: check the firewall tables and routing rules: {e}"),
+        }
+    }
+
     fn lease_file(&self, k: &Key) -> PathBuf {
         self.leases.join(k.workload_name())
     }
@@ -287,6 +411,8 @@ impl Daemon {
         let path = format!("/v1/nodes/{}/sync", self.cfg.node.name);
         let s: Synced = self.client.post(&path, token, json!({ "reports": reports, "images": local_images(&self.cfg.data) })).await?;
         self.kill_after_ms = s.kill_after_ms;
+        self.protect(s.control_plane);
+        self.check_walls();
         let deadline = sent.saturating_add(s.lease_ms);
         let assigned: BTreeMap<Key, Assignment> = s.assignments.into_iter().map(|a| (Key::of(&a), a)).collect();
         self.failed_starts.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| assigned.contains_key(k));
@@ -321,10 +447,16 @@ impl Daemon {
         let (busy, failed) = (Arc::clone(&self.busy), Arc::clone(&self.failed_starts));
         let (bulkhead, data, node, kill_after_ms) = (self.cfg.bulkhead.clone(), self.cfg.data.clone(), self.cfg.node.name.clone(), self.kill_after_ms);
         let lease = self.lease_file(&k);
+        let tenant_lock = self.tenant_locks.of(&k.tenant);
         std::thread::spawn(move || {
             match work {
                 Work::Start(a) => {
-                    if let Err((code, why)) = start(&bulkhead, &data, &node, &k, &a, &lease, kill_after_ms) {
+                    let shared = tenant_lock.read().unwrap_or_else(|p| p.into_inner());
+                    let started = crate::network::lifecycle::ensure_tenant_network(&State::new(Paths::new(&data)), &k.tenant)
+                        .map_err(|e| (Some(125), format!("the tenant's network: {e}")))
+                        .and_then(|network| start(&bulkhead, &data, &node, &k, &a, &lease, kill_after_ms, &network));
+                    drop(shared);
+                    if let Err((code, why)) = started {
                         eprintln!("bulkhead node: start {}/{}/{}: {why}", k.tenant, k.service, k.index);
                         if let Some(code) = code {
                             failed.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone(), code);
@@ -339,6 +471,11 @@ impl Daemon {
                     match local_cmd(&bulkhead, &data).args(["rm", "-f", &id]).output() {
                         Ok(o) if o.status.success() => {
                             let _ = std::fs::remove_file(&lease);
+                            let alone = tenant_lock.write().unwrap_or_else(|p| p.into_inner());
+                            if let Err(e) = crate::network::lifecycle::release_tenant_network(&State::new(Paths::new(&data)), &k.tenant) {
+                                eprintln!("bulkhead node: remove tenant {}'s network: {e}", k.tenant);
+                            }
+                            drop(alone);
                         }
                         Ok(o) => eprintln!("bulkhead node: rm {id}: {}", String::from_utf8_lossy(&o.stderr).trim()),
                         Err(e) => eprintln!("bulkhead node: rm {id}: {e}"),
@@ -362,12 +499,18 @@ fn local_cmd(bulkhead: &Path, data: &Path) -> std::process::Command {
     c
 }
 
-/// `bulkhead run -d` for an assignment. Err: (the code to report when the
-/// runtime made no workload that will report it, why).
-fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, lease: &Path, kill_after_ms: u64) -> Result<(), (Option<i32>, String)> {
+/// `bulkhead run -d` for an assignment, on the tenant's `network`. Err:
+/// (the code to report when the runtime made no workload that will
+/// report it, why).
+#[allow(clippy::too_many_arguments)] // until the node calls the runtime directly (no argv)
+fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, lease: &Path, kill_after_ms: u64, network: &str) -> Result<(), (Option<i32>, String)> {
     let spec = &a.spec;
     let mut c = local_cmd(bulkhead, data);
     c.args(["run", "-d", "--name", &k.workload_name(), "--runtime", &spec.runtime.to_string()]);
+    c.arg(format!("--network={network}"));
+    for cidr in &spec.egress.allow {
+        c.arg(format!("--allow-egress={cidr}"));
+    }
     c.arg("--fence-deadline-file").arg(lease).args(["--fence-kill-after-ms", &kill_after_ms.to_string()]);
     for (key, value) in &spec.env {
         c.arg(format!("--env={key}={value}"));

@@ -32,8 +32,9 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/nodes", "admin", "Nodes with readiness, allocation and instance counts."),
     ("post", "/v1/nodes/{name}/heartbeat", "admin", "The node is alive."),
     ("post", "/v1/nodes/tokens", "admin", "A new join token for `bulkhead node --join-token`."),
-    ("post", "/v1/nodes/join", "join token", "A node joins ({name, labels, allocatable, runtimes, images, api, api_secret, api_cert}; its API https only, with that certificate): registered, and given its own token and the cluster's timing."),
+    ("post", "/v1/nodes/join", "join token", "A node joins ({name, labels, allocatable, runtimes, images, api, api_secret, api_cert, node_token}; its API https only, with that certificate): registered, and given its own token, the cluster's timing and the control plane's addresses. A name that is registered and holds a token needs that token as node_token (409 otherwise, nothing changed)."),
     ("post", "/v1/nodes/{name}/sync", "that node", "Heartbeat with reports ({reports: [{tenant, service, index, fence, state: running|exited, code}], images}); returns its assignments."),
+    ("delete", "/v1/nodes/{name}", "admin", "Remove a node and free its name (its token stops working); refused (409) while instances assigned to it may still run (drain it first)."),
     ("post", "/v1/nodes/{name}/cordon", "admin", "No new instances on the node."),
     ("post", "/v1/nodes/{name}/uncordon", "admin", "New instances may go to the node again."),
     ("post", "/v1/nodes/{name}/drain", "admin", "Cordon the node and move its instances elsewhere."),
@@ -82,6 +83,9 @@ struct App {
     cluster: Arc<Cluster>,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    /// This server's and its store's addresses, for nodes to keep their
+    /// workloads from.
+    control_plane: Arc<Vec<String>>,
 }
 
 /// An error as the API returns it: a status and `{"error": "..."}`.
@@ -99,7 +103,7 @@ impl From<StateError> for ApiError {
         let status = match &e {
             StateError::Spec(_) => StatusCode::BAD_REQUEST,
             StateError::NoService(_) | StateError::NoNode(_) => StatusCode::NOT_FOUND,
-            StateError::Exists(_) | StateError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            StateError::Exists(_) | StateError::Taken(_) | StateError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
             StateError::Unschedulable(_) | StateError::OverQuota(_) | StateError::UnknownImage { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Store(StoreError::NotLeader(_)) => StatusCode::SERVICE_UNAVAILABLE,
             StateError::Store(_) | StateError::Corrupt(..) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -245,7 +249,7 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
     if who(&app, &headers)? != Principal::Join {
         return Err(ApiError(StatusCode::FORBIDDEN, "joining needs a join token (`bulkhead node token create`)".into()));
     }
-    let JoinRequest { node: mut n, api_secret, api_cert } = body(&text)?;
+    let JoinRequest { node: mut n, api_secret, api_cert, node_token } = body(&text)?;
     valid_node(&n)?;
     n.cordoned = false; // kept as it was by register_node
     // The node API only over TLS with the certificate the node gave: its
@@ -259,12 +263,9 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
         _ => return Err(ApiError(StatusCode::BAD_REQUEST, "a node API needs api_secret, api_cert and an https:// api URL".into())),
     };
     let name = n.name.clone();
-    app.cluster.register_node(n)?;
-    app.cluster.set_node_access(&name, access.as_ref())?;
-    app.cluster.heartbeat(&name, app.clock.now_ms())?;
-    let token = app.cluster.issue_node_token(&name)?;
+    let token = app.cluster.join_node(n, access.as_ref(), node_token.as_deref(), app.clock.now_ms())?;
     let s = app.settings;
-    ok(json!({ "name": name, "token": token, "heartbeat_ms": s.heartbeat_ms, "lease_ms": s.timing.lease_ms, "kill_after_ms": s.kill_after_ms }))
+    ok(json!({ "name": name, "token": token, "heartbeat_ms": s.heartbeat_ms, "lease_ms": s.timing.lease_ms, "kill_after_ms": s.kill_after_ms, "control_plane": *app.control_plane }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +278,10 @@ struct JoinRequest {
     /// ...and the certificate that API serves (PEM), pinned.
     #[serde(default)]
     api_cert: Option<String>,
+    /// The token this node was given last: needed to join again under a
+    /// name that holds one.
+    #[serde(default)]
+    node_token: Option<String>,
 }
 
 /// The instance `index` of the caller's `service`, its node's API, the
@@ -362,7 +367,7 @@ async fn sync(State(app): State<App>, headers: HeaderMap, Path(name): Path<Strin
         }
     }
     app.cluster.report(&name, &s.reports, now, &app.settings.backoff)?;
-    ok(json!({ "assignments": app.cluster.assignments(&name)?, "lease_ms": app.settings.timing.lease_ms, "kill_after_ms": app.settings.kill_after_ms }))
+    ok(json!({ "assignments": app.cluster.assignments(&name)?, "lease_ms": app.settings.timing.lease_ms, "kill_after_ms": app.settings.kill_after_ms, "control_plane": *app.control_plane }))
 }
 
 async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
@@ -382,6 +387,12 @@ async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
 async fn heartbeat(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
     admin(&app, &headers)?;
     ok(json!({ "revision": app.cluster.heartbeat(&name, app.clock.now_ms())? }))
+}
+
+async fn remove_node(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    admin(&app, &headers)?;
+    let t = app.settings.timing;
+    ok(json!({ "removed": name, "instances_moved": app.cluster.remove_node(&name, app.clock.now_ms(), t.lease_ms.saturating_add(t.stop_ms))? }))
 }
 
 async fn cordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
@@ -458,6 +469,7 @@ fn router(app: App) -> Router {
         .route("/v1/nodes/tokens", post(join_token))
         .route("/v1/nodes/join", post(join))
         .route("/v1/nodes/{name}/sync", post(sync))
+        .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/v1/nodes/{name}/cordon", post(cordon))
         .route("/v1/nodes/{name}/uncordon", post(uncordon))
         .route("/v1/nodes/{name}/drain", post(drain))
@@ -498,10 +510,12 @@ fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) 
 
 /// Serves until SIGTERM or SIGINT (over TLS with `tls`); the reconciler
 /// runs beside it.
-pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<()> {
+/// `control_plane`: the addresses of this server and its store, which
+/// nodes keep every workload from.
+pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings, tls: Option<Arc<rustls::ServerConfig>>, control_plane: Vec<String>) -> std::io::Result<()> {
     // Stored times (heartbeats, backoff) must mean the same to the next leader.
     let clock: Arc<dyn Clock> = Arc::new(WallClock);
-    let app = App { cluster, clock: Arc::clone(&clock), settings };
+    let app = App { cluster, clock: Arc::clone(&clock), settings, control_plane: Arc::new(control_plane) };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("bulkhead server: listening on {scheme}://{}", listener.local_addr()?);

@@ -67,6 +67,24 @@ pub struct Placement {
     pub strategy: Strategy,
 }
 
+/// Where instances may send traffic beyond the internet and their own
+/// tenant network (see `network::egress`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// CIDRs (or addresses) otherwise denied, e.g. a database on the LAN;
+    /// never loopback, link-local (cloud metadata), multicast or reserved
+    /// space, and never the control plane or its store, whatever is said.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl Egress {
+    fn is_empty(&self) -> bool {
+        self.allow.is_empty()
+    }
+}
+
 /// What the user writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +110,8 @@ pub struct ServiceSpec {
     /// As `bulkhead run -p`: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp].
     #[serde(default)]
     pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Egress::is_empty")]
+    pub egress: Egress,
 }
 
 fn default_runtime() -> RuntimeKind {
@@ -239,6 +259,12 @@ pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
     if !ports.is_empty() && !spec.placement.anti_affinity && spec.replicas > 1 {
         return Err(field("ports", "replicas that publish a host port need placement.anti_affinity: true (one per node)"));
     }
+    if spec.egress.allow.len() > crate::network::egress::MAX_ALLOWS {
+        return Err(field("egress.allow", format!("{} entries: at most {}", spec.egress.allow.len(), crate::network::egress::MAX_ALLOWS)));
+    }
+    for a in &spec.egress.allow {
+        crate::network::egress::check_tenant_allow(a).map_err(|why| field("egress.allow", format!("{a:?}: {why}")))?;
+    }
     for (k, v) in &spec.placement.labels {
         if !valid_label(k) || !valid_label(v) {
             return Err(field("placement.labels", format!("{k:?}={v:?}: 1-63 of letters, digits, '-', '_', '.', '/'")));
@@ -296,6 +322,8 @@ ports: ['8080:80']
         assert_eq!(s.request, Resources { millicpus: 2000, memory_mib: 128 + 64 }, "2 whole vCPUs, guest + VMM overhead");
         let json = serde_json::to_string(&s.spec).unwrap_or_default();
         assert_eq!(parse(&json).map(|j| j.spec), Ok(s.spec));
+        let lan = parse("name: a\nimage: x\negress: {allow: [10.20.0.0/16, 192.168.1.7]}\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lan.spec.egress.allow, ["10.20.0.0/16", "192.168.1.7"]);
         let minimal = parse("name: a\nimage: x\nruntime: container\n").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((minimal.spec.replicas, minimal.spec.restart, minimal.request), (1, RestartPolicy::Always, DEFAULT_CONTAINER));
     }
@@ -321,6 +349,12 @@ ports: ['8080:80']
             ("name: a\nimage: x\nports: ['8080:80', '8080:81']\n", "same host port"),
             ("name: a\nimage: x\nreplicas: 2\nports: ['8080:80']\n", "anti_affinity"),
             ("name: a\nimage: x\nplacement: {labels: {'a b': c}}\n", "placement.labels"),
+            ("name: a\nimage: x\negress: {allow: [169.254.169.254/32]}\n", "egress.allow"),
+            ("name: a\nimage: x\negress: {allow: [0.0.0.0/0]}\n", "egress.allow"),
+            ("name: a\nimage: x\negress: {allow: [127.0.0.1]}\n", "egress.allow"),
+            ("name: a\nimage: x\negress: {allow: [10.0.0.1/8]}\n", "egress.allow"),
+            ("name: a\nimage: x\negress: {allow: [lan]}\n", "egress.allow"),
+            ("name: a\nimage: x\negress: {deny: [10.0.0.0/8]}\n", "unknown field `deny`"),
             ("name: a\nimage: x\nruntime: vm\n", "does not parse"),
             ("restart: sometimes\n", "does not parse"),
             ("{\"name\": \"a\"", "does not parse"),

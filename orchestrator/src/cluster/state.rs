@@ -45,6 +45,9 @@ pub enum StateError {
     UnknownImage { image: String, nodes: usize },
     #[error("a damaged record at {0}: {1}")]
     Corrupt(String, String),
+    /// A name bound to someone else, or a change that must wait.
+    #[error("{0}")]
+    Taken(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +162,7 @@ pub(crate) fn node_key(name: &str) -> String {
     format!("/nodes/{name}")
 }
 
-fn heartbeat_key(name: &str) -> String {
+pub(crate) fn heartbeat_key(name: &str) -> String {
     format!("/heartbeats/{name}")
 }
 
@@ -284,6 +287,39 @@ impl Cluster {
         }
         self.store.txn(&guards, &ops)?;
         Ok(moved)
+    }
+
+    /// Removes node `name` and frees its name (its token stops working).
+    /// Instances still assigned to it are removed too (the reconciler
+    /// places replacements), but only once the node's copies have surely
+    /// stopped: no heartbeat for its lease plus the stop time (`settle_ms`)
+    /// before `now_ms`; until then `Taken`, and nothing changes. Returns
+    /// how many instances went.
+    pub fn remove_node(&self, name: &str, now_ms: u64, settle_ms: u64) -> Result<usize, StateError> {
+        let key = node_key(name);
+        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
+        let on: Vec<Instance> = self.instances(None)?.into_iter().filter(|i| i.node == name).collect();
+        let last = self.last_heartbeat_ms(name)?;
+        if !on.is_empty() && now_ms < last.saturating_add(settle_ms) {
+            return Err(StateError::Taken(format!(
+                "node {name:?} still has {} instance(s) and was heard from {} ms ago: its copies may still run. Drain it first (`bulkhead node drain {name}`), or stop its daemon and wait {} ms",
+                on.len(),
+                now_ms.saturating_sub(last),
+                last.saturating_add(settle_ms).saturating_sub(now_ms)
+            )));
+        }
+        let (placements, bump) = self.placements_guard()?;
+        let mut guards = vec![Compare::Revision(key.clone(), e.revision), placements];
+        let mut ops = vec![Op::Delete(key), Op::Delete(heartbeat_key(name)), bump];
+        ops.extend(self.node_token_ops(name)?);
+        for i in &on {
+            let ikey = instance_key(&i.tenant, &i.service, i.index);
+            guards.push(Compare::Revision(ikey.clone(), i.fence));
+            ops.push(Op::Delete(ikey));
+            ops.push(Op::Delete(status_key(&i.tenant, &i.service, i.index)));
+        }
+        self.store.txn(&guards, &ops)?;
+        Ok(on.len())
     }
 
     pub fn nodes(&self) -> Result<Vec<(Node, u64)>, StateError> {

@@ -98,6 +98,8 @@ impl FileStore {
             std::fs::create_dir_all(parent).map_err(|e| open(e.to_string()))?;
         }
         let database = redb::Database::create(path).map_err(|e| open(e.to_string()))?;
+        // Tokens (hashed), node secrets, tenants' services and their env.
+        bulkhead_images::private::tighten(path, 0o600).map_err(|e| open(e.to_string()))?;
         let tx = database.begin_write().map_err(db)?;
         tx.open_table(KV).map_err(db)?;
         tx.open_table(META).map_err(db)?;
