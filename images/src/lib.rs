@@ -6,6 +6,7 @@
 //! - [`debian`]: packages the builds need from the host.
 //! - [`initramfs`]: cpio archives the kernel unpacks as its first root;
 //!   [`agent_initramfs`]: the agent's, cached.
+//! - [`private`]: the data dir closed to other users (0700 dirs, 0600 files).
 //! - [`store`]: the content store (blobs, manifests, refs, gc) and imports
 //!   (OCI layout, docker save, a root directory).
 //! - [`unpack`]: applying layers, treating them as hostile.
@@ -19,6 +20,7 @@ pub mod fuzzing;
 pub mod debian;
 pub mod initramfs;
 pub mod kernel;
+pub mod private;
 pub mod rootdisk;
 pub mod store;
 mod tarbound;

@@ -119,8 +119,10 @@ impl Store {
 
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        for d in ["blobs/sha256", "tmp", "disks"] {
-            std::fs::create_dir_all(root.join(d)).map_err(io(format!("create {}", root.join(d).display())))?;
+        // Closed to other users: image content may be a tenant's own.
+        crate::private::dir(&root).map_err(io(format!("create {}", root.display())))?;
+        for d in ["blobs", "blobs/sha256", "tmp", "disks"] {
+            crate::private::dir(&root.join(d)).map_err(io(format!("create {}", root.join(d).display())))?;
         }
         Ok(Self { root })
     }

@@ -25,10 +25,12 @@ use super::workload::{failed, open_pty, proc_pair, pump_reader, pump_writer, set
 /// `<data>/trees/<manifest hex>`, built once (unpacked aside, renamed in).
 pub fn ensure_tree(store: &Store, paths: &Paths, manifest: &Digest) -> Result<PathBuf, String> {
     let tree = paths.trees().join(manifest.hex());
+    // Unpacked trees keep their images' modes (setuid files too): no one
+    // else may enter the directory above them.
+    bulkhead_images::private::dir(&paths.trees()).map_err(|e| format!("create {}: {e}", paths.trees().display()))?;
     if tree.is_dir() {
         return Ok(tree);
     }
-    std::fs::create_dir_all(paths.trees()).map_err(|e| format!("create {}: {e}", paths.trees().display()))?;
     let work = store.temp_dir("tree-").map_err(|e| e.to_string())?;
     let dest = work.path().join("root");
     std::fs::create_dir(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;

@@ -30,9 +30,7 @@ pub fn monotonic_ms() -> u64 {
 
 /// Sets the deadline (whole or not at all: a temp file renamed over it).
 pub fn write(path: &Path, deadline_ms: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{deadline_ms}\n"))?;
-    std::fs::rename(&tmp, path)
+    bulkhead_images::private::write(path, format!("{deadline_ms}\n").as_bytes())
 }
 
 /// The deadline in `text`; `None` for anything but one decimal number.

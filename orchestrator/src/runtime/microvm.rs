@@ -117,7 +117,7 @@ impl Microvm {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(workload_dir.join("vmm.log")).map_err(|e| format!("create vmm.log: {e}"))?))
+            .stderr(Stdio::from(bulkhead_images::private::create(&workload_dir.join("vmm.log")).map_err(|e| format!("create vmm.log: {e}"))?))
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| format!("start {}: {e}", files.vmm.display()))?;

@@ -176,10 +176,17 @@ pub fn now_ms() -> u64 {
 }
 
 /// Writes `value` as JSON to `path` atomically (temp file + rename).
+/// Writes `value` as JSON to `path`, 0600 (configs hold tenants' env).
 pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&tmp, path)
+    bulkhead_images::private::write(path, &serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)
+}
+
+/// Writes `bytes` to `path`, 0600, whole or not at all.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        bulkhead_images::private::dir(dir)?;
+    }
+    bulkhead_images::private::write(path, bytes)
 }
 
 /// Reads JSON from `path`; `None` when the file does not exist.

@@ -4,6 +4,7 @@
 //! CLI invocations and supervisors take turns.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -48,10 +49,11 @@ impl State {
     /// Runs `f` with the database open, holding the lock.
     pub(crate) fn with_db<T, E: From<StateError>>(&self, f: impl FnOnce(&Database) -> Result<T, E>) -> Result<T, E> {
         let io = |source| StateError::Io { path: self.paths.state_lock().display().to_string(), source };
-        std::fs::create_dir_all(self.paths.data()).map_err(io)?;
-        let lock = File::options().create(true).truncate(false).write(true).open(self.paths.state_lock()).map_err(io)?;
+        bulkhead_images::private::dir(self.paths.data()).map_err(io)?;
+        let lock = File::options().create(true).truncate(false).write(true).mode(0o600).open(self.paths.state_lock()).map_err(io)?;
         let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
         let database = Database::create(self.paths.state_db()).map_err(db)?;
+        bulkhead_images::private::tighten(&self.paths.state_db(), 0o600).map_err(io)?;
         f(&database)
     }
 

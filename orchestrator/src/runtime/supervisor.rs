@@ -52,7 +52,7 @@ pub fn main(data: PathBuf, id: String, notify_fd: Option<i32>) -> std::process::
     let paths = Paths::new(&data);
     let dir = paths.workload_dir(&id);
     // stdio: nothing from the caller; our own messages go to supervisor.log.
-    if let (Ok(null), Ok(log)) = (std::fs::File::open("/dev/null"), std::fs::OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log"))) {
+    if let (Ok(null), Ok(log)) = (std::fs::File::open("/dev/null"), bulkhead_images::private::append(&dir.join("supervisor.log"))) {
         use std::os::fd::AsFd;
         let _ = nix::unistd::dup2_stdin(null.as_fd());
         let _ = nix::unistd::dup2_stdout(log.as_fd());

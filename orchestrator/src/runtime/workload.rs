@@ -129,7 +129,7 @@ impl RotatingLog {
             self.size = 0;
         }
         if self.file.is_none() {
-            self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).ok();
+            self.file = bulkhead_images::private::append(&self.path).ok();
         }
         if let Some(f) = &mut self.file {
             if f.write_all(data).is_ok() {

@@ -1,0 +1,95 @@
+//! The data dir is closed to other local users: its root and the
+//! directories that hold image content, workloads' files and state are
+//! 0700 (made so, or tightened when an older bulkhead left them open), and
+//! files that hold state, tenant configuration, logs, tokens and secrets
+//! are 0600. Image trees and writable layers keep the modes their images
+//! give them, under directories no one else can enter. A jailed VMM never
+//! walks these paths: the jailer binds the files it needs into its root.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Makes `dir` (and missing parents, 0700) and closes it to group and
+/// others if it is open to them.
+pub fn dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    tighten(dir, 0o700)
+}
+
+/// Drops group and other permission bits from `path` beyond `mode`'s
+/// (a symlink is left alone: it is not ours to follow).
+pub fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    let m = std::fs::symlink_metadata(path)?;
+    if m.file_type().is_symlink() {
+        return Ok(());
+    }
+    let now = m.permissions().mode() & 0o7777;
+    let want = now & !0o077 | (mode & 0o077 & now);
+    if want != now {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` as a 0600 file, whole or not at all (written
+/// aside and renamed into place; not synced: a crash of the process never
+/// leaves half a file, a power cut may leave the old one).
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?; // a tmp an older run left keeps its mode otherwise
+    f.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Opens `path` for appending, made 0600 (logs).
+pub fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    tighten(path, 0o600)?;
+    Ok(f)
+}
+
+/// Creates (truncating) `path` as a 0600 file.
+pub fn create(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    tighten(path, 0o600)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0)
+    }
+
+    #[test]
+    fn dirs_and_files_are_closed_to_others_and_open_ones_are_tightened() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = d.path().join("a/b/data");
+        dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&data), 0o700);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("{e}"));
+        dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&data), 0o700, "an open data dir an older version made is closed");
+        let f = data.join("config.json");
+        std::fs::write(format!("{}.tmp", f.display()), b"stale").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(format!("{}.tmp", f.display()), std::fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        write(&f, b"{}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((mode(&f), std::fs::read(&f).ok()), (0o600, Some(b"{}".to_vec())));
+        let log = data.join("log");
+        std::fs::write(&log, b"old\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        drop(append(&log).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(mode(&log), 0o600);
+        let disk = data.join("disk");
+        std::fs::write(&disk, b"").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o4755)).unwrap_or_else(|e| panic!("{e}"));
+        tighten(&disk, 0o644).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&disk), 0o4744, "group and other lose what the mode does not give; the owner's bits stay");
+    }
+}
