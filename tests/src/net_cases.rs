@@ -220,13 +220,19 @@ fn route_loopback_out(ctx: &Ctx, name: &str) -> Result<(), String> {
         return if text(&o.stdout).contains("ROUTED") { Ok(()) } else { Err(show(&o)) };
     }
     let ns = inspect(ctx, name)["pids"]["supervisor"].as_i64().and_then(|p| netns_fd_of(p as i32)).ok_or("no network namespace for the container")?;
-    for s in steps {
+    ip_in(&ns, &steps)
+}
+
+/// `ip CMD` for each of `cmds` inside the network namespace at `ns`, as
+/// the namespace's root; the first failure.
+fn ip_in(ns: &Path, cmds: &[&str]) -> Result<(), String> {
+    for c in cmds {
         let mut cmd = Command::new("ip");
-        cmd.args(s.split_whitespace());
-        netns::command_in(&mut cmd, &ns)?;
+        cmd.args(c.split_whitespace());
+        netns::command_in(&mut cmd, ns)?;
         let o = cmd.output().map_err(|e| e.to_string())?;
         if !o.status.success() {
-            return Err(format!("ip {s}: {}", text(&o.stderr)));
+            return Err(format!("ip {c}: {}", text(&o.stderr)));
         }
     }
     Ok(())
@@ -297,30 +303,21 @@ fn check_spoofing(ctx: &Ctx, internet: &Listener, check: &mut impl FnMut(&str, b
         .join()
         .unwrap_or(false)
     };
-    let ip_in = |cmds: &[&str]| -> Result<(), String> {
-        for c in cmds {
-            let mut cmd = Command::new("ip");
-            cmd.args(c.split_whitespace());
-            netns::command_in(&mut cmd, &ns)?;
-            let o = cmd.output().map_err(|e| e.to_string())?;
-            if !o.status.success() {
-                return Err(format!("ip {c}: {}", text(&o.stderr)));
-            }
-        }
-        Ok(())
-    };
     let control = connect(&ns);
-    let forged = ip_in(&["address flush dev eth0", "address add 10.88.0.250/16 dev eth0", "route add default via 10.88.0.1"]);
+    let forged = ip_in(&ns, &["address flush dev eth0", "address add 10.88.0.250/16 dev eth0", "route add default via 10.88.0.1"]);
     let through = connect(&ns);
     check("forged-ip-dropped", control && forged.is_ok() && !through, format!("control={control} forge={forged:?} forged-got-through={through}"));
-    let forged = ip_in(&[
+    let forged = ip_in(
+        &ns,
+        &[
         "address flush dev eth0",
         "link set eth0 down",
         "link set eth0 address 02:00:00:00:00:99",
         "link set eth0 up",
         &format!("address add {ip}/16 dev eth0"),
         "route add default via 10.88.0.1",
-    ]);
+        ],
+    );
     let through = connect(&ns);
     check("forged-mac-dropped", forged.is_ok() && !through, format!("forge={forged:?} forged-got-through={through} the internet saw {:?}", internet.peers()));
     let _ = ctx.bh(&["rm", "-f", "forger"]);

@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::etcd::Etcd;
 use bulkhead_tests::netns::{self, NetNs};
-use bulkhead_tests::run_cases;
+use bulkhead_tests::{bulkhead, run_cases, Killed as Proc};
 use serde_json::Value;
 
 const LAN_ADDR: &str = "10.78.0.1";
@@ -30,24 +30,6 @@ const LAN_ADDR: &str = "10.78.0.1";
 /// namespace): workloads reach no private address, and never the server's.
 const COUNTER_ADDR: &str = "198.51.100.9";
 const COUNTER_PORT: u16 = 9000;
-
-fn bulkhead() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let b = exe.parent().and_then(|d| d.parent()).unwrap().join("bulkhead");
-    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
-    b
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGCONT);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One connection to the counter: who, from its first word to its last.
 #[derive(Debug, Clone)]

@@ -84,7 +84,9 @@ fn a_microvm_service_deploys_through_server_and_node() {
 }
 
 /// Workload networking (`net_cases`) with microVMs: TAPs on the bridge, the
-/// guest configured by the agent, published ports, isolation, spoofing.
+/// guest configured by the agent, published ports, egress walls (the
+/// guest's root tries the LAN, metadata and the host's loopback; the walls
+/// fail closed when flushed), isolation, spoofing.
 #[test]
 fn workload_networking_in_microvms() {
     let wants = [
@@ -96,6 +98,11 @@ fn workload_networking_in_microvms() {
         "same-network-reaches",
         "other-network-isolated",
         "host-services-unreachable",
+        "egress-allowed-by-flag",
+        "egress-denied-by-default",
+        "walls-fail-closed-when-flushed",
+        "control-loopback-open-without-the-walls",
+        "walls-restored-by-prune",
         "forged-ip-dropped",
         "forged-mac-dropped",
         "inspect-shows-rules",

@@ -160,7 +160,7 @@ impl Store {
     /// Creating a temp entry and locking it happen under this lock, shared;
     /// `gc` takes it exclusively, so it never sees one created but not yet locked.
     fn tmp_guard(&self, how: nix::fcntl::FlockArg) -> Result<nix::fcntl::Flock<File>, StoreError> {
-        let f = File::options().create(true).truncate(false).write(true).open(self.root.join(".tmp.lock")).map_err(io("open the temp lock"))?;
+        let f = std::os::unix::fs::OpenOptionsExt::mode(File::options().create(true).truncate(false).write(true), 0o600).open(self.root.join(".tmp.lock")).map_err(io("open the temp lock"))?;
         nix::fcntl::Flock::lock(f, how).map_err(|(_, e)| io("lock the temp lock")(e.into()))
     }
 
@@ -256,7 +256,7 @@ impl Store {
 
     /// Holds the store's lock while `f` runs (ref updates and gc).
     fn locked<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let lock = File::options().create(true).truncate(false).write(true).open(self.root.join(".lock")).map_err(io("open the store lock"))?;
+        let lock = std::os::unix::fs::OpenOptionsExt::mode(File::options().create(true).truncate(false).write(true), 0o600).open(self.root.join(".lock")).map_err(io("open the store lock"))?;
         let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io("lock the store")(e.into()))?;
         f()
     }

@@ -34,6 +34,10 @@ pub enum NodeError {
     /// The token is no longer good (the server forgot us, or issued another).
     #[error("the server refused this node's token: {0}")]
     Refused(String),
+    /// The server will not do it as asked (a join under a name another
+    /// node holds).
+    #[error("the server refused: {0}")]
+    Conflict(String),
     #[error("the local runtime: {0}")]
     Local(String),
 }
@@ -205,6 +209,10 @@ impl Client {
             if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
                 return Err(NodeError::Refused(text));
             }
+            if status == reqwest::StatusCode::CONFLICT {
+                let why = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(text);
+                return Err(NodeError::Conflict(why));
+            }
             if !status.is_success() {
                 return Err(NodeError::Server(base, format!("{status}: {text}")));
             }
@@ -341,6 +349,7 @@ impl Daemon {
                         j
                     }
                     Err(NodeError::Refused(why)) => return Err(NodeError::Refused(format!("the join token: {why}"))),
+                    Err(e @ NodeError::Conflict(_)) => return Err(e),
                     Err(e) => {
                         if e.to_string() != last_problem {
                             eprintln!("bulkhead node: cannot join yet: {e}");
