@@ -16,7 +16,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C linker-features=-lld -D linker-messages
 
-.PHONY: all build build-deps static agent kernel demo test bench clippy
+.PHONY: all build build-deps static agent kernel demo test bench clippy packages
 all: build
 
 build: static build-deps
@@ -48,10 +48,15 @@ kernel: build
 demo: kernel
 	scripts/demo
 
-# The rootless image test runs as the unprivileged user this creates.
-test: kernel
+# Every package the tests use is installed first (one list,
+# scripts/packages): tests never race apt. The rootless image test runs as
+# the unprivileged user setup-test-user creates.
+test: packages kernel
 	tests/setup-test-user
 	cargo test --release --workspace
+
+packages:
+	scripts/install-packages
 
 # VMM boot benchmark with a tiny guest on this host's /dev/kvm; root disk
 # build of a generated ~100 MB image (root: unpacking keeps owners); the

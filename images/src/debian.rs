@@ -35,27 +35,46 @@ pub fn installed_version(package: &str) -> Result<Option<String>, DebianError> {
     })
 }
 
-/// Installs whichever of `packages` are missing; refuses without root.
-pub fn ensure_packages(packages: &[&str], log: &mut dyn FnMut(&str)) -> Result<(), DebianError> {
+fn missing(packages: &[&str]) -> Result<Vec<String>, DebianError> {
     let mut missing = Vec::new();
     for p in packages {
         if installed_version(p)?.is_none() {
             missing.push(p.to_string());
         }
     }
-    if missing.is_empty() {
+    Ok(missing)
+}
+
+/// Held while this process changes packages: two callers (tests run side
+/// by side) take turns instead of failing on dpkg's lock; apt itself also
+/// waits for whoever else holds dpkg's (`DPkg::Lock::Timeout`).
+fn apt_lock() -> Result<nix::fcntl::Flock<std::fs::File>, DebianError> {
+    let path = "/run/lock/bulkhead-apt.lock";
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(DebianError::io(format!("open {path}")))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| DebianError::Io { what: format!("lock {path}"), source: e.into() })
+}
+
+/// Installs whichever of `packages` are missing; refuses without root.
+pub fn ensure_packages(packages: &[&str], log: &mut dyn FnMut(&str)) -> Result<(), DebianError> {
+    if missing(packages)?.is_empty() {
         return Ok(());
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err(DebianError::MissingPackages { missing });
+        return Err(DebianError::MissingPackages { missing: missing(packages)? });
+    }
+    let _turn = apt_lock()?;
+    // Another caller may have installed them while this one waited.
+    let missing = missing(packages)?;
+    if missing.is_empty() {
+        return Ok(());
     }
     log(&format!("installing {}", missing.join(" ")));
     // An update first: a fresh machine may have no package lists at all.
-    let update = Command::new("apt-get").args(["-q", "update"]).stdout(Stdio::null()).status();
+    let update = Command::new("apt-get").args(["-q", "-o", "DPkg::Lock::Timeout=600", "update"]).stdout(Stdio::null()).status();
     if !matches!(update, Ok(s) if s.success()) {
         log("apt-get update failed; trying the install with the lists already here");
     }
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600"];
     args.extend(missing.iter().map(String::as_str));
     run_apt(&args)
 }
@@ -84,6 +103,7 @@ pub fn install_from_backports(package: &str, log: &mut dyn FnMut(&str)) -> Resul
     if !nix::unistd::geteuid().is_root() {
         return Err(DebianError::MissingPackages { missing: vec![format!("{package} (from backports)")] });
     }
+    let _turn = apt_lock()?;
     let codename = codename().ok_or_else(|| DebianError::Io {
         what: "read VERSION_CODENAME from /etc/os-release".into(),
         source: std::io::Error::other("not found"),
@@ -101,8 +121,8 @@ pub fn install_from_backports(package: &str, log: &mut dyn FnMut(&str)) -> Resul
             .map_err(DebianError::io(format!("write {BACKPORTS_SOURCE}")))?;
     }
     log(&format!("installing {package} from {suite}"));
-    run_apt(&["-q", "update"])?;
-    run_apt(&["install", "-y", "-q", "--no-install-recommends", "-t", &suite, package])
+    run_apt(&["-q", "-o", "DPkg::Lock::Timeout=600", "update"])?;
+    run_apt(&["install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600", "-t", &suite, package])
 }
 
 /// Whether any apt source file names `suite`.
