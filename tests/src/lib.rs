@@ -2,7 +2,7 @@
 //!
 //! [`testhost`] runs a command where `/dev/kvm` boots real Linux guests:
 //! directly on hosts with VT-x/AMD-V, else inside a QEMU-emulated machine
-//! with an emulated AMD CPU (the nested test host, DESIGN.md).
+//! with an emulated AMD CPU (the nested test host, docs/DESIGN.md).
 
 pub mod agent_vm;
 pub mod busybox_root;

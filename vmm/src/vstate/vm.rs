@@ -41,7 +41,7 @@ impl Vm {
         fd.set_identity_map_address(IDENTITY_MAP_ADDRESS).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         // Split irqchip: the LAPICs in the kernel, the IOAPIC here, no PIC
         // and no PIT. (A full in-kernel irqchip + PIT makes the first memory
-        // slot change and VM teardown take milliseconds; see DESIGN.md.)
+        // slot change and VM teardown take milliseconds; see docs/DESIGN.md.)
         let mut cap = kvm_enable_cap { cap: KVM_CAP_SPLIT_IRQCHIP, ..Default::default() };
         cap.args[0] = IOAPIC_PINS as u64;
         fd.enable_cap(&cap).map_err(kvm_err("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
