@@ -19,7 +19,7 @@ use bulkhead_agent_proto::{AgentError, ErrorKind, ProcessSpec, RlimitResource};
 
 use crate::passwd;
 
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use bulkhead_agent_proto::DEFAULT_PATH;
 
 /// A started process's descriptors (all non-blocking).
 #[derive(Debug)]

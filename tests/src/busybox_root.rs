@@ -29,6 +29,34 @@ pub fn build(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`build`]'s tree as a `docker save` tarball at `out`, tagged `tag`,
+/// whose config sets no environment at all (no PATH: the runtime's
+/// default must do).
+pub fn docker_save_without_env(dir: &Path, out: &Path, tag: &str) -> std::io::Result<()> {
+    use sha2::Digest;
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    build(&tree)?;
+    let layer_path = dir.join("layer.tar");
+    let mut layer = tar::Builder::new(std::fs::File::create(&layer_path)?);
+    layer.follow_symlinks(false);
+    layer.append_dir_all(".", &tree)?;
+    layer.into_inner()?.sync_all()?;
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(std::fs::read(&layer_path)?)));
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}});
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]);
+    let mut outer = tar::Builder::new(std::fs::File::create(out)?);
+    for (name, bytes) in [("config.json", config.to_string().into_bytes()), ("manifest.json", manifest.to_string().into_bytes())] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        outer.append_data(&mut h, name, bytes.as_slice())?;
+    }
+    outer.append_path_with_name(&layer_path, "layer.tar")?;
+    outer.into_inner()?.sync_all()
+}
+
 /// An ext4 image of [`build`]'s tree.
 pub fn ext4(dir: &Path, image: &Path) -> std::io::Result<()> {
     let tree = dir.join("tree");

@@ -48,10 +48,10 @@ fn table(oci: &str) {
     assert!(checks.len() >= 18, "{checks:#?}");
     // The image's unpacked tree goes with the image.
     let bh = |args: &[&str]| Command::new(&ctx.bulkhead).env("BULKHEAD_DATA", &ctx.data).args(args).output().unwrap();
-    assert_eq!(std::fs::read_dir(ctx.data.join("trees")).unwrap().count(), 1);
-    assert!(bh(&["image", "rm", run_cases::IMAGE]).status.success());
+    assert_eq!(std::fs::read_dir(ctx.data.join("trees")).unwrap().count(), 2, "bb:test's and bb:nopath's");
+    assert!(bh(&["image", "rm", run_cases::IMAGE]).status.success() && bh(&["image", "rm", run_cases::NOPATH_IMAGE]).status.success());
     let gc = bh(&["image", "gc"]);
-    assert!(String::from_utf8_lossy(&gc.stderr).contains("1 trees"), "{gc:?}");
+    assert!(String::from_utf8_lossy(&gc.stderr).contains("2 trees"), "{gc:?}");
     assert_eq!(std::fs::read_dir(ctx.data.join("trees")).unwrap().count(), 0);
 }
 

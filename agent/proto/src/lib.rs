@@ -24,6 +24,11 @@ pub use messages::*;
 /// Version of the host <-> agent protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The PATH a process gets when its environment has none (docker's):
+/// the agent, the container runtime's processes and execs, and the config
+/// of an image made from a directory all use this one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// vsock port on the host (CID 2) that the agent dials as soon as it starts.
 /// The VMM forwards it to the Unix socket `<uds>_<port>`.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

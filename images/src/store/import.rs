@@ -199,7 +199,7 @@ pub fn import_dir(store: &Store, dir: &Path, name: &str) -> Result<Imported, Sto
     let (layer, size) = store.put_blob(f, None, "layer")?;
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": [format!("PATH={}", bulkhead_agent_proto::DEFAULT_PATH)], "Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": [layer.as_str()]}
     });
     let config_bytes = serde_json::to_vec(&config).map_err(|e| StoreError::Bad(e.to_string()))?;

@@ -48,7 +48,7 @@ pub fn run(a: DensityArgs) -> Result<Report> {
     if !(64..=1 << 20).contains(&a.memory) {
         bail!("--memory 64 to 1048576 MiB");
     }
-    let budget_mib = a.budget.as_deref().map(crate::cli::run::parse_memory).transpose()?;
+    let budget_mib = a.budget.as_deref().map(crate::runtime::limits::parse_memory).transpose()?;
     let image = super::image_facts(&a.image)?;
     let targets = super::targets(a.runtimes.as_deref(), None)?;
     let command = if a.command.is_empty() { vec!["sleep".into(), "3600".into()] } else { a.command.clone() };

@@ -603,7 +603,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
         allocatable.millicpus = (c * 1000.0).round() as u64;
     }
     if let Some(m) = &a.memory {
-        allocatable.memory_mib = super::run::parse_memory(m)?;
+        allocatable.memory_mib = crate::runtime::limits::parse_memory(m).context("--memory")?;
     }
     if !a.runtimes.is_empty() {
         runtimes = a.runtimes;
@@ -690,7 +690,7 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
             bail!("--cpus {c}: more than 0");
         }
     }
-    let memory_mib = memory.as_deref().map(super::run::parse_memory).transpose()?;
+    let memory_mib = memory.as_deref().map(crate::runtime::limits::parse_memory).transpose().context("--memory")?;
     let quota = json!({ "millicpus": cpus.map(|c| (c * 1000.0).round() as u64), "memory_mib": memory_mib, "instances": instances });
     let v = conn.call(reqwest::Method::POST, "/v1/tenants", Some(json!({ "name": name, "quota": quota }).to_string()))?;
     match conn.format {

@@ -231,7 +231,7 @@ pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
             return Err(field("cpus", format!("{c}: more than 0, at most {MAX_CPUS}")));
         }
     }
-    let memory_mib = spec.memory.as_deref().map(|m| crate::cli::run::parse_memory(m).map_err(|e| field("memory", format!("{m:?}: {e:#}")))).transpose()?;
+    let memory_mib = spec.memory.as_deref().map(|m| crate::runtime::limits::memory_for(spec.runtime, m).map_err(|e| field("memory", e.to_string()))).transpose()?;
     if let Some(m) = memory_mib {
         if !(16..=MAX_MEMORY_MIB).contains(&m) {
             return Err(field("memory", format!("{m} MiB: between 16 MiB and {MAX_MEMORY_MIB} MiB")));

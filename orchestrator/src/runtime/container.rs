@@ -95,10 +95,7 @@ impl Container {
         let p = &cfg.process;
         let mut process = spec.process().clone().unwrap_or_default();
         process.set_args(Some(p.args.clone()));
-        let mut env = p.env.clone();
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        }
+        let mut env = with_default_path(&p.env);
         if p.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
             env.push("TERM=xterm".into());
         }
@@ -269,8 +266,9 @@ impl Container {
         if let Some(cwd) = &p.cwd {
             cmd.args(["--cwd", cwd]);
         }
-        for e in &p.env {
-            cmd.args(["--env", e]);
+        // crun's exec does not add a PATH where the environment has none.
+        for e in with_default_path(&p.env) {
+            cmd.args(["--env", &e]);
         }
         if p.user.is_some() {
             let u = self.resolve_user(p.user.as_deref()).map_err(failed)?;
@@ -294,6 +292,16 @@ impl Container {
         let _ = Command::new(&self.runtime).args(["delete", "-f", &self.id]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
         self.unmount();
     }
+}
+
+/// `env` with the default PATH added when it has none (as docker does, and
+/// as the agent does in a microVM).
+fn with_default_path(env: &[String]) -> Vec<String> {
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={}", bulkhead_agent_proto::DEFAULT_PATH));
+    }
+    env
 }
 
 /// hostname, hosts and (with a network) resolv.conf for the container, in

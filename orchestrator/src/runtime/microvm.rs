@@ -27,7 +27,7 @@ const CONSOLE_LIMIT: u64 = 1 << 20;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const CID: u32 = 3;
 
-pub const DEFAULT_MEMORY_MIB: u64 = 256;
+pub use crate::runtime::limits::DEFAULT_VM_MEMORY_MIB as DEFAULT_MEMORY_MIB;
 
 #[derive(Debug)]
 pub struct Microvm {

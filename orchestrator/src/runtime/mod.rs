@@ -23,6 +23,7 @@ pub mod client;
 pub mod container;
 pub mod fencing;
 pub mod jail;
+pub mod limits;
 pub mod microvm;
 pub mod paths;
 pub mod procs;
