@@ -288,8 +288,9 @@ fn api_host(url: &str) -> Option<String> {
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     refuse_cleartext(&cfg.server, cfg.insecure)?;
     let leases = cfg.data.join("node").join("leases");
-    for d in [cfg.data.as_path(), &cfg.data.join("node"), &leases] {
-        bulkhead_images::private::dir(d).map_err(|e| NodeError::Local(format!("{}: {e}", d.display())))?;
+    bulkhead_images::private::data_root(&cfg.data).map_err(|e| NodeError::Local(format!("the data dir {}: {e}", cfg.data.display())))?;
+    for d in [cfg.data.join("node"), leases.clone()] {
+        bulkhead_images::private::dir(&d).map_err(|e| NodeError::Local(format!("{}: {e}", d.display())))?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| NodeError::Local(e.to_string()))?;
     let http = super::tls::client(cfg.cacert.as_deref()).map_err(|e| NodeError::Local(e.to_string()))?;
@@ -420,8 +421,6 @@ impl Daemon {
         let path = format!("/v1/nodes/{}/sync", self.cfg.node.name);
         let s: Synced = self.client.post(&path, token, json!({ "reports": reports, "images": local_images(&self.cfg.data) })).await?;
         self.kill_after_ms = s.kill_after_ms;
-        self.protect(s.control_plane);
-        self.check_walls();
         let deadline = sent.saturating_add(s.lease_ms);
         let assigned: BTreeMap<Key, Assignment> = s.assignments.into_iter().map(|a| (Key::of(&a), a)).collect();
         self.failed_starts.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| assigned.contains_key(k));
@@ -430,6 +429,9 @@ impl Daemon {
                 eprintln!("bulkhead node: renew the lease of {}: {e}", k.workload_name());
             }
         }
+        // After the renewals: these take the network lock and run ip and nft.
+        self.protect(s.control_plane);
+        self.check_walls();
         for (k, r) in &local {
             if !assigned.contains_key(k) {
                 self.spawn_worker(k.clone(), Work::Remove(r.config.id.clone(), r.status().is_live()));

@@ -141,23 +141,35 @@ fn is_ours(rule: &serde_json::Value, bridge: &str) -> bool {
 /// keeps at preference 0: that rule moves to 1 (first of all others still),
 /// ours take 0. Returns what it added, for people.
 pub fn ensure_fail_closed(bridges: &[&str]) -> Result<Vec<String>, NetError> {
-    let rules = routing_rules()?;
-    let mut lines = Vec::new();
-    if rules.iter().any(|r| r["priority"] == 0 && r["table"] == "local") {
-        if !rules.iter().any(|r| r["priority"] == 1 && r["table"] == "local") {
-            lines.push("rule add pref 1 table local".to_string());
+    let missing = |rules: &[serde_json::Value]| {
+        let mut lines = Vec::new();
+        if rules.iter().any(|r| r["priority"] == 0 && r["table"] == "local") {
+            if !rules.iter().any(|r| r["priority"] == 1 && r["table"] == "local") {
+                lines.push("rule add pref 1 table local".to_string());
+            }
+            lines.push("rule del pref 0 table local".to_string());
         }
-        lines.push("rule del pref 0 table local".to_string());
-    }
-    for b in bridges {
-        if !rules.iter().any(|r| is_ours(r, b)) {
-            lines.push(format!("rule add pref 0 iif {b} fwmark 0/{:#x} prohibit", super::egress::BRIDGE_MARK));
+        for b in bridges {
+            if !rules.iter().any(|r| is_ours(r, b)) {
+                lines.push(format!("rule add pref 0 iif {b} fwmark 0/{:#x} prohibit", super::egress::BRIDGE_MARK));
+            }
         }
+        lines
+    };
+    let lines = missing(&routing_rules()?);
+    if lines.is_empty() {
+        return Ok(lines);
     }
-    if !lines.is_empty() {
-        ip_batch(&lines, None)?;
+    // Each line on its own (`-force`): another bulkhead on this host (a
+    // second data dir) may be making the same change; what counts is that
+    // nothing is missing afterwards.
+    let ip = tool("ip", "iproute2")?;
+    let tried = run(&ip, &["-force", "-batch", "-"], lines.join("\n").as_bytes(), None);
+    match (missing(&routing_rules()?).is_empty(), tried) {
+        (true, _) => Ok(lines),
+        (false, Err(e)) => Err(e),
+        (false, Ok(())) => Err(NetError::host(format!("ip: {}", lines.join("; ")), "the rules are still missing afterwards")),
     }
-    Ok(lines)
 }
 
 /// Removes a bridge and its routing rule.
