@@ -17,6 +17,33 @@ pub fn dir(dir: &Path) -> std::io::Result<()> {
     tighten(dir, 0o700)
 }
 
+/// Makes the data dir `root` (0700), or closes one that exists and is
+/// open to others, but only when it is bulkhead's (it holds what a data
+/// dir holds) or empty: a directory like /tmp or /srv given as
+/// `BULKHEAD_DATA` is refused with the reason, never changed.
+pub fn data_root(root: &Path) -> std::io::Result<()> {
+    let m = match std::fs::metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return dir(root),
+        Err(e) => return Err(e),
+    };
+    if m.permissions().mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    const OURS: [&str; 9] = ["state.redb", "state.lock", "blobs", "workloads", "trees", "disks", "refs.json", "node", "cluster.redb"];
+    let mut entries = std::fs::read_dir(root)?;
+    let empty = entries.next().is_none();
+    let ours = OURS.iter().any(|e| root.join(e).symlink_metadata().is_ok());
+    if m.permissions().mode() & 0o1000 == 0 && (empty || ours) {
+        return tighten(root, 0o700);
+    }
+    Err(std::io::Error::other(format!(
+        "{} is open to other users (mode {:o}) and is not a bulkhead data dir: bulkhead keeps tenants' images, configs and secrets there, so give it a directory of its own (BULKHEAD_DATA; it is made 0700)",
+        root.display(),
+        m.permissions().mode() & 0o7777
+    )))
+}
+
 /// Drops group and other permission bits from `path` beyond `mode`'s
 /// (a symlink is left alone: it is not ours to follow).
 pub fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -91,5 +118,35 @@ mod tests {
         std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o4755)).unwrap_or_else(|e| panic!("{e}"));
         tighten(&disk, 0o644).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(mode(&disk), 0o4744, "group and other lose what the mode does not give; the owner's bits stay");
+    }
+
+    /// A shared directory given as the data dir is refused and left as it
+    /// was; an empty one, or an older bulkhead's, is closed.
+    #[test]
+    fn only_a_data_dir_of_its_own_is_closed() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let open = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap_or_else(|e| panic!("{e}"));
+        let shared = d.path().join("srv");
+        std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(shared.join("someone-elses"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        open(&shared, 0o755);
+        let e = data_root(&shared).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("not a bulkhead data dir") && mode(&shared) == 0o755, "{e}");
+        let tmp_like = d.path().join("tmp");
+        std::fs::create_dir(&tmp_like).unwrap_or_else(|e| panic!("{e}"));
+        open(&tmp_like, 0o1777);
+        assert!(data_root(&tmp_like).is_err() && mode(&tmp_like) == 0o1777, "a sticky, shared dir: never");
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap_or_else(|e| panic!("{e}"));
+        open(&empty, 0o755);
+        data_root(&empty).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&empty), 0o700);
+        let older = d.path().join("older");
+        std::fs::create_dir_all(older.join("workloads")).unwrap_or_else(|e| panic!("{e}"));
+        open(&older, 0o755);
+        data_root(&older).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&older), 0o700);
+        data_root(&d.path().join("new/data")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode(&d.path().join("new/data")), 0o700);
     }
 }

@@ -120,7 +120,7 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         // Closed to other users: image content may be a tenant's own.
-        crate::private::dir(&root).map_err(io(format!("create {}", root.display())))?;
+        crate::private::data_root(&root).map_err(io(format!("the data dir {}", root.display())))?;
         for d in ["blobs", "blobs/sha256", "tmp", "disks"] {
             crate::private::dir(&root.join(d)).map_err(io(format!("create {}", root.join(d).display())))?;
         }

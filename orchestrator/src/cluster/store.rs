@@ -94,8 +94,9 @@ fn decode(key: &str, raw: &[u8]) -> Result<Entry, StoreError> {
 impl FileStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open = |detail: String| StoreError::Open { path: path.display().to_string(), detail };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| open(e.to_string()))?;
+        // A directory made here is closed to others (the default is the data dir).
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+            bulkhead_images::private::dir(parent).map_err(|e| open(e.to_string()))?;
         }
         let database = redb::Database::create(path).map_err(|e| open(e.to_string()))?;
         // Tokens (hashed), node secrets, tenants' services and their env.

@@ -17,7 +17,7 @@ use crate::runtime::state::State;
 pub fn lock(state: &State) -> Result<nix::fcntl::Flock<File>, NetError> {
     let path = state.paths().data().join("network.lock");
     let io = |e: std::io::Error| NetError::host(format!("lock {}", path.display()), e);
-    bulkhead_images::private::dir(state.paths().data()).map_err(io)?;
+    bulkhead_images::private::data_root(state.paths().data()).map_err(io)?;
     let f = std::os::unix::fs::OpenOptionsExt::mode(File::options().create(true).truncate(false).write(true), 0o600).open(&path).map_err(io)?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))
 }

@@ -49,7 +49,7 @@ impl State {
     /// Runs `f` with the database open, holding the lock.
     pub(crate) fn with_db<T, E: From<StateError>>(&self, f: impl FnOnce(&Database) -> Result<T, E>) -> Result<T, E> {
         let io = |source| StateError::Io { path: self.paths.state_lock().display().to_string(), source };
-        bulkhead_images::private::dir(self.paths.data()).map_err(io)?;
+        bulkhead_images::private::data_root(self.paths.data()).map_err(io)?;
         let lock = File::options().create(true).truncate(false).write(true).mode(0o600).open(self.paths.state_lock()).map_err(io)?;
         let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
         let database = Database::create(self.paths.state_db()).map_err(db)?;
