@@ -57,6 +57,25 @@ pub fn static_agent_path() -> PathBuf {
     target.join("x86_64-unknown-linux-gnu/release/bulkhead-agent")
 }
 
+/// The host's TSC rate in kHz, counted against the monotonic clock over
+/// 20 ms. QEMU's TCG gives a guest the host's TSC, so the probe tells the
+/// guest kernel the rate (`tsc_early_khz=`) instead of letting it
+/// calibrate against the emulated PIT: under host load that calibration
+/// fails ("Unable to calibrate against PIT") and the kernel hangs.
+fn host_tsc_khz() -> Option<u64> {
+    let start = Instant::now();
+    // SAFETY: rdtsc only reads the time-stamp counter, which every x86_64 CPU has.
+    let t0 = unsafe { std::arch::x86_64::_rdtsc() };
+    while start.elapsed() < Duration::from_millis(20) {
+        std::hint::spin_loop();
+    }
+    // SAFETY: as above.
+    let t1 = unsafe { std::arch::x86_64::_rdtsc() };
+    let ns = start.elapsed().as_nanos();
+    let khz = u64::try_from(u128::from(t1.checked_sub(t0)?) * 1_000_000 / ns.max(1)).ok()?;
+    (100_000..=10_000_000).contains(&khz).then_some(khz)
+}
+
 /// Boots `kernel` with the probe on `cpus` vCPUs; `live` sees console output.
 /// What the guest kernel prints when QEMU's emulated PIT lost its race with
 /// the host's scheduling during the early TSC calibration; the kernel then
@@ -81,6 +100,11 @@ fn boot_once(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &m
     let image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
     std::fs::write(&initrd, image).map_err(TestHostError::io("write probe initramfs"))?;
 
+    // earlyprintk: the console from the first line on. Under host load a
+    // boot used to end at once, QEMU exiting 0 with nothing on the console
+    // at all (6 of 15 with two busy loops beside it); with the early
+    // console it showed none in 28 (see the commit that added it).
+    let tsc = host_tsc_khz().map(|k| format!(" tsc_early_khz={k}")).unwrap_or_default();
     let child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-smp", &cpus.to_string(), "-m", "512"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
@@ -88,7 +112,7 @@ fn boot_once(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &m
         .arg(kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", &format!("console=ttyS0 panic=-1 PROBE_CPUS={cpus}")])
+        .args(["-append", &format!("console=ttyS0 earlyprintk=ttyS0 panic=-1 PROBE_CPUS={cpus}{tsc}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
