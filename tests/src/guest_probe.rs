@@ -59,9 +59,8 @@ pub fn static_agent_path() -> PathBuf {
 
 /// The host's TSC rate in kHz, counted against the monotonic clock over
 /// 20 ms. QEMU's TCG gives a guest the host's TSC, so the probe tells the
-/// guest kernel the rate (`tsc_early_khz=`) instead of letting it
-/// calibrate against the emulated PIT: under host load that calibration
-/// fails ("Unable to calibrate against PIT") and the kernel hangs.
+/// guest kernel the rate (`tsc_early_khz=`): the probe VM has no PIT to
+/// calibrate against (see `boot`).
 fn host_tsc_khz() -> Option<u64> {
     let start = Instant::now();
     // SAFETY: rdtsc only reads the time-stamp counter, which every x86_64 CPU has.
@@ -77,42 +76,37 @@ fn host_tsc_khz() -> Option<u64> {
 }
 
 /// Boots `kernel` with the probe on `cpus` vCPUs; `live` sees console output.
-/// What the guest kernel prints when QEMU's emulated PIT lost its race with
-/// the host's scheduling during the early TSC calibration; the kernel then
-/// hangs before /init. An emulation flaw under host load, not the kernel's
-/// or the agent's: such a boot is tried once more (and says so).
-const PIT_CALIBRATION_LOST: &str = "tsc: Unable to calibrate against PIT";
-
 pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mut dyn FnMut(&[u8])) -> Result<ProbeReport, TestHostError> {
-    match boot_once(kernel, agent, cpus, timeout, live) {
-        Err(TestHostError::Timeout { console, .. }) if console.contains(PIT_CALIBRATION_LOST) => {
-            eprintln!("guest probe: the emulated PIT calibration failed under host load (QEMU TCG) and the kernel hung; booting once more");
-            boot_once(kernel, agent, cpus, timeout, live)
-        }
-        other => other,
-    }
-}
-
-fn boot_once(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mut dyn FnMut(&[u8])) -> Result<ProbeReport, TestHostError> {
     let started = Instant::now();
     let work = tempfile::Builder::new().prefix("bulkhead-probe-").tempdir().map_err(TestHostError::io("create a work dir"))?;
     let initrd = work.path().join("probe.cpio");
     let image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
     std::fs::write(&initrd, image).map_err(TestHostError::io("write probe initramfs"))?;
 
-    // earlyprintk: the console from the first line on. Under host load a
-    // boot used to end at once, QEMU exiting 0 with nothing on the console
-    // at all (6 of 15 with two busy loops beside it); with the early
-    // console it showed none in 28 (see the commit that added it).
-    let tsc = host_tsc_khz().map(|k| format!(" tsc_early_khz={k}")).unwrap_or_default();
+    // The probe VM has neither the 8259 PIC nor the PIT (pic=off,pit=off),
+    // the two causes of boots that failed on their own:
+    // - microvm's firmware leaves the 8259 unprogrammed (vector base 0,
+    //   lines unmasked) behind the LAPIC's virtual-wire input, and the
+    //   kernel, finding no PC/AT flag in microvm's ACPI tables, never
+    //   programs it. A PIT tick after the kernel's first `sti` (before its
+    //   own timer setup) then arrives as vector 0: "divide error" in the
+    //   idle task, a panic, and QEMU exits 0 within 0.3 s; without an early
+    //   console that was a boot with no output at all (7 of 12 boots on a
+    //   quiet host with QEMU 10.0; 0 of 30 with pic=off).
+    // - the kernel calibrated the TSC against the emulated PIT, which under
+    //   host load lost its race with the host's scheduler ("Unable to
+    //   calibrate against PIT") and the boot hung. Without a PIT that
+    //   calibration fails at once and `tsc_early_khz=` gives the rate.
+    // earlyprintk: the console from the first line on.
+    let tsc_khz = host_tsc_khz().ok_or_else(|| TestHostError::Usage("could not measure this host's TSC rate (the probe VM needs it)".into()))?;
     let child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-smp", &cpus.to_string(), "-m", "512"])
+        .args(["-M", "microvm,pic=off,pit=off", "-accel", "tcg", "-cpu", "max", "-smp", &cpus.to_string(), "-m", "512"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", &format!("console=ttyS0 earlyprintk=ttyS0 panic=-1 PROBE_CPUS={cpus}{tsc}")])
+        .args(["-append", &format!("console=ttyS0 earlyprintk=ttyS0 panic=-1 PROBE_CPUS={cpus} tsc_early_khz={tsc_khz}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
