@@ -7,7 +7,11 @@ use crate::passwd;
 pub fn passwd_files(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.splitn(3, '\0');
-    let (p, g, spec) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or("0"));
+    let (p, g, spec) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("0"),
+    );
     let users = passwd::parse_passwd(p);
     let groups = passwd::parse_group(g);
     for u in &users {
@@ -16,7 +20,10 @@ pub fn passwd_files(data: &[u8]) {
     for spec in [spec, "root", "0", "1000:1000", "nobody:nogroup"] {
         if let Ok(user) = passwd::resolve(spec, &users, &groups) {
             assert!(user.uid != u32::MAX && user.gid != u32::MAX);
-            assert!(user.groups.windows(2).all(|w| w[0] < w[1]), "groups sorted and unique");
+            assert!(
+                user.groups.windows(2).all(|w| w[0] < w[1]),
+                "groups sorted and unique"
+            );
         }
     }
 }

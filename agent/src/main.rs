@@ -64,10 +64,12 @@ fn main() -> ExitCode {
             Some(port) => vsock_probe::echo(port),
             None => usage_error("probe-vsock-echo needs a numeric PORT"),
         },
-        Some("probe-vsock-call") => match (args.get(1).and_then(|s| s.parse::<u32>().ok()), args.get(2)) {
-            (Some(port), Some(msg)) => vsock_probe::call(port, msg),
-            _ => usage_error("probe-vsock-call needs PORT and MESSAGE"),
-        },
+        Some("probe-vsock-call") => {
+            match (args.get(1).and_then(|s| s.parse::<u32>().ok()), args.get(2)) {
+                (Some(port), Some(msg)) => vsock_probe::call(port, msg),
+                _ => usage_error("probe-vsock-call needs PORT and MESSAGE"),
+            }
+        }
         Some("-h") | Some("--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -87,7 +89,9 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
     if std::process::id() != 1 {
         // Power-off and kill(-1) are PID 1's business; anywhere else they
         // would hit the host.
-        return usage_error("the agent runs only as PID 1 (of a VM, or of a pid namespace with --unix)");
+        return usage_error(
+            "the agent runs only as PID 1 (of a VM, or of a pid namespace with --unix)",
+        );
     }
     let in_vm = unix.is_none();
     let marks = pid1::BootMarks::new(in_vm);
@@ -113,7 +117,9 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
         Some(path) => transport::Transport::Unix { path },
         None => {
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            transport::Transport::Vsock { port: pid1::port_from_cmdline(&cmdline).unwrap_or(AGENT_VSOCK_PORT) }
+            transport::Transport::Vsock {
+                port: pid1::port_from_cmdline(&cmdline).unwrap_or(AGENT_VSOCK_PORT),
+            }
         }
     };
     let conn = match transport.dial() {
@@ -126,6 +132,10 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
     }
     let boot_to_connected_us = if in_vm { pid1::since_boot_us() } else { None };
     marks.mark(BootStage::AgentReady);
-    let hello = FromAgent::Hello(Hello { protocol: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into(), boot_to_connected_us });
+    let hello = FromAgent::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        boot_to_connected_us,
+    });
     server::Agent::new(conn, signals, own_pid_ns, &marks).run(hello)
 }

@@ -14,7 +14,10 @@ pub enum NetError {
     #[error("no interface {0:?} in the guest")]
     NoInterface(String),
     #[error("netlink {what}: {source}")]
-    Netlink { what: &'static str, source: std::io::Error },
+    Netlink {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 const NLMSG_HDR: usize = 16;
@@ -34,9 +37,17 @@ const RTA_OIF: u16 = 4;
 
 /// Parses `a.b.c.d/len`.
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), NetError> {
-    let (addr, len) = s.split_once('/').ok_or_else(|| NetError::Spec(format!("address {s:?} has no /prefix")))?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| NetError::Spec(format!("address {addr:?} is not IPv4")))?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| NetError::Spec(format!("prefix length {len:?} is not 0-32")))?;
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| NetError::Spec(format!("address {s:?} has no /prefix")))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| NetError::Spec(format!("address {addr:?} is not IPv4")))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| NetError::Spec(format!("prefix length {len:?} is not 0-32")))?;
     Ok((addr, len))
 }
 
@@ -86,7 +97,16 @@ pub fn add_address(seq: u32, index: u32, addr: Ipv4Addr, prefix: u8) -> Vec<u8> 
 /// RTM_NEWROUTE: the default route via `gateway` out of `index`.
 pub fn default_route(seq: u32, index: u32, gateway: Ipv4Addr) -> Vec<u8> {
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type (u8), flags u32
-    let mut b = vec![libc::AF_INET as u8, 0, 0, 0, libc::RT_TABLE_MAIN, libc::RTPROT_BOOT, libc::RT_SCOPE_UNIVERSE, libc::RTN_UNICAST];
+    let mut b = vec![
+        libc::AF_INET as u8,
+        0,
+        0,
+        0,
+        libc::RT_TABLE_MAIN,
+        libc::RTPROT_BOOT,
+        libc::RT_SCOPE_UNIVERSE,
+        libc::RTN_UNICAST,
+    ];
     b.extend_from_slice(&0u32.to_ne_bytes());
     attr(&mut b, RTA_GATEWAY, &gateway.octets());
     attr(&mut b, RTA_OIF, &index.to_ne_bytes());
@@ -115,7 +135,13 @@ struct Socket(OwnedFd);
 impl Socket {
     fn open() -> std::io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -142,7 +168,8 @@ impl Socket {
 }
 
 fn index_of(name: &str) -> Result<u32, NetError> {
-    let c = std::ffi::CString::new(name).map_err(|_| NetError::Spec("interface name has a NUL".into()))?;
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| NetError::Spec("interface name has a NUL".into()))?;
     // SAFETY: c is a valid NUL-terminated string; if_nametoindex is an ioctl, not NSS.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(NetError::NoInterface(name.to_string())),
@@ -152,11 +179,21 @@ fn index_of(name: &str) -> Result<u32, NetError> {
 
 /// Brings `lo` up, then applies `spec` if given.
 pub fn configure(spec: Option<&NetworkSpec>) -> Result<(), NetError> {
-    let sock = Socket::open().map_err(|source| NetError::Netlink { what: "socket", source })?;
+    let sock = Socket::open().map_err(|source| NetError::Netlink {
+        what: "socket",
+        source,
+    })?;
     sock.call("lo up", &link_up(1, index_of("lo")?, None), 1)?;
     let Some(spec) = spec else { return Ok(()) };
     let (addr, prefix) = parse_cidr(&spec.address)?;
-    let gateway = spec.gateway.as_deref().map(|g| g.parse::<Ipv4Addr>().map_err(|_| NetError::Spec(format!("gateway {g:?} is not IPv4")))).transpose()?;
+    let gateway = spec
+        .gateway
+        .as_deref()
+        .map(|g| {
+            g.parse::<Ipv4Addr>()
+                .map_err(|_| NetError::Spec(format!("gateway {g:?} is not IPv4")))
+        })
+        .transpose()?;
     if let Some(mtu) = spec.mtu {
         if !(68..=65535).contains(&mtu) {
             return Err(NetError::Spec(format!("MTU {mtu} is not 68-65535")));
@@ -177,16 +214,35 @@ mod tests {
 
     #[test]
     fn cidrs_parse_strictly() {
-        assert_eq!(parse_cidr("10.0.0.2/24").unwrap(), (Ipv4Addr::new(10, 0, 0, 2), 24));
-        for bad in ["10.0.0.2", "10.0.0.2/33", "10.0.0/24", "host/24", "10.0.0.2/-1", "::1/64", ""] {
+        assert_eq!(
+            parse_cidr("10.0.0.2/24").unwrap(),
+            (Ipv4Addr::new(10, 0, 0, 2), 24)
+        );
+        for bad in [
+            "10.0.0.2",
+            "10.0.0.2/33",
+            "10.0.0/24",
+            "host/24",
+            "10.0.0.2/-1",
+            "::1/64",
+            "",
+        ] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn messages_are_aligned_and_sized() {
-        for m in [link_up(1, 2, Some(1400)), link_up(1, 2, None), add_address(3, 2, Ipv4Addr::LOCALHOST, 8), default_route(4, 2, Ipv4Addr::new(10, 0, 0, 1))] {
-            assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize, m.len());
+        for m in [
+            link_up(1, 2, Some(1400)),
+            link_up(1, 2, None),
+            add_address(3, 2, Ipv4Addr::LOCALHOST, 8),
+            default_route(4, 2, Ipv4Addr::new(10, 0, 0, 1)),
+        ] {
+            assert_eq!(
+                u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize,
+                m.len()
+            );
             assert_eq!(m.len() % 4, 0);
         }
     }
@@ -197,7 +253,10 @@ mod tests {
         assert!(parse_ack(&ack, 7).is_ok());
         assert!(parse_ack(&ack, 8).is_err(), "wrong sequence");
         ack[NLMSG_HDR..NLMSG_HDR + 4].copy_from_slice(&(-libc::EEXIST).to_ne_bytes());
-        assert_eq!(parse_ack(&ack, 7).unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(
+            parse_ack(&ack, 7).unwrap_err().raw_os_error(),
+            Some(libc::EEXIST)
+        );
         assert!(parse_ack(&ack[..10], 7).is_err());
         assert!(parse_ack(&ack[..NLMSG_HDR + 2], 7).is_err());
     }

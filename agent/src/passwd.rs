@@ -47,7 +47,12 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
             if f.len() < 7 || f[0].is_empty() {
                 return None;
             }
-            Some(PasswdEntry { name: f[0].to_string(), uid: id(f[2])?, gid: id(f[3])?, home: f[5].to_string() })
+            Some(PasswdEntry {
+                name: f[0].to_string(),
+                uid: id(f[2])?,
+                gid: id(f[3])?,
+                home: f[5].to_string(),
+            })
         })
         .collect()
 }
@@ -60,8 +65,16 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
             if f.len() != 4 || f[0].is_empty() {
                 return None;
             }
-            let members = f[3].split(',').filter(|m| !m.is_empty()).map(str::to_string).collect();
-            Some(GroupEntry { name: f[0].to_string(), gid: id(f[2])?, members })
+            let members = f[3]
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect();
+            Some(GroupEntry {
+                name: f[0].to_string(),
+                gid: id(f[2])?,
+                members,
+            })
         })
         .collect()
 }
@@ -88,7 +101,11 @@ pub enum UserError {
 /// Resolves `user[:group]` (names or numbers) against the image's files,
 /// the way runc does: a numeric uid need not exist in /etc/passwd; a name
 /// must. Supplementary groups are the groups listing the user by name.
-pub fn resolve(spec: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -> Result<User, UserError> {
+pub fn resolve(
+    spec: &str,
+    passwd: &[PasswdEntry],
+    groups: &[GroupEntry],
+) -> Result<User, UserError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -97,22 +114,60 @@ pub fn resolve(spec: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -> Res
         return Err(UserError::BadSpec(spec.to_string()));
     }
     let entry = match id(user) {
-        Some(uid) => passwd.iter().find(|p| p.uid == uid).cloned().unwrap_or(PasswdEntry { name: String::new(), uid, gid: 0, home: "/".into() }),
-        None if user.bytes().all(|b| b.is_ascii_digit()) => return Err(UserError::BadSpec(spec.to_string())),
-        None => passwd.iter().find(|p| p.name == user).cloned().ok_or_else(|| UserError::NoUser(user.to_string()))?,
+        Some(uid) => passwd
+            .iter()
+            .find(|p| p.uid == uid)
+            .cloned()
+            .unwrap_or(PasswdEntry {
+                name: String::new(),
+                uid,
+                gid: 0,
+                home: "/".into(),
+            }),
+        None if user.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(UserError::BadSpec(spec.to_string()))
+        }
+        None => passwd
+            .iter()
+            .find(|p| p.name == user)
+            .cloned()
+            .ok_or_else(|| UserError::NoUser(user.to_string()))?,
     };
     let gid = match group {
         None => entry.gid,
         Some(g) => match id(g) {
             Some(gid) => gid,
-            None if g.bytes().all(|b| b.is_ascii_digit()) => return Err(UserError::BadSpec(spec.to_string())),
-            None => groups.iter().find(|e| e.name == g).map(|e| e.gid).ok_or_else(|| UserError::NoGroup(g.to_string()))?,
+            None if g.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(UserError::BadSpec(spec.to_string()))
+            }
+            None => groups
+                .iter()
+                .find(|e| e.name == g)
+                .map(|e| e.gid)
+                .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
         },
     };
-    let mut supplementary: Vec<u32> = if entry.name.is_empty() { Vec::new() } else { groups.iter().filter(|g| g.members.contains(&entry.name)).map(|g| g.gid).collect() };
+    let mut supplementary: Vec<u32> = if entry.name.is_empty() {
+        Vec::new()
+    } else {
+        groups
+            .iter()
+            .filter(|g| g.members.contains(&entry.name))
+            .map(|g| g.gid)
+            .collect()
+    };
     supplementary.sort_unstable();
     supplementary.dedup();
-    Ok(User { uid: entry.uid, gid, groups: supplementary, home: if entry.home.is_empty() { "/".into() } else { entry.home } })
+    Ok(User {
+        uid: entry.uid,
+        gid,
+        groups: supplementary,
+        home: if entry.home.is_empty() {
+            "/".into()
+        } else {
+            entry.home
+        },
+    })
 }
 
 #[cfg(test)]
@@ -138,7 +193,15 @@ mod tests {
         let p = parse_passwd(PASSWD);
         let names: Vec<&str> = p.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["root", "daemon", "alice", "bob"]);
-        assert_eq!(p[2], PasswdEntry { name: "alice".into(), uid: 1000, gid: 1000, home: "/home/alice".into() });
+        assert_eq!(
+            p[2],
+            PasswdEntry {
+                name: "alice".into(),
+                uid: 1000,
+                gid: 1000,
+                home: "/home/alice".into()
+            }
+        );
         let g = parse_group(GROUP);
         let names: Vec<&str> = g.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["root", "wheel", "audio", "alice", "staff"]);
@@ -149,21 +212,49 @@ mod tests {
     fn users_resolve_by_name_and_number() {
         let (p, g) = (parse_passwd(PASSWD), parse_group(GROUP));
         let alice = resolve("alice", &p, &g).unwrap();
-        assert_eq!((alice.uid, alice.gid, alice.groups.clone(), alice.home.as_str()), (1000, 1000, vec![10, 29, 50], "/home/alice"));
+        assert_eq!(
+            (
+                alice.uid,
+                alice.gid,
+                alice.groups.clone(),
+                alice.home.as_str()
+            ),
+            (1000, 1000, vec![10, 29, 50], "/home/alice")
+        );
         assert_eq!(resolve("alice:wheel", &p, &g).unwrap().gid, 10);
         assert_eq!(resolve("1000:29", &p, &g).unwrap().groups, vec![10, 29, 50]);
         let anon = resolve("4242", &p, &g).unwrap();
-        assert_eq!((anon.uid, anon.gid, anon.groups.len(), anon.home.as_str()), (4242, 0, 0, "/"));
+        assert_eq!(
+            (anon.uid, anon.gid, anon.groups.len(), anon.home.as_str()),
+            (4242, 0, 0, "/")
+        );
         assert_eq!(resolve("bob:7", &p, &g).unwrap().gid, 7);
     }
 
     #[test]
     fn bad_specs_and_unknown_names_are_errors() {
         let (p, g) = (parse_passwd(PASSWD), parse_group(GROUP));
-        assert_eq!(resolve("mallory", &p, &g), Err(UserError::NoUser("mallory".into())));
-        assert_eq!(resolve("alice:nogroup", &p, &g), Err(UserError::NoGroup("nogroup".into())));
-        for bad in ["", ":", "alice:", ":0", "a:b:c", "99999999999", "0:4294967295"] {
-            assert!(matches!(resolve(bad, &p, &g), Err(UserError::BadSpec(_))), "{bad:?}");
+        assert_eq!(
+            resolve("mallory", &p, &g),
+            Err(UserError::NoUser("mallory".into()))
+        );
+        assert_eq!(
+            resolve("alice:nogroup", &p, &g),
+            Err(UserError::NoGroup("nogroup".into()))
+        );
+        for bad in [
+            "",
+            ":",
+            "alice:",
+            ":0",
+            "a:b:c",
+            "99999999999",
+            "0:4294967295",
+        ] {
+            assert!(
+                matches!(resolve(bad, &p, &g), Err(UserError::BadSpec(_))),
+                "{bad:?}"
+            );
         }
     }
 

@@ -13,25 +13,80 @@ use bulkhead_agent_proto::{BootStage, BOOT_STAGE_PORT};
 #[derive(Debug, thiserror::Error)]
 pub enum Pid1Error {
     #[error("mount {what} on {target}: {source}")]
-    Mount { what: &'static str, target: &'static str, source: nix::Error },
+    Mount {
+        what: &'static str,
+        target: &'static str,
+        source: nix::Error,
+    },
     #[error("mkdir {path}: {source}")]
-    Mkdir { path: &'static str, source: std::io::Error },
+    Mkdir {
+        path: &'static str,
+        source: std::io::Error,
+    },
     #[error("signals: {0}")]
     Signals(nix::Error),
 }
 
 /// (source, target, fstype, flags, data) of every mount PID 1 makes, in order.
 const MOUNTS: &[(&str, &str, &str, MsFlags, &str)] = &[
-    ("proc", "/proc", "proc", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC), ""),
-    ("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC), ""),
-    ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
+    (
+        "proc",
+        "/proc",
+        "proc",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        "",
+    ),
+    (
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        "",
+    ),
+    (
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        "mode=0755",
+    ),
     // Since Linux 4.7 every devpts mount is its own instance and /dev/ptmx
     // opens the one at /dev/pts: no symlink needed (and devtmpfs is shared
     // with whatever else mounted it, so we change nothing in it).
-    ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC), "mode=0620,ptmxmode=0666,gid=5"),
-    ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), "mode=0755"),
-    ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), "mode=1777"),
-    ("cgroup2", "/sys/fs/cgroup", "cgroup2", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC), ""),
+    (
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        "mode=0620,ptmxmode=0666,gid=5",
+    ),
+    (
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        "mode=0755",
+    ),
+    (
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        "mode=1777",
+    ),
+    (
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        "",
+    ),
 ];
 
 /// Makes every mount private (nothing we do propagates anywhere) and
@@ -39,7 +94,13 @@ const MOUNTS: &[(&str, &str, &str, MsFlags, &str)] = &[
 pub fn mount_proc() -> Result<(), Pid1Error> {
     // On the initramfs this is a no-op; in a test's mount namespace it
     // keeps our mounts from reaching the host.
-    let _ = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>);
+    let _ = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    );
     mount_list(&MOUNTS[..1])
 }
 
@@ -48,10 +109,21 @@ pub fn mount_rest() -> Result<(), Pid1Error> {
     mount_list(&MOUNTS[1..])
 }
 
-fn mount_list(list: &[(&'static str, &'static str, &'static str, MsFlags, &'static str)]) -> Result<(), Pid1Error> {
+fn mount_list(
+    list: &[(
+        &'static str,
+        &'static str,
+        &'static str,
+        MsFlags,
+        &'static str,
+    )],
+) -> Result<(), Pid1Error> {
     for &(source, target, fstype, flags, data) in list {
         if !Path::new(target).is_dir() {
-            std::fs::create_dir_all(target).map_err(|source| Pid1Error::Mkdir { path: target, source })?;
+            std::fs::create_dir_all(target).map_err(|source| Pid1Error::Mkdir {
+                path: target,
+                source,
+            })?;
         }
         let data = (!data.is_empty()).then_some(data);
         match mount(Some(source), target, Some(fstype), flags, data) {
@@ -59,7 +131,11 @@ fn mount_list(list: &[(&'static str, &'static str, &'static str, MsFlags, &'stat
             // kernel with DEVTMPFS_MOUNT and no initramfs, or a test's
             // namespace on a host) mounting it again on itself is EBUSY.
             Err(nix::errno::Errno::EBUSY) if fstype == "devtmpfs" => {}
-            r => r.map_err(|source| Pid1Error::Mount { what: fstype, target, source })?,
+            r => r.map_err(|source| Pid1Error::Mount {
+                what: fstype,
+                target,
+                source,
+            })?,
         }
     }
     Ok(())
@@ -73,7 +149,8 @@ pub fn signal_fd() -> Result<SignalFd, Pid1Error> {
         set.add(s);
     }
     set.thread_block().map_err(Pid1Error::Signals)?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(Pid1Error::Signals)
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(Pid1Error::Signals)
 }
 
 /// Writes boot-stage codes to the VMM's debug port. Only ever enabled in a
@@ -102,7 +179,9 @@ impl BootMarks {
         if self.enabled {
             // SAFETY: ioperm granted exactly this port; the VMM handles the
             // write (it records a timestamp); nothing else is touched.
-            unsafe { std::arch::asm!("out dx, al", in("dx") BOOT_STAGE_PORT, in("al") stage as u8, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                std::arch::asm!("out dx, al", in("dx") BOOT_STAGE_PORT, in("al") stage as u8, options(nomem, nostack, preserves_flags))
+            };
         }
         let _ = stage;
     }
@@ -111,7 +190,10 @@ impl BootMarks {
 /// Microseconds since the kernel started (CLOCK_BOOTTIME).
 pub fn since_boot_us() -> Option<u64> {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
-    u64::try_from(t.tv_sec()).ok()?.checked_mul(1_000_000)?.checked_add(u64::try_from(t.tv_nsec() / 1000).ok()?)
+    u64::try_from(t.tv_sec())
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(u64::try_from(t.tv_nsec() / 1000).ok()?)
 }
 
 /// Flushes filesystems and powers the machine off (in a test's pid
@@ -126,7 +208,12 @@ pub fn power_off() -> ! {
 
 /// The vsock port from `bulkhead.port=N` on the kernel command line.
 pub fn port_from_cmdline(cmdline: &str) -> Option<u32> {
-    cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix(bulkhead_agent_proto::PORT_CMDLINE_KEY)?.strip_prefix('=')?.parse().ok())
+    cmdline.split_ascii_whitespace().find_map(|w| {
+        w.strip_prefix(bulkhead_agent_proto::PORT_CMDLINE_KEY)?
+            .strip_prefix('=')?
+            .parse()
+            .ok()
+    })
 }
 
 /// Sets or clears O_NONBLOCK.
@@ -137,7 +224,11 @@ pub fn set_nonblocking(fd: &impl AsRawFd, on: bool) -> std::io::Result<()> {
     if flags < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
     // SAFETY: as above.
     if unsafe { libc::fcntl(raw, libc::F_SETFL, flags) } < 0 {
         return Err(std::io::Error::last_os_error());
@@ -151,7 +242,10 @@ mod tests {
 
     #[test]
     fn port_comes_from_the_command_line_or_not_at_all() {
-        assert_eq!(port_from_cmdline("console=ttyS0 bulkhead.port=2048 quiet"), Some(2048));
+        assert_eq!(
+            port_from_cmdline("console=ttyS0 bulkhead.port=2048 quiet"),
+            Some(2048)
+        );
         assert_eq!(port_from_cmdline("console=ttyS0 bulkhead.portx=1"), None);
         assert_eq!(port_from_cmdline("bulkhead.port=-1 bulkhead.port="), None);
         assert_eq!(port_from_cmdline(""), None);

@@ -72,7 +72,9 @@ fn suffix(detail: &str) -> String {
 }
 
 fn check_cpus(expect: Option<usize>) -> CheckResult {
-    let online = std::thread::available_parallelism().map_err(|e| e.to_string())?.get();
+    let online = std::thread::available_parallelism()
+        .map_err(|e| e.to_string())?
+        .get();
     match expect {
         Some(n) if n != online => Err(format!("{online} CPUs online, expected {n}")),
         _ => Ok(format!("{online} online")),
@@ -100,27 +102,40 @@ fn check_epoll() -> CheckResult {
     let e = |what: &str, err: nix::Error| format!("{what}: {err}");
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|x| e("epoll_create", x))?;
 
-    let event = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).map_err(|x| e("eventfd", x))?;
-    epoll.add(event.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1)).map_err(|x| e("epoll_ctl", x))?;
+    let event =
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).map_err(|x| e("eventfd", x))?;
+    epoll
+        .add(event.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
+        .map_err(|x| e("epoll_ctl", x))?;
     event.write(1).map_err(|x| e("eventfd write", x))?;
 
-    let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC).map_err(|x| e("timerfd", x))?;
+    let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC)
+        .map_err(|x| e("timerfd", x))?;
     timer
-        .set(Expiration::OneShot(TimeSpec::from_duration(Duration::from_millis(1))), TimerSetTimeFlags::empty())
+        .set(
+            Expiration::OneShot(TimeSpec::from_duration(Duration::from_millis(1))),
+            TimerSetTimeFlags::empty(),
+        )
         .map_err(|x| e("timerfd_settime", x))?;
-    epoll.add(timer.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 2)).map_err(|x| e("epoll_ctl", x))?;
+    epoll
+        .add(timer.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 2))
+        .map_err(|x| e("epoll_ctl", x))?;
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGUSR1);
     mask.thread_block().map_err(|x| e("sigprocmask", x))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|x| e("signalfd", x))?;
-    epoll.add(sigfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 3)).map_err(|x| e("epoll_ctl", x))?;
+    epoll
+        .add(sigfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 3))
+        .map_err(|x| e("epoll_ctl", x))?;
     nix::sys::signal::raise(Signal::SIGUSR1).map_err(|x| e("raise", x))?;
 
     let mut seen = [false; 3];
     for _ in 0..10 {
         let mut events = [EpollEvent::empty(); 3];
-        let n = epoll.wait(&mut events, EpollTimeout::from(2000u16)).map_err(|x| e("epoll_wait", x))?;
+        let n = epoll
+            .wait(&mut events, EpollTimeout::from(2000u16))
+            .map_err(|x| e("epoll_wait", x))?;
         if n == 0 {
             break;
         }
@@ -147,7 +162,9 @@ fn check_epoll() -> CheckResult {
     if seen.iter().all(|s| *s) {
         Ok("eventfd, timerfd, signalfd ready".into())
     } else {
-        Err(format!("not all fds became ready (eventfd, timerfd, signalfd) = {seen:?}"))
+        Err(format!(
+            "not all fds became ready (eventfd, timerfd, signalfd) = {seen:?}"
+        ))
     }
 }
 
@@ -162,7 +179,11 @@ fn check_setuid() -> CheckResult {
     if out.status.success() && text == "uid=65534 euid=65534 gid=65534 regain=EPERM" {
         Ok(text)
     } else {
-        Err(format!("child said {text:?} {}, status {}", String::from_utf8_lossy(&out.stderr).trim(), out.status))
+        Err(format!(
+            "child said {text:?} {}, status {}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        ))
     }
 }
 
@@ -176,7 +197,12 @@ pub fn setuid_child(uid: u32) -> ExitCode {
             Ok(()) => "succeeded".to_string(),
             Err(e) => format!("{e:?}"),
         };
-        Ok(format!("uid={} euid={} gid={} regain={regain}", getuid(), geteuid(), getegid()))
+        Ok(format!(
+            "uid={} euid={} gid={} regain={regain}",
+            getuid(),
+            geteuid(),
+            getegid()
+        ))
     };
     match step() {
         Ok(line) => {
@@ -194,19 +220,29 @@ pub fn setuid_child(uid: u32) -> ExitCode {
 fn check_pty() -> CheckResult {
     use nix::fcntl::OFlag;
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).map_err(|e| format!("posix_openpt: {e}"))?;
+    let master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).map_err(|e| format!("posix_openpt: {e}"))?;
     grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
     unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
     let name = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
-    let mut slave = fs::OpenOptions::new().read(true).write(true).open(&name).map_err(|e| format!("open {name}: {e}"))?;
-    slave.write_all(b"ping\n").map_err(|e| format!("write slave: {e}"))?;
+    let mut slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .map_err(|e| format!("open {name}: {e}"))?;
+    slave
+        .write_all(b"ping\n")
+        .map_err(|e| format!("write slave: {e}"))?;
     let mut master_file = fs::File::from(std::os::fd::OwnedFd::from(master));
     // The line may come in pieces (the tty layer passes it on from a
     // work queue): read until its end, or 16 bytes.
     let mut buf = [0u8; 16];
     let mut n = 0;
     while n < buf.len() && !buf[..n].contains(&b'\n') {
-        match master_file.read(&mut buf[n..]).map_err(|e| format!("read master: {e}"))? {
+        match master_file
+            .read(&mut buf[n..])
+            .map_err(|e| format!("read master: {e}"))?
+        {
             0 => break,
             got => n += got,
         }
@@ -215,7 +251,10 @@ fn check_pty() -> CheckResult {
     if &buf[..n] == b"ping\r\n" {
         Ok(name)
     } else {
-        Err(format!("read {:?} from master", String::from_utf8_lossy(&buf[..n])))
+        Err(format!(
+            "read {:?} from master",
+            String::from_utf8_lossy(&buf[..n])
+        ))
     }
 }
 
@@ -224,7 +263,10 @@ fn check_shebang() -> CheckResult {
     let script = dir.join("hello.sh");
     fs::write(&script, "#!/bin/sh\necho shebang-ok \"$1\"\n").map_err(|e| e.to_string())?;
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    let out = Command::new(&script).arg("arg1").output().map_err(|e| format!("exec {}: {e}", script.display()))?;
+    let out = Command::new(&script)
+        .arg("arg1")
+        .output()
+        .map_err(|e| format!("exec {}: {e}", script.display()))?;
     let _ = fs::remove_dir_all(&dir);
     match String::from_utf8_lossy(&out.stdout).as_ref() {
         "shebang-ok arg1\n" => Ok(String::new()),
@@ -236,7 +278,14 @@ fn check_shebang() -> CheckResult {
 /// must be empty, which needs an opaque-dir xattr (trusted.*) on tmpfs.
 fn check_overlay_on_tmpfs() -> CheckResult {
     let base = scratch_dir("overlay")?;
-    mount(Some("tmpfs"), &base, Some("tmpfs"), MsFlags::empty(), None::<&str>).map_err(|e| format!("mount tmpfs: {e}"))?;
+    mount(
+        Some("tmpfs"),
+        &base,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount tmpfs: {e}"))?;
     let result = overlay_steps(&base);
     let _ = umount2(&base.join("merged"), MntFlags::MNT_DETACH);
     let _ = umount2(&base, MntFlags::MNT_DETACH);
@@ -255,31 +304,52 @@ fn overlay_steps(base: &Path) -> CheckResult {
         base.display()
     );
     let merged = base.join("merged");
-    mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-        .map_err(|e| format!("mount overlay: {e}"))?;
+    mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| format!("mount overlay: {e}"))?;
     let out = Command::new("/bin/sh")
         .args(["-c", "rm -rf d; mkdir d"])
         .current_dir(&merged)
         .output()
         .map_err(|e| format!("sh: {e}"))?;
     if !out.status.success() {
-        return Err(format!("rm -rf d; mkdir d: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "rm -rf d; mkdir d: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    let left: Vec<_> = fs::read_dir(merged.join("d")).map_err(io)?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let left: Vec<_> = fs::read_dir(merged.join("d"))
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
     if left.is_empty() {
         Ok(String::new())
     } else {
-        Err(format!("new d still shows lower entries {left:?} (no opaque xattr on tmpfs?)"))
+        Err(format!(
+            "new d still shows lower entries {left:?} (no opaque xattr on tmpfs?)"
+        ))
     }
 }
 
 fn check_filesystems() -> CheckResult {
-    let text = fs::read_to_string("/proc/filesystems").map_err(|e| format!("/proc/filesystems: {e}"))?;
-    let have: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().last()).collect();
-    let missing: Vec<&str> = ["ext4", "erofs", "overlay", "tmpfs", "devtmpfs", "proc", "sysfs", "cgroup2", "devpts"]
-        .into_iter()
-        .filter(|fs| !have.contains(fs))
+    let text =
+        fs::read_to_string("/proc/filesystems").map_err(|e| format!("/proc/filesystems: {e}"))?;
+    let have: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
         .collect();
+    let missing: Vec<&str> = [
+        "ext4", "erofs", "overlay", "tmpfs", "devtmpfs", "proc", "sysfs", "cgroup2", "devpts",
+    ]
+    .into_iter()
+    .filter(|fs| !have.contains(fs))
+    .collect();
     if missing.is_empty() {
         Ok(String::new())
     } else {

@@ -76,23 +76,52 @@ fn resource(r: RlimitResource) -> libc::__rlimit_resource_t {
 /// Starts `spec` in the container (our root is already the container's).
 /// `own_pid_ns` is the agent's own pid namespace, to come back to.
 pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Spawned, AgentError> {
-    spec.validate().map_err(|m| err(ErrorKind::InvalidRequest, m))?;
+    spec.validate()
+        .map_err(|m| err(ErrorKind::InvalidRequest, m))?;
     let user_spec = spec.user.as_deref().unwrap_or("0:0");
-    let user = passwd::resolve(user_spec, &passwd::parse_passwd(&read_image_file("/etc/passwd")), &passwd::parse_group(&read_image_file("/etc/group")))
-        .map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
-    let mut groups: Vec<libc::gid_t> = user.groups.iter().chain(&spec.additional_gids).copied().collect();
+    let user = passwd::resolve(
+        user_spec,
+        &passwd::parse_passwd(&read_image_file("/etc/passwd")),
+        &passwd::parse_group(&read_image_file("/etc/group")),
+    )
+    .map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+    let mut groups: Vec<libc::gid_t> = user
+        .groups
+        .iter()
+        .chain(&spec.additional_gids)
+        .copied()
+        .collect();
     groups.sort_unstable();
     groups.dedup();
     let cwd = spec.cwd.clone().unwrap_or_else(|| "/".into());
     if !std::path::Path::new(&cwd).is_dir() {
-        return Err(err(ErrorKind::Failed, format!("working directory {cwd:?} does not exist in the image")));
+        return Err(err(
+            ErrorKind::Failed,
+            format!("working directory {cwd:?} does not exist in the image"),
+        ));
     }
     let cwd_c = CString::new(cwd).map_err(|_| err(ErrorKind::InvalidRequest, "cwd has a NUL"))?;
-    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = spec.rlimits.iter().map(|r| (resource(r.resource), libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard })).collect();
+    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = spec
+        .rlimits
+        .iter()
+        .map(|r| {
+            (
+                resource(r.resource),
+                libc::rlimit {
+                    rlim_cur: r.soft,
+                    rlim_max: r.hard,
+                },
+            )
+        })
+        .collect();
 
     let mut cmd = Command::new(&spec.args[0]);
     cmd.args(&spec.args[1..]).env_clear();
-    let has = |k: &str| spec.env.iter().any(|e| e.split_once('=').is_some_and(|(key, _)| key == k));
+    let has = |k: &str| {
+        spec.env
+            .iter()
+            .any(|e| e.split_once('=').is_some_and(|(key, _)| key == k))
+    };
     if !has("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
@@ -108,17 +137,37 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
     // stdio: in TTY mode the pty (master kept here), else pipes from spawn.
     let mut pty_master: Option<OwnedFd> = None;
     if spec.tty {
-        let size = spec.tty_size.map(|(rows, cols)| nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 });
+        let size = spec.tty_size.map(|(rows, cols)| nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
         let pty = nix::pty::openpty(size.as_ref(), None).map_err(failed("openpty"))?;
-        let slave = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| err(ErrorKind::Failed, format!("dup: {e}")));
-        cmd.stdin(slave(&pty.slave)?).stdout(slave(&pty.slave)?).stderr(Stdio::from(pty.slave));
+        let slave = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(Stdio::from)
+                .map_err(|e| err(ErrorKind::Failed, format!("dup: {e}")))
+        };
+        cmd.stdin(slave(&pty.slave)?)
+            .stdout(slave(&pty.slave)?)
+            .stderr(Stdio::from(pty.slave));
         // SAFETY: F_SETFD on a descriptor we own: the workload must not inherit the master.
         if unsafe { libc::fcntl(pty.master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-            return Err(err(ErrorKind::Failed, format!("pty: {}", std::io::Error::last_os_error())));
+            return Err(err(
+                ErrorKind::Failed,
+                format!("pty: {}", std::io::Error::last_os_error()),
+            ));
         }
         pty_master = Some(pty.master);
     } else {
-        cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     }
 
     // Namespaces: pid via our pid_for_children around the fork; mount in the child.
@@ -128,9 +177,20 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
             None
         }
         Namespaces::Join(pid) => {
-            let pidns = File::open(format!("/proc/{pid}/ns/pid")).map_err(|e| err(ErrorKind::InvalidRequest, format!("the container's main process is gone: {e}")))?;
-            let mnt = File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| err(ErrorKind::InvalidRequest, format!("the container's main process is gone: {e}")))?;
-            setns(&pidns, CloneFlags::CLONE_NEWPID).map_err(failed("join the container's pid namespace"))?;
+            let pidns = File::open(format!("/proc/{pid}/ns/pid")).map_err(|e| {
+                err(
+                    ErrorKind::InvalidRequest,
+                    format!("the container's main process is gone: {e}"),
+                )
+            })?;
+            let mnt = File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| {
+                err(
+                    ErrorKind::InvalidRequest,
+                    format!("the container's main process is gone: {e}"),
+                )
+            })?;
+            setns(&pidns, CloneFlags::CLONE_NEWPID)
+                .map_err(failed("join the container's pid namespace"))?;
             Some(mnt)
         }
     };
@@ -147,7 +207,13 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
             nix::sys::signal::SigSet::empty().thread_set_mask()?;
             nix::unistd::setsid()?;
             // Whatever the agent inherited or opened stays out of the workload.
-            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             if tty_mode && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
@@ -161,11 +227,23 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
                 }
                 None => {
                     unshare(CloneFlags::CLONE_NEWNS)?;
-                    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+                    mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )?;
                     // The agent's /proc shows every process of the VM; the
                     // workload gets one of its own pid namespace instead.
                     umount2("/proc", MntFlags::MNT_DETACH)?;
-                    mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)?;
+                    mount(
+                        Some("proc"),
+                        "/proc",
+                        Some("proc"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                        None::<&str>,
+                    )?;
                 }
             }
             if libc::chdir(cwd_c.as_ptr()) < 0 {
@@ -176,7 +254,10 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                || libc::setgid(gid) < 0
+                || libc::setuid(uid) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -184,11 +265,14 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
     }
     let spawned = cmd.spawn();
     // Back to our own pid namespace for our own future children.
-    setns(own_pid_ns, CloneFlags::CLONE_NEWPID).map_err(failed("return to the agent's pid namespace"))?;
+    setns(own_pid_ns, CloneFlags::CLONE_NEWPID)
+        .map_err(failed("return to the agent's pid namespace"))?;
     let mut child = spawned.map_err(|e| {
         let kind = match e.raw_os_error() {
             Some(libc::ENOENT) => ErrorKind::NotFound,
-            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::EPERM) => ErrorKind::NotExecutable,
+            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::EPERM) => {
+                ErrorKind::NotExecutable
+            }
             _ => ErrorKind::Failed,
         };
         let what = match kind {
@@ -199,28 +283,57 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
         err(kind, format!("{}: {what}: {e}", spec.args[0]))
     })?;
     let pid = Pid::from_raw(child.id() as i32);
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| err(ErrorKind::Failed, format!("dup: {e}")));
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| err(ErrorKind::Failed, format!("dup: {e}")))
+    };
     let (stdin, stdout, stderr) = match &pty_master {
-        Some(master) => (spec.stdin.then(|| dup(master)).transpose()?, dup(master)?, None),
+        Some(master) => (
+            spec.stdin.then(|| dup(master)).transpose()?,
+            dup(master)?,
+            None,
+        ),
         None => (
             child.stdin.take().map(OwnedFd::from),
-            child.stdout.take().map(OwnedFd::from).ok_or_else(|| err(ErrorKind::Failed, "no stdout pipe"))?,
+            child
+                .stdout
+                .take()
+                .map(OwnedFd::from)
+                .ok_or_else(|| err(ErrorKind::Failed, "no stdout pipe"))?,
             child.stderr.take().map(OwnedFd::from),
         ),
     };
     // `child` is dropped without waiting: the agent reaps with waitpid(-1).
-    for fd in [Some(&stdout), stderr.as_ref(), stdin.as_ref()].into_iter().flatten() {
-        crate::pid1::set_nonblocking(fd, true).map_err(|e| err(ErrorKind::Failed, format!("non-blocking stdio: {e}")))?;
+    for fd in [Some(&stdout), stderr.as_ref(), stdin.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        crate::pid1::set_nonblocking(fd, true)
+            .map_err(|e| err(ErrorKind::Failed, format!("non-blocking stdio: {e}")))?;
     }
-    Ok(Spawned { pid, stdin, stdout, stderr, tty: pty_master })
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        tty: pty_master,
+    })
 }
 
 /// Sets a pty's window size.
 pub fn resize(tty: &OwnedFd, rows: u16, cols: u16) -> Result<(), AgentError> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize struct we own, on a pty master we hold.
     if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(err(ErrorKind::Failed, format!("resize: {}", std::io::Error::last_os_error())));
+        return Err(err(
+            ErrorKind::Failed,
+            format!("resize: {}", std::io::Error::last_os_error()),
+        ));
     }
     Ok(())
 }

@@ -15,7 +15,10 @@ pub enum RootError {
     #[error("{what}: {source}")]
     Sys { what: String, source: nix::Error },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("root spec: {0}")]
     Spec(String),
 }
@@ -50,25 +53,69 @@ pub fn enter(spec: &RootSpec) -> Result<(), RootError> {
     match &spec.source {
         RootSource::Block { device, fstype } => {
             if !matches!(fstype.as_str(), "ext4" | "erofs") {
-                return Err(RootError::Spec(format!("root filesystem {fstype:?}: use ext4 or erofs")));
+                return Err(RootError::Spec(format!(
+                    "root filesystem {fstype:?}: use ext4 or erofs"
+                )));
             }
             let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
-            mount(Some(device.as_str()), lower.as_str(), Some(fstype.as_str()), flags, None::<&str>).map_err(sys(format!("mount {device} ({fstype}, read-only)")))?;
+            mount(
+                Some(device.as_str()),
+                lower.as_str(),
+                Some(fstype.as_str()),
+                flags,
+                None::<&str>,
+            )
+            .map_err(sys(format!("mount {device} ({fstype}, read-only)")))?;
         }
         RootSource::Directory { path } => {
-            mount(Some(path.as_str()), lower.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(sys(format!("bind {path}")))?;
-            mount(None::<&str>, lower.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>).map_err(sys(format!("make {path} read-only")))?;
+            mount(
+                Some(path.as_str()),
+                lower.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(sys(format!("bind {path}")))?;
+            mount(
+                None::<&str>,
+                lower.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(sys(format!("make {path} read-only")))?;
         }
     }
     match &spec.scratch {
-        Some(dev) => mount(Some(dev.as_str()), rw.as_str(), Some("ext4"), MsFlags::MS_NODEV, None::<&str>).map_err(sys(format!("mount scratch disk {dev}")))?,
-        None => mount(Some("tmpfs"), rw.as_str(), Some("tmpfs"), MsFlags::empty(), Some("mode=0755")).map_err(sys("tmpfs for the overlay's upper layer"))?,
+        Some(dev) => mount(
+            Some(dev.as_str()),
+            rw.as_str(),
+            Some("ext4"),
+            MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(sys(format!("mount scratch disk {dev}")))?,
+        None => mount(
+            Some("tmpfs"),
+            rw.as_str(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .map_err(sys("tmpfs for the overlay's upper layer"))?,
     }
     let (upper, work) = (format!("{rw}/upper"), format!("{rw}/work"));
     mkdir(&upper)?;
     mkdir(&work)?;
     let opts = format!("lowerdir={lower},upperdir={upper},workdir={work}");
-    mount(Some("overlay"), root.as_str(), Some("overlay"), MsFlags::empty(), Some(opts.as_str())).map_err(sys("mount the overlay root"))?;
+    mount(
+        Some("overlay"),
+        root.as_str(),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(sys("mount the overlay root"))?;
 
     for d in ["dev", "proc", "sys", "run", "tmp"] {
         let p = format!("{root}/{d}");
@@ -80,22 +127,51 @@ pub fn enter(spec: &RootSpec) -> Result<(), RootError> {
     }
     for d in ["/dev", "/proc", "/sys"] {
         let target = format!("{root}{d}");
-        mount(Some(d), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(sys(format!("move {d} into the root")))?;
+        mount(
+            Some(d),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(sys(format!("move {d} into the root")))?;
     }
-    mount(Some("tmpfs"), format!("{root}/run").as_str(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")).map_err(sys("tmpfs /run"))?;
-    mount(Some("tmpfs"), format!("{root}/tmp").as_str(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")).map_err(sys("tmpfs /tmp"))?;
+    mount(
+        Some("tmpfs"),
+        format!("{root}/run").as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(sys("tmpfs /run"))?;
+    mount(
+        Some("tmpfs"),
+        format!("{root}/tmp").as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(sys("tmpfs /tmp"))?;
     // POSIX shared memory (shm_open) lives on /dev/shm.
     let shm = format!("{root}/dev/shm");
     if !Path::new(&shm).is_dir() {
         mkdir(&shm)?;
     }
-    mount(Some("shm"), shm.as_str(), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k")).map_err(sys("tmpfs /dev/shm"))?;
+    mount(
+        Some("shm"),
+        shm.as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(sys("tmpfs /dev/shm"))?;
 
     // Drop the agent's binary from rootfs (it stays mapped while we run).
     // In the namespace-based tests /init does not exist: nothing to do.
     let _ = std::fs::remove_file("/init");
     nix::unistd::chdir(root.as_str()).map_err(sys("chdir into the root"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(sys("move the root over /"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("move the root over /"))?;
     nix::unistd::chroot(".").map_err(sys("chroot"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     Ok(())
@@ -128,8 +204,14 @@ pub fn resolv_conf(dns: &DnsSpec) -> String {
 /// Checks names and addresses that end up in /etc files: one token each,
 /// nothing that could add lines.
 pub fn check_etc_token(what: &str, s: &str) -> Result<(), RootError> {
-    if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
-        return Err(RootError::Spec(format!("{what} {s:?} is not a single name")));
+    if s.is_empty()
+        || s.len() > 253
+        || s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '#')
+    {
+        return Err(RootError::Spec(format!(
+            "{what} {s:?} is not a single name"
+        )));
     }
     Ok(())
 }
@@ -148,9 +230,27 @@ mod tests {
 
     #[test]
     fn etc_files_hold_what_was_asked() {
-        let h = hosts_file(Some("web"), Some("10.0.0.2"), &[HostEntry { address: "10.0.0.9".into(), names: vec!["db".into(), "db.local".into()] }]);
-        assert!(h.contains("127.0.0.1\tlocalhost\n") && h.contains("10.0.0.2\tweb\n") && h.ends_with("10.0.0.9\tdb db.local\n"), "{h}");
-        assert_eq!(resolv_conf(&DnsSpec { nameservers: vec!["1.1.1.1".into()], search: vec!["a".into(), "b".into()] }), "nameserver 1.1.1.1\nsearch a b\n");
+        let h = hosts_file(
+            Some("web"),
+            Some("10.0.0.2"),
+            &[HostEntry {
+                address: "10.0.0.9".into(),
+                names: vec!["db".into(), "db.local".into()],
+            }],
+        );
+        assert!(
+            h.contains("127.0.0.1\tlocalhost\n")
+                && h.contains("10.0.0.2\tweb\n")
+                && h.ends_with("10.0.0.9\tdb db.local\n"),
+            "{h}"
+        );
+        assert_eq!(
+            resolv_conf(&DnsSpec {
+                nameservers: vec!["1.1.1.1".into()],
+                search: vec!["a".into(), "b".into()]
+            }),
+            "nameserver 1.1.1.1\nsearch a b\n"
+        );
     }
 
     #[test]

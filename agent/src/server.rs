@@ -16,7 +16,10 @@ use nix::unistd::Pid;
 
 use bulkhead_agent_proto::flow::{RecvWindow, SendWindow};
 use bulkhead_agent_proto::frame::DATA_CHUNK;
-use bulkhead_agent_proto::{encode, AgentError, BootStage, ErrorKind, ExitStatus, Fd, Frame, FrameDecoder, FromAgent, StartRequest, StreamId, ToAgent};
+use bulkhead_agent_proto::{
+    encode, AgentError, BootStage, ErrorKind, ExitStatus, Fd, Frame, FrameDecoder, FromAgent,
+    StartRequest, StreamId, ToAgent,
+};
 
 use crate::pid1::BootMarks;
 use crate::process::{self, Namespaces};
@@ -106,7 +109,9 @@ impl<'a> Agent<'a> {
     }
 
     fn send(&mut self, frame: &Frame) {
-        let Some(conn) = self.conn.as_mut() else { return };
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
         let ok = frame.to_bytes().is_ok_and(|b| conn.write_all(&b).is_ok());
         if !ok {
             eprintln!("bulkhead-agent: lost the host connection while writing");
@@ -150,7 +155,10 @@ impl<'a> Agent<'a> {
             Phase::Running => false,
             Phase::AwaitAck(deadline) => {
                 if now >= deadline {
-                    eprintln!("bulkhead-agent: the host did not acknowledge the exit report in {:?}", self.ack_timeout);
+                    eprintln!(
+                        "bulkhead-agent: the host did not acknowledge the exit report in {:?}",
+                        self.ack_timeout
+                    );
                     self.terminate();
                 }
                 false
@@ -189,14 +197,23 @@ impl<'a> Agent<'a> {
             Phase::Running => None,
             Phase::AwaitAck(d) | Phase::Terminating(d) => Some(d),
         };
-        self.procs.values().filter(|p| !p.reported).filter_map(|p| p.drain_deadline).chain(phase).min()
+        self.procs
+            .values()
+            .filter(|p| !p.reported)
+            .filter_map(|p| p.drain_deadline)
+            .chain(phase)
+            .min()
     }
 
     fn poll_once(&mut self) {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut tokens: Vec<Token> = Vec::new();
         let mut add = |fd: i32, events: i16, t: Token| {
-            fds.push(libc::pollfd { fd, events, revents: 0 });
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
             tokens.push(t);
         };
         if let Some(c) = &self.conn {
@@ -211,13 +228,23 @@ impl<'a> Agent<'a> {
                     }
                 }
             }
-            if let Some(Input { fd: Some(fd), pending, .. }) = &p.input {
+            if let Some(Input {
+                fd: Some(fd),
+                pending,
+                ..
+            }) = &p.input
+            {
                 if !pending.is_empty() {
                     add(fd.as_raw_fd(), libc::POLLOUT, Token::In(id));
                 }
             }
         }
-        let timeout = self.deadline().map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32 + 1);
+        let timeout = self.deadline().map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(60_000) as i32
+                + 1
+        });
         // SAFETY: fds is a valid array of pollfd for its length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n <= 0 {
@@ -238,7 +265,9 @@ impl<'a> Agent<'a> {
 
     fn on_conn_readable(&mut self) {
         let mut buf = [0u8; 64 * 1024];
-        let Some(conn) = self.conn.as_mut() else { return };
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
         match conn.read(&mut buf) {
             Ok(0) | Err(_) => {
                 eprintln!("bulkhead-agent: the host closed the connection; stopping");
@@ -269,7 +298,8 @@ impl<'a> Agent<'a> {
     fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
         match frame {
             Frame::Control(bytes) => {
-                let msg = ToAgent::decode(&bytes).map_err(|e| format!("bad message from the host: {e}"))?;
+                let msg = ToAgent::decode(&bytes)
+                    .map_err(|e| format!("bad message from the host: {e}"))?;
                 self.on_message(msg);
                 Ok(())
             }
@@ -277,16 +307,32 @@ impl<'a> Agent<'a> {
                 if stream.fd() != Fd::Stdin {
                     return Err(format!("the host sent data on output stream {stream:?}"));
                 }
-                let p = self.procs.get_mut(&stream.process()).ok_or_else(|| format!("stdin for unknown process {}", stream.process()))?;
+                let p = self
+                    .procs
+                    .get_mut(&stream.process())
+                    .ok_or_else(|| format!("stdin for unknown process {}", stream.process()))?;
                 let Some(input) = p.input.as_mut() else {
                     // Started without stdin, or already ended: drop it, but a
                     // process that never had stdin is a host bug.
-                    return if p.reported { Ok(()) } else { Err(format!("process {} was started without stdin", stream.process())) };
+                    return if p.reported {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "process {} was started without stdin",
+                            stream.process()
+                        ))
+                    };
                 };
                 if input.eof {
-                    return Err(format!("stdin data after EOF for process {}", stream.process()));
+                    return Err(format!(
+                        "stdin data after EOF for process {}",
+                        stream.process()
+                    ));
                 }
-                input.window.on_data(bytes.len()).map_err(|e| e.to_string())?;
+                input
+                    .window
+                    .on_data(bytes.len())
+                    .map_err(|e| e.to_string())?;
                 if bytes.is_empty() {
                     input.eof = true;
                 } else if input.fd.is_some() {
@@ -304,7 +350,10 @@ impl<'a> Agent<'a> {
                     Fd::Stderr => 1,
                     Fd::Stdin => return Err("the host granted credit on a stdin stream".into()),
                 };
-                let p = self.procs.get_mut(&stream.process()).ok_or_else(|| format!("credit for unknown process {}", stream.process()))?;
+                let p = self
+                    .procs
+                    .get_mut(&stream.process())
+                    .ok_or_else(|| format!("credit for unknown process {}", stream.process()))?;
                 if let Some(o) = p.out[idx].as_mut() {
                     o.window.grant(bytes).map_err(|e| e.to_string())?;
                 }
@@ -327,23 +376,39 @@ impl<'a> Agent<'a> {
                 self.reply(id, r);
             }
             ToAgent::Exec { id, process, spec } => {
-                let main_pid = self.check_new_id(process).and_then(|()| match self.main.and_then(|m| self.procs.get(&m)) {
-                    Some(main) if main.status.is_none() => Ok(main.pid),
-                    _ => Err(invalid("the container is not running")),
+                let main_pid = self.check_new_id(process).and_then(|()| {
+                    match self.main.and_then(|m| self.procs.get(&m)) {
+                        Some(main) if main.status.is_none() => Ok(main.pid),
+                        _ => Err(invalid("the container is not running")),
+                    }
                 });
-                let r = main_pid.and_then(|pid| process::spawn(&spec, Namespaces::Join(pid), &self.own_pid_ns)).map(|s| self.track(process, s, spec.stdin));
+                let r = main_pid
+                    .and_then(|pid| process::spawn(&spec, Namespaces::Join(pid), &self.own_pid_ns))
+                    .map(|s| self.track(process, s, spec.stdin));
                 self.reply(id, r);
             }
-            ToAgent::Signal { id, process, signal } => {
+            ToAgent::Signal {
+                id,
+                process,
+                signal,
+            } => {
                 let r = match (self.procs.get(&process), Signal::try_from(signal)) {
                     (None, _) => Err(invalid(format!("no process {process}"))),
                     (_, Err(_)) => Err(invalid(format!("no signal {signal}"))),
-                    (Some(p), _) if p.status.is_some() => Err(invalid(format!("process {process} has exited"))),
-                    (Some(p), Ok(sig)) => kill(p.pid, sig).map_err(|e| AgentError::new(ErrorKind::Failed, format!("kill: {e}"))),
+                    (Some(p), _) if p.status.is_some() => {
+                        Err(invalid(format!("process {process} has exited")))
+                    }
+                    (Some(p), Ok(sig)) => kill(p.pid, sig)
+                        .map_err(|e| AgentError::new(ErrorKind::Failed, format!("kill: {e}"))),
                 };
                 self.reply(id, r);
             }
-            ToAgent::Resize { id, process, rows, cols } => {
+            ToAgent::Resize {
+                id,
+                process,
+                rows,
+                cols,
+            } => {
                 let r = match self.procs.get(&process).and_then(|p| p.tty.as_ref()) {
                     Some(tty) => process::resize(tty, rows, cols),
                     None => Err(invalid(format!("process {process} has no terminal"))),
@@ -374,7 +439,10 @@ impl<'a> Agent<'a> {
         }
         for e in &spec.hosts {
             rootfs::check_etc_token("hosts address", &e.address).map_err(spec_err)?;
-            e.names.iter().try_for_each(|n| rootfs::check_etc_token("hosts name", n)).map_err(spec_err)?;
+            e.names
+                .iter()
+                .try_for_each(|n| rootfs::check_etc_token("hosts name", n))
+                .map_err(spec_err)?;
         }
         for n in spec.dns.nameservers.iter().chain(&spec.dns.search) {
             rootfs::check_etc_token("dns entry", n).map_err(spec_err)?;
@@ -386,10 +454,19 @@ impl<'a> Agent<'a> {
             nix::unistd::sethostname(h).map_err(|e| failed(&format!("sethostname: {e}")))?;
             rootfs::write_etc("/etc/hostname", &format!("{h}\n")).map_err(|e| failed(&e))?;
         }
-        let address = spec.network.as_ref().and_then(|n| n.address.split_once('/')).map(|(a, _)| a);
-        rootfs::write_etc("/etc/hosts", &rootfs::hosts_file(spec.hostname.as_deref(), address, &spec.hosts)).map_err(|e| failed(&e))?;
+        let address = spec
+            .network
+            .as_ref()
+            .and_then(|n| n.address.split_once('/'))
+            .map(|(a, _)| a);
+        rootfs::write_etc(
+            "/etc/hosts",
+            &rootfs::hosts_file(spec.hostname.as_deref(), address, &spec.hosts),
+        )
+        .map_err(|e| failed(&e))?;
         if !spec.dns.nameservers.is_empty() {
-            rootfs::write_etc("/etc/resolv.conf", &rootfs::resolv_conf(&spec.dns)).map_err(|e| failed(&e))?;
+            rootfs::write_etc("/etc/resolv.conf", &rootfs::resolv_conf(&spec.dns))
+                .map_err(|e| failed(&e))?;
         }
         netlink::configure(spec.network.as_ref()).map_err(|e| failed(&e))?;
         if spec.exit_ack_timeout_ms > 0 {
@@ -414,26 +491,52 @@ impl<'a> Agent<'a> {
     }
 
     fn track(&mut self, id: u32, s: process::Spawned, stdin: bool) {
-        let out = |fd: OwnedFd| Output { fd, window: SendWindow::default() };
+        let out = |fd: OwnedFd| Output {
+            fd,
+            window: SendWindow::default(),
+        };
         let tty_mode = s.tty.is_some();
-        let input = stdin.then(|| Input { fd: s.stdin, pending: Vec::new(), window: RecvWindow::default(), eof: false });
-        self.procs.insert(id, Proc { pid: s.pid, input, out: [Some(out(s.stdout)), s.stderr.map(out)], tty: s.tty, status: None, drain_deadline: None, reported: false });
+        let input = stdin.then(|| Input {
+            fd: s.stdin,
+            pending: Vec::new(),
+            window: RecvWindow::default(),
+            eof: false,
+        });
+        self.procs.insert(
+            id,
+            Proc {
+                pid: s.pid,
+                input,
+                out: [Some(out(s.stdout)), s.stderr.map(out)],
+                tty: s.tty,
+                status: None,
+                drain_deadline: None,
+                reported: false,
+            },
+        );
         if tty_mode {
             // The terminal carries everything on stdout: stderr ends now.
             if let Some(stream) = StreamId::new(id, Fd::Stderr) {
-                self.send(&Frame::Data { stream, bytes: Vec::new() });
+                self.send(&Frame::Data {
+                    stream,
+                    bytes: Vec::new(),
+                });
             }
         }
     }
 
     fn on_output(&mut self, id: u32, idx: usize) {
-        let Some(o) = self.procs.get_mut(&id).and_then(|p| p.out[idx].as_mut()) else { return };
+        let Some(o) = self.procs.get_mut(&id).and_then(|p| p.out[idx].as_mut()) else {
+            return;
+        };
         let want = o.window.available().min(DATA_CHUNK);
         let mut buf = vec![0u8; want];
         // SAFETY: buf is writable for `want` bytes; the fd is ours.
         let n = unsafe { libc::read(o.fd.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
         let fd = if idx == 0 { Fd::Stdout } else { Fd::Stderr };
-        let Some(stream) = StreamId::new(id, fd) else { return };
+        let Some(stream) = StreamId::new(id, fd) else {
+            return;
+        };
         if n > 0 {
             buf.truncate(n as usize);
             o.window.consume(buf.len());
@@ -448,7 +551,10 @@ impl<'a> Agent<'a> {
         if let Some(p) = self.procs.get_mut(&id) {
             p.out[idx] = None;
         }
-        self.send(&Frame::Data { stream, bytes: Vec::new() });
+        self.send(&Frame::Data {
+            stream,
+            bytes: Vec::new(),
+        });
     }
 
     fn on_input_writable(&mut self, id: u32) {
@@ -456,7 +562,9 @@ impl<'a> Agent<'a> {
     }
 
     fn flush_input(&mut self, id: u32) {
-        let Some(input) = self.procs.get_mut(&id).and_then(|p| p.input.as_mut()) else { return };
+        let Some(input) = self.procs.get_mut(&id).and_then(|p| p.input.as_mut()) else {
+            return;
+        };
         let mut written = 0;
         if let Some(fd) = &input.fd {
             while written < input.pending.len() {
@@ -524,7 +632,11 @@ impl<'a> Agent<'a> {
             WaitStatus::Signaled(pid, sig, _) => (pid, ExitStatus::Signal(sig as i32)),
             _ => return,
         };
-        if let Some(p) = self.procs.values_mut().find(|p| p.pid == pid && p.status.is_none()) {
+        if let Some(p) = self
+            .procs
+            .values_mut()
+            .find(|p| p.pid == pid && p.status.is_none())
+        {
             p.status = Some(status);
             p.drain_deadline = Some(Instant::now() + DRAIN_GRACE);
         }
@@ -546,22 +658,34 @@ impl<'a> Agent<'a> {
             .procs
             .iter()
             .filter(|(_, p)| !p.reported && p.status.is_some())
-            .filter(|(_, p)| p.out.iter().all(Option::is_none) || p.drain_deadline.is_some_and(|d| now >= d))
+            .filter(|(_, p)| {
+                p.out.iter().all(Option::is_none) || p.drain_deadline.is_some_and(|d| now >= d)
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in ready {
-            let Some(p) = self.procs.get_mut(&id) else { continue };
+            let Some(p) = self.procs.get_mut(&id) else {
+                continue;
+            };
             let open: Vec<usize> = (0..2).filter(|&i| p.out[i].take().is_some()).collect();
             p.input = None;
             p.tty = None;
             p.reported = true;
             let status = p.status.unwrap_or(ExitStatus::Code(-1));
             for i in open {
-                if let Some(stream) = StreamId::new(id, if i == 0 { Fd::Stdout } else { Fd::Stderr }) {
-                    self.send(&Frame::Data { stream, bytes: Vec::new() });
+                if let Some(stream) =
+                    StreamId::new(id, if i == 0 { Fd::Stdout } else { Fd::Stderr })
+                {
+                    self.send(&Frame::Data {
+                        stream,
+                        bytes: Vec::new(),
+                    });
                 }
             }
-            self.send_msg(&FromAgent::Exited { process: id, status });
+            self.send_msg(&FromAgent::Exited {
+                process: id,
+                status,
+            });
             if Some(id) == self.main && self.phase == Phase::Running {
                 self.phase = Phase::AwaitAck(Instant::now() + self.ack_timeout);
             }

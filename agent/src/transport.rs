@@ -27,7 +27,9 @@ impl Transport {
         loop {
             match self.dial_once() {
                 Ok(fd) => return Ok(fd),
-                Err(e) if started.elapsed() >= DIAL_PATIENCE => return Err(format!("cannot reach the host over {self:?}: {e}")),
+                Err(e) if started.elapsed() >= DIAL_PATIENCE => {
+                    return Err(format!("cannot reach the host over {self:?}: {e}"))
+                }
                 Err(_) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(500));
@@ -39,11 +41,20 @@ impl Transport {
     fn dial_once(&self) -> Result<OwnedFd, String> {
         match self {
             Transport::Vsock { port } => {
-                let s = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| format!("socket: {e}"))?;
-                connect(s.as_raw_fd(), &VsockAddr::new(HOST_CID, *port)).map_err(|e| format!("connect: {e}"))?;
+                let s = socket(
+                    AddressFamily::Vsock,
+                    SockType::Stream,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .map_err(|e| format!("socket: {e}"))?;
+                connect(s.as_raw_fd(), &VsockAddr::new(HOST_CID, *port))
+                    .map_err(|e| format!("connect: {e}"))?;
                 Ok(s)
             }
-            Transport::Unix { path } => std::os::unix::net::UnixStream::connect(path).map(OwnedFd::from).map_err(|e| format!("connect {}: {e}", path.display())),
+            Transport::Unix { path } => std::os::unix::net::UnixStream::connect(path)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("connect {}: {e}", path.display())),
         }
     }
 }

@@ -49,15 +49,20 @@ fn main() {
     let imported = import::import_dir(&store, &src, "bench").expect("import");
     let import_time = t.elapsed();
     let t = Instant::now();
-    let disk = rootdisk::build(&store, &imported.manifest, Format::Ext4, &mut |_| {}).expect("build");
+    let disk =
+        rootdisk::build(&store, &imported.manifest, Format::Ext4, &mut |_| {}).expect("build");
     let build_time = t.elapsed();
     let t = Instant::now();
-    let again = rootdisk::build(&store, &imported.manifest, Format::Ext4, &mut |_| {}).expect("cached");
+    let again =
+        rootdisk::build(&store, &imported.manifest, Format::Ext4, &mut |_| {}).expect("cached");
     let cached_time = t.elapsed();
     assert_eq!(disk, again);
     let disk_size = std::fs::metadata(&disk).map(|m| m.len()).unwrap_or(0);
     println!("image: {} MiB in 6003 files", total >> 20);
     println!("import-dir (tar + hash + store): {import_time:.2?}");
-    println!("unpack + mkfs.ext4 -d:           {build_time:.2?}  (disk {} MiB)", disk_size >> 20);
+    println!(
+        "unpack + mkfs.ext4 -d:           {build_time:.2?}  (disk {} MiB)",
+        disk_size >> 20
+    );
     println!("cached disk:                     {cached_time:.2?}");
 }

@@ -12,7 +12,10 @@ use crate::initramfs::CpioWriter;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentInitramfsError {
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("no cache directory: set BULKHEAD_CACHE or HOME")]
     NoCache,
 }
@@ -37,17 +40,22 @@ pub fn build(agent: &Path) -> std::io::Result<Vec<u8>> {
 /// `<cache>/initramfs/agent-<digest>.cpio`, built if missing.
 pub fn cached(agent: &Path) -> Result<PathBuf, AgentInitramfsError> {
     let mut hasher = Sha256::new();
-    let mut f = std::fs::File::open(agent).map_err(io(format!("open the agent {}", agent.display())))?;
+    let mut f =
+        std::fs::File::open(agent).map_err(io(format!("open the agent {}", agent.display())))?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(io(format!("read {}", agent.display())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(io(format!("read {}", agent.display())))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
     let digest = hex::encode(hasher.finalize());
-    let dir = crate::cache::cache_root().ok_or(AgentInitramfsError::NoCache)?.join("initramfs");
+    let dir = crate::cache::cache_root()
+        .ok_or(AgentInitramfsError::NoCache)?
+        .join("initramfs");
     let path = dir.join(format!("agent-{}.cpio", &digest[..16]));
     if path.is_file() {
         return Ok(path);
@@ -55,7 +63,11 @@ pub fn cached(agent: &Path) -> Result<PathBuf, AgentInitramfsError> {
     std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
     let image = build(agent).map_err(io("pack the agent initramfs"))?;
     // Written aside and renamed: a reader never sees half an archive.
-    let tmp = dir.join(format!(".agent-{}.{}.tmp", &digest[..16], std::process::id()));
+    let tmp = dir.join(format!(
+        ".agent-{}.{}.tmp",
+        &digest[..16],
+        std::process::id()
+    ));
     std::fs::write(&tmp, image).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))?;
     Ok(path)
@@ -82,6 +94,9 @@ mod tests {
             rest = entry.finish().unwrap_or_else(|e| panic!("{e}"));
         }
         names.sort();
-        assert_eq!(names, ["dev", "dev/console", "init", "proc", "run", "sys", "tmp"]);
+        assert_eq!(
+            names,
+            ["dev", "dev/console", "init", "proc", "run", "sys", "tmp"]
+        );
     }
 }

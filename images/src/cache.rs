@@ -7,7 +7,11 @@ use std::path::PathBuf;
 /// `$HOME` is read from the environment only: no passwd lookup (static
 /// binaries must not load NSS).
 pub fn cache_root() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("BULKHEAD_CACHE")
         .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("bulkhead")))
         .or_else(|| env("HOME").map(|p| p.join(".cache/bulkhead")))

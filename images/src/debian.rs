@@ -7,11 +7,18 @@ use std::process::{Command, Stdio};
 #[derive(Debug, thiserror::Error)]
 pub enum DebianError {
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("missing packages {missing:?}; run as root (it installs them) or: apt-get install {}", missing.join(" "))]
     MissingPackages { missing: Vec<String> },
     #[error("`{command}` failed ({status}); last output:\n{tail}")]
-    Command { command: String, status: String, tail: String },
+    Command {
+        command: String,
+        status: String,
+        tail: String,
+    },
 }
 
 impl DebianError {
@@ -30,7 +37,9 @@ pub fn installed_version(package: &str) -> Result<Option<String>, DebianError> {
         .map_err(DebianError::io("run dpkg-query (is this a Debian host?)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(match text.split_once('\t') {
-        Some((status, version)) if out.status.success() && status.ends_with(" installed") => Some(version.trim().to_string()),
+        Some((status, version)) if out.status.success() && status.ends_with(" installed") => {
+            Some(version.trim().to_string())
+        }
         _ => None,
     })
 }
@@ -50,8 +59,18 @@ fn missing(packages: &[&str]) -> Result<Vec<String>, DebianError> {
 /// waits for whoever else holds dpkg's (`DPkg::Lock::Timeout`).
 fn apt_lock() -> Result<nix::fcntl::Flock<std::fs::File>, DebianError> {
     let path = "/run/lock/bulkhead-apt.lock";
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(DebianError::io(format!("open {path}")))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| DebianError::Io { what: format!("lock {path}"), source: e.into() })
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(DebianError::io(format!("open {path}")))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+        DebianError::Io {
+            what: format!("lock {path}"),
+            source: e.into(),
+        }
+    })
 }
 
 /// Installs whichever of `packages` are missing; refuses without root.
@@ -60,7 +79,9 @@ pub fn ensure_packages(packages: &[&str], log: &mut dyn FnMut(&str)) -> Result<(
         return Ok(());
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err(DebianError::MissingPackages { missing: missing(packages)? });
+        return Err(DebianError::MissingPackages {
+            missing: missing(packages)?,
+        });
     }
     let _turn = apt_lock()?;
     // Another caller may have installed them while this one waited.
@@ -70,11 +91,21 @@ pub fn ensure_packages(packages: &[&str], log: &mut dyn FnMut(&str)) -> Result<(
     }
     log(&format!("installing {}", missing.join(" ")));
     // An update first: a fresh machine may have no package lists at all.
-    let update = Command::new("apt-get").args(["-q", "-o", "DPkg::Lock::Timeout=600", "update"]).stdout(Stdio::null()).status();
+    let update = Command::new("apt-get")
+        .args(["-q", "-o", "DPkg::Lock::Timeout=600", "update"])
+        .stdout(Stdio::null())
+        .status();
     if !matches!(update, Ok(s) if s.success()) {
         log("apt-get update failed; trying the install with the lists already here");
     }
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600"];
+    let mut args = vec![
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+    ];
     args.extend(missing.iter().map(String::as_str));
     run_apt(&args)
 }
@@ -101,7 +132,9 @@ const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bulkhead-backports.sourc
 /// that suite to apt's sources when no source names it. Root only.
 pub fn install_from_backports(package: &str, log: &mut dyn FnMut(&str)) -> Result<(), DebianError> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(DebianError::MissingPackages { missing: vec![format!("{package} (from backports)")] });
+        return Err(DebianError::MissingPackages {
+            missing: vec![format!("{package} (from backports)")],
+        });
     }
     let _turn = apt_lock()?;
     let codename = codename().ok_or_else(|| DebianError::Io {
@@ -110,7 +143,9 @@ pub fn install_from_backports(package: &str, log: &mut dyn FnMut(&str)) -> Resul
     })?;
     let suite = format!("{codename}-backports");
     if !apt_sources_mention(&suite) {
-        log(&format!("adding {suite} to apt's sources ({BACKPORTS_SOURCE})"));
+        log(&format!(
+            "adding {suite} to apt's sources ({BACKPORTS_SOURCE})"
+        ));
         let text = format!(
             "# Added by bulkhead: packages newer than {codename} ships (see README).\nTypes: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         );
@@ -122,7 +157,17 @@ pub fn install_from_backports(package: &str, log: &mut dyn FnMut(&str)) -> Resul
     }
     log(&format!("installing {package} from {suite}"));
     run_apt(&["-q", "-o", "DPkg::Lock::Timeout=600", "update"])?;
-    run_apt(&["install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600", "-t", &suite, package])
+    run_apt(&[
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+        "-t",
+        &suite,
+        package,
+    ])
 }
 
 /// Whether any apt source file names `suite`.
@@ -131,11 +176,14 @@ fn apt_sources_mention(suite: &str) -> bool {
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         files.extend(dir.filter_map(Result::ok).map(|e| e.path()));
     }
-    files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).any(|text| {
-        text.lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .any(|l| l.split_whitespace().any(|w| w == suite))
-    })
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|text| {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .any(|l| l.split_whitespace().any(|w| w == suite))
+        })
 }
 
 fn run_apt(args: &[&str]) -> Result<(), DebianError> {
@@ -169,15 +217,20 @@ pub fn candidate(package: &str) -> Result<(String, Vec<String>), DebianError> {
         .output()
         .map_err(DebianError::io("run apt-cache"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_show(&text).filter(|_| out.status.success()).ok_or_else(|| DebianError::Command {
-        command: format!("apt-cache show {package}"),
-        status: out.status.to_string(),
-        tail: "no such package in the apt lists (run apt-get update)".into(),
-    })
+    parse_show(&text)
+        .filter(|_| out.status.success())
+        .ok_or_else(|| DebianError::Command {
+            command: format!("apt-cache show {package}"),
+            status: out.status.to_string(),
+            tail: "no such package in the apt lists (run apt-get update)".into(),
+        })
 }
 
 fn parse_show(text: &str) -> Option<(String, Vec<String>)> {
-    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).map(str::trim));
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(str::trim))
+    };
     let version = field("Version:")?.to_string();
     let depends = field("Depends:")
         .map(|d| {
@@ -205,7 +258,8 @@ pub fn download(package: &str, dir: &Path) -> Result<std::path::PathBuf, DebianE
             tail: tail_lines(&String::from_utf8_lossy(&out.stderr), 20),
         });
     }
-    let entries = std::fs::read_dir(dir).map_err(DebianError::io(format!("read {}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(DebianError::io(format!("read {}", dir.display())))?;
     entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -237,7 +291,10 @@ mod tests {
     fn codename_is_read_from_os_release() {
         let text = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n";
         assert_eq!(parse_codename(text).as_deref(), Some("bookworm"));
-        assert_eq!(parse_codename("VERSION_CODENAME=\"trixie\"\n").as_deref(), Some("trixie"));
+        assert_eq!(
+            parse_codename("VERSION_CODENAME=\"trixie\"\n").as_deref(),
+            Some("trixie")
+        );
         assert_eq!(parse_codename("VERSION_CODENAME=\n"), None);
         assert_eq!(parse_codename("ID=debian\n"), None);
     }

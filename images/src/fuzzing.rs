@@ -11,17 +11,33 @@ static RUN: AtomicU64 = AtomicU64::new(0);
 /// parent directory, with small limits; whatever happens, nothing may
 /// appear in the parent beside `root/`.
 pub fn layer_apply(data: &[u8]) {
-    let parent = std::env::temp_dir().join(format!("bulkhead-fuzz-{}-{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed)));
+    let parent = std::env::temp_dir().join(format!(
+        "bulkhead-fuzz-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
     let root = parent.join("root");
     if std::fs::create_dir_all(&root).is_err() {
         return;
     }
-    if let Ok(mut u) = Unpacker::new(&root, Limits { max_bytes: 1 << 20, max_entries: 1000 }) {
+    if let Ok(mut u) = Unpacker::new(
+        &root,
+        Limits {
+            max_bytes: 1 << 20,
+            max_entries: 1000,
+        },
+    ) {
         let _ = u.apply(data);
     }
-    let beside: Vec<_> = std::fs::read_dir(&parent).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let beside: Vec<_> = std::fs::read_dir(&parent)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     let _ = std::fs::remove_dir_all(&parent);
-    assert_eq!(beside, vec![std::ffi::OsString::from("root")], "something was written outside the root");
+    assert_eq!(
+        beside,
+        vec![std::ffi::OsString::from("root")],
+        "something was written outside the root"
+    );
 }
 
 /// The JSON documents of an image (manifest, index, config) as a registry

@@ -18,7 +18,11 @@ pub struct CpioWriter<W: Write> {
 
 impl<W: Write> CpioWriter<W> {
     pub fn new(out: W) -> Self {
-        Self { out, next_ino: 1, dirs: BTreeSet::new() }
+        Self {
+            out,
+            next_ino: 1,
+            dirs: BTreeSet::new(),
+        }
     }
 
     /// Adds `path` as a directory (and any missing parents).
@@ -42,7 +46,8 @@ impl<W: Write> CpioWriter<W> {
 
     /// Adds a regular file read from the host (symlinks followed).
     pub fn host_file(&mut self, path: &str, mode: u32, src: &Path) -> io::Result<()> {
-        let data = std::fs::read(src).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+        let data = std::fs::read(src)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
         self.file(path, mode, &data)
     }
 
@@ -86,9 +91,14 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn entry(&mut self, name: &str, kind: ModeFileType, mode: u32, data: &[u8]) -> io::Result<()> {
-        let size = u32::try_from(data.len()).map_err(|_| io::Error::other(format!("{name}: over 4 GiB")))?;
+        let size = u32::try_from(data.len())
+            .map_err(|_| io::Error::other(format!("{name}: over 4 GiB")))?;
         let ino = self.take_ino();
-        let nlink = if matches!(kind, ModeFileType::Directory) { 2 } else { 1 };
+        let nlink = if matches!(kind, ModeFileType::Directory) {
+            2
+        } else {
+            1
+        };
         let mut w = Builder::new(name)
             .ino(ino)
             .mode(mode & 0o7777)
@@ -112,7 +122,12 @@ fn archive_name(path: &str) -> io::Result<String> {
     for c in path.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{path:?}: `..` not allowed"))),
+            ".." => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{path:?}: `..` not allowed"),
+                ))
+            }
             c => parts.push(c),
         }
     }
@@ -147,7 +162,19 @@ mod tests {
         let bytes = w.finish().unwrap();
         assert_eq!(bytes.len() % 4, 0);
         let got: Vec<String> = names(&bytes).into_iter().map(|(n, _)| n).collect();
-        assert_eq!(got, ["a", "a/b", "a/b/c", "a/b/d", "bin", "bin/sh", "dev", "dev/console"]);
+        assert_eq!(
+            got,
+            [
+                "a",
+                "a/b",
+                "a/b/c",
+                "a/b/d",
+                "bin",
+                "bin/sh",
+                "dev",
+                "dev/console"
+            ]
+        );
     }
 
     #[test]

@@ -15,9 +15,9 @@
 
 pub mod agent_initramfs;
 pub mod cache;
+pub mod debian;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod debian;
 pub mod initramfs;
 pub mod kernel;
 pub mod private;

@@ -13,7 +13,10 @@ use std::path::Path;
 /// Makes `dir` (and missing parents, 0700) and closes it to group and
 /// others if it is open to them.
 pub fn dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     tighten(dir, 0o700)
 }
 
@@ -30,7 +33,17 @@ pub fn data_root(root: &Path) -> std::io::Result<()> {
     if m.permissions().mode() & 0o077 == 0 {
         return Ok(());
     }
-    const OURS: [&str; 9] = ["state.redb", "state.lock", "blobs", "workloads", "trees", "disks", "refs.json", "node", "cluster.redb"];
+    const OURS: [&str; 9] = [
+        "state.redb",
+        "state.lock",
+        "blobs",
+        "workloads",
+        "trees",
+        "disks",
+        "refs.json",
+        "node",
+        "cluster.redb",
+    ];
     let mut entries = std::fs::read_dir(root)?;
     let empty = entries.next().is_none();
     let ours = OURS.iter().any(|e| root.join(e).symlink_metadata().is_ok());
@@ -66,7 +79,12 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?; // a tmp an older run left keeps its mode otherwise
     f.write_all(bytes)?;
     std::fs::rename(&tmp, path)
@@ -74,14 +92,23 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Opens `path` for appending, made 0600 (logs).
 pub fn append(path: &Path) -> std::io::Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     tighten(path, 0o600)?;
     Ok(f)
 }
 
 /// Creates (truncating) `path` as a 0600 file.
 pub fn create(path: &Path) -> std::io::Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     tighten(path, 0o600)?;
     Ok(f)
 }
@@ -91,7 +118,9 @@ mod tests {
     use super::*;
 
     fn mode(p: &Path) -> u32 {
-        std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0)
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0)
     }
 
     #[test]
@@ -100,24 +129,42 @@ mod tests {
         let data = d.path().join("a/b/data");
         dir(&data).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(mode(&data), 0o700);
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
         dir(&data).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(mode(&data), 0o700, "an open data dir an older version made is closed");
+        assert_eq!(
+            mode(&data),
+            0o700,
+            "an open data dir an older version made is closed"
+        );
         let f = data.join("config.json");
         std::fs::write(format!("{}.tmp", f.display()), b"stale").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::set_permissions(format!("{}.tmp", f.display()), std::fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(
+            format!("{}.tmp", f.display()),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         write(&f, b"{}").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((mode(&f), std::fs::read(&f).ok()), (0o600, Some(b"{}".to_vec())));
+        assert_eq!(
+            (mode(&f), std::fs::read(&f).ok()),
+            (0o600, Some(b"{}".to_vec()))
+        );
         let log = data.join("log");
         std::fs::write(&log, b"old\n").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
         drop(append(&log).unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(mode(&log), 0o600);
         let disk = data.join("disk");
         std::fs::write(&disk, b"").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o4755)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o4755))
+            .unwrap_or_else(|e| panic!("{e}"));
         tighten(&disk, 0o644).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(mode(&disk), 0o4744, "group and other lose what the mode does not give; the owner's bits stay");
+        assert_eq!(
+            mode(&disk),
+            0o4744,
+            "group and other lose what the mode does not give; the owner's bits stay"
+        );
     }
 
     /// A shared directory given as the data dir is refused and left as it
@@ -125,17 +172,29 @@ mod tests {
     #[test]
     fn only_a_data_dir_of_its_own_is_closed() {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let open = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap_or_else(|e| panic!("{e}"));
+        let open = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
         let shared = d.path().join("srv");
         std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(shared.join("someone-elses"), b"x").unwrap_or_else(|e| panic!("{e}"));
         open(&shared, 0o755);
-        let e = data_root(&shared).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("not a bulkhead data dir") && mode(&shared) == 0o755, "{e}");
+        let e = data_root(&shared)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("not a bulkhead data dir") && mode(&shared) == 0o755,
+            "{e}"
+        );
         let tmp_like = d.path().join("tmp");
         std::fs::create_dir(&tmp_like).unwrap_or_else(|e| panic!("{e}"));
         open(&tmp_like, 0o1777);
-        assert!(data_root(&tmp_like).is_err() && mode(&tmp_like) == 0o1777, "a sticky, shared dir: never");
+        assert!(
+            data_root(&tmp_like).is_err() && mode(&tmp_like) == 0o1777,
+            "a sticky, shared dir: never"
+        );
         let empty = d.path().join("empty");
         std::fs::create_dir(&empty).unwrap_or_else(|e| panic!("{e}"));
         open(&empty, 0o755);

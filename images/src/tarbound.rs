@@ -43,7 +43,13 @@ pub struct BoundedReader<R> {
 impl<R: Read> BoundedReader<R> {
     pub fn new(inner: R) -> (Self, Rc<Budget>) {
         let budget = Rc::new(Budget::default());
-        (Self { inner, budget: Rc::clone(&budget) }, budget)
+        (
+            Self {
+                inner,
+                budget: Rc::clone(&budget),
+            },
+            budget,
+        )
     }
 }
 
@@ -70,11 +76,18 @@ mod tests {
         let data = vec![0u8; 3 * MAX_METADATA as usize];
         let (mut r, budget) = BoundedReader::new(&data[..]);
         let mut sink = Vec::new();
-        r.by_ref().take(MAX_METADATA + 10).read_to_end(&mut sink).unwrap_or_else(|e| panic!("{e}"));
+        r.by_ref()
+            .take(MAX_METADATA + 10)
+            .read_to_end(&mut sink)
+            .unwrap_or_else(|e| panic!("{e}"));
         budget.arm();
         let mut small = vec![0u8; 1024];
         r.read_exact(&mut small).unwrap_or_else(|e| panic!("{e}"));
-        let err = r.by_ref().take(MAX_METADATA).read_to_end(&mut sink).unwrap_err();
+        let err = r
+            .by_ref()
+            .take(MAX_METADATA)
+            .read_to_end(&mut sink)
+            .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 }

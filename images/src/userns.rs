@@ -36,13 +36,24 @@ const SYNC_ENV: &str = "BULKHEAD_USERNS_SYNC";
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {
     #[error("{user} has no subordinate {kind} ids in {file}: add a range (e.g. `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}` as root) or run as root")]
-    NoRange { user: String, kind: &'static str, file: &'static str },
+    NoRange {
+        user: String,
+        kind: &'static str,
+        file: &'static str,
+    },
     #[error("{file}: {source}")]
-    Read { file: &'static str, source: std::io::Error },
+    Read {
+        file: &'static str,
+        source: std::io::Error,
+    },
     #[error("{tool} is missing: install Debian's `uidmap` package (apt-get install uidmap), or run as root")]
     NoTool { tool: &'static str },
     #[error("{tool} failed ({status}): {stderr}")]
-    Map { tool: &'static str, status: ExitStatus, stderr: String },
+    Map {
+        tool: &'static str,
+        status: ExitStatus,
+        stderr: String,
+    },
     #[error("start the user-namespace child: {0} (does this kernel allow unprivileged user namespaces? sysctl kernel.unprivileged_userns_clone)")]
     Spawn(std::io::Error),
     #[error("in the user namespace: {0}")]
@@ -79,50 +90,102 @@ pub fn inside() -> bool {
 /// binary that uses [`rerun_inside`]: in the child, enters the new user
 /// namespace and waits until the parent has written its id maps.
 pub fn child_wait() -> Result<(), UsernsError> {
-    let Some(fd) = std::env::var(SYNC_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else { return Ok(()) };
+    let Some(fd) = std::env::var(SYNC_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
     if fd < 3 {
         return Err(UsernsError::Child(format!("bad {SYNC_ENV}")));
     }
     // SAFETY: the parent put this fd here for us alone (see rerun_inside) and nothing else in this process owns it.
     let mut sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| UsernsError::Child(format!("unshare(CLONE_NEWUSER): {e} (are unprivileged user namespaces allowed here?)")))?;
-    sock.write_all(b"r").map_err(|e| UsernsError::Child(format!("tell the parent: {e}")))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| {
+        UsernsError::Child(format!(
+            "unshare(CLONE_NEWUSER): {e} (are unprivileged user namespaces allowed here?)"
+        ))
+    })?;
+    sock.write_all(b"r")
+        .map_err(|e| UsernsError::Child(format!("tell the parent: {e}")))?;
     let mut byte = [0u8; 1];
     match sock.read(&mut byte) {
         Ok(1) if nix::unistd::geteuid().is_root() => Ok(()),
-        Ok(1) => Err(UsernsError::Child("the id maps did not make us root".into())),
-        _ => Err(UsernsError::Child("the parent did not set up the id maps".into())),
+        Ok(1) => Err(UsernsError::Child(
+            "the id maps did not make us root".into(),
+        )),
+        _ => Err(UsernsError::Child(
+            "the parent did not set up the id maps".into(),
+        )),
     }
 }
 
 fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
-fn range_for(file: &'static str, kind: &'static str, user: &str, id: u32) -> Result<SubRange, UsernsError> {
+fn range_for(
+    file: &'static str,
+    kind: &'static str,
+    user: &str,
+    id: u32,
+) -> Result<SubRange, UsernsError> {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(source) => return Err(UsernsError::Read { file, source }),
     };
-    parse_subids(&text, user, id).ok_or_else(|| UsernsError::NoRange { user: user.to_string(), kind, file })
+    parse_subids(&text, user, id).ok_or_else(|| UsernsError::NoRange {
+        user: user.to_string(),
+        kind,
+        file,
+    })
 }
 
 fn write_map(tool: &'static str, pid: u32, own: u32, range: SubRange) -> Result<(), UsernsError> {
-    let out = Command::new(tool).args([pid.to_string(), "0".into(), own.to_string(), "1".into(), "1".into(), range.start.to_string(), range.count.to_string()]).output();
+    let out = Command::new(tool)
+        .args([
+            pid.to_string(),
+            "0".into(),
+            own.to_string(),
+            "1".into(),
+            "1".into(),
+            range.start.to_string(),
+            range.count.to_string(),
+        ])
+        .output();
     match out {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsernsError::NoTool { tool }),
-        Err(e) => Err(UsernsError::Map { tool, status: ExitStatus::default(), stderr: e.to_string() }),
+        Err(e) => Err(UsernsError::Map {
+            tool,
+            status: ExitStatus::default(),
+            stderr: e.to_string(),
+        }),
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(UsernsError::Map { tool, status: o.status, stderr: String::from_utf8_lossy(&o.stderr).trim().to_string() }),
+        Ok(o) => Err(UsernsError::Map {
+            tool,
+            status: o.status,
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        }),
     }
 }
 
 /// Runs `exe args` as root of a new user namespace (our id as 0, our
 /// subordinate ids from 1), with `env` added, stdio inherited; returns its
 /// exit status once it is done. `exe` must call [`child_wait`] first.
-pub fn rerun_inside(exe: &Path, args: &[OsString], env: &[(&str, &Path)]) -> Result<ExitStatus, UsernsError> {
-    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+pub fn rerun_inside(
+    exe: &Path,
+    args: &[OsString],
+    env: &[(&str, &Path)],
+) -> Result<ExitStatus, UsernsError> {
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
     let user = user_name(uid);
     let uids = range_for("/etc/subuid", "user", &user, uid)?;
     let gids = range_for("/etc/subgid", "group", &user, uid)?;
@@ -138,7 +201,9 @@ pub fn rerun_inside(exe: &Path, args: &[OsString], env: &[(&str, &Path)]) -> Res
     unsafe {
         cmd.pre_exec(move || {
             // Keep the child's end open across exec; die with the parent.
-            if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+            if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -148,17 +213,23 @@ pub fn rerun_inside(exe: &Path, args: &[OsString], env: &[(&str, &Path)]) -> Res
     drop(theirs);
     let mut ready = [0u8; 1];
     let mapped = match ours.read(&mut ready) {
-        Ok(1) => write_map("newuidmap", child.id(), uid, uids).and_then(|()| write_map("newgidmap", child.id(), gid, gids)),
-        _ => Err(UsernsError::Child("the child did not enter its user namespace (its error is above)".into())),
+        Ok(1) => write_map("newuidmap", child.id(), uid, uids)
+            .and_then(|()| write_map("newgidmap", child.id(), gid, gids)),
+        _ => Err(UsernsError::Child(
+            "the child did not enter its user namespace (its error is above)".into(),
+        )),
     };
     if let Err(e) = mapped {
         drop(ours); // the child sees EOF and gives up
         let _ = child.wait();
         return Err(e);
     }
-    ours.write_all(b"1").map_err(|e| UsernsError::Child(format!("release the child: {e}")))?;
+    ours.write_all(b"1")
+        .map_err(|e| UsernsError::Child(format!("release the child: {e}")))?;
     drop(ours);
-    child.wait().map_err(|e| UsernsError::Child(format!("wait: {e}")))
+    child
+        .wait()
+        .map_err(|e| UsernsError::Child(format!("wait: {e}")))
 }
 
 #[cfg(test)]
@@ -168,11 +239,26 @@ mod tests {
     #[test]
     fn subid_lines_by_name_or_id_and_malformed_ones_ignored() {
         let text = "root:100000:65536\n\nbob:x:1\nbob:5:0\nbob:4294967295:2\nbob:1:2:3\n 1001:200000:1000\nbob:300000:65536\n";
-        assert_eq!(parse_subids(text, "bob", 1001), Some(SubRange { start: 200000, count: 1000 }));
-        assert_eq!(parse_subids(text, "bob", 7), Some(SubRange { start: 300000, count: 65536 }));
+        assert_eq!(
+            parse_subids(text, "bob", 1001),
+            Some(SubRange {
+                start: 200000,
+                count: 1000
+            })
+        );
+        assert_eq!(
+            parse_subids(text, "bob", 7),
+            Some(SubRange {
+                start: 300000,
+                count: 65536
+            })
+        );
         assert_eq!(parse_subids(text, "alice", 7), None);
         assert_eq!(parse_subids("", "bob", 1), None);
         assert_eq!(parse_subids("bob", "bob", 1), None);
-        assert_eq!(parse_subids("bob:-1:5\nbob:1:-5\nbob:1:99999999999", "bob", 1), None);
+        assert_eq!(
+            parse_subids("bob:-1:5\nbob:1:-5\nbob:1:99999999999", "bob", 1),
+            None
+        );
     }
 }

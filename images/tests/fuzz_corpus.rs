@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         run(&std::fs::read(entry.unwrap().path()).unwrap());

@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("cgroup {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("no cgroup hierarchy for {0} (neither v2 at /sys/fs/cgroup nor v1 at /sys/fs/cgroup/{0})")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "no cgroup hierarchy for {0} (neither v2 at /sys/fs/cgroup nor v1 at /sys/fs/cgroup/{0})"
+    )]
     NoController(String),
     #[error("cgroup {path}: no such file (is the {controller} controller available and enabled for bulkhead/ on this host?)")]
     NoFile { path: PathBuf, controller: String },
@@ -30,11 +35,22 @@ fn unified() -> bool {
 /// bytes, a CPU share (`None`: unlimited; 1.5 = one and a half CPUs), pids.
 pub fn limits(memory_bytes: u64, cpus: Option<f64>, pids: u32) -> Vec<String> {
     let v2 = unified();
-    let mut out = vec![if v2 { format!("memory.max={memory_bytes}") } else { format!("memory.limit_in_bytes={memory_bytes}") }, format!("pids.max={pids}")];
+    let mut out = vec![
+        if v2 {
+            format!("memory.max={memory_bytes}")
+        } else {
+            format!("memory.limit_in_bytes={memory_bytes}")
+        },
+        format!("pids.max={pids}"),
+    ];
     if let Some(c) = cpus.filter(|c| c.is_finite() && *c > 0.0) {
         // Per 100 ms period; the kernel's floor is 1 ms.
         let quota = ((c * 100_000.0).round() as u64).max(1000);
-        out.push(if v2 { format!("cpu.max={quota} 100000") } else { format!("cpu.cfs_quota_us={quota}") });
+        out.push(if v2 {
+            format!("cpu.max={quota} 100000")
+        } else {
+            format!("cpu.cfs_quota_us={quota}")
+        });
     }
     out
 }
@@ -44,18 +60,39 @@ pub fn candidate_dirs(id: &str) -> Vec<PathBuf> {
     if unified() {
         vec![Path::new(ROOT).join("bulkhead").join(id)]
     } else {
-        ["memory", "cpu", "pids"].iter().map(|c| Path::new(ROOT).join(c).join("bulkhead").join(id)).collect()
+        ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join("bulkhead").join(id))
+            .collect()
     }
 }
 
 /// The ids that have a `bulkhead/<id>` group under any controller.
 pub fn ids() -> Vec<String> {
-    let parents: Vec<PathBuf> = if unified() { vec![Path::new(ROOT).join("bulkhead")] } else { ["memory", "cpu", "pids"].iter().map(|c| Path::new(ROOT).join(c).join("bulkhead")).collect() };
-    parents.iter().filter_map(|p| std::fs::read_dir(p).ok()).flatten().flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect()
+    let parents: Vec<PathBuf> = if unified() {
+        vec![Path::new(ROOT).join("bulkhead")]
+    } else {
+        ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join("bulkhead"))
+            .collect()
+    };
+    parents
+        .iter()
+        .filter_map(|p| std::fs::read_dir(p).ok())
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect()
 }
 
 fn dir_for(controller: &str, id: &str) -> Result<PathBuf, CgroupError> {
-    let base = if unified() { PathBuf::from(ROOT) } else { Path::new(ROOT).join(controller) };
+    let base = if unified() {
+        PathBuf::from(ROOT)
+    } else {
+        Path::new(ROOT).join(controller)
+    };
     if !base.is_dir() {
         return Err(CgroupError::NoController(controller.into()));
     }
@@ -83,17 +120,32 @@ impl Cgroups {
                 // One dir for every controller; it gets a controller only if
                 // its parents pass it on (each controller, not just the first).
                 let parent = dir.parent().unwrap_or(&dir).to_path_buf();
-                std::fs::create_dir_all(&parent).map_err(|source| CgroupError::Io { path: parent.clone(), source })?;
-                let _ = std::fs::write(Path::new(ROOT).join("cgroup.subtree_control"), format!("+{controller}"));
-                let _ = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{controller}"));
+                std::fs::create_dir_all(&parent).map_err(|source| CgroupError::Io {
+                    path: parent.clone(),
+                    source,
+                })?;
+                let _ = std::fs::write(
+                    Path::new(ROOT).join("cgroup.subtree_control"),
+                    format!("+{controller}"),
+                );
+                let _ = std::fs::write(
+                    parent.join("cgroup.subtree_control"),
+                    format!("+{controller}"),
+                );
             }
             if !made.dirs.contains(&dir) {
-                std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Io { path: dir.clone(), source })?;
+                std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
                 made.dirs.push(dir.clone());
             }
             let path = dir.join(file);
             if !path.exists() {
-                return Err(CgroupError::NoFile { path, controller: controller.clone() });
+                return Err(CgroupError::NoFile {
+                    path,
+                    controller: controller.clone(),
+                });
             }
             std::fs::write(&path, value).map_err(|source| CgroupError::Io { path, source })?;
         }
@@ -124,7 +176,8 @@ impl Cgroups {
     pub fn join(&self, pid: i32) -> Result<(), CgroupError> {
         for d in &self.dirs {
             let path = d.join("cgroup.procs");
-            std::fs::write(&path, pid.to_string()).map_err(|source| CgroupError::Io { path, source })?;
+            std::fs::write(&path, pid.to_string())
+                .map_err(|source| CgroupError::Io { path, source })?;
         }
         Ok(())
     }

@@ -12,11 +12,19 @@ pub enum ChrootError {
     #[error("{0} exists already: another jail with this id, or what a crashed one left (remove it, or use another --id)")]
     Exists(PathBuf),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ChrootError + 'a {
-    move |source| ChrootError::Io { what, path: path.to_path_buf(), source }
+    move |source| ChrootError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The jail dir's lock: held by its jailer for as long as the jail lives
@@ -37,19 +45,27 @@ pub fn create(base: &Path, id: &str) -> Result<(PathBuf, PathBuf, Held), ChrootE
     let jail = base.join(id);
     match std::fs::DirBuilder::new().mode(0o700).create(&jail) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(ChrootError::Exists(jail)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(ChrootError::Exists(jail))
+        }
         Err(e) => return Err(io("create", &jail)(e)),
     }
     let held = lock(&jail, nix::fcntl::FlockArg::LockExclusiveNonblock)?;
     drop(making);
     let root = jail.join("root");
-    std::fs::DirBuilder::new().mode(0o755).create(&root).map_err(io("create", &root))?;
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&root)
+        .map_err(io("create", &root))?;
     Ok((jail, root, held))
 }
 
 /// Whether jail dir `jail` is held by a live jailer.
 pub fn is_held(jail: &Path) -> bool {
-    matches!(lock(jail, nix::fcntl::FlockArg::LockExclusiveNonblock), Err(ChrootError::Io { what: "lock", .. }))
+    matches!(
+        lock(jail, nix::fcntl::FlockArg::LockExclusiveNonblock),
+        Err(ChrootError::Io { what: "lock", .. })
+    )
 }
 
 /// The exclusive lock on `base` a sweep holds while it decides (see `create`).
@@ -66,13 +82,24 @@ pub fn inside(root: &Path, host: &Path) -> PathBuf {
 pub fn mount_point(root: &Path, host: &Path) -> Result<PathBuf, ChrootError> {
     let target = inside(root, host);
     if let Some(parent) = target.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(io("create", parent))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(io("create", parent))?;
     }
     let meta = std::fs::metadata(host).map_err(io("stat", host))?;
     if meta.is_dir() {
-        std::fs::DirBuilder::new().mode(0o755).create(&target).map_err(io("create", &target))?;
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&target)
+            .map_err(io("create", &target))?;
     } else {
-        std::fs::OpenOptions::new().write(true).create_new(true).open(&target).map_err(io("create", &target))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(io("create", &target))?;
     }
     Ok(target)
 }
@@ -83,10 +110,21 @@ pub fn device(root: &Path, host: &Path, uid: u32, gid: u32) -> Result<(), Chroot
     let meta = std::fs::metadata(host).map_err(io("stat", host))?;
     let target = inside(root, host);
     if let Some(parent) = target.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(io("create", parent))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(io("create", parent))?;
     }
-    nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o600), meta.rdev()).map_err(|e| io("mknod", &target)(e.into()))?;
-    nix::unistd::chown(&target, Some(uid.into()), Some(gid.into())).map_err(|e| io("chown", &target)(e.into()))?;
+    nix::sys::stat::mknod(
+        &target,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        meta.rdev(),
+    )
+    .map_err(|e| io("mknod", &target)(e.into()))?;
+    nix::unistd::chown(&target, Some(uid.into()), Some(gid.into()))
+        .map_err(|e| io("chown", &target)(e.into()))?;
     Ok(())
 }
 
@@ -107,7 +145,10 @@ mod tests {
     fn fresh_dirs_only_and_mount_points_at_the_same_path() {
         let base = tempfile::tempdir().unwrap();
         let (jail, root, held) = create(base.path(), "j1").unwrap();
-        assert!(matches!(create(base.path(), "j1"), Err(ChrootError::Exists(_))));
+        assert!(matches!(
+            create(base.path(), "j1"),
+            Err(ChrootError::Exists(_))
+        ));
         assert!(is_held(&jail), "its jailer holds it");
         drop(held);
         assert!(!is_held(&jail), "and no more once it is gone");
@@ -117,7 +158,10 @@ mod tests {
         let mp = mount_point(&root, &file).unwrap();
         assert_eq!(mp, root.join(file.strip_prefix("/").unwrap()));
         assert_eq!(std::fs::read(&mp).unwrap(), b"");
-        assert!(mount_point(&root, src.path()).is_err(), "the file's parent dir is there already");
+        assert!(
+            mount_point(&root, src.path()).is_err(),
+            "the file's parent dir is there already"
+        );
         remove(&jail).unwrap();
         assert!(!jail.exists() && src.path().join("kernel").exists());
         remove(&jail).unwrap();

@@ -10,7 +10,10 @@ use crate::validate;
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error("remove {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cgroup {path}: processes {pids:?} still there after SIGKILL")]
     Busy { path: PathBuf, pids: Vec<i32> },
 }
@@ -19,7 +22,11 @@ pub enum CleanupError {
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 fn procs(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// SIGKILLs what is left in the group, waits for it to be gone, removes it.
@@ -34,10 +41,16 @@ fn remove_cgroup(dir: &Path) -> Result<bool, CleanupError> {
             break;
         }
         if Instant::now() > deadline {
-            return Err(CleanupError::Busy { path: dir.to_path_buf(), pids: left });
+            return Err(CleanupError::Busy {
+                path: dir.to_path_buf(),
+                pids: left,
+            });
         }
         for pid in left {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         // Bounded poll: the kernel gives no event for "cgroup empty" on v1.
         std::thread::sleep(Duration::from_millis(5));
@@ -45,7 +58,10 @@ fn remove_cgroup(dir: &Path) -> Result<bool, CleanupError> {
     match std::fs::remove_dir(dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(CleanupError::Io { path: dir.to_path_buf(), source }),
+        Err(source) => Err(CleanupError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -74,7 +90,12 @@ pub fn remove(base: &Path, id: &str) -> Result<Vec<String>, CleanupError> {
 
 /// Every jail id with a dir under `base` or a bulkhead cgroup.
 pub fn ids(base: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(base).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect();
+    let mut ids: Vec<String> = std::fs::read_dir(base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
     ids.extend(crate::cgroup::ids());
     ids.retain(|i| validate::id(i).is_ok());
     ids.sort();
@@ -88,8 +109,17 @@ pub fn ids(base: &Path) -> Vec<String> {
 /// made is never taken for a dead one. Another store's live jails on this
 /// host (two `bulkhead node`s side by side) are held, so left alone.
 pub fn unheld(base: &Path, ids: &[String]) -> Vec<String> {
-    let Ok(_looking) = crate::chroot::lock_base(base) else { return Vec::new() };
-    ids.iter().filter(|id| validate::id(id).is_ok() && base.join(id).is_dir() && !crate::chroot::is_held(&base.join(id))).cloned().collect()
+    let Ok(_looking) = crate::chroot::lock_base(base) else {
+        return Vec::new();
+    };
+    ids.iter()
+        .filter(|id| {
+            validate::id(id).is_ok()
+                && base.join(id).is_dir()
+                && !crate::chroot::is_held(&base.join(id))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Removes every jail dir (with its cgroups) not `keep` and not held by a
@@ -117,14 +147,29 @@ mod tests {
         std::fs::create_dir_all(base.path().join("bad name")).unwrap();
         let (_, _, held) = crate::chroot::create(base.path(), "j3").unwrap();
         // Keeps every other id: the host's own bulkhead cgroups are not this test's.
-        assert!(ids(base.path()).iter().any(|i| i == "j1") && !ids(base.path()).iter().any(|i| i == "bad name"));
+        assert!(
+            ids(base.path()).iter().any(|i| i == "j1")
+                && !ids(base.path()).iter().any(|i| i == "bad name")
+        );
         let gone = sweep(base.path(), |id| id != "j1" && id != "j3").unwrap();
-        assert_eq!(gone, [format!("jail dir {}", base.path().join("j1").display())]);
+        assert_eq!(
+            gone,
+            [format!("jail dir {}", base.path().join("j1").display())]
+        );
         assert!(base.path().join("j2").exists() && base.path().join("bad name").exists());
-        assert!(base.path().join("j3").exists(), "a live jailer's jail is left alone");
+        assert!(
+            base.path().join("j3").exists(),
+            "a live jailer's jail is left alone"
+        );
         drop(held);
-        assert_eq!(unheld(base.path(), &["j3".into()]), ["j3"], "its jailer gone, it may go");
+        assert_eq!(
+            unheld(base.path(), &["j3".into()]),
+            ["j3"],
+            "its jailer gone, it may go"
+        );
         assert!(remove(base.path(), "j1").unwrap().is_empty());
-        assert!(remove(base.path(), "../j2").unwrap().is_empty() && base.path().join("j2").exists());
+        assert!(
+            remove(base.path(), "../j2").unwrap().is_empty() && base.path().join("j2").exists()
+        );
     }
 }

@@ -56,11 +56,13 @@ const DEVICES: &[&str] = &["/dev/kvm", "/dev/net/tun"];
 /// when killed by signal N). The jail dir and cgroups are gone afterwards.
 pub fn run(spec: &Spec) -> Result<i32, JailError> {
     let (jail, root, held) = chroot::create(&spec.chroot_base, &spec.id)?;
-    let result = Cgroups::create(&spec.id, &spec.cgroups).map_err(JailError::from).and_then(|cgroups| {
-        let r = start(spec, &root, &cgroups);
-        cgroups.remove();
-        r
-    });
+    let result = Cgroups::create(&spec.id, &spec.cgroups)
+        .map_err(JailError::from)
+        .and_then(|cgroups| {
+            let r = start(spec, &root, &cgroups);
+            cgroups.remove();
+            r
+        });
     let removed = chroot::remove(&jail);
     drop(held);
     let code = result?;
@@ -74,7 +76,14 @@ pub fn run(spec: &Spec) -> Result<i32, JailError> {
 /// the two device nodes and /proc.
 fn fill_root(spec: &Spec, root: &Path) -> Result<(), JailError> {
     let sys = |what: &'static str| move |e: nix::Error| JailError::Sys(what, e);
-    mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k,nr_inodes=1024")).map_err(sys("mount the jail's tmpfs"))?;
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k,nr_inodes=1024"),
+    )
+    .map_err(sys("mount the jail's tmpfs"))?;
     chroot::mount_point(root, Path::new(&spec.command[0]))?;
     for (host, _) in &spec.binds {
         chroot::mount_point(root, host)?;
@@ -82,7 +91,11 @@ fn fill_root(spec: &Spec, root: &Path) -> Result<(), JailError> {
     for dev in DEVICES.iter().map(Path::new).filter(|d| d.exists()) {
         chroot::device(root, dev, spec.uid, spec.gid)?;
     }
-    std::fs::create_dir(root.join("proc")).map_err(|source| ChrootError::Io { what: "create", path: root.join("proc"), source })?;
+    std::fs::create_dir(root.join("proc")).map_err(|source| ChrootError::Io {
+        what: "create",
+        path: root.join("proc"),
+        source,
+    })?;
     Ok(())
 }
 
@@ -111,16 +124,27 @@ fn relay(child: Pid, signals: &SigSet) -> i32 {
 
 fn start(spec: &Spec, root: &Path, cgroups: &Cgroups) -> Result<i32, JailError> {
     let signals = relayed_signals();
-    signals.thread_block().map_err(|e| JailError::Sys("block signals", e))?;
+    signals
+        .thread_block()
+        .map_err(|e| JailError::Sys("block signals", e))?;
     // The jailer takes the VMM's network, ipc and uts namespaces and makes
     // the pid namespace its child is PID 1 of; it keeps the host's mount
     // namespace (the child makes its own: its pivot_root must not move the
     // jailer, which removes the jail dir at the end).
     if let Some(ns) = &spec.netns {
-        let f = std::fs::File::open(ns).map_err(|e| JailError::Sys("open the network namespace", nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
-        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| JailError::Sys("join the network namespace", e))?;
+        let f = std::fs::File::open(ns).map_err(|e| {
+            JailError::Sys(
+                "open the network namespace",
+                nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| JailError::Sys("join the network namespace", e))?;
     }
-    nix::sched::unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID).map_err(|e| JailError::Sys("unshare namespaces", e))?;
+    nix::sched::unshare(
+        CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID,
+    )
+    .map_err(|e| JailError::Sys("unshare namespaces", e))?;
     let jailer = JailerWatch::open()?;
     // SAFETY: the jailer is single-threaded here; the child only runs the
     // code below before exec or _exit.
@@ -148,10 +172,15 @@ impl JailerWatch {
         // SAFETY: pidfd_open with our own pid and no flags; returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
         if fd < 0 {
-            return Err(JailError::Sys("pidfd_open (Linux 5.3 or later)", nix::Error::last()));
+            return Err(JailError::Sys(
+                "pidfd_open (Linux 5.3 or later)",
+                nix::Error::last(),
+            ));
         }
         // SAFETY: the fd was just made and nothing else owns it.
-        Ok(JailerWatch(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }))
+        Ok(JailerWatch(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32)
+        }))
     }
 
     /// The kernel kills this process when the jailer ends, whoever ends it
@@ -159,11 +188,18 @@ impl JailerWatch {
     /// jailer is gone already. The watch is closed.
     fn die_with_jailer(self) -> Result<(), JailError> {
         die_with_parent()?;
-        let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&self.0), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.0),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: poll on one pollfd we own, no timeout.
         let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
         if ready != 0 {
-            return Err(JailError::Sys("the jailer ended before the jail was made", nix::Error::ESRCH));
+            return Err(JailError::Sys(
+                "the jailer ended before the jail was made",
+                nix::Error::ESRCH,
+            ));
         }
         Ok(())
     }
@@ -187,27 +223,62 @@ fn enter_and_exec(spec: &Spec, root: &Path, cgroups: &Cgroups, jailer: JailerWat
     }
 }
 
-fn jail_self(spec: &Spec, root: &Path, cgroups: &Cgroups, jailer: JailerWatch) -> Result<std::convert::Infallible, JailError> {
+fn jail_self(
+    spec: &Spec,
+    root: &Path,
+    cgroups: &Cgroups,
+    jailer: JailerWatch,
+) -> Result<std::convert::Infallible, JailError> {
     let sys = |what: &'static str| move |e: nix::Error| JailError::Sys(what, e);
     jailer.die_with_jailer()?;
     cgroups.join_self()?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare the mount namespace"))?;
     nix::unistd::sethostname(&spec.id).map_err(sys("sethostname"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(sys("make / private"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make / private"))?;
     fill_root(spec, root)?;
     let vmm = (PathBuf::from(&spec.command[0]), false);
     for (host, rw) in spec.binds.iter().chain(std::iter::once(&vmm)) {
         let target = chroot::inside(root, host);
-        mount(Some(host.as_path()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys("bind mount"))?;
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mount(
+            Some(host.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys("bind mount"))?;
+        let mut flags =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         if !rw {
             flags |= MsFlags::MS_RDONLY;
         }
-        mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(sys("remount a bind"))?;
+        mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+            .map_err(sys("remount a bind"))?;
     }
-    mount(Some("proc"), &root.join("proc"), Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>).map_err(sys("mount proc"))?;
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(sys("mount proc"))?;
     // The tmpfs itself read-only from here (the binds keep their own flags).
-    mount(None::<&str>, root, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, None::<&str>).map_err(sys("remount the jail root read-only"))?;
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(sys("remount the jail root read-only"))?;
     // pivot_root(".", "."): the old root ends up stacked over the new one,
     // and detaching it leaves the new one; no old-root dir to make or remove.
     nix::unistd::chdir(root).map_err(sys("chdir"))?;
@@ -215,7 +286,10 @@ fn jail_self(spec: &Spec, root: &Path, cgroups: &Cgroups, jailer: JailerWatch) -
     umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the old root"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     for (resource, n) in &spec.rlimits {
-        let limit = libc::rlimit { rlim_cur: *n, rlim_max: *n };
+        let limit = libc::rlimit {
+            rlim_cur: *n,
+            rlim_max: *n,
+        };
         // SAFETY: setrlimit reads the struct we pass; no other memory involved.
         if unsafe { libc::setrlimit(*resource, &limit) } != 0 {
             return Err(JailError::Sys("setrlimit", nix::Error::last()));
@@ -235,9 +309,11 @@ fn jail_self(spec: &Spec, root: &Path, cgroups: &Cgroups, jailer: JailerWatch) -
         }
     }
     nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
-    nix::unistd::setresgid(spec.gid.into(), spec.gid.into(), spec.gid.into()).map_err(sys("setresgid"))?;
+    nix::unistd::setresgid(spec.gid.into(), spec.gid.into(), spec.gid.into())
+        .map_err(sys("setresgid"))?;
     // From uid 0 to another: the permitted and effective capabilities go.
-    nix::unistd::setresuid(spec.uid.into(), spec.uid.into(), spec.uid.into()).map_err(sys("setresuid"))?;
+    nix::unistd::setresuid(spec.uid.into(), spec.uid.into(), spec.uid.into())
+        .map_err(sys("setresuid"))?;
     // After the uid change (which clears it); kept across exec.
     die_with_parent()?;
     // SIGTERM/SIGINT stay blocked across exec: the VMM reads them from a
@@ -246,7 +322,11 @@ fn jail_self(spec: &Spec, root: &Path, cgroups: &Cgroups, jailer: JailerWatch) -
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     chld.thread_unblock().map_err(sys("unblock SIGCHLD"))?;
-    let args: Vec<CString> = spec.command.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
+    let args: Vec<CString> = spec
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
     let path = CString::new(Path::new(&spec.command[0]).as_os_str().as_bytes()).unwrap_or_default();
     let env: [CString; 0] = [];
     match nix::unistd::execve(&path, &args, &env) {
@@ -258,7 +338,11 @@ fn jail_self(spec: &Spec, root: &Path, cgroups: &Cgroups, jailer: JailerWatch) -
 /// Closes every fd above stdio but `keep`: close_range over the gaps
 /// between them (Linux 5.9+), else one by one from /proc/self/fd.
 fn close_other_fds(keep: &[i32]) {
-    let mut kept: Vec<u32> = keep.iter().filter(|fd| **fd > 2).map(|fd| *fd as u32).collect();
+    let mut kept: Vec<u32> = keep
+        .iter()
+        .filter(|fd| **fd > 2)
+        .map(|fd| *fd as u32)
+        .collect();
     kept.sort_unstable();
     kept.dedup();
     let mut from = 3u32;
@@ -276,7 +360,13 @@ fn close_other_fds(keep: &[i32]) {
     if ranged {
         return;
     }
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd").map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     for fd in fds {
         if fd > 2 && !keep.contains(&fd) {
             // SAFETY: closing inherited fds nothing here uses (the directory iterator is already dropped).

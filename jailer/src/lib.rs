@@ -2,7 +2,7 @@
 //! steps; `validate` checks what it is told before anything is made.
 
 pub mod cgroup;
-pub mod cleanup;
 pub mod chroot;
+pub mod cleanup;
 pub mod jail;
 pub mod validate;

@@ -68,7 +68,10 @@ fn spec(a: Args) -> Result<Spec, validate::ValidateError> {
     }
     let base = validate::real_path("--chroot-base", &a.chroot_base)?;
     if !base.is_dir() {
-        return Err(validate::ValidateError::NotDir { what: "--chroot-base", path: base.display().to_string() });
+        return Err(validate::ValidateError::NotDir {
+            what: "--chroot-base",
+            path: base.display().to_string(),
+        });
     }
     let vmm = validate::real_path("the VMM", &PathBuf::from(&a.command[0]))?;
     validate::static_elf(&vmm)?;
@@ -86,12 +89,35 @@ fn spec(a: Args) -> Result<Spec, validate::ValidateError> {
         validate::accessible(&real, a.uid, a.gid, rw)?;
         binds.push((real, rw));
     }
-    let netns = a.netns.as_deref().map(|p| validate::real_path("--netns", p)).transpose()?;
-    let cgroups = a.cgroups.iter().map(|c| validate::cgroup(c)).collect::<Result<_, _>>()?;
-    let rlimits = a.rlimits.iter().map(|r| validate::rlimit(r)).collect::<Result<_, _>>()?;
+    let netns = a
+        .netns
+        .as_deref()
+        .map(|p| validate::real_path("--netns", p))
+        .transpose()?;
+    let cgroups = a
+        .cgroups
+        .iter()
+        .map(|c| validate::cgroup(c))
+        .collect::<Result<_, _>>()?;
+    let rlimits = a
+        .rlimits
+        .iter()
+        .map(|r| validate::rlimit(r))
+        .collect::<Result<_, _>>()?;
     let mut command = a.command;
     command[0] = vmm.display().to_string();
-    Ok(Spec { id: a.id, uid: a.uid, gid: a.gid, chroot_base: base, binds, cgroups, netns, rlimits, keep_fds: a.keep_fds, command })
+    Ok(Spec {
+        id: a.id,
+        uid: a.uid,
+        gid: a.gid,
+        chroot_base: base,
+        binds,
+        cgroups,
+        netns,
+        rlimits,
+        keep_fds: a.keep_fds,
+        command,
+    })
 }
 
 fn main() -> ExitCode {

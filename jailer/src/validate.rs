@@ -9,9 +9,17 @@ pub enum ValidateError {
     #[error("{what} {path:?}: must be an absolute path without '..'")]
     NotAbsolute { what: &'static str, path: String },
     #[error("{what} {path:?}: {component:?} is a symlink; the jailer follows none")]
-    Symlink { what: &'static str, path: String, component: String },
+    Symlink {
+        what: &'static str,
+        path: String,
+        component: String,
+    },
     #[error("{what} {path:?}: {detail}")]
-    Missing { what: &'static str, path: String, detail: String },
+    Missing {
+        what: &'static str,
+        path: String,
+        detail: String,
+    },
     #[error("{what} {path:?} is not a directory")]
     NotDir { what: &'static str, path: String },
     #[error("--uid/--gid 0: the VMM must not run as root")]
@@ -25,7 +33,15 @@ pub enum ValidateError {
     #[error("{0:?} is not an ELF executable")]
     NotElf(String),
     #[error("{path:?}: uid {uid} / gid {gid} may not {access} it (mode {mode:o}, owner {owner}:{group}); the jailed VMM could not use it")]
-    Access { path: String, uid: u32, gid: u32, access: &'static str, mode: u32, owner: u32, group: u32 },
+    Access {
+        path: String,
+        uid: u32,
+        gid: u32,
+        access: &'static str,
+        mode: u32,
+        owner: u32,
+        group: u32,
+    },
     #[error("--bind {0:?},rw: a file with other hard links; the VMM could write it under another name (copy it, or bind it read-only)")]
     HardLinked(String),
     #[error("--cgroup {0:?}: KEY is controller.file (memory.max, pids.max, cpu.max; v1: memory.limit_in_bytes, cpu.cfs_quota_us, ...), VALUE one line")]
@@ -34,7 +50,9 @@ pub enum ValidateError {
 
 /// A jail id: a directory name and a cgroup name, nothing more.
 pub fn id(s: &str) -> Result<(), ValidateError> {
-    let ok = (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -46,16 +64,34 @@ pub fn id(s: &str) -> Result<(), ValidateError> {
 /// each prefix), that exists.
 pub fn real_path(what: &'static str, p: &Path) -> Result<PathBuf, ValidateError> {
     let shown = || p.display().to_string();
-    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-        return Err(ValidateError::NotAbsolute { what, path: shown() });
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(ValidateError::NotAbsolute {
+            what,
+            path: shown(),
+        });
     }
     let mut walked = PathBuf::from("/");
     for c in p.components().skip(1) {
         walked.push(c);
         match std::fs::symlink_metadata(&walked) {
-            Ok(m) if m.file_type().is_symlink() => return Err(ValidateError::Symlink { what, path: shown(), component: walked.display().to_string() }),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(ValidateError::Symlink {
+                    what,
+                    path: shown(),
+                    component: walked.display().to_string(),
+                })
+            }
             Ok(_) => {}
-            Err(e) => return Err(ValidateError::Missing { what, path: shown(), detail: e.to_string() }),
+            Err(e) => {
+                return Err(ValidateError::Missing {
+                    what,
+                    path: shown(),
+                    detail: e.to_string(),
+                })
+            }
         }
     }
     Ok(walked)
@@ -71,7 +107,11 @@ pub fn static_elf(p: &Path) -> Result<(), ValidateError> {
     const HEADERS: usize = 16 << 10;
     let mut bytes = Vec::with_capacity(HEADERS + 1);
     let read = std::fs::File::open(p).and_then(|f| f.take(HEADERS as u64).read_to_end(&mut bytes));
-    read.map_err(|e| ValidateError::Missing { what: "the VMM", path: p.display().to_string(), detail: e.to_string() })?;
+    read.map_err(|e| ValidateError::Missing {
+        what: "the VMM",
+        path: p.display().to_string(),
+        detail: e.to_string(),
+    })?;
     match elf_interpreter(&bytes) {
         Some(false) => Ok(()),
         Some(true) => Err(ValidateError::Dynamic(p.display().to_string())),
@@ -105,7 +145,11 @@ pub fn elf_interpreter(b: &[u8]) -> Option<bool> {
 /// directory also searching.
 pub fn accessible(p: &Path, uid: u32, gid: u32, write: bool) -> Result<(), ValidateError> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).map_err(|e| ValidateError::Missing { what: "--bind", path: p.display().to_string(), detail: e.to_string() })?;
+    let m = std::fs::metadata(p).map_err(|e| ValidateError::Missing {
+        what: "--bind",
+        path: p.display().to_string(),
+        detail: e.to_string(),
+    })?;
     let shift = if m.uid() == uid {
         6
     } else if m.gid() == gid {
@@ -124,14 +168,26 @@ pub fn accessible(p: &Path, uid: u32, gid: u32, write: bool) -> Result<(), Valid
         (false, true) => "read and search",
         (false, false) => "read",
     };
-    Err(ValidateError::Access { path: p.display().to_string(), uid, gid, access, mode: m.mode() & 0o7777, owner: m.uid(), group: m.gid() })
+    Err(ValidateError::Access {
+        path: p.display().to_string(),
+        uid,
+        gid,
+        access,
+        mode: m.mode() & 0o7777,
+        owner: m.uid(),
+        group: m.gid(),
+    })
 }
 
 /// A file bound writable must have no other name: through a hard link
 /// the jailed VMM would write a file somewhere else on the host.
 pub fn not_hard_linked(p: &Path) -> Result<(), ValidateError> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(p).map_err(|e| ValidateError::Missing { what: "--bind", path: p.display().to_string(), detail: e.to_string() })?;
+    let m = std::fs::symlink_metadata(p).map_err(|e| ValidateError::Missing {
+        what: "--bind",
+        path: p.display().to_string(),
+        detail: e.to_string(),
+    })?;
     if !m.is_dir() && m.nlink() > 1 {
         return Err(ValidateError::HardLinked(p.display().to_string()));
     }
@@ -142,7 +198,10 @@ pub fn not_hard_linked(p: &Path) -> Result<(), ValidateError> {
 pub fn key_value<'a>(flag: &'static str, s: &'a str) -> Result<(&'a str, &'a str), ValidateError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k, v)),
-        _ => Err(ValidateError::KeyValue { flag, value: s.into() }),
+        _ => Err(ValidateError::KeyValue {
+            flag,
+            value: s.into(),
+        }),
     }
 }
 
@@ -161,8 +220,15 @@ pub fn rlimit(s: &str) -> Result<(libc::__rlimit_resource_t, u64), ValidateError
 /// `--cgroup memory.max=268435456` -> ("memory", "memory.max", "268435456").
 pub fn cgroup(s: &str) -> Result<(String, String, String), ValidateError> {
     let (k, v) = key_value("--cgroup", s)?;
-    let (controller, file) = k.split_once('.').ok_or_else(|| ValidateError::Cgroup(s.into()))?;
-    let plain = !file.is_empty() && !file.contains("..") && !file.starts_with('.') && file.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.');
+    let (controller, file) = k
+        .split_once('.')
+        .ok_or_else(|| ValidateError::Cgroup(s.into()))?;
+    let plain = !file.is_empty()
+        && !file.contains("..")
+        && !file.starts_with('.')
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.');
     if !plain || !["memory", "cpu", "pids"].contains(&controller) || v.contains('\n') {
         return Err(ValidateError::Cgroup(s.into()));
     }
@@ -184,7 +250,11 @@ mod tests {
         assert_eq!(elf_interpreter(&elf), Some(false));
         elf[0x40 + 56..0x40 + 60].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(elf_interpreter(&elf), Some(true));
-        assert_eq!(elf_interpreter(&elf[..0x40 + 58]), None, "a header table past the end");
+        assert_eq!(
+            elf_interpreter(&elf[..0x40 + 58]),
+            None,
+            "a header table past the end"
+        );
         let mut huge = elf.clone();
         huge[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(elf_interpreter(&huge), None);
@@ -194,7 +264,11 @@ mod tests {
         for junk in [&b""[..], b"\x7fELF", b"#!/bin/sh\n", &[0u8; 64]] {
             assert_eq!(elf_interpreter(junk), None);
         }
-        assert_eq!(elf_interpreter(&std::fs::read("/bin/sh").unwrap()), Some(true), "a dynamic shell");
+        assert_eq!(
+            elf_interpreter(&std::fs::read("/bin/sh").unwrap()),
+            Some(true),
+            "a dynamic shell"
+        );
     }
 
     #[test]
@@ -205,7 +279,13 @@ mod tests {
         std::fs::write(&f, "x").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(accessible(&f, 64123, 64123, false).is_ok());
-        assert!(matches!(accessible(&f, 64123, 64123, true), Err(ValidateError::Access { access: "read and write", .. })));
+        assert!(matches!(
+            accessible(&f, 64123, 64123, true),
+            Err(ValidateError::Access {
+                access: "read and write",
+                ..
+            })
+        ));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = accessible(&f, 64123, 64123, false).unwrap_err();
         assert!(e.to_string().contains("may not read it (mode 600"), "{e}");
@@ -235,11 +315,26 @@ mod tests {
         let canon = std::fs::canonicalize(&real).unwrap();
         assert_eq!(real_path("x", &canon), Ok(canon.clone()));
         let via_link = std::fs::canonicalize(dir.path()).unwrap().join("link");
-        assert!(matches!(real_path("x", &via_link), Err(ValidateError::Symlink { .. })));
-        assert!(matches!(real_path("x", &via_link.join("sub")), Err(ValidateError::Symlink { .. })));
-        assert!(matches!(real_path("x", Path::new("rel")), Err(ValidateError::NotAbsolute { .. })));
-        assert!(matches!(real_path("x", &canon.join("../real")), Err(ValidateError::NotAbsolute { .. })));
-        assert!(matches!(real_path("x", &canon.join("nope")), Err(ValidateError::Missing { .. })));
+        assert!(matches!(
+            real_path("x", &via_link),
+            Err(ValidateError::Symlink { .. })
+        ));
+        assert!(matches!(
+            real_path("x", &via_link.join("sub")),
+            Err(ValidateError::Symlink { .. })
+        ));
+        assert!(matches!(
+            real_path("x", Path::new("rel")),
+            Err(ValidateError::NotAbsolute { .. })
+        ));
+        assert!(matches!(
+            real_path("x", &canon.join("../real")),
+            Err(ValidateError::NotAbsolute { .. })
+        ));
+        assert!(matches!(
+            real_path("x", &canon.join("nope")),
+            Err(ValidateError::Missing { .. })
+        ));
     }
 
     #[test]
@@ -249,8 +344,18 @@ mod tests {
         for bad in ["NOFILE", "NOFILE=", "CORE=1", "NOFILE=-1", "=3"] {
             assert!(rlimit(bad).is_err(), "{bad}");
         }
-        assert_eq!(cgroup("memory.max=1000"), Ok(("memory".into(), "memory.max".into(), "1000".into())));
-        for bad in ["memory", "devices.allow=a", "memory.max", "memory/../x.max=1", "pids.max=1\n2", "memory..=1"] {
+        assert_eq!(
+            cgroup("memory.max=1000"),
+            Ok(("memory".into(), "memory.max".into(), "1000".into()))
+        );
+        for bad in [
+            "memory",
+            "devices.allow=a",
+            "memory.max",
+            "memory/../x.max=1",
+            "pids.max=1\n2",
+            "memory..=1",
+        ] {
             assert!(cgroup(bad).is_err(), "{bad}");
         }
     }

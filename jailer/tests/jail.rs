@@ -34,14 +34,21 @@ struct Fixture {
 
 fn fixture(program: Program) -> Fixture {
     assert!(Path::new("/dev/kvm").exists(), "these tests need /dev/kvm");
-    let dir = tempfile::Builder::new().prefix("bulkhead-jailer-test-").tempdir_in("/var/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-jailer-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
     let base = root.join("jails");
     std::fs::create_dir(&base).unwrap();
     let kernel = root.join("guest").join("tiny.elf");
     std::fs::create_dir(kernel.parent().unwrap()).unwrap();
     std::fs::write(&kernel, program.elf()).unwrap();
-    Fixture { _dir: dir, base, kernel }
+    Fixture {
+        _dir: dir,
+        base,
+        kernel,
+    }
 }
 
 fn memory_limit() -> String {
@@ -58,22 +65,48 @@ fn jailed(f: &Fixture, id: &str, vmm_args: &[&str]) -> Command {
 
 fn jailed_with(f: &Fixture, id: &str, vmm_args: &[&str], cgroups: bool) -> Command {
     let mut c = jailer();
-    c.args(["--id", id, "--uid", &UID.to_string(), "--gid", &UID.to_string(), "--chroot-base"]).arg(&f.base);
-    c.arg("--bind").arg(&f.kernel).args(["--resource-limit", "NOFILE=64", "--resource-limit", "FSIZE=0"]);
+    c.args([
+        "--id",
+        id,
+        "--uid",
+        &UID.to_string(),
+        "--gid",
+        &UID.to_string(),
+        "--chroot-base",
+    ])
+    .arg(&f.base);
+    c.arg("--bind").arg(&f.kernel).args([
+        "--resource-limit",
+        "NOFILE=64",
+        "--resource-limit",
+        "FSIZE=0",
+    ]);
     if cgroups {
         c.args(["--cgroup", &memory_limit(), "--cgroup", "pids.max=32"]);
     }
-    c.arg("--").arg(vmm()).arg("--kernel").arg(&f.kernel).args(vmm_args);
+    c.arg("--")
+        .arg(vmm())
+        .arg("--kernel")
+        .arg(&f.kernel)
+        .args(vmm_args);
     c
 }
 
 fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn status_field(pid: u32, key: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix(key)).unwrap().trim().to_string()
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn ns(pid: &str, kind: &str) -> PathBuf {
@@ -102,7 +135,10 @@ fn tree(dir: &Path) -> Vec<String> {
 fn leftovers(id: &str, kernel: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for ctl in ["memory", "pids", ""] {
-        let p = Path::new("/sys/fs/cgroup").join(ctl).join("bulkhead").join(id);
+        let p = Path::new("/sys/fs/cgroup")
+            .join(ctl)
+            .join("bulkhead")
+            .join(id);
         if p.exists() {
             out.push(p.display().to_string());
         }
@@ -111,7 +147,11 @@ fn leftovers(id: &str, kernel: &Path) -> Vec<String> {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            out.push(format!("process {}: {}", e.file_name().to_string_lossy(), String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+            out.push(format!(
+                "process {}: {}",
+                e.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
         }
     }
     out
@@ -120,29 +160,68 @@ fn leftovers(id: &str, kernel: &Path) -> Vec<String> {
 #[test]
 fn the_jailed_vmm_runs_unprivileged_in_its_own_namespaces_and_root() {
     let f = fixture(Program::new().print("jailed\n").spin());
-    let mut child = jailed(&f, "look", &["--vcpus", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = jailed(&f, "look", &["--vcpus", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line, "jailed\n", "the guest runs");
     // jailer -> the VMM (PID 1 of its pid namespace)
     let vmm_pid = children(child.id());
     assert_eq!(vmm_pid.len(), 1, "{vmm_pid:?}");
     let p = vmm_pid[0];
-    let facts = [("Seccomp:", "2"), ("NoNewPrivs:", "1"), ("CapEff:", "0000000000000000"), ("CapPrm:", "0000000000000000"), ("CapBnd:", "0000000000000000"), ("CapAmb:", "0000000000000000")];
+    let facts = [
+        ("Seccomp:", "2"),
+        ("NoNewPrivs:", "1"),
+        ("CapEff:", "0000000000000000"),
+        ("CapPrm:", "0000000000000000"),
+        ("CapBnd:", "0000000000000000"),
+        ("CapAmb:", "0000000000000000"),
+    ];
     for (k, want) in facts {
         assert_eq!(status_field(p, k), want, "{k}");
     }
-    assert!(status_field(p, "Uid:").split_whitespace().all(|u| u == UID.to_string()), "{}", status_field(p, "Uid:"));
-    assert!(status_field(p, "Gid:").split_whitespace().all(|g| g == UID.to_string()));
+    assert!(
+        status_field(p, "Uid:")
+            .split_whitespace()
+            .all(|u| u == UID.to_string()),
+        "{}",
+        status_field(p, "Uid:")
+    );
+    assert!(status_field(p, "Gid:")
+        .split_whitespace()
+        .all(|g| g == UID.to_string()));
     assert_eq!(status_field(p, "Groups:"), "");
     for kind in ["mnt", "pid", "ipc", "uts"] {
-        assert_ne!(ns(&p.to_string(), kind), ns("self", kind), "{kind} namespace");
+        assert_ne!(
+            ns(&p.to_string(), kind),
+            ns("self", kind),
+            "{kind} namespace"
+        );
     }
-    assert_eq!(ns(&p.to_string(), "net"), ns("self", "net"), "no --netns: the host's");
-    assert_eq!(status_field(p, "NSpid:").split_whitespace().last(), Some("1"), "PID 1 of its namespace");
+    assert_eq!(
+        ns(&p.to_string(), "net"),
+        ns("self", "net"),
+        "no --netns: the host's"
+    );
+    assert_eq!(
+        status_field(p, "NSpid:").split_whitespace().last(),
+        Some("1"),
+        "PID 1 of its namespace"
+    );
     // Its root: the devices, /proc, the VMM and the kernel (and their parent dirs), nothing else.
     let root = PathBuf::from(format!("/proc/{p}/root"));
-    let mut want: Vec<String> = vec!["dev".into(), "dev/kvm".into(), "dev/net".into(), "dev/net/tun".into(), "proc".into()];
+    let mut want: Vec<String> = vec![
+        "dev".into(),
+        "dev/kvm".into(),
+        "dev/net".into(),
+        "dev/net/tun".into(),
+        "proc".into(),
+    ];
     for file in [vmm(), f.kernel.clone()] {
         let mut acc = PathBuf::new();
         for c in file.strip_prefix("/").unwrap().components() {
@@ -154,13 +233,33 @@ fn the_jailed_vmm_runs_unprivileged_in_its_own_namespaces_and_root() {
     want.dedup();
     assert_eq!(tree(&root), want);
     let env = std::fs::read(format!("/proc/{p}/environ")).unwrap();
-    assert!(env.is_empty(), "an empty environment: {}", String::from_utf8_lossy(&env));
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{p}/fd")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(fds.iter().all(|fd| fd.parse::<i32>().unwrap() < 32), "{fds:?}");
+    assert!(
+        env.is_empty(),
+        "an empty environment: {}",
+        String::from_utf8_lossy(&env)
+    );
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{p}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        fds.iter().all(|fd| fd.parse::<i32>().unwrap() < 32),
+        "{fds:?}"
+    );
     let limits = std::fs::read_to_string(format!("/proc/{p}/limits")).unwrap();
-    assert!(limits.lines().any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("64")), "{limits}");
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("64")),
+        "{limits}"
+    );
     // SIGTERM to the jailer reaches the VMM; its code comes back.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(
         status.code(),
@@ -186,31 +285,64 @@ fn bad_jails_are_refused_and_nothing_is_made() {
     std::fs::write(&linked, b"").unwrap();
     std::fs::hard_link(&linked, f.base.parent().unwrap().join("disk-elsewhere")).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--chroot-base".into(), link.display().to_string()], "is a symlink"),
+        (
+            vec!["--chroot-base".into(), link.display().to_string()],
+            "is a symlink",
+        ),
         (vec!["--id".into(), "a/b".into()], "--id \"a/b\""),
         (vec!["--id".into(), "..".into()], "--id \"..\""),
         (vec!["--id".into(), "taken".into()], "exists already"),
         (vec!["--uid".into(), "0".into()], "must not run as root"),
-        (vec!["--cgroup".into(), "devices.allow=a".into()], "--cgroup"),
-        (vec!["--bind".into(), "/no/such/file".into()], "/no/such/file"),
-        (vec!["--bind".into(), format!("{},rw", linked.display())], "other hard links"),
+        (
+            vec!["--cgroup".into(), "devices.allow=a".into()],
+            "--cgroup",
+        ),
+        (
+            vec!["--bind".into(), "/no/such/file".into()],
+            "/no/such/file",
+        ),
+        (
+            vec!["--bind".into(), format!("{},rw", linked.display())],
+            "other hard links",
+        ),
     ];
     for (over, want) in cases {
-        let mut base: Vec<(String, String)> =
-            vec![("--id".into(), "ok".into()), ("--uid".into(), UID.to_string()), ("--gid".into(), UID.to_string()), ("--chroot-base".into(), f.base.display().to_string())];
+        let mut base: Vec<(String, String)> = vec![
+            ("--id".into(), "ok".into()),
+            ("--uid".into(), UID.to_string()),
+            ("--gid".into(), UID.to_string()),
+            ("--chroot-base".into(), f.base.display().to_string()),
+        ];
         match base.iter_mut().find(|(k, _)| *k == over[0]) {
             Some(kv) => kv.1 = over[1].clone(),
             None => base.push((over[0].clone(), over[1].clone())),
         }
         let args: Vec<String> = base.into_iter().flat_map(|(k, v)| [k, v]).collect();
-        let out = jailer().args(&args).arg("--").arg(vmm()).arg("--kernel").arg(&f.kernel).output().unwrap();
+        let out = jailer()
+            .args(&args)
+            .arg("--")
+            .arg(vmm())
+            .arg("--kernel")
+            .arg(&f.kernel)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{over:?}: {err}");
         assert!(err.contains(want), "{over:?}: wanted {want:?} in {err}");
-        let mut made: Vec<String> = std::fs::read_dir(&f.base).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut made: Vec<String> = std::fs::read_dir(&f.base)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         made.sort();
         assert_eq!(made, ["taken"], "{over:?} made something");
-        assert!(std::fs::read_dir(f.base.join("taken")).unwrap().next().is_none(), "{over:?} touched the existing jail dir");
+        assert!(
+            std::fs::read_dir(f.base.join("taken"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{over:?} touched the existing jail dir"
+        );
     }
     assert_eq!(leftovers("ok", &f.kernel), Vec::<String>::new());
 }
@@ -236,7 +368,11 @@ fn shipped_jailer() -> (PathBuf, &'static str) {
 /// exit (the jail removed), the line, success, stderr.
 fn timed(mut c: Command) -> (f64, f64, String, bool, String) {
     let start = std::time::Instant::now();
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -246,7 +382,13 @@ fn timed(mut c: Command) -> (f64, f64, String, bool, String) {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     let ok = child.wait().unwrap().success();
-    (first, start.elapsed().as_secs_f64() * 1000.0, line + &rest, ok, err)
+    (
+        first,
+        start.elapsed().as_secs_f64() * 1000.0,
+        line + &rest,
+        ok,
+        err,
+    )
 }
 
 #[test]
@@ -279,7 +421,12 @@ fn twenty_jailed_cycles_leave_nothing_and_the_jail_cost_is_reported() {
         no_cgroup_ms.push((first, end));
     }
     assert_eq!(std::fs::read_dir(&f.base).unwrap().count(), 0);
-    let med = |v: &[(f64, f64)]| (median_ms(v.iter().map(|x| x.0).collect()), median_ms(v.iter().map(|x| x.1).collect()));
+    let med = |v: &[(f64, f64)]| {
+        (
+            median_ms(v.iter().map(|x| x.0).collect()),
+            median_ms(v.iter().map(|x| x.1).collect()),
+        )
+    };
     let ((js, je), (ps, pe), (ns, ne)) = (med(&jailed_ms), med(&plain_ms), med(&no_cgroup_ms));
     // Figures for the closing note and the README, not a timed assertion.
     eprintln!(
@@ -294,9 +441,15 @@ fn twenty_jailed_cycles_leave_nothing_and_the_jail_cost_is_reported() {
 #[test]
 fn a_killed_jailer_takes_its_vmm_along_and_cleanup_removes_the_rest() {
     let f = fixture(Program::new().print("up\n").spin());
-    let mut child = jailed(&f, "killed", &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = jailed(&f, "killed", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line, "up\n");
     let vmm_pid = children(child.id())[0];
     let pidfd = |pid: u32| {
@@ -310,13 +463,19 @@ fn a_killed_jailer_takes_its_vmm_along_and_cleanup_removes_the_rest() {
     child.kill().unwrap();
     child.wait().unwrap();
     // The VMM's pidfd turns readable when it has exited (no reaper needed).
-    let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&vmm_fd), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&vmm_fd),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).unwrap();
     assert_eq!(ready, 1, "the VMM outlived its jailer by 10 s");
     // What the jailer had no chance to remove.
     assert!(f.base.join("killed").exists());
     let removed = bulkhead_jailer::cleanup::remove(&f.base, "killed").unwrap();
-    assert!(removed.iter().any(|r| r.starts_with("jail dir")), "{removed:?}");
+    assert!(
+        removed.iter().any(|r| r.starts_with("jail dir")),
+        "{removed:?}"
+    );
     assert!(!f.base.join("killed").exists());
     assert_eq!(leftovers("killed", &f.kernel), Vec::<String>::new());
 }
@@ -327,8 +486,17 @@ fn a_nodev_noexec_base_works_and_dynamic_vmms_or_unusable_binds_are_refused() {
     // Like /run on most hosts: tmpfs, nosuid, nodev, noexec.
     let tmpfs = f.base.join("run");
     std::fs::create_dir(&tmpfs).unwrap();
-    let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC;
-    nix::mount::mount(Some("tmpfs"), &tmpfs, Some("tmpfs"), flags, Some("size=16m")).unwrap();
+    let flags = nix::mount::MsFlags::MS_NOSUID
+        | nix::mount::MsFlags::MS_NODEV
+        | nix::mount::MsFlags::MS_NOEXEC;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &tmpfs,
+        Some("tmpfs"),
+        flags,
+        Some("size=16m"),
+    )
+    .unwrap();
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -337,9 +505,30 @@ fn a_nodev_noexec_base_works_and_dynamic_vmms_or_unusable_binds_are_refused() {
     }
     let _unmount = Unmount(tmpfs.clone());
     let mut c = jailer();
-    c.args(["--id", "t1", "--uid", &UID.to_string(), "--gid", &UID.to_string(), "--chroot-base"]).arg(&tmpfs).arg("--bind").arg(&f.kernel);
-    let out = c.arg("--").arg(vmm()).arg("--kernel").arg(&f.kernel).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.args([
+        "--id",
+        "t1",
+        "--uid",
+        &UID.to_string(),
+        "--gid",
+        &UID.to_string(),
+        "--chroot-base",
+    ])
+    .arg(&tmpfs)
+    .arg("--bind")
+    .arg(&f.kernel);
+    let out = c
+        .arg("--")
+        .arg(vmm())
+        .arg("--kernel")
+        .arg(&f.kernel)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "on tmpfs\n");
     assert_eq!(std::fs::read_dir(&tmpfs).unwrap().count(), 0);
 
@@ -347,17 +536,49 @@ fn a_nodev_noexec_base_works_and_dynamic_vmms_or_unusable_binds_are_refused() {
     std::fs::write(&secret, "x").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let cases: Vec<(PathBuf, Vec<String>, &str)> = vec![
-        (std::fs::canonicalize("/bin/true").unwrap(), vec![], "dynamically linked"),
-        (vmm(), vec!["--bind".into(), secret.display().to_string()], "may not read it (mode 600"),
-        (vmm(), vec!["--bind".into(), format!("{},rw", f.kernel.display())], "may not read and write it"),
+        (
+            std::fs::canonicalize("/bin/true").unwrap(),
+            vec![],
+            "dynamically linked",
+        ),
+        (
+            vmm(),
+            vec!["--bind".into(), secret.display().to_string()],
+            "may not read it (mode 600",
+        ),
+        (
+            vmm(),
+            vec!["--bind".into(), format!("{},rw", f.kernel.display())],
+            "may not read and write it",
+        ),
     ];
     for (vmm_path, extra, want) in cases {
         let mut c = jailer();
-        c.args(["--id", "t2", "--uid", &UID.to_string(), "--gid", &UID.to_string(), "--chroot-base"]).arg(&tmpfs).args(&extra);
-        let out = c.arg("--").arg(&vmm_path).arg("--kernel").arg(&f.kernel).output().unwrap();
+        c.args([
+            "--id",
+            "t2",
+            "--uid",
+            &UID.to_string(),
+            "--gid",
+            &UID.to_string(),
+            "--chroot-base",
+        ])
+        .arg(&tmpfs)
+        .args(&extra);
+        let out = c
+            .arg("--")
+            .arg(&vmm_path)
+            .arg("--kernel")
+            .arg(&f.kernel)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{want}: {err}");
         assert!(err.contains(want), "wanted {want:?} in {err}");
-        assert_eq!(std::fs::read_dir(&tmpfs).unwrap().count(), 0, "{want}: made something");
+        assert_eq!(
+            std::fs::read_dir(&tmpfs).unwrap().count(),
+            0,
+            "{want}: made something"
+        );
     }
 }

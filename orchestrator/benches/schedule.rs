@@ -22,7 +22,10 @@ fn cluster() -> Vec<NodeView> {
         .map(|i| NodeView {
             name: format!("node-{i:04}"),
             labels: [("zone".to_string(), ["a", "b", "c", "d"][i % 4].to_string())].into(),
-            allocatable: Resources { millicpus: 64_000, memory_mib: 256 << 10 },
+            allocatable: Resources {
+                millicpus: 64_000,
+                memory_mib: 256 << 10,
+            },
             allocated: Resources::default(),
             cordoned: i % 97 == 0,
             ready: true,
@@ -44,13 +47,24 @@ fn main() {
     let mut per_decision_us = Vec::with_capacity(SERVICES);
     let start = Instant::now();
     for s in 0..SERVICES {
-        let each = Resources { millicpus: 100 + (s as u64 % 4) * 100, memory_mib: 256 + (s as u64 % 3) * 128 + 64 };
+        let each = Resources {
+            millicpus: 100 + (s as u64 % 4) * 100,
+            memory_mib: 256 + (s as u64 % 3) * 128 + 64,
+        };
         let req = Request {
             each,
-            runtime: if s % 2 == 0 { RuntimeKind::Microvm } else { RuntimeKind::Container },
+            runtime: if s % 2 == 0 {
+                RuntimeKind::Microvm
+            } else {
+                RuntimeKind::Container
+            },
             labels: if s % 10 == 0 { &zone_b } else { &none },
             anti_affinity: s % 7 == 0,
-            strategy: if s % 5 == 0 { Strategy::Binpack } else { Strategy::Spread },
+            strategy: if s % 5 == 0 {
+                Strategy::Binpack
+            } else {
+                Strategy::Spread
+            },
         };
         for n in nodes.iter_mut() {
             n.this_service = 0;
@@ -75,14 +89,45 @@ fn main() {
         per_decision_us[per_decision_us.len() - 1]
     );
     let empty = cluster();
-    let one = Request { each: Resources { millicpus: 100, memory_mib: 64 }, runtime: RuntimeKind::Container, labels: &none, anti_affinity: false, strategy: Strategy::Spread };
+    let one = Request {
+        each: Resources {
+            millicpus: 100,
+            memory_mib: 64,
+        },
+        runtime: RuntimeKind::Container,
+        labels: &none,
+        anti_affinity: false,
+        strategy: Strategy::Spread,
+    };
     let t = Instant::now();
-    let placed = place(&empty, &one, SERVICES * REPLICAS).unwrap_or_else(|e| panic!("one big service: {e}"));
-    println!("schedule: one service of {} replicas in one call: {:.2} us per decision", placed.len(), t.elapsed().as_secs_f64() * 1e6 / placed.len() as f64);
+    let placed =
+        place(&empty, &one, SERVICES * REPLICAS).unwrap_or_else(|e| panic!("one big service: {e}"));
+    println!(
+        "schedule: one service of {} replicas in one call: {:.2} us per decision",
+        placed.len(),
+        t.elapsed().as_secs_f64() * 1e6 / placed.len() as f64
+    );
 
     let mut c = Criterion::default().sample_size(20).configure_from_args();
-    let half_full: Vec<NodeView> = nodes.iter().map(|n| NodeView { this_service: 0, ..n.clone() }).collect();
-    let req = Request { each: Resources { millicpus: 500, memory_mib: 320 }, runtime: RuntimeKind::Microvm, labels: &none, anti_affinity: false, strategy: Strategy::Spread };
-    c.bench_function("place 100 replicas on 1000 nodes", |b| b.iter(|| place(&half_full, &req, REPLICAS)));
+    let half_full: Vec<NodeView> = nodes
+        .iter()
+        .map(|n| NodeView {
+            this_service: 0,
+            ..n.clone()
+        })
+        .collect();
+    let req = Request {
+        each: Resources {
+            millicpus: 500,
+            memory_mib: 320,
+        },
+        runtime: RuntimeKind::Microvm,
+        labels: &none,
+        anti_affinity: false,
+        strategy: Strategy::Spread,
+    };
+    c.bench_function("place 100 replicas on 1000 nodes", |b| {
+        b.iter(|| place(&half_full, &req, REPLICAS))
+    });
     c.final_summary();
 }

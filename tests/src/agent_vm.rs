@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bulkhead_agent_proto::client::{AgentClient, Output};
-use bulkhead_agent_proto::{ExitStatus, Fd, ProcessSpec, RootSource, RootSpec, StartRequest, AGENT_VSOCK_PORT};
+use bulkhead_agent_proto::{
+    ExitStatus, Fd, ProcessSpec, RootSource, RootSpec, StartRequest, AGENT_VSOCK_PORT,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
@@ -26,12 +28,19 @@ pub struct Paths {
 }
 
 fn check(name: &str, ok: bool, detail: impl std::fmt::Display) -> bool {
-    println!("CHECK {name} {} {}", if ok { "ok" } else { "FAIL" }, detail.to_string().replace('\n', "\\n"));
+    println!(
+        "CHECK {name} {} {}",
+        if ok { "ok" } else { "FAIL" },
+        detail.to_string().replace('\n', "\\n")
+    );
     ok
 }
 
 fn process(args: &[&str]) -> ProcessSpec {
-    ProcessSpec { args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ProcessSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -53,7 +62,8 @@ impl Vm {
         let uds = PathBuf::from(format!("/tmp/{name}.vsock"));
         let listener_path = format!("{}_{AGENT_VSOCK_PORT}", uds.display());
         let _ = std::fs::remove_file(&listener_path);
-        let listener = UnixListener::bind(&listener_path).map_err(|e| format!("bind {listener_path}: {e}"))?;
+        let listener =
+            UnixListener::bind(&listener_path).map_err(|e| format!("bind {listener_path}: {e}"))?;
         let serial = PathBuf::from(format!("/tmp/{name}.serial"));
         let started = Instant::now();
         let mut child = Command::new("bulkhead-vmm")
@@ -63,8 +73,20 @@ impl Vm {
             .arg(&p.agent_initrd)
             .arg("--disk")
             .arg(format!("{},ro", p.disk.display()))
-            .args(if scratch { vec!["--disk".into(), p.scratch.display().to_string()] } else { vec![] })
-            .args(["--memory", "256", "--vsock-cid", "3", "--boot-timeline", "--cmdline", "console=ttyS0 quiet"])
+            .args(if scratch {
+                vec!["--disk".into(), p.scratch.display().to_string()]
+            } else {
+                vec![]
+            })
+            .args([
+                "--memory",
+                "256",
+                "--vsock-cid",
+                "3",
+                "--boot-timeline",
+                "--cmdline",
+                "console=ttyS0 quiet",
+            ])
             .arg("--vsock-uds")
             .arg(&uds)
             .arg("--serial")
@@ -78,11 +100,28 @@ impl Vm {
             s = child.wait() => return Err(format!("the VMM exited before the agent dialed in: {s:?}; serial:\n{}", std::fs::read_to_string(&serial).unwrap_or_default())),
             _ = tokio::time::sleep(BOOT_TIMEOUT) => return Err(format!("no agent within {BOOT_TIMEOUT:?}; serial:\n{}", std::fs::read_to_string(&serial).unwrap_or_default())),
         };
-        Ok(Vm { child, client, started, connected: started.elapsed(), serial })
+        Ok(Vm {
+            child,
+            client,
+            started,
+            connected: started.elapsed(),
+            serial,
+        })
     }
 
     fn start_request(spec: ProcessSpec) -> StartRequest {
-        StartRequest { process: spec, root: RootSpec { source: RootSource::Block { device: "/dev/vda".into(), fstype: "ext4".into() }, scratch: None }, hostname: Some("guest".into()), ..Default::default() }
+        StartRequest {
+            process: spec,
+            root: RootSpec {
+                source: RootSource::Block {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                },
+                scratch: None,
+            },
+            hostname: Some("guest".into()),
+            ..Default::default()
+        }
     }
 
     /// Waits for the VMM to exit; returns its code and its boot timeline.
@@ -97,7 +136,12 @@ impl Vm {
             _ => None,
         };
         if code != Some(0) {
-            println!("SERIAL {}", std::fs::read_to_string(&self.serial).unwrap_or_default().replace('\n', "\\n"));
+            println!(
+                "SERIAL {}",
+                std::fs::read_to_string(&self.serial)
+                    .unwrap_or_default()
+                    .replace('\n', "\\n")
+            );
         }
         (code, stderr)
     }
@@ -107,15 +151,26 @@ impl Vm {
 /// (`bulkhead-vmm: boot-timeline <name> <micros>us`).
 fn timeline_us(stderr: &str, name: &str) -> Option<u64> {
     stderr.lines().find_map(|l| {
-        let rest = l.strip_prefix("bulkhead-vmm: boot-timeline ")?.strip_prefix(name)?.strip_prefix(' ')?;
+        let rest = l
+            .strip_prefix("bulkhead-vmm: boot-timeline ")?
+            .strip_prefix(name)?
+            .strip_prefix(' ')?;
         rest.trim().strip_suffix("us")?.parse().ok()
     })
 }
 
 async fn echo_case(p: &Paths) -> Result<(), String> {
     let vm = Vm::boot(p, "echo", false).await?;
-    check("hello-from-agent", vm.client.hello().boot_to_connected_us.is_some(), format!("{:?}", vm.client.hello()));
-    let mut proc_ = vm.client.start(Vm::start_request(process(&["echo", "hello"]))).await.map_err(|e| e.to_string())?;
+    check(
+        "hello-from-agent",
+        vm.client.hello().boot_to_connected_us.is_some(),
+        format!("{:?}", vm.client.hello()),
+    );
+    let mut proc_ = vm
+        .client
+        .start(Vm::start_request(process(&["echo", "hello"])))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut first_output = None;
     let mut stdout = Vec::new();
     while let Some(o) = proc_.next_output().await {
@@ -125,11 +180,23 @@ async fn echo_case(p: &Paths) -> Result<(), String> {
         }
     }
     let status = proc_.wait().await.map_err(|e| e.to_string())?;
-    check("echo-output", stdout == b"hello\n", format!("{:?}", text(&stdout)));
-    check("echo-exit", status == ExitStatus::Code(0), format!("{status:?}"));
+    check(
+        "echo-output",
+        stdout == b"hello\n",
+        format!("{:?}", text(&stdout)),
+    );
+    check(
+        "echo-exit",
+        status == ExitStatus::Code(0),
+        format!("{status:?}"),
+    );
     let connected = vm.connected;
     let (code, stderr) = vm.finish().await;
-    check("echo-vmm-exit-0", code == Some(0), format!("{code:?} {stderr}"));
+    check(
+        "echo-vmm-exit-0",
+        code == Some(0),
+        format!("{code:?} {stderr}"),
+    );
     let kernel = timeline_us(&stderr, "kernel-entry").unwrap_or(0);
     let agent = timeline_us(&stderr, "init-started").unwrap_or(0);
     let ready = timeline_us(&stderr, "agent-ready").unwrap_or(0);
@@ -148,10 +215,25 @@ async fn exit7_case(p: &Paths) -> Result<(), String> {
     let vm = Vm::boot(p, "exit7", true).await?;
     let mut req = Vm::start_request(process(&["sh", "-c", "echo persisted > /data.txt; exit 7"]));
     req.root.scratch = Some("/dev/vdb".into());
-    let out = vm.client.start(req).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
-    check("exit-7", out.status == ExitStatus::Code(7), format!("{:?}", out.status));
+    let out = vm
+        .client
+        .start(req)
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(
+        "exit-7",
+        out.status == ExitStatus::Code(7),
+        format!("{:?}", out.status),
+    );
     let (code, stderr) = vm.finish().await;
-    check("exit7-vmm-exit-0", code == Some(0), format!("{code:?} {stderr}"));
+    check(
+        "exit7-vmm-exit-0",
+        code == Some(0),
+        format!("{code:?} {stderr}"),
+    );
     Ok(())
 }
 
@@ -170,21 +252,60 @@ echo look-done
 
 async fn exec_term_case(p: &Paths) -> Result<(), String> {
     let vm = Vm::boot(p, "exec", false).await?;
-    let main = process(&["sh", "-c", "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait"]);
-    let mut proc_ = vm.client.start(Vm::start_request(main)).await.map_err(|e| e.to_string())?;
+    let main = process(&[
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait",
+    ]);
+    let mut proc_ = vm
+        .client
+        .start(Vm::start_request(main))
+        .await
+        .map_err(|e| e.to_string())?;
     let first = proc_.next_output().await;
-    check("main-ready", first == Some(Output::Data(Fd::Stdout, b"ready\n".to_vec())), format!("{first:?}"));
-    let side = vm.client.exec(process(&["sh", "-c", LOOK_FOR_AGENT])).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
+    check(
+        "main-ready",
+        first == Some(Output::Data(Fd::Stdout, b"ready\n".to_vec())),
+        format!("{first:?}"),
+    );
+    let side = vm
+        .client
+        .exec(process(&["sh", "-c", LOOK_FOR_AGENT]))
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     let s = text(&side.stdout);
-    check("exec-while-running", side.status == ExitStatus::Code(0) && s.ends_with("look-done\n"), format!("{s} {}", text(&side.stderr)));
-    check("proc-1-exe-is-the-workload", s.contains("exe=/bin/busybox\n"), &s);
-    check("agent-unreachable", !s.contains("visible") && !s.contains("via-proc-root"), &s);
+    check(
+        "exec-while-running",
+        side.status == ExitStatus::Code(0) && s.ends_with("look-done\n"),
+        format!("{s} {}", text(&side.stderr)),
+    );
+    check(
+        "proc-1-exe-is-the-workload",
+        s.contains("exe=/bin/busybox\n"),
+        &s,
+    );
+    check(
+        "agent-unreachable",
+        !s.contains("visible") && !s.contains("via-proc-root"),
+        &s,
+    );
     check("hostname-set", s.contains("hostname=guest\n"), &s);
     proc_.signal(15).await.map_err(|e| e.to_string())?;
     let rest = proc_.collect().await.map_err(|e| e.to_string())?;
-    check("sigterm", rest.status == ExitStatus::Code(3) && text(&rest.stdout) == "got TERM\n", format!("{:?} {:?}", rest.status, text(&rest.stdout)));
+    check(
+        "sigterm",
+        rest.status == ExitStatus::Code(3) && text(&rest.stdout) == "got TERM\n",
+        format!("{:?} {:?}", rest.status, text(&rest.stdout)),
+    );
     let (code, stderr) = vm.finish().await;
-    check("exec-vmm-exit-0", code == Some(0), format!("{code:?} {stderr}"));
+    check(
+        "exec-vmm-exit-0",
+        code == Some(0),
+        format!("{code:?} {stderr}"),
+    );
     Ok(())
 }
 
@@ -197,7 +318,15 @@ async fn baseline_case(p: &Paths) -> Result<(), String> {
         .arg(&p.kernel)
         .arg("--initrd")
         .arg(&p.baseline_initrd)
-        .args(["--memory", "256", "--boot-timeline", "--cmdline", "console=ttyS0 quiet", "--serial", "stdout"])
+        .args([
+            "--memory",
+            "256",
+            "--boot-timeline",
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--serial",
+            "stdout",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -215,8 +344,16 @@ async fn baseline_case(p: &Paths) -> Result<(), String> {
         let _ = e.read_to_string(&mut stderr).await;
     }
     let code = child.wait().await.ok().and_then(|s| s.code());
-    check("baseline-printed", first.is_some() && code == Some(0), format!("{code:?} {stderr}"));
-    println!("TIMING baseline kernel_entry_us={} first_output_us={}", timeline_us(&stderr, "kernel-entry").unwrap_or(0), first.map_or(0, |d| d.as_micros()));
+    check(
+        "baseline-printed",
+        first.is_some() && code == Some(0),
+        format!("{code:?} {stderr}"),
+    );
+    println!(
+        "TIMING baseline kernel_entry_us={} first_output_us={}",
+        timeline_us(&stderr, "kernel-entry").unwrap_or(0),
+        first.map_or(0, |d| d.as_micros())
+    );
     Ok(())
 }
 
@@ -237,9 +374,27 @@ pub async fn run(p: &Paths) -> bool {
 }
 
 /// Checks the paths exist before booting anything.
-pub fn paths(kernel: &str, agent_initrd: &str, disk: &str, baseline_initrd: &str, scratch: &str) -> Result<Paths, String> {
-    let p = Paths { kernel: kernel.into(), agent_initrd: agent_initrd.into(), disk: disk.into(), baseline_initrd: baseline_initrd.into(), scratch: scratch.into() };
-    for f in [&p.kernel, &p.agent_initrd, &p.disk, &p.baseline_initrd, &p.scratch] {
+pub fn paths(
+    kernel: &str,
+    agent_initrd: &str,
+    disk: &str,
+    baseline_initrd: &str,
+    scratch: &str,
+) -> Result<Paths, String> {
+    let p = Paths {
+        kernel: kernel.into(),
+        agent_initrd: agent_initrd.into(),
+        disk: disk.into(),
+        baseline_initrd: baseline_initrd.into(),
+        scratch: scratch.into(),
+    };
+    for f in [
+        &p.kernel,
+        &p.agent_initrd,
+        &p.disk,
+        &p.baseline_initrd,
+        &p.scratch,
+    ] {
         if !Path::new(f).is_file() {
             return Err(format!("{} does not exist", f.display()));
         }
@@ -252,7 +407,13 @@ pub fn paths(kernel: &str, agent_initrd: &str, disk: &str, baseline_initrd: &str
 /// convention (128+N for a signal, 125 when it could not run at all).
 pub async fn run_one(kernel: &str, agent_initrd: &str, disk: &str, args: &[String]) -> i32 {
     use std::io::Write;
-    let p = Paths { kernel: kernel.into(), agent_initrd: agent_initrd.into(), disk: disk.into(), baseline_initrd: PathBuf::new(), scratch: PathBuf::new() };
+    let p = Paths {
+        kernel: kernel.into(),
+        agent_initrd: agent_initrd.into(),
+        disk: disk.into(),
+        baseline_initrd: PathBuf::new(),
+        scratch: PathBuf::new(),
+    };
     let vm = match Vm::boot(&p, "run", false).await {
         Ok(vm) => vm,
         Err(e) => {
@@ -260,14 +421,25 @@ pub async fn run_one(kernel: &str, agent_initrd: &str, disk: &str, args: &[Strin
             return 125;
         }
     };
-    let spec = ProcessSpec { args: args.to_vec(), ..Default::default() };
+    let spec = ProcessSpec {
+        args: args.to_vec(),
+        ..Default::default()
+    };
     let mut proc_ = match vm.client.start(Vm::start_request(spec)).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("agent-run: {e}");
             return match e {
-                bulkhead_agent_proto::client::ClientError::Agent(a) if a.kind == bulkhead_agent_proto::ErrorKind::NotFound => 127,
-                bulkhead_agent_proto::client::ClientError::Agent(a) if a.kind == bulkhead_agent_proto::ErrorKind::NotExecutable => 126,
+                bulkhead_agent_proto::client::ClientError::Agent(a)
+                    if a.kind == bulkhead_agent_proto::ErrorKind::NotFound =>
+                {
+                    127
+                }
+                bulkhead_agent_proto::client::ClientError::Agent(a)
+                    if a.kind == bulkhead_agent_proto::ErrorKind::NotExecutable =>
+                {
+                    126
+                }
                 _ => 125,
             };
         }

@@ -34,11 +34,20 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 
 pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut check = |name: &str, ok: bool, detail: String| record(&mut checks, "cluster/", name, ok, detail);
+    let mut check =
+        |name: &str, ok: bool, detail: String| record(&mut checks, "cluster/", name, ok, detail);
     let dir = ctx.data.with_file_name("cluster");
     let token_file = dir.join("admin-token");
     let store = format!("file:{}", dir.join("cluster.redb").display());
-    let mut server = ctx.cmd(&["server", "--listen", "127.0.0.1:0", "--store", &store, "--admin-token-file", token_file.to_str().unwrap_or("")]);
+    let mut server = ctx.cmd(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--admin-token-file",
+        token_file.to_str().unwrap_or(""),
+    ]);
     let Ok(mut child) = server.stdin(Stdio::null()).stderr(Stdio::piped()).spawn() else {
         check("server", false, "cannot start bulkhead server".into());
         return checks;
@@ -58,9 +67,18 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
         }
         std::thread::spawn(move || lines.for_each(drop));
     }
-    let admin = poll(Duration::from_secs(20), || std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
+    let admin = poll(Duration::from_secs(20), || {
+        std::fs::read_to_string(&token_file)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    });
     let (Some(url), Some(admin)) = (url, admin) else {
-        check("server", false, format!("no address or no admin token; the server said {said:?}"));
+        check(
+            "server",
+            false,
+            format!("no address or no admin token; the server said {said:?}"),
+        );
         return checks;
     };
     // The connection flags go before a `--` (after it is the command).
@@ -70,29 +88,72 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
         all.splice(at..at, ["--server", url.as_str(), "--token", token]);
         ctx.bh(&all)
     };
-    let join = text(&api(&admin, &["node", "token", "create"]).stdout).trim().to_string();
-    let tenant = text(&api(&admin, &["tenant", "create", "acme"]).stdout).trim().to_string();
-    let node =
-        ctx.cmd(&["node", "--insecure", "--server", &url, "--join-token", &join, "--name", "vm1", "--runtime", "microvm", "--cpus", "2", "--memory", "1g", "--listen", "127.0.0.1:0"]).stdin(Stdio::null()).spawn();
+    let join = text(&api(&admin, &["node", "token", "create"]).stdout)
+        .trim()
+        .to_string();
+    let tenant = text(&api(&admin, &["tenant", "create", "acme"]).stdout)
+        .trim()
+        .to_string();
+    let node = ctx
+        .cmd(&[
+            "node",
+            "--insecure",
+            "--server",
+            &url,
+            "--join-token",
+            &join,
+            "--name",
+            "vm1",
+            "--runtime",
+            "microvm",
+            "--cpus",
+            "2",
+            "--memory",
+            "1g",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .spawn();
     let Ok(node) = node.map(Killed) else {
         check("node", false, "cannot start bulkhead node".into());
         return checks;
     };
     let ready = poll(Duration::from_secs(20), || {
-        let v: serde_json::Value = serde_json::from_slice(&api(&admin, &["node", "ls", "--format", "json"]).stdout).ok()?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&api(&admin, &["node", "ls", "--format", "json"]).stdout)
+                .ok()?;
         (v[0]["ready"] == true).then_some(())
     });
-    check("node-joined", ready.is_some() && !join.is_empty() && tenant.starts_with("bh_"), format!("join token {join:?}"));
+    check(
+        "node-joined",
+        ready.is_some() && !join.is_empty() && tenant.starts_with("bh_"),
+        format!("join token {join:?}"),
+    );
 
     let spec = dir.join("vm.yaml");
     let yaml = format!("name: vm\nimage: {}\nruntime: microvm\nmemory: 128m\ncommand: [sh, -c, 'echo hello from $BULKHEAD_SERVICE/$BULKHEAD_INSTANCE; exec sleep 1000']\n", run_cases::IMAGE);
-    let deployed = std::fs::write(&spec, yaml).map_err(|e| e.to_string()).map(|()| api(&tenant, &["deploy", "-f", spec.to_str().unwrap_or("")]));
+    let deployed = std::fs::write(&spec, yaml)
+        .map_err(|e| e.to_string())
+        .map(|()| api(&tenant, &["deploy", "-f", spec.to_str().unwrap_or("")]));
     let started = Instant::now();
     let running = poll(Duration::from_secs(180), || {
-        let v: serde_json::Value = serde_json::from_slice(&api(&tenant, &["instance", "ls", "--format", "json"]).stdout).ok()?;
-        (v[0]["state"] == "running").then(|| v[0]["fence"].as_u64()).flatten()
+        let v: serde_json::Value =
+            serde_json::from_slice(&api(&tenant, &["instance", "ls", "--format", "json"]).stdout)
+                .ok()?;
+        (v[0]["state"] == "running")
+            .then(|| v[0]["fence"].as_u64())
+            .flatten()
     });
-    check("deploy-running", running.is_some(), format!("deploy: {:?}; running after {:?}", deployed.as_ref().map(show), started.elapsed()));
+    check(
+        "deploy-running",
+        running.is_some(),
+        format!(
+            "deploy: {:?}; running after {:?}",
+            deployed.as_ref().map(show),
+            started.elapsed()
+        ),
+    );
     let Some(fence) = running else { return checks };
 
     let name = format!("bh-{fence}-0");
@@ -100,9 +161,29 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
         let o = api(&tenant, &["instance", "logs", "vm", "0"]);
         text(&o.stdout).contains("hello from vm/0").then_some(o)
     });
-    check("logs-through-the-server", logs.is_some(), format!("{:?}", logs.as_ref().map(show)));
-    let exec = api(&tenant, &["instance", "exec", "vm", "0", "--", "sh", "-c", "echo in-guest $(uname -s); exit 3"]);
-    check("exec-through-the-server", exec.status.code() == Some(3) && text(&exec.stdout) == "in-guest Linux\n", show(&exec));
+    check(
+        "logs-through-the-server",
+        logs.is_some(),
+        format!("{:?}", logs.as_ref().map(show)),
+    );
+    let exec = api(
+        &tenant,
+        &[
+            "instance",
+            "exec",
+            "vm",
+            "0",
+            "--",
+            "sh",
+            "-c",
+            "echo in-guest $(uname -s); exit 3",
+        ],
+    );
+    check(
+        "exec-through-the-server",
+        exec.status.code() == Some(3) && text(&exec.stdout) == "in-guest Linux\n",
+        show(&exec),
+    );
     let problems = match run_cases::pid_of(ctx, &name, "runtime") {
         Some(pid) => run_cases::vmm_jail_problems(ctx, &name, pid, 1, 128, false),
         None => vec![format!("no VMM pid for {name}")],
@@ -111,10 +192,15 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
 
     let scaled = api(&tenant, &["service", "scale", "vm", "0"]);
     let gone = poll(Duration::from_secs(60), || {
-        let v: serde_json::Value = serde_json::from_slice(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout).ok()?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout).ok()?;
         v.as_array().is_some_and(|a| a.is_empty()).then_some(())
     });
-    check("scaled-to-zero-removed", scaled.status.success() && gone.is_some(), show(&scaled));
+    check(
+        "scaled-to-zero-removed",
+        scaled.status.success() && gone.is_some(),
+        show(&scaled),
+    );
     drop(node);
     drop(server);
     let left = run_cases::leftovers(ctx);

@@ -27,7 +27,10 @@ impl Drop for Etcd {
 /// A port the kernel just handed out here (free, as far as anyone knows;
 /// a fresh namespace has all of them free).
 fn free_port() -> Result<u16, String> {
-    TcpListener::bind(("0.0.0.0", 0)).and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| e.to_string())
+    TcpListener::bind(("0.0.0.0", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 /// etcd's `/health` on a client URL says `"health":"true"`.
@@ -42,7 +45,9 @@ fn healthy(client: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {client}\r\n\r\n").as_bytes()).is_err() {
+    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {client}\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return false;
     }
     let mut out = String::new();
@@ -58,18 +63,43 @@ impl Etcd {
         if !etcd.exists() {
             return Err("no /usr/bin/etcd (apt-get install etcd-server)".into());
         }
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_, String>>()?;
-        let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://{host}:{peer}")).collect();
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_, String>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://{host}:{peer}"))
+            .collect();
         let mut members = Vec::new();
         let mut clients = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let data = dir.join(format!("etcd-m{i}"));
-            let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log"))).map_err(|e| e.to_string())?;
+            let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log")))
+                .map_err(|e| e.to_string())?;
             let mut c = Command::new(&etcd);
-            c.args(["--name", &format!("m{i}"), "--data-dir"]).arg(&data);
-            c.args(["--listen-client-urls", &format!("http://{host}:{client}"), "--advertise-client-urls", &format!("http://{host}:{client}")]);
-            c.args(["--listen-peer-urls", &format!("http://{host}:{peer}"), "--initial-advertise-peer-urls", &format!("http://{host}:{peer}")]);
-            c.args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new", "--initial-cluster-token", "bulkhead-test"]);
+            c.args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(&data);
+            c.args([
+                "--listen-client-urls",
+                &format!("http://{host}:{client}"),
+                "--advertise-client-urls",
+                &format!("http://{host}:{client}"),
+            ]);
+            c.args([
+                "--listen-peer-urls",
+                &format!("http://{host}:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://{host}:{peer}"),
+            ]);
+            c.args([
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "bulkhead-test",
+            ]);
             c.args(["--heartbeat-interval", "100", "--election-timeout", "1000"]);
             c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
             if let Some(ns) = netns {
@@ -84,14 +114,19 @@ impl Etcd {
             match netns {
                 Some(ns) => {
                     let (ns, c) = (ns.to_path_buf(), c.clone());
-                    std::thread::spawn(move || crate::netns::enter(&ns).is_ok() && healthy(&c)).join().unwrap_or(false)
+                    std::thread::spawn(move || crate::netns::enter(&ns).is_ok() && healthy(&c))
+                        .join()
+                        .unwrap_or(false)
                 }
                 None => healthy(c),
             }
         };
         while !e.clients.iter().all(check) {
             if start.elapsed() > Duration::from_secs(30) {
-                return Err(format!("etcd not healthy within 30 s (logs in {})", dir.display()));
+                return Err(format!(
+                    "etcd not healthy within 30 s (logs in {})",
+                    dir.display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -76,9 +76,18 @@ fn host_tsc_khz() -> Option<u64> {
 }
 
 /// Boots `kernel` with the probe on `cpus` vCPUs; `live` sees console output.
-pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mut dyn FnMut(&[u8])) -> Result<ProbeReport, TestHostError> {
+pub fn boot(
+    kernel: &Path,
+    agent: &Path,
+    cpus: u32,
+    timeout: Duration,
+    live: &mut dyn FnMut(&[u8]),
+) -> Result<ProbeReport, TestHostError> {
     let started = Instant::now();
-    let work = tempfile::Builder::new().prefix("bulkhead-probe-").tempdir().map_err(TestHostError::io("create a work dir"))?;
+    let work = tempfile::Builder::new()
+        .prefix("bulkhead-probe-")
+        .tempdir()
+        .map_err(TestHostError::io("create a work dir"))?;
     let initrd = work.path().join("probe.cpio");
     let image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
     std::fs::write(&initrd, image).map_err(TestHostError::io("write probe initramfs"))?;
@@ -98,7 +107,11 @@ pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mu
     //   calibrate against PIT") and the boot hung. Without a PIT that
     //   calibration fails at once and `tsc_early_khz=` gives the rate.
     // earlyprintk: the console from the first line on.
-    let tsc_khz = host_tsc_khz().ok_or_else(|| TestHostError::Usage("could not measure this host's TSC rate (the probe VM needs it)".into()))?;
+    let tsc_khz = host_tsc_khz().ok_or_else(|| {
+        TestHostError::Usage(
+            "could not measure this host's TSC rate (the probe VM needs it)".into(),
+        )
+    })?;
     let child = Command::new("qemu-system-x86_64")
         .args(["-M", "microvm,pic=off,pit=off", "-accel", "tcg", "-cpu", "max", "-smp", &cpus.to_string(), "-m", "512"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
@@ -113,13 +126,30 @@ pub fn boot(kernel: &Path, agent: &Path, cpus: u32, timeout: Duration, live: &mu
         .spawn()
         .map_err(TestHostError::io("start qemu-system-x86_64"))?;
     let g = watch_child(child, started + timeout, false, &mut |_, bytes| live(bytes));
-    let console = format!("{}{}", String::from_utf8_lossy(&g.stdout), String::from_utf8_lossy(&g.stderr));
+    let console = format!(
+        "{}{}",
+        String::from_utf8_lossy(&g.stdout),
+        String::from_utf8_lossy(&g.stderr)
+    );
     if g.timed_out {
-        return Err(TestHostError::Timeout { after: timeout, output: String::new(), console: crate::testhost::tail_lines(&console, 25) });
+        return Err(TestHostError::Timeout {
+            after: timeout,
+            output: String::new(),
+            console: crate::testhost::tail_lines(&console, 25),
+        });
     }
     let lines = console
         .lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("probe: ").map(str::to_string))
+        .filter_map(|l| {
+            l.trim_end_matches('\r')
+                .strip_prefix("probe: ")
+                .map(str::to_string)
+        })
         .collect();
-    Ok(ProbeReport { lines, console, qemu_status: g.exit.map(shell_status), elapsed: started.elapsed() })
+    Ok(ProbeReport {
+        lines,
+        console,
+        qemu_status: g.exit.map(shell_status),
+        elapsed: started.elapsed(),
+    })
 }

@@ -26,8 +26,16 @@ pub fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
 /// (`<target>/release/deps/<test>` -> `<target>/release/bulkhead`).
 pub fn bulkhead() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let b = exe.parent().and_then(|d| d.parent()).map(|d| d.join("bulkhead")).unwrap_or_default();
-    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    let b = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("bulkhead"))
+        .unwrap_or_default();
+    assert!(
+        b.is_file(),
+        "no {} (cargo build --release --workspace)",
+        b.display()
+    );
     b
 }
 
@@ -38,7 +46,10 @@ pub struct Killed(pub std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

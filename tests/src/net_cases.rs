@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::netns::{self, http_get, Lan, Listener, UdpCounter, HOST_ADDR, INTERNET_ADDR, METADATA_ADDR, OUTSIDE_ADDR};
+use crate::netns::{
+    self, http_get, Lan, Listener, UdpCounter, HOST_ADDR, INTERNET_ADDR, METADATA_ADDR,
+    OUTSIDE_ADDR,
+};
 use crate::run_cases::{pid_of, pidfd_wait, record, show, text, Check, Ctx, IMAGE};
 
 const PAGE: &str = "page-from-web";
@@ -28,7 +31,8 @@ fn nc_get(ip: &str, port: u16) -> String {
 pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     let mut checks = Vec::new();
     let prefix = format!("{}/net/", base.runtime);
-    let mut check = |name: &str, ok: bool, detail: String| record(&mut checks, &prefix, name, ok, detail);
+    let mut check =
+        |name: &str, ok: bool, detail: String| record(&mut checks, &prefix, name, ok, detail);
     let lan = match Lan::create(tag) {
         Ok(l) => l,
         Err(e) => {
@@ -36,23 +40,42 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
             return checks;
         }
     };
-    let ctx = Ctx { netns: Some(lan.host.path()), ..base.clone() };
+    let ctx = Ctx {
+        netns: Some(lan.host.path()),
+        ..base.clone()
+    };
     let outside = Listener::start(&lan.outside, &format!("{OUTSIDE_ADDR}:9000"), "outside");
     let host_service = Listener::start(&lan.host, "0.0.0.0:9001", "host");
     let internet = Listener::start(&lan.outside, &format!("{INTERNET_ADDR}:9000"), "internet");
     let metadata = Listener::start(&lan.outside, &format!("{METADATA_ADDR}:80"), "metadata");
     let host_loopback = UdpCounter::start(&lan.host, "127.0.0.1:9003");
-    let (outside, host_service, internet, metadata, host_loopback) = match (outside, host_service, internet, metadata, host_loopback) {
-        (Ok(o), Ok(h), Ok(i), Ok(m), Ok(l)) => (o, h, i, m, l),
-        (o, h, i, m, l) => {
-            check("listeners", false, format!("{:?} {:?} {:?} {:?} {:?}", o.err(), h.err(), i.err(), m.err(), l.err()));
-            return checks;
-        }
-    };
+    let (outside, host_service, internet, metadata, host_loopback) =
+        match (outside, host_service, internet, metadata, host_loopback) {
+            (Ok(o), Ok(h), Ok(i), Ok(m), Ok(l)) => (o, h, i, m, l),
+            (o, h, i, m, l) => {
+                check(
+                    "listeners",
+                    false,
+                    format!(
+                        "{:?} {:?} {:?} {:?} {:?}",
+                        o.err(),
+                        h.err(),
+                        i.err(),
+                        m.err(),
+                        l.err()
+                    ),
+                );
+                return checks;
+            }
+        };
 
     // Published: from the host (127.0.0.1 and its LAN address) and from outside.
     let web = start_detached(&ctx, &["--name", "web", "-p", "8080:80"], WEB);
-    check("web-started", web.is_ok(), web.clone().err().unwrap_or_default());
+    check(
+        "web-started",
+        web.is_ok(),
+        web.clone().err().unwrap_or_default(),
+    );
     if ctx.runtime == "microvm" {
         // Jailed with its TAP passed in (the checks below need it working).
         let problems = match crate::run_cases::pid_of(&ctx, "web", "runtime") {
@@ -63,31 +86,87 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     }
     let web_ip = inspect_ip(&ctx, "web").unwrap_or_default();
     for (name, ns, addr) in [
-        ("published-127.0.0.1", &lan.host, "127.0.0.1:8080".to_string()),
-        ("published-host-address", &lan.host, format!("{HOST_ADDR}:8080")),
-        ("published-from-outside", &lan.outside, format!("{HOST_ADDR}:8080")),
+        (
+            "published-127.0.0.1",
+            &lan.host,
+            "127.0.0.1:8080".to_string(),
+        ),
+        (
+            "published-host-address",
+            &lan.host,
+            format!("{HOST_ADDR}:8080"),
+        ),
+        (
+            "published-from-outside",
+            &lan.outside,
+            format!("{HOST_ADDR}:8080"),
+        ),
     ] {
         let got = http_get(ns, &addr);
-        check(name, got.as_deref().is_ok_and(|b| b.contains(PAGE)), format!("{addr}: {got:?}"));
+        check(
+            name,
+            got.as_deref().is_ok_and(|b| b.contains(PAGE)),
+            format!("{addr}: {got:?}"),
+        );
     }
 
     // Egress: the internet sees the host's address, not the workload's.
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &nc_get(INTERNET_ADDR, 9000)]));
-    check("egress-masqueraded", text(&o.stdout).contains(&format!("from-internet peer={HOST_ADDR}")), format!("{} peers={:?}", show(&o), internet.peers()));
+    check(
+        "egress-masqueraded",
+        text(&o.stdout).contains(&format!("from-internet peer={HOST_ADDR}")),
+        format!("{} peers={:?}", show(&o), internet.peers()),
+    );
 
     // Same network: reachable. Another network: not.
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &nc_get(&web_ip, 80)]));
-    check("same-network-reaches", !web_ip.is_empty() && text(&o.stdout).contains(PAGE), format!("web={web_ip} {}", show(&o)));
+    check(
+        "same-network-reaches",
+        !web_ip.is_empty() && text(&o.stdout).contains(PAGE),
+        format!("web={web_ip} {}", show(&o)),
+    );
     let created = ctx.bh(&["network", "create", "--subnet", "10.99.0.0/24", "iso"]);
-    let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "iso"], &["sh", "-c", &format!("{}; echo tried", nc_get(&web_ip, 80))]));
-    check("other-network-isolated", created.status.success() && text(&o.stdout).contains("tried") && !text(&o.stdout).contains(PAGE), format!("{} / {}", show(&created), show(&o)));
+    let o = ctx.out(ctx.run_cmd(
+        &["--rm", "--network", "iso"],
+        &["sh", "-c", &format!("{}; echo tried", nc_get(&web_ip, 80))],
+    ));
+    check(
+        "other-network-isolated",
+        created.status.success()
+            && text(&o.stdout).contains("tried")
+            && !text(&o.stdout).contains(PAGE),
+        format!("{} / {}", show(&created), show(&o)),
+    );
 
     // The host's own services: not reachable from a workload, on any of its addresses.
-    let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &format!("{}; {}; echo tried", nc_get("10.88.0.1", 9001), nc_get(HOST_ADDR, 9001))]));
+    let o = ctx.out(ctx.run_cmd(
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{}; {}; echo tried",
+                nc_get("10.88.0.1", 9001),
+                nc_get(HOST_ADDR, 9001)
+            ),
+        ],
+    ));
     let reached: Vec<String> = host_service.peers();
-    check("host-services-unreachable", text(&o.stdout).contains("tried") && !text(&o.stdout).contains("from-host") && reached.is_empty(), format!("{} host listener saw {reached:?}", show(&o)));
+    check(
+        "host-services-unreachable",
+        text(&o.stdout).contains("tried")
+            && !text(&o.stdout).contains("from-host")
+            && reached.is_empty(),
+        format!("{} host listener saw {reached:?}", show(&o)),
+    );
 
-    let walls = Walls { outside: &outside, internet: &internet, metadata: &metadata, host_service: &host_service, host_loopback: &host_loopback };
+    let walls = Walls {
+        outside: &outside,
+        internet: &internet,
+        metadata: &metadata,
+        host_service: &host_service,
+        host_loopback: &host_loopback,
+    };
     check_egress(&ctx, &walls, &mut check);
     check_inspect(&ctx, &web_ip, &mut check);
     check_none(&ctx, &mut check);
@@ -99,13 +178,21 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     check("web-removed", rm.status.success(), show(&rm));
     check_cycles(&ctx, cycles, &mut check);
     let left = net_leftovers(&ctx);
-    check("nothing-left-per-workload", left.is_empty(), left.join("; "));
+    check(
+        "nothing-left-per-workload",
+        left.is_empty(),
+        left.join("; "),
+    );
     let rm = ctx.bh(&["network", "rm", "iso", "bulkhead"]);
     let links = links(&ctx);
     let tables = text(&ctx.tool("nft", &["list", "tables"]).stdout);
     check(
         "networks-removed",
-        rm.status.success() && !links.iter().any(|l| l == "bulkhead0" || l.starts_with("bh-")) && !tables.contains("bulkhead"),
+        rm.status.success()
+            && !links
+                .iter()
+                .any(|l| l == "bulkhead0" || l.starts_with("bh-"))
+            && !tables.contains("bulkhead"),
         format!("{} links={links:?} tables={tables:?}", show(&rm)),
     );
     drop(outside);
@@ -130,7 +217,12 @@ impl Walls<'_> {
     /// Connections each listener has seen so far: the LAN host, metadata,
     /// the host's services, the host's loopback.
     fn denied_seen(&self) -> [usize; 4] {
-        [self.outside.peers().len(), self.metadata.peers().len(), self.host_service.peers().len(), self.host_loopback.count() as usize]
+        [
+            self.outside.peers().len(),
+            self.metadata.peers().len(),
+            self.host_service.peers().len(),
+            self.host_loopback.count() as usize,
+        ]
     }
 }
 
@@ -142,21 +234,54 @@ impl Walls<'_> {
 /// puts them back. The control: with the routing rule removed too, the
 /// loopback attack lands, so the checks can fail.
 fn check_egress(ctx: &Ctx, w: &Walls, check: &mut impl FnMut(&str, bool, String)) {
-    let probe = format!("{}; echo; {}; echo; {}; echo; {}; echo tried", nc_get(INTERNET_ADDR, 9000), nc_get(OUTSIDE_ADDR, 9000), nc_get(METADATA_ADDR, 80), nc_get(HOST_ADDR, 9001));
-    let allowed = ctx.out(ctx.run_cmd(&["--rm", "--allow-egress", &format!("{OUTSIDE_ADDR}/32")], &["sh", "-c", &format!("{}; echo; {}; echo tried", nc_get(OUTSIDE_ADDR, 9000), nc_get(METADATA_ADDR, 80))]));
+    let probe = format!(
+        "{}; echo; {}; echo; {}; echo; {}; echo tried",
+        nc_get(INTERNET_ADDR, 9000),
+        nc_get(OUTSIDE_ADDR, 9000),
+        nc_get(METADATA_ADDR, 80),
+        nc_get(HOST_ADDR, 9001)
+    );
+    let allowed = ctx.out(ctx.run_cmd(
+        &["--rm", "--allow-egress", &format!("{OUTSIDE_ADDR}/32")],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{}; echo; {}; echo tried",
+                nc_get(OUTSIDE_ADDR, 9000),
+                nc_get(METADATA_ADDR, 80)
+            ),
+        ],
+    ));
     let out = text(&allowed.stdout);
-    check("egress-allowed-by-flag", out.contains(&format!("from-outside peer={HOST_ADDR}")) && out.contains("tried") && !out.contains("from-metadata"), show(&allowed));
+    check(
+        "egress-allowed-by-flag",
+        out.contains(&format!("from-outside peer={HOST_ADDR}"))
+            && out.contains("tried")
+            && !out.contains("from-metadata"),
+        show(&allowed),
+    );
     let before = w.denied_seen();
     let lan_seen = before[0];
 
     let prober = start_detached(ctx, &["--name", "prober"], "echo ready && exec sleep 3600");
-    let looper = start_detached(ctx, &["--name", "looper"], "echo ready && exec sleep 3600").and_then(|()| route_loopback_out(ctx, "looper"));
+    let looper = start_detached(ctx, &["--name", "looper"], "echo ready && exec sleep 3600")
+        .and_then(|()| route_loopback_out(ctx, "looper"));
     if let Err(e) = prober.clone().and(looper.clone()) {
-        check("egress-denied-by-default", false, format!("prober {prober:?} looper {looper:?}: {e}"));
+        check(
+            "egress-denied-by-default",
+            false,
+            format!("prober {prober:?} looper {looper:?}: {e}"),
+        );
         return;
     }
     let exec = |name: &str, script: &str| ctx.bh(&["exec", name, "sh", "-c", script]);
-    let loop_attack = || exec("looper", "timeout 3 tftp -g -r probe -l /tmp/probe 127.0.0.1 9003; echo tried");
+    let loop_attack = || {
+        exec(
+            "looper",
+            "timeout 3 tftp -g -r probe -l /tmp/probe 127.0.0.1 9003; echo tried",
+        )
+    };
 
     let reached = w.internet.peers().len();
     let o = exec("prober", &probe);
@@ -165,8 +290,16 @@ fn check_egress(ctx: &Ctx, w: &Walls, check: &mut impl FnMut(&str, bool, String)
     let reached_now = w.internet.peers().len();
     check(
         "egress-denied-by-default",
-        text(&o.stdout).contains("from-internet") && reached_now > reached && text(&o.stdout).contains("tried") && text(&l.stdout).contains("tried") && seen == [lan_seen, before[1], before[2], before[3]],
-        format!("{} / {}; seen (lan, metadata, host, host loopback) {before:?} -> {seen:?}", show(&o), show(&l)),
+        text(&o.stdout).contains("from-internet")
+            && reached_now > reached
+            && text(&o.stdout).contains("tried")
+            && text(&l.stdout).contains("tried")
+            && seen == [lan_seen, before[1], before[2], before[3]],
+        format!(
+            "{} / {}; seen (lan, metadata, host, host loopback) {before:?} -> {seen:?}",
+            show(&o),
+            show(&l)
+        ),
     );
 
     // A firewall reload flushes every table: nothing gets out, nothing gets in.
@@ -176,16 +309,48 @@ fn check_egress(ctx: &Ctx, w: &Walls, check: &mut impl FnMut(&str, bool, String)
     let seen_flushed = w.denied_seen();
     check(
         "walls-fail-closed-when-flushed",
-        flushed.status.success() && w.internet.peers().len() == reached_now && !text(&o.stdout).contains("from-") && text(&o.stdout).contains("tried") && text(&l.stdout).contains("tried") && seen_flushed == seen,
-        format!("{} / {} / {}; seen {seen:?} -> {seen_flushed:?}", show(&flushed), show(&o), show(&l)),
+        flushed.status.success()
+            && w.internet.peers().len() == reached_now
+            && !text(&o.stdout).contains("from-")
+            && text(&o.stdout).contains("tried")
+            && text(&l.stdout).contains("tried")
+            && seen_flushed == seen,
+        format!(
+            "{} / {} / {}; seen {seen:?} -> {seen_flushed:?}",
+            show(&flushed),
+            show(&o),
+            show(&l)
+        ),
     );
 
     // The control: without the routing rule either, the host's loopback is open to the workload.
     let bridge = bridge_of(ctx, "bulkhead");
-    let unruled = ctx.tool("ip", &["rule", "del", "pref", "0", "iif", &bridge, "fwmark", "0/0x400000", "prohibit"]);
+    let unruled = ctx.tool(
+        "ip",
+        &[
+            "rule",
+            "del",
+            "pref",
+            "0",
+            "iif",
+            &bridge,
+            "fwmark",
+            "0/0x400000",
+            "prohibit",
+        ],
+    );
     let l = loop_attack();
     let landed = w.host_loopback.count() as usize;
-    check("control-loopback-open-without-the-walls", unruled.status.success() && landed > seen_flushed[3], format!("{} / {}; host loopback {} -> {landed}", show(&unruled), show(&l), seen_flushed[3]));
+    check(
+        "control-loopback-open-without-the-walls",
+        unruled.status.success() && landed > seen_flushed[3],
+        format!(
+            "{} / {}; host loopback {} -> {landed}",
+            show(&unruled),
+            show(&l),
+            seen_flushed[3]
+        ),
+    );
 
     let pruned = ctx.bh(&["system", "prune"]);
     let o = exec("prober", &probe);
@@ -193,15 +358,26 @@ fn check_egress(ctx: &Ctx, w: &Walls, check: &mut impl FnMut(&str, bool, String)
     let seen_back = w.denied_seen();
     check(
         "walls-restored-by-prune",
-        pruned.status.success() && text(&pruned.stdout).contains("restored") && text(&o.stdout).contains("from-internet") && seen_back == [seen[0], seen[1], seen[2], landed],
-        format!("{} / {} / {}; seen {seen_flushed:?} -> {seen_back:?}", show(&pruned), show(&o), show(&l)),
+        pruned.status.success()
+            && text(&pruned.stdout).contains("restored")
+            && text(&o.stdout).contains("from-internet")
+            && seen_back == [seen[0], seen[1], seen[2], landed],
+        format!(
+            "{} / {} / {}; seen {seen_flushed:?} -> {seen_back:?}",
+            show(&pruned),
+            show(&o),
+            show(&l)
+        ),
     );
     let _ = ctx.bh(&["rm", "-f", "prober", "looper"]);
 }
 
 /// The bridge of network `name`.
 fn bridge_of(ctx: &Ctx, name: &str) -> String {
-    inspect_network(ctx, name)["bridge"].as_str().unwrap_or_default().to_string()
+    inspect_network(ctx, name)["bridge"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn inspect_network(ctx: &Ctx, name: &str) -> serde_json::Value {
@@ -213,13 +389,29 @@ fn inspect_network(ctx: &Ctx, name: &str) -> serde_json::Value {
 /// microVM the guest's root does it; a container has no CAP_NET_ADMIN, so
 /// the test changes its namespace from outside (as an escaped workload would).
 fn route_loopback_out(ctx: &Ctx, name: &str) -> Result<(), String> {
-    let steps = ["route del local 127.0.0.0/8 dev lo table local", "route del local 127.0.0.1 dev lo table local", "route add 127.0.0.0/8 via 10.88.0.1 dev eth0"];
+    let steps = [
+        "route del local 127.0.0.0/8 dev lo table local",
+        "route del local 127.0.0.1 dev lo table local",
+        "route add 127.0.0.0/8 via 10.88.0.1 dev eth0",
+    ];
     if ctx.runtime == "microvm" {
-        let script = steps.iter().map(|s| format!("ip {s}")).collect::<Vec<_>>().join(" && ") + " && echo ROUTED";
+        let script = steps
+            .iter()
+            .map(|s| format!("ip {s}"))
+            .collect::<Vec<_>>()
+            .join(" && ")
+            + " && echo ROUTED";
         let o = ctx.bh(&["exec", name, "sh", "-c", &script]);
-        return if text(&o.stdout).contains("ROUTED") { Ok(()) } else { Err(show(&o)) };
+        return if text(&o.stdout).contains("ROUTED") {
+            Ok(())
+        } else {
+            Err(show(&o))
+        };
     }
-    let ns = inspect(ctx, name)["pids"]["supervisor"].as_i64().and_then(|p| netns_fd_of(p as i32)).ok_or("no network namespace for the container")?;
+    let ns = inspect(ctx, name)["pids"]["supervisor"]
+        .as_i64()
+        .and_then(|p| netns_fd_of(p as i32))
+        .ok_or("no network namespace for the container")?;
     ip_in(&ns, &steps)
 }
 
@@ -248,14 +440,30 @@ fn start_detached(ctx: &Ctx, flags: &[&str], script: &str) -> Result<(), String>
     }
     let id = text(&o.stdout).trim().to_string();
     let mut logs = ctx.cmd(&["logs", "-f", &id]);
-    let mut child = logs.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-    let ready = child.stdout.take().map(|out| BufReader::new(out).lines().map_while(Result::ok).any(|l| l == "ready")).unwrap_or(false);
+    let mut child = logs
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let ready = child
+        .stdout
+        .take()
+        .map(|out| {
+            BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l == "ready")
+        })
+        .unwrap_or(false);
     let _ = child.kill();
     let _ = child.wait();
     if ready {
         Ok(())
     } else {
-        Err(format!("{id} ended before it was ready: {}", show(&ctx.bh(&["logs", &id]))))
+        Err(format!(
+            "{id} ended before it was ready: {}",
+            show(&ctx.bh(&["logs", &id]))
+        ))
     }
 }
 
@@ -264,7 +472,9 @@ fn inspect(ctx: &Ctx, name: &str) -> serde_json::Value {
 }
 
 fn inspect_ip(ctx: &Ctx, name: &str) -> Option<String> {
-    inspect(ctx, name)["network"]["ip"].as_str().map(str::to_string)
+    inspect(ctx, name)["network"]["ip"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// A workload sending from an address or MAC not its own gets nothing out.
@@ -277,49 +487,93 @@ fn check_spoofing(ctx: &Ctx, internet: &Listener, check: &mut impl FnMut(&str, b
         let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &ip_forge]));
         let out = text(&o.stdout);
         let (before, after) = out.split_once("STEP").unwrap_or(("", ""));
-        check("forged-ip-dropped", before.contains("from-internet") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-internet"), show(&o));
+        check(
+            "forged-ip-dropped",
+            before.contains("from-internet")
+                && after.contains("FORGED")
+                && after.contains("DONE")
+                && !after.contains("from-internet"),
+            show(&o),
+        );
         // ifconfig's ioctl, not `ip link`: busybox's ip wants AF_PACKET, which our guest kernel lacks.
         let mac_forge =
             format!("{get}; echo STEP; ifconfig eth0 down && ifconfig eth0 hw ether 02:00:00:00:00:99 && ifconfig eth0 up && ip route add default via 10.88.0.1 && echo FORGED && {get}; echo DONE");
         let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", &mac_forge]));
         let out = text(&o.stdout);
         let (before, after) = out.split_once("STEP").unwrap_or(("", ""));
-        check("forged-mac-dropped", before.contains("from-internet") && after.contains("FORGED") && after.contains("DONE") && !after.contains("from-internet"), show(&o));
+        check(
+            "forged-mac-dropped",
+            before.contains("from-internet")
+                && after.contains("FORGED")
+                && after.contains("DONE")
+                && !after.contains("from-internet"),
+            show(&o),
+        );
         return;
     }
     let started = start_detached(ctx, &["--name", "forger"], "echo ready && exec sleep 3600");
     let ip = inspect_ip(ctx, "forger").unwrap_or_default();
-    let ns = inspect(ctx, "forger")["pids"]["supervisor"].as_i64().and_then(|p| netns_fd_of(p as i32));
+    let ns = inspect(ctx, "forger")["pids"]["supervisor"]
+        .as_i64()
+        .and_then(|p| netns_fd_of(p as i32));
     let Some(ns) = ns.filter(|_| started.is_ok()) else {
-        check("forged-ip-dropped", false, format!("no namespace for the container: {started:?}"));
+        check(
+            "forged-ip-dropped",
+            false,
+            format!("no namespace for the container: {started:?}"),
+        );
         return;
     };
     let connect = |ns: &Path| -> bool {
         let ns = ns.to_path_buf();
         std::thread::spawn(move || {
             netns::enter(&ns).is_ok()
-                && std::net::TcpStream::connect_timeout(&format!("{INTERNET_ADDR}:9000").parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))), Duration::from_secs(3)).is_ok()
+                && std::net::TcpStream::connect_timeout(
+                    &format!("{INTERNET_ADDR}:9000")
+                        .parse()
+                        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+                    Duration::from_secs(3),
+                )
+                .is_ok()
         })
         .join()
         .unwrap_or(false)
     };
     let control = connect(&ns);
-    let forged = ip_in(&ns, &["address flush dev eth0", "address add 10.88.0.250/16 dev eth0", "route add default via 10.88.0.1"]);
-    let through = connect(&ns);
-    check("forged-ip-dropped", control && forged.is_ok() && !through, format!("control={control} forge={forged:?} forged-got-through={through}"));
     let forged = ip_in(
         &ns,
         &[
-        "address flush dev eth0",
-        "link set eth0 down",
-        "link set eth0 address 02:00:00:00:00:99",
-        "link set eth0 up",
-        &format!("address add {ip}/16 dev eth0"),
-        "route add default via 10.88.0.1",
+            "address flush dev eth0",
+            "address add 10.88.0.250/16 dev eth0",
+            "route add default via 10.88.0.1",
         ],
     );
     let through = connect(&ns);
-    check("forged-mac-dropped", forged.is_ok() && !through, format!("forge={forged:?} forged-got-through={through} the internet saw {:?}", internet.peers()));
+    check(
+        "forged-ip-dropped",
+        control && forged.is_ok() && !through,
+        format!("control={control} forge={forged:?} forged-got-through={through}"),
+    );
+    let forged = ip_in(
+        &ns,
+        &[
+            "address flush dev eth0",
+            "link set eth0 down",
+            "link set eth0 address 02:00:00:00:00:99",
+            "link set eth0 up",
+            &format!("address add {ip}/16 dev eth0"),
+            "route add default via 10.88.0.1",
+        ],
+    );
+    let through = connect(&ns);
+    check(
+        "forged-mac-dropped",
+        forged.is_ok() && !through,
+        format!(
+            "forge={forged:?} forged-got-through={through} the internet saw {:?}",
+            internet.peers()
+        ),
+    );
     let _ = ctx.bh(&["rm", "-f", "forger"]);
 }
 
@@ -327,30 +581,77 @@ fn check_spoofing(ctx: &Ctx, internet: &Listener, check: &mut impl FnMut(&str, b
 fn check_inspect(ctx: &Ctx, web_ip: &str, check: &mut impl FnMut(&str, bool, String)) {
     let o = ctx.bh(&["network", "inspect", "bulkhead"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-    let has_web = v["workloads"].as_array().into_iter().flatten().any(|w| w["ip"] == web_ip && w["ports"][0] == "0.0.0.0:8080->80/tcp");
-    let has_rule = v["rules"].as_array().into_iter().flatten().any(|r| r.as_str().is_some_and(|r| r.contains(&format!("dnat ip to {web_ip}:80"))));
-    check("inspect-shows-rules", has_web && has_rule && v["nft_table_loaded"] == true, show(&o));
+    let has_web = v["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|w| w["ip"] == web_ip && w["ports"][0] == "0.0.0.0:8080->80/tcp");
+    let has_rule = v["rules"].as_array().into_iter().flatten().any(|r| {
+        r.as_str()
+            .is_some_and(|r| r.contains(&format!("dnat ip to {web_ip}:80")))
+    });
+    check(
+        "inspect-shows-rules",
+        has_web && has_rule && v["nft_table_loaded"] == true,
+        show(&o),
+    );
 }
 
 /// `--network none`: loopback, no eth0, no way out.
 fn check_none(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
-    let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "none"], &["sh", "-c", &format!("cat /proc/net/dev; {}; echo tried", nc_get(OUTSIDE_ADDR, 9000))]));
+    let o = ctx.out(ctx.run_cmd(
+        &["--rm", "--network", "none"],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "cat /proc/net/dev; {}; echo tried",
+                nc_get(OUTSIDE_ADDR, 9000)
+            ),
+        ],
+    ));
     let out = text(&o.stdout);
-    check("network-none-loopback-only", out.contains("lo:") && !out.contains("eth0") && out.contains("tried") && !out.contains("from-outside"), show(&o));
+    check(
+        "network-none-loopback-only",
+        out.contains("lo:")
+            && !out.contains("eth0")
+            && out.contains("tried")
+            && !out.contains("from-outside"),
+        show(&o),
+    );
 }
 
 /// A supervisor killed with SIGKILL leaves its interface, lease and rules;
 /// the sweep at the next `run`, and `system prune`, remove them.
 fn check_crash_sweeps(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     for (name, by) in [("crash1", "run"), ("crash2", "prune")] {
-        let started = start_detached(ctx, &["--name", name, "-p", "8095:80"], "echo ready && exec sleep 3600");
+        let started = start_detached(
+            ctx,
+            &["--name", name, "-p", "8095:80"],
+            "echo ready && exec sleep 3600",
+        );
         let Some(sup) = pid_of(ctx, name, "supervisor").filter(|_| started.is_ok()) else {
-            check(&format!("crash-swept-by-{by}"), false, format!("{started:?}"));
+            check(
+                &format!("crash-swept-by-{by}"),
+                false,
+                format!("{started:?}"),
+            );
             continue;
         };
-        let id = inspect(ctx, name)["id"].as_str().map(|i| i[..12].to_string()).unwrap_or_default();
-        let mine = |ctx: &Ctx| -> Vec<String> { net_leftovers(ctx).into_iter().filter(|t| !id.is_empty() && t.contains(&id)).collect() };
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::Signal::SIGKILL);
+        let id = inspect(ctx, name)["id"]
+            .as_str()
+            .map(|i| i[..12].to_string())
+            .unwrap_or_default();
+        let mine = |ctx: &Ctx| -> Vec<String> {
+            net_leftovers(ctx)
+                .into_iter()
+                .filter(|t| !id.is_empty() && t.contains(&id))
+                .collect()
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sup),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         pidfd_wait(sup, 10_000);
         let before = mine(ctx);
         let swept = match by {
@@ -360,51 +661,141 @@ fn check_crash_sweeps(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
         let after = mine(ctx);
         let rm = ctx.bh(&["rm", "-f", name]);
         let said = by == "run" || text(&swept.stdout).contains("removed lease");
-        check(&format!("crash-swept-by-{by}"), !before.is_empty() && swept.status.success() && said && after.is_empty() && rm.status.success(), format!("left before: {before:?}; {}; left after: {after:?}", show(&swept)));
+        check(
+            &format!("crash-swept-by-{by}"),
+            !before.is_empty()
+                && swept.status.success()
+                && said
+                && after.is_empty()
+                && rm.status.success(),
+            format!(
+                "left before: {before:?}; {}; left after: {after:?}",
+                show(&swept)
+            ),
+        );
     }
 }
 
 /// The supervisor holds the container's network namespace as an fd.
 fn netns_fd_of(pid: i32) -> Option<PathBuf> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
-    std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).find(|p| std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("net:")))
+    std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("net:")))
 }
 
 fn count_rows(ctx: &Ctx, args: &[&str]) -> usize {
-    serde_json::from_slice::<Vec<serde_json::Value>>(&ctx.bh(args).stdout).map(|v| v.len()).unwrap_or(usize::MAX)
+    serde_json::from_slice::<Vec<serde_json::Value>>(&ctx.bh(args).stdout)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
 }
 
 fn check_bad_input(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
-    let before = (count_rows(ctx, &["ps", "-a", "--format", "json"]), count_rows(ctx, &["network", "ls", "--format", "json"]), links(ctx));
+    let before = (
+        count_rows(ctx, &["ps", "-a", "--format", "json"]),
+        count_rows(ctx, &["network", "ls", "--format", "json"]),
+        links(ctx),
+    );
     let cases: [(&str, Vec<&str>, i32, &str); 7] = [
-        ("port-already-published", vec!["run", "-d", "-p", "8080:80", IMAGE, "true"], 125, "already published"),
-        ("port-in-use-on-host", vec!["run", "-d", "-p", "9001:80", IMAGE, "true"], 125, "already in use"),
-        ("invalid-port-spec", vec!["run", "-d", "-p", "80", IMAGE, "true"], 125, "HOSTPORT:PORT"),
-        ("invalid-protocol", vec!["run", "-d", "-p", "8081:80/sctp", IMAGE, "true"], 125, "unknown protocol"),
-        ("unknown-network", vec!["run", "-d", "--network", "nosuch", IMAGE, "true"], 125, "no network"),
-        ("overlapping-subnet", vec!["network", "create", "--subnet", "10.88.5.0/24", "clash"], 1, "overlaps"),
-        ("subnet-overlapping-the-host", vec!["network", "create", "--subnet", "192.168.77.0/28", "lanclash"], 1, "overlaps"),
+        (
+            "port-already-published",
+            vec!["run", "-d", "-p", "8080:80", IMAGE, "true"],
+            125,
+            "already published",
+        ),
+        (
+            "port-in-use-on-host",
+            vec!["run", "-d", "-p", "9001:80", IMAGE, "true"],
+            125,
+            "already in use",
+        ),
+        (
+            "invalid-port-spec",
+            vec!["run", "-d", "-p", "80", IMAGE, "true"],
+            125,
+            "HOSTPORT:PORT",
+        ),
+        (
+            "invalid-protocol",
+            vec!["run", "-d", "-p", "8081:80/sctp", IMAGE, "true"],
+            125,
+            "unknown protocol",
+        ),
+        (
+            "unknown-network",
+            vec!["run", "-d", "--network", "nosuch", IMAGE, "true"],
+            125,
+            "no network",
+        ),
+        (
+            "overlapping-subnet",
+            vec!["network", "create", "--subnet", "10.88.5.0/24", "clash"],
+            1,
+            "overlaps",
+        ),
+        (
+            "subnet-overlapping-the-host",
+            vec![
+                "network",
+                "create",
+                "--subnet",
+                "192.168.77.0/28",
+                "lanclash",
+            ],
+            1,
+            "overlaps",
+        ),
     ];
     for (name, mut args, code, says) in cases {
         if args[0] == "run" {
             args.splice(1..1, ["--runtime", ctx.runtime.as_str()]);
         }
         let o = ctx.bh(&args);
-        check(name, o.status.code() == Some(code) && text(&o.stderr).contains(says), show(&o));
+        check(
+            name,
+            o.status.code() == Some(code) && text(&o.stderr).contains(says),
+            show(&o),
+        );
     }
-    let after = (count_rows(ctx, &["ps", "-a", "--format", "json"]), count_rows(ctx, &["network", "ls", "--format", "json"]), links(ctx));
-    check("bad-input-changes-nothing", before == after, format!("before {before:?} after {after:?}"));
+    let after = (
+        count_rows(ctx, &["ps", "-a", "--format", "json"]),
+        count_rows(ctx, &["network", "ls", "--format", "json"]),
+        links(ctx),
+    );
+    check(
+        "bad-input-changes-nothing",
+        before == after,
+        format!("before {before:?} after {after:?}"),
+    );
 }
 
 /// `network create` without --subnet picks a free /16 each time.
 fn check_auto_subnets(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     let a = ctx.bh(&["network", "create", "auto1"]);
     let b = ctx.bh(&["network", "create", "auto2"]);
-    let subnet = |n: &str| serde_json::from_slice::<serde_json::Value>(&ctx.bh(&["network", "inspect", n]).stdout).ok().and_then(|v| v["subnet"].as_str().map(str::to_string));
+    let subnet = |n: &str| {
+        serde_json::from_slice::<serde_json::Value>(&ctx.bh(&["network", "inspect", n]).stdout)
+            .ok()
+            .and_then(|v| v["subnet"].as_str().map(str::to_string))
+    };
     let (sa, sb) = (subnet("auto1"), subnet("auto2"));
     let rm = ctx.bh(&["network", "rm", "auto1", "auto2"]);
-    let fresh = |s: &Option<String>| s.as_deref().is_some_and(|s| s.starts_with("10.") && s.ends_with(".0.0/16") && s != "10.88.0.0/16");
-    check("subnets-picked-when-not-given", a.status.success() && b.status.success() && fresh(&sa) && fresh(&sb) && sa != sb && rm.status.success(), format!("{sa:?} {sb:?} {} {}", show(&a), show(&rm)));
+    let fresh = |s: &Option<String>| {
+        s.as_deref()
+            .is_some_and(|s| s.starts_with("10.") && s.ends_with(".0.0/16") && s != "10.88.0.0/16")
+    };
+    check(
+        "subnets-picked-when-not-given",
+        a.status.success()
+            && b.status.success()
+            && fresh(&sa)
+            && fresh(&sb)
+            && sa != sb
+            && rm.status.success(),
+        format!("{sa:?} {sb:?} {} {}", show(&a), show(&rm)),
+    );
 }
 
 /// Workloads come and go on a /29 (5 addresses), three alive at a time
@@ -426,7 +817,10 @@ fn check_cycles(ctx: &Ctx, cycles: usize, check: &mut impl FnMut(&str, bool, Str
         }
         let name = format!("cyc{i}");
         let port = format!("{}:80", 8100 + i % 4);
-        let o = ctx.out(ctx.run_cmd(&["-d", "--name", &name, "--network", "small", "-p", &port], &["sleep", "3600"]));
+        let o = ctx.out(ctx.run_cmd(
+            &["-d", "--name", &name, "--network", "small", "-p", &port],
+            &["sleep", "3600"],
+        ));
         let ip = inspect_ip(ctx, &name).unwrap_or_default();
         if !o.status.success() || ip.is_empty() {
             problems.push(format!("{name}: {}", show(&o)));
@@ -445,7 +839,10 @@ fn check_cycles(ctx: &Ctx, cycles: usize, check: &mut impl FnMut(&str, bool, Str
     let rm = ctx.bh(&["network", "rm", "small"]);
     check(
         &format!("{cycles}-network-cycles"),
-        made.status.success() && problems.is_empty() && (cycles <= 5 || reused) && rm.status.success(),
+        made.status.success()
+            && problems.is_empty()
+            && (cycles <= 5 || reused)
+            && rm.status.success(),
         format!("{} {problems:?} seen={seen:?} {}", show(&made), show(&rm)),
     );
 }
@@ -453,7 +850,11 @@ fn check_cycles(ctx: &Ctx, cycles: usize, check: &mut impl FnMut(&str, bool, Str
 /// Interfaces where bulkhead runs.
 fn links(ctx: &Ctx) -> Vec<String> {
     let o = ctx.tool("ip", &["-o", "link", "show"]);
-    let mut v: Vec<String> = text(&o.stdout).lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n).to_string()).collect();
+    let mut v: Vec<String> = text(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect();
     v.sort();
     v
 }
@@ -461,13 +862,31 @@ fn links(ctx: &Ctx) -> Vec<String> {
 /// What workloads' networking leaves where bulkhead runs, one entry each:
 /// interfaces, rules naming them or forwarding ports, leases (`lease <id>`).
 pub fn net_leftovers(ctx: &Ctx) -> Vec<String> {
-    let mut v: Vec<String> = links(ctx).into_iter().filter(|l| ["bht", "bhv"].iter().any(|p| l.starts_with(p))).collect();
+    let mut v: Vec<String> = links(ctx)
+        .into_iter()
+        .filter(|l| ["bht", "bhv"].iter().any(|p| l.starts_with(p)))
+        .collect();
     let rules = text(&ctx.tool("nft", &["list", "ruleset"]).stdout);
-    v.extend(rules.lines().filter(|l| l.contains("\"bht") || l.contains("\"bhv") || l.contains("dnat ip to")).map(|l| l.trim().to_string()));
-    let nets: Vec<serde_json::Value> = serde_json::from_slice(&ctx.bh(&["network", "ls", "--format", "json"]).stdout).unwrap_or_default();
+    v.extend(
+        rules
+            .lines()
+            .filter(|l| l.contains("\"bht") || l.contains("\"bhv") || l.contains("dnat ip to"))
+            .map(|l| l.trim().to_string()),
+    );
+    let nets: Vec<serde_json::Value> =
+        serde_json::from_slice(&ctx.bh(&["network", "ls", "--format", "json"]).stdout)
+            .unwrap_or_default();
     for n in nets.iter().filter_map(|n| n["name"].as_str()) {
-        let v2: serde_json::Value = serde_json::from_slice(&ctx.bh(&["network", "inspect", n]).stdout).unwrap_or_default();
-        v.extend(v2["workloads"].as_array().into_iter().flatten().filter_map(|w| w["id"].as_str()).map(|id| format!("lease {id} on {n}")));
+        let v2: serde_json::Value =
+            serde_json::from_slice(&ctx.bh(&["network", "inspect", n]).stdout).unwrap_or_default();
+        v.extend(
+            v2["workloads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w["id"].as_str())
+                .map(|id| format!("lease {id} on {n}")),
+        );
     }
     v
 }

@@ -23,11 +23,17 @@ pub const INTERNET_ADDR: &str = "198.51.100.7";
 pub const METADATA_ADDR: &str = "169.254.169.254";
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let o = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e} (apt-get install iproute2)"))?;
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e} (apt-get install iproute2)"))?;
     if o.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&o.stderr).trim()))
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
     }
 }
 
@@ -41,7 +47,9 @@ impl NetNs {
     pub fn create(name: &str) -> Result<Self, String> {
         let _ = ip(&["netns", "del", name]); // a crashed earlier run's
         ip(&["netns", "add", name])?;
-        let ns = NetNs { name: name.to_string() };
+        let ns = NetNs {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -57,7 +65,10 @@ impl NetNs {
     }
 
     /// Runs `f` on a thread inside this namespace.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
         let path = self.path();
         std::thread::spawn(move || -> Result<T, String> {
             enter(&path)?;
@@ -77,7 +88,8 @@ impl Drop for NetNs {
 /// Moves the calling thread into the namespace at `path`.
 pub fn enter(path: &Path) -> Result<(), String> {
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {}: {e}", path.display()))
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {}: {e}", path.display()))
 }
 
 /// Makes `cmd` start inside the namespace at `path`.
@@ -110,7 +122,18 @@ impl Lan {
         let host = NetNs::create(&format!("bhtest-host-{tag}"))?;
         let outside = NetNs::create(&format!("bhtest-out-{tag}"))?;
         let (h, o) = ("lan0", "lan1");
-        host.ip(&["link", "add", h, "type", "veth", "peer", "name", o, "netns", &outside.name])?;
+        host.ip(&[
+            "link",
+            "add",
+            h,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            o,
+            "netns",
+            &outside.name,
+        ])?;
         host.ip(&["address", "add", &format!("{HOST_ADDR}/24"), "dev", h])?;
         host.ip(&["link", "set", h, "up"])?;
         outside.ip(&["address", "add", &format!("{OUTSIDE_ADDR}/24"), "dev", o])?;
@@ -138,8 +161,14 @@ impl UdpCounter {
         let (c, s, path) = (Arc::clone(&count), Arc::clone(&stop), ns.path());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let sock = enter(&path).and_then(|()| std::net::UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}")));
-            let sock = match sock.and_then(|s| s.set_read_timeout(Some(Duration::from_millis(200))).map(|()| s).map_err(|e| e.to_string())) {
+            let sock = enter(&path).and_then(|()| {
+                std::net::UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))
+            });
+            let sock = match sock.and_then(|s| {
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .map(|()| s)
+                    .map_err(|e| e.to_string())
+            }) {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
                     s
@@ -175,12 +204,19 @@ impl Drop for UdpCounter {
 pub fn http_get(ns: &NetNs, addr: &str) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     ns.run(move || -> Result<String, String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .map_err(|e| e.to_string())?;
         let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| format!("read from {addr}: {e}"))?;
-        Ok(out.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(out))
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or(out))
     })?
 }
 
@@ -197,12 +233,16 @@ pub struct Listener {
 impl Listener {
     pub fn start(ns: &NetNs, bind: &str, tag: &str) -> Result<Self, String> {
         let bind: SocketAddr = bind.parse().map_err(|e| format!("{bind}: {e}"))?;
-        let (peers, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (peers, stop) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
         let (p, s, tag) = (Arc::clone(&peers), Arc::clone(&stop), tag.to_string());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path = ns.path();
         std::thread::spawn(move || {
-            let l = enter(&path).and_then(|()| TcpListener::bind(bind).map_err(|e| format!("bind {bind}: {e}")));
+            let l = enter(&path)
+                .and_then(|()| TcpListener::bind(bind).map_err(|e| format!("bind {bind}: {e}")));
             let l = match l {
                 Ok(l) => {
                     let _ = ready_tx.send(Ok(()));
@@ -218,16 +258,28 @@ impl Listener {
                     return;
                 }
                 let Ok(mut c) = conn else { continue };
-                let peer = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-                p.lock().unwrap_or_else(|e| e.into_inner()).push(peer.clone());
+                let peer = c
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(peer.clone());
                 let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut buf = [0u8; 1024];
                 let _ = c.read(&mut buf);
-                let _ = c.write_all(format!("HTTP/1.0 200 OK\r\n\r\nfrom-{tag} peer={peer}\n").as_bytes());
+                let _ = c.write_all(
+                    format!("HTTP/1.0 200 OK\r\n\r\nfrom-{tag} peer={peer}\n").as_bytes(),
+                );
             }
         });
         ready_rx.recv().map_err(|e| e.to_string())??;
-        Ok(Listener { peers, stop, local: bind, ns: ns.path() })
+        Ok(Listener {
+            peers,
+            stop,
+            local: bind,
+            ns: ns.path(),
+        })
     }
 
     pub fn peers(&self) -> Vec<String> {
@@ -242,7 +294,11 @@ impl Drop for Listener {
         let (ns, addr) = (self.ns.clone(), self.local);
         let _ = std::thread::spawn(move || {
             if enter(&ns).is_ok() {
-                let target = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+                let target = if addr.ip().is_unspecified() {
+                    SocketAddr::from(([127, 0, 0, 1], addr.port()))
+                } else {
+                    addr
+                };
                 let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
             }
         })

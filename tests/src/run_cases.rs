@@ -77,7 +77,11 @@ impl Ctx {
     }
 
     pub fn out(&self, mut c: Command) -> Output {
-        c.stdin(Stdio::null()).output().unwrap_or_else(|e| Output { status: std::os::unix::process::ExitStatusExt::from_raw(125 << 8), stdout: Vec::new(), stderr: e.to_string().into_bytes() })
+        c.stdin(Stdio::null()).output().unwrap_or_else(|e| Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(125 << 8),
+            stdout: Vec::new(),
+            stderr: e.to_string().into_bytes(),
+        })
     }
 
     pub fn bh(&self, args: &[&str]) -> Output {
@@ -90,7 +94,12 @@ pub fn text(b: &[u8]) -> String {
 }
 
 pub fn show(o: &Output) -> String {
-    format!("code={:?} stdout={:?} stderr={:?}", o.status.code(), text(&o.stdout), text(&o.stderr))
+    format!(
+        "code={:?} stdout={:?} stderr={:?}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    )
 }
 
 /// Imports a busybox root (see `busybox_root`) as [`IMAGE`] into `data`,
@@ -100,18 +109,35 @@ pub fn prepare_store(bulkhead: &Path, data: &Path, disk: bool) -> Result<(), Str
     let tree = tempfile::tempdir().map_err(|e| e.to_string())?;
     crate::busybox_root::build(tree.path()).map_err(|e| e.to_string())?;
     let run = |args: &[&str]| -> Result<(), String> {
-        let o = Command::new(bulkhead).env("BULKHEAD_DATA", data).args(args).output().map_err(|e| e.to_string())?;
+        let o = Command::new(bulkhead)
+            .env("BULKHEAD_DATA", data)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
         if o.status.success() {
             Ok(())
         } else {
             Err(format!("bulkhead {args:?}: {}", show(&o)))
         }
     };
-    run(&["image", "import-dir", &tree.path().display().to_string(), "--name", IMAGE])?;
+    run(&[
+        "image",
+        "import-dir",
+        &tree.path().display().to_string(),
+        "--name",
+        IMAGE,
+    ])?;
     let nopath = tempfile::tempdir().map_err(|e| e.to_string())?;
     let saved = nopath.path().join("nopath.tar");
-    crate::busybox_root::docker_save_without_env(nopath.path(), &saved, NOPATH_IMAGE).map_err(|e| e.to_string())?;
-    run(&["image", "import", &saved.display().to_string(), "--name", NOPATH_IMAGE])?;
+    crate::busybox_root::docker_save_without_env(nopath.path(), &saved, NOPATH_IMAGE)
+        .map_err(|e| e.to_string())?;
+    run(&[
+        "image",
+        "import",
+        &saved.display().to_string(),
+        "--name",
+        NOPATH_IMAGE,
+    ])?;
     if disk {
         run(&["image", "disk", IMAGE])?;
         run(&["image", "disk", NOPATH_IMAGE])?;
@@ -121,8 +147,17 @@ pub fn prepare_store(bulkhead: &Path, data: &Path, disk: bool) -> Result<(), Str
 
 /// Prints `CHECK <prefix><name> ok|FAIL <detail>` (one line) and keeps it.
 pub fn record(checks: &mut Vec<Check>, prefix: &str, name: &str, ok: bool, detail: String) {
-    let c = Check { name: format!("{prefix}{name}"), ok, detail: detail.replace('\n', "\\n") };
-    println!("CHECK {} {} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+    let c = Check {
+        name: format!("{prefix}{name}"),
+        ok,
+        detail: detail.replace('\n', "\\n"),
+    };
+    println!(
+        "CHECK {} {} {}",
+        c.name,
+        if c.ok { "ok" } else { "FAIL" },
+        c.detail
+    );
     let _ = std::io::stdout().flush();
     checks.push(c);
 }
@@ -131,37 +166,79 @@ pub fn record(checks: &mut Vec<Check>, prefix: &str, name: &str, ok: bool, detai
 pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
     let mut checks = Vec::new();
     let prefix = format!("{}/", ctx.runtime);
-    let mut check = |name: &str, ok: bool, detail: String| record(&mut checks, &prefix, name, ok, detail);
+    let mut check =
+        |name: &str, ok: bool, detail: String| record(&mut checks, &prefix, name, ok, detail);
 
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["echo", "hi"]));
-    check("echo", o.status.code() == Some(0) && text(&o.stdout) == "hi\n", show(&o));
+    check(
+        "echo",
+        o.status.code() == Some(0) && text(&o.stdout) == "hi\n",
+        show(&o),
+    );
 
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", "exit 7"]));
     check("exit-7", o.status.code() == Some(7), show(&o));
 
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["nosuch-command"]));
-    check("not-found-127", o.status.code() == Some(127) && text(&o.stderr).contains("nosuch-command"), show(&o));
+    check(
+        "not-found-127",
+        o.status.code() == Some(127) && text(&o.stderr).contains("nosuch-command"),
+        show(&o),
+    );
 
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["/notexec"]));
     check("not-executable-126", o.status.code() == Some(126), show(&o));
 
-    let o = ctx.out(ctx.run_cmd(&["--rm", "-e", "A=from-flag", "-w", "/tmp", "-u", "alice", "--entrypoint", "sh"], &["-c", "echo $A; pwd; id -u"]));
-    check("env-workdir-user-entrypoint", o.status.code() == Some(0) && text(&o.stdout) == "from-flag\n/tmp\n1000\n", show(&o));
+    let o = ctx.out(ctx.run_cmd(
+        &[
+            "--rm",
+            "-e",
+            "A=from-flag",
+            "-w",
+            "/tmp",
+            "-u",
+            "alice",
+            "--entrypoint",
+            "sh",
+        ],
+        &["-c", "echo $A; pwd; id -u"],
+    ));
+    check(
+        "env-workdir-user-entrypoint",
+        o.status.code() == Some(0) && text(&o.stdout) == "from-flag\n/tmp\n1000\n",
+        show(&o),
+    );
 
     let mut c = ctx.run_cmd(&["--rm", "-i"], &["cat"]);
-    let o = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().and_then(|mut child| {
-        if let Some(mut i) = child.stdin.take() {
-            i.write_all(b"round trip\n")?;
-        }
-        child.wait_with_output()
-    });
+    let o = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut i) = child.stdin.take() {
+                i.write_all(b"round trip\n")?;
+            }
+            child.wait_with_output()
+        });
     match o {
-        Ok(o) => check("stdin-round-trip", o.status.code() == Some(0) && text(&o.stdout) == "round trip\n", show(&o)),
+        Ok(o) => check(
+            "stdin-round-trip",
+            o.status.code() == Some(0) && text(&o.stdout) == "round trip\n",
+            show(&o),
+        ),
         Err(e) => check("stdin-round-trip", false, e.to_string()),
     }
 
-    let o = ctx.out(ctx.run_cmd(&["--rm", "-t"], &["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty"]));
-    check("tty", o.status.code() == Some(0) && text(&o.stdout).contains("is-a-tty"), show(&o));
+    let o = ctx.out(ctx.run_cmd(
+        &["--rm", "-t"],
+        &["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty"],
+    ));
+    check(
+        "tty",
+        o.status.code() == Some(0) && text(&o.stdout).contains("is-a-tty"),
+        show(&o),
+    );
 
     check_sigkill(ctx, &mut check);
     check_sigterm_forwarded(ctx, &mut check);
@@ -174,9 +251,16 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
     }
 
     // Writes stay in one workload.
-    let a = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", "echo x > /marker && test -e /marker"]));
+    let a = ctx.out(ctx.run_cmd(
+        &["--rm"],
+        &["sh", "-c", "echo x > /marker && test -e /marker"],
+    ));
     let b = ctx.out(ctx.run_cmd(&["--rm"], &["sh", "-c", "test ! -e /marker"]));
-    check("writes-do-not-leak", a.status.code() == Some(0) && b.status.code() == Some(0), format!("{} / {}", show(&a), show(&b)));
+    check(
+        "writes-do-not-leak",
+        a.status.code() == Some(0) && b.status.code() == Some(0),
+        format!("{} / {}", show(&a), show(&b)),
+    );
 
     // Run/rm cycles, then nothing may be left.
     let mut failures = Vec::new();
@@ -188,7 +272,11 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
             failures.push(format!("{name}: {} / {}", show(&r), show(&rm)));
         }
     }
-    check(&format!("{cycles}-run-rm-cycles"), failures.is_empty(), failures.join("; "));
+    check(
+        &format!("{cycles}-run-rm-cycles"),
+        failures.is_empty(),
+        failures.join("; "),
+    );
     let left = leftovers(ctx);
     check("nothing-left", left.is_empty(), left.join("; "));
     checks
@@ -196,8 +284,15 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
 
 /// An attached run killed with SIGKILL exits 137.
 fn check_sigkill(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
-    let mut c = ctx.run_cmd(&["--rm", "--name", "killme"], &["sh", "-c", "echo ready; exec sleep 1000"]);
-    let child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut c = ctx.run_cmd(
+        &["--rm", "--name", "killme"],
+        &["sh", "-c", "echo ready; exec sleep 1000"],
+    );
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return check("sigkill-137", false, e.to_string()),
@@ -209,53 +304,114 @@ fn check_sigkill(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     let k = ctx.bh(&["kill", "-s", "KILL", "killme"]);
     let o = child.wait_with_output();
     match o {
-        Ok(o) => check("sigkill-137", line == "ready\n" && o.status.code() == Some(137), format!("first line {line:?}; kill: {}; run: {}", show(&k), show(&o))),
+        Ok(o) => check(
+            "sigkill-137",
+            line == "ready\n" && o.status.code() == Some(137),
+            format!("first line {line:?}; kill: {}; run: {}", show(&k), show(&o)),
+        ),
         Err(e) => check("sigkill-137", false, e.to_string()),
     }
 }
 
 /// SIGTERM to an attached `run` reaches the workload (its trap exits 3).
 fn check_sigterm_forwarded(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
-    let mut c = ctx.run_cmd(&["--rm"], &["sh", "-c", "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.1; done"]);
-    let mut child = match c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    let mut c = ctx.run_cmd(
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+    );
+    let mut child = match c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => return check("sigterm-forwarded", false, e.to_string()),
     };
     let mut out = BufReader::new(child.stdout.take().unwrap_or_else(|| unreachable!("piped")));
     let mut line = String::new();
     let _ = out.read_line(&mut line);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut out, &mut rest);
     let status = child.wait();
     let code = status.as_ref().ok().and_then(|s| s.code());
-    check("sigterm-forwarded", line == "ready\n" && rest == "got-term\n" && code == Some(3), format!("first {line:?} then {rest:?}, exit {code:?}"));
+    check(
+        "sigterm-forwarded",
+        line == "ready\n" && rest == "got-term\n" && code == Some(3),
+        format!("first {line:?} then {rest:?}, exit {code:?}"),
+    );
 }
 
 /// --cpus/--memory: the VM's size, or the container's cgroup limits.
 fn check_limits(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     if ctx.runtime == "microvm" {
-        let o = ctx.out(ctx.run_cmd(&["--rm", "--cpus", "2", "--memory", "300m"], &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"]));
+        let o = ctx.out(ctx.run_cmd(
+            &["--rm", "--cpus", "2", "--memory", "300m"],
+            &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+        ));
         let t = text(&o.stdout);
         let mut lines = t.lines();
         let cpus = lines.next().unwrap_or_default().trim().to_string();
-        let kb: u64 = lines.next().unwrap_or_default().split_whitespace().nth(1).and_then(|k| k.parse().ok()).unwrap_or(0);
+        let kb: u64 = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(0);
         // MemTotal is what the guest kernel keeps after its own reservations.
-        check("limits", o.status.code() == Some(0) && cpus == "2" && (200 * 1024..=300 * 1024).contains(&kb), show(&o));
+        check(
+            "limits",
+            o.status.code() == Some(0) && cpus == "2" && (200 * 1024..=300 * 1024).contains(&kb),
+            show(&o),
+        );
     } else {
         let script = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us";
-        let o = ctx.out(ctx.run_cmd(&["--rm", "--cpus", "0.5", "--memory", "64m"], &["sh", "-c", script]));
+        let o = ctx.out(ctx.run_cmd(
+            &["--rm", "--cpus", "0.5", "--memory", "64m"],
+            &["sh", "-c", script],
+        ));
         let t = text(&o.stdout);
-        check("limits", o.status.code() == Some(0) && t.lines().next() == Some("67108864") && t.lines().nth(1).is_some_and(|l| l.starts_with("50000")), show(&o));
+        check(
+            "limits",
+            o.status.code() == Some(0)
+                && t.lines().next() == Some("67108864")
+                && t.lines().nth(1).is_some_and(|l| l.starts_with("50000")),
+            show(&o),
+        );
     }
     // A size the runtime cannot take is refused before anything is made
     // (a microVM's bounds are the VMM's: 8m used to fail in the VMM, after
     // the record, the supervisor, the TAP and the jail existed).
     let small = if ctx.runtime == "microvm" { "8m" } else { "2m" };
-    let before = (ctx.bh(&["ps", "-a", "--format", "json"]).stdout, std::fs::read_dir(ctx.data.join("workloads")).map(Iterator::count).unwrap_or(0));
+    let before = (
+        ctx.bh(&["ps", "-a", "--format", "json"]).stdout,
+        std::fs::read_dir(ctx.data.join("workloads"))
+            .map(Iterator::count)
+            .unwrap_or(0),
+    );
     let o = ctx.out(ctx.run_cmd(&["--rm", "--memory", small], &["true"]));
-    let after = (ctx.bh(&["ps", "-a", "--format", "json"]).stdout, std::fs::read_dir(ctx.data.join("workloads")).map(Iterator::count).unwrap_or(0));
-    check("memory-refused-before-anything", o.status.code() == Some(125) && text(&o.stderr).contains(&format!("{} workloads take", ctx.runtime)) && before == after, show(&o));
+    let after = (
+        ctx.bh(&["ps", "-a", "--format", "json"]).stdout,
+        std::fs::read_dir(ctx.data.join("workloads"))
+            .map(Iterator::count)
+            .unwrap_or(0),
+    );
+    check(
+        "memory-refused-before-anything",
+        o.status.code() == Some(125)
+            && text(&o.stderr).contains(&format!("{} workloads take", ctx.runtime))
+            && before == after,
+        show(&o),
+    );
 }
 
 pub fn pidfd_wait(pid: i32, ms: u16) {
@@ -264,13 +420,20 @@ pub fn pidfd_wait(pid: i32, ms: u16) {
     if fd >= 0 {
         // SAFETY: a new fd from the kernel, owned here.
         let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
-        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fd), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&fd),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
     }
 }
 
 fn status_of(ctx: &Ctx, name: &str) -> String {
-    ps_status(&text(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout), name).unwrap_or_default()
+    ps_status(
+        &text(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout),
+        name,
+    )
+    .unwrap_or_default()
 }
 
 pub fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
@@ -281,33 +444,67 @@ pub fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
 /// `stop` reaches a workload that closed its output and runs on (its
 /// signals do not ride on its output stream).
 fn check_stop_with_closed_output(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
-    let o = ctx.out(ctx.run_cmd(&["-d", "--name", "quiet"], &["sh", "-c", "exec >/dev/null 2>&1; exec sleep 1000"]));
+    let o = ctx.out(ctx.run_cmd(
+        &["-d", "--name", "quiet"],
+        &["sh", "-c", "exec >/dev/null 2>&1; exec sleep 1000"],
+    ));
     let stop = ctx.bh(&["stop", "-t", "2", "quiet"]);
     let status = status_of(ctx, "quiet");
     let rm = ctx.bh(&["rm", "quiet"]);
     // 143: SIGTERM did it (microVM: the workload is not PID 1); 137: the
     // SIGKILL after -t (a container's PID 1 ignores SIGTERM without a handler).
-    let ok = o.status.success() && stop.status.success() && (status == "exited (143)" || status == "exited (137)") && rm.status.success();
-    check("stop-with-closed-output", ok, format!("run: {}; stop: {}; status {status:?}", show(&o), show(&stop)));
+    let ok = o.status.success()
+        && stop.status.success()
+        && (status == "exited (143)" || status == "exited (137)")
+        && rm.status.success();
+    check(
+        "stop-with-closed-output",
+        ok,
+        format!(
+            "run: {}; stop: {}; status {status:?}",
+            show(&o),
+            show(&stop)
+        ),
+    );
 }
 
 /// The supervisor killed with SIGKILL: `ps` says so, `rm -f` kills the
 /// orphaned VMM or OCI runtime and cleans up.
 fn check_orphan(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
     let o = ctx.out(ctx.run_cmd(&["-d", "--name", "orphan"], &["sleep", "1000"]));
-    let (Some(sup), Some(runtime)) = (pid_of(ctx, "orphan", "supervisor"), pid_of(ctx, "orphan", "runtime")) else {
-        return check("orphan-reported-and-cleaned", false, format!("no pids: {}", show(&o)));
+    let (Some(sup), Some(runtime)) = (
+        pid_of(ctx, "orphan", "supervisor"),
+        pid_of(ctx, "orphan", "runtime"),
+    ) else {
+        return check(
+            "orphan-reported-and-cleaned",
+            false,
+            format!("no pids: {}", show(&o)),
+        );
     };
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     pidfd_wait(sup, 10_000);
     let status = status_of(ctx, "orphan");
     let plain_rm = ctx.bh(&["rm", "orphan"]);
     let rm = ctx.bh(&["rm", "-f", "orphan"]);
-    let runtime_alive = std::path::Path::new(&format!("/proc/{runtime}")).exists() && !std::fs::read_to_string(format!("/proc/{runtime}/stat")).unwrap_or_default().contains(") Z");
+    let runtime_alive = std::path::Path::new(&format!("/proc/{runtime}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{runtime}/stat"))
+            .unwrap_or_default()
+            .contains(") Z");
     check(
         "orphan-reported-and-cleaned",
-        status.starts_with("failed: its supervisor died") && !plain_rm.status.success() && rm.status.success() && !runtime_alive,
-        format!("status {status:?}; rm: {}; rm -f: {}; runtime {runtime} alive: {runtime_alive}", show(&plain_rm), show(&rm)),
+        status.starts_with("failed: its supervisor died")
+            && !plain_rm.status.success()
+            && rm.status.success()
+            && !runtime_alive,
+        format!(
+            "status {status:?}; rm: {}; rm -f: {}; runtime {runtime} alive: {runtime_alive}",
+            show(&plain_rm),
+            show(&rm)
+        ),
     );
 }
 
@@ -315,10 +512,24 @@ fn check_orphan(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
 /// `kvm-*` kernel workers in its thread group).
 pub fn vmm_thread_filters(pid: i32) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string();
-        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string();
+        let name = std::fs::read_to_string(t.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
         if !name.starts_with("kvm-") {
             out.push((name, field("Seccomp:"), field("NoNewPrivs:")));
         }
@@ -331,7 +542,11 @@ fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut todo = vec![PathBuf::new()];
     while let Some(rel) = todo.pop() {
-        for e in std::fs::read_dir(dir.join(&rel)).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(dir.join(&rel))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let r = rel.join(e.file_name());
             out.push(r.display().to_string());
             if e.file_type().is_ok_and(|t| t.is_dir()) && r != Path::new("proc") {
@@ -365,11 +580,17 @@ fn cgroup_value(pid: i32, v2_file: &str, v1_file: &str) -> Option<String> {
         let mut f = l.splitn(3, ':');
         let (_, ctls, path) = (f.next()?, f.next()?, f.next()?);
         let (dir, file) = match ctls {
-            "" if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() => (PathBuf::from("/sys/fs/cgroup"), v2_file),
-            c if c.split(',').any(|x| x == controller) => (Path::new("/sys/fs/cgroup").join(controller), v1_file),
+            "" if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() => {
+                (PathBuf::from("/sys/fs/cgroup"), v2_file)
+            }
+            c if c.split(',').any(|x| x == controller) => {
+                (Path::new("/sys/fs/cgroup").join(controller), v1_file)
+            }
             _ => continue,
         };
-        return std::fs::read_to_string(dir.join(path.trim_start_matches('/')).join(file)).ok().map(|v| v.trim().to_string());
+        return std::fs::read_to_string(dir.join(path.trim_start_matches('/')).join(file))
+            .ok()
+            .map(|v| v.trim().to_string());
     }
     None
 }
@@ -380,18 +601,53 @@ fn cgroup_value(pid: i32, v2_file: &str, v1_file: &str) -> Option<String> {
 /// holds only its devices, /proc, the VMM, kernel, initrd, disk and its vm
 /// dir, and the cgroup limits for `vcpus`/`memory_mib` (CPU: one per vCPU,
 /// when `--cpus` was given).
-pub fn vmm_jail_problems(ctx: &Ctx, name: &str, pid: i32, vcpus: u32, memory_mib: u64, cpus_flag: bool) -> Vec<String> {
+pub fn vmm_jail_problems(
+    ctx: &Ctx,
+    name: &str,
+    pid: i32,
+    vcpus: u32,
+    memory_mib: u64,
+    cpus_flag: bool,
+) -> Vec<String> {
     let mut bad = Vec::new();
-    let v: serde_json::Value = serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).unwrap_or_default();
     let vm = &v["vm"];
     let uid = vm["jail"]["uid"].as_u64().unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string();
-    let ids = |k: &str| field(k).split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    if uid == 0 || ids("Uid:") != vec![uid.to_string(); 4] || ids("Gid:") != vec![uid.to_string(); 4] || !field("Groups:").is_empty() {
-        bad.push(format!("uid/gid: inspect {uid}, Uid {:?}, Gid {:?}, Groups {:?}", field("Uid:"), field("Gid:"), field("Groups:")));
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let ids = |k: &str| {
+        field(k)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    if uid == 0
+        || ids("Uid:") != vec![uid.to_string(); 4]
+        || ids("Gid:") != vec![uid.to_string(); 4]
+        || !field("Groups:").is_empty()
+    {
+        bad.push(format!(
+            "uid/gid: inspect {uid}, Uid {:?}, Gid {:?}, Groups {:?}",
+            field("Uid:"),
+            field("Gid:"),
+            field("Groups:")
+        ));
     }
-    for (k, want) in [("Seccomp:", "2"), ("NoNewPrivs:", "1"), ("CapEff:", "0000000000000000"), ("CapPrm:", "0000000000000000"), ("CapBnd:", "0000000000000000")] {
+    for (k, want) in [
+        ("Seccomp:", "2"),
+        ("NoNewPrivs:", "1"),
+        ("CapEff:", "0000000000000000"),
+        ("CapPrm:", "0000000000000000"),
+        ("CapBnd:", "0000000000000000"),
+    ] {
         if field(k) != want {
             bad.push(format!("{k} {:?}", field(k)));
         }
@@ -407,21 +663,45 @@ pub fn vmm_jail_problems(ctx: &Ctx, name: &str, pid: i32, vcpus: u32, memory_mib
     if Path::new("/dev/net/tun").exists() {
         want.extend(["dev/net".into(), "dev/net/tun".into()]);
     }
-    for file in [s(&vm["vmm"]), s(&vm["kernel"]), s(&vm["initrd"]), s(&vm["disk"]), s(&vm["jail"]["vm_dir"])] {
+    for file in [
+        s(&vm["vmm"]),
+        s(&vm["kernel"]),
+        s(&vm["initrd"]),
+        s(&vm["disk"]),
+        s(&vm["jail"]["vm_dir"]),
+    ] {
         want.extend(with_parents(&file));
     }
     let vm_dir = s(&vm["jail"]["vm_dir"]);
     let vm_dir = vm_dir.trim_start_matches('/');
-    let root: Vec<String> = tree(Path::new(&format!("/proc/{pid}/root"))).into_iter().filter(|p| !p.starts_with(&format!("{vm_dir}/"))).collect();
+    let root: Vec<String> = tree(Path::new(&format!("/proc/{pid}/root")))
+        .into_iter()
+        .filter(|p| !p.starts_with(&format!("{vm_dir}/")))
+        .collect();
     want.sort();
     want.dedup();
     if root != want {
-        bad.push(format!("its root holds {root:?}, wanted {want:?} (and the vm dir's sockets)"));
+        bad.push(format!(
+            "its root holds {root:?}, wanted {want:?} (and the vm dir's sockets)"
+        ));
     }
     let limits = [
-        ("memory", cgroup_value(pid, "memory.max", "memory.limit_in_bytes"), ((memory_mib + 64) << 20).to_string()),
-        ("pids", cgroup_value(pid, "pids.max", "pids.max"), (vcpus + 32).to_string()),
-        ("cpu", cgroup_value(pid, "cpu.max", "cpu.cfs_quota_us").map(|c| c.split_whitespace().next().unwrap_or_default().to_string()), (u64::from(vcpus) * 100_000).to_string()),
+        (
+            "memory",
+            cgroup_value(pid, "memory.max", "memory.limit_in_bytes"),
+            ((memory_mib + 64) << 20).to_string(),
+        ),
+        (
+            "pids",
+            cgroup_value(pid, "pids.max", "pids.max"),
+            (vcpus + 32).to_string(),
+        ),
+        (
+            "cpu",
+            cgroup_value(pid, "cpu.max", "cpu.cfs_quota_us")
+                .map(|c| c.split_whitespace().next().unwrap_or_default().to_string()),
+            (u64::from(vcpus) * 100_000).to_string(),
+        ),
     ];
     // Without --cpus there is no CPU limit (and on v2 no cpu controller for it).
     for (what, got, want) in limits.into_iter().filter(|l| cpus_flag || l.0 != "cpu") {
@@ -436,30 +716,59 @@ pub fn vmm_jail_problems(ctx: &Ctx, name: &str, pid: i32, vcpus: u32, memory_mib
 /// guest console's last lines. First: every VMM thread runs filtered, and
 /// the VMM is jailed.
 fn check_vmm_killed(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
-    let o = ctx.out(ctx.run_cmd(&["-d", "--name", "vmmkill", "--cpus", "2", "--memory", "300m"], &["sleep", "1000"]));
-    let (Some(sup), Some(vmm)) = (pid_of(ctx, "vmmkill", "supervisor"), pid_of(ctx, "vmmkill", "runtime")) else {
-        return check("jailer-killed-vm-ends-reported", false, format!("no pids: {}", show(&o)));
+    let o = ctx.out(ctx.run_cmd(
+        &["-d", "--name", "vmmkill", "--cpus", "2", "--memory", "300m"],
+        &["sleep", "1000"],
+    ));
+    let (Some(sup), Some(vmm)) = (
+        pid_of(ctx, "vmmkill", "supervisor"),
+        pid_of(ctx, "vmmkill", "runtime"),
+    ) else {
+        return check(
+            "jailer-killed-vm-ends-reported",
+            false,
+            format!("no pids: {}", show(&o)),
+        );
     };
     let filters = vmm_thread_filters(vmm);
-    let filtered = filters.iter().any(|t| t.0 == "bulkhead-vmm") && filters.iter().any(|t| t.0.starts_with("vcpu")) && filters.iter().all(|t| t.1 == "2" && t.2 == "1");
-    check("vmm-seccomp", filtered, format!("(thread, Seccomp, NoNewPrivs): {filters:?}"));
+    let filtered = filters.iter().any(|t| t.0 == "bulkhead-vmm")
+        && filters.iter().any(|t| t.0.starts_with("vcpu"))
+        && filters.iter().all(|t| t.1 == "2" && t.2 == "1");
+    check(
+        "vmm-seccomp",
+        filtered,
+        format!("(thread, Seccomp, NoNewPrivs): {filters:?}"),
+    );
     let problems = vmm_jail_problems(ctx, "vmmkill", vmm, 2, 300, true);
     check("vmm-jailed", problems.is_empty(), problems.join("; "));
     // The jailer itself SIGKILLed (it cannot clean up): the VMM dies with
     // it (parent-death signal), the supervisor reports and removes the jail.
     let jailer = parent_of(vmm);
-    let id = serde_json::from_slice::<serde_json::Value>(&ctx.bh(&["inspect", "vmmkill"]).stdout).ok().and_then(|v| v["id"].as_str().map(str::to_string)).unwrap_or_default();
+    let id = serde_json::from_slice::<serde_json::Value>(&ctx.bh(&["inspect", "vmmkill"]).stdout)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_string))
+        .unwrap_or_default();
     if let Some(j) = jailer {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(j), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(j),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     pidfd_wait(sup, 30_000);
     let status = status_of(ctx, "vmmkill");
-    let jail_left: Vec<String> =
-        [format!("/run/bulkhead/jail/{id}"), format!("/sys/fs/cgroup/bulkhead/{id}"), format!("/sys/fs/cgroup/memory/bulkhead/{id}"), format!("/sys/fs/cgroup/pids/bulkhead/{id}")]
-            .into_iter()
-            .filter(|p| id.is_empty() || Path::new(p).exists())
-            .collect();
-    let vmm_gone = !Path::new(&format!("/proc/{vmm}")).exists() || std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap_or_default().contains(") Z");
+    let jail_left: Vec<String> = [
+        format!("/run/bulkhead/jail/{id}"),
+        format!("/sys/fs/cgroup/bulkhead/{id}"),
+        format!("/sys/fs/cgroup/memory/bulkhead/{id}"),
+        format!("/sys/fs/cgroup/pids/bulkhead/{id}"),
+    ]
+    .into_iter()
+    .filter(|p| id.is_empty() || Path::new(p).exists())
+    .collect();
+    let vmm_gone = !Path::new(&format!("/proc/{vmm}")).exists()
+        || std::fs::read_to_string(format!("/proc/{vmm}/stat"))
+            .unwrap_or_default()
+            .contains(") Z");
     let rm = ctx.bh(&["rm", "vmmkill"]);
     check(
         "jailer-killed-vm-ends-reported",
@@ -471,26 +780,55 @@ fn check_vmm_killed(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
 /// The parent pid of `pid` (field 4 of its stat line).
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// run -d, 8 CLI invocations at once, logs, exec, stop (the trap's exit
 /// code shows the stop signal arrived), rm.
 fn check_detached_lifecycle(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
-    let o = ctx.out(ctx.run_cmd(&["-d", "--name", "daemon"], &["sh", "-c", "trap 'echo got-term; exit 3' TERM; echo started; while true; do sleep 0.1; done"]));
+    let o = ctx.out(ctx.run_cmd(
+        &["-d", "--name", "daemon"],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo started; while true; do sleep 0.1; done",
+        ],
+    ));
     let id = text(&o.stdout).trim().to_string();
-    check("detach-prints-id", o.status.code() == Some(0) && id.len() == 64, show(&o));
+    check(
+        "detach-prints-id",
+        o.status.code() == Some(0) && id.len() == 64,
+        show(&o),
+    );
 
     let o = ctx.bh(&["exec", "daemon", "sh", "-c", "echo in-exec; exit 4"]);
-    check("exec", o.status.code() == Some(4) && text(&o.stdout) == "in-exec\n", show(&o));
+    check(
+        "exec",
+        o.status.code() == Some(4) && text(&o.stdout) == "in-exec\n",
+        show(&o),
+    );
 
     // An image that sets no PATH: the workload and an exec both get the
     // default one (docker's), and find commands by their bare names.
-    let started = ctx.out(ctx.run_image_cmd(NOPATH_IMAGE, &["-d", "--name", "nopath"], &["sleep", "1000"]));
+    let started = ctx.out(ctx.run_image_cmd(
+        NOPATH_IMAGE,
+        &["-d", "--name", "nopath"],
+        &["sleep", "1000"],
+    ));
     let o = ctx.bh(&["exec", "nopath", "sh", "-c", "echo $PATH"]);
     let bare = ctx.bh(&["exec", "nopath", "echo", "found-by-path"]);
     let default = format!("{}\n", bulkhead_agent_proto::DEFAULT_PATH);
-    check("exec-default-path", started.status.success() && text(&o.stdout) == default && text(&bare.stdout) == "found-by-path\n", format!("{} / {} / {}", show(&started), show(&o), show(&bare)));
+    check(
+        "exec-default-path",
+        started.status.success()
+            && text(&o.stdout) == default
+            && text(&bare.stdout) == "found-by-path\n",
+        format!("{} / {} / {}", show(&started), show(&o), show(&bare)),
+    );
     let _ = ctx.bh(&["rm", "-f", "nopath"]);
 
     // 8 at once against the running workload: state store and socket shared.
@@ -500,15 +838,29 @@ fn check_detached_lifecycle(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String
             0 => vec!["ps".into(), "--format".into(), "json".into()],
             1 => vec!["inspect".into(), "daemon".into()],
             2 => vec!["logs".into(), "daemon".into()],
-            _ => vec!["exec".into(), "daemon".into(), "echo".into(), format!("concurrent-{i}")],
+            _ => vec![
+                "exec".into(),
+                "daemon".into(),
+                "echo".into(),
+                format!("concurrent-{i}"),
+            ],
         };
         let mut c = ctx.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        kids.push((args, c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()));
+        kids.push((
+            args,
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn(),
+        ));
     }
     let mut bad = Vec::new();
     for (args, k) in kids {
         match k.and_then(|k| k.wait_with_output()) {
-            Ok(o) if o.status.success() && (args[0] != "exec" || text(&o.stdout) == format!("{}\n", args[3])) && (args[0] != "ps" || text(&o.stdout).contains("daemon")) => {}
+            Ok(o)
+                if o.status.success()
+                    && (args[0] != "exec" || text(&o.stdout) == format!("{}\n", args[3]))
+                    && (args[0] != "ps" || text(&o.stdout).contains("daemon")) => {}
             Ok(o) => bad.push(format!("{args:?}: {}", show(&o))),
             Err(e) => bad.push(format!("{args:?}: {e}")),
         }
@@ -520,7 +872,11 @@ fn check_detached_lifecycle(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String
     let o = ctx.bh(&["stop", "-t", "20", "daemon"]);
     let ps = ctx.bh(&["ps", "-a", "--format", "json"]);
     let stopped = ps_status(&text(&ps.stdout), "daemon");
-    check("stop", o.status.code() == Some(0) && stopped.as_deref() == Some("exited (3)"), format!("{} / status {stopped:?}", show(&o)));
+    check(
+        "stop",
+        o.status.code() == Some(0) && stopped.as_deref() == Some("exited (3)"),
+        format!("{} / status {stopped:?}", show(&o)),
+    );
     let o = ctx.bh(&["logs", "--tail", "1", "daemon"]);
     check("logs-tail", text(&o.stdout) == "got-term\n", show(&o));
     let o = ctx.bh(&["rm", "daemon"]);
@@ -531,7 +887,9 @@ fn check_detached_lifecycle(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String
 /// The "status" of workload `name` in `ps --format json` output.
 fn ps_status(json: &str, name: &str) -> Option<String> {
     let v: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
-    v.iter().find(|w| w["name"] == name).and_then(|w| w["status"].as_str().map(str::to_string))
+    v.iter()
+        .find(|w| w["name"] == name)
+        .and_then(|w| w["status"].as_str().map(str::to_string))
 }
 
 /// What a workload could leave behind: rows, dirs, sockets, mounts,
@@ -548,38 +906,73 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
             left.push(format!("{n} entries in {}", dir.display()));
         }
     }
-    let n = std::fs::read_dir("/run/bulkhead").into_iter().flatten().flatten().filter(|e| e.file_name() != "jail").count();
+    let n = std::fs::read_dir("/run/bulkhead")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != "jail")
+        .count();
     if n > 0 {
         left.push(format!("{n} runtime dirs in /run/bulkhead"));
     }
-    let jails: Vec<String> = std::fs::read_dir("/run/bulkhead/jail").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let jails: Vec<String> = std::fs::read_dir("/run/bulkhead/jail")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     if !jails.is_empty() {
         left.push(format!("jail dirs: {jails:?}"));
     }
-    for parent in ["/sys/fs/cgroup/bulkhead", "/sys/fs/cgroup/memory/bulkhead", "/sys/fs/cgroup/cpu/bulkhead", "/sys/fs/cgroup/pids/bulkhead"] {
-        let groups: Vec<String> =
-            std::fs::read_dir(parent).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.len() == 64).collect();
+    for parent in [
+        "/sys/fs/cgroup/bulkhead",
+        "/sys/fs/cgroup/memory/bulkhead",
+        "/sys/fs/cgroup/cpu/bulkhead",
+        "/sys/fs/cgroup/pids/bulkhead",
+    ] {
+        let groups: Vec<String> = std::fs::read_dir(parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 64)
+            .collect();
         if !groups.is_empty() {
             left.push(format!("cgroups in {parent}: {groups:?}"));
         }
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let data = ctx.data.display().to_string();
-    let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&data) || l.contains("/run/bulkhead/jail")).collect();
+    let ours: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&data) || l.contains("/run/bulkhead/jail"))
+        .collect();
     if !ours.is_empty() {
         left.push(format!("mounts: {ours:?}"));
     }
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let cmd = text(&cmdline).replace('\0', " ");
-        if cmd.contains("__supervise") && cmd.contains(&data) || cmd.contains("bulkhead-vmm") || cmd.contains("bulkhead-jailer") || cmd.starts_with("sleep 1000") {
-            left.push(format!("process {}: {cmd}", p.file_name().to_string_lossy()));
+        if cmd.contains("__supervise") && cmd.contains(&data)
+            || cmd.contains("bulkhead-vmm")
+            || cmd.contains("bulkhead-jailer")
+            || cmd.starts_with("sleep 1000")
+        {
+            left.push(format!(
+                "process {}: {cmd}",
+                p.file_name().to_string_lossy()
+            ));
         }
     }
     left.extend(crate::net_cases::net_leftovers(ctx));
     for rt in ["crun", "runc"] {
         if let Ok(o) = Command::new(rt).arg("list").output() {
-            let rows = text(&o.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+            let rows = text(&o.stdout)
+                .lines()
+                .skip(1)
+                .filter(|l| !l.trim().is_empty())
+                .count();
             if rows > 0 {
                 left.push(format!("{rt} list: {}", text(&o.stdout)));
             }

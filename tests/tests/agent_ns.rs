@@ -10,7 +10,9 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use bulkhead_agent_proto::client::{AgentClient, ClientError, Output};
-use bulkhead_agent_proto::{ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec, StartRequest};
+use bulkhead_agent_proto::{
+    ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec, StartRequest,
+};
 use bulkhead_tests::{busybox_root, guest_probe};
 use tokio::net::UnixListener;
 
@@ -23,26 +25,44 @@ struct NsAgent {
 
 /// A work dir outside /tmp and /run, which the agent mounts tmpfs over.
 fn scratch_dir() -> tempfile::TempDir {
-    let base = guest_probe::static_agent_path().parent().unwrap().join("agent-ns-tests");
+    let base = guest_probe::static_agent_path()
+        .parent()
+        .unwrap()
+        .join("agent-ns-tests");
     std::fs::create_dir_all(&base).unwrap();
     tempfile::tempdir_in(base).unwrap()
 }
 
 fn process(args: &[&str]) -> ProcessSpec {
-    ProcessSpec { args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ProcessSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 impl NsAgent {
     async fn boot() -> NsAgent {
         let agent = guest_probe::static_agent_path();
-        assert!(agent.is_file(), "no static agent at {} (`make static`)", agent.display());
+        assert!(
+            agent.is_file(),
+            "no static agent at {} (`make static`)",
+            agent.display()
+        );
         let dir = scratch_dir();
         let root = dir.path().join("root");
         busybox_root::build(&root).unwrap();
         let sock = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let mut child = Command::new("unshare")
-            .args(["--pid", "--mount", "--uts", "--net", "--ipc", "--fork", "--kill-child"])
+            .args([
+                "--pid",
+                "--mount",
+                "--uts",
+                "--net",
+                "--ipc",
+                "--fork",
+                "--kill-child",
+            ])
             .arg(&agent)
             .arg("--unix")
             .arg(&sock)
@@ -55,16 +75,37 @@ impl NsAgent {
                 panic!("the agent did not dial in within 30 s: {:?}", child.wait());
             }
         };
-        NsAgent { client, child, _dir: dir, root }
+        NsAgent {
+            client,
+            child,
+            _dir: dir,
+            root,
+        }
     }
 
     fn start_request(&self, spec: ProcessSpec) -> StartRequest {
-        StartRequest { process: spec, root: RootSpec { source: RootSource::Directory { path: self.root.display().to_string() }, scratch: None }, ..Default::default() }
+        StartRequest {
+            process: spec,
+            root: RootSpec {
+                source: RootSource::Directory {
+                    path: self.root.display().to_string(),
+                },
+                scratch: None,
+            },
+            ..Default::default()
+        }
     }
 
     async fn run(self, spec: ProcessSpec) -> (bulkhead_agent_proto::client::Collected, NsAgent) {
         let req = self.start_request(spec);
-        let out = self.client.start(req).await.unwrap().collect().await.unwrap();
+        let out = self
+            .client
+            .start(req)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         (out, self)
     }
 
@@ -75,10 +116,16 @@ impl NsAgent {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 // reboot(2) in a child pid namespace ends its init with SIGINT.
-                assert!(status.code().is_none() || status.code() == Some(130) || status.success(), "{status:?}");
+                assert!(
+                    status.code().is_none() || status.code() == Some(130) || status.success(),
+                    "{status:?}"
+                );
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "the agent did not power off");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not power off"
+            );
             std::thread::sleep(Duration::from_millis(20)); // polling a process exit, not synchronising on time
         }
     }
@@ -91,24 +138,46 @@ fn text(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_prints_and_exits_0_then_the_agent_powers_off() {
     let a = NsAgent::boot().await;
-    assert_eq!(a.client.hello().protocol, bulkhead_agent_proto::PROTOCOL_VERSION);
+    assert_eq!(
+        a.client.hello().protocol,
+        bulkhead_agent_proto::PROTOCOL_VERSION
+    );
     let (out, a) = a.run(process(&["echo", "hello"])).await;
-    assert_eq!((text(&out.stdout), text(&out.stderr), out.status), ("hello\n".into(), String::new(), ExitStatus::Code(0)));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr), out.status),
+        ("hello\n".into(), String::new(), ExitStatus::Code(0))
+    );
     a.powered_off();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_signals_are_reported_exactly() {
-    let (out, a) = NsAgent::boot().await.run(process(&["sh", "-c", "echo to-stderr >&2; exit 7"])).await;
-    assert_eq!((text(&out.stderr), out.status), ("to-stderr\n".into(), ExitStatus::Code(7)));
+    let (out, a) = NsAgent::boot()
+        .await
+        .run(process(&["sh", "-c", "echo to-stderr >&2; exit 7"]))
+        .await;
+    assert_eq!(
+        (text(&out.stderr), out.status),
+        ("to-stderr\n".into(), ExitStatus::Code(7))
+    );
     a.powered_off();
     // kill -9 of itself: the main process is PID 1 of its namespace, which
     // only SIGKILL from outside ends; so a child shell does it.
-    let (out, a) = NsAgent::boot().await.run(process(&["sh", "-c", "sh -c 'kill -9 $$'; echo $?"])).await;
-    assert_eq!((text(&out.stdout), out.status), ("137\n".into(), ExitStatus::Code(0)));
+    let (out, a) = NsAgent::boot()
+        .await
+        .run(process(&["sh", "-c", "sh -c 'kill -9 $$'; echo $?"]))
+        .await;
+    assert_eq!(
+        (text(&out.stdout), out.status),
+        ("137\n".into(), ExitStatus::Code(0))
+    );
     a.powered_off();
     let a = NsAgent::boot().await;
-    let mut p = a.client.start(a.start_request(process(&["sleep", "1000"]))).await.unwrap();
+    let mut p = a
+        .client
+        .start(a.start_request(process(&["sleep", "1000"])))
+        .await
+        .unwrap();
     p.signal(9).await.unwrap();
     assert_eq!(p.wait().await.unwrap(), ExitStatus::Signal(9));
     a.powered_off();
@@ -117,7 +186,10 @@ async fn exit_codes_and_signals_are_reported_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_streams_through_under_flow_control() {
     let a = NsAgent::boot().await;
-    let spec = ProcessSpec { stdin: true, ..process(&["sh", "-c", "cat; echo done >&2"]) };
+    let spec = ProcessSpec {
+        stdin: true,
+        ..process(&["sh", "-c", "cat; echo done >&2"])
+    };
     let p = a.client.start(a.start_request(spec)).await.unwrap();
     // 3 MiB: many windows in each direction, written while output is read.
     let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -133,39 +205,103 @@ async fn stdin_streams_through_under_flow_control() {
     writer.await.unwrap();
     assert_eq!(out.stdout.len(), data.len());
     assert!(out.stdout == data, "stdout differs from stdin");
-    assert_eq!((text(&out.stderr), out.status), ("done\n".into(), ExitStatus::Code(0)));
+    assert_eq!(
+        (text(&out.stderr), out.status),
+        ("done\n".into(), ExitStatus::Code(0))
+    );
     a.powered_off();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_runs_beside_the_main_process_and_sigterm_reaches_it() {
     let a = NsAgent::boot().await;
-    let main = process(&["sh", "-c", "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait"]);
+    let main = process(&[
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait",
+    ]);
     let mut p = a.client.start(a.start_request(main)).await.unwrap();
-    assert_eq!(p.next_output().await, Some(Output::Data(Fd::Stdout, b"ready\n".to_vec())));
+    assert_eq!(
+        p.next_output().await,
+        Some(Output::Data(Fd::Stdout, b"ready\n".to_vec()))
+    );
     // Two processes at once: exec while main runs, in the same namespaces.
-    let side = a.client.exec(process(&["sh", "-c", "echo side; cat /proc/1/cmdline | tr '\\0' ' '"])).await.unwrap().collect().await.unwrap();
-    assert_eq!(text(&side.stdout), "side\nsh -c trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait ");
+    let side = a
+        .client
+        .exec(process(&[
+            "sh",
+            "-c",
+            "echo side; cat /proc/1/cmdline | tr '\\0' ' '",
+        ]))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&side.stdout),
+        "side\nsh -c trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait "
+    );
     assert_eq!(side.status, ExitStatus::Code(0));
     // A clean start: no blocked signals, nothing inherited but stdio.
-    let status = a.client.exec(process(&["cat", "/proc/self/status"])).await.unwrap().collect().await.unwrap();
-    assert!(text(&status.stdout).contains("SigBlk:\t0000000000000000\n"), "{}", text(&status.stdout));
-    let fds = a.client.exec(process(&["ls", "/proc/self/fd"])).await.unwrap().collect().await.unwrap();
-    assert_eq!(text(&fds.stdout), "0\n1\n2\n3\n", "the workload inherited descriptors");
-    let e = a.client.exec(process(&["no-such-program"])).await.unwrap_err();
-    assert!(matches!(&e, ClientError::Agent(err) if err.kind == ErrorKind::NotFound), "{e}");
+    let status = a
+        .client
+        .exec(process(&["cat", "/proc/self/status"]))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(
+        text(&status.stdout).contains("SigBlk:\t0000000000000000\n"),
+        "{}",
+        text(&status.stdout)
+    );
+    let fds = a
+        .client
+        .exec(process(&["ls", "/proc/self/fd"]))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&fds.stdout),
+        "0\n1\n2\n3\n",
+        "the workload inherited descriptors"
+    );
+    let e = a
+        .client
+        .exec(process(&["no-such-program"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(err) if err.kind == ErrorKind::NotFound),
+        "{e}"
+    );
     let e = a.client.exec(process(&["/notexec"])).await.unwrap_err();
-    assert!(matches!(&e, ClientError::Agent(err) if err.kind == ErrorKind::NotExecutable), "{e}");
+    assert!(
+        matches!(&e, ClientError::Agent(err) if err.kind == ErrorKind::NotExecutable),
+        "{e}"
+    );
     p.signal(15).await.unwrap();
     let rest = p.collect().await.unwrap();
-    assert_eq!((text(&rest.stdout), rest.status), ("got TERM\n".into(), ExitStatus::Code(3)));
+    assert_eq!(
+        (text(&rest.stdout), rest.status),
+        ("got TERM\n".into(), ExitStatus::Code(3))
+    );
     a.powered_off();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_mode_gives_a_terminal_that_resizes() {
     let a = NsAgent::boot().await;
-    let spec = ProcessSpec { tty: true, stdin: true, tty_size: Some((24, 80)), ..process(&["sh", "-c", "tty; stty size; read x; stty size"]) };
+    let spec = ProcessSpec {
+        tty: true,
+        stdin: true,
+        tty_size: Some((24, 80)),
+        ..process(&["sh", "-c", "tty; stty size; read x; stty size"])
+    };
     let mut p = a.client.start(a.start_request(spec)).await.unwrap();
     let mut seen = String::new();
     while !seen.contains("24 80") {
@@ -181,7 +317,11 @@ async fn tty_mode_gives_a_terminal_that_resizes() {
     p.resize(40, 100).await.unwrap();
     p.write_stdin(b"go\n").await.unwrap();
     let out = p.collect().await.unwrap();
-    assert!(text(&out.stdout).contains("40 100"), "{:?}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("40 100"),
+        "{:?}",
+        text(&out.stdout)
+    );
     assert_eq!(out.status, ExitStatus::Code(0));
     a.powered_off();
 }
@@ -194,7 +334,9 @@ fn children(pid: u32) -> Vec<u32> {
 
 fn state(pid: u32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()).unwrap_or('?')
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .unwrap_or('?')
 }
 
 /// Waits until no `sleep` is left running (up to 10 s), then prints how
@@ -204,10 +346,24 @@ const ZOMBIE_COUNT: &str = "read x; i=0; while ps -o stat=,comm= | grep -v '^Z' 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_processes_and_orphans_leave_no_zombies() {
     let a = NsAgent::boot().await;
-    let mut main = a.client.start(a.start_request(ProcessSpec { stdin: true, ..process(&["sh", "-c", ZOMBIE_COUNT]) })).await.unwrap();
+    let mut main = a
+        .client
+        .start(a.start_request(ProcessSpec {
+            stdin: true,
+            ..process(&["sh", "-c", ZOMBIE_COUNT])
+        }))
+        .await
+        .unwrap();
     // Each exec'd shell orphans two grandchildren and exits at once.
     for _ in 0..5 {
-        let out = a.client.exec(process(&["sh", "-c", "sleep 0.2 & sleep 0.1 & exit 0"])).await.unwrap().collect().await.unwrap();
+        let out = a
+            .client
+            .exec(process(&["sh", "-c", "sleep 0.2 & sleep 0.1 & exit 0"]))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         assert_eq!(out.status, ExitStatus::Code(0));
     }
     // The agent (PID 1 of the namespace) is unshare's child; its only
@@ -240,12 +396,27 @@ async fn users_switch_by_name_and_by_number() {
     ] {
         let spec = ProcessSpec { user: Some(user.into()), ..process(&["sh", "-c", "echo $(id -u) $(id -g) $(id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' ')| sed 's/ *$//'; echo $HOME"]) };
         let (out, a) = NsAgent::boot().await.run(spec).await;
-        assert_eq!((text(&out.stdout), out.status), (want.to_string(), ExitStatus::Code(0)), "user {user}; stderr {}", text(&out.stderr));
+        assert_eq!(
+            (text(&out.stdout), out.status),
+            (want.to_string(), ExitStatus::Code(0)),
+            "user {user}; stderr {}",
+            text(&out.stderr)
+        );
         a.powered_off();
     }
     let a = NsAgent::boot().await;
-    let e = a.client.start(a.start_request(ProcessSpec { user: Some("mallory".into()), ..process(&["id"]) })).await.unwrap_err();
-    assert!(matches!(&e, ClientError::Agent(err) if err.kind == ErrorKind::Failed && err.message.contains("mallory")), "{e}");
+    let e = a
+        .client
+        .start(a.start_request(ProcessSpec {
+            user: Some("mallory".into()),
+            ..process(&["id"])
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(err) if err.kind == ErrorKind::Failed && err.message.contains("mallory")),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,14 +425,32 @@ async fn hostname_hosts_dns_and_network_come_from_the_request() {
     let mut req = a.start_request(process(&["sh", "-c", "hostname; cat /etc/hosts /etc/resolv.conf; ip -4 -o addr show lo | tr -s ' ' | cut -d' ' -f4; ip route | head -1; cat /sys/class/net/lo/mtu; grep -c ' /dev/shm tmpfs .*size=65536k' /proc/mounts; ls /proc | grep -c '^[0-9]'; readlink /proc/1/exe"]));
     req.hostname = Some("web-1".into());
     req.dns.nameservers = vec!["10.200.0.53".into()];
-    req.network = Some(NetworkSpec { interface: "lo".into(), address: "10.200.0.2/24".into(), gateway: Some("10.200.0.1".into()), mtu: Some(1400) });
+    req.network = Some(NetworkSpec {
+        interface: "lo".into(),
+        address: "10.200.0.2/24".into(),
+        gateway: Some("10.200.0.1".into()),
+        mtu: Some(1400),
+    });
     let out = a.client.start(req).await.unwrap().collect().await.unwrap();
     let s = text(&out.stdout);
-    assert_eq!(out.status, ExitStatus::Code(0), "{s}\n{}", text(&out.stderr));
+    assert_eq!(
+        out.status,
+        ExitStatus::Code(0),
+        "{s}\n{}",
+        text(&out.stderr)
+    );
     let lines: Vec<&str> = s.lines().collect();
     assert_eq!(lines[0], "web-1");
-    assert!(s.contains("10.200.0.2\tweb-1\n") && s.contains("nameserver 10.200.0.53\n"), "{s}");
-    assert!(lines.contains(&"10.200.0.2/24") && lines.contains(&"default via 10.200.0.1 dev lo ") && lines.contains(&"1400"), "{s}");
+    assert!(
+        s.contains("10.200.0.2\tweb-1\n") && s.contains("nameserver 10.200.0.53\n"),
+        "{s}"
+    );
+    assert!(
+        lines.contains(&"10.200.0.2/24")
+            && lines.contains(&"default via 10.200.0.1 dev lo ")
+            && lines.contains(&"1400"),
+        "{s}"
+    );
     assert_eq!(lines[lines.len() - 3], "1", "/dev/shm is a tmpfs: {s}");
     // Its own pid namespace: it sees itself (and a pipe's helpers), and
     // /proc/1/exe is busybox, not the agent.
@@ -277,16 +466,47 @@ async fn a_host_speaking_garbage_is_cut_off_and_the_agent_stops() {
     let dir = scratch_dir();
     let sock = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&sock).unwrap();
-    let mut child = Command::new("unshare").args(["--pid", "--mount", "--uts", "--net", "--fork", "--kill-child"]).arg(&agent).arg("--unix").arg(&sock).spawn().unwrap();
-    let (mut s, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await.expect("the agent did not dial in").unwrap();
+    let mut child = Command::new("unshare")
+        .args([
+            "--pid",
+            "--mount",
+            "--uts",
+            "--net",
+            "--fork",
+            "--kill-child",
+        ])
+        .arg(&agent)
+        .arg("--unix")
+        .arg(&sock)
+        .spawn()
+        .unwrap();
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+        .await
+        .expect("the agent did not dial in")
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     let text = text(&got);
-    assert!(text.contains(r#""type":"hello""#) && text.contains(r#""type":"fatal""#) && text.contains("protocol version 71"), "{text}");
+    assert!(
+        text.contains(r#""type":"hello""#)
+            && text.contains(r#""type":"fatal""#)
+            && text.contains("protocol version 71"),
+        "{text}"
+    );
     // And it stops: PID 1 of the namespace ends.
-    tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || child.wait())).await.expect("the agent kept running").unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("the agent kept running")
+    .unwrap()
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,28 +515,62 @@ async fn rlimits_and_extra_groups_apply() {
     let spec = ProcessSpec {
         user: Some("bob".into()),
         additional_gids: vec![77, 29],
-        rlimits: vec![Rlimit { resource: RlimitResource::RlimitNofile, soft: 123, hard: 456 }, Rlimit { resource: RlimitResource::RlimitCore, soft: 0, hard: 0 }],
-        ..process(&["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c; id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' '"])
+        rlimits: vec![
+            Rlimit {
+                resource: RlimitResource::RlimitNofile,
+                soft: 123,
+                hard: 456,
+            },
+            Rlimit {
+                resource: RlimitResource::RlimitCore,
+                soft: 0,
+                hard: 0,
+            },
+        ],
+        ..process(&[
+            "sh",
+            "-c",
+            "ulimit -n; ulimit -Hn; ulimit -c; id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' '",
+        ])
     };
     let (out, a) = NsAgent::boot().await.run(spec).await;
-    assert_eq!((text(&out.stdout), out.status), ("123\n456\n0\n29 77 1001 ".to_string(), ExitStatus::Code(0)), "{}", text(&out.stderr));
+    assert_eq!(
+        (text(&out.stdout), out.status),
+        ("123\n456\n0\n29 77 1001 ".to_string(), ExitStatus::Code(0)),
+        "{}",
+        text(&out.stderr)
+    );
     a.powered_off();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_the_agent_stops_the_workload_in_order_and_reports_its_exit() {
     let a = NsAgent::boot().await;
-    let main = process(&["sh", "-c", "trap 'echo bye; exit 5' TERM; echo up; sleep 1000 & wait"]);
+    let main = process(&[
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 5' TERM; echo up; sleep 1000 & wait",
+    ]);
     let mut p = a.client.start(a.start_request(main)).await.unwrap();
-    assert_eq!(p.next_output().await, Some(Output::Data(Fd::Stdout, b"up\n".to_vec())));
+    assert_eq!(
+        p.next_output().await,
+        Some(Output::Data(Fd::Stdout, b"up\n".to_vec()))
+    );
     // An exec'd process can be signalled too.
     let mut side = a.client.exec(process(&["sleep", "1000"])).await.unwrap();
     side.signal(9).await.unwrap();
     assert_eq!(side.wait().await.unwrap(), ExitStatus::Signal(9));
     // Now SIGTERM to the agent itself (PID 1 of the namespace; unshare's child).
     let agent = children(a.child.id())[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let rest = p.collect().await.unwrap();
-    assert_eq!((text(&rest.stdout), rest.status), ("bye\n".into(), ExitStatus::Code(5)));
+    assert_eq!(
+        (text(&rest.stdout), rest.status),
+        ("bye\n".into(), ExitStatus::Code(5))
+    );
     a.powered_off();
 }

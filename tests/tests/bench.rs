@@ -23,7 +23,11 @@ fn release_dir() -> PathBuf {
 
 fn bulkhead() -> PathBuf {
     let b = release_dir().join("bulkhead");
-    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    assert!(
+        b.is_file(),
+        "no {} (cargo build --release --workspace)",
+        b.display()
+    );
     b
 }
 
@@ -43,7 +47,9 @@ fn nested() -> bool {
 /// `bulkhead ARGS` with the test's store, in the test's network namespace.
 fn bh(data: &Path, ns: &NetNs, args: &[&str]) -> Output {
     let mut c = Command::new(bulkhead());
-    c.env("BULKHEAD_DATA", data).args(args).stdin(std::process::Stdio::null());
+    c.env("BULKHEAD_DATA", data)
+        .args(args)
+        .stdin(std::process::Stdio::null());
     netns::command_in(&mut c, &ns.path()).unwrap();
     c.output().unwrap()
 }
@@ -55,7 +61,17 @@ fn series(report: &Value, runtime: &str) -> Vec<(String, Vec<f64>)> {
         .unwrap()
         .iter()
         .filter(|s| s["runtime"] == runtime)
-        .map(|s| (s["phase"].as_str().unwrap().to_string(), s["samples"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()))
+        .map(|s| {
+            (
+                s["phase"].as_str().unwrap().to_string(),
+                s["samples"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect(),
+            )
+        })
         .collect()
 }
 
@@ -71,31 +87,60 @@ fn check_phases(report: &Value, runtime: &str, phases: &[&str], runs: usize) {
     }
     for run in 0..runs {
         let times: Vec<f64> = s.iter().map(|(_, v)| v[run]).collect();
-        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{runtime} run {run}: phases out of order: {names:?} {times:?}");
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{runtime} run {run}: phases out of order: {names:?} {times:?}"
+        );
     }
 }
 
 fn check_facts(report: &Value, bench: &str) {
     assert_eq!(report["bench"], bench);
     let host = &report["host"];
-    assert!(host["cpus"].as_u64().unwrap() >= 1 && !host["cpu_model"].as_str().unwrap().is_empty() && !host["kernel"].as_str().unwrap().is_empty(), "{host}");
-    assert!(host["kvm"].as_str().unwrap().starts_with(if nested() { "kvm_pvm" } else { "hardware" }), "{host}");
+    assert!(
+        host["cpus"].as_u64().unwrap() >= 1
+            && !host["cpu_model"].as_str().unwrap().is_empty()
+            && !host["kernel"].as_str().unwrap().is_empty(),
+        "{host}"
+    );
+    assert!(
+        host["kvm"]
+            .as_str()
+            .unwrap()
+            .starts_with(if nested() { "kvm_pvm" } else { "hardware" }),
+        "{host}"
+    );
 }
 
 fn check_nested_note(report: &Value) {
     let first = report["notes"][0].as_str().unwrap_or("");
     if nested() {
-        assert!(first.contains("nested test host") && first.contains("NOT representative"), "the report must say first that microVMs were emulated: {report:#}");
-        assert!(report["microvm_host"]["kvm"].as_str().unwrap().starts_with("nested emulation"), "{report:#}");
+        assert!(
+            first.contains("nested test host") && first.contains("NOT representative"),
+            "the report must say first that microVMs were emulated: {report:#}"
+        );
+        assert!(
+            report["microvm_host"]["kvm"]
+                .as_str()
+                .unwrap()
+                .starts_with("nested emulation"),
+            "{report:#}"
+        );
     } else {
-        assert!(report["microvm_host"].is_null() && !first.contains("NOT representative"), "{report:#}");
+        assert!(
+            report["microvm_host"].is_null() && !first.contains("NOT representative"),
+            "{report:#}"
+        );
     }
 }
 
 #[test]
 fn boot_and_density_report_every_runtime() {
     let _vm = bulkhead_tests::vm_lock();
-    bulkhead_images::debian::ensure_packages(&["crun", "runc", "iproute2"], &mut |m| eprintln!("{m}")).unwrap();
+    bulkhead_images::debian::ensure_packages(&["crun", "runc", "iproute2"], &mut |m| {
+        eprintln!("{m}")
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // No root disk yet: on a nested machine the bench must build it before staging.
@@ -107,70 +152,201 @@ fn boot_and_density_report_every_runtime() {
     let out = bh(
         &data,
         &ns,
-        &["bench", "boot", IMAGE, "--runs", "3", "--warmup", "1", "--vmm-vs", vmm.to_str().unwrap(), "--json", json.to_str().unwrap(), "--plot", svg.to_str().unwrap(), "--format", "json"],
+        &[
+            "bench",
+            "boot",
+            IMAGE,
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--vmm-vs",
+            vmm.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
     );
     assert!(out.status.success(), "{}", show(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(serde_json::from_slice::<Value>(&std::fs::read(&json).unwrap()).unwrap(), report, "--json writes the same report");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&std::fs::read(&json).unwrap()).unwrap(),
+        report,
+        "--json writes the same report"
+    );
     check_facts(&report, "boot");
     check_nested_note(&report);
-    assert!(report["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("--no-api --config-file")), "{report:#}");
-    assert!(report["image"]["digest"].as_str().unwrap().starts_with("sha256:"), "{report:#}");
-    assert_eq!(report["command"], serde_json::json!(["echo", "bulkhead-bench"]));
-    check_phases(&report, "microvm", &["runtime-invoked", "vmm-start", "kernel-entry", "agent-ready", "agent-connected", "first-output", "exit"], 3);
-    check_phases(&report, "vmm-vs:other-vmm", &["runtime-invoked", "agent-connected", "first-output", "exit"], 3);
+    assert!(
+        report["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("--no-api --config-file")),
+        "{report:#}"
+    );
+    assert!(
+        report["image"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["command"],
+        serde_json::json!(["echo", "bulkhead-bench"])
+    );
+    check_phases(
+        &report,
+        "microvm",
+        &[
+            "runtime-invoked",
+            "vmm-start",
+            "kernel-entry",
+            "agent-ready",
+            "agent-connected",
+            "first-output",
+            "exit",
+        ],
+        3,
+    );
+    check_phases(
+        &report,
+        "vmm-vs:other-vmm",
+        &["runtime-invoked", "agent-connected", "first-output", "exit"],
+        3,
+    );
     for oci in ["crun", "runc"] {
-        check_phases(&report, oci, &["runtime-invoked", "first-output", "exit"], 3);
+        check_phases(
+            &report,
+            oci,
+            &["runtime-invoked", "first-output", "exit"],
+            3,
+        );
     }
     // Ratios of medians: VMM against VMM always stands; microVM against a
     // container only where both ran on hardware here.
     let ratios = report["ratios"].as_array().unwrap();
-    let ratio = |phase: &str, a: &str, b: &str| ratios.iter().find(|r| r["phase"] == phase && r["numerator"] == a && r["denominator"] == b).unwrap_or_else(|| panic!("no {phase} {a}/{b}: {report:#}"));
-    assert_eq!(ratio("exit", "vmm-vs:other-vmm", "microvm")["representative"], true);
+    let ratio = |phase: &str, a: &str, b: &str| {
+        ratios
+            .iter()
+            .find(|r| r["phase"] == phase && r["numerator"] == a && r["denominator"] == b)
+            .unwrap_or_else(|| panic!("no {phase} {a}/{b}: {report:#}"))
+    };
+    assert_eq!(
+        ratio("exit", "vmm-vs:other-vmm", "microvm")["representative"],
+        true
+    );
     for oci in ["crun", "runc"] {
         let r = ratio("exit", "microvm", oci);
         assert_eq!(r["representative"], !nested(), "{r}");
         assert!(r["value"].as_f64().unwrap() > 0.0, "{r}");
     }
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(plot.starts_with("<svg") && plot.contains("microvm kernel-entry") && plot.contains("vmm-vs:other-vmm exit") && plot.contains("runc first-output"), "{plot}");
+    assert!(
+        plot.starts_with("<svg")
+            && plot.contains("microvm kernel-entry")
+            && plot.contains("vmm-vs:other-vmm exit")
+            && plot.contains("runc first-output"),
+        "{plot}"
+    );
     let table = bh(&data, &ns, &["ps", "-a", "--format", "json"]);
-    assert_eq!(serde_json::from_slice::<Value>(&table.stdout).unwrap(), serde_json::json!([]), "--rm runs leave nothing: {}", show(&table));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&table.stdout).unwrap(),
+        serde_json::json!([]),
+        "--rm runs leave nothing: {}",
+        show(&table)
+    );
 
-    let out = bh(&data, &ns, &["bench", "density", IMAGE, "--count", "3", "--format", "json"]);
+    let out = bh(
+        &data,
+        &ns,
+        &[
+            "bench", "density", IMAGE, "--count", "3", "--format", "json",
+        ],
+    );
     assert!(out.status.success(), "{}", show(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     check_facts(&report, "density");
     check_nested_note(&report);
     for runtime in ["microvm", "crun", "runc"] {
         let s = series(&report, runtime);
-        let get = |m: &str| s.iter().find(|(n, _)| n == m).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{runtime} {m}: {report:#}"));
-        assert!(get("start-rate")[0] > 0.0 && get("remove-all")[0] > 0.0, "{runtime}: {report:#}");
+        let get = |m: &str| {
+            s.iter()
+                .find(|(n, _)| n == m)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{runtime} {m}: {report:#}"))
+        };
+        assert!(
+            get("start-rate")[0] > 0.0 && get("remove-all")[0] > 0.0,
+            "{runtime}: {report:#}"
+        );
         let pss = get("tree-pss");
-        assert!(pss.len() == 3 && pss.iter().all(|p| *p > 0.0), "{runtime}: {pss:?}");
+        assert!(
+            pss.len() == 3 && pss.iter().all(|p| *p > 0.0),
+            "{runtime}: {pss:?}"
+        );
         if runtime == "microvm" {
             let (rss, guest) = (get("vmm-rss"), get("guest-pss"));
             // The guest's memory is inside the VMM's, and far below its 256 MiB when idle.
-            assert!(rss.iter().zip(&guest).all(|(r, g)| *g > 0.0 && g < r && *g < 256.0), "rss {rss:?} guest {guest:?}");
+            assert!(
+                rss.iter()
+                    .zip(&guest)
+                    .all(|(r, g)| *g > 0.0 && g < r && *g < 256.0),
+                "rss {rss:?} guest {guest:?}"
+            );
         }
     }
     let table = bh(&data, &ns, &["ps", "-a", "--format", "json"]);
-    assert_eq!(serde_json::from_slice::<Value>(&table.stdout).unwrap(), serde_json::json!([]), "density removes what it started: {}", show(&table));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&table.stdout).unwrap(),
+        serde_json::json!([]),
+        "density removes what it started: {}",
+        show(&table)
+    );
 }
 
 #[test]
 fn overhead_with_the_tiny_guest_next_to_another_vmm() {
     let dir = tempfile::tempdir().unwrap();
     let vmm = other_vmm(dir.path());
-    let out = Command::new(bulkhead()).args(["bench", "overhead", "--runs", "3", "--warmup", "1", "--vmm-vs", vmm.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    let out = Command::new(bulkhead())
+        .args([
+            "bench",
+            "overhead",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--vmm-vs",
+            vmm.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     check_facts(&report, "overhead");
     let ours = series(&report, "bulkhead-vmm");
     let other = series(&report, "vmm-vs:other-vmm");
     let names = |s: &[(String, Vec<f64>)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&ours), ["startup-cpu", "first-output", "exit", "peak-rss", "rss-beyond-guest"]);
-    assert_eq!(names(&other), ["startup-cpu", "first-output", "exit", "peak-rss"]);
+    assert_eq!(
+        names(&ours),
+        [
+            "startup-cpu",
+            "first-output",
+            "exit",
+            "peak-rss",
+            "rss-beyond-guest"
+        ]
+    );
+    assert_eq!(
+        names(&other),
+        ["startup-cpu", "first-output", "exit", "peak-rss"]
+    );
     for (name, v) in ours.iter().chain(&other) {
         assert!(v.len() == 3 && v.iter().all(|x| *x > 0.0), "{name}: {v:?}");
     }
@@ -190,13 +366,56 @@ fn bad_input_is_refused_and_writes_nothing() {
     let json = dir.path().join("r.json");
     let j = json.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["bench", "boot", IMAGE, "--runtimes", "lxc", "--json", j], "microvm, crun or runc"),
-        (&["bench", "boot", IMAGE, "--runs", "0", "--json", j], "--runs 1 to 10000"),
-        (&["bench", "boot", "no-such-image", "--json", j], "no-such-image"),
-        (&["bench", "boot", IMAGE, "--vmm-vs", "/no/such/vmm", "--json", j], "/no/such/vmm"),
-        (&["bench", "boot", IMAGE, "--runtimes", "crun", "--runs", "1", "--warmup", "0", "--json", j, "--", "true"], "printed nothing"),
-        (&["bench", "density", IMAGE, "--count", "0", "--json", j], "--count 1 to 10000"),
-        (&["bench", "overhead", "--vmm-vs", "/no/such/vmm", "--json", j], "/no/such/vmm"),
+        (
+            &["bench", "boot", IMAGE, "--runtimes", "lxc", "--json", j],
+            "microvm, crun or runc",
+        ),
+        (
+            &["bench", "boot", IMAGE, "--runs", "0", "--json", j],
+            "--runs 1 to 10000",
+        ),
+        (
+            &["bench", "boot", "no-such-image", "--json", j],
+            "no-such-image",
+        ),
+        (
+            &[
+                "bench",
+                "boot",
+                IMAGE,
+                "--vmm-vs",
+                "/no/such/vmm",
+                "--json",
+                j,
+            ],
+            "/no/such/vmm",
+        ),
+        (
+            &[
+                "bench",
+                "boot",
+                IMAGE,
+                "--runtimes",
+                "crun",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                j,
+                "--",
+                "true",
+            ],
+            "printed nothing",
+        ),
+        (
+            &["bench", "density", IMAGE, "--count", "0", "--json", j],
+            "--count 1 to 10000",
+        ),
+        (
+            &["bench", "overhead", "--vmm-vs", "/no/such/vmm", "--json", j],
+            "/no/such/vmm",
+        ),
     ];
     for (args, want) in cases {
         let out = bh(&data, &ns, args);
@@ -206,5 +425,10 @@ fn bad_input_is_refused_and_writes_nothing() {
         assert!(!json.exists(), "{args:?} wrote a report");
     }
     let table = bh(&data, &ns, &["ps", "-a", "--format", "json"]);
-    assert_eq!(serde_json::from_slice::<Value>(&table.stdout).unwrap(), serde_json::json!([]), "{}", show(&table));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&table.stdout).unwrap(),
+        serde_json::json!([]),
+        "{}",
+        show(&table)
+    );
 }

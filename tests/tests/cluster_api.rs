@@ -15,8 +15,16 @@ use std::process::{Child, Command, Output, Stdio};
 
 fn bulkhead() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let b = exe.parent().and_then(|d| d.parent()).unwrap().join("bulkhead");
-    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    let b = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("bulkhead");
+    assert!(
+        b.is_file(),
+        "no {} (cargo build --release --workspace)",
+        b.display()
+    );
     b
 }
 
@@ -36,9 +44,18 @@ impl Drop for Server {
 /// `bulkhead server --listen 127.0.0.1:0 ARGS...`; its address from its
 /// first words (`scheme://ADDR`). Killed on drop, whatever happens.
 fn spawn_server(args: &[&std::ffi::OsStr], scheme: &str) -> Server {
-    let mut child = Command::new(bulkhead()).args(["server", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(bulkhead())
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut s = Server { child, addr: String::new(), admin: String::new() };
+    let mut s = Server {
+        child,
+        addr: String::new(),
+        admin: String::new(),
+    };
     let prefix = format!("bulkhead server: listening on {scheme}://");
     for _ in 0..10 {
         let mut line = String::new();
@@ -58,42 +75,85 @@ fn spawn_server(args: &[&std::ffi::OsStr], scheme: &str) -> Server {
 /// Starts a server over `store` (file:PATH or etcd://...); returns once
 /// it leads and its admin token is written.
 fn start(store: &str, token_file: &Path) -> Server {
-    let mut s = spawn_server(&["--leader-lease".as_ref(), "2s".as_ref(), "--store".as_ref(), store.as_ref(), "--admin-token-file".as_ref(), token_file.as_os_str()], "http");
+    let mut s = spawn_server(
+        &[
+            "--leader-lease".as_ref(),
+            "2s".as_ref(),
+            "--store".as_ref(),
+            store.as_ref(),
+            "--admin-token-file".as_ref(),
+            token_file.as_os_str(),
+        ],
+        "http",
+    );
     // Leading (a restarted server waits out its predecessor's leader lease) with a token.
     let start = std::time::Instant::now();
     loop {
-        s.admin = std::fs::read_to_string(token_file).unwrap_or_default().trim().to_string();
+        s.admin = std::fs::read_to_string(token_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         if !s.admin.is_empty() && http(&s.addr, "GET", "/v1/nodes", Some(&s.admin), None).0 == 200 {
             return s;
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the server at {} did not lead within 30 s", s.addr);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the server at {} did not lead within 30 s",
+            s.addr
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
 /// One HTTP/1.1 request: (status, body as JSON or a string).
-fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req += &format!("Authorization: Bearer {t}\r\n");
     }
     let body = body.unwrap_or("");
-    req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    req += &format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let text = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.into())))
+    (
+        status,
+        serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.into())),
+    )
 }
 
 fn cli(s: &Server, token: &str, args: &[&str]) -> Output {
-    Command::new(bulkhead()).args(args).env("BULKHEAD_SERVER", format!("http://{}", s.addr)).env("BULKHEAD_TOKEN", token).output().unwrap()
+    Command::new(bulkhead())
+        .args(args)
+        .env("BULKHEAD_SERVER", format!("http://{}", s.addr))
+        .env("BULKHEAD_TOKEN", token)
+        .output()
+        .unwrap()
 }
 
 fn show(o: &Output) -> String {
-    format!("{:?} stdout={:?} stderr={:?}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{:?} stdout={:?} stderr={:?}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -104,14 +164,20 @@ fn json(o: &Output) -> serde_json::Value {
 /// Instances per node of `tenant`'s token, in node order.
 fn spread(s: &Server, token: &str) -> Vec<usize> {
     let mut per: BTreeMap<String, usize> = BTreeMap::new();
-    for i in json(&cli(s, token, &["instance", "ls", "--format", "json"])).as_array().unwrap() {
-        *per.entry(i["node"].as_str().unwrap().to_string()).or_default() += 1;
+    for i in json(&cli(s, token, &["instance", "ls", "--format", "json"]))
+        .as_array()
+        .unwrap()
+    {
+        *per.entry(i["node"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     per.into_values().collect()
 }
 
 fn register(s: &Server, name: &str, zone: &str) {
-    let node = format!(r#"{{"name":"{name}","labels":{{"zone":"{zone}"}},"allocatable":{{"millicpus":8000,"memory_mib":8192}},"runtimes":["microvm","container"],"cordoned":false}}"#);
+    let node = format!(
+        r#"{{"name":"{name}","labels":{{"zone":"{zone}"}},"allocatable":{{"millicpus":8000,"memory_mib":8192}},"runtimes":["microvm","container"],"cordoned":false}}"#
+    );
     let (status, v) = http(&s.addr, "POST", "/v1/nodes", Some(&s.admin), Some(&node));
     assert_eq!(status, 200, "{v}");
 }
@@ -138,37 +204,96 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
     for (n, z) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
         register(&s, n, z);
     }
-    let acme = String::from_utf8(cli(&s, &s.admin, &["tenant", "create", "acme", "--instances", "20"]).stdout).unwrap().trim().to_string();
-    let small = String::from_utf8(cli(&s, &s.admin, &["tenant", "create", "small", "--instances", "2"]).stdout).unwrap().trim().to_string();
+    let acme = String::from_utf8(
+        cli(
+            &s,
+            &s.admin,
+            &["tenant", "create", "acme", "--instances", "20"],
+        )
+        .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let small = String::from_utf8(
+        cli(
+            &s,
+            &s.admin,
+            &["tenant", "create", "small", "--instances", "2"],
+        )
+        .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
     assert!(acme.starts_with("bh_") && small.starts_with("bh_") && acme != small);
     let web = dir.path().join("web.yaml");
-    std::fs::write(&web, "name: web\nimage: busybox\nruntime: container\nreplicas: 6\n").unwrap();
+    std::fs::write(
+        &web,
+        "name: web\nimage: busybox\nruntime: container\nreplicas: 6\n",
+    )
+    .unwrap();
     let w = web.to_str().unwrap();
 
     // A dry run shows the placement and writes nothing.
-    let dry = json(&cli(&s, &acme, &["deploy", "-f", w, "--dry-run", "--format", "json"]));
+    let dry = json(&cli(
+        &s,
+        &acme,
+        &["deploy", "-f", w, "--dry-run", "--format", "json"],
+    ));
     assert_eq!(dry["placed"].as_array().unwrap().len(), 6);
     assert_eq!(dry["revision"], 0);
-    assert_eq!(json(&cli(&s, &acme, &["service", "ls", "--format", "json"])), serde_json::json!([]));
+    assert_eq!(
+        json(&cli(&s, &acme, &["service", "ls", "--format", "json"])),
+        serde_json::json!([])
+    );
     let done = json(&cli(&s, &acme, &["deploy", "-f", w, "--format", "json"]));
     assert_eq!(done["placed"], dry["placed"]);
     assert_eq!(spread(&s, &acme), [2, 2, 2]);
-    json(&cli(&s, &acme, &["service", "scale", "web", "9", "--format", "json"]));
+    json(&cli(
+        &s,
+        &acme,
+        &["service", "scale", "web", "9", "--format", "json"],
+    ));
     assert_eq!(spread(&s, &acme), [3, 3, 3]);
-    let down = json(&cli(&s, &acme, &["service", "scale", "web", "3", "--format", "json"]));
+    let down = json(&cli(
+        &s,
+        &acme,
+        &["service", "scale", "web", "3", "--format", "json"],
+    ));
     assert_eq!(down["removed"].as_array().unwrap().len(), 6);
     assert_eq!(spread(&s, &acme), [1, 1, 1]);
 
     // Another tenant sees nothing of it and can change nothing.
     let o = cli(&s, &small, &["service", "inspect", "web"]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no service \"web\""), "{}", show(&o));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no service \"web\""),
+        "{}",
+        show(&o)
+    );
     assert!(!cli(&s, &small, &["service", "rm", "web"]).status.success());
-    assert!(!cli(&s, &small, &["service", "scale", "web", "0"]).status.success());
-    assert_eq!(json(&cli(&s, &small, &["instance", "ls", "--format", "json"])), serde_json::json!([]));
-    assert_eq!(http(&s.addr, "GET", "/v1/nodes", Some(&small), None).0, 403, "nodes are the admin's");
-    assert_eq!(http(&s.addr, "GET", "/v1/services", Some(&s.admin), None).0, 403, "services are tenants'");
+    assert!(!cli(&s, &small, &["service", "scale", "web", "0"])
+        .status
+        .success());
+    assert_eq!(
+        json(&cli(&s, &small, &["instance", "ls", "--format", "json"])),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        http(&s.addr, "GET", "/v1/nodes", Some(&small), None).0,
+        403,
+        "nodes are the admin's"
+    );
+    assert_eq!(
+        http(&s.addr, "GET", "/v1/services", Some(&s.admin), None).0,
+        403,
+        "services are tenants'"
+    );
     assert_eq!(http(&s.addr, "GET", "/v1/services", None, None).0, 401);
-    assert_eq!(http(&s.addr, "GET", "/v1/services", Some("bh_nope"), None).0, 401);
+    assert_eq!(
+        http(&s.addr, "GET", "/v1/services", Some("bh_nope"), None).0,
+        401
+    );
     assert_eq!(spread(&s, &acme), [1, 1, 1]);
 
     // Quotas, bad specs, impossible placements, duplicates: refused, nothing written.
@@ -178,17 +303,51 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| (n["node"].to_string(), n["allocated"].to_string(), n["instances"].to_string()))
+            .map(|n| {
+                (
+                    n["node"].to_string(),
+                    n["allocated"].to_string(),
+                    n["instances"].to_string(),
+                )
+            })
             .collect::<Vec<_>>()
     };
-    let before = (revision(&s), json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])));
-    std::fs::write(dir.path().join("three.yaml"), "name: three\nimage: busybox\nreplicas: 3\n").unwrap();
-    let o = cli(&s, &small, &["deploy", "-f", dir.path().join("three.yaml").to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("quota of instances"), "{}", show(&o));
+    let before = (
+        revision(&s),
+        json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])),
+    );
+    std::fs::write(
+        dir.path().join("three.yaml"),
+        "name: three\nimage: busybox\nreplicas: 3\n",
+    )
+    .unwrap();
+    let o = cli(
+        &s,
+        &small,
+        &[
+            "deploy",
+            "-f",
+            dir.path().join("three.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("quota of instances"),
+        "{}",
+        show(&o)
+    );
     let cases = [
-        ("name: x\nimage: busybox\nreplica: 2\n", "unknown field `replica`"),
-        ("name: x\nimage: busybox\nreplicas: 4\nplacement: {anti_affinity: true}\n", "only 3 fit"),
-        ("name: x\nimage: busybox\nplacement: {labels: {zone: c}}\n", "without the placement labels"),
+        (
+            "name: x\nimage: busybox\nreplica: 2\n",
+            "unknown field `replica`",
+        ),
+        (
+            "name: x\nimage: busybox\nreplicas: 4\nplacement: {anti_affinity: true}\n",
+            "only 3 fit",
+        ),
+        (
+            "name: x\nimage: busybox\nplacement: {labels: {zone: c}}\n",
+            "without the placement labels",
+        ),
         ("name: x\nimage: busybox\nmemory: 9g\n", "short of memory"),
         ("name: web\nimage: busybox\n", "exists"),
     ];
@@ -196,7 +355,11 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
         let f = dir.path().join("case.yaml");
         std::fs::write(&f, text).unwrap();
         let o = cli(&s, &acme, &["deploy", "-f", f.to_str().unwrap()]);
-        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(want), "{text:?}: {}", show(&o));
+        assert!(
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).contains(want),
+            "{text:?}: {}",
+            show(&o)
+        );
         // The server refuses it the same way when the CLI's own check is skipped.
         if !want.contains("unknown field") {
             continue;
@@ -204,26 +367,64 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
         let (status, v) = http(&s.addr, "POST", "/v1/services", Some(&acme), Some(text));
         assert_eq!(status, 400, "{v}");
     }
-    assert_eq!((revision(&s), json(&cli(&s, &acme, &["instance", "ls", "--format", "json"]))), before, "nothing changed");
+    assert_eq!(
+        (
+            revision(&s),
+            json(&cli(&s, &acme, &["instance", "ls", "--format", "json"]))
+        ),
+        before,
+        "nothing changed"
+    );
 
     // Cordon: new replicas avoid the node.
-    assert!(cli(&s, &s.admin, &["node", "cordon", "n3"]).status.success());
-    json(&cli(&s, &acme, &["service", "scale", "web", "5", "--format", "json"]));
-    assert_eq!(spread(&s, &acme), [2, 2, 1], "the two new ones on n1 and n2");
-    assert!(cli(&s, &s.admin, &["node", "uncordon", "n3"]).status.success());
+    assert!(cli(&s, &s.admin, &["node", "cordon", "n3"])
+        .status
+        .success());
+    json(&cli(
+        &s,
+        &acme,
+        &["service", "scale", "web", "5", "--format", "json"],
+    ));
+    assert_eq!(
+        spread(&s, &acme),
+        [2, 2, 1],
+        "the two new ones on n1 and n2"
+    );
+    assert!(cli(&s, &s.admin, &["node", "uncordon", "n3"])
+        .status
+        .success());
 
     // Drain: n3 is cordoned and its instance goes; the reconciler places a
     // replacement on n1 or n2 (these nodes count as alive for the grace, 10 s).
     let o = cli(&s, &s.admin, &["node", "drain", "n3"]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 instance(s) to move"), "{}", show(&o));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 instance(s) to move"),
+        "{}",
+        show(&o)
+    );
     let drained = std::time::Instant::now();
     while spread(&s, &acme) != [3, 2] {
-        assert!(drained.elapsed() < std::time::Duration::from_secs(8), "not replaced: {:?}", spread(&s, &acme));
+        assert!(
+            drained.elapsed() < std::time::Duration::from_secs(8),
+            "not replaced: {:?}",
+            spread(&s, &acme)
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let nodes = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
-    assert!(nodes.as_array().unwrap().iter().any(|n| n["node"]["name"] == "n3" && n["node"]["cordoned"] == true && n["instances"] == 0), "{nodes}");
-    assert!(cli(&s, &s.admin, &["node", "uncordon", "n3"]).status.success());
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node"]["name"] == "n3"
+                && n["node"]["cordoned"] == true
+                && n["instances"] == 0),
+        "{nodes}"
+    );
+    assert!(cli(&s, &s.admin, &["node", "uncordon", "n3"])
+        .status
+        .success());
 
     // Every documented route answers with JSON (never the router's bare 404).
     let (status, doc) = http(&s.addr, "GET", "/openapi.json", None, None);
@@ -234,22 +435,45 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
     for (path, methods) in paths {
         for method in methods.as_object().unwrap().keys() {
             let concrete = path.replace("{name}", "web").replace("{index}", "x");
-            let (status, v) = http(&s.addr, &method.to_uppercase(), &concrete, Some("bh_nope"), Some("{}"));
-            assert!(v.is_object() || v.is_array(), "{method} {path}: {status} {v}");
+            let (status, v) = http(
+                &s.addr,
+                &method.to_uppercase(),
+                &concrete,
+                Some("bh_nope"),
+                Some("{}"),
+            );
+            assert!(
+                v.is_object() || v.is_array(),
+                "{method} {path}: {status} {v}"
+            );
         }
     }
-    for (path, body) in [("/v1/services/web/scale", "not json"), ("/v1/services/web/scale?dry_run=maybe", r#"{"replicas": 1}"#), ("/v1/services/web/scale", r#"{"replicas": -1}"#)] {
+    for (path, body) in [
+        ("/v1/services/web/scale", "not json"),
+        ("/v1/services/web/scale?dry_run=maybe", r#"{"replicas": 1}"#),
+        ("/v1/services/web/scale", r#"{"replicas": -1}"#),
+    ] {
         let (status, v) = http(&s.addr, "POST", path, Some(&acme), Some(body));
-        assert!(status == 400 && v["error"].is_string(), "{path} {body}: {status} {v}");
+        assert!(
+            status == 400 && v["error"].is_string(),
+            "{path} {body}: {status} {v}"
+        );
     }
     // Joining takes a join token; syncing, that node's own token.
     let (_, j) = http(&s.addr, "POST", "/v1/nodes/tokens", Some(&s.admin), None);
     let join = j["token"].as_str().unwrap().to_string();
     let node = r#"{"name": "n9", "labels": {}, "allocatable": {"millicpus": 1000, "memory_mib": 1024}, "runtimes": ["container"], "cordoned": false}"#;
     for token in [&acme, &s.admin] {
-        assert_eq!(http(&s.addr, "POST", "/v1/nodes/join", Some(token), Some(node)).0, 403, "only a join token joins");
+        assert_eq!(
+            http(&s.addr, "POST", "/v1/nodes/join", Some(token), Some(node)).0,
+            403,
+            "only a join token joins"
+        );
     }
-    assert_eq!(http(&s.addr, "POST", "/v1/nodes/tokens", Some(&acme), None).0, 403);
+    assert_eq!(
+        http(&s.addr, "POST", "/v1/nodes/tokens", Some(&acme), None).0,
+        403
+    );
     // A node API only over TLS with its certificate: the secret is never sent in the clear.
     let (cert, _) = bulkhead::cluster::tls::self_signed(&["10.0.0.9".into()]).unwrap();
     let with_api = |api: &str, cert: &str| {
@@ -257,99 +481,324 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
         (v["api"], v["api_secret"], v["api_cert"]) = (api.into(), "bh_s".into(), cert.into());
         v.to_string()
     };
-    for (api, cert, why) in [("http://10.0.0.9:7071", cert.as_str(), "plain http"), ("https://10.0.0.9:7071", "junk", "no certificate"), ("https://10.0.0.9:7071", "", "no certificate")] {
-        let (status, e) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(&with_api(api, cert)));
+    for (api, cert, why) in [
+        ("http://10.0.0.9:7071", cert.as_str(), "plain http"),
+        ("https://10.0.0.9:7071", "junk", "no certificate"),
+        ("https://10.0.0.9:7071", "", "no certificate"),
+    ] {
+        let (status, e) = http(
+            &s.addr,
+            "POST",
+            "/v1/nodes/join",
+            Some(&join),
+            Some(&with_api(api, cert)),
+        );
         assert_eq!(status, 400, "{why}: {e}");
         let listed = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
-        assert!(listed.as_array().unwrap().iter().all(|n| n["node"]["name"] != "n9"), "{why}: nothing registered");
+        assert!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["node"]["name"] != "n9"),
+            "{why}: nothing registered"
+        );
     }
     let (status, n9) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(node));
     assert_eq!(status, 200, "{n9}");
     let n9_token = n9["token"].as_str().unwrap();
-    let (status, synced) = http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(r#"{"reports": [], "images": ["x:1", "sha256:ab"]}"#));
-    assert!(status == 200 && synced["assignments"] == serde_json::json!([]), "{synced}");
+    let (status, synced) = http(
+        &s.addr,
+        "POST",
+        "/v1/nodes/n9/sync",
+        Some(n9_token),
+        Some(r#"{"reports": [], "images": ["x:1", "sha256:ab"]}"#),
+    );
+    assert!(
+        status == 200 && synced["assignments"] == serde_json::json!([]),
+        "{synced}"
+    );
     let listed = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
-    let n9_listed = listed.as_array().unwrap().iter().find(|n| n["node"]["name"] == "n9").cloned().unwrap_or_default();
-    assert_eq!(n9_listed["node"]["images"], serde_json::json!(["sha256:ab", "x:1"]), "the images it said it holds: {n9_listed}");
-    for (token, path) in [(n9_token, "/v1/nodes/n1/sync"), (join.as_str(), "/v1/nodes/n9/sync"), (acme.as_str(), "/v1/nodes/n9/sync"), (n9_token, "/v1/nodes/n9/drain")] {
-        assert_eq!(http(&s.addr, "POST", path, Some(token), Some(r#"{"reports": []}"#)).0, 403, "{path}");
+    let n9_listed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"]["name"] == "n9")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        n9_listed["node"]["images"],
+        serde_json::json!(["sha256:ab", "x:1"]),
+        "the images it said it holds: {n9_listed}"
+    );
+    for (token, path) in [
+        (n9_token, "/v1/nodes/n1/sync"),
+        (join.as_str(), "/v1/nodes/n9/sync"),
+        (acme.as_str(), "/v1/nodes/n9/sync"),
+        (n9_token, "/v1/nodes/n9/drain"),
+    ] {
+        assert_eq!(
+            http(
+                &s.addr,
+                "POST",
+                path,
+                Some(token),
+                Some(r#"{"reports": []}"#)
+            )
+            .0,
+            403,
+            "{path}"
+        );
     }
     let forged = r#"{"reports": [{"tenant": "acme", "service": "web", "index": 0, "fence": 1, "state": "exited", "code": 1}]}"#;
     let before = json(&cli(&s, &acme, &["instance", "ls", "--format", "json"]));
-    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(forged)).0, 200);
-    assert_eq!(json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), before, "a node's reports about another node's instances change nothing");
-    assert!(cli(&s, &s.admin, &["node", "cordon", "n9"]).status.success());
+    assert_eq!(
+        http(
+            &s.addr,
+            "POST",
+            "/v1/nodes/n9/sync",
+            Some(n9_token),
+            Some(forged)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])),
+        before,
+        "a node's reports about another node's instances change nothing"
+    );
+    assert!(cli(&s, &s.admin, &["node", "cordon", "n9"])
+        .status
+        .success());
 
     // Node names are bound (issue 20): a second join under n9, without its
     // token or with another, is refused and changes nothing; n9 itself
     // (its token in node_token) joins again; an admin's `node rm` frees the name.
-    assert_eq!(n9["control_plane"], serde_json::json!(["127.0.0.1/32"]), "the server's address, for the node's walls: {n9}");
+    assert_eq!(
+        n9["control_plane"],
+        serde_json::json!(["127.0.0.1/32"]),
+        "the server's address, for the node's walls: {n9}"
+    );
     let nodes_now = || {
         let mut v = json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"]));
-        v.as_array_mut().unwrap().iter_mut().for_each(|n| n["heartbeat_age_ms"] = serde_json::Value::Null); // the clock moves on
+        v.as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .for_each(|n| n["heartbeat_age_ms"] = serde_json::Value::Null); // the clock moves on
         v
     };
     let nodes_before = nodes_now();
     let taker = |presented: Option<&str>| {
-        let mut v: serde_json::Value = serde_json::from_str(&with_api("https://10.6.6.6:7071", &cert)).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&with_api("https://10.6.6.6:7071", &cert)).unwrap();
         if let Some(t) = presented {
             v["node_token"] = t.into();
         }
         v.to_string()
     };
-    for presented in [None, Some("bh_guess"), Some(join.as_str()), Some(acme.as_str())] {
-        let (status, e) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(&taker(presented)));
-        assert!(status == 409 && e["error"].as_str().is_some_and(|m| m.contains("node rm n9")), "{presented:?}: {status} {e}");
+    for presented in [
+        None,
+        Some("bh_guess"),
+        Some(join.as_str()),
+        Some(acme.as_str()),
+    ] {
+        let (status, e) = http(
+            &s.addr,
+            "POST",
+            "/v1/nodes/join",
+            Some(&join),
+            Some(&taker(presented)),
+        );
+        assert!(
+            status == 409
+                && e["error"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("node rm n9")),
+            "{presented:?}: {status} {e}"
+        );
     }
-    assert_eq!(nodes_now(), nodes_before, "refused joins change nothing (the API, the secret, the cordon)");
-    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(n9_token), Some(r#"{"reports": []}"#)).0, 200, "n9's token still works");
-    let (status, again) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(&taker(Some(n9_token))));
+    assert_eq!(
+        nodes_now(),
+        nodes_before,
+        "refused joins change nothing (the API, the secret, the cordon)"
+    );
+    assert_eq!(
+        http(
+            &s.addr,
+            "POST",
+            "/v1/nodes/n9/sync",
+            Some(n9_token),
+            Some(r#"{"reports": []}"#)
+        )
+        .0,
+        200,
+        "n9's token still works"
+    );
+    let (status, again) = http(
+        &s.addr,
+        "POST",
+        "/v1/nodes/join",
+        Some(&join),
+        Some(&taker(Some(n9_token))),
+    );
     assert_eq!(status, 200, "{again}");
     let n9_token = again["token"].as_str().unwrap().to_string();
-    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(&n9_token), Some(r#"{"reports": []}"#)).0, 200);
-    assert!(!cli(&s, &acme, &["node", "rm", "n9"]).status.success(), "only the admin removes nodes");
+    assert_eq!(
+        http(
+            &s.addr,
+            "POST",
+            "/v1/nodes/n9/sync",
+            Some(&n9_token),
+            Some(r#"{"reports": []}"#)
+        )
+        .0,
+        200
+    );
+    assert!(
+        !cli(&s, &acme, &["node", "rm", "n9"]).status.success(),
+        "only the admin removes nodes"
+    );
     let rm = cli(&s, &s.admin, &["node", "rm", "n9"]);
-    assert!(rm.status.success() && String::from_utf8_lossy(&rm.stdout).contains("n9: removed"), "{}", show(&rm));
-    assert_eq!(http(&s.addr, "POST", "/v1/nodes/n9/sync", Some(&n9_token), Some(r#"{"reports": []}"#)).0, 401, "a removed node's token is gone");
+    assert!(
+        rm.status.success() && String::from_utf8_lossy(&rm.stdout).contains("n9: removed"),
+        "{}",
+        show(&rm)
+    );
+    assert_eq!(
+        http(
+            &s.addr,
+            "POST",
+            "/v1/nodes/n9/sync",
+            Some(&n9_token),
+            Some(r#"{"reports": []}"#)
+        )
+        .0,
+        401,
+        "a removed node's token is gone"
+    );
     let (status, fresh) = http(&s.addr, "POST", "/v1/nodes/join", Some(&join), Some(node));
     assert_eq!(status, 200, "the name is free again: {fresh}");
     // A node with instances that may still run is not removed.
     let busy = cli(&s, &s.admin, &["node", "rm", "n1"]);
-    assert!(!busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("drain"), "{}", show(&busy));
-    assert!(cli(&s, &s.admin, &["node", "cordon", "n9"]).status.success());
+    assert!(
+        !busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("drain"),
+        "{}",
+        show(&busy)
+    );
+    assert!(cli(&s, &s.admin, &["node", "cordon", "n9"])
+        .status
+        .success());
 
     let (status, v) = http(&s.addr, "GET", "/v2/nothing", Some(&acme), None);
-    assert!(status == 404 && v["error"].as_str().unwrap().contains("openapi"), "{v}");
+    assert!(
+        status == 404 && v["error"].as_str().unwrap().contains("openapi"),
+        "{v}"
+    );
 
     // A restart keeps everything, and the admin token.
-    let before = (json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), s.admin.clone());
+    let before = (
+        json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])),
+        s.admin.clone(),
+    );
     drop(s);
     let s = start(store, &token_file);
-    assert_eq!((json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), s.admin.clone()), before);
+    assert_eq!(
+        (
+            json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])),
+            s.admin.clone()
+        ),
+        before
+    );
     assert!(cli(&s, &acme, &["service", "rm", "web"]).status.success());
-    assert_eq!(json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])), serde_json::json!([]));
+    assert_eq!(
+        json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])),
+        serde_json::json!([])
+    );
 }
 
 #[test]
 fn bad_server_flags_and_no_server_are_clear_errors() {
     // An etcd nobody runs (a port bound, then closed): a clear error, soon.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let o = Command::new(bulkhead()).args(["server", "--store", &format!("etcd://127.0.0.1:{port}")]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(&format!("127.0.0.1:{port}")), "{}", show(&o));
-    let o = Command::new(bulkhead()).args(["server", "--store", "etcd://nohostport"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("HOST:PORT"), "{}", show(&o));
-    let o = Command::new(bulkhead()).args(["server", "--heartbeat-grace", "10s", "--lease", "5s"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("at least the grace"), "{}", show(&o));
-    let o = Command::new(bulkhead()).args(["server", "--lease", "5 parsecs"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unit"), "{}", show(&o));
-    let o = Command::new(bulkhead()).args(["server", "--store", "nope"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("file:PATH"), "{}", show(&o));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = Command::new(bulkhead())
+        .args(["server", "--store", &format!("etcd://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        show(&o)
+    );
+    let o = Command::new(bulkhead())
+        .args(["server", "--store", "etcd://nohostport"])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("HOST:PORT"),
+        "{}",
+        show(&o)
+    );
+    let o = Command::new(bulkhead())
+        .args(["server", "--heartbeat-grace", "10s", "--lease", "5s"])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("at least the grace"),
+        "{}",
+        show(&o)
+    );
+    let o = Command::new(bulkhead())
+        .args(["server", "--lease", "5 parsecs"])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unit"),
+        "{}",
+        show(&o)
+    );
+    let o = Command::new(bulkhead())
+        .args(["server", "--store", "nope"])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("file:PATH"),
+        "{}",
+        show(&o)
+    );
     // A port nothing listens on (bound, then closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let o = Command::new(bulkhead()).args(["service", "ls"]).env("BULKHEAD_SERVER", format!("http://127.0.0.1:{port}")).env("BULKHEAD_TOKEN", "bh_x").output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cannot reach the server"), "{}", show(&o));
-    let o = Command::new(bulkhead()).args(["service", "ls"]).env_remove("BULKHEAD_TOKEN").output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no token"), "{}", show(&o));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = Command::new(bulkhead())
+        .args(["service", "ls"])
+        .env("BULKHEAD_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("BULKHEAD_TOKEN", "bh_x")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("cannot reach the server"),
+        "{}",
+        show(&o)
+    );
+    let o = Command::new(bulkhead())
+        .args(["service", "ls"])
+        .env_remove("BULKHEAD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no token"),
+        "{}",
+        show(&o)
+    );
 }
 
 /// A leader that lost the election without noticing yet (its lease still
@@ -364,25 +813,62 @@ fn a_deposed_leaders_writes_are_refused_by_etcd() {
     let a = bulkhead::cluster::etcd::EtcdStore::open(&etcd.url(), "http://a", 2).unwrap();
     let start = std::time::Instant::now();
     while !a.is_leader() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(10), "a never led");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "a never led"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let put = |k: &str| Op::Put(k.into(), b"x".to_vec());
-    assert!(a.txn(&[Compare::Absent("/k1".into())], &[put("/k1")]).is_ok(), "the leader writes");
-    assert!(matches!(a.txn(&[Compare::Absent("/k1".into())], &[put("/k1")]), Err(StoreError::Conflict(_))), "a failed compare is a conflict");
+    assert!(
+        a.txn(&[Compare::Absent("/k1".into())], &[put("/k1")])
+            .is_ok(),
+        "the leader writes"
+    );
+    assert!(
+        matches!(
+            a.txn(&[Compare::Absent("/k1".into())], &[put("/k1")]),
+            Err(StoreError::Conflict(_))
+        ),
+        "a failed compare is a conflict"
+    );
     // Another server won meanwhile (as after a's lease ran out).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut c = etcd_client::Client::connect([format!("http://{}", etcd.clients[0])], None).await.unwrap();
-        c.put("/bulkhead/leader", r#"{"id": "b", "api": "http://b"}"#, None).await.unwrap();
+        let mut c = etcd_client::Client::connect([format!("http://{}", etcd.clients[0])], None)
+            .await
+            .unwrap();
+        c.put(
+            "/bulkhead/leader",
+            r#"{"id": "b", "api": "http://b"}"#,
+            None,
+        )
+        .await
+        .unwrap();
     });
     assert!(a.is_leader(), "a has not noticed");
     let r = a.txn(&[], &[put("/k2")]);
-    assert!(matches!(&r, Err(StoreError::NotLeader(Some(l))) if l == "http://b"), "{r:?}");
+    assert!(
+        matches!(&r, Err(StoreError::NotLeader(Some(l))) if l == "http://b"),
+        "{r:?}"
+    );
     assert_eq!(a.get("/k2").unwrap(), None, "nothing written");
     assert!(!a.is_leader(), "and it stopped writing");
-    assert!(matches!(a.txn(&[], &[put("/k3")]), Err(StoreError::NotLeader(_))));
-    assert_eq!(a.list("/").unwrap().iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["/k1", "/leader"]);
+    assert!(matches!(
+        a.txn(&[], &[put("/k3")]),
+        Err(StoreError::NotLeader(_))
+    ));
+    assert_eq!(
+        a.list("/")
+            .unwrap()
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/k1", "/leader"]
+    );
 }
 
 /// The API over TLS with a pair from `bulkhead tls self-signed`: clients
@@ -391,35 +877,119 @@ fn a_deposed_leaders_writes_are_refused_by_etcd() {
 fn the_api_over_tls_with_a_self_signed_pair() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let o = Command::new(bulkhead()).args(["tls", "self-signed", "--out"]).arg(&pki).output().unwrap();
+    let o = Command::new(bulkhead())
+        .args(["tls", "self-signed", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", show(&o));
     let (cert, key) = (pki.join("server.crt"), pki.join("server.key"));
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777, 0o600);
-    let again = Command::new(bulkhead()).args(["tls", "self-signed", "--out"]).arg(&pki).output().unwrap();
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not overwritten"), "{}", show(&again));
-    let half = Command::new(bulkhead()).args(["server", "--tls-cert"]).arg(&cert).output().unwrap();
-    assert_eq!(half.status.code(), Some(2), "--tls-cert without --tls-key is bad usage: {}", show(&half));
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+    let again = Command::new(bulkhead())
+        .args(["tls", "self-signed", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("not overwritten"),
+        "{}",
+        show(&again)
+    );
+    let half = Command::new(bulkhead())
+        .args(["server", "--tls-cert"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert_eq!(
+        half.status.code(),
+        Some(2),
+        "--tls-cert without --tls-key is bad usage: {}",
+        show(&half)
+    );
 
     let token_file = dir.path().join("admin-token");
     let store = format!("file:{}", dir.path().join("c.redb").display());
-    let args = ["--store".as_ref(), store.as_ref(), "--admin-token-file".as_ref(), token_file.as_os_str(), "--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()];
+    let args = [
+        "--store".as_ref(),
+        store.as_ref(),
+        "--admin-token-file".as_ref(),
+        token_file.as_os_str(),
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ];
     let mut s = spawn_server(&args, "https");
     let url = format!("https://{}", s.addr);
     let start = std::time::Instant::now();
     while s.admin.is_empty() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "no admin token");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no admin token"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
-        s.admin = std::fs::read_to_string(&token_file).unwrap_or_default().trim().to_string();
+        s.admin = std::fs::read_to_string(&token_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
     }
-    let call = |extra: &[&str]| Command::new(bulkhead()).args(["tenant", "create"]).args(extra).args(["--server", &url, "--token", &s.admin]).output().unwrap();
+    let call = |extra: &[&str]| {
+        Command::new(bulkhead())
+            .args(["tenant", "create"])
+            .args(extra)
+            .args(["--server", &url, "--token", &s.admin])
+            .output()
+            .unwrap()
+    };
     let o = call(&["acme", "--cacert", cert.to_str().unwrap()]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("bh_"), "{}", show(&o));
-    let o = Command::new(bulkhead()).args(["tenant", "create", "beta", "--server", &url, "--token", &s.admin]).env("BULKHEAD_CACERT", &cert).output().unwrap();
-    assert!(o.status.success(), "BULKHEAD_CACERT works as --cacert: {}", show(&o));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("bh_"),
+        "{}",
+        show(&o)
+    );
+    let o = Command::new(bulkhead())
+        .args([
+            "tenant", "create", "beta", "--server", &url, "--token", &s.admin,
+        ])
+        .env("BULKHEAD_CACERT", &cert)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "BULKHEAD_CACERT works as --cacert: {}",
+        show(&o)
+    );
     let o = call(&["other"]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).to_lowercase().contains("certificate"), "an untrusted certificate: {}", show(&o));
-    let o = Command::new(bulkhead()).args(["tenant", "create", "plain", "--server", &format!("http://{}", s.addr), "--token", &s.admin]).output().unwrap();
-    assert!(!o.status.success(), "plain HTTP to the TLS port: {}", show(&o));
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr)
+                .to_lowercase()
+                .contains("certificate"),
+        "an untrusted certificate: {}",
+        show(&o)
+    );
+    let o = Command::new(bulkhead())
+        .args([
+            "tenant",
+            "create",
+            "plain",
+            "--server",
+            &format!("http://{}", s.addr),
+            "--token",
+            &s.admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "plain HTTP to the TLS port: {}",
+        show(&o)
+    );
     let (status, _) = http_status_only(&s.addr);
     assert_ne!(status, 200, "no plain HTTP answer");
 }
@@ -427,10 +997,17 @@ fn the_api_over_tls_with_a_self_signed_pair() {
 /// A plain HTTP request's status line, if any answer comes.
 fn http_status_only(addr: &str) -> (u16, String) {
     let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(std::time::Duration::from_secs(12))).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(12)))
+        .unwrap();
     let _ = c.write_all(b"GET /openapi.json HTTP/1.0\r\n\r\n");
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
-    (text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+    (
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        text,
+    )
 }

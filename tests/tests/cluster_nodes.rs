@@ -68,7 +68,11 @@ impl Counter {
                     let who = who.trim().to_string();
                     let open = |visits: &Arc<Mutex<Vec<Visit>>>| {
                         let mut v = visits.lock().unwrap();
-                        v.push(Visit { who: who.clone(), from: Instant::now(), until: None });
+                        v.push(Visit {
+                            who: who.clone(),
+                            from: Instant::now(),
+                            until: None,
+                        });
                         v.len() - 1
                     };
                     let mut slot = Some(open(&visits));
@@ -83,7 +87,12 @@ impl Counter {
                                     slot = Some(open(&visits));
                                 }
                             }
-                            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) =>
+                            {
                                 if let Some(i) = slot.take() {
                                     visits.lock().unwrap()[i].until = Some(last);
                                 }
@@ -104,14 +113,35 @@ impl Counter {
     /// The most copies of `service` connected at once since `since`.
     fn most_at_once(&self, service: &str, since: Instant) -> usize {
         let v = self.0.lock().unwrap().clone();
-        let mine: Vec<&Visit> = v.iter().filter(|x| x.who.starts_with(&format!("{service}/")) && x.until.is_none_or(|u| u > since)).collect();
+        let mine: Vec<&Visit> = v
+            .iter()
+            .filter(|x| {
+                x.who.starts_with(&format!("{service}/")) && x.until.is_none_or(|u| u > since)
+            })
+            .collect();
         // At each connect: how many were connected then.
-        mine.iter().map(|a| mine.iter().filter(|b| b.from <= a.from.max(since) && b.until.is_none_or(|u| u > a.from.max(since))).count()).max().unwrap_or(0)
+        mine.iter()
+            .map(|a| {
+                mine.iter()
+                    .filter(|b| {
+                        b.from <= a.from.max(since) && b.until.is_none_or(|u| u > a.from.max(since))
+                    })
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Who of `service` is connected now.
     fn connected(&self, service: &str) -> Vec<String> {
-        let mut who: Vec<String> = self.0.lock().unwrap().iter().filter(|x| x.until.is_none() && x.who.starts_with(&format!("{service}/"))).map(|x| x.who.clone()).collect();
+        let mut who: Vec<String> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|x| x.until.is_none() && x.who.starts_with(&format!("{service}/")))
+            .map(|x| x.who.clone())
+            .collect();
         who.sort();
         who
     }
@@ -145,7 +175,11 @@ impl Cluster {
         let mut all = args.to_vec();
         all.extend(["--server", &self.url, "--token", token, "--format", "json"]);
         let o = self.bh_in(&self.lan, &all);
-        assert!(o.status.success(), "bulkhead {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "bulkhead {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
     }
 
@@ -153,7 +187,24 @@ impl Cluster {
         let mut c = Command::new(bulkhead());
         let name = format!("n{}", i + 1);
         // Plain http on the test's own lan (the walls test covers TLS).
-        c.args(["node", "--insecure", "--server", &self.url, "--join-token", &self.join, "--name", &name, "--cpus", "4", "--memory", "4g", "--runtime", "container", "--label", &format!("host={name}")]);
+        c.args([
+            "node",
+            "--insecure",
+            "--server",
+            &self.url,
+            "--join-token",
+            &self.join,
+            "--name",
+            &name,
+            "--cpus",
+            "4",
+            "--memory",
+            "4g",
+            "--runtime",
+            "container",
+            "--label",
+            &format!("host={name}"),
+        ]);
         c.env("BULKHEAD_DATA", &self.data[i]).stdin(Stdio::null());
         netns::command_in(&mut c, &self.hosts[i].path()).unwrap();
         self.nodes[i] = Some(Proc(c.spawn().unwrap()));
@@ -196,18 +247,62 @@ impl Cluster {
 
     /// What the server and each node hold, for a failure's message.
     fn diagnose(&self) -> String {
-        let mut out = format!("instances: {:?}\ncounter: {:?}\n", self.instances(), self.counter.0.lock().unwrap().iter().rev().take(12).collect::<Vec<_>>());
+        let mut out = format!(
+            "instances: {:?}\ncounter: {:?}\n",
+            self.instances(),
+            self.counter
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(12)
+                .collect::<Vec<_>>()
+        );
         for (i, d) in self.data.iter().enumerate() {
-            let o = Command::new(bulkhead()).env("BULKHEAD_DATA", d).args(["ps", "-a"]).output().unwrap();
-            out += &format!("n{} workloads:\n{}\n", i + 1, String::from_utf8_lossy(&o.stdout));
-            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000).unwrap_or(0);
-            for l in std::fs::read_dir(d.join("node/leases")).into_iter().flatten().flatten() {
-                out += &format!("  lease {}: {} (now {now})\n", l.file_name().to_string_lossy(), std::fs::read_to_string(l.path()).unwrap_or_default().trim());
+            let o = Command::new(bulkhead())
+                .env("BULKHEAD_DATA", d)
+                .args(["ps", "-a"])
+                .output()
+                .unwrap();
+            out += &format!(
+                "n{} workloads:\n{}\n",
+                i + 1,
+                String::from_utf8_lossy(&o.stdout)
+            );
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
+                .unwrap_or(0);
+            for l in std::fs::read_dir(d.join("node/leases"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out += &format!(
+                    "  lease {}: {} (now {now})\n",
+                    l.file_name().to_string_lossy(),
+                    std::fs::read_to_string(l.path()).unwrap_or_default().trim()
+                );
             }
-            for w in std::fs::read_dir(d.join("workloads")).into_iter().flatten().flatten().take(3) {
+            for w in std::fs::read_dir(d.join("workloads"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .take(3)
+            {
                 for f in ["log", "supervisor.log", "exit.json"] {
                     let text = std::fs::read_to_string(w.path().join(f)).unwrap_or_default();
-                    out += &format!("  {}/{f}: {}\n", w.file_name().to_string_lossy(), text.chars().rev().take(400).collect::<String>().chars().rev().collect::<String>());
+                    out += &format!(
+                        "  {}/{f}: {}\n",
+                        w.file_name().to_string_lossy(),
+                        text.chars()
+                            .rev()
+                            .take(400)
+                            .collect::<String>()
+                            .chars()
+                            .rev()
+                            .collect::<String>()
+                    );
                 }
             }
         }
@@ -216,9 +311,22 @@ impl Cluster {
 
     /// The local workloads of node `i` that run (name, id).
     fn local(&self, i: usize) -> Vec<(String, String)> {
-        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", &self.data[i]).args(["ps", "--format", "json"]).output().unwrap();
+        let o = Command::new(bulkhead())
+            .env("BULKHEAD_DATA", &self.data[i])
+            .args(["ps", "--format", "json"])
+            .output()
+            .unwrap();
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        v.as_array().unwrap().iter().map(|w| (w["name"].as_str().unwrap().to_string(), w["id"].as_str().unwrap().to_string())).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["name"].as_str().unwrap().to_string(),
+                    w["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -237,7 +345,11 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 fn wait_for(c: &Cluster, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}\n{}", c.diagnose());
+        assert!(
+            start.elapsed() < limit,
+            "not within {limit:?}: {what}\n{}",
+            c.diagnose()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     start.elapsed()
@@ -255,13 +367,18 @@ struct Shape {
 /// Starts server `i` (its flags kept in the cluster) and waits for it to listen.
 fn start_server(c: &mut Cluster, i: usize) {
     let mut cmd = Command::new(bulkhead());
-    cmd.args(&c.server_args[i]).stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(&c.server_args[i])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     netns::command_in(&mut cmd, &c.lan.path()).unwrap();
     let mut child = cmd.spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     loop {
         let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "server {i} ended before it listened");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "server {i} ended before it listened"
+        );
         eprint!("server{i}: {line}");
         if line.contains("listening on") {
             break;
@@ -276,21 +393,44 @@ fn start_server(c: &mut Cluster, i: usize) {
 }
 
 fn setup(shape: Shape) -> Cluster {
-    bulkhead_images::debian::ensure_packages(&["crun", "nftables", "iproute2", "etcd-server"], &mut |m| eprintln!("{m}")).unwrap();
+    bulkhead_images::debian::ensure_packages(
+        &["crun", "nftables", "iproute2", "etcd-server"],
+        &mut |m| eprintln!("{m}"),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lan = NetNs::create("bhtest-clan").unwrap();
     lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
-    lan.ip(&["address", "add", &format!("{LAN_ADDR}/24"), "dev", "br0"]).unwrap();
-    lan.ip(&["address", "add", &format!("{COUNTER_ADDR}/32"), "dev", "br0"]).unwrap();
+    lan.ip(&["address", "add", &format!("{LAN_ADDR}/24"), "dev", "br0"])
+        .unwrap();
+    lan.ip(&[
+        "address",
+        "add",
+        &format!("{COUNTER_ADDR}/32"),
+        "dev",
+        "br0",
+    ])
+    .unwrap();
     lan.ip(&["link", "set", "br0", "up"]).unwrap();
     let mut hosts = Vec::new();
     let mut data = Vec::new();
     for i in 0..shape.hosts {
         let h = NetNs::create(&format!("bhtest-cn{}", i + 1)).unwrap();
         let (inside, outside) = ("eth0".to_string(), format!("veth{i}"));
-        lan.ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &h.name]).unwrap();
-        lan.ip(&["link", "set", &outside, "master", "br0", "up"]).unwrap();
-        h.ip(&["address", "add", &format!("10.78.0.{}/24", 11 + i), "dev", &inside]).unwrap();
+        lan.ip(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &h.name,
+        ])
+        .unwrap();
+        lan.ip(&["link", "set", &outside, "master", "br0", "up"])
+            .unwrap();
+        h.ip(&[
+            "address",
+            "add",
+            &format!("10.78.0.{}/24", 11 + i),
+            "dev",
+            &inside,
+        ])
+        .unwrap();
         h.ip(&["link", "set", &inside, "up"]).unwrap();
         h.ip(&["route", "add", "default", "via", LAN_ADDR]).unwrap();
         let d = dir.path().join(format!("n{}", i + 1));
@@ -300,21 +440,39 @@ fn setup(shape: Shape) -> Cluster {
     }
     let token_file = dir.path().join("admin-token");
     let (store, n_servers, etcd) = if shape.etcd_members == 0 {
-        (format!("file:{}", dir.path().join("cluster.redb").display()), 1, None)
+        (
+            format!("file:{}", dir.path().join("cluster.redb").display()),
+            1,
+            None,
+        )
     } else {
         let e = Etcd::start(dir.path(), LAN_ADDR, shape.etcd_members, Some(&lan.path())).unwrap();
         (e.url(), 2, Some(e))
     };
     let server_args: Vec<Vec<String>> = (0..n_servers)
         .map(|i| {
-            let mut a: Vec<String> =
-                ["server", "--listen", &format!("{LAN_ADDR}:{}", 7070 + i), "--store", &store, "--leader-lease", "2s", "--admin-token-file"].iter().map(|s| s.to_string()).collect();
+            let mut a: Vec<String> = [
+                "server",
+                "--listen",
+                &format!("{LAN_ADDR}:{}", 7070 + i),
+                "--store",
+                &store,
+                "--leader-lease",
+                "2s",
+                "--admin-token-file",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             a.push(token_file.display().to_string());
             a.extend(shape.timing.iter().map(|s| s.to_string()));
             a
         })
         .collect();
-    let url = (0..n_servers).map(|i| format!("http://{LAN_ADDR}:{}", 7070 + i)).collect::<Vec<_>>().join(",");
+    let url = (0..n_servers)
+        .map(|i| format!("http://{LAN_ADDR}:{}", 7070 + i))
+        .collect::<Vec<_>>()
+        .join(",");
     let nodes = (0..shape.hosts).map(|_| None).collect();
     let mut cl = Cluster {
         lan,
@@ -336,19 +494,41 @@ fn setup(shape: Shape) -> Cluster {
     }
     let start = Instant::now();
     while cl.admin.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "no admin token from the first leader");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no admin token from the first leader"
+        );
         std::thread::sleep(Duration::from_millis(100));
-        cl.admin = std::fs::read_to_string(&token_file).unwrap_or_default().trim().to_string();
+        cl.admin = std::fs::read_to_string(&token_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
     }
-    cl.tenant = cl.api(&cl.admin.clone(), &["tenant", "create", "acme"])["token"].as_str().unwrap().to_string();
-    let o = cl.bh_in(&cl.lan, &["node", "token", "create", "--server", &cl.url, "--token", &cl.admin]);
+    cl.tenant = cl.api(&cl.admin.clone(), &["tenant", "create", "acme"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = cl.bh_in(
+        &cl.lan,
+        &[
+            "node", "token", "create", "--server", &cl.url, "--token", &cl.admin,
+        ],
+    );
     assert!(o.status.success(), "{o:?}");
     cl.join = String::from_utf8_lossy(&o.stdout).trim().to_string();
     for i in 0..shape.hosts {
         cl.start_node(i);
     }
     let n = shape.hosts;
-    wait_for(&cl, "every node ready", Duration::from_secs(30), || cl.api(&cl.admin, &["node", "ls"]).as_array().unwrap().iter().filter(|x| x["ready"] == true).count() == n);
+    wait_for(&cl, "every node ready", Duration::from_secs(30), || {
+        cl.api(&cl.admin, &["node", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["ready"] == true)
+            .count()
+            == n
+    });
     cl
 }
 
@@ -366,7 +546,22 @@ fn web(replicas: u32) -> String {
 #[test]
 fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     let _l = lock();
-    let mut c = setup(Shape { hosts: 3, etcd_members: 1, timing: &["--heartbeat-grace", "2s", "--lease", "3s", "--stop-time", "3s", "--backoff-initial", "1s", "--backoff-cap", "4s"] });
+    let mut c = setup(Shape {
+        hosts: 3,
+        etcd_members: 1,
+        timing: &[
+            "--heartbeat-grace",
+            "2s",
+            "--lease",
+            "3s",
+            "--stop-time",
+            "3s",
+            "--backoff-initial",
+            "1s",
+            "--backoff-cap",
+            "4s",
+        ],
+    });
     c.counter = Counter::start(&c.lan);
     let counter = c.counter.clone();
 
@@ -374,18 +569,64 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     // each says its host's capacity beside what it offers (--cpus 4 --memory 4g).
     let host_cpus = std::thread::available_parallelism().unwrap().get() as u64;
     for n in c.api(&c.admin, &["node", "ls"]).as_array().unwrap() {
-        assert!(n["node"]["api"].as_str().is_some_and(|a| a.starts_with("https://")), "{n}");
-        assert_eq!(n["node"]["capacity"]["millicpus"].as_u64(), Some(host_cpus * 1000), "{n}");
-        assert!(n["node"]["capacity"]["memory_mib"].as_u64().is_some_and(|m| m > 0), "{n}");
-        assert_eq!((n["node"]["allocatable"]["millicpus"].as_u64(), n["node"]["allocatable"]["memory_mib"].as_u64()), (Some(4000), Some(4096)), "{n}");
+        assert!(
+            n["node"]["api"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("https://")),
+            "{n}"
+        );
+        assert_eq!(
+            n["node"]["capacity"]["millicpus"].as_u64(),
+            Some(host_cpus * 1000),
+            "{n}"
+        );
+        assert!(
+            n["node"]["capacity"]["memory_mib"]
+                .as_u64()
+                .is_some_and(|m| m > 0),
+            "{n}"
+        );
+        assert_eq!(
+            (
+                n["node"]["allocatable"]["millicpus"].as_u64(),
+                n["node"]["allocatable"]["memory_mib"].as_u64()
+            ),
+            (Some(4000), Some(4096)),
+            "{n}"
+        );
     }
     // An image in no node's store: refused at deploy, nothing made.
     let nope = c._dir.path().join("nope.yaml");
-    std::fs::write(&nope, "name: nope\nimage: bb:no-such-tag\nruntime: container\n").unwrap();
-    let o = c.bh_in(&c.lan, &["deploy", "-f", nope.to_str().unwrap(), "--server", &c.url, "--token", &c.tenant]);
+    std::fs::write(
+        &nope,
+        "name: nope\nimage: bb:no-such-tag\nruntime: container\n",
+    )
+    .unwrap();
+    let o = c.bh_in(
+        &c.lan,
+        &[
+            "deploy",
+            "-f",
+            nope.to_str().unwrap(),
+            "--server",
+            &c.url,
+            "--token",
+            &c.tenant,
+        ],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("image \"bb:no-such-tag\" is in the store of none of the 3 nodes"), "{err}");
-    assert_eq!(c.api(&c.tenant, &["service", "ls"]).as_array().map(Vec::len), Some(0), "nothing deployed");
+    assert!(
+        !o.status.success()
+            && err.contains("image \"bb:no-such-tag\" is in the store of none of the 3 nodes"),
+        "{err}"
+    );
+    assert_eq!(
+        c.api(&c.tenant, &["service", "ls"])
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "nothing deployed"
+    );
 
     // 6 replicas spread 2/2/2; 9 -> 3/3/3; back to 3 -> 1/1/1, the rest stopped and removed.
     deploy(&c, &web(6));
@@ -393,18 +634,43 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         if n != 6 {
             c.api(&c.tenant, &["service", "scale", "web", &n.to_string()]);
         }
-        let want: BTreeMap<String, usize> = ["n1", "n2", "n3"].iter().map(|s| (s.to_string(), per)).collect();
-        let took = wait_for(&c, &format!("{n} running {per}/{per}/{per}"), Duration::from_secs(60), || c.running_per_node("web") == want && counter.connected("web").len() == n);
-        wait_for(&c, "only the assigned copies run locally", Duration::from_secs(30), || (0..3).all(|i| c.local(i).len() == per));
+        let want: BTreeMap<String, usize> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|s| (s.to_string(), per))
+            .collect();
+        let took = wait_for(
+            &c,
+            &format!("{n} running {per}/{per}/{per}"),
+            Duration::from_secs(60),
+            || c.running_per_node("web") == want && counter.connected("web").len() == n,
+        );
+        wait_for(
+            &c,
+            "only the assigned copies run locally",
+            Duration::from_secs(30),
+            || (0..3).all(|i| c.local(i).len() == per),
+        );
         eprintln!("{n} replicas running and connected after {took:?}");
     }
     // Each node put the tenant's copies on a network of its own, and keeps
     // them from the control plane (the servers and etcd share LAN_ADDR).
     for d in &c.data {
-        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", d).args(["network", "inspect", "t-acme"]).output().unwrap();
+        let o = Command::new(bulkhead())
+            .env("BULKHEAD_DATA", d)
+            .args(["network", "inspect", "t-acme"])
+            .output()
+            .unwrap();
         let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        assert!(v["tenant"] == "acme" && v["workloads"].as_array().map(Vec::len) == Some(1), "{}: {v}", d.display());
-        assert_eq!(v["protected"], serde_json::json!([format!("{LAN_ADDR}/32")]), "{v}");
+        assert!(
+            v["tenant"] == "acme" && v["workloads"].as_array().map(Vec::len) == Some(1),
+            "{}: {v}",
+            d.display()
+        );
+        assert_eq!(
+            v["protected"],
+            serde_json::json!([format!("{LAN_ADDR}/32")]),
+            "{v}"
+        );
     }
     // The copies that stayed spoke without a pause while the others were stopped and removed.
     std::thread::sleep(Duration::from_secs(3)); // longer than the counter's silence limit
@@ -416,18 +682,75 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
 
     // Logs and exec through the server, from the instance's node; another
     // tenant gets "not found".
-    let (index, node) = c.instances().into_iter().find(|i| i.0 == "web").map(|i| (i.1, i.2)).unwrap();
-    let o = c.bh_in(&c.lan, &["instance", "logs", "web", &index.to_string(), "--server", &c.url, "--token", &c.tenant]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout) == format!("started web/{index}\n"), "logs from {node}: {o:?}");
-    let o = c.bh_in(&c.lan, &["instance", "exec", "web", &index.to_string(), "--server", &c.url, "--token", &c.tenant, "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
-    assert_eq!((o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned()), (Some(7), "out\n".into(), "err\n".into()), "exec on {node}");
-    let other = c.api(&c.admin, &["tenant", "create", "other"])["token"].as_str().unwrap().to_string();
-    for args in [&["instance", "logs", "web", "0"][..], &["instance", "exec", "web", "0", "--", "true"]] {
+    let (index, node) = c
+        .instances()
+        .into_iter()
+        .find(|i| i.0 == "web")
+        .map(|i| (i.1, i.2))
+        .unwrap();
+    let o = c.bh_in(
+        &c.lan,
+        &[
+            "instance",
+            "logs",
+            "web",
+            &index.to_string(),
+            "--server",
+            &c.url,
+            "--token",
+            &c.tenant,
+        ],
+    );
+    assert!(
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout) == format!("started web/{index}\n"),
+        "logs from {node}: {o:?}"
+    );
+    let o = c.bh_in(
+        &c.lan,
+        &[
+            "instance",
+            "exec",
+            "web",
+            &index.to_string(),
+            "--server",
+            &c.url,
+            "--token",
+            &c.tenant,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+    );
+    assert_eq!(
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        ),
+        (Some(7), "out\n".into(), "err\n".into()),
+        "exec on {node}"
+    );
+    let other = c.api(&c.admin, &["tenant", "create", "other"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for args in [
+        &["instance", "logs", "web", "0"][..],
+        &["instance", "exec", "web", "0", "--", "true"],
+    ] {
         let mut all = args.to_vec();
         let pos = all.iter().position(|a| *a == "--").unwrap_or(all.len());
-        all.splice(pos..pos, ["--server", c.url.as_str(), "--token", other.as_str()]);
+        all.splice(
+            pos..pos,
+            ["--server", c.url.as_str(), "--token", other.as_str()],
+        );
         let o = c.bh_in(&c.lan, &all);
-        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no service"), "another tenant: {o:?}");
+        assert!(
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no service"),
+            "another tenant: {o:?}"
+        );
     }
 
     // Restart node n1's daemon: its instance is re-adopted, not restarted.
@@ -438,7 +761,11 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     c.start_node(0);
     // Longer than a lease and the kill after it: a copy nobody renewed would be gone.
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(c.local(0), local_before, "the same local workload, still running");
+    assert_eq!(
+        c.local(0),
+        local_before,
+        "the same local workload, still running"
+    );
     let after: Vec<_> = c.instances().into_iter().filter(|i| i.2 == "n1").collect();
     assert_eq!(after, before, "same instance, fence and restart count");
 
@@ -446,82 +773,188 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     // itself before the replacement starts; SIGCONT: it removes its copy.
     let since = Instant::now();
     c.signal_node(1, nix::sys::signal::Signal::SIGSTOP);
-    let took = wait_for(&c, "n2's instance replaced", Duration::from_secs(30), || {
-        let per = c.running_per_node("web");
-        !per.contains_key("n2") && per.values().sum::<usize>() == 3 && counter.connected("web").len() == 3
-    });
+    let took = wait_for(
+        &c,
+        "n2's instance replaced",
+        Duration::from_secs(30),
+        || {
+            let per = c.running_per_node("web");
+            !per.contains_key("n2")
+                && per.values().sum::<usize>() == 3
+                && counter.connected("web").len() == 3
+        },
+    );
     eprintln!("SIGSTOP: replaced after {took:?}");
-    assert!(c.local(1).is_empty(), "n2's copy stopped itself (its lease ran out) while its daemon was stopped");
+    assert!(
+        c.local(1).is_empty(),
+        "n2's copy stopped itself (its lease ran out) while its daemon was stopped"
+    );
     c.signal_node(1, nix::sys::signal::Signal::SIGCONT);
-    wait_for(&c, "n2's stopped copy removed", Duration::from_secs(20), || {
-        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", &c.data[1]).args(["ps", "-a", "--format", "json"]).output().unwrap();
-        serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().is_empty()
-    });
-    assert!(counter.most_at_once("web", since) <= 3, "never more than 3 copies at once: {:?}", counter.0.lock().unwrap());
+    wait_for(
+        &c,
+        "n2's stopped copy removed",
+        Duration::from_secs(20),
+        || {
+            let o = Command::new(bulkhead())
+                .env("BULKHEAD_DATA", &c.data[1])
+                .args(["ps", "-a", "--format", "json"])
+                .output()
+                .unwrap();
+            serde_json::from_slice::<Value>(&o.stdout)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
+    assert!(
+        counter.most_at_once("web", since) <= 3,
+        "never more than 3 copies at once: {:?}",
+        counter.0.lock().unwrap()
+    );
 
     // SIGKILL n3's daemon and its workloads (supervisors and containers):
     // replacements run on the other nodes within 30 s.
     let since = Instant::now();
     c.signal_node(2, nix::sys::signal::Signal::SIGKILL);
     for (_, id) in c.local(2) {
-        let o = Command::new(bulkhead()).env("BULKHEAD_DATA", &c.data[2]).args(["inspect", &id]).output().unwrap();
+        let o = Command::new(bulkhead())
+            .env("BULKHEAD_DATA", &c.data[2])
+            .args(["inspect", &id])
+            .output()
+            .unwrap();
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         // The container's init (all in its pid namespace die with it), the OCI runtime, the supervisor.
-        let init = std::fs::read_to_string(Path::new(v["paths"]["dir"].as_str().unwrap()).join("bundle/pid")).unwrap();
-        let pids = [init.trim().parse::<i64>().ok(), v["pids"]["runtime"].as_i64(), v["pids"]["supervisor"].as_i64()];
+        let init = std::fs::read_to_string(
+            Path::new(v["paths"]["dir"].as_str().unwrap()).join("bundle/pid"),
+        )
+        .unwrap();
+        let pids = [
+            init.trim().parse::<i64>().ok(),
+            v["pids"]["runtime"].as_i64(),
+            v["pids"]["supervisor"].as_i64(),
+        ];
         assert!(pids.iter().all(Option::is_some), "{v}");
         for p in pids.into_iter().flatten() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
-    let took = wait_for(&c, "n3's instance replaced on n1/n2", Duration::from_secs(30), || {
-        let per = c.running_per_node("web");
-        !per.contains_key("n3") && per.values().sum::<usize>() == 3 && counter.connected("web").len() == 3
-    });
+    let took = wait_for(
+        &c,
+        "n3's instance replaced on n1/n2",
+        Duration::from_secs(30),
+        || {
+            let per = c.running_per_node("web");
+            !per.contains_key("n3")
+                && per.values().sum::<usize>() == 3
+                && counter.connected("web").len() == 3
+        },
+    );
     eprintln!("SIGKILL: replaced after {took:?}");
-    assert!(counter.most_at_once("web", since) <= 3, "never more than 3 copies at once: {:?}", counter.0.lock().unwrap());
+    assert!(
+        counter.most_at_once("web", since) <= 3,
+        "never more than 3 copies at once: {:?}",
+        counter.0.lock().unwrap()
+    );
     c.start_node(2);
-    wait_for(&c, "n3 back", Duration::from_secs(30), || c.api(&c.admin, &["node", "ls"]).as_array().unwrap().iter().filter(|n| n["ready"] == true).count() == 3);
+    wait_for(&c, "n3 back", Duration::from_secs(30), || {
+        c.api(&c.admin, &["node", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["ready"] == true)
+            .count()
+            == 3
+    });
 
     // A crash loop backs off 1, 2, 4, 4 s (the schedule shortened for CI).
     deploy(&c, &format!("name: crash\nimage: {}\nruntime: container\nrestart: on-failure\ncommand: [sh, -c, 'exit 3']\nplacement:\n  labels: {{host: n3}}\n", run_cases::IMAGE));
     let mut seen_at: Vec<(u64, Instant)> = Vec::new();
-    wait_for(&c, "5 restarts of the crash loop", Duration::from_secs(60), || {
-        let r = c.instances().into_iter().find(|i| i.0 == "crash").map_or(0, |i| i.4);
-        if seen_at.last().is_none_or(|(n, _)| *n != r) {
-            seen_at.push((r, Instant::now()));
-        }
-        r >= 5
-    });
-    let gaps: Vec<f64> = seen_at.windows(2).map(|w| (w[1].1 - w[0].1).as_secs_f64()).collect();
-    eprintln!("crash loop: restarts seen {:?}, gaps {gaps:?}", seen_at.iter().map(|s| s.0).collect::<Vec<_>>());
+    wait_for(
+        &c,
+        "5 restarts of the crash loop",
+        Duration::from_secs(60),
+        || {
+            let r = c
+                .instances()
+                .into_iter()
+                .find(|i| i.0 == "crash")
+                .map_or(0, |i| i.4);
+            if seen_at.last().is_none_or(|(n, _)| *n != r) {
+                seen_at.push((r, Instant::now()));
+            }
+            r >= 5
+        },
+    );
+    let gaps: Vec<f64> = seen_at
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).as_secs_f64())
+        .collect();
+    eprintln!(
+        "crash loop: restarts seen {:?}, gaps {gaps:?}",
+        seen_at.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
     let last = c.instances().into_iter().find(|i| i.0 == "crash").unwrap();
     assert_eq!(last.2, "n3");
     // Seen one by one (polled far more often than restarts come): the gap
     // before restart k+1 is backoff k+1 (2, 4, 4, 4 s) plus a short run,
     // measured to within a poll; the cap holds (4 s plus a few syncs, never 8).
-    assert_eq!(seen_at.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5], "{gaps:?}");
-    assert!(gaps[1] >= 1.7 && gaps[2] >= 3.5 && gaps[3] >= 3.5 && gaps[4] >= 3.5, "the backoff doubles to its cap: {gaps:?}");
+    assert_eq!(
+        seen_at.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5],
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[1] >= 1.7 && gaps[2] >= 3.5 && gaps[3] >= 3.5 && gaps[4] >= 3.5,
+        "the backoff doubles to its cap: {gaps:?}"
+    );
     assert!(gaps[2] > gaps[1] + 1.0, "it doubled: {gaps:?}");
-    assert!(gaps[3] < 7.5 && gaps[4] < 7.5, "and stays at the cap: {gaps:?}");
+    assert!(
+        gaps[3] < 7.5 && gaps[4] < 7.5,
+        "and stays at the cap: {gaps:?}"
+    );
     // Instance times (server wall clock): a running copy has started and
     // not exited; an exited copy has ended, no earlier than it started.
-    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
     let listed = |service: &str, state: &str| -> Option<Value> {
-        c.api(&c.tenant, &["instance", "ls"]).as_array().unwrap().iter().find(|i| i["service"] == service && i["state"] == state).cloned()
+        c.api(&c.tenant, &["instance", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["service"] == service && i["state"] == state)
+            .cloned()
     };
     let web = listed("web", "running").expect("web runs");
     let started = web["started_ms"].as_u64().expect("a start time");
-    assert!(started <= now_ms() && now_ms() - started < 600_000 && web["exited_ms"].is_null(), "{web}");
+    assert!(
+        started <= now_ms() && now_ms() - started < 600_000 && web["exited_ms"].is_null(),
+        "{web}"
+    );
     let mut exited = None;
-    wait_for(&c, "the crash loop's copy exited", Duration::from_secs(15), || {
-        exited = listed("crash", "exited");
-        exited.is_some()
-    });
+    wait_for(
+        &c,
+        "the crash loop's copy exited",
+        Duration::from_secs(15),
+        || {
+            exited = listed("crash", "exited");
+            exited.is_some()
+        },
+    );
     // It exits at once: seen running or not (no start time then), its end is known.
     let exited = exited.unwrap();
     let to = exited["exited_ms"].as_u64().expect("an exit time");
-    assert!(to <= now_ms() && exited["started_ms"].as_u64().is_none_or(|from| from <= to), "{exited}");
+    assert!(
+        to <= now_ms() && exited["started_ms"].as_u64().is_none_or(|from| from <= to),
+        "{exited}"
+    );
 }
 
 /// Two servers on a 3-member etcd, one node. The leader is SIGKILLed
@@ -534,22 +967,59 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
 fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_nothing() {
     let _l = lock();
     // Leader lease 2 s; the workloads' lease (10 s) outlasts a failover.
-    let mut c = setup(Shape { hosts: 1, etcd_members: 3, timing: &["--heartbeat-grace", "5s", "--lease", "10s", "--stop-time", "3s"] });
+    let mut c = setup(Shape {
+        hosts: 1,
+        etcd_members: 3,
+        timing: &[
+            "--heartbeat-grace",
+            "5s",
+            "--lease",
+            "10s",
+            "--stop-time",
+            "3s",
+        ],
+    });
     c.counter = Counter::start(&c.lan);
     deploy(&c, &web(1));
     let leads = |c: &Cluster, i: usize| -> bool {
-        let o = c.bh_in(&c.lan, &["node", "ls", "--server", &format!("http://{LAN_ADDR}:{}", 7070 + i), "--token", &c.admin]);
+        let o = c.bh_in(
+            &c.lan,
+            &[
+                "node",
+                "ls",
+                "--server",
+                &format!("http://{LAN_ADDR}:{}", 7070 + i),
+                "--token",
+                &c.admin,
+            ],
+        );
         o.status.success()
     };
     // Retried until acknowledged (a failover answers 503 or nothing meanwhile).
     let scale = |c: &Cluster, n: u32| {
         let start = Instant::now();
         loop {
-            let o = c.bh_in(&c.lan, &["service", "scale", "web", &n.to_string(), "--server", &c.url, "--token", &c.tenant]);
+            let o = c.bh_in(
+                &c.lan,
+                &[
+                    "service",
+                    "scale",
+                    "web",
+                    &n.to_string(),
+                    "--server",
+                    &c.url,
+                    "--token",
+                    &c.tenant,
+                ],
+            );
             if o.status.success() {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "scale {n} never acknowledged: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "scale {n} never acknowledged: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -558,7 +1028,11 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
     for n in 2..=6 {
         if n == 4 {
             let p = c.servers[first].take().unwrap();
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.0.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
             drop(p);
             eprintln!("SIGKILLed the leader, server {first}");
         }
@@ -567,30 +1041,71 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
     }
     let second = 1 - first;
     assert!(leads(&c, second), "the standby took over");
-    let took = wait_for(&c, "the acknowledged replicas all running", Duration::from_secs(60), || {
-        let svc = c.api(&c.tenant, &["service", "inspect", "web"]);
-        svc["service"]["spec"]["replicas"] == acked && c.running_per_node("web").values().sum::<usize>() == acked as usize && c.counter.connected("web").len() == acked as usize
-    });
+    let took = wait_for(
+        &c,
+        "the acknowledged replicas all running",
+        Duration::from_secs(60),
+        || {
+            let svc = c.api(&c.tenant, &["service", "inspect", "web"]);
+            svc["service"]["spec"]["replicas"] == acked
+                && c.running_per_node("web").values().sum::<usize>() == acked as usize
+                && c.counter.connected("web").len() == acked as usize
+        },
+    );
     eprintln!("after the failover: {acked} replicas running {took:?} later");
 
     // The killed server comes back (a standby); the leader is SIGSTOPped.
     start_server(&mut c, first);
     signal_server(&c, second, nix::sys::signal::Signal::SIGSTOP);
-    let took = wait_for(&c, "the restarted server leads", Duration::from_secs(30), || leads(&c, first));
+    let took = wait_for(
+        &c,
+        "the restarted server leads",
+        Duration::from_secs(30),
+        || leads(&c, first),
+    );
     eprintln!("SIGSTOP: server {first} leads after {took:?}");
     scale(&c, 3);
     // A write to the stopped old leader waits in its socket; it is served
     // the moment it resumes, before it can have heard it lost: refused anyway.
     let mut write = Command::new(bulkhead());
-    write.args(["service", "scale", "web", "9", "--server", &format!("http://{LAN_ADDR}:{}", 7070 + second), "--token", &c.tenant]).stdin(Stdio::null());
+    write
+        .args([
+            "service",
+            "scale",
+            "web",
+            "9",
+            "--server",
+            &format!("http://{LAN_ADDR}:{}", 7070 + second),
+            "--token",
+            &c.tenant,
+        ])
+        .stdin(Stdio::null());
     netns::command_in(&mut write, &c.lan.path()).unwrap();
-    let pending = write.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pending = write
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500)); // the request is sent (nothing to wait on: the server is stopped)
     signal_server(&c, second, nix::sys::signal::Signal::SIGCONT);
     let o = pending.wait_with_output().unwrap();
-    assert!(!o.status.success(), "the old leader's write went through: {}", String::from_utf8_lossy(&o.stdout));
-    eprintln!("the resumed old leader said: {}", String::from_utf8_lossy(&o.stderr).trim());
-    assert_eq!(c.api(&c.tenant, &["service", "inspect", "web"])["service"]["spec"]["replicas"], 3, "its write changed nothing");
-    wait_for(&c, "3 running", Duration::from_secs(60), || c.running_per_node("web").values().sum::<usize>() == 3 && c.counter.connected("web").len() == 3);
+    assert!(
+        !o.status.success(),
+        "the old leader's write went through: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    eprintln!(
+        "the resumed old leader said: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    assert_eq!(
+        c.api(&c.tenant, &["service", "inspect", "web"])["service"]["spec"]["replicas"],
+        3,
+        "its write changed nothing"
+    );
+    wait_for(&c, "3 running", Duration::from_secs(60), || {
+        c.running_per_node("web").values().sum::<usize>() == 3
+            && c.counter.connected("web").len() == 3
+    });
     assert!(!leads(&c, second), "the old leader stands by");
 }

@@ -11,7 +11,8 @@ use bulkhead_tests::testhost::WorkspaceBinaries;
 use bulkhead_tests::{guest_probe, vm_lock};
 
 fn built() -> kernel::BuiltKernel {
-    kernel::find_built().unwrap_or_else(|e| panic!("{e} (CI builds it before the tests: `make kernel`)"))
+    kernel::find_built()
+        .unwrap_or_else(|e| panic!("{e} (CI builds it before the tests: `make kernel`)"))
 }
 
 #[test]
@@ -20,13 +21,23 @@ fn cached_kernel_has_every_listed_symbol_and_the_pvh_note() {
     let requirements = fragment::parse_fragment(kernel::MICROVM_FRAGMENT).unwrap();
     let config = fragment::parse_dot_config(&std::fs::read_to_string(&k.config).unwrap());
     let dropped = fragment::check(&requirements, &config);
-    assert!(dropped.is_empty(), "symbols missing from {}: {dropped:?}", k.config.display());
+    assert!(
+        dropped.is_empty(),
+        "symbols missing from {}: {dropped:?}",
+        k.config.display()
+    );
 
-    let notes = Command::new("readelf").arg("-n").arg(&k.vmlinux).output().expect("readelf (binutils)");
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(&k.vmlinux)
+        .output()
+        .expect("readelf (binutils)");
     let notes = String::from_utf8_lossy(&notes.stdout);
     // XEN_ELFNOTE_PHYS32_ENTRY (type 0x12) is the PVH entry point.
     assert!(
-        notes.lines().any(|l| l.trim_start().starts_with("Xen") && l.contains("0x00000012")),
+        notes
+            .lines()
+            .any(|l| l.trim_start().starts_with("Xen") && l.contains("0x00000012")),
         "no PVH entry note in {}:\n{notes}",
         k.vmlinux.display()
     );
@@ -36,14 +47,31 @@ fn cached_kernel_has_every_listed_symbol_and_the_pvh_note() {
 fn cli_kernel_path_and_a_second_build_do_no_work() {
     let bulkhead = WorkspaceBinaries::from_env().path("bulkhead").unwrap();
     let k = built();
-    let path = Command::new(&bulkhead).args(["kernel", "path"]).output().unwrap();
-    assert!(path.status.success(), "{}", String::from_utf8_lossy(&path.stderr));
-    assert_eq!(String::from_utf8_lossy(&path.stdout).trim(), k.vmlinux.to_str().unwrap());
+    let path = Command::new(&bulkhead)
+        .args(["kernel", "path"])
+        .output()
+        .unwrap();
+    assert!(
+        path.status.success(),
+        "{}",
+        String::from_utf8_lossy(&path.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&path.stdout).trim(),
+        k.vmlinux.to_str().unwrap()
+    );
 
     // Already cached: no phase is announced, the same path comes back.
-    let again = Command::new(&bulkhead).args(["kernel", "build"]).output().unwrap();
+    let again = Command::new(&bulkhead)
+        .args(["kernel", "build"])
+        .output()
+        .unwrap();
     assert!(again.status.success());
-    assert_eq!(String::from_utf8_lossy(&again.stderr), "", "a cached build should do nothing");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr),
+        "",
+        "a cached build should do nothing"
+    );
     assert_eq!(again.stdout, path.stdout);
 }
 
@@ -51,7 +79,11 @@ fn cli_kernel_path_and_a_second_build_do_no_work() {
 fn cli_kernel_path_fails_clearly_when_nothing_is_built() {
     let bulkhead = WorkspaceBinaries::from_env().path("bulkhead").unwrap();
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(&bulkhead).args(["kernel", "path"]).env("BULKHEAD_CACHE", empty.path()).output().unwrap();
+    let out = Command::new(&bulkhead)
+        .args(["kernel", "path"])
+        .env("BULKHEAD_CACHE", empty.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bulkhead kernel build"), "{err}");
@@ -63,18 +95,44 @@ fn probe_boot_passes_every_check_and_powers_off() {
     let _vm = vm_lock();
     let k = built();
     let agent = guest_probe::static_agent_path();
-    assert!(agent.is_file(), "no static agent at {} (`make static`)", agent.display());
-    let report = guest_probe::boot(&k.vmlinux, &agent, 2, Duration::from_secs(240), &mut |_| {}).unwrap();
-    for check in ["cpus", "threads", "epoll", "setuid", "pty", "shebang", "overlay-tmpfs", "filesystems"] {
+    assert!(
+        agent.is_file(),
+        "no static agent at {} (`make static`)",
+        agent.display()
+    );
+    let report =
+        guest_probe::boot(&k.vmlinux, &agent, 2, Duration::from_secs(240), &mut |_| {}).unwrap();
+    for check in [
+        "cpus",
+        "threads",
+        "epoll",
+        "setuid",
+        "pty",
+        "shebang",
+        "overlay-tmpfs",
+        "filesystems",
+    ] {
         assert!(
-            report.lines.iter().any(|l| l.starts_with(&format!("{check} ok"))),
+            report
+                .lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{check} ok"))),
             "check {check} did not pass: {:#?}\nconsole tail:\n{}",
             report.lines,
             bulkhead_tests::testhost::tail_lines(&report.console, 30)
         );
     }
-    assert!(report.lines.iter().any(|l| l == "cpus ok (2 online)"), "{:?}", report.lines);
+    assert!(
+        report.lines.iter().any(|l| l == "cpus ok (2 online)"),
+        "{:?}",
+        report.lines
+    );
     assert!(report.all_ok(), "{:#?}", report.lines);
     // QEMU exits 0 by itself only through the guest's ACPI power-off.
-    assert_eq!(report.qemu_status, Some(0), "console tail:\n{}", bulkhead_tests::testhost::tail_lines(&report.console, 30));
+    assert_eq!(
+        report.qemu_status,
+        Some(0),
+        "console tail:\n{}",
+        bulkhead_tests::testhost::tail_lines(&report.console, 30)
+    );
 }

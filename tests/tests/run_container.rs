@@ -19,7 +19,11 @@ fn bulkhead() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let release = exe.parent().and_then(|d| d.parent()).unwrap();
     let b = release.join("bulkhead");
-    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    assert!(
+        b.is_file(),
+        "no {} (cargo build --release --workspace)",
+        b.display()
+    );
     b
 }
 
@@ -30,10 +34,19 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn ctx(dir: &tempfile::TempDir, oci: &str, netns: Option<&NetNs>) -> Ctx {
-    bulkhead_images::debian::ensure_packages(&["crun", "runc", "nftables", "iproute2"], &mut |m| eprintln!("{m}")).unwrap();
+    bulkhead_images::debian::ensure_packages(&["crun", "runc", "nftables", "iproute2"], &mut |m| {
+        eprintln!("{m}")
+    })
+    .unwrap();
     let data = dir.path().join("data");
     run_cases::prepare_store(&bulkhead(), &data, false).unwrap();
-    Ctx { bulkhead: bulkhead(), data, runtime: "container".into(), oci_runtime: Some(oci.into()), netns: netns.map(NetNs::path) }
+    Ctx {
+        bulkhead: bulkhead(),
+        data,
+        runtime: "container".into(),
+        oci_runtime: Some(oci.into()),
+        netns: netns.map(NetNs::path),
+    }
 }
 
 fn table(oci: &str) {
@@ -47,12 +60,33 @@ fn table(oci: &str) {
     assert!(failed.is_empty(), "{oci}: failed: {failed:#?}");
     assert!(checks.len() >= 18, "{checks:#?}");
     // The image's unpacked tree goes with the image.
-    let bh = |args: &[&str]| Command::new(&ctx.bulkhead).env("BULKHEAD_DATA", &ctx.data).args(args).output().unwrap();
-    assert_eq!(std::fs::read_dir(ctx.data.join("trees")).unwrap().count(), 2, "bb:test's and bb:nopath's");
-    assert!(bh(&["image", "rm", run_cases::IMAGE]).status.success() && bh(&["image", "rm", run_cases::NOPATH_IMAGE]).status.success());
+    let bh = |args: &[&str]| {
+        Command::new(&ctx.bulkhead)
+            .env("BULKHEAD_DATA", &ctx.data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        std::fs::read_dir(ctx.data.join("trees")).unwrap().count(),
+        2,
+        "bb:test's and bb:nopath's"
+    );
+    assert!(
+        bh(&["image", "rm", run_cases::IMAGE]).status.success()
+            && bh(&["image", "rm", run_cases::NOPATH_IMAGE])
+                .status
+                .success()
+    );
     let gc = bh(&["image", "gc"]);
-    assert!(String::from_utf8_lossy(&gc.stderr).contains("2 trees"), "{gc:?}");
-    assert_eq!(std::fs::read_dir(ctx.data.join("trees")).unwrap().count(), 0);
+    assert!(
+        String::from_utf8_lossy(&gc.stderr).contains("2 trees"),
+        "{gc:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(ctx.data.join("trees")).unwrap().count(),
+        0
+    );
 }
 
 /// Workload networking (`net_cases`) with each OCI runtime, 20 cycles.
@@ -96,7 +130,10 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     let dir = tempfile::tempdir().unwrap();
     let ns = NetNs::create("bhtest-jail-sweep").unwrap();
     let ctx = ctx(&dir, "crun", Some(&ns));
-    let keep = ctx.out(ctx.run_cmd(&["-d", "--name", "keep", "--network", "none"], &["sleep", "1000"]));
+    let keep = ctx.out(ctx.run_cmd(
+        &["-d", "--name", "keep", "--network", "none"],
+        &["sleep", "1000"],
+    ));
     assert!(keep.status.success(), "{}", run_cases::show(&keep));
     let keep_id = run_cases::text(&keep.stdout).trim().to_string();
     let base = PathBuf::from("/run/bulkhead/jail");
@@ -107,27 +144,59 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     // A jail of another store on this host, its jailer alive: it holds the dir's lock.
     let live_id: String = lost_id.replace(|c: char| c.is_ascii_digit(), "d");
     std::fs::create_dir_all(base.join(&live_id).join("root")).unwrap();
-    let live = nix::fcntl::Flock::lock(std::fs::File::open(base.join(&live_id)).unwrap(), nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
-    let groups = bulkhead_jailer::cgroup::Cgroups::create(&lost_id, &[("pids".into(), "pids.max".into(), "8".into())]).unwrap();
+    let live = nix::fcntl::Flock::lock(
+        std::fs::File::open(base.join(&live_id)).unwrap(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .unwrap();
+    let groups = bulkhead_jailer::cgroup::Cgroups::create(
+        &lost_id,
+        &[("pids".into(), "pids.max".into(), "8".into())],
+    )
+    .unwrap();
     let mut stray = Command::new("sleep").arg("1000").spawn().unwrap();
     groups.join(stray.id() as i32).unwrap();
     // A bulkhead cgroup with no jail dir: another store's container on this host.
     let other_id: String = lost_id.replace(|c: char| c.is_ascii_digit(), "e");
-    let others = bulkhead_jailer::cgroup::Cgroups::create(&other_id, &[("pids".into(), "pids.max".into(), "8".into())]).unwrap();
+    let others = bulkhead_jailer::cgroup::Cgroups::create(
+        &other_id,
+        &[("pids".into(), "pids.max".into(), "8".into())],
+    )
+    .unwrap();
     let mut neighbour = Command::new("sleep").arg("1000").spawn().unwrap();
     others.join(neighbour.id() as i32).unwrap();
 
     let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "none"], &["true"]));
     assert!(o.status.success(), "{}", run_cases::show(&o));
-    assert!(!base.join(&lost_id).exists(), "the lost workload's jail dir is swept");
-    assert!(groups.dirs().iter().all(|d| !d.exists()), "its cgroups are swept: {:?}", groups.dirs());
+    assert!(
+        !base.join(&lost_id).exists(),
+        "the lost workload's jail dir is swept"
+    );
+    assert!(
+        groups.dirs().iter().all(|d| !d.exists()),
+        "its cgroups are swept: {:?}",
+        groups.dirs()
+    );
     let status = stray.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "what ran in its cgroup is killed");
-    assert!(base.join(&keep_id).exists(), "a workload in the store keeps its jail");
-    assert!(base.join(&live_id).exists(), "a jail its jailer holds is left alone, whoever's it is");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "what ran in its cgroup is killed"
+    );
+    assert!(
+        base.join(&keep_id).exists(),
+        "a workload in the store keeps its jail"
+    );
+    assert!(
+        base.join(&live_id).exists(),
+        "a jail its jailer holds is left alone, whoever's it is"
+    );
     drop(live);
     bulkhead_jailer::cleanup::remove(&base, &live_id).unwrap();
-    assert!(neighbour.try_wait().unwrap().is_none(), "another store's container (a cgroup, no jail dir) is left alone");
+    assert!(
+        neighbour.try_wait().unwrap().is_none(),
+        "another store's container (a cgroup, no jail dir) is left alone"
+    );
     let _ = neighbour.kill();
     let _ = neighbour.wait();
     bulkhead_jailer::cleanup::remove(&base, &other_id).unwrap();
@@ -135,5 +204,8 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
 
     let rm = ctx.bh(&["rm", "-f", "keep"]);
     assert!(rm.status.success(), "{}", run_cases::show(&rm));
-    assert!(!base.join(&keep_id).exists(), "rm removes the workload's jail");
+    assert!(
+        !base.join(&keep_id).exists(),
+        "rm removes the workload's jail"
+    );
 }

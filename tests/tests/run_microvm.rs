@@ -16,8 +16,16 @@ use bulkhead_tests::testhost::{Mode, TestHost};
 
 fn bulkhead() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let b = exe.parent().and_then(|d| d.parent()).unwrap().join("bulkhead");
-    assert!(b.is_file(), "no {} (cargo build --release --workspace)", b.display());
+    let b = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("bulkhead");
+    assert!(
+        b.is_file(),
+        "no {} (cargo build --release --workspace)",
+        b.display()
+    );
     b
 }
 
@@ -41,10 +49,18 @@ fn table_in_test_host(table: &str, cycles: &str, memory_mib: u32, prefix: &str, 
     let stdout = out.stdout_str();
     let report = format!("stdout:\n{stdout}\nstderr:\n{}", out.stderr_str());
     let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
-    let failed: Vec<&&str> = checks.iter().filter(|l| l.split_whitespace().nth(2) != Some("ok")).collect();
+    let failed: Vec<&&str> = checks
+        .iter()
+        .filter(|l| l.split_whitespace().nth(2) != Some("ok"))
+        .collect();
     assert!(failed.is_empty(), "failed: {failed:#?}\n{report}");
     for want in wants {
-        assert!(checks.iter().any(|l| l.split_whitespace().nth(1) == Some(&format!("{prefix}{want}"))), "check {want} did not run\n{report}");
+        assert!(
+            checks
+                .iter()
+                .any(|l| l.split_whitespace().nth(1) == Some(&format!("{prefix}{want}"))),
+            "check {want} did not run\n{report}"
+        );
     }
     assert_eq!(out.status, 0, "{report}");
 }
@@ -81,7 +97,15 @@ fn the_run_table_passes_in_microvms() {
 /// to zero and gone.
 #[test]
 fn a_microvm_service_deploys_through_server_and_node() {
-    let wants = ["node-joined", "deploy-running", "logs-through-the-server", "exec-through-the-server", "vmm-jailed", "scaled-to-zero-removed", "nothing-left"];
+    let wants = [
+        "node-joined",
+        "deploy-running",
+        "logs-through-the-server",
+        "exec-through-the-server",
+        "vmm-jailed",
+        "scaled-to-zero-removed",
+        "nothing-left",
+    ];
     table_in_test_host("cluster-cases", "1", 2048, "cluster/", &wants);
 }
 
@@ -125,16 +149,36 @@ fn workload_networking_in_microvms() {
 fn without_hardware_virtualization_a_microvm_run_fails_fast_and_says_why() {
     if Mode::detect().unwrap() == Mode::Direct {
         // This host boots microVMs; the table above covers it.
-        assert_eq!(bulkhead_vmm::host::detect(), bulkhead_vmm::host::KvmKind::Hardware);
+        assert_eq!(
+            bulkhead_vmm::host::detect(),
+            bulkhead_vmm::host::KvmKind::Hardware
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     run_cases::prepare_store(&bulkhead(), &data, false).unwrap();
-    let o = std::process::Command::new(bulkhead()).env("BULKHEAD_DATA", &data).args(["run", run_cases::IMAGE, "echo", "hi"]).output().unwrap();
+    let o = std::process::Command::new(bulkhead())
+        .env("BULKHEAD_DATA", &data)
+        .args(["run", run_cases::IMAGE, "echo", "hi"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(125), "{err}");
-    assert!(err.contains("cannot boot a microVM") && err.contains("--runtime container") && err.contains("testhost"), "{err}");
-    let ps = std::process::Command::new(bulkhead()).env("BULKHEAD_DATA", &data).args(["ps", "-a", "--format", "json"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "[]", "a refused run leaves no record");
+    assert!(
+        err.contains("cannot boot a microVM")
+            && err.contains("--runtime container")
+            && err.contains("testhost"),
+        "{err}"
+    );
+    let ps = std::process::Command::new(bulkhead())
+        .env("BULKHEAD_DATA", &data)
+        .args(["ps", "-a", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "[]",
+        "a refused run leaves no record"
+    );
 }

@@ -12,7 +12,10 @@ use bulkhead_tests::testhost::{Mode, TestHost, TestHostError};
 use bulkhead_tests::vm_lock;
 
 fn host(mode: Mode) -> TestHost {
-    TestHost::new().expect("test host settings").with_mode(mode).timeout(Duration::from_secs(240))
+    TestHost::new()
+        .expect("test host settings")
+        .with_mode(mode)
+        .timeout(Duration::from_secs(240))
 }
 
 #[test]
@@ -23,7 +26,13 @@ fn kvm_works_and_pivot_root_works_in_the_detected_mode() {
     let out = th
         .run(&["sh", "-c", "test -c /dev/kvm && echo KVM-OK; grep -q -w -E 'svm|vmx' /proc/cpuinfo && echo VIRT-FLAGS"])
         .unwrap();
-    assert_eq!(out.stdout_str(), "KVM-OK\nVIRT-FLAGS\n", "stderr: {}\nconsole: {}", out.stderr_str(), out.console);
+    assert_eq!(
+        out.stdout_str(),
+        "KVM-OK\nVIRT-FLAGS\n",
+        "stderr: {}\nconsole: {}",
+        out.stderr_str(),
+        out.console
+    );
     assert_eq!(out.status, 0);
 
     if th.mode() == Mode::Nested {
@@ -31,7 +40,12 @@ fn kvm_works_and_pivot_root_works_in_the_detected_mode() {
         // crun and the jailer need it.
         let script = "mkdir -p /pr && mount -t tmpfs t /pr && mkdir /pr/old && cd /pr && pivot_root . old && echo PIVOT-OK";
         let out = th.run(&["unshare", "-m", "sh", "-c", script]).unwrap();
-        assert_eq!(out.stdout_str(), "PIVOT-OK\n", "stderr: {}", out.stderr_str());
+        assert_eq!(
+            out.stdout_str(),
+            "PIVOT-OK\n",
+            "stderr: {}",
+            out.stderr_str()
+        );
     }
 }
 
@@ -39,7 +53,13 @@ fn kvm_works_and_pivot_root_works_in_the_detected_mode() {
 fn stdout_stderr_and_exit_status_stay_apart() {
     for mode in [Mode::Direct, Mode::Nested] {
         let _vm = vm_lock();
-        let out = host(mode).run(&["sh", "-c", "echo out; echo err >&2; printf 'no newline'; exit 7"]).unwrap();
+        let out = host(mode)
+            .run(&[
+                "sh",
+                "-c",
+                "echo out; echo err >&2; printf 'no newline'; exit 7",
+            ])
+            .unwrap();
         assert_eq!(out.stdout_str(), "out\nno newline", "{mode}");
         assert_eq!(out.stderr_str(), "err\n", "{mode}");
         assert_eq!(out.status, 7, "{mode}");
@@ -70,7 +90,11 @@ fn stdin_env_staging_and_collect() {
         fs::write(&src_file, "staged file\n").unwrap();
 
         // A unique path, absent on this host, so direct mode may create it.
-        let base = format!("/tmp/bulkhead-testhost-{}-{}", std::process::id(), if mode == Mode::Direct { "d" } else { "n" });
+        let base = format!(
+            "/tmp/bulkhead-testhost-{}-{}",
+            std::process::id(),
+            if mode == Mode::Direct { "d" } else { "n" }
+        );
         let stdin: Vec<u8> = b"line one\n\x00binary\xff no newline".to_vec();
         let script = format!(
             "cat > {base}/stdin.copy; cat {base}/file.txt; cat {base}/tree/sub/leaf.txt; echo \"$GREETING\"; \
@@ -83,15 +107,33 @@ fn stdin_env_staging_and_collect() {
             .env("GREETING", "hello 'quoted' $world")
             .stdin(stdin.clone())
             .collect(format!("{base}/out"), &back)
-            .collect(format!("{base}/stdin.copy"), scratch.path().join("stdin.copy"))
+            .collect(
+                format!("{base}/stdin.copy"),
+                scratch.path().join("stdin.copy"),
+            )
             .run(&["sh", "-c", &script])
             .unwrap();
         assert_eq!(out.status, 0, "{mode}: {}", out.stderr_str());
-        assert_eq!(out.stdout_str(), "staged file\nleaf\nhello 'quoted' $world\n", "{mode}");
-        assert_eq!(fs::read_to_string(back.join("d/r.txt")).unwrap(), "result\n", "{mode}");
-        assert_eq!(fs::read(scratch.path().join("stdin.copy")).unwrap(), stdin, "{mode}");
+        assert_eq!(
+            out.stdout_str(),
+            "staged file\nleaf\nhello 'quoted' $world\n",
+            "{mode}"
+        );
+        assert_eq!(
+            fs::read_to_string(back.join("d/r.txt")).unwrap(),
+            "result\n",
+            "{mode}"
+        );
+        assert_eq!(
+            fs::read(scratch.path().join("stdin.copy")).unwrap(),
+            stdin,
+            "{mode}"
+        );
         if mode == Mode::Direct {
-            assert!(!std::path::Path::new(&base).exists(), "direct mode must remove what it staged");
+            assert!(
+                !std::path::Path::new(&base).exists(),
+                "direct mode must remove what it staged"
+            );
         }
     }
 }
@@ -101,8 +143,14 @@ fn collecting_a_missing_path_is_an_error() {
     for mode in [Mode::Direct, Mode::Nested] {
         let _vm = vm_lock();
         let dir = tempfile::tempdir().unwrap();
-        let err = host(mode).collect("/no/such/path", dir.path().join("x")).run(&["true"]).unwrap_err();
-        assert!(matches!(err, TestHostError::Collect { .. }), "{mode}: {err}");
+        let err = host(mode)
+            .collect("/no/such/path", dir.path().join("x"))
+            .run(&["true"])
+            .unwrap_err();
+        assert!(
+            matches!(err, TestHostError::Collect { .. }),
+            "{mode}: {err}"
+        );
     }
 }
 
@@ -110,8 +158,14 @@ fn collecting_a_missing_path_is_an_error() {
 fn timeout_kills_the_run_with_a_clear_error() {
     for mode in [Mode::Direct, Mode::Nested] {
         let _vm = vm_lock();
-        let err = host(mode).timeout(Duration::from_secs(2)).run(&["sleep", "600"]).unwrap_err();
-        assert!(matches!(err, TestHostError::Timeout { .. }), "{mode}: {err}");
+        let err = host(mode)
+            .timeout(Duration::from_secs(2))
+            .run(&["sleep", "600"])
+            .unwrap_err();
+        assert!(
+            matches!(err, TestHostError::Timeout { .. }),
+            "{mode}: {err}"
+        );
         assert!(err.to_string().contains("timed out"), "{err}");
         assert_eq!(err.exit_code(), 124);
     }
@@ -123,7 +177,9 @@ fn bad_requests_fail_before_anything_boots() {
     assert!(matches!(th.run(&[]), Err(TestHostError::Usage(_))));
     let th = TestHost::new().unwrap().stage("/definitely/not/here", "/x");
     assert!(matches!(th.run(&["true"]), Err(TestHostError::Usage(_))));
-    let th = TestHost::new().unwrap().stage("/etc/hostname", "relative/path");
+    let th = TestHost::new()
+        .unwrap()
+        .stage("/etc/hostname", "relative/path");
     assert!(matches!(th.run(&["true"]), Err(TestHostError::Usage(_))));
 }
 
@@ -142,7 +198,11 @@ fn the_cli_passes_stdio_and_status_through() {
     child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    assert!(String::from_utf8_lossy(&out.stderr).ends_with("err\n"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).ends_with("err\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(3));
 }
 
@@ -156,10 +216,15 @@ fn a_frozen_test_host_is_booted_again_then_given_up_on() {
     let err = host(Mode::Nested)
         .attempts(2)
         .frozen_after(Duration::from_secs(5))
-        .run_streaming(&["sh", "-c", script], &mut |_, data| booted += String::from_utf8_lossy(data).matches("booted").count())
+        .run_streaming(&["sh", "-c", script], &mut |_, data| {
+            booted += String::from_utf8_lossy(data).matches("booted").count()
+        })
         .unwrap_err();
     // Each boot breaks down (here by the stopped heartbeat; the emulation
     // may add its own breakdowns, which count the same).
-    assert!(matches!(err, TestHostError::BrokeDown { boots: 2, .. }), "{err}");
+    assert!(
+        matches!(err, TestHostError::BrokeDown { boots: 2, .. }),
+        "{err}"
+    );
     assert!(booted >= 1, "the command ran: {booted}");
 }

@@ -48,7 +48,13 @@ fn cases(stdout: &str) -> HashMap<String, Case> {
     for line in stdout.lines() {
         if let Some(rest) = line.strip_prefix("CASE ") {
             let (name, exit) = rest.split_once(" exit=").unwrap();
-            out.insert(name.to_string(), Case { exit: exit.parse().unwrap(), serial: std::mem::take(&mut serial) });
+            out.insert(
+                name.to_string(),
+                Case {
+                    exit: exit.parse().unwrap(),
+                    serial: std::mem::take(&mut serial),
+                },
+            );
         } else {
             serial.push_str(line);
             serial.push('\n');
@@ -70,9 +76,17 @@ fn script(runs: &[(&str, &str, &str)]) -> String {
 fn guest_cpio(dir: &std::path::Path) -> std::path::PathBuf {
     let init = format!("#!/bin/sh\n{}{ACTIONS}", guest_initramfs::MOUNTS);
     let agent = guest_probe::static_agent_path();
-    assert!(agent.is_file(), "no static agent at {} (`make static`)", agent.display());
+    assert!(
+        agent.is_file(),
+        "no static agent at {} (`make static`)",
+        agent.display()
+    );
     let path = dir.join("guest.cpio");
-    std::fs::write(&path, guest_initramfs::busybox(&init, &[("/bin/bulkhead-agent", &agent)]).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        guest_initramfs::busybox(&init, &[("/bin/bulkhead-agent", &agent)]).unwrap(),
+    )
+    .unwrap();
     path
 }
 
@@ -83,25 +97,75 @@ fn our_kernel_boots_on_1_and_2_vcpus_powers_off_reboots_panics_and_passes_the_pr
     let cpio = guest_cpio(dir.path());
     let k = "\"$BULKHEAD_KERNEL\"";
     let s = script(&[
-        ("poweroff1", k, "--vcpus 1 --cmdline 'console=ttyS0 quiet ACTION=poweroff'"),
-        ("reboot2", k, "--vcpus 2 --cmdline 'console=ttyS0 quiet ACTION=reboot'"),
-        ("probe2", k, "--vcpus 2 --memory 256 --cmdline 'console=ttyS0 quiet ACTION=probe CPUS=2'"),
-        ("panic1", k, "--vcpus 1 --cmdline 'console=ttyS0 quiet ACTION=panic'"),
+        (
+            "poweroff1",
+            k,
+            "--vcpus 1 --cmdline 'console=ttyS0 quiet ACTION=poweroff'",
+        ),
+        (
+            "reboot2",
+            k,
+            "--vcpus 2 --cmdline 'console=ttyS0 quiet ACTION=reboot'",
+        ),
+        (
+            "probe2",
+            k,
+            "--vcpus 2 --memory 256 --cmdline 'console=ttyS0 quiet ACTION=probe CPUS=2'",
+        ),
+        (
+            "panic1",
+            k,
+            "--vcpus 1 --cmdline 'console=ttyS0 quiet ACTION=panic'",
+        ),
     ]);
-    let out = TestHost::new().unwrap().stage(&cpio, "/t/guest.cpio").timeout(Duration::from_secs(400)).run(&["sh", "-c", &s]).unwrap();
+    let out = TestHost::new()
+        .unwrap()
+        .stage(&cpio, "/t/guest.cpio")
+        .timeout(Duration::from_secs(400))
+        .run(&["sh", "-c", &s])
+        .unwrap();
     let c = cases(&out.stdout_str());
-    let report = || format!("stdout:\n{}\nstderr:\n{}", out.stdout_str(), out.stderr_str());
+    let report = || {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            out.stdout_str(),
+            out.stderr_str()
+        )
+    };
 
     let p1 = &c.get("poweroff1").unwrap_or_else(|| panic!("{}", report()));
-    assert_eq!((p1.exit, p1.serial.contains("GUEST nproc=1")), (0, true), "{}", report());
+    assert_eq!(
+        (p1.exit, p1.serial.contains("GUEST nproc=1")),
+        (0, true),
+        "{}",
+        report()
+    );
     let r2 = &c["reboot2"];
-    assert_eq!((r2.exit, r2.serial.contains("GUEST nproc=2")), (0, true), "{}", report());
+    assert_eq!(
+        (r2.exit, r2.serial.contains("GUEST nproc=2")),
+        (0, true),
+        "{}",
+        report()
+    );
     let probe = &c["probe2"];
     assert_eq!(probe.exit, 0, "{}", report());
-    assert!(probe.serial.contains("probe: all ok") && probe.serial.contains("probe: exit 0"), "{}", report());
-    assert!(probe.serial.contains("probe: cpus ok (2 online)"), "{}", report());
+    assert!(
+        probe.serial.contains("probe: all ok") && probe.serial.contains("probe: exit 0"),
+        "{}",
+        report()
+    );
+    assert!(
+        probe.serial.contains("probe: cpus ok (2 online)"),
+        "{}",
+        report()
+    );
     let panic = &c["panic1"];
-    assert_eq!(panic.exit, i32::from(bulkhead_vmm::exit::code::GUEST_PANIC), "{}", report());
+    assert_eq!(
+        panic.exit,
+        i32::from(bulkhead_vmm::exit::code::GUEST_PANIC),
+        "{}",
+        report()
+    );
 }
 
 #[test]
@@ -110,7 +174,11 @@ fn debian_cloud_kernel_bzimage_boots_with_2_vcpus() {
     let dir = tempfile::tempdir().unwrap();
     let cpio = guest_cpio(dir.path());
     let stock = testhost::stock_kernel().unwrap();
-    let s = script(&[("cloud2", "/t/vmlinuz", "--vcpus 2 --memory 256 --cmdline 'console=ttyS0 quiet ACTION=poweroff'")]);
+    let s = script(&[(
+        "cloud2",
+        "/t/vmlinuz",
+        "--vcpus 2 --memory 256 --cmdline 'console=ttyS0 quiet ACTION=poweroff'",
+    )]);
     let out = TestHost::new()
         .unwrap()
         .stage(&cpio, "/t/guest.cpio")
@@ -119,19 +187,33 @@ fn debian_cloud_kernel_bzimage_boots_with_2_vcpus() {
         .run(&["sh", "-c", &s])
         .unwrap();
     let c = cases(&out.stdout_str());
-    let cloud = c.get("cloud2").unwrap_or_else(|| panic!("stdout:\n{}\nstderr:\n{}", out.stdout_str(), out.stderr_str()));
+    let cloud = c.get("cloud2").unwrap_or_else(|| {
+        panic!(
+            "stdout:\n{}\nstderr:\n{}",
+            out.stdout_str(),
+            out.stderr_str()
+        )
+    });
     assert_eq!(cloud.exit, 0, "{}", cloud.serial);
     assert!(cloud.serial.contains("GUEST nproc=2"), "{}", cloud.serial);
 }
 
-fn mkfs(dir: &std::path::Path, name: &str, contents: Option<&std::path::Path>) -> std::path::PathBuf {
+fn mkfs(
+    dir: &std::path::Path,
+    name: &str,
+    contents: Option<&std::path::Path>,
+) -> std::path::PathBuf {
     let img = dir.join(name);
     let mut cmd = std::process::Command::new("mkfs.ext4");
     cmd.arg("-q");
     if let Some(src) = contents {
         cmd.arg("-d").arg(src);
     }
-    let status = cmd.arg(&img).arg("8M").status().expect("mkfs.ext4 (e2fsprogs)");
+    let status = cmd
+        .arg(&img)
+        .arg("8M")
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs)");
     assert!(status.success());
     img
 }
@@ -192,6 +274,13 @@ echo "CASE virtio exit=$rc"
     ] {
         assert!(v.serial.contains(want), "missing {want:?}\n{report}");
     }
-    let cat = std::process::Command::new("debugfs").args(["-R", "cat /out.txt"]).arg(&back).output().expect("debugfs (e2fsprogs)");
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "written by the guest\n");
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /out.txt"])
+        .arg(&back)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout),
+        "written by the guest\n"
+    );
 }

@@ -44,7 +44,12 @@ fn run_once(vmm: &Path, extra: &[&str], kernel: &Path) -> Sample {
     let mut rest = Vec::new();
     out.read_to_end(&mut rest).expect("read guest output");
     let mut err = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
     let status = child.wait().expect("wait");
     let exit = start.elapsed();
     assert!(status.success(), "bulkhead-vmm failed: {status}: {err}");
@@ -54,7 +59,11 @@ fn run_once(vmm: &Path, extra: &[&str], kernel: &Path) -> Sample {
         .find_map(|w| w.strip_prefix("overhead_kib="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no memory report in: {err}"));
-    Sample { first_byte, exit, overhead_kib }
+    Sample {
+        first_byte,
+        exit,
+        overhead_kib,
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -72,7 +81,10 @@ fn report(name: &str, samples: &[Sample]) {
     let mut mem: Vec<u64> = samples.iter().map(|s| s.overhead_kib).collect();
     mem.sort();
     println!("{name} ({} runs)", samples.len());
-    for (label, v, target) in [("start -> first serial byte", &fb, 3.0), ("start -> exit (reaped)", &ex, 6.0)] {
+    for (label, v, target) in [
+        ("start -> first serial byte", &fb, 3.0),
+        ("start -> exit (reaped)", &ex, 6.0),
+    ] {
         let med = percentile(v, 0.5);
         let verdict = if med <= target { "meets" } else { "MISSES" };
         println!(
@@ -84,18 +96,38 @@ fn report(name: &str, samples: &[Sample]) {
     }
     let med_mem = mem[mem.len() / 2];
     let verdict = if med_mem <= 3072 { "meets" } else { "MISSES" };
-    println!("  {:<28} median {:6.2} MiB (min {:.2}, max {:.2})   target <= 3 MiB: {verdict}", "VMM memory overhead", med_mem as f64 / 1024.0, mem[0] as f64 / 1024.0, mem[mem.len() - 1] as f64 / 1024.0);
+    println!(
+        "  {:<28} median {:6.2} MiB (min {:.2}, max {:.2})   target <= 3 MiB: {verdict}",
+        "VMM memory overhead",
+        med_mem as f64 / 1024.0,
+        mem[0] as f64 / 1024.0,
+        mem[mem.len() - 1] as f64 / 1024.0
+    );
 }
 
 fn main() {
-    let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(30);
     let dynamic = PathBuf::from(env!("CARGO_BIN_EXE_bulkhead-vmm"));
-    let static_build = dynamic.parent().and_then(|d| d.parent()).map(|t| t.join("x86_64-unknown-linux-gnu/release/bulkhead-vmm"));
-    let mut builds: Vec<(&str, PathBuf, &[&str])> = vec![("workspace build (dynamic)", dynamic, &[])];
+    let static_build = dynamic
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|t| t.join("x86_64-unknown-linux-gnu/release/bulkhead-vmm"));
+    let mut builds: Vec<(&str, PathBuf, &[&str])> =
+        vec![("workspace build (dynamic)", dynamic, &[])];
     match static_build.filter(|p| p.is_file()) {
         Some(p) => {
             // What the seccomp filters cost: the shipped binary without them.
-            builds.insert(0, ("static build, --no-seccomp (debugging only)", p.clone(), &["--no-seccomp"]));
+            builds.insert(
+                0,
+                (
+                    "static build, --no-seccomp (debugging only)",
+                    p.clone(),
+                    &["--no-seccomp"],
+                ),
+            );
             builds.insert(0, ("static build (as shipped)", p, &[]));
         }
         None => println!("(no static build: run `make static` to measure the shipped binary too)"),
@@ -106,7 +138,10 @@ fn main() {
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, Program::new().print(LINE).reset_i8042().elf()).expect("write guest");
 
-    println!("bulkhead-vmm boot benchmark: tiny PVH guest, 1 vCPU, 128 MiB, host KVM: {}", bulkhead_vmm::host::detect());
+    println!(
+        "bulkhead-vmm boot benchmark: tiny PVH guest, 1 vCPU, 128 MiB, host KVM: {}",
+        bulkhead_vmm::host::detect()
+    );
     for (_, vmm, extra) in &builds {
         for _ in 0..3 {
             run_once(vmm, extra, &kernel);

@@ -24,11 +24,16 @@ const DATA: u64 = 0x2_0000;
 const STATUS: u64 = 0x3_0000;
 
 fn blk(c: &mut Criterion) {
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]) else { return };
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]) else {
+        return;
+    };
     let mut backend = Backend::new(Box::new(MemDisk::new(vec![0u8; 1 << 20])), false, "bench");
     let mut g = c.benchmark_group("virtio-blk");
     g.throughput(Throughput::Bytes(4096));
-    for (name, kind, data_flags) in [("read 4 KiB", 0u32, WRITE | NEXT), ("write 4 KiB", 1u32, NEXT)] {
+    for (name, kind, data_flags) in [
+        ("read 4 KiB", 0u32, WRITE | NEXT),
+        ("write 4 KiB", 1u32, NEXT),
+    ] {
         // struct virtio_blk_outhdr: type, reserved, sector.
         let mut hdr = [0u8; 16];
         hdr[..4].copy_from_slice(&kind.to_le_bytes());
@@ -47,7 +52,11 @@ fn blk(c: &mut Criterion) {
         if let Ok(c) = vq.build_desc_chain(&chain) {
             let _ = backend.process_request(&mem, c);
         }
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).ok(), Some(0), "{name}: the request failed");
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(STATUS)).ok(),
+            Some(0),
+            "{name}: the request failed"
+        );
         g.bench_function(name, |b| {
             b.iter(|| {
                 let vq = MockSplitQueue::new(&mem, 16);
@@ -61,24 +70,45 @@ fn blk(c: &mut Criterion) {
 }
 
 fn header(op: u16, len: u32) -> Header {
-    Header { src_cid: 3, dst_cid: HOST_CID, src_port: 5000, dst_port: 1024, len, kind: TYPE_STREAM, op, flags: 0, buf_alloc: 256 * 1024, fwd_cnt: 0 }
+    Header {
+        src_cid: 3,
+        dst_cid: HOST_CID,
+        src_port: 5000,
+        dst_port: 1024,
+        len,
+        kind: TYPE_STREAM,
+        op,
+        flags: 0,
+        buf_alloc: 256 * 1024,
+        fwd_cnt: 0,
+    }
 }
 
 fn vsock(c: &mut Criterion) {
     let Ok(dir) = tempfile::tempdir() else { return };
     let uds = dir.path().join("v");
-    let Ok(listener) = std::os::unix::net::UnixListener::bind(format!("{}_1024", uds.display())) else { return };
+    let Ok(listener) = std::os::unix::net::UnixListener::bind(format!("{}_1024", uds.display()))
+    else {
+        return;
+    };
     let Ok(events) = EventLoop::new() else { return };
-    let Ok(mut mux) = Muxer::new(3, &uds, events.registry(0)) else { return };
+    let Ok(mut mux) = Muxer::new(3, &uds, events.registry(0)) else {
+        return;
+    };
     mux.from_guest(&header(op::REQUEST, 0), &[]);
-    let Ok((mut host, _)) = listener.accept() else { return };
+    let Ok((mut host, _)) = listener.accept() else {
+        return;
+    };
     let mut buf = vec![0u8; 64 * 1024];
     while mux.to_guest(&mut buf).is_some() {} // the RESPONSE
     let payload = vec![0xa5u8; 4096];
     let rw = header(op::RW, 4096);
     let mut got = vec![0u8; 4096];
     mux.from_guest(&rw, &payload);
-    assert!(host.read_exact(&mut got).is_ok() && got == payload, "the packet did not reach the host socket");
+    assert!(
+        host.read_exact(&mut got).is_ok() && got == payload,
+        "the packet did not reach the host socket"
+    );
     let mut g = c.benchmark_group("vsock");
     g.throughput(Throughput::Bytes(4096));
     g.bench_function("guest to host 4 KiB RW packet", |b| {

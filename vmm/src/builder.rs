@@ -10,8 +10,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{self, acpi, mptable, params, BootError, Entry};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
-use crate::devices::ioapic::{IrqLine, Ioapic};
-use crate::devices::legacy::{AcpiPm, BootStagePort, I8042, PvPanic};
+use crate::devices::ioapic::{Ioapic, IrqLine};
+use crate::devices::legacy::{AcpiPm, BootStagePort, PvPanic, I8042};
 use crate::devices::serial::{SerialDevice, SerialOutput as SerialSink};
 use crate::devices::virtio::block::{Block, FileDisk};
 use crate::devices::virtio::mmio::MmioTransport;
@@ -19,13 +19,13 @@ use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::{random_mac, Net};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
-use crate::event_loop::{EventLoop, Registry};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::{Bus, BusError};
+use crate::event_loop::{EventLoop, Registry};
 use crate::exit::ExitSignal;
 use crate::layout::{
-    self, IOAPIC_ADDR, IOAPIC_SIZE, IRQ_SERIAL, PORT_ACPI_SLEEP_CONTROL, PORT_COM1, PORT_I8042, PORT_PVPANIC, VIRTIO_IRQS, VIRTIO_MMIO_BASE,
-    VIRTIO_MMIO_SIZE,
+    self, IOAPIC_ADDR, IOAPIC_SIZE, IRQ_SERIAL, PORT_ACPI_SLEEP_CONTROL, PORT_COM1, PORT_I8042,
+    PORT_PVPANIC, VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::timeline::Timeline;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
@@ -46,17 +46,29 @@ pub enum BuildError {
     #[error("guest memory of {mib} MiB: {detail}")]
     Memory { mib: u32, detail: String },
     #[error("serial output {path}: {source}")]
-    SerialFile { path: String, source: std::io::Error },
+    SerialFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
     #[error("disk {path}: {source}")]
-    Disk { path: String, source: std::io::Error },
+    Disk {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("TAP {name}: {source}")]
-    Tap { name: String, source: std::io::Error },
+    Tap {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("vsock socket {path}: {source}")]
-    Vsock { path: String, source: std::io::Error },
+    Vsock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("too many virtio devices: at most {0}")]
     TooManyDevices(usize),
 }
@@ -78,9 +90,14 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
 
     let vm = Vm::new()?;
     let mem_bytes = u64::from(config.memory_mib) << 20;
-    let ranges: Vec<(GuestAddress, usize)> =
-        layout::ram_ranges(mem_bytes).into_iter().map(|(start, len)| (GuestAddress(start), len as usize)).collect();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| BuildError::Memory { mib: config.memory_mib, detail: e.to_string() })?;
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_bytes)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| BuildError::Memory {
+        mib: config.memory_mib,
+        detail: e.to_string(),
+    })?;
     vm.register_memory(&mem)?;
 
     let exit = Arc::new(ExitSignal::new()?);
@@ -92,28 +109,70 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     mmio.insert(ioapic.clone(), IOAPIC_ADDR, IOAPIC_SIZE)?;
 
     let mut io = Bus::new();
-    let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine::new(ioapic.clone(), IRQ_SERIAL), serial_sink(&config.serial)?)));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        IrqLine::new(ioapic.clone(), IRQ_SERIAL),
+        serial_sink(&config.serial)?,
+    )));
     io.insert(serial.clone(), u64::from(PORT_COM1), 8)?;
-    io.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), u64::from(PORT_I8042), 5)?;
-    io.insert(Arc::new(Mutex::new(AcpiPm::new(exit.clone()))), u64::from(PORT_ACPI_SLEEP_CONTROL), 3)?;
-    io.insert(Arc::new(Mutex::new(PvPanic::new(exit.clone()))), u64::from(PORT_PVPANIC), 1)?;
-    io.insert(Arc::new(Mutex::new(BootStagePort::new(timeline.clone()))), u64::from(BOOT_STAGE_PORT), 1)?;
+    io.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        u64::from(PORT_I8042),
+        5,
+    )?;
+    io.insert(
+        Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+        u64::from(PORT_ACPI_SLEEP_CONTROL),
+        3,
+    )?;
+    io.insert(
+        Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+        u64::from(PORT_PVPANIC),
+        1,
+    )?;
+    io.insert(
+        Arc::new(Mutex::new(BootStagePort::new(timeline.clone()))),
+        u64::from(BOOT_STAGE_PORT),
+        1,
+    )?;
 
     let mut event_loop = EventLoop::new()?;
-    let mut virtio = VirtioSlots { mem: &mem, ioapic: &ioapic, mmio: &mut mmio, event_loop: &mut event_loop, declared: Vec::new() };
+    let mut virtio = VirtioSlots {
+        mem: &mem,
+        ioapic: &ioapic,
+        mmio: &mut mmio,
+        event_loop: &mut event_loop,
+        declared: Vec::new(),
+    };
     for (i, d) in config.disks.iter().enumerate() {
-        let disk = FileDisk::open(&d.path, d.read_only).map_err(|source| BuildError::Disk { path: d.path.display().to_string(), source })?;
-        virtio.add(Box::new(Block::new(Box::new(disk), d.read_only, &format!("bulkhead-disk{i}"))))?;
+        let disk = FileDisk::open(&d.path, d.read_only).map_err(|source| BuildError::Disk {
+            path: d.path.display().to_string(),
+            source,
+        })?;
+        virtio.add(Box::new(Block::new(
+            Box::new(disk),
+            d.read_only,
+            &format!("bulkhead-disk{i}"),
+        )))?;
     }
     if let Some(n) = &config.net {
-        let tap_err = |source| BuildError::Tap { name: n.tap.clone(), source };
+        let tap_err = |source| BuildError::Tap {
+            name: n.tap.clone(),
+            source,
+        };
         let tap = Tap::open(&n.tap).map_err(tap_err)?;
         let mac = n.mac.map(|m| m.0).unwrap_or_else(random_mac);
-        virtio.add(Box::new(Net::new(tap, mac, &virtio.registry()).map_err(tap_err)?))?;
+        virtio.add(Box::new(
+            Net::new(tap, mac, &virtio.registry()).map_err(tap_err)?,
+        ))?;
     }
     if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(u64::from(v.cid), &v.uds_path, virtio.registry())
-            .map_err(|source| BuildError::Vsock { path: v.uds_path.display().to_string(), source })?;
+        let vsock =
+            Vsock::new(u64::from(v.cid), &v.uds_path, virtio.registry()).map_err(|source| {
+                BuildError::Vsock {
+                    path: v.uds_path.display().to_string(),
+                    source,
+                }
+            })?;
         virtio.add(Box::new(vsock))?;
     }
     virtio.add(Box::new(Rng::new()))?;
@@ -121,14 +180,21 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
 
     let kernel = boot::load_kernel(&mem, kernel_path)?;
     let initrd = match &config.initrd {
-        Some(p) => Some(boot::load_initrd(&mem, p, kernel.end, boot::initrd_addr_max(&kernel.entry))?),
+        Some(p) => Some(boot::load_initrd(
+            &mem,
+            p,
+            kernel.end,
+            boot::initrd_addr_max(&kernel.entry),
+        )?),
         None => None,
     };
     let cmdline = boot::build_cmdline(config.cmdline.as_deref(), &[])?;
     boot::write_cmdline(&mem, &cmdline)?;
     match kernel.entry {
         Entry::Pvh(_) => params::write_pvh_start_info(&mem, initrd)?,
-        Entry::Linux64 { header, .. } => params::write_zero_page(&mem, header, cmdline.len(), initrd)?,
+        Entry::Linux64 { header, .. } => {
+            params::write_zero_page(&mem, header, cmdline.len(), initrd)?
+        }
     }
     mptable::write(&mem, config.vcpus)?;
     acpi::write(&mem, config.vcpus, ioapic_id, &virtio_devices)?;
@@ -141,8 +207,20 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
         vcpus.push(vcpu);
     }
 
-    let ctx = VcpuContext { io: Arc::new(io), mmio: Arc::new(mmio), exit, timeline };
-    Ok(BuiltVm { vm, mem, vcpus, ctx, serial, event_loop })
+    let ctx = VcpuContext {
+        io: Arc::new(io),
+        mmio: Arc::new(mmio),
+        exit,
+        timeline,
+    };
+    Ok(BuiltVm {
+        vm,
+        mem,
+        vcpus,
+        ctx,
+        serial,
+        event_loop,
+    })
 }
 
 /// Hands out virtio-mmio windows and IRQs in order, and records each
@@ -158,32 +236,49 @@ struct VirtioSlots<'a> {
 impl VirtioSlots<'_> {
     /// The event registry of the next device added.
     fn registry(&self) -> Registry {
-        self.event_loop.registry(self.event_loop.next_device_index())
+        self.event_loop
+            .registry(self.event_loop.next_device_index())
     }
 
     fn add(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), BuildError> {
         let n = self.declared.len();
-        let irq = *VIRTIO_IRQS.get(n).ok_or(BuildError::TooManyDevices(VIRTIO_IRQS.len()))?;
+        let irq = *VIRTIO_IRQS
+            .get(n)
+            .ok_or(BuildError::TooManyDevices(VIRTIO_IRQS.len()))?;
         let base = VIRTIO_MMIO_BASE + n as u64 * VIRTIO_MMIO_SIZE;
         let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(self.ioapic.clone(), irq)));
-        let transport = Arc::new(Mutex::new(MmioTransport::new(device, self.mem.clone(), interrupt)));
-        self.mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            self.mem.clone(),
+            interrupt,
+        )));
+        self.mmio
+            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
         self.event_loop.add_device(transport);
-        self.declared.push(acpi::MmioDevice { base, size: VIRTIO_MMIO_SIZE, irq });
+        self.declared.push(acpi::MmioDevice {
+            base,
+            size: VIRTIO_MMIO_SIZE,
+            irq,
+        });
         Ok(())
     }
 }
 
 fn serial_sink(out: &SerialOutput) -> Result<SerialSink, BuildError> {
     Ok(match out {
-        SerialOutput::Stdout => SerialSink::new(Some(Box::new(std::io::stdout()) as Box<dyn Write + Send>)),
+        SerialOutput::Stdout => {
+            SerialSink::new(Some(Box::new(std::io::stdout()) as Box<dyn Write + Send>))
+        }
         SerialOutput::None => SerialSink::new(None),
         SerialOutput::File(path) => {
             let f = File::options()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| BuildError::SerialFile { path: path.display().to_string(), source })?;
+                .map_err(|source| BuildError::SerialFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
             SerialSink::new(Some(Box::new(f)))
         }
     })

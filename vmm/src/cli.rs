@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{ConfigError, DiskConfig, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use crate::config::{
+    ConfigError, DiskConfig, MacAddr, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 
 pub const AFTER_HELP: &str = "\
 --config FILE.json takes the same settings (keys: kernel, initrd, cmdline, vcpus,
@@ -114,10 +116,25 @@ pub enum CliError {
 impl Args {
     /// The config file (if any) with every given flag on top.
     pub fn into_config(self) -> Result<VmConfig, CliError> {
-        let read = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() });
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|e| CliError::ConfigFile {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })
+        };
         let mut c = match (&self.config, &self.config_file) {
-            (Some(path), _) => serde_json::from_str(&read(path)?).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?,
-            (None, Some(path)) => crate::firecracker::parse(&read(path)?).map_err(|e| CliError::ConfigFile { path: path.display().to_string(), detail: e.to_string() })?,
+            (Some(path), _) => {
+                serde_json::from_str(&read(path)?).map_err(|e| CliError::ConfigFile {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?
+            }
+            (None, Some(path)) => {
+                crate::firecracker::parse(&read(path)?).map_err(|e| CliError::ConfigFile {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?
+            }
             (None, None) => VmConfig::default(),
         };
         if self.kernel.is_some() {
@@ -168,45 +185,99 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<VmConfig, CliError> {
-        Args::try_parse_from(std::iter::once("bulkhead-vmm").chain(args.iter().copied())).unwrap().into_config()
+        Args::try_parse_from(std::iter::once("bulkhead-vmm").chain(args.iter().copied()))
+            .unwrap()
+            .into_config()
     }
 
     #[test]
     fn flags_override_the_config_file() {
-        let dir = std::env::temp_dir().join(format!("bulkhead-vmm-cli-{}.json", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("bulkhead-vmm-cli-{}.json", std::process::id()));
         std::fs::write(&dir, r#"{"kernel":"/from-file","vcpus":4,"vsock":{"uds_path":"/v","cid":7},"serial":"none"}"#).unwrap();
-        let c = parse(&["--config", dir.to_str().unwrap(), "--vcpus", "2", "--vsock-cid", "9", "--disk", "/d,ro"]).unwrap();
+        let c = parse(&[
+            "--config",
+            dir.to_str().unwrap(),
+            "--vcpus",
+            "2",
+            "--vsock-cid",
+            "9",
+            "--disk",
+            "/d,ro",
+        ])
+        .unwrap();
         std::fs::remove_file(&dir).unwrap();
-        assert_eq!(c.kernel.as_deref(), Some(std::path::Path::new("/from-file")));
+        assert_eq!(
+            c.kernel.as_deref(),
+            Some(std::path::Path::new("/from-file"))
+        );
         assert_eq!(c.vcpus, 2);
-        assert_eq!(c.vsock, Some(VsockConfig { uds_path: "/v".into(), cid: 9 }));
-        assert_eq!(c.disks, vec![DiskConfig { path: "/d".into(), read_only: true }]);
+        assert_eq!(
+            c.vsock,
+            Some(VsockConfig {
+                uds_path: "/v".into(),
+                cid: 9
+            })
+        );
+        assert_eq!(
+            c.disks,
+            vec![DiskConfig {
+                path: "/d".into(),
+                read_only: true
+            }]
+        );
         assert_eq!(c.serial, SerialOutput::None);
     }
 
     #[test]
     fn firecracker_form_is_accepted_and_flags_override_it() {
-        let path = std::env::temp_dir().join(format!("bulkhead-vmm-fc-{}.json", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("bulkhead-vmm-fc-{}.json", std::process::id()));
         std::fs::write(&path, r#"{"boot-source":{"kernel_image_path":"/k"},"machine-config":{"vcpu_count":2,"mem_size_mib":64}}"#).unwrap();
-        let c = parse(&["--no-api", "--id", "a", "--config-file", path.to_str().unwrap(), "--memory", "96"]);
+        let c = parse(&[
+            "--no-api",
+            "--id",
+            "a",
+            "--config-file",
+            path.to_str().unwrap(),
+            "--memory",
+            "96",
+        ]);
         let bad = parse(&["--config-file", "/no/such/file.json"]);
         std::fs::write(&path, r#"{"boot-source":{"kernel_image_path":"/k"},"machine-config":{"vcpu_count":2,"mem_size_mib":64},"mmds-config":{}}"#).unwrap();
         let unsupported = parse(&["--config-file", path.to_str().unwrap()]);
         std::fs::remove_file(&path).unwrap();
         let c = c.unwrap();
-        assert_eq!((c.kernel.as_deref(), c.vcpus, c.memory_mib), (Some(std::path::Path::new("/k")), 2, 96));
+        assert_eq!(
+            (c.kernel.as_deref(), c.vcpus, c.memory_mib),
+            (Some(std::path::Path::new("/k")), 2, 96)
+        );
         assert!(matches!(bad, Err(CliError::ConfigFile { .. })));
         assert!(unsupported.is_err_and(|e| e.to_string().contains("mmds-config")));
-        assert!(Args::try_parse_from(["bulkhead-vmm", "--config", "a", "--config-file", "b"]).is_err());
-        assert!(parse(&["--kernel", "/k"]).unwrap().seccomp, "seccomp is on unless turned off");
+        assert!(
+            Args::try_parse_from(["bulkhead-vmm", "--config", "a", "--config-file", "b"]).is_err()
+        );
+        assert!(
+            parse(&["--kernel", "/k"]).unwrap().seccomp,
+            "seccomp is on unless turned off"
+        );
         assert!(!parse(&["--kernel", "/k", "--no-seccomp"]).unwrap().seccomp);
     }
 
     #[test]
     fn half_settings_and_bad_files_are_errors() {
-        assert!(matches!(parse(&["--vsock-cid", "3"]), Err(CliError::Config(ConfigError::VsockHalf))));
-        assert!(matches!(parse(&["--mac", "02:00:00:00:00:01"]), Err(CliError::Config(ConfigError::MacWithoutTap))));
-        assert!(matches!(parse(&["--config", "/no/such/file.json"]), Err(CliError::ConfigFile { .. })));
+        assert!(matches!(
+            parse(&["--vsock-cid", "3"]),
+            Err(CliError::Config(ConfigError::VsockHalf))
+        ));
+        assert!(matches!(
+            parse(&["--mac", "02:00:00:00:00:01"]),
+            Err(CliError::Config(ConfigError::MacWithoutTap))
+        ));
+        assert!(matches!(
+            parse(&["--config", "/no/such/file.json"]),
+            Err(CliError::ConfigFile { .. })
+        ));
         assert!(Args::try_parse_from(["bulkhead-vmm", "--disk", "x,bogus"]).is_err());
         assert!(Args::try_parse_from(["bulkhead-vmm", "--serial", ""]).is_err());
     }

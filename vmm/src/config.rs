@@ -31,7 +31,11 @@ pub enum ConfigError {
     #[error("--vsock-cid {0}: guest CIDs start at 3 (0-2 are reserved)")]
     VsockCid(u32),
     #[error("--vsock-uds {path:?} is {len} bytes; Unix socket paths hold at most {max} here (the VMM appends _<port> for guest-initiated connections): use a shorter runtime dir")]
-    SocketPathTooLong { path: String, len: usize, max: usize },
+    SocketPathTooLong {
+        path: String,
+        len: usize,
+        max: usize,
+    },
     #[error("--vsock-uds and --vsock-cid go together")]
     VsockHalf,
     #[error("--disk {0:?}: expected PATH or PATH,ro")]
@@ -106,7 +110,10 @@ impl FromStr for DiskConfig {
         if path.is_empty() {
             return Err(ConfigError::Disk(s.into()));
         }
-        Ok(Self { path: PathBuf::from(path), read_only })
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
     }
 }
 
@@ -133,7 +140,11 @@ impl fmt::Debug for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -237,11 +248,18 @@ impl VmConfig {
             let max = MAX_UNIX_SOCKET_PATH - 11;
             let len = v.uds_path.as_os_str().len();
             if len > max {
-                return Err(ConfigError::SocketPathTooLong { path: v.uds_path.to_string_lossy().into_owned(), len, max });
+                return Err(ConfigError::SocketPathTooLong {
+                    path: v.uds_path.to_string_lossy().into_owned(),
+                    len,
+                    max,
+                });
             }
         }
         if let Some(n) = &self.net {
-            let fd_form = n.tap.strip_prefix("fd:").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            let fd_form = n
+                .tap
+                .strip_prefix("fd:")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
             if !fd_form && (n.tap.is_empty() || n.tap.len() > 15 || n.tap.contains('/')) {
                 return Err(ConfigError::TapName(n.tap.clone()));
             }
@@ -256,8 +274,20 @@ mod tests {
 
     #[test]
     fn disk_specs_parse() {
-        assert_eq!("a.img".parse::<DiskConfig>().unwrap(), DiskConfig { path: "a.img".into(), read_only: false });
-        assert_eq!("/x/a,b.img,ro".parse::<DiskConfig>().unwrap(), DiskConfig { path: "/x/a,b.img".into(), read_only: true });
+        assert_eq!(
+            "a.img".parse::<DiskConfig>().unwrap(),
+            DiskConfig {
+                path: "a.img".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            "/x/a,b.img,ro".parse::<DiskConfig>().unwrap(),
+            DiskConfig {
+                path: "/x/a,b.img".into(),
+                read_only: true
+            }
+        );
         assert!("a.img,bogus".parse::<DiskConfig>().is_err());
         assert!(",ro".parse::<DiskConfig>().is_err());
     }
@@ -266,7 +296,13 @@ mod tests {
     fn macs_parse_and_print() {
         let m: MacAddr = "02:00:0a:FF:00:01".parse().unwrap();
         assert_eq!(m.to_string(), "02:00:0a:ff:00:01");
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "0g:00:00:00:00:00", "2:00:00:00:00:001"] {
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0g:00:00:00:00:00",
+            "2:00:00:00:00:001",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }
@@ -287,21 +323,71 @@ mod tests {
 
     #[test]
     fn validation_catches_bad_settings() {
-        let ok = VmConfig { kernel: Some("/k".into()), ..Default::default() };
+        let ok = VmConfig {
+            kernel: Some("/k".into()),
+            ..Default::default()
+        };
         assert_eq!(ok.validate(), Ok(()));
         assert_eq!(VmConfig::default().validate(), Err(ConfigError::NoKernel));
-        assert_eq!(VmConfig { vcpus: 0, ..ok.clone() }.validate(), Err(ConfigError::Vcpus(0)));
-        assert_eq!(VmConfig { vcpus: 65, ..ok.clone() }.validate(), Err(ConfigError::Vcpus(65)));
-        assert_eq!(VmConfig { memory_mib: 8, ..ok.clone() }.validate(), Err(ConfigError::Memory(8)));
-        let vsock = |path: String, cid| Some(VsockConfig { uds_path: path.into(), cid });
-        assert_eq!(VmConfig { vsock: vsock("/v".into(), 2), ..ok.clone() }.validate(), Err(ConfigError::VsockCid(2)));
+        assert_eq!(
+            VmConfig {
+                vcpus: 0,
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::Vcpus(0))
+        );
+        assert_eq!(
+            VmConfig {
+                vcpus: 65,
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::Vcpus(65))
+        );
+        assert_eq!(
+            VmConfig {
+                memory_mib: 8,
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::Memory(8))
+        );
+        let vsock = |path: String, cid| {
+            Some(VsockConfig {
+                uds_path: path.into(),
+                cid,
+            })
+        };
+        assert_eq!(
+            VmConfig {
+                vsock: vsock("/v".into(), 2),
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::VsockCid(2))
+        );
         let long = format!("/{}", "x".repeat(100));
         assert!(matches!(
-            VmConfig { vsock: vsock(long, 3), ..ok.clone() }.validate(),
+            VmConfig {
+                vsock: vsock(long, 3),
+                ..ok.clone()
+            }
+            .validate(),
             Err(ConfigError::SocketPathTooLong { len: 101, .. })
         ));
-        let net = |tap: &str| Some(NetConfig { tap: tap.into(), mac: None });
-        assert!(VmConfig { net: net("a-very-long-tap-name"), ..ok.clone() }.validate().is_err());
+        let net = |tap: &str| {
+            Some(NetConfig {
+                tap: tap.into(),
+                mac: None,
+            })
+        };
+        assert!(VmConfig {
+            net: net("a-very-long-tap-name"),
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
         assert!(VmConfig { net: net(""), ..ok }.validate().is_err());
     }
 }

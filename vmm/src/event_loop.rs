@@ -12,7 +12,9 @@ use crate::devices::virtio::mmio::MmioTransport;
 
 /// Readable, edge-triggered (the device reads until EAGAIN or remembers it
 /// stopped early).
-pub const READ_EDGE: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLRDHUP).union(EpollFlags::EPOLLET);
+pub const READ_EDGE: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLET);
 /// Readable and writable, edge-triggered.
 pub const READ_WRITE_EDGE: EpollFlags = READ_EDGE.union(EpollFlags::EPOLLOUT);
 /// Readable, level-triggered (listeners).
@@ -34,7 +36,9 @@ pub struct Registry {
 
 impl Registry {
     pub fn add(&self, fd: BorrowedFd<'_>, inner: u32, flags: EpollFlags) -> std::io::Result<()> {
-        self.epoll.add(fd, EpollEvent::new(flags, device_token(self.device, inner))).map_err(std::io::Error::from)
+        self.epoll
+            .add(fd, EpollEvent::new(flags, device_token(self.device, inner)))
+            .map_err(std::io::Error::from)
     }
 
     pub fn remove(&self, fd: BorrowedFd<'_>) {
@@ -57,18 +61,26 @@ pub struct EventLoop {
 
 impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLoop").field("devices", &self.devices.len()).finish()
+        f.debug_struct("EventLoop")
+            .field("devices", &self.devices.len())
+            .finish()
     }
 }
 
 impl EventLoop {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { epoll: Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?), devices: Vec::new() })
+        Ok(Self {
+            epoll: Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?),
+            devices: Vec::new(),
+        })
     }
 
     /// A registry for the device that will be added as index `device`.
     pub fn registry(&self, device: u32) -> Registry {
-        Registry { epoll: self.epoll.clone(), device }
+        Registry {
+            epoll: self.epoll.clone(),
+            device,
+        }
     }
 
     /// The device whose registry has index `self.devices.len()`.
@@ -82,11 +94,15 @@ impl EventLoop {
     }
 
     pub fn watch_exit(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
-        self.epoll.add(fd, EpollEvent::new(READ_LEVEL, TOKEN_EXIT)).map_err(std::io::Error::from)
+        self.epoll
+            .add(fd, EpollEvent::new(READ_LEVEL, TOKEN_EXIT))
+            .map_err(std::io::Error::from)
     }
 
     pub fn watch_signals(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
-        self.epoll.add(fd, EpollEvent::new(READ_LEVEL, TOKEN_SIGNAL)).map_err(std::io::Error::from)
+        self.epoll
+            .add(fd, EpollEvent::new(READ_LEVEL, TOKEN_SIGNAL))
+            .map_err(std::io::Error::from)
     }
 
     /// Dispatches device events until the exit eventfd or a signal fires.
@@ -106,7 +122,10 @@ impl EventLoop {
                     token => {
                         let device = (token >> 32) as usize - 1;
                         if let Some(t) = self.devices.get(device) {
-                            t.lock().unwrap_or_else(|p| p.into_inner()).device().host_event(token as u32, ev.events().bits() as u32);
+                            t.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .device()
+                                .host_event(token as u32, ev.events().bits() as u32);
                         }
                     }
                 }
@@ -120,7 +139,10 @@ impl EventLoop {
     /// Lets every device hand over what it still holds for the host.
     pub fn flush_devices(&self) {
         for t in &self.devices {
-            t.lock().unwrap_or_else(|p| p.into_inner()).device().flush_host();
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .device()
+                .flush_host();
         }
     }
 }

@@ -70,7 +70,11 @@ pub struct ExitSignal {
 
 impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { evt: EventFd::new(EFD_NONBLOCK)?, requested: AtomicBool::new(false), reason: Mutex::new(None) })
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK)?,
+            requested: AtomicBool::new(false),
+            reason: Mutex::new(None),
+        })
     }
 
     /// Records `reason` unless one is already recorded; wakes the main thread.
@@ -89,7 +93,10 @@ impl ExitSignal {
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn eventfd(&self) -> &EventFd {

@@ -16,7 +16,9 @@ use crate::config::{DiskConfig, MacAddr, NetConfig, VmConfig, VsockConfig};
 pub enum FirecrackerError {
     #[error("{0}")]
     Json(#[from] serde_json::Error),
-    #[error("\"machine-config\": smt=true is not supported (bulkhead-vmm gives each vCPU its own core)")]
+    #[error(
+        "\"machine-config\": smt=true is not supported (bulkhead-vmm gives each vCPU its own core)"
+    )]
     Smt,
     #[error("\"drives\": {0}")]
     Drives(String),
@@ -98,22 +100,38 @@ struct NetworkInterface {
 /// line, and the serial console goes to stdout.
 pub fn parse(text: &str) -> Result<VmConfig, FirecrackerError> {
     let f: File = serde_json::from_str(text)?;
-    let _ = (&f.entropy, f.machine_config.track_dirty_pages, f.vsock.as_ref().map(|v| &v.vsock_id));
+    let _ = (
+        &f.entropy,
+        f.machine_config.track_dirty_pages,
+        f.vsock.as_ref().map(|v| &v.vsock_id),
+    );
     if f.machine_config.smt {
         return Err(FirecrackerError::Smt);
     }
     if f.network_interfaces.len() > 1 {
         return Err(FirecrackerError::TooManyNics(f.network_interfaces.len()));
     }
-    let vcpus = u8::try_from(f.machine_config.vcpu_count).map_err(|_| FirecrackerError::Vcpus(f.machine_config.vcpu_count))?;
+    let vcpus = u8::try_from(f.machine_config.vcpu_count)
+        .map_err(|_| FirecrackerError::Vcpus(f.machine_config.vcpu_count))?;
     let mut ids: Vec<&str> = f.drives.iter().map(|d| d.drive_id.as_str()).collect();
     ids.sort_unstable();
     if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-        return Err(FirecrackerError::Drives(format!("drive_id {:?} is given twice", w[0])));
+        return Err(FirecrackerError::Drives(format!(
+            "drive_id {:?} is given twice",
+            w[0]
+        )));
     }
-    let roots: Vec<usize> = f.drives.iter().enumerate().filter(|(_, d)| d.is_root_device).map(|(i, _)| i).collect();
+    let roots: Vec<usize> = f
+        .drives
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.is_root_device)
+        .map(|(i, _)| i)
+        .collect();
     if roots.len() > 1 {
-        return Err(FirecrackerError::Drives("more than one has is_root_device".into()));
+        return Err(FirecrackerError::Drives(
+            "more than one has is_root_device".into(),
+        ));
     }
     let mut cmdline = f.boot_source.boot_args;
     if let Some(&i) = roots.first() {
@@ -130,9 +148,21 @@ pub fn parse(text: &str) -> Result<VmConfig, FirecrackerError> {
         cmdline,
         vcpus,
         memory_mib: f.machine_config.mem_size_mib,
-        disks: drives.into_iter().map(|d| DiskConfig { path: d.path_on_host.clone(), read_only: d.is_read_only }).collect(),
-        vsock: f.vsock.map(|v| VsockConfig { uds_path: v.uds_path, cid: v.guest_cid }),
-        net: f.network_interfaces.into_iter().next().map(|n| NetConfig { tap: n.host_dev_name, mac: n.guest_mac }),
+        disks: drives
+            .into_iter()
+            .map(|d| DiskConfig {
+                path: d.path_on_host.clone(),
+                read_only: d.is_read_only,
+            })
+            .collect(),
+        vsock: f.vsock.map(|v| VsockConfig {
+            uds_path: v.uds_path,
+            cid: v.guest_cid,
+        }),
+        net: f.network_interfaces.into_iter().next().map(|n| NetConfig {
+            tap: n.host_dev_name,
+            mac: n.guest_mac,
+        }),
         ..VmConfig::default()
     })
 }
@@ -159,10 +189,31 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.kernel, Some("/k".into()));
         assert_eq!(c.initrd, Some("/i".into()));
-        assert_eq!(c.cmdline.as_deref(), Some("console=ttyS0 quiet root=/dev/vda ro"));
+        assert_eq!(
+            c.cmdline.as_deref(),
+            Some("console=ttyS0 quiet root=/dev/vda ro")
+        );
         assert_eq!((c.vcpus, c.memory_mib), (2, 256));
-        assert_eq!(c.disks, vec![DiskConfig { path: "/root.img".into(), read_only: true }, DiskConfig { path: "/data.img".into(), read_only: false }]);
-        assert_eq!(c.vsock, Some(VsockConfig { uds_path: "/run/v.sock".into(), cid: 3 }));
+        assert_eq!(
+            c.disks,
+            vec![
+                DiskConfig {
+                    path: "/root.img".into(),
+                    read_only: true
+                },
+                DiskConfig {
+                    path: "/data.img".into(),
+                    read_only: false
+                }
+            ]
+        );
+        assert_eq!(
+            c.vsock,
+            Some(VsockConfig {
+                uds_path: "/run/v.sock".into(),
+                cid: 3
+            })
+        );
         assert_eq!(c.net.as_ref().map(|n| n.tap.as_str()), Some("tap0"));
         assert_eq!(c.serial, crate::config::SerialOutput::Stdout);
     }
@@ -171,7 +222,10 @@ mod tests {
     fn minimal_config_takes_bulkhead_defaults() {
         let c = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#).unwrap();
         c.validate().unwrap();
-        assert_eq!((c.cmdline, c.disks.len(), c.vsock, c.net), (None, 0, None, None));
+        assert_eq!(
+            (c.cmdline, c.disks.len(), c.vsock, c.net),
+            (None, 0, None, None)
+        );
     }
 
     #[test]
@@ -180,12 +234,30 @@ mod tests {
             ("", "EOF"),
             ("[]", "invalid length"),
             ("7", "invalid type"),
-            (r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#, "boot-source"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "balloon": {}}"#, "balloon"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "logger": {}}"#, "logger"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": true}}"#, "smt"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 99999, "mem_size_mib": 128}}"#, "vcpu_count 99999"),
-            (r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": -1, "mem_size_mib": 128}}"#, "invalid value"),
+            (
+                r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
+                "boot-source",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "balloon": {}}"#,
+                "balloon",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "logger": {}}"#,
+                "logger",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": true}}"#,
+                "smt",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 99999, "mem_size_mib": 128}}"#,
+                "vcpu_count 99999",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": -1, "mem_size_mib": 128}}"#,
+                "invalid value",
+            ),
             (
                 r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "rate_limiter": {}}]}"#,
                 "rate_limiter",

@@ -31,16 +31,23 @@ impl MsiSink for NoMsi {
 }
 
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("1 MiB of guest memory")
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+        .expect("1 MiB of guest memory")
 }
 
 fn interrupt() -> std::sync::Arc<VirtioInterrupt> {
-    let ioapic = std::sync::Arc::new(std::sync::Mutex::new(Ioapic::new(0, std::sync::Arc::new(NoMsi))));
+    let ioapic = std::sync::Arc::new(std::sync::Mutex::new(Ioapic::new(
+        0,
+        std::sync::Arc::new(NoMsi),
+    )));
     std::sync::Arc::new(VirtioInterrupt::new(IrqLine::new(ioapic, 5)))
 }
 
 fn u16_at(d: &[u8], i: usize) -> u16 {
-    u16::from_le_bytes([d.get(i).copied().unwrap_or(0), d.get(i + 1).copied().unwrap_or(0)])
+    u16::from_le_bytes([
+        d.get(i).copied().unwrap_or(0),
+        d.get(i + 1).copied().unwrap_or(0),
+    ])
 }
 
 fn u32_at(d: &[u8], i: usize) -> u32 {
@@ -51,26 +58,42 @@ fn u32_at(d: &[u8], i: usize) -> u32 {
 /// disk's read-only flag, then 12 bytes per descriptor (address, length,
 /// flags); the rest is guest memory at 0x10000 (headers and data).
 pub fn blk_request(data: &[u8]) {
-    let Some((&first, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
     let count = usize::from(first & 0x0f) + 1;
     let read_only = first & 0x10 != 0;
     let (descs, contents) = rest.split_at((count * 12).min(rest.len()));
     let mem = memory();
-    let _ = mem.write_slice(&contents[..contents.len().min(MEM_SIZE - 0x10000)], GuestAddress(0x10000));
+    let _ = mem.write_slice(
+        &contents[..contents.len().min(MEM_SIZE - 0x10000)],
+        GuestAddress(0x10000),
+    );
     let raw: Vec<RawDescriptor> = descs
         .chunks(12)
         .map(|c| {
             // Addresses land mostly inside memory, sometimes past its end.
             let addr = u64::from(u32_at(c, 0)) % (2 * MEM_SIZE as u64);
-            RawDescriptor::from(Descriptor::new(addr, u32_at(c, 4), u16_at(c, 8), u16_at(c, 10)))
+            RawDescriptor::from(Descriptor::new(
+                addr,
+                u32_at(c, 4),
+                u16_at(c, 8),
+                u16_at(c, 10),
+            ))
         })
         .collect();
     if raw.is_empty() {
         return;
     }
     let vq = MockSplitQueue::new(&mem, 16);
-    let Ok(chain) = vq.build_desc_chain(&raw) else { return };
-    let mut backend = block::Backend::new(Box::new(MemDisk::new(vec![0u8; 64 * 1024])), read_only, "fuzz-disk");
+    let Ok(chain) = vq.build_desc_chain(&raw) else {
+        return;
+    };
+    let mut backend = block::Backend::new(
+        Box::new(MemDisk::new(vec![0u8; 64 * 1024])),
+        read_only,
+        "fuzz-disk",
+    );
     let _ = backend.process_request(&mem, chain);
 }
 
@@ -82,7 +105,9 @@ pub fn vsock_packets(data: &[u8]) {
     let Ok(dir) = tempfile::tempdir() else { return };
     let uds = dir.path().join("v");
     let Ok(events) = EventLoop::new() else { return };
-    let Ok(mut mux) = Muxer::new(GUEST_CID, &uds, events.registry(0)) else { return };
+    let Ok(mut mux) = Muxer::new(GUEST_CID, &uds, events.registry(0)) else {
+        return;
+    };
     let _listener = std::os::unix::net::UnixListener::bind(format!("{}_1024", uds.display()));
     let mut buf = vec![0u8; MAX_PAYLOAD as usize];
     let mut rest = data;
@@ -90,7 +115,9 @@ pub fn vsock_packets(data: &[u8]) {
         if after.len() < HEADER_LEN {
             break;
         }
-        let Ok(mut h) = Header::parse(&after[..HEADER_LEN]) else { break };
+        let Ok(mut h) = Header::parse(&after[..HEADER_LEN]) else {
+            break;
+        };
         if flags & 1 != 0 {
             h.src_cid = GUEST_CID;
             h.dst_cid = HOST_CID;
@@ -120,14 +147,20 @@ pub fn vsock_packets(data: &[u8]) {
 /// read or write, offset, value. Queue notifies run the device on whatever
 /// the rings hold.
 pub fn mmio_program(data: &[u8]) {
-    let Some((&which, rest)) = data.split_first() else { return };
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
     let mem = memory();
     let (image, program) = rest.split_at(rest.len().min(4096));
     let _ = mem.write_slice(image, GuestAddress(0x8000));
     let dir = tempfile::tempdir().ok();
     let events = EventLoop::new().ok();
     let device: Box<dyn VirtioDevice> = match which % 3 {
-        0 => Box::new(block::Block::new(Box::new(MemDisk::new(vec![0u8; 16 * 1024])), which & 0x80 != 0, "fuzz")),
+        0 => Box::new(block::Block::new(
+            Box::new(MemDisk::new(vec![0u8; 16 * 1024])),
+            which & 0x80 != 0,
+            "fuzz",
+        )),
         1 => Box::new(Rng::new()),
         _ => match (dir.as_ref(), events.as_ref()) {
             (Some(d), Some(e)) => match Vsock::new(GUEST_CID, &d.path().join("v"), e.registry(0)) {

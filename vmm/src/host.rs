@@ -64,7 +64,8 @@ mod tests {
 
     const INTEL: &str = "processor\t: 0\nflags\t\t: fpu vme de pse vmx ept\n";
     const AMD: &str = "processor\t: 0\nflags\t\t: fpu svm npt\n";
-    const NONE: &str = "processor\t: 0\nflags\t\t: fpu vme hypervisor\nmodel name\t: svm-like vmx name\n";
+    const NONE: &str =
+        "processor\t: 0\nflags\t\t: fpu vme hypervisor\nmodel name\t: svm-like vmx name\n";
 
     #[test]
     fn classifies_hosts() {

@@ -73,7 +73,10 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
     if mem_bytes <= MMIO_HOLE_START {
         vec![(0, mem_bytes)]
     } else {
-        vec![(0, MMIO_HOLE_START), (FOUR_GIB, mem_bytes - MMIO_HOLE_START)]
+        vec![
+            (0, MMIO_HOLE_START),
+            (FOUR_GIB, mem_bytes - MMIO_HOLE_START),
+        ]
     }
 }
 
@@ -85,7 +88,10 @@ mod tests {
     fn ram_skips_the_mmio_hole() {
         assert_eq!(ram_ranges(128 << 20), vec![(0, 128 << 20)]);
         assert_eq!(ram_ranges(MMIO_HOLE_START), vec![(0, MMIO_HOLE_START)]);
-        assert_eq!(ram_ranges(4 << 30), vec![(0, MMIO_HOLE_START), (FOUR_GIB, 1 << 30)]);
+        assert_eq!(
+            ram_ranges(4 << 30),
+            vec![(0, MMIO_HOLE_START), (FOUR_GIB, 1 << 30)]
+        );
     }
 
     #[test]
@@ -105,7 +111,10 @@ mod tests {
         ];
         for (i, a) in areas.iter().enumerate() {
             for b in &areas[i + 1..] {
-                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} overlaps {b:x?}");
+                assert!(
+                    a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0,
+                    "{a:x?} overlaps {b:x?}"
+                );
             }
         }
     }

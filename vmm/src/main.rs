@@ -14,14 +14,23 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return ExitCode::from(if usage { code::USAGE } else { code::GUEST_STOPPED });
+            return ExitCode::from(if usage {
+                code::USAGE
+            } else {
+                code::GUEST_STOPPED
+            });
         }
     };
     if args.dump_supported_cpuid {
         return dump_cpuid();
     }
     #[cfg(feature = "test-hooks")]
-    let violation = match args.seccomp_violation.as_deref().map(bulkhead_vmm::seccomp::parse_violation).transpose() {
+    let violation = match args
+        .seccomp_violation
+        .as_deref()
+        .map(bulkhead_vmm::seccomp::parse_violation)
+        .transpose()
+    {
         Ok(v) => v,
         Err(e) => {
             eprintln!("bulkhead-vmm: --seccomp-violation {e}");
@@ -39,7 +48,11 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let timeline = built.ctx.timeline.clone();
-    let opts = runner::RunOptions { measure: config.memory_report, seccomp: config.seccomp, violation };
+    let opts = runner::RunOptions {
+        measure: config.memory_report,
+        seccomp: config.seccomp,
+        violation,
+    };
     let ended = match runner::run(built, &opts) {
         Ok(r) => r,
         Err(e) => return fail(&e),

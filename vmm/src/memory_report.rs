@@ -25,7 +25,10 @@ pub struct Files {
 
 impl Files {
     pub fn open() -> std::io::Result<Files> {
-        Ok(Files { status: std::fs::File::open("/proc/self/status")?, smaps: std::fs::File::open("/proc/self/smaps")? })
+        Ok(Files {
+            status: std::fs::File::open("/proc/self/status")?,
+            smaps: std::fs::File::open("/proc/self/smaps")?,
+        })
     }
 }
 
@@ -46,12 +49,23 @@ fn read_all(f: &mut std::fs::File) -> std::io::Result<String> {
 pub fn measure(mem: &GuestMemoryMmap, mut files: Files) -> std::io::Result<MemoryReport> {
     let status = read_all(&mut files.status)?;
     let smaps = read_all(&mut files.smaps)?;
-    let starts: Vec<u64> = mem.iter().filter_map(|r| mem.get_host_address(r.start_addr()).ok()).map(|p| p as u64).collect();
-    Ok(MemoryReport { peak_rss_kib: status_field(&status, "VmHWM:").unwrap_or(0), guest_rss_kib: mappings_rss(&smaps, &starts) })
+    let starts: Vec<u64> = mem
+        .iter()
+        .filter_map(|r| mem.get_host_address(r.start_addr()).ok())
+        .map(|p| p as u64)
+        .collect();
+    Ok(MemoryReport {
+        peak_rss_kib: status_field(&status, "VmHWM:").unwrap_or(0),
+        guest_rss_kib: mappings_rss(&smaps, &starts),
+    })
 }
 
 fn status_field(status: &str, key: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }
 
 /// Sum of `Rss:` over the mappings that start at one of `starts`.
@@ -60,7 +74,10 @@ fn mappings_rss(smaps: &str, starts: &[u64]) -> u64 {
     let mut counting = false;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((lo, _)) = first.split_once('-').filter(|(lo, hi)| !lo.is_empty() && u64::from_str_radix(hi, 16).is_ok()) {
+        if let Some((lo, _)) = first
+            .split_once('-')
+            .filter(|(lo, hi)| !lo.is_empty() && u64::from_str_radix(hi, 16).is_ok())
+        {
             counting = u64::from_str_radix(lo, 16).is_ok_and(|a| starts.contains(&a));
         } else if counting {
             if let Some(kib) = status_field(line, "Rss:") {
@@ -77,7 +94,8 @@ mod tests {
 
     #[test]
     fn sums_only_the_guest_mappings() {
-        let smaps = "7f0000000000-7f0008000000 rw-p 00000000 00:00 0 \nSize: 131072 kB\nRss: 44 kB\n\
+        let smaps =
+            "7f0000000000-7f0008000000 rw-p 00000000 00:00 0 \nSize: 131072 kB\nRss: 44 kB\n\
 55aa00000000-55aa00001000 r-xp 00000000 08:01 1 /bin/x\nRss: 300 kB\n";
         assert_eq!(mappings_rss(smaps, &[0x7f00_0000_0000]), 44);
         assert_eq!(mappings_rss(smaps, &[]), 0);
@@ -86,7 +104,8 @@ mod tests {
 
     #[test]
     fn measures_this_process() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let r = measure(&mem, Files::open().unwrap()).unwrap();
         assert!(r.peak_rss_kib > 0);
         assert_eq!(r.guest_rss_kib, 0, "nothing touched the guest pages");

@@ -43,40 +43,63 @@ pub fn run(vm: BuiltVm, opts: &RunOptions) -> std::io::Result<Ended> {
     stop.add(Signal::SIGINT);
     stop.add(Signal::SIGTERM);
     stop.thread_block().map_err(std::io::Error::from)?;
-    let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)?;
+    let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(std::io::Error::from)?;
 
-    let BuiltVm { vm, mem, vcpus, ctx, serial, event_loop } = vm;
+    let BuiltVm {
+        vm,
+        mem,
+        vcpus,
+        ctx,
+        serial,
+        event_loop,
+    } = vm;
     // SAFETY: the eventfd is owned by `ctx.exit`, which outlives this
     // borrow (the Arc is held until the process exits).
     let exit_fd = unsafe { BorrowedFd::borrow_raw(ctx.exit.eventfd().as_raw_fd()) };
     event_loop.watch_exit(exit_fd)?;
     event_loop.watch_signals(signals.as_fd())?;
     // The memory report's /proc files are opened now: no open(2) later.
-    let report_files = if opts.measure { Some(memory_report::Files::open()?) } else { None };
+    let report_files = if opts.measure {
+        Some(memory_report::Files::open()?)
+    } else {
+        None
+    };
     // Each vCPU thread installs its filter, then all wait here until the
     // main thread has its own: only then does a vCPU enter the guest.
     let gate = Arc::new(Barrier::new(vcpus.len() + 1));
     // Compiled once, here; each thread only installs.
-    let filters =
-        if opts.seccomp { Some((seccomp::filter(ThreadKind::Main).map_err(std::io::Error::other)?, Arc::new(seccomp::filter(ThreadKind::Vcpu).map_err(std::io::Error::other)?))) } else { None };
+    let filters = if opts.seccomp {
+        Some((
+            seccomp::filter(ThreadKind::Main).map_err(std::io::Error::other)?,
+            Arc::new(seccomp::filter(ThreadKind::Vcpu).map_err(std::io::Error::other)?),
+        ))
+    } else {
+        None
+    };
     for (i, vcpu) in vcpus.into_iter().enumerate() {
         let (ctx, gate, opts) = (ctx.clone(), gate.clone(), opts.clone());
         let vcpu_filter = filters.as_ref().map(|f| f.1.clone());
-        std::thread::Builder::new().name(format!("vcpu{i}")).spawn(move || {
-            let filtered = vcpu_filter.map_or(Ok(()), |f| seccomp::install(ThreadKind::Vcpu, &f));
-            gate.wait();
-            match filtered {
-                Ok(()) => {
-                    if let Some((ThreadKind::Vcpu, v)) = opts.violation {
-                        let _ = seccomp::violate(v);
+        std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                let filtered =
+                    vcpu_filter.map_or(Ok(()), |f| seccomp::install(ThreadKind::Vcpu, &f));
+                gate.wait();
+                match filtered {
+                    Ok(()) => {
+                        if let Some((ThreadKind::Vcpu, v)) = opts.violation {
+                            let _ = seccomp::violate(v);
+                        }
+                        vcpu.run(&ctx);
                     }
-                    vcpu.run(&ctx);
+                    Err(e) => ctx.exit.request(ExitReason::Crash(e.to_string())),
                 }
-                Err(e) => ctx.exit.request(ExitReason::Crash(e.to_string())),
-            }
-        })?;
+            })?;
     }
-    let filtered = filters.as_ref().map_or(Ok(()), |f| seccomp::install(ThreadKind::Main, &f.0));
+    let filtered = filters
+        .as_ref()
+        .map_or(Ok(()), |f| seccomp::install(ThreadKind::Main, &f.0));
     gate.wait();
     filtered.map_err(std::io::Error::other)?;
     if let Some((ThreadKind::Main, v)) = opts.violation {
@@ -90,7 +113,10 @@ pub fn run(vm: BuiltVm, opts: &RunOptions) -> std::io::Result<Ended> {
             }
         }
         if let Some(reason) = ctx.exit.reason() {
-            serial.lock().unwrap_or_else(|p| p.into_inner()).flush_output();
+            serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flush_output();
             event_loop.flush_devices();
             let memory = report_files.and_then(|f| memory_report::measure(&mem, f).ok());
             // The vCPU threads may still be inside KVM_RUN: the process exit

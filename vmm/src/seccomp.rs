@@ -13,7 +13,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -53,13 +56,22 @@ pub const FIONBIO: u64 = 0x5421;
 /// Calls with any arguments, both thread kinds: the Rust runtime, glibc,
 /// the allocator and the device I/O either thread does.
 const COMMON: &[(i64, &str)] = &[
-    (libc::SYS_read, "eventfd, signalfd, vsock streams (recvfrom's sibling), TAP receive"),
-    (libc::SYS_write, "eventfd, serial output, TAP transmit, stderr"),
+    (
+        libc::SYS_read,
+        "eventfd, signalfd, vsock streams (recvfrom's sibling), TAP receive",
+    ),
+    (
+        libc::SYS_write,
+        "eventfd, serial output, TAP transmit, stderr",
+    ),
     (libc::SYS_sendto, "vsock streams (MSG_NOSIGNAL)"),
     (libc::SYS_recvfrom, "vsock streams"),
     (libc::SYS_shutdown, "vsock: half-close"),
     (libc::SYS_close, "vsock streams ending"),
-    (libc::SYS_epoll_ctl, "devices (re)register their fds with the event loop"),
+    (
+        libc::SYS_epoll_ctl,
+        "devices (re)register their fds with the event loop",
+    ),
     (libc::SYS_futex, "mutexes, the start gate"),
     (libc::SYS_mmap, "the allocator"),
     (libc::SYS_munmap, "the allocator, thread exit"),
@@ -69,8 +81,14 @@ const COMMON: &[(i64, &str)] = &[
     (libc::SYS_mprotect, "the allocator (a new arena)"),
     (libc::SYS_rt_sigprocmask, "signal masks (thread exit)"),
     (libc::SYS_rt_sigreturn, "return from a signal handler"),
-    (libc::SYS_sigaltstack, "Rust's stack-overflow handler (thread exit)"),
-    (libc::SYS_clock_gettime, "time, when the vDSO does not answer"),
+    (
+        libc::SYS_sigaltstack,
+        "Rust's stack-overflow handler (thread exit)",
+    ),
+    (
+        libc::SYS_clock_gettime,
+        "time, when the vDSO does not answer",
+    ),
     (libc::SYS_getrandom, "virtio-rng, hash map keys"),
     (libc::SYS_sched_yield, "lock spinning"),
     (libc::SYS_gettid, "abort: a panic's report"),
@@ -83,7 +101,10 @@ const COMMON: &[(i64, &str)] = &[
 const MAIN_ONLY: &[(i64, &str)] = &[
     (libc::SYS_epoll_wait, "the event loop"),
     (libc::SYS_accept4, "vsock: host-initiated connections"),
-    (libc::SYS_setsockopt, "vsock: a write timeout while flushing at exit"),
+    (
+        libc::SYS_setsockopt,
+        "vsock: a write timeout while flushing at exit",
+    ),
     (libc::SYS_exit_group, "the process ends"),
 ];
 
@@ -92,7 +113,10 @@ const VCPU_ONLY: &[(i64, &str)] = &[
     (libc::SYS_pread64, "virtio-blk reads"),
     (libc::SYS_pwrite64, "virtio-blk writes"),
     (libc::SYS_fdatasync, "virtio-blk flush"),
-    (libc::SYS_connect, "vsock: guest connections to <uds>_<port>"),
+    (
+        libc::SYS_connect,
+        "vsock: guest connections to <uds>_<port>",
+    ),
     (libc::SYS_exit, "a vCPU thread ends with the VM"),
 ];
 
@@ -107,7 +131,15 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
     }
     if kind == ThreadKind::Vcpu {
         // socket(2): AF_UNIX only (vsock's guest-initiated connections).
-        map.insert(libc::SYS_socket, vec![SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?])?]);
+        map.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )?])?],
+        );
     }
     // ioctl(2): only these requests.
     let requests: &[u64] = match kind {
@@ -116,7 +148,12 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
     };
     let mut ioctl = Vec::new();
     for r in requests {
-        ioctl.push(SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *r)?])?);
+        ioctl.push(SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            *r,
+        )?])?);
     }
     map.insert(libc::SYS_ioctl, ioctl);
     Ok(map)
@@ -125,7 +162,13 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
 /// The compiled filter of one thread kind.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let rules = rules(kind).map_err(|e| SeccompError::Build(kind, e))?;
-    let f = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, TargetArch::x86_64).map_err(|e| SeccompError::Build(kind, e))?;
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SeccompError::Build(kind, e))?;
     BpfProgram::try_from(f).map_err(|e| SeccompError::Compile(kind, e))
 }
 
@@ -159,7 +202,9 @@ impl std::str::FromStr for Violation {
 
 /// `main:execve`, `vcpu:socket`, ...
 pub fn parse_violation(s: &str) -> Result<(ThreadKind, Violation), String> {
-    let (kind, call) = s.split_once(':').ok_or_else(|| format!("{s:?}: KIND:CALL"))?;
+    let (kind, call) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: KIND:CALL"))?;
     let kind = match kind {
         "main" => ThreadKind::Main,
         "vcpu" => ThreadKind::Vcpu,
@@ -174,7 +219,11 @@ pub fn violate(v: Violation) -> std::io::Result<()> {
     // none; the point is that the kernel refuses it before it runs.
     let rc = unsafe {
         match v {
-            Violation::Execve => libc::execve(c"/bin/true".as_ptr(), [c"/bin/true".as_ptr(), std::ptr::null()].as_ptr(), [std::ptr::null()].as_ptr()) as i64,
+            Violation::Execve => libc::execve(
+                c"/bin/true".as_ptr(),
+                [c"/bin/true".as_ptr(), std::ptr::null()].as_ptr(),
+                [std::ptr::null()].as_ptr(),
+            ) as i64,
             Violation::OpenHostPath => libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64,
             Violation::InetSocket => libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as i64,
             Violation::Ptrace => libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0),
@@ -199,9 +248,17 @@ mod tests {
         for (nr, why) in COMMON.iter().chain(MAIN_ONLY).chain(VCPU_ONLY) {
             assert!(!why.is_empty(), "syscall {nr} has no reason");
         }
-        let mut all: Vec<i64> = COMMON.iter().chain(MAIN_ONLY).chain(VCPU_ONLY).map(|(n, _)| *n).collect();
+        let mut all: Vec<i64> = COMMON
+            .iter()
+            .chain(MAIN_ONLY)
+            .chain(VCPU_ONLY)
+            .map(|(n, _)| *n)
+            .collect();
         all.sort_unstable();
-        assert!(all.windows(2).all(|w| w[0] != w[1]), "a syscall is listed twice");
+        assert!(
+            all.windows(2).all(|w| w[0] != w[1]),
+            "a syscall is listed twice"
+        );
         for forbidden in [
             libc::SYS_execve,
             libc::SYS_execveat,
@@ -217,7 +274,10 @@ mod tests {
             libc::SYS_bind,
             libc::SYS_listen,
         ] {
-            assert!(!all.contains(&forbidden), "syscall {forbidden} must stay forbidden");
+            assert!(
+                !all.contains(&forbidden),
+                "syscall {forbidden} must stay forbidden"
+            );
         }
     }
 
@@ -226,10 +286,21 @@ mod tests {
         // _IOC(dir, type, nr, size) = dir << 30 | size << 16 | type << 8 | nr
         let ioc = |dir: u64, ty: u64, nr: u64, size: u64| dir << 30 | size << 16 | ty << 8 | nr;
         assert_eq!(KVM_RUN, ioc(0, 0xae, 0x80, 0));
-        assert_eq!(KVM_SIGNAL_MSI, ioc(1, 0xae, 0xa5, std::mem::size_of::<kvm_bindings::kvm_msi>() as u64));
+        assert_eq!(
+            KVM_SIGNAL_MSI,
+            ioc(
+                1,
+                0xae,
+                0xa5,
+                std::mem::size_of::<kvm_bindings::kvm_msi>() as u64
+            )
+        );
         assert_eq!(FIONBIO, libc::FIONBIO);
         assert_eq!("socket".parse::<Violation>(), Ok(Violation::InetSocket));
-        assert_eq!(parse_violation("vcpu:ptrace"), Ok((ThreadKind::Vcpu, Violation::Ptrace)));
+        assert_eq!(
+            parse_violation("vcpu:ptrace"),
+            Ok((ThreadKind::Vcpu, Violation::Ptrace))
+        );
         assert!(parse_violation("io:ptrace").is_err() && parse_violation("main").is_err());
         assert!("chmod".parse::<Violation>().is_err());
     }

@@ -13,7 +13,9 @@ static PROCESS_START: OnceLock<(Instant, u64)> = OnceLock::new();
 
 /// Marks the process start; call first thing in `main`.
 pub fn mark_process_start() -> Instant {
-    PROCESS_START.get_or_init(|| (Instant::now(), monotonic_us())).0
+    PROCESS_START
+        .get_or_init(|| (Instant::now(), monotonic_us()))
+        .0
 }
 
 /// The process start on CLOCK_MONOTONIC (microseconds): the one clock every
@@ -26,7 +28,10 @@ pub fn process_start_monotonic_us() -> u64 {
 /// CLOCK_MONOTONIC now, in microseconds.
 pub fn monotonic_us() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0).saturating_mul(1_000_000).saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0) / 1000),
+        Ok(t) => u64::try_from(t.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0) / 1000),
         Err(_) => 0,
     }
 }
@@ -55,9 +60,14 @@ pub fn parse_report(stderr: &str) -> Report {
             r.monotonic_start_us = v.trim().parse().ok().or(r.monotonic_start_us);
         } else if let Some(rest) = line.strip_prefix(TIMELINE_PREFIX) {
             let mut words = rest.split(' ');
-            let (Some(name), Some(at), None) = (words.next(), words.next(), words.next()) else { continue };
-            let valid_name = !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            if let (true, Some(Ok(us))) = (valid_name, at.strip_suffix("us").map(str::parse::<u64>)) {
+            let (Some(name), Some(at), None) = (words.next(), words.next(), words.next()) else {
+                continue;
+            };
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if let (true, Some(Ok(us))) = (valid_name, at.strip_suffix("us").map(str::parse::<u64>))
+            {
                 if r.marks.len() < MAX_EVENTS + 1 {
                     r.marks.push((name.to_string(), us));
                 }
@@ -109,20 +119,33 @@ impl Timeline {
     }
 
     pub fn events(&self) -> Vec<(Milestone, Duration)> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `name<TAB>microseconds` lines.
     pub fn render(&self) -> String {
-        self.events().iter().map(|(m, t)| format!("{}\t{}\n", m.name(), t.as_micros())).collect()
+        self.events()
+            .iter()
+            .map(|(m, t)| format!("{}\t{}\n", m.name(), t.as_micros()))
+            .collect()
     }
 
     /// The `--boot-timeline` report: the clock line, each milestone, then
     /// `exit` (now); [`parse_report`] reads it back.
     pub fn report_lines(&self) -> Vec<String> {
         let mut lines = vec![format!("{CLOCK_PREFIX}{}", process_start_monotonic_us())];
-        lines.extend(self.events().iter().map(|(m, t)| format!("{TIMELINE_PREFIX}{} {}us", m.name(), t.as_micros())));
-        lines.push(format!("{TIMELINE_PREFIX}exit {}us", since_start().as_micros()));
+        lines.extend(
+            self.events()
+                .iter()
+                .map(|(m, t)| format!("{TIMELINE_PREFIX}{} {}us", m.name(), t.as_micros())),
+        );
+        lines.push(format!(
+            "{TIMELINE_PREFIX}exit {}us",
+            since_start().as_micros()
+        ));
         lines
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! They run on any /dev/kvm, `kvm_pvm` included (where Linux does not boot).
 
-use crate::layout::{ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, PORT_ACPI_RESET, PORT_ACPI_SLEEP_CONTROL, PORT_COM1, PORT_PVPANIC};
+use crate::layout::{
+    ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, PORT_ACPI_RESET, PORT_ACPI_SLEEP_CONTROL, PORT_COM1,
+    PORT_PVPANIC,
+};
 
 /// Where the code is loaded and entered.
 pub const LOAD_ADDR: u32 = 0x10_0000;
@@ -56,10 +59,12 @@ impl Program {
         let bad_part = Program::new().print(bad).code;
         // jne bad; <ok>; jmp end; bad: <bad>; end:
         self.code.extend_from_slice(&[0x0f, 0x85]);
-        self.code.extend_from_slice(&((ok_part.len() + 5) as u32).to_le_bytes());
+        self.code
+            .extend_from_slice(&((ok_part.len() + 5) as u32).to_le_bytes());
         self.code.extend_from_slice(&ok_part);
         self.code.push(0xe9);
-        self.code.extend_from_slice(&(bad_part.len() as u32).to_le_bytes());
+        self.code
+            .extend_from_slice(&(bad_part.len() as u32).to_le_bytes());
         self.code.extend_from_slice(&bad_part);
         self
     }
@@ -82,14 +87,18 @@ impl Program {
             0x89, 0xc1, 0xc1, 0xe9, 0x11, 0x31, 0xc8, // x ^= x >> 17
             0x89, 0xc1, 0xc1, 0xe1, 0x05, 0x31, 0xc8, // x ^= x << 5
             0x89, 0xc7, 0xc1, 0xc7, 0x07, // edi = rol(x, 7): the value
-            0x89, 0xc2, 0xc1, 0xea, 0x0c, 0x83, 0xe2, 0x07, 0xc1, 0xe2, 0x0c, // edx = ((x >> 12) & 7) << 12: the window
+            0x89, 0xc2, 0xc1, 0xea, 0x0c, 0x83, 0xe2, 0x07, 0xc1, 0xe2,
+            0x0c, // edx = ((x >> 12) & 7) << 12: the window
             0x89, 0xc3, 0x81, 0xe3, 0xfc, 0x01, 0x00, 0x00, // ebx = x & 0x1fc: the register
             0x01, 0xda, 0x81, 0xc2, 0x00, 0x00, 0x00, 0xd0, // edx += ebx + 0xd000_0000
             0x89, 0x3a, // mov [edx], edi
-            0x89, 0xc2, 0x81, 0xe2, 0xfc, 0xff, 0x03, 0x00, 0x81, 0xc2, 0x00, 0x00, 0x20, 0x00, // edx = (x & 0x3fffc) + 2 MiB
-            0x81, 0xe7, 0xff, 0xff, 0x23, 0x00, // edi &= 0x23ffff: addresses and lengths that land in guest RAM
+            0x89, 0xc2, 0x81, 0xe2, 0xfc, 0xff, 0x03, 0x00, 0x81, 0xc2, 0x00, 0x00, 0x20,
+            0x00, // edx = (x & 0x3fffc) + 2 MiB
+            0x81, 0xe7, 0xff, 0xff, 0x23,
+            0x00, // edi &= 0x23ffff: addresses and lengths that land in guest RAM
             0x89, 0x3a, // mov [edx], edi
-            0x89, 0xc2, 0xc1, 0xea, 0x18, 0x83, 0xe2, 0x07, 0x81, 0xc2, 0xf8, 0x03, 0x00, 0x00, // edx = ((x >> 24) & 7) + 0x3f8
+            0x89, 0xc2, 0xc1, 0xea, 0x18, 0x83, 0xe2, 0x07, 0x81, 0xc2, 0xf8, 0x03, 0x00,
+            0x00, // edx = ((x >> 24) & 7) + 0x3f8
             0xee, // out dx, al
             0x4e, // dec esi
             0x0f, 0x85, // jnz top
@@ -105,9 +114,17 @@ impl Program {
     pub fn virtio_init(mut self) -> Self {
         for slot in 0..8u32 {
             let base = 0xd000_0000 + slot * 0x1000;
-            self = self.mmio_write32(base + 0x70, 0).mmio_write32(base + 0x70, 1).mmio_write32(base + 0x70, 3);
+            self = self
+                .mmio_write32(base + 0x70, 0)
+                .mmio_write32(base + 0x70, 1)
+                .mmio_write32(base + 0x70, 3);
             // VIRTIO_F_VERSION_1 (bit 32), nothing else.
-            self = self.mmio_write32(base + 0x24, 1).mmio_write32(base + 0x20, 1).mmio_write32(base + 0x24, 0).mmio_write32(base + 0x20, 0).mmio_write32(base + 0x70, 0xb);
+            self = self
+                .mmio_write32(base + 0x24, 1)
+                .mmio_write32(base + 0x20, 1)
+                .mmio_write32(base + 0x24, 0)
+                .mmio_write32(base + 0x20, 0)
+                .mmio_write32(base + 0x70, 0xb);
             for q in 0..3u32 {
                 let ring = 0x20_0000 + q * 0x1_0000;
                 self = self
@@ -131,7 +148,10 @@ impl Program {
 
     /// ACPI S5 through the sleep control register.
     pub fn power_off(self) -> Self {
-        self.out8(PORT_ACPI_SLEEP_CONTROL, (ACPI_S5_SLEEP_TYPE << 2) | (1 << 5))
+        self.out8(
+            PORT_ACPI_SLEEP_CONTROL,
+            (ACPI_S5_SLEEP_TYPE << 2) | (1 << 5),
+        )
     }
 
     /// Reset through the i8042 (what `reboot=k` does).
@@ -158,7 +178,8 @@ impl Program {
     /// Burns time: `mov ecx, iterations; loop $`.
     pub fn delay(mut self, iterations: u32) -> Self {
         self.code.push(0xb9);
-        self.code.extend_from_slice(&iterations.max(1).to_le_bytes());
+        self.code
+            .extend_from_slice(&iterations.max(1).to_le_bytes());
         self.code.extend_from_slice(&[0xe2, 0xfe]);
         self
     }
@@ -196,12 +217,16 @@ fn elf(code: &[u8], pvh_note: bool) -> Vec<u8> {
     let note_off = EHDR + 2 * PHDR;
     // Without the PVH note the note segment holds a different Xen note type.
     let note_type: u32 = if pvh_note { 18 } else { 6 };
-    let note: Vec<u8> = [4u32.to_le_bytes(), 4u32.to_le_bytes(), note_type.to_le_bytes()] // namesz, descsz, type (18: XEN_ELFNOTE_PHYS32_ENTRY)
-        .concat()
-        .into_iter()
-        .chain(*b"Xen\0")
-        .chain(LOAD_ADDR.to_le_bytes())
-        .collect();
+    let note: Vec<u8> = [
+        4u32.to_le_bytes(),
+        4u32.to_le_bytes(),
+        note_type.to_le_bytes(),
+    ] // namesz, descsz, type (18: XEN_ELFNOTE_PHYS32_ENTRY)
+    .concat()
+    .into_iter()
+    .chain(*b"Xen\0")
+    .chain(LOAD_ADDR.to_le_bytes())
+    .collect();
     let code_off = 0x100;
 
     let mut out = Vec::with_capacity(code_off + code.len());
@@ -218,7 +243,13 @@ fn elf(code: &[u8], pvh_note: bool) -> Vec<u8> {
         // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
         out.extend_from_slice(&v.to_le_bytes());
     }
-    let phdr = |out: &mut Vec<u8>, kind: u32, flags: u32, off: usize, addr: u64, size: usize, align: u64| {
+    let phdr = |out: &mut Vec<u8>,
+                kind: u32,
+                flags: u32,
+                off: usize,
+                addr: u64,
+                size: usize,
+                align: u64| {
         out.extend_from_slice(&kind.to_le_bytes());
         out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&(off as u64).to_le_bytes());
@@ -228,7 +259,15 @@ fn elf(code: &[u8], pvh_note: bool) -> Vec<u8> {
         out.extend_from_slice(&(size as u64).to_le_bytes());
         out.extend_from_slice(&align.to_le_bytes());
     };
-    phdr(&mut out, 1, 5, code_off, u64::from(LOAD_ADDR), code.len(), 16); // PT_LOAD, R+X
+    phdr(
+        &mut out,
+        1,
+        5,
+        code_off,
+        u64::from(LOAD_ADDR),
+        code.len(),
+        16,
+    ); // PT_LOAD, R+X
     phdr(&mut out, 4, 4, note_off, 0, note.len(), 4); // PT_NOTE
     out.extend_from_slice(&note);
     out.resize(code_off, 0);
@@ -249,11 +288,17 @@ mod tests {
         std::fs::write(&path, Program::new().print("hi").power_off().elf()).unwrap();
         let k = load_kernel(&mem, &path).unwrap();
         assert!(matches!(k.entry, Entry::Pvh(GuestAddress(a)) if a == u64::from(LOAD_ADDR)));
-        assert_eq!(mem.read_obj::<[u8; 4]>(GuestAddress(u64::from(LOAD_ADDR))).unwrap(), [0x66, 0xba, 0xf8, 0x03]);
+        assert_eq!(
+            mem.read_obj::<[u8; 4]>(GuestAddress(u64::from(LOAD_ADDR)))
+                .unwrap(),
+            [0x66, 0xba, 0xf8, 0x03]
+        );
         std::fs::write(&path, Program::new().power_off().elf_64bit_entry()).unwrap();
         let k = load_kernel(&mem, &path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(k.entry, Entry::Linux64 { entry: GuestAddress(a), header: None } if a == u64::from(LOAD_ADDR)));
+        assert!(
+            matches!(k.entry, Entry::Linux64 { entry: GuestAddress(a), header: None } if a == u64::from(LOAD_ADDR))
+        );
     }
 
     #[test]
@@ -261,6 +306,9 @@ mod tests {
         let p = Program::new().mmio_check32(0xfec0_0010, 7, "Y", "N");
         // mov eax,[m] (5) + cmp (5) + jne rel32 (6) + ok (4+3) + jmp rel32 (5) + bad (4+3)
         assert_eq!(p.code.len(), 5 + 5 + 6 + 7 + 5 + 7);
-        assert_eq!(u32::from_le_bytes(p.code[12..16].try_into().unwrap()), 7 + 5);
+        assert_eq!(
+            u32::from_le_bytes(p.code[12..16].try_into().unwrap()),
+            7 + 5
+        );
     }
 }

@@ -7,7 +7,9 @@
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -38,17 +40,31 @@ fn the_mmio_seed_really_reaches_the_block_device() {
     // must activate the device and complete the read request it carries.
     use bulkhead_vmm::devices::virtio::block::{Block, MemDisk};
     use bulkhead_vmm::devices::virtio::mmio::MmioTransport;
-    let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/mmio_program/seed-block-read")).unwrap();
-    let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+    let data = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/mmio_program/seed-block-read"),
+    )
+    .unwrap();
+    let mem =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
+            .unwrap();
     vm_memory::Bytes::write_slice(&mem, &data[1..4097], vm_memory::GuestAddress(0x8000)).unwrap();
-    let ioapic = std::sync::Arc::new(std::sync::Mutex::new(bulkhead_vmm::devices::ioapic::Ioapic::new(0, std::sync::Arc::new(Sink))));
+    let ioapic = std::sync::Arc::new(std::sync::Mutex::new(
+        bulkhead_vmm::devices::ioapic::Ioapic::new(0, std::sync::Arc::new(Sink)),
+    ));
     let irq = bulkhead_vmm::devices::ioapic::IrqLine::new(ioapic, 5);
     let dev = Block::new(Box::new(MemDisk::new(vec![7u8; 16 * 1024])), false, "seed");
-    let mut t = MmioTransport::new(Box::new(dev), mem.clone(), std::sync::Arc::new(bulkhead_vmm::devices::virtio::VirtioInterrupt::new(irq)));
+    let mut t = MmioTransport::new(
+        Box::new(dev),
+        mem.clone(),
+        std::sync::Arc::new(bulkhead_vmm::devices::virtio::VirtioInterrupt::new(irq)),
+    );
     use bulkhead_vmm::devices::BusDevice;
     for step in data[4097..].chunks_exact(7) {
         if step[0] & 1 == 0 {
-            t.write(u64::from(u16::from_le_bytes([step[1], step[2]])), &step[3..7]);
+            t.write(
+                u64::from(u16::from_le_bytes([step[1], step[2]])),
+                &step[3..7],
+            );
         }
     }
     assert!(t.is_activated());

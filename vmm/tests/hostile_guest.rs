@@ -33,22 +33,41 @@ fn sane_serial(p: Program) -> Program {
 /// window's queue 0 (rings where `virtio_init` put them), then its notify:
 /// proof that the guest really drives the disk through these rings.
 fn blk_write_sector0(mut p: Program) -> Program {
-    let desc = [(0x23_0000u32, 16u32, 0x0001_0001u32), (0x23_1000, 512, 0x0002_0001), (0x23_2000, 1, 0x0000_0002)];
+    let desc = [
+        (0x23_0000u32, 16u32, 0x0001_0001u32),
+        (0x23_1000, 512, 0x0002_0001),
+        (0x23_2000, 1, 0x0000_0002),
+    ];
     for (i, (addr, len, flags_next)) in desc.into_iter().enumerate() {
         let at = 0x20_0000 + 16 * i as u32;
-        p = p.mmio_write32(at, addr).mmio_write32(at + 4, 0).mmio_write32(at + 8, len).mmio_write32(at + 12, flags_next);
+        p = p
+            .mmio_write32(at, addr)
+            .mmio_write32(at + 4, 0)
+            .mmio_write32(at + 8, len)
+            .mmio_write32(at + 12, flags_next);
     }
-    p = p.mmio_write32(0x23_0000, 1).mmio_write32(0x23_0004, 0).mmio_write32(0x23_0008, 0).mmio_write32(0x23_000c, 0);
+    p = p
+        .mmio_write32(0x23_0000, 1)
+        .mmio_write32(0x23_0004, 0)
+        .mmio_write32(0x23_0008, 0)
+        .mmio_write32(0x23_000c, 0);
     for i in 0..128 {
         p = p.mmio_write32(0x23_1000 + 4 * i, 0xabab_abab);
     }
-    p.mmio_write32(0x20_1000, 0x0001_0000).mmio_write32(0x20_1004, 0).mmio_write32(0xd000_0050, 0)
+    p.mmio_write32(0x20_1000, 0x0001_0000)
+        .mmio_write32(0x20_1004, 0)
+        .mmio_write32(0xd000_0050, 0)
 }
 
 fn program(hostile: bool) -> Program {
     let mut p = blk_write_sector0(Program::new().print("start\n").virtio_init());
     if hostile {
-        p = p.hostile_writes(0x1234_5678, ROUNDS).virtio_init().hostile_writes(0x0bad_f00d, ROUNDS).virtio_init().hostile_writes(0xdead_beef, ROUNDS);
+        p = p
+            .hostile_writes(0x1234_5678, ROUNDS)
+            .virtio_init()
+            .hostile_writes(0x0bad_f00d, ROUNDS)
+            .virtio_init()
+            .hostile_writes(0xdead_beef, ROUNDS);
     } else {
         p = p.virtio_init();
     }
@@ -85,12 +104,25 @@ fn run_vm(dir: &Path, name: &str, p: Program) -> Run {
     let mut stdout = Vec::new();
     out.read_to_end(&mut stdout).unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    Run { status: child.wait().unwrap(), stdout, stderr }
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Run {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr,
+    }
 }
 
 fn overhead_kib(r: &Run) -> u64 {
-    r.stderr.split_whitespace().find_map(|w| w.strip_prefix("overhead_kib=")).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no memory report: {}", r.stderr))
+    r.stderr
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("overhead_kib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no memory report: {}", r.stderr))
 }
 
 #[test]
@@ -99,7 +131,12 @@ fn a_hostile_guest_cannot_crash_the_vmm_grow_it_or_disturb_a_neighbour() {
     let dir = tempfile::tempdir().unwrap();
     let calm = run_vm(dir.path(), "calm", program(false));
     assert_eq!(calm.status.code(), Some(0), "{}", calm.stderr);
-    assert!(std::fs::read(dir.path().join("calm.img")).unwrap()[..512].iter().all(|b| *b == 0xab), "the guest's block write reached the disk");
+    assert!(
+        std::fs::read(dir.path().join("calm.img")).unwrap()[..512]
+            .iter()
+            .all(|b| *b == 0xab),
+        "the guest's block write reached the disk"
+    );
 
     // The neighbour prints steadily while the hostile one runs.
     let line = "neighbour: every byte of this line arrives\n";
@@ -111,7 +148,10 @@ fn a_hostile_guest_cannot_crash_the_vmm_grow_it_or_disturb_a_neighbour() {
     std::fs::write(&kernel, neighbour.power_off().elf()).unwrap();
     let beside = std::thread::spawn(move || {
         let start = std::time::Instant::now();
-        (vmm().arg("--kernel").arg(&kernel).output().unwrap(), start.elapsed())
+        (
+            vmm().arg("--kernel").arg(&kernel).output().unwrap(),
+            start.elapsed(),
+        )
     });
 
     let hostile = run_vm(dir.path(), "hostile", program(true));
@@ -119,17 +159,47 @@ fn a_hostile_guest_cannot_crash_the_vmm_grow_it_or_disturb_a_neighbour() {
     eprintln!("neighbour ran {took:?} beside the storm");
 
     // Survived, or stopped with the guest-fault code: never a signal or a VMM error.
-    assert_eq!(hostile.status.signal(), None, "the VMM died of a signal: {:?}\n{}", hostile.status, hostile.stderr);
+    assert_eq!(
+        hostile.status.signal(),
+        None,
+        "the VMM died of a signal: {:?}\n{}",
+        hostile.status,
+        hostile.stderr
+    );
     match hostile.status.code() {
-        Some(0) => assert!(hostile.stdout.ends_with(b"\nsurvived\n"), "{:?}", String::from_utf8_lossy(&hostile.stdout[hostile.stdout.len().saturating_sub(200)..])),
+        Some(0) => assert!(
+            hostile.stdout.ends_with(b"\nsurvived\n"),
+            "{:?}",
+            String::from_utf8_lossy(&hostile.stdout[hostile.stdout.len().saturating_sub(200)..])
+        ),
         Some(c) if c == i32::from(code::GUEST_CRASH) => {}
         other => panic!("the VMM ended with {other:?}: {}", hostile.stderr),
     }
     let disk = std::fs::read(dir.path().join("hostile.img")).unwrap();
-    assert!(disk[..512].iter().all(|b| *b == 0xab), "the disk was live when the storm began");
-    eprintln!("hostile: {} bytes of serial output, {} disk bytes non-zero; {}", hostile.stdout.len(), disk.iter().filter(|b| **b != 0).count(), hostile.stderr.trim());
+    assert!(
+        disk[..512].iter().all(|b| *b == 0xab),
+        "the disk was live when the storm began"
+    );
+    eprintln!(
+        "hostile: {} bytes of serial output, {} disk bytes non-zero; {}",
+        hostile.stdout.len(),
+        disk.iter().filter(|b| **b != 0).count(),
+        hostile.stderr.trim()
+    );
     let (h, c) = (overhead_kib(&hostile), overhead_kib(&calm));
-    assert!(h <= c + 1024, "the VMM's own memory grew: {h} KiB beyond the guest vs {c} KiB in a calm run");
-    assert_eq!(beside.status.code(), Some(0), "{}", String::from_utf8_lossy(&beside.stderr));
-    assert_eq!(String::from_utf8_lossy(&beside.stdout), line.repeat(40), "the neighbour's output is intact");
+    assert!(
+        h <= c + 1024,
+        "the VMM's own memory grew: {h} KiB beyond the guest vs {c} KiB in a calm run"
+    );
+    assert_eq!(
+        beside.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&beside.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&beside.stdout),
+        line.repeat(40),
+        "the neighbour's output is intact"
+    );
 }

@@ -8,9 +8,17 @@ use bulkhead_agent_proto::{Fd, Frame, FrameDecoder, StreamId};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn codec(c: &mut Criterion) {
-    let Some(stdout) = StreamId::new(1, Fd::Stdout) else { return };
-    let data = Frame::Data { stream: stdout, bytes: vec![0x5a; 32 * 1024] };
-    let credit = Frame::Credit { stream: stdout, bytes: 64 * 1024 };
+    let Some(stdout) = StreamId::new(1, Fd::Stdout) else {
+        return;
+    };
+    let data = Frame::Data {
+        stream: stdout,
+        bytes: vec![0x5a; 32 * 1024],
+    };
+    let credit = Frame::Credit {
+        stream: stdout,
+        bytes: 64 * 1024,
+    };
     let mut wire = Vec::new();
     for f in [&data, &credit] {
         if f.encode(&mut wire).is_err() {

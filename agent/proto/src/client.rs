@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::flow::{RecvWindow, SendWindow};
 use crate::frame::{Fd, Frame, FrameDecoder, StreamId, DATA_CHUNK};
-use crate::messages::{encode, AgentError, ExitStatus, FromAgent, Hello, ProcessSpec, StartRequest, ToAgent};
+use crate::messages::{
+    encode, AgentError, ExitStatus, FromAgent, Hello, ProcessSpec, StartRequest, ToAgent,
+};
 use crate::PROTOCOL_VERSION;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +105,18 @@ impl AgentClient {
     /// host socket (`CONNECT <port>`).
     pub async fn connect_vsock(uds: &Path, port: u32) -> Result<Self, ClientError> {
         let mut stream = UnixStream::connect(uds).await?;
-        stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+        stream
+            .write_all(format!("CONNECT {port}\n").as_bytes())
+            .await?;
         // Read the "OK <port>\n" line byte by byte so no frame bytes are lost.
         let mut line = Vec::new();
         let mut reader = BufReader::with_capacity(1, &mut stream);
         reader.read_until(b'\n', &mut line).await?;
         if !line.starts_with(b"OK ") {
-            return Err(ClientError::Closed(format!("vsock CONNECT {port}: {:?}", String::from_utf8_lossy(&line))));
+            return Err(ClientError::Closed(format!(
+                "vsock CONNECT {port}: {:?}",
+                String::from_utf8_lossy(&line)
+            )));
         }
         Self::handshake(stream).await
     }
@@ -119,15 +126,31 @@ impl AgentClient {
         let (mut read, write) = stream.into_split();
         let mut decoder = FrameDecoder::new();
         let hello = loop {
-            if let Some(frame) = decoder.next_frame().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            if let Some(frame) = decoder
+                .next_frame()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
                 match frame {
                     Frame::Control(bytes) => match FromAgent::decode(&bytes) {
                         Ok(FromAgent::Hello(h)) if h.protocol == PROTOCOL_VERSION => break h,
-                        Ok(FromAgent::Hello(h)) => return Err(ClientError::Protocol(format!("agent speaks protocol {}, not {PROTOCOL_VERSION}", h.protocol))),
-                        Ok(other) => return Err(ClientError::Protocol(format!("first message is not a hello: {other:?}"))),
+                        Ok(FromAgent::Hello(h)) => {
+                            return Err(ClientError::Protocol(format!(
+                                "agent speaks protocol {}, not {PROTOCOL_VERSION}",
+                                h.protocol
+                            )))
+                        }
+                        Ok(other) => {
+                            return Err(ClientError::Protocol(format!(
+                                "first message is not a hello: {other:?}"
+                            )))
+                        }
                         Err(e) => return Err(ClientError::Protocol(format!("bad hello: {e}"))),
                     },
-                    other => return Err(ClientError::Protocol(format!("first frame is not a hello: {other:?}"))),
+                    other => {
+                        return Err(ClientError::Protocol(format!(
+                            "first frame is not a hello: {other:?}"
+                        )))
+                    }
                 }
             }
             let mut buf = [0u8; 4096];
@@ -137,7 +160,12 @@ impl AgentClient {
             }
             decoder.push(&buf[..n]);
         };
-        let inner = Arc::new(Inner { writer: tokio::sync::Mutex::new(write), state: Mutex::default(), next_id: AtomicU64::new(1), next_process: AtomicU32::new(1) });
+        let inner = Arc::new(Inner {
+            writer: tokio::sync::Mutex::new(write),
+            state: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_process: AtomicU32::new(1),
+        });
         tokio::spawn(read_loop(Arc::clone(&inner), read, decoder));
         Ok(Self { inner, hello })
     }
@@ -149,13 +177,19 @@ impl AgentClient {
     /// Sets up the container and starts its main process.
     pub async fn start(&self, spec: StartRequest) -> Result<Process, ClientError> {
         let stdin = spec.process.stdin;
-        self.spawn(stdin, |id, process| ToAgent::Start { id, process, spec: Box::new(spec) }).await
+        self.spawn(stdin, |id, process| ToAgent::Start {
+            id,
+            process,
+            spec: Box::new(spec),
+        })
+        .await
     }
 
     /// Starts another process in the running container.
     pub async fn exec(&self, spec: ProcessSpec) -> Result<Process, ClientError> {
         let stdin = spec.stdin;
-        self.spawn(stdin, |id, process| ToAgent::Exec { id, process, spec }).await
+        self.spawn(stdin, |id, process| ToAgent::Exec { id, process, spec })
+            .await
     }
 
     /// Asks the agent to stop everything and power off.
@@ -164,23 +198,49 @@ impl AgentClient {
         self.inner.request(id, ToAgent::Shutdown { id }).await
     }
 
-    async fn spawn(&self, stdin: bool, make: impl FnOnce(u64, u32) -> ToAgent) -> Result<Process, ClientError> {
+    async fn spawn(
+        &self,
+        stdin: bool,
+        make: impl FnOnce(u64, u32) -> ToAgent,
+    ) -> Result<Process, ClientError> {
         let process = self.inner.next_process.fetch_add(1, Ordering::Relaxed);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (exit_tx, exit_rx) = oneshot::channel();
         let notify = Arc::new(Notify::new());
         {
             let mut st = self.inner.lock();
-            let recv = [(Fd::Stdout, RecvWindow::default()), (Fd::Stderr, RecvWindow::default())].into_iter().collect();
+            let recv = [
+                (Fd::Stdout, RecvWindow::default()),
+                (Fd::Stderr, RecvWindow::default()),
+            ]
+            .into_iter()
+            .collect();
             let stdin = stdin.then(|| (SendWindow::default(), Arc::clone(&notify)));
-            st.processes.insert(process, ProcessEntry { output: out_tx, recv, stdin, exit: Some(exit_tx), exited: false });
+            st.processes.insert(
+                process,
+                ProcessEntry {
+                    output: out_tx,
+                    recv,
+                    stdin,
+                    exit: Some(exit_tx),
+                    exited: false,
+                },
+            );
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.inner.request(id, make(id, process)).await {
             self.inner.lock().processes.remove(&process);
             return Err(e);
         }
-        Ok(Process { id: process, inner: Arc::clone(&self.inner), output: out_rx, exit: Some(exit_rx), stdin_notify: notify, open_streams: 2, status: None })
+        Ok(Process {
+            id: process,
+            inner: Arc::clone(&self.inner),
+            output: out_rx,
+            exit: Some(exit_rx),
+            stdin_notify: notify,
+            open_streams: 2,
+            status: None,
+        })
     }
 }
 
@@ -190,7 +250,9 @@ impl Inner {
     }
 
     async fn send(&self, frame: Frame) -> Result<(), ClientError> {
-        let bytes = frame.to_bytes().map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let bytes = frame
+            .to_bytes()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.writer.lock().await.write_all(&bytes).await?;
         Ok(())
     }
@@ -207,7 +269,9 @@ impl Inner {
         self.send(Frame::Control(encode(&msg))).await?;
         match rx.await {
             Ok(result) => Ok(result?),
-            Err(_) => Err(ClientError::Closed(self.lock().closed.clone().unwrap_or_default())),
+            Err(_) => Err(ClientError::Closed(
+                self.lock().closed.clone().unwrap_or_default(),
+            )),
         }
     }
 
@@ -239,7 +303,12 @@ async fn read_loop(inner: Arc<Inner>, mut read: OwnedReadHalf, mut decoder: Fram
             Err(e) => break format!("protocol error: {e}"),
         }
         match read.read(&mut buf).await {
-            Ok(0) => break decoder.finish().map(|_| "the agent closed the connection".to_string()).unwrap_or_else(|e| format!("protocol error: {e}")),
+            Ok(0) => {
+                break decoder
+                    .finish()
+                    .map(|_| "the agent closed the connection".to_string())
+                    .unwrap_or_else(|e| format!("protocol error: {e}"))
+            }
             Ok(n) => decoder.push(&buf[..n]),
             Err(e) => break format!("read: {e}"),
         }
@@ -252,29 +321,46 @@ async fn read_loop(inner: Arc<Inner>, mut read: OwnedReadHalf, mut decoder: Fram
 fn handle_frame(inner: &Inner, frame: Frame) -> Result<(), String> {
     let mut st = inner.lock();
     match frame {
-        Frame::Control(bytes) => match FromAgent::decode(&bytes).map_err(|e| format!("bad message: {e}"))? {
-            FromAgent::Hello(_) => Err("a second hello".into()),
-            FromAgent::Reply { id, result } => {
-                let tx = st.replies.remove(&id).ok_or_else(|| format!("reply to unknown request {id}"))?;
-                let _ = tx.send(result);
-                Ok(())
-            }
-            FromAgent::Exited { process, status } => {
-                let p = st.processes.get_mut(&process).ok_or_else(|| format!("exit of unknown process {process}"))?;
-                if p.exited {
-                    return Err(format!("second exit report for process {process}"));
+        Frame::Control(bytes) => {
+            match FromAgent::decode(&bytes).map_err(|e| format!("bad message: {e}"))? {
+                FromAgent::Hello(_) => Err("a second hello".into()),
+                FromAgent::Reply { id, result } => {
+                    let tx = st
+                        .replies
+                        .remove(&id)
+                        .ok_or_else(|| format!("reply to unknown request {id}"))?;
+                    let _ = tx.send(result);
+                    Ok(())
                 }
-                p.exited = true;
-                if let Some(tx) = p.exit.take() {
-                    let _ = tx.send(status);
+                FromAgent::Exited { process, status } => {
+                    let p = st
+                        .processes
+                        .get_mut(&process)
+                        .ok_or_else(|| format!("exit of unknown process {process}"))?;
+                    if p.exited {
+                        return Err(format!("second exit report for process {process}"));
+                    }
+                    p.exited = true;
+                    if let Some(tx) = p.exit.take() {
+                        let _ = tx.send(status);
+                    }
+                    Ok(())
                 }
-                Ok(())
+                FromAgent::Fatal { message } => Err(format!("agent gave up: {message}")),
             }
-            FromAgent::Fatal { message } => Err(format!("agent gave up: {message}")),
-        },
+        }
         Frame::Data { stream, bytes } => {
-            let p = st.processes.get_mut(&stream.process()).ok_or_else(|| format!("data for unknown process {}", stream.process()))?;
-            let w = p.recv.get_mut(&stream.fd()).ok_or_else(|| format!("data on closed or input stream {:?} of process {}", stream.fd(), stream.process()))?;
+            let p = st
+                .processes
+                .get_mut(&stream.process())
+                .ok_or_else(|| format!("data for unknown process {}", stream.process()))?;
+            let w = p.recv.get_mut(&stream.fd()).ok_or_else(|| {
+                format!(
+                    "data on closed or input stream {:?} of process {}",
+                    stream.fd(),
+                    stream.process()
+                )
+            })?;
             w.on_data(bytes.len()).map_err(|e| e.to_string())?;
             let out = if bytes.is_empty() {
                 p.recv.remove(&stream.fd());
@@ -287,14 +373,19 @@ fn handle_frame(inner: &Inner, frame: Frame) -> Result<(), String> {
             Ok(())
         }
         Frame::Credit { stream, bytes } => {
-            let p = st.processes.get_mut(&stream.process()).ok_or_else(|| format!("credit for unknown process {}", stream.process()))?;
+            let p = st
+                .processes
+                .get_mut(&stream.process())
+                .ok_or_else(|| format!("credit for unknown process {}", stream.process()))?;
             match (&mut p.stdin, stream.fd()) {
                 (Some((w, notify)), Fd::Stdin) => {
                     w.grant(bytes).map_err(|e| e.to_string())?;
                     notify.notify_one();
                     Ok(())
                 }
-                _ => Err(format!("credit for a stream the host does not send: {stream:?}")),
+                _ => Err(format!(
+                    "credit for a stream the host does not send: {stream:?}"
+                )),
             }
         }
     }
@@ -321,7 +412,11 @@ impl Process {
     /// A handle on the process's stdin that can move to another task
     /// (write while this one reads output).
     pub fn stdin(&self) -> Stdin {
-        Stdin { id: self.id, inner: Arc::clone(&self.inner), notify: Arc::clone(&self.stdin_notify) }
+        Stdin {
+            id: self.id,
+            inner: Arc::clone(&self.inner),
+            notify: Arc::clone(&self.stdin_notify),
+        }
     }
 
     /// Writes to the process's stdin, waiting for credit as needed.
@@ -337,7 +432,10 @@ impl Process {
     /// A handle for signals and resizes that can move to another task
     /// (while this one reads output or waits for the exit).
     pub fn control(&self) -> Control {
-        Control { id: self.id, inner: Arc::clone(&self.inner) }
+        Control {
+            id: self.id,
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
@@ -360,7 +458,10 @@ impl Process {
             Output::Data(fd, bytes) => {
                 let grant = {
                     let mut st = self.inner.lock();
-                    st.processes.get_mut(&self.id).and_then(|p| p.recv.get_mut(fd)).and_then(|w| w.on_consumed(bytes.len()))
+                    st.processes
+                        .get_mut(&self.id)
+                        .and_then(|p| p.recv.get_mut(fd))
+                        .and_then(|w| w.on_consumed(bytes.len()))
                 };
                 if let (Some(bytes), Some(stream)) = (grant, StreamId::new(self.id, *fd)) {
                     // A failed send shows up as a closed connection on the next call.
@@ -378,13 +479,29 @@ impl Process {
         if let Some(s) = self.status {
             return Ok(s);
         }
-        let rx = self.exit.take().ok_or_else(|| ClientError::Closed("exit already awaited".into()))?;
-        let status = rx.await.map_err(|_| ClientError::Closed(self.inner.lock().closed.clone().unwrap_or_else(|| "no exit report".into())))?;
+        let rx = self
+            .exit
+            .take()
+            .ok_or_else(|| ClientError::Closed("exit already awaited".into()))?;
+        let status = rx.await.map_err(|_| {
+            ClientError::Closed(
+                self.inner
+                    .lock()
+                    .closed
+                    .clone()
+                    .unwrap_or_else(|| "no exit report".into()),
+            )
+        })?;
         self.status = Some(status);
         self.inner.lock().processes.remove(&self.id);
         // The agent may already be gone (stopping everything does not wait
         // for acks): the status is known either way.
-        let _ = self.inner.send(Frame::Control(encode(&ToAgent::AckExit { process: self.id }))).await;
+        let _ = self
+            .inner
+            .send(Frame::Control(encode(&ToAgent::AckExit {
+                process: self.id,
+            })))
+            .await;
         Ok(status)
     }
 
@@ -399,7 +516,11 @@ impl Process {
             }
         }
         let status = self.wait().await?;
-        Ok(Collected { stdout, stderr, status })
+        Ok(Collected {
+            stdout,
+            stderr,
+            status,
+        })
     }
 }
 
@@ -413,12 +534,31 @@ pub struct Control {
 impl Control {
     pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.request(id, ToAgent::Signal { id, process: self.id, signal }).await
+        self.inner
+            .request(
+                id,
+                ToAgent::Signal {
+                    id,
+                    process: self.id,
+                    signal,
+                },
+            )
+            .await
     }
 
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.request(id, ToAgent::Resize { id, process: self.id, rows, cols }).await
+        self.inner
+            .request(
+                id,
+                ToAgent::Resize {
+                    id,
+                    process: self.id,
+                    rows,
+                    cols,
+                },
+            )
+            .await
     }
 }
 
@@ -442,7 +582,10 @@ impl Stdin {
                     if let Some(why) = &st.closed {
                         return Err(ClientError::Closed(why.clone()));
                     }
-                    let entry = st.processes.get_mut(&self.id).ok_or_else(|| ClientError::Closed("the process is gone".into()))?;
+                    let entry = st
+                        .processes
+                        .get_mut(&self.id)
+                        .ok_or_else(|| ClientError::Closed("the process is gone".into()))?;
                     let (w, _) = entry.stdin.as_mut().ok_or(ClientError::NoStdin(self.id))?;
                     let n = w.available().min(DATA_CHUNK).min(data.len());
                     if n > 0 {
@@ -452,7 +595,12 @@ impl Stdin {
                 }
                 notified.await;
             };
-            self.inner.send(Frame::Data { stream, bytes: data[..n].to_vec() }).await?;
+            self.inner
+                .send(Frame::Data {
+                    stream,
+                    bytes: data[..n].to_vec(),
+                })
+                .await?;
             data = &data[n..];
         }
         Ok(())
@@ -461,7 +609,12 @@ impl Stdin {
     /// Closes stdin: the process reads EOF.
     pub async fn close(&self) -> Result<(), ClientError> {
         let stream = StreamId::new(self.id, Fd::Stdin).ok_or(ClientError::NoStdin(self.id))?;
-        self.inner.send(Frame::Data { stream, bytes: Vec::new() }).await
+        self.inner
+            .send(Frame::Data {
+                stream,
+                bytes: Vec::new(),
+            })
+            .await
     }
 }
 
@@ -477,7 +630,11 @@ mod tests {
     }
 
     fn hello() -> Vec<u8> {
-        control(&FromAgent::Hello(Hello { protocol: PROTOCOL_VERSION, agent_version: "fake".into(), boot_to_connected_us: None }))
+        control(&FromAgent::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "fake".into(),
+            boot_to_connected_us: None,
+        }))
     }
 
     /// A fake agent: says hello, answers the first request (a start) with
@@ -496,7 +653,10 @@ mod tests {
             let n = stream.read(&mut buf).await.unwrap();
             d.push(&buf[..n]);
         };
-        stream.write_all(&control(&FromAgent::Reply { id, result: Ok(()) })).await.unwrap();
+        stream
+            .write_all(&control(&FromAgent::Reply { id, result: Ok(()) }))
+            .await
+            .unwrap();
         stream.write_all(&then).await.unwrap();
         // Hold the connection until the client gives up on it.
         let _ = stream.read(&mut buf).await;
@@ -510,23 +670,50 @@ mod tests {
     }
 
     fn stdout(bytes: Vec<u8>) -> Vec<u8> {
-        Frame::Data { stream: StreamId::new(1, Fd::Stdout).unwrap(), bytes }.to_bytes().unwrap()
+        Frame::Data {
+            stream: StreamId::new(1, Fd::Stdout).unwrap(),
+            bytes,
+        }
+        .to_bytes()
+        .unwrap()
     }
 
     fn eofs() -> Vec<u8> {
-        [stdout(vec![]), Frame::Data { stream: StreamId::new(1, Fd::Stderr).unwrap(), bytes: vec![] }.to_bytes().unwrap()].concat()
+        [
+            stdout(vec![]),
+            Frame::Data {
+                stream: StreamId::new(1, Fd::Stderr).unwrap(),
+                bytes: vec![],
+            }
+            .to_bytes()
+            .unwrap(),
+        ]
+        .concat()
     }
 
     #[tokio::test]
     async fn an_honest_agent_is_heard() {
-        let then = [stdout(b"hi\n".to_vec()), eofs(), control(&FromAgent::Exited { process: 1, status: ExitStatus::Code(4) })].concat();
+        let then = [
+            stdout(b"hi\n".to_vec()),
+            eofs(),
+            control(&FromAgent::Exited {
+                process: 1,
+                status: ExitStatus::Code(4),
+            }),
+        ]
+        .concat();
         let out = run_against(then).await.unwrap();
-        assert_eq!((out.stdout, out.status), (b"hi\n".to_vec(), ExitStatus::Code(4)));
+        assert_eq!(
+            (out.stdout, out.status),
+            (b"hi\n".to_vec(), ExitStatus::Code(4))
+        );
     }
 
     fn assert_protocol_error(r: Result<Collected, ClientError>, want: &str) {
         match r {
-            Err(ClientError::Closed(why)) | Err(ClientError::Protocol(why)) => assert!(why.contains(want), "{why:?} lacks {want:?}"),
+            Err(ClientError::Closed(why)) | Err(ClientError::Protocol(why)) => {
+                assert!(why.contains(want), "{why:?} lacks {want:?}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -535,18 +722,41 @@ mod tests {
     async fn output_beyond_the_granted_window_closes_the_connection() {
         // More than the window, and the client reads none of it (reading
         // would grant credit): the excess is a violation.
-        let flood: Vec<u8> = (0..(crate::flow::INITIAL_WINDOW as usize / DATA_CHUNK + 1)).flat_map(|_| stdout(vec![b'x'; DATA_CHUNK])).collect();
+        let flood: Vec<u8> = (0..(crate::flow::INITIAL_WINDOW as usize / DATA_CHUNK + 1))
+            .flat_map(|_| stdout(vec![b'x'; DATA_CHUNK]))
+            .collect();
         let (ours, theirs) = UnixStream::pair().unwrap();
         tokio::spawn(fake_agent(theirs, flood));
         let client = AgentClient::handshake(ours).await.unwrap();
         let mut p = client.start(StartRequest::default()).await.unwrap();
-        assert_protocol_error(p.wait().await.map(|status| Collected { stdout: vec![], stderr: vec![], status }), "bytes of credit");
+        assert_protocol_error(
+            p.wait().await.map(|status| Collected {
+                stdout: vec![],
+                stderr: vec![],
+                status,
+            }),
+            "bytes of credit",
+        );
     }
 
     #[tokio::test]
     async fn a_second_exit_report_is_a_protocol_error() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        tokio::spawn(fake_agent(theirs, [eofs(), control(&FromAgent::Exited { process: 1, status: ExitStatus::Code(0) }), control(&FromAgent::Exited { process: 1, status: ExitStatus::Code(1) })].concat()));
+        tokio::spawn(fake_agent(
+            theirs,
+            [
+                eofs(),
+                control(&FromAgent::Exited {
+                    process: 1,
+                    status: ExitStatus::Code(0),
+                }),
+                control(&FromAgent::Exited {
+                    process: 1,
+                    status: ExitStatus::Code(1),
+                }),
+            ]
+            .concat(),
+        ));
         let client = AgentClient::handshake(ours).await.unwrap();
         let _ = client.start(StartRequest::default()).await.unwrap();
         // Any later request fails: the connection was closed for cause.
@@ -557,13 +767,54 @@ mod tests {
     #[tokio::test]
     async fn replies_exits_and_data_for_unknown_ids_are_protocol_errors() {
         for (then, want) in [
-            (control(&FromAgent::Reply { id: 999, result: Ok(()) }), "unknown request 999"),
-            (control(&FromAgent::Exited { process: 42, status: ExitStatus::Code(0) }), "unknown process 42"),
-            (Frame::Data { stream: StreamId::new(42, Fd::Stdout).unwrap(), bytes: b"x".to_vec() }.to_bytes().unwrap(), "unknown process 42"),
-            (Frame::Data { stream: StreamId::new(1, Fd::Stdin).unwrap(), bytes: b"x".to_vec() }.to_bytes().unwrap(), "input stream"),
-            (control(&FromAgent::Fatal { message: "boom".into() }), "agent gave up: boom"),
-            (b"\x01\x09\0\0\0\0\0\0\0\0\0\0".to_vec(), "unknown frame kind 9"),
-            (Frame::Control(b"{\"type\":\"reply\",\"id\":1,\"surprise\":1}".to_vec()).to_bytes().unwrap(), "bad message"),
+            (
+                control(&FromAgent::Reply {
+                    id: 999,
+                    result: Ok(()),
+                }),
+                "unknown request 999",
+            ),
+            (
+                control(&FromAgent::Exited {
+                    process: 42,
+                    status: ExitStatus::Code(0),
+                }),
+                "unknown process 42",
+            ),
+            (
+                Frame::Data {
+                    stream: StreamId::new(42, Fd::Stdout).unwrap(),
+                    bytes: b"x".to_vec(),
+                }
+                .to_bytes()
+                .unwrap(),
+                "unknown process 42",
+            ),
+            (
+                Frame::Data {
+                    stream: StreamId::new(1, Fd::Stdin).unwrap(),
+                    bytes: b"x".to_vec(),
+                }
+                .to_bytes()
+                .unwrap(),
+                "input stream",
+            ),
+            (
+                control(&FromAgent::Fatal {
+                    message: "boom".into(),
+                }),
+                "agent gave up: boom",
+            ),
+            (
+                b"\x01\x09\0\0\0\0\0\0\0\0\0\0".to_vec(),
+                "unknown frame kind 9",
+            ),
+            (
+                Frame::Control(b"{\"type\":\"reply\",\"id\":1,\"surprise\":1}".to_vec())
+                    .to_bytes()
+                    .unwrap(),
+                "bad message",
+            ),
         ] {
             assert_protocol_error(run_against(then).await, want);
         }
@@ -572,8 +823,21 @@ mod tests {
     #[tokio::test]
     async fn a_bad_hello_fails_the_handshake() {
         for (first, want) in [
-            (control(&FromAgent::Hello(Hello { protocol: 99, agent_version: "x".into(), boot_to_connected_us: None })), "protocol 99"),
-            (control(&FromAgent::Reply { id: 1, result: Ok(()) }), "not a hello"),
+            (
+                control(&FromAgent::Hello(Hello {
+                    protocol: 99,
+                    agent_version: "x".into(),
+                    boot_to_connected_us: None,
+                })),
+                "protocol 99",
+            ),
+            (
+                control(&FromAgent::Reply {
+                    id: 1,
+                    result: Ok(()),
+                }),
+                "not a hello",
+            ),
             (b"SSH-2.0-OpenSSH\r\n".to_vec(), "protocol version"),
             (Vec::new(), "before the agent's hello"),
         ] {

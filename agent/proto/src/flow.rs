@@ -13,7 +13,9 @@ pub struct SendWindow {
 
 impl Default for SendWindow {
     fn default() -> Self {
-        Self { available: u64::from(INITIAL_WINDOW) }
+        Self {
+            available: u64::from(INITIAL_WINDOW),
+        }
     }
 }
 
@@ -60,7 +62,10 @@ pub struct RecvWindow {
 
 impl Default for RecvWindow {
     fn default() -> Self {
-        Self { remaining: u64::from(INITIAL_WINDOW), consumed: 0 }
+        Self {
+            remaining: u64::from(INITIAL_WINDOW),
+            consumed: 0,
+        }
     }
 }
 
@@ -68,7 +73,10 @@ impl RecvWindow {
     /// `n` bytes arrived from the sender.
     pub fn on_data(&mut self, n: usize) -> Result<(), FlowError> {
         if n as u64 > self.remaining {
-            return Err(FlowError::Overrun { sent: n, allowed: self.remaining });
+            return Err(FlowError::Overrun {
+                sent: n,
+                allowed: self.remaining,
+            });
         }
         self.remaining -= n as u64;
         Ok(())
@@ -96,7 +104,13 @@ mod tests {
     fn a_sender_that_ignores_its_window_is_caught() {
         let mut r = RecvWindow::default();
         r.on_data(INITIAL_WINDOW as usize).unwrap();
-        assert_eq!(r.on_data(1), Err(FlowError::Overrun { sent: 1, allowed: 0 }));
+        assert_eq!(
+            r.on_data(1),
+            Err(FlowError::Overrun {
+                sent: 1,
+                allowed: 0
+            })
+        );
     }
 
     #[test]

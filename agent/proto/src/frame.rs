@@ -124,7 +124,10 @@ impl Frame {
                 return Ok(());
             }
         };
-        let len = u32::try_from(payload.len()).ok().filter(|l| *l <= MAX_PAYLOAD).ok_or(FrameError::TooLarge(u32::MAX))?;
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|l| *l <= MAX_PAYLOAD)
+            .ok_or(FrameError::TooLarge(u32::MAX))?;
         out.extend_from_slice(&header(kind, stream, len));
         out.extend_from_slice(payload);
         Ok(())
@@ -243,13 +246,19 @@ impl FrameDecoder {
         self.buf.drain(..total);
         Ok(Some(match kind {
             KIND_CONTROL => Frame::Control(payload),
-            KIND_DATA => Frame::Data { stream: StreamId::from_raw(stream)?, bytes: payload },
+            KIND_DATA => Frame::Data {
+                stream: StreamId::from_raw(stream)?,
+                bytes: payload,
+            },
             _ => {
                 let bytes = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
                 if bytes == 0 {
                     return Err(FrameError::ZeroCredit);
                 }
-                Frame::Credit { stream: StreamId::from_raw(stream)?, bytes }
+                Frame::Credit {
+                    stream: StreamId::from_raw(stream)?,
+                    bytes,
+                }
             }
         }))
     }
@@ -278,9 +287,18 @@ mod tests {
     fn frames_round_trip_even_byte_by_byte() {
         let frames = vec![
             Frame::Control(br#"{"type":"shutdown","id":1}"#.to_vec()),
-            Frame::Data { stream: s(1, Fd::Stdout), bytes: b"hello\n".to_vec() },
-            Frame::Data { stream: s(7, Fd::Stdin), bytes: vec![] },
-            Frame::Credit { stream: s(MAX_PROCESS_ID, Fd::Stderr), bytes: 65536 },
+            Frame::Data {
+                stream: s(1, Fd::Stdout),
+                bytes: b"hello\n".to_vec(),
+            },
+            Frame::Data {
+                stream: s(7, Fd::Stdin),
+                bytes: vec![],
+            },
+            Frame::Credit {
+                stream: s(MAX_PROCESS_ID, Fd::Stderr),
+                bytes: 65536,
+            },
         ];
         let mut wire = Vec::new();
         for f in &frames {
@@ -317,16 +335,37 @@ mod tests {
             (raw(1, 9, 0, 0, 0, b""), FrameError::UnknownKind(9)),
             (raw(1, 0, 0, 0, 0, b""), FrameError::UnknownKind(0)),
             (raw(1, 1, 1, 0, 0, b""), FrameError::Reserved(1)),
-            (raw(1, 1, 0, 0, MAX_PAYLOAD + 1, b""), FrameError::TooLarge(MAX_PAYLOAD + 1)),
-            (raw(1, 2, 0, 0, u32::MAX, b""), FrameError::TooLarge(u32::MAX)),
-            (raw(1, 1, 0, stdout1, 0, b""), FrameError::ControlOnStream(stdout1)),
+            (
+                raw(1, 1, 0, 0, MAX_PAYLOAD + 1, b""),
+                FrameError::TooLarge(MAX_PAYLOAD + 1),
+            ),
+            (
+                raw(1, 2, 0, 0, u32::MAX, b""),
+                FrameError::TooLarge(u32::MAX),
+            ),
+            (
+                raw(1, 1, 0, stdout1, 0, b""),
+                FrameError::ControlOnStream(stdout1),
+            ),
             (raw(1, 2, 0, 0, 1, b"x"), FrameError::BadStream(0)),
             (raw(1, 2, 0, 3, 1, b"x"), FrameError::BadStream(3)),
-            (raw(1, 2, 0, (5 << 2) | 3, 1, b"x"), FrameError::BadStream((5 << 2) | 3)),
+            (
+                raw(1, 2, 0, (5 << 2) | 3, 1, b"x"),
+                FrameError::BadStream((5 << 2) | 3),
+            ),
             (raw(1, 3, 0, stdout1, 2, b"ab"), FrameError::CreditSize(2)),
-            (raw(1, 3, 0, stdout1, 4, &[0, 0, 0, 0]), FrameError::ZeroCredit),
-            (raw(1, 2, 0, stdout1, 10, b"short"), FrameError::Truncated(HEADER_LEN + 5)),
-            (raw(1, 2, 0, stdout1, 0, b"")[..7].to_vec(), FrameError::Truncated(7)),
+            (
+                raw(1, 3, 0, stdout1, 4, &[0, 0, 0, 0]),
+                FrameError::ZeroCredit,
+            ),
+            (
+                raw(1, 2, 0, stdout1, 10, b"short"),
+                FrameError::Truncated(HEADER_LEN + 5),
+            ),
+            (
+                raw(1, 2, 0, stdout1, 0, b"")[..7].to_vec(),
+                FrameError::Truncated(7),
+            ),
         ];
         for (bytes, want) in cases {
             assert_eq!(decode_all(&bytes), Err(want.clone()), "{bytes:?}");
@@ -347,7 +386,14 @@ mod tests {
     fn encoder_refuses_what_the_decoder_would() {
         let big = Frame::Control(vec![b' '; MAX_PAYLOAD as usize + 1]);
         assert!(big.to_bytes().is_err());
-        assert_eq!(Frame::Credit { stream: s(1, Fd::Stdin), bytes: 0 }.to_bytes(), Err(FrameError::ZeroCredit));
+        assert_eq!(
+            Frame::Credit {
+                stream: s(1, Fd::Stdin),
+                bytes: 0
+            }
+            .to_bytes(),
+            Err(FrameError::ZeroCredit)
+        );
         assert!(StreamId::new(0, Fd::Stdout).is_none());
         assert!(StreamId::new(MAX_PROCESS_ID + 1, Fd::Stdout).is_none());
         let id = s(42, Fd::Stderr);

@@ -8,7 +8,9 @@ use crate::messages::{FromAgent, ToAgent};
 /// Feeds `data` to a decoder in chunks whose sizes come from the input,
 /// decoding every frame as `decode` would on the receiving side.
 fn frames(data: &[u8], mut on_control: impl FnMut(&[u8]), mut on_window: impl FnMut(&Frame)) {
-    let Some((&chunk, rest)) = data.split_first() else { return };
+    let Some((&chunk, rest)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut d = FrameDecoder::new();
     for piece in rest.chunks(chunk) {
@@ -26,7 +28,10 @@ fn frames(data: &[u8], mut on_control: impl FnMut(&[u8]), mut on_window: impl Fn
                         d2.push(&b);
                         d2.next_frame()
                     });
-                    assert!(matches!(again, Ok(Ok(Some(ref g))) if *g == f), "round trip of {f:?}");
+                    assert!(
+                        matches!(again, Ok(Ok(Some(ref g))) if *g == f),
+                        "round trip of {f:?}"
+                    );
                 }
                 Ok(None) => break,
                 Err(_) => return,

@@ -72,7 +72,11 @@ mod tests {
 
     #[test]
     fn boot_stage_codes_round_trip_and_reject_unknown() {
-        for stage in [BootStage::AgentStarted, BootStage::AgentReady, BootStage::WorkloadStarted] {
+        for stage in [
+            BootStage::AgentStarted,
+            BootStage::AgentReady,
+            BootStage::WorkloadStarted,
+        ] {
             assert_eq!(BootStage::from_code(stage as u8), Some(stage));
         }
         for junk in [0u8, 4, 0x7f, 0xff] {

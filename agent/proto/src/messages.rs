@@ -12,13 +12,26 @@ use serde::{Deserialize, Serialize};
 pub enum ToAgent {
     /// Set up the container (root, network, hostname) and start its main
     /// process as `process` (host-chosen id). Only once.
-    Start { id: u64, process: u32, spec: Box<StartRequest> },
+    Start {
+        id: u64,
+        process: u32,
+        spec: Box<StartRequest>,
+    },
     /// Start another process in the running container.
-    Exec { id: u64, process: u32, spec: ProcessSpec },
+    Exec {
+        id: u64,
+        process: u32,
+        spec: ProcessSpec,
+    },
     /// Send `signal` to a process.
     Signal { id: u64, process: u32, signal: i32 },
     /// Resize a TTY-mode process's terminal.
-    Resize { id: u64, process: u32, rows: u16, cols: u16 },
+    Resize {
+        id: u64,
+        process: u32,
+        rows: u16,
+        cols: u16,
+    },
     /// The host has the exit report of `process`.
     AckExit { process: u32 },
     /// Stop everything and power off.
@@ -32,7 +45,10 @@ pub enum FromAgent {
     /// First message on every connection.
     Hello(Hello),
     /// The outcome of request `id`.
-    Reply { id: u64, result: Result<(), AgentError> },
+    Reply {
+        id: u64,
+        result: Result<(), AgentError>,
+    },
     /// A process ended; sent exactly once per started process, after its
     /// output streams are closed.
     Exited { process: u32, status: ExitStatus },
@@ -92,7 +108,10 @@ pub enum ErrorKind {
 
 impl AgentError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -179,7 +198,10 @@ pub enum RootSource {
 
 impl Default for RootSource {
     fn default() -> Self {
-        RootSource::Block { device: "/dev/vda".into(), fstype: "ext4".into() }
+        RootSource::Block {
+            device: "/dev/vda".into(),
+            fstype: "ext4".into(),
+        }
     }
 }
 
@@ -217,14 +239,27 @@ impl ProcessSpec {
         if self.args.is_empty() {
             return Err("args is empty".into());
         }
-        if self.args.len() > MAX_LIST || self.env.len() > MAX_LIST || self.additional_gids.len() > MAX_LIST || self.rlimits.len() > 64 {
+        if self.args.len() > MAX_LIST
+            || self.env.len() > MAX_LIST
+            || self.additional_gids.len() > MAX_LIST
+            || self.rlimits.len() > 64
+        {
             return Err("too many args, env entries, groups or rlimits".into());
         }
-        let strings = self.args.iter().chain(&self.env).chain(self.cwd.iter()).chain(self.user.iter());
+        let strings = self
+            .args
+            .iter()
+            .chain(&self.env)
+            .chain(self.cwd.iter())
+            .chain(self.user.iter());
         if strings.clone().any(|s| s.contains('\0')) {
             return Err("a string contains a NUL byte".into());
         }
-        if let Some(bad) = self.env.iter().find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
+        if let Some(bad) = self
+            .env
+            .iter()
+            .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+        {
             return Err(format!("env entry {bad:?} is not KEY=value"));
         }
         if let Some(cwd) = &self.cwd {
@@ -253,7 +288,8 @@ impl FromAgent {
 
 /// Serializes a control message (infallible for these types).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    serde_json::to_vec(msg).unwrap_or_else(|e| format!(r#"{{"type":"fatal","message":"encode: {e}"}}"#).into_bytes())
+    serde_json::to_vec(msg)
+        .unwrap_or_else(|e| format!(r#"{{"type":"fatal","message":"encode: {e}"}}"#).into_bytes())
 }
 
 #[cfg(test)]
@@ -263,18 +299,45 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let msgs = vec![
-            ToAgent::Start { id: 1, process: 1, spec: Box::new(StartRequest { process: ProcessSpec { args: vec!["echo".into(), "hi".into()], ..Default::default() }, ..Default::default() }) },
-            ToAgent::Signal { id: 2, process: 1, signal: 15 },
+            ToAgent::Start {
+                id: 1,
+                process: 1,
+                spec: Box::new(StartRequest {
+                    process: ProcessSpec {
+                        args: vec!["echo".into(), "hi".into()],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
+            },
+            ToAgent::Signal {
+                id: 2,
+                process: 1,
+                signal: 15,
+            },
             ToAgent::AckExit { process: 1 },
         ];
         for m in msgs {
             assert_eq!(ToAgent::decode(&encode(&m)).unwrap(), m);
         }
         let replies = vec![
-            FromAgent::Reply { id: 3, result: Err(AgentError::new(ErrorKind::NotFound, "nope: not found")) },
-            FromAgent::Reply { id: 4, result: Ok(()) },
-            FromAgent::Exited { process: 1, status: ExitStatus::Signal(9) },
-            FromAgent::Hello(Hello { protocol: 1, agent_version: "x".into(), boot_to_connected_us: Some(5) }),
+            FromAgent::Reply {
+                id: 3,
+                result: Err(AgentError::new(ErrorKind::NotFound, "nope: not found")),
+            },
+            FromAgent::Reply {
+                id: 4,
+                result: Ok(()),
+            },
+            FromAgent::Exited {
+                process: 1,
+                status: ExitStatus::Signal(9),
+            },
+            FromAgent::Hello(Hello {
+                protocol: 1,
+                agent_version: "x".into(),
+                boot_to_connected_us: Some(5),
+            }),
         ];
         for m in replies {
             assert_eq!(FromAgent::decode(&encode(&m)).unwrap(), m);
@@ -294,25 +357,63 @@ mod tests {
             b"",
             br#"{"type":"start","id":1,"process":1,"spec":{"process":{"args":["a"],"uid":0}}}"#,
         ] {
-            assert!(ToAgent::decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                ToAgent::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        for bad in [&br#"{"type":"exited","process":1,"status":{"code":1,"signal":2}}"#[..], br#"{"type":"reply","id":1,"result":{"Maybe":null}}"#] {
-            assert!(FromAgent::decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &br#"{"type":"exited","process":1,"status":{"code":1,"signal":2}}"#[..],
+            br#"{"type":"reply","id":1,"result":{"Maybe":null}}"#,
+        ] {
+            assert!(
+                FromAgent::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn process_specs_are_validated() {
-        let ok = ProcessSpec { args: vec!["sh".into()], env: vec!["A=b".into(), "EMPTY=".into()], cwd: Some("/tmp".into()), ..Default::default() };
+        let ok = ProcessSpec {
+            args: vec!["sh".into()],
+            env: vec!["A=b".into(), "EMPTY=".into()],
+            cwd: Some("/tmp".into()),
+            ..Default::default()
+        };
         assert_eq!(ok.validate(), Ok(()));
         let bad = [
             ProcessSpec::default(),
-            ProcessSpec { args: vec!["a\0b".into()], ..ok.clone() },
-            ProcessSpec { env: vec!["NOEQUALS".into()], ..ok.clone() },
-            ProcessSpec { env: vec!["=v".into()], ..ok.clone() },
-            ProcessSpec { cwd: Some("relative".into()), ..ok.clone() },
-            ProcessSpec { args: vec!["x".into(); MAX_LIST + 1], ..ok.clone() },
-            ProcessSpec { rlimits: vec![Rlimit { resource: RlimitResource::RlimitNofile, soft: 2, hard: 1 }], ..ok.clone() },
+            ProcessSpec {
+                args: vec!["a\0b".into()],
+                ..ok.clone()
+            },
+            ProcessSpec {
+                env: vec!["NOEQUALS".into()],
+                ..ok.clone()
+            },
+            ProcessSpec {
+                env: vec!["=v".into()],
+                ..ok.clone()
+            },
+            ProcessSpec {
+                cwd: Some("relative".into()),
+                ..ok.clone()
+            },
+            ProcessSpec {
+                args: vec!["x".into(); MAX_LIST + 1],
+                ..ok.clone()
+            },
+            ProcessSpec {
+                rlimits: vec![Rlimit {
+                    resource: RlimitResource::RlimitNofile,
+                    soft: 2,
+                    hard: 1,
+                }],
+                ..ok.clone()
+            },
         ];
         for b in bad {
             assert!(b.validate().is_err(), "{b:?}");

@@ -7,7 +7,9 @@
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         run(&std::fs::read(entry.unwrap().path()).unwrap());
@@ -23,19 +25,29 @@ fn frames_to_agent_corpus() {
 
 #[test]
 fn frames_from_agent_corpus() {
-    replay("frames_from_agent", bulkhead_agent_proto::fuzzing::from_agent);
+    replay(
+        "frames_from_agent",
+        bulkhead_agent_proto::fuzzing::from_agent,
+    );
 }
 
 #[test]
 fn the_seeds_decode_into_real_messages() {
     // Guards that the seeds are not dead input: the start seed must decode
     // into a Start message whose process spec validates.
-    let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frames_to_agent/seed-start")).unwrap();
+    let data = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frames_to_agent/seed-start"),
+    )
+    .unwrap();
     let mut d = bulkhead_agent_proto::FrameDecoder::new();
     d.push(&data[1..]);
-    let Some(bulkhead_agent_proto::Frame::Control(bytes)) = d.next_frame().unwrap() else { panic!("no control frame") };
+    let Some(bulkhead_agent_proto::Frame::Control(bytes)) = d.next_frame().unwrap() else {
+        panic!("no control frame")
+    };
     match bulkhead_agent_proto::ToAgent::decode(&bytes).unwrap() {
-        bulkhead_agent_proto::ToAgent::Start { spec, .. } => assert_eq!(spec.process.validate(), Ok(())),
+        bulkhead_agent_proto::ToAgent::Start { spec, .. } => {
+            assert_eq!(spec.process.validate(), Ok(()))
+        }
         other => panic!("{other:?}"),
     }
 }

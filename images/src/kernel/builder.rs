@@ -8,11 +8,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::fragment::{check, parse_dot_config, parse_fragment};
+use super::{
+    built_in, cache_key, kernel_cache_dir, BuiltKernel, KernelError, MICROVM_FRAGMENT,
+    SOURCE_PACKAGE,
+};
 use crate::debian::{ensure_packages, installed_version, tail_lines};
-use super::{built_in, cache_key, kernel_cache_dir, BuiltKernel, KernelError, MICROVM_FRAGMENT, SOURCE_PACKAGE};
 
 /// Packages the build needs besides the source itself.
-const BUILD_PACKAGES: &[&str] = &[SOURCE_PACKAGE, "make", "gcc", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "xz-utils"];
+const BUILD_PACKAGES: &[&str] = &[
+    SOURCE_PACKAGE,
+    "make",
+    "gcc",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
+    "xz-utils",
+];
 
 /// Objects a build of this config compiles, for the progress bar before the
 /// first build has counted them itself.
@@ -36,18 +49,28 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+        Self {
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
     }
 }
 
 /// Builds the guest kernel unless the cache already holds it; returns it.
-pub fn build(opts: &BuildOptions, progress: &mut dyn BuildProgress) -> Result<BuiltKernel, KernelError> {
+pub fn build(
+    opts: &BuildOptions,
+    progress: &mut dyn BuildProgress,
+) -> Result<BuiltKernel, KernelError> {
     let result = build_inner(opts, progress);
     progress.finish();
     result
 }
 
-fn build_inner(opts: &BuildOptions, progress: &mut dyn BuildProgress) -> Result<BuiltKernel, KernelError> {
+fn build_inner(
+    opts: &BuildOptions,
+    progress: &mut dyn BuildProgress,
+) -> Result<BuiltKernel, KernelError> {
     let requirements = parse_fragment(MICROVM_FRAGMENT)?;
     let root = kernel_cache_dir()?;
     if let Some(version) = installed_version(SOURCE_PACKAGE)? {
@@ -71,9 +94,14 @@ fn build_inner(opts: &BuildOptions, progress: &mut dyn BuildProgress) -> Result<
     let fragment_path = tree.join("bulkhead-microvm.config");
     fs::write(&fragment_path, MICROVM_FRAGMENT).map_err(KernelError::io("write fragment"))?;
     run_quiet(Command::new("make").arg("tinyconfig").current_dir(&tree))?;
-    run_quiet(Command::new("scripts/kconfig/merge_config.sh").args(["-m", ".config", "bulkhead-microvm.config"]).current_dir(&tree))?;
+    run_quiet(
+        Command::new("scripts/kconfig/merge_config.sh")
+            .args(["-m", ".config", "bulkhead-microvm.config"])
+            .current_dir(&tree),
+    )?;
     run_quiet(Command::new("make").arg("olddefconfig").current_dir(&tree))?;
-    let config_text = fs::read_to_string(tree.join(".config")).map_err(KernelError::io("read .config"))?;
+    let config_text =
+        fs::read_to_string(tree.join(".config")).map_err(KernelError::io("read .config"))?;
     let dropped = check(&requirements, &parse_dot_config(&config_text));
     if !dropped.is_empty() {
         return Err(KernelError::SymbolsDropped(dropped));
@@ -85,26 +113,38 @@ fn build_inner(opts: &BuildOptions, progress: &mut dyn BuildProgress) -> Result<
 
 /// The extracted source for `version`, kept between builds so that a fragment
 /// change recompiles only what it touches.
-fn source_tree(root: &Path, version: &str, progress: &mut dyn BuildProgress) -> Result<PathBuf, KernelError> {
+fn source_tree(
+    root: &Path,
+    version: &str,
+    progress: &mut dyn BuildProgress,
+) -> Result<PathBuf, KernelError> {
     let dir = root.join("src").join(version);
     let tree = dir.join(SOURCE_PACKAGE);
     if tree.join("Makefile").is_file() {
         return Ok(tree);
     }
     progress.phase(&format!("extracting {SOURCE_PACKAGE} {version}"));
-    let tmp = root.join("src").join(format!(".{version}.tmp-{}", std::process::id()));
+    let tmp = root
+        .join("src")
+        .join(format!(".{version}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(KernelError::io(format!("create {}", tmp.display())))?;
     let tarball = format!("/usr/src/{SOURCE_PACKAGE}.tar.xz");
     run_quiet(Command::new("tar").args(["-xf", &tarball, "-C"]).arg(&tmp))?;
     let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tmp, &dir).map_err(KernelError::io(format!("move source into {}", dir.display())))?;
+    fs::rename(&tmp, &dir).map_err(KernelError::io(format!(
+        "move source into {}",
+        dir.display()
+    )))?;
     Ok(tree)
 }
 
 fn compile(tree: &Path, jobs: usize, progress: &mut dyn BuildProgress) -> Result<(), KernelError> {
     let count_file = tree.join(".bulkhead-object-count");
-    let estimate = fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(DEFAULT_OBJECT_ESTIMATE);
+    let estimate = fs::read_to_string(&count_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(DEFAULT_OBJECT_ESTIMATE);
     progress.phase(&format!("compiling vmlinux with {jobs} jobs"));
     let mut child = Command::new("nice")
         .args(["-n", "10", "make", &format!("-j{jobs}"), "vmlinux"])
@@ -116,7 +156,10 @@ fn compile(tree: &Path, jobs: usize, progress: &mut dyn BuildProgress) -> Result
         .map_err(KernelError::io("run make"))?;
     // Keep stderr (warnings, errors) for the report; read it on its own thread
     // so neither pipe fills up and stalls make.
-    let stderr = child.stderr.take().map(|e| std::thread::spawn(move || std::io::read_to_string(e).unwrap_or_default()));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || std::io::read_to_string(e).unwrap_or_default()));
     let mut done = 0u64;
     let mut recent = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -148,7 +191,21 @@ fn compile(tree: &Path, jobs: usize, progress: &mut dyn BuildProgress) -> Result
 
 fn is_build_step(line: &str) -> bool {
     let word = line.split_whitespace().next().unwrap_or("");
-    matches!(word, "CC" | "AS" | "LD" | "AR" | "HOSTCC" | "HOSTLD" | "GEN" | "CHK" | "UPD" | "OBJCOPY" | "SYSHDR" | "SYSTBL" | "WRAP")
+    matches!(
+        word,
+        "CC" | "AS"
+            | "LD"
+            | "AR"
+            | "HOSTCC"
+            | "HOSTLD"
+            | "GEN"
+            | "CHK"
+            | "UPD"
+            | "OBJCOPY"
+            | "SYSHDR"
+            | "SYSTBL"
+            | "WRAP"
+    )
 }
 
 /// Copies vmlinux and .config into `<root>/<key>/` via a temp dir and rename,
@@ -160,7 +217,11 @@ fn publish(root: &Path, key: &str, tree: &Path, version: &str) -> Result<BuiltKe
     for (from, to) in [("vmlinux", "vmlinux"), (".config", ".config")] {
         fs::copy(tree.join(from), tmp.join(to)).map_err(KernelError::io(format!("copy {from}")))?;
     }
-    fs::write(tmp.join("source-version"), format!("{SOURCE_PACKAGE} {version}\n")).map_err(KernelError::io("write source-version"))?;
+    fs::write(
+        tmp.join("source-version"),
+        format!("{SOURCE_PACKAGE} {version}\n"),
+    )
+    .map_err(KernelError::io("write source-version"))?;
     let dest = root.join(key);
     fs::rename(&tmp, &dest).map_err(KernelError::io(format!("publish {}", dest.display())))?;
     built_in(&dest, version).ok_or_else(|| KernelError::Io {
@@ -171,12 +232,23 @@ fn publish(root: &Path, key: &str, tree: &Path, version: &str) -> Result<BuiltKe
 
 fn run_quiet(cmd: &mut Command) -> Result<(), KernelError> {
     let shown = format!("{cmd:?}");
-    let out = cmd.stdin(Stdio::null()).output().map_err(KernelError::io(format!("run {shown}")))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(KernelError::io(format!("run {shown}")))?;
     if out.status.success() {
         return Ok(());
     }
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Err(KernelError::Command { command: shown, status: out.status.to_string(), tail: tail_lines(&text, 30) })
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Err(KernelError::Command {
+        command: shown,
+        status: out.status.to_string(),
+        tail: tail_lines(&text, 30),
+    })
 }
 
 /// An exclusive `flock` held until dropped.
@@ -187,9 +259,11 @@ fn lock(path: &Path) -> Result<nix::fcntl::Flock<fs::File>, KernelError> {
         .write(true)
         .open(path)
         .map_err(KernelError::io(format!("open {}", path.display())))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| KernelError::Io {
-        what: format!("lock {}", path.display()),
-        source: e.into(),
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+        KernelError::Io {
+            what: format!("lock {}", path.display()),
+            source: e.into(),
+        }
     })
 }
 

@@ -35,7 +35,11 @@ impl fmt::Display for Mismatch {
             Want::Unset => "not set",
         };
         let found = self.found.as_deref().unwrap_or("not set");
-        write!(f, "CONFIG_{}: wanted {want}, got {found}", self.requirement.symbol)
+        write!(
+            f,
+            "CONFIG_{}: wanted {want}, got {found}",
+            self.requirement.symbol
+        )
     }
 }
 
@@ -55,10 +59,18 @@ pub fn parse_fragment(text: &str) -> Result<Vec<Requirement>, FragmentError> {
         let line = idx + 1;
         match parse_line(raw) {
             Line::Blank => {}
-            Line::Bad => return Err(FragmentError::Syntax { line, text: raw.to_string() }),
+            Line::Bad => {
+                return Err(FragmentError::Syntax {
+                    line,
+                    text: raw.to_string(),
+                })
+            }
             Line::Req(req) => {
                 if out.iter().any(|r| r.symbol == req.symbol) {
-                    return Err(FragmentError::Duplicate { line, symbol: req.symbol });
+                    return Err(FragmentError::Duplicate {
+                        line,
+                        symbol: req.symbol,
+                    });
                 }
                 out.push(req);
             }
@@ -74,7 +86,10 @@ pub fn parse_fragment(text: &str) -> Result<Vec<Requirement>, FragmentError> {
 pub fn parse_dot_config(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|l| match parse_line(l) {
-            Line::Req(Requirement { symbol, want: Want::Value(v) }) => Some((symbol, v)),
+            Line::Req(Requirement {
+                symbol,
+                want: Want::Value(v),
+            }) => Some((symbol, v)),
             _ => None,
         })
         .collect()
@@ -92,7 +107,10 @@ pub fn check(requirements: &[Requirement], config: &HashMap<String, String>) -> 
                 (Want::Unset, Some(f)) => f == "n",
                 (Want::Value(_), None) => false,
             };
-            (!ok).then(|| Mismatch { requirement: req.clone(), found: found.cloned() })
+            (!ok).then(|| Mismatch {
+                requirement: req.clone(),
+                found: found.cloned(),
+            })
         })
         .collect()
 }
@@ -110,30 +128,44 @@ fn parse_line(raw: &str) -> Line {
     }
     if let Some(comment) = line.strip_prefix('#') {
         let comment = comment.trim();
-        return match comment.strip_prefix("CONFIG_").and_then(|r| r.strip_suffix(" is not set")) {
-            Some(sym) if valid_symbol(sym) => Line::Req(Requirement { symbol: sym.to_string(), want: Want::Unset }),
+        return match comment
+            .strip_prefix("CONFIG_")
+            .and_then(|r| r.strip_suffix(" is not set"))
+        {
+            Some(sym) if valid_symbol(sym) => Line::Req(Requirement {
+                symbol: sym.to_string(),
+                want: Want::Unset,
+            }),
             _ if comment.starts_with("CONFIG_") => Line::Bad,
             _ => Line::Blank,
         };
     }
-    let Some((name, value)) = line.split_once('=') else { return Line::Bad };
+    let Some((name, value)) = line.split_once('=') else {
+        return Line::Bad;
+    };
     match name.strip_prefix("CONFIG_") {
-        Some(sym) if valid_symbol(sym) && valid_value(value) => {
-            Line::Req(Requirement { symbol: sym.to_string(), want: Want::Value(value.to_string()) })
-        }
+        Some(sym) if valid_symbol(sym) && valid_value(value) => Line::Req(Requirement {
+            symbol: sym.to_string(),
+            want: Want::Value(value.to_string()),
+        }),
         _ => Line::Bad,
     }
 }
 
 fn valid_symbol(sym: &str) -> bool {
-    !sym.is_empty() && sym.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    !sym.is_empty()
+        && sym
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn valid_value(v: &str) -> bool {
     if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
         return true;
     }
-    !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -141,7 +173,10 @@ mod tests {
     use super::*;
 
     fn req(sym: &str, want: Want) -> Requirement {
-        Requirement { symbol: sym.into(), want }
+        Requirement {
+            symbol: sym.into(),
+            want,
+        }
     }
 
     #[test]
@@ -182,13 +217,19 @@ mod tests {
     fn rejects_a_symbol_listed_twice() {
         assert_eq!(
             parse_fragment("CONFIG_SMP=y\n# CONFIG_SMP is not set\n"),
-            Err(FragmentError::Duplicate { line: 2, symbol: "SMP".into() })
+            Err(FragmentError::Duplicate {
+                line: 2,
+                symbol: "SMP".into()
+            })
         );
     }
 
     #[test]
     fn check_reports_dropped_changed_and_unwanted_symbols() {
-        let frag = parse_fragment("CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=64\n# CONFIG_D is not set\n# CONFIG_E is not set\n").unwrap();
+        let frag = parse_fragment(
+            "CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=64\n# CONFIG_D is not set\n# CONFIG_E is not set\n",
+        )
+        .unwrap();
         let cfg = parse_dot_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=8\nCONFIG_D=y\n");
         let bad: Vec<String> = check(&frag, &cfg).iter().map(|m| m.to_string()).collect();
         assert_eq!(
@@ -204,9 +245,23 @@ mod tests {
     #[test]
     fn the_project_fragment_parses_and_lists_what_the_guest_needs() {
         let frag = parse_fragment(super::super::MICROVM_FRAGMENT).unwrap();
-        for sym in ["PVH", "VIRTIO_MMIO", "VIRTIO_VSOCKETS", "OVERLAY_FS", "TMPFS_XATTR", "PVPANIC_MMIO", "X86_MPPARSE"] {
-            assert!(frag.iter().any(|r| r.symbol == sym && r.want == Want::Value("y".into())), "{sym}");
+        for sym in [
+            "PVH",
+            "VIRTIO_MMIO",
+            "VIRTIO_VSOCKETS",
+            "OVERLAY_FS",
+            "TMPFS_XATTR",
+            "PVPANIC_MMIO",
+            "X86_MPPARSE",
+        ] {
+            assert!(
+                frag.iter()
+                    .any(|r| r.symbol == sym && r.want == Want::Value("y".into())),
+                "{sym}"
+            );
         }
-        assert!(frag.iter().any(|r| r.symbol == "MODULES" && r.want == Want::Unset));
+        assert!(frag
+            .iter()
+            .any(|r| r.symbol == "MODULES" && r.want == Want::Unset));
     }
 }

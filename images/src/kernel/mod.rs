@@ -29,9 +29,16 @@ pub enum KernelError {
     #[error(transparent)]
     Packages(#[from] crate::debian::DebianError),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed ({status}); last output:\n{tail}")]
-    Command { command: String, status: String, tail: String },
+    Command {
+        command: String,
+        status: String,
+        tail: String,
+    },
     #[error("config fragment: {0}")]
     Fragment(#[from] fragment::FragmentError),
     #[error("{} listed symbol(s) did not survive `make olddefconfig` (a dependency is missing from the fragment):\n  {}",
@@ -67,12 +74,15 @@ pub fn cache_key(fragment: &str, source_version: &str) -> String {
 
 /// `<cache>/kernel`.
 pub fn kernel_cache_dir() -> Result<PathBuf, KernelError> {
-    crate::cache::cache_root().map(|c| c.join("kernel")).ok_or(KernelError::NoCacheDir)
+    crate::cache::cache_root()
+        .map(|c| c.join("kernel"))
+        .ok_or(KernelError::NoCacheDir)
 }
 
 /// The cached kernel for the project fragment and the installed source, if built.
 pub fn find_built() -> Result<BuiltKernel, KernelError> {
-    let version = crate::debian::installed_version(SOURCE_PACKAGE)?.ok_or(KernelError::SourceNotInstalled)?;
+    let version =
+        crate::debian::installed_version(SOURCE_PACKAGE)?.ok_or(KernelError::SourceNotInstalled)?;
     let dir = kernel_cache_dir()?.join(cache_key(MICROVM_FRAGMENT, &version));
     built_in(&dir, &version).ok_or(KernelError::NotBuilt { version })
 }

@@ -12,14 +12,24 @@ pub struct BadDigest(pub String);
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, BadDigest> {
         match s.strip_prefix("sha256:") {
-            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(Self(s.to_string())),
+            Some(hex)
+                if hex.len() == 64
+                    && hex
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                Ok(Self(s.to_string()))
+            }
             _ => Err(BadDigest(s.chars().take(100).collect())),
         }
     }
 
     pub fn of(bytes: &[u8]) -> Self {
         use sha2::Digest as _;
-        Self(format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))))
+        Self(format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(bytes))
+        ))
     }
 
     pub(crate) fn from_hasher(h: sha2::Sha256) -> Self {
@@ -63,8 +73,18 @@ mod tests {
     #[test]
     fn only_well_formed_sha256_digests_parse() {
         let good = Digest::of(b"x");
-        assert_eq!(Digest::parse(good.as_str()).unwrap_or_else(|e| panic!("{e}")), good);
-        for bad in ["", "sha256:", "sha512:00", "sha256:../../etc/passwd", &format!("sha256:{}", "A".repeat(64)), &format!("sha256:{}", "0".repeat(63))] {
+        assert_eq!(
+            Digest::parse(good.as_str()).unwrap_or_else(|e| panic!("{e}")),
+            good
+        );
+        for bad in [
+            "",
+            "sha256:",
+            "sha512:00",
+            "sha256:../../etc/passwd",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha256:{}", "0".repeat(63)),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad}");
         }
     }

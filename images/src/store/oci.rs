@@ -86,8 +86,16 @@ pub struct RunConfig {
 impl Index {
     /// The linux/amd64 manifest, or the only one when there is one.
     pub fn pick(&self) -> Option<&Descriptor> {
-        let amd64 = self.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"));
-        amd64.or(if self.manifests.len() == 1 { self.manifests.first() } else { None })
+        let amd64 = self.manifests.iter().find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        });
+        amd64.or(if self.manifests.len() == 1 {
+            self.manifests.first()
+        } else {
+            None
+        })
     }
 }
 
@@ -95,7 +103,13 @@ impl RunConfig {
     /// The agent's process spec for this image: Entrypoint + Cmd, Env,
     /// WorkingDir, User (CLI overrides come later, in `bulkhead run`).
     pub fn process_spec(&self) -> bulkhead_agent_proto::ProcessSpec {
-        let args = self.entrypoint.iter().flatten().chain(self.cmd.iter().flatten()).cloned().collect();
+        let args = self
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(self.cmd.iter().flatten())
+            .cloned()
+            .collect();
         bulkhead_agent_proto::ProcessSpec {
             args,
             env: self.env.clone().unwrap_or_default(),
@@ -115,7 +129,14 @@ mod tests {
         let c: ImageConfig = serde_json::from_str(r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo hi"],"Env":["PATH=/bin"],"WorkingDir":"/srv","User":"1000:1000","ExposedPorts":{"80/tcp":{}},"StopSignal":"SIGQUIT","Labels":{"x":"y"}}}"#).unwrap_or_else(|e| panic!("{e}"));
         let p = c.config.process_spec();
         assert_eq!(p.args, ["/bin/sh", "-c", "echo hi"]);
-        assert_eq!((p.env, p.cwd.as_deref(), p.user.as_deref()), (vec!["PATH=/bin".to_string()], Some("/srv"), Some("1000:1000")));
+        assert_eq!(
+            (p.env, p.cwd.as_deref(), p.user.as_deref()),
+            (
+                vec!["PATH=/bin".to_string()],
+                Some("/srv"),
+                Some("1000:1000")
+            )
+        );
     }
 
     #[test]

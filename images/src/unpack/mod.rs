@@ -28,7 +28,10 @@ use path::Whiteout;
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("malformed layer tarball: {0}")]
     Tar(String),
     #[error("absolute path in layer: {0:?}")]
@@ -40,7 +43,11 @@ pub enum UnpackError {
     #[error("a parent of {0:?} is not a directory")]
     NotADirectory(String),
     #[error("hardlink {link:?} -> {target:?}: {why}")]
-    Hardlink { link: String, target: String, why: String },
+    Hardlink {
+        link: String,
+        target: String,
+        why: String,
+    },
     #[error("bad whiteout {0:?}")]
     BadWhiteout(String),
     #[error("name too long: {0:?}")]
@@ -121,7 +128,9 @@ impl Unpacker {
         let mut created: HashSet<u64> = HashSet::new();
         let mut dir_times: Vec<(Vec<u8>, Meta)> = Vec::new();
         let mut dir_times_bytes = 0usize;
-        let mut entries = archive.entries().map_err(|e| UnpackError::Tar(e.to_string()))?;
+        let mut entries = archive
+            .entries()
+            .map_err(|e| UnpackError::Tar(e.to_string()))?;
         loop {
             budget.arm();
             let Some(entry) = entries.next() else { break };
@@ -150,13 +159,19 @@ impl Unpacker {
                     Whiteout::Opaque => {
                         let prefix = parents.join(&b'/');
                         if let Some(dir) = self.root.walk(parents, true, &raw_path)? {
-                            dir.clear_except(&prefix, &|full: &[u8]| created.contains(&keyed.hash_one(full)), &raw_path)?;
+                            dir.clear_except(
+                                &prefix,
+                                &|full: &[u8]| created.contains(&keyed.hash_one(full)),
+                                &raw_path,
+                            )?;
                         }
                         break 'entry;
                     }
                     Whiteout::None => {}
                 }
-                let Some(dir) = self.root.walk(parents, true, &raw_path)? else { break 'entry };
+                let Some(dir) = self.root.walk(parents, true, &raw_path)? else {
+                    break 'entry;
+                };
                 let full = comps.join(&b'/');
                 created.insert(keyed.hash_one(&full[..]));
                 match kind {
@@ -169,7 +184,9 @@ impl Unpacker {
                             dir_times.push((full, meta));
                         }
                     }
-                    tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                    tar::EntryType::Regular
+                    | tar::EntryType::Continuous
+                    | tar::EntryType::GNUSparse => {
                         let size = entry.size();
                         self.report.bytes = self.report.bytes.saturating_add(size);
                         if self.report.bytes > self.limits.max_bytes {
@@ -177,30 +194,47 @@ impl Unpacker {
                         }
                         let xattrs = xattrs(&mut entry, &mut self.report);
                         let file: OwnedFd = dir.create_file(name, &raw_path)?;
-                        let copied = std::io::copy(&mut (&mut entry).take(size), &mut std::fs::File::from(file.try_clone().map_err(io(&raw_path))?))
-                            .map_err(|e| UnpackError::Tar(format!("{}: {e}", lossy(&raw_path))))?;
+                        let copied = std::io::copy(
+                            &mut (&mut entry).take(size),
+                            &mut std::fs::File::from(file.try_clone().map_err(io(&raw_path))?),
+                        )
+                        .map_err(|e| UnpackError::Tar(format!("{}: {e}", lossy(&raw_path))))?;
                         if copied != size {
-                            return Err(UnpackError::Tar(format!("{}: {copied} of {size} bytes", lossy(&raw_path))));
+                            return Err(UnpackError::Tar(format!(
+                                "{}: {copied} of {size} bytes",
+                                lossy(&raw_path)
+                            )));
                         }
                         fsops::finish_file(&file, &meta, &xattrs, &raw_path)?;
                     }
                     tar::EntryType::Symlink => {
                         let target = entry
                             .link_name_bytes()
-                            .ok_or_else(|| UnpackError::Tar(format!("{}: symlink without target", lossy(&raw_path))))?
+                            .ok_or_else(|| {
+                                UnpackError::Tar(format!(
+                                    "{}: symlink without target",
+                                    lossy(&raw_path)
+                                ))
+                            })?
                             .into_owned();
                         dir.make_symlink(name, &target, &meta, &raw_path)?;
                     }
                     tar::EntryType::Link => {
                         let target = entry
                             .link_name_bytes()
-                            .ok_or_else(|| UnpackError::Tar(format!("{}: hardlink without target", lossy(&raw_path))))?
+                            .ok_or_else(|| {
+                                UnpackError::Tar(format!(
+                                    "{}: hardlink without target",
+                                    lossy(&raw_path)
+                                ))
+                            })?
                             .into_owned();
-                        let tcomps = path::components(&target).map_err(|e| UnpackError::Hardlink {
-                            link: lossy(&raw_path),
-                            target: lossy(&target),
-                            why: e.to_string(),
-                        })?;
+                        let tcomps =
+                            path::components(&target).map_err(|e| UnpackError::Hardlink {
+                                link: lossy(&raw_path),
+                                target: lossy(&target),
+                                why: e.to_string(),
+                            })?;
                         let Some((tname, tparents)) = tcomps.split_last() else {
                             return Err(UnpackError::Hardlink {
                                 link: lossy(&raw_path),
@@ -208,10 +242,12 @@ impl Unpacker {
                                 why: "points at the root".into(),
                             });
                         };
-                        let tdir = self.root.walk(tparents, false, &target)?.ok_or_else(|| UnpackError::Hardlink {
-                            link: lossy(&raw_path),
-                            target: lossy(&target),
-                            why: "target does not exist".into(),
+                        let tdir = self.root.walk(tparents, false, &target)?.ok_or_else(|| {
+                            UnpackError::Hardlink {
+                                link: lossy(&raw_path),
+                                target: lossy(&target),
+                                why: "target does not exist".into(),
+                            }
                         })?;
                         dir.make_hardlink(name, &tdir, tname, &raw_path, &target)?;
                     }
@@ -219,7 +255,9 @@ impl Unpacker {
                     other => {
                         // Devices and anything exotic: not created, reported.
                         if self.report.skipped.len() < 1000 {
-                            self.report.skipped.push(format!("{} ({other:?})", lossy(&raw_path)));
+                            self.report
+                                .skipped
+                                .push(format!("{} ({other:?})", lossy(&raw_path)));
                         }
                         created.remove(&keyed.hash_one(&full[..]));
                     }
@@ -228,7 +266,8 @@ impl Unpacker {
             // Whatever the entry holds that we did not read (a directory
             // with data, a skipped device) is drained here, uncounted:
             // only headers and metadata count against the budget.
-            std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| UnpackError::Tar(e.to_string()))?;
+            std::io::copy(&mut entry, &mut std::io::sink())
+                .map_err(|e| UnpackError::Tar(e.to_string()))?;
         }
         // Directory times last: creating their children changed them.
         for (full, meta) in dir_times.iter().rev() {
@@ -247,9 +286,13 @@ impl Unpacker {
     /// decompresses gzip or zstd by their magic bytes (media types are the
     /// image author's claim; the bytes are what we read).
     pub fn apply_blob(&mut self, blob: impl Read, digest: &str) -> Result<(), UnpackError> {
-        let mut hashing = HashingReader { inner: blob, hasher: Sha256::new() };
+        let mut hashing = HashingReader {
+            inner: blob,
+            hasher: Sha256::new(),
+        };
         let mut magic = [0u8; 4];
-        let n = read_up_to(&mut hashing, &mut magic).map_err(|e| UnpackError::Tar(e.to_string()))?;
+        let n =
+            read_up_to(&mut hashing, &mut magic).map_err(|e| UnpackError::Tar(e.to_string()))?;
         let chained = std::io::Read::chain(&magic[..n], &mut hashing);
         let result = if magic[..n].starts_with(&[0x1f, 0x8b]) {
             self.apply(flate2::read::GzDecoder::new(chained))
@@ -262,10 +305,14 @@ impl Unpacker {
             self.apply(chained)
         };
         // Hash what the tar reader did not need (padding, trailing blocks).
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| UnpackError::Tar(e.to_string()))?;
+        std::io::copy(&mut hashing, &mut std::io::sink())
+            .map_err(|e| UnpackError::Tar(e.to_string()))?;
         let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
         if actual != digest {
-            return Err(UnpackError::DigestMismatch { expected: digest.to_string(), actual });
+            return Err(UnpackError::DigestMismatch {
+                expected: digest.to_string(),
+                actual,
+            });
         }
         result
     }
@@ -298,7 +345,9 @@ impl<R: Read> Read for HashingReader<R> {
 /// The entry's `SCHILY.xattr.*` pax records we apply; the rest are counted.
 fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, report: &mut Report) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
-    let Ok(Some(exts)) = entry.pax_extensions() else { return out };
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return out;
+    };
     for ext in exts.flatten() {
         if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
             if name.starts_with(b"user.") || name == b"security.capability" {
@@ -312,5 +361,8 @@ fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, report: &mut Report) -> Vec<(V
 }
 
 fn io(path: &[u8]) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Io { path: lossy(path), source }
+    move |source| UnpackError::Io {
+        path: lossy(path),
+        source,
+    }
 }

@@ -50,7 +50,9 @@ pub fn whiteout(name: &[u8]) -> Result<Whiteout<'_>, UnpackError> {
     }
     match name.strip_prefix(b".wh.") {
         None => Ok(Whiteout::None),
-        Some(b"" | b"." | b"..") => Err(UnpackError::BadWhiteout(String::from_utf8_lossy(name).into_owned())),
+        Some(b"" | b"." | b"..") => Err(UnpackError::BadWhiteout(
+            String::from_utf8_lossy(name).into_owned(),
+        )),
         Some(target) => Ok(Whiteout::Remove(target)),
     }
 }
@@ -61,14 +63,33 @@ mod tests {
 
     #[test]
     fn paths_normalise_or_fail() {
-        assert_eq!(components(b"./a//b/./c/").unwrap(), vec![&b"a"[..], b"b", b"c"]);
+        assert_eq!(
+            components(b"./a//b/./c/").unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
         assert!(components(b"./").unwrap().is_empty());
-        assert_eq!(components(b"\xff\xfe").unwrap(), vec![&b"\xff\xfe"[..]], "non-UTF-8 names are bytes, kept");
-        assert!(matches!(components(b"/etc/passwd"), Err(UnpackError::AbsolutePath(_))));
-        assert!(matches!(components(b"a/../../x"), Err(UnpackError::Escape(_))));
+        assert_eq!(
+            components(b"\xff\xfe").unwrap(),
+            vec![&b"\xff\xfe"[..]],
+            "non-UTF-8 names are bytes, kept"
+        );
+        assert!(matches!(
+            components(b"/etc/passwd"),
+            Err(UnpackError::AbsolutePath(_))
+        ));
+        assert!(matches!(
+            components(b"a/../../x"),
+            Err(UnpackError::Escape(_))
+        ));
         assert!(matches!(components(b".."), Err(UnpackError::Escape(_))));
-        assert!(matches!(components(&[b'a'; 256]), Err(UnpackError::NameTooLong(_))));
-        assert!(matches!(components(&b"a/".repeat(2100)), Err(UnpackError::NameTooLong(_))));
+        assert!(matches!(
+            components(&[b'a'; 256]),
+            Err(UnpackError::NameTooLong(_))
+        ));
+        assert!(matches!(
+            components(&b"a/".repeat(2100)),
+            Err(UnpackError::NameTooLong(_))
+        ));
     }
 
     #[test]
@@ -77,7 +98,10 @@ mod tests {
         assert_eq!(whiteout(b".wh..wh..opq").unwrap(), Whiteout::Opaque);
         assert_eq!(whiteout(b"foo").unwrap(), Whiteout::None);
         for bad in [&b".wh."[..], b".wh..", b".wh..."] {
-            assert!(matches!(whiteout(bad), Err(UnpackError::BadWhiteout(_))), "{bad:?}");
+            assert!(
+                matches!(whiteout(bad), Err(UnpackError::BadWhiteout(_))),
+                "{bad:?}"
+            );
         }
     }
 }

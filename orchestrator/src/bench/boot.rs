@@ -24,7 +24,15 @@ use super::{OutputArgs, Target};
 use crate::runtime::attach::Mark;
 
 /// Phases in start order; a runtime reports those it has.
-pub const PHASES: &[&str] = &["runtime-invoked", "vmm-start", "kernel-entry", "agent-ready", "agent-connected", "first-output", "exit"];
+pub const PHASES: &[&str] = &[
+    "runtime-invoked",
+    "vmm-start",
+    "kernel-entry",
+    "agent-ready",
+    "agent-connected",
+    "first-output",
+    "exit",
+];
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -105,7 +113,11 @@ pub fn run(a: BootArgs) -> Result<Report> {
     let native = microvm_host.is_none();
     let mut pairs = Vec::new();
     let names: Vec<String> = targets.iter().map(Target::name).collect();
-    for (vm, other) in targets.iter().filter(|t| matches!(t, Target::VmmVs(_))).map(|t| (t.name(), "microvm".to_string())) {
+    for (vm, other) in targets
+        .iter()
+        .filter(|t| matches!(t, Target::VmmVs(_)))
+        .map(|t| (t.name(), "microvm".to_string()))
+    {
         if names.contains(&other) {
             pairs.push((vm, other, true));
         }
@@ -115,7 +127,10 @@ pub fn run(a: BootArgs) -> Result<Report> {
             pairs.push((vm.name(), c.name(), native));
         }
     }
-    let ratios = ["first-output", "exit"].iter().flat_map(|p| super::report::Ratio::of(&series, p, &pairs)).collect();
+    let ratios = ["first-output", "exit"]
+        .iter()
+        .flat_map(|p| super::report::Ratio::of(&series, p, &pairs))
+        .collect();
     Ok(Report {
         bench: "boot".into(),
         notes,
@@ -150,14 +165,20 @@ fn nested(a: &BootArgs, vms: &[Target], command: &[String]) -> Result<Report> {
     let mut stage = Vec::new();
     let mut runtimes = Vec::new();
     // The other VMM goes in under its own name (the report names it so).
-    let staging = tempfile::Builder::new().prefix("bulkhead-bench-vmm-vs-").tempdir()?;
+    let staging = tempfile::Builder::new()
+        .prefix("bulkhead-bench-vmm-vs-")
+        .tempdir()?;
     for t in vms {
         match t {
             Target::VmmVs(p) => {
                 let name = p.file_name().context("--vmm-vs names no file")?;
-                std::fs::copy(p, staging.path().join(name)).with_context(|| format!("copy {}", p.display()))?;
+                std::fs::copy(p, staging.path().join(name))
+                    .with_context(|| format!("copy {}", p.display()))?;
                 stage.push((staging.path().to_path_buf(), "/t/vmm-vs"));
-                args.extend(["--vmm-vs".into(), format!("/t/vmm-vs/{}", name.to_string_lossy())]);
+                args.extend([
+                    "--vmm-vs".into(),
+                    format!("/t/vmm-vs/{}", name.to_string_lossy()),
+                ]);
             }
             _ => runtimes.push(t.name()),
         }
@@ -182,8 +203,13 @@ fn measure(a: &BootArgs, targets: &[Target], command: &[String]) -> Result<Vec<S
     for round in 0..total {
         let mut line = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let phases = run_once(&exe, t, a, command).with_context(|| format!("{} run {}", t.name(), round + 1))?;
-            line.push(format!("{} {:.0} ms", t.name(), phases.get("exit").copied().unwrap_or(f64::NAN)));
+            let phases = run_once(&exe, t, a, command)
+                .with_context(|| format!("{} run {}", t.name(), round + 1))?;
+            line.push(format!(
+                "{} {:.0} ms",
+                t.name(),
+                phases.get("exit").copied().unwrap_or(f64::NAN)
+            ));
             if round >= a.warmup {
                 for (phase, ms) in phases {
                     samples[i].entry(phase).or_default().push(ms);
@@ -191,7 +217,11 @@ fn measure(a: &BootArgs, targets: &[Target], command: &[String]) -> Result<Vec<S
             }
         }
         let what = if round < a.warmup { "warm-up" } else { "run" };
-        eprintln!("bulkhead bench boot: [{}/{total}] {what}: {}", round + 1, line.join(", "));
+        eprintln!(
+            "bulkhead bench boot: [{}/{total}] {what}: {}",
+            round + 1,
+            line.join(", ")
+        );
     }
     let mut series = Vec::new();
     for (t, mut by_phase) in targets.iter().zip(samples) {
@@ -205,16 +235,33 @@ fn measure(a: &BootArgs, targets: &[Target], command: &[String]) -> Result<Vec<S
 }
 
 /// One `bulkhead run`; phase -> ms since it was invoked.
-fn run_once(exe: &std::path::Path, t: &Target, a: &BootArgs, command: &[String]) -> Result<BTreeMap<String, f64>> {
-    let dir = tempfile::Builder::new().prefix("bulkhead-bench-").tempdir()?;
+fn run_once(
+    exe: &std::path::Path,
+    t: &Target,
+    a: &BootArgs,
+    command: &[String],
+) -> Result<BTreeMap<String, f64>> {
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-bench-")
+        .tempdir()?;
     let timeline = dir.path().join("timeline.json");
     let mut cmd = Command::new(exe);
-    cmd.args(["run", "--rm", "--network", "none", "--timeline-json"]).arg(&timeline);
+    cmd.args(["run", "--rm", "--network", "none", "--timeline-json"])
+        .arg(&timeline);
     t.run_flags(&mut cmd);
     if t.is_vm() {
-        cmd.args(["--cpus", &a.cpus.to_string(), "--memory", &format!("{}m", a.memory)]);
+        cmd.args([
+            "--cpus",
+            &a.cpus.to_string(),
+            "--memory",
+            &format!("{}m", a.memory),
+        ]);
     }
-    cmd.arg(&a.image).args(command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg(&a.image)
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let t0 = bulkhead_vmm::timeline::monotonic_us();
     let mut child = cmd.spawn().context("start `bulkhead run`")?;
     let mut stderr = child.stderr.take().context("stderr")?;
@@ -237,8 +284,10 @@ fn run_once(exe: &std::path::Path, t: &Target, a: &BootArgs, command: &[String])
         bail!("`bulkhead run` failed ({status}): {}", errors.trim());
     }
     let first_at = first_at.with_context(|| "the workload printed nothing on stdout (first-output needs a command that prints; give one after --)".to_string())?;
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&timeline).context("the run's timeline")?)?;
-    let marks: Vec<Mark> = serde_json::from_value(report["timeline"].clone()).context("the run's timeline")?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&timeline).context("the run's timeline")?)?;
+    let marks: Vec<Mark> =
+        serde_json::from_value(report["timeline"].clone()).context("the run's timeline")?;
     Ok(phases(t0, &marks, first_at, exit_at))
 }
 
@@ -266,11 +315,30 @@ mod tests {
 
     #[test]
     fn phases_are_relative_to_the_invocation() {
-        let m = |n: &str, at| Mark { name: n.into(), at_us: at };
-        let marks =
-            [m("runtime-invoked", 11_000), m("vmm-start", 12_500), m("kernel-entry", 20_000), m("kernel-entry", 30_000), m("init-started", 25_000), m("agent-ready", 9_000), m("vmm-exit", 90_000)];
+        let m = |n: &str, at| Mark {
+            name: n.into(),
+            at_us: at,
+        };
+        let marks = [
+            m("runtime-invoked", 11_000),
+            m("vmm-start", 12_500),
+            m("kernel-entry", 20_000),
+            m("kernel-entry", 30_000),
+            m("init-started", 25_000),
+            m("agent-ready", 9_000),
+            m("vmm-exit", 90_000),
+        ];
         let p = phases(10_000, &marks, 50_000, 100_000);
         let got: Vec<(&str, f64)> = p.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        assert_eq!(got, [("exit", 90.0), ("first-output", 40.0), ("kernel-entry", 10.0), ("runtime-invoked", 1.0), ("vmm-start", 2.5)]);
+        assert_eq!(
+            got,
+            [
+                ("exit", 90.0),
+                ("first-output", 40.0),
+                ("kernel-entry", 10.0),
+                ("runtime-invoked", 1.0),
+                ("vmm-start", 2.5)
+            ]
+        );
     }
 }

@@ -48,21 +48,44 @@ pub fn run(a: DensityArgs) -> Result<Report> {
     if !(64..=1 << 20).contains(&a.memory) {
         bail!("--memory 64 to 1048576 MiB");
     }
-    let budget_mib = a.budget.as_deref().map(crate::runtime::limits::parse_memory).transpose()?;
+    let budget_mib = a
+        .budget
+        .as_deref()
+        .map(crate::runtime::limits::parse_memory)
+        .transpose()?;
     let image = super::image_facts(&a.image)?;
     let targets = super::targets(a.runtimes.as_deref(), None)?;
-    let command = if a.command.is_empty() { vec!["sleep".into(), "3600".into()] } else { a.command.clone() };
+    let command = if a.command.is_empty() {
+        vec!["sleep".into(), "3600".into()]
+    } else {
+        a.command.clone()
+    };
     let (mut notes, mut microvm_host, mut series) = (Vec::new(), None, Vec::new());
     let (vms, here): (Vec<Target>, Vec<Target>) = targets.iter().cloned().partition(Target::is_vm);
     let local = if !vms.is_empty() && super::microvms_nested() {
-        let mut args = vec!["density".into(), a.image.clone(), "--runtimes".into(), "microvm".into(), "--count".into(), a.count.to_string(), "--memory".into(), a.memory.to_string()];
+        let mut args = vec![
+            "density".into(),
+            a.image.clone(),
+            "--runtimes".into(),
+            "microvm".into(),
+            "--count".into(),
+            a.count.to_string(),
+            "--memory".into(),
+            a.memory.to_string(),
+        ];
         if let Some(b) = &a.budget {
             args.extend(["--budget".into(), b.clone()]);
         }
         args.push("--".into());
         args.extend(command.iter().cloned());
         let memory = 1024 + (a.count as u64) * (a.memory + 96);
-        let inner = super::in_test_host(&a.image, &args, &[], memory.min(16 * 1024), 600 + 60 * a.count as u64)?;
+        let inner = super::in_test_host(
+            &a.image,
+            &args,
+            &[],
+            memory.min(16 * 1024),
+            600 + 60 * a.count as u64,
+        )?;
         microvm_host = Some(super::nested_facts(&inner));
         notes.push(super::NESTED_NOTE.to_string());
         notes.extend(inner.notes.into_iter().filter(|n| n.starts_with("stopped")));
@@ -102,10 +125,17 @@ impl Started {
             return Ok(0.0);
         }
         let start = std::time::Instant::now();
-        let out = Command::new(std::env::current_exe()?).args(["rm", "-f"]).args(&self.0).stdout(Stdio::null()).output()?;
+        let out = Command::new(std::env::current_exe()?)
+            .args(["rm", "-f"])
+            .args(&self.0)
+            .stdout(Stdio::null())
+            .output()?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         if !out.status.success() {
-            bail!("bulkhead rm -f: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "bulkhead rm -f: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         self.0.clear();
         Ok(ms)
@@ -119,10 +149,19 @@ impl Drop for Started {
 }
 
 fn mem_available_kib() -> u64 {
-    meminfo_kib(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default(), "MemAvailable").unwrap_or(0)
+    meminfo_kib(
+        &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+        "MemAvailable",
+    )
+    .unwrap_or(0)
 }
 
-fn one_runtime(a: &DensityArgs, t: &Target, command: &[String], budget_mib: Option<u64>) -> Result<(Vec<Series>, Option<String>)> {
+fn one_runtime(
+    a: &DensityArgs,
+    t: &Target,
+    command: &[String],
+    budget_mib: Option<u64>,
+) -> Result<(Vec<Series>, Option<String>)> {
     let exe = std::env::current_exe()?;
     let before = mem_available_kib();
     let budget_kib = budget_mib.map_or(before / 2, |m| m * 1024);
@@ -131,49 +170,106 @@ fn one_runtime(a: &DensityArgs, t: &Target, command: &[String], budget_mib: Opti
     let start = std::time::Instant::now();
     for i in 0..a.count {
         let mut cmd = Command::new(&exe);
-        cmd.args(["run", "-d", "--network", "none", "--name", &format!("bench-density-{}-{}-{i}", std::process::id(), t.name())]);
+        cmd.args([
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &format!("bench-density-{}-{}-{i}", std::process::id(), t.name()),
+        ]);
         t.run_flags(&mut cmd);
         if t.is_vm() {
             cmd.args(["--memory", &format!("{}m", a.memory)]);
         }
-        let out = cmd.arg(&a.image).args(command).stdin(Stdio::null()).output().context("start `bulkhead run -d`")?;
+        let out = cmd
+            .arg(&a.image)
+            .args(command)
+            .stdin(Stdio::null())
+            .output()
+            .context("start `bulkhead run -d`")?;
         if !out.status.success() {
-            bail!("{} workload {}: `bulkhead run -d` failed ({}): {}", t.name(), i + 1, out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{} workload {}: `bulkhead run -d` failed ({}): {}",
+                t.name(),
+                i + 1,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        started.0.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        started
+            .0
+            .push(String::from_utf8_lossy(&out.stdout).trim().to_string());
         let used = before.saturating_sub(mem_available_kib());
         if used > budget_kib && i + 1 < a.count {
-            note = Some(format!("stopped {} at {} workloads: the memory budget ({} MiB) was used", t.name(), i + 1, budget_kib / 1024));
+            note = Some(format!(
+                "stopped {} at {} workloads: the memory budget ({} MiB) was used",
+                t.name(),
+                i + 1,
+                budget_kib / 1024
+            ));
             break;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let n = started.0.len();
-    eprintln!("bulkhead bench density: {}: {n} started in {:.1} s", t.name(), elapsed);
+    eprintln!(
+        "bulkhead bench density: {}: {n} started in {:.1} s",
+        t.name(),
+        elapsed
+    );
     let after = mem_available_kib();
-    let state = crate::runtime::state::State::new(crate::runtime::paths::Paths::new(crate::cli::run::data_dir()));
+    let state = crate::runtime::state::State::new(crate::runtime::paths::Paths::new(
+        crate::cli::run::data_dir(),
+    ));
     let parents = process_parents();
     let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for id in &started.0 {
         let rec = state.get(id)?;
-        let Some(running) = rec.running else { bail!("{} workload {id} is not running", t.name()) };
+        let Some(running) = rec.running else {
+            bail!("{} workload {id} is not running", t.name())
+        };
         let tree = descendants(&parents, running.supervisor.pid);
-        per.entry("tree-pss").or_default().push(tree.iter().map(|p| smaps_rollup_kib(*p, "Pss").unwrap_or(0)).sum::<u64>() as f64 / 1024.0);
+        per.entry("tree-pss").or_default().push(
+            tree.iter()
+                .map(|p| smaps_rollup_kib(*p, "Pss").unwrap_or(0))
+                .sum::<u64>() as f64
+                / 1024.0,
+        );
         if let (true, Some(vmm)) = (t.is_vm(), running.runtime) {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", vmm.pid)).unwrap_or_default();
-            per.entry("vmm-rss").or_default().push(meminfo_kib(&status, "VmRSS").unwrap_or(0) as f64 / 1024.0);
-            per.entry("guest-pss").or_default().push(guest_pss_kib(vmm.pid, a.memory * 1024) as f64 / 1024.0);
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", vmm.pid)).unwrap_or_default();
+            per.entry("vmm-rss")
+                .or_default()
+                .push(meminfo_kib(&status, "VmRSS").unwrap_or(0) as f64 / 1024.0);
+            per.entry("guest-pss")
+                .or_default()
+                .push(guest_pss_kib(vmm.pid, a.memory * 1024) as f64 / 1024.0);
         }
     }
     let stop_ms = started.remove_all()?;
-    eprintln!("bulkhead bench density: {}: all removed in {:.0} ms", t.name(), stop_ms);
+    eprintln!(
+        "bulkhead bench density: {}: all removed in {:.0} ms",
+        t.name(),
+        stop_ms
+    );
     let name = t.name();
-    let mut series = vec![Series::new(&name, "start-rate", "workloads/s", vec![n as f64 / elapsed.max(1e-9)])];
+    let mut series = vec![Series::new(
+        &name,
+        "start-rate",
+        "workloads/s",
+        vec![n as f64 / elapsed.max(1e-9)],
+    )];
     for (metric, v) in per {
         series.push(Series::new(&name, metric, "MiB", v));
     }
     // Signed: other processes may free memory meanwhile.
-    series.push(Series::new(&name, "host-memory-delta", "MiB", vec![(before as f64 - after as f64) / 1024.0 / n.max(1) as f64]));
+    series.push(Series::new(
+        &name,
+        "host-memory-delta",
+        "MiB",
+        vec![(before as f64 - after as f64) / 1024.0 / n.max(1) as f64],
+    ));
     series.push(Series::new(&name, "remove-all", "ms", vec![stop_ms]));
     Ok((series, note))
 }
@@ -182,8 +278,13 @@ fn one_runtime(a: &DensityArgs, t: &Target, command: &[String], budget_mib: Opti
 fn process_parents() -> BTreeMap<i32, i32> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if let Some(ppid) = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| parent_of(&s)) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some(ppid) = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| parent_of(&s))
+        {
             out.insert(pid, ppid);
         }
     }
@@ -192,7 +293,12 @@ fn process_parents() -> BTreeMap<i32, i32> {
 
 /// The parent pid in a /proc/PID/stat line (the command may hold spaces and parentheses).
 pub fn parent_of(stat: &str) -> Option<i32> {
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// `root` and every process below it.
@@ -208,7 +314,10 @@ pub fn descendants(parents: &BTreeMap<i32, i32>, root: i32) -> Vec<i32> {
 }
 
 fn smaps_rollup_kib(pid: i32, key: &str) -> Option<u64> {
-    meminfo_kib(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?, key)
+    meminfo_kib(
+        &std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?,
+        key,
+    )
 }
 
 /// PSS of a VMM's guest memory: its anonymous mappings as big as the
@@ -230,9 +339,17 @@ pub fn guest_pss_in(smaps: &str, guest_kib: u64) -> u64 {
             current = Some((line.split_whitespace().nth(5).is_none(), 0, 0));
         } else if let Some((_, size, pss)) = current.as_mut() {
             if let Some(v) = line.strip_prefix("Size:") {
-                *size = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                *size = v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
             } else if let Some(v) = line.strip_prefix("Pss:") {
-                *pss = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                *pss = v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
             }
         }
     }
@@ -272,8 +389,16 @@ mod tests {
 5500-5600 r-xp 00000000 08:01 123 /usr/bin/bulkhead-vmm\nSize:              65536 kB\nPss:                1000 kB\n\
 7e00-7e10 rw-p 00000000 00:00 0 \nSize:               1024 kB\nPss:                  8 kB\n";
         assert_eq!(guest_pss_in(smaps, 262_144), 20_480);
-        assert_eq!(guest_pss_in(smaps, 263_168), 20_488, "two mappings around the MMIO hole");
-        assert_eq!(guest_pss_in(smaps, 65_536), 0, "a file mapping is not guest memory");
+        assert_eq!(
+            guest_pss_in(smaps, 263_168),
+            20_488,
+            "two mappings around the MMIO hole"
+        );
+        assert_eq!(
+            guest_pss_in(smaps, 65_536),
+            0,
+            "a file mapping is not guest memory"
+        );
         assert_eq!(guest_pss_in("", 1), 0);
         assert_eq!(guest_pss_in("Size: x\nPss: y\n-\n", 1), 0);
     }

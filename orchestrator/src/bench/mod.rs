@@ -93,7 +93,10 @@ fn emit(report: &Report, out: &OutputArgs) -> Result<()> {
 }
 
 fn tmp_beside(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -120,7 +123,13 @@ impl Target {
     pub fn name(&self) -> String {
         match self {
             Target::Microvm => "microvm".into(),
-            Target::VmmVs(p) => format!("vmm-vs:{}", p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())),
+            Target::VmmVs(p) => format!(
+                "vmm-vs:{}",
+                p.file_name().map_or_else(
+                    || p.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            ),
             Target::Crun => "crun".into(),
             Target::Runc => "runc".into(),
         }
@@ -152,13 +161,19 @@ pub fn targets(runtimes: Option<&[String]>, vmm_vs: Option<&Path>) -> Result<Vec
     let installed = |r: &str| crate::runtime::container::which(r).is_some();
     let names: Vec<String> = match runtimes {
         Some(r) => r.to_vec(),
-        None => ["microvm", "crun", "runc"].into_iter().filter(|r| *r == "microvm" || installed(r)).map(String::from).collect(),
+        None => ["microvm", "crun", "runc"]
+            .into_iter()
+            .filter(|r| *r == "microvm" || installed(r))
+            .map(String::from)
+            .collect(),
     };
     let mut out = Vec::new();
     for n in &names {
         let t = match n.as_str() {
             "microvm" => Target::Microvm,
-            "crun" | "runc" if !installed(n) => bail!("--runtimes {n}: not installed (apt-get install {n})"),
+            "crun" | "runc" if !installed(n) => {
+                bail!("--runtimes {n}: not installed (apt-get install {n})")
+            }
             "crun" => Target::Crun,
             "runc" => Target::Runc,
             other => bail!("--runtimes {other:?}: microvm, crun or runc"),
@@ -188,42 +203,94 @@ pub fn microvms_nested() -> bool {
 /// Runs `bulkhead bench ARGS --format json` inside the nested test host
 /// with the image store staged in, and returns its report. Its progress
 /// goes to our stderr.
-pub fn in_test_host(image: &str, bench_args: &[String], stage: &[(PathBuf, &str)], memory_mib: u64, timeout_s: u64) -> Result<Report> {
+pub fn in_test_host(
+    image: &str,
+    bench_args: &[String],
+    stage: &[(PathBuf, &str)],
+    memory_mib: u64,
+    timeout_s: u64,
+) -> Result<Report> {
     let testhost = crate::cli::run::binary("bulkhead-testhost")
         .context("microVMs on this host run inside the nested test host, and its launcher is missing (`make build` builds it; or bench only --runtimes crun,runc)")?;
     let data = crate::cli::run::data_dir();
     // The test host has no mkfs: the image's root disk is built (or found cached) here.
     let store = bulkhead_images::store::Store::open(&data)?;
-    let manifest = store.resolve(image).with_context(|| format!("image {image:?}"))?;
-    bulkhead_images::rootdisk::build(&store, &manifest, bulkhead_images::rootdisk::Format::Ext4, &mut |m| eprintln!("{m}")).context("the image's root disk")?;
+    let manifest = store
+        .resolve(image)
+        .with_context(|| format!("image {image:?}"))?;
+    bulkhead_images::rootdisk::build(
+        &store,
+        &manifest,
+        bulkhead_images::rootdisk::Format::Ext4,
+        &mut |m| eprintln!("{m}"),
+    )
+    .context("the image's root disk")?;
     let mut cmd = Command::new(testhost);
-    cmd.args(["--no-stdin", "--timeout", &timeout_s.to_string(), "--memory", &memory_mib.to_string()]);
-    cmd.arg("--stage").arg(format!("{}:/t/data", data.display()));
+    cmd.args([
+        "--no-stdin",
+        "--timeout",
+        &timeout_s.to_string(),
+        "--memory",
+        &memory_mib.to_string(),
+    ]);
+    cmd.arg("--stage")
+        .arg(format!("{}:/t/data", data.display()));
     for (src, dst) in stage {
         cmd.arg("--stage").arg(format!("{}:{dst}", src.display()));
     }
     // `--format json` goes before the workload's command (after a `--`).
     let (sub, rest) = bench_args.split_first().context("no bench named")?;
-    cmd.args(["-e", "BULKHEAD_DATA=/t/data", "-e", "BULKHEAD_CACHE=/t/cache", "--", "bulkhead", "bench", sub, "--format", "json"]).args(rest);
+    cmd.args([
+        "-e",
+        "BULKHEAD_DATA=/t/data",
+        "-e",
+        "BULKHEAD_CACHE=/t/cache",
+        "--",
+        "bulkhead",
+        "bench",
+        sub,
+        "--format",
+        "json",
+    ])
+    .args(rest);
     eprintln!("bulkhead bench: microVMs go to the nested test host (this host's /dev/kvm cannot boot Linux); booting it");
-    let out = cmd.stderr(std::process::Stdio::inherit()).output().context("start the nested test host")?;
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("start the nested test host")?;
     if !out.status.success() {
-        bail!("the microVM runs in the nested test host failed ({})", out.status);
+        bail!(
+            "the microVM runs in the nested test host failed ({})",
+            out.status
+        );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("the nested test host's bench report: {:?}", String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(300)])))
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "the nested test host's bench report: {:?}",
+            String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(300)])
+        )
+    })
 }
 
 /// Where the nested report's microVMs ran, for the outer report.
 pub fn nested_facts(inner: &Report) -> facts::HostFacts {
-    facts::HostFacts { kvm: facts::KVM_NESTED.into(), ..inner.host.clone() }
+    facts::HostFacts {
+        kvm: facts::KVM_NESTED.into(),
+        ..inner.host.clone()
+    }
 }
 
 pub const NESTED_NOTE: &str = "microVM runs ran inside the nested test host, where every guest exit and nested page walk is emulated (this host's /dev/kvm is kvm_pvm): only VMM-against-VMM ratios mean something here; any microvm-vs-container ratio in this report is NOT representative (real ones need a host with VT-x/AMD-V)";
 
 pub fn image_facts(image: &str) -> Result<report::ImageFacts> {
     let store = bulkhead_images::store::Store::open(crate::cli::run::data_dir())?;
-    let digest = store.resolve(image).with_context(|| format!("image {image:?} (pull or import it first: `bulkhead image pull|import`)"))?;
-    Ok(report::ImageFacts { name: image.into(), digest: digest.to_string() })
+    let digest = store.resolve(image).with_context(|| {
+        format!("image {image:?} (pull or import it first: `bulkhead image pull|import`)")
+    })?;
+    Ok(report::ImageFacts {
+        name: image.into(),
+        digest: digest.to_string(),
+    })
 }
 
 pub fn check_root() -> Result<()> {
@@ -239,10 +306,15 @@ mod tests {
 
     #[test]
     fn runtime_lists() {
-        assert!(targets(Some(&["bogus".into()]), None).is_err_and(|e| e.to_string().contains("microvm, crun or runc")));
-        assert!(targets(Some(&["microvm".into(), "microvm".into()]), None).is_err_and(|e| e.to_string().contains("twice")));
+        assert!(targets(Some(&["bogus".into()]), None)
+            .is_err_and(|e| e.to_string().contains("microvm, crun or runc")));
+        assert!(targets(Some(&["microvm".into(), "microvm".into()]), None)
+            .is_err_and(|e| e.to_string().contains("twice")));
         assert!(targets(Some(&[]), None).is_err());
-        assert!(targets(Some(&["microvm".into()]), Some(Path::new("/no/such/vmm"))).is_err_and(|e| e.to_string().contains("no such file")));
+        assert!(
+            targets(Some(&["microvm".into()]), Some(Path::new("/no/such/vmm")))
+                .is_err_and(|e| e.to_string().contains("no such file"))
+        );
         let t = targets(Some(&["microvm".into()]), Some(Path::new("/bin/true"))).unwrap();
         assert_eq!(t[0], Target::Microvm);
         assert!(t[1].is_vm() && t[1].name().starts_with("vmm-vs:"));

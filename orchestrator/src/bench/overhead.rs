@@ -60,7 +60,9 @@ pub fn run(a: OverheadArgs) -> Result<Report> {
         Some(p) => bail!("--vmm-vs {}: no such file", p.display()),
         None => None,
     };
-    let dir = tempfile::Builder::new().prefix("bulkhead-bench-overhead-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-bench-overhead-")
+        .tempdir()?;
     let kernel = dir.path().join("tiny-guest.elf");
     std::fs::write(&kernel, Program::new().print(LINE).power_off().elf())?;
     let config = dir.path().join("firecracker.json");
@@ -68,12 +70,22 @@ pub fn run(a: OverheadArgs) -> Result<Report> {
     std::fs::write(&config, fc.to_string())?;
     let mut vmms: Vec<(String, Command)> = Vec::new();
     let mut c = Command::new(&ours);
-    c.arg("--kernel").arg(&kernel).args(["--memory", &GUEST_MEMORY_MIB.to_string()]);
+    c.arg("--kernel")
+        .arg(&kernel)
+        .args(["--memory", &GUEST_MEMORY_MIB.to_string()]);
     vmms.push(("bulkhead-vmm".into(), c));
     if let Some(p) = &other {
         let mut c = Command::new(p);
         c.args(["--no-api", "--config-file"]).arg(&config);
-        vmms.push((format!("vmm-vs:{}", p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()), c));
+        vmms.push((
+            format!(
+                "vmm-vs:{}",
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            c,
+        ));
     }
     let mut samples: Vec<Vec<Sample>> = vmms.iter().map(|_| Vec::new()).collect();
     let total = a.warmup + a.runs;
@@ -91,11 +103,19 @@ pub fn run(a: OverheadArgs) -> Result<Report> {
     // Its memory report reads smaps at exit: in runs of their own, so the
     // timed runs above do the same work as another VMM's.
     let mut reported = Command::new(&ours);
-    reported.arg("--kernel").arg(&kernel).args(["--memory", &GUEST_MEMORY_MIB.to_string(), "--memory-report"]);
+    reported.arg("--kernel").arg(&kernel).args([
+        "--memory",
+        &GUEST_MEMORY_MIB.to_string(),
+        "--memory-report",
+    ]);
     let mut beyond = Vec::new();
     for i in 0..a.runs {
-        let s = run_once(&mut reported).with_context(|| format!("bulkhead-vmm --memory-report run {}", i + 1))?;
-        beyond.push(s.beyond_guest_mib.context("bulkhead-vmm printed no memory report")?);
+        let s = run_once(&mut reported)
+            .with_context(|| format!("bulkhead-vmm --memory-report run {}", i + 1))?;
+        beyond.push(
+            s.beyond_guest_mib
+                .context("bulkhead-vmm printed no memory report")?,
+        );
     }
     if let Some(first) = samples.first_mut() {
         for (s, b) in first.iter_mut().zip(beyond) {
@@ -104,10 +124,30 @@ pub fn run(a: OverheadArgs) -> Result<Report> {
     }
     let mut series = Vec::new();
     for ((name, _), s) in vmms.iter().zip(&samples) {
-        series.push(Series::new(name, "startup-cpu", "ms", s.iter().map(|x| x.cpu_ms).collect()));
-        series.push(Series::new(name, "first-output", "ms", s.iter().map(|x| x.first_output_ms).collect()));
-        series.push(Series::new(name, "exit", "ms", s.iter().map(|x| x.exit_ms).collect()));
-        series.push(Series::new(name, "peak-rss", "MiB", s.iter().map(|x| x.peak_rss_mib).collect()));
+        series.push(Series::new(
+            name,
+            "startup-cpu",
+            "ms",
+            s.iter().map(|x| x.cpu_ms).collect(),
+        ));
+        series.push(Series::new(
+            name,
+            "first-output",
+            "ms",
+            s.iter().map(|x| x.first_output_ms).collect(),
+        ));
+        series.push(Series::new(
+            name,
+            "exit",
+            "ms",
+            s.iter().map(|x| x.exit_ms).collect(),
+        ));
+        series.push(Series::new(
+            name,
+            "peak-rss",
+            "MiB",
+            s.iter().map(|x| x.peak_rss_mib).collect(),
+        ));
         let beyond: Vec<f64> = s.iter().filter_map(|x| x.beyond_guest_mib).collect();
         if !beyond.is_empty() {
             series.push(Series::new(name, "rss-beyond-guest", "MiB", beyond));
@@ -140,7 +180,12 @@ pub fn run(a: OverheadArgs) -> Result<Report> {
 
 fn run_once(cmd: &mut Command) -> Result<Sample> {
     let start = std::time::Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("start the VMM")?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start the VMM")?;
     let mut err_pipe = child.stderr.take().context("stderr")?;
     let errors = std::thread::spawn(move || {
         let mut s = String::new();
@@ -170,10 +215,17 @@ fn run_once(cmd: &mut Command) -> Result<Sample> {
         bail!("the VMM failed ({status}): {}", errors.trim());
     }
     if got != 1 || [&first[..], &rest[..]].concat() != LINE.as_bytes() {
-        bail!("the tiny guest's line did not come out on stdout: {:?}", String::from_utf8_lossy(&rest));
+        bail!(
+            "the tiny guest's line did not come out on stdout: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
     }
     let tv_ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
-    let beyond_guest_mib = errors.split_whitespace().find_map(|w| w.strip_prefix("overhead_kib=")).and_then(|v| v.parse::<f64>().ok()).map(|k| k / 1024.0);
+    let beyond_guest_mib = errors
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("overhead_kib="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|k| k / 1024.0);
     Ok(Sample {
         first_output_ms: first_output.as_secs_f64() * 1000.0,
         exit_ms: exit.as_secs_f64() * 1000.0,

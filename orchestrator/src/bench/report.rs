@@ -21,7 +21,13 @@ pub struct Series {
 
 impl Series {
     pub fn new(runtime: &str, phase: &str, unit: &str, samples: Vec<f64>) -> Series {
-        Series { runtime: runtime.into(), phase: phase.into(), unit: unit.into(), summary: Summary::of(&samples), samples }
+        Series {
+            runtime: runtime.into(),
+            phase: phase.into(),
+            unit: unit.into(),
+            summary: Summary::of(&samples),
+            samples,
+        }
     }
 }
 
@@ -72,12 +78,24 @@ pub struct Ratio {
 impl Ratio {
     /// Every pair of `pairs` that both have `phase`.
     pub fn of(series: &[Series], phase: &str, pairs: &[(String, String, bool)]) -> Vec<Ratio> {
-        let median = |rt: &str| series.iter().find(|s| s.runtime == rt && s.phase == phase).and_then(|s| s.summary).map(|m| m.median);
+        let median = |rt: &str| {
+            series
+                .iter()
+                .find(|s| s.runtime == rt && s.phase == phase)
+                .and_then(|s| s.summary)
+                .map(|m| m.median)
+        };
         pairs
             .iter()
             .filter_map(|(a, b, representative)| {
                 let (x, y) = (median(a)?, median(b)?);
-                (y > 0.0).then(|| Ratio { phase: phase.into(), numerator: a.clone(), denominator: b.clone(), value: x / y, representative: *representative })
+                (y > 0.0).then(|| Ratio {
+                    phase: phase.into(),
+                    numerator: a.clone(),
+                    denominator: b.clone(),
+                    value: x / y,
+                    representative: *representative,
+                })
             })
             .collect()
     }
@@ -97,7 +115,10 @@ impl Report {
         if !self.command.is_empty() {
             lines.push(format!("command: {}", self.command.join(" ")));
         }
-        lines.push(format!("per VM: {} vCPU(s), {} MiB; {} runs per runtime after {} warm-up run(s)", self.vcpus, self.memory_mib, self.runs, self.warmup));
+        lines.push(format!(
+            "per VM: {} vCPU(s), {} MiB; {} runs per runtime after {} warm-up run(s)",
+            self.vcpus, self.memory_mib, self.runs, self.warmup
+        ));
         lines.push(self.method.clone());
         lines
     }
@@ -105,12 +126,22 @@ impl Report {
     pub fn table(&self) -> String {
         let mut t = comfy_table::Table::new();
         t.load_preset(comfy_table::presets::NOTHING);
-        let what = if self.bench == "boot" { "PHASE" } else { "METRIC" };
+        let what = if self.bench == "boot" {
+            "PHASE"
+        } else {
+            "METRIC"
+        };
         t.set_header(["RUNTIME", what, "UNIT", "N", "MEDIAN", "P90", "MIN", "MAX"]);
         for s in &self.series {
             let mut row = vec![s.runtime.clone(), s.phase.clone(), s.unit.clone()];
             match &s.summary {
-                Some(m) => row.extend([m.n.to_string(), num(m.median), num(m.p90), num(m.min), num(m.max)]),
+                Some(m) => row.extend([
+                    m.n.to_string(),
+                    num(m.median),
+                    num(m.p90),
+                    num(m.min),
+                    num(m.max),
+                ]),
                 None => row.extend(["0", "-", "-", "-", "-"].map(String::from)),
             }
             t.add_row(row);
@@ -128,8 +159,15 @@ impl Report {
         if !self.ratios.is_empty() {
             out.push_str("\nratios of medians:\n");
             for r in &self.ratios {
-                let mark = if r.representative { "" } else { "   NOT representative (emulated microVMs vs native containers)" };
-                out.push_str(&format!("  {:<13} {} / {} = {:.2}x{mark}\n", r.phase, r.numerator, r.denominator, r.value));
+                let mark = if r.representative {
+                    ""
+                } else {
+                    "   NOT representative (emulated microVMs vs native containers)"
+                };
+                out.push_str(&format!(
+                    "  {:<13} {} / {} = {:.2}x{mark}\n",
+                    r.phase, r.numerator, r.denominator, r.value
+                ));
             }
         }
         out
@@ -186,29 +224,62 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if units.is_empty() {
         return Err("no samples to plot".into());
     }
-    let rows: Vec<usize> = units.iter().map(|u| r.series.iter().filter(|s| s.unit == *u && s.summary.is_some()).count()).collect();
+    let rows: Vec<usize> = units
+        .iter()
+        .map(|u| {
+            r.series
+                .iter()
+                .filter(|s| s.unit == *u && s.summary.is_some())
+                .count()
+        })
+        .collect();
     let height = 90 + rows.iter().map(|n| 80 + 28 * *n as u32).sum::<u32>();
     let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, body) = root.split_vertically(50);
     let below = top.titled(&format!("bulkhead bench {}", r.bench), ("sans-serif", 18))?;
-    below.draw_text(&r.subtitle(), &("sans-serif", 13).into_text_style(&below), (10, 4))?;
+    below.draw_text(
+        &r.subtitle(),
+        &("sans-serif", 13).into_text_style(&below),
+        (10, 4),
+    )?;
     let heights: Vec<u32> = rows.iter().map(|n| 80 + 28 * *n as u32).collect();
     let mut rest = body;
     for (i, unit) in units.iter().enumerate() {
         let (area, below) = rest.split_vertically(heights[i]);
         rest = below;
-        let series: Vec<&Series> = r.series.iter().filter(|s| s.unit == *unit && s.summary.is_some()).collect();
-        let mut labels: Vec<String> = series.iter().map(|s| format!("{} {}", s.runtime, s.phase)).collect();
-        let min = series.iter().filter_map(|s| s.summary.map(|m| m.min)).fold(f64::INFINITY, f64::min);
-        let max = series.iter().filter_map(|s| s.summary.map(|m| m.max)).fold(0.0, f64::max);
+        let series: Vec<&Series> = r
+            .series
+            .iter()
+            .filter(|s| s.unit == *unit && s.summary.is_some())
+            .collect();
+        let mut labels: Vec<String> = series
+            .iter()
+            .map(|s| format!("{} {}", s.runtime, s.phase))
+            .collect();
+        let min = series
+            .iter()
+            .filter_map(|s| s.summary.map(|m| m.min))
+            .fold(f64::INFINITY, f64::min);
+        let max = series
+            .iter()
+            .filter_map(|s| s.summary.map(|m| m.max))
+            .fold(0.0, f64::max);
         // Seconds next to milliseconds: a log axis keeps both readable.
         let log = min > 0.0 && max / min > 20.0;
-        let (lo, hi) = if log { ((min / 1.5) as f32, (max * 1.5) as f32) } else { (0.0, (max * 1.1).max(1e-3) as f32) };
+        let (lo, hi) = if log {
+            ((min / 1.5) as f32, (max * 1.5) as f32)
+        } else {
+            (0.0, (max * 1.1).max(1e-3) as f32)
+        };
         let mut b = ChartBuilder::on(&area);
         b.margin(8).x_label_area_size(36).y_label_area_size(260);
         // Box: the middle half (p25 to p75) with the median; whiskers: min and max.
-        let boxes: Vec<(String, [f64; 5])> = series.iter().zip(&labels).filter_map(|(s, l)| Some((l.clone(), five_numbers(&s.samples)?))).collect();
+        let boxes: Vec<(String, [f64; 5])> = series
+            .iter()
+            .zip(&labels)
+            .filter_map(|(s, l)| Some((l.clone(), five_numbers(&s.samples)?)))
+            .collect();
         // plotters puts the first segment at the bottom: first series on top.
         labels.reverse();
         if labels.len() == 1 {
@@ -217,7 +288,8 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut shapes = Vec::new();
         if log {
-            let mut mesh = b.build_cartesian_2d((lo..hi).log_scale(), labels[..].into_segmented())?;
+            let mut mesh =
+                b.build_cartesian_2d((lo..hi).log_scale(), labels[..].into_segmented())?;
             mesh.configure_mesh()
                 .x_desc(format!("{unit} (log scale)"))
                 .y_labels(labels.len() * 2 + 1)
@@ -230,7 +302,13 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
             }
         } else {
             let mut mesh = b.build_cartesian_2d(lo..hi, labels[..].into_segmented())?;
-            mesh.configure_mesh().x_desc(unit.to_string()).y_labels(labels.len() * 2 + 1).y_label_formatter(&segment_label).label_style(("sans-serif", 13)).light_line_style(WHITE).draw()?;
+            mesh.configure_mesh()
+                .x_desc(unit.to_string())
+                .y_labels(labels.len() * 2 + 1)
+                .y_label_formatter(&segment_label)
+                .label_style(("sans-serif", 13))
+                .light_line_style(WHITE)
+                .draw()?;
             for (l, v) in &boxes {
                 shapes.push(v.map(|x| mesh.backend_coord(&(x as f32, SegmentValue::CenterOf(l)))));
             }
@@ -243,9 +321,18 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
             for x in [min.0, max.0] {
                 root.draw(&PathElement::new(vec![(x, y - 5), (x, y + 5)], style))?;
             }
-            root.draw(&Rectangle::new([(q1.0, y - 7), (q3.0.max(q1.0 + 1), y + 7)], ShapeStyle::from(&WHITE).filled()))?;
-            root.draw(&Rectangle::new([(q1.0, y - 7), (q3.0.max(q1.0 + 1), y + 7)], style))?;
-            root.draw(&PathElement::new(vec![(med.0, y - 7), (med.0, y + 7)], ShapeStyle::from(&BLACK).stroke_width(2)))?;
+            root.draw(&Rectangle::new(
+                [(q1.0, y - 7), (q3.0.max(q1.0 + 1), y + 7)],
+                ShapeStyle::from(&WHITE).filled(),
+            ))?;
+            root.draw(&Rectangle::new(
+                [(q1.0, y - 7), (q3.0.max(q1.0 + 1), y + 7)],
+                style,
+            ))?;
+            root.draw(&PathElement::new(
+                vec![(med.0, y - 7), (med.0, y + 7)],
+                ShapeStyle::from(&BLACK).stroke_width(2),
+            ))?;
         }
     }
     root.present()?;
@@ -262,14 +349,23 @@ mod tests {
             notes: vec!["emulated".into()],
             host: HostFacts::of_this_host(),
             microvm_host: None,
-            image: Some(ImageFacts { name: "demo".into(), digest: "sha256:00".into() }),
+            image: Some(ImageFacts {
+                name: "demo".into(),
+                digest: "sha256:00".into(),
+            }),
             command: vec!["echo".into(), "hi".into()],
             vcpus: 1,
             memory_mib: 256,
             runs: 3,
             warmup: 1,
             method: "alternating".into(),
-            ratios: vec![Ratio { phase: "exit".into(), numerator: "microvm".into(), denominator: "crun".into(), value: 100.0, representative: false }],
+            ratios: vec![Ratio {
+                phase: "exit".into(),
+                numerator: "microvm".into(),
+                denominator: "crun".into(),
+                value: 100.0,
+                representative: false,
+            }],
             series: vec![
                 Series::new("microvm", "exit", "ms", vec![6000.0, 6500.0, 5900.0]),
                 Series::new("crun", "exit", "ms", vec![60.0, 55.0, 70.0]),
@@ -284,9 +380,22 @@ mod tests {
         let r = report();
         let text = r.text();
         assert!(text.starts_with("NOTE: emulated\nhost: "), "{text}");
-        assert!(text.contains("microvm") && text.contains("6000") && text.contains("workloads/s"), "{text}");
-        assert!(text.contains("exit          microvm / crun = 100.00x   NOT representative"), "{text}");
-        let r2 = Ratio::of(&r.series, "exit", &[("microvm".into(), "crun".into(), true), ("crun".into(), "nobody".into(), true)]);
+        assert!(
+            text.contains("microvm") && text.contains("6000") && text.contains("workloads/s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("exit          microvm / crun = 100.00x   NOT representative"),
+            "{text}"
+        );
+        let r2 = Ratio::of(
+            &r.series,
+            "exit",
+            &[
+                ("microvm".into(), "crun".into(), true),
+                ("crun".into(), "nobody".into(), true),
+            ],
+        );
         assert_eq!(r2.len(), 1);
         assert!((r2[0].value - 6000.0 / 60.0).abs() < 1e-9 && r2[0].representative);
         let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
@@ -295,8 +404,14 @@ mod tests {
         let svg = dir.path().join("p.svg");
         r.plot(&svg).unwrap();
         let body = std::fs::read_to_string(&svg).unwrap();
-        assert!(body.starts_with("<svg") && body.contains("microvm exit") && body.contains("crun rate"), "{body}");
-        assert!(!body.contains("crun kernel-entry"), "a series without samples is not plotted");
+        assert!(
+            body.starts_with("<svg") && body.contains("microvm exit") && body.contains("crun rate"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("crun kernel-entry"),
+            "a series without samples is not plotted"
+        );
         let mut empty = report();
         empty.series.clear();
         assert!(empty.plot(&svg).is_err());

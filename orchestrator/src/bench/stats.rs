@@ -20,7 +20,13 @@ impl Summary {
             return None;
         }
         s.sort_by(f64::total_cmp);
-        Some(Summary { n: s.len(), median: percentile(&s, 50), p90: percentile(&s, 90), min: s[0], max: s[s.len() - 1] })
+        Some(Summary {
+            n: s.len(),
+            median: percentile(&s, 50),
+            p90: percentile(&s, 90),
+            min: s[0],
+            max: s[s.len() - 1],
+        })
     }
 }
 
@@ -42,7 +48,10 @@ mod tests {
     #[test]
     fn summaries_of_known_sets() {
         let s = Summary::of(&[5.0, 1.0, 3.0]).unwrap();
-        assert_eq!((s.n, s.median, s.p90, s.min, s.max), (3, 3.0, 5.0, 1.0, 5.0));
+        assert_eq!(
+            (s.n, s.median, s.p90, s.min, s.max),
+            (3, 3.0, 5.0, 1.0, 5.0)
+        );
         let ten: Vec<f64> = (1..=10).rev().map(f64::from).collect();
         let s = Summary::of(&ten).unwrap();
         assert_eq!((s.median, s.p90, s.min, s.max), (5.5, 9.0, 1.0, 10.0));
@@ -54,6 +63,9 @@ mod tests {
     fn empty_and_non_finite_samples() {
         assert!(Summary::of(&[]).is_none());
         assert!(Summary::of(&[f64::NAN, f64::INFINITY]).is_none());
-        assert_eq!(Summary::of(&[f64::NAN, 2.0]).map(|s| (s.n, s.median)), Some((1, 2.0)));
+        assert_eq!(
+            Summary::of(&[f64::NAN, 2.0]).map(|s| (s.n, s.median)),
+            Some((1, 2.0))
+        );
     }
 }

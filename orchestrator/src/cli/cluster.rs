@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use crate::cluster::auth::new_token;
 use crate::cluster::backoff::BackoffPolicy;
+use crate::cluster::etcd::EtcdStore;
 use crate::cluster::reconcile::Timing;
 use crate::cluster::server::Settings;
 use crate::cluster::state::Cluster;
-use crate::cluster::etcd::EtcdStore;
 use crate::cluster::store::FileStore;
 use crate::runtime::record::RuntimeKind;
 
@@ -76,7 +76,9 @@ pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: a number with ms, s, m or h (e.g. 10s)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: a number with ms, s, m or h (e.g. 10s)"))?;
     let mult = match unit {
         "ms" => 1,
         "" | "s" => 1_000,
@@ -84,12 +86,22 @@ pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
         "h" => 3_600_000,
         _ => return Err(format!("{s:?}: the unit is ms, s, m or h")),
     };
-    n.checked_mul(mult).filter(|ms| *ms <= 7 * 24 * 3_600_000).ok_or_else(|| format!("{s:?}: at most a week"))
+    n.checked_mul(mult)
+        .filter(|ms| *ms <= 7 * 24 * 3_600_000)
+        .ok_or_else(|| format!("{s:?}: at most a week"))
 }
 
 pub fn server(a: ServerArgs) -> Result<()> {
-    let timing = Timing { grace_ms: a.heartbeat_grace, lease_ms: a.lease, stop_ms: a.stop_time };
-    let backoff = BackoffPolicy { initial_ms: a.backoff_initial, cap_ms: a.backoff_cap, reset_after_ms: a.backoff_reset };
+    let timing = Timing {
+        grace_ms: a.heartbeat_grace,
+        lease_ms: a.lease,
+        stop_ms: a.stop_time,
+    };
+    let backoff = BackoffPolicy {
+        initial_ms: a.backoff_initial,
+        cap_ms: a.backoff_cap,
+        reset_after_ms: a.backoff_reset,
+    };
     let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(crate::cluster::tls::server_config(c, k)?),
@@ -97,20 +109,38 @@ pub fn server(a: ServerArgs) -> Result<()> {
     };
     let (cluster, token_file, what) = match a.store.as_deref() {
         Some(s) if s.starts_with("etcd://") => {
-            let api = a.advertise.clone().unwrap_or_else(|| format!("{}://{}", if tls.is_some() { "https" } else { "http" }, a.listen));
+            let api = a.advertise.clone().unwrap_or_else(|| {
+                format!(
+                    "{}://{}",
+                    if tls.is_some() { "https" } else { "http" },
+                    a.listen
+                )
+            });
             let ttl = a.leader_lease.div_ceil(1000).max(2) as i64;
             let store = EtcdStore::open(s, &api, ttl).with_context(|| format!("--store {s}"))?;
-            let file = a.admin_token_file.clone().unwrap_or_else(|| super::run::data_dir().join("cluster.admin-token"));
+            let file = a
+                .admin_token_file
+                .clone()
+                .unwrap_or_else(|| super::run::data_dir().join("cluster.admin-token"));
             (Cluster::new(store), file, s.to_string())
         }
         other => {
             let path = match other {
                 None => super::run::data_dir().join("cluster.redb"),
                 Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
-                Some(s) => bail!("--store {s:?}: file:PATH (one host) or etcd://HOST:PORT[,HOST:PORT...]"),
+                Some(s) => {
+                    bail!("--store {s:?}: file:PATH (one host) or etcd://HOST:PORT[,HOST:PORT...]")
+                }
             };
-            let file = a.admin_token_file.clone().unwrap_or_else(|| path.with_extension("admin-token"));
-            (Cluster::new(FileStore::open(&path)?), file, path.display().to_string())
+            let file = a
+                .admin_token_file
+                .clone()
+                .unwrap_or_else(|| path.with_extension("admin-token"));
+            (
+                Cluster::new(FileStore::open(&path)?),
+                file,
+                path.display().to_string(),
+            )
         }
     };
     let cluster = Arc::new(cluster);
@@ -137,9 +167,19 @@ pub fn server(a: ServerArgs) -> Result<()> {
     // Store calls (redb, or etcd through its client thread) block the
     // worker that makes them: several workers, so a slow store call holds
     // up its own request, not every other one.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
     let control_plane = control_plane(&a);
-    rt.block_on(crate::cluster::server::serve(cluster, a.listen, settings, tls, control_plane)).with_context(|| format!("serve on {}", a.listen))
+    rt.block_on(crate::cluster::server::serve(
+        cluster,
+        a.listen,
+        settings,
+        tls,
+        control_plane,
+    ))
+    .with_context(|| format!("serve on {}", a.listen))
 }
 
 /// The addresses nodes keep workloads from: this server's (its listen
@@ -149,21 +189,38 @@ fn control_plane(a: &ServerArgs) -> Vec<String> {
     if !a.listen.ip().is_unspecified() {
         hosts.push((a.listen.ip().to_string(), a.listen.port()));
     }
-    if let Some(u) = a.advertise.as_deref().and_then(|u| reqwest::Url::parse(u).ok()) {
+    if let Some(u) = a
+        .advertise
+        .as_deref()
+        .and_then(|u| reqwest::Url::parse(u).ok())
+    {
         if let Some(h) = u.host_str() {
-            hosts.push((h.trim_start_matches('[').trim_end_matches(']').to_string(), u.port_or_known_default().unwrap_or(443)));
+            hosts.push((
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                u.port_or_known_default().unwrap_or(443),
+            ));
         }
     }
     if let Some(etcd) = a.store.as_deref().and_then(|s| s.strip_prefix("etcd://")) {
         for ep in etcd.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (h, p) = ep.rsplit_once(':').unwrap_or((ep, "2379"));
-            hosts.push((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().unwrap_or(2379)));
+            hosts.push((
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse().unwrap_or(2379),
+            ));
         }
     }
     let mut out: Vec<String> = Vec::new();
     for (h, port) in hosts {
-        let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), port)).map(|a| a.collect::<Vec<_>>()).unwrap_or_default();
-        out.extend(resolved.into_iter().filter(|s| s.is_ipv4() && !s.ip().is_unspecified()).map(|s| format!("{}/32", s.ip())));
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), port))
+            .map(|a| a.collect::<Vec<_>>())
+            .unwrap_or_default();
+        out.extend(
+            resolved
+                .into_iter()
+                .filter(|s| s.is_ipv4() && !s.ip().is_unspecified())
+                .map(|s| format!("{}/32", s.ip())),
+        );
     }
     out.sort();
     out.dedup();
@@ -176,7 +233,13 @@ fn write_token(file: &std::path::Path, token: &str) -> Result<()> {
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).with_context(|| format!("write {}", file.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("write {}", file.display()))?;
     writeln!(f, "{token}")?;
     Ok(())
 }
@@ -208,19 +271,33 @@ pub struct Conn {
 
 /// --cacert, else $BULKHEAD_CACERT.
 fn cacert(flag: &Option<PathBuf>) -> Option<PathBuf> {
-    flag.clone().or_else(|| std::env::var_os("BULKHEAD_CACERT").filter(|v| !v.is_empty()).map(PathBuf::from))
+    flag.clone().or_else(|| {
+        std::env::var_os("BULKHEAD_CACERT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 impl Conn {
     fn call(&self, method: reqwest::Method, path: &str, body: Option<String>) -> Result<Value> {
-        let base = self.server.clone().or_else(|| std::env::var("BULKHEAD_SERVER").ok().filter(|s| !s.is_empty())).unwrap_or_else(|| DEFAULT_SERVER.into());
+        let base = self
+            .server
+            .clone()
+            .or_else(|| {
+                std::env::var("BULKHEAD_SERVER")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_SERVER.into());
         let base = base.trim_end_matches('/').to_string();
         let token = self
             .token
             .clone()
             .or_else(|| std::env::var("BULKHEAD_TOKEN").ok().filter(|s| !s.is_empty()))
             .context("no token: --token or BULKHEAD_TOKEN (the server wrote the admin token beside its store)")?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let http = crate::cluster::tls::client(cacert(&self.cacert).as_deref())?;
         rt.block_on(async {
             // Several servers (comma-separated): the first that answers and is not a standby.
@@ -297,7 +374,9 @@ fn placement_table(v: &Value) -> comfy_table::Table {
 }
 
 fn cpus(millicpus: &Value) -> String {
-    millicpus.as_u64().map_or_else(String::new, |m| format!("{}", m as f64 / 1000.0))
+    millicpus
+        .as_u64()
+        .map_or_else(String::new, |m| format!("{}", m as f64 / 1000.0))
 }
 
 #[derive(Debug, Args)]
@@ -313,10 +392,18 @@ pub struct DeployArgs {
 }
 
 pub fn deploy(a: DeployArgs) -> Result<()> {
-    let text = if a.file.as_os_str() == "-" { std::io::read_to_string(std::io::stdin())? } else { std::fs::read_to_string(&a.file).with_context(|| format!("read {}", a.file.display()))? };
+    let text = if a.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&a.file).with_context(|| format!("read {}", a.file.display()))?
+    };
     // Checked here first: a bad file fails without a round trip, with the same message.
     crate::cluster::spec::parse(&text)?;
-    let v = a.conn.call(reqwest::Method::POST, &format!("/v1/services?dry_run={}", a.dry_run), Some(text))?;
+    let v = a.conn.call(
+        reqwest::Method::POST,
+        &format!("/v1/services?dry_run={}", a.dry_run),
+        Some(text),
+    )?;
     a.conn.print(&v, placement_table);
     if a.dry_run && a.conn.format == Format::Table {
         eprintln!("dry run: nothing was changed");
@@ -357,7 +444,16 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
         ServiceCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/services", None)?;
             conn.print(&v, |v| {
-                let mut t = table(&["NAME", "IMAGE", "RUNTIME", "REPLICAS", "INSTANCES", "CPU", "MEMORY MIB", "RESTART"]);
+                let mut t = table(&[
+                    "NAME",
+                    "IMAGE",
+                    "RUNTIME",
+                    "REPLICAS",
+                    "INSTANCES",
+                    "CPU",
+                    "MEMORY MIB",
+                    "RESTART",
+                ]);
                 for r in v.as_array().into_iter().flatten() {
                     let sv = &r["service"];
                     t.add_row(vec![
@@ -375,15 +471,35 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
             });
         }
         ServiceCommand::Inspect { name, conn } => {
-            let v = conn.call(reqwest::Method::GET, &format!("/v1/services/{}", path_segment(&name)?), None)?;
+            let v = conn.call(
+                reqwest::Method::GET,
+                &format!("/v1/services/{}", path_segment(&name)?),
+                None,
+            )?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        ServiceCommand::Scale { name, replicas, dry_run, conn } => {
-            let v = conn.call(reqwest::Method::POST, &format!("/v1/services/{}/scale?dry_run={dry_run}", path_segment(&name)?), Some(json!({ "replicas": replicas }).to_string()))?;
+        ServiceCommand::Scale {
+            name,
+            replicas,
+            dry_run,
+            conn,
+        } => {
+            let v = conn.call(
+                reqwest::Method::POST,
+                &format!(
+                    "/v1/services/{}/scale?dry_run={dry_run}",
+                    path_segment(&name)?
+                ),
+                Some(json!({ "replicas": replicas }).to_string()),
+            )?;
             conn.print(&v, placement_table);
         }
         ServiceCommand::Rm { name, conn } => {
-            conn.call(reqwest::Method::DELETE, &format!("/v1/services/{}", path_segment(&name)?), None)?;
+            conn.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/services/{}", path_segment(&name)?),
+                None,
+            )?;
             println!("{name}");
         }
     }
@@ -431,7 +547,17 @@ pub fn instance(cmd: InstanceCommand) -> Result<u8> {
         InstanceCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/instances", None)?;
             conn.print(&v, |v| {
-                let mut t = table(&["SERVICE", "INSTANCE", "NODE", "STATE", "STARTED", "EXITED", "RESTARTS", "LAST EXIT", "FENCE"]);
+                let mut t = table(&[
+                    "SERVICE",
+                    "INSTANCE",
+                    "NODE",
+                    "STATE",
+                    "STARTED",
+                    "EXITED",
+                    "RESTARTS",
+                    "LAST EXIT",
+                    "FENCE",
+                ]);
                 let when = |v: &Value| v.as_u64().map(super::workloads::ago).unwrap_or_default();
                 for i in v.as_array().into_iter().flatten() {
                     t.add_row(vec![
@@ -450,17 +576,46 @@ pub fn instance(cmd: InstanceCommand) -> Result<u8> {
             });
             Ok(0)
         }
-        InstanceCommand::Logs { service, index, tail, conn } => {
+        InstanceCommand::Logs {
+            service,
+            index,
+            tail,
+            conn,
+        } => {
             let q = tail.map(|n| format!("?tail={n}")).unwrap_or_default();
-            let v = conn.call(reqwest::Method::GET, &format!("/v1/services/{}/instances/{index}/logs{q}", path_segment(&service)?), None)?;
+            let v = conn.call(
+                reqwest::Method::GET,
+                &format!(
+                    "/v1/services/{}/instances/{index}/logs{q}",
+                    path_segment(&service)?
+                ),
+                None,
+            )?;
             use std::io::Write;
             let mut out = std::io::stdout();
-            let _ = out.write_all(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()).as_bytes());
+            let _ = out.write_all(
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+                    .as_bytes(),
+            );
             Ok(0)
         }
-        InstanceCommand::Exec { service, index, conn, command } => {
+        InstanceCommand::Exec {
+            service,
+            index,
+            conn,
+            command,
+        } => {
             let body = json!({ "command": command }).to_string();
-            let v = conn.call(reqwest::Method::POST, &format!("/v1/services/{}/instances/{index}/exec", path_segment(&service)?), Some(body))?;
+            let v = conn.call(
+                reqwest::Method::POST,
+                &format!(
+                    "/v1/services/{}/instances/{index}/exec",
+                    path_segment(&service)?
+                ),
+                Some(body),
+            )?;
             use std::io::Write;
             let _ = std::io::stdout().write_all(v["stdout"].as_str().unwrap_or("").as_bytes());
             let _ = std::io::stderr().write_all(v["stderr"].as_str().unwrap_or("").as_bytes());
@@ -571,11 +726,20 @@ pub enum TokenCommand {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn daemon(a: DaemonArgs) -> Result<()> {
-    let server = a.server.or_else(|| std::env::var("BULKHEAD_SERVER").ok().filter(|s| !s.is_empty())).unwrap_or_else(|| DEFAULT_SERVER.into());
+    let server = a
+        .server
+        .or_else(|| {
+            std::env::var("BULKHEAD_SERVER")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_SERVER.into());
     let join_token = a
         .join_token
         .or_else(|| std::env::var("BULKHEAD_JOIN_TOKEN").ok().filter(|s| !s.is_empty()))
@@ -589,7 +753,9 @@ fn daemon(a: DaemonArgs) -> Result<()> {
     }
     let mut labels = std::collections::BTreeMap::new();
     for l in &a.labels {
-        let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: KEY=VALUE"))?;
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?}: KEY=VALUE"))?;
         if !crate::cluster::spec::valid_label(k) || !crate::cluster::spec::valid_label(v) {
             bail!("--label {l:?}: 1-63 letters, digits, '_', '.', '-' on each side");
         }
@@ -611,22 +777,54 @@ fn daemon(a: DaemonArgs) -> Result<()> {
     if runtimes.is_empty() {
         bail!("this host offers no runtime: no /dev/kvm (microvm) and no crun or runc (container: apt-get install crun)");
     }
-    let node = crate::cluster::state::Node { name, labels, capacity: Some(crate::cluster::node::host_capacity()), allocatable, runtimes, cordoned: false, api: None, images: None };
-    let cfg = crate::cluster::node::NodeConfig { server, join_token, node, data: super::run::data_dir(), bulkhead: std::env::current_exe()?, cacert: cacert(&a.cacert), listen: a.listen, advertise: a.advertise, insecure: a.insecure };
+    let node = crate::cluster::state::Node {
+        name,
+        labels,
+        capacity: Some(crate::cluster::node::host_capacity()),
+        allocatable,
+        runtimes,
+        cordoned: false,
+        api: None,
+        images: None,
+    };
+    let cfg = crate::cluster::node::NodeConfig {
+        server,
+        join_token,
+        node,
+        data: super::run::data_dir(),
+        bulkhead: std::env::current_exe()?,
+        cacert: cacert(&a.cacert),
+        listen: a.listen,
+        advertise: a.advertise,
+        insecure: a.insecure,
+    };
     crate::cluster::node::run(cfg)?;
     Ok(())
 }
 
 pub fn node(a: NodeArgs) -> Result<()> {
-    let Some(cmd) = a.cmd else { return daemon(a.daemon) };
+    let Some(cmd) = a.cmd else {
+        return daemon(a.daemon);
+    };
     match cmd {
         NodeCommand::Drain { name, conn } => {
-            let v = conn.call(reqwest::Method::POST, &format!("/v1/nodes/{}/drain", path_segment(&name)?), None)?;
+            let v = conn.call(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/{}/drain", path_segment(&name)?),
+                None,
+            )?;
             println!("{name}: cordoned, {} instance(s) to move", s(&v["moved"]));
         }
         NodeCommand::Rm { name, conn } => {
-            let v = conn.call(reqwest::Method::DELETE, &format!("/v1/nodes/{}", path_segment(&name)?), None)?;
-            println!("{name}: removed ({} instance(s) to place elsewhere)", s(&v["instances_moved"]));
+            let v = conn.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/nodes/{}", path_segment(&name)?),
+                None,
+            )?;
+            println!(
+                "{name}: removed ({} instance(s) to place elsewhere)",
+                s(&v["instances_moved"])
+            );
         }
         NodeCommand::Token(TokenCommand::Create(conn)) => {
             let v = conn.call(reqwest::Method::POST, "/v1/nodes/tokens", None)?;
@@ -635,16 +833,47 @@ pub fn node(a: NodeArgs) -> Result<()> {
         NodeCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/nodes", None)?;
             conn.print(&v, |v| {
-                let mut t = table(&["NAME", "READY", "CORDONED", "CPU", "MEMORY MIB", "CAPACITY", "INSTANCES", "LABELS"]);
+                let mut t = table(&[
+                    "NAME",
+                    "READY",
+                    "CORDONED",
+                    "CPU",
+                    "MEMORY MIB",
+                    "CAPACITY",
+                    "INSTANCES",
+                    "LABELS",
+                ]);
                 for n in v.as_array().into_iter().flatten() {
-                    let labels: Vec<String> = n["node"]["labels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect();
+                    let labels: Vec<String> = n["node"]["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", s(v)))
+                        .collect();
                     t.add_row(vec![
                         s(&n["node"]["name"]),
                         s(&n["ready"]),
                         s(&n["node"]["cordoned"]),
-                        format!("{}/{}", cpus(&n["allocated"]["millicpus"]), cpus(&n["node"]["allocatable"]["millicpus"])),
-                        format!("{}/{}", s(&n["allocated"]["memory_mib"]), s(&n["node"]["allocatable"]["memory_mib"])),
-                        n["node"]["capacity"].as_object().map(|_| format!("{} CPU, {} MiB", cpus(&n["node"]["capacity"]["millicpus"]), s(&n["node"]["capacity"]["memory_mib"]))).unwrap_or_default(),
+                        format!(
+                            "{}/{}",
+                            cpus(&n["allocated"]["millicpus"]),
+                            cpus(&n["node"]["allocatable"]["millicpus"])
+                        ),
+                        format!(
+                            "{}/{}",
+                            s(&n["allocated"]["memory_mib"]),
+                            s(&n["node"]["allocatable"]["memory_mib"])
+                        ),
+                        n["node"]["capacity"]
+                            .as_object()
+                            .map(|_| {
+                                format!(
+                                    "{} CPU, {} MiB",
+                                    cpus(&n["node"]["capacity"]["millicpus"]),
+                                    s(&n["node"]["capacity"]["memory_mib"])
+                                )
+                            })
+                            .unwrap_or_default(),
                         s(&n["instances"]),
                         labels.join(","),
                     ]);
@@ -653,11 +882,19 @@ pub fn node(a: NodeArgs) -> Result<()> {
             });
         }
         NodeCommand::Cordon { name, conn } => {
-            conn.call(reqwest::Method::POST, &format!("/v1/nodes/{}/cordon", path_segment(&name)?), None)?;
+            conn.call(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/{}/cordon", path_segment(&name)?),
+                None,
+            )?;
             println!("{name}");
         }
         NodeCommand::Uncordon { name, conn } => {
-            conn.call(reqwest::Method::POST, &format!("/v1/nodes/{}/uncordon", path_segment(&name)?), None)?;
+            conn.call(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/{}/uncordon", path_segment(&name)?),
+                None,
+            )?;
             println!("{name}");
         }
     }
@@ -684,15 +921,29 @@ pub enum TenantCommand {
 }
 
 pub fn tenant(cmd: TenantCommand) -> Result<()> {
-    let TenantCommand::Create { name, cpus, memory, instances, conn } = cmd;
+    let TenantCommand::Create {
+        name,
+        cpus,
+        memory,
+        instances,
+        conn,
+    } = cmd;
     if let Some(c) = cpus {
         if !(c.is_finite() && c > 0.0) {
             bail!("--cpus {c}: more than 0");
         }
     }
-    let memory_mib = memory.as_deref().map(crate::runtime::limits::parse_memory).transpose().context("--memory")?;
+    let memory_mib = memory
+        .as_deref()
+        .map(crate::runtime::limits::parse_memory)
+        .transpose()
+        .context("--memory")?;
     let quota = json!({ "millicpus": cpus.map(|c| (c * 1000.0).round() as u64), "memory_mib": memory_mib, "instances": instances });
-    let v = conn.call(reqwest::Method::POST, "/v1/tenants", Some(json!({ "name": name, "quota": quota }).to_string()))?;
+    let v = conn.call(
+        reqwest::Method::POST,
+        "/v1/tenants",
+        Some(json!({ "name": name, "quota": quota }).to_string()),
+    )?;
     match conn.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Format::Table => println!("{}", s(&v["token"])),
@@ -724,7 +975,10 @@ pub fn tls(cmd: TlsCommand) -> Result<()> {
     let (cert_file, key_file) = (out.join("server.crt"), out.join("server.key"));
     for f in [&cert_file, &key_file] {
         if f.exists() {
-            bail!("{} exists: not overwritten (remove it, or --out another dir)", f.display());
+            bail!(
+                "{} exists: not overwritten (remove it, or --out another dir)",
+                f.display()
+            );
         }
     }
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;

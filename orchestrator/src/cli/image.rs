@@ -61,32 +61,58 @@ pub enum ImageCommand {
 /// non-root caller runs them again as root of a user namespace with its
 /// subordinate ids (see `bulkhead_images::userns`). `None`: run here.
 pub fn rerun_rootless(cmd: &ImageCommand) -> Option<Result<std::process::ExitCode>> {
-    if nix::unistd::geteuid().is_root() || !matches!(cmd, ImageCommand::Disk { .. } | ImageCommand::Gc) {
+    if nix::unistd::geteuid().is_root()
+        || !matches!(cmd, ImageCommand::Disk { .. } | ImageCommand::Gc)
+    {
         return None;
     }
     let run = || -> Result<std::process::ExitCode> {
         let dir = Store::default_dir();
         let exe = std::env::current_exe().context("find our own binary")?;
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let status = bulkhead_images::userns::rerun_inside(&exe, &args, &[("BULKHEAD_DATA", &dir)])?;
-        Ok(std::process::ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))))
+        let status =
+            bulkhead_images::userns::rerun_inside(&exe, &args, &[("BULKHEAD_DATA", &dir)])?;
+        Ok(std::process::ExitCode::from(
+            status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)),
+        ))
     };
     Some(run())
 }
 
 pub fn run(cmd: ImageCommand) -> Result<()> {
     let dir = Store::default_dir();
-    let store = Store::open(&dir).with_context(|| format!("open the image store at {} (BULKHEAD_DATA moves it)", dir.display()))?;
+    let store = Store::open(&dir).with_context(|| {
+        format!(
+            "open the image store at {} (BULKHEAD_DATA moves it)",
+            dir.display()
+        )
+    })?;
     match cmd {
-        ImageCommand::Pull { reference, insecure, creds } => {
+        ImageCommand::Pull {
+            reference,
+            insecure,
+            creds,
+        } => {
             let basic_auth = match creds {
-                Some(c) => Some(c.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).context("--creds wants USER:PASSWORD")?),
+                Some(c) => Some(
+                    c.split_once(':')
+                        .map(|(u, p)| (u.to_string(), p.to_string()))
+                        .context("--creds wants USER:PASSWORD")?,
+                ),
                 None => None,
             };
-            let opts = bulkhead_images::store::pull::PullOptions { insecure, basic_auth };
+            let opts = bulkhead_images::store::pull::PullOptions {
+                insecure,
+                basic_auth,
+            };
             let bars = indicatif::MultiProgress::new();
-            let style = indicatif::ProgressStyle::with_template("{prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            let by_blob: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>> = Default::default();
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let by_blob: std::sync::Mutex<
+                std::collections::HashMap<String, indicatif::ProgressBar>,
+            > = Default::default();
             let progress = |d: &bulkhead_images::store::Digest, done: u64, total: u64| {
                 let mut map = by_blob.lock().unwrap_or_else(|p| p.into_inner());
                 let bar = map.entry(d.to_string()).or_insert_with(|| {
@@ -97,8 +123,12 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                 });
                 bar.set_position(done);
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let i = rt.block_on(bulkhead_images::store::pull::pull(&store, &reference, &opts, &progress))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let i = rt.block_on(bulkhead_images::store::pull::pull(
+                &store, &reference, &opts, &progress,
+            ))?;
             for b in by_blob.lock().unwrap_or_else(|p| p.into_inner()).values() {
                 b.finish();
             }
@@ -149,7 +179,14 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Gc => {
             let r = store.gc()?;
-            eprintln!("removed {} blobs ({} MiB), {} disks, {} trees and {} stale temp entries", r.blobs_removed, r.bytes_freed >> 20, r.disks_removed, r.trees_removed, r.temp_removed);
+            eprintln!(
+                "removed {} blobs ({} MiB), {} disks, {} trees and {} stale temp entries",
+                r.blobs_removed,
+                r.bytes_freed >> 20,
+                r.disks_removed,
+                r.trees_removed,
+                r.temp_removed
+            );
         }
         ImageCommand::Disk { image, format } => {
             let d = store.resolve(&image)?;

@@ -57,7 +57,12 @@ pub(crate) struct TerminalProgress {
 
 impl TerminalProgress {
     pub(crate) fn new() -> Self {
-        Self { bar: None, started: Instant::now(), did_work: false, last_tenth: 0 }
+        Self {
+            bar: None,
+            started: Instant::now(),
+            did_work: false,
+            last_tenth: 0,
+        }
     }
 }
 
@@ -75,14 +80,20 @@ impl BuildProgress for TerminalProgress {
             let tenth = done * 10 / estimate.max(1);
             if tenth > self.last_tenth {
                 self.last_tenth = tenth;
-                eprintln!("kernel: ~{}% ({done} steps, {:.0?})", (tenth * 10).min(99), self.started.elapsed());
+                eprintln!(
+                    "kernel: ~{}% ({done} steps, {:.0?})",
+                    (tenth * 10).min(99),
+                    self.started.elapsed()
+                );
             }
             return;
         }
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new(estimate);
-            let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/~{len} {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/~{len} {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(200));
             bar

@@ -109,7 +109,12 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            let usage = !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+            let usage = !matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
             let _ = e.print();
             // Like docker: a bad `run`/`exec` flag is bulkhead's failure (125), not the workload's.
             let sub = std::env::args().nth(1).unwrap_or_default();
@@ -129,7 +134,11 @@ pub fn main() -> ExitCode {
         }
     }
     let (result, failure) = match cli.command {
-        Command::Supervise { data, notify_fd, id } => return crate::runtime::supervisor::main(data, id, notify_fd),
+        Command::Supervise {
+            data,
+            notify_fd,
+            id,
+        } => return crate::runtime::supervisor::main(data, id, notify_fd),
         Command::Run(a) => (run::run(*a), run::EXIT_BULKHEAD),
         Command::Exec(a) => (workloads::exec(a), run::EXIT_BULKHEAD),
         Command::Ps(a) => (workloads::ps(a), 1),
@@ -151,7 +160,12 @@ pub fn main() -> ExitCode {
         Command::Tenant(cmd) => (cluster::tenant(cmd).map(|()| 0), 1),
         Command::Tls(cmd) => (cluster::tls(cmd).map(|()| 0), 1),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "bulkhead", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bulkhead",
+                &mut std::io::stdout(),
+            );
             (Ok(0), 1)
         }
     };

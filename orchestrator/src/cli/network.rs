@@ -64,7 +64,12 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
         NetworkCommand::Ls { format } => {
             let nets = store::networks(&st)?;
             let leases = store::leases(&st)?;
-            let count = |name: &str| leases.iter().filter(|l| l.attachment.network == name).count();
+            let count = |name: &str| {
+                leases
+                    .iter()
+                    .filter(|l| l.attachment.network == name)
+                    .count()
+            };
             if format == OutputFormat::Json {
                 let v: Vec<_> = nets
                     .iter()
@@ -77,13 +82,23 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
             t.load_preset(comfy_table::presets::NOTHING);
             t.set_header(["NAME", "BRIDGE", "SUBNET", "GATEWAY", "TENANT", "WORKLOADS"]);
             for n in &nets {
-                t.add_row([n.name.clone(), n.bridge.clone(), n.subnet.to_string(), n.gateway().to_string(), n.tenant.clone().unwrap_or_default(), count(&n.name).to_string()]);
+                t.add_row([
+                    n.name.clone(),
+                    n.bridge.clone(),
+                    n.subnet.to_string(),
+                    n.gateway().to_string(),
+                    n.tenant.clone().unwrap_or_default(),
+                    count(&n.name).to_string(),
+                ]);
             }
             println!("{t}");
         }
         NetworkCommand::Inspect { name } => {
             let n = store::network(&st, &name)?;
-            let leases: Vec<_> = store::leases(&st)?.into_iter().filter(|l| l.attachment.network == name).collect();
+            let leases: Vec<_> = store::leases(&st)?
+                .into_iter()
+                .filter(|l| l.attachment.network == name)
+                .collect();
             let attachments: Vec<_> = leases.iter().map(|l| l.attachment.clone()).collect();
             let policy = store::host_policy(&st)?;
             let workloads: Vec<_> = leases
@@ -136,7 +151,11 @@ pub fn system(cmd: SystemCommand) -> Result<()> {
         SystemCommand::Prune => {
             need_root("system prune")?;
             let mut removed = lifecycle::sweep(&state())?;
-            removed.extend(lifecycle::check_walls(&state())?.into_iter().map(|w| format!("(restored {w})")));
+            removed.extend(
+                lifecycle::check_walls(&state())?
+                    .into_iter()
+                    .map(|w| format!("(restored {w})")),
+            );
             for r in &removed {
                 match r.strip_prefix('(') {
                     Some(note) => println!("{}", note.trim_end_matches(')')),

@@ -16,7 +16,9 @@ use crate::network::store::{self, Want};
 use crate::network::{lifecycle, Publish};
 use crate::runtime::attach::Request;
 use crate::runtime::paths::{self, Paths};
-use crate::runtime::record::{now_ms, write_json, Jail, Record, RuntimeKind, VmFiles, WorkloadConfig};
+use crate::runtime::record::{
+    now_ms, write_json, Jail, Record, RuntimeKind, VmFiles, WorkloadConfig,
+};
 use crate::runtime::state::State;
 use crate::runtime::{client, container};
 
@@ -24,7 +26,9 @@ use crate::runtime::{client, container};
 pub const EXIT_BULKHEAD: u8 = 125;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: the workload's (128+N when killed by signal N); 125 when bulkhead itself failed, 126 when the command cannot be executed, 127 when it is not found.")]
+#[command(
+    after_help = "Exit status: the workload's (128+N when killed by signal N); 125 when bulkhead itself failed, 126 when the command cannot be executed, 127 when it is not found."
+)]
 pub struct RunArgs {
     /// Run in the background and print the workload's id.
     #[arg(short, long)]
@@ -122,7 +126,9 @@ impl RunArgs {
             not_yet.push("-v/--volume and --mount (volumes are not supported yet)");
         }
         if self.privileged {
-            not_yet.push("--privileged (not supported: it would undo the isolation bulkhead exists for)");
+            not_yet.push(
+                "--privileged (not supported: it would undo the isolation bulkhead exists for)",
+            );
         }
         if self.restart.is_some() {
             not_yet.push("--restart (restart policies belong to `bulkhead deploy`, not built yet)");
@@ -142,8 +148,14 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         }
     }
     let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
-    name.parse::<nix::sys::signal::Signal>().map(|s| s as i32).map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
 }
 
 /// Image config + env files + flags -> the process to run.
@@ -151,8 +163,16 @@ fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<Proc
     let rc = &img.config.config;
     let mut spec = rc.process_spec();
     spec.args = match &a.entrypoint {
-        Some(e) => std::iter::once(e.clone()).chain(a.command.iter().cloned()).collect(),
-        None if !a.command.is_empty() => rc.entrypoint.iter().flatten().cloned().chain(a.command.iter().cloned()).collect(),
+        Some(e) => std::iter::once(e.clone())
+            .chain(a.command.iter().cloned())
+            .collect(),
+        None if !a.command.is_empty() => rc
+            .entrypoint
+            .iter()
+            .flatten()
+            .cloned()
+            .chain(a.command.iter().cloned())
+            .collect(),
         None => spec.args,
     };
     if spec.args.is_empty() || spec.args[0].is_empty() {
@@ -160,8 +180,14 @@ fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<Proc
     }
     let mut extra = Vec::new();
     for f in &a.env_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("--env-file {}", f.display()))?;
-        extra.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("--env-file {}", f.display()))?;
+        extra.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
     }
     extra.extend(a.env.iter().cloned());
     for e in extra {
@@ -176,7 +202,8 @@ fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<Proc
         if key.is_empty() {
             bail!("-e {kv:?}: empty variable name");
         }
-        spec.env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        spec.env
+            .retain(|x| x.split('=').next() != Some(key.as_str()));
         spec.env.push(kv);
     }
     if let Some(w) = &a.workdir {
@@ -198,8 +225,20 @@ fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<Proc
 pub(crate) fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("find our own binary")?;
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let candidates = [dir.join("../x86_64-unknown-linux-gnu/release").join(name), dir.join(name)];
-    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| format!("no {name} next to {} (build it: `make static`)", exe.display()))
+    let candidates = [
+        dir.join("../x86_64-unknown-linux-gnu/release").join(name),
+        dir.join(name),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no {name} next to {} (build it: `make static`)",
+                exe.display()
+            )
+        })
 }
 
 fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<VmFiles> {
@@ -216,16 +255,33 @@ fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<
             Err(_) => {
                 eprintln!("the guest kernel is not built yet: building it once (minutes; cached)");
                 let mut progress = super::kernel::TerminalProgress::new();
-                bulkhead_images::kernel::build(&Default::default(), &mut progress).context("build the guest kernel (`bulkhead kernel build` shows more)")?.vmlinux
+                bulkhead_images::kernel::build(&Default::default(), &mut progress)
+                    .context("build the guest kernel (`bulkhead kernel build` shows more)")?
+                    .vmlinux
             }
         },
     };
     let agent = binary("bulkhead-agent")?;
-    let initrd = bulkhead_images::agent_initramfs::cached(&agent).context("the agent's initramfs")?;
-    let disk = rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}")).context("the image's root disk")?;
+    let initrd =
+        bulkhead_images::agent_initramfs::cached(&agent).context("the agent's initramfs")?;
+    let disk = rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}"))
+        .context("the image's root disk")?;
     let real = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
-    let jail = Jail { jailer: real(binary("bulkhead-jailer")?)?, chroot_base: Paths::jail_base(), uid: 0, gid: 0, ids: jail_ids()? };
-    Ok(VmFiles { vmm: real(binary("bulkhead-vmm")?)?, kernel: real(kernel)?, initrd: real(initrd)?, disk: real(disk)?, flavor: Default::default(), jail: Some(jail) })
+    let jail = Jail {
+        jailer: real(binary("bulkhead-jailer")?)?,
+        chroot_base: Paths::jail_base(),
+        uid: 0,
+        gid: 0,
+        ids: jail_ids()?,
+    };
+    Ok(VmFiles {
+        vmm: real(binary("bulkhead-vmm")?)?,
+        kernel: real(kernel)?,
+        initrd: real(initrd)?,
+        disk: real(disk)?,
+        flavor: Default::default(),
+        jail: Some(jail),
+    })
 }
 
 /// The uids (and gids, the same numbers) jailed VMMs run as: one each,
@@ -235,7 +291,12 @@ fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<
 pub const DEFAULT_JAIL_IDS: (u32, u32) = (2_000_000_000, 2_000_065_535);
 
 fn jail_ids() -> Result<(u32, u32)> {
-    let Some(v) = std::env::var("BULKHEAD_JAIL_IDS").ok().filter(|v| !v.is_empty()) else { return Ok(DEFAULT_JAIL_IDS) };
+    let Some(v) = std::env::var("BULKHEAD_JAIL_IDS")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(DEFAULT_JAIL_IDS);
+    };
     parse_jail_ids(&v).with_context(|| format!("BULKHEAD_JAIL_IDS={v:?}: FIRST-LAST, 0 < FIRST <= LAST < 4294967295 (e.g. 2000000000-2000065535)"))
 }
 
@@ -252,14 +313,26 @@ pub fn data_dir() -> PathBuf {
 /// Starts the supervisor for `id` and waits for its first word: `ok`, or
 /// `err MESSAGE` (it ended already).
 fn spawn_supervisor(data: &Path, id: &str) -> Result<std::result::Result<(), String>> {
-    let (read_end, write_end): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let fd = write_end.as_raw_fd();
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("__supervise").arg("--data").arg(data).args(["--notify-fd", "3", id]);
-    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.arg("__supervise")
+        .arg("--data")
+        .arg(data)
+        .args(["--notify-fd", "3", id]);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     // SAFETY: dup2 is async-signal-safe; it puts our pipe end at fd 3 (without CLOEXEC) for the child.
     unsafe {
-        cmd.pre_exec(move || if libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
     }
     let status = cmd.status().context("start the supervisor")?;
     drop(write_end);
@@ -272,7 +345,10 @@ fn spawn_supervisor(data: &Path, id: &str) -> Result<std::result::Result<(), Str
     Ok(match first.as_str() {
         "ok" => Ok(()),
         "" => Err("the supervisor died before it started the workload".into()),
-        other => Err(other.strip_prefix("err ").unwrap_or(other).replace("\\n", "\n")),
+        other => Err(other
+            .strip_prefix("err ")
+            .unwrap_or(other)
+            .replace("\\n", "\n")),
     })
 }
 
@@ -283,16 +359,29 @@ pub fn run(a: RunArgs) -> Result<u8> {
         bail!("`bulkhead run` needs root for now (KVM, TAP devices, overlay mounts, OCI runtimes)");
     }
     let data = data_dir();
-    let store = Store::open(&data).with_context(|| format!("open the image store at {}", data.display()))?;
-    let manifest = store.resolve(&a.image).with_context(|| format!("image {:?} (pull or import it first: `bulkhead image pull|import`)", a.image))?;
+    let store = Store::open(&data)
+        .with_context(|| format!("open the image store at {}", data.display()))?;
+    let manifest = store.resolve(&a.image).with_context(|| {
+        format!(
+            "image {:?} (pull or import it first: `bulkhead image pull|import`)",
+            a.image
+        )
+    })?;
     let img = store.image(&manifest)?;
     let process = process_spec(&img, &a)?;
     let stop_signal = match img.config.config.stop_signal.as_deref() {
-        Some(s) if !s.is_empty() => parse_signal(s).with_context(|| format!("the image's StopSignal {s:?}"))?,
+        Some(s) if !s.is_empty() => {
+            parse_signal(s).with_context(|| format!("the image's StopSignal {s:?}"))?
+        }
         _ => libc::SIGTERM,
     };
     // Checked for the runtime before anything is made (the VMM's own bounds for a microVM).
-    let memory_mib = a.memory.as_deref().map(|m| crate::runtime::limits::memory_for(a.runtime, m)).transpose().context("--memory")?;
+    let memory_mib = a
+        .memory
+        .as_deref()
+        .map(|m| crate::runtime::limits::memory_for(a.runtime, m))
+        .transpose()
+        .context("--memory")?;
     if let Some(c) = a.cpus {
         if !(c > 0.0 && c <= 64.0) {
             bail!("--cpus {c}: between 0 and 64");
@@ -305,7 +394,8 @@ pub fn run(a: RunArgs) -> Result<u8> {
                 if a.network != crate::network::NONE {
                     bail!("another VMM runs with --network none only");
                 }
-                files.vmm = std::fs::canonicalize(other).with_context(|| format!("the other VMM {}", other.display()))?;
+                files.vmm = std::fs::canonicalize(other)
+                    .with_context(|| format!("the other VMM {}", other.display()))?;
                 files.flavor = crate::runtime::record::VmmFlavor::Firecracker;
             }
             Some(files)
@@ -315,23 +405,35 @@ pub fn run(a: RunArgs) -> Result<u8> {
                 if r != "crun" && r != "runc" {
                     bail!("--oci-runtime {r:?}: crun or runc");
                 }
-                container::which(r).with_context(|| format!("{r} is not installed (apt-get install {r})"))?;
+                container::which(r)
+                    .with_context(|| format!("{r} is not installed (apt-get install {r})"))?;
             } else if container::default_oci_runtime().is_none() {
                 bail!("--runtime container needs crun or runc: apt-get install crun (or runc)");
             }
             None
         }
     };
-    let ports = a.publish.iter().map(|p| Publish::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| Publish::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
     if a.network == crate::network::NONE && !ports.is_empty() {
         bail!("-p needs a network: --network none has loopback only");
     }
-    let allow_egress = a.allow_egress.iter().map(|c| crate::network::egress::parse_allow(c)).collect::<Result<Vec<_>, _>>()?;
+    let allow_egress = a
+        .allow_egress
+        .iter()
+        .map(|c| crate::network::egress::parse_allow(c))
+        .collect::<Result<Vec<_>, _>>()?;
     if a.network == crate::network::NONE && !allow_egress.is_empty() {
         bail!("--allow-egress needs a network: --network none has loopback only");
     }
     if allow_egress.len() > crate::network::egress::MAX_ALLOWS {
-        bail!("--allow-egress: at most {} of them", crate::network::egress::MAX_ALLOWS);
+        bail!(
+            "--allow-egress: at most {} of them",
+            crate::network::egress::MAX_ALLOWS
+        );
     }
     for (i, p) in ports.iter().enumerate() {
         if let Some(q) = ports[..i].iter().find(|q| q.clashes(p)) {
@@ -360,14 +462,31 @@ pub fn run(a: RunArgs) -> Result<u8> {
             drop(crate::network::host::bind_port(port)?);
         }
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        Some(Want { network: a.network.clone(), ports, nameservers: crate::network::nameservers(&resolv), allow_egress })
+        Some(Want {
+            network: a.network.clone(),
+            ports,
+            nameservers: crate::network::nameservers(&resolv),
+            allow_egress,
+        })
     };
     let id = paths::new_id()?;
     let name = match &a.name {
         Some(n) if paths::valid_name(n) => n.clone(),
-        Some(n) => bail!("--name {n:?}: letters, digits, '_', '.', '-', starting with a letter or digit"),
+        Some(n) => {
+            bail!("--name {n:?}: letters, digits, '_', '.', '-', starting with a letter or digit")
+        }
         None => {
-            let base: String = a.image.rsplit('/').next().unwrap_or("w").split([':', '@']).next().unwrap_or("w").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            let base: String = a
+                .image
+                .rsplit('/')
+                .next()
+                .unwrap_or("w")
+                .split([':', '@'])
+                .next()
+                .unwrap_or("w")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
             format!("{}-{}", if base.is_empty() { "w" } else { &base }, &id[..8])
         }
     };
@@ -387,15 +506,31 @@ pub fn run(a: RunArgs) -> Result<u8> {
         vm,
         network: None,
         created_ms: now_ms(),
-        fencing: a.fence_deadline_file.as_ref().map(|f| crate::runtime::fencing::Fencing { deadline_file: f.clone(), kill_after_ms: a.fence_kill_after_ms }),
+        fencing: a
+            .fence_deadline_file
+            .as_ref()
+            .map(|f| crate::runtime::fencing::Fencing {
+                deadline_file: f.clone(),
+                kill_after_ms: a.fence_kill_after_ms,
+            }),
     };
     let dir = p.workload_dir(&id);
     // Configs, logs and writable layers: closed to other users.
-    bulkhead_images::private::dir(&p.data().join("workloads")).and_then(|()| bulkhead_images::private::dir(&dir)).with_context(|| format!("create {}", dir.display()))?;
-    let mut rec = Record { config: cfg, running: None, exit: None };
+    bulkhead_images::private::dir(&p.data().join("workloads"))
+        .and_then(|()| bulkhead_images::private::dir(&dir))
+        .with_context(|| format!("create {}", dir.display()))?;
+    let mut rec = Record {
+        config: cfg,
+        running: None,
+        exit: None,
+    };
     // The record and its address lease in one transaction; then the config
     // (with the address) for the supervisor.
-    let inserted = store::insert_workload(&state, &mut rec, want.as_ref()).map_err(anyhow::Error::from).and_then(|()| write_json(&dir.join("config.json"), &rec.config).map_err(anyhow::Error::from));
+    let inserted = store::insert_workload(&state, &mut rec, want.as_ref())
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            write_json(&dir.join("config.json"), &rec.config).map_err(anyhow::Error::from)
+        });
     if let Err(e) = inserted {
         let _ = state.remove(&id);
         let _ = std::fs::remove_dir_all(&dir);
@@ -409,7 +544,11 @@ pub fn run(a: RunArgs) -> Result<u8> {
                 Ok(0)
             }
             Err(e) => {
-                let code = state.get(&id).ok().and_then(|r| r.exit.map(|x| x.code)).unwrap_or(125);
+                let code = state
+                    .get(&id)
+                    .ok()
+                    .and_then(|r| r.exit.map(|x| x.code))
+                    .unwrap_or(125);
                 eprintln!("bulkhead: {e}");
                 Ok(u8::try_from(code).unwrap_or(EXIT_BULKHEAD))
             }
@@ -418,10 +557,20 @@ pub fn run(a: RunArgs) -> Result<u8> {
     if let Err(e) = started {
         bail!("{e}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = rt.block_on(async {
         let s = client::connect(&Paths::ctl_socket(&id)).await?;
-        client::session(s, &Request::Attach { stdin: a.interactive }, a.interactive, a.tty).await
+        client::session(
+            s,
+            &Request::Attach {
+                stdin: a.interactive,
+            },
+            a.interactive,
+            a.tty,
+        )
+        .await
     });
     rt.shutdown_background();
     let report = report?;
@@ -430,7 +579,8 @@ pub fn run(a: RunArgs) -> Result<u8> {
     }
     if let Some(path) = &a.timeline_json {
         let json = serde_json::json!({"code": report.code, "timeline": report.timeline});
-        std::fs::write(path, json.to_string()).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, json.to_string())
+            .with_context(|| format!("write {}", path.display()))?;
     }
     if a.timing {
         let end = now_ms();
@@ -451,10 +601,23 @@ mod tests {
         assert_eq!(parse_signal("KILL").ok(), Some(9));
         assert_eq!(parse_signal("sigterm").ok(), Some(15));
         assert_eq!(parse_signal("2").ok(), Some(2));
-        assert!(parse_signal("0").is_err() && parse_signal("NOPE").is_err() && parse_signal("65").is_err());
+        assert!(
+            parse_signal("0").is_err()
+                && parse_signal("NOPE").is_err()
+                && parse_signal("65").is_err()
+        );
         assert_eq!(parse_jail_ids("5-9"), Some((5, 9)));
         assert_eq!(parse_jail_ids("7-7"), Some((7, 7)));
-        for bad in ["", "5", "9-5", "0-10", "-1-5", "a-b", "1-4294967295", "1-99999999999"] {
+        for bad in [
+            "",
+            "5",
+            "9-5",
+            "0-10",
+            "-1-5",
+            "a-b",
+            "1-4294967295",
+            "1-99999999999",
+        ] {
             assert_eq!(parse_jail_ids(bad), None, "{bad}");
         }
     }

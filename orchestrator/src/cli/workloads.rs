@@ -20,7 +20,9 @@ fn state() -> State {
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,7 +51,17 @@ pub(crate) fn ago(ms: u64) -> String {
 }
 
 fn ports(r: &Record) -> String {
-    r.config.network.as_ref().map(|n| n.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    r.config
+        .network
+        .as_ref()
+        .map(|n| {
+            n.ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn summary(r: &Record) -> serde_json::Value {
@@ -68,14 +80,22 @@ fn summary(r: &Record) -> serde_json::Value {
 
 pub fn ps(a: PsArgs) -> Result<u8> {
     let all = state().list()?;
-    let shown: Vec<&Record> = all.iter().filter(|r| a.all || r.status().is_live()).collect();
+    let shown: Vec<&Record> = all
+        .iter()
+        .filter(|r| a.all || r.status().is_live())
+        .collect();
     if a.format == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&shown.iter().map(|r| summary(r)).collect::<Vec<_>>())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&shown.iter().map(|r| summary(r)).collect::<Vec<_>>())?
+        );
         return Ok(0);
     }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["ID", "NAME", "IMAGE", "RUNTIME", "COMMAND", "CREATED", "STATUS", "PORTS"]);
+    t.set_header([
+        "ID", "NAME", "IMAGE", "RUNTIME", "COMMAND", "CREATED", "STATUS", "PORTS",
+    ]);
     for r in shown {
         let mut cmd = r.config.process.args.join(" ");
         if cmd.len() > 30 {
@@ -85,7 +105,16 @@ pub fn ps(a: PsArgs) -> Result<u8> {
         if let Some(first) = status.lines().next() {
             status = first.chars().take(60).collect();
         }
-        t.add_row([paths::short(&r.config.id).to_string(), r.config.name.clone(), r.config.image.clone(), r.config.runtime.to_string(), cmd, ago(r.config.created_ms), status, ports(r)]);
+        t.add_row([
+            paths::short(&r.config.id).to_string(),
+            r.config.name.clone(),
+            r.config.image.clone(),
+            r.config.runtime.to_string(),
+            cmd,
+            ago(r.config.created_ms),
+            status,
+            ports(r),
+        ]);
     }
     println!("{t}");
     Ok(0)
@@ -125,12 +154,27 @@ pub fn logs(a: LogsArgs) -> Result<u8> {
     // rotation, or exit.json (then drain and stop).
     let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC)?;
     use nix::sys::inotify::AddWatchFlags as W;
-    ino.add_watch(&dir, W::IN_MODIFY | W::IN_CREATE | W::IN_MOVED_TO | W::IN_DELETE_SELF)?;
-    let mut pos = f.as_mut().map(|f| f.stream_position()).transpose()?.unwrap_or(0);
+    ino.add_watch(
+        &dir,
+        W::IN_MODIFY | W::IN_CREATE | W::IN_MOVED_TO | W::IN_DELETE_SELF,
+    )?;
+    let mut pos = f
+        .as_mut()
+        .map(|f| f.stream_position())
+        .transpose()?
+        .unwrap_or(0);
     loop {
-        let done = dir.join("exit.json").exists() || !dir.exists() || st.get(&r.config.id).map(|r| !r.status().is_live()).unwrap_or(true);
+        let done = dir.join("exit.json").exists()
+            || !dir.exists()
+            || st
+                .get(&r.config.id)
+                .map(|r| !r.status().is_live())
+                .unwrap_or(true);
         // Rotated: start over on the new file.
-        if std::fs::metadata(&log).map(|m| m.len() < pos).unwrap_or(false) {
+        if std::fs::metadata(&log)
+            .map(|m| m.len() < pos)
+            .unwrap_or(false)
+        {
             pos = 0;
         }
         if let Ok(mut f) = std::fs::File::open(&log) {
@@ -145,7 +189,10 @@ pub fn logs(a: LogsArgs) -> Result<u8> {
             return Ok(0);
         }
         // Bounded wait, so a supervisor that died without writing still ends us.
-        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&ino), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&ino),
+            nix::poll::PollFlags::POLLIN,
+        )];
         if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16))? > 0 {
             let _ = ino.read_events();
         }
@@ -185,7 +232,15 @@ pub fn exec(a: ExecArgs) -> Result<u8> {
         env.retain(|x| x.split('=').next() != Some(key));
         env.push(e.clone());
     }
-    let process = ProcessSpec { args: a.command.clone(), env, cwd: a.workdir.clone().or(r.config.process.cwd.clone()), user: a.user.clone().or(r.config.process.user.clone()), tty: a.tty, stdin: a.interactive, ..Default::default() };
+    let process = ProcessSpec {
+        args: a.command.clone(),
+        env,
+        cwd: a.workdir.clone().or(r.config.process.cwd.clone()),
+        user: a.user.clone().or(r.config.process.user.clone()),
+        tty: a.tty,
+        stdin: a.interactive,
+        ..Default::default()
+    };
     let rt = rt()?;
     let report = rt.block_on(async {
         let s = client::connect(&Paths::ctl_socket(&r.config.id)).await?;
@@ -214,7 +269,10 @@ pub fn stop(a: StopArgs) -> Result<u8> {
     for n in &a.names {
         let r = st.get(n)?;
         if r.status() == Status::Running {
-            rt.block_on(client::request(&Paths::ctl_socket(&r.config.id), &Request::Stop { timeout_s: a.time }))?;
+            rt.block_on(client::request(
+                &Paths::ctl_socket(&r.config.id),
+                &Request::Stop { timeout_s: a.time },
+            ))?;
         }
         println!("{n}");
     }
@@ -237,7 +295,10 @@ pub fn kill(a: KillArgs) -> Result<u8> {
     for n in &a.names {
         let r = st.get(n)?;
         running(&r)?;
-        rt.block_on(client::request(&Paths::ctl_socket(&r.config.id), &Request::Signal { signal: sig }))?;
+        rt.block_on(client::request(
+            &Paths::ctl_socket(&r.config.id),
+            &Request::Signal { signal: sig },
+        ))?;
         println!("{n}");
     }
     Ok(0)
@@ -255,9 +316,14 @@ pub struct RmArgs {
 /// Blocks until `p` has exited (pidfd poll), at most `limit`.
 fn wait_gone(p: &crate::runtime::procs::ProcId, limit: Duration) -> bool {
     let Some(fd) = p.pidfd() else { return true };
-    let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fd), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&fd),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
-    nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).map(|n| n > 0).unwrap_or(false)
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms))
+        .map(|n| n > 0)
+        .unwrap_or(false)
 }
 
 pub fn rm(a: RmArgs) -> Result<u8> {
@@ -268,14 +334,19 @@ pub fn rm(a: RmArgs) -> Result<u8> {
         if status.is_live() || matches!(&status, Status::Failed(_)) && r.exit.is_none() {
             if !a.force {
                 if status.is_live() {
-                    bail!("{} is {status}: stop it first, or `bulkhead rm -f`", r.config.name);
+                    bail!(
+                        "{} is {status}: stop it first, or `bulkhead rm -f`",
+                        r.config.name
+                    );
                 }
                 bail!("{} may have processes left ({status}): `bulkhead rm -f` kills them and removes it", r.config.name);
             }
             force_end(&r);
         }
-        crate::network::lifecycle::detach(&st, &r.config.id).with_context(|| format!("remove the network of {}", r.config.name))?;
-        remove_files(st.paths(), &r.config.id).with_context(|| format!("remove the files of {}", r.config.name))?;
+        crate::network::lifecycle::detach(&st, &r.config.id)
+            .with_context(|| format!("remove the network of {}", r.config.name))?;
+        remove_files(st.paths(), &r.config.id)
+            .with_context(|| format!("remove the files of {}", r.config.name))?;
         st.remove(&r.config.id)?;
         println!("{n}");
     }
@@ -288,7 +359,12 @@ fn force_end(r: &Record) {
     let sup = r.running.as_ref().map(|x| x.supervisor);
     if let Some(s) = sup.filter(|s| s.alive()) {
         if let Ok(rt) = rt() {
-            let _ = rt.block_on(client::request(&Paths::ctl_socket(&r.config.id), &Request::Signal { signal: libc::SIGKILL }));
+            let _ = rt.block_on(client::request(
+                &Paths::ctl_socket(&r.config.id),
+                &Request::Signal {
+                    signal: libc::SIGKILL,
+                },
+            ));
         }
         if !wait_gone(&s, Duration::from_secs(30)) {
             s.signal(libc::SIGKILL);
@@ -302,7 +378,11 @@ fn force_end(r: &Record) {
     }
     if r.config.runtime == crate::runtime::record::RuntimeKind::Container {
         for rt in ["crun", "runc"] {
-            let _ = std::process::Command::new(rt).args(["delete", "-f", &r.config.id]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+            let _ = std::process::Command::new(rt)
+                .args(["delete", "-f", &r.config.id])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }

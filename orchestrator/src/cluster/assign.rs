@@ -15,7 +15,10 @@ use super::backoff::BackoffPolicy;
 use super::reconcile::{self, Action, Seen, Timing};
 use super::schedule::Quota;
 use super::spec::ServiceSpec;
-use super::state::{decode, encode, instance_key, service_key, status_key, Cluster, Instance, InstanceState, InstanceStatus, ServiceRecord, StateError};
+use super::state::{
+    decode, encode, instance_key, service_key, status_key, Cluster, Instance, InstanceState,
+    InstanceStatus, ServiceRecord, StateError,
+};
 use super::store::{Compare, Op, StoreError};
 
 /// One instance a node must run.
@@ -63,11 +66,22 @@ impl Cluster {
         for i in self.instances(None)?.into_iter().filter(|i| i.node == node) {
             let key = (i.tenant.clone(), i.service.clone());
             if !specs.contains_key(&key) {
-                let spec = self.store.get(&service_key(&i.tenant, &i.service))?.map(|e| decode::<ServiceRecord>(&e)).transpose()?.map(|r| r.spec);
+                let spec = self
+                    .store
+                    .get(&service_key(&i.tenant, &i.service))?
+                    .map(|e| decode::<ServiceRecord>(&e))
+                    .transpose()?
+                    .map(|r| r.spec);
                 specs.insert(key.clone(), spec);
             }
             if let Some(Some(spec)) = specs.get(&key) {
-                out.push(Assignment { tenant: i.tenant, service: i.service, index: i.index, fence: i.fence, spec: spec.clone() });
+                out.push(Assignment {
+                    tenant: i.tenant,
+                    service: i.service,
+                    index: i.index,
+                    fence: i.fence,
+                    spec: spec.clone(),
+                });
             }
         }
         Ok(out)
@@ -76,11 +90,19 @@ impl Cluster {
     /// Applies `node`'s reports at `now_ms`; returns how many changed
     /// something. Reports about other nodes' instances or old fences are
     /// ignored (a partitioned node coming back changes nothing).
-    pub fn report(&self, node: &str, reports: &[Report], now_ms: u64, backoff: &BackoffPolicy) -> Result<usize, StateError> {
+    pub fn report(
+        &self,
+        node: &str,
+        reports: &[Report],
+        now_ms: u64,
+        backoff: &BackoffPolicy,
+    ) -> Result<usize, StateError> {
         let mut changed = 0;
         for r in reports {
             let key = instance_key(&r.tenant, &r.service, r.index);
-            let Some(e) = self.store.get(&key)? else { continue };
+            let Some(e) = self.store.get(&key)? else {
+                continue;
+            };
             let inst: Instance = decode(&e)?;
             if e.revision != r.fence || inst.node != node {
                 continue;
@@ -90,19 +112,30 @@ impl Cluster {
             let mut st: InstanceStatus = old.as_ref().map(decode).transpose()?.unwrap_or_default();
             let current = st.fence == r.fence;
             match r.observed {
-                Observed::Running if current && st.state == Some(InstanceState::Running) => continue,
+                Observed::Running if current && st.state == Some(InstanceState::Running) => {
+                    continue
+                }
                 Observed::Running => {
                     st.state = Some(InstanceState::Running);
                     st.started_ms = Some(now_ms);
                     st.exited_ms = None;
                     st.last_exit = None;
                 }
-                Observed::Exited { .. } if current && st.state == Some(InstanceState::Exited) => continue,
+                Observed::Exited { .. } if current && st.state == Some(InstanceState::Exited) => {
+                    continue
+                }
                 Observed::Exited { code } => {
-                    let Some(svc) = self.store.get(&service_key(&r.tenant, &r.service))? else { continue };
+                    let Some(svc) = self.store.get(&service_key(&r.tenant, &r.service))? else {
+                        continue;
+                    };
                     let svc: ServiceRecord = decode(&svc)?;
-                    let started = if current { st.started_ms.unwrap_or(now_ms) } else { now_ms };
-                    st.restarts.ended(svc.spec.restart, backoff, code, started, now_ms);
+                    let started = if current {
+                        st.started_ms.unwrap_or(now_ms)
+                    } else {
+                        now_ms
+                    };
+                    st.restarts
+                        .ended(svc.spec.restart, backoff, code, started, now_ms);
                     st.state = Some(InstanceState::Exited);
                     st.last_exit = Some(code);
                     st.exited_ms = Some(now_ms);
@@ -113,7 +146,10 @@ impl Cluster {
                 Some(o) => Compare::Revision(skey.clone(), o.revision),
                 None => Compare::Absent(skey.clone()),
             };
-            match self.store.txn(&[Compare::Revision(key, r.fence), status_guard], &[Op::Put(skey, encode(&st))]) {
+            match self.store.txn(
+                &[Compare::Revision(key, r.fence), status_guard],
+                &[Op::Put(skey, encode(&st))],
+            ) {
                 Ok(_) => changed += 1,
                 Err(StoreError::Conflict(_)) => {} // reassigned meanwhile: the report is stale
                 Err(e) => return Err(e.into()),
@@ -124,8 +160,20 @@ impl Cluster {
 
     /// One reconciler pass at `now_ms`: reads everything, decides, applies.
     pub fn reconcile_pass(&self, now_ms: u64, timing: &Timing) -> Result<Pass, StateError> {
-        let services: Vec<ServiceRecord> = self.store.list("/services/")?.iter().map(decode).collect::<Result<_, _>>()?;
-        let seen: Vec<Seen> = self.instances_with_status(None)?.into_iter().map(|(instance, st)| Seen { instance, restarts: st.restarts }).collect();
+        let services: Vec<ServiceRecord> = self
+            .store
+            .list("/services/")?
+            .iter()
+            .map(decode)
+            .collect::<Result<_, _>>()?;
+        let seen: Vec<Seen> = self
+            .instances_with_status(None)?
+            .into_iter()
+            .map(|(instance, st)| Seen {
+                instance,
+                restarts: st.restarts,
+            })
+            .collect();
         let mut heartbeats = BTreeMap::new();
         for (n, _) in self.nodes()? {
             let at = self.last_heartbeat_ms(&n.name)?;
@@ -147,32 +195,90 @@ impl Cluster {
 
     fn apply(&self, a: &Action, ready_after_ms: u64) -> Result<(), StateError> {
         match a {
-            Action::Place { tenant, service, count } => {
-                let e = self.store.get(&service_key(tenant, service))?.ok_or_else(|| StateError::NoService(service.clone()))?;
+            Action::Place {
+                tenant,
+                service,
+                count,
+            } => {
+                let e = self
+                    .store
+                    .get(&service_key(tenant, service))?
+                    .ok_or_else(|| StateError::NoService(service.clone()))?;
                 let record: ServiceRecord = decode(&e)?;
-                let quota = self.tenant(tenant).map(|t| t.quota).unwrap_or_else(|_| Quota::default());
-                let next = self.store.list(&format!("/instances/{tenant}/{service}/"))?.iter().map(decode::<Instance>).collect::<Result<Vec<_>, _>>()?.iter().map(|i| i.index + 1).max().unwrap_or(0);
+                let quota = self
+                    .tenant(tenant)
+                    .map(|t| t.quota)
+                    .unwrap_or_else(|_| Quota::default());
+                let next = self
+                    .store
+                    .list(&format!("/instances/{tenant}/{service}/"))?
+                    .iter()
+                    .map(decode::<Instance>)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .iter()
+                    .map(|i| i.index + 1)
+                    .max()
+                    .unwrap_or(0);
                 let mut guards = vec![Compare::Revision(e.key.clone(), e.revision)];
                 let mut ops = Vec::new();
-                let change = self.place_more(&record, &quota, next, *count, ready_after_ms, &mut guards, &mut ops)?;
+                let change = self.place_more(
+                    &record,
+                    &quota,
+                    next,
+                    *count,
+                    ready_after_ms,
+                    &mut guards,
+                    &mut ops,
+                )?;
                 self.commit(change, &guards, &ops, false)?;
             }
-            Action::Restart { tenant, service, index } => {
+            Action::Restart {
+                tenant,
+                service,
+                index,
+            } => {
                 let key = instance_key(tenant, service, *index);
-                let e = self.store.get(&key)?.ok_or_else(|| StateError::NoService(format!("{service}/{index}")))?;
+                let e = self
+                    .store
+                    .get(&key)?
+                    .ok_or_else(|| StateError::NoService(format!("{service}/{index}")))?;
                 let skey = status_key(tenant, service, *index);
-                let old = self.store.get(&skey)?.ok_or_else(|| StateError::Corrupt(skey.clone(), "an exited instance without its status".into()))?;
+                let old = self.store.get(&skey)?.ok_or_else(|| {
+                    StateError::Corrupt(
+                        skey.clone(),
+                        "an exited instance without its status".into(),
+                    )
+                })?;
                 let mut st: InstanceStatus = decode(&old)?;
                 st.restarts.started();
                 // Rewriting the assignment gives it a new fence: the node starts a new copy.
-                let guards = [Compare::Revision(key.clone(), e.revision), Compare::Revision(skey.clone(), old.revision)];
-                self.store.txn(&guards, &[Op::Put(key, e.value), Op::Put(skey, encode(&st))])?;
+                let guards = [
+                    Compare::Revision(key.clone(), e.revision),
+                    Compare::Revision(skey.clone(), old.revision),
+                ];
+                self.store.txn(
+                    &guards,
+                    &[Op::Put(key, e.value), Op::Put(skey, encode(&st))],
+                )?;
             }
-            Action::Remove { tenant, service, index } => {
+            Action::Remove {
+                tenant,
+                service,
+                index,
+            } => {
                 let key = instance_key(tenant, service, *index);
-                let Some(e) = self.store.get(&key)? else { return Ok(()) };
+                let Some(e) = self.store.get(&key)? else {
+                    return Ok(());
+                };
                 let (placements, bump) = self.placements_guard()?;
-                self.store.txn(&[Compare::Revision(key.clone(), e.revision), placements], &[Op::Delete(key), Op::Delete(status_key(tenant, service, *index)), bump])?;
+                self.store.txn(
+                    &[Compare::Revision(key.clone(), e.revision), placements],
+                    &[
+                        Op::Delete(key),
+                        Op::Delete(status_key(tenant, service, *index)),
+                        bump,
+                    ],
+                )?;
             }
         }
         Ok(())
@@ -189,9 +295,23 @@ mod tests {
 
     fn cluster(nodes: &[&str]) -> (tempfile::TempDir, Cluster) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let c = Cluster::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
+        let c = Cluster::new(
+            FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")),
+        );
         for n in nodes {
-            let node = Node { name: n.to_string(), labels: BTreeMap::new(), capacity: None, allocatable: Resources { millicpus: 4000, memory_mib: 4096 }, runtimes: vec![RuntimeKind::Container], cordoned: false, api: None, images: None };
+            let node = Node {
+                name: n.to_string(),
+                labels: BTreeMap::new(),
+                capacity: None,
+                allocatable: Resources {
+                    millicpus: 4000,
+                    memory_mib: 4096,
+                },
+                runtimes: vec![RuntimeKind::Container],
+                cordoned: false,
+                api: None,
+                images: None,
+            };
             c.register_node(node).unwrap_or_else(|e| panic!("{e}"));
             c.heartbeat(n, 1_000).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -200,11 +320,18 @@ mod tests {
 
     fn deploy(c: &Cluster, text: &str) {
         let s = spec::parse(text).unwrap_or_else(|e| panic!("{e}"));
-        c.deploy("t", &Quota::default(), &s, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        c.deploy("t", &Quota::default(), &s, 0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn report(a: &Assignment, observed: Observed) -> Report {
-        Report { tenant: a.tenant.clone(), service: a.service.clone(), index: a.index, fence: a.fence, observed }
+        Report {
+            tenant: a.tenant.clone(),
+            service: a.service.clone(),
+            index: a.index,
+            fence: a.fence,
+            observed,
+        }
     }
 
     /// Exit, backoff, restart with a new fence; the old fence's reports
@@ -212,28 +339,124 @@ mod tests {
     #[test]
     fn exits_restart_under_a_new_fence_and_stale_reports_change_nothing() {
         let (_d, c) = cluster(&["a"]);
-        deploy(&c, "name: job\nimage: bb\nruntime: container\nrestart: on-failure\n");
-        let backoff = BackoffPolicy { initial_ms: 1_000, cap_ms: 4_000, reset_after_ms: 60_000 };
-        let t = Timing { grace_ms: 5_000, lease_ms: 5_000, stop_ms: 1_000 };
+        deploy(
+            &c,
+            "name: job\nimage: bb\nruntime: container\nrestart: on-failure\n",
+        );
+        let backoff = BackoffPolicy {
+            initial_ms: 1_000,
+            cap_ms: 4_000,
+            reset_after_ms: 60_000,
+        };
+        let t = Timing {
+            grace_ms: 5_000,
+            lease_ms: 5_000,
+            stop_ms: 1_000,
+        };
         let first = c.assignments("a").unwrap_or_default();
         assert_eq!(first.len(), 1);
-        assert_eq!(c.report("b", &[report(&first[0], Observed::Running)], 1_000, &backoff).ok(), Some(0), "not b's instance");
-        assert_eq!(c.report("a", &[report(&first[0], Observed::Running)], 1_000, &backoff).ok(), Some(1));
-        assert_eq!(c.report("a", &[report(&first[0], Observed::Running)], 1_100, &backoff).ok(), Some(0), "nothing new");
-        assert_eq!(c.instances(None).unwrap_or_default()[0].state, InstanceState::Running);
-        assert_eq!(c.report("a", &[report(&first[0], Observed::Exited { code: 3 })], 2_000, &backoff).ok(), Some(1));
+        assert_eq!(
+            c.report(
+                "b",
+                &[report(&first[0], Observed::Running)],
+                1_000,
+                &backoff
+            )
+            .ok(),
+            Some(0),
+            "not b's instance"
+        );
+        assert_eq!(
+            c.report(
+                "a",
+                &[report(&first[0], Observed::Running)],
+                1_000,
+                &backoff
+            )
+            .ok(),
+            Some(1)
+        );
+        assert_eq!(
+            c.report(
+                "a",
+                &[report(&first[0], Observed::Running)],
+                1_100,
+                &backoff
+            )
+            .ok(),
+            Some(0),
+            "nothing new"
+        );
+        assert_eq!(
+            c.instances(None).unwrap_or_default()[0].state,
+            InstanceState::Running
+        );
+        assert_eq!(
+            c.report(
+                "a",
+                &[report(&first[0], Observed::Exited { code: 3 })],
+                2_000,
+                &backoff
+            )
+            .ok(),
+            Some(1)
+        );
         c.heartbeat("a", 2_000).unwrap_or_else(|e| panic!("{e}"));
-        assert!(c.reconcile_pass(2_500, &t).map(|p| p.applied).unwrap_or_default().is_empty(), "backoff: not before 3 s");
-        let pass = c.reconcile_pass(3_000, &t).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(pass.applied, [Action::Restart { tenant: "t".into(), service: "job".into(), index: 0 }]);
+        assert!(
+            c.reconcile_pass(2_500, &t)
+                .map(|p| p.applied)
+                .unwrap_or_default()
+                .is_empty(),
+            "backoff: not before 3 s"
+        );
+        let pass = c
+            .reconcile_pass(3_000, &t)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            pass.applied,
+            [Action::Restart {
+                tenant: "t".into(),
+                service: "job".into(),
+                index: 0
+            }]
+        );
         let second = c.assignments("a").unwrap_or_default();
         assert!(second[0].fence > first[0].fence, "a restart is a new fence");
         let i = &c.instances(None).unwrap_or_default()[0];
-        assert_eq!((i.state, i.restarts, i.last_exit), (InstanceState::Pending, 1, None));
-        assert_eq!(c.report("a", &[report(&first[0], Observed::Exited { code: 9 })], 3_100, &backoff).ok(), Some(0), "the old copy's report is stale");
-        assert_eq!(c.report("a", &[report(&second[0], Observed::Exited { code: 0 })], 3_200, &backoff).ok(), Some(1));
+        assert_eq!(
+            (i.state, i.restarts, i.last_exit),
+            (InstanceState::Pending, 1, None)
+        );
+        assert_eq!(
+            c.report(
+                "a",
+                &[report(&first[0], Observed::Exited { code: 9 })],
+                3_100,
+                &backoff
+            )
+            .ok(),
+            Some(0),
+            "the old copy's report is stale"
+        );
+        assert_eq!(
+            c.report(
+                "a",
+                &[report(&second[0], Observed::Exited { code: 0 })],
+                3_200,
+                &backoff
+            )
+            .ok(),
+            Some(1)
+        );
         c.heartbeat("a", 60_000).unwrap_or_else(|e| panic!("{e}"));
-        assert!(c.reconcile_pass(60_000, &t).map(|p| p.applied).unwrap_or_default().iter().all(|a| !matches!(a, Action::Restart { .. })), "exit 0 under on-failure stays down");
+        assert!(
+            c.reconcile_pass(60_000, &t)
+                .map(|p| p.applied)
+                .unwrap_or_default()
+                .iter()
+                .all(|a| !matches!(a, Action::Restart { .. })),
+            "exit 0 under on-failure stays down"
+        );
         assert_eq!(c.instances(None).unwrap_or_default()[0].last_exit, Some(0));
     }
 
@@ -243,9 +466,22 @@ mod tests {
     #[test]
     fn a_lost_nodes_instances_move_after_lease_and_stop_time() {
         let (_d, c) = cluster(&["a", "b"]);
-        deploy(&c, "name: web\nimage: bb\nruntime: container\nreplicas: 2\n");
-        let t = Timing { grace_ms: 2_000, lease_ms: 3_000, stop_ms: 2_000 };
-        assert_eq!((c.assignments("a").unwrap_or_default().len(), c.assignments("b").unwrap_or_default().len()), (1, 1));
+        deploy(
+            &c,
+            "name: web\nimage: bb\nruntime: container\nreplicas: 2\n",
+        );
+        let t = Timing {
+            grace_ms: 2_000,
+            lease_ms: 3_000,
+            stop_ms: 2_000,
+        };
+        assert_eq!(
+            (
+                c.assignments("a").unwrap_or_default().len(),
+                c.assignments("b").unwrap_or_default().len()
+            ),
+            (1, 1)
+        );
         let mut first = None;
         for now in (1_500..12_000).step_by(500) {
             c.heartbeat("b", now).unwrap_or_else(|e| panic!("{e}"));
@@ -258,9 +494,31 @@ mod tests {
         let (at, mut applied) = first.unwrap_or_default();
         applied.sort();
         assert_eq!(at, 6_000);
-        assert_eq!(applied, [Action::Place { tenant: "t".into(), service: "web".into(), count: 1 }, Action::Remove { tenant: "t".into(), service: "web".into(), index: 0 }]);
-        assert!(c.assignments("a").unwrap_or_default().is_empty(), "nothing left on the lost node");
-        let on_b: Vec<u32> = c.assignments("b").unwrap_or_default().iter().map(|a| a.index).collect();
+        assert_eq!(
+            applied,
+            [
+                Action::Place {
+                    tenant: "t".into(),
+                    service: "web".into(),
+                    count: 1
+                },
+                Action::Remove {
+                    tenant: "t".into(),
+                    service: "web".into(),
+                    index: 0
+                }
+            ]
+        );
+        assert!(
+            c.assignments("a").unwrap_or_default().is_empty(),
+            "nothing left on the lost node"
+        );
+        let on_b: Vec<u32> = c
+            .assignments("b")
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.index)
+            .collect();
         assert_eq!(on_b, [1, 2], "the replacement is a new instance");
     }
 }

@@ -65,7 +65,11 @@ pub struct BackoffPolicy {
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
-        BackoffPolicy { initial_ms: 10_000, cap_ms: 300_000, reset_after_ms: 600_000 }
+        BackoffPolicy {
+            initial_ms: 10_000,
+            cap_ms: 300_000,
+            reset_after_ms: 600_000,
+        }
     }
 }
 
@@ -92,7 +96,14 @@ pub fn wants_restart(policy: RestartPolicy, code: i32) -> bool {
 impl Restarts {
     /// The instance started at `started_ms` ended at `ended_ms`: when it
     /// may start again (`None`: its policy says never).
-    pub fn ended(&mut self, policy: RestartPolicy, backoff: &BackoffPolicy, code: i32, started_ms: u64, ended_ms: u64) -> Option<u64> {
+    pub fn ended(
+        &mut self,
+        policy: RestartPolicy,
+        backoff: &BackoffPolicy,
+        code: i32,
+        started_ms: u64,
+        ended_ms: u64,
+    ) -> Option<u64> {
         if !wants_restart(policy, code) {
             self.next_at_ms = None;
             return None;
@@ -100,7 +111,10 @@ impl Restarts {
         if ended_ms.saturating_sub(started_ms) >= backoff.reset_after_ms {
             self.streak = 0;
         }
-        let delay = backoff.initial_ms.saturating_mul(1u64.checked_shl(self.streak).unwrap_or(u64::MAX)).min(backoff.cap_ms);
+        let delay = backoff
+            .initial_ms
+            .saturating_mul(1u64.checked_shl(self.streak).unwrap_or(u64::MAX))
+            .min(backoff.cap_ms);
         self.streak = self.streak.saturating_add(1);
         let at = ended_ms.saturating_add(delay);
         self.next_at_ms = Some(at);
@@ -134,7 +148,9 @@ mod tests {
         for _ in 0..8 {
             let started = clock.now_ms();
             clock.advance(Duration::from_secs(1)); // it crashes after a second
-            let at = r.ended(RestartPolicy::Always, &policy, 1, started, clock.now_ms()).unwrap_or(0);
+            let at = r
+                .ended(RestartPolicy::Always, &policy, 1, started, clock.now_ms())
+                .unwrap_or(0);
             delays.push((at - clock.now_ms()) / 1000);
             assert!(!r.due(clock.now_ms()) && !r.due(at - 1));
             clock.advance(Duration::from_millis(at - clock.now_ms()));
@@ -146,25 +162,71 @@ mod tests {
         let started = clock.now_ms();
         clock.advance(Duration::from_secs(600));
         let at = r.ended(RestartPolicy::Always, &policy, 137, started, clock.now_ms());
-        assert_eq!(at, Some(clock.now_ms() + 10_000), "ten minutes up: the streak is forgotten");
+        assert_eq!(
+            at,
+            Some(clock.now_ms() + 10_000),
+            "ten minutes up: the streak is forgotten"
+        );
         let started = clock.now_ms();
         clock.advance(Duration::from_secs(599));
-        assert_eq!(r.ended(RestartPolicy::Always, &policy, 1, started, clock.now_ms()), Some(clock.now_ms() + 20_000), "a minute short of it: not");
-        assert_eq!(r.ended(RestartPolicy::OnFailure, &policy, 0, started, clock.now_ms()), None);
+        assert_eq!(
+            r.ended(RestartPolicy::Always, &policy, 1, started, clock.now_ms()),
+            Some(clock.now_ms() + 20_000),
+            "a minute short of it: not"
+        );
+        assert_eq!(
+            r.ended(
+                RestartPolicy::OnFailure,
+                &policy,
+                0,
+                started,
+                clock.now_ms()
+            ),
+            None
+        );
         assert_eq!(r.next_at_ms, None);
-        assert!(r.ended(RestartPolicy::OnFailure, &policy, 3, started, clock.now_ms()).is_some());
-        assert_eq!(r.ended(RestartPolicy::Never, &policy, 3, started, clock.now_ms()), None);
+        assert!(r
+            .ended(
+                RestartPolicy::OnFailure,
+                &policy,
+                3,
+                started,
+                clock.now_ms()
+            )
+            .is_some());
+        assert_eq!(
+            r.ended(RestartPolicy::Never, &policy, 3, started, clock.now_ms()),
+            None
+        );
     }
 
     #[test]
     fn long_streaks_and_short_schedules_do_not_overflow() {
-        let policy = BackoffPolicy { initial_ms: 100, cap_ms: 400, reset_after_ms: 1_000 };
-        let mut r = Restarts { total: u32::MAX, streak: 200, next_at_ms: None };
-        assert_eq!(r.ended(RestartPolicy::Always, &policy, 1, 0, u64::MAX - 10), Some(u64::MAX));
+        let policy = BackoffPolicy {
+            initial_ms: 100,
+            cap_ms: 400,
+            reset_after_ms: 1_000,
+        };
+        let mut r = Restarts {
+            total: u32::MAX,
+            streak: 200,
+            next_at_ms: None,
+        };
+        assert_eq!(
+            r.ended(RestartPolicy::Always, &policy, 1, 0, u64::MAX - 10),
+            Some(u64::MAX)
+        );
         r.started();
         assert_eq!(r.total, u32::MAX);
         let mut fresh = Restarts::default();
-        let d: Vec<u64> = (0..4).map(|i| fresh.ended(RestartPolicy::Always, &policy, 1, i * 10, i * 10 + 5).unwrap_or(0) - (i * 10 + 5)).collect();
+        let d: Vec<u64> = (0..4)
+            .map(|i| {
+                fresh
+                    .ended(RestartPolicy::Always, &policy, 1, i * 10, i * 10 + 5)
+                    .unwrap_or(0)
+                    - (i * 10 + 5)
+            })
+            .collect();
         assert_eq!(d, [100, 200, 400, 400]);
     }
 }

@@ -17,7 +17,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
 
 use super::store::{Compare, Entry, Op, Store, StoreError};
 
@@ -30,11 +33,19 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
 
 /// `etcd://h1:p1,h2:p2` -> the endpoints (`http://h1:p1`, ...).
 pub fn endpoints(url: &str) -> Result<Vec<String>, String> {
-    let rest = url.strip_prefix("etcd://").ok_or_else(|| format!("{url:?}: etcd://HOST:PORT[,HOST:PORT...]"))?;
-    let eps: Vec<String> = rest.split(',').map(str::trim).map(|hp| format!("http://{hp}")).collect();
+    let rest = url
+        .strip_prefix("etcd://")
+        .ok_or_else(|| format!("{url:?}: etcd://HOST:PORT[,HOST:PORT...]"))?;
+    let eps: Vec<String> = rest
+        .split(',')
+        .map(str::trim)
+        .map(|hp| format!("http://{hp}"))
+        .collect();
     for (hp, ep) in rest.split(',').zip(&eps) {
         let hp = hp.trim();
-        let ok = hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0));
+        let ok = hp.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !ok {
             return Err(format!("{url:?}: {hp:?} is not HOST:PORT ({ep})"));
         }
@@ -68,29 +79,54 @@ pub struct EtcdStore {
 
 fn entry(kv: &etcd_client::KeyValue) -> Option<Entry> {
     let key = kv.key_str().ok()?.strip_prefix(ROOT)?.to_string();
-    Some(Entry { key, value: kv.value().to_vec(), revision: kv.mod_revision().max(0) as u64 })
+    Some(Entry {
+        key,
+        value: kv.value().to_vec(),
+        revision: kv.mod_revision().max(0) as u64,
+    })
 }
 
 fn compare(c: &Compare) -> EtcdCompare {
     match c {
-        Compare::Absent(k) => EtcdCompare::create_revision(format!("{ROOT}{k}"), CompareOp::Equal, 0),
-        Compare::Revision(k, r) => EtcdCompare::mod_revision(format!("{ROOT}{k}"), CompareOp::Equal, *r as i64),
-        Compare::Value(k, v) => EtcdCompare::value(format!("{ROOT}{k}"), CompareOp::Equal, v.clone()),
+        Compare::Absent(k) => {
+            EtcdCompare::create_revision(format!("{ROOT}{k}"), CompareOp::Equal, 0)
+        }
+        Compare::Revision(k, r) => {
+            EtcdCompare::mod_revision(format!("{ROOT}{k}"), CompareOp::Equal, *r as i64)
+        }
+        Compare::Value(k, v) => {
+            EtcdCompare::value(format!("{ROOT}{k}"), CompareOp::Equal, v.clone())
+        }
     }
 }
 
 async fn run_job(client: &mut Client, job: Job) {
     match job {
         Job::Revision(reply) => {
-            let r = client.get(LEADER, None).await.map_err(db).map(|g| g.header().map_or(0, |h| h.revision().max(0) as u64));
+            let r = client
+                .get(LEADER, None)
+                .await
+                .map_err(db)
+                .map(|g| g.header().map_or(0, |h| h.revision().max(0) as u64));
             let _ = reply.send(r);
         }
         Job::Get(key, reply) => {
-            let r = client.get(format!("{ROOT}{key}"), None).await.map_err(db).map(|g| g.kvs().first().and_then(entry));
+            let r = client
+                .get(format!("{ROOT}{key}"), None)
+                .await
+                .map_err(db)
+                .map(|g| g.kvs().first().and_then(entry));
             let _ = reply.send(r);
         }
         Job::List(prefix, reply) => {
-            let r = client.get(format!("{ROOT}{prefix}"), Some(GetOptions::new().with_prefix())).await.map_err(db).map(|g| g.kvs().iter().filter_map(entry).collect());
+            let r = client
+                .get(
+                    format!("{ROOT}{prefix}"),
+                    Some(GetOptions::new().with_prefix()),
+                )
+                .await
+                .map_err(db)
+                .map(|g| g.kvs().iter().filter_map(entry).collect());
             let _ = reply.send(r);
         }
         Job::Txn(compares, ops, guard, reply) => {
@@ -106,18 +142,30 @@ async fn run_job(client: &mut Client, job: Job) {
                 })
                 .collect();
             // On failure: read the leader key, to tell a lost election from a conflict.
-            let txn = Txn::new().when(when).and_then(then).or_else(vec![TxnOp::get(LEADER, None)]);
+            let txn = Txn::new()
+                .when(when)
+                .and_then(then)
+                .or_else(vec![TxnOp::get(LEADER, None)]);
             let r = match client.txn(txn).await {
                 Err(e) => Err(db(e)),
-                Ok(resp) if resp.succeeded() => Ok(resp.header().map_or(0, |h| h.revision().max(0) as u64)),
+                Ok(resp) if resp.succeeded() => {
+                    Ok(resp.header().map_or(0, |h| h.revision().max(0) as u64))
+                }
                 Ok(resp) => {
                     let leader = resp.op_responses().into_iter().find_map(|o| match o {
-                        TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.value().to_vec())),
+                        TxnOpResponse::Get(g) => {
+                            Some(g.kvs().first().map(|kv| kv.value().to_vec()))
+                        }
                         _ => None,
                     });
                     match (&guard, leader) {
-                        (Some(mine), Some(now)) if now.as_ref() != Some(mine) => Err(StoreError::NotLeader(now.and_then(|v| hint_of(&v)))),
-                        _ => Err(StoreError::Conflict("a key changed since it was read (or is not what this writer expected)".into())),
+                        (Some(mine), Some(now)) if now.as_ref() != Some(mine) => {
+                            Err(StoreError::NotLeader(now.and_then(|v| hint_of(&v))))
+                        }
+                        _ => Err(StoreError::Conflict(
+                            "a key changed since it was read (or is not what this writer expected)"
+                                .into(),
+                        )),
                     }
                 }
             };
@@ -128,26 +176,43 @@ async fn run_job(client: &mut Client, job: Job) {
 
 /// The API address in a leader key's value (`{"id": .., "api": ..}`).
 fn hint_of(value: &[u8]) -> Option<String> {
-    serde_json::from_slice::<serde_json::Value>(value).ok()?.get("api")?.as_str().map(str::to_string)
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()?
+        .get("api")?
+        .as_str()
+        .map(str::to_string)
 }
 
 async fn connect(eps: &[String]) -> Result<Client, StoreError> {
-    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(Duration::from_secs(5));
-    Client::connect(eps, Some(opts)).await.map_err(|e| StoreError::Open { path: eps.join(","), detail: e.to_string() })
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect(eps, Some(opts))
+        .await
+        .map_err(|e| StoreError::Open {
+            path: eps.join(","),
+            detail: e.to_string(),
+        })
 }
 
 impl EtcdStore {
     /// Connects to `url` and starts campaigning: `api` is where this
     /// server's API is (announced in the leader key), `ttl_s` the lease.
     pub fn open(url: &str, api: &str, ttl_s: i64) -> Result<Self, StoreError> {
-        let eps = endpoints(url).map_err(|detail| StoreError::Open { path: url.into(), detail })?;
+        let eps = endpoints(url).map_err(|detail| StoreError::Open {
+            path: url.into(),
+            detail,
+        })?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let worker_eps = eps.clone();
         std::thread::Builder::new()
             .name("etcd".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(db(e)));
@@ -167,7 +232,10 @@ impl EtcdStore {
                         let _ = ready_tx.send(Ok(()));
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(StoreError::Open { path: worker_eps.join(","), detail: e.to_string() }));
+                        let _ = ready_tx.send(Err(StoreError::Open {
+                            path: worker_eps.join(","),
+                            detail: e.to_string(),
+                        }));
                         return;
                     }
                 }
@@ -179,16 +247,23 @@ impl EtcdStore {
         ready_rx.recv().map_err(db)??;
         let leadership = Arc::new(Mutex::new(Leadership::default()));
         let id = super::auth::new_token().map_err(db)?;
-        let mine = serde_json::to_vec(&serde_json::json!({ "id": &id[3..19], "api": api })).unwrap_or_default();
+        let mine = serde_json::to_vec(&serde_json::json!({ "id": &id[3..19], "api": api }))
+            .unwrap_or_default();
         let l = Arc::clone(&leadership);
-        std::thread::Builder::new().name("election".into()).spawn(move || elect(eps, mine, ttl_s.max(2), l)).map_err(db)?;
+        std::thread::Builder::new()
+            .name("election".into())
+            .spawn(move || elect(eps, mine, ttl_s.max(2), l))
+            .map_err(db)?;
         Ok(EtcdStore { jobs, leadership })
     }
 
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.jobs.send(make(tx)).map_err(|_| StoreError::Db("etcd: the client thread is gone".into()))?;
-        rx.recv().map_err(|_| StoreError::Db("etcd: no answer".into()))?
+        self.jobs
+            .send(make(tx))
+            .map_err(|_| StoreError::Db("etcd: the client thread is gone".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError::Db("etcd: no answer".into()))?
     }
 }
 
@@ -224,18 +299,31 @@ impl Store for EtcdStore {
     }
 
     fn is_leader(&self) -> bool {
-        self.leadership.lock().unwrap_or_else(|p| p.into_inner()).mine.is_some()
+        self.leadership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mine
+            .is_some()
     }
 
     fn leader_hint(&self) -> Option<String> {
-        self.leadership.lock().unwrap_or_else(|p| p.into_inner()).hint.clone()
+        self.leadership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hint
+            .clone()
     }
 }
 
 /// The election loop: lease, campaign, keep alive while leading (stepping
 /// down locally well before the lease could run out), stand by otherwise.
 fn elect(eps: Vec<String>, mine: Vec<u8>, ttl_s: i64, leadership: Arc<Mutex<Leadership>>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
     let set = |m: Option<Vec<u8>>, hint: Option<String>| {
         let mut l = leadership.lock().unwrap_or_else(|p| p.into_inner());
         l.mine = m;
@@ -254,15 +342,29 @@ fn elect(eps: Vec<String>, mine: Vec<u8>, ttl_s: i64, leadership: Arc<Mutex<Lead
 }
 
 /// One term: returns when this server is not (or no longer) the leader.
-async fn campaign(eps: &[String], mine: &[u8], ttl_s: i64, ttl: Duration, set: &impl Fn(Option<Vec<u8>>, Option<String>)) -> Result<(), StoreError> {
+async fn campaign(
+    eps: &[String],
+    mine: &[u8],
+    ttl_s: i64,
+    ttl: Duration,
+    set: &impl Fn(Option<Vec<u8>>, Option<String>),
+) -> Result<(), StoreError> {
     let mut client = connect(eps).await?;
     let lease = client.lease_grant(ttl_s, None).await.map_err(db)?.id();
     let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(db)?;
     // Stand by until the key is free, keeping our lease alive meanwhile.
     let mut last_ok = loop {
         let txn = Txn::new()
-            .when(vec![EtcdCompare::create_revision(LEADER, CompareOp::Equal, 0)])
-            .and_then(vec![TxnOp::put(LEADER, mine.to_vec(), Some(PutOptions::new().with_lease(lease)))])
+            .when(vec![EtcdCompare::create_revision(
+                LEADER,
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                LEADER,
+                mine.to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
             .or_else(vec![TxnOp::get(LEADER, None)]);
         let sent = Instant::now();
         let resp = client.txn(txn).await.map_err(db)?;
@@ -299,7 +401,9 @@ async fn campaign(eps: &[String], mine: &[u8], ttl_s: i64, ttl: Duration, set: &
             _ => {}
         }
         if last_ok.elapsed() > ttl * 2 / 3 {
-            return Err(db("no lease renewal for two thirds of its time: stepping down"));
+            return Err(db(
+                "no lease renewal for two thirds of its time: stepping down",
+            ));
         }
     }
 }
@@ -310,12 +414,27 @@ mod tests {
 
     #[test]
     fn store_urls_name_host_and_port_pairs() {
-        assert_eq!(endpoints("etcd://127.0.0.1:2379").ok(), Some(vec!["http://127.0.0.1:2379".to_string()]));
+        assert_eq!(
+            endpoints("etcd://127.0.0.1:2379").ok(),
+            Some(vec!["http://127.0.0.1:2379".to_string()])
+        );
         assert_eq!(endpoints("etcd://a:1, b:2").ok().map(|e| e.len()), Some(2));
-        for bad in ["etcd://", "etcd://host", "etcd://:2379", "etcd://h:0", "etcd://h:99999", "etcd://h:1/x", "http://h:1", "etcd://h:1,,"] {
+        for bad in [
+            "etcd://",
+            "etcd://host",
+            "etcd://:2379",
+            "etcd://h:0",
+            "etcd://h:99999",
+            "etcd://h:1/x",
+            "http://h:1",
+            "etcd://h:1,,",
+        ] {
             assert!(endpoints(bad).is_err(), "{bad}");
         }
-        assert_eq!(hint_of(br#"{"id": "x", "api": "http://10.0.0.1:7070"}"#).as_deref(), Some("http://10.0.0.1:7070"));
+        assert_eq!(
+            hint_of(br#"{"id": "x", "api": "http://10.0.0.1:7070"}"#).as_deref(),
+            Some("http://10.0.0.1:7070")
+        );
         assert_eq!(hint_of(b"not json"), None);
     }
 }

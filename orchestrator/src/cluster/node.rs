@@ -73,17 +73,37 @@ pub(crate) struct Key {
 
 impl Key {
     fn of(a: &Assignment) -> Key {
-        Key { tenant: a.tenant.clone(), service: a.service.clone(), index: a.index, fence: a.fence }
+        Key {
+            tenant: a.tenant.clone(),
+            service: a.service.clone(),
+            index: a.index,
+            fence: a.fence,
+        }
     }
 
     /// From `BULKHEAD_TENANT`, `_SERVICE`, `_INSTANCE`, `_FENCE` in `env`.
     fn from_env(env: &[String]) -> Option<Key> {
-        let get = |k: &str| env.iter().find_map(|e| e.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
-        Some(Key { tenant: get("BULKHEAD_TENANT")?, service: get("BULKHEAD_SERVICE")?, index: get("BULKHEAD_INSTANCE")?.parse().ok()?, fence: get("BULKHEAD_FENCE")?.parse().ok()? })
+        let get = |k: &str| {
+            env.iter()
+                .find_map(|e| e.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        Some(Key {
+            tenant: get("BULKHEAD_TENANT")?,
+            service: get("BULKHEAD_SERVICE")?,
+            index: get("BULKHEAD_INSTANCE")?.parse().ok()?,
+            fence: get("BULKHEAD_FENCE")?.parse().ok()?,
+        })
     }
 
     fn report(&self, observed: Observed) -> Report {
-        Report { tenant: self.tenant.clone(), service: self.service.clone(), index: self.index, fence: self.fence, observed }
+        Report {
+            tenant: self.tenant.clone(),
+            service: self.service.clone(),
+            index: self.index,
+            fence: self.fence,
+            observed,
+        }
     }
 
     /// The local workload's name: (fence, index) is unique in the cluster
@@ -134,13 +154,21 @@ fn read_identity(data: &Path, name: &str) -> Option<String> {
 }
 
 fn write_identity(data: &Path, name: &str, token: &str) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(&Identity { name: name.into(), token: token.into() }).map_err(std::io::Error::other)?;
+    let bytes = serde_json::to_vec(&Identity {
+        name: name.into(),
+        token: token.into(),
+    })
+    .map_err(std::io::Error::other)?;
     crate::runtime::record::write_private(&identity_file(data), &bytes)
 }
 
 /// The servers' URLs that are not https://, unless `insecure` allows them.
 pub fn refuse_cleartext(servers: &str, insecure: bool) -> Result<(), NodeError> {
-    let plain: Vec<&str> = servers.split(',').map(str::trim).filter(|u| !u.is_empty() && !u.starts_with("https://")).collect();
+    let plain: Vec<&str> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty() && !u.starts_with("https://"))
+        .collect();
     if plain.is_empty() || insecure {
         return Ok(());
     }
@@ -155,17 +183,30 @@ pub fn refuse_cleartext(servers: &str, insecure: bool) -> Result<(), NodeError> 
 fn protected_addresses(servers: &str, said: &[String]) -> Vec<crate::network::Subnet> {
     let mut out = Vec::new();
     for url in servers.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let Ok(u) = reqwest::Url::parse(url) else { continue };
-        let Some(host) = u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()) else { continue };
+        let Ok(u) = reqwest::Url::parse(url) else {
+            continue;
+        };
+        let Some(host) = u
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        else {
+            continue;
+        };
         let port = u.port_or_known_default().unwrap_or(443);
         if let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)) {
             out.extend(addrs.filter_map(|a| match a.ip() {
-                std::net::IpAddr::V4(ip) => Some(crate::network::Subnet { base: ip, prefix: 32 }),
+                std::net::IpAddr::V4(ip) => Some(crate::network::Subnet {
+                    base: ip,
+                    prefix: 32,
+                }),
                 std::net::IpAddr::V6(_) => None,
             }));
         }
     }
-    out.extend(said.iter().filter_map(|a| crate::network::Subnet::parse_cidr(a).ok()));
+    out.extend(
+        said.iter()
+            .filter_map(|a| crate::network::Subnet::parse_cidr(a).ok()),
+    );
     out
 }
 
@@ -179,20 +220,41 @@ struct Client {
 
 impl Client {
     fn new(servers: &str, http: reqwest::Client) -> Client {
-        let bases = servers.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
-        Client { bases, http, current: 0 }
+        let bases = servers
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        Client {
+            bases,
+            http,
+            current: 0,
+        }
     }
 
     fn name(&self) -> String {
         self.bases.join(",")
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(&mut self, path: &str, token: &str, body: serde_json::Value) -> Result<T, NodeError> {
+    async fn post<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> Result<T, NodeError> {
         let mut last = NodeError::Server(self.name(), "no server URL".into());
         for k in 0..self.bases.len() {
             let i = (self.current + k) % self.bases.len();
             let base = self.bases[i].clone();
-            let resp = match self.http.post(format!("{base}{path}")).bearer_auth(token).json(&body).timeout(Duration::from_secs(5)).send().await {
+            let resp = match self
+                .http
+                .post(format!("{base}{path}"))
+                .bearer_auth(token)
+                .json(&body)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     last = NodeError::Server(base, e.to_string());
@@ -200,23 +262,33 @@ impl Client {
                 }
             };
             let status = resp.status();
-            let text = resp.text().await.map_err(|e| NodeError::Server(base.clone(), e.to_string()))?;
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| NodeError::Server(base.clone(), e.to_string()))?;
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 last = NodeError::Server(base, text); // a standby: try the next
                 continue;
             }
             self.current = i;
-            if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                || status == reqwest::StatusCode::FORBIDDEN
+            {
                 return Err(NodeError::Refused(text));
             }
             if status == reqwest::StatusCode::CONFLICT {
-                let why = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(text);
+                let why = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or(text);
                 return Err(NodeError::Conflict(why));
             }
             if !status.is_success() {
                 return Err(NodeError::Server(base, format!("{status}: {text}")));
             }
-            return serde_json::from_str(&text).map_err(|e| NodeError::Server(base, format!("an answer that does not parse: {e}")));
+            return serde_json::from_str(&text).map_err(|e| {
+                NodeError::Server(base, format!("an answer that does not parse: {e}"))
+            });
         }
         Err(last)
     }
@@ -253,7 +325,13 @@ struct TenantLocks(Arc<Mutex<BTreeMap<String, Arc<RwLock<()>>>>>);
 
 impl TenantLocks {
     fn of(&self, tenant: &str) -> Arc<RwLock<()>> {
-        Arc::clone(self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.to_string()).or_default())
+        Arc::clone(
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(tenant.to_string())
+                .or_default(),
+        )
     }
 }
 
@@ -268,49 +346,111 @@ fn own_address(servers: &str, listen: std::net::IpAddr) -> std::net::IpAddr {
     if !listen.is_unspecified() {
         return listen;
     }
-    let host = servers.split(',').next().unwrap_or("").trim().split("://").last().unwrap_or("").split('/').next().unwrap_or("").to_string();
-    let hostport = if host.contains(':') { host } else { format!("{host}:80") };
+    let host = servers
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .split("://")
+        .last()
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let hostport = if host.contains(':') {
+        host
+    } else {
+        format!("{host}:80")
+    };
     let routed = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|u| {
         u.connect(&hostport)?;
         u.local_addr()
     });
-    routed.map(|a| a.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    routed
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// The host of an https:// URL (an IPv6 address without its brackets).
 fn api_host(url: &str) -> Option<String> {
     let u = reqwest::Url::parse(url).ok()?;
     let host = u.host_str().filter(|_| u.scheme() == "https")?;
-    Some(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
 }
 
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     refuse_cleartext(&cfg.server, cfg.insecure)?;
     let leases = cfg.data.join("node").join("leases");
-    bulkhead_images::private::data_root(&cfg.data).map_err(|e| NodeError::Local(format!("the data dir {}: {e}", cfg.data.display())))?;
+    bulkhead_images::private::data_root(&cfg.data)
+        .map_err(|e| NodeError::Local(format!("the data dir {}: {e}", cfg.data.display())))?;
     for d in [cfg.data.join("node"), leases.clone()] {
-        bulkhead_images::private::dir(&d).map_err(|e| NodeError::Local(format!("{}: {e}", d.display())))?;
+        bulkhead_images::private::dir(&d)
+            .map_err(|e| NodeError::Local(format!("{}: {e}", d.display())))?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| NodeError::Local(e.to_string()))?;
-    let http = super::tls::client(cfg.cacert.as_deref()).map_err(|e| NodeError::Local(e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NodeError::Local(e.to_string()))?;
+    let http =
+        super::tls::client(cfg.cacert.as_deref()).map_err(|e| NodeError::Local(e.to_string()))?;
     let client = Client::new(&cfg.server, http);
     let secret = super::auth::new_token().map_err(|e| NodeError::Local(e.to_string()))?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(cfg.listen)).map_err(|e| NodeError::Local(format!("the node API on {}: {e}", cfg.listen)))?;
-    let port = listener.local_addr().map_err(|e| NodeError::Local(e.to_string()))?.port();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+        .map_err(|e| NodeError::Local(format!("the node API on {}: {e}", cfg.listen)))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| NodeError::Local(e.to_string()))?
+        .port();
     let mut cfg = cfg;
-    let api = cfg.advertise.clone().unwrap_or_else(|| format!("https://{}", std::net::SocketAddr::new(own_address(&cfg.server, cfg.listen.ip()), port)));
+    let api = cfg.advertise.clone().unwrap_or_else(|| {
+        format!(
+            "https://{}",
+            std::net::SocketAddr::new(own_address(&cfg.server, cfg.listen.ip()), port)
+        )
+    });
     // TLS only, with a certificate made now for the advertised host: the
     // server pins it (it gets it at join, over its own API).
-    let host = api_host(&api).ok_or_else(|| NodeError::Local(format!("--advertise {api:?}: https://HOST:PORT (the node API speaks TLS only)")))?;
-    let (cert, key) = super::tls::self_signed(&[host]).map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
-    let tls = super::tls::server_config_pem(&cert, &key).map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
+    let host = api_host(&api).ok_or_else(|| {
+        NodeError::Local(format!(
+            "--advertise {api:?}: https://HOST:PORT (the node API speaks TLS only)"
+        ))
+    })?;
+    let (cert, key) = super::tls::self_signed(&[host])
+        .map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
+    let tls = super::tls::server_config_pem(&cert, &key)
+        .map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
     cfg.node.api = Some(api);
-    rt.spawn(super::node_api::serve(listener, tls, secret.clone(), cfg.data.clone(), cfg.bulkhead.clone()));
-    let mut d = Daemon { cfg, client, leases, busy: Arc::default(), failed_starts: Arc::default(), kill_after_ms: 5_000, secret, cert, tenant_locks: TenantLocks::default(), control_plane: Vec::new(), walls_checked: None };
+    rt.spawn(super::node_api::serve(
+        listener,
+        tls,
+        secret.clone(),
+        cfg.data.clone(),
+        cfg.bulkhead.clone(),
+    ));
+    let mut d = Daemon {
+        cfg,
+        client,
+        leases,
+        busy: Arc::default(),
+        failed_starts: Arc::default(),
+        kill_after_ms: 5_000,
+        secret,
+        cert,
+        tenant_locks: TenantLocks::default(),
+        control_plane: Vec::new(),
+        walls_checked: None,
+    };
     d.protect(Vec::new());
     rt.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| NodeError::Local(e.to_string()))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| NodeError::Local(e.to_string()))?;
         tokio::select! {
             r = d.main_loop() => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
@@ -328,13 +468,22 @@ impl Daemon {
         if let Some(t) = read_identity(&self.cfg.data, &self.cfg.node.name) {
             body["node_token"] = json!(t);
         }
-        let j: Joined = self.client.post("/v1/nodes/join", &self.cfg.join_token, body).await?;
+        let j: Joined = self
+            .client
+            .post("/v1/nodes/join", &self.cfg.join_token, body)
+            .await?;
         if let Err(e) = write_identity(&self.cfg.data, &self.cfg.node.name, &j.token) {
             eprintln!("bulkhead node: keep this node's token in {}: {e} (a restarted daemon will not get its name back)", identity_file(&self.cfg.data).display());
         }
         self.kill_after_ms = j.kill_after_ms;
         self.protect(j.control_plane);
-        eprintln!("bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)", self.client.name(), self.cfg.node.name, j.heartbeat_ms, j.lease_ms);
+        eprintln!(
+            "bulkhead node: joined {} as {} (heartbeat every {} ms, lease {} ms)",
+            self.client.name(),
+            self.cfg.node.name,
+            j.heartbeat_ms,
+            j.lease_ms
+        );
         Ok((j.token, j.heartbeat_ms.clamp(100, 10_000)))
     }
 
@@ -349,7 +498,9 @@ impl Daemon {
                         joined = Some(j.clone());
                         j
                     }
-                    Err(NodeError::Refused(why)) => return Err(NodeError::Refused(format!("the join token: {why}"))),
+                    Err(NodeError::Refused(why)) => {
+                        return Err(NodeError::Refused(format!("the join token: {why}")))
+                    }
                     Err(e @ NodeError::Conflict(_)) => return Err(e),
                     Err(e) => {
                         if e.to_string() != last_problem {
@@ -386,16 +537,24 @@ impl Daemon {
             return;
         }
         let state = State::new(Paths::new(&self.cfg.data));
-        match crate::network::lifecycle::set_protected(&state, protected_addresses(&self.cfg.server, &said)) {
+        match crate::network::lifecycle::set_protected(
+            &state,
+            protected_addresses(&self.cfg.server, &said),
+        ) {
             Ok(_) => self.control_plane = said,
-            Err(e) => eprintln!("bulkhead node: keep workloads from the control plane's addresses: {e}"),
+            Err(e) => {
+                eprintln!("bulkhead node: keep workloads from the control plane's addresses: {e}")
+            }
         }
         self.check_walls();
     }
 
     /// Puts our firewall tables and routing rules back if they went.
     fn check_walls(&mut self) {
-        if self.walls_checked.is_some_and(|t| t.elapsed() < WALLS_EVERY) {
+        if self
+            .walls_checked
+            .is_some_and(|t| t.elapsed() < WALLS_EVERY)
+        {
             return;
         }
         self.walls_checked = Some(Instant::now());
@@ -413,20 +572,46 @@ impl Daemon {
     /// One heartbeat: report, renew, act.
     async fn sync_once(&mut self, token: &str) -> Result<(), NodeError> {
         let local = local_instances(&self.cfg.data)?;
-        let mut reports: Vec<Report> = local.iter().filter_map(|(k, r)| observed(r).map(|o| k.report(o))).collect();
-        reports.extend(self.failed_starts.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, code)| k.report(Observed::Exited { code: *code })));
+        let mut reports: Vec<Report> = local
+            .iter()
+            .filter_map(|(k, r)| observed(r).map(|o| k.report(o)))
+            .collect();
+        reports.extend(
+            self.failed_starts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, code)| k.report(Observed::Exited { code: *code })),
+        );
         // The deadline counts from before the request: never later than the
         // server's own reckoning (its heartbeat time + the lease).
         let sent = monotonic_ms();
         let path = format!("/v1/nodes/{}/sync", self.cfg.node.name);
-        let s: Synced = self.client.post(&path, token, json!({ "reports": reports, "images": local_images(&self.cfg.data) })).await?;
+        let s: Synced = self
+            .client
+            .post(
+                &path,
+                token,
+                json!({ "reports": reports, "images": local_images(&self.cfg.data) }),
+            )
+            .await?;
         self.kill_after_ms = s.kill_after_ms;
         let deadline = sent.saturating_add(s.lease_ms);
-        let assigned: BTreeMap<Key, Assignment> = s.assignments.into_iter().map(|a| (Key::of(&a), a)).collect();
-        self.failed_starts.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| assigned.contains_key(k));
+        let assigned: BTreeMap<Key, Assignment> = s
+            .assignments
+            .into_iter()
+            .map(|a| (Key::of(&a), a))
+            .collect();
+        self.failed_starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| assigned.contains_key(k));
         for k in local.keys().filter(|k| assigned.contains_key(*k)) {
             if let Err(e) = fencing::write(&self.lease_file(k), deadline) {
-                eprintln!("bulkhead node: renew the lease of {}: {e}", k.workload_name());
+                eprintln!(
+                    "bulkhead node: renew the lease of {}: {e}",
+                    k.workload_name()
+                );
             }
         }
         // After the renewals: these take the network lock and run ip and nft.
@@ -434,10 +619,19 @@ impl Daemon {
         self.check_walls();
         for (k, r) in &local {
             if !assigned.contains_key(k) {
-                self.spawn_worker(k.clone(), Work::Remove(r.config.id.clone(), r.status().is_live()));
+                self.spawn_worker(
+                    k.clone(),
+                    Work::Remove(r.config.id.clone(), r.status().is_live()),
+                );
             }
         }
-        let failed: BTreeSet<Key> = self.failed_starts.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let failed: BTreeSet<Key> = self
+            .failed_starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         for (k, a) in assigned {
             if !local.contains_key(&k) && !failed.contains(&k) {
                 if let Err(e) = fencing::write(&self.lease_file(&k), deadline) {
@@ -452,43 +646,84 @@ impl Daemon {
 
     /// Runs `work` on a thread of its own unless `k` is busy already.
     fn spawn_worker(&self, k: Key, work: Work) {
-        if !self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone()) {
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k.clone())
+        {
             return;
         }
         let (busy, failed) = (Arc::clone(&self.busy), Arc::clone(&self.failed_starts));
-        let (bulkhead, data, node, kill_after_ms) = (self.cfg.bulkhead.clone(), self.cfg.data.clone(), self.cfg.node.name.clone(), self.kill_after_ms);
+        let (bulkhead, data, node, kill_after_ms) = (
+            self.cfg.bulkhead.clone(),
+            self.cfg.data.clone(),
+            self.cfg.node.name.clone(),
+            self.kill_after_ms,
+        );
         let lease = self.lease_file(&k);
         let tenant_lock = self.tenant_locks.of(&k.tenant);
         std::thread::spawn(move || {
             match work {
                 Work::Start(a) => {
                     let shared = tenant_lock.read().unwrap_or_else(|p| p.into_inner());
-                    let started = crate::network::lifecycle::ensure_tenant_network(&State::new(Paths::new(&data)), &k.tenant)
-                        .map_err(|e| (Some(125), format!("the tenant's network: {e}")))
-                        .and_then(|network| start(&bulkhead, &data, &node, &k, &a, &lease, kill_after_ms, &network));
+                    let started = crate::network::lifecycle::ensure_tenant_network(
+                        &State::new(Paths::new(&data)),
+                        &k.tenant,
+                    )
+                    .map_err(|e| (Some(125), format!("the tenant's network: {e}")))
+                    .and_then(|network| {
+                        start(
+                            &bulkhead,
+                            &data,
+                            &node,
+                            &k,
+                            &a,
+                            &lease,
+                            kill_after_ms,
+                            &network,
+                        )
+                    });
                     drop(shared);
                     if let Err((code, why)) = started {
-                        eprintln!("bulkhead node: start {}/{}/{}: {why}", k.tenant, k.service, k.index);
+                        eprintln!(
+                            "bulkhead node: start {}/{}/{}: {why}",
+                            k.tenant, k.service, k.index
+                        );
                         if let Some(code) = code {
-                            failed.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone(), code);
+                            failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(k.clone(), code);
                         }
                     }
                 }
                 Work::Remove(id, live) => {
                     if live {
                         let secs = kill_after_ms.div_ceil(1000).max(1).to_string();
-                        let _ = local_cmd(&bulkhead, &data).args(["stop", "-t", &secs, &id]).output();
+                        let _ = local_cmd(&bulkhead, &data)
+                            .args(["stop", "-t", &secs, &id])
+                            .output();
                     }
                     match local_cmd(&bulkhead, &data).args(["rm", "-f", &id]).output() {
                         Ok(o) if o.status.success() => {
                             let _ = std::fs::remove_file(&lease);
                             let alone = tenant_lock.write().unwrap_or_else(|p| p.into_inner());
-                            if let Err(e) = crate::network::lifecycle::release_tenant_network(&State::new(Paths::new(&data)), &k.tenant) {
-                                eprintln!("bulkhead node: remove tenant {}'s network: {e}", k.tenant);
+                            if let Err(e) = crate::network::lifecycle::release_tenant_network(
+                                &State::new(Paths::new(&data)),
+                                &k.tenant,
+                            ) {
+                                eprintln!(
+                                    "bulkhead node: remove tenant {}'s network: {e}",
+                                    k.tenant
+                                );
                             }
                             drop(alone);
                         }
-                        Ok(o) => eprintln!("bulkhead node: rm {id}: {}", String::from_utf8_lossy(&o.stderr).trim()),
+                        Ok(o) => eprintln!(
+                            "bulkhead node: rm {id}: {}",
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        ),
                         Err(e) => eprintln!("bulkhead node: rm {id}: {e}"),
                     }
                 }
@@ -506,7 +741,8 @@ enum Work {
 
 fn local_cmd(bulkhead: &Path, data: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(bulkhead);
-    c.env("BULKHEAD_DATA", data).stdin(std::process::Stdio::null());
+    c.env("BULKHEAD_DATA", data)
+        .stdin(std::process::Stdio::null());
     c
 }
 
@@ -514,15 +750,33 @@ fn local_cmd(bulkhead: &Path, data: &Path) -> std::process::Command {
 /// (the code to report when the runtime made no workload that will
 /// report it, why).
 #[allow(clippy::too_many_arguments)] // until the node calls the runtime directly (no argv)
-fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, lease: &Path, kill_after_ms: u64, network: &str) -> Result<(), (Option<i32>, String)> {
+fn start(
+    bulkhead: &Path,
+    data: &Path,
+    node: &str,
+    k: &Key,
+    a: &Assignment,
+    lease: &Path,
+    kill_after_ms: u64,
+    network: &str,
+) -> Result<(), (Option<i32>, String)> {
     let spec = &a.spec;
     let mut c = local_cmd(bulkhead, data);
-    c.args(["run", "-d", "--name", &k.workload_name(), "--runtime", &spec.runtime.to_string()]);
+    c.args([
+        "run",
+        "-d",
+        "--name",
+        &k.workload_name(),
+        "--runtime",
+        &spec.runtime.to_string(),
+    ]);
     c.arg(format!("--network={network}"));
     for cidr in &spec.egress.allow {
         c.arg(format!("--allow-egress={cidr}"));
     }
-    c.arg("--fence-deadline-file").arg(lease).args(["--fence-kill-after-ms", &kill_after_ms.to_string()]);
+    c.arg("--fence-deadline-file")
+        .arg(lease)
+        .args(["--fence-kill-after-ms", &kill_after_ms.to_string()]);
     for (key, value) in &spec.env {
         c.arg(format!("--env={key}={value}"));
     }
@@ -546,13 +800,17 @@ fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, leas
     }
     // Tenant values as `--flag=value` and after `--`: none can pass for a flag of `run`.
     c.arg("--").arg(&spec.image).args(&spec.command);
-    let o = c.output().map_err(|e| (Some(125), format!("{}: {e}", bulkhead.display())))?;
+    let o = c
+        .output()
+        .map_err(|e| (Some(125), format!("{}: {e}", bulkhead.display())))?;
     if o.status.success() {
         return Ok(());
     }
     let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
     // A workload that exists reports its own end; one that never got made is reported by us.
-    let made = local_instances(data).map(|l| l.contains_key(k)).unwrap_or(false);
+    let made = local_instances(data)
+        .map(|l| l.contains_key(k))
+        .unwrap_or(false);
     Err(((!made).then_some(o.status.code().unwrap_or(125)), why))
 }
 
@@ -561,14 +819,23 @@ fn start(bulkhead: &Path, data: &Path, node: &str, k: &Key, a: &Assignment, leas
 /// image: every name and the manifest digests they point at. `None` when
 /// the store cannot be read (the server then keeps what it was told last).
 fn local_images(data: &Path) -> Option<BTreeSet<String>> {
-    let refs = bulkhead_images::store::Store::open(data).and_then(|s| s.refs()).ok()?;
-    Some(refs.into_iter().flat_map(|(name, digest)| [name, digest.to_string()]).collect())
+    let refs = bulkhead_images::store::Store::open(data)
+        .and_then(|s| s.refs())
+        .ok()?;
+    Some(
+        refs.into_iter()
+            .flat_map(|(name, digest)| [name, digest.to_string()])
+            .collect(),
+    )
 }
 
 pub(crate) fn local_instances(data: &Path) -> Result<BTreeMap<Key, Record>, NodeError> {
     let state = State::new(Paths::new(data));
     let records = state.list().map_err(|e| NodeError::Local(e.to_string()))?;
-    Ok(records.into_iter().filter_map(|r| Some((Key::from_env(&r.config.process.env)?, r))).collect())
+    Ok(records
+        .into_iter()
+        .filter_map(|r| Some((Key::from_env(&r.config.process.env)?, r)))
+        .collect())
 }
 
 /// What to report of a local workload (nothing while it is starting).
@@ -577,7 +844,9 @@ fn observed(r: &Record) -> Option<Observed> {
         Status::Created => None,
         Status::Running => Some(Observed::Running),
         Status::Exited(code) => Some(Observed::Exited { code }),
-        Status::Failed(_) => Some(Observed::Exited { code: r.exit.as_ref().map_or(125, |e| e.code) }),
+        Status::Failed(_) => Some(Observed::Exited {
+            code: r.exit.as_ref().map_or(125, |e| e.code),
+        }),
     }
 }
 
@@ -586,8 +855,23 @@ fn observed(r: &Record) -> Option<Observed> {
 /// This host's CPUs and memory, whole.
 pub fn host_capacity() -> Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())).unwrap_or(0);
-    Resources { millicpus: cpus * 1000, memory_mib: mem_kib / 1024 }
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0);
+    Resources {
+        millicpus: cpus * 1000,
+        memory_mib: mem_kib / 1024,
+    }
 }
 
 /// What a node offers by default: every CPU, 90% of memory (the rest for
@@ -601,7 +885,13 @@ pub fn host_defaults() -> (Resources, Vec<RuntimeKind>) {
     if crate::runtime::container::default_oci_runtime().is_some() {
         runtimes.push(RuntimeKind::Container);
     }
-    (Resources { millicpus: whole.millicpus, memory_mib: whole.memory_mib * 9 / 10 }, runtimes)
+    (
+        Resources {
+            millicpus: whole.millicpus,
+            memory_mib: whole.memory_mib * 9 / 10,
+        },
+        runtimes,
+    )
 }
 
 #[cfg(test)]
@@ -611,14 +901,47 @@ mod tests {
     #[test]
     fn instance_identity_comes_from_the_environment_and_odd_values_are_not_ours() {
         let env = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let k = Key::from_env(&env(&["PATH=/bin", "BULKHEAD_TENANT=acme", "BULKHEAD_SERVICE=web", "BULKHEAD_INSTANCE=3", "BULKHEAD_FENCE=17"]));
-        assert_eq!(k, Some(Key { tenant: "acme".into(), service: "web".into(), index: 3, fence: 17 }));
+        let k = Key::from_env(&env(&[
+            "PATH=/bin",
+            "BULKHEAD_TENANT=acme",
+            "BULKHEAD_SERVICE=web",
+            "BULKHEAD_INSTANCE=3",
+            "BULKHEAD_FENCE=17",
+        ]));
+        assert_eq!(
+            k,
+            Some(Key {
+                tenant: "acme".into(),
+                service: "web".into(),
+                index: 3,
+                fence: 17
+            })
+        );
         assert_eq!(k.map(|k| k.workload_name()).as_deref(), Some("bh-17-3"));
         for bad in [
-            &["BULKHEAD_TENANT=acme", "BULKHEAD_SERVICE=web", "BULKHEAD_INSTANCE=3"][..],
-            &["BULKHEAD_TENANT=acme", "BULKHEAD_SERVICE=web", "BULKHEAD_INSTANCE=x", "BULKHEAD_FENCE=1"],
-            &["BULKHEAD_TENANT=acme", "BULKHEAD_SERVICE=web", "BULKHEAD_INSTANCE=1", "BULKHEAD_FENCE=-1"],
-            &["BULKHEAD_TENANTX=acme", "BULKHEAD_SERVICE=web", "BULKHEAD_INSTANCE=1", "BULKHEAD_FENCE=1"],
+            &[
+                "BULKHEAD_TENANT=acme",
+                "BULKHEAD_SERVICE=web",
+                "BULKHEAD_INSTANCE=3",
+            ][..],
+            &[
+                "BULKHEAD_TENANT=acme",
+                "BULKHEAD_SERVICE=web",
+                "BULKHEAD_INSTANCE=x",
+                "BULKHEAD_FENCE=1",
+            ],
+            &[
+                "BULKHEAD_TENANT=acme",
+                "BULKHEAD_SERVICE=web",
+                "BULKHEAD_INSTANCE=1",
+                "BULKHEAD_FENCE=-1",
+            ],
+            &[
+                "BULKHEAD_TENANTX=acme",
+                "BULKHEAD_SERVICE=web",
+                "BULKHEAD_INSTANCE=1",
+                "BULKHEAD_FENCE=1",
+            ],
         ] {
             assert_eq!(Key::from_env(&env(bad)), None, "{bad:?}");
         }

@@ -70,15 +70,32 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
 }
 
 fn authorized(app: &NodeApp, headers: &HeaderMap) -> bool {
-    let got = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let got = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     // Same length and every byte compared: no early exit on the first mismatch.
-    got.len() == app.secret.len() && got.bytes().zip(app.secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    got.len() == app.secret.len()
+        && got
+            .bytes()
+            .zip(app.secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The local workload id of `t`, if it is one of this node's instances.
 fn workload_of(app: &NodeApp, t: &Target) -> Option<String> {
-    let key = super::node::Key { tenant: t.tenant.clone(), service: t.service.clone(), index: t.index, fence: t.fence };
-    super::node::local_instances(&app.data).ok()?.remove(&key).map(|r| r.config.id)
+    let key = super::node::Key {
+        tenant: t.tenant.clone(),
+        service: t.service.clone(),
+        index: t.index,
+        fence: t.fence,
+    };
+    super::node::local_instances(&app.data)
+        .ok()?
+        .remove(&key)
+        .map(|r| r.config.id)
 }
 
 /// The last `tail` lines of `bytes` (all with `None`), at most MAX_OUTPUT bytes.
@@ -87,42 +104,93 @@ pub fn tail_of(bytes: &[u8], tail: Option<usize>) -> &[u8] {
     &lines[lines.len().saturating_sub(MAX_OUTPUT)..]
 }
 
-async fn logs(State(app): State<NodeApp>, headers: HeaderMap, Query(q): Query<LogsQuery>) -> Response {
+async fn logs(
+    State(app): State<NodeApp>,
+    headers: HeaderMap,
+    Query(q): Query<LogsQuery>,
+) -> Response {
     if !authorized(&app, &headers) {
         return refuse(StatusCode::UNAUTHORIZED, "not the server's secret");
     }
-    let t = Target { tenant: q.tenant, service: q.service, index: q.index, fence: q.fence };
-    let Some(id) = workload_of(&app, &t) else { return refuse(StatusCode::NOT_FOUND, "no such instance on this node") };
+    let t = Target {
+        tenant: q.tenant,
+        service: q.service,
+        index: q.index,
+        fence: q.fence,
+    };
+    let Some(id) = workload_of(&app, &t) else {
+        return refuse(StatusCode::NOT_FOUND, "no such instance on this node");
+    };
     let dir = crate::runtime::paths::Paths::new(&app.data).workload_dir(&id);
     let mut bytes = std::fs::read(dir.join("log.1")).unwrap_or_default();
     bytes.extend(std::fs::read(dir.join("log")).unwrap_or_default());
-    (StatusCode::OK, String::from_utf8_lossy(tail_of(&bytes, q.tail)).into_owned()).into_response()
+    (
+        StatusCode::OK,
+        String::from_utf8_lossy(tail_of(&bytes, q.tail)).into_owned(),
+    )
+        .into_response()
 }
 
-async fn exec(State(app): State<NodeApp>, headers: HeaderMap, Json(req): Json<ExecRequest>) -> Response {
+async fn exec(
+    State(app): State<NodeApp>,
+    headers: HeaderMap,
+    Json(req): Json<ExecRequest>,
+) -> Response {
     if !authorized(&app, &headers) {
         return refuse(StatusCode::UNAUTHORIZED, "not the server's secret");
     }
     if req.command.is_empty() || req.command.iter().any(|a| a.contains('\0')) {
-        return refuse(StatusCode::BAD_REQUEST, "a command: one or more arguments, no NUL bytes");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "a command: one or more arguments, no NUL bytes",
+        );
     }
-    let Some(id) = workload_of(&app, &req.target) else { return refuse(StatusCode::NOT_FOUND, "no such instance on this node") };
+    let Some(id) = workload_of(&app, &req.target) else {
+        return refuse(StatusCode::NOT_FOUND, "no such instance on this node");
+    };
     let mut cmd = tokio::process::Command::new(&app.bulkhead);
-    cmd.env("BULKHEAD_DATA", &app.data).arg("exec").arg(&id).args(&req.command).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.env("BULKHEAD_DATA", &app.data)
+        .arg("exec")
+        .arg(&id)
+        .args(&req.command)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     match tokio::time::timeout(EXEC_TIMEOUT, cmd.output()).await {
         Ok(Ok(o)) => {
-            let cut = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)]).into_owned();
-            Json(ExecResult { code: o.status.code().unwrap_or(125), stdout: cut(&o.stdout), stderr: cut(&o.stderr) }).into_response()
+            let cut =
+                |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)]).into_owned();
+            Json(ExecResult {
+                code: o.status.code().unwrap_or(125),
+                stdout: cut(&o.stdout),
+                stderr: cut(&o.stderr),
+            })
+            .into_response()
         }
         Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("exec: {e}")),
-        Err(_) => refuse(StatusCode::GATEWAY_TIMEOUT, format!("the command ran past {} s: killed", EXEC_TIMEOUT.as_secs())),
+        Err(_) => refuse(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the command ran past {} s: killed", EXEC_TIMEOUT.as_secs()),
+        ),
     }
 }
 
 /// Serves the node API over TLS on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, secret: String, data: PathBuf, bulkhead: PathBuf) -> std::io::Result<()> {
-    let app = NodeApp { secret: Arc::new(secret), data, bulkhead };
-    let router = Router::new().route("/logs", get(logs)).route("/exec", post(exec)).with_state(app);
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    secret: String,
+    data: PathBuf,
+    bulkhead: PathBuf,
+) -> std::io::Result<()> {
+    let app = NodeApp {
+        secret: Arc::new(secret),
+        data,
+        bulkhead,
+    };
+    let router = Router::new()
+        .route("/logs", get(logs))
+        .route("/exec", post(exec))
+        .with_state(app);
     super::tls::serve(listener, router, tls).await
 }
 
@@ -135,20 +203,35 @@ mod tests {
         assert_eq!(tail_of(b"a\nb\nc\n", Some(2)), b"b\nc\n");
         assert_eq!(tail_of(b"a\nb\n", None), b"a\nb\n");
         let big = vec![b'x'; MAX_OUTPUT + 10];
-        assert_eq!(tail_of(&big, None).len(), MAX_OUTPUT, "at most MAX_OUTPUT bytes");
+        assert_eq!(
+            tail_of(&big, None).len(),
+            MAX_OUTPUT,
+            "at most MAX_OUTPUT bytes"
+        );
         assert_eq!(tail_of(&big, Some(1)).len(), MAX_OUTPUT);
     }
 
     #[test]
     fn only_the_exact_secret_is_authorized() {
-        let app = NodeApp { secret: Arc::new("bh_secret".into()), data: PathBuf::new(), bulkhead: PathBuf::new() };
+        let app = NodeApp {
+            secret: Arc::new("bh_secret".into()),
+            data: PathBuf::new(),
+            bulkhead: PathBuf::new(),
+        };
         let with = |v: &str| {
             let mut h = HeaderMap::new();
             h.insert("authorization", v.parse().unwrap_or_else(|e| panic!("{e}")));
             authorized(&app, &h)
         };
         assert!(with("Bearer bh_secret"));
-        for bad in ["Bearer bh_secreT", "Bearer bh_secret2", "Bearer bh_secre", "bh_secret", "Bearer ", "Basic bh_secret"] {
+        for bad in [
+            "Bearer bh_secreT",
+            "Bearer bh_secret2",
+            "Bearer bh_secre",
+            "bh_secret",
+            "Bearer ",
+            "Basic bh_secret",
+        ] {
             assert!(!with(bad), "{bad}");
         }
         assert!(!authorized(&app, &HeaderMap::new()));

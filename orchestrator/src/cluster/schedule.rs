@@ -69,7 +69,10 @@ impl fmt::Display for Refusals {
             (self.labels, "without the placement labels"),
             (self.runtime, "without the runtime"),
             (self.image, "without the image"),
-            (self.anti_affinity, "holding a replica already (anti_affinity)"),
+            (
+                self.anti_affinity,
+                "holding a replica already (anti_affinity)",
+            ),
             (self.cpu, "short of CPU"),
             (self.memory, "short of memory"),
         ];
@@ -93,7 +96,8 @@ pub struct Unschedulable {
 /// Load after adding `add`, in thousandths of the fuller dimension.
 fn load(n: &NodeView, allocated: Resources) -> u64 {
     let part = |used: u64, cap: u64| used.saturating_mul(1000).checked_div(cap).unwrap_or(1000);
-    part(allocated.millicpus, n.allocatable.millicpus).max(part(allocated.memory_mib, n.allocatable.memory_mib))
+    part(allocated.millicpus, n.allocatable.millicpus)
+        .max(part(allocated.memory_mib, n.allocatable.memory_mib))
 }
 
 fn static_refusal(n: &NodeView, req: &Request, r: &mut Refusals) -> bool {
@@ -118,9 +122,16 @@ fn static_refusal(n: &NodeView, req: &Request, r: &mut Refusals) -> bool {
 pub fn place(nodes: &[NodeView], req: &Request, count: usize) -> Result<Vec<usize>, Unschedulable> {
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.sort_by(|a, b| nodes[*a].name.cmp(&nodes[*b].name));
-    let mut static_refused = Refusals { nodes: nodes.len(), ..Default::default() };
+    let mut static_refused = Refusals {
+        nodes: nodes.len(),
+        ..Default::default()
+    };
     // (index, allocated now, this service's count now)
-    let mut open: Vec<(usize, Resources, u32)> = order.iter().filter(|i| !static_refusal(&nodes[**i], req, &mut static_refused)).map(|&i| (i, nodes[i].allocated, nodes[i].this_service)).collect();
+    let mut open: Vec<(usize, Resources, u32)> = order
+        .iter()
+        .filter(|i| !static_refusal(&nodes[**i], req, &mut static_refused))
+        .map(|&i| (i, nodes[i].allocated, nodes[i].this_service))
+        .collect();
     let mut placed = Vec::with_capacity(count);
     for _ in 0..count {
         let mut best: Option<(usize, (u64, u64, usize))> = None;
@@ -153,7 +164,13 @@ pub fn place(nodes: &[NodeView], req: &Request, count: usize) -> Result<Vec<usiz
                 }
             }
             let each_cpu = format!("{}", req.each.millicpus as f64 / 1000.0);
-            return Err(Unschedulable { wanted: count, placed: placed.len(), each_cpu, each_mib: req.each.memory_mib, refusals });
+            return Err(Unschedulable {
+                wanted: count,
+                placed: placed.len(),
+                each_cpu,
+                each_mib: req.each.memory_mib,
+                refusals,
+            });
         };
         let entry = &mut open[slot];
         entry.1 = entry.1.plus(req.each);
@@ -181,16 +198,37 @@ pub struct OverQuota {
 }
 
 /// Whether a tenant using `used` (and `used_instances`) may add `add`.
-pub fn check_quota(quota: &Quota, used: Resources, used_instances: u64, add: Resources, add_instances: u64) -> Result<(), OverQuota> {
+pub fn check_quota(
+    quota: &Quota,
+    used: Resources,
+    used_instances: u64,
+    add: Resources,
+    add_instances: u64,
+) -> Result<(), OverQuota> {
     let checks = [
-        ("CPU (thousandths)", quota.millicpus, used.millicpus, add.millicpus),
-        ("memory (MiB)", quota.memory_mib, used.memory_mib, add.memory_mib),
+        (
+            "CPU (thousandths)",
+            quota.millicpus,
+            used.millicpus,
+            add.millicpus,
+        ),
+        (
+            "memory (MiB)",
+            quota.memory_mib,
+            used.memory_mib,
+            add.memory_mib,
+        ),
         ("instances", quota.instances, used_instances, add_instances),
     ];
     for (what, limit, used, asked) in checks {
         if let Some(limit) = limit {
             if used.saturating_add(asked) > limit {
-                return Err(OverQuota { what, used, asked, limit });
+                return Err(OverQuota {
+                    what,
+                    used,
+                    asked,
+                    limit,
+                });
             }
         }
     }
@@ -207,7 +245,10 @@ mod tests {
         NodeView {
             name: name.into(),
             labels: BTreeMap::new(),
-            allocatable: Resources { millicpus: cpus * 1000, memory_mib: mib },
+            allocatable: Resources {
+                millicpus: cpus * 1000,
+                memory_mib: mib,
+            },
             allocated: Resources::default(),
             cordoned: false,
             ready: true,
@@ -218,7 +259,16 @@ mod tests {
     }
 
     fn req(labels: &BTreeMap<String, String>, strategy: Strategy, anti: bool) -> Request<'_> {
-        Request { each: Resources { millicpus: 1000, memory_mib: 320 }, runtime: RuntimeKind::Microvm, labels, anti_affinity: anti, strategy }
+        Request {
+            each: Resources {
+                millicpus: 1000,
+                memory_mib: 320,
+            },
+            runtime: RuntimeKind::Microvm,
+            labels,
+            anti_affinity: anti,
+            strategy,
+        }
     }
 
     fn names(nodes: &[NodeView], placed: &[usize]) -> Vec<String> {
@@ -234,7 +284,11 @@ mod tests {
         for n in names(&nodes, &six) {
             *per.entry(n).or_default() += 1;
         }
-        assert_eq!(per.values().copied().collect::<Vec<_>>(), [2, 2, 2], "{per:?}");
+        assert_eq!(
+            per.values().copied().collect::<Vec<_>>(),
+            [2, 2, 2],
+            "{per:?}"
+        );
         assert_eq!(names(&nodes, &six[..3]), ["a", "b", "c"], "ties go by name");
         let packed = place(&nodes, &req(&none, Strategy::Binpack, false), 3).unwrap_or_default();
         assert_eq!(names(&nodes, &packed), ["a", "a", "a"]);
@@ -242,7 +296,15 @@ mod tests {
 
     #[test]
     fn refusals_say_why_and_nothing_is_placed() {
-        let mut nodes = vec![node("a", 1, 8192), node("b", 8, 256), node("c", 8, 8192), node("d", 8, 8192), node("e", 8, 8192), node("f", 8, 8192), node("g", 8, 8192)];
+        let mut nodes = vec![
+            node("a", 1, 8192),
+            node("b", 8, 256),
+            node("c", 8, 8192),
+            node("d", 8, 8192),
+            node("e", 8, 8192),
+            node("f", 8, 8192),
+            node("g", 8, 8192),
+        ];
         nodes[2].cordoned = true;
         nodes[3].ready = false;
         nodes[4].runtimes = vec![RuntimeKind::Container];
@@ -250,61 +312,156 @@ mod tests {
         nodes[6].has_image = false;
         let zone_a: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
         let e = place(&nodes, &req(&zone_a, Strategy::Spread, false), 1).unwrap_err();
-        assert_eq!(e.refusals.labels, 7 - 2, "cordoned and not-ready count first: {e}");
+        assert_eq!(
+            e.refusals.labels,
+            7 - 2,
+            "cordoned and not-ready count first: {e}"
+        );
         let none = BTreeMap::new();
         // a and f take one each; the third finds them taken and b short of memory.
         let e = place(&nodes, &req(&none, Strategy::Spread, true), 3).unwrap_err();
-        assert_eq!((e.placed, e.refusals.cordoned, e.refusals.not_ready, e.refusals.runtime, e.refusals.image, e.refusals.anti_affinity, e.refusals.memory), (2, 1, 1, 1, 1, 2, 1), "{e}");
-        assert_eq!(place(&nodes, &req(&none, Strategy::Spread, true), 2).map(|p| names(&nodes, &p)), Ok(vec!["f".to_string(), "a".to_string()]), "the less loaded first");
+        assert_eq!(
+            (
+                e.placed,
+                e.refusals.cordoned,
+                e.refusals.not_ready,
+                e.refusals.runtime,
+                e.refusals.image,
+                e.refusals.anti_affinity,
+                e.refusals.memory
+            ),
+            (2, 1, 1, 1, 1, 2, 1),
+            "{e}"
+        );
+        assert_eq!(
+            place(&nodes, &req(&none, Strategy::Spread, true), 2).map(|p| names(&nodes, &p)),
+            Ok(vec!["f".to_string(), "a".to_string()]),
+            "the less loaded first"
+        );
         let text = e.to_string();
-        assert!(text.contains("only 2 fit") && text.contains("1 cordoned") && text.contains("short of memory") && text.contains("anti_affinity") && text.contains("1 without the image"), "{text}");
-        assert_eq!(place(&[], &req(&none, Strategy::Spread, false), 1).unwrap_err().refusals.to_string(), "there are no nodes");
-        assert_eq!(place(&[], &req(&none, Strategy::Spread, false), 0), Ok(vec![]));
+        assert!(
+            text.contains("only 2 fit")
+                && text.contains("1 cordoned")
+                && text.contains("short of memory")
+                && text.contains("anti_affinity")
+                && text.contains("1 without the image"),
+            "{text}"
+        );
+        assert_eq!(
+            place(&[], &req(&none, Strategy::Spread, false), 1)
+                .unwrap_err()
+                .refusals
+                .to_string(),
+            "there are no nodes"
+        );
+        assert_eq!(
+            place(&[], &req(&none, Strategy::Spread, false), 0),
+            Ok(vec![])
+        );
     }
 
     #[test]
     fn quotas() {
-        let q = Quota { millicpus: Some(4000), memory_mib: None, instances: Some(3) };
-        let one = Resources { millicpus: 1000, memory_mib: 1 << 20 };
+        let q = Quota {
+            millicpus: Some(4000),
+            memory_mib: None,
+            instances: Some(3),
+        };
+        let one = Resources {
+            millicpus: 1000,
+            memory_mib: 1 << 20,
+        };
         assert!(check_quota(&q, one.times(2), 2, one, 1).is_ok());
         let e = check_quota(&q, one.times(3), 3, one, 1).unwrap_err();
         assert_eq!(e.what, "instances");
-        assert!(check_quota(&q, one.times(3), 1, one.times(2), 2).unwrap_err().to_string().contains("CPU"));
+        assert!(check_quota(&q, one.times(3), 1, one.times(2), 2)
+            .unwrap_err()
+            .to_string()
+            .contains("CPU"));
         assert!(check_quota(&Quota::default(), one.times(1000), 1000, one, 1).is_ok());
     }
 
     const ZONES: [&str; 3] = ["a", "b", "c"];
 
     fn arb_node() -> impl proptest::strategy::Strategy<Value = NodeView> {
-        (0u64..16, 0u64..16384, 0u64..16, 0u64..16384, any::<bool>(), any::<bool>(), 0usize..3, 0u32..3, 0usize..4, 0u8..8).prop_map(|(cpu, mib, ucpu, umib, cordoned, ready, zone, mine, rts, image)| {
-            let allocatable = Resources { millicpus: cpu * 1000, memory_mib: mib };
-            NodeView {
-                name: String::new(),
-                labels: [("zone".to_string(), ZONES[zone].to_string())].into(),
-                allocatable,
-                allocated: Resources { millicpus: (ucpu * 1000).min(allocatable.millicpus), memory_mib: umib.min(mib) },
-                cordoned: cordoned && zone == 0,
-                ready: ready || zone != 1,
-                runtimes: match rts {
-                    0 => vec![RuntimeKind::Microvm],
-                    1 => vec![RuntimeKind::Container],
-                    _ => vec![RuntimeKind::Microvm, RuntimeKind::Container],
+        (
+            0u64..16,
+            0u64..16384,
+            0u64..16,
+            0u64..16384,
+            any::<bool>(),
+            any::<bool>(),
+            0usize..3,
+            0u32..3,
+            0usize..4,
+            0u8..8,
+        )
+            .prop_map(
+                |(cpu, mib, ucpu, umib, cordoned, ready, zone, mine, rts, image)| {
+                    let allocatable = Resources {
+                        millicpus: cpu * 1000,
+                        memory_mib: mib,
+                    };
+                    NodeView {
+                        name: String::new(),
+                        labels: [("zone".to_string(), ZONES[zone].to_string())].into(),
+                        allocatable,
+                        allocated: Resources {
+                            millicpus: (ucpu * 1000).min(allocatable.millicpus),
+                            memory_mib: umib.min(mib),
+                        },
+                        cordoned: cordoned && zone == 0,
+                        ready: ready || zone != 1,
+                        runtimes: match rts {
+                            0 => vec![RuntimeKind::Microvm],
+                            1 => vec![RuntimeKind::Container],
+                            _ => vec![RuntimeKind::Microvm, RuntimeKind::Container],
+                        },
+                        has_image: image != 0,
+                        this_service: mine,
+                    }
                 },
-                has_image: image != 0,
-                this_service: mine,
-            }
-        })
+            )
     }
 
-    fn arb_case() -> impl proptest::strategy::Strategy<Value = (Vec<NodeView>, Resources, bool, bool, bool, Option<usize>, usize)> {
-        (proptest::collection::vec(arb_node(), 0..24), 1u64..4000, 1u64..4096, any::<bool>(), any::<bool>(), any::<bool>(), proptest::option::of(0usize..3), 0usize..40).prop_map(
-            |(mut nodes, cpu, mib, micro, anti, pack, zone, count)| {
+    fn arb_case() -> impl proptest::strategy::Strategy<
+        Value = (
+            Vec<NodeView>,
+            Resources,
+            bool,
+            bool,
+            bool,
+            Option<usize>,
+            usize,
+        ),
+    > {
+        (
+            proptest::collection::vec(arb_node(), 0..24),
+            1u64..4000,
+            1u64..4096,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of(0usize..3),
+            0usize..40,
+        )
+            .prop_map(|(mut nodes, cpu, mib, micro, anti, pack, zone, count)| {
                 for (i, n) in nodes.iter_mut().enumerate() {
                     n.name = format!("node-{i:02}");
                 }
-                (nodes, Resources { millicpus: cpu, memory_mib: mib }, micro, anti, pack, zone, count)
-            },
-        )
+                (
+                    nodes,
+                    Resources {
+                        millicpus: cpu,
+                        memory_mib: mib,
+                    },
+                    micro,
+                    anti,
+                    pack,
+                    zone,
+                    count,
+                )
+            })
     }
 
     proptest! {

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::auth::Principal;
 use super::assign::Report;
+use super::auth::Principal;
 use super::backoff::{BackoffPolicy, Clock, WallClock};
 use super::reconcile::Timing;
 use super::schedule::Quota;
@@ -71,10 +71,19 @@ impl Settings {
             return Err(format!("heartbeat grace {} ms (at least 1000), lease {} ms (at least the grace), stop time {} ms (at least 1000)", timing.grace_ms, timing.lease_ms, timing.stop_ms));
         }
         if backoff.initial_ms == 0 || backoff.cap_ms < backoff.initial_ms {
-            return Err(format!("backoff {} ms to {} ms: more than 0, the cap at least the first", backoff.initial_ms, backoff.cap_ms));
+            return Err(format!(
+                "backoff {} ms to {} ms: more than 0, the cap at least the first",
+                backoff.initial_ms, backoff.cap_ms
+            ));
         }
         let heartbeat_ms = (timing.grace_ms / 4).clamp(250, 2_000);
-        Ok(Settings { timing, backoff, heartbeat_ms, kill_after_ms: timing.stop_ms / 2, reconcile_ms: heartbeat_ms.min(1_000) })
+        Ok(Settings {
+            timing,
+            backoff,
+            heartbeat_ms,
+            kill_after_ms: timing.stop_ms / 2,
+            reconcile_ms: heartbeat_ms.min(1_000),
+        })
     }
 }
 
@@ -103,8 +112,12 @@ impl From<StateError> for ApiError {
         let status = match &e {
             StateError::Spec(_) => StatusCode::BAD_REQUEST,
             StateError::NoService(_) | StateError::NoNode(_) => StatusCode::NOT_FOUND,
-            StateError::Exists(_) | StateError::Taken(_) | StateError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
-            StateError::Unschedulable(_) | StateError::OverQuota(_) | StateError::UnknownImage { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Exists(_)
+            | StateError::Taken(_)
+            | StateError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            StateError::Unschedulable(_)
+            | StateError::OverQuota(_)
+            | StateError::UnknownImage { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Store(StoreError::NotLeader(_)) => StatusCode::SERVICE_UNAVAILABLE,
             StateError::Store(_) | StateError::Corrupt(..) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -120,20 +133,40 @@ fn ok<T: Serialize>(v: T) -> ApiResult {
 
 fn who(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError> {
     if !app.cluster.is_leader() {
-        let leader = app.cluster.leader_hint().map(|l| format!(": the leader is {l}")).unwrap_or_default();
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("this server is a standby{leader}")));
+        let leader = app
+            .cluster
+            .leader_hint()
+            .map(|l| format!(": the leader is {l}"))
+            .unwrap_or_default();
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this server is a standby{leader}"),
+        ));
     }
-    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
     let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return Err(ApiError(StatusCode::UNAUTHORIZED, "no token: send Authorization: Bearer TOKEN (the CLI: --token or BULKHEAD_TOKEN)".into()));
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "no token: send Authorization: Bearer TOKEN (the CLI: --token or BULKHEAD_TOKEN)"
+                .into(),
+        ));
     };
-    app.cluster.principal(token)?.ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))
+    app.cluster
+        .principal(token)?
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))
 }
 
 fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     match who(app, headers)? {
         Principal::Admin => Ok(()),
-        _ => Err(ApiError(StatusCode::FORBIDDEN, "this needs the admin token".into())),
+        _ => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this needs the admin token".into(),
+        )),
     }
 }
 
@@ -143,14 +176,19 @@ fn tenant(app: &App, headers: &HeaderMap) -> Result<(String, Quota), ApiError> {
             let quota = app.cluster.tenant(&t)?.quota;
             Ok((t, quota))
         }
-        _ => Err(ApiError(StatusCode::FORBIDDEN, "services belong to tenants: use a tenant's token".into())),
+        _ => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "services belong to tenants: use a tenant's token".into(),
+        )),
     }
 }
 
 impl App {
     /// Nodes whose last heartbeat is older than this are not ready.
     fn ready_after_ms(&self) -> u64 {
-        self.clock.now_ms().saturating_sub(self.settings.timing.grace_ms)
+        self.clock
+            .now_ms()
+            .saturating_sub(self.settings.timing.grace_ms)
     }
 }
 
@@ -159,14 +197,18 @@ fn dry_run(q: &Option<String>) -> Result<bool, ApiError> {
     match q.as_deref() {
         None | Some("") | Some("dry_run=false") | Some("dry_run=0") => Ok(false),
         Some("dry_run=true") | Some("dry_run=1") => Ok(true),
-        Some(other) => Err(ApiError(StatusCode::BAD_REQUEST, format!("query {other:?}: only dry_run=true|false"))),
+        Some(other) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("query {other:?}: only dry_run=true|false"),
+        )),
     }
 }
 
 /// A JSON body, refused as JSON (400) when it is not the expected shape;
 /// read after the caller is known, so strangers learn nothing from it.
 fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
-    serde_json::from_str(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the request body: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the request body: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,7 +234,11 @@ pub fn document() -> serde_json::Value {
     let mut paths = serde_json::Map::new();
     for (method, path, who, what) in ROUTES {
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        let security = if *who == "anyone" { json!([]) } else { json!([{ "bearer": [] }]) };
+        let security = if *who == "anyone" {
+            json!([])
+        } else {
+            json!([{ "bearer": [] }])
+        };
         entry[*method] = json!({
             "summary": what,
             "description": format!("Caller: {who}."),
@@ -239,7 +285,11 @@ async fn join_token(State(app): State<App>, headers: HeaderMap) -> ApiResult {
 }
 
 fn valid_node(n: &Node) -> Result<(), ApiError> {
-    if !crate::runtime::paths::valid_name(&n.name) || n.labels.iter().any(|(k, v)| !spec::valid_label(k) || !spec::valid_label(v)) {
+    if !crate::runtime::paths::valid_name(&n.name)
+        || n.labels
+            .iter()
+            .any(|(k, v)| !spec::valid_label(k) || !spec::valid_label(v))
+    {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("node {:?}: a name of letters, digits, '_', '.', '-', and labels of 1-63 such characters", n.name)));
     }
     Ok(())
@@ -247,25 +297,46 @@ fn valid_node(n: &Node) -> Result<(), ApiError> {
 
 async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
     if who(&app, &headers)? != Principal::Join {
-        return Err(ApiError(StatusCode::FORBIDDEN, "joining needs a join token (`bulkhead node token create`)".into()));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "joining needs a join token (`bulkhead node token create`)".into(),
+        ));
     }
-    let JoinRequest { node: mut n, api_secret, api_cert, node_token } = body(&text)?;
+    let JoinRequest {
+        node: mut n,
+        api_secret,
+        api_cert,
+        node_token,
+    } = body(&text)?;
     valid_node(&n)?;
     n.cordoned = false; // kept as it was by register_node
-    // The node API only over TLS with the certificate the node gave: its
-    // secret never crosses the network in the clear.
+                        // The node API only over TLS with the certificate the node gave: its
+                        // secret never crosses the network in the clear.
     let access = match (api_secret, api_cert, n.api.as_deref()) {
         (Some(secret), Some(cert), Some(api)) if api.starts_with("https://") => {
-            super::tls::pinned_client(&cert).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("api_cert: {e}")))?;
+            super::tls::pinned_client(&cert)
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("api_cert: {e}")))?;
             Some(super::auth::NodeAccess { secret, cert })
         }
         (None, None, _) => None,
-        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "a node API needs api_secret, api_cert and an https:// api URL".into())),
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "a node API needs api_secret, api_cert and an https:// api URL".into(),
+            ))
+        }
     };
     let name = n.name.clone();
-    let token = app.cluster.join_node(n, access.as_ref(), node_token.as_deref(), app.clock.now_ms())?;
+    let token = app.cluster.join_node(
+        n,
+        access.as_ref(),
+        node_token.as_deref(),
+        app.clock.now_ms(),
+    )?;
     let s = app.settings;
-    ok(json!({ "name": name, "token": token, "heartbeat_ms": s.heartbeat_ms, "lease_ms": s.timing.lease_ms, "kill_after_ms": s.kill_after_ms, "control_plane": *app.control_plane }))
+    ok(
+        json!({ "name": name, "token": token, "heartbeat_ms": s.heartbeat_ms, "lease_ms": s.timing.lease_ms, "kill_after_ms": s.kill_after_ms, "control_plane": *app.control_plane }),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,25 +357,82 @@ struct JoinRequest {
 
 /// The instance `index` of the caller's `service`, its node's API, the
 /// secret for it and a client that trusts only that node's certificate.
-fn instance_on_node(app: &App, headers: &HeaderMap, service: &str, index: &str) -> Result<(super::node_api::Target, String, String, reqwest::Client), ApiError> {
+fn instance_on_node(
+    app: &App,
+    headers: &HeaderMap,
+    service: &str,
+    index: &str,
+) -> Result<(super::node_api::Target, String, String, reqwest::Client), ApiError> {
     let (t, _) = tenant(app, headers)?;
-    let index: u32 = index.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("instance {index:?}: a number")))?;
+    let index: u32 = index.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("instance {index:?}: a number"),
+        )
+    })?;
     app.cluster.service(&t, service)?; // another tenant's: not found
-    let i = app.cluster.instances(Some(&t))?.into_iter().find(|i| i.service == service && i.index == index).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no instance {service}/{index}")))?;
-    let node = app.cluster.nodes()?.into_iter().map(|(n, _)| n).find(|n| n.name == i.node).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node {}", i.node)))?;
+    let i = app
+        .cluster
+        .instances(Some(&t))?
+        .into_iter()
+        .find(|i| i.service == service && i.index == index)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no instance {service}/{index}"),
+            )
+        })?;
+    let node = app
+        .cluster
+        .nodes()?
+        .into_iter()
+        .map(|(n, _)| n)
+        .find(|n| n.name == i.node)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node {}", i.node)))?;
     let (Some(api), Some(access)) = (node.api, app.cluster.node_access(&node.name)?) else {
-        return Err(ApiError(StatusCode::CONFLICT, format!("node {} has no API (it did not join through `bulkhead node`)", node.name)));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "node {} has no API (it did not join through `bulkhead node`)",
+                node.name
+            ),
+        ));
     };
-    let http = super::tls::pinned_client(&access.cert).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("node {}'s certificate: {e}", node.name)))?;
-    Ok((super::node_api::Target { tenant: t, service: service.into(), index, fence: i.fence }, api, access.secret, http))
+    let http = super::tls::pinned_client(&access.cert).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("node {}'s certificate: {e}", node.name),
+        )
+    })?;
+    Ok((
+        super::node_api::Target {
+            tenant: t,
+            service: service.into(),
+            index,
+            fence: i.fence,
+        },
+        api,
+        access.secret,
+        http,
+    ))
 }
 
 /// Relays the node's answer (status and body) or says it cannot be reached.
 async fn relay(resp: Result<reqwest::Response, reqwest::Error>, node_api: &str) -> ApiResult {
-    let resp = resp.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("the instance's node at {node_api}: {e}")))?;
+    let resp = resp.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("the instance's node at {node_api}: {e}"),
+        )
+    })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let kind = resp.headers().get("content-type").cloned();
-    let bytes = resp.bytes().await.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("the instance's node at {node_api}: {e}")))?;
+    let bytes = resp.bytes().await.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("the instance's node at {node_api}: {e}"),
+        )
+    })?;
     let mut r = (status, bytes).into_response();
     if let Some(k) = kind {
         r.headers_mut().insert("content-type", k);
@@ -312,18 +440,37 @@ async fn relay(resp: Result<reqwest::Response, reqwest::Error>, node_api: &str) 
     Ok(r)
 }
 
-async fn instance_logs(State(app): State<App>, headers: HeaderMap, Path((name, index)): Path<(String, String)>, RawQuery(q): RawQuery) -> ApiResult {
+async fn instance_logs(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((name, index)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let tail = match q.as_deref() {
         None | Some("") => None,
-        Some(q) => Some(q.strip_prefix("tail=").and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, format!("query {q:?}: only tail=N")))?),
+        Some(q) => Some(
+            q.strip_prefix("tail=")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError(StatusCode::BAD_REQUEST, format!("query {q:?}: only tail=N"))
+                })?,
+        ),
     };
     let (t, api, secret, http) = instance_on_node(&app, &headers, &name, &index)?;
     // Tenant and service names are letters, digits, '_', '.', '-': nothing to escape.
-    let mut url = format!("{api}/logs?tenant={}&service={}&index={}&fence={}", t.tenant, t.service, t.index, t.fence);
+    let mut url = format!(
+        "{api}/logs?tenant={}&service={}&index={}&fence={}",
+        t.tenant, t.service, t.index, t.fence
+    );
     if let Some(n) = tail {
         url += &format!("&tail={n}");
     }
-    let resp = http.get(url).bearer_auth(secret).timeout(std::time::Duration::from_secs(30)).send().await;
+    let resp = http
+        .get(url)
+        .bearer_auth(secret)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await;
     relay(resp, &api).await
 }
 
@@ -333,12 +480,26 @@ struct Exec {
     command: Vec<String>,
 }
 
-async fn instance_exec(State(app): State<App>, headers: HeaderMap, Path((name, index)): Path<(String, String)>, text: String) -> ApiResult {
+async fn instance_exec(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((name, index)): Path<(String, String)>,
+    text: String,
+) -> ApiResult {
     let (t, api, secret, http) = instance_on_node(&app, &headers, &name, &index)?;
     let e: Exec = body(&text)?;
-    let req = super::node_api::ExecRequest { target: t, command: e.command };
+    let req = super::node_api::ExecRequest {
+        target: t,
+        command: e.command,
+    };
     let timeout = super::node_api::EXEC_TIMEOUT + std::time::Duration::from_secs(10);
-    let resp = http.post(format!("{api}/exec")).json(&req).bearer_auth(secret).timeout(timeout).send().await;
+    let resp = http
+        .post(format!("{api}/exec"))
+        .json(&req)
+        .bearer_auth(secret)
+        .timeout(timeout)
+        .send()
+        .await;
     relay(resp, &api).await
 }
 
@@ -352,9 +513,17 @@ struct Sync {
     images: Option<std::collections::BTreeSet<String>>,
 }
 
-async fn sync(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>, text: String) -> ApiResult {
+async fn sync(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    text: String,
+) -> ApiResult {
     if who(&app, &headers)? != Principal::Node(name.clone()) {
-        return Err(ApiError(StatusCode::FORBIDDEN, format!("this needs node {name}'s own token")));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("this needs node {name}'s own token"),
+        ));
     }
     let s: Sync = body(&text)?;
     let now = app.clock.now_ms();
@@ -366,8 +535,11 @@ async fn sync(State(app): State<App>, headers: HeaderMap, Path(name): Path<Strin
             eprintln!("bulkhead server: node {name}'s images: {e}");
         }
     }
-    app.cluster.report(&name, &s.reports, now, &app.settings.backoff)?;
-    ok(json!({ "assignments": app.cluster.assignments(&name)?, "lease_ms": app.settings.timing.lease_ms, "kill_after_ms": app.settings.kill_after_ms, "control_plane": *app.control_plane }))
+    app.cluster
+        .report(&name, &s.reports, now, &app.settings.backoff)?;
+    ok(
+        json!({ "assignments": app.cluster.assignments(&name)?, "lease_ms": app.settings.timing.lease_ms, "kill_after_ms": app.settings.kill_after_ms, "control_plane": *app.control_plane }),
+    )
 }
 
 async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
@@ -377,22 +549,34 @@ async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
     let mut out = Vec::new();
     for (n, _) in app.cluster.nodes()? {
         let on: Vec<_> = instances.iter().filter(|i| i.node == n.name).collect();
-        let allocated = on.iter().fold(Resources::default(), |a, i| a.plus(i.request));
+        let allocated = on
+            .iter()
+            .fold(Resources::default(), |a, i| a.plus(i.request));
         let last = app.cluster.last_heartbeat_ms(&n.name)?;
         out.push(json!({ "node": n, "ready": last >= ready_after, "heartbeat_age_ms": app.clock.now_ms().saturating_sub(last), "allocated": allocated, "instances": on.len() }));
     }
     ok(out)
 }
 
-async fn heartbeat(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+async fn heartbeat(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
     admin(&app, &headers)?;
     ok(json!({ "revision": app.cluster.heartbeat(&name, app.clock.now_ms())? }))
 }
 
-async fn remove_node(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+async fn remove_node(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
     admin(&app, &headers)?;
     let t = app.settings.timing;
-    ok(json!({ "removed": name, "instances_moved": app.cluster.remove_node(&name, app.clock.now_ms(), t.lease_ms.saturating_add(t.stop_ms))? }))
+    ok(
+        json!({ "removed": name, "instances_moved": app.cluster.remove_node(&name, app.clock.now_ms(), t.lease_ms.saturating_add(t.stop_ms))? }),
+    )
 }
 
 async fn cordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
@@ -405,16 +589,27 @@ async fn drain(State(app): State<App>, headers: HeaderMap, Path(name): Path<Stri
     ok(json!({ "moved": app.cluster.drain(&name)? }))
 }
 
-async fn uncordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+async fn uncordon(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
     admin(&app, &headers)?;
     ok(json!({ "revision": app.cluster.cordon(&name, false)? }))
 }
 
-async fn deploy(State(app): State<App>, headers: HeaderMap, RawQuery(q): RawQuery, text: String) -> ApiResult {
+async fn deploy(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    text: String,
+) -> ApiResult {
     let (t, quota) = tenant(&app, &headers)?;
     let dry = dry_run(&q)?;
     let svc = spec::parse(&text).map_err(StateError::from)?;
-    ok(app.cluster.deploy(&t, &quota, &svc, app.ready_after_ms(), dry)?)
+    ok(app
+        .cluster
+        .deploy(&t, &quota, &svc, app.ready_after_ms(), dry)?)
 }
 
 async fn services(State(app): State<App>, headers: HeaderMap) -> ApiResult {
@@ -425,17 +620,29 @@ async fn services(State(app): State<App>, headers: HeaderMap) -> ApiResult {
         .services(&t)?
         .into_iter()
         .map(|s| {
-            let n = instances.iter().filter(|i| i.service == s.spec.name).count();
+            let n = instances
+                .iter()
+                .filter(|i| i.service == s.spec.name)
+                .count();
             json!({ "service": s, "instances": n })
         })
         .collect();
     ok(rows)
 }
 
-async fn service(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+async fn service(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
     let (t, _) = tenant(&app, &headers)?;
     let s = app.cluster.service(&t, &name)?;
-    let instances: Vec<_> = app.cluster.instances(Some(&t))?.into_iter().filter(|i| i.service == name).collect();
+    let instances: Vec<_> = app
+        .cluster
+        .instances(Some(&t))?
+        .into_iter()
+        .filter(|i| i.service == name)
+        .collect();
     ok(json!({ "service": s, "instances": instances }))
 }
 
@@ -444,11 +651,19 @@ async fn remove(State(app): State<App>, headers: HeaderMap, Path(name): Path<Str
     ok(json!({ "revision": app.cluster.remove(&t, &name)? }))
 }
 
-async fn scale(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>, RawQuery(q): RawQuery, text: String) -> ApiResult {
+async fn scale(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    text: String,
+) -> ApiResult {
     let (t, quota) = tenant(&app, &headers)?;
     let dry = dry_run(&q)?;
     let s: Scale = body(&text)?;
-    ok(app.cluster.scale(&t, &quota, &name, s.replicas, app.ready_after_ms(), dry)?)
+    ok(app
+        .cluster
+        .scale(&t, &quota, &name, s.replicas, app.ready_after_ms(), dry)?)
 }
 
 async fn instances(State(app): State<App>, headers: HeaderMap) -> ApiResult {
@@ -457,7 +672,10 @@ async fn instances(State(app): State<App>, headers: HeaderMap) -> ApiResult {
 }
 
 async fn no_route() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "no such route (GET /openapi.json lists them)".into())
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such route (GET /openapi.json lists them)".into(),
+    )
 }
 
 fn router(app: App) -> Router {
@@ -477,8 +695,14 @@ fn router(app: App) -> Router {
         .route("/v1/services/{name}", get(service).delete(remove))
         .route("/v1/services/{name}/scale", post(scale))
         .route("/v1/instances", get(instances))
-        .route("/v1/services/{name}/instances/{index}/logs", get(instance_logs))
-        .route("/v1/services/{name}/instances/{index}/exec", post(instance_exec))
+        .route(
+            "/v1/services/{name}/instances/{index}/logs",
+            get(instance_logs),
+        )
+        .route(
+            "/v1/services/{name}/instances/{index}/exec",
+            post(instance_exec),
+        )
         .fallback(no_route)
         .with_state(app)
 }
@@ -497,7 +721,11 @@ fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) 
                 for a in &pass.applied {
                     eprintln!("bulkhead server: {a}");
                 }
-                pass.failed.iter().map(|(a, why)| format!("{a}: {why}")).collect::<Vec<_>>().join("; ")
+                pass.failed
+                    .iter()
+                    .map(|(a, why)| format!("{a}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             }
             Err(e) => e.to_string(),
         };
@@ -512,24 +740,45 @@ fn reconciler(cluster: Arc<Cluster>, clock: Arc<dyn Clock>, settings: Settings) 
 /// runs beside it.
 /// `control_plane`: the addresses of this server and its store, which
 /// nodes keep every workload from.
-pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings, tls: Option<Arc<rustls::ServerConfig>>, control_plane: Vec<String>) -> std::io::Result<()> {
+pub async fn serve(
+    cluster: Arc<Cluster>,
+    listen: SocketAddr,
+    settings: Settings,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    control_plane: Vec<String>,
+) -> std::io::Result<()> {
     // Stored times (heartbeats, backoff) must mean the same to the next leader.
     let clock: Arc<dyn Clock> = Arc::new(WallClock);
-    let app = App { cluster, clock: Arc::clone(&clock), settings, control_plane: Arc::new(control_plane) };
+    let app = App {
+        cluster,
+        clock: Arc::clone(&clock),
+        settings,
+        control_plane: Arc::new(control_plane),
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!("bulkhead server: listening on {scheme}://{}", listener.local_addr()?);
+    eprintln!(
+        "bulkhead server: listening on {scheme}://{}",
+        listener.local_addr()?
+    );
     let (cluster, clock) = (Arc::clone(&app.cluster), Arc::clone(&clock));
-    std::thread::Builder::new().name("reconciler".into()).spawn(move || reconciler(cluster, clock, settings))?;
+    std::thread::Builder::new()
+        .name("reconciler".into())
+        .spawn(move || reconciler(cluster, clock, settings))?;
     let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
     match tls {
-        None => axum::serve(listener, router(app)).with_graceful_shutdown(stop).await,
+        None => {
+            axum::serve(listener, router(app))
+                .with_graceful_shutdown(stop)
+                .await
+        }
         Some(config) => {
             tokio::select! {
                 r = super::tls::serve(listener, router(app), config) => r,
@@ -538,4 +787,3 @@ pub async fn serve(cluster: Arc<Cluster>, listen: SocketAddr, settings: Settings
         }
     }
 }
-

@@ -16,8 +16,14 @@ pub const MAX_CPUS: f64 = 64.0;
 pub const MAX_MEMORY_MIB: u64 = 256 << 10;
 /// What an instance asks for when the spec says nothing: a microVM's
 /// default size, or a small container share.
-pub const DEFAULT_VM: Resources = Resources { millicpus: 1000, memory_mib: 256 };
-pub const DEFAULT_CONTAINER: Resources = Resources { millicpus: 100, memory_mib: 64 };
+pub const DEFAULT_VM: Resources = Resources {
+    millicpus: 1000,
+    memory_mib: 256,
+};
+pub const DEFAULT_CONTAINER: Resources = Resources {
+    millicpus: 100,
+    memory_mib: 64,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -28,7 +34,10 @@ pub enum SpecError {
 }
 
 fn field(field: &'static str, why: impl Into<String>) -> SpecError {
-    SpecError::Field { field, why: why.into() }
+    SpecError::Field {
+        field,
+        why: why.into(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -131,11 +140,17 @@ pub struct Resources {
 
 impl Resources {
     pub fn plus(self, o: Resources) -> Resources {
-        Resources { millicpus: self.millicpus.saturating_add(o.millicpus), memory_mib: self.memory_mib.saturating_add(o.memory_mib) }
+        Resources {
+            millicpus: self.millicpus.saturating_add(o.millicpus),
+            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
+        }
     }
 
     pub fn times(self, n: u64) -> Resources {
-        Resources { millicpus: self.millicpus.saturating_mul(n), memory_mib: self.memory_mib.saturating_mul(n) }
+        Resources {
+            millicpus: self.millicpus.saturating_mul(n),
+            memory_mib: self.memory_mib.saturating_mul(n),
+        }
     }
 
     /// Both fit within `o`.
@@ -201,94 +216,169 @@ fn has_anchor_or_alias(text: &str) -> bool {
 /// Parses a service file: JSON when it starts with `{`, else YAML.
 pub fn parse(text: &str) -> Result<Service, SpecError> {
     if text.len() > MAX_FILE_BYTES {
-        return Err(SpecError::Syntax(format!("{} bytes: a service file is at most {MAX_FILE_BYTES}", text.len())));
+        return Err(SpecError::Syntax(format!(
+            "{} bytes: a service file is at most {MAX_FILE_BYTES}",
+            text.len()
+        )));
     }
     if flow_depth(text) > MAX_FLOW_DEPTH {
-        return Err(SpecError::Syntax(format!("brackets nested deeper than {MAX_FLOW_DEPTH}")));
+        return Err(SpecError::Syntax(format!(
+            "brackets nested deeper than {MAX_FLOW_DEPTH}"
+        )));
     }
     let json = text.trim_start().starts_with('{');
     if !json && has_anchor_or_alias(text) {
         return Err(SpecError::Syntax("YAML anchors and aliases (&name, *name) are not accepted; quote a value that starts with & or *".into()));
     }
-    let spec: ServiceSpec =
-        if json { serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))? } else { serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))? };
+    let spec: ServiceSpec = if json {
+        serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
+    };
     check(spec)
 }
 
 /// Every field in range; what one instance needs from a node.
 pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
     if !crate::runtime::paths::valid_name(&spec.name) {
-        return Err(field("name", format!("{:?}: 1-64 of letters, digits, '_', '.', '-', starting with a letter or digit", spec.name)));
+        return Err(field(
+            "name",
+            format!(
+                "{:?}: 1-64 of letters, digits, '_', '.', '-', starting with a letter or digit",
+                spec.name
+            ),
+        ));
     }
     if spec.image.trim().is_empty() || spec.image.chars().any(char::is_whitespace) {
-        return Err(field("image", format!("{:?}: an image reference (e.g. busybox:latest)", spec.image)));
+        return Err(field(
+            "image",
+            format!("{:?}: an image reference (e.g. busybox:latest)", spec.image),
+        ));
     }
     if spec.replicas > MAX_REPLICAS {
-        return Err(field("replicas", format!("{} is over the limit of {MAX_REPLICAS}", spec.replicas)));
+        return Err(field(
+            "replicas",
+            format!("{} is over the limit of {MAX_REPLICAS}", spec.replicas),
+        ));
     }
     if let Some(c) = spec.cpus {
         if !(c.is_finite() && c > 0.0 && c <= MAX_CPUS) {
-            return Err(field("cpus", format!("{c}: more than 0, at most {MAX_CPUS}")));
+            return Err(field(
+                "cpus",
+                format!("{c}: more than 0, at most {MAX_CPUS}"),
+            ));
         }
     }
-    let memory_mib = spec.memory.as_deref().map(|m| crate::runtime::limits::memory_for(spec.runtime, m).map_err(|e| field("memory", e.to_string()))).transpose()?;
+    let memory_mib = spec
+        .memory
+        .as_deref()
+        .map(|m| {
+            crate::runtime::limits::memory_for(spec.runtime, m)
+                .map_err(|e| field("memory", e.to_string()))
+        })
+        .transpose()?;
     if let Some(m) = memory_mib {
         if !(16..=MAX_MEMORY_MIB).contains(&m) {
-            return Err(field("memory", format!("{m} MiB: between 16 MiB and {MAX_MEMORY_MIB} MiB")));
+            return Err(field(
+                "memory",
+                format!("{m} MiB: between 16 MiB and {MAX_MEMORY_MIB} MiB"),
+            ));
         }
     }
     for k in spec.env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(field("env", format!("{k:?}: a variable name (no '=', not empty)")));
+            return Err(field(
+                "env",
+                format!("{k:?}: a variable name (no '=', not empty)"),
+            ));
         }
         if k.starts_with("BULKHEAD_") {
             return Err(field("env", format!("{k:?}: BULKHEAD_* names are the node's (it sets the instance's identity there)")));
         }
     }
-    if spec.env.values().any(|v| v.contains('\0')) || spec.command.iter().any(|a| a.contains('\0')) {
+    if spec.env.values().any(|v| v.contains('\0')) || spec.command.iter().any(|a| a.contains('\0'))
+    {
         return Err(field("command", "no NUL bytes in arguments or values"));
     }
     let mut ports = Vec::new();
     for p in &spec.ports {
-        let parsed = crate::network::Publish::parse(p).map_err(|e| field("ports", e.to_string()))?;
-        if let Some(q) = ports.iter().find(|q: &&crate::network::Publish| q.clashes(&parsed)) {
-            return Err(field("ports", format!("{p} and {q} claim the same host port")));
+        let parsed =
+            crate::network::Publish::parse(p).map_err(|e| field("ports", e.to_string()))?;
+        if let Some(q) = ports
+            .iter()
+            .find(|q: &&crate::network::Publish| q.clashes(&parsed))
+        {
+            return Err(field(
+                "ports",
+                format!("{p} and {q} claim the same host port"),
+            ));
         }
         ports.push(parsed);
     }
     if !ports.is_empty() && !spec.placement.anti_affinity && spec.replicas > 1 {
-        return Err(field("ports", "replicas that publish a host port need placement.anti_affinity: true (one per node)"));
+        return Err(field(
+            "ports",
+            "replicas that publish a host port need placement.anti_affinity: true (one per node)",
+        ));
     }
     if spec.egress.allow.len() > crate::network::egress::MAX_ALLOWS {
-        return Err(field("egress.allow", format!("{} entries: at most {}", spec.egress.allow.len(), crate::network::egress::MAX_ALLOWS)));
+        return Err(field(
+            "egress.allow",
+            format!(
+                "{} entries: at most {}",
+                spec.egress.allow.len(),
+                crate::network::egress::MAX_ALLOWS
+            ),
+        ));
     }
     for a in &spec.egress.allow {
-        crate::network::egress::check_tenant_allow(a).map_err(|why| field("egress.allow", format!("{a:?}: {why}")))?;
+        crate::network::egress::check_tenant_allow(a)
+            .map_err(|why| field("egress.allow", format!("{a:?}: {why}")))?;
     }
     for (k, v) in &spec.placement.labels {
         if !valid_label(k) || !valid_label(v) {
-            return Err(field("placement.labels", format!("{k:?}={v:?}: 1-63 of letters, digits, '-', '_', '.', '/'")));
+            return Err(field(
+                "placement.labels",
+                format!("{k:?}={v:?}: 1-63 of letters, digits, '-', '_', '.', '/'"),
+            ));
         }
     }
     let request = instance_request(spec.runtime, spec.cpus, memory_mib);
-    Ok(Service { spec, memory_mib, request })
+    Ok(Service {
+        spec,
+        memory_mib,
+        request,
+    })
 }
 
 /// Node label keys and values.
 pub fn valid_label(s: &str) -> bool {
-    (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
 /// What one instance takes from a node: a microVM its vCPUs (whole) and
 /// guest memory plus the VMM's overhead (the same the jail's cgroup
 /// allows), a container its limits.
-pub fn instance_request(runtime: RuntimeKind, cpus: Option<f64>, memory_mib: Option<u64>) -> Resources {
+pub fn instance_request(
+    runtime: RuntimeKind,
+    cpus: Option<f64>,
+    memory_mib: Option<u64>,
+) -> Resources {
     match runtime {
         RuntimeKind::Microvm => Resources {
-            millicpus: cpus.map_or(DEFAULT_VM.millicpus, |c| (c.ceil() as u64).saturating_mul(1000)),
-            memory_mib: memory_mib.unwrap_or(DEFAULT_VM.memory_mib).saturating_add(crate::runtime::jail::OVERHEAD_MIB),
+            millicpus: cpus.map_or(DEFAULT_VM.millicpus, |c| {
+                (c.ceil() as u64).saturating_mul(1000)
+            }),
+            memory_mib: memory_mib
+                .unwrap_or(DEFAULT_VM.memory_mib)
+                .saturating_add(crate::runtime::jail::OVERHEAD_MIB),
         },
-        RuntimeKind::Container => Resources { millicpus: cpus.map_or(DEFAULT_CONTAINER.millicpus, |c| (c * 1000.0).ceil() as u64), memory_mib: memory_mib.unwrap_or(DEFAULT_CONTAINER.memory_mib) },
+        RuntimeKind::Container => Resources {
+            millicpus: cpus.map_or(DEFAULT_CONTAINER.millicpus, |c| (c * 1000.0).ceil() as u64),
+            memory_mib: memory_mib.unwrap_or(DEFAULT_CONTAINER.memory_mib),
+        },
     }
 }
 
@@ -319,20 +409,35 @@ ports: ['8080:80']
         assert_eq!(s.spec.restart, RestartPolicy::OnFailure);
         assert_eq!(s.spec.placement.strategy, Strategy::Binpack);
         assert_eq!(s.memory_mib, Some(128));
-        assert_eq!(s.request, Resources { millicpus: 2000, memory_mib: 128 + 64 }, "2 whole vCPUs, guest + VMM overhead");
+        assert_eq!(
+            s.request,
+            Resources {
+                millicpus: 2000,
+                memory_mib: 128 + 64
+            },
+            "2 whole vCPUs, guest + VMM overhead"
+        );
         let json = serde_json::to_string(&s.spec).unwrap_or_default();
         assert_eq!(parse(&json).map(|j| j.spec), Ok(s.spec));
-        let lan = parse("name: a\nimage: x\negress: {allow: [10.20.0.0/16, 192.168.1.7]}\n").unwrap_or_else(|e| panic!("{e}"));
+        let lan = parse("name: a\nimage: x\negress: {allow: [10.20.0.0/16, 192.168.1.7]}\n")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(lan.spec.egress.allow, ["10.20.0.0/16", "192.168.1.7"]);
-        let minimal = parse("name: a\nimage: x\nruntime: container\n").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((minimal.spec.replicas, minimal.spec.restart, minimal.request), (1, RestartPolicy::Always, DEFAULT_CONTAINER));
+        let minimal =
+            parse("name: a\nimage: x\nruntime: container\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (minimal.spec.replicas, minimal.spec.restart, minimal.request),
+            (1, RestartPolicy::Always, DEFAULT_CONTAINER)
+        );
     }
 
     #[test]
     fn bad_specs_name_the_field() {
         let cases: &[(&str, &str)] = &[
             ("name: a\nimage: x\nreplica: 3\n", "unknown field `replica`"),
-            ("name: a\nimage: x\nplacement: {label: {a: b}}\n", "unknown field `label`"),
+            (
+                "name: a\nimage: x\nplacement: {label: {a: b}}\n",
+                "unknown field `label`",
+            ),
             ("name: 'bad name'\nimage: x\n", "name:"),
             ("name: a\nimage: ''\n", "image:"),
             ("name: a\nimage: x\nreplicas: 1001\n", "replicas:"),
@@ -346,15 +451,42 @@ ports: ['8080:80']
             ("name: a\nimage: x\nenv: {'A=B': c}\n", "env:"),
             ("name: a\nimage: x\nenv: {BULKHEAD_FENCE: '1'}\n", "env:"),
             ("name: a\nimage: x\nports: ['80']\n", "ports:"),
-            ("name: a\nimage: x\nports: ['8080:80', '8080:81']\n", "same host port"),
-            ("name: a\nimage: x\nreplicas: 2\nports: ['8080:80']\n", "anti_affinity"),
-            ("name: a\nimage: x\nplacement: {labels: {'a b': c}}\n", "placement.labels"),
-            ("name: a\nimage: x\negress: {allow: [169.254.169.254/32]}\n", "egress.allow"),
-            ("name: a\nimage: x\negress: {allow: [0.0.0.0/0]}\n", "egress.allow"),
-            ("name: a\nimage: x\negress: {allow: [127.0.0.1]}\n", "egress.allow"),
-            ("name: a\nimage: x\negress: {allow: [10.0.0.1/8]}\n", "egress.allow"),
-            ("name: a\nimage: x\negress: {allow: [lan]}\n", "egress.allow"),
-            ("name: a\nimage: x\negress: {deny: [10.0.0.0/8]}\n", "unknown field `deny`"),
+            (
+                "name: a\nimage: x\nports: ['8080:80', '8080:81']\n",
+                "same host port",
+            ),
+            (
+                "name: a\nimage: x\nreplicas: 2\nports: ['8080:80']\n",
+                "anti_affinity",
+            ),
+            (
+                "name: a\nimage: x\nplacement: {labels: {'a b': c}}\n",
+                "placement.labels",
+            ),
+            (
+                "name: a\nimage: x\negress: {allow: [169.254.169.254/32]}\n",
+                "egress.allow",
+            ),
+            (
+                "name: a\nimage: x\negress: {allow: [0.0.0.0/0]}\n",
+                "egress.allow",
+            ),
+            (
+                "name: a\nimage: x\negress: {allow: [127.0.0.1]}\n",
+                "egress.allow",
+            ),
+            (
+                "name: a\nimage: x\negress: {allow: [10.0.0.1/8]}\n",
+                "egress.allow",
+            ),
+            (
+                "name: a\nimage: x\negress: {allow: [lan]}\n",
+                "egress.allow",
+            ),
+            (
+                "name: a\nimage: x\negress: {deny: [10.0.0.0/8]}\n",
+                "unknown field `deny`",
+            ),
             ("name: a\nimage: x\nruntime: vm\n", "does not parse"),
             ("restart: sometimes\n", "does not parse"),
             ("{\"name\": \"a\"", "does not parse"),
@@ -364,7 +496,10 @@ ports: ['8080:80']
         for (text, want) in cases {
             match parse(text) {
                 Ok(s) => panic!("{text:?} was accepted: {s:?}"),
-                Err(e) => assert!(e.to_string().contains(want), "{text:?}: wanted {want:?} in {e}"),
+                Err(e) => assert!(
+                    e.to_string().contains(want),
+                    "{text:?}: wanted {want:?} in {e}"
+                ),
             }
         }
     }
@@ -379,25 +514,82 @@ ports: ['8080:80']
         bomb += "]\n";
         assert!(bomb.len() < MAX_FILE_BYTES);
         // 60 KiB of brackets: under the size cap, refused by the depth cap (parsing it took ~50 s).
-        let deep = format!("name: {}x{}\nimage: x\n", "[".repeat(30_000), "]".repeat(30_000));
+        let deep = format!(
+            "name: {}x{}\nimage: x\n",
+            "[".repeat(30_000),
+            "]".repeat(30_000)
+        );
         let huge = format!("name: a\nimage: x\ncommand: [{}]\n", "x,".repeat(40_000));
-        for text in [bomb, deep, huge, "name: *nowhere\nimage: x\n".to_string(), "\u{0}\u{1}".into(), "name: a\nimage: x\n---\nname: b\n".into()] {
+        for text in [
+            bomb,
+            deep,
+            huge,
+            "name: *nowhere\nimage: x\n".to_string(),
+            "\u{0}\u{1}".into(),
+            "name: a\nimage: x\n---\nname: b\n".into(),
+        ] {
             assert!(parse(&text).is_err(), "{}", &text[..text.len().min(80)]);
         }
         assert!(parse("name: a\nimage: x\ncommand: [sh, -c, 'ls *.txt', \"a & b\"]\nenv: {A: 'x & *y'} # a *comment\n").is_ok(), "& and * inside quoted values and comments are fine");
-        for token in ["name: &a web\nimage: x\n", "name: a\nimage: x\ncommand:\n  - *x\n", "name: a\nimage: x\nenv: {A: *v}\n"] {
-            assert!(parse(token).unwrap_err().to_string().contains("anchors and aliases"), "{token:?}");
+        for token in [
+            "name: &a web\nimage: x\n",
+            "name: a\nimage: x\ncommand:\n  - *x\n",
+            "name: a\nimage: x\nenv: {A: *v}\n",
+        ] {
+            assert!(
+                parse(token)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("anchors and aliases"),
+                "{token:?}"
+            );
         }
     }
 
     #[test]
     fn requests_per_runtime() {
-        assert_eq!(instance_request(RuntimeKind::Microvm, None, None), Resources { millicpus: 1000, memory_mib: 256 + 64 });
-        assert_eq!(instance_request(RuntimeKind::Microvm, Some(0.5), Some(512)), Resources { millicpus: 1000, memory_mib: 576 });
-        assert_eq!(instance_request(RuntimeKind::Container, Some(0.25), Some(32)), Resources { millicpus: 250, memory_mib: 32 });
-        let r = Resources { millicpus: 3, memory_mib: 5 };
-        assert_eq!(r.times(2).plus(r), Resources { millicpus: 9, memory_mib: 15 });
+        assert_eq!(
+            instance_request(RuntimeKind::Microvm, None, None),
+            Resources {
+                millicpus: 1000,
+                memory_mib: 256 + 64
+            }
+        );
+        assert_eq!(
+            instance_request(RuntimeKind::Microvm, Some(0.5), Some(512)),
+            Resources {
+                millicpus: 1000,
+                memory_mib: 576
+            }
+        );
+        assert_eq!(
+            instance_request(RuntimeKind::Container, Some(0.25), Some(32)),
+            Resources {
+                millicpus: 250,
+                memory_mib: 32
+            }
+        );
+        let r = Resources {
+            millicpus: 3,
+            memory_mib: 5,
+        };
+        assert_eq!(
+            r.times(2).plus(r),
+            Resources {
+                millicpus: 9,
+                memory_mib: 15
+            }
+        );
         assert!(r.within(r) && !r.times(2).within(r));
-        assert_eq!(Resources { millicpus: u64::MAX, memory_mib: 1 }.plus(r).millicpus, u64::MAX, "saturates");
+        assert_eq!(
+            Resources {
+                millicpus: u64::MAX,
+                memory_mib: 1
+            }
+            .plus(r)
+            .millicpus,
+            u64::MAX,
+            "saturates"
+        );
     }
 }

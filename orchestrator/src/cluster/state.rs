@@ -77,7 +77,9 @@ impl Node {
     /// Whether a service's image can run here: `names` are what
     /// `image_names` makes of it.
     pub fn may_have_image(&self, names: &[String; 2]) -> bool {
-        self.images.as_ref().is_none_or(|held| names.iter().any(|n| held.contains(n)))
+        self.images
+            .as_ref()
+            .is_none_or(|held| names.iter().any(|n| held.contains(n)))
     }
 }
 
@@ -169,7 +171,8 @@ pub(crate) fn heartbeat_key(name: &str) -> String {
 pub(crate) const PLACEMENTS: &str = "/placements";
 
 pub(crate) fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, StateError> {
-    serde_json::from_slice(&e.value).map_err(|err| StateError::Corrupt(e.key.clone(), err.to_string()))
+    serde_json::from_slice(&e.value)
+        .map_err(|err| StateError::Corrupt(e.key.clone(), err.to_string()))
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -195,7 +198,9 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(store: impl Store + 'static) -> Self {
-        Cluster { store: Box::new(store) }
+        Cluster {
+            store: Box::new(store),
+        }
     }
 
     /// Whether this server may write (see `Store::is_leader`).
@@ -223,15 +228,25 @@ impl Cluster {
 
     /// The images node `name` holds now, when they changed since it said
     /// last (a write only then: the record's revision guards placements).
-    pub fn set_node_images(&self, name: &str, images: BTreeSet<String>) -> Result<bool, StateError> {
+    pub fn set_node_images(
+        &self,
+        name: &str,
+        images: BTreeSet<String>,
+    ) -> Result<bool, StateError> {
         let key = node_key(name);
-        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
+        let e = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StateError::NoNode(name.into()))?;
         let mut node: Node = decode(&e)?;
         if node.images.as_ref() == Some(&images) {
             return Ok(false);
         }
         node.images = Some(images);
-        self.store.txn(&[Compare::Revision(key.clone(), e.revision)], &[Op::Put(key, encode(&node))])?;
+        self.store.txn(
+            &[Compare::Revision(key.clone(), e.revision)],
+            &[Op::Put(key, encode(&node))],
+        )?;
         Ok(true)
     }
 
@@ -240,13 +255,22 @@ impl Cluster {
         if self.store.get(&node_key(name))?.is_none() {
             return Err(StateError::NoNode(name.into()));
         }
-        Ok(self.store.txn(&[], &[Op::Put(heartbeat_key(name), now_ms.to_le_bytes().to_vec())])?)
+        Ok(self.store.txn(
+            &[],
+            &[Op::Put(heartbeat_key(name), now_ms.to_le_bytes().to_vec())],
+        )?)
     }
 
     /// When the node last said it is alive (0: never).
     pub fn last_heartbeat_ms(&self, name: &str) -> Result<u64, StateError> {
         let e = self.store.get(&heartbeat_key(name))?;
-        Ok(e.and_then(|e| e.value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)).unwrap_or(0))
+        Ok(e.and_then(|e| {
+            e.value
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        })
+        .unwrap_or(0))
     }
 
     /// A guard that fails if any placement changed since, and the write
@@ -261,17 +285,26 @@ impl Cluster {
 
     pub fn cordon(&self, name: &str, cordoned: bool) -> Result<u64, StateError> {
         let key = node_key(name);
-        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
+        let e = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StateError::NoNode(name.into()))?;
         let mut n: Node = decode(&e)?;
         n.cordoned = cordoned;
-        Ok(self.store.txn(&[Compare::Revision(key.clone(), e.revision)], &[Op::Put(key, encode(&n))])?)
+        Ok(self.store.txn(
+            &[Compare::Revision(key.clone(), e.revision)],
+            &[Op::Put(key, encode(&n))],
+        )?)
     }
 
     /// Cordons the node and deletes its instances (the reconciler places
     /// replacements elsewhere; the node stops its copies). Returns how many.
     pub fn drain(&self, name: &str) -> Result<usize, StateError> {
         let key = node_key(name);
-        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
+        let e = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StateError::NoNode(name.into()))?;
         let mut n: Node = decode(&e)?;
         n.cordoned = true;
         let (placements, bump) = self.placements_guard()?;
@@ -295,10 +328,22 @@ impl Cluster {
     /// stopped: no heartbeat for its lease plus the stop time (`settle_ms`)
     /// before `now_ms`; until then `Taken`, and nothing changes. Returns
     /// how many instances went.
-    pub fn remove_node(&self, name: &str, now_ms: u64, settle_ms: u64) -> Result<usize, StateError> {
+    pub fn remove_node(
+        &self,
+        name: &str,
+        now_ms: u64,
+        settle_ms: u64,
+    ) -> Result<usize, StateError> {
         let key = node_key(name);
-        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoNode(name.into()))?;
-        let on: Vec<Instance> = self.instances(None)?.into_iter().filter(|i| i.node == name).collect();
+        let e = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StateError::NoNode(name.into()))?;
+        let on: Vec<Instance> = self
+            .instances(None)?
+            .into_iter()
+            .filter(|i| i.node == name)
+            .collect();
         let last = self.last_heartbeat_ms(name)?;
         if !on.is_empty() && now_ms < last.saturating_add(settle_ms) {
             return Err(StateError::Taken(format!(
@@ -323,17 +368,28 @@ impl Cluster {
     }
 
     pub fn nodes(&self) -> Result<Vec<(Node, u64)>, StateError> {
-        self.store.list("/nodes/")?.iter().map(|e| Ok((decode(e)?, e.revision))).collect()
+        self.store
+            .list("/nodes/")?
+            .iter()
+            .map(|e| Ok((decode(e)?, e.revision)))
+            .collect()
     }
 
     /// Every instance (of `tenant`, or all with `None`), as last reported.
     pub fn instances(&self, tenant: Option<&str>) -> Result<Vec<Instance>, StateError> {
-        Ok(self.instances_with_status(tenant)?.into_iter().map(|(i, _)| i).collect())
+        Ok(self
+            .instances_with_status(tenant)?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
     }
 
     /// Every instance with its node's reports: state, exit and restarts
     /// come from the status when it is about the current fence.
-    pub fn instances_with_status(&self, tenant: Option<&str>) -> Result<Vec<(Instance, InstanceStatus)>, StateError> {
+    pub fn instances_with_status(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<(Instance, InstanceStatus)>, StateError> {
         let scope = tenant.map_or_else(String::new, |t| format!("{t}/"));
         let mut statuses: BTreeMap<String, InstanceStatus> = BTreeMap::new();
         for e in self.store.list(&format!("/status/{scope}"))? {
@@ -358,17 +414,30 @@ impl Cluster {
 
     /// A tenant's services (another tenant's are not there for it).
     pub fn services(&self, tenant: &str) -> Result<Vec<ServiceRecord>, StateError> {
-        self.store.list(&format!("/services/{tenant}/"))?.iter().map(decode).collect()
+        self.store
+            .list(&format!("/services/{tenant}/"))?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     pub fn service(&self, tenant: &str, name: &str) -> Result<ServiceRecord, StateError> {
-        let e = self.store.get(&service_key(tenant, name))?.ok_or_else(|| StateError::NoService(name.into()))?;
+        let e = self
+            .store
+            .get(&service_key(tenant, name))?
+            .ok_or_else(|| StateError::NoService(name.into()))?;
         decode(&e)
     }
 
     /// The nodes as the scheduler sees them for `service`, each with the
     /// revision read (the write is guarded by it).
-    fn snapshot(&self, tenant: &str, service: &str, image: &str, ready_after_ms: u64) -> Result<(Vec<NodeView>, Vec<Compare>, Op), StateError> {
+    fn snapshot(
+        &self,
+        tenant: &str,
+        service: &str,
+        image: &str,
+        ready_after_ms: u64,
+    ) -> Result<(Vec<NodeView>, Vec<Compare>, Op), StateError> {
         let (placements, bump) = self.placements_guard()?;
         let nodes = self.nodes()?;
         let all = self.instances(None)?;
@@ -377,35 +446,80 @@ impl Cluster {
         let image = image_names(image);
         for (n, rev) in nodes {
             let on: Vec<&Instance> = all.iter().filter(|i| i.node == n.name).collect();
-            let allocated = on.iter().fold(Resources::default(), |a, i| a.plus(i.request));
-            let this_service = on.iter().filter(|i| i.tenant == tenant && i.service == service).count() as u32;
+            let allocated = on
+                .iter()
+                .fold(Resources::default(), |a, i| a.plus(i.request));
+            let this_service = on
+                .iter()
+                .filter(|i| i.tenant == tenant && i.service == service)
+                .count() as u32;
             guards.push(Compare::Revision(node_key(&n.name), rev));
             let ready = self.last_heartbeat_ms(&n.name)? >= ready_after_ms;
             let has_image = n.may_have_image(&image);
-            views.push(NodeView { name: n.name, labels: n.labels, allocatable: n.allocatable, allocated, cordoned: n.cordoned, ready, runtimes: n.runtimes, has_image, this_service });
+            views.push(NodeView {
+                name: n.name,
+                labels: n.labels,
+                allocatable: n.allocatable,
+                allocated,
+                cordoned: n.cordoned,
+                ready,
+                runtimes: n.runtimes,
+                has_image,
+                this_service,
+            });
         }
         Ok((views, guards, bump))
     }
 
     /// Creates a service and places its replicas, all or nothing; `dry`
     /// computes the placement and writes nothing.
-    pub fn deploy(&self, tenant: &str, quota: &Quota, svc: &Service, ready_after_ms: u64, dry: bool) -> Result<Change, StateError> {
+    pub fn deploy(
+        &self,
+        tenant: &str,
+        quota: &Quota,
+        svc: &Service,
+        ready_after_ms: u64,
+        dry: bool,
+    ) -> Result<Change, StateError> {
         let key = service_key(tenant, &svc.spec.name);
         if self.store.get(&key)?.is_some() {
             return Err(StateError::Exists(svc.spec.name.clone()));
         }
-        let record = ServiceRecord { tenant: tenant.into(), spec: svc.spec.clone(), request: svc.request };
+        let record = ServiceRecord {
+            tenant: tenant.into(),
+            spec: svc.spec.clone(),
+            request: svc.request,
+        };
         let mut guards = vec![Compare::Absent(key.clone())];
         let mut ops = vec![Op::Put(key, encode(&record))];
-        let change = self.place_more(&record, quota, 0, svc.spec.replicas, ready_after_ms, &mut guards, &mut ops)?;
+        let change = self.place_more(
+            &record,
+            quota,
+            0,
+            svc.spec.replicas,
+            ready_after_ms,
+            &mut guards,
+            &mut ops,
+        )?;
         self.commit(change, &guards, &ops, dry)
     }
 
     /// Sets a service's replica count: new instances placed (all or
     /// nothing), the highest-numbered removed first.
-    pub fn scale(&self, tenant: &str, quota: &Quota, name: &str, replicas: u32, ready_after_ms: u64, dry: bool) -> Result<Change, StateError> {
+    pub fn scale(
+        &self,
+        tenant: &str,
+        quota: &Quota,
+        name: &str,
+        replicas: u32,
+        ready_after_ms: u64,
+        dry: bool,
+    ) -> Result<Change, StateError> {
         let key = service_key(tenant, name);
-        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoService(name.into()))?;
+        let e = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StateError::NoService(name.into()))?;
         let mut record: ServiceRecord = decode(&e)?;
         let mut spec = record.spec.clone();
         spec.replicas = replicas;
@@ -413,20 +527,46 @@ impl Cluster {
         record.spec = spec;
         let mut guards = vec![Compare::Revision(key.clone(), e.revision)];
         let mut ops = vec![Op::Put(key, encode(&record))];
-        let existing: Vec<Instance> = self.store.list(&instance_prefix(tenant, name))?.iter().map(decode).collect::<Result<_, _>>()?;
+        let existing: Vec<Instance> = self
+            .store
+            .list(&instance_prefix(tenant, name))?
+            .iter()
+            .map(decode)
+            .collect::<Result<_, _>>()?;
         let have = existing.len() as u32;
         let change = if replicas > have {
             let next = existing.iter().map(|i| i.index + 1).max().unwrap_or(0);
-            self.place_more(&record, quota, next, replicas - have, ready_after_ms, &mut guards, &mut ops)?
+            self.place_more(
+                &record,
+                quota,
+                next,
+                replicas - have,
+                ready_after_ms,
+                &mut guards,
+                &mut ops,
+            )?
         } else {
             let mut by_index = existing;
             by_index.sort_by_key(|i| std::cmp::Reverse(i.index));
-            let removed: Vec<u32> = by_index.iter().take((have - replicas) as usize).map(|i| i.index).collect();
-            ops.extend(removed.iter().flat_map(|i| [Op::Delete(instance_key(tenant, name, *i)), Op::Delete(status_key(tenant, name, *i))]));
+            let removed: Vec<u32> = by_index
+                .iter()
+                .take((have - replicas) as usize)
+                .map(|i| i.index)
+                .collect();
+            ops.extend(removed.iter().flat_map(|i| {
+                [
+                    Op::Delete(instance_key(tenant, name, *i)),
+                    Op::Delete(status_key(tenant, name, *i)),
+                ]
+            }));
             let (placements, bump) = self.placements_guard()?;
             guards.push(placements);
             ops.push(bump);
-            Change { placed: Vec::new(), removed, revision: 0 }
+            Change {
+                placed: Vec::new(),
+                removed,
+                revision: 0,
+            }
         };
         self.commit(change, &guards, &ops, dry)
     }
@@ -434,44 +574,114 @@ impl Cluster {
     /// Removes a service and its instances (nodes stop them).
     pub fn remove(&self, tenant: &str, name: &str) -> Result<u64, StateError> {
         let key = service_key(tenant, name);
-        let e = self.store.get(&key)?.ok_or_else(|| StateError::NoService(name.into()))?;
+        let e = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StateError::NoService(name.into()))?;
         let (placements, bump) = self.placements_guard()?;
         let mut ops = vec![Op::Delete(key.clone()), bump];
-        ops.extend(self.store.list(&instance_prefix(tenant, name))?.into_iter().map(|i| Op::Delete(i.key)));
-        ops.extend(self.store.list(&format!("/status/{tenant}/{name}/"))?.into_iter().map(|i| Op::Delete(i.key)));
-        Ok(self.store.txn(&[Compare::Revision(key, e.revision), placements], &ops)?)
+        ops.extend(
+            self.store
+                .list(&instance_prefix(tenant, name))?
+                .into_iter()
+                .map(|i| Op::Delete(i.key)),
+        );
+        ops.extend(
+            self.store
+                .list(&format!("/status/{tenant}/{name}/"))?
+                .into_iter()
+                .map(|i| Op::Delete(i.key)),
+        );
+        Ok(self
+            .store
+            .txn(&[Compare::Revision(key, e.revision), placements], &ops)?)
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn place_more(&self, record: &ServiceRecord, quota: &Quota, first_index: u32, count: u32, ready_after_ms: u64, guards: &mut Vec<Compare>, ops: &mut Vec<Op>) -> Result<Change, StateError> {
+    pub(crate) fn place_more(
+        &self,
+        record: &ServiceRecord,
+        quota: &Quota,
+        first_index: u32,
+        count: u32,
+        ready_after_ms: u64,
+        guards: &mut Vec<Compare>,
+        ops: &mut Vec<Op>,
+    ) -> Result<Change, StateError> {
         let tenant = &record.tenant;
         let mine = self.instances(Some(tenant))?;
-        let used = mine.iter().fold(Resources::default(), |a, i| a.plus(i.request));
-        schedule::check_quota(quota, used, mine.len() as u64, record.request.times(u64::from(count)), u64::from(count))?;
-        let (views, node_guards, bump) = self.snapshot(tenant, &record.spec.name, &record.spec.image, ready_after_ms)?;
+        let used = mine
+            .iter()
+            .fold(Resources::default(), |a, i| a.plus(i.request));
+        schedule::check_quota(
+            quota,
+            used,
+            mine.len() as u64,
+            record.request.times(u64::from(count)),
+            u64::from(count),
+        )?;
+        let (views, node_guards, bump) = self.snapshot(
+            tenant,
+            &record.spec.name,
+            &record.spec.image,
+            ready_after_ms,
+        )?;
         if !views.is_empty() && views.iter().all(|v| !v.has_image) {
             // An unknown image (a typo, or never pulled): said as such, not
             // as a placement refused by every node.
-            return Err(StateError::UnknownImage { image: record.spec.image.clone(), nodes: views.len() });
+            return Err(StateError::UnknownImage {
+                image: record.spec.image.clone(),
+                nodes: views.len(),
+            });
         }
         let p = &record.spec.placement;
-        let req = Request { each: record.request, runtime: record.spec.runtime, labels: &p.labels, anti_affinity: p.anti_affinity, strategy: p.strategy };
+        let req = Request {
+            each: record.request,
+            runtime: record.spec.runtime,
+            labels: &p.labels,
+            anti_affinity: p.anti_affinity,
+            strategy: p.strategy,
+        };
         let placed = schedule::place(&views, &req, count as usize)?;
         guards.extend(node_guards);
         ops.push(bump);
-        let mut change = Change { placed: Vec::new(), removed: Vec::new(), revision: 0 };
+        let mut change = Change {
+            placed: Vec::new(),
+            removed: Vec::new(),
+            revision: 0,
+        };
         for (k, node_index) in placed.into_iter().enumerate() {
             let index = first_index + k as u32;
             let node = views[node_index].name.clone();
-            let inst =
-                Instance { tenant: tenant.clone(), service: record.spec.name.clone(), index, node: node.clone(), state: InstanceState::Pending, request: record.request, restarts: 0, last_exit: None, started_ms: None, exited_ms: None, fence: 0 };
-            ops.push(Op::Put(instance_key(tenant, &record.spec.name, index), encode(&inst)));
+            let inst = Instance {
+                tenant: tenant.clone(),
+                service: record.spec.name.clone(),
+                index,
+                node: node.clone(),
+                state: InstanceState::Pending,
+                request: record.request,
+                restarts: 0,
+                last_exit: None,
+                started_ms: None,
+                exited_ms: None,
+                fence: 0,
+            };
+            ops.push(Op::Put(
+                instance_key(tenant, &record.spec.name, index),
+                encode(&inst),
+            ));
             change.placed.push((index, node));
         }
         Ok(change)
     }
 
-    pub(crate) fn commit(&self, mut change: Change, guards: &[Compare], ops: &[Op], dry: bool) -> Result<Change, StateError> {
+    pub(crate) fn commit(
+        &self,
+        mut change: Change,
+        guards: &[Compare],
+        ops: &[Op],
+        dry: bool,
+    ) -> Result<Change, StateError> {
         if !dry {
             change.revision = self.store.txn(guards, ops)?;
         }
@@ -487,20 +697,30 @@ mod tests {
 
     fn cluster(nodes: usize) -> (tempfile::TempDir, Cluster) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let c = Cluster::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
+        let c = Cluster::new(
+            FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")),
+        );
         for i in 0..nodes {
             let n = Node {
                 name: format!("n{i}"),
-                labels: [("zone".to_string(), if i == 0 { "a" } else { "b" }.to_string())].into(),
+                labels: [(
+                    "zone".to_string(),
+                    if i == 0 { "a" } else { "b" }.to_string(),
+                )]
+                .into(),
                 capacity: None,
-                allocatable: Resources { millicpus: 8000, memory_mib: 8192 },
+                allocatable: Resources {
+                    millicpus: 8000,
+                    memory_mib: 8192,
+                },
                 runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
                 cordoned: false,
                 api: None,
                 images: None,
             };
             c.register_node(n).unwrap_or_else(|e| panic!("{e}"));
-            c.heartbeat(&format!("n{i}"), 100).unwrap_or_else(|e| panic!("{e}"));
+            c.heartbeat(&format!("n{i}"), 100)
+                .unwrap_or_else(|e| panic!("{e}"));
         }
         (dir, c)
     }
@@ -521,51 +741,130 @@ mod tests {
     fn six_spread_two_two_two_then_nine_then_three() {
         let (_d, c) = cluster(3);
         let s = svc("name: web\nimage: bb\nruntime: container\nreplicas: 6\n");
-        let dry = c.deploy("acme", &Quota::default(), &s, 0, true).unwrap_or_else(|e| panic!("{e}"));
+        let dry = c
+            .deploy("acme", &Quota::default(), &s, 0, true)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((dry.placed.len(), dry.revision), (6, 0));
-        assert!(c.instances(None).unwrap_or_default().is_empty(), "a dry run writes nothing");
-        let done = c.deploy("acme", &Quota::default(), &s, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.instances(None).unwrap_or_default().is_empty(),
+            "a dry run writes nothing"
+        );
+        let done = c
+            .deploy("acme", &Quota::default(), &s, 0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(done.placed, dry.placed, "the dry run showed what happened");
         assert_eq!(per_node(&c, "acme"), [2, 2, 2]);
-        c.scale("acme", &Quota::default(), "web", 9, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        c.scale("acme", &Quota::default(), "web", 9, 0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(per_node(&c, "acme"), [3, 3, 3]);
-        let down = c.scale("acme", &Quota::default(), "web", 3, 0, false).unwrap_or_else(|e| panic!("{e}"));
+        let down = c
+            .scale("acme", &Quota::default(), "web", 3, 0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(down.removed, [8, 7, 6, 5, 4, 3]);
         assert_eq!(c.instances(Some("acme")).unwrap_or_default().len(), 3);
-        assert_eq!(c.service("acme", "web").map(|r| r.spec.replicas).ok(), Some(3));
-        assert!(matches!(c.deploy("acme", &Quota::default(), &s, 0, false), Err(StateError::Exists(_))));
+        assert_eq!(
+            c.service("acme", "web").map(|r| r.spec.replicas).ok(),
+            Some(3)
+        );
+        assert!(matches!(
+            c.deploy("acme", &Quota::default(), &s, 0, false),
+            Err(StateError::Exists(_))
+        ));
     }
 
     #[test]
     fn images_nodes_lack_are_refused_and_go_only_where_they_are() {
         let (_d, c) = cluster(3);
-        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
-        for (n, held) in [("n0", set(&["bb:latest"])), ("n1", set(&["other:1"])), ("n2", set(&["bb:latest", "sha256:abc"]))] {
-            assert!(c.set_node_images(n, held.clone()).unwrap_or_else(|e| panic!("{e}")));
+        let set = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<BTreeSet<String>>()
+        };
+        for (n, held) in [
+            ("n0", set(&["bb:latest"])),
+            ("n1", set(&["other:1"])),
+            ("n2", set(&["bb:latest", "sha256:abc"])),
+        ] {
+            assert!(c
+                .set_node_images(n, held.clone())
+                .unwrap_or_else(|e| panic!("{e}")));
             let rev = c.store.revision().unwrap_or(0);
-            assert!(!c.set_node_images(n, held).unwrap_or_else(|e| panic!("{e}")), "the same set again");
+            assert!(
+                !c.set_node_images(n, held).unwrap_or_else(|e| panic!("{e}")),
+                "the same set again"
+            );
             assert_eq!(c.store.revision().unwrap_or(0), rev, "and no write");
         }
         let before = c.store.revision().unwrap_or(0);
-        let e = c.deploy("acme", &Quota::default(), &svc("name: t\nimage: bb:typo\n"), 0, false).unwrap_err();
-        assert!(matches!(&e, StateError::UnknownImage { image, nodes: 3 } if image == "bb:typo"), "{e}");
+        let e = c
+            .deploy(
+                "acme",
+                &Quota::default(),
+                &svc("name: t\nimage: bb:typo\n"),
+                0,
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, StateError::UnknownImage { image, nodes: 3 } if image == "bb:typo"),
+            "{e}"
+        );
         assert!(e.to_string().contains("none of the 3 nodes"), "{e}");
         assert_eq!(c.store.revision().unwrap_or(0), before, "nothing written");
         // "bb" is bb:latest, as `bulkhead run` resolves it; a digest as itself.
-        c.deploy("acme", &Quota::default(), &svc("name: web\nimage: bb\nreplicas: 4\n"), 0, false).unwrap_or_else(|e| panic!("{e}"));
-        assert!(c.instances(Some("acme")).unwrap_or_default().iter().all(|i| i.node != "n1"));
-        let d = c.deploy("acme", &Quota::default(), &svc("name: pinned\nimage: sha256:abc\nreplicas: 2\n"), 0, false).unwrap_or_else(|e| panic!("{e}"));
+        c.deploy(
+            "acme",
+            &Quota::default(),
+            &svc("name: web\nimage: bb\nreplicas: 4\n"),
+            0,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c
+            .instances(Some("acme"))
+            .unwrap_or_default()
+            .iter()
+            .all(|i| i.node != "n1"));
+        let d = c
+            .deploy(
+                "acme",
+                &Quota::default(),
+                &svc("name: pinned\nimage: sha256:abc\nreplicas: 2\n"),
+                0,
+                false,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(d.placed.iter().all(|(_, n)| n == "n2"), "{d:?}");
         // Only n1 has it, and n1 is cordoned: a placement refusal that says so.
         c.cordon("n1", true).unwrap_or_else(|e| panic!("{e}"));
-        let e = c.deploy("acme", &Quota::default(), &svc("name: o\nimage: other:1\n"), 0, false).unwrap_err();
-        assert!(e.to_string().contains("1 cordoned, 2 without the image"), "{e}");
+        let e = c
+            .deploy(
+                "acme",
+                &Quota::default(),
+                &svc("name: o\nimage: other:1\n"),
+                0,
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("1 cordoned, 2 without the image"),
+            "{e}"
+        );
         // A node that never said what it holds may run anything.
         let mut n3 = c.nodes().unwrap_or_default()[0].0.clone();
         (n3.name, n3.images) = ("n3".into(), None);
         c.register_node(n3).unwrap_or_else(|e| panic!("{e}"));
         c.heartbeat("n3", 100).unwrap_or_else(|e| panic!("{e}"));
-        let d = c.deploy("acme", &Quota::default(), &svc("name: t\nimage: bb:typo\n"), 0, false).unwrap_or_else(|e| panic!("{e}"));
+        let d = c
+            .deploy(
+                "acme",
+                &Quota::default(),
+                &svc("name: t\nimage: bb:typo\n"),
+                0,
+                false,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.placed, [(0, "n3".to_string())]);
     }
 
@@ -574,24 +873,65 @@ mod tests {
         let (_d, c) = cluster(3);
         let before = c.store.revision().unwrap_or(0);
         let big = svc("name: big\nimage: bb\nreplicas: 4\nplacement: {anti_affinity: true}\n");
-        let e = c.deploy("acme", &Quota::default(), &big, 0, false).unwrap_err();
+        let e = c
+            .deploy("acme", &Quota::default(), &big, 0, false)
+            .unwrap_err();
         assert!(e.to_string().contains("only 3 fit"), "{e}");
         let zoned = svc("name: z\nimage: bb\nreplicas: 2\nplacement: {labels: {zone: c}}\n");
-        assert!(c.deploy("acme", &Quota::default(), &zoned, 0, false).unwrap_err().to_string().contains("without the placement labels"));
-        let q = Quota { instances: Some(2), ..Default::default() };
+        assert!(c
+            .deploy("acme", &Quota::default(), &zoned, 0, false)
+            .unwrap_err()
+            .to_string()
+            .contains("without the placement labels"));
+        let q = Quota {
+            instances: Some(2),
+            ..Default::default()
+        };
         let three = svc("name: three\nimage: bb\nreplicas: 3\n");
-        assert!(matches!(c.deploy("acme", &q, &three, 0, false), Err(StateError::OverQuota(_))));
-        let stale = c.deploy("acme", &Quota::default(), &svc("name: old\nimage: bb\n"), 200, false).unwrap_err();
-        assert!(stale.to_string().contains("3 not ready"), "nodes silent since before 200 ms: {stale}");
+        assert!(matches!(
+            c.deploy("acme", &q, &three, 0, false),
+            Err(StateError::OverQuota(_))
+        ));
+        let stale = c
+            .deploy(
+                "acme",
+                &Quota::default(),
+                &svc("name: old\nimage: bb\n"),
+                200,
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            stale.to_string().contains("3 not ready"),
+            "nodes silent since before 200 ms: {stale}"
+        );
         assert_eq!(c.store.revision().unwrap_or(0), before, "nothing written");
-        c.deploy("acme", &Quota::default(), &three, 0, false).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(c.service("other", "three"), Err(StateError::NoService(_))));
-        assert!(matches!(c.scale("other", &Quota::default(), "three", 1, 0, false), Err(StateError::NoService(_))));
-        assert!(matches!(c.remove("other", "three"), Err(StateError::NoService(_))));
-        assert!(c.services("other").unwrap_or_default().is_empty() && c.instances(Some("other")).unwrap_or_default().is_empty());
+        c.deploy("acme", &Quota::default(), &three, 0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            c.service("other", "three"),
+            Err(StateError::NoService(_))
+        ));
+        assert!(matches!(
+            c.scale("other", &Quota::default(), "three", 1, 0, false),
+            Err(StateError::NoService(_))
+        ));
+        assert!(matches!(
+            c.remove("other", "three"),
+            Err(StateError::NoService(_))
+        ));
+        assert!(
+            c.services("other").unwrap_or_default().is_empty()
+                && c.instances(Some("other")).unwrap_or_default().is_empty()
+        );
         c.cordon("n0", true).unwrap_or_else(|e| panic!("{e}"));
-        let more = c.scale("acme", &Quota::default(), "three", 5, 0, false).unwrap_or_else(|e| panic!("{e}"));
-        assert!(more.placed.iter().all(|(_, n)| n != "n0"), "cordoned: {more:?}");
+        let more = c
+            .scale("acme", &Quota::default(), "three", 5, 0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            more.placed.iter().all(|(_, n)| n != "n0"),
+            "cordoned: {more:?}"
+        );
         c.remove("acme", "three").unwrap_or_else(|e| panic!("{e}"));
         assert!(c.instances(None).unwrap_or_default().is_empty());
     }
@@ -600,19 +940,49 @@ mod tests {
     fn two_deploys_that_read_the_same_capacity_cannot_both_commit() {
         let (_d, c) = cluster(1);
         let plan = |name: &str, replicas: u32| {
-            let s = svc(&format!("name: {name}\nimage: bb\nreplicas: {replicas}\nmemory: 1g\n"));
-            let record = ServiceRecord { tenant: "t".into(), spec: s.spec.clone(), request: s.request };
-            let (mut guards, mut ops) = (vec![Compare::Absent(service_key("t", name))], vec![Op::Put(service_key("t", name), encode(&record))]);
-            c.place_more(&record, &Quota::default(), 0, replicas, 0, &mut guards, &mut ops).unwrap_or_else(|e| panic!("{e}"));
+            let s = svc(&format!(
+                "name: {name}\nimage: bb\nreplicas: {replicas}\nmemory: 1g\n"
+            ));
+            let record = ServiceRecord {
+                tenant: "t".into(),
+                spec: s.spec.clone(),
+                request: s.request,
+            };
+            let (mut guards, mut ops) = (
+                vec![Compare::Absent(service_key("t", name))],
+                vec![Op::Put(service_key("t", name), encode(&record))],
+            );
+            c.place_more(
+                &record,
+                &Quota::default(),
+                0,
+                replicas,
+                0,
+                &mut guards,
+                &mut ops,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             (guards, ops)
         };
         // Each fits alone (5 x 1088 MiB of 8192); together they would not.
         let (a, b) = (plan("a", 5), plan("b", 5));
-        let empty = || Change { placed: vec![], removed: vec![], revision: 0 };
-        c.commit(empty(), &a.0, &a.1, false).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(c.commit(empty(), &b.0, &b.1, false), Err(StateError::Store(StoreError::Conflict(_)))));
+        let empty = || Change {
+            placed: vec![],
+            removed: vec![],
+            revision: 0,
+        };
+        c.commit(empty(), &a.0, &a.1, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            c.commit(empty(), &b.0, &b.1, false),
+            Err(StateError::Store(StoreError::Conflict(_)))
+        ));
         assert_eq!(c.instances(None).unwrap_or_default().len(), 5);
-        assert!(c.services("t").unwrap_or_default().iter().all(|s| s.spec.name == "a"));
+        assert!(c
+            .services("t")
+            .unwrap_or_default()
+            .iter()
+            .all(|s| s.spec.name == "a"));
         // A heartbeat in between fails nothing.
         let (g, o) = plan("c", 1);
         c.heartbeat("n0", 900).unwrap_or_else(|e| panic!("{e}"));

@@ -86,16 +86,31 @@ pub struct FileStore {
 }
 
 fn decode(key: &str, raw: &[u8]) -> Result<Entry, StoreError> {
-    let (rev, value) = raw.split_at_checked(8).ok_or_else(|| StoreError::Corrupt(key.into()))?;
-    let revision = u64::from_le_bytes(rev.try_into().map_err(|_| StoreError::Corrupt(key.into()))?);
-    Ok(Entry { key: key.into(), value: value.to_vec(), revision })
+    let (rev, value) = raw
+        .split_at_checked(8)
+        .ok_or_else(|| StoreError::Corrupt(key.into()))?;
+    let revision = u64::from_le_bytes(
+        rev.try_into()
+            .map_err(|_| StoreError::Corrupt(key.into()))?,
+    );
+    Ok(Entry {
+        key: key.into(),
+        value: value.to_vec(),
+        revision,
+    })
 }
 
 impl FileStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open = |detail: String| StoreError::Open { path: path.display().to_string(), detail };
+        let open = |detail: String| StoreError::Open {
+            path: path.display().to_string(),
+            detail,
+        };
         // A directory made here is closed to others (the default is the data dir).
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        {
             bulkhead_images::private::dir(parent).map_err(|e| open(e.to_string()))?;
         }
         let database = redb::Database::create(path).map_err(|e| open(e.to_string()))?;
@@ -114,7 +129,11 @@ impl Store for FileStore {
     fn revision(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let meta = tx.open_table(META).map_err(db)?;
-        Ok(meta.get(REVISION).map_err(db)?.map(|v| v.value()).unwrap_or(0))
+        Ok(meta
+            .get(REVISION)
+            .map_err(db)?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
@@ -148,15 +167,36 @@ impl Store for FileStore {
             for c in compares {
                 let (key, holds) = match c {
                     Compare::Absent(k) => (k, kv.get(k.as_str()).map_err(db)?.is_none()),
-                    Compare::Revision(k, r) => (k, kv.get(k.as_str()).map_err(db)?.map(|v| decode(k, v.value())).transpose()?.is_some_and(|e| e.revision == *r)),
-                    Compare::Value(k, want) => (k, kv.get(k.as_str()).map_err(db)?.map(|v| decode(k, v.value())).transpose()?.is_some_and(|e| &e.value == want)),
+                    Compare::Revision(k, r) => (
+                        k,
+                        kv.get(k.as_str())
+                            .map_err(db)?
+                            .map(|v| decode(k, v.value()))
+                            .transpose()?
+                            .is_some_and(|e| e.revision == *r),
+                    ),
+                    Compare::Value(k, want) => (
+                        k,
+                        kv.get(k.as_str())
+                            .map_err(db)?
+                            .map(|v| decode(k, v.value()))
+                            .transpose()?
+                            .is_some_and(|e| &e.value == want),
+                    ),
                 };
                 if !holds {
-                    return Err(StoreError::Conflict(format!("{key:?} changed (or is not what this writer expected)")));
+                    return Err(StoreError::Conflict(format!(
+                        "{key:?} changed (or is not what this writer expected)"
+                    )));
                 }
             }
             let mut meta = tx.open_table(META).map_err(db)?;
-            let revision = meta.get(REVISION).map_err(db)?.map(|v| v.value()).unwrap_or(0) + 1;
+            let revision = meta
+                .get(REVISION)
+                .map_err(db)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
             for op in ops {
                 match op {
                     Op::Put(k, v) => {
@@ -191,20 +231,56 @@ mod tests {
         let path = dir.path().join("cluster.redb");
         let s = FileStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.revision().ok(), Some(0));
-        let r1 = s.txn(&[Compare::Absent("/a/1".into())], &[put("/a/1", "x"), put("/a/2", "y"), put("/b/1", "z")]).unwrap_or_else(|e| panic!("{e}"));
+        let r1 = s
+            .txn(
+                &[Compare::Absent("/a/1".into())],
+                &[put("/a/1", "x"), put("/a/2", "y"), put("/b/1", "z")],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r1, 1);
-        assert!(matches!(s.txn(&[Compare::Absent("/a/1".into())], &[put("/a/3", "no")]), Err(StoreError::Conflict(_))));
-        assert_eq!(s.get("/a/3").ok(), Some(None), "a failed compare writes nothing");
+        assert!(matches!(
+            s.txn(&[Compare::Absent("/a/1".into())], &[put("/a/3", "no")]),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            s.get("/a/3").ok(),
+            Some(None),
+            "a failed compare writes nothing"
+        );
         assert_eq!(s.revision().ok(), Some(1), "nor moves the revision");
-        let keys: Vec<String> = s.list("/a/").unwrap_or_default().into_iter().map(|e| e.key).collect();
+        let keys: Vec<String> = s
+            .list("/a/")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
         assert_eq!(keys, ["/a/1", "/a/2"]);
-        let r2 = s.txn(&[Compare::Revision("/a/1".into(), 1)], &[put("/a/1", "x2"), Op::Delete("/a/2".into())]).unwrap_or_else(|e| panic!("{e}"));
+        let r2 = s
+            .txn(
+                &[Compare::Revision("/a/1".into(), 1)],
+                &[put("/a/1", "x2"), Op::Delete("/a/2".into())],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r2, 2);
-        assert!(s.txn(&[Compare::Revision("/a/1".into(), 1)], &[put("/a/1", "stale")]).is_err(), "a writer that read revision 1 lost");
-        assert_eq!(s.get("/a/1").ok().flatten().map(|e| (e.value, e.revision)), Some((b"x2".to_vec(), 2)));
+        assert!(
+            s.txn(
+                &[Compare::Revision("/a/1".into(), 1)],
+                &[put("/a/1", "stale")]
+            )
+            .is_err(),
+            "a writer that read revision 1 lost"
+        );
+        assert_eq!(
+            s.get("/a/1").ok().flatten().map(|e| (e.value, e.revision)),
+            Some((b"x2".to_vec(), 2))
+        );
         assert_eq!(s.get("/b/1").ok().flatten().map(|e| e.revision), Some(1));
-        assert!(s.txn(&[Compare::Value("/b/1".into(), b"z".to_vec())], &[]).is_ok());
-        assert!(s.txn(&[Compare::Value("/b/1".into(), b"other".to_vec())], &[]).is_err());
+        assert!(s
+            .txn(&[Compare::Value("/b/1".into(), b"z".to_vec())], &[])
+            .is_ok());
+        assert!(s
+            .txn(&[Compare::Value("/b/1".into(), b"other".to_vec())], &[])
+            .is_err());
         assert!(s.list("/zz").unwrap_or_default().is_empty());
         drop(s);
         let again = FileStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -215,24 +291,44 @@ mod tests {
     #[test]
     fn racing_writers_one_wins() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let s = std::sync::Arc::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
-        s.txn(&[], &[put("/leader", "none")]).unwrap_or_else(|e| panic!("{e}"));
+        let s = std::sync::Arc::new(
+            FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        s.txn(&[], &[put("/leader", "none")])
+            .unwrap_or_else(|e| panic!("{e}"));
         let rev = s.get("/leader").ok().flatten().map_or(0, |e| e.revision);
         let wins: usize = std::thread::scope(|t| {
             let handles: Vec<_> = (0..8)
                 .map(|i| {
                     let s = &s;
-                    t.spawn(move || s.txn(&[Compare::Revision("/leader".into(), rev)], &[put("/leader", &format!("server-{i}"))]).is_ok())
+                    t.spawn(move || {
+                        s.txn(
+                            &[Compare::Revision("/leader".into(), rev)],
+                            &[put("/leader", &format!("server-{i}"))],
+                        )
+                        .is_ok()
+                    })
                 })
                 .collect();
-            handles.into_iter().map(|h| usize::from(h.join().unwrap_or(false))).sum()
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap_or(false)))
+                .sum()
         });
         assert_eq!(wins, 1);
     }
 
     #[test]
     fn damaged_entries_are_errors() {
-        assert!(matches!(decode("/k", b"short"), Err(StoreError::Corrupt(_))));
-        assert_eq!(decode("/k", &[1, 0, 0, 0, 0, 0, 0, 0]).ok().map(|e| (e.revision, e.value)), Some((1, vec![])));
+        assert!(matches!(
+            decode("/k", b"short"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(
+            decode("/k", &[1, 0, 0, 0, 0, 0, 0, 0])
+                .ok()
+                .map(|e| (e.revision, e.value)),
+            Some((1, vec![]))
+        );
     }
 }

@@ -20,7 +20,10 @@ pub enum TlsError {
 }
 
 fn file_err(path: &Path, why: impl std::fmt::Display) -> TlsError {
-    TlsError::File { path: path.display().to_string(), why: why.to_string() }
+    TlsError::File {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -29,30 +32,51 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The server's TLS settings from a PEM certificate chain and its key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).map_err(|e| file_err(cert, e))?.collect::<Result<_, _>>().map_err(|e| file_err(cert, e))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert, e))?;
     if chain.is_empty() {
         return Err(file_err(cert, "no PEM certificate in it"));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("no PEM private key in it ({e})")))?;
-    config_of(chain, key_der).map_err(|e| TlsError::Config(format!("{} and {} do not make a certificate and its key: {e}", cert.display(), key.display())))
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| file_err(key, format!("no PEM private key in it ({e})")))?;
+    config_of(chain, key_der).map_err(|e| {
+        TlsError::Config(format!(
+            "{} and {} do not make a certificate and its key: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })
 }
 
 /// The same from PEM text (a node's own pair, made at start).
 pub fn server_config_pem(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>().map_err(|e| TlsError::Config(format!("the certificate: {e}")))?;
-    let key_der = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| TlsError::Config(format!("the key: {e}")))?;
-    config_of(chain, key_der).map_err(|e| TlsError::Config(format!("the certificate and its key: {e}")))
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Config(format!("the certificate: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| TlsError::Config(format!("the key: {e}")))?;
+    config_of(chain, key_der)
+        .map_err(|e| TlsError::Config(format!("the certificate and its key: {e}")))
 }
 
-fn config_of(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let config = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?.with_no_client_auth().with_single_cert(chain, key)?;
+fn config_of(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
 }
 
 /// A self-signed certificate for `names` (DNS names or IP addresses) and
 /// its key, both PEM.
 pub fn self_signed(names: &[String]) -> Result<(String, String), TlsError> {
-    let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| TlsError::Config(e.to_string()))?;
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }
 
@@ -67,29 +91,45 @@ pub fn client(ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
         if certs.is_empty() {
             return Err(file_err(ca, "no PEM certificate in it"));
         }
-        return b.tls_certs_only(certs).build().map_err(|e| TlsError::Config(e.to_string()));
+        return b
+            .tls_certs_only(certs)
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()));
     }
     match b.build() {
         Ok(c) => Ok(c),
         // No system roots to be found (a minimal root fs): plain http still
         // works, https fails to verify, with --cacert the way out.
-        Err(_) => reqwest::Client::builder().tls_certs_only(Vec::new()).build().map_err(|e| TlsError::Config(e.to_string())),
+        Err(_) => reqwest::Client::builder()
+            .tls_certs_only(Vec::new())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string())),
     }
 }
 
 /// A client that trusts `cert` (PEM) and nothing else: a node's own API.
 pub fn pinned_client(cert: &str) -> Result<reqwest::Client, TlsError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs = reqwest::Certificate::from_pem_bundle(cert.as_bytes()).map_err(|e| TlsError::Config(format!("the pinned certificate: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(cert.as_bytes())
+        .map_err(|e| TlsError::Config(format!("the pinned certificate: {e}")))?;
     if certs.is_empty() {
-        return Err(TlsError::Config("the pinned certificate: no PEM certificate".into()));
+        return Err(TlsError::Config(
+            "the pinned certificate: no PEM certificate".into(),
+        ));
     }
-    reqwest::Client::builder().tls_certs_only(certs).build().map_err(|e| TlsError::Config(e.to_string()))
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))
 }
 
 /// Serves `app` over TLS on `listener`: each connection's handshake (10 s
 /// at most), then HTTP/1.1. Runs until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -102,9 +142,16 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, config:
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+            else {
+                return;
+            };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -116,23 +163,44 @@ mod tests {
     #[test]
     fn a_self_signed_pair_loads_and_bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (cert, key) = self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key) = self_signed(&["localhost".into(), "127.0.0.1".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
         let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&c, &cert).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&k, &key).unwrap_or_else(|e| panic!("{e}"));
         assert!(server_config(&c, &k).is_ok());
-        let err = |r: Result<Arc<rustls::ServerConfig>, TlsError>| r.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err(server_config(&k, &k)).contains("no PEM certificate"), "a key where the certificate goes");
-        assert!(err(server_config(&c, &c)).contains("no PEM private key"), "a certificate where the key goes");
+        let err = |r: Result<Arc<rustls::ServerConfig>, TlsError>| {
+            r.err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(
+            err(server_config(&k, &k)).contains("no PEM certificate"),
+            "a key where the certificate goes"
+        );
+        assert!(
+            err(server_config(&c, &c)).contains("no PEM private key"),
+            "a certificate where the key goes"
+        );
         let (_, other_key) = self_signed(&["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&k, other_key).unwrap_or_else(|e| panic!("{e}"));
-        assert!(err(server_config(&c, &k)).contains("do not make a certificate and its key"), "{}", err(server_config(&c, &k)));
+        assert!(
+            err(server_config(&c, &k)).contains("do not make a certificate and its key"),
+            "{}",
+            err(server_config(&c, &k))
+        );
         let junk = dir.path().join("junk");
-        std::fs::write(&junk, b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &junk,
+            b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(server_config(&junk, &k).is_err());
         assert!(err(server_config(&dir.path().join("none"), &k)).contains("none"));
         assert!(client(Some(&junk)).is_err() && client(Some(&c)).is_ok() && client(None).is_ok());
-        assert!(server_config_pem(&cert, &key).is_ok() && server_config_pem(&key, &key).is_err() && server_config_pem(&cert, &cert).is_err());
+        assert!(
+            server_config_pem(&cert, &key).is_ok()
+                && server_config_pem(&key, &key).is_err()
+                && server_config_pem(&cert, &cert).is_err()
+        );
         assert!(pinned_client("junk").is_err() && pinned_client(&cert).is_ok());
     }
 
@@ -141,19 +209,53 @@ mod tests {
     /// name, not plain HTTP.
     #[test]
     fn a_pinned_client_trusts_its_certificate_only() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
         rt.block_on(async {
             let (cert, key) = self_signed(&["127.0.0.1".into()]).unwrap_or_else(|e| panic!("{e}"));
             let (other, _) = self_signed(&["127.0.0.1".into()]).unwrap_or_else(|e| panic!("{e}"));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-            let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let port = listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .port();
             let app = axum::Router::new().route("/hi", axum::routing::get(|| async { "hello" }));
-            tokio::spawn(serve(listener, app, server_config_pem(&cert, &key).unwrap_or_else(|e| panic!("{e}"))));
+            tokio::spawn(serve(
+                listener,
+                app,
+                server_config_pem(&cert, &key).unwrap_or_else(|e| panic!("{e}")),
+            ));
             let url = format!("https://127.0.0.1:{port}/hi");
-            let got = pinned_client(&cert).unwrap_or_else(|e| panic!("{e}")).get(&url).send().await.unwrap_or_else(|e| panic!("{e}"));
+            let got = pinned_client(&cert)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .get(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(got.text().await.unwrap_or_default(), "hello");
-            assert!(pinned_client(&other).unwrap_or_else(|e| panic!("{e}")).get(&url).send().await.is_err(), "another certificate for the same name");
-            assert!(client(None).unwrap_or_else(|e| panic!("{e}")).get(format!("http://127.0.0.1:{port}/hi")).send().await.map(|r| !r.status().is_success()).unwrap_or(true), "plain HTTP gets nothing");
+            assert!(
+                pinned_client(&other)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_err(),
+                "another certificate for the same name"
+            );
+            assert!(
+                client(None)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .get(format!("http://127.0.0.1:{port}/hi"))
+                    .send()
+                    .await
+                    .map(|r| !r.status().is_success())
+                    .unwrap_or(true),
+                "plain HTTP gets nothing"
+            );
         });
     }
 }

@@ -14,12 +14,28 @@ use serde::{Deserialize, Serialize};
 use super::{NetError, Subnet};
 
 /// What a workload may not reach unless allowed.
-pub const DENIED: [&str; 9] = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
+pub const DENIED: [&str; 9] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
 
 /// What no tenant's service may open: the host's loopback, link-local
 /// space (the cloud metadata service at 169.254.169.254 hands out the
 /// machine's credentials), multicast and reserved space.
-pub const NEVER_FOR_TENANTS: [&str; 5] = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
+pub const NEVER_FOR_TENANTS: [&str; 5] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
 
 /// The most `--allow-egress` entries one workload may have.
 pub const MAX_ALLOWS: usize = 64;
@@ -30,7 +46,9 @@ pub const MAX_ALLOWS: usize = 64;
 pub const BRIDGE_MARK: u32 = 0x0040_0000;
 
 fn ranges(list: &[&str]) -> Vec<Subnet> {
-    list.iter().filter_map(|c| Subnet::parse_cidr(c).ok()).collect()
+    list.iter()
+        .filter_map(|c| Subnet::parse_cidr(c).ok())
+        .collect()
 }
 
 pub fn denied() -> Vec<Subnet> {
@@ -74,11 +92,28 @@ mod tests {
     fn the_denied_ranges_cover_what_the_issue_names_and_not_the_internet() {
         let d = denied();
         assert_eq!(d.len(), DENIED.len(), "every entry parses");
-        for inside in ["10.1.2.3", "172.31.9.2", "192.168.1.1", "100.64.0.1", "169.254.169.254", "127.0.0.1", "224.0.0.1", "255.255.255.255", "0.0.0.0"] {
+        for inside in [
+            "10.1.2.3",
+            "172.31.9.2",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.169.254",
+            "127.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+        ] {
             let a: std::net::Ipv4Addr = inside.parse().unwrap_or_else(|e| panic!("{e}"));
             assert!(d.iter().any(|r| r.contains(a)), "{inside} is not denied");
         }
-        for outside in ["8.8.8.8", "1.1.1.1", "198.51.100.7", "172.32.0.1", "100.128.0.1", "11.0.0.1"] {
+        for outside in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "198.51.100.7",
+            "172.32.0.1",
+            "100.128.0.1",
+            "11.0.0.1",
+        ] {
             let a: std::net::Ipv4Addr = outside.parse().unwrap_or_else(|e| panic!("{e}"));
             assert!(!d.iter().any(|r| r.contains(a)), "{outside} is denied");
         }
@@ -88,10 +123,23 @@ mod tests {
     fn tenants_may_open_private_ranges_but_never_metadata_loopback_or_multicast() {
         assert!(check_tenant_allow("10.20.0.0/16").is_ok());
         assert!(check_tenant_allow("192.168.7.9").is_ok());
-        for bad in ["0.0.0.0/0", "169.254.169.254/32", "169.0.0.0/8", "127.0.0.1", "224.0.0.0/3", "240.0.0.0/4", "128.0.0.0/1", "10.0.0.0/33", "nope", ""] {
+        for bad in [
+            "0.0.0.0/0",
+            "169.254.169.254/32",
+            "169.0.0.0/8",
+            "127.0.0.1",
+            "224.0.0.0/3",
+            "240.0.0.0/4",
+            "128.0.0.0/1",
+            "10.0.0.0/33",
+            "nope",
+            "",
+        ] {
             assert!(check_tenant_allow(bad).is_err(), "{bad:?}");
         }
-        let why = check_tenant_allow("169.254.0.0/16").err().unwrap_or_default();
+        let why = check_tenant_allow("169.254.0.0/16")
+            .err()
+            .unwrap_or_default();
         assert!(why.contains("metadata"), "{why}");
         assert!(parse_allow("192.168.1.0/24").is_ok() && parse_allow("192.168.1.1/24").is_err());
     }

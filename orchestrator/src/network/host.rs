@@ -15,10 +15,14 @@ use super::{Attachment, NetError, Network, Proto, Publish};
 /// `name` from PATH, then the sbin dirs (root's PATH may lack them).
 fn tool(name: &str, package: &str) -> Result<std::path::PathBuf, NetError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from));
+    let dirs =
+        std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from));
     match dirs.map(|d| d.join(name)).find(|p| p.is_file()) {
         Some(p) => Ok(p),
-        None => Err(NetError::host(format!("workload networking needs `{name}`"), format!("not installed (apt-get install {package})"))),
+        None => Err(NetError::host(
+            format!("workload networking needs `{name}`"),
+            format!("not installed (apt-get install {package})"),
+        )),
     }
 }
 
@@ -26,12 +30,21 @@ fn tool(name: &str, package: &str) -> Result<std::path::PathBuf, NetError> {
 /// an error carries its stderr.
 fn run(prog: &Path, args: &[&str], stdin: &[u8], netns: Option<&OwnedFd>) -> Result<(), NetError> {
     let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(ns) = netns {
         let fd = ns.as_raw_fd();
         // SAFETY: setns is async-signal-safe and touches no memory of ours; the fd stays open until the child has exec'd.
         unsafe {
-            cmd.pre_exec(move || if libc::setns(fd, libc::CLONE_NEWNET) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
         }
     }
     let what = format!("{} {}", prog.display(), args.join(" "));
@@ -39,12 +52,21 @@ fn run(prog: &Path, args: &[&str], stdin: &[u8], netns: Option<&OwnedFd>) -> Res
     if let Some(mut i) = child.stdin.take() {
         i.write_all(stdin).map_err(|e| NetError::host(&what, e))?;
     }
-    let out = child.wait_with_output().map_err(|e| NetError::host(&what, e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetError::host(&what, e))?;
     if out.status.success() {
         Ok(())
     } else {
         let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(NetError::host(what, if err.is_empty() { out.status.to_string() } else { err }))
+        Err(NetError::host(
+            what,
+            if err.is_empty() {
+                out.status.to_string()
+            } else {
+                err
+            },
+        ))
     }
 }
 
@@ -62,7 +84,11 @@ fn ip_batch(lines: &[String], netns: Option<&OwnedFd>) -> Result<(), NetError> {
 /// differs when bulkhead runs in a namespace of its own (the tests do).
 fn links() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
-    text.lines().skip(2).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim().to_string()).collect()
+    text.lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_string())
+        .collect()
 }
 
 pub fn link_exists(name: &str) -> bool {
@@ -71,7 +97,10 @@ pub fn link_exists(name: &str) -> bool {
 
 /// Interfaces whose names start with one of `prefixes`.
 pub fn links_with_prefix(prefixes: &[&str]) -> Vec<String> {
-    links().into_iter().filter(|n| prefixes.iter().any(|p| n.starts_with(p))).collect()
+    links()
+        .into_iter()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .collect()
 }
 
 fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
@@ -90,11 +119,18 @@ pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
     if !link_exists(b) {
         lines.push(format!("link add {b} type bridge"));
     }
-    lines.push(format!("address replace {}/{} dev {b}", net.gateway(), net.subnet.prefix));
+    lines.push(format!(
+        "address replace {}/{} dev {b}",
+        net.gateway(),
+        net.subnet.prefix
+    ));
     // A fixed MAC: a bridge left to itself takes its lowest port's, so it
     // changes when that workload goes, and every other workload's ARP entry
     // for the gateway is wrong until it expires (~50 s without traffic out).
-    lines.push(format!("link set {b} address {}", super::subnet::mac_for(net.gateway())));
+    lines.push(format!(
+        "link set {b} address {}",
+        super::subnet::mac_for(net.gateway())
+    ));
     lines.push(format!("link set {b} up"));
     ip_batch(&lines, None)?;
     let v6 = format!("/proc/sys/net/ipv6/conf/{b}/disable_ipv6");
@@ -108,7 +144,8 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Whether the host forwards IPv4 now.
 pub fn forwarding_on() -> Result<bool, NetError> {
-    let v = std::fs::read_to_string(IP_FORWARD).map_err(|e| NetError::host(format!("read {IP_FORWARD}"), e))?;
+    let v = std::fs::read_to_string(IP_FORWARD)
+        .map_err(|e| NetError::host(format!("read {IP_FORWARD}"), e))?;
     Ok(v.trim() == "1")
 }
 
@@ -123,14 +160,22 @@ pub fn enable_forwarding() -> Result<(), NetError> {
 /// The host's routing policy rules (`ip -j rule show`).
 fn routing_rules() -> Result<Vec<serde_json::Value>, NetError> {
     let ip = tool("ip", "iproute2")?;
-    let out = Command::new(&ip).args(["-j", "-4", "rule", "show"]).output().map_err(|e| NetError::host("ip -j -4 rule show", e))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| NetError::host("ip -j -4 rule show", e))?;
+    let out = Command::new(&ip)
+        .args(["-j", "-4", "rule", "show"])
+        .output()
+        .map_err(|e| NetError::host("ip -j -4 rule show", e))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| NetError::host("ip -j -4 rule show", e))?;
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
 fn is_ours(rule: &serde_json::Value, bridge: &str) -> bool {
     let mask = format!("{:#x}", super::egress::BRIDGE_MARK);
-    rule["priority"] == 0 && rule["iif"] == bridge && rule["action"] == "prohibit" && rule["fwmask"] == mask.as_str() && rule["fwmark"] == "0"
+    rule["priority"] == 0
+        && rule["iif"] == bridge
+        && rule["action"] == "prohibit"
+        && rule["fwmask"] == mask.as_str()
+        && rule["fwmark"] == "0"
 }
 
 /// Fail closed: the host routes a packet that arrives on one of these
@@ -143,15 +188,24 @@ fn is_ours(rule: &serde_json::Value, bridge: &str) -> bool {
 pub fn ensure_fail_closed(bridges: &[&str]) -> Result<Vec<String>, NetError> {
     let missing = |rules: &[serde_json::Value]| {
         let mut lines = Vec::new();
-        if rules.iter().any(|r| r["priority"] == 0 && r["table"] == "local") {
-            if !rules.iter().any(|r| r["priority"] == 1 && r["table"] == "local") {
+        if rules
+            .iter()
+            .any(|r| r["priority"] == 0 && r["table"] == "local")
+        {
+            if !rules
+                .iter()
+                .any(|r| r["priority"] == 1 && r["table"] == "local")
+            {
                 lines.push("rule add pref 1 table local".to_string());
             }
             lines.push("rule del pref 0 table local".to_string());
         }
         for b in bridges {
             if !rules.iter().any(|r| is_ours(r, b)) {
-                lines.push(format!("rule add pref 0 iif {b} fwmark 0/{:#x} prohibit", super::egress::BRIDGE_MARK));
+                lines.push(format!(
+                    "rule add pref 0 iif {b} fwmark 0/{:#x} prohibit",
+                    super::egress::BRIDGE_MARK
+                ));
             }
         }
         lines
@@ -164,11 +218,19 @@ pub fn ensure_fail_closed(bridges: &[&str]) -> Result<Vec<String>, NetError> {
     // second data dir) may be making the same change; what counts is that
     // nothing is missing afterwards.
     let ip = tool("ip", "iproute2")?;
-    let tried = run(&ip, &["-force", "-batch", "-"], lines.join("\n").as_bytes(), None);
+    let tried = run(
+        &ip,
+        &["-force", "-batch", "-"],
+        lines.join("\n").as_bytes(),
+        None,
+    );
     match (missing(&routing_rules()?).is_empty(), tried) {
         (true, _) => Ok(lines),
         (false, Err(e)) => Err(e),
-        (false, Ok(())) => Err(NetError::host(format!("ip: {}", lines.join("; ")), "the rules are still missing afterwards")),
+        (false, Ok(())) => Err(NetError::host(
+            format!("ip: {}", lines.join("; ")),
+            "the rules are still missing afterwards",
+        )),
     }
 }
 
@@ -176,7 +238,13 @@ pub fn ensure_fail_closed(bridges: &[&str]) -> Result<Vec<String>, NetError> {
 pub fn delete_bridge(name: &str) -> Result<(), NetError> {
     delete_link(name)?;
     if routing_rules()?.iter().any(|r| is_ours(r, name)) {
-        ip_batch(&[format!("rule del pref 0 iif {name} fwmark 0/{:#x} prohibit", super::egress::BRIDGE_MARK)], None)?;
+        ip_batch(
+            &[format!(
+                "rule del pref 0 iif {name} fwmark 0/{:#x} prohibit",
+                super::egress::BRIDGE_MARK
+            )],
+            None,
+        )?;
     }
     Ok(())
 }
@@ -184,8 +252,15 @@ pub fn delete_bridge(name: &str) -> Result<(), NetError> {
 /// Whether our inet table is in the kernel (a firewall reload that
 /// flushes the ruleset takes it along).
 pub fn tables_present() -> bool {
-    let Ok(nft) = tool("nft", "nftables") else { return false };
-    Command::new(&nft).args(["list", "table", "inet", "bulkhead"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    let Ok(nft) = tool("nft", "nftables") else {
+        return false;
+    };
+    Command::new(&nft)
+        .args(["list", "table", "inet", "bulkhead"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Deletes an interface if it is there.
@@ -204,8 +279,11 @@ pub fn delete_link(name: &str) -> Result<(), NetError> {
 /// disappears when the last fd (the VMM's) closes.
 pub fn open_tap(name: &str, bridge: &str) -> Result<OwnedFd, NetError> {
     let what = format!("create TAP {name}");
-    let tap = bulkhead_vmm::devices::virtio::net::tap::Tap::open(name).map_err(|e| NetError::host(&what, e))?;
-    let fd = std::os::fd::AsFd::as_fd(&tap).try_clone_to_owned().map_err(|e| NetError::host(&what, e))?;
+    let tap = bulkhead_vmm::devices::virtio::net::tap::Tap::open(name)
+        .map_err(|e| NetError::host(&what, e))?;
+    let fd = std::os::fd::AsFd::as_fd(&tap)
+        .try_clone_to_owned()
+        .map_err(|e| NetError::host(&what, e))?;
     ip_batch(&[format!("link set {name} master {bridge} up")], None)?;
     Ok(fd)
 }
@@ -223,7 +301,10 @@ pub fn new_netns() -> Result<OwnedFd, NetError> {
     .join();
     match made {
         Ok(r) => r.map_err(|e| NetError::host("create a network namespace", e)),
-        Err(_) => Err(NetError::host("create a network namespace", "the thread panicked")),
+        Err(_) => Err(NetError::host(
+            "create a network namespace",
+            "the thread panicked",
+        )),
     }
 }
 
@@ -237,8 +318,25 @@ pub fn lo_up(netns: &OwnedFd) -> Result<(), NetError> {
 /// it here and moving it), then its address, default route and loopback.
 pub fn veth_into(a: &Attachment, netns: &OwnedFd) -> Result<(), NetError> {
     let ns_path = format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd());
-    ip_batch(&[format!("link add {} type veth peer name eth0 address {} netns {ns_path}", a.host_if, a.mac), format!("link set {} master {} up", a.host_if, a.bridge)], None)?;
-    ip_batch(&["link set lo up".into(), format!("address add {}/{} dev eth0", a.ip, a.prefix), "link set eth0 up".into(), format!("route add default via {}", a.gateway)], Some(netns))
+    ip_batch(
+        &[
+            format!(
+                "link add {} type veth peer name eth0 address {} netns {ns_path}",
+                a.host_if, a.mac
+            ),
+            format!("link set {} master {} up", a.host_if, a.bridge),
+        ],
+        None,
+    )?;
+    ip_batch(
+        &[
+            "link set lo up".into(),
+            format!("address add {}/{} dev eth0", a.ip, a.prefix),
+            "link set eth0 up".into(),
+            format!("route add default via {}", a.gateway),
+        ],
+        Some(netns),
+    )
 }
 
 /// A socket bound to a published port (never listening): it keeps host
@@ -257,12 +355,33 @@ pub fn bind_port(p: &Publish) -> Result<OwnedFd, NetError> {
     // SAFETY: a new fd that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let addr = libc::sockaddr_in { sin_family: libc::AF_INET as libc::sa_family_t, sin_port: p.host_port.to_be(), sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() }, sin_zero: [0; 8] };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: p.host_port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
     // SAFETY: bind reads a sockaddr_in of the size given; `addr` outlives the call.
-    if unsafe { libc::bind(sock.as_raw_fd(), std::ptr::addr_of!(addr).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) } < 0 {
+    if unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    } < 0
+    {
         let e = std::io::Error::last_os_error();
-        let why = if e.raw_os_error() == Some(libc::EADDRINUSE) { "already in use on this host".to_string() } else { e.to_string() };
-        return Err(NetError::Conflict(format!("cannot publish {ip}:{}/{}: {why}", p.host_port, p.proto)));
+        let why = if e.raw_os_error() == Some(libc::EADDRINUSE) {
+            "already in use on this host".to_string()
+        } else {
+            e.to_string()
+        };
+        return Err(NetError::Conflict(format!(
+            "cannot publish {ip}:{}/{}: {why}",
+            p.host_port, p.proto
+        )));
     }
     Ok(sock)
 }
@@ -270,13 +389,20 @@ pub fn bind_port(p: &Publish) -> Result<OwnedFd, NetError> {
 /// The host's IPv4 addresses with prefix lengths, by interface (`ip -j`).
 pub fn host_addresses() -> Result<Vec<(String, Ipv4Addr, u8)>, NetError> {
     let ip = tool("ip", "iproute2")?;
-    let out = Command::new(&ip).args(["-j", "-4", "address", "show"]).output().map_err(|e| NetError::host("ip -j -4 address show", e))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| NetError::host("ip -j -4 address show", e))?;
+    let out = Command::new(&ip)
+        .args(["-j", "-4", "address", "show"])
+        .output()
+        .map_err(|e| NetError::host("ip -j -4 address show", e))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| NetError::host("ip -j -4 address show", e))?;
     let mut all = Vec::new();
     for link in v.as_array().into_iter().flatten() {
         let name = link["ifname"].as_str().unwrap_or_default().to_string();
         for a in link["addr_info"].as_array().into_iter().flatten() {
-            if let (Some(Ok(addr)), Some(len)) = (a["local"].as_str().map(str::parse::<Ipv4Addr>), a["prefixlen"].as_u64()) {
+            if let (Some(Ok(addr)), Some(len)) = (
+                a["local"].as_str().map(str::parse::<Ipv4Addr>),
+                a["prefixlen"].as_u64(),
+            ) {
                 all.push((name.clone(), addr, len.min(32) as u8));
             }
         }
@@ -293,6 +419,11 @@ pub fn apply_rules(script: &str) -> Result<(), NetError> {
 /// The nft script as the kernel holds it now (for `network inspect`).
 pub fn list_rules() -> Option<String> {
     let nft = tool("nft", "nftables").ok()?;
-    let out = Command::new(&nft).args(["list", "table", "inet", "bulkhead"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(&nft)
+        .args(["list", "table", "inet", "bulkhead"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

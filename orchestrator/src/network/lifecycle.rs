@@ -18,7 +18,12 @@ pub fn lock(state: &State) -> Result<nix::fcntl::Flock<File>, NetError> {
     let path = state.paths().data().join("network.lock");
     let io = |e: std::io::Error| NetError::host(format!("lock {}", path.display()), e);
     bulkhead_images::private::data_root(state.paths().data()).map_err(io)?;
-    let f = std::os::unix::fs::OpenOptionsExt::mode(File::options().create(true).truncate(false).write(true), 0o600).open(&path).map_err(io)?;
+    let f = std::os::unix::fs::OpenOptionsExt::mode(
+        File::options().create(true).truncate(false).write(true),
+        0o600,
+    )
+    .open(&path)
+    .map_err(io)?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))
 }
 
@@ -28,7 +33,10 @@ pub fn lock(state: &State) -> Result<nix::fcntl::Flock<File>, NetError> {
 /// host forwarded before bulkhead is found once, before that, and kept.
 pub fn apply(state: &State) -> Result<(), NetError> {
     let nets = store::networks(state)?;
-    let leases: Vec<Attachment> = store::leases(state)?.into_iter().map(|l| l.attachment).collect();
+    let leases: Vec<Attachment> = store::leases(state)?
+        .into_iter()
+        .map(|l| l.attachment)
+        .collect();
     if !nets.is_empty() && store::host_policy(state)?.forwarded_before_us.is_none() {
         let on = host::forwarding_on()?;
         store::update_host_policy(state, |p| p.forwarded_before_us = Some(on))?;
@@ -65,7 +73,11 @@ pub fn check_walls(state: &State) -> Result<Vec<String>, NetError> {
     }
     let mut fixed = Vec::new();
     let bridges: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
-    fixed.extend(host::ensure_fail_closed(&bridges)?.into_iter().map(|r| format!("routing: {r}")));
+    fixed.extend(
+        host::ensure_fail_closed(&bridges)?
+            .into_iter()
+            .map(|r| format!("routing: {r}")),
+    );
     if !host::tables_present() {
         apply(state)?;
         fixed.push("the nftables tables inet/bridge bulkhead, which were gone".into());
@@ -84,7 +96,11 @@ pub fn check_host_overlap(subnet: &Subnet, ours: &[Network]) -> Result<(), NetEr
 
 /// The host's own IPv4 addresses and their subnets, bulkhead's bridges left out.
 fn host_subnets(ours: &[Network]) -> Result<Vec<(String, std::net::Ipv4Addr, Subnet)>, NetError> {
-    Ok(host::host_addresses()?.into_iter().filter(|(ifname, _, _)| !ours.iter().any(|n| &n.bridge == ifname)).map(|(i, a, l)| (i, a, super::subnet::of_address(a, l))).collect())
+    Ok(host::host_addresses()?
+        .into_iter()
+        .filter(|(ifname, _, _)| !ours.iter().any(|n| &n.bridge == ifname))
+        .map(|(i, a, l)| (i, a, super::subnet::of_address(a, l)))
+        .collect())
 }
 
 /// A subnet for a new network when none is asked for: the first /`prefix`
@@ -96,31 +112,62 @@ pub fn pick_subnet(state: &State, prefix: u8) -> Result<Subnet, NetError> {
     taken.extend(host_subnets(&ours)?.into_iter().map(|(_, _, s)| s));
     let prefix = prefix.clamp(16, 29);
     let step = 1u32 << (32 - u32::from(prefix));
-    let (first, end) = (u32::from(std::net::Ipv4Addr::new(10, 89, 0, 0)), u32::from(std::net::Ipv4Addr::new(10, 255, 0, 0)));
-    let candidates = (first..end).step_by(step as usize).map(|b| Subnet { base: std::net::Ipv4Addr::from(b), prefix });
+    let (first, end) = (
+        u32::from(std::net::Ipv4Addr::new(10, 89, 0, 0)),
+        u32::from(std::net::Ipv4Addr::new(10, 255, 0, 0)),
+    );
+    let candidates = (first..end).step_by(step as usize).map(|b| Subnet {
+        base: std::net::Ipv4Addr::from(b),
+        prefix,
+    });
     super::subnet::first_free(candidates, &taken).ok_or_else(|| NetError::Conflict(format!("no free /{prefix} left in 10.89.0.0-10.254.255.255 for a new network: give one with --subnet")))
 }
 
 /// Adds a network to the store and brings up its bridge.
-pub fn create(state: &State, name: &str, subnet: Subnet, bridge: Option<String>) -> Result<Network, NetError> {
+pub fn create(
+    state: &State,
+    name: &str,
+    subnet: Subnet,
+    bridge: Option<String>,
+) -> Result<Network, NetError> {
     let _l = lock(state)?;
     create_locked(state, name, subnet, bridge, None)
 }
 
-fn create_locked(state: &State, name: &str, subnet: Subnet, bridge: Option<String>, tenant: Option<&str>) -> Result<Network, NetError> {
+fn create_locked(
+    state: &State,
+    name: &str,
+    subnet: Subnet,
+    bridge: Option<String>,
+    tenant: Option<&str>,
+) -> Result<Network, NetError> {
     if !super::valid_name(name) {
         return Err(NetError::Input(format!("network name {name:?}: letters, digits, '_', '.', '-', at most 32, starting with a letter or digit (and not \"none\")")));
     }
     let bridge = bridge.unwrap_or_else(|| super::bridge_for(name));
-    if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(NetError::Input(format!("bridge name {bridge:?}: 1 to 15 letters, digits, '-', '_', '.'")));
+    if bridge.is_empty()
+        || bridge.len() > 15
+        || !bridge
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(NetError::Input(format!(
+            "bridge name {bridge:?}: 1 to 15 letters, digits, '-', '_', '.'"
+        )));
     }
     let existing = store::networks(state)?;
     if host::link_exists(&bridge) && !existing.iter().any(|n| n.bridge == bridge) {
         return Err(NetError::Conflict(format!("an interface named {bridge} exists on this host already and is not bulkhead's: pick another with --bridge")));
     }
     check_host_overlap(&subnet, &existing)?;
-    let net = Network { name: name.to_string(), bridge, subnet, created_ms: now_ms(), cursor: 0, tenant: tenant.map(str::to_string) };
+    let net = Network {
+        name: name.to_string(),
+        bridge,
+        subnet,
+        created_ms: now_ms(),
+        cursor: 0,
+        tenant: tenant.map(str::to_string),
+    };
     store::create_network(state, &net)?;
     let up = host::ensure_bridge(&net).and_then(|()| apply(state));
     if let Err(e) = up {
@@ -162,8 +209,14 @@ pub fn ensure_tenant_network(state: &State, tenant: &str) -> Result<String, NetE
 pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetError> {
     let name = super::tenant_network(tenant);
     let _l = lock(state)?;
-    let Ok(net) = store::network(state, &name) else { return Ok(false) };
-    if net.tenant.as_deref() != Some(tenant) || store::leases(state)?.iter().any(|l| l.attachment.network == name) {
+    let Ok(net) = store::network(state, &name) else {
+        return Ok(false);
+    };
+    if net.tenant.as_deref() != Some(tenant)
+        || store::leases(state)?
+            .iter()
+            .any(|l| l.attachment.network == name)
+    {
         return Ok(false);
     }
     store::remove_network(state, &name)?;
@@ -265,12 +318,21 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
     let leases: Vec<Lease> = store::leases(state)?;
     let links = host::links_with_prefix(&["bht", "bhv"]);
     let records = state.list()?;
-    let live: BTreeSet<&str> = records.iter().filter(|r| r.status().is_live()).map(|r| r.config.id.as_str()).collect();
+    let live: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.status().is_live())
+        .map(|r| r.config.id.as_str())
+        .collect();
     let is_live = |short: &str| live.iter().any(|id| id.starts_with(short));
     let mut removed = Vec::new();
     for l in leases.iter().filter(|l| !live.contains(l.id.as_str())) {
         store::release(state, &l.id)?;
-        removed.push(format!("lease {} on {} (workload {})", l.attachment.ip, l.attachment.network, crate::runtime::paths::short(&l.id)));
+        removed.push(format!(
+            "lease {} on {} (workload {})",
+            l.attachment.ip,
+            l.attachment.network,
+            crate::runtime::paths::short(&l.id)
+        ));
     }
     for name in links {
         let id = &name[3..];
@@ -282,7 +344,10 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
     for n in &store::networks(state)? {
         if !host::link_exists(&n.bridge) {
             host::ensure_bridge(n)?;
-            removed.push(format!("(recreated bridge {} of network {})", n.bridge, n.name));
+            removed.push(format!(
+                "(recreated bridge {} of network {})",
+                n.bridge, n.name
+            ));
         }
     }
     if !removed.is_empty() {

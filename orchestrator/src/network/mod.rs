@@ -120,7 +120,13 @@ pub fn tenant_network(tenant: &str) -> String {
     }
     use sha2::Digest;
     let h = sha2::Sha256::digest(tenant.as_bytes());
-    format!("t-{}", h.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "t-{}",
+        h.iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
 /// Network names: like workload names, at most 32 characters.
@@ -175,7 +181,12 @@ mod tests {
     #[test]
     fn interface_names_fit_ifnamsiz() {
         let id = "0123456789abcdef0123";
-        for n in [tap_name(id), veth_name(id), bridge_for("a-very-long-network-name"), bridge_for("web")] {
+        for n in [
+            tap_name(id),
+            veth_name(id),
+            bridge_for("a-very-long-network-name"),
+            bridge_for("web"),
+        ] {
             assert!(n.len() <= 15, "{n}");
         }
         assert_eq!(bridge_for("web"), "bh-web");
@@ -199,7 +210,10 @@ mod tests {
     fn tenant_networks_are_one_per_tenant_and_valid() {
         assert_eq!(tenant_network("acme"), "t-acme");
         let long = tenant_network(&"x".repeat(60));
-        assert!(valid_name(&long) && long != tenant_network(&"x".repeat(61)), "{long}");
+        assert!(
+            valid_name(&long) && long != tenant_network(&"x".repeat(61)),
+            "{long}"
+        );
         assert_ne!(tenant_network("a.b"), tenant_network("a_b"));
     }
 

@@ -34,7 +34,9 @@ pub struct Publish {
 
 impl Publish {
     pub fn parse(spec: &str) -> Result<Self, NetError> {
-        let bad = |why: &str| NetError::Input(format!("-p {spec:?}: {why} (the form is [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:8080:80/tcp)"));
+        let bad = |why: &str| {
+            NetError::Input(format!("-p {spec:?}: {why} (the form is [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:8080:80/tcp)"))
+        };
         let (ports, proto) = match spec.rsplit_once('/') {
             Some((p, "tcp")) => (p, Proto::Tcp),
             Some((p, "udp")) => (p, Proto::Udp),
@@ -42,13 +44,17 @@ impl Publish {
             None => (spec, Proto::Tcp),
         };
         if ports.starts_with('[') || ports.matches(':').count() > 2 {
-            return Err(bad("IPv6 host addresses are not supported: workloads are published on IPv4 only"));
+            return Err(bad(
+                "IPv6 host addresses are not supported: workloads are published on IPv4 only",
+            ));
         }
         let parts: Vec<&str> = ports.split(':').collect();
         let (host_ip, host_port, port) = match parts.as_slice() {
             [hp, p] => (None, *hp, *p),
             [ip, hp, p] => {
-                let a: Ipv4Addr = ip.parse().map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?;
+                let a: Ipv4Addr = ip
+                    .parse()
+                    .map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?;
                 (if a.is_unspecified() { None } else { Some(a) }, *hp, *p)
             }
             [_] => return Err(bad("give the host port too")),
@@ -60,19 +66,28 @@ impl Publish {
                 _ => Err(bad(&format!("{what} {s:?} is not a port number (1-65535)"))),
             }
         };
-        Ok(Publish { host_ip, host_port: num(host_port, "host port")?, port: num(port, "port")?, proto })
+        Ok(Publish {
+            host_ip,
+            host_port: num(host_port, "host port")?,
+            port: num(port, "port")?,
+            proto,
+        })
     }
 
     /// Whether both claim the same host port: same protocol and port, and
     /// the same address or either on every address.
     pub fn clashes(&self, other: &Publish) -> bool {
-        self.proto == other.proto && self.host_port == other.host_port && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+        self.proto == other.proto
+            && self.host_port == other.host_port
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
     }
 }
 
 impl std::fmt::Display for Publish {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ip = self.host_ip.map_or_else(|| "0.0.0.0".to_string(), |a| a.to_string());
+        let ip = self
+            .host_ip
+            .map_or_else(|| "0.0.0.0".to_string(), |a| a.to_string());
         write!(f, "{ip}:{}->{}/{}", self.host_port, self.port, self.proto)
     }
 }
@@ -84,14 +99,46 @@ mod tests {
     #[test]
     fn specs_parse_and_bad_ones_say_why() {
         let p = Publish::parse("8080:80").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(p, Publish { host_ip: None, host_port: 8080, port: 80, proto: Proto::Tcp });
+        assert_eq!(
+            p,
+            Publish {
+                host_ip: None,
+                host_port: 8080,
+                port: 80,
+                proto: Proto::Tcp
+            }
+        );
         let p = Publish::parse("127.0.0.1:5353:53/udp").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((p.host_ip, p.proto), (Some(Ipv4Addr::LOCALHOST), Proto::Udp));
-        assert_eq!(Publish::parse("0.0.0.0:1:2/tcp").map(|p| p.host_ip).ok(), Some(None));
-        for bad in ["80", "0:80", "80:0", "70000:80", "a:80", "8080:80/sctp", "1.2.3:80:80", "[::1]:80:80", "::1:80:80", "1:2:3:4", "", ":", "8080:80/"] {
+        assert_eq!(
+            (p.host_ip, p.proto),
+            (Some(Ipv4Addr::LOCALHOST), Proto::Udp)
+        );
+        assert_eq!(
+            Publish::parse("0.0.0.0:1:2/tcp").map(|p| p.host_ip).ok(),
+            Some(None)
+        );
+        for bad in [
+            "80",
+            "0:80",
+            "80:0",
+            "70000:80",
+            "a:80",
+            "8080:80/sctp",
+            "1.2.3:80:80",
+            "[::1]:80:80",
+            "::1:80:80",
+            "1:2:3:4",
+            "",
+            ":",
+            "8080:80/",
+        ] {
             assert!(Publish::parse(bad).is_err(), "{bad}");
         }
-        assert!(Publish::parse("80").err().map(|e| e.to_string()).unwrap_or_default().contains("HOSTPORT:PORT"));
+        assert!(Publish::parse("80")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("HOSTPORT:PORT"));
     }
 
     #[test]

@@ -29,11 +29,18 @@ use super::egress::{self, HostPolicy, BRIDGE_MARK};
 use super::{Attachment, Network, Proto, Subnet};
 
 fn quoted_set(names: &[&str]) -> String {
-    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn addr_set(nets: &[Subnet]) -> String {
-    nets.iter().map(Subnet::to_string).collect::<Vec<_>>().join(", ")
+    nets.iter()
+        .map(Subnet::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
@@ -48,7 +55,10 @@ fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
                 Proto::Tcp => "tcp",
                 Proto::Udp => "udp",
             };
-            v.push(format!("{dst} {proto} dport {} dnat ip to {}:{} comment \"{}\"", p.host_port, a.ip, p.port, a.host_if));
+            v.push(format!(
+                "{dst} {proto} dport {} dnat ip to {}:{} comment \"{}\"",
+                p.host_port, a.ip, p.port, a.host_if
+            ));
         }
     }
     v
@@ -59,12 +69,22 @@ fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
 /// bridge table keeps that address its own).
 fn egress_rules(a: &Attachment) -> Vec<String> {
     let mut v = Vec::new();
-    let ns: Vec<String> = a.nameservers.iter().filter_map(|n| n.parse::<std::net::Ipv4Addr>().ok()).map(|n| n.to_string()).collect();
+    let ns: Vec<String> = a
+        .nameservers
+        .iter()
+        .filter_map(|n| n.parse::<std::net::Ipv4Addr>().ok())
+        .map(|n| n.to_string())
+        .collect();
     if !ns.is_empty() {
         v.push(format!("iifname \"{}\" ip saddr {} ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept", a.bridge, a.ip, ns.join(", ")));
     }
     if !a.allow_egress.is_empty() {
-        v.push(format!("iifname \"{}\" ip saddr {} ip daddr {{ {} }} accept", a.bridge, a.ip, addr_set(&a.allow_egress)));
+        v.push(format!(
+            "iifname \"{}\" ip saddr {} ip daddr {{ {} }} accept",
+            a.bridge,
+            a.ip,
+            addr_set(&a.allow_egress)
+        ));
     }
     v
 }
@@ -72,7 +92,11 @@ fn egress_rules(a: &Attachment) -> Vec<String> {
 /// The rules of the inet table that concern one network (for `network inspect`).
 pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) -> Vec<String> {
     let b = &net.bridge;
-    let mine: Vec<Attachment> = leases.iter().filter(|a| a.network == net.name).cloned().collect();
+    let mine: Vec<Attachment> = leases
+        .iter()
+        .filter(|a| a.network == net.name)
+        .cloned()
+        .collect();
     let mut v = vec![
         format!("input: iifname \"{b}\" ct state established,related accept"),
         format!("input: iifname \"{b}\" drop"),
@@ -80,18 +104,39 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
         format!("forward: iifname \"{b}\" oifname @bridges drop   (other networks)"),
     ];
     if !policy.protected.is_empty() {
-        v.push(format!("forward: iifname \"{b}\" ip daddr {{ {} }} drop   (control plane and store)", addr_set(&policy.protected)));
+        v.push(format!(
+            "forward: iifname \"{b}\" ip daddr {{ {} }} drop   (control plane and store)",
+            addr_set(&policy.protected)
+        ));
     }
-    v.extend(mine.iter().flat_map(egress_rules).map(|r| format!("forward: {r}")));
+    v.extend(
+        mine.iter()
+            .flat_map(egress_rules)
+            .map(|r| format!("forward: {r}")),
+    );
     v.extend([
-        format!("forward: iifname \"{b}\" ip daddr {{ {} }} drop   (denied ranges)", egress::DENIED.join(", ")),
+        format!(
+            "forward: iifname \"{b}\" ip daddr {{ {} }} drop   (denied ranges)",
+            egress::DENIED.join(", ")
+        ),
         format!("forward: iifname \"{b}\" accept   (the internet)"),
         format!("forward: oifname \"{b}\" drop   (unless established or published)"),
-        format!("postrouting: ip saddr {} oifname != @bridges masquerade", net.subnet),
+        format!(
+            "postrouting: ip saddr {} oifname != @bridges masquerade",
+            net.subnet
+        ),
         format!("postrouting: oifname \"{b}\" ip saddr 127.0.0.0/8 masquerade"),
     ]);
-    v.extend(dnat_rules(&mine).into_iter().map(|r| format!("prerouting+output: {r}")));
-    v.extend(mine.iter().flat_map(port_rules).map(|r| format!("bridge prerouting: {r}")));
+    v.extend(
+        dnat_rules(&mine)
+            .into_iter()
+            .map(|r| format!("prerouting+output: {r}")),
+    );
+    v.extend(
+        mine.iter()
+            .flat_map(port_rules)
+            .map(|r| format!("bridge prerouting: {r}")),
+    );
     v.extend(mine.iter().map(|a| format!("bridge prerouting: iifname \"{}\" meta mark set meta mark or {BRIDGE_MARK:#x}   (unmarked: not routed)", a.host_if)));
     v
 }
@@ -121,24 +166,42 @@ pub fn script(networks: &[Network], leases: &[Attachment], policy: &HostPolicy) 
         s.push('\n');
     };
     s.push_str("table inet bulkhead {\n");
-    s.push_str(&format!("\tset bridges {{\n\t\ttype ifname\n\t\telements = {{ {} }}\n\t}}\n", quoted_set(&bridges)));
-    s.push_str(&format!("\tset denied {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n", egress::DENIED.join(", ")));
+    s.push_str(&format!(
+        "\tset bridges {{\n\t\ttype ifname\n\t\telements = {{ {} }}\n\t}}\n",
+        quoted_set(&bridges)
+    ));
+    s.push_str(&format!(
+        "\tset denied {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
+        egress::DENIED.join(", ")
+    ));
     s.push_str("\tset protected {\n\t\ttype ipv4_addr\n\t\tflags interval\n");
     if !policy.protected.is_empty() {
-        s.push_str(&format!("\t\telements = {{ {} }}\n", addr_set(&policy.protected)));
+        s.push_str(&format!(
+            "\t\telements = {{ {} }}\n",
+            addr_set(&policy.protected)
+        ));
     }
     s.push_str("\t}\n");
 
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
-    line(&mut s, "iifname @bridges ct state established,related accept");
+    line(
+        &mut s,
+        "iifname @bridges ct state established,related accept",
+    );
     line(&mut s, "iifname @bridges drop");
     s.push_str("\t}\n");
 
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n");
     line(&mut s, "iifname @bridges meta nfproto ipv6 drop");
     line(&mut s, "oifname @bridges meta nfproto ipv6 drop");
-    line(&mut s, "iifname @bridges ct state established,related accept");
-    line(&mut s, "oifname @bridges ct state established,related accept");
+    line(
+        &mut s,
+        "iifname @bridges ct state established,related accept",
+    );
+    line(
+        &mut s,
+        "oifname @bridges ct state established,related accept",
+    );
     line(&mut s, "oifname @bridges ct status dnat accept");
     for b in &bridges {
         line(&mut s, &format!("iifname \"{b}\" oifname \"{b}\" accept"));
@@ -162,18 +225,31 @@ pub fn script(networks: &[Network], leases: &[Attachment], policy: &HostPolicy) 
     let dnat = dnat_rules(leases);
     // -100: dstnat's number (the name is for prerouting only).
     for chain in ["prerouting", "output"] {
-        s.push_str(&format!("\tchain {chain} {{\n\t\ttype nat hook {chain} priority -100; policy accept;\n"));
+        s.push_str(&format!(
+            "\tchain {chain} {{\n\t\ttype nat hook {chain} priority -100; policy accept;\n"
+        ));
         for r in &dnat {
             line(&mut s, r);
         }
         s.push_str("\t}\n");
     }
 
-    s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+    s.push_str(
+        "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
+    );
     line(&mut s, "oifname @bridges ip saddr 127.0.0.0/8 masquerade");
     for n in networks {
-        line(&mut s, &format!("oifname \"{}\" ct status dnat ip saddr {} masquerade", n.bridge, n.subnet));
-        line(&mut s, &format!("ip saddr {} oifname != @bridges masquerade", n.subnet));
+        line(
+            &mut s,
+            &format!(
+                "oifname \"{}\" ct status dnat ip saddr {} masquerade",
+                n.bridge, n.subnet
+            ),
+        );
+        line(
+            &mut s,
+            &format!("ip saddr {} oifname != @bridges masquerade", n.subnet),
+        );
     }
     s.push_str("\t}\n}\n");
 
@@ -193,7 +269,10 @@ pub fn script(networks: &[Network], leases: &[Attachment], policy: &HostPolicy) 
             line(&mut s, &r);
         }
     }
-    line(&mut s, &format!("iifname @ports meta mark set meta mark or {BRIDGE_MARK:#x}"));
+    line(
+        &mut s,
+        &format!("iifname @ports meta mark set meta mark or {BRIDGE_MARK:#x}"),
+    );
     s.push_str("\t}\n}\n");
     s
 }
@@ -204,7 +283,14 @@ mod tests {
     use crate::network::{Publish, Subnet};
 
     fn net(name: &str, bridge: &str, subnet: &str) -> Network {
-        Network { name: name.into(), bridge: bridge.into(), subnet: Subnet::parse(subnet).unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0, tenant: None }
+        Network {
+            name: name.into(),
+            bridge: bridge.into(),
+            subnet: Subnet::parse(subnet).unwrap_or_else(|e| panic!("{e}")),
+            created_ms: 0,
+            cursor: 0,
+            tenant: None,
+        }
     }
 
     fn lease(ip: &str, port: &str) -> Attachment {
@@ -228,34 +314,66 @@ mod tests {
 
     /// The line numbers of the forward chain's rules that contain `what`.
     fn forward_line(s: &str, what: &str) -> usize {
-        let chain = s.split("chain forward {").nth(1).and_then(|c| c.split("\n\t}").next()).unwrap_or_default();
-        chain.lines().position(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what:?} in the forward chain:\n{chain}"))
+        let chain = s
+            .split("chain forward {")
+            .nth(1)
+            .and_then(|c| c.split("\n\t}").next())
+            .unwrap_or_default();
+        chain
+            .lines()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in the forward chain:\n{chain}"))
     }
 
     #[test]
     fn no_networks_deletes_both_tables_and_nothing_else() {
         let s = script(&[], &[], &HostPolicy::default());
-        assert_eq!(s.lines().filter(|l| l.starts_with("delete table")).count(), 2);
+        assert_eq!(
+            s.lines().filter(|l| l.starts_with("delete table")).count(),
+            2
+        );
         assert!(!s.contains("chain"));
     }
 
     #[test]
     fn the_script_replaces_tables_and_holds_every_rule_of_a_lease() {
-        let nets = [net("bulkhead", "bulkhead0", "10.88.0.0/16"), net("other", "bh-other", "10.89.0.0/24")];
-        let s = script(&nets, &[lease("10.88.0.2", "127.0.0.1:8080:80")], &HostPolicy::default());
+        let nets = [
+            net("bulkhead", "bulkhead0", "10.88.0.0/16"),
+            net("other", "bh-other", "10.89.0.0/24"),
+        ];
+        let s = script(
+            &nets,
+            &[lease("10.88.0.2", "127.0.0.1:8080:80")],
+            &HostPolicy::default(),
+        );
         let delete = s.find("delete table inet bulkhead").unwrap_or(usize::MAX);
         let create = s.find("table inet bulkhead {\n").unwrap_or(0);
-        assert!(delete < create, "the old table goes first, in the same transaction");
+        assert!(
+            delete < create,
+            "the old table goes first, in the same transaction"
+        );
         assert!(s.contains("elements = { \"bulkhead0\", \"bh-other\" }"));
-        assert_eq!(s.matches("ip daddr 127.0.0.1 tcp dport 8080 dnat ip to 10.88.0.2:80").count(), 2, "prerouting and output");
+        assert_eq!(
+            s.matches("ip daddr 127.0.0.1 tcp dport 8080 dnat ip to 10.88.0.2:80")
+                .count(),
+            2,
+            "prerouting and output"
+        );
         assert!(s.contains("iifname \"bhtabc\" ether saddr != 02:b4:0a:58:00:02 drop"));
         assert!(s.contains("iifname \"bhtabc\" ether type ip ip saddr != 10.88.0.2 drop"));
         assert!(s.contains("ip saddr 10.89.0.0/24 oifname != @bridges masquerade"));
         assert!(s.contains("iifname @bridges oifname @bridges drop"));
         // The braces balance (a broken script would be refused whole by nft).
         assert_eq!(s.matches('{').count(), s.matches('}').count());
-        let r = network_rules(&nets[1], &[lease("10.88.0.2", "8080:80")], &HostPolicy::default());
-        assert!(r.iter().any(|l| l.contains("10.89.0.0/24")) && !r.iter().any(|l| l.contains("dnat")), "another network's publications are not this one's");
+        let r = network_rules(
+            &nets[1],
+            &[lease("10.88.0.2", "8080:80")],
+            &HostPolicy::default(),
+        );
+        assert!(
+            r.iter().any(|l| l.contains("10.89.0.0/24")) && !r.iter().any(|l| l.contains("dnat")),
+            "another network's publications are not this one's"
+        );
     }
 
     /// Egress: the protected addresses go before anything a workload
@@ -267,29 +385,86 @@ mod tests {
         let mut a = lease("10.88.0.2", "8080:80");
         a.allow_egress = vec![cidr("172.31.9.0/24")];
         a.nameservers = vec!["10.0.0.2".into(), "not-an-address".into()];
-        let policy = HostPolicy { protected: vec![cidr("172.31.9.1/32"), cidr("203.0.113.5/32")], forwarded_before_us: Some(false) };
+        let policy = HostPolicy {
+            protected: vec![cidr("172.31.9.1/32"), cidr("203.0.113.5/32")],
+            forwarded_before_us: Some(false),
+        };
         let s = script(&nets, &[a.clone()], &policy);
-        assert!(s.contains("type filter hook forward priority filter; policy drop;"), "{s}");
+        assert!(
+            s.contains("type filter hook forward priority filter; policy drop;"),
+            "{s}"
+        );
         assert!(s.contains("elements = { 172.31.9.1/32, 203.0.113.5/32 }"));
-        let bridge_table = s.split("table bridge bulkhead {\n").nth(1).unwrap_or_default();
-        assert!(bridge_table.contains("elements = { \"bhtabc\" }") && bridge_table.contains("iifname @ports meta mark set meta mark or 0x400000"), "the mark the host's routing asks for, on frames from workloads' ports");
-        for r in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"] {
+        let bridge_table = s
+            .split("table bridge bulkhead {\n")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            bridge_table.contains("elements = { \"bhtabc\" }")
+                && bridge_table.contains("iifname @ports meta mark set meta mark or 0x400000"),
+            "the mark the host's routing asks for, on frames from workloads' ports"
+        );
+        for r in [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "169.254.0.0/16",
+            "127.0.0.0/8",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+        ] {
             assert!(s.contains(r), "{r} is not denied");
         }
         let protected = forward_line(&s, "ip daddr @protected drop");
         let allow = forward_line(&s, "ip saddr 10.88.0.2 ip daddr { 172.31.9.0/24 } accept");
-        let dns = forward_line(&s, "ip daddr { 10.0.0.2 } meta l4proto { tcp, udp } th dport 53 accept");
+        let dns = forward_line(
+            &s,
+            "ip daddr { 10.0.0.2 } meta l4proto { tcp, udp } th dport 53 accept",
+        );
         let denied = forward_line(&s, "ip daddr @denied drop");
         let internet = forward_line(&s, "iifname @bridges meta nfproto ipv4 accept");
         let between = forward_line(&s, "iifname @bridges oifname @bridges drop");
-        assert!(between < protected && protected < allow && protected < dns && allow < denied && dns < denied && denied < internet, "{s}");
-        assert!(forward_line(&s, "oifname @bridges ct status dnat accept") < between, "published ports come in");
-        assert!(!s.lines().any(|l| l.trim() == "accept"), "the host did not forward before us: nothing else is let through");
-        let router = HostPolicy { forwarded_before_us: Some(true), ..policy.clone() };
+        assert!(
+            between < protected
+                && protected < allow
+                && protected < dns
+                && allow < denied
+                && dns < denied
+                && denied < internet,
+            "{s}"
+        );
+        assert!(
+            forward_line(&s, "oifname @bridges ct status dnat accept") < between,
+            "published ports come in"
+        );
+        assert!(
+            !s.lines().any(|l| l.trim() == "accept"),
+            "the host did not forward before us: nothing else is let through"
+        );
+        let router = HostPolicy {
+            forwarded_before_us: Some(true),
+            ..policy.clone()
+        };
         let s = script(&nets, &[a.clone()], &router);
-        assert!(forward_line(&s, "oifname @bridges drop") < s.split("chain forward {").nth(1).map(|c| c.lines().position(|l| l.trim() == "accept").unwrap_or(0)).unwrap_or(0), "a router's own forwarding passes, after ours");
+        assert!(
+            forward_line(&s, "oifname @bridges drop")
+                < s.split("chain forward {")
+                    .nth(1)
+                    .map(|c| c.lines().position(|l| l.trim() == "accept").unwrap_or(0))
+                    .unwrap_or(0),
+            "a router's own forwarding passes, after ours"
+        );
         let r = network_rules(&nets[0], &[a], &policy);
-        assert!(r.iter().any(|l| l.contains("172.31.9.1/32") && l.contains("control plane")), "{r:?}");
-        assert!(r.iter().any(|l| l.contains("ip daddr { 172.31.9.0/24 } accept")), "{r:?}");
+        assert!(
+            r.iter()
+                .any(|l| l.contains("172.31.9.1/32") && l.contains("control plane")),
+            "{r:?}"
+        );
+        assert!(
+            r.iter()
+                .any(|l| l.contains("ip daddr { 172.31.9.0/24 } accept")),
+            "{r:?}"
+        );
     }
 }

@@ -39,7 +39,9 @@ fn corrupt(e: serde_json::Error) -> StateError {
     StateError::Corrupt(e.to_string())
 }
 
-fn rows<T: redb::ReadableTable<&'static str, &'static [u8]>, V: serde::de::DeserializeOwned>(t: &T) -> Result<Vec<V>, StateError> {
+fn rows<T: redb::ReadableTable<&'static str, &'static [u8]>, V: serde::de::DeserializeOwned>(
+    t: &T,
+) -> Result<Vec<V>, StateError> {
     let mut v = Vec::new();
     for row in t.iter().map_err(db)? {
         let (_, value) = row.map_err(db)?;
@@ -48,7 +50,10 @@ fn rows<T: redb::ReadableTable<&'static str, &'static [u8]>, V: serde::de::Deser
     Ok(v)
 }
 
-fn read_all<V: serde::de::DeserializeOwned>(state: &State, def: TableDefinition<&str, &[u8]>) -> Result<Vec<V>, NetError> {
+fn read_all<V: serde::de::DeserializeOwned>(
+    state: &State,
+    def: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<V>, NetError> {
     state.with_db(|d| {
         let tx = d.begin_read().map_err(db)?;
         match tx.open_table(def) {
@@ -66,7 +71,10 @@ pub fn networks(state: &State) -> Result<Vec<Network>, NetError> {
 }
 
 pub fn network(state: &State, name: &str) -> Result<Network, NetError> {
-    networks(state)?.into_iter().find(|n| n.name == name).ok_or_else(|| NetError::NoSuchNetwork(name.to_string()))
+    networks(state)?
+        .into_iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| NetError::NoSuchNetwork(name.to_string()))
 }
 
 pub fn leases(state: &State) -> Result<Vec<Lease>, NetError> {
@@ -90,7 +98,10 @@ pub fn host_policy(state: &State) -> Result<HostPolicy, NetError> {
 }
 
 /// Changes the host's egress policy in one transaction; whether it changed.
-pub fn update_host_policy(state: &State, change: impl FnOnce(&mut HostPolicy)) -> Result<bool, NetError> {
+pub fn update_host_policy(
+    state: &State,
+    change: impl FnOnce(&mut HostPolicy),
+) -> Result<bool, NetError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         let changed = {
@@ -102,7 +113,8 @@ pub fn update_host_policy(state: &State, change: impl FnOnce(&mut HostPolicy)) -
             let mut new = old.clone();
             change(&mut new);
             if new != old {
-                t.insert("policy", serde_json::to_vec(&new).map_err(db)?.as_slice()).map_err(db)?;
+                t.insert("policy", serde_json::to_vec(&new).map_err(db)?.as_slice())
+                    .map_err(db)?;
             }
             new != old
         };
@@ -120,13 +132,22 @@ pub fn create_network(state: &State, net: &Network) -> Result<(), NetError> {
             let mut t = tx.open_table(NETWORKS).map_err(db)?;
             let all: Vec<Network> = rows(&t)?;
             if all.iter().any(|n| n.name == net.name) {
-                return Err(NetError::Conflict(format!("a network named {:?} exists already", net.name)));
+                return Err(NetError::Conflict(format!(
+                    "a network named {:?} exists already",
+                    net.name
+                )));
             }
             if let Some(n) = all.iter().find(|n| n.bridge == net.bridge) {
-                return Err(NetError::Conflict(format!("the bridge {} belongs to network {:?} already", net.bridge, n.name)));
+                return Err(NetError::Conflict(format!(
+                    "the bridge {} belongs to network {:?} already",
+                    net.bridge, n.name
+                )));
             }
             if let Some(n) = all.iter().find(|n| n.subnet.overlaps(&net.subnet)) {
-                return Err(NetError::Conflict(format!("subnet {} overlaps network {:?} ({}): pick another with --subnet", net.subnet, n.name, n.subnet)));
+                return Err(NetError::Conflict(format!(
+                    "subnet {} overlaps network {:?} ({}): pick another with --subnet",
+                    net.subnet, n.name, n.subnet
+                )));
             }
             let bytes = serde_json::to_vec(net).map_err(db)?;
             t.insert(net.name.as_str(), bytes.as_slice()).map_err(db)?;
@@ -147,9 +168,16 @@ pub fn remove_network(state: &State, name: &str) -> Result<Network, NetError> {
                 None => return Err(NetError::NoSuchNetwork(name.to_string())),
             };
             let users: Vec<Lease> = rows(&tx.open_table(LEASES).map_err(db)?)?;
-            let users: Vec<&str> = users.iter().filter(|l| l.attachment.network == name).map(|l| crate::runtime::paths::short(&l.id)).collect();
+            let users: Vec<&str> = users
+                .iter()
+                .filter(|l| l.attachment.network == name)
+                .map(|l| crate::runtime::paths::short(&l.id))
+                .collect();
             if !users.is_empty() {
-                return Err(NetError::Conflict(format!("network {name:?} is in use by {} (remove them first)", users.join(", "))));
+                return Err(NetError::Conflict(format!(
+                    "network {name:?} is in use by {} (remove them first)",
+                    users.join(", ")
+                )));
             }
             t.remove(name).map_err(db)?;
             net
@@ -162,7 +190,11 @@ pub fn remove_network(state: &State, name: &str) -> Result<Network, NetError> {
 /// Inserts the workload's record and, for `want`, a lease on that network:
 /// the next free address, and its ports unless another workload publishes
 /// them already. One transaction: all of it or nothing.
-pub fn insert_workload(state: &State, rec: &mut Record, want: Option<&Want>) -> Result<(), NetError> {
+pub fn insert_workload(
+    state: &State,
+    rec: &mut Record,
+    want: Option<&Want>,
+) -> Result<(), NetError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         if let Some(w) = want {
@@ -174,8 +206,17 @@ pub fn insert_workload(state: &State, rec: &mut Record, want: Option<&Want>) -> 
             let mut leases_t = tx.open_table(LEASES).map_err(db)?;
             let all: Vec<Lease> = rows(&leases_t)?;
             check_ports(&all, &w.ports)?;
-            let taken: BTreeSet<_> = all.iter().filter(|l| l.attachment.network == net.name).map(|l| l.attachment.ip).collect();
-            let (ip, cursor) = allocate(&net.subnet, &taken, net.cursor).ok_or_else(|| NetError::Conflict(format!("network {:?} ({}) has no free address left", net.name, net.subnet)))?;
+            let taken: BTreeSet<_> = all
+                .iter()
+                .filter(|l| l.attachment.network == net.name)
+                .map(|l| l.attachment.ip)
+                .collect();
+            let (ip, cursor) = allocate(&net.subnet, &taken, net.cursor).ok_or_else(|| {
+                NetError::Conflict(format!(
+                    "network {:?} ({}) has no free address left",
+                    net.name, net.subnet
+                ))
+            })?;
             net.cursor = cursor;
             let id = &rec.config.id;
             let kind = rec.config.runtime;
@@ -194,9 +235,19 @@ pub fn insert_workload(state: &State, rec: &mut Record, want: Option<&Want>) -> 
                 nameservers: w.nameservers.clone(),
                 allow_egress: w.allow_egress.clone(),
             };
-            let lease = serde_json::to_vec(&Lease { id: id.clone(), attachment: attachment.clone() }).map_err(db)?;
-            leases_t.insert(format!("{}/{ip}", net.name).as_str(), lease.as_slice()).map_err(db)?;
-            nets.insert(net.name.as_str(), serde_json::to_vec(&net).map_err(db)?.as_slice()).map_err(db)?;
+            let lease = serde_json::to_vec(&Lease {
+                id: id.clone(),
+                attachment: attachment.clone(),
+            })
+            .map_err(db)?;
+            leases_t
+                .insert(format!("{}/{ip}", net.name).as_str(), lease.as_slice())
+                .map_err(db)?;
+            nets.insert(
+                net.name.as_str(),
+                serde_json::to_vec(&net).map_err(db)?.as_slice(),
+            )
+            .map_err(db)?;
             rec.config.network = Some(attachment);
         }
         crate::runtime::state::assign_jail_ids(&tx, rec)?;
@@ -209,8 +260,16 @@ pub fn insert_workload(state: &State, rec: &mut Record, want: Option<&Want>) -> 
 /// Refuses ports another workload publishes already.
 pub fn check_ports(leases: &[Lease], ports: &[Publish]) -> Result<(), NetError> {
     for p in ports {
-        if let Some(l) = leases.iter().find(|l| l.attachment.ports.iter().any(|q| q.clashes(p))) {
-            return Err(NetError::Conflict(format!("port {}/{} is already published by workload {}", p.host_port, p.proto, crate::runtime::paths::short(&l.id))));
+        if let Some(l) = leases
+            .iter()
+            .find(|l| l.attachment.ports.iter().any(|q| q.clashes(p)))
+        {
+            return Err(NetError::Conflict(format!(
+                "port {}/{} is already published by workload {}",
+                p.host_port,
+                p.proto,
+                crate::runtime::paths::short(&l.id)
+            )));
         }
     }
     Ok(())
@@ -254,42 +313,96 @@ mod tests {
     }
 
     fn want(ports: &[&str]) -> Want {
-        Want { network: "small".into(), ports: ports.iter().map(|p| Publish::parse(p).unwrap_or_else(|e| panic!("{e}"))).collect(), nameservers: vec![], allow_egress: vec![] }
+        Want {
+            network: "small".into(),
+            ports: ports
+                .iter()
+                .map(|p| Publish::parse(p).unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
+            nameservers: vec![],
+            allow_egress: vec![],
+        }
     }
 
     #[test]
     fn leases_are_unique_transactional_and_released() {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = State::new(Paths::new(d.path()));
-        let net = Network { name: "small".into(), bridge: "bh-small".into(), subnet: Subnet::parse("10.9.0.0/29").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0, tenant: None };
+        let net = Network {
+            name: "small".into(),
+            bridge: "bh-small".into(),
+            subnet: Subnet::parse("10.9.0.0/29").unwrap_or_else(|e| panic!("{e}")),
+            created_ms: 0,
+            cursor: 0,
+            tenant: None,
+        };
         create_network(&s, &net).unwrap_or_else(|e| panic!("{e}"));
-        let clash = Network { name: "other".into(), bridge: "bh-other".into(), subnet: Subnet::parse("10.9.0.0/24").unwrap_or_else(|e| panic!("{e}")), created_ms: 0, cursor: 0, tenant: None };
-        assert!(matches!(create_network(&s, &clash), Err(NetError::Conflict(m)) if m.contains("overlaps")));
-        assert!(matches!(create_network(&s, &net), Err(NetError::Conflict(_))), "names are unique");
+        let clash = Network {
+            name: "other".into(),
+            bridge: "bh-other".into(),
+            subnet: Subnet::parse("10.9.0.0/24").unwrap_or_else(|e| panic!("{e}")),
+            created_ms: 0,
+            cursor: 0,
+            tenant: None,
+        };
+        assert!(
+            matches!(create_network(&s, &clash), Err(NetError::Conflict(m)) if m.contains("overlaps"))
+        );
+        assert!(
+            matches!(create_network(&s, &net), Err(NetError::Conflict(_))),
+            "names are unique"
+        );
 
         let mut ips = BTreeSet::new();
         for i in 0..5 {
             let mut r = rec(&format!("{i:02}"));
             insert_workload(&s, &mut r, Some(&want(&[]))).unwrap_or_else(|e| panic!("{e}"));
-            assert!(ips.insert(r.config.network.map(|a| a.ip)), "an address handed out twice");
+            assert!(
+                ips.insert(r.config.network.map(|a| a.ip)),
+                "an address handed out twice"
+            );
         }
         let mut full = rec("99");
-        assert!(matches!(insert_workload(&s, &mut full, Some(&want(&[]))), Err(NetError::Conflict(m)) if m.contains("no free address")));
-        assert!(s.get("w-99").is_err(), "a refused lease leaves no record either");
-        assert!(matches!(remove_network(&s, "small"), Err(NetError::Conflict(m)) if m.contains("in use")));
+        assert!(
+            matches!(insert_workload(&s, &mut full, Some(&want(&[]))), Err(NetError::Conflict(m)) if m.contains("no free address"))
+        );
+        assert!(
+            s.get("w-99").is_err(),
+            "a refused lease leaves no record either"
+        );
+        assert!(
+            matches!(remove_network(&s, "small"), Err(NetError::Conflict(m)) if m.contains("in use"))
+        );
 
         assert!(release(&s, "02").unwrap_or_else(|e| panic!("{e}")));
         let mut again = rec("05");
-        insert_workload(&s, &mut again, Some(&want(&["8080:80"]))).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(again.config.network.as_ref().map(|a| a.ip.octets()[3]), Some(4), "only the released address was free");
+        insert_workload(&s, &mut again, Some(&want(&["8080:80"])))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            again.config.network.as_ref().map(|a| a.ip.octets()[3]),
+            Some(4),
+            "only the released address was free"
+        );
         let mut port_clash = rec("06");
         s.remove("00").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(insert_workload(&s, &mut port_clash, Some(&want(&["127.0.0.1:8080:81"]))), Err(NetError::Conflict(m)) if m.contains("already published")));
-        assert_eq!(leases(&s).unwrap_or_else(|e| panic!("{e}")).len(), 4, "rm released 00's lease");
+        assert!(
+            matches!(insert_workload(&s, &mut port_clash, Some(&want(&["127.0.0.1:8080:81"]))), Err(NetError::Conflict(m)) if m.contains("already published"))
+        );
+        assert_eq!(
+            leases(&s).unwrap_or_else(|e| panic!("{e}")).len(),
+            4,
+            "rm released 00's lease"
+        );
         for id in ["01", "03", "04", "05"] {
             s.remove(id).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert_eq!(remove_network(&s, "small").map(|n| n.bridge).ok().as_deref(), Some("bh-small"));
+        assert_eq!(
+            remove_network(&s, "small")
+                .map(|n| n.bridge)
+                .ok()
+                .as_deref(),
+            Some("bh-small")
+        );
         assert!(networks(&s).unwrap_or_else(|e| panic!("{e}")).is_empty());
     }
 
@@ -299,9 +412,25 @@ mod tests {
         let s = State::new(Paths::new(d.path()));
         assert_eq!(host_policy(&s).ok(), Some(HostPolicy::default()));
         let p = Subnet::parse_cidr("172.31.9.1").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(update_host_policy(&s, |h| h.protected = vec![p]).ok(), Some(true));
-        assert_eq!(update_host_policy(&s, |h| h.protected = vec![p]).ok(), Some(false), "the same again changes nothing");
-        assert_eq!(update_host_policy(&s, |h| h.forwarded_before_us = Some(false)).ok(), Some(true));
-        assert_eq!(host_policy(&s).ok(), Some(HostPolicy { protected: vec![p], forwarded_before_us: Some(false) }));
+        assert_eq!(
+            update_host_policy(&s, |h| h.protected = vec![p]).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            update_host_policy(&s, |h| h.protected = vec![p]).ok(),
+            Some(false),
+            "the same again changes nothing"
+        );
+        assert_eq!(
+            update_host_policy(&s, |h| h.forwarded_before_us = Some(false)).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            host_policy(&s).ok(),
+            Some(HostPolicy {
+                protected: vec![p],
+                forwarded_before_us: Some(false)
+            })
+        );
     }
 }

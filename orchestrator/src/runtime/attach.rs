@@ -49,12 +49,20 @@ impl Kind {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// The main process's output from now on (and its stdin when asked).
-    Attach { stdin: bool },
+    Attach {
+        stdin: bool,
+    },
     /// A new process in the workload.
-    Exec { process: ProcessSpec },
-    Signal { signal: i32 },
+    Exec {
+        process: ProcessSpec,
+    },
+    Signal {
+        signal: i32,
+    },
     /// The stop signal, then SIGKILL after `timeout_s`; replies once it ended.
-    Stop { timeout_s: u64 },
+    Stop {
+        timeout_s: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +98,10 @@ pub struct Mark {
 
 impl Mark {
     pub fn now(name: &str) -> Self {
-        Mark { name: name.into(), at_us: bulkhead_vmm::timeline::monotonic_us() }
+        Mark {
+            name: name.into(),
+            at_us: bulkhead_vmm::timeline::monotonic_us(),
+        }
     }
 }
 
@@ -106,7 +117,11 @@ pub enum FrameError {
     Bad { what: &'static str, why: String },
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: Kind, payload: &[u8]) -> Result<(), FrameError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<(), FrameError> {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     if len > MAX_FRAME {
         return Err(FrameError::TooLong(len));
@@ -120,13 +135,22 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: Kind, payload: 
     Ok(())
 }
 
-pub async fn write_json<W: AsyncWrite + Unpin>(w: &mut W, kind: Kind, value: &impl Serialize) -> Result<(), FrameError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| FrameError::Bad { what: "json", why: e.to_string() })?;
+pub async fn write_json<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: Kind,
+    value: &impl Serialize,
+) -> Result<(), FrameError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| FrameError::Bad {
+        what: "json",
+        why: e.to_string(),
+    })?;
     write_frame(w, kind, &bytes).await
 }
 
 /// The next frame; `None` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(Kind, Vec<u8>)>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<(Kind, Vec<u8>)>, FrameError> {
     let mut head = [0u8; 5];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
@@ -143,8 +167,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(Kind,
     Ok(Some((kind, payload)))
 }
 
-pub fn parse<T: serde::de::DeserializeOwned>(what: &'static str, payload: &[u8]) -> Result<T, FrameError> {
-    serde_json::from_slice(payload).map_err(|e| FrameError::Bad { what, why: e.to_string() })
+pub fn parse<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    payload: &[u8],
+) -> Result<T, FrameError> {
+    serde_json::from_slice(payload).map_err(|e| FrameError::Bad {
+        what,
+        why: e.to_string(),
+    })
 }
 
 pub fn signal_payload(sig: i32) -> [u8; 4] {
@@ -152,12 +182,18 @@ pub fn signal_payload(sig: i32) -> [u8; 4] {
 }
 
 pub fn parse_signal(p: &[u8]) -> Result<i32, FrameError> {
-    let b: [u8; 4] = p.try_into().map_err(|_| FrameError::Bad { what: "signal", why: format!("{} bytes", p.len()) })?;
+    let b: [u8; 4] = p.try_into().map_err(|_| FrameError::Bad {
+        what: "signal",
+        why: format!("{} bytes", p.len()),
+    })?;
     let s = i32::from_le_bytes(b);
     if (1..=64).contains(&s) {
         Ok(s)
     } else {
-        Err(FrameError::Bad { what: "signal", why: s.to_string() })
+        Err(FrameError::Bad {
+            what: "signal",
+            why: s.to_string(),
+        })
     }
 }
 
@@ -171,7 +207,10 @@ pub fn resize_payload(rows: u16, cols: u16) -> [u8; 4] {
 pub fn parse_resize(p: &[u8]) -> Result<(u16, u16), FrameError> {
     match p {
         [a, b, c, d] => Ok((u16::from_le_bytes([*a, *b]), u16::from_le_bytes([*c, *d]))),
-        _ => Err(FrameError::Bad { what: "resize", why: format!("{} bytes", p.len()) }),
+        _ => Err(FrameError::Bad {
+            what: "resize",
+            why: format!("{} bytes", p.len()),
+        }),
     }
 }
 
@@ -180,30 +219,70 @@ mod tests {
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"))
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
     fn frames_round_trip_and_malformed_ones_are_typed_errors() {
         rt().block_on(async {
             let mut buf = Vec::new();
-            write_json(&mut buf, Kind::Request, &Request::Stop { timeout_s: 3 }).await.unwrap_or_else(|e| panic!("{e}"));
-            write_frame(&mut buf, Kind::Stdout, b"hi").await.unwrap_or_else(|e| panic!("{e}"));
+            write_json(&mut buf, Kind::Request, &Request::Stop { timeout_s: 3 })
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            write_frame(&mut buf, Kind::Stdout, b"hi")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             let mut r = buf.as_slice();
-            let (k, p) = read_frame(&mut r).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("frame"));
-            assert_eq!((k, parse::<Request>("request", &p).unwrap_or_else(|e| panic!("{e}"))), (Kind::Request, Request::Stop { timeout_s: 3 }));
-            assert_eq!(read_frame(&mut r).await.unwrap_or_else(|e| panic!("{e}")), Some((Kind::Stdout, b"hi".to_vec())));
-            assert_eq!(read_frame(&mut r).await.unwrap_or_else(|e| panic!("{e}")), None);
+            let (k, p) = read_frame(&mut r)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("frame"));
+            assert_eq!(
+                (
+                    k,
+                    parse::<Request>("request", &p).unwrap_or_else(|e| panic!("{e}"))
+                ),
+                (Kind::Request, Request::Stop { timeout_s: 3 })
+            );
+            assert_eq!(
+                read_frame(&mut r).await.unwrap_or_else(|e| panic!("{e}")),
+                Some((Kind::Stdout, b"hi".to_vec()))
+            );
+            assert_eq!(
+                read_frame(&mut r).await.unwrap_or_else(|e| panic!("{e}")),
+                None
+            );
 
-            assert!(matches!(read_frame(&mut &[0u8, 0, 0, 0, 0][..]).await, Err(FrameError::UnknownKind(0))));
-            assert!(matches!(read_frame(&mut &[5u8, 0xff, 0xff, 0xff, 0xff][..]).await, Err(FrameError::TooLong(_))));
-            assert!(matches!(read_frame(&mut &[5u8, 9, 0, 0, 0, 1][..]).await, Err(FrameError::Io(_))), "truncated payload");
-            assert!(matches!(read_frame(&mut &[5u8, 0][..]).await, Ok(None) | Err(_)));
+            assert!(matches!(
+                read_frame(&mut &[0u8, 0, 0, 0, 0][..]).await,
+                Err(FrameError::UnknownKind(0))
+            ));
+            assert!(matches!(
+                read_frame(&mut &[5u8, 0xff, 0xff, 0xff, 0xff][..]).await,
+                Err(FrameError::TooLong(_))
+            ));
+            assert!(
+                matches!(
+                    read_frame(&mut &[5u8, 9, 0, 0, 0, 1][..]).await,
+                    Err(FrameError::Io(_))
+                ),
+                "truncated payload"
+            );
+            assert!(matches!(
+                read_frame(&mut &[5u8, 0][..]).await,
+                Ok(None) | Err(_)
+            ));
         });
         assert!(parse::<Request>("request", br#"{"op":"attach","stdin":true,"extra":1}"#).is_err());
         assert!(parse::<Request>("request", br#"{"op":"reboot"}"#).is_err());
         assert!(parse_signal(&signal_payload(9)).is_ok_and(|s| s == 9));
-        assert!(parse_signal(&signal_payload(0)).is_err() && parse_signal(&signal_payload(65)).is_err() && parse_signal(b"abc").is_err());
+        assert!(
+            parse_signal(&signal_payload(0)).is_err()
+                && parse_signal(&signal_payload(65)).is_err()
+                && parse_signal(b"abc").is_err()
+        );
         assert_eq!(parse_resize(&resize_payload(24, 80)).ok(), Some((24, 80)));
         assert!(parse_resize(b"abc").is_err());
     }

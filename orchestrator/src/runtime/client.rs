@@ -14,7 +14,10 @@ use super::attach::{self, ExitReport, Kind, Reply, Request};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the workload's supervisor at {path}: {source} (is it still running? `bulkhead ps -a`)")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Frame(#[from] attach::FrameError),
     #[error("the supervisor closed the connection without an exit status")]
@@ -24,7 +27,12 @@ pub enum ClientError {
 }
 
 pub async fn connect(sock: &Path) -> Result<UnixStream, ClientError> {
-    UnixStream::connect(sock).await.map_err(|source| ClientError::Connect { path: sock.display().to_string(), source })
+    UnixStream::connect(sock)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: sock.display().to_string(),
+            source,
+        })
 }
 
 /// Sends a one-shot request (signal, stop) and waits for its reply.
@@ -49,10 +57,13 @@ impl RawTerminal {
             return Self(None);
         }
         let stdin = std::io::stdin();
-        let Ok(saved) = nix::sys::termios::tcgetattr(stdin.as_fd()) else { return Self(None) };
+        let Ok(saved) = nix::sys::termios::tcgetattr(stdin.as_fd()) else {
+            return Self(None);
+        };
         let mut raw = saved.clone();
         nix::sys::termios::cfmakeraw(&mut raw);
-        let _ = nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw);
+        let _ =
+            nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw);
         Self(Some(saved))
     }
 }
@@ -60,13 +71,22 @@ impl RawTerminal {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         if let Some(saved) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, saved);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin().as_fd(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
         }
     }
 }
 
 fn window_size() -> Option<(u16, u16)> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one winsize into the pointer, which lives across the call.
     let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
     (ok && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
@@ -75,7 +95,12 @@ fn window_size() -> Option<(u16, u16)> {
 /// Runs an attach or exec session to its end: our stdin to the process
 /// (with `stdin`), its output to ours, SIGINT/SIGTERM/SIGHUP/SIGQUIT
 /// forwarded, the window size followed (with `tty`). Returns how it ended.
-pub async fn session(mut stream: UnixStream, req: &Request, stdin: bool, tty: bool) -> Result<ExitReport, ClientError> {
+pub async fn session(
+    mut stream: UnixStream,
+    req: &Request,
+    stdin: bool,
+    tty: bool,
+) -> Result<ExitReport, ClientError> {
     attach::write_json(&mut stream, Kind::Request, req).await?;
     let (mut rd, wr) = stream.into_split();
     let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
@@ -83,14 +108,28 @@ pub async fn session(mut stream: UnixStream, req: &Request, stdin: bool, tty: bo
     let mut tasks = Vec::new();
     if tty {
         if let Some((r, c)) = window_size() {
-            let _ = attach::write_frame(&mut *wr.lock().await, Kind::Resize, &attach::resize_payload(r, c)).await;
+            let _ = attach::write_frame(
+                &mut *wr.lock().await,
+                Kind::Resize,
+                &attach::resize_payload(r, c),
+            )
+            .await;
         }
         let w = wr.clone();
         tasks.push(tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 if let Some((r, c)) = window_size() {
-                    let _ = attach::write_frame(&mut *w.lock().await, Kind::Resize, &attach::resize_payload(r, c)).await;
+                    let _ = attach::write_frame(
+                        &mut *w.lock().await,
+                        Kind::Resize,
+                        &attach::resize_payload(r, c),
+                    )
+                    .await;
                 }
             }
         }));
@@ -98,9 +137,18 @@ pub async fn session(mut stream: UnixStream, req: &Request, stdin: bool, tty: bo
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         let w = wr.clone();
         tasks.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(sig)) else { return };
+            let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(sig))
+            else {
+                return;
+            };
             while s.recv().await.is_some() {
-                let _ = attach::write_frame(&mut *w.lock().await, Kind::Signal, &attach::signal_payload(sig)).await;
+                let _ = attach::write_frame(
+                    &mut *w.lock().await,
+                    Kind::Signal,
+                    &attach::signal_payload(sig),
+                )
+                .await;
             }
         }));
     }
@@ -112,11 +160,15 @@ pub async fn session(mut stream: UnixStream, req: &Request, stdin: bool, tty: bo
             loop {
                 match input.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = attach::write_frame(&mut *w.lock().await, Kind::StdinEof, &[]).await;
+                        let _ =
+                            attach::write_frame(&mut *w.lock().await, Kind::StdinEof, &[]).await;
                         return;
                     }
                     Ok(n) => {
-                        if attach::write_frame(&mut *w.lock().await, Kind::Stdin, &buf[..n]).await.is_err() {
+                        if attach::write_frame(&mut *w.lock().await, Kind::Stdin, &buf[..n])
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -134,8 +186,17 @@ pub async fn session(mut stream: UnixStream, req: &Request, stdin: bool, tty: bo
             Ok(Some((Kind::Stderr, d))) => {
                 let _ = std::io::stderr().write_all(&d);
             }
-            Ok(Some((Kind::Exit, p))) => break attach::parse::<ExitReport>("exit", &p).map_err(ClientError::from),
-            Ok(Some((Kind::Reply, p))) => break Err(ClientError::Refused(attach::parse::<Reply>("reply", &p).ok().and_then(|r| r.error).unwrap_or_default())),
+            Ok(Some((Kind::Exit, p))) => {
+                break attach::parse::<ExitReport>("exit", &p).map_err(ClientError::from)
+            }
+            Ok(Some((Kind::Reply, p))) => {
+                break Err(ClientError::Refused(
+                    attach::parse::<Reply>("reply", &p)
+                        .ok()
+                        .and_then(|r| r.error)
+                        .unwrap_or_default(),
+                ))
+            }
             Ok(Some(_)) | Ok(None) => break Err(ClientError::NoExit),
             Err(e) => break Err(e.into()),
         }

@@ -13,13 +13,18 @@ use std::path::{Path, PathBuf};
 
 use bulkhead_agent_proto::ProcessSpec;
 use bulkhead_images::store::{Digest, Store};
-use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, Spec, UserBuilder};
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, MountBuilder, Spec, UserBuilder,
+};
 use tokio::process::Command;
 
 use super::attach::{ExitReport, Kind};
 use super::paths::Paths;
 use super::record::WorkloadConfig;
-use super::workload::{failed, open_pty, proc_pair, pump_reader, pump_writer, set_winsize, stdio_for, Control, Proc};
+use super::workload::{
+    failed, open_pty, proc_pair, pump_reader, pump_writer, set_winsize, stdio_for, Control, Proc,
+};
 
 /// The image's unpacked root, shared read-only by its containers:
 /// `<data>/trees/<manifest hex>`, built once (unpacked aside, renamed in).
@@ -27,14 +32,22 @@ pub fn ensure_tree(store: &Store, paths: &Paths, manifest: &Digest) -> Result<Pa
     let tree = paths.trees().join(manifest.hex());
     // Unpacked trees keep their images' modes (setuid files too): no one
     // else may enter the directory above them.
-    bulkhead_images::private::dir(&paths.trees()).map_err(|e| format!("create {}: {e}", paths.trees().display()))?;
+    bulkhead_images::private::dir(&paths.trees())
+        .map_err(|e| format!("create {}: {e}", paths.trees().display()))?;
     if tree.is_dir() {
         return Ok(tree);
     }
     let work = store.temp_dir("tree-").map_err(|e| e.to_string())?;
     let dest = work.path().join("root");
     std::fs::create_dir(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
-    bulkhead_images::rootdisk::unpack_tree(store, manifest, &dest, Default::default(), &mut |_, _| {}).map_err(|e| format!("unpack the image: {:#}", anyhow::Error::new(e)))?;
+    bulkhead_images::rootdisk::unpack_tree(
+        store,
+        manifest,
+        &dest,
+        Default::default(),
+        &mut |_, _| {},
+    )
+    .map_err(|e| format!("unpack the image: {:#}", anyhow::Error::new(e)))?;
     match std::fs::rename(&dest, &tree) {
         Ok(()) => Ok(tree),
         Err(_) if tree.is_dir() => Ok(tree), // another run won the race
@@ -48,13 +61,19 @@ pub fn default_oci_runtime() -> Option<&'static str> {
 }
 
 pub fn which(prog: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|c| c.is_file()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(prog))
+            .find(|c| c.is_file())
+    })
 }
 
 /// v1 controllers with cgroup2 beside them at /sys/fs/cgroup/unified.
 fn hybrid_cgroups() -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mounts.lines().any(|l| l.split_whitespace().nth(4) == Some("/sys/fs/cgroup/unified") && l.contains(" - cgroup2 "))
+    mounts.lines().any(|l| {
+        l.split_whitespace().nth(4) == Some("/sys/fs/cgroup/unified") && l.contains(" - cgroup2 ")
+    })
 }
 
 #[derive(Debug)]
@@ -71,22 +90,56 @@ impl Container {
     /// Mounts the overlay and writes the bundle's config.json.
     /// `netns`: the network namespace the supervisor made (veth and
     /// address in place), joined through `/proc/<supervisor>/fd/N`.
-    pub fn prepare(cfg: &WorkloadConfig, paths: &Paths, store: &Store, netns: Option<&OwnedFd>) -> Result<Self, String> {
-        let runtime = cfg.oci_runtime.clone().or_else(|| default_oci_runtime().map(str::to_string)).ok_or("neither crun nor runc is installed (apt-get install crun runc)")?;
+    pub fn prepare(
+        cfg: &WorkloadConfig,
+        paths: &Paths,
+        store: &Store,
+        netns: Option<&OwnedFd>,
+    ) -> Result<Self, String> {
+        let runtime = cfg
+            .oci_runtime
+            .clone()
+            .or_else(|| default_oci_runtime().map(str::to_string))
+            .ok_or("neither crun nor runc is installed (apt-get install crun runc)")?;
         let manifest = Digest::parse(&cfg.manifest).map_err(|e| e.to_string())?;
         let tree = ensure_tree(store, paths, &manifest)?;
         let dir = paths.workload_dir(&cfg.id);
-        let (upper, work, rootfs, bundle) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"), dir.join("bundle"));
+        let (upper, work, rootfs, bundle) = (
+            dir.join("upper"),
+            dir.join("work"),
+            dir.join("rootfs"),
+            dir.join("bundle"),
+        );
         for d in [&upper, &work, &rootfs, &bundle] {
             std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
         }
-        let opts = format!("lowerdir={},upperdir={},workdir={}", tree.display(), upper.display(), work.display());
-        nix::mount::mount(Some("overlay"), &rootfs, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str())).map_err(|e| format!("mount the overlay on {}: {e}", rootfs.display()))?;
-        let c = Container { id: cfg.id.clone(), hybrid_unshare: runtime == "crun" && hybrid_cgroups(), runtime, bundle, rootfs, execs: Default::default() };
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            tree.display(),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| format!("mount the overlay on {}: {e}", rootfs.display()))?;
+        let c = Container {
+            id: cfg.id.clone(),
+            hybrid_unshare: runtime == "crun" && hybrid_cgroups(),
+            runtime,
+            bundle,
+            rootfs,
+            execs: Default::default(),
+        };
         let etc = write_etc_files(cfg, &dir).inspect_err(|_| c.unmount())?;
         let mut spec = c.spec(cfg).inspect_err(|_| c.unmount())?;
         join_network(&mut spec, netns, &etc).inspect_err(|_| c.unmount())?;
-        spec.save(c.bundle.join("config.json")).map_err(|e| format!("write config.json: {e}"))?;
+        spec.save(c.bundle.join("config.json"))
+            .map_err(|e| format!("write config.json: {e}"))?;
         Ok(c)
     }
 
@@ -104,7 +157,14 @@ impl Container {
         process.set_cwd(p.cwd.clone().unwrap_or_else(|| "/".into()).into());
         process.set_terminal(Some(p.tty));
         let user = self.resolve_user(p.user.as_deref())?;
-        process.set_user(UserBuilder::default().uid(user.uid).gid(user.gid).additional_gids(user.groups).build().map_err(|e| e.to_string())?);
+        process.set_user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.groups)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
         spec.set_process(Some(process));
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(self.rootfs.clone());
@@ -115,10 +175,21 @@ impl Container {
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(m) = cfg.memory_mib {
             let bytes = (m * 1024 * 1024) as i64;
-            resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build().map_err(|e| e.to_string())?);
+            resources = resources.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(bytes)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
         }
         if let Some(c) = cfg.cpus {
-            resources = resources.cpu(LinuxCpuBuilder::default().quota((c * 100_000.0) as i64).period(100_000u64).build().map_err(|e| e.to_string())?);
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .quota((c * 100_000.0) as i64)
+                    .period(100_000u64)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
         }
         linux.set_resources(Some(resources.build().map_err(|e| e.to_string())?));
         linux.set_cgroups_path(Some(PathBuf::from(format!("/bulkhead/{}", cfg.id))));
@@ -130,11 +201,21 @@ impl Container {
     /// read through the rootfs without leaving it (openat2 RESOLVE_IN_ROOT).
     fn resolve_user(&self, spec: Option<&str>) -> Result<bulkhead_agent::passwd::User, String> {
         let Some(spec) = spec.filter(|s| !s.is_empty()) else {
-            return Ok(bulkhead_agent::passwd::User { uid: 0, gid: 0, groups: vec![], home: "/root".into() });
+            return Ok(bulkhead_agent::passwd::User {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                home: "/root".into(),
+            });
         };
         let passwd = read_in_root(&self.rootfs, "etc/passwd").unwrap_or_default();
         let group = read_in_root(&self.rootfs, "etc/group").unwrap_or_default();
-        bulkhead_agent::passwd::resolve(spec, &bulkhead_agent::passwd::parse_passwd(&passwd), &bulkhead_agent::passwd::parse_group(&group)).map_err(|e| e.to_string())
+        bulkhead_agent::passwd::resolve(
+            spec,
+            &bulkhead_agent::passwd::parse_passwd(&passwd),
+            &bulkhead_agent::passwd::parse_group(&group),
+        )
+        .map_err(|e| e.to_string())
     }
 
     pub fn unmount(&self) {
@@ -144,7 +225,8 @@ impl Container {
     fn base_command(&self, log: &Path) -> Command {
         let mut cmd = Command::new(&self.runtime);
         if self.runtime == "crun" {
-            cmd.arg(format!("--log=file:{}", log.display())).arg("--log-format=json");
+            cmd.arg(format!("--log=file:{}", log.display()))
+                .arg("--log-format=json");
         } else {
             cmd.arg("--log").arg(log).args(["--log-format", "json"]);
         }
@@ -153,9 +235,19 @@ impl Container {
 
     /// Spawns `runtime ARGS` with a pty (as its controlling terminal) or
     /// pipes, and turns it into a [`Proc`].
-    fn spawn(&self, mut cmd: Command, tty: bool, log: PathBuf) -> Result<(Proc, Option<super::procs::ProcId>), ExitReport> {
-        let pty = if tty { Some(open_pty().map_err(|e| failed(format!("open a pty: {e}")))?) } else { None };
-        let (i, o, e) = stdio_for(pty.as_ref().map(|(_, s)| s)).map_err(|e| failed(format!("stdio: {e}")))?;
+    fn spawn(
+        &self,
+        mut cmd: Command,
+        tty: bool,
+        log: PathBuf,
+    ) -> Result<(Proc, Option<super::procs::ProcId>), ExitReport> {
+        let pty = if tty {
+            Some(open_pty().map_err(|e| failed(format!("open a pty: {e}")))?)
+        } else {
+            None
+        };
+        let (i, o, e) =
+            stdio_for(pty.as_ref().map(|(_, s)| s)).map_err(|e| failed(format!("stdio: {e}")))?;
         cmd.stdin(i).stdout(o).stderr(e).kill_on_drop(false);
         let unified = CString::new("/sys/fs/cgroup/unified").unwrap_or_default();
         let root = CString::new("/").unwrap_or_default();
@@ -167,21 +259,37 @@ impl Container {
                 if with_tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
                     return Err(std::io::Error::last_os_error());
                 }
-                if hybrid && (libc::unshare(libc::CLONE_NEWNS) < 0 || libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) < 0 || libc::umount2(unified.as_ptr(), libc::MNT_DETACH) < 0) {
+                if hybrid
+                    && (libc::unshare(libc::CLONE_NEWNS) < 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            root.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) < 0
+                        || libc::umount2(unified.as_ptr(), libc::MNT_DETACH) < 0)
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| failed(format!("start {}: {e}", self.runtime)))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed(format!("start {}: {e}", self.runtime)))?;
         let pid = child.id().and_then(|p| super::procs::ProcId::of(p as i32));
         let (proc_, ends) = proc_pair();
         let mut readers = Vec::new();
         let master: Option<std::sync::Arc<OwnedFd>> = match pty {
             Some((master, slave)) => {
                 drop(slave);
-                let read = tokio::fs::File::from_std(std::fs::File::from(master.try_clone().map_err(|e| failed(e.to_string()))?));
-                let write = tokio::fs::File::from_std(std::fs::File::from(master.try_clone().map_err(|e| failed(e.to_string()))?));
+                let read = tokio::fs::File::from_std(std::fs::File::from(
+                    master.try_clone().map_err(|e| failed(e.to_string()))?,
+                ));
+                let write = tokio::fs::File::from_std(std::fs::File::from(
+                    master.try_clone().map_err(|e| failed(e.to_string()))?,
+                ));
                 readers.push(pump_reader(read, Kind::Stdout, ends.output.clone()));
                 pump_writer(write, ends.stdin, Some(b"\x04"));
                 Some(std::sync::Arc::new(master))
@@ -206,7 +314,12 @@ impl Container {
             while let Some(c) = control.recv().await {
                 match c {
                     Control::Signal(s) => {
-                        let _ = Command::new(&runtime).args(["kill", &id, &s.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
+                        let _ = Command::new(&runtime)
+                            .args(["kill", &id, &s.to_string()])
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null())
+                            .status()
+                            .await;
                     }
                     Control::Resize(r, c) => {
                         if let Some(m) = &ctl_master {
@@ -225,7 +338,10 @@ impl Container {
             }
             drop(master);
             let report = match status {
-                Ok(s) => exit_report(s.code().unwrap_or(125), &std::fs::read_to_string(&log).unwrap_or_default()),
+                Ok(s) => exit_report(
+                    s.code().unwrap_or(125),
+                    &std::fs::read_to_string(&log).unwrap_or_default(),
+                ),
                 Err(e) => failed(format!("wait for the OCI runtime: {e}")),
             };
             let _ = exit.send(report);
@@ -235,19 +351,34 @@ impl Container {
 
     /// Starts the main process; returns once the container exists (its
     /// pid file is written), so an `exec` right after finds it.
-    pub fn start_main(&self, p: &ProcessSpec) -> Result<(Proc, Option<super::procs::ProcId>), ExitReport> {
+    pub fn start_main(
+        &self,
+        p: &ProcessSpec,
+    ) -> Result<(Proc, Option<super::procs::ProcId>), ExitReport> {
         let log = self.bundle.join("runtime-main.log");
         let pid_file = self.bundle.join("pid");
         let mut cmd = self.base_command(&log);
-        cmd.args(["run", "--bundle"]).arg(&self.bundle).arg("--pid-file").arg(&pid_file).arg(&self.id);
-        let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC).map_err(|e| failed(format!("inotify: {e}")))?;
+        cmd.args(["run", "--bundle"])
+            .arg(&self.bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&self.id);
+        let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC)
+            .map_err(|e| failed(format!("inotify: {e}")))?;
         use nix::sys::inotify::AddWatchFlags as W;
-        ino.add_watch(&self.bundle, W::IN_CREATE | W::IN_MOVED_TO).map_err(|e| failed(format!("inotify: {e}")))?;
+        ino.add_watch(&self.bundle, W::IN_CREATE | W::IN_MOVED_TO)
+            .map_err(|e| failed(format!("inotify: {e}")))?;
         let (proc_, pid) = self.spawn(cmd, p.tty, log)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         // Until the pid file appears, the runtime gives up, or a minute passed.
-        while !pid_file.exists() && pid.is_some_and(|p| p.alive()) && std::time::Instant::now() < deadline {
-            let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&ino), nix::poll::PollFlags::POLLIN)];
+        while !pid_file.exists()
+            && pid.is_some_and(|p| p.alive())
+            && std::time::Instant::now() < deadline
+        {
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&ino),
+                nix::poll::PollFlags::POLLIN,
+            )];
             if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) > 0 {
                 let _ = ino.read_events();
             }
@@ -256,7 +387,9 @@ impl Container {
     }
 
     pub fn exec(&self, p: &ProcessSpec) -> Result<Proc, ExitReport> {
-        let n = self.execs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .execs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.bundle.join(format!("runtime-exec-{n}.log"));
         let mut cmd = self.base_command(&log);
         cmd.arg("exec");
@@ -284,12 +417,22 @@ impl Container {
 
     /// SIGKILL to every process of the container (it did not stop when told).
     pub async fn kill_all(&self) {
-        let _ = Command::new(&self.runtime).args(["kill", "--all", &self.id, "KILL"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
+        let _ = Command::new(&self.runtime)
+            .args(["kill", "--all", &self.id, "KILL"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
     }
 
     /// After the workload ended: the runtime's leftovers, the overlay mount.
     pub async fn cleanup(&self) {
-        let _ = Command::new(&self.runtime).args(["delete", "-f", &self.id]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().await;
+        let _ = Command::new(&self.runtime)
+            .args(["delete", "-f", &self.id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
         self.unmount();
     }
 }
@@ -306,19 +449,30 @@ fn with_default_path(env: &[String]) -> Vec<String> {
 
 /// hostname, hosts and (with a network) resolv.conf for the container, in
 /// `<workload>/etc/`: bound over the image's, as docker does.
-fn write_etc_files(cfg: &WorkloadConfig, dir: &Path) -> Result<Vec<(PathBuf, &'static str)>, String> {
+fn write_etc_files(
+    cfg: &WorkloadConfig,
+    dir: &Path,
+) -> Result<Vec<(PathBuf, &'static str)>, String> {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc).map_err(|e| format!("create {}: {e}", etc.display()))?;
     let host = super::paths::short(&cfg.id);
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(a) = &cfg.network {
         hosts.push_str(&format!("{}\t{host}\n", a.ip));
     } else {
         hosts.push_str(&format!("127.0.1.1\t{host}\n"));
     }
-    let mut files = vec![(etc.join("hostname"), "/etc/hostname", format!("{host}\n")), (etc.join("hosts"), "/etc/hosts", hosts)];
+    let mut files = vec![
+        (etc.join("hostname"), "/etc/hostname", format!("{host}\n")),
+        (etc.join("hosts"), "/etc/hosts", hosts),
+    ];
     if let Some(a) = &cfg.network {
-        let resolv: String = a.nameservers.iter().map(|n| format!("nameserver {n}\n")).collect();
+        let resolv: String = a
+            .nameservers
+            .iter()
+            .map(|n| format!("nameserver {n}\n"))
+            .collect();
         files.push((etc.join("resolv.conf"), "/etc/resolv.conf", resolv));
     }
     let mut out = Vec::new();
@@ -330,19 +484,41 @@ fn write_etc_files(cfg: &WorkloadConfig, dir: &Path) -> Result<Vec<(PathBuf, &'s
 }
 
 /// The spec joins `netns` and binds the etc files in.
-fn join_network(spec: &mut Spec, netns: Option<&OwnedFd>, etc: &[(PathBuf, &'static str)]) -> Result<(), String> {
+fn join_network(
+    spec: &mut Spec,
+    netns: Option<&OwnedFd>,
+    etc: &[(PathBuf, &'static str)],
+) -> Result<(), String> {
     if let Some(ns) = netns {
-        let path = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd()));
+        let path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            ns.as_raw_fd()
+        ));
         let mut linux = spec.linux().clone().unwrap_or_default();
         let mut namespaces = linux.namespaces().clone().unwrap_or_default();
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
-        namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path).build().map_err(|e| e.to_string())?);
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
         linux.set_namespaces(Some(namespaces));
         spec.set_linux(Some(linux));
     }
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for (src, dest) in etc {
-        mounts.push(MountBuilder::default().destination(*dest).typ("bind").source(src).options(vec!["rbind".to_string(), "rprivate".to_string()]).build().map_err(|e| e.to_string())?);
+        mounts.push(
+            MountBuilder::default()
+                .destination(*dest)
+                .typ("bind")
+                .source(src)
+                .options(vec!["rbind".to_string(), "rprivate".to_string()])
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
     }
     spec.set_mounts(Some(mounts));
     Ok(())
@@ -351,11 +527,20 @@ fn join_network(spec: &mut Spec, netns: Option<&OwnedFd>, etc: &[(PathBuf, &'sta
 /// The runtime's exit code, or a start failure its JSON log names (runc and
 /// crun both exit 1 then): 127 not found, 126 not executable, 125 other.
 pub fn exit_report(code: i32, log: &str) -> ExitReport {
-    let error = log.lines().rev().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["level"] == "error").filter_map(|v| v["msg"].as_str().map(str::to_string)).next();
+    let error = log
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error")
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .next();
     match error {
         Some(msg) if code != 0 => {
             let lower = msg.to_lowercase();
-            let not_found = lower.contains("not found in $path") || (lower.contains("executable file") && lower.contains("not found")) || ((lower.contains("exec: \"") || lower.contains("open executable")) && lower.contains("no such file or directory"));
+            let not_found = lower.contains("not found in $path")
+                || (lower.contains("executable file") && lower.contains("not found"))
+                || ((lower.contains("exec: \"") || lower.contains("open executable"))
+                    && lower.contains("no such file or directory"));
             let code = if not_found {
                 127
             } else if lower.contains("permission denied") || lower.contains("exec format error") {
@@ -363,9 +548,21 @@ pub fn exit_report(code: i32, log: &str) -> ExitReport {
             } else {
                 125
             };
-            ExitReport { code, signal: None, error: Some(msg), started_ms: None, timeline: Vec::new() }
+            ExitReport {
+                code,
+                signal: None,
+                error: Some(msg),
+                started_ms: None,
+                timeline: Vec::new(),
+            }
         }
-        _ => ExitReport { code, signal: (129..=192).contains(&code).then_some(code - 128), error: None, started_ms: None, timeline: Vec::new() },
+        _ => ExitReport {
+            code,
+            signal: (129..=192).contains(&code).then_some(code - 128),
+            error: None,
+            started_ms: None,
+            timeline: Vec::new(),
+        },
     }
 }
 
@@ -380,12 +577,21 @@ pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
     how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: openat2 reads `how` (of the size given) and the NUL-terminated path; both outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), path.as_ptr(), &how, std::mem::size_of::<libc::open_how>()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
     if fd < 0 {
         return None;
     }
     // SAFETY: openat2 returned a new fd that nothing else owns.
-    let f = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
+    let f =
+        std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
     if !f.metadata().ok()?.is_file() {
         return None;
     }
@@ -404,12 +610,25 @@ mod tests {
         assert_eq!(exit_report(1, runc).code, 127);
         let crun = r#"{"msg":"executable file `nosuch` not found in $PATH: No such file or directory","level":"error","time":"x"}"#;
         assert_eq!(exit_report(1, crun).code, 127);
-        assert_eq!(exit_report(1, r#"{"level":"error","msg":"exec: \"/etc\": permission denied"}"#).code, 126);
-        assert_eq!(exit_report(1, r#"{"level":"error","msg":"cgroup: something"}"#).code, 125);
+        assert_eq!(
+            exit_report(
+                1,
+                r#"{"level":"error","msg":"exec: \"/etc\": permission denied"}"#
+            )
+            .code,
+            126
+        );
+        assert_eq!(
+            exit_report(1, r#"{"level":"error","msg":"cgroup: something"}"#).code,
+            125
+        );
         assert_eq!(exit_report(1, r#"{"level":"error","msg":"error opening file `/run/crun/x/status`: No such file or directory"}"#).code, 125, "not the command's fault");
         assert_eq!(exit_report(1, r#"{"level":"error","msg":"exec: \"/nosuch\": stat /nosuch: no such file or directory"}"#).code, 127);
         assert_eq!(exit_report(1, "").code, 1, "the workload's own exit 1");
-        assert_eq!(exit_report(1, "not json\n{\"level\":\"warning\",\"msg\":\"x\"}").error, None);
+        assert_eq!(
+            exit_report(1, "not json\n{\"level\":\"warning\",\"msg\":\"x\"}").error,
+            None
+        );
         let killed = exit_report(137, "");
         assert_eq!((killed.code, killed.signal), (137, Some(9)));
     }
@@ -421,11 +640,25 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(d.path().join("secret"), "host secret").unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(root.join("secret"), "image file").unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("/secret", root.join("etc/passwd")).unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("../../../secret", root.join("etc/group")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(read_in_root(&root, "etc/passwd").as_deref(), Some("image file"), "absolute links resolve inside");
-        assert_eq!(read_in_root(&root, "etc/group").as_deref(), Some("image file"), "dot-dot stops at the root");
-        assert_eq!(read_in_root(&root, "etc"), None, "a directory is not a file");
+        std::os::unix::fs::symlink("/secret", root.join("etc/passwd"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("../../../secret", root.join("etc/group"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read_in_root(&root, "etc/passwd").as_deref(),
+            Some("image file"),
+            "absolute links resolve inside"
+        );
+        assert_eq!(
+            read_in_root(&root, "etc/group").as_deref(),
+            Some("image file"),
+            "dot-dot stops at the root"
+        );
+        assert_eq!(
+            read_in_root(&root, "etc"),
+            None,
+            "a directory is not a file"
+        );
         assert_eq!(read_in_root(&root, "nope"), None);
     }
 }

@@ -25,7 +25,13 @@ pub struct Fencing {
 
 /// Milliseconds on CLOCK_MONOTONIC.
 pub fn monotonic_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| (t.tv_sec() as u64).saturating_mul(1000).saturating_add(t.tv_nsec() as u64 / 1_000_000)).unwrap_or(0)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1000)
+                .saturating_add(t.tv_nsec() as u64 / 1_000_000)
+        })
+        .unwrap_or(0)
 }
 
 /// Sets the deadline (whole or not at all: a temp file renamed over it).
@@ -56,7 +62,9 @@ pub async fn passed(path: PathBuf) {
     loop {
         let now = monotonic_ms();
         match read(&path) {
-            Some(deadline) if deadline > now => tokio::time::sleep(Duration::from_millis(deadline - now)).await,
+            Some(deadline) if deadline > now => {
+                tokio::time::sleep(Duration::from_millis(deadline - now)).await
+            }
             _ => return,
         }
     }
@@ -70,7 +78,18 @@ mod tests {
     fn deadlines_parse_strictly_and_anything_odd_has_passed() {
         assert_eq!(parse("12345\n"), Some(12345));
         assert_eq!(parse("0"), Some(0));
-        for bad in ["", "\n", "-5", "12 ", " 12", "1e9", "0x10", "12\n\n", "99999999999999999999999", "१२"] {
+        for bad in [
+            "",
+            "\n",
+            "-5",
+            "12 ",
+            " 12",
+            "1e9",
+            "0x10",
+            "12\n\n",
+            "99999999999999999999999",
+            "१२",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -79,14 +98,21 @@ mod tests {
         write(&f, 42).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read(&f), Some(42));
         std::fs::write(&f, vec![b'7'; 4096]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(read(&f), None, "a long file is read no further than 64 bytes, and refused");
+        assert_eq!(
+            read(&f),
+            None,
+            "a long file is read no further than 64 bytes, and refused"
+        );
     }
 
     #[test]
     fn waits_while_renewed_and_ends_once_not() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let f = dir.path().join("deadline");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
         rt.block_on(async {
             write(&f, monotonic_ms() + 1000).unwrap_or_else(|e| panic!("{e}"));
             let waiter = tokio::spawn(passed(f.clone()));
@@ -98,9 +124,15 @@ mod tests {
             }
             let last = read(&f).unwrap_or(0);
             let _ = waiter.await;
-            assert!(monotonic_ms() >= last, "ends at the last deadline, not before");
+            assert!(
+                monotonic_ms() >= last,
+                "ends at the last deadline, not before"
+            );
         });
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
         std::fs::remove_file(&f).unwrap_or_else(|e| panic!("{e}"));
         rt.block_on(passed(f)); // no file: at once
     }

@@ -28,7 +28,10 @@ pub const NOFILE: u64 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cleanup(#[from] bulkhead_jailer::cleanup::CleanupError),
     #[error(transparent)]
@@ -39,13 +42,28 @@ pub enum JailError {
 /// by its uid (the supervisor's control socket beside it stays out of
 /// reach); and the jails' base dir.
 pub fn make_vm_dir(vm_dir: &Path, jail: Option<&Jail>) -> Result<(), JailError> {
-    let io = |source| JailError::Io { path: vm_dir.display().to_string(), source };
+    let io = |source| JailError::Io {
+        path: vm_dir.display().to_string(),
+        source,
+    };
     let _ = std::fs::remove_dir_all(vm_dir);
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(vm_dir).map_err(io)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(vm_dir)
+        .map_err(io)?;
     if let Some(j) = jail {
-        nix::unistd::chown(vm_dir, Some(j.uid.into()), Some(j.gid.into())).map_err(|e| io(e.into()))?;
-        let base = |source| JailError::Io { path: j.chroot_base.display().to_string(), source };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&j.chroot_base).map_err(base)?;
+        nix::unistd::chown(vm_dir, Some(j.uid.into()), Some(j.gid.into()))
+            .map_err(|e| io(e.into()))?;
+        let base = |source| JailError::Io {
+            path: j.chroot_base.display().to_string(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&j.chroot_base)
+            .map_err(base)?;
     }
     Ok(())
 }
@@ -53,25 +71,53 @@ pub fn make_vm_dir(vm_dir: &Path, jail: Option<&Jail>) -> Result<(), JailError> 
 /// Lets the jailed VMM connect to a socket the supervisor listens on.
 pub fn hand_over(socket: &Path, jail: Option<&Jail>) -> Result<(), JailError> {
     if let Some(j) = jail {
-        nix::unistd::chown(socket, Some(j.uid.into()), Some(j.gid.into())).map_err(|e| JailError::Io { path: socket.display().to_string(), source: e.into() })?;
+        nix::unistd::chown(socket, Some(j.uid.into()), Some(j.gid.into())).map_err(|e| {
+            JailError::Io {
+                path: socket.display().to_string(),
+                source: e.into(),
+            }
+        })?;
     }
     Ok(())
 }
 
 /// `bulkhead-jailer ... --` with the VM's binds and limits; the caller
 /// appends the VMM's own arguments. `tap`: fd 3 is the VM's TAP.
-pub fn command(jail: &Jail, cfg: &WorkloadConfig, files: &VmFiles, vm_dir: &Path, vcpus: u32, memory_mib: u64, tap: bool) -> Command {
+pub fn command(
+    jail: &Jail,
+    cfg: &WorkloadConfig,
+    files: &VmFiles,
+    vm_dir: &Path,
+    vcpus: u32,
+    memory_mib: u64,
+    tap: bool,
+) -> Command {
     let mut c = Command::new(&jail.jailer);
-    c.args(["--id", &cfg.id, "--uid", &jail.uid.to_string(), "--gid", &jail.gid.to_string()]).arg("--chroot-base").arg(&jail.chroot_base);
+    c.args([
+        "--id",
+        &cfg.id,
+        "--uid",
+        &jail.uid.to_string(),
+        "--gid",
+        &jail.gid.to_string(),
+    ])
+    .arg("--chroot-base")
+    .arg(&jail.chroot_base);
     for ro in [&files.kernel, &files.initrd, &files.disk] {
         c.arg("--bind").arg(ro);
     }
     c.arg("--bind").arg(format!("{},rw", vm_dir.display()));
-    let memory = memory_mib.saturating_add(OVERHEAD_MIB).saturating_mul(1 << 20);
-    for limit in bulkhead_jailer::cgroup::limits(memory, cfg.cpus, vcpus.saturating_add(EXTRA_PIDS)) {
+    let memory = memory_mib
+        .saturating_add(OVERHEAD_MIB)
+        .saturating_mul(1 << 20);
+    for limit in bulkhead_jailer::cgroup::limits(memory, cfg.cpus, vcpus.saturating_add(EXTRA_PIDS))
+    {
         c.arg("--cgroup").arg(limit);
     }
-    c.arg("--resource-limit").arg(format!("NOFILE={NOFILE}")).arg("--resource-limit").arg(format!("FSIZE={FSIZE_BYTES}"));
+    c.arg("--resource-limit")
+        .arg(format!("NOFILE={NOFILE}"))
+        .arg("--resource-limit")
+        .arg(format!("FSIZE={FSIZE_BYTES}"));
     if tap {
         c.args(["--keep-fd", "3"]);
     }
@@ -99,8 +145,13 @@ pub fn sweep(state: &State) -> Result<Vec<String>, JailError> {
     // this host are not ours, and a bulkhead cgroup without a jail dir may be
     // a container's of another store on this host (`bulkhead node`s side by
     // side): sweeping it would kill that container.
-    let ids: Vec<String> =
-        std::fs::read_dir(&base).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|i| i.len() == 64 && i.bytes().all(|b| b.is_ascii_hexdigit())).collect();
+    let ids: Vec<String> = std::fs::read_dir(&base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|i| i.len() == 64 && i.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
     if ids.is_empty() {
         return Ok(Vec::new());
     }

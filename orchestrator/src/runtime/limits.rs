@@ -19,7 +19,12 @@ pub enum LimitsError {
     #[error("{0:?}: use a size like 512m or 1g (k, m, g, t; or bytes)")]
     Syntax(String),
     #[error("{given}: {runtime} workloads take {} to {}", size(*min), size(*max))]
-    OutOfRange { given: String, runtime: RuntimeKind, min: u64, max: u64 },
+    OutOfRange {
+        given: String,
+        runtime: RuntimeKind,
+        min: u64,
+        max: u64,
+    },
 }
 
 /// 16 MiB, 256 GiB, 1 TiB: MiB in the largest unit that divides them.
@@ -47,10 +52,19 @@ pub fn parse_memory(s: &str) -> Result<u64, LimitsError> {
     if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
         return Err(syntax());
     }
-    let bytes = num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(syntax)?;
+    let bytes = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(syntax)?;
     let mib = bytes >> 20;
     if mib == 0 || mib > MAX_MEMORY_MIB {
-        return Err(LimitsError::OutOfRange { given: s.to_string(), runtime: RuntimeKind::Container, min: 1, max: MAX_MEMORY_MIB });
+        return Err(LimitsError::OutOfRange {
+            given: s.to_string(),
+            runtime: RuntimeKind::Container,
+            min: 1,
+            max: MAX_MEMORY_MIB,
+        });
     }
     Ok(mib)
 }
@@ -58,7 +72,10 @@ pub fn parse_memory(s: &str) -> Result<u64, LimitsError> {
 /// The memory a `runtime` workload may have (MiB, inclusive).
 pub fn memory_bounds(runtime: RuntimeKind) -> (u64, u64) {
     match runtime {
-        RuntimeKind::Microvm => (u64::from(bulkhead_vmm::config::MIN_MEMORY_MIB), u64::from(bulkhead_vmm::config::MAX_MEMORY_MIB).min(MAX_MEMORY_MIB)),
+        RuntimeKind::Microvm => (
+            u64::from(bulkhead_vmm::config::MIN_MEMORY_MIB),
+            u64::from(bulkhead_vmm::config::MAX_MEMORY_MIB).min(MAX_MEMORY_MIB),
+        ),
         RuntimeKind::Container => (MIN_CONTAINER_MEMORY_MIB, MAX_MEMORY_MIB),
     }
 }
@@ -68,7 +85,12 @@ pub fn memory_for(runtime: RuntimeKind, s: &str) -> Result<u64, LimitsError> {
     let mib = parse_memory(s)?;
     let (min, max) = memory_bounds(runtime);
     if !(min..=max).contains(&mib) {
-        return Err(LimitsError::OutOfRange { given: s.to_string(), runtime, min, max });
+        return Err(LimitsError::OutOfRange {
+            given: s.to_string(),
+            runtime,
+            min,
+            max,
+        });
     }
     Ok(mib)
 }
@@ -84,23 +106,55 @@ mod tests {
         assert_eq!(parse_memory("1gb"), Ok(1024));
         assert_eq!(parse_memory("268435456"), Ok(256));
         assert_eq!(parse_memory("1t"), Ok(1 << 20));
-        for bad in ["", "lots", "m", "-1m", "+1m", "1.5g", "1 g", "99999999999999999999", "99999999999999g"] {
-            assert!(matches!(parse_memory(bad), Err(LimitsError::Syntax(_))), "{bad:?}");
+        for bad in [
+            "",
+            "lots",
+            "m",
+            "-1m",
+            "+1m",
+            "1.5g",
+            "1 g",
+            "99999999999999999999",
+            "99999999999999g",
+        ] {
+            assert!(
+                matches!(parse_memory(bad), Err(LimitsError::Syntax(_))),
+                "{bad:?}"
+            );
         }
         for small_or_huge in ["1k", "1023k", "2t", "2048g"] {
-            assert!(matches!(parse_memory(small_or_huge), Err(LimitsError::OutOfRange { .. })), "{small_or_huge:?}");
+            assert!(
+                matches!(
+                    parse_memory(small_or_huge),
+                    Err(LimitsError::OutOfRange { .. })
+                ),
+                "{small_or_huge:?}"
+            );
         }
     }
 
     /// What passes here passes the VMM's own check: the bounds are its.
     #[test]
     fn a_microvm_size_that_passes_here_passes_the_vmm() {
-        assert_eq!(memory_for(RuntimeKind::Microvm, "8m").map_err(|e| e.to_string()), Err("8m: microvm workloads take 16 MiB to 1 TiB".into()));
+        assert_eq!(
+            memory_for(RuntimeKind::Microvm, "8m").map_err(|e| e.to_string()),
+            Err("8m: microvm workloads take 16 MiB to 1 TiB".into())
+        );
         assert_eq!(memory_for(RuntimeKind::Container, "8m"), Ok(8));
         for ok in ["16m", "256m", "4g"] {
             let mib = memory_for(RuntimeKind::Microvm, ok).unwrap_or_else(|e| panic!("{e}"));
-            let vm = bulkhead_vmm::config::VmConfig { memory_mib: u32::try_from(mib).unwrap_or(u32::MAX), kernel: Some("/k".into()), ..Default::default() };
-            assert!(!matches!(vm.validate(), Err(bulkhead_vmm::config::ConfigError::Memory(_))), "{ok}");
+            let vm = bulkhead_vmm::config::VmConfig {
+                memory_mib: u32::try_from(mib).unwrap_or(u32::MAX),
+                kernel: Some("/k".into()),
+                ..Default::default()
+            };
+            assert!(
+                !matches!(
+                    vm.validate(),
+                    Err(bulkhead_vmm::config::ConfigError::Memory(_))
+                ),
+                "{ok}"
+            );
         }
         assert!(memory_for(RuntimeKind::Container, "2m").is_err());
     }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use bulkhead_agent_proto::client::{AgentClient, ClientError, Output};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use bulkhead_agent_proto::{DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec, StartRequest, AGENT_VSOCK_PORT};
+use bulkhead_agent_proto::{
+    DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec,
+    StartRequest, AGENT_VSOCK_PORT,
+};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
@@ -40,7 +43,9 @@ pub struct Microvm {
 
 /// The last `n` lines of the guest's serial console.
 pub fn console_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -59,20 +64,30 @@ impl Microvm {
     /// and waits for the agent's hello.
     /// `tap`: the workload's TAP (on its bridge), passed to the VMM as fd 3.
     /// `marks` gets `runtime-invoked` (the VMM's spawn) and `agent-connected`.
-    pub async fn boot(cfg: &WorkloadConfig, workload_dir: &Path, tap: Option<&OwnedFd>, marks: &mut Vec<Mark>) -> Result<Self, String> {
-        let files = cfg.vm.as_ref().ok_or("no VM files in the workload config")?;
+    pub async fn boot(
+        cfg: &WorkloadConfig,
+        workload_dir: &Path,
+        tap: Option<&OwnedFd>,
+        marks: &mut Vec<Mark>,
+    ) -> Result<Self, String> {
+        let files = cfg
+            .vm
+            .as_ref()
+            .ok_or("no VM files in the workload config")?;
         let jail = files.jail.as_ref();
         let vm_dir = super::paths::Paths::vm_dir(&cfg.id);
         jail::make_vm_dir(&vm_dir, jail).map_err(|e| e.to_string())?;
         let uds = vm_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
-        let listener = UnixListener::bind(&listener_path).map_err(|e| format!("bind {}: {e}", listener_path.display()))?;
+        let listener = UnixListener::bind(&listener_path)
+            .map_err(|e| format!("bind {}: {e}", listener_path.display()))?;
         jail::hand_over(&listener_path, jail).map_err(|e| e.to_string())?;
         let console = workload_dir.join("console.log");
         let vcpus = cfg.cpus.map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
         let memory = cfg.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         let cmdline = "console=ttyS0 quiet reboot=k";
-        let with_tap = tap.is_some() && cfg.network.is_some() && files.flavor == VmmFlavor::Bulkhead;
+        let with_tap =
+            tap.is_some() && cfg.network.is_some() && files.flavor == VmmFlavor::Bulkhead;
         let mut cmd = match jail {
             Some(j) => jail::command(j, cfg, files, &vm_dir, vcpus, memory, with_tap),
             None => Command::new(&files.vmm),
@@ -84,7 +99,13 @@ impl Microvm {
                     cmd.args(["--tap", "fd:3", "--mac", &a.mac]);
                     // SAFETY: dup2 is async-signal-safe; it gives the VMM the TAP as fd 3 (without CLOEXEC).
                     unsafe {
-                        cmd.pre_exec(move || if libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+                        cmd.pre_exec(move || {
+                            if libc::dup2(fd, 3) < 0 {
+                                Err(std::io::Error::last_os_error())
+                            } else {
+                                Ok(())
+                            }
+                        });
                     }
                 }
                 cmd.arg("--kernel")
@@ -93,7 +114,16 @@ impl Microvm {
                     .arg(&files.initrd)
                     .arg("--disk")
                     .arg(format!("{},ro", files.disk.display()))
-                    .args(["--vcpus", &vcpus.to_string(), "--memory", &memory.to_string(), "--vsock-cid", &CID.to_string(), "--cmdline", cmdline])
+                    .args([
+                        "--vcpus",
+                        &vcpus.to_string(),
+                        "--memory",
+                        &memory.to_string(),
+                        "--vsock-cid",
+                        &CID.to_string(),
+                        "--cmdline",
+                        cmdline,
+                    ])
                     .arg("--vsock-uds")
                     .arg(&uds)
                     .args(["--serial", "stdout", "--boot-timeline"]);
@@ -109,7 +139,8 @@ impl Microvm {
                     "vsock": {"guest_cid": CID, "uds_path": uds},
                 });
                 let path = vm_dir.join("vmm-config.json");
-                std::fs::write(&path, config.to_string()).map_err(|e| format!("write {}: {e}", path.display()))?;
+                std::fs::write(&path, config.to_string())
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
                 cmd.args(["--no-api", "--config-file"]).arg(&path);
             }
         }
@@ -117,7 +148,10 @@ impl Microvm {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(bulkhead_images::private::create(&workload_dir.join("vmm.log")).map_err(|e| format!("create vmm.log: {e}"))?))
+            .stderr(Stdio::from(
+                bulkhead_images::private::create(&workload_dir.join("vmm.log"))
+                    .map_err(|e| format!("create vmm.log: {e}"))?,
+            ))
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| format!("start {}: {e}", files.vmm.display()))?;
@@ -157,7 +191,13 @@ impl Microvm {
             (Some(p), None) => ProcId::of(p as i32),
             (None, _) => None,
         };
-        Ok(Microvm { child: tokio::sync::Mutex::new(child), client, console, console_pump: tokio::sync::Mutex::new(pump), pid })
+        Ok(Microvm {
+            child: tokio::sync::Mutex::new(child),
+            client,
+            console,
+            console_pump: tokio::sync::Mutex::new(pump),
+            pid,
+        })
     }
 
     pub fn pid(&self) -> Option<ProcId> {
@@ -167,10 +207,28 @@ impl Microvm {
     pub async fn start_main(&self, cfg: &WorkloadConfig) -> Result<Proc, ExitReport> {
         let req = StartRequest {
             process: cfg.process.clone(),
-            root: RootSpec { source: RootSource::Block { device: "/dev/vda".into(), fstype: "ext4".into() }, scratch: None },
+            root: RootSpec {
+                source: RootSource::Block {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                },
+                scratch: None,
+            },
             hostname: Some(super::paths::short(&cfg.id).to_string()),
-            network: cfg.network.as_ref().map(|a| NetworkSpec { interface: "eth0".into(), address: format!("{}/{}", a.ip, a.prefix), gateway: Some(a.gateway.to_string()), mtu: None }),
-            dns: DnsSpec { nameservers: cfg.network.as_ref().map(|a| a.nameservers.clone()).unwrap_or_default(), search: Vec::new() },
+            network: cfg.network.as_ref().map(|a| NetworkSpec {
+                interface: "eth0".into(),
+                address: format!("{}/{}", a.ip, a.prefix),
+                gateway: Some(a.gateway.to_string()),
+                mtu: None,
+            }),
+            dns: DnsSpec {
+                nameservers: cfg
+                    .network
+                    .as_ref()
+                    .map(|a| a.nameservers.clone())
+                    .unwrap_or_default(),
+                search: Vec::new(),
+            },
             ..Default::default()
         };
         let p = self.client.start(req).await.map_err(|e| self.report(e))?;
@@ -178,7 +236,11 @@ impl Microvm {
     }
 
     pub async fn exec(&self, spec: &ProcessSpec) -> Result<Proc, ExitReport> {
-        let p = self.client.exec(spec.clone()).await.map_err(|e| self.report(e))?;
+        let p = self
+            .client
+            .exec(spec.clone())
+            .await
+            .map_err(|e| self.report(e))?;
         Ok(drive(p, spec.stdin))
     }
 
@@ -190,7 +252,13 @@ impl Microvm {
                     ErrorKind::NotExecutable => 126,
                     _ => 125,
                 };
-                ExitReport { code, signal: None, error: Some(a.message), started_ms: None, timeline: Vec::new() }
+                ExitReport {
+                    code,
+                    signal: None,
+                    error: Some(a.message),
+                    started_ms: None,
+                    timeline: Vec::new(),
+                }
             }
             other => failed(with_console(other.to_string(), &self.console)),
         }
@@ -218,13 +286,22 @@ impl Microvm {
     /// that, then make sure.
     pub async fn finish(&self) {
         let mut child = self.child.lock().await;
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.client.shutdown().await;
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
                 if let Some(p) = self.pid {
                     p.signal(libc::SIGKILL);
                 }
-                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
                     let _ = child.kill().await;
                 }
             }
@@ -238,9 +315,21 @@ impl Microvm {
 pub fn vmm_timeline(workload_dir: &Path) -> Vec<Mark> {
     let log = std::fs::read(workload_dir.join("vmm.log")).unwrap_or_default();
     let report = bulkhead_vmm::timeline::parse_report(&String::from_utf8_lossy(&log));
-    let Some(start) = report.monotonic_start_us else { return Vec::new() };
-    let mut marks = vec![Mark { name: "vmm-start".into(), at_us: start }];
-    marks.extend(report.marks.into_iter().map(|(name, us)| Mark { name: if name == "exit" { "vmm-exit".into() } else { name }, at_us: start.saturating_add(us) }));
+    let Some(start) = report.monotonic_start_us else {
+        return Vec::new();
+    };
+    let mut marks = vec![Mark {
+        name: "vmm-start".into(),
+        at_us: start,
+    }];
+    marks.extend(report.marks.into_iter().map(|(name, us)| Mark {
+        name: if name == "exit" {
+            "vmm-exit".into()
+        } else {
+            name
+        },
+        at_us: start.saturating_add(us),
+    }));
     marks
 }
 
@@ -282,16 +371,34 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
     tokio::spawn(async move {
         while let Some(o) = p.next_output().await {
             if let Output::Data(fd, data) = o {
-                let kind = if fd == Fd::Stderr { Kind::Stderr } else { Kind::Stdout };
+                let kind = if fd == Fd::Stderr {
+                    Kind::Stderr
+                } else {
+                    Kind::Stdout
+                };
                 let _ = out.send((kind, data)).await;
             }
         }
         drop(out);
         let report = match p.wait().await {
-            Ok(ExitStatus::Code(c)) => ExitReport { code: c, signal: None, error: None, started_ms: None, timeline: Vec::new() },
+            Ok(ExitStatus::Code(c)) => ExitReport {
+                code: c,
+                signal: None,
+                error: None,
+                started_ms: None,
+                timeline: Vec::new(),
+            },
             // The agent is guest code: no arithmetic on its numbers may overflow.
-            Ok(ExitStatus::Signal(s)) => ExitReport { code: 128i32.saturating_add(s), signal: Some(s), error: None, started_ms: None, timeline: Vec::new() },
-            Err(e) => failed(format!("the agent connection ended without an exit report: {e}")),
+            Ok(ExitStatus::Signal(s)) => ExitReport {
+                code: 128i32.saturating_add(s),
+                signal: Some(s),
+                error: None,
+                started_ms: None,
+                timeline: Vec::new(),
+            },
+            Err(e) => failed(format!(
+                "the agent connection ended without an exit report: {e}"
+            )),
         };
         let _ = exit.send(report);
     });

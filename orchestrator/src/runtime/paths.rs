@@ -71,7 +71,9 @@ pub fn new_id() -> std::io::Result<String> {
 /// Workload names: what docker accepts (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most 64.
 pub fn valid_name(n: &str) -> bool {
     let mut c = n.chars();
-    matches!(c.next(), Some(f) if f.is_ascii_alphanumeric()) && n.len() <= 64 && c.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    matches!(c.next(), Some(f) if f.is_ascii_alphanumeric())
+        && n.len() <= 64
+        && c.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 #[cfg(test)]
@@ -89,6 +91,12 @@ mod tests {
     #[test]
     fn names_like_docker() {
         assert!(valid_name("web-1") && valid_name("a") && valid_name("A.b_c"));
-        assert!(!valid_name("") && !valid_name("-x") && !valid_name("a/b") && !valid_name("a b") && !valid_name(&"a".repeat(65)));
+        assert!(
+            !valid_name("")
+                && !valid_name("-x")
+                && !valid_name("a/b")
+                && !valid_name("a b")
+                && !valid_name(&"a".repeat(65))
+        );
     }
 }

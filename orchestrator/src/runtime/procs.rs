@@ -24,12 +24,22 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z'))).unwrap_or(true)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
 }
 
 /// The parent pid in a /proc/PID/stat line (field 4).
 fn parse_parent(stat: &str) -> Option<i32> {
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The processes whose parent is `pid` (a scan of /proc: works without
@@ -37,8 +47,15 @@ fn parse_parent(stat: &str) -> Option<i32> {
 pub fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if std::fs::read_to_string(e.path().join("stat")).ok().as_deref().and_then(parse_parent) == Some(pid) {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_parent)
+            == Some(pid)
+        {
             out.push(child);
         }
     }
@@ -47,12 +64,18 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 
 impl ProcId {
     pub fn of(pid: i32) -> Option<Self> {
-        Some(Self { pid, start: start_time(pid)? })
+        Some(Self {
+            pid,
+            start: start_time(pid)?,
+        })
     }
 
     pub fn current() -> Self {
         let pid = std::process::id() as i32;
-        Self { pid, start: start_time(pid).unwrap_or(0) }
+        Self {
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
     }
 
     /// A pidfd for this very process, or `None` if it is gone.
@@ -76,7 +99,15 @@ impl ProcId {
     pub fn signal(&self, signal: i32) -> bool {
         let Some(fd) = self.pidfd() else { return false };
         // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
-        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0) == 0 }
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            ) == 0
+        }
     }
 }
 
@@ -98,7 +129,10 @@ mod tests {
 
     #[test]
     fn children_of_finds_a_child_we_started() {
-        let mut c = std::process::Command::new("sleep").arg("30").spawn().unwrap_or_else(|e| panic!("{e}"));
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
         let kids = children_of(std::process::id() as i32);
         let _ = c.kill();
         let _ = c.wait();
@@ -109,7 +143,15 @@ mod tests {
     fn this_process_is_alive_and_a_wrong_start_time_is_not_it() {
         let me = ProcId::current();
         assert!(me.alive() && me.start > 0);
-        assert!(!ProcId { pid: me.pid, start: me.start + 1 }.alive());
-        assert!(!ProcId { pid: i32::MAX, start: 1 }.alive());
+        assert!(!ProcId {
+            pid: me.pid,
+            start: me.start + 1
+        }
+        .alive());
+        assert!(!ProcId {
+            pid: i32::MAX,
+            start: 1
+        }
+        .alive());
     }
 }

@@ -163,22 +163,36 @@ impl Record {
             };
         }
         match &self.running {
-            Some(r) if r.supervisor.alive() => if r.started_ms.is_some() { Status::Running } else { Status::Created },
+            Some(r) if r.supervisor.alive() => {
+                if r.started_ms.is_some() {
+                    Status::Running
+                } else {
+                    Status::Created
+                }
+            }
             Some(_) => Status::Failed("its supervisor died (`bulkhead rm -f` cleans up)".into()),
-            None if now_ms().saturating_sub(self.config.created_ms) > 60_000 => Status::Failed("its supervisor never came up".into()),
+            None if now_ms().saturating_sub(self.config.created_ms) > 60_000 => {
+                Status::Failed("its supervisor never came up".into())
+            }
             None => Status::Created,
         }
     }
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Writes `value` as JSON to `path` atomically (temp file + rename).
 /// Writes `value` as JSON to `path`, 0600 (configs hold tenants' env).
 pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    bulkhead_images::private::write(path, &serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)
+    bulkhead_images::private::write(
+        path,
+        &serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
+    )
 }
 
 /// Writes `bytes` to `path`, 0600, whole or not at all.
@@ -192,7 +206,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Reads JSON from `path`; `None` when the file does not exist.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }

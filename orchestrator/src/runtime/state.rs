@@ -17,7 +17,10 @@ const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("state store: {0}")]
     Db(String),
     #[error("no workload {0:?} (`bulkhead ps -a` lists them)")]
@@ -47,11 +50,24 @@ impl State {
     }
 
     /// Runs `f` with the database open, holding the lock.
-    pub(crate) fn with_db<T, E: From<StateError>>(&self, f: impl FnOnce(&Database) -> Result<T, E>) -> Result<T, E> {
-        let io = |source| StateError::Io { path: self.paths.state_lock().display().to_string(), source };
+    pub(crate) fn with_db<T, E: From<StateError>>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let io = |source| StateError::Io {
+            path: self.paths.state_lock().display().to_string(),
+            source,
+        };
         bulkhead_images::private::data_root(self.paths.data()).map_err(io)?;
-        let lock = File::options().create(true).truncate(false).write(true).mode(0o600).open(self.paths.state_lock()).map_err(io)?;
-        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.paths.state_lock())
+            .map_err(io)?;
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(e.into()))?;
         let database = Database::create(self.paths.state_db()).map_err(db)?;
         bulkhead_images::private::tighten(&self.paths.state_db(), 0o600).map_err(io)?;
         f(&database)
@@ -78,7 +94,10 @@ impl State {
             let mut v = Vec::new();
             for row in table.iter().map_err(db)? {
                 let (_, value) = row.map_err(db)?;
-                v.push(serde_json::from_slice::<Record>(value.value()).map_err(|e| StateError::Corrupt(e.to_string()))?);
+                v.push(
+                    serde_json::from_slice::<Record>(value.value())
+                        .map_err(|e| StateError::Corrupt(e.to_string()))?,
+                );
             }
             Ok(v)
         })?;
@@ -101,10 +120,15 @@ impl State {
         })?;
         let all = self.list()?;
         if let Some(id) = by_name {
-            return all.into_iter().find(|r| r.config.id == id).ok_or_else(|| StateError::Corrupt(format!("name {key:?} points at a missing id")));
+            return all.into_iter().find(|r| r.config.id == id).ok_or_else(|| {
+                StateError::Corrupt(format!("name {key:?} points at a missing id"))
+            });
         }
         let hex = !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit());
-        let mut hits: Vec<Record> = all.into_iter().filter(|r| hex && r.config.id.starts_with(key)).collect();
+        let mut hits: Vec<Record> = all
+            .into_iter()
+            .filter(|r| hex && r.config.id.starts_with(key))
+            .collect();
         match hits.len() {
             0 => Err(StateError::NotFound(key.to_string())),
             1 => Ok(hits.remove(0)),
@@ -116,7 +140,10 @@ impl State {
     /// when they changed it).
     fn fold(&self, r: &mut Record) -> Result<(), StateError> {
         let dir = self.paths.workload_dir(&r.config.id);
-        let io = |source| StateError::Io { path: dir.display().to_string(), source };
+        let io = |source| StateError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
         let running: Option<Running> = read_json(&dir.join("running.json")).map_err(io)?;
         let exit: Option<Exit> = read_json(&dir.join("exit.json")).map_err(io)?;
         let mut changed = false;
@@ -144,7 +171,8 @@ impl State {
                 if t.get(r.config.id.as_str()).map_err(db)?.is_none() {
                     return Ok(());
                 }
-                t.insert(r.config.id.as_str(), bytes.as_slice()).map_err(db)?;
+                t.insert(r.config.id.as_str(), bytes.as_slice())
+                    .map_err(db)?;
             }
             tx.commit().map_err(db)
         })
@@ -157,11 +185,16 @@ impl State {
             {
                 let mut t = tx.open_table(WORKLOADS).map_err(db)?;
                 let name = match t.remove(id).map_err(db)? {
-                    Some(v) => serde_json::from_slice::<Record>(v.value()).ok().map(|r| r.config.name),
+                    Some(v) => serde_json::from_slice::<Record>(v.value())
+                        .ok()
+                        .map(|r| r.config.name),
                     None => None,
                 };
                 if let Some(n) = name {
-                    tx.open_table(NAMES).map_err(db)?.remove(n.as_str()).map_err(db)?;
+                    tx.open_table(NAMES)
+                        .map_err(db)?
+                        .remove(n.as_str())
+                        .map_err(db)?;
                 }
             }
             crate::network::store::remove_leases_in(&tx, id)?;
@@ -194,18 +227,32 @@ impl State {
 /// no workload in the store holds, ended ones included (their files may
 /// still be around until `rm`). In the insert's write transaction, so two
 /// `run`s at once never get the same.
-pub(crate) fn assign_jail_ids(tx: &redb::WriteTransaction, rec: &mut Record) -> Result<(), StateError> {
-    let Some(jail) = rec.config.vm.as_mut().and_then(|v| v.jail.as_mut()).filter(|j| j.uid == 0) else { return Ok(()) };
+pub(crate) fn assign_jail_ids(
+    tx: &redb::WriteTransaction,
+    rec: &mut Record,
+) -> Result<(), StateError> {
+    let Some(jail) = rec
+        .config
+        .vm
+        .as_mut()
+        .and_then(|v| v.jail.as_mut())
+        .filter(|j| j.uid == 0)
+    else {
+        return Ok(());
+    };
     let mut taken = std::collections::BTreeSet::new();
     for row in tx.open_table(WORKLOADS).map_err(db)?.iter().map_err(db)? {
         let (_, value) = row.map_err(db)?;
-        let other: Record = serde_json::from_slice(value.value()).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        let other: Record = serde_json::from_slice(value.value())
+            .map_err(|e| StateError::Corrupt(e.to_string()))?;
         if let Some(j) = other.config.vm.and_then(|v| v.jail) {
             taken.insert(j.uid);
         }
     }
     let (first, last) = jail.ids;
-    let free = (first.max(1)..=last).find(|u| !taken.contains(u)).ok_or(StateError::NoJailId(first, last))?;
+    let free = (first.max(1)..=last)
+        .find(|u| !taken.contains(u))
+        .ok_or(StateError::NoJailId(first, last))?;
     jail.uid = free;
     jail.gid = free;
     Ok(())
@@ -218,8 +265,13 @@ pub(crate) fn insert_in(tx: &redb::WriteTransaction, rec: &Record) -> Result<(),
     if names.get(rec.config.name.as_str()).map_err(db)?.is_some() {
         return Err(StateError::NameTaken(rec.config.name.clone()));
     }
-    names.insert(rec.config.name.as_str(), rec.config.id.as_str()).map_err(db)?;
-    tx.open_table(WORKLOADS).map_err(db)?.insert(rec.config.id.as_str(), bytes.as_slice()).map_err(db)?;
+    names
+        .insert(rec.config.name.as_str(), rec.config.id.as_str())
+        .map_err(db)?;
+    tx.open_table(WORKLOADS)
+        .map_err(db)?
+        .insert(rec.config.id.as_str(), bytes.as_slice())
+        .map_err(db)?;
     Ok(())
 }
 
@@ -240,25 +292,49 @@ mod tests {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = State::new(Paths::new(d.path()));
         assert!(s.list().unwrap_or_else(|e| panic!("{e}")).is_empty());
-        s.insert(&rec("abc123", "web")).unwrap_or_else(|e| panic!("{e}"));
-        s.insert(&rec("abd456", "db")).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(s.insert(&rec("fff", "web")), Err(StateError::NameTaken(_))));
-        assert_eq!(s.get("web").unwrap_or_else(|e| panic!("{e}")).config.id, "abc123");
-        assert_eq!(s.get("abd").unwrap_or_else(|e| panic!("{e}")).config.name, "db");
+        s.insert(&rec("abc123", "web"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.insert(&rec("abd456", "db"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            s.insert(&rec("fff", "web")),
+            Err(StateError::NameTaken(_))
+        ));
+        assert_eq!(
+            s.get("web").unwrap_or_else(|e| panic!("{e}")).config.id,
+            "abc123"
+        );
+        assert_eq!(
+            s.get("abd").unwrap_or_else(|e| panic!("{e}")).config.name,
+            "db"
+        );
         assert!(matches!(s.get("ab"), Err(StateError::Ambiguous(_))));
         assert!(matches!(s.get("zz"), Err(StateError::NotFound(_))));
         assert!(matches!(s.get(""), Err(StateError::NotFound(_))));
 
         let dir = s.paths().workload_dir("abc123");
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let exit = Exit { code: 7, signal: None, error: None, finished_ms: 1 };
-        super::super::record::write_json(&dir.join("exit.json"), &exit).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.get("web").unwrap_or_else(|e| panic!("{e}")).status(), super::super::record::Status::Exited(7));
+        let exit = Exit {
+            code: 7,
+            signal: None,
+            error: None,
+            finished_ms: 1,
+        };
+        super::super::record::write_json(&dir.join("exit.json"), &exit)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.get("web").unwrap_or_else(|e| panic!("{e}")).status(),
+            super::super::record::Status::Exited(7)
+        );
         std::fs::write(dir.join("exit.json"), b"{garbage").unwrap_or_else(|e| panic!("{e}"));
-        assert!(s.get("web").is_err(), "a damaged exit file is an error, not a silent running");
+        assert!(
+            s.get("web").is_err(),
+            "a damaged exit file is an error, not a silent running"
+        );
 
         s.remove("abc123").unwrap_or_else(|e| panic!("{e}"));
-        s.insert(&rec("abc999", "web")).unwrap_or_else(|e| panic!("{e}"));
+        s.insert(&rec("abc999", "web"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.count().unwrap_or_else(|e| panic!("{e}")), 2);
     }
 
@@ -269,8 +345,21 @@ mod tests {
         let s = State::new(Paths::new(d.path()));
         let jailed = |id: &str| {
             let mut r = rec(id, id);
-            let jail = Jail { jailer: "/j".into(), chroot_base: "/b".into(), uid: 0, gid: 0, ids: (7, 9) };
-            r.config.vm = Some(VmFiles { vmm: "/v".into(), kernel: "/k".into(), initrd: "/i".into(), disk: "/d".into(), flavor: Default::default(), jail: Some(jail) });
+            let jail = Jail {
+                jailer: "/j".into(),
+                chroot_base: "/b".into(),
+                uid: 0,
+                gid: 0,
+                ids: (7, 9),
+            };
+            r.config.vm = Some(VmFiles {
+                vmm: "/v".into(),
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                disk: "/d".into(),
+                flavor: Default::default(),
+                jail: Some(jail),
+            });
             r
         };
         let insert = |id: &str| {
@@ -286,10 +375,22 @@ mod tests {
         assert_eq!(insert("a").ok().flatten(), Some((7, 7)));
         assert_eq!(insert("b").ok().flatten(), Some((8, 8)));
         assert_eq!(insert("c").ok().flatten(), Some((9, 9)));
-        assert!(matches!(insert("d"), Err(StateError::NoJailId(7, 9))), "the range is used up");
+        assert!(
+            matches!(insert("d"), Err(StateError::NoJailId(7, 9))),
+            "the range is used up"
+        );
         s.remove("b").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(insert("e").ok().flatten(), Some((8, 8)), "a removed workload's uid is free again");
-        let uids: Vec<u32> = s.list().unwrap_or_else(|e| panic!("{e}")).iter().filter_map(|r| r.config.vm.as_ref()?.jail.as_ref().map(|j| j.uid)).collect();
+        assert_eq!(
+            insert("e").ok().flatten(),
+            Some((8, 8)),
+            "a removed workload's uid is free again"
+        );
+        let uids: Vec<u32> = s
+            .list()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .filter_map(|r| r.config.vm.as_ref()?.jail.as_ref().map(|j| j.uid))
+            .collect();
         assert_eq!(uids.len(), 3);
     }
 }

@@ -52,7 +52,10 @@ pub fn main(data: PathBuf, id: String, notify_fd: Option<i32>) -> std::process::
     let paths = Paths::new(&data);
     let dir = paths.workload_dir(&id);
     // stdio: nothing from the caller; our own messages go to supervisor.log.
-    if let (Ok(null), Ok(log)) = (std::fs::File::open("/dev/null"), bulkhead_images::private::append(&dir.join("supervisor.log"))) {
+    if let (Ok(null), Ok(log)) = (
+        std::fs::File::open("/dev/null"),
+        bulkhead_images::private::append(&dir.join("supervisor.log")),
+    ) {
         use std::os::fd::AsFd;
         let _ = nix::unistd::dup2_stdin(null.as_fd());
         let _ = nix::unistd::dup2_stdout(log.as_fd());
@@ -60,7 +63,10 @@ pub fn main(data: PathBuf, id: String, notify_fd: Option<i32>) -> std::process::
     }
     // SAFETY: the fd number came from our parent for this purpose; nothing else here owns it.
     let notify = notify_fd.map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bulkhead supervisor: tokio: {e}");
@@ -73,7 +79,13 @@ pub fn main(data: PathBuf, id: String, notify_fd: Option<i32>) -> std::process::
 }
 
 fn close_inherited_fds(keep: Option<i32>) {
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd").map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     for fd in fds {
         if fd > 2 && Some(fd) != keep {
             // SAFETY: closing fds we inherited and do not use; the directory iterator's own fd is already closed.
@@ -127,12 +139,19 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     let cfg: WorkloadConfig = match read_json(&dir.join("config.json")) {
         Ok(Some(c)) => c,
         other => {
-            tell(&mut notify, &format!("err cannot read the workload config: {other:?}\n"));
+            tell(
+                &mut notify,
+                &format!("err cannot read the workload config: {other:?}\n"),
+            );
             return 1;
         }
     };
     let me = ProcId::current();
-    let mut running = Running { supervisor: me, runtime: None, started_ms: None };
+    let mut running = Running {
+        supervisor: me,
+        runtime: None,
+        started_ms: None,
+    };
     let _ = write_json(&dir.join("running.json"), &running);
     let run_dir = Paths::run_dir(&id);
     let listener = match bind(&run_dir) {
@@ -150,7 +169,14 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         match tokio::time::timeout(Duration::from_secs(60), listener.accept()).await {
             Ok(Ok((s, _))) => first = Some(s),
             _ => {
-                finish(&paths, &cfg, &failed("no client attached within 60 s"), None, &mut notify).await;
+                finish(
+                    &paths,
+                    &cfg,
+                    &failed("no client attached within 60 s"),
+                    None,
+                    &mut notify,
+                )
+                .await;
                 return 1;
             }
         }
@@ -159,23 +185,37 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     let mut marks = Vec::new();
     let attached = match network::attach(&state, &cfg) {
         Ok(a) => a,
-        Err(e) => return fail_early(&paths, &cfg, first, failed(format!("workload network: {e}")), &mut notify).await,
+        Err(e) => {
+            return fail_early(
+                &paths,
+                &cfg,
+                first,
+                failed(format!("workload network: {e}")),
+                &mut notify,
+            )
+            .await
+        }
     };
     let backend = match cfg.runtime {
         super::record::RuntimeKind::Container => {
             let store = match Store::open(paths.data()) {
                 Ok(s) => s,
-                Err(e) => return fail_early(&paths, &cfg, first, failed(e.to_string()), &mut notify).await,
+                Err(e) => {
+                    return fail_early(&paths, &cfg, first, failed(e.to_string()), &mut notify)
+                        .await
+                }
             };
             match Container::prepare(&cfg, &paths, &store, attached.netns.as_ref()) {
                 Ok(c) => Backend::Container(c),
                 Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
             }
         }
-        super::record::RuntimeKind::Microvm => match Microvm::boot(&cfg, &dir, attached.tap.as_ref(), &mut marks).await {
-            Ok(m) => Backend::Microvm(Box::new(m)),
-            Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
-        },
+        super::record::RuntimeKind::Microvm => {
+            match Microvm::boot(&cfg, &dir, attached.tap.as_ref(), &mut marks).await {
+                Ok(m) => Backend::Microvm(Box::new(m)),
+                Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
+            }
+        }
     };
     let started = match &backend {
         Backend::Container(c) => {
@@ -196,10 +236,22 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     let _ = write_json(&dir.join("running.json"), &running);
     tell(&mut notify, "ok\n");
 
-    let Proc { mut output, stdin, control, exit } = main_proc;
+    let Proc {
+        mut output,
+        stdin,
+        control,
+        exit,
+    } = main_proc;
     let (exit_tx, exit_rx) = watch::channel(None);
     let backend = Arc::new(backend);
-    let shared = Arc::new(Shared { clients: Mutex::new(Vec::new()), main_stdin: stdin, main_control: control, exit: exit_rx, backend: Arc::clone(&backend), stop_signal: cfg.stop_signal });
+    let shared = Arc::new(Shared {
+        clients: Mutex::new(Vec::new()),
+        main_stdin: stdin,
+        main_control: control,
+        exit: exit_rx,
+        backend: Arc::clone(&backend),
+        stop_signal: cfg.stop_signal,
+    });
     let mut handlers = Vec::new();
     if let Some(s) = first {
         handlers.push(tokio::spawn(serve(s, Arc::clone(&shared))));
@@ -256,7 +308,14 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     let mut report = report.unwrap_or_else(|| failed("no exit status"));
     drop(shared);
     if let (Backend::Microvm(m), 125) = (&*backend, report.code) {
-        report = m.lost(report.error.as_deref().unwrap_or("the VM ended without the agent's exit report")).await;
+        report = m
+            .lost(
+                report
+                    .error
+                    .as_deref()
+                    .unwrap_or("the VM ended without the agent's exit report"),
+            )
+            .await;
     }
     cleanup(&backend).await;
     drop(attached);
@@ -274,7 +333,13 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     0
 }
 
-async fn fail_early(paths: &Paths, cfg: &WorkloadConfig, first: Option<UnixStream>, report: ExitReport, notify: &mut Option<std::fs::File>) -> u8 {
+async fn fail_early(
+    paths: &Paths,
+    cfg: &WorkloadConfig,
+    first: Option<UnixStream>,
+    report: ExitReport,
+    notify: &mut Option<std::fs::File>,
+) -> u8 {
     finish(paths, cfg, &report, None, notify).await;
     if let Some(mut s) = first {
         // The attached client asked for something; it gets the failure.
@@ -292,7 +357,13 @@ async fn cleanup(b: &Backend) {
 }
 
 /// Records the end (or removes every trace for --rm), then tells waiters.
-async fn finish(paths: &Paths, cfg: &WorkloadConfig, report: &ExitReport, exit_tx: Option<&watch::Sender<Option<ExitReport>>>, notify: &mut Option<std::fs::File>) {
+async fn finish(
+    paths: &Paths,
+    cfg: &WorkloadConfig,
+    report: &ExitReport,
+    exit_tx: Option<&watch::Sender<Option<ExitReport>>>,
+    notify: &mut Option<std::fs::File>,
+) {
     let dir = paths.workload_dir(&cfg.id);
     // The address, ports, interfaces and rules go before anything else.
     if let Err(e) = network::detach(&State::new(paths.clone()), &cfg.id) {
@@ -303,7 +374,12 @@ async fn finish(paths: &Paths, cfg: &WorkloadConfig, report: &ExitReport, exit_t
     if let Err(e) = super::jail::remove(&cfg.id) {
         eprintln!("bulkhead supervisor: jail teardown: {e}");
     }
-    let exit = Exit { code: report.code, signal: report.signal, error: report.error.clone(), finished_ms: now_ms() };
+    let exit = Exit {
+        code: report.code,
+        signal: report.signal,
+        error: report.error.clone(),
+        finished_ms: now_ms(),
+    };
     if cfg.auto_remove {
         let _ = remove_files(paths, &cfg.id);
         let _ = State::new(paths.clone()).remove(&cfg.id);
@@ -311,7 +387,17 @@ async fn finish(paths: &Paths, cfg: &WorkloadConfig, report: &ExitReport, exit_t
         let _ = write_json(&dir.join("exit.json"), &exit);
     }
     let _ = std::fs::remove_dir_all(Paths::run_dir(&cfg.id));
-    tell(notify, &format!("err {}\n", report.error.clone().unwrap_or_else(|| format!("exited with {}", report.code)).replace('\n', "\\n")));
+    tell(
+        notify,
+        &format!(
+            "err {}\n",
+            report
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("exited with {}", report.code))
+                .replace('\n', "\\n")
+        ),
+    );
     if let Some(tx) = exit_tx {
         let _ = tx.send(Some(report.clone()));
     }
@@ -333,7 +419,10 @@ pub fn remove_files(paths: &Paths, id: &str) -> std::io::Result<()> {
 
 fn bind(run_dir: &std::path::Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(run_dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)?;
     let sock = run_dir.join("ctl.sock");
     let _ = std::fs::remove_file(&sock);
     UnixListener::bind(sock)
@@ -346,7 +435,14 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         Ok(Some((Kind::Request, p))) => match attach::parse("request", &p) {
             Ok(r) => r,
             Err(e) => {
-                let _ = attach::write_json(&mut wr, Kind::Reply, &Reply { error: Some(e.to_string()) }).await;
+                let _ = attach::write_json(
+                    &mut wr,
+                    Kind::Reply,
+                    &Reply {
+                        error: Some(e.to_string()),
+                    },
+                )
+                .await;
                 return;
             }
         },
@@ -354,7 +450,12 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     };
     match req {
         Request::Signal { signal } => {
-            let error = shared.main_control.send(Control::Signal(signal)).await.err().map(|_| "the workload has ended".to_string());
+            let error = shared
+                .main_control
+                .send(Control::Signal(signal))
+                .await
+                .err()
+                .map(|_| "the workload has ended".to_string());
             let _ = attach::write_json(&mut wr, Kind::Reply, &Reply { error }).await;
         }
         Request::Stop { timeout_s } => {
@@ -363,8 +464,16 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         }
         Request::Attach { stdin } => {
             let (tx, mut rx) = mpsc::channel(64);
-            shared.clients.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-            let input = tokio::spawn(client_input(rd, stdin.then(|| shared.main_stdin.clone()), shared.main_control.clone()));
+            shared
+                .clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tx);
+            let input = tokio::spawn(client_input(
+                rd,
+                stdin.then(|| shared.main_stdin.clone()),
+                shared.main_control.clone(),
+            ));
             let ended = ended(shared.exit.clone());
             tokio::pin!(ended);
             loop {
@@ -392,14 +501,21 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                     return;
                 }
             };
-            let Proc { mut output, stdin, control, exit } = p;
+            let Proc {
+                mut output,
+                stdin,
+                control,
+                exit,
+            } = p;
             let input = tokio::spawn(client_input(rd, process.stdin.then_some(stdin), control));
             while let Some((kind, data)) = output.recv().await {
                 if attach::write_frame(&mut wr, kind, &data).await.is_err() {
                     break;
                 }
             }
-            let report = exit.await.unwrap_or_else(|_| failed("the exec'd process was lost"));
+            let report = exit
+                .await
+                .unwrap_or_else(|_| failed("the exec'd process was lost"));
             let _ = attach::write_json(&mut wr, Kind::Exit, &report).await;
             input.abort();
         }
@@ -409,11 +525,23 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
 /// The stop signal, SIGKILL after `timeout`, and the VM ended from outside
 /// if even that is not delivered; returns once the workload has ended.
 async fn stop(shared: Arc<Shared>, timeout: Duration) {
-    let _ = shared.main_control.send(Control::Signal(shared.stop_signal)).await;
-    if tokio::time::timeout(timeout, ended(shared.exit.clone())).await.is_err() {
-        let _ = shared.main_control.send(Control::Signal(libc::SIGKILL)).await;
+    let _ = shared
+        .main_control
+        .send(Control::Signal(shared.stop_signal))
+        .await;
+    if tokio::time::timeout(timeout, ended(shared.exit.clone()))
+        .await
+        .is_err()
+    {
+        let _ = shared
+            .main_control
+            .send(Control::Signal(libc::SIGKILL))
+            .await;
         // A SIGKILL the guest never delivers (it hangs): end the VM itself.
-        if tokio::time::timeout(Duration::from_secs(10), ended(shared.exit.clone())).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), ended(shared.exit.clone()))
+            .await
+            .is_err()
+        {
             shared.backend.force_kill().await;
             ended(shared.exit.clone()).await;
         }
@@ -422,12 +550,20 @@ async fn stop(shared: Arc<Shared>, timeout: Duration) {
 
 /// Resolves once the workload has ended, with how.
 async fn ended(mut exit: watch::Receiver<Option<ExitReport>>) -> ExitReport {
-    let r = exit.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+    let r = exit
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|r| r.clone());
     r.unwrap_or_else(|| failed("the supervisor lost the workload"))
 }
 
 /// Frames from a client: stdin, signals, resizes.
-async fn client_input(mut rd: tokio::net::unix::OwnedReadHalf, stdin: Option<mpsc::Sender<Option<Vec<u8>>>>, control: mpsc::Sender<Control>) {
+async fn client_input(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    stdin: Option<mpsc::Sender<Option<Vec<u8>>>>,
+    control: mpsc::Sender<Control>,
+) {
     while let Ok(Some((kind, p))) = attach::read_frame(&mut rd).await {
         match kind {
             Kind::Stdin => {

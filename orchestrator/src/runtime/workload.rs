@@ -40,16 +40,39 @@ pub fn proc_pair() -> (Proc, ProcEnds) {
     let (in_tx, in_rx) = mpsc::channel(64);
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let (exit_tx, exit_rx) = oneshot::channel();
-    (Proc { output: out_rx, stdin: in_tx, control: ctl_tx, exit: exit_rx }, ProcEnds { output: out_tx, stdin: in_rx, control: ctl_rx, exit: exit_tx })
+    (
+        Proc {
+            output: out_rx,
+            stdin: in_tx,
+            control: ctl_tx,
+            exit: exit_rx,
+        },
+        ProcEnds {
+            output: out_tx,
+            stdin: in_rx,
+            control: ctl_rx,
+            exit: exit_tx,
+        },
+    )
 }
 
 /// A failure of bulkhead itself (exit code 125).
 pub fn failed(why: impl Into<String>) -> ExitReport {
-    ExitReport { code: 125, signal: None, error: Some(why.into()), started_ms: None, timeline: Vec::new() }
+    ExitReport {
+        code: 125,
+        signal: None,
+        error: Some(why.into()),
+        started_ms: None,
+        timeline: Vec::new(),
+    }
 }
 
 /// Copies a readable stream into `out` as `kind` chunks until it ends.
-pub fn pump_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut r: R, kind: Kind, out: mpsc::Sender<(Kind, Vec<u8>)>) -> tokio::task::JoinHandle<()> {
+pub fn pump_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    mut r: R,
+    kind: Kind,
+    out: mpsc::Sender<(Kind, Vec<u8>)>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -66,7 +89,11 @@ pub fn pump_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut r: R, k
 }
 
 /// Feeds `stdin` into a writable stream; closing the channel or `None` closes it.
-pub fn pump_writer<W: tokio::io::AsyncWrite + Unpin + Send + 'static>(mut w: W, mut stdin: mpsc::Receiver<Option<Vec<u8>>>, eof: Option<&'static [u8]>) -> tokio::task::JoinHandle<()> {
+pub fn pump_writer<W: tokio::io::AsyncWrite + Unpin + Send + 'static>(
+    mut w: W,
+    mut stdin: mpsc::Receiver<Option<Vec<u8>>>,
+    eof: Option<&'static [u8]>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(Some(data)) = stdin.recv().await {
             if w.write_all(&data).await.is_err() || w.flush().await.is_err() {
@@ -92,7 +119,12 @@ pub fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 pub fn set_winsize(master: &OwnedFd, rows: u16, cols: u16) {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
@@ -100,7 +132,11 @@ pub fn set_winsize(master: &OwnedFd, rows: u16, cols: u16) {
 /// stdio for a child: the pty slave three times, or three pipes.
 pub fn stdio_for(slave: Option<&OwnedFd>) -> std::io::Result<(Stdio, Stdio, Stdio)> {
     Ok(match slave {
-        Some(s) => (Stdio::from(s.try_clone()?), Stdio::from(s.try_clone()?), Stdio::from(s.try_clone()?)),
+        Some(s) => (
+            Stdio::from(s.try_clone()?),
+            Stdio::from(s.try_clone()?),
+            Stdio::from(s.try_clone()?),
+        ),
         None => (Stdio::piped(), Stdio::piped(), Stdio::piped()),
     })
 }
@@ -118,7 +154,12 @@ pub struct RotatingLog {
 impl RotatingLog {
     pub fn new(path: std::path::PathBuf, limit: u64) -> Self {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        Self { path, limit, file: None, size }
+        Self {
+            path,
+            limit,
+            file: None,
+            size,
+        }
     }
 
     pub fn write(&mut self, data: &[u8]) {
@@ -180,10 +221,16 @@ mod tests {
         log.write(b"789");
         assert_eq!(std::fs::read(&p).unwrap_or_default(), b"0123456789");
         log.write(b"abc");
-        assert_eq!(std::fs::read(p.with_extension("1")).unwrap_or_default(), b"0123456789");
+        assert_eq!(
+            std::fs::read(p.with_extension("1")).unwrap_or_default(),
+            b"0123456789"
+        );
         assert_eq!(std::fs::read(&p).unwrap_or_default(), b"abc");
         log.write(b"defghijklmnop"); // larger than the limit: rotates, then written whole
-        assert_eq!(std::fs::read(p.with_extension("1")).unwrap_or_default(), b"abc");
+        assert_eq!(
+            std::fs::read(p.with_extension("1")).unwrap_or_default(),
+            b"abc"
+        );
         assert_eq!(std::fs::read(&p).unwrap_or_default(), b"defghijklmnop");
     }
 }

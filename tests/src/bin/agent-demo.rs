@@ -32,16 +32,21 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let agent = guest_probe::static_agent_path();
     if !agent.is_file() {
-        eprintln!("bulkhead-agent-demo: no static agent at {}; run `make static`", agent.display());
+        eprintln!(
+            "bulkhead-agent-demo: no static agent at {}; run `make static`",
+            agent.display()
+        );
         return ExitCode::from(125);
     }
-    let setup = || -> Result<(std::path::PathBuf, tempfile::TempDir, std::path::PathBuf), String> {
-        let initrd = bulkhead_images::agent_initramfs::cached(&agent).map_err(|e| e.to_string())?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let disk = dir.path().join("root.img");
-        busybox_root::ext4(dir.path(), &disk).map_err(|e| format!("busybox root disk: {e}"))?;
-        Ok((initrd, dir, disk))
-    };
+    let setup =
+        || -> Result<(std::path::PathBuf, tempfile::TempDir, std::path::PathBuf), String> {
+            let initrd =
+                bulkhead_images::agent_initramfs::cached(&agent).map_err(|e| e.to_string())?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let disk = dir.path().join("root.img");
+            busybox_root::ext4(dir.path(), &disk).map_err(|e| format!("busybox root disk: {e}"))?;
+            Ok((initrd, dir, disk))
+        };
     let (initrd, _dir, disk) = match setup() {
         Ok(s) => s,
         Err(e) => {
@@ -49,12 +54,33 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let cmd = if args.cmd.is_empty() { vec!["sh".to_string(), "-c".into(), DEFAULT.into()] } else { args.cmd };
-    let mut full = vec!["bulkhead-testkit".to_string(), "agent-run".into(), "$BULKHEAD_KERNEL".into(), "/t/agent.cpio".into(), "/t/root.img".into()];
+    let cmd = if args.cmd.is_empty() {
+        vec!["sh".to_string(), "-c".into(), DEFAULT.into()]
+    } else {
+        args.cmd
+    };
+    let mut full = vec![
+        "bulkhead-testkit".to_string(),
+        "agent-run".into(),
+        "$BULKHEAD_KERNEL".into(),
+        "/t/agent.cpio".into(),
+        "/t/root.img".into(),
+    ];
     full.extend(cmd);
     // Through sh so $BULKHEAD_KERNEL expands inside the test host; each
     // argument single-quoted.
-    let script = full.iter().enumerate().map(|(i, a)| if i == 2 { format!("\"{a}\"") } else { format!("'{}'", a.replace('\'', "'\\''")) }).collect::<Vec<_>>().join(" ");
+    let script = full
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i == 2 {
+                format!("\"{a}\"")
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let host = match TestHost::new() {
         Ok(h) => h,
         Err(e) => {
@@ -62,8 +88,18 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    eprintln!("booting a microVM with the agent in the test host ({})...", bulkhead_tests::testhost::Mode::detect().map(|m| m.to_string()).unwrap_or_default());
-    match host.stage(&initrd, "/t/agent.cpio").stage(&disk, "/t/root.img").timeout(Duration::from_secs(args.timeout)).run(&["sh", "-c", &script]) {
+    eprintln!(
+        "booting a microVM with the agent in the test host ({})...",
+        bulkhead_tests::testhost::Mode::detect()
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+    );
+    match host
+        .stage(&initrd, "/t/agent.cpio")
+        .stage(&disk, "/t/root.img")
+        .timeout(Duration::from_secs(args.timeout))
+        .run(&["sh", "-c", &script])
+    {
         Ok(out) => {
             print!("{}", out.stdout_str());
             eprint!("{}", out.stderr_str());

@@ -86,7 +86,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("testhost: {e}");
-            ExitCode::from(e.downcast_ref::<bulkhead_tests::testhost::TestHostError>().map_or(125, |e| e.exit_code()))
+            ExitCode::from(
+                e.downcast_ref::<bulkhead_tests::testhost::TestHostError>()
+                    .map_or(125, |e| e.exit_code()),
+            )
         }
     }
 }
@@ -115,7 +118,9 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         th = th.collect(guest, PathBuf::from(host));
     }
     for e in &args.env {
-        let (k, v) = e.split_once('=').ok_or_else(|| anyhow::anyhow!("-e {e:?}: expected K=V"))?;
+        let (k, v) = e
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("-e {e:?}: expected K=V"))?;
         th = th.env(k, v);
     }
     if args.no_binaries {
@@ -127,14 +132,20 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         stdin.lock().read_to_end(&mut buf)?;
         th = th.stdin(buf);
     }
-    th = th.timeout(Duration::from_secs(args.timeout)).memory_mib(args.memory).cpus(args.cpus).attempts(args.attempts);
+    th = th
+        .timeout(Duration::from_secs(args.timeout))
+        .memory_mib(args.memory)
+        .cpus(args.cpus)
+        .attempts(args.attempts);
 
     let argv: Vec<&str> = args.cmd.iter().map(String::as_str).collect();
     let out = th.run_streaming(&argv, &mut |stream, bytes| {
         // Output is forwarded as it arrives; a closed pipe on our side must
         // not stop the run.
         let _ = match stream {
-            Stream::Stdout => std::io::stdout().write_all(bytes).and_then(|_| std::io::stdout().flush()),
+            Stream::Stdout => std::io::stdout()
+                .write_all(bytes)
+                .and_then(|_| std::io::stdout().flush()),
             Stream::Stderr => std::io::stderr().write_all(bytes),
         };
     })?;

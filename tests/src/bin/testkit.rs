@@ -72,14 +72,31 @@ fn run_cases(data: &str, cycles: &str) -> Result<(), String> {
 }
 
 fn net_cases(data: &str, cycles: &str) -> Result<(), String> {
-    microvm_table(data, cycles, |ctx, n| bulkhead_tests::net_cases::run_table(ctx, "vm", n))
+    microvm_table(data, cycles, |ctx, n| {
+        bulkhead_tests::net_cases::run_table(ctx, "vm", n)
+    })
 }
 
 /// A table of `bulkhead run` cases with the microvm runtime against DATA.
-fn microvm_table(data: &str, cycles: &str, table: impl Fn(&bulkhead_tests::run_cases::Ctx, usize) -> Vec<bulkhead_tests::run_cases::Check>) -> Result<(), String> {
-    let bulkhead = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("bulkhead");
-    let ctx = bulkhead_tests::run_cases::Ctx { bulkhead, data: data.into(), runtime: "microvm".into(), oci_runtime: None, netns: None };
-    let checks = table(&ctx, cycles.parse().map_err(|_| format!("cycles {cycles:?}"))?);
+fn microvm_table(
+    data: &str,
+    cycles: &str,
+    table: impl Fn(&bulkhead_tests::run_cases::Ctx, usize) -> Vec<bulkhead_tests::run_cases::Check>,
+) -> Result<(), String> {
+    let bulkhead = std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .with_file_name("bulkhead");
+    let ctx = bulkhead_tests::run_cases::Ctx {
+        bulkhead,
+        data: data.into(),
+        runtime: "microvm".into(),
+        oci_runtime: None,
+        netns: None,
+    };
+    let checks = table(
+        &ctx,
+        cycles.parse().map_err(|_| format!("cycles {cycles:?}"))?,
+    );
     match checks.iter().filter(|c| !c.ok).count() {
         0 => Ok(()),
         n => Err(format!("{n} of {} checks failed", checks.len())),
@@ -88,7 +105,8 @@ fn microvm_table(data: &str, cycles: &str, table: impl Fn(&bulkhead_tests::run_c
 
 fn vsock_connect(uds: &str, port: &str, msg: &str) -> Result<(), String> {
     let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {uds}: {e}"))?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while s.read(&mut b).map_err(|e| e.to_string())? == 1 && b[0] != b'\n' {
@@ -126,7 +144,10 @@ fn vsock_listen(path: &str, reply: &str, report: &str) -> Result<(), String> {
         Ok(format!("vsock-listen: got {got:?}\n"))
     })()
     .unwrap_or_else(|e| format!("vsock-listen: {e}\n"));
-    let _ = std::fs::OpenOptions::new().write(true).open(report).and_then(|mut f| f.write_all(served.as_bytes()));
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .open(report)
+        .and_then(|mut f| f.write_all(served.as_bytes()));
     std::process::exit(0);
 }
 
@@ -146,8 +167,16 @@ fn tap_create(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!("{name:?}: 1 to 15 bytes"));
     }
-    let tun = std::fs::File::options().read(true).write(true).open("/dev/net/tun").map_err(|e| format!("/dev/net/tun: {e}"))?;
-    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+    let tun = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        _pad: [0; 22],
+    };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads an ifreq; `req` is one and outlives the call.
     if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
@@ -155,15 +184,27 @@ fn tap_create(name: &str) -> Result<(), String> {
     }
     // SAFETY: TUNSETPERSIST takes its argument by value.
     if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
-        return Err(format!("TUNSETPERSIST: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "TUNSETPERSIST: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     println!("tap-create: {name}");
     Ok(())
 }
 
-fn agent_e2e(kernel: &str, initrd: &str, disk: &str, baseline: &str, scratch: &str) -> Result<(), String> {
+fn agent_e2e(
+    kernel: &str,
+    initrd: &str,
+    disk: &str,
+    baseline: &str,
+    scratch: &str,
+) -> Result<(), String> {
     let paths = bulkhead_tests::agent_vm::paths(kernel, initrd, disk, baseline, scratch)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
     if rt.block_on(bulkhead_tests::agent_vm::run(&paths)) {
         Ok(())
     } else {

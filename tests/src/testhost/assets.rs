@@ -11,8 +11,8 @@ use std::process::Command;
 use bulkhead_images::debian;
 use sha2::{Digest, Sha256};
 
-use bulkhead_images::initramfs::CpioWriter;
 use super::{TestHostError, GUEST_KERNEL_PATH};
+use bulkhead_images::initramfs::CpioWriter;
 
 /// The L1 init script.
 const INIT_SCRIPT: &str = include_str!("../../testhost/init");
@@ -67,23 +67,33 @@ pub struct Assets {
 /// base initramfs unless cached. `log` hears about anything slow.
 pub fn prepare(log: &mut dyn FnMut(&str)) -> Result<Assets, TestHostError> {
     let root = bulkhead_images::cache::cache_root()
-        .ok_or_else(|| TestHostError::Usage("no cache directory: set BULKHEAD_CACHE or HOME".into()))?
+        .ok_or_else(|| {
+            TestHostError::Usage("no cache directory: set BULKHEAD_CACHE or HOME".into())
+        })?
         .join("testhost");
     fs::create_dir_all(&root).map_err(TestHostError::io(format!("create {}", root.display())))?;
     // Tests boot test hosts side by side: one of them installs and builds,
     // the others wait for it (apt and dpkg take locks of their own and fail).
     let lock_path = root.join(".prepare.lock");
-    let lock_file = fs::File::create(&lock_path).map_err(TestHostError::io(format!("create {}", lock_path.display())))?;
+    let lock_file = fs::File::create(&lock_path)
+        .map_err(TestHostError::io(format!("create {}", lock_path.display())))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| TestHostError::io(format!("lock {}", lock_path.display()))(e.into()))?;
-    let missing: Vec<&str> = TOOLS.iter().filter(|(bin, _)| !Path::new(bin).exists()).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| !Path::new(bin).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if !missing.is_empty() {
         debian::ensure_packages(&missing, log).map_err(packages)?;
     }
     ensure_qemu(log)?;
     let cloud = cloud_kernel(&root, log)?;
     let base_initramfs = base_initramfs(&root, &cloud, log)?;
-    Ok(Assets { kernel: cloud.dir.join("vmlinuz"), base_initramfs })
+    Ok(Assets {
+        kernel: cloud.dir.join("vmlinuz"),
+        base_initramfs,
+    })
 }
 
 /// The oldest QEMU seen to run the nested test host reliably. Debian 12's
@@ -108,10 +118,16 @@ fn ensure_qemu(log: &mut dyn FnMut(&str)) -> Result<(), TestHostError> {
         "QEMU {}.{} is too old for the nested test host (needs {}.{}+)",
         found.0, found.1, MIN_QEMU.0, MIN_QEMU.1
     ));
-    let installed = debian::install_from_backports("qemu-system-x86", log).map_err(|e| e.to_string()).and_then(|()| {
-        let now = qemu_version().map_err(|e| e.to_string())?;
-        if now >= MIN_QEMU { Ok(()) } else { Err(format!("still QEMU {}.{} after the install", now.0, now.1)) }
-    });
+    let installed = debian::install_from_backports("qemu-system-x86", log)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            let now = qemu_version().map_err(|e| e.to_string())?;
+            if now >= MIN_QEMU {
+                Ok(())
+            } else {
+                Err(format!("still QEMU {}.{} after the install", now.0, now.1))
+            }
+        });
     if let Err(why) = installed {
         log(&format!(
             "WARNING: keeping QEMU {}.{}, which freezes the test host more often (install QEMU {}.{}+; on Debian 12 \
@@ -131,7 +147,10 @@ fn qemu_version() -> Result<(u32, u32), TestHostError> {
     let text = String::from_utf8_lossy(&out.stdout);
     parse_qemu_version(&text).ok_or_else(|| TestHostError::Command {
         command: "qemu-system-x86_64 --version".into(),
-        detail: format!("no version in {:?}", text.lines().next().unwrap_or_default()),
+        detail: format!(
+            "no version in {:?}",
+            text.lines().next().unwrap_or_default()
+        ),
     })
 }
 
@@ -142,7 +161,10 @@ fn parse_qemu_version(text: &str) -> Option<(u32, u32)> {
 }
 
 fn packages(e: debian::DebianError) -> TestHostError {
-    TestHostError::Command { command: "install test host packages".into(), detail: e.to_string() }
+    TestHostError::Command {
+        command: "install test host packages".into(),
+        detail: e.to_string(),
+    }
 }
 
 struct CloudKernel {
@@ -171,27 +193,45 @@ fn cloud_kernel(root: &Path, log: &mut dyn FnMut(&str)) -> Result<CloudKernel, T
     let image = depends
         .iter()
         .find(|d| d.starts_with("linux-image-"))
-        .ok_or_else(|| TestHostError::Usage(format!("{CLOUD_KERNEL_PACKAGE} {version} depends on no linux-image package")))?;
-    log(&format!("fetching {image} {version} for the nested test host"));
+        .ok_or_else(|| {
+            TestHostError::Usage(format!(
+                "{CLOUD_KERNEL_PACKAGE} {version} depends on no linux-image package"
+            ))
+        })?;
+    log(&format!(
+        "fetching {image} {version} for the nested test host"
+    ));
     let tmp = root.join(format!(".cloud-{version}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(TestHostError::io(format!("create {}", tmp.display())))?;
     let deb = debian::download(image, &tmp).map_err(packages)?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.join("root")))?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(tmp.join("root")))?;
     fs::remove_file(&deb).map_err(TestHostError::io("remove .deb"))?;
     let release = only_entry(&tmp.join("root/lib/modules"))?;
-    run(Command::new("depmod").arg("-b").arg(tmp.join("root")).arg(&release))?;
+    run(Command::new("depmod")
+        .arg("-b")
+        .arg(tmp.join("root"))
+        .arg(&release))?;
     let vmlinuz = tmp.join("root/boot").join(format!("vmlinuz-{release}"));
-    fs::rename(&vmlinuz, tmp.join("vmlinuz")).map_err(TestHostError::io(format!("move {}", vmlinuz.display())))?;
+    fs::rename(&vmlinuz, tmp.join("vmlinuz"))
+        .map_err(TestHostError::io(format!("move {}", vmlinuz.display())))?;
     fs::write(tmp.join("release"), &release).map_err(TestHostError::io("write release"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&tmp, &dir).map_err(TestHostError::io(format!("publish {}", dir.display())))?;
-    read_cloud(&dir).ok_or_else(|| TestHostError::Usage(format!("{} incomplete after unpacking", dir.display())))
+    read_cloud(&dir).ok_or_else(|| {
+        TestHostError::Usage(format!("{} incomplete after unpacking", dir.display()))
+    })
 }
 
 fn read_cloud(dir: &Path) -> Option<CloudKernel> {
     let release = fs::read_to_string(dir.join("release")).ok()?;
-    let k = CloudKernel { dir: dir.to_path_buf(), release: release.trim().to_string() };
+    let k = CloudKernel {
+        dir: dir.to_path_buf(),
+        release: release.trim().to_string(),
+    };
     (dir.join("vmlinuz").is_file() && k.modules_dir().join("modules.dep").is_file()).then_some(k)
 }
 
@@ -200,7 +240,11 @@ fn newest_cached(root: &Path) -> Option<CloudKernel> {
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cloud-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("cloud-"))
+        })
         .collect();
     dirs.sort();
     dirs.iter().rev().find_map(|d| read_cloud(d))
@@ -214,15 +258,25 @@ fn only_entry(dir: &Path) -> Result<String, TestHostError> {
         .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(TestHostError::Usage(format!("expected one kernel release in {}, found {names:?}", dir.display()))),
+        _ => Err(TestHostError::Usage(format!(
+            "expected one kernel release in {}, found {names:?}",
+            dir.display()
+        ))),
     }
 }
 
 /// The base initramfs, rebuilt when any input changes.
-fn base_initramfs(root: &Path, cloud: &CloudKernel, log: &mut dyn FnMut(&str)) -> Result<PathBuf, TestHostError> {
-    let dep_text = fs::read_to_string(cloud.modules_dir().join("modules.dep")).map_err(TestHostError::io("read modules.dep"))?;
+fn base_initramfs(
+    root: &Path,
+    cloud: &CloudKernel,
+    log: &mut dyn FnMut(&str),
+) -> Result<PathBuf, TestHostError> {
+    let dep_text = fs::read_to_string(cloud.modules_dir().join("modules.dep"))
+        .map_err(TestHostError::io("read modules.dep"))?;
     let modules = load_order(&parse_modules_dep(&dep_text), MODULES)?;
-    let guest_kernel = bulkhead_images::kernel::find_built().ok().map(|k| k.vmlinux);
+    let guest_kernel = bulkhead_images::kernel::find_built()
+        .ok()
+        .map(|k| k.vmlinux);
     let busybox = Path::new("/bin/busybox");
 
     let mut key = Sha256::new();
@@ -247,38 +301,69 @@ fn base_initramfs(root: &Path, cloud: &CloudKernel, log: &mut dyn FnMut(&str)) -
     log("building the test host's base initramfs");
     let mut w = CpioWriter::new(Vec::new());
     let io = |what: &str| TestHostError::io(format!("base initramfs: {what}"));
-    w.host_file("/bin/busybox", 0o755, busybox).map_err(io("busybox"))?;
+    w.host_file("/bin/busybox", 0o755, busybox)
+        .map_err(io("busybox"))?;
     w.symlink("/bin/sh", "busybox").map_err(io("sh"))?;
-    w.file("/init", 0o755, INIT_SCRIPT.as_bytes()).map_err(io("init"))?;
-    w.char_device("/dev/console", 0o600, 5, 1).map_err(io("console"))?;
-    for d in ["/proc", "/sys", "/tmp", "/root", "/etc", "/usr/local/bin", "/usr/bin", "/usr/sbin", "/sbin"] {
-        w.dir(d, if d == "/tmp" { 0o1777 } else { 0o755 }).map_err(io(d))?;
+    w.file("/init", 0o755, INIT_SCRIPT.as_bytes())
+        .map_err(io("init"))?;
+    w.char_device("/dev/console", 0o600, 5, 1)
+        .map_err(io("console"))?;
+    for d in [
+        "/proc",
+        "/sys",
+        "/tmp",
+        "/root",
+        "/etc",
+        "/usr/local/bin",
+        "/usr/bin",
+        "/usr/sbin",
+        "/sbin",
+    ] {
+        w.dir(d, if d == "/tmp" { 0o1777 } else { 0o755 })
+            .map_err(io(d))?;
     }
     let mut load_list = String::new();
     for m in &modules {
         let guest = format!("/lib/modules/{}/{m}", cloud.release);
-        w.host_file(&guest, 0o644, &cloud.modules_dir().join(m)).map_err(io(m))?;
+        w.host_file(&guest, 0o644, &cloud.modules_dir().join(m))
+            .map_err(io(m))?;
         load_list.push_str(&guest);
         load_list.push('\n');
     }
-    w.file("/etc/testhost/modules", 0o644, load_list.as_bytes()).map_err(io("module list"))?;
+    w.file("/etc/testhost/modules", 0o644, load_list.as_bytes())
+        .map_err(io("module list"))?;
     let mut libs = BTreeSet::new();
     for (program, name) in L1_PROGRAMS {
-        w.host_file(&format!("/usr/local/sbin/{name}"), 0o755, Path::new(program)).map_err(io(name))?;
+        w.host_file(
+            &format!("/usr/local/sbin/{name}"),
+            0o755,
+            Path::new(program),
+        )
+        .map_err(io(name))?;
         libs.extend(super::payload::shared_libs(Path::new(program))?);
     }
     for lib in &libs {
-        let guest = lib.to_str().ok_or_else(|| TestHostError::Usage(format!("library path {} is not UTF-8", lib.display())))?;
+        let guest = lib.to_str().ok_or_else(|| {
+            TestHostError::Usage(format!("library path {} is not UTF-8", lib.display()))
+        })?;
         w.host_file(guest, 0o755, lib).map_err(io(guest))?;
     }
     if let Some(k) = &guest_kernel {
-        w.host_file(GUEST_KERNEL_PATH, 0o644, k).map_err(io("guest kernel"))?;
+        w.host_file(GUEST_KERNEL_PATH, 0o644, k)
+            .map_err(io("guest kernel"))?;
     }
     let bytes = w.finish().map_err(io("finish"))?;
 
     // Only the current base is worth keeping.
-    for old in fs::read_dir(root).map_err(TestHostError::io("read cache"))?.filter_map(Result::ok) {
-        if old.file_name().to_str().is_some_and(|n| n.starts_with("base-") && n.ends_with(".cpio")) {
+    for old in fs::read_dir(root)
+        .map_err(TestHostError::io("read cache"))?
+        .filter_map(Result::ok)
+    {
+        if old
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("base-") && n.ends_with(".cpio"))
+        {
             let _ = fs::remove_file(old.path());
         }
     }
@@ -292,34 +377,55 @@ fn base_initramfs(root: &Path, cloud: &CloudKernel, log: &mut dyn FnMut(&str)) -
 fn parse_modules_dep(text: &str) -> HashMap<String, Vec<String>> {
     text.lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(m, deps)| (m.trim().to_string(), deps.split_whitespace().map(str::to_string).collect()))
+        .map(|(m, deps)| {
+            (
+                m.trim().to_string(),
+                deps.split_whitespace().map(str::to_string).collect(),
+            )
+        })
         .collect()
 }
 
 /// The module files for `wanted` names and their dependencies, each after
 /// everything it depends on.
-fn load_order(deps: &HashMap<String, Vec<String>>, wanted: &[&str]) -> Result<Vec<String>, TestHostError> {
-    let by_name: HashMap<String, &String> = deps.keys().map(|path| (module_name(path), path)).collect();
+fn load_order(
+    deps: &HashMap<String, Vec<String>>,
+    wanted: &[&str],
+) -> Result<Vec<String>, TestHostError> {
+    let by_name: HashMap<String, &String> =
+        deps.keys().map(|path| (module_name(path), path)).collect();
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     for name in wanted {
-        let path = by_name
-            .get(&name.replace('-', "_"))
-            .ok_or_else(|| TestHostError::Usage(format!("module {name} is not in the cloud kernel's modules.dep")))?;
+        let path = by_name.get(&name.replace('-', "_")).ok_or_else(|| {
+            TestHostError::Usage(format!(
+                "module {name} is not in the cloud kernel's modules.dep"
+            ))
+        })?;
         visit(path, deps, &mut seen, &mut order, 0)?;
     }
     Ok(order)
 }
 
-fn visit(path: &str, deps: &HashMap<String, Vec<String>>, seen: &mut BTreeSet<String>, order: &mut Vec<String>, depth: usize) -> Result<(), TestHostError> {
+fn visit(
+    path: &str,
+    deps: &HashMap<String, Vec<String>>,
+    seen: &mut BTreeSet<String>,
+    order: &mut Vec<String>,
+    depth: usize,
+) -> Result<(), TestHostError> {
     if depth > 64 {
-        return Err(TestHostError::Usage(format!("module dependency loop at {path}")));
+        return Err(TestHostError::Usage(format!(
+            "module dependency loop at {path}"
+        )));
     }
     if !seen.insert(path.to_string()) {
         return Ok(());
     }
     if !path.ends_with(".ko") {
-        return Err(TestHostError::Usage(format!("{path}: compressed modules are not supported (busybox insmod)")));
+        return Err(TestHostError::Usage(format!(
+            "{path}: compressed modules are not supported (busybox insmod)"
+        )));
     }
     for d in deps.get(path).into_iter().flatten() {
         visit(d, deps, seen, order, depth + 1)?;
@@ -336,11 +442,20 @@ fn module_name(path: &str) -> String {
 
 fn run(cmd: &mut Command) -> Result<(), TestHostError> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(TestHostError::io(format!("run {shown}")))?;
+    let out = cmd
+        .output()
+        .map_err(TestHostError::io(format!("run {shown}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(TestHostError::Command { command: shown, detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()) })
+        Err(TestHostError::Command {
+            command: shown,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
     }
 }
 
@@ -350,10 +465,25 @@ mod tests {
 
     #[test]
     fn qemu_versions_are_parsed() {
-        assert_eq!(parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright"), Some((7, 2)));
-        assert_eq!(parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"), Some((10, 0)));
-        assert_eq!(parse_qemu_version("QEMU emulator version 9.1.0"), Some((9, 1)));
-        assert!((7, 2) < MIN_QEMU && (10, 0) >= MIN_QEMU && (10, 1) >= MIN_QEMU && (9, 2) < MIN_QEMU);
+        assert_eq!(
+            parse_qemu_version(
+                "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright"
+            ),
+            Some((7, 2))
+        );
+        assert_eq!(
+            parse_qemu_version(
+                "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
+            ),
+            Some((10, 0))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 9.1.0"),
+            Some((9, 1))
+        );
+        assert!(
+            (7, 2) < MIN_QEMU && (10, 0) >= MIN_QEMU && (10, 1) >= MIN_QEMU && (9, 2) < MIN_QEMU
+        );
         assert_eq!(parse_qemu_version(""), None);
         assert_eq!(parse_qemu_version("something else"), None);
         assert_eq!(parse_qemu_version("QEMU emulator version x.y"), None);

@@ -15,27 +15,57 @@ use std::time::Instant;
 use super::pump::{shell_status, watch_child};
 use super::{Mode, Output, Stream, TestHost, TestHostError};
 
-pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Output, TestHostError> {
+pub fn run(
+    th: &TestHost,
+    argv: &[&str],
+    sink: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<Output, TestHostError> {
     let started = Instant::now();
     let staged = Staged::apply(th)?;
 
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]).current_dir("/").process_group(0);
     let mut path: Vec<PathBuf> = th.binaries.dirs();
-    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    cmd.env("PATH", std::env::join_paths(path).map_err(|e| TestHostError::Usage(format!("PATH: {e}")))?);
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    cmd.env(
+        "PATH",
+        std::env::join_paths(path).map_err(|e| TestHostError::Usage(format!("PATH: {e}")))?,
+    );
     if let Ok(k) = bulkhead_images::kernel::find_built() {
         cmd.env("BULKHEAD_KERNEL", k.vmlinux);
     }
     cmd.envs(th.env.iter().map(|(k, v)| (k, v)));
-    let mut child = match cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    let mut child = match cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(c) => c,
         // As a shell would report it, so both modes agree.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) => {
-            let (status, what) = if e.kind() == io::ErrorKind::NotFound { (127, "not found") } else { (126, "permission denied") };
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            let (status, what) = if e.kind() == io::ErrorKind::NotFound {
+                (127, "not found")
+            } else {
+                (126, "permission denied")
+            };
             let msg = format!("{}: {what}\n", argv[0]);
             sink(Stream::Stderr, msg.as_bytes());
-            return Ok(Output { status, stdout: Vec::new(), stderr: msg.into_bytes(), console: String::new(), mode: Mode::Direct, elapsed: started.elapsed() });
+            return Ok(Output {
+                status,
+                stdout: Vec::new(),
+                stderr: msg.into_bytes(),
+                console: String::new(),
+                mode: Mode::Direct,
+                elapsed: started.elapsed(),
+            });
         }
         Err(e) => return Err(TestHostError::io(format!("start {}", argv[0]))(e)),
     };
@@ -47,19 +77,40 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
     }
     let gathered = watch_child(child, started + th.timeout, true, sink);
     if gathered.timed_out {
-        let output = format!("{}{}", String::from_utf8_lossy(&gathered.stdout), String::from_utf8_lossy(&gathered.stderr));
-        return Err(TestHostError::Timeout { after: th.timeout, output: super::tail_lines(&output, 25), console: String::new() });
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&gathered.stdout),
+            String::from_utf8_lossy(&gathered.stderr)
+        );
+        return Err(TestHostError::Timeout {
+            after: th.timeout,
+            output: super::tail_lines(&output, 25),
+            console: String::new(),
+        });
     }
     let status = gathered.exit.map(shell_status).unwrap_or(125);
     for c in &th.collects {
         let src = Path::new(&c.guest);
         if fs::symlink_metadata(src).is_err() {
-            return Err(TestHostError::Collect { guest: c.guest.clone(), why: "not found".into() });
+            return Err(TestHostError::Collect {
+                guest: c.guest.clone(),
+                why: "not found".into(),
+            });
         }
-        copy_tree(src, &c.host).map_err(|e| TestHostError::Collect { guest: c.guest.clone(), why: e.to_string() })?;
+        copy_tree(src, &c.host).map_err(|e| TestHostError::Collect {
+            guest: c.guest.clone(),
+            why: e.to_string(),
+        })?;
     }
     drop(staged);
-    Ok(Output { status, stdout: gathered.stdout, stderr: gathered.stderr, console: String::new(), mode: Mode::Direct, elapsed: started.elapsed() })
+    Ok(Output {
+        status,
+        stdout: gathered.stdout,
+        stderr: gathered.stderr,
+        console: String::new(),
+        mode: Mode::Direct,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// What one run created on the host, removed on drop (top-most first made).
@@ -69,11 +120,16 @@ struct Staged {
 
 impl Staged {
     fn apply(th: &TestHost) -> Result<Self, TestHostError> {
-        let mut staged = Staged { created: Vec::new() };
+        let mut staged = Staged {
+            created: Vec::new(),
+        };
         for s in &th.stages {
             let dst = PathBuf::from(&s.dst);
             if fs::symlink_metadata(&dst).is_ok() {
-                return Err(TestHostError::Usage(format!("stage: {} exists on this host; direct mode never overwrites", dst.display())));
+                return Err(TestHostError::Usage(format!(
+                    "stage: {} exists on this host; direct mode never overwrites",
+                    dst.display()
+                )));
             }
             // Remember the highest directory we create, to remove it later.
             let mut top = dst.clone();
@@ -85,10 +141,16 @@ impl Staged {
             }
             staged.created.push(top);
             if let Some(parent) = dst.parent() {
-                fs::create_dir_all(parent).map_err(TestHostError::io(format!("create {}", parent.display())))?;
+                fs::create_dir_all(parent)
+                    .map_err(TestHostError::io(format!("create {}", parent.display())))?;
             }
-            let src = fs::canonicalize(&s.src).map_err(TestHostError::io(format!("stage {}", s.src.display())))?;
-            copy_tree(&src, &dst).map_err(TestHostError::io(format!("stage {} to {}", src.display(), dst.display())))?;
+            let src = fs::canonicalize(&s.src)
+                .map_err(TestHostError::io(format!("stage {}", s.src.display())))?;
+            copy_tree(&src, &dst).map_err(TestHostError::io(format!(
+                "stage {} to {}",
+                src.display(),
+                dst.display()
+            )))?;
         }
         Ok(staged)
     }
@@ -137,6 +199,9 @@ pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     } else if meta.is_file() {
         fs::copy(src, dst).map(|_| ())
     } else {
-        Err(io::Error::other(format!("{}: not a file, directory or symlink", src.display())))
+        Err(io::Error::other(format!(
+            "{}: not a file, directory or symlink",
+            src.display()
+        )))
     }
 }

@@ -64,7 +64,11 @@ impl Mode {
             Some("direct") => return Ok(Mode::Direct),
             Some("nested") => return Ok(Mode::Nested),
             Some("") | Some("auto") | None => {}
-            Some(other) => return Err(TestHostError::Usage(format!("BULKHEAD_TESTHOST_MODE={other:?}: use direct, nested or auto"))),
+            Some(other) => {
+                return Err(TestHostError::Usage(format!(
+                    "BULKHEAD_TESTHOST_MODE={other:?}: use direct, nested or auto"
+                )))
+            }
         }
         Ok(match bulkhead_vmm::host::detect() {
             bulkhead_vmm::host::KvmKind::Hardware => Mode::Direct,
@@ -87,21 +91,38 @@ pub enum TestHostError {
     #[error("{0}")]
     Usage(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
     #[error("{binary} is older than {source_file}, which it is built from: rebuild it (`make build`) before using the test host")]
-    StaleBinary { binary: PathBuf, source_file: PathBuf },
+    StaleBinary {
+        binary: PathBuf,
+        source_file: PathBuf,
+    },
     #[error("the test host ended without reporting an exit status{}\n--- console (last lines) ---\n{console}", .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
-    NoStatus { reason: Option<String>, console: String },
+    NoStatus {
+        reason: Option<String>,
+        console: String,
+    },
     #[error("the command timed out after {:?} in the test host\n--- its output (last lines) ---\n{output}\n--- console (last lines) ---\n{console}", .after)]
-    Timeout { after: Duration, output: String, console: String },
+    Timeout {
+        after: Duration,
+        output: String,
+        console: String,
+    },
     #[error("collect {guest}: {why}")]
     Collect { guest: String, why: String },
     /// The emulated machine itself failed (QEMU's nested SVM emulation, not
     /// the command): worth booting it again.
     #[error("the nested test host broke down{}: {why} (a flaw of QEMU's emulation, not of the command)\n--- console (last lines) ---\n{console}", if *.boots > 1 { format!(" in each of {} boots", .boots) } else { String::new() })]
-    BrokeDown { why: String, console: String, boots: u32 },
+    BrokeDown {
+        why: String,
+        console: String,
+        boots: u32,
+    },
 }
 
 impl TestHostError {
@@ -226,13 +247,19 @@ impl TestHost {
 
     /// Places `src` (file or directory, symlinks followed) at absolute `dst`.
     pub fn stage(mut self, src: impl AsRef<Path>, dst: impl Into<String>) -> Self {
-        self.stages.push(Stage { src: src.as_ref().to_path_buf(), dst: dst.into() });
+        self.stages.push(Stage {
+            src: src.as_ref().to_path_buf(),
+            dst: dst.into(),
+        });
         self
     }
 
     /// Copies `guest` (file or directory) to `host` after the command ran.
     pub fn collect(mut self, guest: impl Into<String>, host: impl AsRef<Path>) -> Self {
-        self.collects.push(Collect { guest: guest.into(), host: host.as_ref().to_path_buf() });
+        self.collects.push(Collect {
+            guest: guest.into(),
+            host: host.as_ref().to_path_buf(),
+        });
         self
     }
 
@@ -292,7 +319,11 @@ impl TestHost {
 
     /// Runs `argv`, handing output chunks to `sink` as they arrive (and
     /// still returning them all in the [`Output`]).
-    pub fn run_streaming(&self, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Output, TestHostError> {
+    pub fn run_streaming(
+        &self,
+        argv: &[&str],
+        sink: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<Output, TestHostError> {
         self.validate(argv)?;
         match self.mode {
             Mode::Direct => direct::run(self, argv, sink),
@@ -305,7 +336,11 @@ impl TestHost {
                             eprintln!("testhost: {e}\ntesthost: booting it again (attempt {attempt} of {})", self.attempts);
                         }
                         Err(TestHostError::BrokeDown { why, console, .. }) => {
-                            return Err(TestHostError::BrokeDown { why, console, boots: attempt })
+                            return Err(TestHostError::BrokeDown {
+                                why,
+                                console,
+                                boots: attempt,
+                            })
                         }
                         result => return result,
                     }
@@ -321,15 +356,23 @@ impl TestHost {
         for s in &self.stages {
             check_guest_path("stage destination", &s.dst)?;
             if !s.src.exists() {
-                return Err(TestHostError::Usage(format!("stage source {} does not exist", s.src.display())));
+                return Err(TestHostError::Usage(format!(
+                    "stage source {} does not exist",
+                    s.src.display()
+                )));
             }
         }
         for c in &self.collects {
             check_guest_path("collect path", &c.guest)?;
         }
         for (k, _) in &self.env {
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || k.as_bytes()[0].is_ascii_digit() {
-                return Err(TestHostError::Usage(format!("environment name {k:?} is not a shell variable name")));
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || k.as_bytes()[0].is_ascii_digit()
+            {
+                return Err(TestHostError::Usage(format!(
+                    "environment name {k:?} is not a shell variable name"
+                )));
             }
         }
         Ok(())
@@ -338,9 +381,15 @@ impl TestHost {
 
 /// Guest paths are absolute, without `..`, newlines or NULs.
 fn check_guest_path(what: &str, p: &str) -> Result<(), TestHostError> {
-    let bad = !p.starts_with('/') || p == "/" || p.contains('\n') || p.contains('\0') || p.split('/').any(|c| c == "..");
+    let bad = !p.starts_with('/')
+        || p == "/"
+        || p.contains('\n')
+        || p.contains('\0')
+        || p.split('/').any(|c| c == "..");
     if bad {
-        return Err(TestHostError::Usage(format!("{what} {p:?} must be an absolute path other than / without `..` or newlines")));
+        return Err(TestHostError::Usage(format!(
+            "{what} {p:?} must be an absolute path other than / without `..` or newlines"
+        )));
     }
     Ok(())
 }

@@ -30,7 +30,11 @@ pub const FROZEN_AFTER: Duration = Duration::from_secs(30);
 /// emulated CPU's timer never firing).
 const FIRST_BEAT_WITHIN: Duration = Duration::from_secs(90);
 
-pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Output, TestHostError> {
+pub fn run(
+    th: &TestHost,
+    argv: &[&str],
+    sink: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<Output, TestHostError> {
     let started = Instant::now();
     let assets = assets::prepare(&mut |m| eprintln!("testhost: {m}"))?;
     let work = tempfile::Builder::new()
@@ -44,7 +48,8 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
     let mut sockets = Vec::new();
     for (name, channel) in PORTS {
         let path = work.path().join(format!("{name}.sock"));
-        let listener = UnixListener::bind(&path).map_err(TestHostError::io(format!("bind {}", path.display())))?;
+        let listener = UnixListener::bind(&path)
+            .map_err(TestHostError::io(format!("bind {}", path.display())))?;
         let tx = tx.clone();
         std::thread::spawn(move || match listener.accept() {
             Ok((stream, _)) => spawn_reader(stream, channel, tx),
@@ -63,7 +68,10 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         .stderr(Stdio::piped())
         .spawn()
         .map_err(TestHostError::io("start qemu-system-x86_64"))?;
-    let qemu_stderr = child.stderr.take().map(|e| std::thread::spawn(move || std::io::read_to_string(e).unwrap_or_default()));
+    let qemu_stderr = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || std::io::read_to_string(e).unwrap_or_default()));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     {
         let tx = tx.clone();
@@ -86,7 +94,10 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         &rx,
         PORTS.len(),
         started + th.timeout,
-        Some(Heartbeat { first_within: FIRST_BEAT_WITHIN, silence: th.frozen_after }),
+        Some(Heartbeat {
+            first_within: FIRST_BEAT_WITHIN,
+            silence: th.frozen_after,
+        }),
         &mut || {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         },
@@ -102,8 +113,16 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         });
     }
     if gathered.timed_out {
-        let output = format!("{}{}", String::from_utf8_lossy(&gathered.stdout), String::from_utf8_lossy(&gathered.stderr));
-        return Err(TestHostError::Timeout { after: th.timeout, output: tail_lines(&output, 25), console: console_tail });
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&gathered.stdout),
+            String::from_utf8_lossy(&gathered.stderr)
+        );
+        return Err(TestHostError::Timeout {
+            after: th.timeout,
+            output: tail_lines(&output, 25),
+            console: console_tail,
+        });
     }
     let control = String::from_utf8_lossy(&gathered.control).into_owned();
     let status = match control.lines().last().map(str::trim) {
@@ -112,14 +131,24 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
     };
     let Some(status) = status else {
         if console_text.contains("Kernel panic") {
-            return Err(TestHostError::BrokeDown { why: "its kernel panicked".into(), console: console_tail, boots: 1 });
+            return Err(TestHostError::BrokeDown {
+                why: "its kernel panicked".into(),
+                console: console_tail,
+                boots: 1,
+            });
         }
         let qemu_err = qemu_stderr.and_then(|h| h.join().ok()).unwrap_or_default();
         // QEMU killed by a signal it did not get from us (an assertion's
         // abort, a crash): the emulator failed.
-        if let Some(signal) = gathered.exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)) {
+        if let Some(signal) = gathered
+            .exit
+            .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s))
+        {
             return Err(TestHostError::BrokeDown {
-                why: format!("QEMU died of signal {signal}: {}", tail_lines(qemu_err.trim(), 3)),
+                why: format!(
+                    "QEMU died of signal {signal}: {}",
+                    tail_lines(qemu_err.trim(), 3)
+                ),
                 console: console_tail,
                 boots: 1,
             });
@@ -127,10 +156,15 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
         let qemu_exit = gathered.exit.map(shell_status);
         let reason = match control.lines().last() {
             Some(l) if l.starts_with("error ") => Some(l[6..].to_string()),
-            _ if !qemu_err.trim().is_empty() => Some(format!("qemu (exit {qemu_exit:?}): {}", qemu_err.trim())),
+            _ if !qemu_err.trim().is_empty() => {
+                Some(format!("qemu (exit {qemu_exit:?}): {}", qemu_err.trim()))
+            }
             _ => None,
         };
-        return Err(TestHostError::NoStatus { reason, console: console_tail });
+        return Err(TestHostError::NoStatus {
+            reason,
+            console: console_tail,
+        });
     };
     if !th.collects.is_empty() {
         unpack_collected(th, &gathered.collect, work.path())?;
@@ -147,12 +181,22 @@ pub fn run(th: &TestHost, argv: &[&str], sink: &mut dyn FnMut(Stream, &[u8])) ->
 
 fn write_initrd(path: &Path, base: &Path, payload: &[u8]) -> Result<(), TestHostError> {
     let io = TestHostError::io(format!("write {}", path.display()));
-    let mut out = fs::File::create(path).map_err(TestHostError::io(format!("create {}", path.display())))?;
-    let mut base_file = fs::File::open(base).map_err(TestHostError::io(format!("open {}", base.display())))?;
-    std::io::copy(&mut base_file, &mut out).and_then(|_| out.write_all(payload)).map_err(io)
+    let mut out =
+        fs::File::create(path).map_err(TestHostError::io(format!("create {}", path.display())))?;
+    let mut base_file =
+        fs::File::open(base).map_err(TestHostError::io(format!("open {}", base.display())))?;
+    std::io::copy(&mut base_file, &mut out)
+        .and_then(|_| out.write_all(payload))
+        .map_err(io)
 }
 
-fn qemu_command(th: &TestHost, assets: &assets::Assets, initrd: &Path, console: &Path, sockets: &[PathBuf]) -> Command {
+fn qemu_command(
+    th: &TestHost,
+    assets: &assets::Assets,
+    initrd: &Path,
+    console: &Path,
+    sockets: &[PathBuf],
+) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max"])
         .args(["-smp", &th.cpus.to_string(), "-m", &th.memory_mib.to_string()])
@@ -173,7 +217,9 @@ fn qemu_command(th: &TestHost, assets: &assets::Assets, initrd: &Path, console: 
         c.arg("-chardev")
             .arg(format!("socket,id={name},path={}", sock.display()))
             .arg("-device")
-            .arg(format!("virtserialport,bus=vs.0,chardev={name},name=testhost.{name}"));
+            .arg(format!(
+                "virtserialport,bus=vs.0,chardev={name},name=testhost.{name}"
+            ));
     }
     // For debugging the emulated machine itself (a QEMU monitor socket, a
     // gdb stub): extra arguments, split on whitespace.
@@ -191,14 +237,28 @@ fn unpack_collected(th: &TestHost, tar_bytes: &[u8], work: &Path) -> Result<(), 
     // climb out of `dir`.
     let mut archive = tar::Archive::new(tar_bytes);
     archive.set_preserve_permissions(true);
-    archive.unpack(&dir).map_err(|e| TestHostError::Collect { guest: "(archive)".into(), why: e.to_string() })?;
+    archive.unpack(&dir).map_err(|e| TestHostError::Collect {
+        guest: "(archive)".into(),
+        why: e.to_string(),
+    })?;
     for (i, c) in th.collects.iter().enumerate() {
-        let base = c.guest.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        let base = c
+            .guest
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
         let got = dir.join(i.to_string()).join(base);
         if fs::symlink_metadata(&got).is_err() {
-            return Err(TestHostError::Collect { guest: c.guest.clone(), why: "not found in the test host".into() });
+            return Err(TestHostError::Collect {
+                guest: c.guest.clone(),
+                why: "not found in the test host".into(),
+            });
         }
-        super::direct::place(&got, &c.host).map_err(|e| TestHostError::Collect { guest: c.guest.clone(), why: e.to_string() })?;
+        super::direct::place(&got, &c.host).map_err(|e| TestHostError::Collect {
+            guest: c.guest.clone(),
+            why: e.to_string(),
+        })?;
     }
     Ok(())
 }

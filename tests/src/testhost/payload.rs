@@ -9,8 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bulkhead_images::initramfs::CpioWriter;
 use super::{shell_quote, TestHost, TestHostError, BINARIES_DIR};
+use bulkhead_images::initramfs::CpioWriter;
 
 /// Binaries of the workspace the test host carries: (dir under the target
 /// dir, name). The agent, the VMM and the jailer are the static builds
@@ -30,7 +30,9 @@ fn target_dir_of(exe: &Path) -> Option<PathBuf> {
     if dir.file_name()? == "deps" {
         dir = dir.parent()?;
     }
-    (dir.file_name()? == "release").then(|| dir.parent().map(Path::to_path_buf)).flatten()
+    (dir.file_name()? == "release")
+        .then(|| dir.parent().map(Path::to_path_buf))
+        .flatten()
 }
 
 /// Where the workspace's built binaries are.
@@ -50,9 +52,15 @@ impl WorkspaceBinaries {
         let dir = std::env::var_os("CARGO_TARGET_DIR")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::current_exe().ok().and_then(|exe| target_dir_of(&exe)))
+            .or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| target_dir_of(&exe))
+            })
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        Self { target_dir: Some(dir) }
+        Self {
+            target_dir: Some(dir),
+        }
     }
 
     pub fn none() -> Self {
@@ -62,7 +70,9 @@ impl WorkspaceBinaries {
     /// The binaries that are built, as (name, path); an error if one is
     /// older than a source file it was built from.
     pub fn present(&self) -> Result<Vec<(String, PathBuf)>, TestHostError> {
-        let Some(target) = &self.target_dir else { return Ok(Vec::new()) };
+        let Some(target) = &self.target_dir else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for (dir, name) in WORKSPACE_BINARIES {
             let bin = target.join(dir).join(name);
@@ -77,14 +87,22 @@ impl WorkspaceBinaries {
 
     /// The built, fresh binary `name` (one of the workspace's binaries).
     pub fn path(&self, name: &str) -> Result<PathBuf, TestHostError> {
-        let target = self.target_dir.as_ref().ok_or_else(|| TestHostError::Usage("no target dir".into()))?;
+        let target = self
+            .target_dir
+            .as_ref()
+            .ok_or_else(|| TestHostError::Usage("no target dir".into()))?;
         let (dir, _) = WORKSPACE_BINARIES
             .iter()
             .find(|(_, n)| *n == name)
-            .ok_or_else(|| TestHostError::Usage(format!("{name} is not one of the workspace binaries")))?;
+            .ok_or_else(|| {
+                TestHostError::Usage(format!("{name} is not one of the workspace binaries"))
+            })?;
         let bin = target.join(dir).join(name);
         if !bin.is_file() {
-            return Err(TestHostError::Usage(format!("{} is not built: run `make build`", bin.display())));
+            return Err(TestHostError::Usage(format!(
+                "{} is not built: run `make build`",
+                bin.display()
+            )));
         }
         check_fresh(&bin, &target.join(dir).join(format!("{name}.d")))?;
         Ok(bin)
@@ -92,8 +110,13 @@ impl WorkspaceBinaries {
 
     /// The directories the binaries are built into (PATH in direct mode).
     pub fn dirs(&self) -> Vec<PathBuf> {
-        let Some(target) = &self.target_dir else { return Vec::new() };
-        let mut dirs: Vec<PathBuf> = WORKSPACE_BINARIES.iter().map(|(d, _)| target.join(d)).collect();
+        let Some(target) = &self.target_dir else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = WORKSPACE_BINARIES
+            .iter()
+            .map(|(d, _)| target.join(d))
+            .collect();
         dirs.dedup();
         dirs
     }
@@ -101,9 +124,15 @@ impl WorkspaceBinaries {
 
 /// Compares `bin` with every source listed in Cargo's dep-info file.
 fn check_fresh(bin: &Path, dep_info: &Path) -> Result<(), TestHostError> {
-    let built = fs::metadata(bin).and_then(|m| m.modified()).map_err(TestHostError::io(format!("stat {}", bin.display())))?;
+    let built = fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .map_err(TestHostError::io(format!("stat {}", bin.display())))?;
     let text = fs::read_to_string(dep_info).map_err(|e| TestHostError::Io {
-        what: format!("{} has no dep-info ({}), so its freshness cannot be checked", bin.display(), dep_info.display()),
+        what: format!(
+            "{} has no dep-info ({}), so its freshness cannot be checked",
+            bin.display(),
+            dep_info.display()
+        ),
         source: e,
     })?;
     for src in dep_info_sources(&text) {
@@ -113,7 +142,10 @@ fn check_fresh(bin: &Path, dep_info: &Path) -> Result<(), TestHostError> {
             Err(_) => true,
         };
         if newer {
-            return Err(TestHostError::StaleBinary { binary: bin.to_path_buf(), source_file: src });
+            return Err(TestHostError::StaleBinary {
+                binary: bin.to_path_buf(),
+                source_file: src,
+            });
         }
     }
     Ok(())
@@ -121,8 +153,12 @@ fn check_fresh(bin: &Path, dep_info: &Path) -> Result<(), TestHostError> {
 
 /// The prerequisites of the first rule of a Makefile-style dep-info file.
 fn dep_info_sources(text: &str) -> Vec<PathBuf> {
-    let Some(first) = text.lines().next() else { return Vec::new() };
-    let Some((_, deps)) = split_rule(first) else { return Vec::new() };
+    let Some(first) = text.lines().next() else {
+        return Vec::new();
+    };
+    let Some((_, deps)) = split_rule(first) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = deps.chars();
@@ -160,7 +196,10 @@ pub fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>, TestHostError> {
     if !is_elf(bin) {
         return Ok(Vec::new());
     }
-    let out = Command::new("ldd").arg(bin).output().map_err(TestHostError::io("run ldd"))?;
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map_err(TestHostError::io("run ldd"))?;
     // ldd exits 1 for static binaries ("not a dynamic executable").
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(parse_ldd(&text))
@@ -181,7 +220,10 @@ fn parse_ldd(text: &str) -> Vec<PathBuf> {
 
 fn is_elf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
 }
 
 /// The per-run archive appended to the base initramfs.
@@ -191,21 +233,36 @@ pub fn build(th: &TestHost, argv: &[&str]) -> Result<Vec<u8>, TestHostError> {
     let mut libs = BTreeSet::new();
 
     for (name, bin) in th.binaries.present()? {
-        w.host_file(&format!("{BINARIES_DIR}/{name}"), 0o755, &bin).map_err(io(&name))?;
+        w.host_file(&format!("{BINARIES_DIR}/{name}"), 0o755, &bin)
+            .map_err(io(&name))?;
         libs.extend(shared_libs(&bin)?);
     }
     for stage in &th.stages {
         add_tree(&mut w, &stage.src, &stage.dst, &mut libs)?;
     }
     for lib in &libs {
-        let guest = lib.to_str().ok_or_else(|| TestHostError::Usage(format!("library path {} is not UTF-8", lib.display())))?;
+        let guest = lib.to_str().ok_or_else(|| {
+            TestHostError::Usage(format!("library path {} is not UTF-8", lib.display()))
+        })?;
         w.host_file(guest, 0o755, lib).map_err(io(guest))?;
     }
 
-    w.file("/testhost/cmd.sh", 0o644, command_script(th, argv).as_bytes()).map_err(io("cmd.sh"))?;
-    w.file("/testhost/stdin", 0o644, &th.stdin).map_err(io("stdin"))?;
-    let collect: String = th.collects.iter().enumerate().map(|(i, c)| format!("{i} {}\n", c.guest)).collect();
-    w.file("/testhost/collect", 0o644, collect.as_bytes()).map_err(io("collect list"))?;
+    w.file(
+        "/testhost/cmd.sh",
+        0o644,
+        command_script(th, argv).as_bytes(),
+    )
+    .map_err(io("cmd.sh"))?;
+    w.file("/testhost/stdin", 0o644, &th.stdin)
+        .map_err(io("stdin"))?;
+    let collect: String = th
+        .collects
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{i} {}\n", c.guest))
+        .collect();
+    w.file("/testhost/collect", 0o644, collect.as_bytes())
+        .map_err(io("collect list"))?;
     w.finish().map_err(io("finish"))
 }
 
@@ -227,7 +284,12 @@ fn command_script(th: &TestHost, argv: &[&str]) -> String {
 
 /// Adds a host file or directory tree at `dst`. The top is followed if it is
 /// a symlink; symlinks inside directories stay symlinks.
-fn add_tree<W: Write>(w: &mut CpioWriter<W>, src: &Path, dst: &str, libs: &mut BTreeSet<PathBuf>) -> Result<(), TestHostError> {
+fn add_tree<W: Write>(
+    w: &mut CpioWriter<W>,
+    src: &Path,
+    dst: &str,
+    libs: &mut BTreeSet<PathBuf>,
+) -> Result<(), TestHostError> {
     let meta = fs::metadata(src).map_err(TestHostError::io(format!("stage {}", src.display())))?;
     add_entry(w, src, dst, &meta, libs)
 }
@@ -243,7 +305,8 @@ fn add_entry<W: Write>(
     let mode = meta.permissions().mode() & 0o7777;
     if meta.file_type().is_symlink() {
         let target = fs::read_link(src).map_err(io(format!("readlink {}", src.display())))?;
-        w.symlink(dst, &target.to_string_lossy()).map_err(io(format!("stage {dst}")))?;
+        w.symlink(dst, &target.to_string_lossy())
+            .map_err(io(format!("stage {dst}")))?;
     } else if meta.is_dir() {
         w.dir(dst, mode).map_err(io(format!("stage {dst}")))?;
         let mut entries: Vec<_> = fs::read_dir(src)
@@ -253,15 +316,19 @@ fn add_entry<W: Write>(
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name();
-            let name = name.to_str().ok_or_else(|| TestHostError::Usage(format!("{}: file name is not UTF-8", e.path().display())))?;
-            let child_meta = fs::symlink_metadata(e.path()).map_err(io(format!("stat {}", e.path().display())))?;
+            let name = name.to_str().ok_or_else(|| {
+                TestHostError::Usage(format!("{}: file name is not UTF-8", e.path().display()))
+            })?;
+            let child_meta = fs::symlink_metadata(e.path())
+                .map_err(io(format!("stat {}", e.path().display())))?;
             add_entry(w, &e.path(), &format!("{dst}/{name}"), &child_meta, libs)?;
         }
     } else if meta.is_file() {
         if mode & 0o111 != 0 {
             libs.extend(shared_libs(src)?);
         }
-        w.host_file(dst, mode, src).map_err(io(format!("stage {dst}")))?;
+        w.host_file(dst, mode, src)
+            .map_err(io(format!("stage {dst}")))?;
     } else {
         return Err(TestHostError::Usage(format!(
             "stage {}: only files, directories and symlinks can be staged (mode {:o})",
@@ -278,16 +345,31 @@ mod tests {
 
     #[test]
     fn target_dir_comes_from_where_the_program_was_built() {
-        assert_eq!(target_dir_of(Path::new("/c/target/release/bulkhead-testhost")), Some(PathBuf::from("/c/target")));
-        assert_eq!(target_dir_of(Path::new("/c/target/release/deps/vmm_e2e-123")), Some(PathBuf::from("/c/target")));
-        assert_eq!(target_dir_of(Path::new("/usr/local/bin/bulkhead-testhost")), None);
+        assert_eq!(
+            target_dir_of(Path::new("/c/target/release/bulkhead-testhost")),
+            Some(PathBuf::from("/c/target"))
+        );
+        assert_eq!(
+            target_dir_of(Path::new("/c/target/release/deps/vmm_e2e-123")),
+            Some(PathBuf::from("/c/target"))
+        );
+        assert_eq!(
+            target_dir_of(Path::new("/usr/local/bin/bulkhead-testhost")),
+            None
+        );
         assert_eq!(target_dir_of(Path::new("/c/target/debug/deps/x")), None);
     }
 
     #[test]
     fn dep_info_sources_handle_escaped_spaces() {
         let text = "/t/release/x: /src/a.rs /src/my\\ dir/b.rs\n\n/src/a.rs:\n";
-        assert_eq!(dep_info_sources(text), vec![PathBuf::from("/src/a.rs"), PathBuf::from("/src/my dir/b.rs")]);
+        assert_eq!(
+            dep_info_sources(text),
+            vec![
+                PathBuf::from("/src/a.rs"),
+                PathBuf::from("/src/my dir/b.rs")
+            ]
+        );
         assert!(dep_info_sources("").is_empty());
         assert!(dep_info_sources("no rule here").is_empty());
     }
@@ -302,10 +384,28 @@ mod tests {
         fs::write(&src, "fn main(){}").unwrap();
         fs::write(&dep, format!("{}: {}\n", bin.display(), src.display())).unwrap();
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        fs::File::options().write(true).open(&bin).unwrap().set_modified(old).unwrap();
-        assert!(matches!(check_fresh(&bin, &dep), Err(TestHostError::StaleBinary { .. })));
-        fs::File::options().write(true).open(&bin).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
-        fs::File::options().write(true).open(&src).unwrap().set_modified(old).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&bin)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(matches!(
+            check_fresh(&bin, &dep),
+            Err(TestHostError::StaleBinary { .. })
+        ));
+        fs::File::options()
+            .write(true)
+            .open(&bin)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert!(check_fresh(&bin, &dep).is_ok());
         assert!(check_fresh(&bin, &dir.path().join("missing.d")).is_err());
     }
@@ -315,7 +415,10 @@ mod tests {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
         assert_eq!(
             parse_ldd(text),
-            vec![PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
         );
         assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
     }
@@ -324,6 +427,9 @@ mod tests {
     fn command_script_quotes_every_word() {
         let th = TestHost::new().unwrap().env("A", "x y");
         let s = command_script(&th, &["sh", "-c", "echo 'hi'; exit 7"]);
-        assert_eq!(s, "cd / || exit 125\nexport A='x y'\nexec 'sh' '-c' 'echo '\\''hi'\\''; exit 7'\n");
+        assert_eq!(
+            s,
+            "cd / || exit 125\nexport A='x y'\nexec 'sh' '-c' 'echo '\\''hi'\\''; exit 7'\n"
+        );
     }
 }

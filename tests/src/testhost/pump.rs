@@ -93,7 +93,11 @@ pub fn pump(
             Ok(Event::Data(ch, data)) => match ch {
                 Channel::Out(s) => {
                     sink(s, &data);
-                    if s == Stream::Stdout { g.stdout.extend(data) } else { g.stderr.extend(data) }
+                    if s == Stream::Stdout {
+                        g.stdout.extend(data)
+                    } else {
+                        g.stderr.extend(data)
+                    }
                 }
                 Channel::Control => g.control.extend(data),
                 Channel::Collect => g.collect.extend(data),
@@ -123,7 +127,12 @@ pub fn pump(
 /// Runs `child` to its end or `deadline`: its piped stdout and stderr stream
 /// through `sink`; at the deadline it is killed with SIGKILL (its whole
 /// process group when `group`, for a child started with `process_group(0)`).
-pub fn watch_child(mut child: std::process::Child, deadline: Instant, group: bool, sink: &mut dyn FnMut(Stream, &[u8])) -> Gathered {
+pub fn watch_child(
+    mut child: std::process::Child,
+    deadline: Instant,
+    group: bool,
+    sink: &mut dyn FnMut(Stream, &[u8]),
+) -> Gathered {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut channels = 0;
     if let Some(out) = child.stdout.take() {
@@ -141,7 +150,11 @@ pub fn watch_child(mut child: std::process::Child, deadline: Instant, group: boo
         }
     });
     let mut kill = || {
-        let _ = if group { nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL) } else { nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) };
+        let _ = if group {
+            nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL)
+        } else {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+        };
     };
     pump(&rx, channels, deadline, None, &mut kill, sink)
 }
@@ -149,7 +162,9 @@ pub fn watch_child(mut child: std::process::Child, deadline: Instant, group: boo
 /// 0-255 like a shell reports it: the code, or 128+N when killed by signal N.
 pub fn shell_status(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -166,38 +181,68 @@ mod tests {
         let killer = tx.clone();
         let mut kill = move || {
             killer.send(Event::Closed).unwrap();
-            killer.send(Event::Exited(std::os::unix::process::ExitStatusExt::from_raw(9))).unwrap();
+            killer
+                .send(Event::Exited(
+                    std::os::unix::process::ExitStatusExt::from_raw(9),
+                ))
+                .unwrap();
         };
-        pump(&rx, 1, Instant::now() + deadline, heartbeat, &mut kill, &mut |_, _| {})
+        pump(
+            &rx,
+            1,
+            Instant::now() + deadline,
+            heartbeat,
+            &mut kill,
+            &mut |_, _| {},
+        )
     }
 
     fn beats(first_within_ms: u64, silence_ms: u64) -> Option<Heartbeat> {
-        Some(Heartbeat { first_within: Duration::from_millis(first_within_ms), silence: Duration::from_millis(silence_ms) })
+        Some(Heartbeat {
+            first_within: Duration::from_millis(first_within_ms),
+            silence: Duration::from_millis(silence_ms),
+        })
     }
 
     #[test]
     fn silence_after_heartbeats_is_a_freeze() {
-        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n'])], Duration::from_secs(60), beats(60_000, 50));
+        let g = run(
+            vec![Event::Data(Channel::Heartbeat, vec![b'\n'])],
+            Duration::from_secs(60),
+            beats(60_000, 50),
+        );
         assert!(g.frozen && !g.timed_out);
     }
 
     #[test]
     fn no_first_beat_in_time_is_a_freeze() {
-        let g = run(vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())], Duration::from_secs(60), beats(50, 60_000));
+        let g = run(
+            vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())],
+            Duration::from_secs(60),
+            beats(50, 60_000),
+        );
         assert!(g.frozen && !g.timed_out);
         assert_eq!(g.stdout, b"x");
     }
 
     #[test]
     fn without_heartbeat_watch_only_the_deadline_counts() {
-        let g = run(vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())], Duration::from_millis(100), None);
+        let g = run(
+            vec![Event::Data(Channel::Out(Stream::Stdout), b"x".to_vec())],
+            Duration::from_millis(100),
+            None,
+        );
         assert!(g.timed_out && !g.frozen);
     }
 
     #[test]
     fn an_exit_ends_the_watch_for_heartbeats() {
         let exited = Event::Exited(std::os::unix::process::ExitStatusExt::from_raw(0));
-        let g = run(vec![Event::Data(Channel::Heartbeat, vec![b'\n']), exited], Duration::from_millis(200), beats(10, 10));
+        let g = run(
+            vec![Event::Data(Channel::Heartbeat, vec![b'\n']), exited],
+            Duration::from_millis(200),
+            beats(10, 10),
+        );
         // The channel stays open past the exit: the deadline ends it, not a freeze.
         assert!(!g.frozen && g.timed_out);
     }

@@ -20,7 +20,9 @@ pub enum Vendor {
 
 /// The vendor from leaf 0's signature.
 pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
-    let Some(l0) = entries.iter().find(|e| e.function == 0) else { return Vendor::Other };
+    let Some(l0) = entries.iter().find(|e| e.function == 0) else {
+        return Vendor::Other;
+    };
     let mut sig = [0u8; 12];
     sig[..4].copy_from_slice(&l0.ebx.to_le_bytes());
     sig[4..8].copy_from_slice(&l0.edx.to_le_bytes());
@@ -53,7 +55,8 @@ pub fn for_vcpu(supported: &[kvm_cpuid_entry2], cpu: u8, count: u8) -> Vec<kvm_c
         let mut e = *e;
         match e.function {
             0x1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((1 << core_bits).max(count) << 16);
+                e.ebx =
+                    (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((1 << core_bits).max(count) << 16);
                 // HTT: more than one logical processor in the package.
                 if count > 1 {
                     e.edx |= 1 << 28;
@@ -116,7 +119,11 @@ fn topology_leaf(leaf: u32, apic_id: u32, count: u32, core_bits: u32) -> [kvm_cp
         edx: apic_id,
         ..Default::default()
     };
-    [entry(0, 0, 1, 1), entry(1, core_bits, count, 2), entry(2, 0, 0, 0)]
+    [
+        entry(0, 0, 1, 1),
+        entry(1, core_bits, count, 2),
+        entry(2, 0, 0, 0),
+    ]
 }
 
 /// Parses recorded tables: one entry per line, `function index flags eax ebx
@@ -134,9 +141,22 @@ pub fn parse_recorded(text: &str) -> Result<Vec<kvm_cpuid_entry2>, String> {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("line {}: {e}", n + 1))?;
         let [function, index, flags, eax, ebx, ecx, edx] = v[..] else {
-            return Err(format!("line {}: expected 7 fields, got {}", n + 1, v.len()));
+            return Err(format!(
+                "line {}: expected 7 fields, got {}",
+                n + 1,
+                v.len()
+            ));
         };
-        out.push(kvm_cpuid_entry2 { function, index, flags, eax, ebx, ecx, edx, ..Default::default() });
+        out.push(kvm_cpuid_entry2 {
+            function,
+            index,
+            flags,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        });
     }
     Ok(out)
 }
@@ -145,7 +165,12 @@ pub fn parse_recorded(text: &str) -> Result<Vec<kvm_cpuid_entry2>, String> {
 pub fn render(entries: &[kvm_cpuid_entry2]) -> String {
     entries
         .iter()
-        .map(|e| format!("{:08x} {:08x} {:x} {:08x} {:08x} {:08x} {:08x}\n", e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx))
+        .map(|e| {
+            format!(
+                "{:08x} {:08x} {:x} {:08x} {:08x} {:08x} {:08x}\n",
+                e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx
+            )
+        })
         .collect()
 }
 
@@ -157,7 +182,10 @@ mod tests {
     const AMD: &str = include_str!("../../tests/data/cpuid-amd.txt");
 
     fn leaf(entries: &[kvm_cpuid_entry2], f: u32, i: u32) -> Option<kvm_cpuid_entry2> {
-        entries.iter().find(|e| e.function == f && e.index == i).copied()
+        entries
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .copied()
     }
 
     fn check_common(supported: &[kvm_cpuid_entry2], count: u8) {
@@ -165,11 +193,17 @@ mod tests {
             let c = for_vcpu(supported, cpu, count);
             let l1 = leaf(&c, 1, 0).unwrap();
             assert_eq!(l1.ebx >> 24, u32::from(cpu), "leaf 1 APIC ID");
-            assert!((l1.ebx >> 16) & 0xff >= u32::from(count), "leaf 1 logical count");
+            assert!(
+                (l1.ebx >> 16) & 0xff >= u32::from(count),
+                "leaf 1 logical count"
+            );
             assert_ne!(l1.ecx & (1 << 31), 0, "hypervisor bit");
             assert_eq!(l1.edx & (1 << 28) != 0, count > 1, "HTT");
             // Hypervisor leaves pass through untouched.
-            for h in supported.iter().filter(|e| (0x4000_0000..0x4000_0100).contains(&e.function)) {
+            for h in supported
+                .iter()
+                .filter(|e| (0x4000_0000..0x4000_0100).contains(&e.function))
+            {
                 assert_eq!(leaf(&c, h.function, h.index), Some(*h));
             }
             // Extended topology, when the host has it, names this CPU.
@@ -212,7 +246,11 @@ mod tests {
         if let Some(l) = leaf(&c, 0x8000_001e, 0) {
             assert_eq!(l.eax, 2, "extended APIC ID");
         }
-        assert_ne!(leaf(&c, 0x8000_0001, 0).unwrap().ecx & 2, 0, "CmpLegacy with 4 cores");
+        assert_ne!(
+            leaf(&c, 0x8000_0001, 0).unwrap().ecx & 2,
+            0,
+            "CmpLegacy with 4 cores"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msr
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::Entry;
-use crate::layout::{GDT_ADDR, PD_ADDR, PDPT_ADDR, PML4_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR};
+use crate::layout::{GDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
@@ -59,13 +59,26 @@ fn segment(entry: u64, index: u8) -> kvm_segment {
 
 /// GDT: null, code (32-bit for PVH, 64-bit otherwise), data, TSS.
 fn gdt(long_mode: bool) -> [u64; 4] {
-    let code = if long_mode { gdt_entry(0xa09b, 0, 0xfffff) } else { gdt_entry(0xc09b, 0, 0xfffff) };
-    [0, code, gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x808b, 0, 0xfffff)]
+    let code = if long_mode {
+        gdt_entry(0xa09b, 0, 0xfffff)
+    } else {
+        gdt_entry(0xc09b, 0, 0xfffff)
+    };
+    [
+        0,
+        code,
+        gdt_entry(0xc093, 0, 0xfffff),
+        gdt_entry(0x808b, 0, 0xfffff),
+    ]
 }
 
 /// Segments, control registers and (for the 64-bit entry) identity page
 /// tables for the first GiB. Writes the GDT and tables into `mem`.
-pub fn boot_sregs(mem: &GuestMemoryMmap, entry: &Entry, base: &kvm_sregs) -> Result<kvm_sregs, RegsError> {
+pub fn boot_sregs(
+    mem: &GuestMemoryMmap,
+    entry: &Entry,
+    base: &kvm_sregs,
+) -> Result<kvm_sregs, RegsError> {
     let long_mode = matches!(entry, Entry::Linux64 { .. });
     let table = gdt(long_mode);
     for (i, e) in table.iter().enumerate() {
@@ -89,7 +102,9 @@ pub fn boot_sregs(mem: &GuestMemoryMmap, entry: &Entry, base: &kvm_sregs) -> Res
         // PML4[0] -> PDPT, PDPT[0] -> PD, PD: 512 x 2 MiB pages.
         mem.write_obj(PDPT_ADDR | 0x03, GuestAddress(PML4_ADDR))?;
         mem.write_obj(PD_ADDR | 0x03, GuestAddress(PDPT_ADDR))?;
-        let pd: Vec<u8> = (0u64..512).flat_map(|i| ((i << 21) | 0x83).to_le_bytes()).collect();
+        let pd: Vec<u8> = (0u64..512)
+            .flat_map(|i| ((i << 21) | 0x83).to_le_bytes())
+            .collect();
         mem.write_slice(&pd, GuestAddress(PD_ADDR))?;
         s.cr3 = PML4_ADDR;
         s.cr4 |= X86_CR4_PAE;
@@ -106,15 +121,29 @@ pub fn boot_sregs(mem: &GuestMemoryMmap, entry: &Entry, base: &kvm_sregs) -> Res
 /// General registers at the entry point.
 pub fn boot_regs(entry: &Entry) -> kvm_regs {
     match entry {
-        Entry::Pvh(addr) => kvm_regs { rip: addr.0, rbx: PVH_INFO_ADDR, rflags: 0x2, ..Default::default() },
-        Entry::Linux64 { entry, .. } => {
-            kvm_regs { rip: entry.0, rsi: ZERO_PAGE_ADDR, rsp: BOOT_STACK, rbp: BOOT_STACK, rflags: 0x2, ..Default::default() }
-        }
+        Entry::Pvh(addr) => kvm_regs {
+            rip: addr.0,
+            rbx: PVH_INFO_ADDR,
+            rflags: 0x2,
+            ..Default::default()
+        },
+        Entry::Linux64 { entry, .. } => kvm_regs {
+            rip: entry.0,
+            rsi: ZERO_PAGE_ADDR,
+            rsp: BOOT_STACK,
+            rbp: BOOT_STACK,
+            rflags: 0x2,
+            ..Default::default()
+        },
     }
 }
 
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
@@ -148,7 +177,11 @@ pub fn boot_msrs() -> Result<Msrs, RegsError> {
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]
     .into_iter()
-    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
     .collect();
     Msrs::from_entries(&entries).map_err(|e| RegsError::Msrs(format!("{e:?}")))
 }
@@ -178,7 +211,17 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_the_segments_the_sdm_gives() {
         let code64 = segment(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!((code64.l, code64.db, code64.g, code64.present, code64.type_, code64.s), (1, 0, 1, 1, 0xb, 1));
+        assert_eq!(
+            (
+                code64.l,
+                code64.db,
+                code64.g,
+                code64.present,
+                code64.type_,
+                code64.s
+            ),
+            (1, 0, 1, 1, 0xb, 1)
+        );
         assert_eq!(code64.limit, 0xffff_ffff);
         assert_eq!(code64.selector, 8);
         let code32 = segment(gdt_entry(0xc09b, 0, 0xfffff), 1);
@@ -191,14 +234,29 @@ mod tests {
     #[test]
     fn long_mode_gets_identity_tables_and_pvh_does_not() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let lm = Entry::Linux64 { entry: GuestAddress(0x100_0000), header: None };
+        let lm = Entry::Linux64 {
+            entry: GuestAddress(0x100_0000),
+            header: None,
+        };
         let s = boot_sregs(&mem, &lm, &kvm_sregs::default()).unwrap();
         assert_eq!(s.cr3, PML4_ADDR);
         assert_ne!(s.efer & EFER_LMA, 0);
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(PD_ADDR + 8 * 511)).unwrap(), (511 << 21) | 0x83);
-        let pvh = boot_sregs(&mem, &Entry::Pvh(GuestAddress(0x100_0000)), &kvm_sregs::default()).unwrap();
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(PD_ADDR + 8 * 511))
+                .unwrap(),
+            (511 << 21) | 0x83
+        );
+        let pvh = boot_sregs(
+            &mem,
+            &Entry::Pvh(GuestAddress(0x100_0000)),
+            &kvm_sregs::default(),
+        )
+        .unwrap();
         assert_eq!((pvh.cr0 & X86_CR0_PG, pvh.efer, pvh.cs.db), (0, 0, 1));
-        assert_eq!(boot_regs(&Entry::Pvh(GuestAddress(0x1234))).rbx, PVH_INFO_ADDR);
+        assert_eq!(
+            boot_regs(&Entry::Pvh(GuestAddress(0x1234))).rbx,
+            PVH_INFO_ADDR
+        );
         assert_eq!(boot_regs(&lm).rsi, ZERO_PAGE_ADDR);
     }
 

@@ -13,19 +13,22 @@
 //! ACPI, each interrupt goes through the GSI mapping and just works.
 
 use acpi_tables::aml;
-use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::BootError;
 use crate::layout::{
-    ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_TABLES_END, IOAPIC_ADDR, IRQ_SERIAL, LAPIC_ADDR, PORT_ACPI_RESET, PORT_ACPI_SLEEP_CONTROL,
-    PORT_ACPI_SLEEP_STATUS, PORT_COM1, PORT_PVPANIC, RSDP_ADDR,
+    ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_TABLES_END, IOAPIC_ADDR, IRQ_SERIAL, LAPIC_ADDR,
+    PORT_ACPI_RESET, PORT_ACPI_SLEEP_CONTROL, PORT_ACPI_SLEEP_STATUS, PORT_COM1, PORT_PVPANIC,
+    RSDP_ADDR,
 };
 
 const OEM_ID: [u8; 6] = *b"BLKHD ";
@@ -48,7 +51,11 @@ pub struct MmioDevice {
 }
 
 /// The tables as bytes, each with the address it is written at.
-pub fn build(vcpus: u8, ioapic_id: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64, Vec<u8>)>, BootError> {
+pub fn build(
+    vcpus: u8,
+    ioapic_id: u8,
+    virtio: &[MmioDevice],
+) -> Result<Vec<(u64, Vec<u8>)>, BootError> {
     let mut next = RSDP_ADDR + Rsdp::len() as u64;
     let mut place = |len: usize| {
         let addr = (next + 7) & !7;
@@ -73,7 +80,12 @@ pub fn build(vcpus: u8, ioapic_id: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64
     let fadt = bytes_of(&fadt.finalize());
     let fadt_addr = place(fadt.len());
 
-    let mut madt = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_ADDR as u32));
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR as u32),
+    );
     for cpu in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
@@ -88,22 +100,45 @@ pub fn build(vcpus: u8, ioapic_id: u8, virtio: &[MmioDevice]) -> Result<Vec<(u64
     let xsdt_addr = place(xsdt.len());
 
     if next > ACPI_TABLES_END {
-        return Err(BootError::Tables(format!("ACPI tables end at {next:#x}, past {ACPI_TABLES_END:#x}")));
+        return Err(BootError::Tables(format!(
+            "ACPI tables end at {next:#x}, past {ACPI_TABLES_END:#x}"
+        )));
     }
     let rsdp = bytes_of(&Rsdp::new(OEM_ID, xsdt_addr));
-    Ok(vec![(RSDP_ADDR, rsdp), (dsdt_addr, dsdt), (fadt_addr, fadt), (madt_addr, madt), (xsdt_addr, xsdt)])
+    Ok(vec![
+        (RSDP_ADDR, rsdp),
+        (dsdt_addr, dsdt),
+        (fadt_addr, fadt),
+        (madt_addr, madt),
+        (xsdt_addr, xsdt),
+    ])
 }
 
 /// Writes the tables into guest memory.
-pub fn write(mem: &GuestMemoryMmap, vcpus: u8, ioapic_id: u8, virtio: &[MmioDevice]) -> Result<(), BootError> {
+pub fn write(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    ioapic_id: u8,
+    virtio: &[MmioDevice],
+) -> Result<(), BootError> {
     for (addr, bytes) in build(vcpus, ioapic_id, virtio)? {
-        mem.write_slice(&bytes, GuestAddress(addr)).map_err(|source| BootError::GuestMemory { what: "ACPI tables", source })?;
+        mem.write_slice(&bytes, GuestAddress(addr))
+            .map_err(|source| BootError::GuestMemory {
+                what: "ACPI tables",
+                source,
+            })?;
     }
     Ok(())
 }
 
 fn io_register(port: u16) -> GAS {
-    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port))
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
 }
 
 fn bytes_of(table: &dyn Aml) -> Vec<u8> {
@@ -116,7 +151,11 @@ fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, BootError> {
     let mut body = Vec::new();
     // \_S5: the SLP_TYP the guest writes to the sleep control register.
     let s5_type = ACPI_S5_SLEEP_TYPE;
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&s5_type, &0u8, &0u8, &0u8])).to_aml_bytes(&mut body);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&s5_type, &0u8, &0u8, &0u8]),
+    )
+    .to_aml_bytes(&mut body);
 
     let com1_hid = aml::EISAName::new("PNP0501");
     let com1_io = aml::IO::new(PORT_COM1, PORT_COM1, 1, 8);
@@ -124,7 +163,11 @@ fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, BootError> {
     let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
     aml::Device::new(
         "_SB_.COM1".into(),
-        vec![&aml::Name::new("_HID".into(), &com1_hid), &aml::Name::new("_UID".into(), &0u8), &aml::Name::new("_CRS".into(), &com1_crs)],
+        vec![
+            &aml::Name::new("_HID".into(), &com1_hid),
+            &aml::Name::new("_UID".into(), &0u8),
+            &aml::Name::new("_CRS".into(), &com1_crs),
+        ],
     )
     .to_aml_bytes(&mut body);
 
@@ -134,16 +177,25 @@ fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, BootError> {
     let pvpanic_crs = aml::ResourceTemplate::new(vec![&pvpanic_io]);
     aml::Device::new(
         "_SB_.PEVT".into(),
-        vec![&aml::Name::new("_HID".into(), &pvpanic_hid), &aml::Name::new("_UID".into(), &0u8), &aml::Name::new("_CRS".into(), &pvpanic_crs)],
+        vec![
+            &aml::Name::new("_HID".into(), &pvpanic_hid),
+            &aml::Name::new("_UID".into(), &0u8),
+            &aml::Name::new("_CRS".into(), &pvpanic_crs),
+        ],
     )
     .to_aml_bytes(&mut body);
 
     for (i, d) in virtio.iter().enumerate() {
         let (Ok(base), Ok(size)) = (u32::try_from(d.base), u32::try_from(d.size)) else {
-            return Err(BootError::Tables(format!("virtio-mmio window {:#x}+{:#x} is not below 4 GiB", d.base, d.size)));
+            return Err(BootError::Tables(format!(
+                "virtio-mmio window {:#x}+{:#x} is not below 4 GiB",
+                d.base, d.size
+            )));
         };
         if i > 0xfff {
-            return Err(BootError::Tables("too many virtio-mmio devices for ACPI names".into()));
+            return Err(BootError::Tables(
+                "too many virtio-mmio devices for ACPI names".into(),
+            ));
         }
         let hid: &'static str = "LNRO0005";
         let window = aml::Memory32Fixed::new(true, base, size);
@@ -152,7 +204,11 @@ fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, BootError> {
         let uid = i as u32;
         aml::Device::new(
             format!("_SB_.V{i:03X}").as_str().into(),
-            vec![&aml::Name::new("_HID".into(), &hid), &aml::Name::new("_UID".into(), &uid), &aml::Name::new("_CRS".into(), &crs)],
+            vec![
+                &aml::Name::new("_HID".into(), &hid),
+                &aml::Name::new("_UID".into(), &uid),
+                &aml::Name::new("_CRS".into(), &crs),
+            ],
         )
         .to_aml_bytes(&mut body);
     }
@@ -177,22 +233,42 @@ mod tests {
     #[test]
     fn tables_checksum_and_point_at_each_other() {
         let tables = build(2, 2, &[]).unwrap();
-        let find = |sig: &[u8]| tables.iter().find(|(_, b)| &b[..sig.len()] == sig).unwrap().clone();
+        let find = |sig: &[u8]| {
+            tables
+                .iter()
+                .find(|(_, b)| &b[..sig.len()] == sig)
+                .unwrap()
+                .clone()
+        };
         let (_, rsdp) = find(b"RSD PTR ");
         assert!(sums_to_zero(&rsdp[..20]) && sums_to_zero(&rsdp));
         let (xsdt_addr, xsdt) = find(b"XSDT");
-        assert_eq!(u64::from_le_bytes(rsdp[24..32].try_into().unwrap()), xsdt_addr);
+        assert_eq!(
+            u64::from_le_bytes(rsdp[24..32].try_into().unwrap()),
+            xsdt_addr
+        );
         for sig in [&b"XSDT"[..], b"FACP", b"APIC", b"DSDT"] {
             let (_, t) = find(sig);
             assert!(sums_to_zero(&t), "{}", String::from_utf8_lossy(sig));
-            assert_eq!(u32_at(&t, 4) as usize, t.len(), "{}", String::from_utf8_lossy(sig));
+            assert_eq!(
+                u32_at(&t, 4) as usize,
+                t.len(),
+                "{}",
+                String::from_utf8_lossy(sig)
+            );
         }
-        let entries: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let entries: Vec<u64> = xsdt[36..]
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let (fadt_addr, fadt) = find(b"FACP");
         let (madt_addr, madt) = find(b"APIC");
         assert_eq!(entries, vec![fadt_addr, madt_addr]);
         let (dsdt_addr, _) = find(b"DSDT");
-        assert_eq!(u64::from_le_bytes(fadt[140..148].try_into().unwrap()), dsdt_addr); // X_DSDT
+        assert_eq!(
+            u64::from_le_bytes(fadt[140..148].try_into().unwrap()),
+            dsdt_addr
+        ); // X_DSDT
         assert_ne!(u32_at(&fadt, 112) & (1 << 20), 0, "HW_REDUCED_ACPI");
         // MADT: header (44) + 2 LAPICs (8 each) + IOAPIC (12).
         assert_eq!(madt.len(), 44 + 16 + 12);
@@ -203,19 +279,41 @@ mod tests {
 
     #[test]
     fn dsdt_names_the_devices_and_s5() {
-        let virtio = [MmioDevice { base: 0xd000_0000, size: 0x1000, irq: 5 }, MmioDevice { base: 0xd000_1000, size: 0x1000, irq: 6 }];
+        let virtio = [
+            MmioDevice {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            },
+            MmioDevice {
+                base: 0xd000_1000,
+                size: 0x1000,
+                irq: 6,
+            },
+        ];
         let d = dsdt(&virtio).unwrap();
         let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"_S5_") && has(b"COM1") && has(b"PEVT") && has(b"QEMU0001"));
         assert!(has(b"V000") && has(b"V001") && has(b"LNRO0005"));
         // Memory32Fixed descriptor (0x86) with the second window's base.
         assert!(has(&[0x86, 9, 0, 1, 0x00, 0x10, 0x00, 0xd0]));
-        assert!(dsdt(&[MmioDevice { base: 1 << 32, size: 0x1000, irq: 5 }]).is_err());
+        assert!(dsdt(&[MmioDevice {
+            base: 1 << 32,
+            size: 0x1000,
+            irq: 5
+        }])
+        .is_err());
     }
 
     #[test]
     fn the_most_vcpus_fit() {
-        let virtio: Vec<MmioDevice> = (0..10).map(|i| MmioDevice { base: 0xd000_0000 + i * 0x1000, size: 0x1000, irq: 5 }).collect();
+        let virtio: Vec<MmioDevice> = (0..10)
+            .map(|i| MmioDevice {
+                base: 0xd000_0000 + i * 0x1000,
+                size: 0x1000,
+                irq: 5,
+            })
+            .collect();
         build(crate::config::MAX_VCPUS, crate::config::MAX_VCPUS, &virtio).unwrap();
     }
 }

@@ -18,19 +18,32 @@ use crate::layout::{CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, MMIO_HOLE_START};
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("open {path}: {source}")]
-    Open { path: String, source: std::io::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("kernel {path}: neither a loadable x86_64 ELF vmlinux nor a bzImage (ELF: {elf}; bzImage: {bzimage})")]
-    KernelFormat { path: String, elf: String, bzimage: String },
+    KernelFormat {
+        path: String,
+        elf: String,
+        bzimage: String,
+    },
     #[error("initrd {path}: {size} bytes do not fit in guest memory above the kernel (below {limit:#x})")]
     InitrdTooBig { path: String, size: u64, limit: u64 },
     #[error("initrd {path}: {source}")]
-    InitrdRead { path: String, source: std::io::Error },
+    InitrdRead {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("kernel command line is {len} bytes; the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
     #[error("writing {what} into guest memory: {source}")]
-    GuestMemory { what: &'static str, source: vm_memory::GuestMemoryError },
+    GuestMemory {
+        what: &'static str,
+        source: vm_memory::GuestMemoryError,
+    },
     #[error("{0}")]
     Tables(String),
 }
@@ -41,7 +54,10 @@ pub enum Entry {
     /// PVH: 32-bit protected mode, paging off, `%ebx` = start_info.
     Pvh(GuestAddress),
     /// 64-bit Linux boot protocol: long mode, `%rsi` = zero page.
-    Linux64 { entry: GuestAddress, header: Option<setup_header> },
+    Linux64 {
+        entry: GuestAddress,
+        header: Option<setup_header>,
+    },
 }
 
 /// A loaded kernel.
@@ -55,25 +71,43 @@ pub struct LoadedKernel {
 /// Loads `path` into guest memory: ELF (with its PVH entry when the Xen PVH
 /// note is there, else the 64-bit entry) or bzImage.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
-    let open = || File::open(path).map_err(|source| BootError::Open { path: path.display().to_string(), source });
+    let open = || {
+        File::open(path).map_err(|source| BootError::Open {
+            path: path.display().to_string(),
+            source,
+        })
+    };
     let himem = Some(GuestAddress(HIMEM_START));
     let elf_err = match Elf::load(mem, None, &mut open()?, himem) {
         Ok(r) => {
             let entry = match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(addr) => Entry::Pvh(addr),
-                _ => Entry::Linux64 { entry: r.kernel_load, header: None },
+                _ => Entry::Linux64 {
+                    entry: r.kernel_load,
+                    header: None,
+                },
             };
-            return Ok(LoadedKernel { entry, end: r.kernel_end });
+            return Ok(LoadedKernel {
+                entry,
+                end: r.kernel_end,
+            });
         }
         Err(e) => e,
     };
     match BzImage::load(mem, None, &mut open()?, himem) {
         Ok(r) => Ok(LoadedKernel {
             // The 64-bit entry is 0x200 past the protected-mode code start.
-            entry: Entry::Linux64 { entry: GuestAddress(r.kernel_load.0 + 0x200), header: r.setup_header },
+            entry: Entry::Linux64 {
+                entry: GuestAddress(r.kernel_load.0 + 0x200),
+                header: r.setup_header,
+            },
             end: r.kernel_end,
         }),
-        Err(bz_err) => Err(BootError::KernelFormat { path: path.display().to_string(), elf: elf_err.to_string(), bzimage: bz_err.to_string() }),
+        Err(bz_err) => Err(BootError::KernelFormat {
+            path: path.display().to_string(),
+            elf: elf_err.to_string(),
+            bzimage: bz_err.to_string(),
+        }),
     }
 }
 
@@ -86,19 +120,52 @@ pub struct LoadedInitrd {
 
 /// Loads the initrd as high as possible in low memory (below `addr_max`),
 /// page-aligned and above the kernel.
-pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64, addr_max: u64) -> Result<LoadedInitrd, BootError> {
-    let file = File::open(path).map_err(|source| BootError::Open { path: path.display().to_string(), source })?;
-    let size = file.metadata().map_err(|source| BootError::InitrdRead { path: path.display().to_string(), source })?.len();
-    let low_end = mem.iter().next().map(|r| r.start_addr().0 + r.len()).unwrap_or(0).min(MMIO_HOLE_START);
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+    addr_max: u64,
+) -> Result<LoadedInitrd, BootError> {
+    let file = File::open(path).map_err(|source| BootError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let size = file
+        .metadata()
+        .map_err(|source| BootError::InitrdRead {
+            path: path.display().to_string(),
+            source,
+        })?
+        .len();
+    let low_end = mem
+        .iter()
+        .next()
+        .map(|r| r.start_addr().0 + r.len())
+        .unwrap_or(0)
+        .min(MMIO_HOLE_START);
     let limit = low_end.min(addr_max.saturating_add(1));
-    let addr = limit.checked_sub(size).map(|a| a & !0xfff).filter(|a| *a >= kernel_end);
+    let addr = limit
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|a| *a >= kernel_end);
     let Some(addr) = addr else {
-        return Err(BootError::InitrdTooBig { path: path.display().to_string(), size, limit });
+        return Err(BootError::InitrdTooBig {
+            path: path.display().to_string(),
+            size,
+            limit,
+        });
     };
     let mut file = file;
-    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig { path: path.display().to_string(), size, limit })?;
+    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig {
+        path: path.display().to_string(),
+        size,
+        limit,
+    })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
-        .map_err(|e| BootError::InitrdRead { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+        .map_err(|e| BootError::InitrdRead {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     Ok(LoadedInitrd { addr, size })
 }
 
@@ -124,7 +191,10 @@ pub fn build_cmdline(user: Option<&str>, extra: &[String]) -> Result<String, Boo
         return Err(BootError::CmdlineNul);
     }
     if line.len() + 1 > CMDLINE_MAX {
-        return Err(BootError::CmdlineTooLong { len: line.len(), max: CMDLINE_MAX - 1 });
+        return Err(BootError::CmdlineTooLong {
+            len: line.len(),
+            max: CMDLINE_MAX - 1,
+        });
     }
     Ok(line)
 }
@@ -136,7 +206,11 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k";
 pub fn write_cmdline(mem: &GuestMemoryMmap, line: &str) -> Result<(), BootError> {
     let mut bytes = line.as_bytes().to_vec();
     bytes.push(0);
-    mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR)).map_err(|source| BootError::GuestMemory { what: "command line", source })
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))
+        .map_err(|source| BootError::GuestMemory {
+            what: "command line",
+            source,
+        })
 }
 
 /// Where the kernel allows the initrd: its header's `initrd_addr_max`, or
@@ -144,7 +218,9 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, line: &str) -> Result<(), BootError>
 pub fn initrd_addr_max(entry: &Entry) -> u64 {
     match entry {
         Entry::Pvh(_) => u64::MAX,
-        Entry::Linux64 { header: Some(h), .. } if h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max),
+        Entry::Linux64 {
+            header: Some(h), ..
+        } if h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max),
         Entry::Linux64 { .. } => 0x37ff_ffff,
     }
 }
@@ -155,13 +231,28 @@ mod tests {
 
     #[test]
     fn cmdline_gets_panic_and_extras_once() {
-        let l = build_cmdline(Some("console=ttyS0"), &["virtio_mmio.device=4K@0xd0000000:5".into()]).unwrap();
-        assert_eq!(l, "console=ttyS0 panic=-1 pci=off virtio_mmio.device=4K@0xd0000000:5");
+        let l = build_cmdline(
+            Some("console=ttyS0"),
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            "console=ttyS0 panic=-1 pci=off virtio_mmio.device=4K@0xd0000000:5"
+        );
         let l = build_cmdline(Some("panic=5 quiet pci=nommconf"), &[]).unwrap();
         assert_eq!(l, "panic=5 quiet pci=nommconf");
-        assert!(build_cmdline(None, &[]).unwrap().starts_with(DEFAULT_CMDLINE));
-        assert!(matches!(build_cmdline(Some(&"x".repeat(3000)), &[]), Err(BootError::CmdlineTooLong { .. })));
-        assert!(matches!(build_cmdline(Some("a\0b"), &[]), Err(BootError::CmdlineNul)));
+        assert!(build_cmdline(None, &[])
+            .unwrap()
+            .starts_with(DEFAULT_CMDLINE));
+        assert!(matches!(
+            build_cmdline(Some(&"x".repeat(3000)), &[]),
+            Err(BootError::CmdlineTooLong { .. })
+        ));
+        assert!(matches!(
+            build_cmdline(Some("a\0b"), &[]),
+            Err(BootError::CmdlineNul)
+        ));
     }
 
     #[test]
@@ -177,18 +268,28 @@ mod tests {
         let r = load_initrd(&mem, &dir, 2 << 20, (16 << 20) - 1).unwrap();
         assert!(r.addr + r.size <= 16 << 20);
         // Does not fit above the kernel.
-        assert!(matches!(load_initrd(&mem, &dir, 64 << 20, u64::MAX), Err(BootError::InitrdTooBig { .. })));
+        assert!(matches!(
+            load_initrd(&mem, &dir, 64 << 20, u64::MAX),
+            Err(BootError::InitrdTooBig { .. })
+        ));
         std::fs::remove_file(&dir).unwrap();
     }
 
     #[test]
     fn garbage_is_neither_elf_nor_bzimage() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let path = std::env::temp_dir().join(format!("bulkhead-kernel-garbage-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("bulkhead-kernel-garbage-{}", std::process::id()));
         std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
-        assert!(matches!(load_kernel(&mem, &path), Err(BootError::KernelFormat { .. })));
+        assert!(matches!(
+            load_kernel(&mem, &path),
+            Err(BootError::KernelFormat { .. })
+        ));
         std::fs::write(&path, b"").unwrap();
-        assert!(matches!(load_kernel(&mem, &path), Err(BootError::KernelFormat { .. })));
+        assert!(matches!(
+            load_kernel(&mem, &path),
+            Err(BootError::KernelFormat { .. })
+        ));
         std::fs::remove_file(&path).unwrap();
     }
 }

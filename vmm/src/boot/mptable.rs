@@ -49,7 +49,11 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
     table.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     entries += 1;
     for pin in 0..IOAPIC_PINS as u8 {
-        let kind = if pin == 0 { INT_TYPE_EXTINT } else { INT_TYPE_INT };
+        let kind = if pin == 0 {
+            INT_TYPE_EXTINT
+        } else {
+            INT_TYPE_INT
+        };
         table.extend_from_slice(&[3, kind]);
         table.extend_from_slice(&INT_FLAGS_CONFORM.to_le_bytes());
         table.extend_from_slice(&[ISA_BUS_ID, pin, ioapic, pin]);
@@ -93,9 +97,16 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
 pub fn write(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), BootError> {
     let bytes = build(vcpus, EBDA_START);
     if EBDA_START + bytes.len() as u64 > RSDP_ADDR {
-        return Err(BootError::Tables(format!("MP table of {} bytes runs into the ACPI area", bytes.len())));
+        return Err(BootError::Tables(format!(
+            "MP table of {} bytes runs into the ACPI area",
+            bytes.len()
+        )));
     }
-    mem.write_slice(&bytes, GuestAddress(EBDA_START)).map_err(|source| BootError::GuestMemory { what: "MP table", source })
+    mem.write_slice(&bytes, GuestAddress(EBDA_START))
+        .map_err(|source| BootError::GuestMemory {
+            what: "MP table",
+            source,
+        })
 }
 
 /// The byte that makes `bytes` sum to zero.

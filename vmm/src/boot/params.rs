@@ -3,11 +3,16 @@
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{BootError, LoadedInitrd};
-use crate::layout::{CMDLINE_ADDR, EBDA_START, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, RSDP_ADDR, ZERO_PAGE_ADDR};
+use crate::layout::{
+    CMDLINE_ADDR, EBDA_START, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR,
+    RSDP_ADDR, ZERO_PAGE_ADDR,
+};
 
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
@@ -18,7 +23,10 @@ pub type E820Entry = (u64, u64, u32);
 /// The memory map: low RAM up to the EBDA, the BIOS area reserved (MP table,
 /// ACPI tables), then every RAM region from 1 MiB up.
 pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<E820Entry> {
-    let mut map = vec![(0, EBDA_START, E820_RAM), (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED)];
+    let mut map = vec![
+        (0, EBDA_START, E820_RAM),
+        (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+    ];
     for r in mem.iter() {
         let start = r.start_addr().0.max(HIMEM_START);
         let end = r.start_addr().0 + r.len();
@@ -56,17 +64,31 @@ pub fn write_zero_page(
     params.acpi_rsdp_addr = RSDP_ADDR;
     let map = e820_map(mem);
     if map.len() > params.e820_table.len() {
-        return Err(BootError::Tables(format!("{} E820 entries do not fit the zero page", map.len())));
+        return Err(BootError::Tables(format!(
+            "{} E820 entries do not fit the zero page",
+            map.len()
+        )));
     }
     for (slot, (addr, size, kind)) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry { addr: *addr, size: *size, r#type: *kind };
+        *slot = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *kind,
+        };
     }
     params.e820_entries = map.len() as u8;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR)).map_err(|source| BootError::GuestMemory { what: "zero page", source })
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+        .map_err(|source| BootError::GuestMemory {
+            what: "zero page",
+            source,
+        })
 }
 
 /// PVH `hvm_start_info` with the memory map and the initrd as module 0.
-pub fn write_pvh_start_info(mem: &GuestMemoryMmap, initrd: Option<LoadedInitrd>) -> Result<(), BootError> {
+pub fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    initrd: Option<LoadedInitrd>,
+) -> Result<(), BootError> {
     let mut info = hvm_start_info {
         magic: 0x336e_c578, // XEN_HVM_START_MAGIC_VALUE
         version: 1,
@@ -77,7 +99,12 @@ pub fn write_pvh_start_info(mem: &GuestMemoryMmap, initrd: Option<LoadedInitrd>)
     };
     let map: Vec<hvm_memmap_table_entry> = e820_map(mem)
         .into_iter()
-        .map(|(addr, size, kind)| hvm_memmap_table_entry { addr, size, type_: kind, reserved: 0 })
+        .map(|(addr, size, kind)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_: kind,
+            reserved: 0,
+        })
         .collect();
     info.memmap_entries = map.len() as u32;
     if initrd.is_some() {
@@ -87,10 +114,15 @@ pub fn write_pvh_start_info(mem: &GuestMemoryMmap, initrd: Option<LoadedInitrd>)
     let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
     params.set_sections(&map, GuestAddress(PVH_MEMMAP_ADDR));
     if let Some(i) = initrd {
-        let module = hvm_modlist_entry { paddr: i.addr, size: i.size, ..Default::default() };
+        let module = hvm_modlist_entry {
+            paddr: i.addr,
+            size: i.size,
+            ..Default::default()
+        };
         params.set_modules(&[module], GuestAddress(PVH_MODLIST_ADDR));
     }
-    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem).map_err(|e| BootError::Tables(format!("PVH start info: {e}")))
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
+        .map_err(|e| BootError::Tables(format!("PVH start info: {e}")))
 }
 
 #[cfg(test)]
@@ -102,14 +134,25 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 128 << 20)]).unwrap();
         assert_eq!(
             e820_map(&mem),
-            vec![(0, EBDA_START, E820_RAM), (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED), (HIMEM_START, (128 << 20) - HIMEM_START, E820_RAM)]
+            vec![
+                (0, EBDA_START, E820_RAM),
+                (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+                (HIMEM_START, (128 << 20) - HIMEM_START, E820_RAM)
+            ]
         );
     }
 
     #[test]
     fn pvh_start_info_is_readable_back() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
-        write_pvh_start_info(&mem, Some(LoadedInitrd { addr: 0x100_0000, size: 0x1000 })).unwrap();
+        write_pvh_start_info(
+            &mem,
+            Some(LoadedInitrd {
+                addr: 0x100_0000,
+                size: 0x1000,
+            }),
+        )
+        .unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
         assert_eq!(info.magic, 0x336e_c578);
         assert_eq!(info.memmap_entries, 3);

@@ -34,7 +34,11 @@ pub struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ranges: Vec<String> = self.entries.iter().map(|e| format!("{:#x}+{:#x}", e.start, e.len)).collect();
+        let ranges: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| format!("{:#x}+{:#x}", e.start, e.len))
+            .collect();
         f.debug_struct("Bus").field("ranges", &ranges).finish()
     }
 }
@@ -44,10 +48,19 @@ impl Bus {
         Self::default()
     }
 
-    pub fn insert(&mut self, device: Arc<Mutex<dyn BusDevice>>, start: u64, len: u64) -> Result<(), BusError> {
-        let end = start.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { start, len })?;
+    pub fn insert(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        start: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
+        let end = start
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadRange { start, len })?;
         let pos = self.entries.partition_point(|e| e.start < start);
-        let overlaps_prev = pos > 0 && self.entries[pos - 1].start + self.entries[pos - 1].len > start;
+        let overlaps_prev =
+            pos > 0 && self.entries[pos - 1].start + self.entries[pos - 1].len > start;
         let overlaps_next = pos < self.entries.len() && self.entries[pos].start < end;
         if overlaps_prev || overlaps_next {
             return Err(BusError::Overlap { start, len });
@@ -69,7 +82,10 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, offset)) => {
-                e.device.lock().unwrap_or_else(|p| p.into_inner()).read(offset, data);
+                e.device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -79,7 +95,10 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, offset)) => {
-                e.device.lock().unwrap_or_else(|p| p.into_inner()).write(offset, data);
+                e.device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -110,7 +129,8 @@ mod tests {
         let mut bus = Bus::new();
         let a = Arc::new(Mutex::new(Recorder::default()));
         bus.insert(a.clone(), 0x3f8, 8).unwrap();
-        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x60, 5).unwrap();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x60, 5)
+            .unwrap();
         let mut d = [0u8; 1];
         assert!(bus.read(0x3fa, &mut d));
         assert_eq!(d, [2]);
@@ -123,7 +143,8 @@ mod tests {
     #[test]
     fn accesses_that_straddle_the_end_miss() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x1000, 4).unwrap();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x1000, 4)
+            .unwrap();
         let mut d = [0xaau8; 4];
         assert!(!bus.read(0x1002, &mut d));
         assert_eq!(d, [0xaa; 4]);
@@ -135,11 +156,35 @@ mod tests {
         let mut bus = Bus::new();
         let dev = || -> Arc<Mutex<dyn BusDevice>> { Arc::new(Mutex::new(Recorder::default())) };
         bus.insert(dev(), 0x100, 0x10).unwrap();
-        assert_eq!(bus.insert(dev(), 0x10f, 1), Err(BusError::Overlap { start: 0x10f, len: 1 }));
-        assert_eq!(bus.insert(dev(), 0xf8, 9), Err(BusError::Overlap { start: 0xf8, len: 9 }));
+        assert_eq!(
+            bus.insert(dev(), 0x10f, 1),
+            Err(BusError::Overlap {
+                start: 0x10f,
+                len: 1
+            })
+        );
+        assert_eq!(
+            bus.insert(dev(), 0xf8, 9),
+            Err(BusError::Overlap {
+                start: 0xf8,
+                len: 9
+            })
+        );
         assert!(bus.insert(dev(), 0xf8, 8).is_ok());
         assert!(bus.insert(dev(), 0x110, 1).is_ok());
-        assert_eq!(bus.insert(dev(), 0x200, 0), Err(BusError::BadRange { start: 0x200, len: 0 }));
-        assert_eq!(bus.insert(dev(), u64::MAX, 2), Err(BusError::BadRange { start: u64::MAX, len: 2 }));
+        assert_eq!(
+            bus.insert(dev(), 0x200, 0),
+            Err(BusError::BadRange {
+                start: 0x200,
+                len: 0
+            })
+        );
+        assert_eq!(
+            bus.insert(dev(), u64::MAX, 2),
+            Err(BusError::BadRange {
+                start: u64::MAX,
+                len: 2
+            })
+        );
     }
 }

@@ -44,18 +44,27 @@ pub struct Ioapic {
 
 impl std::fmt::Debug for Ioapic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ioapic").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Ioapic")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Ioapic {
     pub fn new(id: u8, sink: Arc<dyn MsiSink>) -> Self {
-        Self { id, select: 0, entries: [ENTRY_MASKED; IOAPIC_PINS], sink }
+        Self {
+            id,
+            select: 0,
+            entries: [ENTRY_MASKED; IOAPIC_PINS],
+            sink,
+        }
     }
 
     /// Raises `pin` once. Masked or out-of-range pins drop the interrupt.
     pub fn service_irq(&self, pin: usize) -> bool {
-        let Some(entry) = self.entries.get(pin).copied() else { return false };
+        let Some(entry) = self.entries.get(pin).copied() else {
+            return false;
+        };
         if entry & ENTRY_MASKED != 0 {
             return false;
         }
@@ -104,7 +113,10 @@ pub fn entry_to_msi(entry: u64) -> Msi {
     let delivery_mode = ((entry >> 8) & 0x7) as u32;
     let dest_mode = (entry >> 11) & 1;
     let dest = (entry >> 56) & 0xff;
-    Msi { address: 0xfee0_0000 | (dest << 12) | (dest_mode << 2), data: vector | (delivery_mode << 8) }
+    Msi {
+        address: 0xfee0_0000 | (dest << 12) | (dest_mode << 2),
+        data: vector | (delivery_mode << 8),
+    }
 }
 
 impl BusDevice for Ioapic {
@@ -150,11 +162,17 @@ impl std::fmt::Debug for IrqLine {
 
 impl IrqLine {
     pub fn new(ioapic: Arc<Mutex<Ioapic>>, pin: u32) -> Self {
-        Self { ioapic, pin: pin as usize }
+        Self {
+            ioapic,
+            pin: pin as usize,
+        }
     }
 
     pub fn raise(&self) {
-        self.ioapic.lock().unwrap_or_else(|p| p.into_inner()).service_irq(self.pin);
+        self.ioapic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .service_irq(self.pin);
     }
 }
 
@@ -194,7 +212,13 @@ mod tests {
         assert!(!io.service_irq(4), "entries start masked");
         program(&mut io, 4, 0x31, 1 << 24); // vector 0x31, fixed, physical, dest 1
         assert!(io.service_irq(4));
-        assert_eq!(rec.0.lock().unwrap()[0], Msi { address: 0xfee0_1000, data: 0x31 });
+        assert_eq!(
+            rec.0.lock().unwrap()[0],
+            Msi {
+                address: 0xfee0_1000,
+                data: 0x31
+            }
+        );
         program(&mut io, 4, 0x31 | (1 << 16), 0);
         assert!(!io.service_irq(4));
         assert!(!io.service_irq(99), "pins past the end are ignored");

@@ -35,13 +35,17 @@ impl std::fmt::Debug for I8042 {
 
 impl I8042 {
     pub fn new(exit: Arc<ExitSignal>) -> Self {
-        Self { inner: I8042Device::new(ResetTrigger(exit)) }
+        Self {
+            inner: I8042Device::new(ResetTrigger(exit)),
+        }
     }
 }
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let v = u8::try_from(offset).map(|o| self.inner.read(o)).unwrap_or(0xff);
+        let v = u8::try_from(offset)
+            .map(|o| self.inner.read(o))
+            .unwrap_or(0xff);
         data.fill(v);
     }
 
@@ -79,7 +83,9 @@ impl BusDevice for AcpiPm {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&v) = data.first() else { return };
         match offset {
-            Self::SLEEP_CONTROL if v & Self::SLEEP_ENABLE != 0 && (v >> 2) & 0x7 == ACPI_S5_SLEEP_TYPE => {
+            Self::SLEEP_CONTROL
+                if v & Self::SLEEP_ENABLE != 0 && (v >> 2) & 0x7 == ACPI_S5_SLEEP_TYPE =>
+            {
                 self.exit.request(ExitReason::PowerOff)
             }
             Self::RESET if v == ACPI_RESET_VALUE => self.exit.request(ExitReason::Reset),
@@ -113,7 +119,10 @@ impl BusDevice for PvPanic {
     }
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
-        if data.first().is_some_and(|v| v & (Self::PANICKED | Self::CRASH_LOADED) != 0) {
+        if data
+            .first()
+            .is_some_and(|v| v & (Self::PANICKED | Self::CRASH_LOADED) != 0)
+        {
             self.exit.request(ExitReason::Panic);
         }
     }
@@ -160,7 +169,10 @@ mod tests {
         pm.write(AcpiPm::RESET, &[0x7]);
         pm.write(AcpiPm::SLEEP_CONTROL, &[]);
         assert_eq!(e.reason(), None);
-        pm.write(AcpiPm::SLEEP_CONTROL, &[(ACPI_S5_SLEEP_TYPE << 2) | (1 << 5)]);
+        pm.write(
+            AcpiPm::SLEEP_CONTROL,
+            &[(ACPI_S5_SLEEP_TYPE << 2) | (1 << 5)],
+        );
         assert_eq!(e.reason(), Some(ExitReason::PowerOff));
     }
 

@@ -21,21 +21,30 @@ pub struct SerialOutput {
 
 impl std::fmt::Debug for SerialOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SerialOutput").field("buffered", &self.buf.len()).finish()
+        f.debug_struct("SerialOutput")
+            .field("buffered", &self.buf.len())
+            .finish()
     }
 }
 
 impl SerialOutput {
     /// `None`: output is discarded.
     pub fn new(sink: Option<Box<dyn Write + Send>>) -> Self {
-        Self { sink, buf: Vec::new() }
+        Self {
+            sink,
+            buf: Vec::new(),
+        }
     }
 
     /// Writes out what is buffered. A sink that fails (closed pipe, full
     /// disk) is dropped: the guest keeps running without a console.
     pub fn flush_out(&mut self) {
         if let Some(sink) = &mut self.sink {
-            if sink.write_all(&self.buf).and_then(|_| sink.flush()).is_err() {
+            if sink
+                .write_all(&self.buf)
+                .and_then(|_| sink.flush())
+                .is_err()
+            {
                 self.sink = None;
             }
         }
@@ -76,7 +85,9 @@ impl std::fmt::Debug for SerialDevice {
 
 impl SerialDevice {
     pub fn new(irq: IrqLine, out: SerialOutput) -> Self {
-        Self { uart: Serial::new(irq, out) }
+        Self {
+            uart: Serial::new(irq, out),
+        }
     }
 
     /// Flushes buffered output (at VM exit).

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_enable_cap, kvm_msi, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_msi, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -15,7 +18,10 @@ pub enum VmError {
     #[error("open /dev/kvm: {0} (is KVM available and accessible to this user?)")]
     OpenKvm(kvm_ioctls::Error),
     #[error("{what}: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -37,24 +43,35 @@ impl Vm {
     pub fn new() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(TSS_ADDRESS).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        fd.set_identity_map_address(IDENTITY_MAP_ADDRESS).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         // Split irqchip: the LAPICs in the kernel, the IOAPIC here, no PIC
         // and no PIT. (A full in-kernel irqchip + PIT makes the first memory
         // slot change and VM teardown take milliseconds; see docs/DESIGN.md.)
-        let mut cap = kvm_enable_cap { cap: KVM_CAP_SPLIT_IRQCHIP, ..Default::default() };
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
         cap.args[0] = IOAPIC_PINS as u64;
-        fd.enable_cap(&cap).map_err(kvm_err("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
-        Ok(Self { kvm, fd: Arc::new(fd) })
+        fd.enable_cap(&cap)
+            .map_err(kvm_err("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
+        Ok(Self {
+            kvm,
+            fd: Arc::new(fd),
+        })
     }
 
     /// Registers every region of `mem` as a memory slot.
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
-            let host = mem.get_host_address(region.start_addr()).map_err(|_| VmError::Kvm {
-                what: "guest memory region has no host mapping",
-                source: kvm_ioctls::Error::new(libc::EINVAL),
-            })?;
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| VmError::Kvm {
+                    what: "guest memory region has no host mapping",
+                    source: kvm_ioctls::Error::new(libc::EINVAL),
+                })?;
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().0,
@@ -65,17 +82,22 @@ impl Vm {
             // SAFETY: the region is a live mmap owned by `mem`, which outlives
             // the VM (the builder keeps both until the process exits), and no
             // two slots overlap (GuestMemoryMmap refuses overlapping regions).
-            unsafe { self.fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { self.fd.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
         Ok(())
     }
 
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
-        self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
+        self.kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
     }
 
     pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd, VmError> {
-        self.fd.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))
+        self.fd
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))
     }
 
     pub fn kvm(&self) -> &Kvm {
@@ -93,7 +115,15 @@ struct KvmMsi(Arc<VmFd>);
 
 impl MsiSink for KvmMsi {
     fn send(&self, msi: Msi) -> std::io::Result<()> {
-        let m = kvm_msi { address_lo: msi.address as u32, address_hi: (msi.address >> 32) as u32, data: msi.data, ..Default::default() };
-        self.0.signal_msi(m).map(|_| ()).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        let m = kvm_msi {
+            address_lo: msi.address as u32,
+            address_hi: (msi.address >> 32) as u32,
+            data: msi.data,
+            ..Default::default()
+        };
+        self.0
+            .signal_msi(m)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
     }
 }

@@ -16,7 +16,10 @@ use std::path::Path;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{drain_queue, read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    drain_queue, read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -107,7 +110,10 @@ pub struct Backend {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("read_only", &self.read_only).field("size", &self.disk.size()).finish()
+        f.debug_struct("Backend")
+            .field("read_only", &self.read_only)
+            .field("size", &self.disk.size())
+            .finish()
     }
 }
 
@@ -119,7 +125,12 @@ impl Backend {
         for (d, s) in id_bytes.iter_mut().zip(id.bytes()) {
             *d = s;
         }
-        Self { disk, read_only, id: id_bytes, bounce: vec![0u8; BOUNCE] }
+        Self {
+            disk,
+            read_only,
+            id: id_bytes,
+            bounce: vec![0u8; BOUNCE],
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -127,21 +138,38 @@ impl Backend {
     }
 
     /// Runs one request chain.
-    pub fn process_request(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Completion {
-        let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
-            return Completion { status: None, used_len: 0 };
+    pub fn process_request(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> Completion {
+        let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem))
+        else {
+            return Completion {
+                status: None,
+                used_len: 0,
+            };
         };
         // The status byte is the last writable byte; without one there is no
         // way to answer, and the request is dropped.
         let Some(data_len) = writer.available_bytes().checked_sub(1) else {
-            return Completion { status: None, used_len: 0 };
+            return Completion {
+                status: None,
+                used_len: 0,
+            };
         };
         let Ok(mut status_writer) = writer.split_at(data_len) else {
-            return Completion { status: None, used_len: 0 };
+            return Completion {
+                status: None,
+                used_len: 0,
+            };
         };
         let (status, data_written) = self.execute(&mut reader, &mut writer);
         let ok = status_writer.write_all(&[status]).is_ok();
-        Completion { status: ok.then_some(status), used_len: (data_written + usize::from(ok)) as u32 }
+        Completion {
+            status: ok.then_some(status),
+            used_len: (data_written + usize::from(ok)) as u32,
+        }
     }
 
     /// (status, bytes written to the guest's data buffers)
@@ -155,7 +183,9 @@ impl Backend {
         match kind {
             T_IN => {
                 let len = writer.available_bytes() as u64;
-                let Some(offset) = checked_range(sector, len, self.disk.size()) else { return (S_IOERR, 0) };
+                let Some(offset) = checked_range(sector, len, self.disk.size()) else {
+                    return (S_IOERR, 0);
+                };
                 self.copy_from_disk(offset, len, writer)
             }
             T_OUT => {
@@ -163,10 +193,19 @@ impl Backend {
                     return (S_IOERR, 0);
                 }
                 let len = reader.available_bytes() as u64;
-                let Some(offset) = checked_range(sector, len, self.disk.size()) else { return (S_IOERR, 0) };
+                let Some(offset) = checked_range(sector, len, self.disk.size()) else {
+                    return (S_IOERR, 0);
+                };
                 (self.copy_to_disk(offset, len, reader), 0)
             }
-            T_FLUSH => (if self.disk.flush().is_ok() { S_OK } else { S_IOERR }, 0),
+            T_FLUSH => (
+                if self.disk.flush().is_ok() {
+                    S_OK
+                } else {
+                    S_IOERR
+                },
+                0,
+            ),
             T_GET_ID => {
                 let n = writer.available_bytes().min(ID_BYTES);
                 match writer.write_all(&self.id[..n]) {
@@ -227,9 +266,13 @@ impl MemDisk {
     }
 
     fn range(&self, offset: u64, len: usize) -> std::io::Result<std::ops::Range<usize>> {
-        let start = usize::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        let end = start.checked_add(len).filter(|e| *e <= self.size() as usize);
-        end.map(|e| start..e).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+        let start = usize::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= self.size() as usize);
+        end.map(|e| start..e)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
     }
 }
 
@@ -264,13 +307,21 @@ impl Block {
     pub fn new(disk: Box<dyn DiskBackend>, read_only: bool, id: &str) -> Self {
         let backend = Backend::new(disk, read_only, id);
         let capacity = backend.size() / SECTOR_SIZE;
-        Self { backend, config: capacity.to_le_bytes(), active: None }
+        Self {
+            backend,
+            config: capacity.to_le_bytes(),
+            active: None,
+        }
     }
 
     fn process_queue(&mut self) {
-        let Self { backend, active, .. } = self;
+        let Self {
+            backend, active, ..
+        } = self;
         if let Some(a) = active {
-            drain_queue(a, 0, |mem, chain| backend.process_request(mem, chain).used_len);
+            drain_queue(a, 0, |mem, chain| {
+                backend.process_request(mem, chain).used_len
+            });
         }
     }
 }
@@ -285,7 +336,14 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_BLK_F_FLUSH | if self.backend.read_only { VIRTIO_BLK_F_RO } else { 0 }
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_FLUSH
+            | if self.backend.read_only {
+                VIRTIO_BLK_F_RO
+            } else {
+                0
+            }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -309,9 +367,9 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::Queue;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::{Bytes, GuestAddress};
 
     const F_NEXT: u16 = 1;
@@ -333,14 +391,22 @@ mod tests {
     }
 
     /// Runs one chain made of `descs`.
-    fn run(mem: &GuestMemoryMmap, disk: &std::sync::Arc<MemDisk>, read_only: bool, descs: &[RawDescriptor]) -> Completion {
+    fn run(
+        mem: &GuestMemoryMmap,
+        disk: &std::sync::Arc<MemDisk>,
+        read_only: bool,
+        descs: &[RawDescriptor],
+    ) -> Completion {
         let vq = MockSplitQueue::new(mem, 16);
         let chain = vq.build_desc_chain(descs).unwrap();
-        Backend::new(Box::new(disk.clone()), read_only, "disk-id-0123456789ab").process_request(mem, chain)
+        Backend::new(Box::new(disk.clone()), read_only, "disk-id-0123456789ab")
+            .process_request(mem, chain)
     }
 
     fn disk(sectors: usize) -> std::sync::Arc<MemDisk> {
-        std::sync::Arc::new(MemDisk::new((0..sectors * 512).map(|i| (i / 512) as u8).collect()))
+        std::sync::Arc::new(MemDisk::new(
+            (0..sectors * 512).map(|i| (i / 512) as u8).collect(),
+        ))
     }
 
     #[test]
@@ -348,25 +414,76 @@ mod tests {
         let m = mem();
         let d = disk(8);
         header(&m, 0x4000, T_IN, 2);
-        let c = run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x5000, 1024, F_NEXT | F_WRITE), desc(0x6000, 1, F_WRITE)]);
-        assert_eq!(c, Completion { status: Some(S_OK), used_len: 1025 });
+        let c = run(
+            &m,
+            &d,
+            false,
+            &[
+                desc(0x4000, 16, F_NEXT),
+                desc(0x5000, 1024, F_NEXT | F_WRITE),
+                desc(0x6000, 1, F_WRITE),
+            ],
+        );
+        assert_eq!(
+            c,
+            Completion {
+                status: Some(S_OK),
+                used_len: 1025
+            }
+        );
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x5000)).unwrap(), 2);
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x5000 + 512)).unwrap(), 3);
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x6000)).unwrap(), S_OK);
 
         m.write_slice(&[0x77u8; 512], GuestAddress(0x7000)).unwrap();
         header(&m, 0x4000, T_OUT, 5);
-        let c = run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x7000, 512, F_NEXT), desc(0x6000, 1, F_WRITE)]);
+        let c = run(
+            &m,
+            &d,
+            false,
+            &[
+                desc(0x4000, 16, F_NEXT),
+                desc(0x7000, 512, F_NEXT),
+                desc(0x6000, 1, F_WRITE),
+            ],
+        );
         assert_eq!(c.status, Some(S_OK));
         assert_eq!(d.contents()[5 * 512], 0x77);
 
         header(&m, 0x4000, T_FLUSH, 0);
-        assert_eq!(run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x6000, 1, F_WRITE)]).status, Some(S_OK));
+        assert_eq!(
+            run(
+                &m,
+                &d,
+                false,
+                &[desc(0x4000, 16, F_NEXT), desc(0x6000, 1, F_WRITE)]
+            )
+            .status,
+            Some(S_OK)
+        );
 
         header(&m, 0x4000, T_GET_ID, 0);
-        let c = run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x5000, 20, F_NEXT | F_WRITE), desc(0x6000, 1, F_WRITE)]);
-        assert_eq!(c, Completion { status: Some(S_OK), used_len: 21 });
-        assert_eq!(&m.read_obj::<[u8; 7]>(GuestAddress(0x5000)).unwrap(), b"disk-id");
+        let c = run(
+            &m,
+            &d,
+            false,
+            &[
+                desc(0x4000, 16, F_NEXT),
+                desc(0x5000, 20, F_NEXT | F_WRITE),
+                desc(0x6000, 1, F_WRITE),
+            ],
+        );
+        assert_eq!(
+            c,
+            Completion {
+                status: Some(S_OK),
+                used_len: 21
+            }
+        );
+        assert_eq!(
+            &m.read_obj::<[u8; 7]>(GuestAddress(0x5000)).unwrap(),
+            b"disk-id"
+        );
     }
 
     #[test]
@@ -374,20 +491,42 @@ mod tests {
         let m = mem();
         let d = disk(4);
         for (kind, sector, len, ro) in [
-            (T_IN, 4, 512, false),          // past the end
-            (T_IN, 3, 1024, false),         // straddles the end
+            (T_IN, 4, 512, false),              // past the end
+            (T_IN, 3, 1024, false),             // straddles the end
             (T_IN, u64::MAX / 256, 512, false), // offset overflows
-            (T_IN, 0, 100, false),          // not whole sectors
-            (T_OUT, 0, 512, true),          // read-only disk
+            (T_IN, 0, 100, false),              // not whole sectors
+            (T_OUT, 0, 512, true),              // read-only disk
         ] {
             header(&m, 0x4000, kind, sector);
-            let flags = if kind == T_IN { F_NEXT | F_WRITE } else { F_NEXT };
-            let c = run(&m, &d, ro, &[desc(0x4000, 16, F_NEXT), desc(0x5000, len, flags), desc(0x6000, 1, F_WRITE)]);
+            let flags = if kind == T_IN {
+                F_NEXT | F_WRITE
+            } else {
+                F_NEXT
+            };
+            let c = run(
+                &m,
+                &d,
+                ro,
+                &[
+                    desc(0x4000, 16, F_NEXT),
+                    desc(0x5000, len, flags),
+                    desc(0x6000, 1, F_WRITE),
+                ],
+            );
             assert_eq!(c.status, Some(S_IOERR), "{kind} {sector} {len} {ro}");
         }
         assert_eq!(d.contents()[0], 0, "nothing written to the read-only disk");
         header(&m, 0x4000, 0x55, 0);
-        assert_eq!(run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x6000, 1, F_WRITE)]).status, Some(S_UNSUPP));
+        assert_eq!(
+            run(
+                &m,
+                &d,
+                false,
+                &[desc(0x4000, 16, F_NEXT), desc(0x6000, 1, F_WRITE)]
+            )
+            .status,
+            Some(S_UNSUPP)
+        );
     }
 
     #[test]
@@ -396,17 +535,55 @@ mod tests {
         let d = disk(4);
         header(&m, 0x4000, T_IN, 0);
         // No writable byte at all: nowhere to put a status.
-        assert_eq!(run(&m, &d, false, &[desc(0x4000, 16, 0)]), Completion { status: None, used_len: 0 });
+        assert_eq!(
+            run(&m, &d, false, &[desc(0x4000, 16, 0)]),
+            Completion {
+                status: None,
+                used_len: 0
+            }
+        );
         // Header too short.
-        assert_eq!(run(&m, &d, false, &[desc(0x4000, 8, F_NEXT), desc(0x6000, 1, F_WRITE)]).status, Some(S_IOERR));
+        assert_eq!(
+            run(
+                &m,
+                &d,
+                false,
+                &[desc(0x4000, 8, F_NEXT), desc(0x6000, 1, F_WRITE)]
+            )
+            .status,
+            Some(S_IOERR)
+        );
         // Buffers outside guest memory.
-        let c = run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0xfff_0000, 512, F_NEXT | F_WRITE), desc(0x6000, 1, F_WRITE)]);
+        let c = run(
+            &m,
+            &d,
+            false,
+            &[
+                desc(0x4000, 16, F_NEXT),
+                desc(0xfff_0000, 512, F_NEXT | F_WRITE),
+                desc(0x6000, 1, F_WRITE),
+            ],
+        );
         assert_eq!(c.status, None);
         // Status descriptor outside guest memory.
-        let c = run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x1_0000_0000, 1, F_WRITE)]);
+        let c = run(
+            &m,
+            &d,
+            false,
+            &[desc(0x4000, 16, F_NEXT), desc(0x1_0000_0000, 1, F_WRITE)],
+        );
         assert_eq!(c.status, None);
         // A huge length on a small disk: refused, nothing allocated.
-        let c = run(&m, &d, false, &[desc(0x4000, 16, F_NEXT), desc(0x5000, u32::MAX, F_NEXT | F_WRITE), desc(0x6000, 1, F_WRITE)]);
+        let c = run(
+            &m,
+            &d,
+            false,
+            &[
+                desc(0x4000, 16, F_NEXT),
+                desc(0x5000, u32::MAX, F_NEXT | F_WRITE),
+                desc(0x6000, 1, F_WRITE),
+            ],
+        );
         assert_eq!(c.status, None);
     }
 
@@ -418,11 +595,20 @@ mod tests {
         let mut blk = Block::new(Box::new(disk(4)), false, "x");
         header(&m, 0x4000, T_IN, 0);
         // Descriptor 0 points at itself; descriptor 1 loops back to 0.
-        let raw = |addr, len, flags, next| RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-        vq.add_desc_chains(&[raw(0x4000, 16, F_NEXT, 0)], 0).unwrap();
-        vq.add_desc_chains(&[raw(0x5000, 1, F_NEXT | F_WRITE, 0)], 1).unwrap();
+        let raw =
+            |addr, len, flags, next| RawDescriptor::from(Descriptor::new(addr, len, flags, next));
+        vq.add_desc_chains(&[raw(0x4000, 16, F_NEXT, 0)], 0)
+            .unwrap();
+        vq.add_desc_chains(&[raw(0x5000, 1, F_NEXT | F_WRITE, 0)], 1)
+            .unwrap();
         let q: Queue = vq.create_queue().unwrap();
-        blk.activate(Activation { mem: m.clone(), queues: vec![q], interrupt, features: VIRTIO_F_VERSION_1 }).unwrap();
+        blk.activate(Activation {
+            mem: m.clone(),
+            queues: vec![q],
+            interrupt,
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
         blk.queue_notify(0);
         // Both chains come back (failed, nothing written), and the loop ends.
         assert_eq!(vq.used().idx().load(), 2);
@@ -440,10 +626,25 @@ mod tests {
         blk.read_config(0, &mut cap);
         assert_eq!(u64::from_le_bytes(cap), 4);
         header(&m, 0x4000, T_IN, 1);
-        let linked = |addr, len, flags, next| RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-        vq.add_desc_chains(&[linked(0x4000, 16, F_NEXT, 1), linked(0x5000, 512, F_NEXT | F_WRITE, 2), linked(0x6000, 1, F_WRITE, 0)], 0).unwrap();
+        let linked =
+            |addr, len, flags, next| RawDescriptor::from(Descriptor::new(addr, len, flags, next));
+        vq.add_desc_chains(
+            &[
+                linked(0x4000, 16, F_NEXT, 1),
+                linked(0x5000, 512, F_NEXT | F_WRITE, 2),
+                linked(0x6000, 1, F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
         let q: Queue = vq.create_queue().unwrap();
-        blk.activate(Activation { mem: m.clone(), queues: vec![q], interrupt, features: VIRTIO_F_VERSION_1 }).unwrap();
+        blk.activate(Activation {
+            mem: m.clone(),
+            queues: vec![q],
+            interrupt,
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
         blk.queue_notify(0);
         assert_eq!(vq.used().idx().load(), 1);
         assert_eq!(*counter.0.lock().unwrap(), 1);

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::devices::BusDevice;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -78,7 +80,11 @@ impl std::fmt::Debug for MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, interrupt: Arc<VirtioInterrupt>) -> Self {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Self {
         let queues = Self::fresh_queues(device.as_ref());
         Self {
             device,
@@ -97,7 +103,14 @@ impl MmioTransport {
     fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
         // A max size of 0 or above 32768 is a bug in our device, not guest input;
         // fall back to a small valid size rather than panic.
-        device.queue_max_sizes().iter().map(|&max| Queue::new(max).unwrap_or_else(|_| Queue::new(256).expect("256 is a valid queue size"))).collect()
+        device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| {
+                Queue::new(max)
+                    .unwrap_or_else(|_| Queue::new(256).expect("256 is a valid queue size"))
+            })
+            .collect()
     }
 
     pub fn device(&mut self) -> &mut dyn VirtioDevice {
@@ -154,7 +167,9 @@ impl MmioTransport {
             let offered = self.device.features();
             // A legacy driver (no VERSION_1) or one acking features we did
             // not offer is not accepted: FEATURES_OK does not stick.
-            if self.driver_features & VIRTIO_F_VERSION_1 == 0 || self.driver_features & !offered != 0 {
+            if self.driver_features & VIRTIO_F_VERSION_1 == 0
+                || self.driver_features & !offered != 0
+            {
                 value &= !status::FEATURES_OK;
             }
         }
@@ -174,13 +189,19 @@ impl MmioTransport {
             self.fail();
             return;
         }
-        let mut queues = std::mem::replace(&mut self.queues, Self::fresh_queues(self.device.as_ref()));
+        let mut queues =
+            std::mem::replace(&mut self.queues, Self::fresh_queues(self.device.as_ref()));
         // Whatever the device, the rings follow the acked EVENT_IDX.
         let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
         for q in &mut queues {
             q.set_event_idx(event_idx);
         }
-        let activation = Activation { mem, queues, interrupt: self.interrupt.clone(), features: self.driver_features };
+        let activation = Activation {
+            mem,
+            queues,
+            interrupt: self.interrupt.clone(),
+            features: self.driver_features,
+        };
         match self.device.activate(activation) {
             Ok(()) => self.activated = true,
             Err(_) => self.fail(),
@@ -204,8 +225,14 @@ impl MmioTransport {
                 1 => (self.device.features() >> 32) as u32,
                 _ => 0,
             },
-            reg::QUEUE_NUM_MAX => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.max_size())),
-            reg::QUEUE_READY => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.ready())),
+            reg::QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => 0,
@@ -218,10 +245,18 @@ impl MmioTransport {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
             // Only between DRIVER and FEATURES_OK.
-            reg::DRIVER_FEATURES if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 => {
+            reg::DRIVER_FEATURES
+                if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 =>
+            {
                 match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
-                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32),
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
                     _ => {}
                 }
             }
@@ -238,12 +273,24 @@ impl MmioTransport {
                     q.set_ready(value == 1);
                 }
             }
-            reg::QUEUE_DESC_LOW => self.set_queue_address(|q, v| q.set_desc_table_address(Some(v), None), value),
-            reg::QUEUE_DESC_HIGH => self.set_queue_address(|q, v| q.set_desc_table_address(None, Some(v)), value),
-            reg::QUEUE_AVAIL_LOW => self.set_queue_address(|q, v| q.set_avail_ring_address(Some(v), None), value),
-            reg::QUEUE_AVAIL_HIGH => self.set_queue_address(|q, v| q.set_avail_ring_address(None, Some(v)), value),
-            reg::QUEUE_USED_LOW => self.set_queue_address(|q, v| q.set_used_ring_address(Some(v), None), value),
-            reg::QUEUE_USED_HIGH => self.set_queue_address(|q, v| q.set_used_ring_address(None, Some(v)), value),
+            reg::QUEUE_DESC_LOW => {
+                self.set_queue_address(|q, v| q.set_desc_table_address(Some(v), None), value)
+            }
+            reg::QUEUE_DESC_HIGH => {
+                self.set_queue_address(|q, v| q.set_desc_table_address(None, Some(v)), value)
+            }
+            reg::QUEUE_AVAIL_LOW => {
+                self.set_queue_address(|q, v| q.set_avail_ring_address(Some(v), None), value)
+            }
+            reg::QUEUE_AVAIL_HIGH => {
+                self.set_queue_address(|q, v| q.set_avail_ring_address(None, Some(v)), value)
+            }
+            reg::QUEUE_USED_LOW => {
+                self.set_queue_address(|q, v| q.set_used_ring_address(Some(v), None), value)
+            }
+            reg::QUEUE_USED_HIGH => {
+                self.set_queue_address(|q, v| q.set_used_ring_address(None, Some(v)), value)
+            }
             reg::QUEUE_NOTIFY => {
                 let index = value as usize;
                 if self.activated && index < self.device.queue_max_sizes().len() {
@@ -270,7 +317,11 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32-bit, naturally aligned; anything else reads 0.
-        let value = if data.len() == 4 && offset.is_multiple_of(4) { self.read_register(offset) } else { 0 };
+        let value = if data.len() == 4 && offset.is_multiple_of(4) {
+            self.read_register(offset)
+        } else {
+            0
+        };
         let bytes = value.to_le_bytes();
         for (i, d) in data.iter_mut().enumerate() {
             *d = bytes.get(i).copied().unwrap_or(0);
@@ -313,7 +364,13 @@ pub mod tests {
         let mut io = Ioapic::new(0, counter.clone());
         io.write(0x00, &[0x10 + 10]);
         io.write(0x10, &0x30u32.to_le_bytes());
-        (Arc::new(VirtioInterrupt::new(IrqLine::new(Arc::new(Mutex::new(io)), 5))), counter)
+        (
+            Arc::new(VirtioInterrupt::new(IrqLine::new(
+                Arc::new(Mutex::new(io)),
+                5,
+            ))),
+            counter,
+        )
     }
 
     #[derive(Default)]
@@ -359,13 +416,20 @@ pub mod tests {
     }
 
     /// The transport, and what its device saw: activations, notifies, resets.
-    type Seen = (Arc<Mutex<Vec<u64>>>, Arc<Mutex<Vec<usize>>>, Arc<Mutex<usize>>);
+    type Seen = (
+        Arc<Mutex<Vec<u64>>>,
+        Arc<Mutex<Vec<usize>>>,
+        Arc<Mutex<usize>>,
+    );
 
     fn transport() -> (MmioTransport, Seen) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let p = Probe::default();
         let (a, n, rs) = (p.activations.clone(), p.notifies.clone(), p.resets.clone());
-        (MmioTransport::new(Box::new(p), mem, interrupt().0), (a, n, rs))
+        (
+            MmioTransport::new(Box::new(p), mem, interrupt().0),
+            (a, n, rs),
+        )
     }
 
     /// Sets up both queues at valid addresses and drives status to DRIVER_OK.
@@ -376,7 +440,11 @@ pub mod tests {
         w(t, reg::DRIVER_FEATURES, features_hi);
         w(t, reg::DRIVER_FEATURES_SEL, 0);
         w(t, reg::DRIVER_FEATURES, features_lo);
-        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
         for q in 0..2u32 {
             w(t, reg::QUEUE_SEL, q);
             w(t, reg::QUEUE_NUM, 16);
@@ -386,7 +454,11 @@ pub mod tests {
             w(t, reg::QUEUE_USED_LOW, base + 0x2000);
             w(t, reg::QUEUE_READY, 1);
         }
-        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        w(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
     }
 
     #[test]
@@ -436,7 +508,11 @@ pub mod tests {
         w(&mut t, reg::QUEUE_DESC_LOW, 0xdead_0000);
         w(&mut t, reg::QUEUE_READY, 0);
         w(&mut t, reg::DRIVER_FEATURES, 0);
-        assert_eq!(r(&mut t, reg::QUEUE_READY), 0, "queues were handed to the device");
+        assert_eq!(
+            r(&mut t, reg::QUEUE_READY),
+            0,
+            "queues were handed to the device"
+        );
         assert!(t.is_activated());
         // Clearing a status bit without a reset is ignored.
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE);
@@ -449,12 +525,20 @@ pub mod tests {
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
         w(&mut t, reg::DRIVER_FEATURES, 1);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
         // Queue 0 ready at an address outside guest memory, queue 1 never ready.
         w(&mut t, reg::QUEUE_SEL, 0);
         w(&mut t, reg::QUEUE_DESC_LOW, 0xffff_0000);
         w(&mut t, reg::QUEUE_READY, 1);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
         assert!(!t.is_activated());
         assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
         assert!(act.lock().unwrap().is_empty());

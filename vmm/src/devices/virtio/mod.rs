@@ -43,7 +43,10 @@ impl VirtioInterrupt {
     pub const CONFIG_CHANGE: u32 = 2;
 
     pub fn new(irq: IrqLine) -> Self {
-        Self { status: AtomicU32::new(0), irq }
+        Self {
+            status: AtomicU32::new(0),
+            irq,
+        }
     }
 
     /// The device put buffers in a used ring.
@@ -78,7 +81,10 @@ pub struct Activation {
 
 impl std::fmt::Debug for Activation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Activation").field("queues", &self.queues.len()).field("features", &self.features).finish()
+        f.debug_struct("Activation")
+            .field("queues", &self.queues.len())
+            .field("features", &self.features)
+            .finish()
     }
 }
 
@@ -121,10 +127,21 @@ pub trait VirtioDevice: Send {
 /// popped (an index far ahead of ours), "more available" stays true forever.
 /// A round that pops nothing after such a claim ends the loop, so a broken
 /// ring costs one extra look, not a spinning vCPU.
-pub fn drain_queue(a: &mut Activation, index: usize, mut handle: impl FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32) {
-    let Activation { mem, queues, interrupt, .. } = a;
+pub fn drain_queue(
+    a: &mut Activation,
+    index: usize,
+    mut handle: impl FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32,
+) {
+    let Activation {
+        mem,
+        queues,
+        interrupt,
+        ..
+    } = a;
     let mem: &GuestMemoryMmap = mem;
-    let Some(q) = queues.get_mut(index) else { return };
+    let Some(q) = queues.get_mut(index) else {
+        return;
+    };
     let mut used_any = false;
     let mut empty_rounds = 0;
     loop {
@@ -153,7 +170,12 @@ pub fn drain_queue(a: &mut Activation, index: usize, mut handle: impl FnMut(&Gue
 /// Copies `config[offset..]` into `data`, zero where out of range.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     for (i, d) in data.iter_mut().enumerate() {
-        *d = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| config.get(o)).copied().unwrap_or(0);
+        *d = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
     }
 }
 
@@ -171,9 +193,15 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
         let q: Queue = vq.create_queue().unwrap();
-        mem.write_obj(0x8000u16, GuestAddress(vq.avail_addr().0 + 2)).unwrap();
+        mem.write_obj(0x8000u16, GuestAddress(vq.avail_addr().0 + 2))
+            .unwrap();
         let (interrupt, _) = mmio::tests::interrupt();
-        let mut a = Activation { mem: mem.clone(), queues: vec![q], interrupt, features: VIRTIO_F_VERSION_1 };
+        let mut a = Activation {
+            mem: mem.clone(),
+            queues: vec![q],
+            interrupt,
+            features: VIRTIO_F_VERSION_1,
+        };
         let mut calls = 0;
         drain_queue(&mut a, 0, |_, _| {
             calls += 1;

@@ -32,7 +32,9 @@ impl Rng {
 /// Fills the chain's writable part (up to [`MAX_PER_REQUEST`]); returns the
 /// bytes written.
 fn fill_random(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
-    let Ok(mut w) = chain.writer(mem) else { return 0 };
+    let Ok(mut w) = chain.writer(mem) else {
+        return 0;
+    };
     let want = w.available_bytes().min(MAX_PER_REQUEST);
     let mut buf = [0u8; 4096];
     let mut written = 0usize;
@@ -52,7 +54,8 @@ pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of
         // `buf`, which is valid for writes for the duration of the call.
-        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -102,12 +105,28 @@ mod tests {
     fn fills_writable_buffers_and_caps_huge_requests() {
         let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let vq = MockSplitQueue::new(&m, 16);
-        vq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x8000, 256, 2, 0))], 0).unwrap();
-        vq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x1_0000, 0xf_0000, 2, 0))], 1).unwrap();
+        vq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(0x8000, 256, 2, 0))],
+            0,
+        )
+        .unwrap();
+        vq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(
+                0x1_0000, 0xf_0000, 2, 0,
+            ))],
+            1,
+        )
+        .unwrap();
         let q: Queue = vq.create_queue().unwrap();
         let (interrupt, counter) = crate::devices::virtio::mmio::tests::interrupt();
         let mut rng = Rng::new();
-        rng.activate(Activation { mem: m.clone(), queues: vec![q], interrupt, features: VIRTIO_F_VERSION_1 }).unwrap();
+        rng.activate(Activation {
+            mem: m.clone(),
+            queues: vec![q],
+            interrupt,
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
         rng.queue_notify(0);
         assert_eq!(vq.used().idx().load(), 2);
         let mut first = [0u8; 256];

@@ -15,7 +15,10 @@ use std::io::{ErrorKind, Read};
 use virtio_queue::QueueT;
 
 use self::tap::{Tap, VNET_HDR_LEN};
-use super::{drain_queue, read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1};
+use super::{
+    drain_queue, read_config_bytes, ActivateError, Activation, VirtioDevice, TYPE_NET,
+    VIRTIO_F_VERSION_1,
+};
 use crate::event_loop::{Registry, READ_EDGE};
 
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -46,16 +49,30 @@ impl Net {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
         config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
-        Ok(Self { tap, config, active: None, pending_rx: None, rx_buf: vec![0u8; MAX_FRAME], tx_buf: vec![0u8; MAX_FRAME] })
+        Ok(Self {
+            tap,
+            config,
+            active: None,
+            pending_rx: None,
+            rx_buf: vec![0u8; MAX_FRAME],
+            tx_buf: vec![0u8; MAX_FRAME],
+        })
     }
 
     fn process_tx(&mut self) {
-        let Self { tap, active, tx_buf, .. } = self;
+        let Self {
+            tap,
+            active,
+            tx_buf,
+            ..
+        } = self;
         let Some(a) = active else { return };
         drain_queue(a, TX, |mem, chain| {
             if let Ok(mut reader) = chain.reader(mem) {
                 let len = reader.available_bytes();
-                if (VNET_HDR_LEN..=MAX_FRAME).contains(&len) && reader.read_exact(&mut tx_buf[..len]).is_ok() {
+                if (VNET_HDR_LEN..=MAX_FRAME).contains(&len)
+                    && reader.read_exact(&mut tx_buf[..len]).is_ok()
+                {
                     // A full TAP queue drops the frame, as a NIC would.
                     let _ = tap.write_frame(&tx_buf[..len]);
                 }
@@ -86,7 +103,11 @@ impl Net {
             // Without MRG_RXBUF every frame takes exactly one buffer.
             self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
             let written = match chain.writer(mem) {
-                Ok(mut w) if w.available_bytes() >= len => std::io::Write::write_all(&mut w, &self.rx_buf[..len]).map(|_| len).unwrap_or(0),
+                Ok(mut w) if w.available_bytes() >= len => {
+                    std::io::Write::write_all(&mut w, &self.rx_buf[..len])
+                        .map(|_| len)
+                        .unwrap_or(0)
+                }
                 _ => 0,
             };
             if a.queues[RX].add_used(mem, head, written as u32).is_err() {
@@ -170,7 +191,11 @@ mod tests {
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2); the result is checked before use.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: fd was just created and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let name = std::ffi::CString::new(ifname).unwrap();
@@ -188,10 +213,17 @@ mod tests {
         };
         // SAFETY: `addr` is a sockaddr_ll of the size passed.
         let r = unsafe {
-            libc::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
         // SAFETY: SO_RCVTIMEO takes a timeval of the size passed.
         unsafe {
             libc::setsockopt(
@@ -218,7 +250,11 @@ mod tests {
         let name = format!("bhnet{}", std::process::id() % 100_000);
         let tap = Tap::open(&name).expect("open a TAP (root and /dev/net/tun needed)");
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        assert!(std::process::Command::new("ip").args(["link", "set", &name, "up"]).status().unwrap().success());
+        assert!(std::process::Command::new("ip")
+            .args(["link", "set", &name, "up"])
+            .status()
+            .unwrap()
+            .success());
         let host = std::fs::File::from(packet_socket(&name));
 
         let events = EventLoop::new().unwrap();
@@ -235,21 +271,50 @@ mod tests {
         let mut with_hdr = vec![0u8; VNET_HDR_LEN];
         with_hdr.extend_from_slice(&out);
         m.write_slice(&with_hdr, GuestAddress(0x2_0000)).unwrap();
-        txq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x2_0000, 4, 0, 0))], 0).unwrap();
-        txq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x2_0000, with_hdr.len() as u32, 0, 0))], 1).unwrap();
+        txq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(0x2_0000, 4, 0, 0))],
+            0,
+        )
+        .unwrap();
+        txq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(
+                0x2_0000,
+                with_hdr.len() as u32,
+                0,
+                0,
+            ))],
+            1,
+        )
+        .unwrap();
         // Guest RX buffers.
         for i in 0..8u16 {
-            rxq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x3_0000 + u64::from(i) * 0x1000, 2048, 2, 0))], i).unwrap();
+            rxq.add_desc_chains(
+                &[RawDescriptor::from(Descriptor::new(
+                    0x3_0000 + u64::from(i) * 0x1000,
+                    2048,
+                    2,
+                    0,
+                ))],
+                i,
+            )
+            .unwrap();
         }
         let (interrupt, _) = crate::devices::virtio::mmio::tests::interrupt();
         let queues: Vec<Queue> = vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()];
-        net.activate(Activation { mem: m.clone(), queues, interrupt, features: VIRTIO_F_VERSION_1 }).unwrap();
+        net.activate(Activation {
+            mem: m.clone(),
+            queues,
+            interrupt,
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
 
         net.queue_notify(TX);
         assert_eq!(txq.used().idx().load(), 2, "both chains returned");
         let mut got = vec![0u8; 2048];
         loop {
-            let n = std::io::Read::read(&mut &host, &mut got).expect("the guest's frame on the host side");
+            let n = std::io::Read::read(&mut &host, &mut got)
+                .expect("the guest's frame on the host side");
             if got[12..14] == ETHERTYPE {
                 assert_eq!(&got[..n], &out[..]);
                 break;
@@ -257,16 +322,28 @@ mod tests {
         }
 
         let back = frame(b"from the host");
-        assert_eq!(std::io::Write::write(&mut &host, &back).unwrap(), back.len());
+        assert_eq!(
+            std::io::Write::write(&mut &host, &back).unwrap(),
+            back.len()
+        );
         net.host_event(TAP_TOKEN, 0);
         let used = rxq.used().idx().load();
         let found = (0..used).any(|i| {
             let u = rxq.used().ring().ref_at(usize::from(i)).unwrap().load();
             let mut buf = vec![0u8; u.len() as usize];
-            m.read_slice(&mut buf, GuestAddress(0x3_0000 + u64::from(u.id() as u16) * 0x1000)).unwrap();
-            buf.len() == VNET_HDR_LEN + back.len() && buf[VNET_HDR_LEN..] == back[..] && buf[10..12] == [1, 0]
+            m.read_slice(
+                &mut buf,
+                GuestAddress(0x3_0000 + u64::from(u.id() as u16) * 0x1000),
+            )
+            .unwrap();
+            buf.len() == VNET_HDR_LEN + back.len()
+                && buf[VNET_HDR_LEN..] == back[..]
+                && buf[10..12] == [1, 0]
         });
-        assert!(found, "the host's frame in a guest rx buffer, num_buffers = 1");
+        assert!(
+            found,
+            "the host's frame in a guest rx buffer, num_buffers = 1"
+        );
     }
 
     #[test]

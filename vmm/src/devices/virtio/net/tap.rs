@@ -35,7 +35,12 @@ impl Tap {
     pub fn open(name: &str) -> std::io::Result<Self> {
         let file = match name.strip_prefix("fd:") {
             Some(n) => {
-                let fd: i32 = n.parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name}: not fd:<number>")))?;
+                let fd: i32 = n.parse().map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{name}: not fd:<number>"),
+                    )
+                })?;
                 // SAFETY: fcntl on an arbitrary number only queries it; an
                 // invalid fd makes it fail with EBADF, checked here.
                 if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -46,7 +51,10 @@ impl Tap {
                 File::from(unsafe { OwnedFd::from_raw_fd(fd) })
             }
             None => {
-                let file = File::options().read(true).write(true).open("/dev/net/tun")?;
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/net/tun")?;
                 let mut req = ifreq(name)?;
                 req.flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
                 // SAFETY: TUNSETIFF reads an ifreq; `req` is one, alive for the call.
@@ -59,12 +67,23 @@ impl Tap {
         let mut req = ifreq("")?;
         // SAFETY: TUNGETIFF writes an ifreq into `req`, which is large enough.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF, &mut req) } < 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name}: not a TAP device")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name}: not a TAP device"),
+            ));
         }
         if req.flags & IFF_TAP == 0 || req.flags & IFF_VNET_HDR == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name}: needs a TAP opened with IFF_VNET_HDR")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name}: needs a TAP opened with IFF_VNET_HDR"),
+            ));
         }
-        let real_name: String = req.name.iter().take_while(|c| **c != 0).map(|c| *c as u8 as char).collect();
+        let real_name: String = req
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8 as char)
+            .collect();
         let hdr_len = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int from the pointer, valid for the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
@@ -78,11 +97,16 @@ impl Tap {
         // SAFETY: F_GETFL/F_SETFL on our own open fd.
         unsafe {
             let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-            if flags < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            if flags < 0
+                || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        Ok(Self { file, name: real_name })
+        Ok(Self {
+            file,
+            name: real_name,
+        })
     }
 
     /// One frame (with its vnet header) into `buf`.
@@ -103,9 +127,16 @@ impl AsFd for Tap {
 
 fn ifreq(name: &str) -> std::io::Result<IfReq> {
     if name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name:?}: interface names are at most 15 bytes")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?}: interface names are at most 15 bytes"),
+        ));
     }
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
     for (d, s) in req.name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }

@@ -34,14 +34,23 @@ pub struct Vsock {
 
 impl Vsock {
     pub fn new(cid: u64, uds_path: &Path, registry: Registry) -> std::io::Result<Self> {
-        Ok(Self { cid, muxer: Muxer::new(cid, uds_path, registry)?, active: None, buf: vec![0u8; MAX_PAYLOAD as usize] })
+        Ok(Self {
+            cid,
+            muxer: Muxer::new(cid, uds_path, registry)?,
+            active: None,
+            buf: vec![0u8; MAX_PAYLOAD as usize],
+        })
     }
 
     fn process_tx(&mut self) {
-        let Self { muxer, active, buf, .. } = self;
+        let Self {
+            muxer, active, buf, ..
+        } = self;
         let Some(a) = active else { return };
         drain_queue(a, TX, |mem, chain| {
-            let Ok(mut reader) = chain.reader(mem) else { return 0 };
+            let Ok(mut reader) = chain.reader(mem) else {
+                return 0;
+            };
             let mut raw = [0u8; HEADER_LEN];
             if reader.read_exact(&mut raw).is_err() {
                 return 0;
@@ -62,7 +71,9 @@ impl Vsock {
         let mem = &a.mem;
         let mut used_any = false;
         while self.muxer.has_work() {
-            let Some(chain) = a.queues[RX].pop_descriptor_chain(mem) else { break };
+            let Some(chain) = a.queues[RX].pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             let Ok(mut writer) = chain.writer(mem) else {
                 if a.queues[RX].add_used(mem, head, 0).is_err() {
@@ -86,8 +97,14 @@ impl Vsock {
                 q.set_next_avail(q.next_avail().wrapping_sub(1));
                 break;
             };
-            let written = writer.write_all(&h.to_bytes()).and_then(|_| writer.write_all(&self.buf[..n]));
-            let len = if written.is_ok() { (HEADER_LEN + n) as u32 } else { 0 };
+            let written = writer
+                .write_all(&h.to_bytes())
+                .and_then(|_| writer.write_all(&self.buf[..n]));
+            let len = if written.is_ok() {
+                (HEADER_LEN + n) as u32
+            } else {
+                0
+            };
             if a.queues[RX].add_used(mem, head, len).is_err() {
                 break;
             }
@@ -148,7 +165,12 @@ impl VirtioDevice for Vsock {
 
     fn host_event(&mut self, token: u32, events: u32) {
         let ev = EpollFlags::from_bits_truncate(events as i32);
-        let readable = ev.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+        let readable = ev.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR,
+        );
         let writable = ev.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR);
         self.muxer.host_event(token, readable, writable);
         self.process_rx();

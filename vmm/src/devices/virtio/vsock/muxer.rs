@@ -22,7 +22,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::packet::{op, Header, PacketError, HOST_CID, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::packet::{
+    op, Header, PacketError, HOST_CID, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
 use crate::event_loop::{Registry, READ_LEVEL, READ_WRITE_EDGE};
 
 /// Per-connection buffer for guest->host bytes, advertised as buf_alloc.
@@ -95,7 +97,8 @@ impl Conn {
 
     /// Bytes the guest can take now.
     fn peer_credit(&self) -> u32 {
-        self.peer_buf_alloc.saturating_sub((self.sent - self.peer_fwd_cnt).0)
+        self.peer_buf_alloc
+            .saturating_sub((self.sent - self.peer_fwd_cnt).0)
     }
 
     fn note_peer_credit(&mut self, h: &Header) {
@@ -153,7 +156,10 @@ impl Muxer {
     pub fn new(guest_cid: u64, uds_path: &Path, registry: Registry) -> std::io::Result<Self> {
         if let Ok(meta) = std::fs::symlink_metadata(uds_path) {
             if !meta.file_type().is_socket() {
-                return Err(std::io::Error::new(ErrorKind::AlreadyExists, format!("{} exists and is not a socket", uds_path.display())));
+                return Err(std::io::Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", uds_path.display()),
+                ));
             }
             std::fs::remove_file(uds_path)?;
         }
@@ -198,7 +204,9 @@ impl Muxer {
     fn take_token(&mut self) -> u32 {
         loop {
             self.next_token = self.next_token.wrapping_add(1).max(LISTENER_TOKEN + 1);
-            if !self.by_token.contains_key(&self.next_token) && !self.pending.contains_key(&self.next_token) {
+            if !self.by_token.contains_key(&self.next_token)
+                && !self.pending.contains_key(&self.next_token)
+            {
                 return self.next_token;
             }
         }
@@ -236,7 +244,9 @@ impl Muxer {
 
     /// Tells the guest how much we forwarded once it matters for its credit.
     fn maybe_credit_update(&mut self, key: Key) {
-        let Some(c) = self.conns.get_mut(&key) else { return };
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
         if (c.fwd_cnt - c.fwd_cnt_told).0 >= CONN_BUF / 4 {
             c.fwd_cnt_told = c.fwd_cnt;
             let h = self.header(key, op::CREDIT_UPDATE);
@@ -246,10 +256,17 @@ impl Muxer {
 
     /// One packet the guest sent. `payload` holds exactly `hdr.len` bytes.
     pub fn from_guest(&mut self, hdr: &Header, payload: &[u8]) {
-        let key = Key { local: hdr.dst_port, peer: hdr.src_port };
+        let key = Key {
+            local: hdr.dst_port,
+            peer: hdr.src_port,
+        };
         match hdr.check_from_guest(self.guest_cid) {
             // Not addressed to us as a stream: not ours to answer.
-            Err(PacketError::WrongSource(_) | PacketError::WrongDestination(_) | PacketError::Type(_)) => return,
+            Err(
+                PacketError::WrongSource(_)
+                | PacketError::WrongDestination(_)
+                | PacketError::Type(_),
+            ) => return,
             // Ours, but malformed: the connection it names is reset.
             Err(_) => return self.reset_if_exists(key),
             Ok(()) if payload.len() != hdr.len as usize => return self.reset_if_exists(key),
@@ -276,7 +293,9 @@ impl Muxer {
                 self.remove_conn(key);
             }
             op::SHUTDOWN => {
-                let Some(c) = self.conns.get_mut(&key) else { return self.push_control(self.header(key, op::RST)) };
+                let Some(c) = self.conns.get_mut(&key) else {
+                    return self.push_control(self.header(key, op::RST));
+                };
                 if hdr.flags & SHUTDOWN_SEND != 0 {
                     c.peer_done_sending = true;
                     if c.to_host.is_empty() {
@@ -308,7 +327,8 @@ impl Muxer {
             return self.push_control(self.header(key, op::RST));
         }
         let path = format!("{}_{}", self.uds_path.display(), key.local);
-        match UnixStream::connect(&path).and_then(|s| self.insert_conn(key, s, State::Established)) {
+        match UnixStream::connect(&path).and_then(|s| self.insert_conn(key, s, State::Established))
+        {
             Ok(()) => {
                 if let Some(c) = self.conns.get_mut(&key) {
                     c.note_peer_credit(hdr);
@@ -321,7 +341,9 @@ impl Muxer {
     }
 
     fn guest_writes(&mut self, key: Key, payload: &[u8]) {
-        let Some(c) = self.conns.get_mut(&key) else { return self.push_control(self.header(key, op::RST)) };
+        let Some(c) = self.conns.get_mut(&key) else {
+            return self.push_control(self.header(key, op::RST));
+        };
         if c.state != State::Established || c.peer_done_sending {
             return self.reset(key);
         }
@@ -351,7 +373,9 @@ impl Muxer {
             if c.state != State::Established || c.host_eof {
                 continue;
             }
-            let room = (c.peer_credit() as usize).min(buf.len()).min(MAX_PAYLOAD as usize);
+            let room = (c.peer_credit() as usize)
+                .min(buf.len())
+                .min(MAX_PAYLOAD as usize);
             if room == 0 {
                 continue;
             }
@@ -372,7 +396,9 @@ impl Muxer {
                     h.len = n as u32;
                     return Some((h, n));
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
                     self.readable.remove(&key);
                 }
                 Err(_) => {
@@ -397,7 +423,9 @@ impl Muxer {
         if self.pending.contains_key(&token) {
             return self.read_connect_line(token);
         }
-        let Some(&key) = self.by_token.get(&token) else { return };
+        let Some(&key) = self.by_token.get(&token) else {
+            return;
+        };
         if readable {
             self.readable.insert(key);
         }
@@ -423,13 +451,21 @@ impl Muxer {
             }
             let token = self.take_token();
             if self.registry.add(stream.as_fd(), token, READ_LEVEL).is_ok() {
-                self.pending.insert(token, PendingHost { stream, line: Vec::new() });
+                self.pending.insert(
+                    token,
+                    PendingHost {
+                        stream,
+                        line: Vec::new(),
+                    },
+                );
             }
         }
     }
 
     fn read_connect_line(&mut self, token: u32) {
-        let Some(p) = self.pending.get_mut(&token) else { return };
+        let Some(p) = self.pending.get_mut(&token) else {
+            return;
+        };
         let mut byte = [0u8; 1];
         // One byte at a time: nothing past the newline may be consumed, it
         // belongs to the guest.
@@ -442,7 +478,9 @@ impl Muxer {
                 _ => break None,
             }
         };
-        let Some(p) = self.pending.remove(&token) else { return };
+        let Some(p) = self.pending.remove(&token) else {
+            return;
+        };
         self.registry.remove(p.stream.as_fd());
         let Some(peer) = port else { return };
         if self.conns.len() >= MAX_CONNS {
@@ -473,7 +511,9 @@ impl Muxer {
             if c.to_host.is_empty() {
                 continue;
             }
-            if c.stream.set_nonblocking(false).is_ok() && c.stream.set_write_timeout(Some(FLUSH_TIMEOUT)).is_ok() {
+            if c.stream.set_nonblocking(false).is_ok()
+                && c.stream.set_write_timeout(Some(FLUSH_TIMEOUT)).is_ok()
+            {
                 let (a, b) = c.to_host.as_slices();
                 let _ = c.stream.write_all(a).and_then(|_| c.stream.write_all(b));
                 c.to_host.clear();
@@ -529,7 +569,12 @@ mod tests {
         let uds = dir.path().join("v.sock");
         let events = EventLoop::new().unwrap();
         let mux = Muxer::new(GUEST, &uds, events.registry(0)).unwrap();
-        Fixture { _dir: dir, uds, mux, _events: events }
+        Fixture {
+            _dir: dir,
+            uds,
+            mux,
+            _events: events,
+        }
     }
 
     impl Muxer {
@@ -553,11 +598,26 @@ mod tests {
     }
 
     fn from_guest(op: u16, src_port: u32, dst_port: u32) -> Header {
-        Header { src_cid: GUEST, dst_cid: HOST_CID, src_port, dst_port, kind: TYPE_STREAM, op, buf_alloc: 65536, ..Default::default() }
+        Header {
+            src_cid: GUEST,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            kind: TYPE_STREAM,
+            op,
+            buf_alloc: 65536,
+            ..Default::default()
+        }
     }
 
     fn rw(src: u32, dst: u32, data: &[u8]) -> (Header, Vec<u8>) {
-        (Header { len: data.len() as u32, ..from_guest(op::RW, src, dst) }, data.to_vec())
+        (
+            Header {
+                len: data.len() as u32,
+                ..from_guest(op::RW, src, dst)
+            },
+            data.to_vec(),
+        )
     }
 
     /// A guest connection to a host listener on `port`: returns the host side.
@@ -583,7 +643,10 @@ mod tests {
         host.write_all(b"hello guest").unwrap();
         f.mux.service_all();
         let (h, d) = f.mux.next().unwrap();
-        assert_eq!((h.op, h.len, d.as_slice()), (op::RW, 11, &b"hello guest"[..]));
+        assert_eq!(
+            (h.op, h.len, d.as_slice()),
+            (op::RW, 11, &b"hello guest"[..])
+        );
         assert_eq!(h.fwd_cnt, 10, "we report what reached the host");
         // Host half-close: the guest hears SHUTDOWN(SEND) and can still write.
         host.shutdown(Shutdown::Write).unwrap();
@@ -642,21 +705,39 @@ mod tests {
         let _host = guest_connected(&mut f, 6000);
         // Wrong source CID, wrong destination, bad type: dropped, connection kept.
         for h in [
-            Header { src_cid: 9, ..from_guest(op::RW, 7000, 6000) },
-            Header { dst_cid: 5, ..from_guest(op::RW, 7000, 6000) },
-            Header { kind: 2, ..from_guest(op::CREDIT_REQUEST, 1, 2) },
-            Header { op: 42, ..from_guest(op::RW, 1, 2) },
+            Header {
+                src_cid: 9,
+                ..from_guest(op::RW, 7000, 6000)
+            },
+            Header {
+                dst_cid: 5,
+                ..from_guest(op::RW, 7000, 6000)
+            },
+            Header {
+                kind: 2,
+                ..from_guest(op::CREDIT_REQUEST, 1, 2)
+            },
+            Header {
+                op: 42,
+                ..from_guest(op::RW, 1, 2)
+            },
         ] {
             f.mux.from_guest(&h, &[]);
         }
         assert!(f.mux.next().is_none());
         // An oversized or short payload on a live connection resets it.
-        let big = Header { len: MAX_PAYLOAD + 1, ..from_guest(op::RW, 7000, 6000) };
+        let big = Header {
+            len: MAX_PAYLOAD + 1,
+            ..from_guest(op::RW, 7000, 6000)
+        };
         f.mux.from_guest(&big, &[]);
         assert_eq!(f.mux.next().unwrap().0.op, op::RST);
         assert_eq!(f.mux.connection_count(), 0);
         let _host = guest_connected(&mut f, 6000);
-        let short = Header { len: 10, ..from_guest(op::RW, 7000, 6000) };
+        let short = Header {
+            len: 10,
+            ..from_guest(op::RW, 7000, 6000)
+        };
         f.mux.from_guest(&short, b"abc");
         assert_eq!(f.mux.next().unwrap().0.op, op::RST);
     }
@@ -668,8 +749,15 @@ mod tests {
         client.write_all(b"CONNECT 5000\n").unwrap();
         f.mux.service_all();
         let (req, _) = f.mux.next().unwrap();
-        assert_eq!((req.op, req.dst_port, req.dst_cid), (op::REQUEST, 5000, GUEST));
-        let resp = Header { src_port: 5000, dst_port: req.src_port, ..from_guest(op::RESPONSE, 0, 0) };
+        assert_eq!(
+            (req.op, req.dst_port, req.dst_cid),
+            (op::REQUEST, 5000, GUEST)
+        );
+        let resp = Header {
+            src_port: 5000,
+            dst_port: req.src_port,
+            ..from_guest(op::RESPONSE, 0, 0)
+        };
         f.mux.from_guest(&resp, &[]);
         let mut line = [0u8; 14];
         client.read_exact(&mut line).unwrap();
@@ -679,7 +767,14 @@ mod tests {
         c2.write_all(b"CONNECT 5001\n").unwrap();
         f.mux.service_all();
         let (req2, _) = f.mux.next().unwrap();
-        f.mux.from_guest(&Header { src_port: 5001, dst_port: req2.src_port, ..from_guest(op::RST, 0, 0) }, &[]);
+        f.mux.from_guest(
+            &Header {
+                src_port: 5001,
+                dst_port: req2.src_port,
+                ..from_guest(op::RST, 0, 0)
+            },
+            &[],
+        );
         let mut rest = Vec::new();
         c2.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "refused: EOF without OK");
@@ -688,7 +783,13 @@ mod tests {
     #[test]
     fn malformed_connect_lines_are_closed() {
         let mut f = fixture();
-        for bad in [&b"CONNECT x\n"[..], b"HELLO 1\n", b"CONNECT \n", b"CONNECT 99999999999\n", &[b'9'; 100][..]] {
+        for bad in [
+            &b"CONNECT x\n"[..],
+            b"HELLO 1\n",
+            b"CONNECT \n",
+            b"CONNECT 99999999999\n",
+            &[b'9'; 100][..],
+        ] {
             let mut c = UnixStream::connect(&f.uds).unwrap();
             c.write_all(bad).unwrap();
             f.mux.service_all();
@@ -720,12 +821,17 @@ mod tests {
         let (h, d) = f.mux.next().unwrap();
         assert_eq!(d, b"0123", "only the guest's credit");
         assert!(f.mux.next().is_none(), "no credit left");
-        let update = Header { buf_alloc: 4, fwd_cnt: 4, ..from_guest(op::CREDIT_UPDATE, 7000, 6000) };
+        let update = Header {
+            buf_alloc: 4,
+            fwd_cnt: 4,
+            ..from_guest(op::CREDIT_UPDATE, 7000, 6000)
+        };
         f.mux.from_guest(&update, &[]);
         let (_, d) = f.mux.next().unwrap();
         assert_eq!(d, b"4567");
         assert_eq!(h.op, op::RW);
-        f.mux.from_guest(&from_guest(op::CREDIT_REQUEST, 7000, 6000), &[]);
+        f.mux
+            .from_guest(&from_guest(op::CREDIT_REQUEST, 7000, 6000), &[]);
         assert_eq!(f.mux.next().unwrap().0.op, op::CREDIT_UPDATE);
     }
 
@@ -733,7 +839,14 @@ mod tests {
     fn parse_connect_accepts_only_the_documented_form() {
         assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
         assert_eq!(parse_connect(b"CONNECT 1024\r"), Some(1024));
-        for bad in [&b"connect 1"[..], b"CONNECT", b"CONNECT -1", b"CONNECT 1 2", b"CONNECT 4294967296", b"\xff\xfe"] {
+        for bad in [
+            &b"connect 1"[..],
+            b"CONNECT",
+            b"CONNECT -1",
+            b"CONNECT 1 2",
+            b"CONNECT 4294967296",
+            b"\xff\xfe",
+        ] {
             assert_eq!(parse_connect(bad), None, "{bad:?}");
         }
     }

@@ -116,7 +116,10 @@ impl Header {
             return Err(PacketError::TooLong(self.len));
         }
         if self.op != op::RW && self.len != 0 {
-            return Err(PacketError::UnexpectedPayload { op: self.op, len: self.len });
+            return Err(PacketError::UnexpectedPayload {
+                op: self.op,
+                len: self.len,
+            });
         }
         Ok(())
     }
@@ -127,14 +130,31 @@ mod tests {
     use super::*;
 
     fn good() -> Header {
-        Header { src_cid: 3, dst_cid: HOST_CID, src_port: 1025, dst_port: 1024, kind: TYPE_STREAM, op: op::RW, len: 10, ..Default::default() }
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 1025,
+            dst_port: 1024,
+            kind: TYPE_STREAM,
+            op: op::RW,
+            len: 10,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn round_trips() {
-        let h = Header { flags: 3, buf_alloc: 65536, fwd_cnt: 99, ..good() };
+        let h = Header {
+            flags: 3,
+            buf_alloc: 65536,
+            fwd_cnt: 99,
+            ..good()
+        };
         assert_eq!(Header::parse(&h.to_bytes()), Ok(h));
-        assert_eq!(Header::parse(&h.to_bytes()[..43]), Err(PacketError::Short(43)));
+        assert_eq!(
+            Header::parse(&h.to_bytes()[..43]),
+            Err(PacketError::Short(43))
+        );
         assert_eq!(Header::parse(&[]), Err(PacketError::Short(0)));
     }
 
@@ -142,14 +162,45 @@ mod tests {
     fn guest_packets_are_checked() {
         assert_eq!(good().check_from_guest(3), Ok(()));
         assert_eq!(good().check_from_guest(4), Err(PacketError::WrongSource(3)));
-        assert_eq!(Header { dst_cid: 7, ..good() }.check_from_guest(3), Err(PacketError::WrongDestination(7)));
-        assert_eq!(Header { kind: 2, ..good() }.check_from_guest(3), Err(PacketError::Type(2)));
-        assert_eq!(Header { op: 0, ..good() }.check_from_guest(3), Err(PacketError::Op(0)));
-        assert_eq!(Header { op: 99, ..good() }.check_from_guest(3), Err(PacketError::Op(99)));
-        assert_eq!(Header { len: MAX_PAYLOAD + 1, ..good() }.check_from_guest(3), Err(PacketError::TooLong(MAX_PAYLOAD + 1)));
         assert_eq!(
-            Header { op: op::REQUEST, len: 5, ..good() }.check_from_guest(3),
-            Err(PacketError::UnexpectedPayload { op: op::REQUEST, len: 5 })
+            Header {
+                dst_cid: 7,
+                ..good()
+            }
+            .check_from_guest(3),
+            Err(PacketError::WrongDestination(7))
+        );
+        assert_eq!(
+            Header { kind: 2, ..good() }.check_from_guest(3),
+            Err(PacketError::Type(2))
+        );
+        assert_eq!(
+            Header { op: 0, ..good() }.check_from_guest(3),
+            Err(PacketError::Op(0))
+        );
+        assert_eq!(
+            Header { op: 99, ..good() }.check_from_guest(3),
+            Err(PacketError::Op(99))
+        );
+        assert_eq!(
+            Header {
+                len: MAX_PAYLOAD + 1,
+                ..good()
+            }
+            .check_from_guest(3),
+            Err(PacketError::TooLong(MAX_PAYLOAD + 1))
+        );
+        assert_eq!(
+            Header {
+                op: op::REQUEST,
+                len: 5,
+                ..good()
+            }
+            .check_from_guest(3),
+            Err(PacketError::UnexpectedPayload {
+                op: op::REQUEST,
+                len: 5
+            })
         );
     }
 }
