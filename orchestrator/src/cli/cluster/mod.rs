@@ -1,0 +1,174 @@
+//! The control plane from the command line: `bulkhead server`, and the
+//! verbs that talk to one (`deploy`, `service`, `instance`, `node`,
+//! `tenant`) over its HTTP API with a bearer token.
+//!
+//! ```text
+//! server.rs    `bulkhead server`: the control plane's settings and start
+//! workloads.rs `deploy`, `service`, `instance`
+//! node.rs      `node`: the node daemon and the admin verbs on nodes
+//! tenant.rs    `tenant` and `tls`
+//! ```
+
+mod node;
+mod server;
+mod tenant;
+mod workloads;
+
+pub use node::*;
+pub use server::*;
+pub use tenant::*;
+pub use workloads::*;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::cluster::auth::new_token;
+use crate::cluster::backoff::BackoffPolicy;
+use crate::cluster::etcd::EtcdStore;
+use crate::cluster::reconcile::Timing;
+use crate::cluster::server::Settings;
+use crate::cluster::state::Cluster;
+use crate::cluster::store::FileStore;
+use crate::runtime::record::RuntimeKind;
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// How to reach the server.
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// The server's URL, or several comma-separated (the first that answers
+    /// and leads is used; default: $BULKHEAD_SERVER, else http://127.0.0.1:7070).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// A bearer token (default: $BULKHEAD_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// For https:// servers: trust only this CA certificate (PEM), e.g. the
+    /// one `bulkhead tls self-signed` made (default: $BULKHEAD_CACERT, else
+    /// the system's roots).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// --cacert, else $BULKHEAD_CACERT.
+fn cacert(flag: &Option<PathBuf>) -> Option<PathBuf> {
+    flag.clone().or_else(|| {
+        std::env::var_os("BULKHEAD_CACERT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+impl Conn {
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<String>) -> Result<Value> {
+        let base = self
+            .server
+            .clone()
+            .or_else(|| {
+                std::env::var("BULKHEAD_SERVER")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_SERVER.into());
+        let base = base.trim_end_matches('/').to_string();
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("BULKHEAD_TOKEN").ok().filter(|s| !s.is_empty()))
+            .context("no token: --token or BULKHEAD_TOKEN (the server wrote the admin token beside its store)")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let http = crate::cluster::tls::client(cacert(&self.cacert).as_deref())?;
+        rt.block_on(async {
+            // Several servers (comma-separated): the first that answers and is not a standby.
+            let mut last = None;
+            for base in base.split(',').map(|b| b.trim().trim_end_matches('/')).filter(|b| !b.is_empty()) {
+                let mut req = http.request(method.clone(), format!("{base}{path}")).bearer_auth(&token);
+                if let Some(b) = &body {
+                    let kind = if b.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
+                    req = req.header("content-type", kind).body(b.clone());
+                }
+                let resp = match req.send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // reqwest's Display is terse; the chain says why (refused, certificate, ...).
+                        let mut why = e.to_string();
+                        let mut src = std::error::Error::source(&e);
+                        while let Some(s) = src {
+                            why = format!("{why}: {s}");
+                            src = s.source();
+                        }
+                        last = Some(anyhow::anyhow!("cannot reach the server at {base}: {why} (is `bulkhead server` running there? --server or BULKHEAD_SERVER; --cacert for a self-signed one)"));
+                        continue;
+                    }
+                };
+                let status = resp.status();
+                let text = resp.text().await?;
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                let why = || v["error"].as_str().map_or_else(|| format!("{status}: {v}"), str::to_string);
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    last = Some(anyhow::anyhow!("{base}: {}", why()));
+                    continue;
+                }
+                if !status.is_success() {
+                    bail!("{}", why());
+                }
+                return Ok(v);
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("--server: no URL given")))
+        })
+    }
+
+    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> comfy_table::Table) {
+        match self.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+            Format::Table => println!("{}", table(v)),
+        }
+    }
+}
+
+fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(header.to_vec());
+    t
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn placement_table(v: &Value) -> comfy_table::Table {
+    let mut t = table(&["INSTANCE", "NODE", ""]);
+    for p in v["placed"].as_array().into_iter().flatten() {
+        t.add_row(vec![s(&p[0]), s(&p[1]), "placed".into()]);
+    }
+    for r in v["removed"].as_array().into_iter().flatten() {
+        t.add_row(vec![s(r), String::new(), "removed".into()]);
+    }
+    t
+}
+
+fn cpus(millicpus: &Value) -> String {
+    millicpus
+        .as_u64()
+        .map_or_else(String::new, |m| format!("{}", m as f64 / 1000.0))
+}

@@ -1,0 +1,226 @@
+//! `bulkhead server`: the control plane's settings, its store, its start.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the API listens.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// file:PATH: one host (default: cluster.redb in the data dir); or
+    /// etcd://HOST:PORT[,HOST:PORT...]: several servers share it, one leads.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Where this server's API is for others (announced while it leads;
+    /// default: http://LISTEN).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// etcd: the leader's lease; a standby takes over this long after the
+    /// leader stopped renewing it.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    leader_lease: u64,
+    /// Where a new store's admin token is written (default: beside a file
+    /// store, or cluster.admin-token in the data dir).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Without a heartbeat this long a node is lost: not ready, and its
+    /// instances are replaced once its lease and the stop time are over.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    heartbeat_grace: u64,
+    /// A node's workloads stop themselves this long after the node last
+    /// reached the server (at least the grace).
+    #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    lease: u64,
+    /// How long a workload may take to stop (stop signal, then SIGKILL
+    /// halfway) before a replacement starts elsewhere.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    stop_time: u64,
+    /// Restart backoff: the first wait, doubling...
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
+    backoff_initial: u64,
+    /// ...up to this...
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration_ms)]
+    backoff_cap: u64,
+    /// ...and forgotten after a run this long.
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration_ms)]
+    backoff_reset: u64,
+}
+
+/// `500ms`, `10s`, `5m`, `1h`, or plain seconds -> milliseconds.
+pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: a number with ms, s, m or h (e.g. 10s)"))?;
+    let mult = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: the unit is ms, s, m or h")),
+    };
+    n.checked_mul(mult)
+        .filter(|ms| *ms <= 7 * 24 * 3_600_000)
+        .ok_or_else(|| format!("{s:?}: at most a week"))
+}
+
+pub fn server(a: ServerArgs) -> Result<()> {
+    let timing = Timing {
+        grace_ms: a.heartbeat_grace,
+        lease_ms: a.lease,
+        stop_ms: a.stop_time,
+    };
+    let backoff = BackoffPolicy {
+        initial_ms: a.backoff_initial,
+        cap_ms: a.backoff_cap,
+        reset_after_ms: a.backoff_reset,
+    };
+    let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(crate::cluster::tls::server_config(c, k)?),
+        _ => None,
+    };
+    let (cluster, token_file, what) = match a.store.as_deref() {
+        Some(s) if s.starts_with("etcd://") => {
+            let api = a.advertise.clone().unwrap_or_else(|| {
+                format!(
+                    "{}://{}",
+                    if tls.is_some() { "https" } else { "http" },
+                    a.listen
+                )
+            });
+            let ttl = a.leader_lease.div_ceil(1000).max(2) as i64;
+            let store = EtcdStore::open(s, &api, ttl).with_context(|| format!("--store {s}"))?;
+            let file = a
+                .admin_token_file
+                .clone()
+                .unwrap_or_else(|| crate::cli::run::data_dir().join("cluster.admin-token"));
+            (Cluster::new(store), file, s.to_string())
+        }
+        other => {
+            let path = match other {
+                None => crate::cli::run::data_dir().join("cluster.redb"),
+                Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
+                Some(s) => {
+                    bail!("--store {s:?}: file:PATH (one host) or etcd://HOST:PORT[,HOST:PORT...]")
+                }
+            };
+            let file = a
+                .admin_token_file
+                .clone()
+                .unwrap_or_else(|| path.with_extension("admin-token"));
+            (
+                Cluster::new(FileStore::open(&path)?),
+                file,
+                path.display().to_string(),
+            )
+        }
+    };
+    let cluster = Arc::new(cluster);
+    // The admin token: made by the first leader of a new store.
+    let first = Arc::clone(&cluster);
+    std::thread::spawn(move || loop {
+        if first.is_leader() {
+            match new_token().map_err(anyhow::Error::from).and_then(|t| Ok((first.init_admin(&t)?, t))) {
+                Ok((true, token)) => match write_token(&token_file, &token) {
+                    Ok(()) => eprintln!("bulkhead server: new cluster store {what}; the admin token is in {} (export BULKHEAD_TOKEN=$(cat {}))", token_file.display(), token_file.display()),
+                    Err(e) => eprintln!("bulkhead server: the admin token could not be written ({e:#}); it is {token}"),
+                },
+                Ok((false, _)) => {}
+                Err(e) => {
+                    eprintln!("bulkhead server: the admin token: {e:#}");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    // Store calls (redb, or etcd through its client thread) block the
+    // worker that makes them: several workers, so a slow store call holds
+    // up its own request, not every other one.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
+    let control_plane = control_plane(&a);
+    rt.block_on(crate::cluster::server::serve(
+        cluster,
+        a.listen,
+        settings,
+        tls,
+        control_plane,
+    ))
+    .with_context(|| format!("serve on {}", a.listen))
+}
+
+/// The addresses nodes keep workloads from: this server's (its listen
+/// address unless unspecified, its advertised host) and its etcd's.
+fn control_plane(a: &ServerArgs) -> Vec<String> {
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    if !a.listen.ip().is_unspecified() {
+        hosts.push((a.listen.ip().to_string(), a.listen.port()));
+    }
+    if let Some(u) = a
+        .advertise
+        .as_deref()
+        .and_then(|u| reqwest::Url::parse(u).ok())
+    {
+        if let Some(h) = u.host_str() {
+            hosts.push((
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                u.port_or_known_default().unwrap_or(443),
+            ));
+        }
+    }
+    if let Some(etcd) = a.store.as_deref().and_then(|s| s.strip_prefix("etcd://")) {
+        for ep in etcd.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (h, p) = ep.rsplit_once(':').unwrap_or((ep, "2379"));
+            hosts.push((
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse().unwrap_or(2379),
+            ));
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (h, port) in hosts {
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), port))
+            .map(|a| a.collect::<Vec<_>>())
+            .unwrap_or_default();
+        out.extend(
+            resolved
+                .into_iter()
+                .filter(|s| s.is_ipv4() && !s.ip().is_unspecified())
+                .map(|s| format!("{}/32", s.ip())),
+        );
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub(super) fn write_token(file: &std::path::Path, token: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("write {}", file.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}

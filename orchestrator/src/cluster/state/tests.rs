@@ -1,0 +1,297 @@
+use super::*;
+
+use crate::cluster::store::FileStore;
+
+fn cluster(nodes: usize) -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let c =
+        Cluster::new(FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")));
+    for i in 0..nodes {
+        let n = Node {
+            name: format!("n{i}"),
+            labels: [(
+                "zone".to_string(),
+                if i == 0 { "a" } else { "b" }.to_string(),
+            )]
+            .into(),
+            capacity: None,
+            allocatable: Resources {
+                millicpus: 8000,
+                memory_mib: 8192,
+            },
+            runtimes: vec![RuntimeKind::Microvm, RuntimeKind::Container],
+            cordoned: false,
+            api: None,
+            images: None,
+        };
+        c.register_node(n).unwrap_or_else(|e| panic!("{e}"));
+        c.heartbeat(&format!("n{i}"), 100)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    (dir, c)
+}
+
+fn svc(text: &str) -> Service {
+    spec::parse(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn per_node(c: &Cluster, tenant: &str) -> Vec<usize> {
+    let mut m: BTreeMap<String, usize> = BTreeMap::new();
+    for i in c.instances(Some(tenant)).unwrap_or_default() {
+        *m.entry(i.node).or_default() += 1;
+    }
+    m.into_values().collect()
+}
+
+#[test]
+fn six_spread_two_two_two_then_nine_then_three() {
+    let (_d, c) = cluster(3);
+    let s = svc("name: web\nimage: bb\nruntime: container\nreplicas: 6\n");
+    let dry = c
+        .deploy("acme", &Quota::default(), &s, 0, true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((dry.placed.len(), dry.revision), (6, 0));
+    assert!(
+        c.instances(None).unwrap_or_default().is_empty(),
+        "a dry run writes nothing"
+    );
+    let done = c
+        .deploy("acme", &Quota::default(), &s, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(done.placed, dry.placed, "the dry run showed what happened");
+    assert_eq!(per_node(&c, "acme"), [2, 2, 2]);
+    c.scale("acme", &Quota::default(), "web", 9, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(per_node(&c, "acme"), [3, 3, 3]);
+    let down = c
+        .scale("acme", &Quota::default(), "web", 3, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(down.removed, [8, 7, 6, 5, 4, 3]);
+    assert_eq!(c.instances(Some("acme")).unwrap_or_default().len(), 3);
+    assert_eq!(
+        c.service("acme", "web").map(|r| r.spec.replicas).ok(),
+        Some(3)
+    );
+    assert!(matches!(
+        c.deploy("acme", &Quota::default(), &s, 0, false),
+        Err(StateError::Exists(_))
+    ));
+}
+
+#[test]
+fn images_nodes_lack_are_refused_and_go_only_where_they_are() {
+    let (_d, c) = cluster(3);
+    let set = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    for (n, held) in [
+        ("n0", set(&["bb:latest"])),
+        ("n1", set(&["other:1"])),
+        ("n2", set(&["bb:latest", "sha256:abc"])),
+    ] {
+        assert!(c
+            .set_node_images(n, held.clone())
+            .unwrap_or_else(|e| panic!("{e}")));
+        let rev = c.store.revision().unwrap_or(0);
+        assert!(
+            !c.set_node_images(n, held).unwrap_or_else(|e| panic!("{e}")),
+            "the same set again"
+        );
+        assert_eq!(c.store.revision().unwrap_or(0), rev, "and no write");
+    }
+    let before = c.store.revision().unwrap_or(0);
+    let e = c
+        .deploy(
+            "acme",
+            &Quota::default(),
+            &svc("name: t\nimage: bb:typo\n"),
+            0,
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, StateError::UnknownImage { image, nodes: 3 } if image == "bb:typo"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("none of the 3 nodes"), "{e}");
+    assert_eq!(c.store.revision().unwrap_or(0), before, "nothing written");
+    // "bb" is bb:latest, as `bulkhead run` resolves it; a digest as itself.
+    c.deploy(
+        "acme",
+        &Quota::default(),
+        &svc("name: web\nimage: bb\nreplicas: 4\n"),
+        0,
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c
+        .instances(Some("acme"))
+        .unwrap_or_default()
+        .iter()
+        .all(|i| i.node != "n1"));
+    let d = c
+        .deploy(
+            "acme",
+            &Quota::default(),
+            &svc("name: pinned\nimage: sha256:abc\nreplicas: 2\n"),
+            0,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.placed.iter().all(|(_, n)| n == "n2"), "{d:?}");
+    // Only n1 has it, and n1 is cordoned: a placement refusal that says so.
+    c.cordon("n1", true).unwrap_or_else(|e| panic!("{e}"));
+    let e = c
+        .deploy(
+            "acme",
+            &Quota::default(),
+            &svc("name: o\nimage: other:1\n"),
+            0,
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("1 cordoned, 2 without the image"),
+        "{e}"
+    );
+    // A node that never said what it holds may run anything.
+    let mut n3 = c.nodes().unwrap_or_default()[0].0.clone();
+    (n3.name, n3.images) = ("n3".into(), None);
+    c.register_node(n3).unwrap_or_else(|e| panic!("{e}"));
+    c.heartbeat("n3", 100).unwrap_or_else(|e| panic!("{e}"));
+    let d = c
+        .deploy(
+            "acme",
+            &Quota::default(),
+            &svc("name: t\nimage: bb:typo\n"),
+            0,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.placed, [(0, "n3".to_string())]);
+}
+
+#[test]
+fn impossible_placements_quotas_and_other_tenants_change_nothing() {
+    let (_d, c) = cluster(3);
+    let before = c.store.revision().unwrap_or(0);
+    let big = svc("name: big\nimage: bb\nreplicas: 4\nplacement: {anti_affinity: true}\n");
+    let e = c
+        .deploy("acme", &Quota::default(), &big, 0, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("only 3 fit"), "{e}");
+    let zoned = svc("name: z\nimage: bb\nreplicas: 2\nplacement: {labels: {zone: c}}\n");
+    assert!(c
+        .deploy("acme", &Quota::default(), &zoned, 0, false)
+        .unwrap_err()
+        .to_string()
+        .contains("without the placement labels"));
+    let q = Quota {
+        instances: Some(2),
+        ..Default::default()
+    };
+    let three = svc("name: three\nimage: bb\nreplicas: 3\n");
+    assert!(matches!(
+        c.deploy("acme", &q, &three, 0, false),
+        Err(StateError::OverQuota(_))
+    ));
+    let stale = c
+        .deploy(
+            "acme",
+            &Quota::default(),
+            &svc("name: old\nimage: bb\n"),
+            200,
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        stale.to_string().contains("3 not ready"),
+        "nodes silent since before 200 ms: {stale}"
+    );
+    assert_eq!(c.store.revision().unwrap_or(0), before, "nothing written");
+    c.deploy("acme", &Quota::default(), &three, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        c.service("other", "three"),
+        Err(StateError::NoService(_))
+    ));
+    assert!(matches!(
+        c.scale("other", &Quota::default(), "three", 1, 0, false),
+        Err(StateError::NoService(_))
+    ));
+    assert!(matches!(
+        c.remove("other", "three"),
+        Err(StateError::NoService(_))
+    ));
+    assert!(
+        c.services("other").unwrap_or_default().is_empty()
+            && c.instances(Some("other")).unwrap_or_default().is_empty()
+    );
+    c.cordon("n0", true).unwrap_or_else(|e| panic!("{e}"));
+    let more = c
+        .scale("acme", &Quota::default(), "three", 5, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        more.placed.iter().all(|(_, n)| n != "n0"),
+        "cordoned: {more:?}"
+    );
+    c.remove("acme", "three").unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.instances(None).unwrap_or_default().is_empty());
+}
+
+#[test]
+fn two_deploys_that_read_the_same_capacity_cannot_both_commit() {
+    let (_d, c) = cluster(1);
+    let plan = |name: &str, replicas: u32| {
+        let s = svc(&format!(
+            "name: {name}\nimage: bb\nreplicas: {replicas}\nmemory: 1g\n"
+        ));
+        let record = ServiceRecord {
+            tenant: "t".into(),
+            spec: s.spec.clone(),
+            request: s.request,
+        };
+        let (mut guards, mut ops) = (
+            vec![Compare::Absent(service_key("t", name))],
+            vec![Op::Put(service_key("t", name), encode(&record))],
+        );
+        c.place_more(
+            &record,
+            &Quota::default(),
+            0,
+            replicas,
+            0,
+            &mut guards,
+            &mut ops,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (guards, ops)
+    };
+    // Each fits alone (5 x 1088 MiB of 8192); together they would not.
+    let (a, b) = (plan("a", 5), plan("b", 5));
+    let empty = || Change {
+        placed: vec![],
+        removed: vec![],
+        revision: 0,
+    };
+    c.commit(empty(), &a.0, &a.1, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        c.commit(empty(), &b.0, &b.1, false),
+        Err(StateError::Store(StoreError::Conflict(_)))
+    ));
+    assert_eq!(c.instances(None).unwrap_or_default().len(), 5);
+    assert!(c
+        .services("t")
+        .unwrap_or_default()
+        .iter()
+        .all(|s| s.spec.name == "a"));
+    // A heartbeat in between fails nothing.
+    let (g, o) = plan("c", 1);
+    c.heartbeat("n0", 900).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.commit(empty(), &g, &o, false).is_ok());
+    assert_eq!(c.instances(None).unwrap_or_default().len(), 6);
+}
