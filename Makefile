@@ -16,7 +16,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C linker-features=-lld -D linker-messages
 
-.PHONY: all build build-deps static agent kernel demo test bench clippy packages
+.PHONY: all build build-deps static agent kernel demo test bench clippy lint packages
 all: build
 
 build: static build-deps
@@ -71,3 +71,13 @@ bench: static
 
 clippy: build-deps
 	cargo clippy --release --workspace --all-targets -- -D warnings
+
+# Format, unused and duplicate dependencies, licenses, sources, layers.
+# Offline: the advisory database cannot be fetched on CI machines.
+lint:
+	cargo fmt --all --check
+	PATH="$$(scripts/lint-tools):$$PATH" cargo machete
+	PATH="$$(scripts/lint-tools):$$PATH" cargo deny --offline check bans licenses sources
+	scripts/check-layers
+	@long=$$(find . -name '*.rs' -not -path './target/*' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 800'); \
+	if [ -n "$$long" ]; then echo "files over 800 lines (split them):"; echo "$$long"; exit 1; fi
