@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bulkhead::cluster::schedule::{place, NodeView, Request};
 use bulkhead::cluster::spec::{Resources, Strategy};
-use bulkhead::runtime::record::RuntimeKind;
+use bulkhead::state::record::RuntimeKind;
 use criterion::Criterion;
 
 const NODES: usize = 1000;

@@ -219,8 +219,8 @@ fn one_runtime(
         elapsed
     );
     let after = mem_available_kib();
-    let state = crate::runtime::state::State::new(crate::runtime::paths::Paths::new(
-        crate::cli::run::data_dir(),
+    let state = crate::state::State::new(crate::state::paths::Paths::new(
+        crate::state::paths::data_dir(),
     ));
     let parents = process_parents();
     let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();

@@ -210,9 +210,9 @@ pub fn in_test_host(
     memory_mib: u64,
     timeout_s: u64,
 ) -> Result<Report> {
-    let testhost = crate::cli::run::binary("bulkhead-testhost")
+    let testhost = crate::runtime::shipped_binary("bulkhead-testhost")
         .context("microVMs on this host run inside the nested test host, and its launcher is missing (`make build` builds it; or bench only --runtimes crun,runc)")?;
-    let data = crate::cli::run::data_dir();
+    let data = crate::state::paths::data_dir();
     // The test host has no mkfs: the image's root disk is built (or found cached) here.
     let store = bulkhead_images::store::Store::open(&data)?;
     let manifest = store
@@ -283,7 +283,7 @@ pub fn nested_facts(inner: &Report) -> facts::HostFacts {
 pub const NESTED_NOTE: &str = "microVM runs ran inside the nested test host, where every guest exit and nested page walk is emulated (this host's /dev/kvm is kvm_pvm): only VMM-against-VMM ratios mean something here; any microvm-vs-container ratio in this report is NOT representative (real ones need a host with VT-x/AMD-V)";
 
 pub fn image_facts(image: &str) -> Result<report::ImageFacts> {
-    let store = bulkhead_images::store::Store::open(crate::cli::run::data_dir())?;
+    let store = bulkhead_images::store::Store::open(crate::state::paths::data_dir())?;
     let digest = store.resolve(image).with_context(|| {
         format!("image {image:?} (pull or import it first: `bulkhead image pull|import`)")
     })?;

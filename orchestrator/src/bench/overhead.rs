@@ -54,7 +54,7 @@ pub fn run(a: OverheadArgs) -> Result<Report> {
     if !Path::new("/dev/kvm").exists() {
         bail!("no /dev/kvm on this host");
     }
-    let ours = crate::cli::run::binary("bulkhead-vmm")?;
+    let ours = crate::runtime::shipped_binary("bulkhead-vmm")?;
     let other = match &a.vmm_vs {
         Some(p) if p.is_file() => Some(std::fs::canonicalize(p)?),
         Some(p) => bail!("--vmm-vs {}: no such file", p.display()),

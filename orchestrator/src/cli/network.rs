@@ -3,11 +3,12 @@
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
-use super::run::data_dir;
 use super::workloads::OutputFormat;
-use crate::network::{host, lifecycle, rules, store, Subnet};
-use crate::runtime::paths::Paths;
-use crate::runtime::state::State;
+use crate::network::{host, lifecycle, rules, Subnet};
+use crate::state::net;
+use crate::state::paths::data_dir;
+use crate::state::paths::Paths;
+use crate::state::State;
 
 fn state() -> State {
     State::new(Paths::new(data_dir()))
@@ -62,8 +63,8 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
             println!("{}", n.name);
         }
         NetworkCommand::Ls { format } => {
-            let nets = store::networks(&st)?;
-            let leases = store::leases(&st)?;
+            let nets = net::networks(&st)?;
+            let leases = net::leases(&st)?;
             let count = |name: &str| {
                 leases
                     .iter()
@@ -94,13 +95,13 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
             println!("{t}");
         }
         NetworkCommand::Inspect { name } => {
-            let n = store::network(&st, &name)?;
-            let leases: Vec<_> = store::leases(&st)?
+            let n = net::network(&st, &name)?;
+            let leases: Vec<_> = net::leases(&st)?
                 .into_iter()
                 .filter(|l| l.attachment.network == name)
                 .collect();
             let attachments: Vec<_> = leases.iter().map(|l| l.attachment.clone()).collect();
-            let policy = store::host_policy(&st)?;
+            let policy = net::host_policy(&st)?;
             let workloads: Vec<_> = leases
                 .iter()
                 .map(|l| {

@@ -12,15 +12,15 @@ use bulkhead_images::rootdisk::{self, Format};
 use bulkhead_images::store::Store;
 use clap::Args;
 
-use crate::network::store::{self, Want};
 use crate::network::{lifecycle, Publish};
 use crate::runtime::attach::Request;
-use crate::runtime::paths::{self, Paths};
-use crate::runtime::record::{
+use crate::runtime::{client, container};
+use crate::state::net::{self, Want};
+use crate::state::paths::{self, Paths};
+use crate::state::record::{
     now_ms, write_json, Jail, Record, RuntimeKind, VmFiles, WorkloadConfig,
 };
-use crate::runtime::state::State;
-use crate::runtime::{client, container};
+use crate::state::State;
 
 /// bulkhead's own failure (docker's convention).
 pub const EXIT_BULKHEAD: u8 = 125;
@@ -220,27 +220,6 @@ fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<Proc
     Ok(spec)
 }
 
-/// Directories holding the shipped static binaries: the static build beside
-/// ours (`<target>/x86_64-unknown-linux-gnu/release`), then our own dir.
-pub(crate) fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("find our own binary")?;
-    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let candidates = [
-        dir.join("../x86_64-unknown-linux-gnu/release").join(name),
-        dir.join(name),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .with_context(|| {
-            format!(
-                "no {name} next to {} (build it: `make static`)",
-                exe.display()
-            )
-        })
-}
-
 fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<VmFiles> {
     match bulkhead_vmm::host::detect() {
         bulkhead_vmm::host::KvmKind::Hardware => {}
@@ -261,21 +240,21 @@ fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<
             }
         },
     };
-    let agent = binary("bulkhead-agent")?;
+    let agent = crate::runtime::shipped_binary("bulkhead-agent")?;
     let initrd =
         bulkhead_images::agent_initramfs::cached(&agent).context("the agent's initramfs")?;
     let disk = rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}"))
         .context("the image's root disk")?;
     let real = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
     let jail = Jail {
-        jailer: real(binary("bulkhead-jailer")?)?,
+        jailer: real(crate::runtime::shipped_binary("bulkhead-jailer")?)?,
         chroot_base: Paths::jail_base(),
         uid: 0,
         gid: 0,
         ids: jail_ids()?,
     };
     Ok(VmFiles {
-        vmm: real(binary("bulkhead-vmm")?)?,
+        vmm: real(crate::runtime::shipped_binary("bulkhead-vmm")?)?,
         kernel: real(kernel)?,
         initrd: real(initrd)?,
         disk: real(disk)?,
@@ -304,10 +283,6 @@ fn parse_jail_ids(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('-')?;
     let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
     (a > 0 && a <= b && b < u32::MAX).then_some((a, b))
-}
-
-pub fn data_dir() -> PathBuf {
-    Store::default_dir()
 }
 
 /// Starts the supervisor for `id` and waits for its first word: `ok`, or
@@ -358,7 +333,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     if !nix::unistd::geteuid().is_root() {
         bail!("`bulkhead run` needs root for now (KVM, TAP devices, overlay mounts, OCI runtimes)");
     }
-    let data = data_dir();
+    let data = paths::data_dir();
     let store = Store::open(&data)
         .with_context(|| format!("open the image store at {}", data.display()))?;
     let manifest = store.resolve(&a.image).with_context(|| {
@@ -396,7 +371,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
                 }
                 files.vmm = std::fs::canonicalize(other)
                     .with_context(|| format!("the other VMM {}", other.display()))?;
-                files.flavor = crate::runtime::record::VmmFlavor::Firecracker;
+                files.flavor = crate::state::record::VmmFlavor::Firecracker;
             }
             Some(files)
         }
@@ -457,7 +432,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         }
         // A port another workload publishes, or a host program's: refused
         // now, not at start (the insert checks workloads again, atomically).
-        store::check_ports(&store::leases(&state)?, &ports)?;
+        net::check_ports(&net::leases(&state)?, &ports)?;
         for port in &ports {
             drop(crate::network::host::bind_port(port)?);
         }
@@ -509,7 +484,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         fencing: a
             .fence_deadline_file
             .as_ref()
-            .map(|f| crate::runtime::fencing::Fencing {
+            .map(|f| crate::state::fencing::Fencing {
                 deadline_file: f.clone(),
                 kill_after_ms: a.fence_kill_after_ms,
             }),
@@ -526,7 +501,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     };
     // The record and its address lease in one transaction; then the config
     // (with the address) for the supervisor.
-    let inserted = store::insert_workload(&state, &mut rec, want.as_ref())
+    let inserted = net::insert_workload(&state, &mut rec, want.as_ref())
         .map_err(anyhow::Error::from)
         .and_then(|()| {
             write_json(&dir.join("config.json"), &rec.config).map_err(anyhow::Error::from)

@@ -7,13 +7,14 @@ use anyhow::{bail, Context, Result};
 use bulkhead_agent_proto::ProcessSpec;
 use clap::Args;
 
-use super::run::{data_dir, parse_signal};
+use super::run::parse_signal;
 use crate::runtime::attach::Request;
 use crate::runtime::client;
-use crate::runtime::paths::{self, Paths};
-use crate::runtime::record::{Record, Status};
-use crate::runtime::state::State;
 use crate::runtime::supervisor::remove_files;
+use crate::state::paths::data_dir;
+use crate::state::paths::{self, Paths};
+use crate::state::record::{Record, Status};
+use crate::state::State;
 
 fn state() -> State {
     State::new(Paths::new(data_dir()))
@@ -41,7 +42,7 @@ pub struct PsArgs {
 }
 
 pub(crate) fn ago(ms: u64) -> String {
-    let s = crate::runtime::record::now_ms().saturating_sub(ms) / 1000;
+    let s = crate::state::record::now_ms().saturating_sub(ms) / 1000;
     match s {
         0..=59 => format!("{s} s ago"),
         60..=3599 => format!("{} min ago", s / 60),
@@ -314,7 +315,7 @@ pub struct RmArgs {
 }
 
 /// Blocks until `p` has exited (pidfd poll), at most `limit`.
-fn wait_gone(p: &crate::runtime::procs::ProcId, limit: Duration) -> bool {
+fn wait_gone(p: &crate::state::procs::ProcId, limit: Duration) -> bool {
     let Some(fd) = p.pidfd() else { return true };
     let mut fds = [nix::poll::PollFd::new(
         std::os::fd::AsFd::as_fd(&fd),
@@ -376,7 +377,7 @@ fn force_end(r: &Record) {
             wait_gone(&p, Duration::from_secs(10));
         }
     }
-    if r.config.runtime == crate::runtime::record::RuntimeKind::Container {
+    if r.config.runtime == crate::state::record::RuntimeKind::Container {
         for rt in ["crun", "runc"] {
             let _ = std::process::Command::new(rt)
                 .args(["delete", "-f", &r.config.id])

@@ -291,7 +291,7 @@ mod tests {
     use crate::cluster::spec::{self, Resources};
     use crate::cluster::state::Node;
     use crate::cluster::store::FileStore;
-    use crate::runtime::record::RuntimeKind;
+    use crate::state::record::RuntimeKind;
 
     fn cluster(nodes: &[&str]) -> (tempfile::TempDir, Cluster) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -79,7 +79,7 @@ impl Cluster {
 
     /// A new tenant and its first token.
     pub fn create_tenant(&self, name: &str, quota: Quota) -> Result<String, StateError> {
-        if !crate::runtime::paths::valid_name(name) {
+        if !crate::state::paths::valid_name(name) {
             return Err(StateError::Spec(super::spec::SpecError::Field {
                 field: "name",
                 why: format!("{name:?}: letters, digits, '_', '.', '-'"),

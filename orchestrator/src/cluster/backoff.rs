@@ -20,7 +20,7 @@ pub struct MonotonicClock;
 
 impl Clock for MonotonicClock {
     fn now_ms(&self) -> u64 {
-        crate::runtime::fencing::monotonic_ms()
+        crate::state::fencing::monotonic_ms()
     }
 }
 
@@ -31,7 +31,7 @@ pub struct WallClock;
 
 impl Clock for WallClock {
     fn now_ms(&self) -> u64 {
-        crate::runtime::record::now_ms()
+        crate::state::record::now_ms()
     }
 }
 

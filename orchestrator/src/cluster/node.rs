@@ -28,10 +28,10 @@ use serde_json::json;
 use super::assign::{Assignment, Observed, Report};
 use super::spec::Resources;
 use super::state::Node;
-use crate::runtime::fencing::{self, monotonic_ms};
-use crate::runtime::paths::Paths;
-use crate::runtime::record::{Record, RuntimeKind, Status};
-use crate::runtime::state::State;
+use crate::state::fencing::{self, monotonic_ms};
+use crate::state::paths::Paths;
+use crate::state::record::{Record, RuntimeKind, Status};
+use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

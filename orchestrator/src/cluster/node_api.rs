@@ -121,7 +121,7 @@ async fn logs(
     let Some(id) = workload_of(&app, &t) else {
         return refuse(StatusCode::NOT_FOUND, "no such instance on this node");
     };
-    let dir = crate::runtime::paths::Paths::new(&app.data).workload_dir(&id);
+    let dir = crate::state::paths::Paths::new(&app.data).workload_dir(&id);
     let mut bytes = std::fs::read(dir.join("log.1")).unwrap_or_default();
     bytes.extend(std::fs::read(dir.join("log")).unwrap_or_default());
     (

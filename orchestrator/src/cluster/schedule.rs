@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::spec::{Resources, Strategy};
-use crate::runtime::record::RuntimeKind;
+use crate::state::record::RuntimeKind;
 
 /// A node as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -285,7 +285,7 @@ async fn join_token(State(app): State<App>, headers: HeaderMap) -> ApiResult {
 }
 
 fn valid_node(n: &Node) -> Result<(), ApiError> {
-    if !crate::runtime::paths::valid_name(&n.name)
+    if !crate::state::paths::valid_name(&n.name)
         || n.labels
             .iter()
             .any(|(k, v)| !spec::valid_label(k) || !spec::valid_label(v))

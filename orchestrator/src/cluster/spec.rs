@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::record::RuntimeKind;
+use crate::state::record::RuntimeKind;
 
 /// Replicas of one service, at most.
 pub const MAX_REPLICAS: u32 = 1000;
@@ -240,7 +240,7 @@ pub fn parse(text: &str) -> Result<Service, SpecError> {
 
 /// Every field in range; what one instance needs from a node.
 pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
-    if !crate::runtime::paths::valid_name(&spec.name) {
+    if !crate::state::paths::valid_name(&spec.name) {
         return Err(field(
             "name",
             format!(

@@ -23,7 +23,7 @@ use super::backoff::Restarts;
 use super::schedule::{self, NodeView, Quota, Request};
 use super::spec::{self, Resources, Service, ServiceSpec};
 use super::store::{Compare, Entry, Op, Store, StoreError};
-use crate::runtime::record::RuntimeKind;
+use crate::state::record::RuntimeKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

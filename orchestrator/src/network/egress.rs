@@ -9,7 +9,7 @@
 //! never a protected address, and a tenant never loopback, link-local,
 //! multicast or reserved space.
 
-use serde::{Deserialize, Serialize};
+pub use crate::state::net::HostPolicy;
 
 use super::{NetError, Subnet};
 
@@ -53,20 +53,6 @@ fn ranges(list: &[&str]) -> Vec<Subnet> {
 
 pub fn denied() -> Vec<Subnet> {
     ranges(&DENIED)
-}
-
-/// This host's side of the policy, kept in the state store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostPolicy {
-    /// The control plane's and the store's addresses, as this host's node
-    /// daemon knows them: no workload reaches them, whatever it allows.
-    #[serde(default)]
-    pub protected: Vec<Subnet>,
-    /// Whether the host forwarded packets before bulkhead turned
-    /// forwarding on (found once, then kept): only then is forwarding that
-    /// is not bulkhead's let through (a router, another container engine).
-    #[serde(default)]
-    pub forwarded_before_us: Option<bool>,
 }
 
 /// `--allow-egress CIDR` (or a bare address).

@@ -129,7 +129,7 @@ pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
     // for the gateway is wrong until it expires (~50 s without traffic out).
     lines.push(format!(
         "link set {b} address {}",
-        super::subnet::mac_for(net.gateway())
+        crate::state::subnet::mac_for(net.gateway())
     ));
     lines.push(format!("link set {b} up"));
     ip_batch(&lines, None)?;

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::store::{self, Lease};
 use super::{host, rules, Attachment, NetError, Network, Subnet};
-use crate::runtime::record::{now_ms, RuntimeKind, WorkloadConfig};
-use crate::runtime::state::State;
+use crate::state::net::{self, Lease};
+use crate::state::record::{now_ms, RuntimeKind, WorkloadConfig};
+use crate::state::State;
 
 /// Serializes network changes between CLIs and supervisors: the rules
 /// applied last are always rendered from the latest store.
@@ -32,16 +32,16 @@ pub fn lock(state: &State) -> Result<nix::fcntl::Flock<File>, NetError> {
 /// nothing is forwarded before our forward chain is there). Whether the
 /// host forwarded before bulkhead is found once, before that, and kept.
 pub fn apply(state: &State) -> Result<(), NetError> {
-    let nets = store::networks(state)?;
-    let leases: Vec<Attachment> = store::leases(state)?
+    let nets = net::networks(state)?;
+    let leases: Vec<Attachment> = net::leases(state)?
         .into_iter()
         .map(|l| l.attachment)
         .collect();
-    if !nets.is_empty() && store::host_policy(state)?.forwarded_before_us.is_none() {
+    if !nets.is_empty() && net::host_policy(state)?.forwarded_before_us.is_none() {
         let on = host::forwarding_on()?;
-        store::update_host_policy(state, |p| p.forwarded_before_us = Some(on))?;
+        net::update_host_policy(state, |p| p.forwarded_before_us = Some(on))?;
     }
-    host::apply_rules(&rules::script(&nets, &leases, &store::host_policy(state)?))?;
+    host::apply_rules(&rules::script(&nets, &leases, &net::host_policy(state)?))?;
     if !nets.is_empty() {
         host::enable_forwarding()?;
     }
@@ -55,7 +55,7 @@ pub fn set_protected(state: &State, mut protected: Vec<Subnet>) -> Result<bool, 
     protected.sort_by_key(|s| (u32::from(s.base), s.prefix));
     protected.dedup();
     let _l = lock(state)?;
-    let changed = store::update_host_policy(state, |p| p.protected = protected)?;
+    let changed = net::update_host_policy(state, |p| p.protected = protected)?;
     if changed {
         apply(state)?;
     }
@@ -67,7 +67,7 @@ pub fn set_protected(state: &State, mut protected: Vec<Subnet>) -> Result<bool, 
 /// then, never opened) and the fail-closed routing rules. What it did.
 pub fn check_walls(state: &State) -> Result<Vec<String>, NetError> {
     let _l = lock(state)?;
-    let nets = store::networks(state)?;
+    let nets = net::networks(state)?;
     if nets.is_empty() {
         return Ok(Vec::new());
     }
@@ -99,7 +99,7 @@ fn host_subnets(ours: &[Network]) -> Result<Vec<(String, std::net::Ipv4Addr, Sub
     Ok(host::host_addresses()?
         .into_iter()
         .filter(|(ifname, _, _)| !ours.iter().any(|n| &n.bridge == ifname))
-        .map(|(i, a, l)| (i, a, super::subnet::of_address(a, l)))
+        .map(|(i, a, l)| (i, a, crate::state::subnet::of_address(a, l)))
         .collect())
 }
 
@@ -107,7 +107,7 @@ fn host_subnets(ours: &[Network]) -> Result<Vec<(String, std::net::Ipv4Addr, Sub
 /// (16 to 29) from 10.89.0.0 up to 10.254.255.255 that neither another
 /// network nor the host's own addresses use.
 pub fn pick_subnet(state: &State, prefix: u8) -> Result<Subnet, NetError> {
-    let ours = store::networks(state)?;
+    let ours = net::networks(state)?;
     let mut taken: Vec<Subnet> = ours.iter().map(|n| n.subnet).collect();
     taken.extend(host_subnets(&ours)?.into_iter().map(|(_, _, s)| s));
     let prefix = prefix.clamp(16, 29);
@@ -120,7 +120,7 @@ pub fn pick_subnet(state: &State, prefix: u8) -> Result<Subnet, NetError> {
         base: std::net::Ipv4Addr::from(b),
         prefix,
     });
-    super::subnet::first_free(candidates, &taken).ok_or_else(|| NetError::Conflict(format!("no free /{prefix} left in 10.89.0.0-10.254.255.255 for a new network: give one with --subnet")))
+    crate::state::subnet::first_free(candidates, &taken).ok_or_else(|| NetError::Conflict(format!("no free /{prefix} left in 10.89.0.0-10.254.255.255 for a new network: give one with --subnet")))
 }
 
 /// Adds a network to the store and brings up its bridge.
@@ -155,7 +155,7 @@ fn create_locked(
             "bridge name {bridge:?}: 1 to 15 letters, digits, '-', '_', '.'"
         )));
     }
-    let existing = store::networks(state)?;
+    let existing = net::networks(state)?;
     if host::link_exists(&bridge) && !existing.iter().any(|n| n.bridge == bridge) {
         return Err(NetError::Conflict(format!("an interface named {bridge} exists on this host already and is not bulkhead's: pick another with --bridge")));
     }
@@ -168,11 +168,11 @@ fn create_locked(
         cursor: 0,
         tenant: tenant.map(str::to_string),
     };
-    store::create_network(state, &net)?;
+    net::create_network(state, &net)?;
     let up = host::ensure_bridge(&net).and_then(|()| apply(state));
     if let Err(e) = up {
         // Nothing half-made: the record and the bridge go again.
-        let _ = store::remove_network(state, name);
+        let _ = net::remove_network(state, name);
         let _ = host::delete_bridge(&net.bridge);
         let _ = apply(state);
         return Err(e);
@@ -183,7 +183,7 @@ fn create_locked(
 /// Removes a network nothing uses, with its bridge.
 pub fn remove(state: &State, name: &str) -> Result<Network, NetError> {
     let _l = lock(state)?;
-    let net = store::remove_network(state, name)?;
+    let net = net::remove_network(state, name)?;
     host::delete_bridge(&net.bridge)?;
     apply(state)?;
     Ok(net)
@@ -194,7 +194,7 @@ pub fn remove(state: &State, name: &str) -> Result<Network, NetError> {
 pub fn ensure_tenant_network(state: &State, tenant: &str) -> Result<String, NetError> {
     let name = super::tenant_network(tenant);
     let _l = lock(state)?;
-    match store::network(state, &name) {
+    match net::network(state, &name).map_err(NetError::from) {
         Ok(n) if n.tenant.as_deref() == Some(tenant) => return Ok(name),
         Ok(_) => return Err(NetError::Conflict(format!("network {name:?} exists and is not tenant {tenant:?}'s: remove it (`bulkhead network rm {name}`)"))),
         Err(NetError::NoSuchNetwork(_)) => {}
@@ -209,17 +209,17 @@ pub fn ensure_tenant_network(state: &State, tenant: &str) -> Result<String, NetE
 pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetError> {
     let name = super::tenant_network(tenant);
     let _l = lock(state)?;
-    let Ok(net) = store::network(state, &name) else {
+    let Ok(net) = net::network(state, &name) else {
         return Ok(false);
     };
     if net.tenant.as_deref() != Some(tenant)
-        || store::leases(state)?
+        || net::leases(state)?
             .iter()
             .any(|l| l.attachment.network == name)
     {
         return Ok(false);
     }
-    store::remove_network(state, &name)?;
+    net::remove_network(state, &name)?;
     host::delete_bridge(&net.bridge)?;
     apply(state)?;
     Ok(true)
@@ -227,7 +227,7 @@ pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetEr
 
 /// The default network, created on first use.
 pub fn ensure_default(state: &State) -> Result<(), NetError> {
-    match store::network(state, super::DEFAULT_NETWORK) {
+    match net::network(state, super::DEFAULT_NETWORK).map_err(NetError::from) {
         Ok(_) => Ok(()),
         Err(NetError::NoSuchNetwork(_)) => {
             let subnet = Subnet::parse(super::DEFAULT_SUBNET)?;
@@ -270,7 +270,7 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
     };
     let _l = lock(state)?;
     let result = (|| {
-        let net = store::network(state, &a.network)?;
+        let net = net::network(state, &a.network)?;
         host::ensure_bridge(&net)?;
         for p in &a.ports {
             out.held_ports.push(host::bind_port(p)?);
@@ -298,7 +298,7 @@ pub fn detach(state: &State, id: &str) -> Result<(), NetError> {
     for name in [super::tap_name(id), super::veth_name(id)] {
         host::delete_link(&name)?;
     }
-    if store::release(state, id)? {
+    if net::release(state, id)? {
         apply(state)?;
     }
     Ok(())
@@ -315,7 +315,7 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
     // record in the list read next. (Read the other way round, a `run`
     // beside this one could insert a workload between the two reads, and
     // its lease and interface would be swept as left over.)
-    let leases: Vec<Lease> = store::leases(state)?;
+    let leases: Vec<Lease> = net::leases(state)?;
     let links = host::links_with_prefix(&["bht", "bhv"]);
     let records = state.list()?;
     let live: BTreeSet<&str> = records
@@ -326,12 +326,12 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
     let is_live = |short: &str| live.iter().any(|id| id.starts_with(short));
     let mut removed = Vec::new();
     for l in leases.iter().filter(|l| !live.contains(l.id.as_str())) {
-        store::release(state, &l.id)?;
+        net::release(state, &l.id)?;
         removed.push(format!(
             "lease {} on {} (workload {})",
             l.attachment.ip,
             l.attachment.network,
-            crate::runtime::paths::short(&l.id)
+            crate::state::paths::short(&l.id)
         ));
     }
     for name in links {
@@ -341,7 +341,7 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
             removed.push(format!("interface {name}"));
         }
     }
-    for n in &store::networks(state)? {
+    for n in &net::networks(state)? {
         if !host::link_exists(&n.bridge) {
             host::ensure_bridge(n)?;
             removed.push(format!(

@@ -6,29 +6,25 @@
 //! atomically after every change.
 //!
 //! ```text
-//! subnet.rs  subnets, address allocation, MACs (pure)
-//! publish.rs -p HOSTIP:HOSTPORT:PORT/PROTO parsing (pure)
-//! egress.rs  what workloads may reach beyond their network (pure)
-//! rules.rs   the nft script for a set of networks and leases (pure)
-//! store.rs   networks and leases in the state store (redb)
+//! egress.rs    what workloads may reach beyond their network (pure)
+//! rules.rs     the nft script for a set of networks and leases (pure)
 //! lifecycle.rs set up, tear down, sweep (what supervisors and the CLI call)
-//! host.rs    bridges, TAPs, veths, netns, sysctls, nft: the host side
+//! host.rs      bridges, TAPs, veths, netns, sysctls, nft: the host side
 //! ```
+//!
+//! Networks, leases, subnets and published ports as stored are the state
+//! layer's (`crate::state::{net, subnet, publish}`), below this one.
 
 pub mod egress;
 pub mod host;
 pub mod lifecycle;
-pub mod publish;
 pub mod rules;
-pub mod store;
-pub mod subnet;
 
 use std::net::Ipv4Addr;
 
-use serde::{Deserialize, Serialize};
-
-pub use publish::{Proto, Publish};
-pub use subnet::Subnet;
+pub use crate::state::net::{tap_name, veth_name, Attachment, Network};
+pub use crate::state::publish::{Proto, Publish};
+pub use crate::state::subnet::Subnet;
 
 /// The network `run` uses unless told otherwise, created on first use.
 pub const DEFAULT_NETWORK: &str = "bulkhead";
@@ -49,7 +45,20 @@ pub enum NetError {
     #[error("{what}: {why}")]
     Host { what: String, why: String },
     #[error(transparent)]
-    State(#[from] crate::runtime::state::StateError),
+    State(crate::state::StateError),
+}
+
+/// The store's refusals keep their kind: a conflict is a conflict here too.
+impl From<crate::state::StateError> for NetError {
+    fn from(e: crate::state::StateError) -> Self {
+        use crate::state::StateError as S;
+        match e {
+            S::Input(m) => NetError::Input(m),
+            S::NoSuchNetwork(n) => NetError::NoSuchNetwork(n),
+            S::Conflict(m) => NetError::Conflict(m),
+            other => NetError::State(other),
+        }
+    }
 }
 
 impl NetError {
@@ -59,56 +68,6 @@ impl NetError {
             why: why.to_string(),
         }
     }
-}
-
-/// A network: a bridge and the subnet its workloads get addresses from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Network {
-    pub name: String,
-    pub bridge: String,
-    pub subnet: Subnet,
-    pub created_ms: u64,
-    /// Where the next address search starts (see `subnet::allocate`).
-    #[serde(default)]
-    pub cursor: u32,
-    /// The cluster tenant whose instances on this node it holds (made on
-    /// first use, removed with the last): tenants never share a bridge.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-}
-
-impl Network {
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.subnet.gateway()
-    }
-}
-
-/// A workload's place on a network: written into its config when `run`
-/// allocates it, and kept as a lease in the store until released.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub network: String,
-    pub bridge: String,
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Ipv4Addr,
-    pub mac: String,
-    /// The host side: the TAP (microvm) or the veth end on the bridge.
-    pub host_if: String,
-    pub ports: Vec<Publish>,
-    pub nameservers: Vec<String>,
-    /// Beyond the internet: what `--allow-egress` opened (see `egress`).
-    #[serde(default)]
-    pub allow_egress: Vec<Subnet>,
-}
-
-/// Host interface names: a kind letter and the id's first 12 digits (15 bytes, IFNAMSIZ-1).
-pub fn tap_name(id: &str) -> String {
-    format!("bht{}", crate::runtime::paths::short(id))
-}
-
-pub fn veth_name(id: &str) -> String {
-    format!("bhv{}", crate::runtime::paths::short(id))
 }
 
 /// The network a cluster tenant's instances join on a node: `t-TENANT`,
@@ -131,7 +90,7 @@ pub fn tenant_network(tenant: &str) -> String {
 
 /// Network names: like workload names, at most 32 characters.
 pub fn valid_name(n: &str) -> bool {
-    n.len() <= 32 && n != NONE && crate::runtime::paths::valid_name(n)
+    n.len() <= 32 && n != NONE && crate::state::paths::valid_name(n)
 }
 
 /// The bridge for a new network: `bh-NAME` when that fits IFNAMSIZ.

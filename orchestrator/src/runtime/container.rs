@@ -20,11 +20,11 @@ use oci_spec::runtime::{
 use tokio::process::Command;
 
 use super::attach::{ExitReport, Kind};
-use super::paths::Paths;
-use super::record::WorkloadConfig;
 use super::workload::{
     failed, open_pty, proc_pair, pump_reader, pump_writer, set_winsize, stdio_for, Control, Proc,
 };
+use crate::state::paths::Paths;
+use crate::state::record::WorkloadConfig;
 
 /// The image's unpacked root, shared read-only by its containers:
 /// `<data>/trees/<manifest hex>`, built once (unpacked aside, renamed in).
@@ -152,7 +152,7 @@ impl Container {
         if p.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
             env.push("TERM=xterm".into());
         }
-        env.push(format!("HOSTNAME={}", super::paths::short(&cfg.id)));
+        env.push(format!("HOSTNAME={}", crate::state::paths::short(&cfg.id)));
         process.set_env(Some(env));
         process.set_cwd(p.cwd.clone().unwrap_or_else(|| "/".into()).into());
         process.set_terminal(Some(p.tty));
@@ -170,7 +170,7 @@ impl Container {
         root.set_path(self.rootfs.clone());
         root.set_readonly(Some(false));
         spec.set_root(Some(root));
-        spec.set_hostname(Some(super::paths::short(&cfg.id).to_string()));
+        spec.set_hostname(Some(crate::state::paths::short(&cfg.id).to_string()));
         let mut linux = spec.linux().clone().unwrap_or_default();
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(m) = cfg.memory_mib {
@@ -240,7 +240,7 @@ impl Container {
         mut cmd: Command,
         tty: bool,
         log: PathBuf,
-    ) -> Result<(Proc, Option<super::procs::ProcId>), ExitReport> {
+    ) -> Result<(Proc, Option<crate::state::procs::ProcId>), ExitReport> {
         let pty = if tty {
             Some(open_pty().map_err(|e| failed(format!("open a pty: {e}")))?)
         } else {
@@ -278,7 +278,9 @@ impl Container {
         let mut child = cmd
             .spawn()
             .map_err(|e| failed(format!("start {}: {e}", self.runtime)))?;
-        let pid = child.id().and_then(|p| super::procs::ProcId::of(p as i32));
+        let pid = child
+            .id()
+            .and_then(|p| crate::state::procs::ProcId::of(p as i32));
         let (proc_, ends) = proc_pair();
         let mut readers = Vec::new();
         let master: Option<std::sync::Arc<OwnedFd>> = match pty {
@@ -354,7 +356,7 @@ impl Container {
     pub fn start_main(
         &self,
         p: &ProcessSpec,
-    ) -> Result<(Proc, Option<super::procs::ProcId>), ExitReport> {
+    ) -> Result<(Proc, Option<crate::state::procs::ProcId>), ExitReport> {
         let log = self.bundle.join("runtime-main.log");
         let pid_file = self.bundle.join("pid");
         let mut cmd = self.base_command(&log);
@@ -455,7 +457,7 @@ fn write_etc_files(
 ) -> Result<Vec<(PathBuf, &'static str)>, String> {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc).map_err(|e| format!("create {}: {e}", etc.display()))?;
-    let host = super::paths::short(&cfg.id);
+    let host = crate::state::paths::short(&cfg.id);
     let mut hosts =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(a) = &cfg.network {

@@ -10,10 +10,10 @@ use std::path::Path;
 
 use tokio::process::Command;
 
-use super::paths::Paths;
-use super::procs::{children_of, ProcId};
-use super::record::{Jail, VmFiles, WorkloadConfig};
-use super::state::{State, StateError};
+use crate::state::paths::Paths;
+use crate::state::procs::{children_of, ProcId};
+use crate::state::record::{Jail, VmFiles, WorkloadConfig};
+use crate::state::{State, StateError};
 
 /// Memory the VMM process needs beyond guest RAM: its own pages, KVM's
 /// page tables, page cache of the disk it reads (reclaimable).

@@ -4,7 +4,7 @@
 //! microVM's bounds are the VMM's own (`bulkhead_vmm::config`), so a size
 //! that passes here never fails later in the VMM.
 
-use crate::runtime::record::RuntimeKind;
+use crate::state::record::RuntimeKind;
 
 /// A microVM's guest memory unless asked (MiB).
 pub const DEFAULT_VM_MEMORY_MIB: u64 = 256;

@@ -18,9 +18,9 @@ use tokio::process::{Child, Command};
 
 use super::attach::{ExitReport, Kind, Mark};
 use super::jail;
-use super::procs::ProcId;
-use super::record::{VmmFlavor, WorkloadConfig};
 use super::workload::{failed, proc_pair, Control, Proc, RotatingLog};
+use crate::state::procs::ProcId;
+use crate::state::record::{VmmFlavor, WorkloadConfig};
 
 /// The guest's serial console is kept in `console.log` (and `console.1`), this big at most.
 const CONSOLE_LIMIT: u64 = 1 << 20;
@@ -75,7 +75,7 @@ impl Microvm {
             .as_ref()
             .ok_or("no VM files in the workload config")?;
         let jail = files.jail.as_ref();
-        let vm_dir = super::paths::Paths::vm_dir(&cfg.id);
+        let vm_dir = crate::state::paths::Paths::vm_dir(&cfg.id);
         jail::make_vm_dir(&vm_dir, jail).map_err(|e| e.to_string())?;
         let uds = vm_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
@@ -214,7 +214,7 @@ impl Microvm {
                 },
                 scratch: None,
             },
-            hostname: Some(super::paths::short(&cfg.id).to_string()),
+            hostname: Some(crate::state::paths::short(&cfg.id).to_string()),
             network: cfg.network.as_ref().map(|a| NetworkSpec {
                 interface: "eth0".into(),
                 address: format!("{}/{}", a.ip, a.prefix),

@@ -21,13 +21,34 @@
 pub mod attach;
 pub mod client;
 pub mod container;
-pub mod fencing;
 pub mod jail;
 pub mod limits;
 pub mod microvm;
-pub mod paths;
-pub mod procs;
-pub mod record;
-pub mod state;
 pub mod supervisor;
 pub mod workload;
+
+/// A binary bulkhead ships (`bulkhead-vmm`, `bulkhead-jailer`, ...): the
+/// static build beside ours (`<target>/x86_64-unknown-linux-gnu/release`),
+/// else our own dir.
+pub fn shipped_binary(name: &str) -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    [
+        dir.join("../x86_64-unknown-linux-gnu/release").join(name),
+        dir.join(name),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no {name} next to {} (build it: `make static`)",
+                exe.display()
+            ),
+        )
+    })
+}

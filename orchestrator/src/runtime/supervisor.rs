@@ -20,11 +20,11 @@ use crate::network::lifecycle as network;
 use super::attach::{self, ExitReport, Kind, Mark, Reply, Request};
 use super::container::Container;
 use super::microvm::Microvm;
-use super::paths::Paths;
-use super::procs::ProcId;
-use super::record::{now_ms, read_json, write_json, Exit, Running, WorkloadConfig};
-use super::state::State;
 use super::workload::{failed, Control, Proc, RotatingLog};
+use crate::state::paths::Paths;
+use crate::state::procs::ProcId;
+use crate::state::record::{now_ms, read_json, write_json, Exit, Running, WorkloadConfig};
+use crate::state::State;
 
 /// Rotate `log` to `log.1` past this size.
 pub const LOG_ROTATE_BYTES: u64 = 8 << 20;
@@ -197,7 +197,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         }
     };
     let backend = match cfg.runtime {
-        super::record::RuntimeKind::Container => {
+        crate::state::record::RuntimeKind::Container => {
             let store = match Store::open(paths.data()) {
                 Ok(s) => s,
                 Err(e) => {
@@ -210,7 +210,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
                 Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
             }
         }
-        super::record::RuntimeKind::Microvm => {
+        crate::state::record::RuntimeKind::Microvm => {
             match Microvm::boot(&cfg, &dir, attached.tap.as_ref(), &mut marks).await {
                 Ok(m) => Backend::Microvm(Box::new(m)),
                 Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
@@ -265,7 +265,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     let mut lease_over = Box::pin(async move {
         match &fencing {
             Some(f) => {
-                super::fencing::passed(f.deadline_file.clone()).await;
+                crate::state::fencing::passed(f.deadline_file.clone()).await;
                 Duration::from_millis(f.kill_after_ms)
             }
             None => std::future::pending().await,

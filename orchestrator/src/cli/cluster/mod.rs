@@ -34,7 +34,7 @@ use crate::cluster::reconcile::Timing;
 use crate::cluster::server::Settings;
 use crate::cluster::state::Cluster;
 use crate::cluster::store::FileStore;
-use crate::runtime::record::RuntimeKind;
+use crate::state::record::RuntimeKind;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 

@@ -126,7 +126,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
         bail!("the node daemon needs root (it runs workloads through `bulkhead run`)");
     }
     let name = a.name.unwrap_or_else(host_name);
-    if !crate::runtime::paths::valid_name(&name) {
+    if !crate::state::paths::valid_name(&name) {
         bail!("node name {name:?}: letters, digits, '_', '.', '-' (--name)");
     }
     let mut labels = std::collections::BTreeMap::new();
@@ -169,7 +169,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
         server,
         join_token,
         node,
-        data: crate::cli::run::data_dir(),
+        data: crate::state::paths::data_dir(),
         bulkhead: std::env::current_exe()?,
         cacert: cacert(&a.cacert),
         listen: a.listen,

@@ -102,12 +102,12 @@ pub fn server(a: ServerArgs) -> Result<()> {
             let file = a
                 .admin_token_file
                 .clone()
-                .unwrap_or_else(|| crate::cli::run::data_dir().join("cluster.admin-token"));
+                .unwrap_or_else(|| crate::state::paths::data_dir().join("cluster.admin-token"));
             (Cluster::new(store), file, s.to_string())
         }
         other => {
             let path = match other {
-                None => crate::cli::run::data_dir().join("cluster.redb"),
+                None => crate::state::paths::data_dir().join("cluster.redb"),
                 Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
                 Some(s) => {
                     bail!("--store {s:?}: file:PATH (one host) or etcd://HOST:PORT[,HOST:PORT...]")

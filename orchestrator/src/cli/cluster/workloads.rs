@@ -131,7 +131,7 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
 
 /// A name as one URL path segment (names are plain: no escaping needed).
 pub(super) fn path_segment(name: &str) -> Result<&str> {
-    if crate::runtime::paths::valid_name(name) {
+    if crate::state::paths::valid_name(name) {
         Ok(name)
     } else {
         bail!("{name:?}: not a valid name (letters, digits, '_', '.', '-')")

@@ -29,7 +29,7 @@ pub(super) fn write_identity(data: &Path, name: &str, token: &str) -> std::io::R
         token: token.into(),
     })
     .map_err(std::io::Error::other)?;
-    crate::runtime::record::write_private(&identity_file(data), &bytes)
+    crate::state::record::write_private(&identity_file(data), &bytes)
 }
 
 /// The servers' URLs that are not https://, unless `insecure` allows them.

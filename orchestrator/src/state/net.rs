@@ -7,11 +7,76 @@ use std::collections::BTreeSet;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::egress::HostPolicy;
-use super::subnet::{allocate, mac_for};
-use super::{Attachment, NetError, Network, Publish, Subnet};
-use crate::runtime::record::Record;
-use crate::runtime::state::{db, insert_in, State, StateError};
+use std::net::Ipv4Addr;
+
+use super::publish::Publish;
+use super::record::Record;
+use super::subnet::{allocate, mac_for, Subnet};
+use super::{db, insert_in, State, StateError};
+
+/// A network: a bridge and the subnet its workloads get addresses from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub bridge: String,
+    pub subnet: Subnet,
+    pub created_ms: u64,
+    /// Where the next address search starts (see `subnet::allocate`).
+    #[serde(default)]
+    pub cursor: u32,
+    /// The cluster tenant whose instances on this node it holds (made on
+    /// first use, removed with the last): tenants never share a bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+impl Network {
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.gateway()
+    }
+}
+
+/// A workload's place on a network: written into its config when `run`
+/// allocates it, and kept as a lease in the store until released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub bridge: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+    /// The host side: the TAP (microvm) or the veth end on the bridge.
+    pub host_if: String,
+    pub ports: Vec<Publish>,
+    pub nameservers: Vec<String>,
+    /// Beyond the internet: what `--allow-egress` opened (see `egress`).
+    #[serde(default)]
+    pub allow_egress: Vec<Subnet>,
+}
+
+/// Host interface names: a kind letter and the id's first 12 digits (15 bytes, IFNAMSIZ-1).
+pub fn tap_name(id: &str) -> String {
+    format!("bht{}", super::paths::short(id))
+}
+
+pub fn veth_name(id: &str) -> String {
+    format!("bhv{}", super::paths::short(id))
+}
+
+/// This host's side of the policy, kept in the state store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPolicy {
+    /// The control plane's and the store's addresses, as this host's node
+    /// daemon knows them: no workload reaches them, whatever it allows.
+    #[serde(default)]
+    pub protected: Vec<Subnet>,
+    /// Whether the host forwarded packets before bulkhead turned
+    /// forwarding on (found once, then kept): only then is forwarding that
+    /// is not bulkhead's let through (a router, another container engine).
+    #[serde(default)]
+    pub forwarded_before_us: Option<bool>,
+}
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 /// `<network>/<ip>` -> [`Lease`].
@@ -53,42 +118,42 @@ fn rows<T: redb::ReadableTable<&'static str, &'static [u8]>, V: serde::de::Deser
 fn read_all<V: serde::de::DeserializeOwned>(
     state: &State,
     def: TableDefinition<&str, &[u8]>,
-) -> Result<Vec<V>, NetError> {
+) -> Result<Vec<V>, StateError> {
     state.with_db(|d| {
         let tx = d.begin_read().map_err(db)?;
         match tx.open_table(def) {
             Ok(t) => Ok(rows(&t)?),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
-            Err(e) => Err(db(e).into()),
+            Err(e) => Err(db(e)),
         }
     })
 }
 
-pub fn networks(state: &State) -> Result<Vec<Network>, NetError> {
+pub fn networks(state: &State) -> Result<Vec<Network>, StateError> {
     let mut v: Vec<Network> = read_all(state, NETWORKS)?;
     v.sort_by_key(|n| n.created_ms);
     Ok(v)
 }
 
-pub fn network(state: &State, name: &str) -> Result<Network, NetError> {
+pub fn network(state: &State, name: &str) -> Result<Network, StateError> {
     networks(state)?
         .into_iter()
         .find(|n| n.name == name)
-        .ok_or_else(|| NetError::NoSuchNetwork(name.to_string()))
+        .ok_or_else(|| StateError::NoSuchNetwork(name.to_string()))
 }
 
-pub fn leases(state: &State) -> Result<Vec<Lease>, NetError> {
+pub fn leases(state: &State) -> Result<Vec<Lease>, StateError> {
     read_all(state, LEASES)
 }
 
 /// This host's egress policy (the default until a node daemon says more).
-pub fn host_policy(state: &State) -> Result<HostPolicy, NetError> {
+pub fn host_policy(state: &State) -> Result<HostPolicy, StateError> {
     state.with_db(|d| {
         let tx = d.begin_read().map_err(db)?;
         let t = match tx.open_table(HOST) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HostPolicy::default()),
-            Err(e) => return Err(db(e).into()),
+            Err(e) => return Err(db(e)),
         };
         Ok(match t.get("policy").map_err(db)? {
             Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
@@ -101,7 +166,7 @@ pub fn host_policy(state: &State) -> Result<HostPolicy, NetError> {
 pub fn update_host_policy(
     state: &State,
     change: impl FnOnce(&mut HostPolicy),
-) -> Result<bool, NetError> {
+) -> Result<bool, StateError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         let changed = {
@@ -125,26 +190,26 @@ pub fn update_host_policy(
 
 /// Adds a network: its name and bridge must be free and its subnet must
 /// not overlap another network's.
-pub fn create_network(state: &State, net: &Network) -> Result<(), NetError> {
+pub fn create_network(state: &State, net: &Network) -> Result<(), StateError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         {
             let mut t = tx.open_table(NETWORKS).map_err(db)?;
             let all: Vec<Network> = rows(&t)?;
             if all.iter().any(|n| n.name == net.name) {
-                return Err(NetError::Conflict(format!(
+                return Err(StateError::Conflict(format!(
                     "a network named {:?} exists already",
                     net.name
                 )));
             }
             if let Some(n) = all.iter().find(|n| n.bridge == net.bridge) {
-                return Err(NetError::Conflict(format!(
+                return Err(StateError::Conflict(format!(
                     "the bridge {} belongs to network {:?} already",
                     net.bridge, n.name
                 )));
             }
             if let Some(n) = all.iter().find(|n| n.subnet.overlaps(&net.subnet)) {
-                return Err(NetError::Conflict(format!(
+                return Err(StateError::Conflict(format!(
                     "subnet {} overlaps network {:?} ({}): pick another with --subnet",
                     net.subnet, n.name, n.subnet
                 )));
@@ -158,23 +223,23 @@ pub fn create_network(state: &State, net: &Network) -> Result<(), NetError> {
 }
 
 /// Drops a network that no workload holds an address on.
-pub fn remove_network(state: &State, name: &str) -> Result<Network, NetError> {
+pub fn remove_network(state: &State, name: &str) -> Result<Network, StateError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         let net = {
             let mut t = tx.open_table(NETWORKS).map_err(db)?;
             let net: Network = match t.get(name).map_err(db)? {
                 Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
-                None => return Err(NetError::NoSuchNetwork(name.to_string())),
+                None => return Err(StateError::NoSuchNetwork(name.to_string())),
             };
             let users: Vec<Lease> = rows(&tx.open_table(LEASES).map_err(db)?)?;
             let users: Vec<&str> = users
                 .iter()
                 .filter(|l| l.attachment.network == name)
-                .map(|l| crate::runtime::paths::short(&l.id))
+                .map(|l| super::paths::short(&l.id))
                 .collect();
             if !users.is_empty() {
-                return Err(NetError::Conflict(format!(
+                return Err(StateError::Conflict(format!(
                     "network {name:?} is in use by {} (remove them first)",
                     users.join(", ")
                 )));
@@ -194,14 +259,14 @@ pub fn insert_workload(
     state: &State,
     rec: &mut Record,
     want: Option<&Want>,
-) -> Result<(), NetError> {
+) -> Result<(), StateError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         if let Some(w) = want {
             let mut nets = tx.open_table(NETWORKS).map_err(db)?;
             let mut net: Network = match nets.get(w.network.as_str()).map_err(db)? {
                 Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
-                None => return Err(NetError::NoSuchNetwork(w.network.clone())),
+                None => return Err(StateError::NoSuchNetwork(w.network.clone())),
             };
             let mut leases_t = tx.open_table(LEASES).map_err(db)?;
             let all: Vec<Lease> = rows(&leases_t)?;
@@ -212,7 +277,7 @@ pub fn insert_workload(
                 .map(|l| l.attachment.ip)
                 .collect();
             let (ip, cursor) = allocate(&net.subnet, &taken, net.cursor).ok_or_else(|| {
-                NetError::Conflict(format!(
+                StateError::Conflict(format!(
                     "network {:?} ({}) has no free address left",
                     net.name, net.subnet
                 ))
@@ -228,8 +293,8 @@ pub fn insert_workload(
                 gateway: net.gateway(),
                 mac: mac_for(ip),
                 host_if: match kind {
-                    crate::runtime::record::RuntimeKind::Microvm => super::tap_name(id),
-                    crate::runtime::record::RuntimeKind::Container => super::veth_name(id),
+                    crate::state::record::RuntimeKind::Microvm => tap_name(id),
+                    crate::state::record::RuntimeKind::Container => veth_name(id),
                 },
                 ports: w.ports.clone(),
                 nameservers: w.nameservers.clone(),
@@ -250,7 +315,7 @@ pub fn insert_workload(
             .map_err(db)?;
             rec.config.network = Some(attachment);
         }
-        crate::runtime::state::assign_jail_ids(&tx, rec)?;
+        crate::state::assign_jail_ids(&tx, rec)?;
         insert_in(&tx, rec)?;
         tx.commit().map_err(db)?;
         Ok(())
@@ -258,17 +323,17 @@ pub fn insert_workload(
 }
 
 /// Refuses ports another workload publishes already.
-pub fn check_ports(leases: &[Lease], ports: &[Publish]) -> Result<(), NetError> {
+pub fn check_ports(leases: &[Lease], ports: &[Publish]) -> Result<(), StateError> {
     for p in ports {
         if let Some(l) = leases
             .iter()
             .find(|l| l.attachment.ports.iter().any(|q| q.clashes(p)))
         {
-            return Err(NetError::Conflict(format!(
+            return Err(StateError::Conflict(format!(
                 "port {}/{} is already published by workload {}",
                 p.host_port,
                 p.proto,
-                crate::runtime::paths::short(&l.id)
+                super::paths::short(&l.id)
             )));
         }
     }
@@ -276,7 +341,7 @@ pub fn check_ports(leases: &[Lease], ports: &[Publish]) -> Result<(), NetError> 
 }
 
 /// Gives back the workload's address and ports; whether it held any.
-pub fn release(state: &State, id: &str) -> Result<bool, NetError> {
+pub fn release(state: &State, id: &str) -> Result<bool, StateError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         let n = remove_leases_in(&tx, id)?;
@@ -305,11 +370,11 @@ pub(crate) fn remove_leases_in(tx: &redb::WriteTransaction, id: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::Subnet;
-    use crate::runtime::paths::Paths;
+    use crate::state::paths::Paths;
+    use crate::state::subnet::Subnet;
 
     fn rec(id: &str) -> Record {
-        crate::runtime::record::test_record(id, &format!("w-{id}"))
+        crate::state::record::test_record(id, &format!("w-{id}"))
     }
 
     fn want(ports: &[&str]) -> Want {
@@ -346,10 +411,10 @@ mod tests {
             tenant: None,
         };
         assert!(
-            matches!(create_network(&s, &clash), Err(NetError::Conflict(m)) if m.contains("overlaps"))
+            matches!(create_network(&s, &clash), Err(StateError::Conflict(m)) if m.contains("overlaps"))
         );
         assert!(
-            matches!(create_network(&s, &net), Err(NetError::Conflict(_))),
+            matches!(create_network(&s, &net), Err(StateError::Conflict(_))),
             "names are unique"
         );
 
@@ -364,14 +429,14 @@ mod tests {
         }
         let mut full = rec("99");
         assert!(
-            matches!(insert_workload(&s, &mut full, Some(&want(&[]))), Err(NetError::Conflict(m)) if m.contains("no free address"))
+            matches!(insert_workload(&s, &mut full, Some(&want(&[]))), Err(StateError::Conflict(m)) if m.contains("no free address"))
         );
         assert!(
             s.get("w-99").is_err(),
             "a refused lease leaves no record either"
         );
         assert!(
-            matches!(remove_network(&s, "small"), Err(NetError::Conflict(m)) if m.contains("in use"))
+            matches!(remove_network(&s, "small"), Err(StateError::Conflict(m)) if m.contains("in use"))
         );
 
         assert!(release(&s, "02").unwrap_or_else(|e| panic!("{e}")));
@@ -386,7 +451,7 @@ mod tests {
         let mut port_clash = rec("06");
         s.remove("00").unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            matches!(insert_workload(&s, &mut port_clash, Some(&want(&["127.0.0.1:8080:81"]))), Err(NetError::Conflict(m)) if m.contains("already published"))
+            matches!(insert_workload(&s, &mut port_clash, Some(&want(&["127.0.0.1:8080:81"]))), Err(StateError::Conflict(m)) if m.contains("already published"))
         );
         assert_eq!(
             leases(&s).unwrap_or_else(|e| panic!("{e}")).len(),

@@ -91,7 +91,7 @@ pub struct WorkloadConfig {
     pub vm: Option<VmFiles>,
     /// Its address, ports and bridge (`None`: `--network none`).
     #[serde(default)]
-    pub network: Option<crate::network::Attachment>,
+    pub network: Option<super::net::Attachment>,
     pub created_ms: u64,
     /// Started by `bulkhead node`: stopped once its lease deadline passes.
     #[serde(default)]

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::NetError;
+use super::StateError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,9 +33,9 @@ pub struct Publish {
 }
 
 impl Publish {
-    pub fn parse(spec: &str) -> Result<Self, NetError> {
+    pub fn parse(spec: &str) -> Result<Self, StateError> {
         let bad = |why: &str| {
-            NetError::Input(format!("-p {spec:?}: {why} (the form is [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:8080:80/tcp)"))
+            StateError::Input(format!("-p {spec:?}: {why} (the form is [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:8080:80/tcp)"))
         };
         let (ports, proto) = match spec.rsplit_once('/') {
             Some((p, "tcp")) => (p, Proto::Tcp),
@@ -60,7 +60,7 @@ impl Publish {
             [_] => return Err(bad("give the host port too")),
             _ => return Err(bad("too many parts")),
         };
-        let num = |s: &str, what: &str| -> Result<u16, NetError> {
+        let num = |s: &str, what: &str| -> Result<u16, StateError> {
             match s.parse::<u16>() {
                 Ok(n) if n > 0 => Ok(n),
                 _ => Err(bad(&format!("{what} {s:?} is not a port number (1-65535)"))),

@@ -1,15 +1,38 @@
-//! The state store: one redb file in the data dir. redb locks its file for
-//! as long as a `Database` is open, so every operation opens it for one
-//! transaction only, behind a blocking flock on `state.lock`: any number of
-//! CLI invocations and supervisors take turns.
+//! The local state: what this host knows of its workloads and networks,
+//! and the store that keeps it. The bottom layer of the orchestrator: the
+//! network and runtime layers above both read and write it, and it uses
+//! neither (`scripts/check-layers`).
+//!
+//! ```text
+//! mod.rs       the store: one redb file in the data dir, workload records
+//! paths.rs     where everything lives (data dir, run dir, per-workload files)
+//! record.rs    a workload's record and config, its exit and running files
+//! procs.rs     process identities that survive pid reuse (pidfds)
+//! fencing.rs   the fence and lease deadline a cluster workload runs under
+//! net.rs       networks, address leases and the host's policy in the store
+//! subnet.rs    subnets, address allocation, MACs (pure)
+//! publish.rs   -p HOSTIP:HOSTPORT:PORT/PROTO parsing (pure)
+//! ```
+//!
+//! redb locks its file for as long as a `Database` is open, so every
+//! operation opens it for one transaction only, behind a blocking flock on
+//! `state.lock`: any number of CLI invocations and supervisors take turns.
+
+pub mod fencing;
+pub mod net;
+pub mod paths;
+pub mod procs;
+pub mod publish;
+pub mod record;
+pub mod subnet;
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::paths::Paths;
-use super::record::{read_json, Exit, Record, Running};
+use self::paths::Paths;
+use self::record::{read_json, Exit, Record, Running};
 
 const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads");
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
@@ -31,6 +54,15 @@ pub enum StateError {
     NameTaken(String),
     #[error("a record in the state store is damaged: {0}")]
     Corrupt(String),
+    /// Bad input from the user (a subnet, a port): nothing was changed.
+    #[error("{0}")]
+    Input(String),
+    #[error("no network {0:?} (`bulkhead network ls` lists them)")]
+    NoSuchNetwork(String),
+    /// What was asked for clashes with what the store holds (an address,
+    /// a port, a subnet, a network in use).
+    #[error("{0}")]
+    Conflict(String),
     #[error("no free jail uid in {0}-{1}: every one belongs to a workload in the store (`bulkhead rm` ended ones, or widen BULKHEAD_JAIL_IDS)")]
     NoJailId(u32, u32),
 }
@@ -197,7 +229,7 @@ impl State {
                         .map_err(db)?;
                 }
             }
-            crate::network::store::remove_leases_in(&tx, id)?;
+            net::remove_leases_in(&tx, id)?;
             tx.commit().map_err(db)
         })
     }
@@ -284,7 +316,7 @@ mod tests {
     use super::*;
 
     fn rec(id: &str, name: &str) -> Record {
-        super::super::record::test_record(id, name)
+        super::record::test_record(id, name)
     }
 
     #[test]
@@ -320,11 +352,10 @@ mod tests {
             error: None,
             finished_ms: 1,
         };
-        super::super::record::write_json(&dir.join("exit.json"), &exit)
-            .unwrap_or_else(|e| panic!("{e}"));
+        super::record::write_json(&dir.join("exit.json"), &exit).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             s.get("web").unwrap_or_else(|e| panic!("{e}")).status(),
-            super::super::record::Status::Exited(7)
+            super::record::Status::Exited(7)
         );
         std::fs::write(dir.join("exit.json"), b"{garbage").unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -340,7 +371,7 @@ mod tests {
 
     #[test]
     fn jail_ids_are_the_lowest_free_in_range_and_never_shared() {
-        use super::super::record::{Jail, VmFiles};
+        use super::record::{Jail, VmFiles};
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = State::new(Paths::new(d.path()));
         let jailed = |id: &str| {

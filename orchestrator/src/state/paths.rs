@@ -76,6 +76,12 @@ pub fn valid_name(n: &str) -> bool {
         && c.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// The data dir: `$BULKHEAD_DATA`, else bulkhead's default (the image
+/// store's, which shares it).
+pub fn data_dir() -> PathBuf {
+    bulkhead_images::store::Store::default_dir()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::NetError;
+use super::StateError;
 
 /// An IPv4 subnet: its base address (host bits zero) and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,15 +18,15 @@ impl Subnet {
     /// `10.88.0.0/16` as a network's subnet: `parse_cidr`'s rules, and /8
     /// to /29 (a gateway and at least one workload address besides
     /// network and broadcast).
-    pub fn parse(s: &str) -> Result<Self, NetError> {
+    pub fn parse(s: &str) -> Result<Self, StateError> {
         if !s.contains('/') {
-            return Err(NetError::Input(format!(
+            return Err(StateError::Input(format!(
                 "subnet {s:?}: write it as ADDRESS/PREFIX, e.g. 10.89.0.0/16"
             )));
         }
         let net = Self::parse_cidr(s)?;
         if !(8..=29).contains(&net.prefix) {
-            return Err(NetError::Input(format!(
+            return Err(StateError::Input(format!(
                 "subnet {s:?}: the prefix length must be 8 to 29"
             )));
         }
@@ -35,8 +35,8 @@ impl Subnet {
 
     /// Any IPv4 CIDR, /0 to /32, written ADDRESS/PREFIX with no host bits
     /// set; a bare address is its /32.
-    pub fn parse_cidr(s: &str) -> Result<Self, NetError> {
-        let bad = |why: &str| NetError::Input(format!("subnet {s:?}: {why}"));
+    pub fn parse_cidr(s: &str) -> Result<Self, StateError> {
+        let bad = |why: &str| StateError::Input(format!("subnet {s:?}: {why}"));
         let (addr, len) = match s.split_once('/') {
             Some((a, l)) => (a, l),
             None if s.parse::<Ipv4Addr>().is_ok() => (s, "32"),
