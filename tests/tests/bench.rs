@@ -21,15 +21,7 @@ fn release_dir() -> PathBuf {
     exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf()
 }
 
-fn bulkhead() -> PathBuf {
-    let b = release_dir().join("bulkhead");
-    assert!(
-        b.is_file(),
-        "no {} (cargo build --release --workspace)",
-        b.display()
-    );
-    b
-}
+use bulkhead_tests::bulkhead;
 
 /// A second bulkhead-vmm under another name: the `--vmm-vs` stand-in.
 fn other_vmm(dir: &Path) -> PathBuf {

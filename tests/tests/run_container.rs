@@ -15,17 +15,7 @@ use bulkhead_tests::netns::NetNs;
 use bulkhead_tests::run_cases::{self, Ctx};
 
 /// The CLI under test, from the same target dir as this test.
-fn bulkhead() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let release = exe.parent().and_then(|d| d.parent()).unwrap();
-    let b = release.join("bulkhead");
-    assert!(
-        b.is_file(),
-        "no {} (cargo build --release --workspace)",
-        b.display()
-    );
-    b
-}
+use bulkhead_tests::bulkhead;
 
 /// One at a time: they share /run/bulkhead and the OCI runtimes' state.
 fn lock() -> std::sync::MutexGuard<'static, ()> {

@@ -8,26 +8,12 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_tests::run_cases;
 use bulkhead_tests::testhost::{Mode, TestHost};
 
-fn bulkhead() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let b = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("bulkhead");
-    assert!(
-        b.is_file(),
-        "no {} (cargo build --release --workspace)",
-        b.display()
-    );
-    b
-}
+use bulkhead_tests::bulkhead;
 
 /// Runs `bulkhead-testkit TABLE /t/data CYCLES` in the test host against a
 /// fresh store, and checks that every CHECK passed and each of `wants`

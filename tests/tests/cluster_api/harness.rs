@@ -3,20 +3,7 @@
 
 use super::*;
 
-pub(super) fn bulkhead() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let b = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("bulkhead");
-    assert!(
-        b.is_file(),
-        "no {} (cargo build --release --workspace)",
-        b.display()
-    );
-    b
-}
+pub(super) use bulkhead_tests::bulkhead;
 
 pub(super) struct Server {
     pub(super) child: Child,
