@@ -17,7 +17,7 @@ mod tls;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 #[test]
@@ -270,6 +270,66 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
     let paths = doc["paths"].as_object().unwrap();
     let routes: usize = paths.values().map(|m| m.as_object().unwrap().len()).sum();
     assert_eq!((paths.len(), routes), (17, 20), "{:?}", paths.keys());
+    // Schemas from the API's own types: every reference resolves, every
+    // answer but this document's and the logs' (text) has one.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = &r[..r.find('"').unwrap()];
+        assert!(
+            schemas.contains_key(name),
+            "{name} is referred to, not defined"
+        );
+    }
+    for (path, methods) in paths {
+        for (method, op) in methods.as_object().unwrap() {
+            let ok = &op["responses"]["200"];
+            assert!(
+                path == "/openapi.json" || ok["content"].is_object(),
+                "{method} {path}: no schema for its answer"
+            );
+        }
+    }
+    for name in [
+        "Instance",
+        "ServiceSpec",
+        "Node",
+        "Change",
+        "Joined",
+        "Synced",
+        "ErrorBody",
+    ] {
+        assert!(
+            schemas[name]["properties"].is_object(),
+            "{name}: {}",
+            schemas[name]
+        );
+    }
+    // ... and says what the server really sends: each field of a listed
+    // instance and node is in its schema.
+    let listed = [
+        (
+            "Instance",
+            json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])),
+        ),
+        (
+            "NodeRow",
+            json(&cli(&s, &s.admin, &["node", "ls", "--format", "json"])),
+        ),
+    ];
+    for (name, rows) in listed {
+        let rows = rows.as_array().unwrap().clone();
+        assert!(!rows.is_empty(), "{name}: nothing listed");
+        for row in rows {
+            for key in row.as_object().unwrap().keys() {
+                assert!(
+                    schemas[name]["properties"].get(key).is_some(),
+                    "{name} has no {key}: {}",
+                    schemas[name]
+                );
+            }
+        }
+    }
     for (path, methods) in paths {
         for method in methods.as_object().unwrap().keys() {
             let concrete = path.replace("{name}", "web").replace("{index}", "x");

@@ -57,7 +57,7 @@ pub struct BootArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
     /// Memory per microVM, MiB.
-    #[arg(long, default_value_t = crate::runtime::microvm::DEFAULT_MEMORY_MIB, value_name = "MIB")]
+    #[arg(long, default_value_t = crate::runtime::limits::DEFAULT_VM_MEMORY_MIB, value_name = "MIB")]
     pub memory: u64,
     #[command(flatten)]
     pub output: OutputArgs,

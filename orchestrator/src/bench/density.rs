@@ -29,7 +29,7 @@ pub struct DensityArgs {
     #[arg(long, value_name = "SIZE")]
     pub budget: Option<String>,
     /// Memory per microVM, MiB.
-    #[arg(long, default_value_t = crate::runtime::microvm::DEFAULT_MEMORY_MIB, value_name = "MIB")]
+    #[arg(long, default_value_t = crate::runtime::limits::DEFAULT_VM_MEMORY_MIB, value_name = "MIB")]
     pub memory: u64,
     #[command(flatten)]
     pub output: OutputArgs,

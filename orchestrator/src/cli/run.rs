@@ -1,25 +1,19 @@
 //! `bulkhead run`: an image in its own microVM (or, with `--runtime
 //! container`, on the shared kernel through crun/runc), docker-style.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use bulkhead_agent_proto::ProcessSpec;
 use bulkhead_images::rootdisk::{self, Format};
-use bulkhead_images::store::Store;
+use bulkhead_images::store::{Digest, Store};
 use clap::Args;
 
-use crate::network::{lifecycle, Publish};
-use crate::runtime::attach::Request;
-use crate::runtime::{client, container};
-use crate::state::net::{self, Want};
+use crate::network::Publish;
+use crate::runtime::create::{self, CreateError, Request, Started, VmAssets};
+use crate::runtime::{attach, client};
+use crate::state::fencing::Fencing;
 use crate::state::paths::{self, Paths};
-use crate::state::record::{
-    now_ms, write_json, Jail, Record, RuntimeKind, VmFiles, WorkloadConfig,
-};
+use crate::state::record::{now_ms, RuntimeKind};
 use crate::state::State;
 
 /// bulkhead's own failure (docker's convention).
@@ -140,57 +134,23 @@ impl RunArgs {
     }
 }
 
-/// `SIGTERM`, `TERM`, `15` -> 15.
-pub fn parse_signal(s: &str) -> Result<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
-    }
-    let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") {
-        name
-    } else {
-        format!("SIG{name}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|s| s as i32)
-        .map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
-}
-
-/// Image config + env files + flags -> the process to run.
-fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<ProcessSpec> {
-    let rc = &img.config.config;
-    let mut spec = rc.process_spec();
-    spec.args = match &a.entrypoint {
-        Some(e) => std::iter::once(e.clone())
-            .chain(a.command.iter().cloned())
-            .collect(),
-        None if !a.command.is_empty() => rc
-            .entrypoint
-            .iter()
-            .flatten()
-            .cloned()
-            .chain(a.command.iter().cloned())
-            .collect(),
-        None => spec.args,
-    };
-    if spec.args.is_empty() || spec.args[0].is_empty() {
-        bail!("no command: the image has no Entrypoint or Cmd, so give one after the image name");
-    }
-    let mut extra = Vec::new();
+/// Env files, then `-e` (KEY=VALUE, or KEY to pass ours on: left out when
+/// we have none, as docker does) -> KEY=VALUE in order.
+fn env_of(a: &RunArgs) -> Result<Vec<String>> {
+    let mut given = Vec::new();
     for f in &a.env_file {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("--env-file {}", f.display()))?;
-        extra.extend(
+        given.extend(
             text.lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .map(str::to_string),
         );
     }
-    extra.extend(a.env.iter().cloned());
-    for e in extra {
+    given.extend(a.env.iter().cloned());
+    let mut env = Vec::new();
+    for e in given {
         let kv = match e.split_once('=') {
             Some(_) => e,
             None => match std::env::var(&e) {
@@ -198,133 +158,80 @@ fn process_spec(img: &bulkhead_images::store::Image, a: &RunArgs) -> Result<Proc
                 Err(_) => continue, // docker: an unset KEY is left out
             },
         };
-        let key = kv.split('=').next().unwrap_or_default().to_string();
-        if key.is_empty() {
+        if kv.split('=').next().unwrap_or_default().is_empty() {
             bail!("-e {kv:?}: empty variable name");
         }
-        spec.env
-            .retain(|x| x.split('=').next() != Some(key.as_str()));
-        spec.env.push(kv);
+        env.push(kv);
     }
-    if let Some(w) = &a.workdir {
-        if !w.starts_with('/') {
-            bail!("-w {w:?}: the working directory must be absolute");
-        }
-        spec.cwd = Some(w.clone());
-    }
-    if let Some(u) = &a.user {
-        spec.user = Some(u.clone());
-    }
-    spec.tty = a.tty;
-    spec.stdin = a.interactive;
-    Ok(spec)
+    Ok(env)
 }
 
-fn vm_files(store: &Store, manifest: &bulkhead_images::store::Digest) -> Result<VmFiles> {
-    match bulkhead_vmm::host::detect() {
-        bulkhead_vmm::host::KvmKind::Hardware => {}
-        other => bail!(
-            "this host cannot boot a microVM: {other}. A stock Linux guest needs VT-x/AMD-V behind /dev/kvm. Use --runtime container here, or run bulkhead inside the nested test host (`tests/testhost/run -- bulkhead run ...`; `make demo` does)"
-        ),
-    }
-    let kernel = match std::env::var_os("BULKHEAD_KERNEL").filter(|k| !k.is_empty()) {
-        Some(k) => PathBuf::from(k),
-        None => match bulkhead_images::kernel::find_built() {
-            Ok(k) => k.vmlinux,
+/// The flags as the runtime's typed request.
+fn request(a: &RunArgs) -> Result<Request> {
+    let publish = a
+        .publish
+        .iter()
+        .map(|p| Publish::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let allow_egress = a
+        .allow_egress
+        .iter()
+        .map(|c| crate::network::egress::parse_allow(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Request {
+        image: a.image.clone(),
+        name: a.name.clone(),
+        runtime: a.runtime,
+        oci_runtime: a.oci_runtime.clone(),
+        entrypoint: a.entrypoint.clone(),
+        command: a.command.clone(),
+        env: env_of(a)?,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        tty: a.tty,
+        interactive: a.interactive,
+        cpus: a.cpus,
+        memory: a.memory.clone(),
+        network: a.network.clone(),
+        publish,
+        allow_egress,
+        attach: !a.detach,
+        auto_remove: a.rm,
+        fencing: a.fence_deadline_file.as_ref().map(|f| Fencing {
+            deadline_file: f.clone(),
+            kill_after_ms: a.fence_kill_after_ms,
+        }),
+        other_vmm: a.vmm_firecracker.clone(),
+    })
+}
+
+/// The CLI builds what a microVM lacks in its own process, with progress
+/// on the terminal.
+struct HereWithProgress;
+
+impl VmAssets for HereWithProgress {
+    fn kernel(&mut self) -> Result<PathBuf, CreateError> {
+        match bulkhead_images::kernel::find_built() {
+            Ok(k) => Ok(k.vmlinux),
             Err(_) => {
                 eprintln!("the guest kernel is not built yet: building it once (minutes; cached)");
                 let mut progress = super::kernel::TerminalProgress::new();
                 bulkhead_images::kernel::build(&Default::default(), &mut progress)
-                    .context("build the guest kernel (`bulkhead kernel build` shows more)")?
-                    .vmlinux
+                    .map(|k| k.vmlinux)
+                    .map_err(|e| {
+                        CreateError::asset(
+                            "build the guest kernel (`bulkhead kernel build` shows more)",
+                            e,
+                        )
+                    })
             }
-        },
-    };
-    let agent = crate::runtime::shipped_binary("bulkhead-agent")?;
-    let initrd =
-        bulkhead_images::agent_initramfs::cached(&agent).context("the agent's initramfs")?;
-    let disk = rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}"))
-        .context("the image's root disk")?;
-    let real = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
-    let jail = Jail {
-        jailer: real(crate::runtime::shipped_binary("bulkhead-jailer")?)?,
-        chroot_base: Paths::jail_base(),
-        uid: 0,
-        gid: 0,
-        ids: jail_ids()?,
-    };
-    Ok(VmFiles {
-        vmm: real(crate::runtime::shipped_binary("bulkhead-vmm")?)?,
-        kernel: real(kernel)?,
-        initrd: real(initrd)?,
-        disk: real(disk)?,
-        flavor: Default::default(),
-        jail: Some(jail),
-    })
-}
-
-/// The uids (and gids, the same numbers) jailed VMMs run as: one each,
-/// `BULKHEAD_JAIL_IDS=FIRST-LAST`. The default lies above the ranges
-/// distributions hand out (users, subuid maps from 100000, systemd's
-/// containers up to 1879048191) and below 2^31.
-pub const DEFAULT_JAIL_IDS: (u32, u32) = (2_000_000_000, 2_000_065_535);
-
-fn jail_ids() -> Result<(u32, u32)> {
-    let Some(v) = std::env::var("BULKHEAD_JAIL_IDS")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        return Ok(DEFAULT_JAIL_IDS);
-    };
-    parse_jail_ids(&v).with_context(|| format!("BULKHEAD_JAIL_IDS={v:?}: FIRST-LAST, 0 < FIRST <= LAST < 4294967295 (e.g. 2000000000-2000065535)"))
-}
-
-fn parse_jail_ids(v: &str) -> Option<(u32, u32)> {
-    let (a, b) = v.split_once('-')?;
-    let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-    (a > 0 && a <= b && b < u32::MAX).then_some((a, b))
-}
-
-/// Starts the supervisor for `id` and waits for its first word: `ok`, or
-/// `err MESSAGE` (it ended already).
-fn spawn_supervisor(data: &Path, id: &str) -> Result<std::result::Result<(), String>> {
-    let (read_end, write_end): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let fd = write_end.as_raw_fd();
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("__supervise")
-        .arg("--data")
-        .arg(data)
-        .args(["--notify-fd", "3", id]);
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; it puts our pipe end at fd 3 (without CLOEXEC) for the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
+        }
     }
-    let status = cmd.status().context("start the supervisor")?;
-    drop(write_end);
-    if !status.success() {
-        bail!("the supervisor failed to start: {status}");
+
+    fn root_disk(&mut self, store: &Store, manifest: &Digest) -> Result<PathBuf, CreateError> {
+        rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}"))
+            .map_err(|e| CreateError::asset("the image's root disk", e))
     }
-    let mut msg = String::new();
-    std::fs::File::from(read_end).read_to_string(&mut msg)?;
-    let first = msg.lines().next().unwrap_or("").to_string();
-    Ok(match first.as_str() {
-        "ok" => Ok(()),
-        "" => Err("the supervisor died before it started the workload".into()),
-        other => Err(other
-            .strip_prefix("err ")
-            .unwrap_or(other)
-            .replace("\\n", "\n")),
-    })
 }
 
 pub fn run(a: RunArgs) -> Result<u8> {
@@ -334,192 +241,18 @@ pub fn run(a: RunArgs) -> Result<u8> {
         bail!("`bulkhead run` needs root for now (KVM, TAP devices, overlay mounts, OCI runtimes)");
     }
     let data = paths::data_dir();
-    let store = Store::open(&data)
-        .with_context(|| format!("open the image store at {}", data.display()))?;
-    let manifest = store.resolve(&a.image).with_context(|| {
-        format!(
-            "image {:?} (pull or import it first: `bulkhead image pull|import`)",
-            a.image
-        )
-    })?;
-    let img = store.image(&manifest)?;
-    let process = process_spec(&img, &a)?;
-    let stop_signal = match img.config.config.stop_signal.as_deref() {
-        Some(s) if !s.is_empty() => {
-            parse_signal(s).with_context(|| format!("the image's StopSignal {s:?}"))?
-        }
-        _ => libc::SIGTERM,
-    };
-    // Checked for the runtime before anything is made (the VMM's own bounds for a microVM).
-    let memory_mib = a
-        .memory
-        .as_deref()
-        .map(|m| crate::runtime::limits::memory_for(a.runtime, m))
-        .transpose()
-        .context("--memory")?;
-    if let Some(c) = a.cpus {
-        if !(c > 0.0 && c <= 64.0) {
-            bail!("--cpus {c}: between 0 and 64");
-        }
-    }
-    let vm = match a.runtime {
-        RuntimeKind::Microvm => {
-            let mut files = vm_files(&store, &manifest)?;
-            if let Some(other) = &a.vmm_firecracker {
-                if a.network != crate::network::NONE {
-                    bail!("another VMM runs with --network none only");
-                }
-                files.vmm = std::fs::canonicalize(other)
-                    .with_context(|| format!("the other VMM {}", other.display()))?;
-                files.flavor = crate::state::record::VmmFlavor::Firecracker;
-            }
-            Some(files)
-        }
-        RuntimeKind::Container => {
-            if let Some(r) = &a.oci_runtime {
-                if r != "crun" && r != "runc" {
-                    bail!("--oci-runtime {r:?}: crun or runc");
-                }
-                container::which(r)
-                    .with_context(|| format!("{r} is not installed (apt-get install {r})"))?;
-            } else if container::default_oci_runtime().is_none() {
-                bail!("--runtime container needs crun or runc: apt-get install crun (or runc)");
-            }
-            None
-        }
-    };
-    let ports = a
-        .publish
-        .iter()
-        .map(|p| Publish::parse(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    if a.network == crate::network::NONE && !ports.is_empty() {
-        bail!("-p needs a network: --network none has loopback only");
-    }
-    let allow_egress = a
-        .allow_egress
-        .iter()
-        .map(|c| crate::network::egress::parse_allow(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    if a.network == crate::network::NONE && !allow_egress.is_empty() {
-        bail!("--allow-egress needs a network: --network none has loopback only");
-    }
-    if allow_egress.len() > crate::network::egress::MAX_ALLOWS {
-        bail!(
-            "--allow-egress: at most {} of them",
-            crate::network::egress::MAX_ALLOWS
-        );
-    }
-    for (i, p) in ports.iter().enumerate() {
-        if let Some(q) = ports[..i].iter().find(|q| q.clashes(p)) {
-            bail!("-p {p} and -p {q} claim the same host port");
-        }
-    }
-    let p = Paths::new(&data);
-    let state = State::new(p.clone());
-    // Leftovers of workloads that are gone (a crash, a reboot) go first.
-    if let Err(e) = lifecycle::sweep(&state) {
-        eprintln!("bulkhead: warning: cleaning up after workloads that are gone: {e}");
-    }
-    if let Err(e) = crate::runtime::jail::sweep(&state) {
-        eprintln!("bulkhead: warning: removing the jails of workloads that are gone: {e}");
-    }
-    let want = if a.network == crate::network::NONE {
-        None
-    } else {
-        if a.network == crate::network::DEFAULT_NETWORK {
-            lifecycle::ensure_default(&state)?;
-        }
-        // A port another workload publishes, or a host program's: refused
-        // now, not at start (the insert checks workloads again, atomically).
-        net::check_ports(&net::leases(&state)?, &ports)?;
-        for port in &ports {
-            drop(crate::network::host::bind_port(port)?);
-        }
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        Some(Want {
-            network: a.network.clone(),
-            ports,
-            nameservers: crate::network::nameservers(&resolv),
-            allow_egress,
-        })
-    };
-    let id = paths::new_id()?;
-    let name = match &a.name {
-        Some(n) if paths::valid_name(n) => n.clone(),
-        Some(n) => {
-            bail!("--name {n:?}: letters, digits, '_', '.', '-', starting with a letter or digit")
-        }
-        None => {
-            let base: String = a
-                .image
-                .rsplit('/')
-                .next()
-                .unwrap_or("w")
-                .split([':', '@'])
-                .next()
-                .unwrap_or("w")
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            format!("{}-{}", if base.is_empty() { "w" } else { &base }, &id[..8])
-        }
-    };
-    let cfg = WorkloadConfig {
-        id: id.clone(),
-        name,
-        image: a.image.clone(),
-        manifest: manifest.to_string(),
-        runtime: a.runtime,
-        oci_runtime: a.oci_runtime.clone(),
-        process,
-        cpus: a.cpus,
-        memory_mib,
-        stop_signal,
-        attach: !a.detach,
-        auto_remove: a.rm,
-        vm,
-        network: None,
-        created_ms: now_ms(),
-        fencing: a
-            .fence_deadline_file
-            .as_ref()
-            .map(|f| crate::state::fencing::Fencing {
-                deadline_file: f.clone(),
-                kill_after_ms: a.fence_kill_after_ms,
-            }),
-    };
-    let dir = p.workload_dir(&id);
-    // Configs, logs and writable layers: closed to other users.
-    bulkhead_images::private::dir(&p.data().join("workloads"))
-        .and_then(|()| bulkhead_images::private::dir(&dir))
-        .with_context(|| format!("create {}", dir.display()))?;
-    let mut rec = Record {
-        config: cfg,
-        running: None,
-        exit: None,
-    };
-    // The record and its address lease in one transaction; then the config
-    // (with the address) for the supervisor.
-    let inserted = net::insert_workload(&state, &mut rec, want.as_ref())
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            write_json(&dir.join("config.json"), &rec.config).map_err(anyhow::Error::from)
-        });
-    if let Err(e) = inserted {
-        let _ = state.remove(&id);
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
-    let started = spawn_supervisor(&data, &id)?;
+    let req = request(&a)?;
+    let rec = create::create(&data, &req, &mut HereWithProgress)?;
+    let id = rec.config.id;
+    let started = create::start(&data, &id)?;
     if a.detach {
         return match started {
-            Ok(()) => {
+            Started::Running => {
                 println!("{id}");
                 Ok(0)
             }
-            Err(e) => {
-                let code = state
+            Started::Ended(e) => {
+                let code = State::new(Paths::new(&data))
                     .get(&id)
                     .ok()
                     .and_then(|r| r.exit.map(|x| x.code))
@@ -529,7 +262,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
             }
         };
     }
-    if let Err(e) = started {
+    if let Started::Ended(e) = started {
         bail!("{e}");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -539,7 +272,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         let s = client::connect(&Paths::ctl_socket(&id)).await?;
         client::session(
             s,
-            &Request::Attach {
+            &attach::Request::Attach {
                 stdin: a.interactive,
             },
             a.interactive,
@@ -565,35 +298,4 @@ pub fn run(a: RunArgs) -> Result<u8> {
         }
     }
     Ok(u8::try_from(report.code.clamp(0, 255)).unwrap_or(EXIT_BULKHEAD))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signal_names_and_jail_ids() {
-        assert_eq!(parse_signal("KILL").ok(), Some(9));
-        assert_eq!(parse_signal("sigterm").ok(), Some(15));
-        assert_eq!(parse_signal("2").ok(), Some(2));
-        assert!(
-            parse_signal("0").is_err()
-                && parse_signal("NOPE").is_err()
-                && parse_signal("65").is_err()
-        );
-        assert_eq!(parse_jail_ids("5-9"), Some((5, 9)));
-        assert_eq!(parse_jail_ids("7-7"), Some((7, 7)));
-        for bad in [
-            "",
-            "5",
-            "9-5",
-            "0-10",
-            "-1-5",
-            "a-b",
-            "1-4294967295",
-            "1-99999999999",
-        ] {
-            assert_eq!(parse_jail_ids(bad), None, "{bad}");
-        }
-    }
 }

@@ -1,16 +1,14 @@
 //! `bulkhead ps|logs|exec|stop|kill|rm|inspect`: workloads `run` started.
 
 use std::io::{Read, Seek, Write};
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bulkhead_agent_proto::ProcessSpec;
 use clap::Args;
 
-use super::run::parse_signal;
 use crate::runtime::attach::Request;
 use crate::runtime::client;
-use crate::runtime::supervisor::remove_files;
+use crate::runtime::create::parse_signal;
 use crate::state::paths::data_dir;
 use crate::state::paths::{self, Paths};
 use crate::state::record::{Record, Status};
@@ -266,15 +264,8 @@ pub struct StopArgs {
 
 pub fn stop(a: StopArgs) -> Result<u8> {
     let st = state();
-    let rt = rt()?;
     for n in &a.names {
-        let r = st.get(n)?;
-        if r.status() == Status::Running {
-            rt.block_on(client::request(
-                &Paths::ctl_socket(&r.config.id),
-                &Request::Stop { timeout_s: a.time },
-            ))?;
-        }
+        crate::runtime::remove::stop(&st.get(n)?, a.time)?;
         println!("{n}");
     }
     Ok(0)
@@ -314,78 +305,13 @@ pub struct RmArgs {
     names: Vec<String>,
 }
 
-/// Blocks until `p` has exited (pidfd poll), at most `limit`.
-fn wait_gone(p: &crate::state::procs::ProcId, limit: Duration) -> bool {
-    let Some(fd) = p.pidfd() else { return true };
-    let mut fds = [nix::poll::PollFd::new(
-        std::os::fd::AsFd::as_fd(&fd),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
-    nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms))
-        .map(|n| n > 0)
-        .unwrap_or(false)
-}
-
 pub fn rm(a: RmArgs) -> Result<u8> {
     let st = state();
     for n in &a.names {
-        let r = st.get(n)?;
-        let status = r.status();
-        if status.is_live() || matches!(&status, Status::Failed(_)) && r.exit.is_none() {
-            if !a.force {
-                if status.is_live() {
-                    bail!(
-                        "{} is {status}: stop it first, or `bulkhead rm -f`",
-                        r.config.name
-                    );
-                }
-                bail!("{} may have processes left ({status}): `bulkhead rm -f` kills them and removes it", r.config.name);
-            }
-            force_end(&r);
-        }
-        crate::network::lifecycle::detach(&st, &r.config.id)
-            .with_context(|| format!("remove the network of {}", r.config.name))?;
-        remove_files(st.paths(), &r.config.id)
-            .with_context(|| format!("remove the files of {}", r.config.name))?;
-        st.remove(&r.config.id)?;
+        crate::runtime::remove::remove(&st, &st.get(n)?, a.force)?;
         println!("{n}");
     }
     Ok(0)
-}
-
-/// Kills the workload: through its supervisor if alive, else (an orphan)
-/// the VMM or OCI runtime directly, and the runtime's state.
-fn force_end(r: &Record) {
-    let sup = r.running.as_ref().map(|x| x.supervisor);
-    if let Some(s) = sup.filter(|s| s.alive()) {
-        if let Ok(rt) = rt() {
-            let _ = rt.block_on(client::request(
-                &Paths::ctl_socket(&r.config.id),
-                &Request::Signal {
-                    signal: libc::SIGKILL,
-                },
-            ));
-        }
-        if !wait_gone(&s, Duration::from_secs(30)) {
-            s.signal(libc::SIGKILL);
-            wait_gone(&s, Duration::from_secs(5));
-        }
-    }
-    if let Some(p) = r.running.as_ref().and_then(|x| x.runtime) {
-        if p.signal(libc::SIGKILL) {
-            wait_gone(&p, Duration::from_secs(10));
-        }
-    }
-    if r.config.runtime == crate::state::record::RuntimeKind::Container {
-        for rt in ["crun", "runc"] {
-            let _ = std::process::Command::new(rt)
-                .args(["delete", "-f", &r.config.id])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -409,8 +335,8 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
         "process": c.process,
         "network": c.network.as_ref().map(|n| serde_json::json!({"network": n.network, "ip": n.ip.to_string(), "gateway": n.gateway.to_string(), "mac": n.mac, "interface": n.host_if, "ports": n.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "nameservers": n.nameservers})),
         "vm": c.vm.as_ref().map(|vm| serde_json::json!({
-            "vcpus": c.cpus.map_or(1, |x| x.ceil() as u32),
-            "memory_mib": c.memory_mib.unwrap_or(crate::runtime::microvm::DEFAULT_MEMORY_MIB),
+            "vcpus": crate::runtime::limits::vm_vcpus(c.cpus),
+            "memory_mib": c.memory_mib.unwrap_or(crate::runtime::limits::DEFAULT_VM_MEMORY_MIB),
             "kernel": vm.kernel, "initrd": vm.initrd, "disk": vm.disk, "vmm": vm.vmm,
             "jail": vm.jail.as_ref().map(|j| serde_json::json!({"uid": j.uid, "gid": j.gid, "dir": j.chroot_base.join(&c.id), "vm_dir": Paths::vm_dir(&c.id), "jailer": j.jailer})),
         })),

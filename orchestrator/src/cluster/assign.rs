@@ -22,7 +22,7 @@ use super::state::{
 use super::store::{Compare, Op, StoreError};
 
 /// One instance a node must run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     pub tenant: String,
     pub service: String,
@@ -32,14 +32,14 @@ pub struct Assignment {
 }
 
 /// What a node saw of one of its instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", tag = "state")]
 pub enum Observed {
     Running,
     Exited { code: i32 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     pub tenant: String,
     pub service: String,

@@ -3,6 +3,7 @@
 //! function of a snapshot), and when a failed instance restarts
 //! (`backoff`). The server, the node daemon and the stores build on these.
 
+pub mod api;
 pub mod assign;
 pub mod auth;
 pub mod backoff;

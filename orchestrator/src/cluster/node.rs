@@ -1,10 +1,12 @@
 //! `bulkhead node`: the daemon on each host. It joins with a join token,
 //! then syncs every heartbeat interval: it reports its instances (running,
 //! or exited with a code) and gets back what it must run, each assignment
-//! with a fence. It starts what is missing through the local runtime
-//! (`bulkhead run -d`, so jailed like any VM), stops and removes what is no
-//! longer assigned (or assigned under another fence), and renews each
-//! workload's lease deadline only after the server has heard from it.
+//! with a fence. It starts what is missing through the runtime library
+//! (`runtime::create`, in this process, with every tenant value a typed
+//! field; the supervisor is a child, and so is whatever builds a kernel or
+//! a root disk), stops and removes what is no longer assigned (or assigned
+//! under another fence, `runtime::remove`), and renews each workload's
+//! lease deadline only after the server has heard from it.
 //!
 //! Its workloads are ordinary local workloads, found again by their
 //! environment (`BULKHEAD_FENCE` and friends), so a restarted node daemon
@@ -23,7 +25,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use serde_json::json;
 
 use super::assign::{Assignment, Observed, Report};
 use super::spec::Resources;
@@ -117,27 +118,6 @@ impl Key {
     fn workload_name(&self) -> String {
         format!("bh-{}-{}", self.fence, self.index)
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct Joined {
-    token: String,
-    heartbeat_ms: u64,
-    lease_ms: u64,
-    kill_after_ms: u64,
-    /// The control plane's and its store's addresses (no workload here
-    /// may reach them).
-    #[serde(default)]
-    control_plane: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Synced {
-    assignments: Vec<Assignment>,
-    lease_ms: u64,
-    kill_after_ms: u64,
-    #[serde(default)]
-    control_plane: Vec<String>,
 }
 
 /// What the daemon knows between syncs.
@@ -308,15 +288,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
 impl Daemon {
     async fn join(&mut self) -> Result<(String, u64), NodeError> {
         self.cfg.node.images = local_images(&self.cfg.data);
-        let mut body = serde_json::to_value(&self.cfg.node).unwrap_or_default();
-        body["api_secret"] = json!(self.secret);
-        body["api_cert"] = json!(self.cert);
-        if let Some(t) = read_identity(&self.cfg.data, &self.cfg.node.name) {
-            body["node_token"] = json!(t);
-        }
-        let j: Joined = self
+        let body = super::api::JoinRequest {
+            node: self.cfg.node.clone(),
+            api_secret: Some(self.secret.clone()),
+            api_cert: Some(self.cert.clone()),
+            node_token: read_identity(&self.cfg.data, &self.cfg.node.name),
+        };
+        let j: super::api::Joined = self
             .client
-            .post("/v1/nodes/join", &self.cfg.join_token, body)
+            .post("/v1/nodes/join", &self.cfg.join_token, &body)
             .await?;
         if let Err(e) = write_identity(&self.cfg.data, &self.cfg.node.name, &j.token) {
             eprintln!("bulkhead node: keep this node's token in {}: {e} (a restarted daemon will not get its name back)", identity_file(&self.cfg.data).display());
@@ -433,14 +413,11 @@ impl Daemon {
         // server's own reckoning (its heartbeat time + the lease).
         let sent = monotonic_ms();
         let path = format!("/v1/nodes/{}/sync", self.cfg.node.name);
-        let s: Synced = self
-            .client
-            .post(
-                &path,
-                token,
-                json!({ "reports": reports, "images": local_images(&self.cfg.data) }),
-            )
-            .await?;
+        let body = super::api::SyncRequest {
+            reports,
+            images: local_images(&self.cfg.data),
+        };
+        let s: super::api::Synced = self.client.post(&path, token, &body).await?;
         self.kill_after_ms = s.kill_after_ms;
         let deadline = sent.saturating_add(s.lease_ms);
         let assigned: BTreeMap<Key, Assignment> = s
@@ -525,8 +502,10 @@ impl Daemon {
                             &node,
                             &k,
                             &a,
-                            &lease,
-                            kill_after_ms,
+                            crate::state::fencing::Fencing {
+                                deadline_file: lease.clone(),
+                                kill_after_ms,
+                            },
                             &network,
                         )
                     });
@@ -545,20 +524,23 @@ impl Daemon {
                     }
                 }
                 Work::Remove(id, live) => {
-                    if live {
-                        let secs = kill_after_ms.div_ceil(1000).max(1).to_string();
-                        let _ = local_cmd(&bulkhead, &data)
-                            .args(["stop", "-t", &secs, &id])
-                            .output();
-                    }
-                    match local_cmd(&bulkhead, &data).args(["rm", "-f", &id]).output() {
-                        Ok(o) if o.status.success() => {
+                    let state = State::new(Paths::new(&data));
+                    let removed = state.get(&id).map_err(Into::into).and_then(|r| {
+                        if live {
+                            let secs = kill_after_ms.div_ceil(1000).max(1);
+                            let _ = crate::runtime::remove::stop(&r, secs);
+                        }
+                        // Stopped above: what still runs is killed.
+                        let r = state.get(&id)?;
+                        crate::runtime::remove::remove(&state, &r, true)
+                    });
+                    match removed {
+                        Ok(()) => {
                             let _ = std::fs::remove_file(&lease);
                             let alone = tenant_lock.write().unwrap_or_else(|p| p.into_inner());
-                            if let Err(e) = crate::network::lifecycle::release_tenant_network(
-                                &State::new(Paths::new(&data)),
-                                &k.tenant,
-                            ) {
+                            if let Err(e) =
+                                crate::network::lifecycle::release_tenant_network(&state, &k.tenant)
+                            {
                                 eprintln!(
                                     "bulkhead node: remove tenant {}'s network: {e}",
                                     k.tenant
@@ -566,11 +548,7 @@ impl Daemon {
                             }
                             drop(alone);
                         }
-                        Ok(o) => eprintln!(
-                            "bulkhead node: rm {id}: {}",
-                            String::from_utf8_lossy(&o.stderr).trim()
-                        ),
-                        Err(e) => eprintln!("bulkhead node: rm {id}: {e}"),
+                        Err(e) => eprintln!("bulkhead node: rm {id}: {:#}", anyhow::Error::from(e)),
                     }
                 }
             }

@@ -26,7 +26,7 @@ pub const MAX_OUTPUT: usize = 1 << 20;
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which instance (the node checks it is one of its own).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Target {
     pub tenant: String,
     pub service: String,
@@ -41,7 +41,7 @@ pub struct ExecRequest {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecResult {
     pub code: i32,
     pub stdout: String,

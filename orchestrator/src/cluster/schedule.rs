@@ -181,7 +181,17 @@ pub fn place(nodes: &[NodeView], req: &Request, count: usize) -> Result<Vec<usiz
 }
 
 /// A tenant's limits (`None`: unlimited).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Quota {
     pub millicpus: Option<u64>,
     pub memory_mib: Option<u64>,

@@ -2,7 +2,7 @@
 //! state. Every request carries a bearer token; tenants see and change
 //! only their own services and instances (another tenant's are "not
 //! found"), the admin registers nodes, cordons them and creates tenants.
-//! The routes and their OpenAPI document come from one table (`ROUTES`).
+//! The routes and their OpenAPI document come from one table (`api::ROUTES`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Serialize;
 
-use super::assign::Report;
+use super::api;
 use super::auth::Principal;
 use super::backoff::{BackoffPolicy, Clock, WallClock};
 use super::reconcile::Timing;
@@ -23,30 +22,6 @@ use super::schedule::Quota;
 use super::spec::{self, Resources};
 use super::state::{Cluster, Node, StateError};
 use super::store::StoreError;
-
-/// (method, path, who, what): the API, for the router and /openapi.json.
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("get", "/openapi.json", "anyone", "This document."),
-    ("post", "/v1/tenants", "admin", "Create a tenant ({name, quota}); returns its token."),
-    ("post", "/v1/nodes", "admin", "Register or update a node ({name, labels, allocatable, runtimes})."),
-    ("get", "/v1/nodes", "admin", "Nodes with readiness, allocation and instance counts."),
-    ("post", "/v1/nodes/{name}/heartbeat", "admin", "The node is alive."),
-    ("post", "/v1/nodes/tokens", "admin", "A new join token for `bulkhead node --join-token`."),
-    ("post", "/v1/nodes/join", "join token", "A node joins ({name, labels, allocatable, runtimes, images, api, api_secret, api_cert, node_token}; its API https only, with that certificate): registered, and given its own token, the cluster's timing and the control plane's addresses. A name that is registered and holds a token needs that token as node_token (409 otherwise, nothing changed)."),
-    ("post", "/v1/nodes/{name}/sync", "that node", "Heartbeat with reports ({reports: [{tenant, service, index, fence, state: running|exited, code}], images}); returns its assignments."),
-    ("delete", "/v1/nodes/{name}", "admin", "Remove a node and free its name (its token stops working); refused (409) while instances assigned to it may still run (drain it first)."),
-    ("post", "/v1/nodes/{name}/cordon", "admin", "No new instances on the node."),
-    ("post", "/v1/nodes/{name}/uncordon", "admin", "New instances may go to the node again."),
-    ("post", "/v1/nodes/{name}/drain", "admin", "Cordon the node and move its instances elsewhere."),
-    ("post", "/v1/services", "tenant", "Deploy a service: the body is its spec (YAML or JSON); ?dry_run=true places without writing."),
-    ("get", "/v1/services", "tenant", "The tenant's services."),
-    ("get", "/v1/services/{name}", "tenant", "One service with its instances."),
-    ("delete", "/v1/services/{name}", "tenant", "Remove a service and its instances."),
-    ("post", "/v1/services/{name}/scale", "tenant", "Set the replica count ({replicas}); ?dry_run=true."),
-    ("get", "/v1/instances", "tenant", "The tenant's instances."),
-    ("get", "/v1/services/{name}/instances/{index}/logs", "tenant", "An instance's output from its node (text; ?tail=N)."),
-    ("post", "/v1/services/{name}/instances/{index}/exec", "tenant", "Run {command: [...]} in an instance on its node; {code, stdout, stderr}."),
-];
 
 /// How the cluster keeps time: heartbeats, leases, stop time, backoff.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +78,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(api::ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -211,62 +186,18 @@ fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the request body: {e}")))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTenant {
-    name: String,
-    #[serde(default)]
-    quota: Quota,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Scale {
-    replicas: u32,
-}
-
 async fn openapi() -> Json<serde_json::Value> {
-    Json(document())
-}
-
-/// The OpenAPI 3.1 document of `ROUTES`.
-pub fn document() -> serde_json::Value {
-    let mut paths = serde_json::Map::new();
-    for (method, path, who, what) in ROUTES {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        let security = if *who == "anyone" {
-            json!([])
-        } else {
-            json!([{ "bearer": [] }])
-        };
-        entry[*method] = json!({
-            "summary": what,
-            "description": format!("Caller: {who}."),
-            "security": security,
-            "responses": {
-                "200": {"description": "OK (JSON)"},
-                "400": {"description": "bad input (the error names the field)"},
-                "401": {"description": "no token or an unknown one"},
-                "403": {"description": "the token may not do this"},
-                "404": {"description": "not found (or another tenant's)"},
-                "409": {"description": "exists already, or changed meanwhile (retry)"},
-                "422": {"description": "cannot be placed, or over the tenant's quota"}
-            }
-        });
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "bulkhead control plane", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": paths,
-    })
+    Json(api::document())
 }
 
 async fn create_tenant(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
     admin(&app, &headers)?;
-    let t: NewTenant = body(&text)?;
+    let t: api::NewTenant = body(&text)?;
     let token = app.cluster.create_tenant(&t.name, t.quota)?;
-    ok(json!({ "name": t.name, "token": token }))
+    ok(api::TenantCreated {
+        name: t.name,
+        token,
+    })
 }
 
 async fn register_node(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
@@ -276,12 +207,14 @@ async fn register_node(State(app): State<App>, headers: HeaderMap, text: String)
     let name = n.name.clone();
     app.cluster.register_node(n)?;
     let revision = app.cluster.heartbeat(&name, app.clock.now_ms())?;
-    ok(json!({ "name": name, "revision": revision }))
+    ok(api::NodeRegistered { name, revision })
 }
 
 async fn join_token(State(app): State<App>, headers: HeaderMap) -> ApiResult {
     admin(&app, &headers)?;
-    ok(json!({ "token": app.cluster.create_join_token()? }))
+    ok(api::TokenAnswer {
+        token: app.cluster.create_join_token()?,
+    })
 }
 
 fn valid_node(n: &Node) -> Result<(), ApiError> {
@@ -302,7 +235,7 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
             "joining needs a join token (`bulkhead node token create`)".into(),
         ));
     }
-    let JoinRequest {
+    let api::JoinRequest {
         node: mut n,
         api_secret,
         api_cert,
@@ -334,25 +267,14 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
         app.clock.now_ms(),
     )?;
     let s = app.settings;
-    ok(
-        json!({ "name": name, "token": token, "heartbeat_ms": s.heartbeat_ms, "lease_ms": s.timing.lease_ms, "kill_after_ms": s.kill_after_ms, "control_plane": *app.control_plane }),
-    )
-}
-
-#[derive(Debug, Deserialize)]
-struct JoinRequest {
-    #[serde(flatten)]
-    node: Node,
-    /// What the server sends to the node's own API...
-    #[serde(default)]
-    api_secret: Option<String>,
-    /// ...and the certificate that API serves (PEM), pinned.
-    #[serde(default)]
-    api_cert: Option<String>,
-    /// The token this node was given last: needed to join again under a
-    /// name that holds one.
-    #[serde(default)]
-    node_token: Option<String>,
+    ok(api::Joined {
+        name,
+        token,
+        heartbeat_ms: s.heartbeat_ms,
+        lease_ms: s.timing.lease_ms,
+        kill_after_ms: s.kill_after_ms,
+        control_plane: app.control_plane.to_vec(),
+    })
 }
 
 /// The instance `index` of the caller's `service`, its node's API, the
@@ -474,12 +396,6 @@ async fn instance_logs(
     relay(resp, &api).await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Exec {
-    command: Vec<String>,
-}
-
 async fn instance_exec(
     State(app): State<App>,
     headers: HeaderMap,
@@ -487,7 +403,7 @@ async fn instance_exec(
     text: String,
 ) -> ApiResult {
     let (t, api, secret, http) = instance_on_node(&app, &headers, &name, &index)?;
-    let e: Exec = body(&text)?;
+    let e: api::Exec = body(&text)?;
     let req = super::node_api::ExecRequest {
         target: t,
         command: e.command,
@@ -503,16 +419,6 @@ async fn instance_exec(
     relay(resp, &api).await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Sync {
-    #[serde(default)]
-    reports: Vec<Report>,
-    /// The node's images now (`None`: not said, the record keeps its own).
-    #[serde(default)]
-    images: Option<std::collections::BTreeSet<String>>,
-}
-
 async fn sync(
     State(app): State<App>,
     headers: HeaderMap,
@@ -525,7 +431,7 @@ async fn sync(
             format!("this needs node {name}'s own token"),
         ));
     }
-    let s: Sync = body(&text)?;
+    let s: api::SyncRequest = body(&text)?;
     let now = app.clock.now_ms();
     app.cluster.heartbeat(&name, now)?;
     if let Some(images) = s.images {
@@ -537,9 +443,12 @@ async fn sync(
     }
     app.cluster
         .report(&name, &s.reports, now, &app.settings.backoff)?;
-    ok(
-        json!({ "assignments": app.cluster.assignments(&name)?, "lease_ms": app.settings.timing.lease_ms, "kill_after_ms": app.settings.kill_after_ms, "control_plane": *app.control_plane }),
-    )
+    ok(api::Synced {
+        assignments: app.cluster.assignments(&name)?,
+        lease_ms: app.settings.timing.lease_ms,
+        kill_after_ms: app.settings.kill_after_ms,
+        control_plane: app.control_plane.to_vec(),
+    })
 }
 
 async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
@@ -553,7 +462,13 @@ async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
             .iter()
             .fold(Resources::default(), |a, i| a.plus(i.request));
         let last = app.cluster.last_heartbeat_ms(&n.name)?;
-        out.push(json!({ "node": n, "ready": last >= ready_after, "heartbeat_age_ms": app.clock.now_ms().saturating_sub(last), "allocated": allocated, "instances": on.len() }));
+        out.push(api::NodeRow {
+            ready: last >= ready_after,
+            heartbeat_age_ms: app.clock.now_ms().saturating_sub(last),
+            allocated,
+            instances: on.len(),
+            node: n,
+        });
     }
     ok(out)
 }
@@ -564,7 +479,9 @@ async fn heartbeat(
     Path(name): Path<String>,
 ) -> ApiResult {
     admin(&app, &headers)?;
-    ok(json!({ "revision": app.cluster.heartbeat(&name, app.clock.now_ms())? }))
+    ok(api::Revision {
+        revision: app.cluster.heartbeat(&name, app.clock.now_ms())?,
+    })
 }
 
 async fn remove_node(
@@ -574,19 +491,29 @@ async fn remove_node(
 ) -> ApiResult {
     admin(&app, &headers)?;
     let t = app.settings.timing;
-    ok(
-        json!({ "removed": name, "instances_moved": app.cluster.remove_node(&name, app.clock.now_ms(), t.lease_ms.saturating_add(t.stop_ms))? }),
-    )
+    let instances_moved = app.cluster.remove_node(
+        &name,
+        app.clock.now_ms(),
+        t.lease_ms.saturating_add(t.stop_ms),
+    )?;
+    ok(api::NodeRemoved {
+        removed: name,
+        instances_moved,
+    })
 }
 
 async fn cordon(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
     admin(&app, &headers)?;
-    ok(json!({ "revision": app.cluster.cordon(&name, true)? }))
+    ok(api::Revision {
+        revision: app.cluster.cordon(&name, true)?,
+    })
 }
 
 async fn drain(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
     admin(&app, &headers)?;
-    ok(json!({ "moved": app.cluster.drain(&name)? }))
+    ok(api::Drained {
+        moved: app.cluster.drain(&name)?,
+    })
 }
 
 async fn uncordon(
@@ -595,7 +522,9 @@ async fn uncordon(
     Path(name): Path<String>,
 ) -> ApiResult {
     admin(&app, &headers)?;
-    ok(json!({ "revision": app.cluster.cordon(&name, false)? }))
+    ok(api::Revision {
+        revision: app.cluster.cordon(&name, false)?,
+    })
 }
 
 async fn deploy(
@@ -624,7 +553,10 @@ async fn services(State(app): State<App>, headers: HeaderMap) -> ApiResult {
                 .iter()
                 .filter(|i| i.service == s.spec.name)
                 .count();
-            json!({ "service": s, "instances": n })
+            api::ServiceRow {
+                service: s,
+                instances: n,
+            }
         })
         .collect();
     ok(rows)
@@ -643,12 +575,17 @@ async fn service(
         .into_iter()
         .filter(|i| i.service == name)
         .collect();
-    ok(json!({ "service": s, "instances": instances }))
+    ok(api::ServiceDetail {
+        service: s,
+        instances,
+    })
 }
 
 async fn remove(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
     let (t, _) = tenant(&app, &headers)?;
-    ok(json!({ "revision": app.cluster.remove(&t, &name)? }))
+    ok(api::Revision {
+        revision: app.cluster.remove(&t, &name)?,
+    })
 }
 
 async fn scale(
@@ -660,7 +597,7 @@ async fn scale(
 ) -> ApiResult {
     let (t, quota) = tenant(&app, &headers)?;
     let dry = dry_run(&q)?;
-    let s: Scale = body(&text)?;
+    let s: api::Scale = body(&text)?;
     ok(app
         .cluster
         .scale(&t, &quota, &name, s.replicas, app.ready_after_ms(), dry)?)

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::limits;
 use crate::state::record::RuntimeKind;
 
 /// Replicas of one service, at most.
@@ -17,8 +18,8 @@ pub const MAX_MEMORY_MIB: u64 = 256 << 10;
 /// What an instance asks for when the spec says nothing: a microVM's
 /// default size, or a small container share.
 pub const DEFAULT_VM: Resources = Resources {
-    millicpus: 1000,
-    memory_mib: 256,
+    millicpus: limits::DEFAULT_VM_VCPUS as u64 * 1000,
+    memory_mib: limits::DEFAULT_VM_MEMORY_MIB,
 };
 pub const DEFAULT_CONTAINER: Resources = Resources {
     millicpus: 100,
@@ -40,7 +41,7 @@ fn field(field: &'static str, why: impl Into<String>) -> SpecError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Restart whenever it ends (servers).
@@ -52,7 +53,7 @@ pub enum RestartPolicy {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Replicas go to the nodes holding the fewest of this service, then
@@ -63,7 +64,7 @@ pub enum Strategy {
     Binpack,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
     /// Only nodes with every one of these labels.
@@ -78,7 +79,7 @@ pub struct Placement {
 
 /// Where instances may send traffic beyond the internet and their own
 /// tenant network (see `network::egress`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
     /// CIDRs (or addresses) otherwise denied, e.g. a database on the LAN;
@@ -95,7 +96,7 @@ impl Egress {
 }
 
 /// What the user writes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
@@ -132,7 +133,7 @@ fn one() -> u32 {
 }
 
 /// CPU in thousandths and memory in MiB: integers, so sums are exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resources {
     pub millicpus: u64,
     pub memory_mib: u64,
@@ -368,12 +369,10 @@ pub fn instance_request(
 ) -> Resources {
     match runtime {
         RuntimeKind::Microvm => Resources {
-            millicpus: cpus.map_or(DEFAULT_VM.millicpus, |c| {
-                (c.ceil() as u64).saturating_mul(1000)
-            }),
+            millicpus: u64::from(limits::vm_vcpus(cpus)) * 1000,
             memory_mib: memory_mib
                 .unwrap_or(DEFAULT_VM.memory_mib)
-                .saturating_add(crate::runtime::jail::OVERHEAD_MIB),
+                .saturating_add(limits::VMM_OVERHEAD_MIB),
         },
         RuntimeKind::Container => Resources {
             millicpus: cpus.map_or(DEFAULT_CONTAINER.millicpus, |c| (c * 1000.0).ceil() as u64),

@@ -50,7 +50,7 @@ pub enum StateError {
     Taken(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -89,14 +89,14 @@ pub fn image_names(image: &str) -> [String; 2] {
     [image.to_string(), bulkhead_images::store::normalise(image)]
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceRecord {
     pub tenant: String,
     pub spec: ServiceSpec,
     pub request: Resources,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
     /// Assigned; the node has not reported it running yet.
@@ -105,7 +105,7 @@ pub enum InstanceState {
     Exited,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub tenant: String,
     pub service: String,
@@ -180,9 +180,10 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 /// What a deploy or scale did (or, dry, would do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     /// (instance index, node) placed.
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub placed: Vec<(u32, String)>,
     /// Instance indexes removed.
     pub removed: Vec<u32>,

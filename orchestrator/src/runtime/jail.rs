@@ -15,11 +15,6 @@ use crate::state::procs::{children_of, ProcId};
 use crate::state::record::{Jail, VmFiles, WorkloadConfig};
 use crate::state::{State, StateError};
 
-/// Memory the VMM process needs beyond guest RAM: its own pages, KVM's
-/// page tables, page cache of the disk it reads (reclaimable).
-pub const OVERHEAD_MIB: u64 = 64;
-/// Threads beyond one per vCPU (main loop, KVM's workers, headroom).
-pub const EXTRA_PIDS: u32 = 32;
 /// The VMM writes no file but its log (stderr): this caps it.
 pub const FSIZE_BYTES: u64 = 16 << 20;
 /// The VMM's open files: the disk, KVM's fds, sockets, the TAP.
@@ -108,10 +103,13 @@ pub fn command(
     }
     c.arg("--bind").arg(format!("{},rw", vm_dir.display()));
     let memory = memory_mib
-        .saturating_add(OVERHEAD_MIB)
+        .saturating_add(super::limits::VMM_OVERHEAD_MIB)
         .saturating_mul(1 << 20);
-    for limit in bulkhead_jailer::cgroup::limits(memory, cfg.cpus, vcpus.saturating_add(EXTRA_PIDS))
-    {
+    for limit in bulkhead_jailer::cgroup::limits(
+        memory,
+        cfg.cpus,
+        vcpus.saturating_add(super::limits::VMM_EXTRA_PIDS),
+    ) {
         c.arg("--cgroup").arg(limit);
     }
     c.arg("--resource-limit")

@@ -8,6 +8,17 @@ use crate::state::record::RuntimeKind;
 
 /// A microVM's guest memory unless asked (MiB).
 pub const DEFAULT_VM_MEMORY_MIB: u64 = 256;
+/// A microVM's vCPUs unless asked (`--cpus` rounds up to whole vCPUs).
+pub const DEFAULT_VM_VCPUS: u32 = 1;
+/// The most vCPUs a microVM gets.
+pub const MAX_VM_VCPUS: u32 = 64;
+/// Memory the VMM process needs beyond guest RAM: its own pages, KVM's
+/// page tables, page cache of the disk it reads (reclaimable). Its cgroup
+/// gets guest + this; the scheduler counts the same.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// The VMM's threads beyond one per vCPU (main loop, KVM's workers,
+/// headroom): its cgroup's pids limit.
+pub const VMM_EXTRA_PIDS: u32 = 32;
 /// The smallest memory limit a container gets (MiB): below it the OCI
 /// runtime's own processes do not fit.
 pub const MIN_CONTAINER_MEMORY_MIB: u64 = 4;
@@ -93,6 +104,14 @@ pub fn memory_for(runtime: RuntimeKind, s: &str) -> Result<u64, LimitsError> {
         });
     }
     Ok(mib)
+}
+
+/// A microVM's vCPUs for `--cpus` (whole vCPUs, rounded up, 1 to
+/// [`MAX_VM_VCPUS`]).
+pub fn vm_vcpus(cpus: Option<f64>) -> u32 {
+    cpus.map_or(DEFAULT_VM_VCPUS, |c| {
+        c.ceil().clamp(1.0, f64::from(MAX_VM_VCPUS)) as u32
+    })
 }
 
 #[cfg(test)]

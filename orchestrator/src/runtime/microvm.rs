@@ -13,14 +13,18 @@ use bulkhead_agent_proto::{
     DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec,
     StartRequest, AGENT_VSOCK_PORT,
 };
+use bulkhead_vmm::config::{
+    ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
 use super::attach::{ExitReport, Kind, Mark};
 use super::jail;
 use super::workload::{failed, proc_pair, Control, Proc, RotatingLog};
+use crate::state::paths::Paths;
 use crate::state::procs::ProcId;
-use crate::state::record::{VmmFlavor, WorkloadConfig};
+use crate::state::record::{VmFiles, VmmFlavor, WorkloadConfig};
 
 /// The guest's serial console is kept in `console.log` (and `console.1`), this big at most.
 const CONSOLE_LIMIT: u64 = 1 << 20;
@@ -29,8 +33,53 @@ const CONSOLE_LIMIT: u64 = 1 << 20;
 /// Generous: under the nested test host's emulation a boot takes seconds.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const CID: u32 = 3;
+/// The guest kernel's command line.
+const CMDLINE: &str = "console=ttyS0 quiet reboot=k";
 
-pub use crate::runtime::limits::DEFAULT_VM_MEMORY_MIB as DEFAULT_MEMORY_MIB;
+/// The VMM's whole configuration for the workload `id`, the one hand-off
+/// to it: `create` checks it before anything is made (without the MAC,
+/// which the address lease gives later), `boot` writes it into the VM's dir
+/// and the VMM reads it (`--config`). Size defaults and bounds: `limits`.
+pub fn vm_config(
+    id: &str,
+    cpus: Option<f64>,
+    memory_mib: Option<u64>,
+    files: &VmFiles,
+    mac: Option<&str>,
+) -> Result<VmConfig, ConfigError> {
+    let vcpus = super::limits::vm_vcpus(cpus);
+    let memory = memory_mib.unwrap_or(super::limits::DEFAULT_VM_MEMORY_MIB);
+    let config = VmConfig {
+        kernel: Some(files.kernel.clone()),
+        initrd: Some(files.initrd.clone()),
+        cmdline: Some(CMDLINE.into()),
+        vcpus: u8::try_from(vcpus).unwrap_or(u8::MAX),
+        memory_mib: u32::try_from(memory).unwrap_or(u32::MAX),
+        // The image's root disk: read-only, an overlay on tmpfs in the guest.
+        disks: vec![DiskConfig {
+            path: files.disk.clone(),
+            read_only: true,
+        }],
+        vsock: Some(VsockConfig {
+            uds_path: Paths::vm_dir(id).join("vsock"),
+            cid: CID,
+        }),
+        // The TAP comes open, as fd 3 (the jail has no /dev/net/tun).
+        net: mac
+            .map(|m| -> Result<NetConfig, ConfigError> {
+                Ok(NetConfig {
+                    tap: "fd:3".into(),
+                    mac: Some(m.parse()?),
+                })
+            })
+            .transpose()?,
+        serial: SerialOutput::Stdout,
+        boot_timeline: true,
+        ..VmConfig::default()
+    };
+    config.validate()?;
+    Ok(config)
+}
 
 #[derive(Debug)]
 pub struct Microvm {
@@ -83,9 +132,10 @@ impl Microvm {
             .map_err(|e| format!("bind {}: {e}", listener_path.display()))?;
         jail::hand_over(&listener_path, jail).map_err(|e| e.to_string())?;
         let console = workload_dir.join("console.log");
-        let vcpus = cfg.cpus.map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
-        let memory = cfg.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
-        let cmdline = "console=ttyS0 quiet reboot=k";
+        let vcpus = super::limits::vm_vcpus(cfg.cpus);
+        let memory = cfg
+            .memory_mib
+            .unwrap_or(super::limits::DEFAULT_VM_MEMORY_MIB);
         let with_tap =
             tap.is_some() && cfg.network.is_some() && files.flavor == VmmFlavor::Bulkhead;
         let mut cmd = match jail {
@@ -94,9 +144,20 @@ impl Microvm {
         };
         match files.flavor {
             VmmFlavor::Bulkhead => {
-                if let (Some(tap), Some(a)) = (tap, &cfg.network) {
+                let mac = cfg
+                    .network
+                    .as_ref()
+                    .filter(|_| with_tap)
+                    .map(|a| a.mac.as_str());
+                let vm = vm_config(&cfg.id, cfg.cpus, cfg.memory_mib, files, mac)
+                    .map_err(|e| format!("the VM's configuration: {e}"))?;
+                let path = vm_dir.join("vm.json");
+                let json = serde_json::to_vec_pretty(&vm).map_err(|e| e.to_string())?;
+                std::fs::write(&path, json)
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+                jail::hand_over(&path, jail).map_err(|e| e.to_string())?;
+                if let Some(tap) = tap.filter(|_| with_tap) {
                     let fd = tap.as_raw_fd();
-                    cmd.args(["--tap", "fd:3", "--mac", &a.mac]);
                     // SAFETY: dup2 is async-signal-safe; it gives the VMM the TAP as fd 3 (without CLOEXEC).
                     unsafe {
                         cmd.pre_exec(move || {
@@ -108,32 +169,14 @@ impl Microvm {
                         });
                     }
                 }
-                cmd.arg("--kernel")
-                    .arg(&files.kernel)
-                    .arg("--initrd")
-                    .arg(&files.initrd)
-                    .arg("--disk")
-                    .arg(format!("{},ro", files.disk.display()))
-                    .args([
-                        "--vcpus",
-                        &vcpus.to_string(),
-                        "--memory",
-                        &memory.to_string(),
-                        "--vsock-cid",
-                        &CID.to_string(),
-                        "--cmdline",
-                        cmdline,
-                    ])
-                    .arg("--vsock-uds")
-                    .arg(&uds)
-                    .args(["--serial", "stdout", "--boot-timeline"]);
+                cmd.arg("--config").arg(&path);
             }
             VmmFlavor::Firecracker => {
                 if cfg.network.is_some() {
                     return Err("a Firecracker-compatible VMM runs with --network none only (it takes a TAP by name, not an open one)".into());
                 }
                 let config = serde_json::json!({
-                    "boot-source": {"kernel_image_path": files.kernel, "initrd_path": files.initrd, "boot_args": cmdline},
+                    "boot-source": {"kernel_image_path": files.kernel, "initrd_path": files.initrd, "boot_args": CMDLINE},
                     "drives": [{"drive_id": "rootfs", "path_on_host": files.disk, "is_root_device": false, "is_read_only": true}],
                     "machine-config": {"vcpu_count": vcpus, "mem_size_mib": memory},
                     "vsock": {"guest_cid": CID, "uds_path": uds},

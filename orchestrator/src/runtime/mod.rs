@@ -21,9 +21,11 @@
 pub mod attach;
 pub mod client;
 pub mod container;
+pub mod create;
 pub mod jail;
 pub mod limits;
 pub mod microvm;
+pub mod remove;
 pub mod supervisor;
 pub mod workload;
 

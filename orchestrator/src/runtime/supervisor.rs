@@ -381,7 +381,7 @@ async fn finish(
         finished_ms: now_ms(),
     };
     if cfg.auto_remove {
-        let _ = remove_files(paths, &cfg.id);
+        let _ = super::remove::remove_files(paths, &cfg.id);
         let _ = State::new(paths.clone()).remove(&cfg.id);
     } else {
         let _ = write_json(&dir.join("exit.json"), &exit);
@@ -400,20 +400,6 @@ async fn finish(
     );
     if let Some(tx) = exit_tx {
         let _ = tx.send(Some(report.clone()));
-    }
-}
-
-/// Removes the workload's files: a jail its jailer left (with anything
-/// still in its cgroups), the overlay mount (if still there), its data dir,
-/// its runtime dir.
-pub fn remove_files(paths: &Paths, id: &str) -> std::io::Result<()> {
-    super::jail::remove(id).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let dir = paths.workload_dir(id);
-    let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir_all(Paths::run_dir(id));
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

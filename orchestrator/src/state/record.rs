@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::procs::ProcId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     /// Its own KVM microVM with its own guest kernel.

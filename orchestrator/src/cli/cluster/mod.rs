@@ -27,11 +27,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use crate::cluster::api;
 use crate::cluster::auth::new_token;
 use crate::cluster::backoff::BackoffPolicy;
 use crate::cluster::etcd::EtcdStore;
 use crate::cluster::reconcile::Timing;
 use crate::cluster::server::Settings;
+use crate::cluster::state::Change;
 use crate::cluster::state::Cluster;
 use crate::cluster::store::FileStore;
 use crate::state::record::RuntimeKind;
@@ -119,7 +121,10 @@ impl Conn {
                 let status = resp.status();
                 let text = resp.text().await?;
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                let why = || v["error"].as_str().map_or_else(|| format!("{status}: {v}"), str::to_string);
+                let why = || {
+                    serde_json::from_value::<api::ErrorBody>(v.clone())
+                        .map_or_else(|_| format!("{status}: {v}"), |e| e.error)
+                };
                 if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                     last = Some(anyhow::anyhow!("{base}: {}", why()));
                     continue;
@@ -133,11 +138,18 @@ impl Conn {
         })
     }
 
-    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> comfy_table::Table) {
+    /// The answer as the server sent it (`--format json`), or as a table
+    /// of its typed form (`api.rs`).
+    fn print<T: serde::de::DeserializeOwned>(
+        &self,
+        v: &Value,
+        table: impl FnOnce(T) -> comfy_table::Table,
+    ) -> Result<()> {
         match self.format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-            Format::Table => println!("{}", table(v)),
+            Format::Json => println!("{}", serde_json::to_string_pretty(v)?),
+            Format::Table => println!("{}", table(typed(v)?)),
         }
+        Ok(())
     }
 }
 
@@ -148,6 +160,17 @@ fn table(header: &[&str]) -> comfy_table::Table {
     t
 }
 
+/// An answer in its `api.rs` type.
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T> {
+    serde_json::from_value(v.clone())
+        .context("the server's answer is not what this bulkhead expects (another version?)")
+}
+
+/// A value as its JSON word (an enum's serde name, a number, nothing for null).
+fn word(v: &impl serde::Serialize) -> String {
+    s(&serde_json::to_value(v).unwrap_or_default())
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -156,19 +179,17 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn placement_table(v: &Value) -> comfy_table::Table {
+fn placement_table(c: Change) -> comfy_table::Table {
     let mut t = table(&["INSTANCE", "NODE", ""]);
-    for p in v["placed"].as_array().into_iter().flatten() {
-        t.add_row(vec![s(&p[0]), s(&p[1]), "placed".into()]);
+    for (index, node) in c.placed {
+        t.add_row(vec![index.to_string(), node, "placed".into()]);
     }
-    for r in v["removed"].as_array().into_iter().flatten() {
-        t.add_row(vec![s(r), String::new(), "removed".into()]);
+    for r in c.removed {
+        t.add_row(vec![r.to_string(), String::new(), "removed".into()]);
     }
     t
 }
 
-fn cpus(millicpus: &Value) -> String {
-    millicpus
-        .as_u64()
-        .map_or_else(String::new, |m| format!("{}", m as f64 / 1000.0))
+fn cpus(millicpus: u64) -> String {
+    format!("{}", millicpus as f64 / 1000.0)
 }

@@ -191,7 +191,8 @@ pub fn node(a: NodeArgs) -> Result<()> {
                 &format!("/v1/nodes/{}/drain", path_segment(&name)?),
                 None,
             )?;
-            println!("{name}: cordoned, {} instance(s) to move", s(&v["moved"]));
+            let d: api::Drained = typed(&v)?;
+            println!("{name}: cordoned, {} instance(s) to move", d.moved);
         }
         NodeCommand::Rm { name, conn } => {
             let v = conn.call(
@@ -199,18 +200,19 @@ pub fn node(a: NodeArgs) -> Result<()> {
                 &format!("/v1/nodes/{}", path_segment(&name)?),
                 None,
             )?;
+            let r: api::NodeRemoved = typed(&v)?;
             println!(
                 "{name}: removed ({} instance(s) to place elsewhere)",
-                s(&v["instances_moved"])
+                r.instances_moved
             );
         }
         NodeCommand::Token(TokenCommand::Create(conn)) => {
             let v = conn.call(reqwest::Method::POST, "/v1/nodes/tokens", None)?;
-            println!("{}", s(&v["token"]));
+            println!("{}", typed::<api::TokenAnswer>(&v)?.token);
         }
         NodeCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/nodes", None)?;
-            conn.print(&v, |v| {
+            conn.print(&v, |rows: Vec<api::NodeRow>| {
                 let mut t = table(&[
                     "NAME",
                     "READY",
@@ -221,43 +223,29 @@ pub fn node(a: NodeArgs) -> Result<()> {
                     "INSTANCES",
                     "LABELS",
                 ]);
-                for n in v.as_array().into_iter().flatten() {
-                    let labels: Vec<String> = n["node"]["labels"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| format!("{k}={}", s(v)))
-                        .collect();
+                for r in rows {
+                    let n = &r.node;
+                    let labels: Vec<String> =
+                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     t.add_row(vec![
-                        s(&n["node"]["name"]),
-                        s(&n["ready"]),
-                        s(&n["node"]["cordoned"]),
+                        n.name.clone(),
+                        r.ready.to_string(),
+                        n.cordoned.to_string(),
                         format!(
                             "{}/{}",
-                            cpus(&n["allocated"]["millicpus"]),
-                            cpus(&n["node"]["allocatable"]["millicpus"])
+                            cpus(r.allocated.millicpus),
+                            cpus(n.allocatable.millicpus)
                         ),
-                        format!(
-                            "{}/{}",
-                            s(&n["allocated"]["memory_mib"]),
-                            s(&n["node"]["allocatable"]["memory_mib"])
-                        ),
-                        n["node"]["capacity"]
-                            .as_object()
-                            .map(|_| {
-                                format!(
-                                    "{} CPU, {} MiB",
-                                    cpus(&n["node"]["capacity"]["millicpus"]),
-                                    s(&n["node"]["capacity"]["memory_mib"])
-                                )
-                            })
+                        format!("{}/{}", r.allocated.memory_mib, n.allocatable.memory_mib),
+                        n.capacity
+                            .map(|c| format!("{} CPU, {} MiB", cpus(c.millicpus), c.memory_mib))
                             .unwrap_or_default(),
-                        s(&n["instances"]),
+                        r.instances.to_string(),
                         labels.join(","),
                     ]);
                 }
                 t
-            });
+            })?;
         }
         NodeCommand::Cordon { name, conn } => {
             conn.call(

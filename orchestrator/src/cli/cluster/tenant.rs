@@ -39,15 +39,16 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
         .map(crate::runtime::limits::parse_memory)
         .transpose()
         .context("--memory")?;
-    let quota = json!({ "millicpus": cpus.map(|c| (c * 1000.0).round() as u64), "memory_mib": memory_mib, "instances": instances });
-    let v = conn.call(
-        reqwest::Method::POST,
-        "/v1/tenants",
-        Some(json!({ "name": name, "quota": quota }).to_string()),
-    )?;
+    let quota = crate::cluster::schedule::Quota {
+        millicpus: cpus.map(|c| (c * 1000.0).round() as u64),
+        memory_mib,
+        instances,
+    };
+    let body = serde_json::to_string(&api::NewTenant { name, quota })?;
+    let v = conn.call(reqwest::Method::POST, "/v1/tenants", Some(body))?;
     match conn.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-        Format::Table => println!("{}", s(&v["token"])),
+        Format::Table => println!("{}", typed::<api::TenantCreated>(&v)?.token),
     }
     Ok(())
 }

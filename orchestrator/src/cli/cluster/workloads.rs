@@ -1,6 +1,7 @@
 //! `deploy`, `service` and `instance`: the tenant's verbs on services.
 
 use super::*;
+use crate::cluster::state::Instance;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -27,7 +28,7 @@ pub fn deploy(a: DeployArgs) -> Result<()> {
         &format!("/v1/services?dry_run={}", a.dry_run),
         Some(text),
     )?;
-    a.conn.print(&v, placement_table);
+    a.conn.print(&v, placement_table)?;
     if a.dry_run && a.conn.format == Format::Table {
         eprintln!("dry run: nothing was changed");
     }
@@ -66,7 +67,7 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
     match cmd {
         ServiceCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/services", None)?;
-            conn.print(&v, |v| {
+            conn.print(&v, |rows: Vec<api::ServiceRow>| {
                 let mut t = table(&[
                     "NAME",
                     "IMAGE",
@@ -77,21 +78,21 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
                     "MEMORY MIB",
                     "RESTART",
                 ]);
-                for r in v.as_array().into_iter().flatten() {
-                    let sv = &r["service"];
+                for r in rows {
+                    let (spec, request) = (&r.service.spec, r.service.request);
                     t.add_row(vec![
-                        s(&sv["spec"]["name"]),
-                        s(&sv["spec"]["image"]),
-                        s(&sv["spec"]["runtime"]),
-                        s(&sv["spec"]["replicas"]),
-                        s(&r["instances"]),
-                        cpus(&sv["request"]["millicpus"]),
-                        s(&sv["request"]["memory_mib"]),
-                        s(&sv["spec"]["restart"]),
+                        spec.name.clone(),
+                        spec.image.clone(),
+                        word(&spec.runtime),
+                        spec.replicas.to_string(),
+                        r.instances.to_string(),
+                        cpus(request.millicpus),
+                        request.memory_mib.to_string(),
+                        word(&spec.restart),
                     ]);
                 }
                 t
-            });
+            })?;
         }
         ServiceCommand::Inspect { name, conn } => {
             let v = conn.call(
@@ -115,7 +116,7 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
                 ),
                 Some(json!({ "replicas": replicas }).to_string()),
             )?;
-            conn.print(&v, placement_table);
+            conn.print(&v, placement_table)?;
         }
         ServiceCommand::Rm { name, conn } => {
             conn.call(
@@ -169,7 +170,7 @@ pub fn instance(cmd: InstanceCommand) -> Result<u8> {
     match cmd {
         InstanceCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/instances", None)?;
-            conn.print(&v, |v| {
+            conn.print(&v, |instances: Vec<Instance>| {
                 let mut t = table(&[
                     "SERVICE",
                     "INSTANCE",
@@ -181,26 +182,22 @@ pub fn instance(cmd: InstanceCommand) -> Result<u8> {
                     "LAST EXIT",
                     "FENCE",
                 ]);
-                let when = |v: &Value| {
-                    v.as_u64()
-                        .map(crate::cli::workloads::ago)
-                        .unwrap_or_default()
-                };
-                for i in v.as_array().into_iter().flatten() {
+                let when = |ms: Option<u64>| ms.map(crate::cli::workloads::ago).unwrap_or_default();
+                for i in instances {
                     t.add_row(vec![
-                        s(&i["service"]),
-                        s(&i["index"]),
-                        s(&i["node"]),
-                        s(&i["state"]),
-                        when(&i["started_ms"]),
-                        when(&i["exited_ms"]),
-                        s(&i["restarts"]),
-                        s(&i["last_exit"]),
-                        s(&i["fence"]),
+                        i.service,
+                        i.index.to_string(),
+                        i.node,
+                        word(&i.state),
+                        when(i.started_ms),
+                        when(i.exited_ms),
+                        i.restarts.to_string(),
+                        i.last_exit.map(|c| c.to_string()).unwrap_or_default(),
+                        i.fence.to_string(),
                     ]);
                 }
                 t
-            });
+            })?;
             Ok(0)
         }
         InstanceCommand::Logs {
@@ -234,7 +231,7 @@ pub fn instance(cmd: InstanceCommand) -> Result<u8> {
             conn,
             command,
         } => {
-            let body = json!({ "command": command }).to_string();
+            let body = serde_json::to_string(&api::Exec { command })?;
             let v = conn.call(
                 reqwest::Method::POST,
                 &format!(
@@ -243,10 +240,11 @@ pub fn instance(cmd: InstanceCommand) -> Result<u8> {
                 ),
                 Some(body),
             )?;
+            let r: crate::cluster::node_api::ExecResult = typed(&v)?;
             use std::io::Write;
-            let _ = std::io::stdout().write_all(v["stdout"].as_str().unwrap_or("").as_bytes());
-            let _ = std::io::stderr().write_all(v["stderr"].as_str().unwrap_or("").as_bytes());
-            Ok(u8::try_from(v["code"].as_i64().unwrap_or(125).clamp(0, 255)).unwrap_or(125))
+            let _ = std::io::stdout().write_all(r.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(r.stderr.as_bytes());
+            Ok(u8::try_from(r.code.clamp(0, 255)).unwrap_or(125))
         }
     }
 }

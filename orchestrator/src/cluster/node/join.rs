@@ -110,7 +110,7 @@ impl Client {
         &mut self,
         path: &str,
         token: &str,
-        body: serde_json::Value,
+        body: &impl serde::Serialize,
     ) -> Result<T, NodeError> {
         let mut last = NodeError::Server(self.name(), "no server URL".into());
         for k in 0..self.bases.len() {
@@ -120,7 +120,7 @@ impl Client {
                 .http
                 .post(format!("{base}{path}"))
                 .bearer_auth(token)
-                .json(&body)
+                .json(body)
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await

@@ -3,85 +3,130 @@
 
 use super::*;
 
+use bulkhead_images::store::{Digest, Store};
+
+use crate::network::{egress, Publish};
+use crate::runtime::create::{self, CreateError, Request, Started, VmAssets};
+use crate::state::fencing::Fencing;
+
 pub(super) enum Work {
     Start(Box<Assignment>),
     /// The workload id, and whether it may still run (stop it first).
     Remove(String, bool),
 }
 
-pub(super) fn local_cmd(bulkhead: &Path, data: &Path) -> std::process::Command {
-    let mut c = std::process::Command::new(bulkhead);
-    c.env("BULKHEAD_DATA", data)
-        .stdin(std::process::Stdio::null());
-    c
+/// What the node builds for a microVM runs in child processes (`bulkhead
+/// kernel build`, `bulkhead image disk`): unpacking a tenant's layers and
+/// mkfs never run in the daemon, whose lease renewal must go on.
+struct InChildren<'a> {
+    bulkhead: &'a Path,
+    data: &'a Path,
 }
 
-/// `bulkhead run -d` for an assignment, on the tenant's `network`. Err:
-/// (the code to report when the runtime made no workload that will
-/// report it, why).
-#[allow(clippy::too_many_arguments)] // until the node calls the runtime directly (no argv)
+impl InChildren<'_> {
+    /// `bulkhead ARGS` with the node's data dir: its last stdout line.
+    fn path_from(&self, args: &[&str], what: &str) -> Result<PathBuf, CreateError> {
+        let o = std::process::Command::new(self.bulkhead)
+            .env("BULKHEAD_DATA", self.data)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| CreateError::asset(what, e))?;
+        let out = String::from_utf8_lossy(&o.stdout);
+        match out.lines().last().map(str::trim) {
+            Some(p) if o.status.success() && !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(CreateError::asset(
+                what,
+                format!(
+                    "`bulkhead {}`: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            )),
+        }
+    }
+}
+
+impl VmAssets for InChildren<'_> {
+    fn kernel(&mut self) -> Result<PathBuf, CreateError> {
+        match bulkhead_images::kernel::find_built() {
+            Ok(k) => Ok(k.vmlinux),
+            Err(_) => self.path_from(&["kernel", "build"], "build the guest kernel"),
+        }
+    }
+
+    fn root_disk(&mut self, _store: &Store, manifest: &Digest) -> Result<PathBuf, CreateError> {
+        self.path_from(
+            &["image", "disk", "--format", "ext4", &manifest.to_string()],
+            "the image's root disk",
+        )
+    }
+}
+
+/// Starts the workload for an assignment, on the tenant's `network`,
+/// through the runtime library (no argv: every tenant value is a typed
+/// field). Err: (the code to report when the runtime made no workload that
+/// will report it, why).
 pub(super) fn start(
     bulkhead: &Path,
     data: &Path,
     node: &str,
     k: &Key,
     a: &Assignment,
-    lease: &Path,
-    kill_after_ms: u64,
+    fencing: Fencing,
     network: &str,
 ) -> Result<(), (Option<i32>, String)> {
     let spec = &a.spec;
-    let mut c = local_cmd(bulkhead, data);
-    c.args([
-        "run",
-        "-d",
-        "--name",
-        &k.workload_name(),
-        "--runtime",
-        &spec.runtime.to_string(),
+    let refused = |why: String| (Some(125), why);
+    let publish = spec
+        .ports
+        .iter()
+        .map(|p| Publish::parse(p).map_err(|e| refused(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let allow_egress = spec
+        .egress
+        .allow
+        .iter()
+        .map(|c| egress::parse_allow(c).map_err(|e| refused(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.extend([
+        format!("BULKHEAD_TENANT={}", k.tenant),
+        format!("BULKHEAD_SERVICE={}", k.service),
+        format!("BULKHEAD_INSTANCE={}", k.index),
+        format!("BULKHEAD_FENCE={}", k.fence),
+        format!("BULKHEAD_NODE={node}"),
     ]);
-    c.arg(format!("--network={network}"));
-    for cidr in &spec.egress.allow {
-        c.arg(format!("--allow-egress={cidr}"));
+    let req = Request {
+        image: spec.image.clone(),
+        name: Some(k.workload_name()),
+        runtime: spec.runtime,
+        oci_runtime: None,
+        entrypoint: None,
+        command: spec.command.clone(),
+        env,
+        workdir: None,
+        user: None,
+        tty: false,
+        interactive: false,
+        cpus: spec.cpus,
+        memory: spec.memory.clone(),
+        network: network.to_string(),
+        publish,
+        allow_egress,
+        attach: false,
+        auto_remove: false,
+        fencing: Some(fencing),
+        other_vmm: None,
+    };
+    let rec = create::create(data, &req, &mut InChildren { bulkhead, data })
+        .map_err(|e| refused(format!("{:#}", anyhow::Error::from(e))))?;
+    match create::start(data, &rec.config.id) {
+        Ok(Started::Running) => Ok(()),
+        // The workload exists and reports its own end.
+        Ok(Started::Ended(why)) => Err((None, why)),
+        Err(e) => Err((None, format!("{:#}", anyhow::Error::from(e)))),
     }
-    c.arg("--fence-deadline-file")
-        .arg(lease)
-        .args(["--fence-kill-after-ms", &kill_after_ms.to_string()]);
-    for (key, value) in &spec.env {
-        c.arg(format!("--env={key}={value}"));
-    }
-    for (key, value) in [
-        ("BULKHEAD_TENANT", k.tenant.clone()),
-        ("BULKHEAD_SERVICE", k.service.clone()),
-        ("BULKHEAD_INSTANCE", k.index.to_string()),
-        ("BULKHEAD_FENCE", k.fence.to_string()),
-        ("BULKHEAD_NODE", node.to_string()),
-    ] {
-        c.arg(format!("--env={key}={value}"));
-    }
-    if let Some(cpus) = spec.cpus {
-        c.arg(format!("--cpus={cpus}"));
-    }
-    if let Some(m) = &spec.memory {
-        c.arg(format!("--memory={m}"));
-    }
-    for p in &spec.ports {
-        c.arg(format!("--publish={p}"));
-    }
-    // Tenant values as `--flag=value` and after `--`: none can pass for a flag of `run`.
-    c.arg("--").arg(&spec.image).args(&spec.command);
-    let o = c
-        .output()
-        .map_err(|e| (Some(125), format!("{}: {e}", bulkhead.display())))?;
-    if o.status.success() {
-        return Ok(());
-    }
-    let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
-    // A workload that exists reports its own end; one that never got made is reported by us.
-    let made = local_instances(data)
-        .map(|l| l.contains_key(k))
-        .unwrap_or(false);
-    Err(((!made).then_some(o.status.code().unwrap_or(125)), why))
 }
 
 /// What the local image store holds, as the server matches a service's
