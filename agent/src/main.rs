@@ -103,11 +103,11 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
         pid1::power_off()
     };
     if let Err(e) = pid1::mount_proc() {
-        return fail(e.to_string());
+        return fail(bulkhead_agent_proto::report(&e));
     }
     let signals = match pid1::signal_fd() {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(bulkhead_agent_proto::report(&e)),
     };
     let own_pid_ns = match std::fs::File::open("/proc/self/ns/pid") {
         Ok(f) => f,
@@ -128,7 +128,7 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
     };
     // Dialed first, mounted after: readiness is what the host waits on.
     if let Err(e) = pid1::mount_rest() {
-        return fail(e.to_string());
+        return fail(bulkhead_agent_proto::report(&e));
     }
     let boot_to_connected_us = if in_vm { pid1::since_boot_us() } else { None };
     marks.mark(BootStage::AgentReady);

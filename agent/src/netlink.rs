@@ -13,7 +13,7 @@ pub enum NetError {
     Spec(String),
     #[error("no interface {0:?} in the guest")]
     NoInterface(String),
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}")]
     Netlink {
         what: &'static str,
         source: std::io::Error,

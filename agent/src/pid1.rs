@@ -12,13 +12,13 @@ use bulkhead_agent_proto::{BootStage, BOOT_STAGE_PORT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Pid1Error {
-    #[error("mount {what} on {target}: {source}")]
+    #[error("mount {what} on {target}")]
     Mount {
         what: &'static str,
         target: &'static str,
         source: nix::Error,
     },
-    #[error("mkdir {path}: {source}")]
+    #[error("mkdir {path}")]
     Mkdir {
         path: &'static str,
         source: std::io::Error,

@@ -12,9 +12,9 @@ use bulkhead_agent_proto::{DnsSpec, HostEntry, RootSource, RootSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys { what: String, source: nix::Error },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         source: std::io::Error,

@@ -433,7 +433,7 @@ impl<'a> Agent<'a> {
         }
         self.check_new_id(process)?;
         spec.process.validate().map_err(invalid)?;
-        let spec_err = |e: rootfs::RootError| invalid(e.to_string());
+        let spec_err = |e: rootfs::RootError| invalid(bulkhead_agent_proto::report(&e));
         if let Some(h) = &spec.hostname {
             rootfs::check_etc_token("hostname", h).map_err(spec_err)?;
         }
@@ -448,10 +448,13 @@ impl<'a> Agent<'a> {
             rootfs::check_etc_token("dns entry", n).map_err(spec_err)?;
         }
         self.started = true;
-        let failed = |e: &dyn std::fmt::Display| AgentError::new(ErrorKind::Failed, e.to_string());
+        let failed = |e: &dyn std::error::Error| {
+            AgentError::new(ErrorKind::Failed, bulkhead_agent_proto::report(e))
+        };
         rootfs::enter(&spec.root).map_err(|e| failed(&e))?;
         if let Some(h) = &spec.hostname {
-            nix::unistd::sethostname(h).map_err(|e| failed(&format!("sethostname: {e}")))?;
+            nix::unistd::sethostname(h)
+                .map_err(|e| AgentError::new(ErrorKind::Failed, format!("sethostname: {e}")))?;
             rootfs::write_etc("/etc/hostname", &format!("{h}\n")).map_err(|e| failed(&e))?;
         }
         let address = spec

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cgroup {path}: {source}")]
+    #[error("cgroup {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

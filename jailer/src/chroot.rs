@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub enum ChrootError {
     #[error("{0} exists already: another jail with this id, or what a crashed one left (remove it, or use another --id)")]
     Exists(PathBuf),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,

@@ -9,7 +9,7 @@ use crate::validate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
-    #[error("remove {path}: {source}")]
+    #[error("remove {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

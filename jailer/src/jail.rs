@@ -155,7 +155,7 @@ fn start(spec: &Spec, root: &Path, cgroups: &Cgroups) -> Result<i32, JailError> 
         }
         ForkResult::Child => {
             let e = enter_and_exec(spec, root, cgroups, jailer);
-            eprintln!("bulkhead-jailer: {e}");
+            eprintln!("bulkhead-jailer: {}", crate::report(&e));
             // SAFETY: ends the forked child without running the parent's destructors.
             unsafe { libc::_exit(125) }
         }

@@ -6,3 +6,15 @@ pub mod chroot;
 pub mod cleanup;
 pub mod jail;
 pub mod validate;
+
+/// An error with each of its causes once (no message repeats its cause).
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

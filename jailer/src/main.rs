@@ -125,14 +125,14 @@ fn main() -> ExitCode {
     let spec = match spec(args) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("bulkhead-jailer: {e}");
+            eprintln!("bulkhead-jailer: {}", bulkhead_jailer::report(&e));
             return ExitCode::from(125);
         }
     };
     match jail::run(&spec) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(125)),
         Err(e) => {
-            eprintln!("bulkhead-jailer: {e}");
+            eprintln!("bulkhead-jailer: {}", bulkhead_jailer::report(&e));
             ExitCode::from(125)
         }
     }

@@ -41,30 +41,30 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Boot(#[from] BootError),
-    #[error("device layout: {0}")]
+    #[error("device layout")]
     Bus(#[from] BusError),
     #[error("guest memory of {mib} MiB: {detail}")]
     Memory { mib: u32, detail: String },
-    #[error("serial output {path}: {source}")]
+    #[error("serial output {path}")]
     SerialFile {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
-    #[error("disk {path}: {source}")]
+    #[error("disk {path}")]
     Disk {
         path: String,
         source: std::io::Error,
     },
-    #[error("TAP {name}: {source}")]
+    #[error("TAP {name}")]
     Tap {
         name: String,
         source: std::io::Error,
     },
-    #[error("vsock socket {path}: {source}")]
+    #[error("vsock socket {path}")]
     Vsock {
         path: String,
         source: std::io::Error,

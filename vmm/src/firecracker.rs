@@ -14,7 +14,7 @@ use crate::config::{DiskConfig, MacAddr, NetConfig, VmConfig, VsockConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirecrackerError {
-    #[error("{0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error(
         "\"machine-config\": smt=true is not supported (bulkhead-vmm gives each vCPU its own core)"

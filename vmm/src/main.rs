@@ -78,7 +78,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("bulkhead-vmm: {e}");
+    eprintln!("bulkhead-vmm: {}", bulkhead_agent_proto::report(e));
     ExitCode::from(code::VMM_ERROR)
 }
 

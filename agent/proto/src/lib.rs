@@ -21,6 +21,21 @@ pub mod client;
 pub use frame::{Fd, Frame, FrameDecoder, FrameError, StreamId};
 pub use messages::*;
 
+/// An error with its causes, one after another (`what: why: root cause`).
+/// No error's own message repeats its cause (cloud-hypervisor's rule: the
+/// cause is only its `source()`), so this, or anyhow's `{:#}` at the CLI
+/// edge, is how every binary prints one: each cause once.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Version of the host <-> agent protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -82,5 +97,23 @@ mod tests {
         for junk in [0u8, 4, 0x7f, 0xff] {
             assert_eq!(BootStage::from_code(junk), None);
         }
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("open /k")]
+        Open(#[source] std::io::Error),
+        #[error(transparent)]
+        Same(std::io::Error),
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        assert_eq!(super::report(&Outer::Open(io())), "open /k: gone");
+        assert_eq!(super::report(&Outer::Same(io())), "gone");
     }
 }

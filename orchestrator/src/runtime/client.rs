@@ -13,11 +13,10 @@ use super::attach::{self, ExitReport, Kind, Reply, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the workload's supervisor at {path}: {source} (is it still running? `bulkhead ps -a`)")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The cause sits mid-sentence, before the hint: printed once, here
+    /// (not chained).
+    #[error("cannot reach the workload's supervisor at {path}: {error} (is it still running? `bulkhead ps -a`)")]
+    Connect { path: String, error: std::io::Error },
     #[error(transparent)]
     Frame(#[from] attach::FrameError),
     #[error("the supervisor closed the connection without an exit status")]
@@ -29,9 +28,9 @@ pub enum ClientError {
 pub async fn connect(sock: &Path) -> Result<UnixStream, ClientError> {
     UnixStream::connect(sock)
         .await
-        .map_err(|source| ClientError::Connect {
+        .map_err(|error| ClientError::Connect {
             path: sock.display().to_string(),
-            source,
+            error,
         })
 }
 

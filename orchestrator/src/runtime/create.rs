@@ -216,7 +216,10 @@ pub fn create(
         eprintln!("bulkhead: warning: cleaning up after workloads that are gone: {e}");
     }
     if let Err(e) = super::jail::sweep(&state) {
-        eprintln!("bulkhead: warning: removing the jails of workloads that are gone: {e}");
+        eprintln!(
+            "bulkhead: warning: removing the jails of workloads that are gone: {}",
+            bulkhead_agent_proto::report(&e)
+        );
     }
     let want = want(&state, req)?;
     let name = name_for(req, &id)?;

@@ -22,7 +22,7 @@ pub const NOFILE: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,

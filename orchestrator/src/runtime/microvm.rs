@@ -125,12 +125,12 @@ impl Microvm {
             .ok_or("no VM files in the workload config")?;
         let jail = files.jail.as_ref();
         let vm_dir = crate::state::paths::Paths::vm_dir(&cfg.id);
-        jail::make_vm_dir(&vm_dir, jail).map_err(|e| e.to_string())?;
+        jail::make_vm_dir(&vm_dir, jail).map_err(|e| bulkhead_agent_proto::report(&e))?;
         let uds = vm_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
         let listener = UnixListener::bind(&listener_path)
             .map_err(|e| format!("bind {}: {e}", listener_path.display()))?;
-        jail::hand_over(&listener_path, jail).map_err(|e| e.to_string())?;
+        jail::hand_over(&listener_path, jail).map_err(|e| bulkhead_agent_proto::report(&e))?;
         let console = workload_dir.join("console.log");
         let vcpus = super::limits::vm_vcpus(cfg.cpus);
         let memory = cfg
@@ -155,7 +155,7 @@ impl Microvm {
                 let json = serde_json::to_vec_pretty(&vm).map_err(|e| e.to_string())?;
                 std::fs::write(&path, json)
                     .map_err(|e| format!("write {}: {e}", path.display()))?;
-                jail::hand_over(&path, jail).map_err(|e| e.to_string())?;
+                jail::hand_over(&path, jail).map_err(|e| bulkhead_agent_proto::report(&e))?;
                 if let Some(tap) = tap.filter(|_| with_tap) {
                     let fd = tap.as_raw_fd();
                     // SAFETY: dup2 is async-signal-safe; it gives the VMM the TAP as fd 3 (without CLOEXEC).

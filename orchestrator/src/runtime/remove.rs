@@ -81,7 +81,7 @@ pub fn remove(state: &State, r: &Record, force: bool) -> Result<(), RemoveError>
 /// still in its cgroups), the overlay mount (if still there), its data dir,
 /// its runtime dir.
 pub fn remove_files(paths: &Paths, id: &str) -> std::io::Result<()> {
-    super::jail::remove(id).map_err(|e| std::io::Error::other(e.to_string()))?;
+    super::jail::remove(id).map_err(|e| std::io::Error::other(bulkhead_agent_proto::report(&e)))?;
     let dir = paths.workload_dir(id);
     let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(Paths::run_dir(id));

@@ -372,7 +372,10 @@ async fn finish(
     // The jailer removes its jail when the VMM ends; this is for a jailer
     // that was killed (or never got that far).
     if let Err(e) = super::jail::remove(&cfg.id) {
-        eprintln!("bulkhead supervisor: jail teardown: {e}");
+        eprintln!(
+            "bulkhead supervisor: jail teardown: {}",
+            bulkhead_agent_proto::report(&e)
+        );
     }
     let exit = Exit {
         code: report.code,

@@ -39,11 +39,9 @@ const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state store {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The cause is part of the sentence (printed once, here; not chained).
+    #[error("state store {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("state store: {0}")]
     Db(String),
     #[error("no workload {0:?} (`bulkhead ps -a` lists them)")]
@@ -86,9 +84,9 @@ impl State {
         &self,
         f: impl FnOnce(&Database) -> Result<T, E>,
     ) -> Result<T, E> {
-        let io = |source| StateError::Io {
+        let io = |error| StateError::Io {
             path: self.paths.state_lock().display().to_string(),
-            source,
+            error,
         };
         bulkhead_images::private::data_root(self.paths.data()).map_err(io)?;
         let lock = File::options()
@@ -172,9 +170,9 @@ impl State {
     /// when they changed it).
     fn fold(&self, r: &mut Record) -> Result<(), StateError> {
         let dir = self.paths.workload_dir(&r.config.id);
-        let io = |source| StateError::Io {
+        let io = |error| StateError::Io {
             path: dir.display().to_string(),
-            source,
+            error,
         };
         let running: Option<Running> = read_json(&dir.join("running.json")).map_err(io)?;
         let exit: Option<Exit> = read_json(&dir.join("exit.json")).map_err(io)?;

@@ -9,7 +9,7 @@ use crate::layout::{GDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR, PVH_INFO_ADDR, ZERO
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("writing boot tables into guest memory: {0}")]
+    #[error("writing boot tables into guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
     #[error("building the MSR list: {0}")]
     Msrs(String),

@@ -17,7 +17,7 @@ use crate::layout::{CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, MMIO_HOLE_START};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("open {path}: {source}")]
+    #[error("open {path}")]
     Open {
         path: String,
         source: std::io::Error,
@@ -30,7 +30,7 @@ pub enum BootError {
     },
     #[error("initrd {path}: {size} bytes do not fit in guest memory above the kernel (below {limit:#x})")]
     InitrdTooBig { path: String, size: u64, limit: u64 },
-    #[error("initrd {path}: {source}")]
+    #[error("initrd {path}")]
     InitrdRead {
         path: String,
         source: std::io::Error,
@@ -39,7 +39,7 @@ pub enum BootError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
-    #[error("writing {what} into guest memory: {source}")]
+    #[error("writing {what} into guest memory")]
     GuestMemory {
         what: &'static str,
         source: vm_memory::GuestMemoryError,

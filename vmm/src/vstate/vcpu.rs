@@ -15,14 +15,14 @@ use crate::timeline::{Milestone, Timeline};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    #[error("vCPU {id}: {what}: {source}")]
+    #[error("vCPU {id}: {what}")]
     Kvm {
         id: u8,
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("vCPU {id}: {0}", id = .1)]
-    Regs(regs::RegsError, u8),
+    #[error("vCPU {1}")]
+    Regs(#[source] regs::RegsError, u8),
 }
 
 /// What the vCPU loop needs from the rest of the VM.

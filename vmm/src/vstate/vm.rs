@@ -17,7 +17,7 @@ use crate::layout::IOAPIC_PINS;
 pub enum VmError {
     #[error("open /dev/kvm: {0} (is KVM available and accessible to this user?)")]
     OpenKvm(kvm_ioctls::Error),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
