@@ -75,6 +75,18 @@ fn host_tsc_khz() -> Option<u64> {
     (100_000..=10_000_000).contains(&khz).then_some(khz)
 }
 
+/// Zero bytes to append to an initramfs of `len` bytes (the kernel skips
+/// zeros after an archive) so that it stays clear of microvm's ACPI tables.
+/// QEMU's microvm loads the initrd page-aligned against the top of RAM,
+/// where it also puts its ACPI tables (the last 768 bytes of the last
+/// page): an initramfs whose size is within 768 bytes below a multiple of
+/// 4 KiB overwrote them, and the kernel faulted reading the DSDT
+/// (`acpi_tb_load_namespace`) on every boot. Padded to 2 KiB past a
+/// page, its last byte lands 2 KiB below the top.
+fn clear_of_acpi_padding(len: usize) -> usize {
+    (2048 + 4096 - len % 4096) % 4096
+}
+
 /// Boots `kernel` with the probe on `cpus` vCPUs; `live` sees console output.
 pub fn boot(
     kernel: &Path,
@@ -89,7 +101,8 @@ pub fn boot(
         .tempdir()
         .map_err(TestHostError::io("create a work dir"))?;
     let initrd = work.path().join("probe.cpio");
-    let image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
+    let mut image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
+    image.resize(image.len() + clear_of_acpi_padding(image.len()), 0);
     std::fs::write(&initrd, image).map_err(TestHostError::io("write probe initramfs"))?;
 
     // The probe VM has neither the 8259 PIC nor the PIT (pic=off,pit=off),
@@ -152,4 +165,18 @@ pub fn boot(
         qemu_status: g.exit.map(shell_status),
         elapsed: started.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clear_of_acpi_padding;
+
+    #[test]
+    fn padded_initramfs_ends_half_a_page_below_the_top_whatever_its_size() {
+        for len in [0, 1, 2047, 2048, 2049, 4095, 4096, 0x3c_afb0, 0x3c_88f0] {
+            let padded = len + clear_of_acpi_padding(len);
+            assert_eq!(padded % 4096, 2048, "{len}");
+            assert!(padded >= len && padded - len < 4096, "{len}");
+        }
+    }
 }
