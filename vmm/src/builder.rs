@@ -92,7 +92,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     let mem_bytes = u64::from(config.memory_mib) << 20;
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_bytes)
         .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .map(|(start, len)| (GuestAddress(start), crate::convert::u64_to_usize(len)))
         .collect();
     let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| BuildError::Memory {
         mib: config.memory_mib,

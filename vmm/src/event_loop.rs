@@ -86,11 +86,11 @@ impl EventLoop {
     /// The device whose registry has index `self.devices.len()`.
     pub fn add_device(&mut self, transport: Arc<Mutex<MmioTransport>>) -> u32 {
         self.devices.push(transport);
-        (self.devices.len() - 1) as u32
+        crate::convert::len_u32(self.devices.len() - 1)
     }
 
     pub fn next_device_index(&self) -> u32 {
-        self.devices.len() as u32
+        crate::convert::len_u32(self.devices.len())
     }
 
     pub fn watch_exit(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
@@ -120,12 +120,18 @@ impl EventLoop {
                     TOKEN_EXIT => wake = Some(Wake::Exit),
                     TOKEN_SIGNAL => wake = wake.or(Some(Wake::Signal)),
                     token => {
-                        let device = (token >> 32) as usize - 1;
+                        let Some(device) = crate::convert::u64_to_usize(token >> 32).checked_sub(1)
+                        else {
+                            continue;
+                        };
                         if let Some(t) = self.devices.get(device) {
                             t.lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .device()
-                                .host_event(token as u32, ev.events().bits() as u32);
+                                .host_event(
+                                    crate::convert::lo32(token),
+                                    u32::from_ne_bytes(ev.events().bits().to_ne_bytes()),
+                                );
                         }
                     }
                 }

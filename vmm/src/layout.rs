@@ -46,8 +46,22 @@ pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const IOAPIC_SIZE: u64 = 0x1000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 
+/// `addr` for a table field of 32 bits (MP table, MADT, boot params): the
+/// constants below are checked when they are compiled.
+#[allow(clippy::cast_possible_truncation)] // checked just before
+const fn below_4g(addr: u64) -> u32 {
+    assert!(addr < FOUR_GIB, "a 32-bit field cannot hold this address");
+    addr as u32
+}
+pub const IOAPIC_ADDR32: u32 = below_4g(IOAPIC_ADDR);
+pub const LAPIC_ADDR32: u32 = below_4g(LAPIC_ADDR);
+pub const CMDLINE_ADDR32: u32 = below_4g(CMDLINE_ADDR);
+
 /// IOAPIC pins.
 pub const IOAPIC_PINS: usize = 24;
+/// The same, as the MP table and the IOAPIC's version register count them.
+pub const IOAPIC_PINS_U8: u8 = 24;
+const _: () = assert!(IOAPIC_PINS == IOAPIC_PINS_U8 as usize);
 pub const IRQ_SERIAL: u32 = 4;
 /// virtio devices take ISA IRQs (edge-triggered, active high by default in
 /// both the MP table and ACPI): 5 to 15, except 8 (RTC).

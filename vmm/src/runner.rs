@@ -109,7 +109,9 @@ pub fn run(vm: BuiltVm, opts: &RunOptions) -> std::io::Result<Ended> {
     loop {
         if event_loop.run_until_wake()? == Wake::Signal {
             if let Ok(Some(info)) = signals.read_signal() {
-                ctx.exit.request(ExitReason::Signal(info.ssi_signo as i32));
+                ctx.exit.request(ExitReason::Signal(
+                    i32::try_from(info.ssi_signo).unwrap_or(i32::MAX),
+                ));
             }
         }
         if let Some(reason) = ctx.exit.reason() {

@@ -60,11 +60,11 @@ impl Program {
         // jne bad; <ok>; jmp end; bad: <bad>; end:
         self.code.extend_from_slice(&[0x0f, 0x85]);
         self.code
-            .extend_from_slice(&((ok_part.len() + 5) as u32).to_le_bytes());
+            .extend_from_slice(&crate::convert::len_u32(ok_part.len() + 5).to_le_bytes());
         self.code.extend_from_slice(&ok_part);
         self.code.push(0xe9);
         self.code
-            .extend_from_slice(&(bad_part.len() as u32).to_le_bytes());
+            .extend_from_slice(&crate::convert::len_u32(bad_part.len()).to_le_bytes());
         self.code.extend_from_slice(&bad_part);
         self
     }
@@ -103,8 +103,10 @@ impl Program {
             0x4e, // dec esi
             0x0f, 0x85, // jnz top
         ]);
-        let rel = top as i64 - (c.len() as i64 + 4);
-        c.extend_from_slice(&(rel as i32).to_le_bytes());
+        // A short backward jump: both offsets are small.
+        let back = c.len() + 4 - top;
+        let rel = -i32::try_from(back).unwrap_or(i32::MAX);
+        c.extend_from_slice(&rel.to_le_bytes());
         self
     }
 
@@ -239,7 +241,8 @@ fn elf(code: &[u8], pvh_note: bool) -> Vec<u8> {
     out.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
     out.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    for v in [EHDR as u16, PHDR as u16, 2, 64, 0, 0] {
+    let header_size = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+    for v in [header_size(EHDR), header_size(PHDR), 2, 64, 0, 0] {
         // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
         out.extend_from_slice(&v.to_le_bytes());
     }

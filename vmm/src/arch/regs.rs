@@ -34,24 +34,30 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit as u64 & 0x0000_ffff)
 }
 
+/// The bits of `entry` above `shift` under `mask` (a descriptor field of
+/// at most 8 bits).
+fn field(entry: u64, shift: u32, mask: u64) -> u8 {
+    u8::try_from((entry >> shift) & mask).unwrap_or(u8::MAX)
+}
+
 /// The segment register a descriptor loads as.
 fn segment(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
-    let limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
-    let g = ((entry >> 55) & 1) as u8;
+    let limit = u32::try_from((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)).unwrap_or(0);
+    let g = field(entry, 55, 1);
     kvm_segment {
         base,
         // With G set the limit counts 4 KiB pages.
         limit: if g == 1 { (limit << 12) | 0xfff } else { limit },
         selector: u16::from(index) * 8,
-        type_: ((entry >> 40) & 0xf) as u8,
-        present: ((entry >> 47) & 1) as u8,
-        dpl: ((entry >> 45) & 3) as u8,
-        db: ((entry >> 54) & 1) as u8,
-        s: ((entry >> 44) & 1) as u8,
-        l: ((entry >> 53) & 1) as u8,
+        type_: field(entry, 40, 0xf),
+        present: field(entry, 47, 1),
+        dpl: field(entry, 45, 3),
+        db: field(entry, 54, 1),
+        s: field(entry, 44, 1),
+        l: field(entry, 53, 1),
         g,
-        avl: ((entry >> 52) & 1) as u8,
+        avl: field(entry, 52, 1),
         unusable: 0,
         padding: 0,
     }
@@ -86,7 +92,8 @@ pub fn boot_sregs(
     }
     let mut s = *base;
     s.gdt.base = GDT_ADDR;
-    s.gdt.limit = (table.len() * 8 - 1) as u16;
+    // The limit is the table's last byte (four 8-byte entries).
+    s.gdt.limit = u16::try_from(table.len() * 8 - 1).unwrap_or(u16::MAX);
     s.idt.base = 0;
     s.idt.limit = 0;
     let code = segment(table[1], 1);
@@ -195,11 +202,11 @@ pub fn set_lint(regs: &mut [std::os::raw::c_char; 1024]) {
     for (off, mode) in [(APIC_LVT0, DELIVERY_EXTINT), (APIC_LVT1, DELIVERY_NMI)] {
         let mut b = [0u8; 4];
         for (i, x) in b.iter_mut().enumerate() {
-            *x = regs[off + i] as u8;
+            *x = regs[off + i].to_ne_bytes()[0];
         }
         let v = (u32::from_le_bytes(b) & !0x700) | mode;
         for (i, x) in v.to_le_bytes().iter().enumerate() {
-            regs[off + i] = *x as std::os::raw::c_char;
+            regs[off + i] = std::os::raw::c_char::from_ne_bytes([*x]);
         }
     }
 }

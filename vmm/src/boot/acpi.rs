@@ -26,7 +26,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::BootError;
 use crate::layout::{
-    ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_TABLES_END, IOAPIC_ADDR, IRQ_SERIAL, LAPIC_ADDR,
+    ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_TABLES_END, IOAPIC_ADDR32, IRQ_SERIAL, LAPIC_ADDR32,
     PORT_ACPI_RESET, PORT_ACPI_SLEEP_CONTROL, PORT_ACPI_SLEEP_STATUS, PORT_COM1, PORT_PVPANIC,
     RSDP_ADDR,
 };
@@ -84,12 +84,12 @@ pub fn build(
         OEM_ID,
         OEM_TABLE_ID,
         OEM_REVISION,
-        LocalInterruptController::Address(LAPIC_ADDR as u32),
+        LocalInterruptController::Address(LAPIC_ADDR32),
     );
     for cpu in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
-    madt.add_structure(IoApic::new(ioapic_id, IOAPIC_ADDR as u32, 0));
+    madt.add_structure(IoApic::new(ioapic_id, IOAPIC_ADDR32, 0));
     let madt = bytes_of(&madt);
     let madt_addr = place(madt.len());
 
@@ -186,7 +186,11 @@ fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, BootError> {
     .to_aml_bytes(&mut body);
 
     for (i, d) in virtio.iter().enumerate() {
-        let (Ok(base), Ok(size)) = (u32::try_from(d.base), u32::try_from(d.size)) else {
+        let (Ok(base), Ok(size), Ok(uid)) = (
+            u32::try_from(d.base),
+            u32::try_from(d.size),
+            u32::try_from(i),
+        ) else {
             return Err(BootError::Tables(format!(
                 "virtio-mmio window {:#x}+{:#x} is not below 4 GiB",
                 d.base, d.size
@@ -201,7 +205,6 @@ fn dsdt(virtio: &[MmioDevice]) -> Result<Vec<u8>, BootError> {
         let window = aml::Memory32Fixed::new(true, base, size);
         let irq = aml::Interrupt::new(true, true, false, false, d.irq);
         let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
-        let uid = i as u32;
         aml::Device::new(
             format!("_SB_.V{i:03X}").as_str().into(),
             vec![

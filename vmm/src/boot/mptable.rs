@@ -8,7 +8,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::BootError;
-use crate::layout::{EBDA_START, IOAPIC_ADDR, IOAPIC_PINS, LAPIC_ADDR, RSDP_ADDR};
+use crate::layout::{EBDA_START, IOAPIC_ADDR32, IOAPIC_PINS_U8, LAPIC_ADDR32, RSDP_ADDR};
 
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
@@ -46,9 +46,9 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
     entries += 1;
     let ioapic = ioapic_id(vcpus);
     table.extend_from_slice(&[2, ioapic, IOAPIC_VERSION, 1]);
-    table.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    table.extend_from_slice(&IOAPIC_ADDR32.to_le_bytes());
     entries += 1;
-    for pin in 0..IOAPIC_PINS as u8 {
+    for pin in 0..IOAPIC_PINS_U8 {
         let kind = if pin == 0 {
             INT_TYPE_EXTINT
         } else {
@@ -68,7 +68,9 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
 
     let mut header = Vec::with_capacity(44);
     header.extend_from_slice(b"PCMP");
-    header.extend_from_slice(&((44 + table.len()) as u16).to_le_bytes());
+    // `write` refuses a table that outgrows the EBDA (far below 64 KiB).
+    let length = u16::try_from(44 + table.len()).unwrap_or(u16::MAX);
+    header.extend_from_slice(&length.to_le_bytes());
     header.push(4); // spec revision 1.4
     header.push(0); // checksum, below
     header.extend_from_slice(b"BULKHEAD");
@@ -76,7 +78,7 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
     header.extend_from_slice(&0u32.to_le_bytes()); // OEM table
     header.extend_from_slice(&0u16.to_le_bytes());
     header.extend_from_slice(&entries.to_le_bytes());
-    header.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    header.extend_from_slice(&LAPIC_ADDR32.to_le_bytes());
     header.extend_from_slice(&[0, 0, 0, 0]); // extended table length, checksum, reserved
     let mut config = header;
     config.extend_from_slice(&table);
@@ -84,7 +86,8 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
 
     let mut pointer = Vec::with_capacity(16);
     pointer.extend_from_slice(b"_MP_");
-    pointer.extend_from_slice(&((base + 16) as u32).to_le_bytes());
+    // `base` is in the EBDA, below 1 MiB.
+    pointer.extend_from_slice(&u32::try_from(base + 16).unwrap_or(u32::MAX).to_le_bytes());
     pointer.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]); // length in 16-byte units, rev, checksum, features
     pointer[10] = checksum(&pointer);
 
@@ -134,7 +137,7 @@ mod tests {
             assert_eq!(len, table.len());
             assert_eq!(sum(table), 0);
             let entries = u16::from_le_bytes([table[34], table[35]]) as usize;
-            assert_eq!(entries, vcpus as usize + 1 + 1 + IOAPIC_PINS + 2);
+            assert_eq!(entries, usize::from(vcpus) + 1 + 1 + crate::layout::IOAPIC_PINS + 2);
             // First processor is the BSP, others are not.
             assert_eq!(table[44 + 3], CPU_ENABLED | CPU_BSP);
             if vcpus > 1 {

@@ -10,8 +10,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 
 use super::{BootError, LoadedInitrd};
 use crate::layout::{
-    CMDLINE_ADDR, EBDA_START, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR,
-    RSDP_ADDR, ZERO_PAGE_ADDR,
+    CMDLINE_ADDR, CMDLINE_ADDR32, EBDA_START, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR,
+    PVH_MODLIST_ADDR, RSDP_ADDR, ZERO_PAGE_ADDR,
 };
 
 pub const E820_RAM: u32 = 1;
@@ -52,14 +52,20 @@ pub fn write_zero_page(
     params.hdr.type_of_loader = 0xff; // "other"
     params.hdr.boot_flag = 0xaa55;
     params.hdr.header = 0x5372_6448; // "HdrS"
-    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
+    params.hdr.cmd_line_ptr = CMDLINE_ADDR32;
+    params.hdr.cmdline_size = u32::try_from(cmdline_len)
+        .map_err(|_| BootError::Tables(format!("a command line of {cmdline_len} bytes")))?;
     if params.hdr.kernel_alignment == 0 {
         params.hdr.kernel_alignment = 0x0100_0000;
     }
     if let Some(i) = initrd {
-        params.hdr.ramdisk_image = i.addr as u32;
-        params.hdr.ramdisk_size = i.size as u32;
+        // The zero page holds 32 bits: an initrd must sit below 4 GiB.
+        let below_4g = |v: u64, what: &str| {
+            u32::try_from(v)
+                .map_err(|_| BootError::Tables(format!("initrd {what} {v:#x} above 4 GiB")))
+        };
+        params.hdr.ramdisk_image = below_4g(i.addr, "at")?;
+        params.hdr.ramdisk_size = below_4g(i.size, "of size")?;
     }
     params.acpi_rsdp_addr = RSDP_ADDR;
     let map = e820_map(mem);
@@ -76,7 +82,8 @@ pub fn write_zero_page(
             r#type: *kind,
         };
     }
-    params.e820_entries = map.len() as u8;
+    // At most e820_table's 128 entries (checked above).
+    params.e820_entries = u8::try_from(map.len()).unwrap_or(u8::MAX);
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
         .map_err(|source| BootError::GuestMemory {
             what: "zero page",
@@ -106,7 +113,7 @@ pub fn write_pvh_start_info(
             reserved: 0,
         })
         .collect();
-    info.memmap_entries = map.len() as u32;
+    info.memmap_entries = u32::try_from(map.len()).unwrap_or(u32::MAX);
     if initrd.is_some() {
         info.nr_modules = 1;
         info.modlist_paddr = PVH_MODLIST_ADDR;

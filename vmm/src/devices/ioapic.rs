@@ -9,7 +9,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::BusDevice;
-use crate::layout::IOAPIC_PINS;
+use crate::convert::{hi32, lo32};
+use crate::layout::{IOAPIC_PINS, IOAPIC_PINS_U8};
 
 const IOREGSEL: u64 = 0x00;
 const IOWIN: u64 = 0x10;
@@ -74,12 +75,12 @@ impl Ioapic {
     fn read_register(&self) -> u32 {
         match self.select {
             REG_ID | REG_ARBITRATION => u32::from(self.id) << 24,
-            REG_VERSION => ((IOAPIC_PINS as u32 - 1) << 16) | VERSION,
+            REG_VERSION => ((u32::from(IOAPIC_PINS_U8) - 1) << 16) | VERSION,
             r if r >= REG_REDIRECTION_BASE => {
                 let idx = usize::from(r - REG_REDIRECTION_BASE);
                 match self.entries.get(idx / 2) {
-                    Some(e) if idx % 2 == 0 => *e as u32,
-                    Some(e) => (*e >> 32) as u32,
+                    Some(e) if idx % 2 == 0 => lo32(*e),
+                    Some(e) => hi32(*e),
                     None => 0,
                 }
             }
@@ -139,7 +140,8 @@ impl BusDevice for Ioapic {
         }
         let value = u32::from_le_bytes(bytes);
         match offset {
-            IOREGSEL => self.select = value as u8,
+            // The select register is the written word's low byte.
+            IOREGSEL => self.select = value.to_le_bytes()[0],
             IOWIN => self.write_register(value),
             // EOI register (0x40): nothing to do for edge-only delivery.
             _ => {}

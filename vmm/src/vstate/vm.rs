@@ -73,7 +73,7 @@ impl Vm {
                     source: kvm_ioctls::Error::new(libc::EINVAL),
                 })?;
             let r = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot: crate::convert::len_u32(slot),
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -116,8 +116,8 @@ struct KvmMsi(Arc<VmFd>);
 impl MsiSink for KvmMsi {
     fn send(&self, msi: Msi) -> std::io::Result<()> {
         let m = kvm_msi {
-            address_lo: msi.address as u32,
-            address_hi: (msi.address >> 32) as u32,
+            address_lo: crate::convert::lo32(msi.address),
+            address_hi: crate::convert::hi32(msi.address),
             data: msi.data,
             ..Default::default()
         };

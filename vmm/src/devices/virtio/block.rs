@@ -8,6 +8,7 @@
 //! VMM. Data moves through a fixed bounce buffer, so a huge request costs
 //! time, not memory.
 
+use crate::convert::u64_to_usize;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -168,7 +169,7 @@ impl Backend {
         let ok = status_writer.write_all(&[status]).is_ok();
         Completion {
             status: ok.then_some(status),
-            used_len: (data_written + usize::from(ok)) as u32,
+            used_len: crate::convert::len_u32(data_written + usize::from(ok)),
         }
     }
 
@@ -220,20 +221,20 @@ impl Backend {
     fn copy_from_disk(&mut self, offset: u64, len: u64, writer: &mut Writer<'_>) -> (u8, usize) {
         let mut done = 0u64;
         while done < len {
-            let n = BOUNCE.min((len - done) as usize);
+            let n = BOUNCE.min(u64_to_usize(len - done));
             let buf = &mut self.bounce[..n];
             if self.disk.read_at(buf, offset + done).is_err() || writer.write_all(buf).is_err() {
-                return (S_IOERR, done as usize);
+                return (S_IOERR, u64_to_usize(done));
             }
             done += n as u64;
         }
-        (S_OK, done as usize)
+        (S_OK, u64_to_usize(done))
     }
 
     fn copy_to_disk(&mut self, offset: u64, len: u64, reader: &mut Reader<'_>) -> u8 {
         let mut done = 0u64;
         while done < len {
-            let n = BOUNCE.min((len - done) as usize);
+            let n = BOUNCE.min(u64_to_usize(len - done));
             let buf = &mut self.bounce[..n];
             if reader.read_exact(buf).is_err() || self.disk.write_at(buf, offset + done).is_err() {
                 return S_IOERR;
@@ -270,7 +271,7 @@ impl MemDisk {
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         let end = start
             .checked_add(len)
-            .filter(|e| *e <= self.size() as usize);
+            .filter(|e| *e <= u64_to_usize(self.size()));
         end.map(|e| start..e)
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
     }

@@ -221,8 +221,8 @@ impl MmioTransport {
             reg::DEVICE_ID => self.device.device_type(),
             reg::VENDOR_ID => VENDOR,
             reg::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
+                0 => crate::convert::lo32(self.device.features()),
+                1 => crate::convert::hi32(self.device.features()),
                 _ => 0,
             },
             reg::QUEUE_NUM_MAX => self
@@ -265,7 +265,7 @@ impl MmioTransport {
                 if let Some(q) = self.configurable_queue() {
                     // Size must be a power of two within max; the queue
                     // refuses others and keeps its size.
-                    let _ = q.try_set_size(value.min(u32::from(u16::MAX)) as u16);
+                    let _ = q.try_set_size(u16::try_from(value).unwrap_or(u16::MAX));
                 }
             }
             reg::QUEUE_READY => {

@@ -45,7 +45,7 @@ fn fill_random(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) 
         }
         written += n;
     }
-    written as u32
+    crate::convert::len_u32(written)
 }
 
 /// Fills `buf` from the host's getrandom(2).
@@ -63,7 +63,7 @@ pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
             }
             continue;
         }
-        filled += n as usize;
+        filled += n.unsigned_abs(); // n >= 0 here
     }
     Ok(())
 }

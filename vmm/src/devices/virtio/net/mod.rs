@@ -110,7 +110,10 @@ impl Net {
                 }
                 _ => 0,
             };
-            if a.queues[RX].add_used(mem, head, written as u32).is_err() {
+            if a.queues[RX]
+                .add_used(mem, head, crate::convert::len_u32(written))
+                .is_err()
+            {
                 break;
             }
             used_any = true;
@@ -166,7 +169,7 @@ impl VirtioDevice for Net {
 pub fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
     if super::rng::getrandom(&mut mac).is_err() {
-        mac[5] = std::process::id() as u8;
+        mac[5] = std::process::id().to_le_bytes()[0];
     }
     mac[0] = (mac[0] & 0xfc) | 0x02;
     mac

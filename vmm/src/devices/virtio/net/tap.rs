@@ -82,9 +82,10 @@ impl Tap {
             .name
             .iter()
             .take_while(|c| **c != 0)
-            .map(|c| *c as u8 as char)
+            .map(|c| char::from(c.to_ne_bytes()[0]))
             .collect();
-        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        let hdr_len = libc::c_int::try_from(VNET_HDR_LEN)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         // SAFETY: TUNSETVNETHDRSZ reads an int from the pointer, valid for the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
             return Err(std::io::Error::last_os_error());
@@ -138,7 +139,7 @@ fn ifreq(name: &str) -> std::io::Result<IfReq> {
         _pad: [0; 22],
     };
     for (d, s) in req.name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([s]);
     }
     Ok(req)
 }

@@ -101,7 +101,7 @@ impl Vsock {
                 .write_all(&h.to_bytes())
                 .and_then(|_| writer.write_all(&self.buf[..n]));
             let len = if written.is_ok() {
-                (HEADER_LEN + n) as u32
+                crate::convert::len_u32(HEADER_LEN + n)
             } else {
                 0
             };
@@ -164,7 +164,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn host_event(&mut self, token: u32, events: u32) {
-        let ev = EpollFlags::from_bits_truncate(events as i32);
+        let ev = EpollFlags::from_bits_truncate(i32::from_ne_bytes(events.to_ne_bytes()));
         let readable = ev.intersects(
             EpollFlags::EPOLLIN
                 | EpollFlags::EPOLLRDHUP

@@ -12,6 +12,7 @@
 //! VMM never buffers without bound. Towards the guest we send no more than
 //! the guest's advertised credit; the rest stays in the host socket.
 
+use crate::convert::len_u32;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -114,7 +115,7 @@ impl Conn {
                 Ok(0) => return false,
                 Ok(n) => {
                     self.to_host.drain(..n);
-                    self.fwd_cnt += Wrapping(n as u32);
+                    self.fwd_cnt += Wrapping(len_u32(n));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -390,10 +391,10 @@ impl Muxer {
                     return Some((h, 0));
                 }
                 Ok(n) => {
-                    c.sent += Wrapping(n as u32);
+                    c.sent += Wrapping(len_u32(n));
                     c.fwd_cnt_told = c.fwd_cnt;
                     let mut h = self.header(key, op::RW);
-                    h.len = n as u32;
+                    h.len = len_u32(n);
                     return Some((h, n));
                 }
                 Err(e)
