@@ -13,7 +13,7 @@ use crate::runtime::create::{self, CreateError, Request, Started, VmAssets};
 use crate::runtime::{attach, client};
 use crate::state::fencing::Fencing;
 use crate::state::paths::{self, Paths};
-use crate::state::record::{now_ms, RuntimeKind};
+use crate::state::record::{now_ms, DiskFormat, RuntimeKind};
 use crate::state::State;
 
 /// bulkhead's own failure (docker's convention).
@@ -228,8 +228,17 @@ impl VmAssets for HereWithProgress {
         }
     }
 
-    fn root_disk(&mut self, store: &Store, manifest: &Digest) -> Result<PathBuf, CreateError> {
-        rootdisk::build(store, manifest, Format::Ext4, &mut |m| eprintln!("{m}"))
+    fn root_disk(
+        &mut self,
+        store: &Store,
+        manifest: &Digest,
+        format: DiskFormat,
+    ) -> Result<PathBuf, CreateError> {
+        let format = match format {
+            DiskFormat::Ext4 => Format::Ext4,
+            DiskFormat::Erofs => Format::Erofs,
+        };
+        rootdisk::build(store, manifest, format, &mut |m| eprintln!("{m}"))
             .map_err(|e| CreateError::asset("the image's root disk", e))
     }
 }

@@ -337,7 +337,7 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
         "vm": c.vm.as_ref().map(|vm| serde_json::json!({
             "vcpus": crate::runtime::limits::vm_vcpus(c.cpus),
             "memory_mib": c.memory_mib.unwrap_or(crate::runtime::limits::DEFAULT_VM_MEMORY_MIB),
-            "kernel": vm.kernel, "initrd": vm.initrd, "disk": vm.disk, "vmm": vm.vmm,
+            "kernel": vm.kernel, "initrd": vm.initrd, "disk": vm.disk.path, "disk_format": vm.disk.format, "vmm": vm.vmm,
             "jail": vm.jail.as_ref().map(|j| serde_json::json!({"uid": j.uid, "gid": j.gid, "dir": j.chroot_base.join(&c.id), "vm_dir": Paths::vm_dir(&c.id), "jailer": j.jailer})),
         })),
         "limits": {"cpus": c.cpus, "memory_mib": c.memory_mib},

@@ -24,7 +24,9 @@ use crate::state::fencing::Fencing;
 use crate::state::net::{self, Want};
 use crate::state::paths::{self, Paths};
 use crate::state::record::WorkloadConfig;
-use crate::state::record::{now_ms, write_json, Jail, Record, RuntimeKind, VmFiles, VmmFlavor};
+use crate::state::record::{
+    now_ms, write_json, DiskFormat, Jail, Record, RootDisk, RuntimeKind, VmFiles, VmmFlavor,
+};
 use crate::state::{State, StateError};
 
 /// What to run, typed: every value a tenant or a user gives travels here,
@@ -124,8 +126,13 @@ impl CreateError {
 pub trait VmAssets {
     /// The guest kernel (`vmlinux`).
     fn kernel(&mut self) -> Result<PathBuf, CreateError>;
-    /// The image's root disk (ext4, cached per manifest in the store).
-    fn root_disk(&mut self, store: &Store, manifest: &Digest) -> Result<PathBuf, CreateError>;
+    /// The image's root disk in `format`, cached per manifest in the store.
+    fn root_disk(
+        &mut self,
+        store: &Store,
+        manifest: &Digest,
+        format: DiskFormat,
+    ) -> Result<PathBuf, CreateError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -430,7 +437,7 @@ fn vm_files(
     let agent = shipped("bulkhead-agent")?;
     let initrd = bulkhead_images::agent_initramfs::cached(&agent)
         .map_err(|e| CreateError::asset("the agent's initramfs", e))?;
-    let disk = assets.root_disk(store, manifest)?;
+    let disk = assets.root_disk(store, manifest, ROOT_DISK_FORMAT)?;
     let real =
         |p: PathBuf| std::fs::canonicalize(&p).map_err(CreateError::io(p.display().to_string()));
     let jail = Jail {
@@ -444,11 +451,15 @@ fn vm_files(
         vmm: real(shipped("bulkhead-vmm")?)?,
         kernel: real(kernel)?,
         initrd: real(initrd)?,
-        disk: real(disk)?,
+        disk: RootDisk::image(real(disk)?, ROOT_DISK_FORMAT),
         flavor: Default::default(),
         jail: Some(jail),
     })
 }
+
+/// The filesystem a microVM's root disk is made as: ext4, which every
+/// guest kernel config we build mounts (erofs is smaller, not yet the default).
+pub const ROOT_DISK_FORMAT: DiskFormat = DiskFormat::Ext4;
 
 /// The uids (and gids, the same numbers) jailed VMMs run as: one each,
 /// `BULKHEAD_JAIL_IDS=FIRST-LAST`. The default lies above the ranges

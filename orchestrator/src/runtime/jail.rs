@@ -98,7 +98,7 @@ pub fn command(
     ])
     .arg("--chroot-base")
     .arg(&jail.chroot_base);
-    for ro in [&files.kernel, &files.initrd, &files.disk] {
+    for ro in [&files.kernel, &files.initrd, &files.disk.path] {
         c.arg("--bind").arg(ro);
     }
     c.arg("--bind").arg(format!("{},rw", vm_dir.display()));

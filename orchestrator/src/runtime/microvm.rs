@@ -24,7 +24,7 @@ use super::jail;
 use super::workload::{failed, proc_pair, Control, Proc, RotatingLog};
 use crate::state::paths::Paths;
 use crate::state::procs::ProcId;
-use crate::state::record::{VmFiles, VmmFlavor, WorkloadConfig};
+use crate::state::record::{RootDisk, VmFiles, VmmFlavor, WorkloadConfig};
 
 /// The guest's serial console is kept in `console.log` (and `console.1`), this big at most.
 const CONSOLE_LIMIT: u64 = 1 << 20;
@@ -55,10 +55,10 @@ pub fn vm_config(
         cmdline: Some(CMDLINE.into()),
         vcpus: u8::try_from(vcpus).unwrap_or(u8::MAX),
         memory_mib: u32::try_from(memory).unwrap_or(u32::MAX),
-        // The image's root disk: read-only, an overlay on tmpfs in the guest.
+        // The image's root disk (read-only: an overlay on tmpfs in the guest).
         disks: vec![DiskConfig {
-            path: files.disk.clone(),
-            read_only: true,
+            path: files.disk.path.clone(),
+            read_only: files.disk.read_only,
         }],
         vsock: Some(VsockConfig {
             uds_path: Paths::vm_dir(id).join("vsock"),
@@ -177,7 +177,7 @@ impl Microvm {
                 }
                 let config = serde_json::json!({
                     "boot-source": {"kernel_image_path": files.kernel, "initrd_path": files.initrd, "boot_args": CMDLINE},
-                    "drives": [{"drive_id": "rootfs", "path_on_host": files.disk, "is_root_device": false, "is_read_only": true}],
+                    "drives": [{"drive_id": "rootfs", "path_on_host": files.disk.path, "is_root_device": false, "is_read_only": files.disk.read_only}],
                     "machine-config": {"vcpu_count": vcpus, "mem_size_mib": memory},
                     "vsock": {"guest_cid": CID, "uds_path": uds},
                 });
@@ -251,9 +251,12 @@ impl Microvm {
         let req = StartRequest {
             process: cfg.process.clone(),
             root: RootSpec {
-                source: RootSource::Block {
-                    device: "/dev/vda".into(),
-                    fstype: "ext4".into(),
+                source: match &cfg.vm {
+                    Some(files) => RootSource::Block {
+                        device: RootDisk::GUEST_DEVICE.into(),
+                        fstype: files.disk.format.fstype().into(),
+                    },
+                    None => RootSource::default(),
                 },
                 scratch: None,
             },

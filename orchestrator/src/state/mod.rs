@@ -385,7 +385,7 @@ mod tests {
                 vmm: "/v".into(),
                 kernel: "/k".into(),
                 initrd: "/i".into(),
-                disk: "/d".into(),
+                disk: super::record::RootDisk::image("/d".into(), super::record::DiskFormat::Ext4),
                 flavor: Default::default(),
                 jail: Some(jail),
             });

@@ -35,13 +35,84 @@ pub struct VmFiles {
     pub vmm: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    pub disk: PathBuf,
+    pub disk: RootDisk,
     /// How to start `vmm`: bulkhead-vmm's flags, or Firecracker's config file.
     #[serde(default)]
     pub flavor: VmmFlavor,
     /// The box the VMM runs in (`None` only in records from before jails).
     #[serde(default)]
     pub jail: Option<Jail>,
+}
+
+/// A microVM's root disk: the image as a filesystem image, the VM's first
+/// disk (`/dev/vda` in the guest), never written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredRootDisk")]
+pub struct RootDisk {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+}
+
+impl RootDisk {
+    /// The guest's device for the VM's first disk.
+    pub const GUEST_DEVICE: &'static str = "/dev/vda";
+
+    /// The image's root disk as `bulkhead image disk` builds it.
+    pub fn image(path: PathBuf, format: DiskFormat) -> Self {
+        RootDisk {
+            path,
+            format,
+            read_only: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Ext4,
+    Erofs,
+}
+
+impl DiskFormat {
+    /// The filesystem type the guest mounts it as.
+    pub fn fstype(self) -> &'static str {
+        match self {
+            DiskFormat::Ext4 => "ext4",
+            DiskFormat::Erofs => "erofs",
+        }
+    }
+}
+
+/// Records from before the root disk had a type held only its path (an
+/// ext4 image, read-only).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredRootDisk {
+    Path(PathBuf),
+    Typed {
+        path: PathBuf,
+        format: DiskFormat,
+        read_only: bool,
+    },
+}
+
+impl From<StoredRootDisk> for RootDisk {
+    fn from(s: StoredRootDisk) -> Self {
+        match s {
+            StoredRootDisk::Path(path) => RootDisk::image(path, DiskFormat::Ext4),
+            StoredRootDisk::Typed {
+                path,
+                format,
+                read_only,
+            } => RootDisk {
+                path,
+                format,
+                read_only,
+            },
+        }
+    }
 }
 
 /// How the VMM is jailed (`bulkhead-jailer`): its own uid and gid (from
@@ -243,5 +314,33 @@ pub fn test_record(id: &str, name: &str) -> Record {
         },
         running: None,
         exit: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_disks_read_from_old_and_new_records_and_bad_ones_are_refused() {
+        let old: RootDisk = serde_json::from_str(r#""/d/disk.ext4""#).unwrap();
+        assert_eq!(
+            old,
+            RootDisk::image("/d/disk.ext4".into(), DiskFormat::Ext4)
+        );
+        let new = RootDisk {
+            path: "/d/disk.erofs".into(),
+            format: DiskFormat::Erofs,
+            read_only: true,
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<RootDisk>(&json).unwrap(), new);
+        for bad in [
+            r#"{"path": "/d", "format": "xfs", "read_only": true}"#,
+            r#"{"path": "/d"}"#,
+            "7",
+        ] {
+            assert!(serde_json::from_str::<RootDisk>(bad).is_err(), "{bad}");
+        }
     }
 }

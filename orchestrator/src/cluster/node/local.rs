@@ -8,6 +8,7 @@ use bulkhead_images::store::{Digest, Store};
 use crate::network::{egress, Publish};
 use crate::runtime::create::{self, CreateError, Request, Started, VmAssets};
 use crate::state::fencing::Fencing;
+use crate::state::record::DiskFormat;
 
 pub(super) enum Work {
     Start(Box<Assignment>),
@@ -55,9 +56,20 @@ impl VmAssets for InChildren<'_> {
         }
     }
 
-    fn root_disk(&mut self, _store: &Store, manifest: &Digest) -> Result<PathBuf, CreateError> {
+    fn root_disk(
+        &mut self,
+        _store: &Store,
+        manifest: &Digest,
+        format: DiskFormat,
+    ) -> Result<PathBuf, CreateError> {
         self.path_from(
-            &["image", "disk", "--format", "ext4", &manifest.to_string()],
+            &[
+                "image",
+                "disk",
+                "--format",
+                format.fstype(),
+                &manifest.to_string(),
+            ],
             "the image's root disk",
         )
     }
