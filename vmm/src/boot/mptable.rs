@@ -137,7 +137,10 @@ mod tests {
             assert_eq!(len, table.len());
             assert_eq!(sum(table), 0);
             let entries = u16::from_le_bytes([table[34], table[35]]) as usize;
-            assert_eq!(entries, usize::from(vcpus) + 1 + 1 + crate::layout::IOAPIC_PINS + 2);
+            assert_eq!(
+                entries,
+                usize::from(vcpus) + 1 + 1 + crate::layout::IOAPIC_PINS + 2
+            );
             // First processor is the BSP, others are not.
             assert_eq!(table[44 + 3], CPU_ENABLED | CPU_BSP);
             if vcpus > 1 {
