@@ -51,9 +51,15 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), NetError> {
     Ok((addr, len))
 }
 
+// Address families as the u8 the netlink headers carry.
+const AF_UNSPEC: u8 = 0;
+const AF_INET: u8 = 2;
+const _: () = assert!(libc::AF_UNSPEC == AF_UNSPEC as i32 && libc::AF_INET == AF_INET as i32);
+
 fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-    let len = (NLMSG_HDR + body.len()) as u32;
-    let mut m = Vec::with_capacity(len as usize);
+    // Our messages are a few dozen bytes; a larger one is a bug, not input.
+    let len = u32::try_from(NLMSG_HDR + body.len()).unwrap_or(u32::MAX);
+    let mut m = Vec::with_capacity(NLMSG_HDR + body.len());
     m.extend_from_slice(&len.to_ne_bytes());
     m.extend_from_slice(&kind.to_ne_bytes());
     m.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
@@ -65,7 +71,8 @@ fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
 
 fn attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
     let len = 4 + data.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    // Our attributes are addresses and an MTU: a few bytes, never 64 KiB.
+    out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(data);
     out.resize(out.len() + (4 - len % 4) % 4, 0);
@@ -74,7 +81,7 @@ fn attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
 /// RTM_NEWLINK: interface up, optionally a new MTU.
 pub fn link_up(seq: u32, index: u32, mtu: Option<u32>) -> Vec<u8> {
     // struct ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32
-    let mut b = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    let mut b = vec![AF_UNSPEC, 0, 0, 0];
     b.extend_from_slice(&index.to_ne_bytes());
     b.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
     b.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
@@ -87,7 +94,7 @@ pub fn link_up(seq: u32, index: u32, mtu: Option<u32>) -> Vec<u8> {
 /// RTM_NEWADDR: an IPv4 address with its prefix.
 pub fn add_address(seq: u32, index: u32, addr: Ipv4Addr, prefix: u8) -> Vec<u8> {
     // struct ifaddrmsg: family, prefixlen, flags, scope (u8 each), index u32
-    let mut b = vec![libc::AF_INET as u8, prefix, 0, 0];
+    let mut b = vec![AF_INET, prefix, 0, 0];
     b.extend_from_slice(&index.to_ne_bytes());
     attr(&mut b, IFA_LOCAL, &addr.octets());
     attr(&mut b, IFA_ADDRESS, &addr.octets());
@@ -98,7 +105,7 @@ pub fn add_address(seq: u32, index: u32, addr: Ipv4Addr, prefix: u8) -> Vec<u8> 
 pub fn default_route(seq: u32, index: u32, gateway: Ipv4Addr) -> Vec<u8> {
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type (u8), flags u32
     let mut b = vec![
-        libc::AF_INET as u8,
+        AF_INET,
         0,
         0,
         0,
@@ -163,7 +170,8 @@ impl Socket {
         if n < 0 {
             return Err(err(std::io::Error::last_os_error()));
         }
-        parse_ack(&buf[..n as usize], seq).map_err(err)
+        let n = usize::try_from(n).unwrap_or(0);
+        parse_ack(&buf[..n], seq).map_err(err)
     }
 }
 

@@ -282,7 +282,7 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
         };
         err(kind, format!("{}: {what}: {e}", spec.args[0]))
     })?;
-    let pid = Pid::from_raw(child.id() as i32);
+    let pid = pid_of(&child);
     let dup = |fd: &OwnedFd| {
         fd.try_clone()
             .map_err(|e| err(ErrorKind::Failed, format!("dup: {e}")))
@@ -336,4 +336,11 @@ pub fn resize(tty: &OwnedFd, rows: u16, cols: u16) -> Result<(), AgentError> {
         ));
     }
     Ok(())
+}
+
+/// A child's pid as the `pid_t` nix takes: pids stop at `PID_MAX_LIMIT`
+/// (2^22), so it never wraps.
+#[allow(clippy::cast_possible_wrap)]
+fn pid_of(child: &std::process::Child) -> Pid {
+    Pid::from_raw(child.id() as i32)
 }

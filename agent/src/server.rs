@@ -540,8 +540,8 @@ impl<'a> Agent<'a> {
         let Some(stream) = StreamId::new(id, fd) else {
             return;
         };
-        if n > 0 {
-            buf.truncate(n as usize);
+        if let Ok(n @ 1..) = usize::try_from(n) {
+            buf.truncate(n);
             o.window.consume(buf.len());
             self.send(&Frame::Data { stream, bytes: buf });
             return;
@@ -574,8 +574,8 @@ impl<'a> Agent<'a> {
                 let rest = &input.pending[written..];
                 // SAFETY: rest is a valid buffer; the fd is ours.
                 let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-                if n > 0 {
-                    written += n as usize;
+                if let Ok(n @ 1..) = usize::try_from(n) {
+                    written += n;
                     continue;
                 }
                 let e = std::io::Error::last_os_error();
@@ -602,7 +602,7 @@ impl<'a> Agent<'a> {
     fn on_signals(&mut self) {
         let mut reap = false;
         while let Ok(Some(info)) = self.signals.read_signal() {
-            match info.ssi_signo as i32 {
+            match i32::try_from(info.ssi_signo).unwrap_or(0) {
                 libc::SIGCHLD => reap = true,
                 libc::SIGTERM | libc::SIGINT => {
                     eprintln!("bulkhead-agent: signal {}: stopping", info.ssi_signo);

@@ -30,7 +30,7 @@ fn main() {
         std::fs::create_dir_all(&dir).expect("mkdir");
         for f in 0..100 {
             let len = 1024 + (next() % 7168) as usize;
-            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let data: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
             std::fs::write(dir.join(format!("f{f}")), &data).expect("write");
             total += len as u64;
         }
@@ -38,7 +38,7 @@ fn main() {
     std::fs::create_dir_all(src.join("opt")).expect("mkdir");
     for i in 0..3 {
         let mut f = std::fs::File::create(src.join(format!("opt/big{i}"))).expect("create");
-        let chunk: Vec<u8> = (0..1 << 20).map(|_| next() as u8).collect();
+        let chunk: Vec<u8> = (0..1 << 20).map(|_| next().to_le_bytes()[0]).collect();
         for _ in 0..25 {
             f.write_all(&chunk).expect("write");
         }

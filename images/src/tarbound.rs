@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn only_armed_reads_count() {
-        let data = vec![0u8; 3 * MAX_METADATA as usize];
+        let data = vec![0u8; 3 * usize::try_from(MAX_METADATA).unwrap()];
         let (mut r, budget) = BoundedReader::new(&data[..]);
         let mut sink = Vec::new();
         r.by_ref()

@@ -45,7 +45,7 @@ pub fn limits(memory_bytes: u64, cpus: Option<f64>, pids: u32) -> Vec<String> {
     ];
     if let Some(c) = cpus.filter(|c| c.is_finite() && *c > 0.0) {
         // Per 100 ms period; the kernel's floor is 1 ms.
-        let quota = ((c * 100_000.0).round() as u64).max(1000);
+        let quota = quota_us(c);
         out.push(if v2 {
             format!("cpu.max={quota} 100000")
         } else {
@@ -192,4 +192,11 @@ impl Cgroups {
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
+}
+
+/// CPU time per 100 ms period for `cpus` (finite and positive), at least the
+/// kernel's 1 ms floor.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // float `as` saturates; checked positive
+fn quota_us(cpus: f64) -> u64 {
+    ((cpus * 100_000.0).round() as u64).max(1000)
 }

@@ -177,9 +177,11 @@ impl JailerWatch {
                 nix::Error::last(),
             ));
         }
+        let fd = std::os::fd::RawFd::try_from(fd)
+            .map_err(|_| JailError::Sys("pidfd_open", nix::Error::EBADF))?;
         // SAFETY: the fd was just made and nothing else owns it.
         Ok(JailerWatch(unsafe {
-            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32)
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
         }))
     }
 
@@ -341,7 +343,7 @@ fn close_other_fds(keep: &[i32]) {
     let mut kept: Vec<u32> = keep
         .iter()
         .filter(|fd| **fd > 2)
-        .map(|fd| *fd as u32)
+        .filter_map(|fd| u32::try_from(*fd).ok())
         .collect();
     kept.sort_unstable();
     kept.dedup();

@@ -256,7 +256,7 @@ fn the_jailed_vmm_runs_unprivileged_in_its_own_namespaces_and_root() {
     );
     // SIGTERM to the jailer reaches the VMM; its code comes back.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -454,10 +454,14 @@ fn a_killed_jailer_takes_its_vmm_along_and_cleanup_removes_the_rest() {
     let vmm_pid = children(child.id())[0];
     let pidfd = |pid: u32| {
         // SAFETY: pidfd_open with a pid and no flags.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as i32, 0) };
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, i32::try_from(pid).unwrap(), 0) };
         assert!(fd >= 0, "pidfd_open {pid}");
         // SAFETY: the fd was just opened and is ours.
-        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }
+        unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
+                i32::try_from(fd).unwrap(),
+            )
+        }
     };
     let vmm_fd = pidfd(vmm_pid);
     child.kill().unwrap();

@@ -36,6 +36,7 @@ fn cluster() -> Vec<NodeView> {
         .collect()
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // p in 0..=1: an index in the slice
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

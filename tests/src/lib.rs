@@ -47,7 +47,7 @@ pub struct Killed(pub std::process::Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).expect("a pid or fd fits")),
             nix::sys::signal::Signal::SIGCONT,
         );
         let _ = self.0.kill();

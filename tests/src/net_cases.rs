@@ -244,7 +244,7 @@ fn route_loopback_out(ctx: &Ctx, name: &str) -> Result<(), String> {
     }
     let ns = inspect(ctx, name)["pids"]["supervisor"]
         .as_i64()
-        .and_then(|p| netns_fd_of(p as i32))
+        .and_then(|p| netns_fd_of(i32::try_from(p).expect("a pid or fd fits")))
         .ok_or("no network namespace for the container")?;
     ip_in(&ns, &steps)
 }

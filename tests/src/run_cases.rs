@@ -339,7 +339,7 @@ fn check_sigterm_forwarded(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)
     let mut line = String::new();
     let _ = out.read_line(&mut line);
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid or fd fits")),
         nix::sys::signal::Signal::SIGTERM,
     );
     let mut rest = String::new();
@@ -422,7 +422,9 @@ pub fn pidfd_wait(pid: i32, ms: u16) {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd >= 0 {
         // SAFETY: a new fd from the kernel, owned here.
-        let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
+        let fd: std::os::fd::OwnedFd = unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(i32::try_from(fd).expect("a pid or fd fits"))
+        };
         let mut fds = [nix::poll::PollFd::new(
             std::os::fd::AsFd::as_fd(&fd),
             nix::poll::PollFlags::POLLIN,
@@ -441,7 +443,9 @@ fn status_of(ctx: &Ctx, name: &str) -> String {
 
 pub fn pid_of(ctx: &Ctx, name: &str, which: &str) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).ok()?;
-    v["pids"][which].as_i64().map(|p| p as i32)
+    v["pids"][which]
+        .as_i64()
+        .map(|p| i32::try_from(p).expect("a pid or fd fits"))
 }
 
 /// `stop` reaches a workload that closed its output and runs on (its

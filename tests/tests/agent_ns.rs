@@ -563,7 +563,7 @@ async fn sigterm_to_the_agent_stops_the_workload_in_order_and_reports_its_exit()
     // Now SIGTERM to the agent itself (PID 1 of the namespace; unshare's child).
     let agent = children(a.child.id())[0];
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(agent).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

@@ -323,7 +323,7 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         assert!(pids.iter().all(Option::is_some), "{v}");
         for p in pids.into_iter().flatten() {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(p).unwrap()),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
@@ -408,7 +408,9 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_millis() as u64
+            .as_millis()
+            .try_into()
+            .unwrap()
     };
     let listed = |service: &str, state: &str| -> Option<Value> {
         c.api(&c.tenant, &["instance", "ls"])
@@ -515,7 +517,7 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
         if n == 4 {
             let p = c.servers[first].take().unwrap();
             nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p.0.id() as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(p.0.id()).unwrap()),
                 nix::sys::signal::Signal::SIGKILL,
             )
             .unwrap();

@@ -145,7 +145,7 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     )
     .unwrap();
     let mut stray = Command::new("sleep").arg("1000").spawn().unwrap();
-    groups.join(stray.id() as i32).unwrap();
+    groups.join(i32::try_from(stray.id()).unwrap()).unwrap();
     // A bulkhead cgroup with no jail dir: another store's container on this host.
     let other_id: String = lost_id.replace(|c: char| c.is_ascii_digit(), "e");
     let others = bulkhead_jailer::cgroup::Cgroups::create(
@@ -154,7 +154,7 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
     )
     .unwrap();
     let mut neighbour = Command::new("sleep").arg("1000").spawn().unwrap();
-    others.join(neighbour.id() as i32).unwrap();
+    others.join(i32::try_from(neighbour.id()).unwrap()).unwrap();
 
     let o = ctx.out(ctx.run_cmd(&["--rm", "--network", "none"], &["true"]));
     assert!(o.status.success(), "{}", run_cases::show(&o));

@@ -66,6 +66,7 @@ fn run_once(vmm: &Path, extra: &[&str], kernel: &Path) -> Sample {
     }
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // p in 0..=1: an index in the slice
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }

@@ -6,17 +6,6 @@
 //! range map; the vCPU loop's exit handling is the plain function
 //! [`vstate::vcpu::handle_exit`]; [`runner`] runs the threads.
 
-// The cast lints as Firecracker has them, on the VMM's own code (tests
-// build their fixtures with plain casts).
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 pub mod arch;
 pub mod boot;
 pub mod builder;

@@ -1,16 +1,5 @@
 //! bulkhead-vmm: one process, one microVM. `--help` lists flags and exit codes.
 
-// The cast lints as Firecracker has them, on the VMM's own code (tests
-// build their fixtures with plain casts).
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 use std::process::ExitCode;
 
 use bulkhead_vmm::cli::Args;

@@ -39,7 +39,7 @@ fn blk_write_sector0(mut p: Program) -> Program {
         (0x23_2000, 1, 0x0000_0002),
     ];
     for (i, (addr, len, flags_next)) in desc.into_iter().enumerate() {
-        let at = 0x20_0000 + 16 * i as u32;
+        let at = 0x20_0000 + 16 * u32::try_from(i).unwrap();
         p = p
             .mmio_write32(at, addr)
             .mmio_write32(at + 4, 0)

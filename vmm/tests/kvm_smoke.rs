@@ -202,7 +202,7 @@ fn sigterm_stops_a_spinning_guest_with_its_code() {
         .unwrap();
     assert_eq!(line, "spinning\n");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -334,7 +334,7 @@ fn every_thread_runs_filtered_unless_no_seccomp() {
         assert_eq!(line, "spinning\n");
         let threads = thread_seccomp(child.id());
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();

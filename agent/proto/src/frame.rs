@@ -140,9 +140,16 @@ impl Frame {
     }
 }
 
+/// The protocol version as the header's first byte (it fits: checked here).
+const VERSION_BYTE: u8 = PROTOCOL_VERSION.to_le_bytes()[0];
+const _: () = assert!(
+    PROTOCOL_VERSION <= 0xff,
+    "the frame header has one byte for the version"
+);
+
 fn header(kind: u8, stream: u32, len: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    h[0] = PROTOCOL_VERSION as u8;
+    h[0] = VERSION_BYTE;
     h[1] = kind;
     h[4..8].copy_from_slice(&stream.to_le_bytes());
     h[8..12].copy_from_slice(&len.to_le_bytes());

@@ -198,7 +198,7 @@ fn run_once(cmd: &mut Command) -> Result<Sample> {
     let first_output = start.elapsed();
     let mut rest = Vec::new();
     out.read_to_end(&mut rest)?;
-    let pid = child.id() as libc::pid_t;
+    let pid = crate::state::procs::pid_t(child.id());
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -233,7 +233,8 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 .count()
         })
         .collect();
-    let height = 90 + rows.iter().map(|n| 80 + 28 * *n as u32).sum::<u32>();
+    let row_height = |n: &usize| 80 + 28 * u32::try_from(*n).unwrap_or(1000);
+    let height = 90 + rows.iter().map(row_height).sum::<u32>();
     let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, body) = root.split_vertically(50);
@@ -243,7 +244,7 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         &("sans-serif", 13).into_text_style(&below),
         (10, 4),
     )?;
-    let heights: Vec<u32> = rows.iter().map(|n| 80 + 28 * *n as u32).collect();
+    let heights: Vec<u32> = rows.iter().map(row_height).collect();
     let mut rest = body;
     for (i, unit) in units.iter().enumerate() {
         let (area, below) = rest.split_vertically(heights[i]);
@@ -268,9 +269,9 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         // Seconds next to milliseconds: a log axis keeps both readable.
         let log = min > 0.0 && max / min > 20.0;
         let (lo, hi) = if log {
-            ((min / 1.5) as f32, (max * 1.5) as f32)
+            (plot_f32(min / 1.5), plot_f32(max * 1.5))
         } else {
-            (0.0, (max * 1.1).max(1e-3) as f32)
+            (0.0, plot_f32((max * 1.1).max(1e-3)))
         };
         let mut b = ChartBuilder::on(&area);
         b.margin(8).x_label_area_size(36).y_label_area_size(260);
@@ -298,7 +299,8 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 .light_line_style(WHITE)
                 .draw()?;
             for (l, v) in &boxes {
-                shapes.push(v.map(|x| mesh.backend_coord(&(x as f32, SegmentValue::CenterOf(l)))));
+                shapes
+                    .push(v.map(|x| mesh.backend_coord(&(plot_f32(x), SegmentValue::CenterOf(l)))));
             }
         } else {
             let mut mesh = b.build_cartesian_2d(lo..hi, labels[..].into_segmented())?;
@@ -310,7 +312,8 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 .light_line_style(WHITE)
                 .draw()?;
             for (l, v) in &boxes {
-                shapes.push(v.map(|x| mesh.backend_coord(&(x as f32, SegmentValue::CenterOf(l)))));
+                shapes
+                    .push(v.map(|x| mesh.backend_coord(&(plot_f32(x), SegmentValue::CenterOf(l)))));
             }
         }
         // Drawn in backend pixels on the root area (at 0,0).
@@ -337,6 +340,12 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     }
     root.present()?;
     Ok(())
+}
+
+/// A measurement as a plot coordinate: f32 precision is plenty on a chart.
+#[allow(clippy::cast_possible_truncation)]
+fn plot_f32(x: f64) -> f32 {
+    x as f32
 }
 
 #[cfg(test)]

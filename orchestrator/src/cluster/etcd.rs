@@ -77,12 +77,17 @@ pub struct EtcdStore {
     leadership: Arc<Mutex<Leadership>>,
 }
 
+/// etcd's revisions are `i64` and never negative.
+fn revision(r: i64) -> u64 {
+    u64::try_from(r).unwrap_or(0)
+}
+
 fn entry(kv: &etcd_client::KeyValue) -> Option<Entry> {
     let key = kv.key_str().ok()?.strip_prefix(ROOT)?.to_string();
     Some(Entry {
         key,
         value: kv.value().to_vec(),
-        revision: kv.mod_revision().max(0) as u64,
+        revision: revision(kv.mod_revision()),
     })
 }
 
@@ -92,7 +97,9 @@ fn compare(c: &Compare) -> EtcdCompare {
             EtcdCompare::create_revision(format!("{ROOT}{k}"), CompareOp::Equal, 0)
         }
         Compare::Revision(k, r) => {
-            EtcdCompare::mod_revision(format!("{ROOT}{k}"), CompareOp::Equal, *r as i64)
+            // A revision we read came from an i64; one past it never matches.
+            let r = i64::try_from(*r).unwrap_or(i64::MAX);
+            EtcdCompare::mod_revision(format!("{ROOT}{k}"), CompareOp::Equal, r)
         }
         Compare::Value(k, v) => {
             EtcdCompare::value(format!("{ROOT}{k}"), CompareOp::Equal, v.clone())
@@ -107,7 +114,7 @@ async fn run_job(client: &mut Client, job: Job) {
                 .get(LEADER, None)
                 .await
                 .map_err(db)
-                .map(|g| g.header().map_or(0, |h| h.revision().max(0) as u64));
+                .map(|g| g.header().map_or(0, |h| revision(h.revision())));
             let _ = reply.send(r);
         }
         Job::Get(key, reply) => {
@@ -149,7 +156,7 @@ async fn run_job(client: &mut Client, job: Job) {
             let r = match client.txn(txn).await {
                 Err(e) => Err(db(e)),
                 Ok(resp) if resp.succeeded() => {
-                    Ok(resp.header().map_or(0, |h| h.revision().max(0) as u64))
+                    Ok(resp.header().map_or(0, |h| revision(h.revision())))
                 }
                 Ok(resp) => {
                     let leader = resp.op_responses().into_iter().find_map(|o| match o {
@@ -329,7 +336,7 @@ fn elect(eps: Vec<String>, mine: Vec<u8>, ttl_s: i64, leadership: Arc<Mutex<Lead
         l.mine = m;
         l.hint = hint;
     };
-    let ttl = Duration::from_secs(ttl_s as u64);
+    let ttl = Duration::from_secs(u64::try_from(ttl_s).unwrap_or(0));
     rt.block_on(async {
         loop {
             if let Err(e) = campaign(&eps, &mine, ttl_s, ttl, &set).await {

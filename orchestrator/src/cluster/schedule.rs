@@ -491,7 +491,7 @@ mod tests {
             let mut s = seed | 1;
             for i in (1..shuffled.len()).rev() {
                 s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+                shuffled.swap(i, usize::try_from(s % (i as u64 + 1)).unwrap());
             }
             let again = place(&shuffled, &r, count);
             match (&got, &again) {

@@ -375,7 +375,7 @@ pub fn instance_request(
                 .saturating_add(limits::VMM_OVERHEAD_MIB),
         },
         RuntimeKind::Container => Resources {
-            millicpus: cpus.map_or(DEFAULT_CONTAINER.millicpus, |c| (c * 1000.0).ceil() as u64),
+            millicpus: cpus.map_or(DEFAULT_CONTAINER.millicpus, limits::millicpus),
             memory_mib: memory_mib.unwrap_or(DEFAULT_CONTAINER.memory_mib),
         },
     }

@@ -453,7 +453,8 @@ impl Cluster {
             let this_service = on
                 .iter()
                 .filter(|i| i.tenant == tenant && i.service == service)
-                .count() as u32;
+                .count();
+            let this_service = u32::try_from(this_service).unwrap_or(u32::MAX);
             guards.push(Compare::Revision(node_key(&n.name), rev));
             let ready = self.last_heartbeat_ms(&n.name)? >= ready_after_ms;
             let has_image = n.may_have_image(&image);
@@ -534,7 +535,7 @@ impl Cluster {
             .iter()
             .map(decode)
             .collect::<Result<_, _>>()?;
-        let have = existing.len() as u32;
+        let have = u32::try_from(existing.len()).unwrap_or(u32::MAX);
         let change = if replicas > have {
             let next = existing.iter().map(|i| i.index + 1).max().unwrap_or(0);
             self.place_more(
@@ -652,7 +653,7 @@ impl Cluster {
             revision: 0,
         };
         for (k, node_index) in placed.into_iter().enumerate() {
-            let index = first_index + k as u32;
+            let index = first_index + u32::try_from(k).unwrap_or(u32::MAX);
             let node = views[node_index].name.clone();
             let inst = Instance {
                 tenant: tenant.clone(),

@@ -12,6 +12,13 @@ use std::process::{Command, Stdio};
 
 use super::{Attachment, NetError, Network, Proto, Publish};
 
+// sockaddr_in's family and size as the C types bind takes (both are small
+// constants: checked when this compiles).
+const AF_INET: libc::sa_family_t = 2;
+const _: () = assert!(libc::AF_INET == AF_INET as i32);
+const SOCKADDR_IN_LEN: libc::socklen_t = 16;
+const _: () = assert!(std::mem::size_of::<libc::sockaddr_in>() == SOCKADDR_IN_LEN as usize);
+
 /// `name` from PATH, then the sbin dirs (root's PATH may lack them).
 fn tool(name: &str, package: &str) -> Result<std::path::PathBuf, NetError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -356,7 +363,7 @@ pub fn bind_port(p: &Publish) -> Result<OwnedFd, NetError> {
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: AF_INET,
         sin_port: p.host_port.to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(ip).to_be(),
@@ -368,7 +375,7 @@ pub fn bind_port(p: &Publish) -> Result<OwnedFd, NetError> {
         libc::bind(
             sock.as_raw_fd(),
             std::ptr::addr_of!(addr).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            SOCKADDR_IN_LEN,
         )
     } < 0
     {

@@ -20,6 +20,7 @@ use oci_spec::runtime::{
 use tokio::process::Command;
 
 use super::attach::{ExitReport, Kind};
+use super::limits;
 use super::workload::{
     failed, open_pty, proc_pair, pump_reader, pump_writer, set_winsize, stdio_for, Control, Proc,
 };
@@ -174,7 +175,7 @@ impl Container {
         let mut linux = spec.linux().clone().unwrap_or_default();
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(m) = cfg.memory_mib {
-            let bytes = (m * 1024 * 1024) as i64;
+            let bytes = i64::try_from(m.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
             resources = resources.memory(
                 LinuxMemoryBuilder::default()
                     .limit(bytes)
@@ -185,7 +186,7 @@ impl Container {
         if let Some(c) = cfg.cpus {
             resources = resources.cpu(
                 LinuxCpuBuilder::default()
-                    .quota((c * 100_000.0) as i64)
+                    .quota(i64::try_from(limits::millicpus(c) * 100).unwrap_or(i64::MAX))
                     .period(100_000u64)
                     .build()
                     .map_err(|e| e.to_string())?,
@@ -280,7 +281,7 @@ impl Container {
             .map_err(|e| failed(format!("start {}: {e}", self.runtime)))?;
         let pid = child
             .id()
-            .and_then(|p| crate::state::procs::ProcId::of(p as i32));
+            .and_then(|p| crate::state::procs::ProcId::of(crate::state::procs::pid_t(p)));
         let (proc_, ends) = proc_pair();
         let mut readers = Vec::new();
         let master: Option<std::sync::Arc<OwnedFd>> = match pty {
@@ -591,9 +592,9 @@ pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
     if fd < 0 {
         return None;
     }
+    let fd = std::os::fd::RawFd::try_from(fd).ok()?;
     // SAFETY: openat2 returned a new fd that nothing else owns.
-    let f =
-        std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
+    let f = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     if !f.metadata().ok()?.is_file() {
         return None;
     }

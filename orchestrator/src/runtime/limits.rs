@@ -110,8 +110,19 @@ pub fn memory_for(runtime: RuntimeKind, s: &str) -> Result<u64, LimitsError> {
 /// [`MAX_VM_VCPUS`]).
 pub fn vm_vcpus(cpus: Option<f64>) -> u32 {
     cpus.map_or(DEFAULT_VM_VCPUS, |c| {
-        c.ceil().clamp(1.0, f64::from(MAX_VM_VCPUS)) as u32
+        // Clamped to 1..=MAX_VM_VCPUS first (a NaN casts to 0 and is raised to 1).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let n = c.ceil().clamp(1.0, f64::from(MAX_VM_VCPUS)) as u32;
+        n.max(1)
     })
+}
+
+/// `cpus` as thousandths of a CPU, rounded up: the unit of requests, node
+/// capacity and quotas. Callers refuse non-finite and non-positive values
+/// first; float-to-int `as` saturates, so a huge value is `u64::MAX`.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub fn millicpus(cpus: f64) -> u64 {
+    (cpus * 1000.0).ceil() as u64
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use super::attach::{ExitReport, Kind, Mark};
 use super::jail;
 use super::workload::{failed, proc_pair, Control, Proc, RotatingLog};
 use crate::state::paths::Paths;
-use crate::state::procs::ProcId;
+use crate::state::procs::{pid_t, ProcId};
 use crate::state::record::{RootDisk, VmFiles, VmmFlavor, WorkloadConfig};
 
 /// The guest's serial console is kept in `console.log` (and `console.1`), this big at most.
@@ -230,8 +230,8 @@ impl Microvm {
         marks.push(Mark::now("agent-connected"));
         // The agent dialed in: the VMM is running (under its jailer, if jailed).
         let pid = match (started, jail) {
-            (Some(j), Some(_)) => jail::vmm_under(j as i32),
-            (Some(p), None) => ProcId::of(p as i32),
+            (Some(j), Some(_)) => jail::vmm_under(pid_t(j)),
+            (Some(p), None) => ProcId::of(pid_t(p)),
             (None, _) => None,
         };
         Ok(Microvm {

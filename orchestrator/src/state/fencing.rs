@@ -27,9 +27,11 @@ pub struct Fencing {
 pub fn monotonic_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| {
-            (t.tv_sec() as u64)
+            // The monotonic clock is never negative.
+            u64::try_from(t.tv_sec())
+                .unwrap_or(0)
                 .saturating_mul(1000)
-                .saturating_add(t.tv_nsec() as u64 / 1_000_000)
+                .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000)
         })
         .unwrap_or(0)
 }

@@ -239,12 +239,12 @@ impl State {
         self.with_db(|d| {
             let tx = d.begin_read().map_err(db)?;
             let n = match tx.open_table(WORKLOADS) {
-                Ok(t) => t.len().map_err(db)? as usize,
+                Ok(t) => usize::try_from(t.len().map_err(db)?).unwrap_or(usize::MAX),
                 Err(redb::TableError::TableDoesNotExist(_)) => 0,
                 Err(e) => return Err(db(e)),
             };
             let m = match tx.open_table(NAMES) {
-                Ok(t) => t.len().map_err(db)? as usize,
+                Ok(t) => usize::try_from(t.len().map_err(db)?).unwrap_or(usize::MAX),
                 Err(redb::TableError::TableDoesNotExist(_)) => 0,
                 Err(e) => return Err(db(e)),
             };

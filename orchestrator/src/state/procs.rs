@@ -42,6 +42,13 @@ fn parse_parent(stat: &str) -> Option<i32> {
         .ok()
 }
 
+/// A pid from std (`u32`) as the kernel's `pid_t`: pids stop at
+/// `PID_MAX_LIMIT` (2^22), so this never wraps.
+#[allow(clippy::cast_possible_wrap)]
+pub const fn pid_t(pid: u32) -> i32 {
+    pid as i32
+}
+
 /// The processes whose parent is `pid` (a scan of /proc: works without
 /// CONFIG_PROC_CHILDREN).
 pub fn children_of(pid: i32) -> Vec<i32> {
@@ -71,7 +78,7 @@ impl ProcId {
     }
 
     pub fn current() -> Self {
-        let pid = std::process::id() as i32;
+        let pid = pid_t(std::process::id());
         Self {
             pid,
             start: start_time(pid).unwrap_or(0),
@@ -85,8 +92,9 @@ impl ProcId {
         if fd < 0 {
             return None;
         }
+        let fd = std::os::fd::RawFd::try_from(fd).ok()?;
         // SAFETY: the kernel just handed us this fd; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         (start_time(self.pid) == Some(self.start)).then_some(fd)
     }
 
@@ -133,10 +141,10 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap_or_else(|e| panic!("{e}"));
-        let kids = children_of(std::process::id() as i32);
+        let kids = children_of(pid_t(std::process::id()));
         let _ = c.kill();
         let _ = c.wait();
-        assert!(kids.contains(&(c.id() as i32)), "{kids:?}");
+        assert!(kids.contains(&pid_t(c.id())), "{kids:?}");
     }
 
     #[test]

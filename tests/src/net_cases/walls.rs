@@ -21,7 +21,7 @@ impl Walls<'_> {
             self.outside.peers().len(),
             self.metadata.peers().len(),
             self.host_service.peers().len(),
-            self.host_loopback.count() as usize,
+            self.host_loopback.count().try_into().expect("a count fits"),
         ]
     }
 }
@@ -140,7 +140,7 @@ pub(super) fn check_egress(ctx: &Ctx, w: &Walls, check: &mut impl FnMut(&str, bo
         ],
     );
     let l = loop_attack();
-    let landed = w.host_loopback.count() as usize;
+    let landed = w.host_loopback.count().try_into().expect("a count fits");
     check(
         "control-loopback-open-without-the-walls",
         unruled.status.success() && landed > seen_flushed[3],
@@ -214,7 +214,7 @@ pub(super) fn check_spoofing(
     let ip = inspect_ip(ctx, "forger").unwrap_or_default();
     let ns = inspect(ctx, "forger")["pids"]["supervisor"]
         .as_i64()
-        .and_then(|p| netns_fd_of(p as i32));
+        .and_then(|p| netns_fd_of(i32::try_from(p).expect("a pid or fd fits")));
     let Some(ns) = ns.filter(|_| started.is_ok()) else {
         check(
             "forged-ip-dropped",

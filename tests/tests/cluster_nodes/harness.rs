@@ -190,7 +190,11 @@ impl Cluster {
 
     pub(super) fn signal_node(&self, i: usize, sig: nix::sys::signal::Signal) {
         let p = self.nodes[i].as_ref().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), sig).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(p.0.id()).unwrap()),
+            sig,
+        )
+        .unwrap();
     }
 
     /// (service, index, node, state, restarts, fence) of the tenant's instances.
@@ -310,7 +314,11 @@ impl Cluster {
 
 pub(super) fn signal_server(c: &Cluster, i: usize, sig: nix::sys::signal::Signal) {
     let p = c.servers[i].as_ref().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), sig).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(p.0.id()).unwrap()),
+        sig,
+    )
+    .unwrap();
 }
 
 /// One at a time: they share the namespaces' names.

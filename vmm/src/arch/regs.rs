@@ -270,10 +270,13 @@ mod tests {
     #[test]
     fn lint_pins_are_set_and_other_bits_kept() {
         let mut regs = [0 as std::os::raw::c_char; 1024];
-        regs[0x350] = 0x10u8 as std::os::raw::c_char; // a vector bit to keep
+        regs[0x350] = 0x10u8.cast_signed(); // a vector bit to keep
         regs[0x351] = 0x01; // delivery mode bits to replace
         set_lint(&mut regs);
-        assert_eq!((regs[0x350] as u8, regs[0x351] as u8), (0x10, 0x07));
-        assert_eq!(regs[0x361] as u8, 0x04);
+        assert_eq!(
+            (regs[0x350].cast_unsigned(), regs[0x351].cast_unsigned()),
+            (0x10, 0x07)
+        );
+        assert_eq!(regs[0x361].cast_unsigned(), 0x04);
     }
 }

@@ -144,7 +144,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
         if !(c.is_finite() && c > 0.0) {
             bail!("--cpus {c}: more than 0");
         }
-        allocatable.millicpus = (c * 1000.0).round() as u64;
+        allocatable.millicpus = crate::runtime::limits::millicpus(c);
     }
     if let Some(m) = &a.memory {
         allocatable.memory_mib = crate::runtime::limits::parse_memory(m).context("--memory")?;

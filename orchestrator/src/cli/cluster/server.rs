@@ -97,7 +97,7 @@ pub fn server(a: ServerArgs) -> Result<()> {
                     a.listen
                 )
             });
-            let ttl = a.leader_lease.div_ceil(1000).max(2) as i64;
+            let ttl = i64::try_from(a.leader_lease.div_ceil(1000).max(2)).unwrap_or(i64::MAX);
             let store = EtcdStore::open(s, &api, ttl).with_context(|| format!("--store {s}"))?;
             let file = a
                 .admin_token_file

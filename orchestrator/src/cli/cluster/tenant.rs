@@ -40,7 +40,7 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
         .transpose()
         .context("--memory")?;
     let quota = crate::cluster::schedule::Quota {
-        millicpus: cpus.map(|c| (c * 1000.0).round() as u64),
+        millicpus: cpus.map(crate::runtime::limits::millicpus),
         memory_mib,
         instances,
     };

@@ -406,7 +406,9 @@ mod tests {
 
     fn disk(sectors: usize) -> std::sync::Arc<MemDisk> {
         std::sync::Arc::new(MemDisk::new(
-            (0..sectors * 512).map(|i| (i / 512) as u8).collect(),
+            (0..sectors * 512)
+                .map(|i| (i / 512).to_le_bytes()[0])
+                .collect(),
         ))
     }
 

@@ -133,7 +133,7 @@ mod tests {
         m.read_slice(&mut first, GuestAddress(0x8000)).unwrap();
         assert!(first.iter().any(|b| *b != 0));
         let used = vq.used().ring().ref_at(1).unwrap().load();
-        assert_eq!(used.len(), MAX_PER_REQUEST as u32);
+        assert_eq!(used.len(), u32::try_from(MAX_PER_REQUEST).unwrap());
         assert_eq!(*counter.0.lock().unwrap(), 1);
     }
 }

@@ -191,7 +191,7 @@ mod tests {
     const ETHERTYPE: [u8; 2] = [0x88, 0xb5]; // local experimental
 
     fn packet_socket(ifname: &str) -> OwnedFd {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let proto = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
         // SAFETY: plain socket(2); the result is checked before use.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
         assert!(
@@ -206,9 +206,9 @@ mod tests {
         let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
         assert!(index > 0);
         let addr = libc::sockaddr_ll {
-            sll_family: libc::AF_PACKET as u16,
+            sll_family: libc::AF_PACKET.try_into().unwrap(),
             sll_protocol: proto,
-            sll_ifindex: index as i32,
+            sll_ifindex: index.try_into().unwrap(),
             sll_hatype: 0,
             sll_pkttype: 0,
             sll_halen: 0,
@@ -219,7 +219,7 @@ mod tests {
             libc::bind(
                 std::os::fd::AsRawFd::as_raw_fd(&fd),
                 (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                std::mem::size_of::<libc::sockaddr_ll>().try_into().unwrap(),
             )
         };
         assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
@@ -234,7 +234,7 @@ mod tests {
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
+                std::mem::size_of::<libc::timeval>().try_into().unwrap(),
             )
         };
         fd
@@ -282,7 +282,7 @@ mod tests {
         txq.add_desc_chains(
             &[RawDescriptor::from(Descriptor::new(
                 0x2_0000,
-                with_hdr.len() as u32,
+                with_hdr.len().try_into().unwrap(),
                 0,
                 0,
             ))],
@@ -336,7 +336,7 @@ mod tests {
             let mut buf = vec![0u8; u.len() as usize];
             m.read_slice(
                 &mut buf,
-                GuestAddress(0x3_0000 + u64::from(u.id() as u16) * 0x1000),
+                GuestAddress(0x3_0000 + u64::from(u.id()) * 0x1000),
             )
             .unwrap();
             buf.len() == VNET_HDR_LEN + back.len()

@@ -59,7 +59,7 @@ fn from_guest(op: u16, src_port: u32, dst_port: u32) -> Header {
 fn rw(src: u32, dst: u32, data: &[u8]) -> (Header, Vec<u8>) {
     (
         Header {
-            len: data.len() as u32,
+            len: data.len().try_into().unwrap(),
             ..from_guest(op::RW, src, dst)
         },
         data.to_vec(),
