@@ -124,7 +124,7 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
     };
     let conn = match transport.dial() {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return fail(bulkhead_agent_proto::report(&e)),
     };
     // Dialed first, mounted after: readiness is what the host waits on.
     if let Err(e) = pid1::mount_rest() {

@@ -12,6 +12,16 @@ const HOST_CID: u32 = 2;
 /// How long the agent keeps dialing a host that is not listening yet.
 const DIAL_PATIENCE: Duration = Duration::from_secs(10);
 
+/// The host could not be reached in [`DIAL_PATIENCE`]; the cause is the
+/// last attempt's error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the host over {transport:?}")]
+pub struct DialError {
+    transport: Transport,
+    #[source]
+    source: std::io::Error,
+}
+
 #[derive(Debug, Clone)]
 pub enum Transport {
     Vsock { port: u32 },
@@ -21,14 +31,17 @@ pub enum Transport {
 impl Transport {
     /// Dials the host, retrying briefly: the host listens before the VM
     /// starts, so a refusal here is rare and short.
-    pub fn dial(&self) -> Result<OwnedFd, String> {
+    pub fn dial(&self) -> Result<OwnedFd, DialError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
             match self.dial_once() {
                 Ok(fd) => return Ok(fd),
-                Err(e) if started.elapsed() >= DIAL_PATIENCE => {
-                    return Err(format!("cannot reach the host over {self:?}: {e}"))
+                Err(source) if started.elapsed() >= DIAL_PATIENCE => {
+                    return Err(DialError {
+                        transport: self.clone(),
+                        source,
+                    })
                 }
                 Err(_) => {
                     std::thread::sleep(pause);
@@ -38,7 +51,7 @@ impl Transport {
         }
     }
 
-    fn dial_once(&self) -> Result<OwnedFd, String> {
+    fn dial_once(&self) -> std::io::Result<OwnedFd> {
         match self {
             Transport::Vsock { port } => {
                 let s = socket(
@@ -47,14 +60,13 @@ impl Transport {
                     SockFlag::SOCK_CLOEXEC,
                     None,
                 )
-                .map_err(|e| format!("socket: {e}"))?;
-                connect(s.as_raw_fd(), &VsockAddr::new(HOST_CID, *port))
-                    .map_err(|e| format!("connect: {e}"))?;
+                .map_err(std::io::Error::from)?;
+                connect(s.as_raw_fd(), &VsockAddr::new(HOST_CID, *port))?;
                 Ok(s)
             }
-            Transport::Unix { path } => std::os::unix::net::UnixStream::connect(path)
-                .map(OwnedFd::from)
-                .map_err(|e| format!("connect {}: {e}", path.display())),
+            Transport::Unix { path } => {
+                std::os::unix::net::UnixStream::connect(path).map(OwnedFd::from)
+            }
         }
     }
 }

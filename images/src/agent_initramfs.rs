@@ -11,7 +11,7 @@ use crate::initramfs::CpioWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentInitramfsError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         source: std::io::Error,

@@ -41,7 +41,7 @@ pub enum UsernsError {
         kind: &'static str,
         file: &'static str,
     },
-    #[error("{file}: {source}")]
+    #[error("{file}")]
     Read {
         file: &'static str,
         source: std::io::Error,
@@ -54,8 +54,8 @@ pub enum UsernsError {
         status: ExitStatus,
         stderr: String,
     },
-    #[error("start the user-namespace child: {0} (does this kernel allow unprivileged user namespaces? sysctl kernel.unprivileged_userns_clone)")]
-    Spawn(std::io::Error),
+    #[error("start the user-namespace child (does this kernel allow unprivileged user namespaces? sysctl kernel.unprivileged_userns_clone)")]
+    Spawn(#[source] std::io::Error),
     #[error("in the user namespace: {0}")]
     Child(String),
 }

@@ -34,16 +34,30 @@ use crate::PROTOCOL_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    // These two print their cause inline and do not chain it: they end up
+    // in exit reports shown with `{e}` (docs/DESIGN.md, errors).
     #[error("agent connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("the agent broke the protocol: {0}")]
     Protocol(String),
     #[error("the agent connection closed: {0}")]
     Closed(String),
     #[error("the agent refused: {0}")]
-    Agent(#[from] AgentError),
+    Agent(AgentError),
     #[error("process {0} has no stdin (start it with `stdin: true`)")]
     NoStdin(u32),
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl From<AgentError> for ClientError {
+    fn from(e: AgentError) -> Self {
+        ClientError::Agent(e)
+    }
 }
 
 /// A chunk of a process's output, or the end of one of its streams.

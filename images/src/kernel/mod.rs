@@ -28,7 +28,7 @@ pub enum KernelError {
     NotBuilt { version: String },
     #[error(transparent)]
     Packages(#[from] crate::debian::DebianError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         source: std::io::Error,

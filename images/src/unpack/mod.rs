@@ -27,7 +27,7 @@ use path::Whiteout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,

@@ -102,7 +102,7 @@ enum Command {
 pub fn main() -> ExitCode {
     // In the child `image disk|gc` starts in a user namespace: wait for its id maps.
     if let Err(e) = bulkhead_images::userns::child_wait() {
-        eprintln!("bulkhead: {e}");
+        eprintln!("bulkhead: {}", bulkhead_agent_proto::report(&e));
         return ExitCode::FAILURE;
     }
     let cli = match Cli::try_parse() {

@@ -107,14 +107,21 @@ impl Mark {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    // The cause inline, not chained: frame errors end up in `{e}` strings.
     #[error("control socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("control socket: unknown frame kind {0}")]
     UnknownKind(u8),
     #[error("control socket: frame of {0} bytes (max {MAX_FRAME})")]
     TooLong(u32),
     #[error("control socket: bad {what}: {why}")]
     Bad { what: &'static str, why: String },
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
+    }
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(

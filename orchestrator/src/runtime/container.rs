@@ -27,20 +27,55 @@ use super::workload::{
 use crate::state::paths::Paths;
 use crate::state::record::WorkloadConfig;
 
+/// Why a container could not be prepared. Each message says what failed;
+/// its cause is the `source()` (printed with `report`).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("neither crun nor runc is installed (apt-get install crun runc)")]
+    NoOciRuntime,
+    #[error("the workload's image manifest")]
+    Manifest(#[source] bulkhead_images::store::digest::BadDigest),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the image store")]
+    Store(#[source] bulkhead_images::store::StoreError),
+    #[error("unpack the image")]
+    Unpack(#[source] bulkhead_images::rootdisk::RootDiskError),
+    #[error("mount the overlay on {0}")]
+    Overlay(PathBuf, #[source] nix::Error),
+    #[error("the OCI runtime spec")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("the process's user")]
+    User(#[from] bulkhead_agent::passwd::UserError),
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> PrepareError {
+    let what = what.to_string();
+    move |source| PrepareError::Io { what, source }
+}
+
 /// The image's unpacked root, shared read-only by its containers:
 /// `<data>/trees/<manifest hex>`, built once (unpacked aside, renamed in).
-pub fn ensure_tree(store: &Store, paths: &Paths, manifest: &Digest) -> Result<PathBuf, String> {
+pub fn ensure_tree(
+    store: &Store,
+    paths: &Paths,
+    manifest: &Digest,
+) -> Result<PathBuf, PrepareError> {
     let tree = paths.trees().join(manifest.hex());
     // Unpacked trees keep their images' modes (setuid files too): no one
     // else may enter the directory above them.
     bulkhead_images::private::dir(&paths.trees())
-        .map_err(|e| format!("create {}: {e}", paths.trees().display()))?;
+        .map_err(io(format_args!("create {}", paths.trees().display())))?;
     if tree.is_dir() {
         return Ok(tree);
     }
-    let work = store.temp_dir("tree-").map_err(|e| e.to_string())?;
+    let work = store.temp_dir("tree-").map_err(PrepareError::Store)?;
     let dest = work.path().join("root");
-    std::fs::create_dir(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
+    std::fs::create_dir(&dest).map_err(io(format_args!("create {}", dest.display())))?;
     bulkhead_images::rootdisk::unpack_tree(
         store,
         manifest,
@@ -48,11 +83,11 @@ pub fn ensure_tree(store: &Store, paths: &Paths, manifest: &Digest) -> Result<Pa
         Default::default(),
         &mut |_, _| {},
     )
-    .map_err(|e| format!("unpack the image: {:#}", anyhow::Error::new(e)))?;
+    .map_err(PrepareError::Unpack)?;
     match std::fs::rename(&dest, &tree) {
         Ok(()) => Ok(tree),
         Err(_) if tree.is_dir() => Ok(tree), // another run won the race
-        Err(e) => Err(format!("publish {}: {e}", tree.display())),
+        Err(e) => Err(io(format_args!("publish {}", tree.display()))(e)),
     }
 }
 
@@ -96,13 +131,13 @@ impl Container {
         paths: &Paths,
         store: &Store,
         netns: Option<&OwnedFd>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PrepareError> {
         let runtime = cfg
             .oci_runtime
             .clone()
             .or_else(|| default_oci_runtime().map(str::to_string))
-            .ok_or("neither crun nor runc is installed (apt-get install crun runc)")?;
-        let manifest = Digest::parse(&cfg.manifest).map_err(|e| e.to_string())?;
+            .ok_or(PrepareError::NoOciRuntime)?;
+        let manifest = Digest::parse(&cfg.manifest).map_err(PrepareError::Manifest)?;
         let tree = ensure_tree(store, paths, &manifest)?;
         let dir = paths.workload_dir(&cfg.id);
         let (upper, work, rootfs, bundle) = (
@@ -112,7 +147,7 @@ impl Container {
             dir.join("bundle"),
         );
         for d in [&upper, &work, &rootfs, &bundle] {
-            std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(io(format_args!("create {}", d.display())))?;
         }
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -127,7 +162,7 @@ impl Container {
             nix::mount::MsFlags::empty(),
             Some(opts.as_str()),
         )
-        .map_err(|e| format!("mount the overlay on {}: {e}", rootfs.display()))?;
+        .map_err(|e| PrepareError::Overlay(rootfs.clone(), e))?;
         let c = Container {
             id: cfg.id.clone(),
             hybrid_unshare: runtime == "crun" && hybrid_cgroups(),
@@ -139,12 +174,11 @@ impl Container {
         let etc = write_etc_files(cfg, &dir).inspect_err(|_| c.unmount())?;
         let mut spec = c.spec(cfg).inspect_err(|_| c.unmount())?;
         join_network(&mut spec, netns, &etc).inspect_err(|_| c.unmount())?;
-        spec.save(c.bundle.join("config.json"))
-            .map_err(|e| format!("write config.json: {e}"))?;
+        spec.save(c.bundle.join("config.json"))?;
         Ok(c)
     }
 
-    fn spec(&self, cfg: &WorkloadConfig) -> Result<Spec, String> {
+    fn spec(&self, cfg: &WorkloadConfig) -> Result<Spec, PrepareError> {
         let mut spec = Spec::default();
         let p = &cfg.process;
         let mut process = spec.process().clone().unwrap_or_default();
@@ -163,8 +197,7 @@ impl Container {
                 .uid(user.uid)
                 .gid(user.gid)
                 .additional_gids(user.groups)
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
         spec.set_process(Some(process));
         let mut root = spec.root().clone().unwrap_or_default();
@@ -176,23 +209,17 @@ impl Container {
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(m) = cfg.memory_mib {
             let bytes = i64::try_from(m.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
-            resources = resources.memory(
-                LinuxMemoryBuilder::default()
-                    .limit(bytes)
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            );
+            resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build()?);
         }
         if let Some(c) = cfg.cpus {
             resources = resources.cpu(
                 LinuxCpuBuilder::default()
                     .quota(i64::try_from(limits::millicpus(c) * 100).unwrap_or(i64::MAX))
                     .period(100_000u64)
-                    .build()
-                    .map_err(|e| e.to_string())?,
+                    .build()?,
             );
         }
-        linux.set_resources(Some(resources.build().map_err(|e| e.to_string())?));
+        linux.set_resources(Some(resources.build()?));
         linux.set_cgroups_path(Some(PathBuf::from(format!("/bulkhead/{}", cfg.id))));
         spec.set_linux(Some(linux));
         Ok(spec)
@@ -200,7 +227,10 @@ impl Container {
 
     /// `user[:group]` against the image's own /etc/passwd and /etc/group,
     /// read through the rootfs without leaving it (openat2 RESOLVE_IN_ROOT).
-    fn resolve_user(&self, spec: Option<&str>) -> Result<bulkhead_agent::passwd::User, String> {
+    fn resolve_user(
+        &self,
+        spec: Option<&str>,
+    ) -> Result<bulkhead_agent::passwd::User, bulkhead_agent::passwd::UserError> {
         let Some(spec) = spec.filter(|s| !s.is_empty()) else {
             return Ok(bulkhead_agent::passwd::User {
                 uid: 0,
@@ -216,7 +246,6 @@ impl Container {
             &bulkhead_agent::passwd::parse_passwd(&passwd),
             &bulkhead_agent::passwd::parse_group(&group),
         )
-        .map_err(|e| e.to_string())
     }
 
     pub fn unmount(&self) {
@@ -407,7 +436,9 @@ impl Container {
             cmd.args(["--env", &e]);
         }
         if p.user.is_some() {
-            let u = self.resolve_user(p.user.as_deref()).map_err(failed)?;
+            let u = self
+                .resolve_user(p.user.as_deref())
+                .map_err(|e| failed(e.to_string()))?;
             cmd.args(["--user", &format!("{}:{}", u.uid, u.gid)]);
             for g in u.groups {
                 cmd.args(["--additional-gids", &g.to_string()]);
@@ -455,9 +486,9 @@ fn with_default_path(env: &[String]) -> Vec<String> {
 fn write_etc_files(
     cfg: &WorkloadConfig,
     dir: &Path,
-) -> Result<Vec<(PathBuf, &'static str)>, String> {
+) -> Result<Vec<(PathBuf, &'static str)>, PrepareError> {
     let etc = dir.join("etc");
-    std::fs::create_dir_all(&etc).map_err(|e| format!("create {}: {e}", etc.display()))?;
+    std::fs::create_dir_all(&etc).map_err(io(format_args!("create {}", etc.display())))?;
     let host = crate::state::paths::short(&cfg.id);
     let mut hosts =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
@@ -480,7 +511,7 @@ fn write_etc_files(
     }
     let mut out = Vec::new();
     for (path, dest, text) in files {
-        std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(io(format_args!("write {}", path.display())))?;
         out.push((path, dest));
     }
     Ok(out)
@@ -491,7 +522,7 @@ fn join_network(
     spec: &mut Spec,
     netns: Option<&OwnedFd>,
     etc: &[(PathBuf, &'static str)],
-) -> Result<(), String> {
+) -> Result<(), PrepareError> {
     if let Some(ns) = netns {
         let path = PathBuf::from(format!(
             "/proc/{}/fd/{}",
@@ -505,8 +536,7 @@ fn join_network(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Network)
                 .path(path)
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
         linux.set_namespaces(Some(namespaces));
         spec.set_linux(Some(linux));
@@ -519,8 +549,7 @@ fn join_network(
                 .typ("bind")
                 .source(src)
                 .options(vec!["rbind".to_string(), "rprivate".to_string()])
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
     }
     spec.set_mounts(Some(mounts));

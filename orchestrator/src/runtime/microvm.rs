@@ -99,6 +99,37 @@ pub fn console_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Why a microVM did not come up. Each message says what failed; its cause
+/// is the `source()` (printed with `report`).
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("no VM files in the workload config")]
+    NoVmFiles,
+    #[error("the VM's directory")]
+    Jail(#[from] jail::JailError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VM's configuration")]
+    Config(#[from] ConfigError),
+    #[error("encode the VM's configuration")]
+    Encode(#[from] serde_json::Error),
+    #[error("a Firecracker-compatible VMM runs with --network none only (it takes a TAP by name, not an open one)")]
+    FirecrackerNetwork,
+    /// The VMM ran but no agent dialed in; the text ends with the guest
+    /// console's last lines.
+    #[error("{0}")]
+    NoAgent(String),
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BootError {
+    let what = what.to_string();
+    move |source| BootError::Io { what, source }
+}
+
 fn with_console(why: String, console: &Path) -> String {
     let tail = console_tail(console, 20);
     if tail.is_empty() {
@@ -118,19 +149,16 @@ impl Microvm {
         workload_dir: &Path,
         tap: Option<&OwnedFd>,
         marks: &mut Vec<Mark>,
-    ) -> Result<Self, String> {
-        let files = cfg
-            .vm
-            .as_ref()
-            .ok_or("no VM files in the workload config")?;
+    ) -> Result<Self, BootError> {
+        let files = cfg.vm.as_ref().ok_or(BootError::NoVmFiles)?;
         let jail = files.jail.as_ref();
         let vm_dir = crate::state::paths::Paths::vm_dir(&cfg.id);
-        jail::make_vm_dir(&vm_dir, jail).map_err(|e| bulkhead_agent_proto::report(&e))?;
+        jail::make_vm_dir(&vm_dir, jail)?;
         let uds = vm_dir.join("vsock");
         let listener_path = PathBuf::from(format!("{}_{AGENT_VSOCK_PORT}", uds.display()));
         let listener = UnixListener::bind(&listener_path)
-            .map_err(|e| format!("bind {}: {e}", listener_path.display()))?;
-        jail::hand_over(&listener_path, jail).map_err(|e| bulkhead_agent_proto::report(&e))?;
+            .map_err(io(format_args!("bind {}", listener_path.display())))?;
+        jail::hand_over(&listener_path, jail)?;
         let console = workload_dir.join("console.log");
         let vcpus = super::limits::vm_vcpus(cfg.cpus);
         let memory = cfg
@@ -149,13 +177,12 @@ impl Microvm {
                     .as_ref()
                     .filter(|_| with_tap)
                     .map(|a| a.mac.as_str());
-                let vm = vm_config(&cfg.id, cfg.cpus, cfg.memory_mib, files, mac)
-                    .map_err(|e| format!("the VM's configuration: {e}"))?;
+                let vm = vm_config(&cfg.id, cfg.cpus, cfg.memory_mib, files, mac)?;
                 let path = vm_dir.join("vm.json");
-                let json = serde_json::to_vec_pretty(&vm).map_err(|e| e.to_string())?;
+                let json = serde_json::to_vec_pretty(&vm)?;
                 std::fs::write(&path, json)
-                    .map_err(|e| format!("write {}: {e}", path.display()))?;
-                jail::hand_over(&path, jail).map_err(|e| bulkhead_agent_proto::report(&e))?;
+                    .map_err(io(format_args!("write {}", path.display())))?;
+                jail::hand_over(&path, jail)?;
                 if let Some(tap) = tap.filter(|_| with_tap) {
                     let fd = tap.as_raw_fd();
                     // SAFETY: dup2 is async-signal-safe; it gives the VMM the TAP as fd 3 (without CLOEXEC).
@@ -173,7 +200,7 @@ impl Microvm {
             }
             VmmFlavor::Firecracker => {
                 if cfg.network.is_some() {
-                    return Err("a Firecracker-compatible VMM runs with --network none only (it takes a TAP by name, not an open one)".into());
+                    return Err(BootError::FirecrackerNetwork);
                 }
                 let config = serde_json::json!({
                     "boot-source": {"kernel_image_path": files.kernel, "initrd_path": files.initrd, "boot_args": CMDLINE},
@@ -183,7 +210,7 @@ impl Microvm {
                 });
                 let path = vm_dir.join("vmm-config.json");
                 std::fs::write(&path, config.to_string())
-                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+                    .map_err(io(format_args!("write {}", path.display())))?;
                 cmd.args(["--no-api", "--config-file"]).arg(&path);
             }
         }
@@ -193,11 +220,11 @@ impl Microvm {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 bulkhead_images::private::create(&workload_dir.join("vmm.log"))
-                    .map_err(|e| format!("create vmm.log: {e}"))?,
+                    .map_err(io("create vmm.log"))?,
             ))
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| format!("start {}: {e}", files.vmm.display()))?;
+            .map_err(io(format_args!("start {}", files.vmm.display())))?;
         let started = child.id();
         // The console is guest output: kept, but capped (a guest may print forever).
         let mut pump = child.stdout.take().map(|mut out| {
@@ -214,17 +241,17 @@ impl Microvm {
             })
         });
         let client = tokio::select! {
-            c = AgentClient::accept(&listener) => c.map_err(|e| with_console(format!("the agent: {e}"), &console))?,
+            c = AgentClient::accept(&listener) => c.map_err(|e| BootError::NoAgent(with_console(format!("the agent: {e}"), &console)))?,
             s = child.wait() => {
                 if let Some(p) = pump.take() {
                     let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
                 }
                 let vmm_log = std::fs::read_to_string(workload_dir.join("vmm.log")).unwrap_or_default();
-                return Err(with_console(format!("the VMM exited before the agent dialed in ({}): {}", s.map(|s| s.to_string()).unwrap_or_default(), vmm_log.trim()), &console));
+                return Err(BootError::NoAgent(with_console(format!("the VMM exited before the agent dialed in ({}): {}", s.map(|s| s.to_string()).unwrap_or_default(), vmm_log.trim()), &console)));
             }
             _ = tokio::time::sleep(BOOT_TIMEOUT) => {
                 let _ = child.start_kill();
-                return Err(with_console(format!("no agent within {BOOT_TIMEOUT:?}"), &console));
+                return Err(BootError::NoAgent(with_console(format!("no agent within {BOOT_TIMEOUT:?}"), &console)));
             }
         };
         marks.push(Mark::now("agent-connected"));

@@ -201,19 +201,25 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             let store = match Store::open(paths.data()) {
                 Ok(s) => s,
                 Err(e) => {
-                    return fail_early(&paths, &cfg, first, failed(e.to_string()), &mut notify)
-                        .await
+                    let report = failed(bulkhead_agent_proto::report(&e));
+                    return fail_early(&paths, &cfg, first, report, &mut notify).await;
                 }
             };
             match Container::prepare(&cfg, &paths, &store, attached.netns.as_ref()) {
                 Ok(c) => Backend::Container(c),
-                Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
+                Err(e) => {
+                    let report = failed(bulkhead_agent_proto::report(&e));
+                    return fail_early(&paths, &cfg, first, report, &mut notify).await;
+                }
             }
         }
         crate::state::record::RuntimeKind::Microvm => {
             match Microvm::boot(&cfg, &dir, attached.tap.as_ref(), &mut marks).await {
                 Ok(m) => Backend::Microvm(Box::new(m)),
-                Err(e) => return fail_early(&paths, &cfg, first, failed(e), &mut notify).await,
+                Err(e) => {
+                    let report = failed(bulkhead_agent_proto::report(&e));
+                    return fail_early(&paths, &cfg, first, report, &mut notify).await;
+                }
             }
         }
     };
