@@ -179,12 +179,20 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// One instance a deploy or scale placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Placed {
+    /// The instance's index in its service.
+    pub index: u32,
+    /// The node it was placed on.
+    pub node: String,
+}
+
 /// What a deploy or scale did (or, dry, would do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
-    /// (instance index, node) placed.
-    #[schema(value_type = Vec<Vec<Object>>)]
-    pub placed: Vec<(u32, String)>,
+    /// The instances placed.
+    pub placed: Vec<Placed>,
     /// Instance indexes removed.
     pub removed: Vec<u32>,
     /// The store revision written (0: dry run).
@@ -672,7 +680,7 @@ impl Cluster {
                 instance_key(tenant, &record.spec.name, index),
                 encode(&inst),
             ));
-            change.placed.push((index, node));
+            change.placed.push(Placed { index, node });
         }
         Ok(change)
     }

@@ -181,7 +181,7 @@ fn s(v: &Value) -> String {
 
 fn placement_table(c: Change) -> comfy_table::Table {
     let mut t = table(&["INSTANCE", "NODE", ""]);
-    for (index, node) in c.placed {
+    for crate::cluster::state::Placed { index, node } in c.placed {
         t.add_row(vec![index.to_string(), node, "placed".into()]);
     }
     for r in c.removed {

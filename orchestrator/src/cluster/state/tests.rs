@@ -141,7 +141,7 @@ fn images_nodes_lack_are_refused_and_go_only_where_they_are() {
             false,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(d.placed.iter().all(|(_, n)| n == "n2"), "{d:?}");
+    assert!(d.placed.iter().all(|p| p.node == "n2"), "{d:?}");
     // Only n1 has it, and n1 is cordoned: a placement refusal that says so.
     c.cordon("n1", true).unwrap_or_else(|e| panic!("{e}"));
     let e = c
@@ -171,7 +171,13 @@ fn images_nodes_lack_are_refused_and_go_only_where_they_are() {
             false,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(d.placed, [(0, "n3".to_string())]);
+    assert_eq!(
+        d.placed,
+        [Placed {
+            index: 0,
+            node: "n3".into()
+        }]
+    );
 }
 
 #[test]
@@ -235,7 +241,7 @@ fn impossible_placements_quotas_and_other_tenants_change_nothing() {
         .scale("acme", &Quota::default(), "three", 5, 0, false)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        more.placed.iter().all(|(_, n)| n != "n0"),
+        more.placed.iter().all(|p| p.node != "n0"),
         "cordoned: {more:?}"
     );
     c.remove("acme", "three").unwrap_or_else(|e| panic!("{e}"));
