@@ -212,6 +212,11 @@ fn api_host(url: &str) -> Option<String> {
 /// Runs the node daemon until SIGTERM or SIGINT.
 pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     refuse_cleartext(&cfg.server, cfg.insecure)?;
+    // A connection per peer and per workload: not systemd's soft 1024.
+    // Workloads get the original limit back (state::fdlimit).
+    if let Err(e) = crate::state::fdlimit::raise() {
+        eprintln!("bulkhead node: warning: could not raise the descriptor limit: {e}");
+    }
     let leases = cfg.data.join("node").join("leases");
     bulkhead_images::private::data_root(&cfg.data)
         .map_err(|e| NodeError::Local(format!("the data dir {}: {e}", cfg.data.display())))?;

@@ -511,14 +511,15 @@ pub fn start(data: &Path, id: &str) -> Result<Started, CreateError> {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; it puts our pipe end at fd 3 (without CLOEXEC) for the child.
+    // SAFETY: dup2 and the limit's two system calls are async-signal-safe;
+    // the pipe end goes to fd 3 (without CLOEXEC) for the child, and the
+    // workload gets the descriptor limit its daemon started with.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(fd, 3) < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
+                return Err(std::io::Error::last_os_error());
             }
+            crate::state::fdlimit::restore_in_child()
         });
     }
     let status = cmd

@@ -18,6 +18,7 @@
 //! operation opens it for one transaction only, behind a blocking flock on
 //! `state.lock`: any number of CLI invocations and supervisors take turns.
 
+pub mod fdlimit;
 pub mod fencing;
 pub mod net;
 pub mod paths;

@@ -73,6 +73,10 @@ pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
 }
 
 pub fn server(a: ServerArgs) -> Result<()> {
+    // A connection per node and client: not systemd's soft 1024.
+    if let Err(e) = crate::state::fdlimit::raise() {
+        eprintln!("bulkhead server: warning: could not raise the descriptor limit: {e}");
+    }
     let timing = Timing {
         grace_ms: a.heartbeat_grace,
         lease_ms: a.lease,
