@@ -1,10 +1,9 @@
 //! `bulkhead run` with the microvm runtime: the shared table of cases
-//! (`run_cases`) and 5 run/rm cycles, inside the test host (nested on
-//! machines whose /dev/kvm cannot boot Linux), then a count of leftovers.
-//! Also: on such a machine `run --runtime microvm` itself refuses at once.
-//! And the networking table (`net_cases`) with microVMs, in the test host,
-//! and a microVM service deployed through `bulkhead server` and `bulkhead
-//! node` there (`cluster_cases`).
+//! (`run_cases`) and 5 run/rm cycles, a microVM service deployed through
+//! `bulkhead server` and `bulkhead node` (`cluster_cases`) and the
+//! networking table (`net_cases`), all in one boot of the test host
+//! (nested on machines whose /dev/kvm cannot boot Linux). Also: on such a
+//! machine `run --runtime microvm` itself refuses at once.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -15,45 +14,21 @@ use bulkhead_tests::testhost::{Mode, TestHost};
 
 use bulkhead_tests::bulkhead;
 
-/// Runs `bulkhead-testkit TABLE /t/data CYCLES` in the test host against a
-/// fresh store, and checks that every CHECK passed and each of `wants`
-/// (prefixed) ran.
-fn table_in_test_host(table: &str, cycles: &str, memory_mib: u32, prefix: &str, wants: &[&str]) {
-    let _vm = bulkhead_tests::vm_lock();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // The root disk is built here: the test host has no mkfs.
-    run_cases::prepare_store(&bulkhead(), &data, true).unwrap();
-    let out = TestHost::new()
-        .unwrap()
-        .stage(&data, "/t/data")
-        .env("BULKHEAD_CACHE", "/t/cache")
-        .memory_mib(memory_mib)
-        .timeout(Duration::from_secs(900))
-        .run(&["bulkhead-testkit", table, "/t/data", cycles])
-        .unwrap();
-    let stdout = out.stdout_str();
-    let report = format!("stdout:\n{stdout}\nstderr:\n{}", out.stderr_str());
-    let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
-    let failed: Vec<&&str> = checks
-        .iter()
-        .filter(|l| l.split_whitespace().nth(2) != Some("ok"))
-        .collect();
-    assert!(failed.is_empty(), "failed: {failed:#?}\n{report}");
-    for want in wants {
-        assert!(
-            checks
-                .iter()
-                .any(|l| l.split_whitespace().nth(1) == Some(&format!("{prefix}{want}"))),
-            "check {want} did not run\n{report}"
-        );
-    }
-    assert_eq!(out.status, 0, "{report}");
+/// One table of checks that `bulkhead-testkit` runs: its name, cycles, the
+/// prefix of its CHECK names and the checks that must have run.
+struct Table {
+    name: &'static str,
+    cycles: &'static str,
+    prefix: &'static str,
+    wants: &'static [&'static str],
 }
 
-#[test]
-fn the_run_table_passes_in_microvms() {
-    let wants = [
+/// `run_cases` with microVMs, and 5 run/rm cycles.
+const RUN: Table = Table {
+    name: "run-cases",
+    cycles: "5",
+    prefix: "microvm/",
+    wants: &[
         "echo",
         "exit-7",
         "not-found-127",
@@ -74,16 +49,17 @@ fn the_run_table_passes_in_microvms() {
         "jailer-killed-vm-ends-reported",
         "5-run-rm-cycles",
         "nothing-left",
-    ];
-    table_in_test_host("run-cases", "5", 2048, "microvm/", &wants);
-}
+    ],
+};
 
 /// A microVM service through the control plane: deployed, running on the
 /// node, its logs and an exec through the server, its VMM jailed, scaled
 /// to zero and gone.
-#[test]
-fn a_microvm_service_deploys_through_server_and_node() {
-    let wants = [
+const CLUSTER: Table = Table {
+    name: "cluster-cases",
+    cycles: "1",
+    prefix: "cluster/",
+    wants: &[
         "node-joined",
         "deploy-running",
         "logs-through-the-server",
@@ -91,17 +67,18 @@ fn a_microvm_service_deploys_through_server_and_node() {
         "vmm-jailed",
         "scaled-to-zero-removed",
         "nothing-left",
-    ];
-    table_in_test_host("cluster-cases", "1", 2048, "cluster/", &wants);
-}
+    ],
+};
 
 /// Workload networking (`net_cases`) with microVMs: TAPs on the bridge, the
 /// guest configured by the agent, published ports, egress walls (the
 /// guest's root tries the LAN, metadata and the host's loopback; the walls
 /// fail closed when flushed), isolation, spoofing.
-#[test]
-fn workload_networking_in_microvms() {
-    let wants = [
+const NET: Table = Table {
+    name: "net-cases",
+    cycles: "3",
+    prefix: "microvm/net/",
+    wants: &[
         "web-vmm-jailed",
         "published-127.0.0.1",
         "published-host-address",
@@ -126,9 +103,87 @@ fn workload_networking_in_microvms() {
         "3-network-cycles",
         "nothing-left-per-workload",
         "networks-removed",
-    ];
-    // Up to four 256 MiB VMs at once.
-    table_in_test_host("net-cases", "3", 3072, "microvm/net/", &wants);
+    ],
+};
+
+/// What went wrong in one table's part of the output (empty: it passed).
+fn table_failures(t: &Table, lines: &[&str], exit: Option<&str>) -> Vec<String> {
+    let checks: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("CHECK "))
+        .collect();
+    let mut out: Vec<String> = checks
+        .iter()
+        .filter(|l| l.split_whitespace().nth(2) != Some("ok"))
+        .map(|l| format!("{}: {l}", t.name))
+        .collect();
+    for want in t.wants {
+        let name = format!("{}{want}", t.prefix);
+        if !checks
+            .iter()
+            .any(|l| l.split_whitespace().nth(1) == Some(name.as_str()))
+        {
+            out.push(format!("{}: check {want} did not run", t.name));
+        }
+    }
+    if exit != Some("0") {
+        out.push(format!("{}: bulkhead-testkit exited {exit:?}", t.name));
+    }
+    out
+}
+
+/// The three microVM tables in one test-host boot (a nested boot is the
+/// slow part) and one data dir, as on a real host. Their order leaves each
+/// what the next expects: the run table, the control plane, then
+/// networking, which removes the default network at its end. A table's
+/// CHECK lines are those before its `TABLE name exit N` marker.
+#[test]
+fn the_microvm_tables_pass_in_one_test_host() {
+    let _vm = bulkhead_tests::vm_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The root disk is built here: the test host has no mkfs.
+    run_cases::prepare_store(&bulkhead(), &data, true).unwrap();
+    let tables = [RUN, CLUSTER, NET];
+    let script: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "bulkhead-testkit {name} /t/data {cycles}; echo \"TABLE {name} exit $?\"",
+                name = t.name,
+                cycles = t.cycles
+            )
+        })
+        .collect();
+    let out = TestHost::new()
+        .unwrap()
+        .stage(&data, "/t/data")
+        .env("BULKHEAD_CACHE", "/t/cache")
+        // Up to four 256 MiB VMs at once in the networking table.
+        .memory_mib(3072)
+        .timeout(Duration::from_secs(1800))
+        .run(&["sh", "-c", &script.join("\n")])
+        .unwrap();
+    let stdout = out.stdout_str();
+    let report = format!("stdout:\n{stdout}\nstderr:\n{}", out.stderr_str());
+    let mut failures = Vec::new();
+    let mut lines = stdout.lines();
+    for t in &tables {
+        let marker = format!("TABLE {} exit ", t.name);
+        let mut part = Vec::new();
+        let mut exit = None;
+        for l in lines.by_ref() {
+            if let Some(code) = l.strip_prefix(&marker) {
+                exit = Some(code);
+                break;
+            }
+            part.push(l);
+        }
+        failures.extend(table_failures(t, &part, exit));
+    }
+    assert!(failures.is_empty(), "failed: {failures:#?}\n{report}");
+    assert_eq!(out.status, 0, "{report}");
 }
 
 #[test]
