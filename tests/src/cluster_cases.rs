@@ -82,11 +82,14 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
         return checks;
     };
     // The connection flags go before a `--` (after it is the command).
+    // The token goes in the environment: never as an argument.
     let api = |token: &str, args: &[&str]| {
         let mut all = args.to_vec();
         let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
-        all.splice(at..at, ["--server", url.as_str(), "--token", token]);
-        ctx.bh(&all)
+        all.splice(at..at, ["--server", url.as_str()]);
+        let mut c = ctx.cmd(&all);
+        c.env("BULKHEAD_TOKEN", token);
+        ctx.out(c)
     };
     let join = text(&api(&admin, &["node", "token", "create"]).stdout)
         .trim()
@@ -100,8 +103,6 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
             "--insecure",
             "--server",
             &url,
-            "--join-token",
-            &join,
             "--name",
             "vm1",
             "--runtime",
@@ -113,6 +114,7 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
             "--listen",
             "127.0.0.1:0",
         ])
+        .env("BULKHEAD_JOIN_TOKEN", &join)
         .stdin(Stdio::null())
         .spawn();
     let Ok(node) = node.map(Killed) else {

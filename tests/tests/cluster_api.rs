@@ -13,6 +13,8 @@ use harness::*;
 
 #[path = "cluster_api/tls.rs"]
 mod tls;
+#[path = "cluster_api/tokens.rs"]
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -269,7 +271,7 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
     assert_eq!(status, 200);
     let paths = doc["paths"].as_object().unwrap();
     let routes: usize = paths.values().map(|m| m.as_object().unwrap().len()).sum();
-    assert_eq!((paths.len(), routes), (17, 20), "{:?}", paths.keys());
+    assert_eq!((paths.len(), routes), (19, 22), "{:?}", paths.keys());
     // Schemas from the API's own types: every reference resolves, every
     // answer but this document's and the logs' (text) has one.
     let schemas = doc["components"]["schemas"].as_object().unwrap();

@@ -35,6 +35,7 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     let mut c = setup(Shape {
         hosts: 3,
         etcd_members: 1,
+        fd_limit: None,
         timing: &[
             "--heartbeat-grace",
             "2s",
@@ -88,17 +89,10 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         "name: nope\nimage: bb:no-such-tag\nruntime: container\n",
     )
     .unwrap();
-    let o = c.bh_in(
+    let o = c.bh_as(
         &c.lan,
-        &[
-            "deploy",
-            "-f",
-            nope.to_str().unwrap(),
-            "--server",
-            &c.url,
-            "--token",
-            &c.tenant,
-        ],
+        &c.tenant,
+        &["deploy", "-f", nope.to_str().unwrap(), "--server", &c.url],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -174,8 +168,9 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         .find(|i| i.0 == "web")
         .map(|i| (i.1, i.2))
         .unwrap();
-    let o = c.bh_in(
+    let o = c.bh_as(
         &c.lan,
+        &c.tenant,
         &[
             "instance",
             "logs",
@@ -183,8 +178,6 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
             &index.to_string(),
             "--server",
             &c.url,
-            "--token",
-            &c.tenant,
         ],
     );
     assert!(
@@ -192,8 +185,9 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
             && String::from_utf8_lossy(&o.stdout) == format!("started web/{index}\n"),
         "logs from {node}: {o:?}"
     );
-    let o = c.bh_in(
+    let o = c.bh_as(
         &c.lan,
+        &c.tenant,
         &[
             "instance",
             "exec",
@@ -201,8 +195,6 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
             &index.to_string(),
             "--server",
             &c.url,
-            "--token",
-            &c.tenant,
             "--",
             "sh",
             "-c",
@@ -228,11 +220,8 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     ] {
         let mut all = args.to_vec();
         let pos = all.iter().position(|a| *a == "--").unwrap_or(all.len());
-        all.splice(
-            pos..pos,
-            ["--server", c.url.as_str(), "--token", other.as_str()],
-        );
-        let o = c.bh_in(&c.lan, &all);
+        all.splice(pos..pos, ["--server", c.url.as_str()]);
+        let o = c.bh_as(&c.lan, &other, &all);
         assert!(
             !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no service"),
             "another tenant: {o:?}"
@@ -458,6 +447,7 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
     let mut c = setup(Shape {
         hosts: 1,
         etcd_members: 3,
+        fd_limit: None,
         timing: &[
             "--heartbeat-grace",
             "5s",
@@ -470,15 +460,14 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
     c.counter = Counter::start(&c.lan);
     deploy(&c, &web(1));
     let leads = |c: &Cluster, i: usize| -> bool {
-        let o = c.bh_in(
+        let o = c.bh_as(
             &c.lan,
+            &c.admin,
             &[
                 "node",
                 "ls",
                 "--server",
                 &format!("http://{LAN_ADDR}:{}", 7070 + i),
-                "--token",
-                &c.admin,
             ],
         );
         o.status.success()
@@ -487,8 +476,9 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
     let scale = |c: &Cluster, n: u32| {
         let start = Instant::now();
         loop {
-            let o = c.bh_in(
+            let o = c.bh_as(
                 &c.lan,
+                &c.tenant,
                 &[
                     "service",
                     "scale",
@@ -496,8 +486,6 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
                     &n.to_string(),
                     "--server",
                     &c.url,
-                    "--token",
-                    &c.tenant,
                 ],
             );
             if o.status.success() {
@@ -564,9 +552,8 @@ fn a_standby_takes_over_from_a_killed_or_stopped_leader_and_the_old_one_writes_n
             "9",
             "--server",
             &format!("http://{LAN_ADDR}:{}", 7070 + second),
-            "--token",
-            &c.tenant,
         ])
+        .env("BULKHEAD_TOKEN", &c.tenant)
         .stdin(Stdio::null());
     netns::command_in(&mut write, &c.lan.path()).unwrap();
     let pending = write

@@ -71,9 +71,10 @@ impl World {
     fn bh(&self, token: &str, args: &[&str]) -> Output {
         let mut all = args.to_vec();
         let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
-        all.splice(at..at, ["--server", API, "--token", token]);
+        all.splice(at..at, ["--server", API]);
         let mut c = Command::new(bulkhead());
         c.args(&all)
+            .env("BULKHEAD_TOKEN", token)
             .env("BULKHEAD_CACERT", &self.cacert)
             .stdin(Stdio::null());
         netns::command_in(&mut c, &self.mgmt.path()).unwrap();
@@ -88,8 +89,9 @@ impl World {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    /// A node daemon on host `i` (its own data dir) as `name`.
-    fn node(&self, i: usize, name: &str, extra: &[&str]) -> Command {
+    /// A node daemon on host `i` (its own data dir) as `name`, joining
+    /// with `join` (from the environment, as a service manager gives it).
+    fn node(&self, i: usize, name: &str, join: &str, extra: &[&str]) -> Command {
         let mut c = Command::new(bulkhead());
         c.args([
             "node",
@@ -105,6 +107,7 @@ impl World {
             "4g",
         ]);
         c.args(extra)
+            .env("BULKHEAD_JOIN_TOKEN", join)
             .env("BULKHEAD_DATA", self.data(i))
             .stdin(Stdio::null());
         netns::command_in(&mut c, &self.hosts[i].path()).unwrap();
@@ -383,12 +386,8 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
         .node(
             0,
             "n1",
-            &[
-                "--server",
-                &format!("http://{SERVER}:7443"),
-                "--join-token",
-                &join,
-            ],
+            &join,
+            &["--server", &format!("http://{SERVER}:7443")],
         )
         .output()
         .unwrap();
@@ -403,14 +402,8 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
         w.node(
             0,
             "n1",
-            &[
-                "--server",
-                API,
-                "--join-token",
-                &join,
-                "--listen",
-                &format!("{NODE1}:7071"),
-            ],
+            &join,
+            &["--server", API, "--listen", &format!("{NODE1}:7071")],
         )
         .spawn()
         .unwrap(),
@@ -565,14 +558,8 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
         .node(
             1,
             "n1",
-            &[
-                "--server",
-                API,
-                "--join-token",
-                &join,
-                "--listen",
-                &format!("{NODE2}:7071"),
-            ],
+            &join,
+            &["--server", API, "--listen", &format!("{NODE2}:7071")],
         )
         .stderr(Stdio::piped())
         .spawn()

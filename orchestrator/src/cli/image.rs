@@ -13,15 +13,20 @@ pub enum ImageCommand {
     /// Pull an image from a registry (OCI distribution API): the manifest
     /// raw, linux/amd64 out of an index, each blob streamed to disk and
     /// checked; blobs already in the store are not fetched again.
-    /// Credentials: --creds, else ~/.docker/config.json, else anonymous.
+    /// Credentials: $BULKHEAD_REGISTRY_CREDS or --creds-file (USER:PASSWORD),
+    /// else ~/.docker/config.json, else anonymous.
     Pull {
         /// registry/repository[:tag|@digest]
         reference: String,
         /// Plain HTTP (a registry on loopback).
         #[arg(long)]
         insecure: bool,
-        /// user:password for basic auth.
-        #[arg(long, value_name = "USER:PASSWORD")]
+        /// A file holding USER:PASSWORD for basic auth (default:
+        /// $BULKHEAD_REGISTRY_CREDS). Never the password as an argument.
+        #[arg(long, value_name = "FILE")]
+        creds_file: Option<PathBuf>,
+        /// Refused: see --creds-file.
+        #[arg(long, hide = true, value_name = "USER:PASSWORD")]
         creds: Option<String>,
     },
     /// Import an image from a `docker save` tarball or an OCI image layout
@@ -91,16 +96,25 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         ImageCommand::Pull {
             reference,
             insecure,
+            creds_file,
             creds,
         } => {
-            let basic_auth = match creds {
-                Some(c) => Some(
-                    c.split_once(':')
-                        .map(|(u, p)| (u.to_string(), p.to_string()))
-                        .context("--creds wants USER:PASSWORD")?,
-                ),
-                None => None,
-            };
+            if creds.is_some() {
+                return Err(super::secrets::no_secret_in_argv(
+                    "--creds",
+                    "BULKHEAD_REGISTRY_CREDS",
+                    "--creds-file",
+                ));
+            }
+            let basic_auth =
+                match super::secrets::secret(creds_file.as_deref(), "BULKHEAD_REGISTRY_CREDS")? {
+                    Some(c) => Some(
+                        c.split_once(':')
+                            .map(|(u, p)| (u.to_string(), p.to_string()))
+                            .context("registry credentials: USER:PASSWORD")?,
+                    ),
+                    None => None,
+                };
             let opts = bulkhead_images::store::pull::PullOptions {
                 insecure,
                 basic_auth,

@@ -5,6 +5,7 @@ mod image;
 pub(crate) mod kernel;
 mod network;
 pub(crate) mod run;
+mod secrets;
 mod workloads;
 
 use std::path::PathBuf;
@@ -76,13 +77,16 @@ enum Command {
     /// A tenant's instances on the server: ls, logs, exec.
     #[command(subcommand, after_help = EXIT_CODES)]
     Instance(cluster::InstanceCommand),
-    /// The node daemon (`bulkhead node --server URL --join-token T`), or the
+    /// The node daemon (`BULKHEAD_JOIN_TOKEN=T bulkhead node --server URL`), or the
     /// server's nodes (admin): ls, cordon, uncordon, drain, token create.
     #[command(after_help = EXIT_CODES)]
     Node(cluster::NodeArgs),
     /// Tenants on the server (admin): create.
     #[command(subcommand, after_help = EXIT_CODES)]
     Tenant(cluster::TenantCommand),
+    /// Every token the server knows (admin): ls, rm.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Token(cluster::TokensCommand),
     /// TLS for the server's API: a self-signed pair to try it.
     #[command(subcommand, after_help = EXIT_CODES)]
     Tls(cluster::TlsCommand),
@@ -158,6 +162,7 @@ pub fn main() -> ExitCode {
         Command::Instance(cmd) => (cluster::instance(cmd), 1),
         Command::Node(cmd) => (cluster::node(cmd).map(|()| 0), 1),
         Command::Tenant(cmd) => (cluster::tenant(cmd).map(|()| 0), 1),
+        Command::Token(cmd) => (cluster::tokens(cmd).map(|()| 0), 1),
         Command::Tls(cmd) => (cluster::tls(cmd).map(|()| 0), 1),
         Command::Completion { shell } => {
             clap_complete::generate(

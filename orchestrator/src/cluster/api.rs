@@ -23,7 +23,9 @@ pub const ROUTES: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("post", "/v1/nodes", "admin", "Register or update a node ({name, labels, allocatable, runtimes}).", "Node", "NodeRegistered"),
     ("get", "/v1/nodes", "admin", "Nodes with readiness, allocation and instance counts.", "", "[NodeRow]"),
     ("post", "/v1/nodes/{name}/heartbeat", "admin", "The node is alive.", "", "Revision"),
-    ("post", "/v1/nodes/tokens", "admin", "A new join token for `bulkhead node --join-token`.", "", "TokenAnswer"),
+    ("post", "/v1/nodes/tokens", "admin", "A new join token for `bulkhead node` (BULKHEAD_JOIN_TOKEN or --join-token-file); ?ttl_s=N (default 86400, 0: until revoked).", "", "TokenAnswer"),
+    ("get", "/v1/tokens", "admin", "Every token by id (the start of its SHA-256, never the token): kind, name, made, expires.", "", "[TokenInfo]"),
+    ("delete", "/v1/tokens/{id}", "admin", "Revoke a token by its id or a unique prefix of 8+ hex digits (not the admin token; a node's takes its name's binding along).", "", "TokenInfo"),
     ("post", "/v1/nodes/join", "join token", "A node joins ({name, labels, allocatable, runtimes, images, api, api_secret, api_cert, node_token}; its API https only, with that certificate): registered, and given its own token, the cluster's timing and the control plane's addresses. A name that is registered and holds a token needs that token as node_token (409 otherwise, nothing changed).", "JoinRequest", "Joined"),
     ("post", "/v1/nodes/{name}/sync", "that node", "Heartbeat with reports ({reports: [{tenant, service, index, fence, state: running|exited, code}], images}); returns its assignments.", "SyncRequest", "Synced"),
     ("delete", "/v1/nodes/{name}", "admin", "Remove a node and free its name (its token stops working); refused (409) while instances assigned to it may still run (drain it first).", "", "NodeRemoved"),
@@ -122,10 +124,12 @@ pub struct TenantCreated {
     pub token: String,
 }
 
-/// A token (a node's join token).
+/// A token (a node's join token), and when it stops working (wall-clock ms).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenAnswer {
     pub token: String,
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
 }
 
 /// The store revision a write made.
@@ -268,6 +272,7 @@ pub fn schemas() -> Vec<(
     add::<NewTenant>(&mut out);
     add::<TenantCreated>(&mut out);
     add::<TokenAnswer>(&mut out);
+    add::<super::auth::TokenInfo>(&mut out);
     add::<Revision>(&mut out);
     add::<NodeRegistered>(&mut out);
     add::<Node>(&mut out);

@@ -1,6 +1,9 @@
 //! Who is asking: bearer tokens (32 random bytes, hex), kept only as their
-//! SHA-256 in the store, each naming the admin (nodes, tenants, cordon) or
-//! one tenant (its own services and instances, within its quota).
+//! SHA-256 in the store, each naming the admin (nodes, tenants, cordon),
+//! one tenant (its own services and instances, within its quota), the
+//! right to join nodes, or one node. A token may expire (join tokens do,
+//! after 24 h unless asked otherwise, as kubeadm's); every token can be
+//! listed by an id (the start of its hash, never the token) and revoked.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -19,6 +22,68 @@ pub enum Principal {
     /// One node: its own heartbeats, reports and assignments.
     Node(String),
 }
+
+/// What the store keeps for a token (under `/tokens/<its SHA-256>`).
+/// Older stores hold a bare [`Principal`]: read as never expiring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub principal: Principal,
+    /// Wall-clock ms when it was made (0: before records had times).
+    #[serde(default)]
+    pub created_ms: u64,
+    /// Wall-clock ms after which it no longer works.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    fn new(principal: Principal, now_ms: u64, ttl_ms: Option<u64>) -> Self {
+        TokenRecord {
+            principal,
+            created_ms: now_ms,
+            expires_ms: ttl_ms.map(|t| now_ms.saturating_add(t)),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn decode(e: &super::store::Entry) -> Result<TokenRecord, StateError> {
+        serde_json::from_slice::<TokenRecord>(&e.value)
+            .or_else(|_| {
+                serde_json::from_slice::<Principal>(&e.value)
+                    .map(|principal| TokenRecord::new(principal, 0, None))
+            })
+            .map_err(|err| StateError::Corrupt(e.key.clone(), err.to_string()))
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|t| now_ms >= t)
+    }
+}
+
+/// A token as `token ls` shows it: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    /// The first 16 hex digits of the token's SHA-256: what `token rm` takes.
+    pub id: String,
+    /// admin, tenant, join or node.
+    pub kind: String,
+    /// The tenant's or the node's name.
+    pub name: Option<String>,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    /// Whether it expired (it is refused; `token rm` clears it away).
+    pub expired: bool,
+}
+
+/// How long a join token works unless asked otherwise: a day, as kubeadm's.
+pub const JOIN_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
+
+const TOKENS: &str = "/tokens/";
+/// An id is this many hex digits of the token's hash.
+const ID_LEN: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
@@ -43,7 +108,25 @@ pub fn new_token() -> std::io::Result<String> {
 }
 
 fn token_key(token: &str) -> String {
-    format!("/tokens/{}", hex::encode(Sha256::digest(token.as_bytes())))
+    format!("{TOKENS}{}", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+fn info_of(key: &str, r: &TokenRecord, now_ms: u64) -> TokenInfo {
+    let hash = key.strip_prefix(TOKENS).unwrap_or(key);
+    let (kind, name) = match &r.principal {
+        Principal::Admin => ("admin", None),
+        Principal::Tenant(t) => ("tenant", Some(t.clone())),
+        Principal::Join => ("join", None),
+        Principal::Node(n) => ("node", Some(n.clone())),
+    };
+    TokenInfo {
+        id: hash.chars().take(ID_LEN).collect(),
+        kind: kind.into(),
+        name,
+        created_ms: r.created_ms,
+        expires_ms: r.expires_ms,
+        expired: r.expired(now_ms),
+    }
 }
 
 fn tenant_key(name: &str) -> String {
@@ -51,14 +134,72 @@ fn tenant_key(name: &str) -> String {
 }
 
 impl Cluster {
-    /// The principal a token stands for, if any.
-    pub fn principal(&self, token: &str) -> Result<Option<Principal>, StateError> {
+    /// The principal a token stands for at `now_ms`, if any (an expired
+    /// token stands for none).
+    pub fn principal(&self, token: &str, now_ms: u64) -> Result<Option<Principal>, StateError> {
         match self.store.get(&token_key(token))? {
-            Some(e) => serde_json::from_slice(&e.value)
-                .map(Some)
-                .map_err(|err| StateError::Corrupt(e.key, err.to_string())),
+            Some(e) => {
+                let r = TokenRecord::decode(&e)?;
+                Ok((!r.expired(now_ms)).then_some(r.principal))
+            }
             None => Ok(None),
         }
+    }
+
+    /// Every token, as ids: the admin's, tenants', join and node tokens.
+    pub fn list_tokens(&self, now_ms: u64) -> Result<Vec<TokenInfo>, StateError> {
+        let mut out = Vec::new();
+        for e in self.store.list(TOKENS)? {
+            out.push(info_of(&e.key, &TokenRecord::decode(&e)?, now_ms));
+        }
+        out.sort_by(|a, b| (&a.kind, &a.name, a.created_ms).cmp(&(&b.kind, &b.name, b.created_ms)));
+        Ok(out)
+    }
+
+    /// Revokes the token whose id starts with `id` (8 hex digits at least,
+    /// and one token only). The admin token is not revoked: nothing could
+    /// make another. A node's token takes its name's binding with it, so
+    /// the node must join again (with a join token).
+    pub fn revoke_token(&self, id: &str, now_ms: u64) -> Result<TokenInfo, StateError> {
+        let id = id.to_ascii_lowercase();
+        if id.len() < 8 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StateError::Spec(super::spec::SpecError::Field {
+                field: "id",
+                why: format!("{id:?}: 8 to 64 hex digits, as `token ls` shows"),
+            }));
+        }
+        let found = self.store.list(&format!("{TOKENS}{id}"))?;
+        let e = match found.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(StateError::NoService(format!("token {id}"))),
+            _ => {
+                return Err(StateError::Taken(format!(
+                    "{id} names {} tokens: give more of its digits",
+                    found.len()
+                )))
+            }
+        };
+        let r = TokenRecord::decode(&e)?;
+        let mut ops = vec![Op::Delete(e.key.clone())];
+        match &r.principal {
+            Principal::Admin => {
+                return Err(StateError::Taken(
+                    "the admin token is not revoked: it is the only way in".into(),
+                ))
+            }
+            Principal::Node(n) => {
+                let bound = format!("/node-tokens/{n}");
+                if let Some(b) = self.store.get(&bound)? {
+                    if b.value == e.key.as_bytes() {
+                        ops.push(Op::Delete(bound));
+                    }
+                }
+            }
+            Principal::Tenant(_) | Principal::Join => {}
+        }
+        self.store
+            .txn(&[Compare::Revision(e.key.clone(), e.revision)], &ops)?;
+        Ok(info_of(&e.key, &r, now_ms))
     }
 
     /// Stores `token` for the admin unless an admin token exists; true if stored.
@@ -66,7 +207,8 @@ impl Cluster {
         if self.store.get("/admin")?.is_some() {
             return Ok(false);
         }
-        let principal = serde_json::to_vec(&Principal::Admin).unwrap_or_default();
+        let now = crate::state::record::now_ms();
+        let principal = TokenRecord::new(Principal::Admin, now, None).bytes();
         self.store.txn(
             &[Compare::Absent("/admin".into())],
             &[
@@ -92,7 +234,8 @@ impl Cluster {
             quota,
         })
         .unwrap_or_default();
-        let principal = serde_json::to_vec(&Principal::Tenant(name.into())).unwrap_or_default();
+        let now = crate::state::record::now_ms();
+        let principal = TokenRecord::new(Principal::Tenant(name.into()), now, None).bytes();
         let key = tenant_key(name);
         match self.store.txn(
             &[Compare::Absent(key.clone())],
@@ -106,14 +249,19 @@ impl Cluster {
         }
     }
 
-    /// A new join token (reusable: one per cluster or per batch of hosts).
-    pub fn create_join_token(&self) -> Result<String, StateError> {
+    /// A new join token (reusable: one per cluster or per batch of hosts)
+    /// that works for `ttl_ms` (`None`: until revoked); and when it ends.
+    pub fn create_join_token(
+        &self,
+        now_ms: u64,
+        ttl_ms: Option<u64>,
+    ) -> Result<(String, Option<u64>), StateError> {
         let token =
             new_token().map_err(|e| StateError::Corrupt("/dev/urandom".into(), e.to_string()))?;
-        let principal = serde_json::to_vec(&Principal::Join).unwrap_or_default();
+        let record = TokenRecord::new(Principal::Join, now_ms, ttl_ms);
         self.store
-            .txn(&[], &[Op::Put(token_key(&token), principal)])?;
-        Ok(token)
+            .txn(&[], &[Op::Put(token_key(&token), record.bytes())])?;
+        Ok((token, record.expires_ms))
     }
 
     /// Node `node.name` joins: its record (keeping a cordon), how the
@@ -157,7 +305,7 @@ impl Cluster {
         }
         let token =
             new_token().map_err(|e| StateError::Corrupt("/dev/urandom".into(), e.to_string()))?;
-        let principal = serde_json::to_vec(&Principal::Node(name.clone())).unwrap_or_default();
+        let principal = TokenRecord::new(Principal::Node(name.clone()), now_ms, None).bytes();
         ops.push(Op::Put(token_key(&token), principal));
         ops.push(Op::Put(bound, token_key(&token).into_bytes()));
         ops.push(Op::Put(nkey, encode(&node)));
@@ -247,8 +395,11 @@ mod tests {
             !c.init_admin("bh_other").unwrap_or(true),
             "one admin token, set once"
         );
-        assert_eq!(c.principal(&admin).ok().flatten(), Some(Principal::Admin));
-        assert_eq!(c.principal("bh_other").ok().flatten(), None);
+        assert_eq!(
+            c.principal(&admin, 20).ok().flatten(),
+            Some(Principal::Admin)
+        );
+        assert_eq!(c.principal("bh_other", 20).ok().flatten(), None);
         let t = c
             .create_tenant(
                 "acme",
@@ -259,7 +410,7 @@ mod tests {
             )
             .unwrap_or_default();
         assert_eq!(
-            c.principal(&t).ok().flatten(),
+            c.principal(&t, 20).ok().flatten(),
             Some(Principal::Tenant("acme".into()))
         );
         assert!(matches!(
@@ -271,8 +422,8 @@ mod tests {
             c.tenant("acme").map(|t| t.quota.instances).ok(),
             Some(Some(3))
         );
-        let join = c.create_join_token().unwrap_or_default();
-        assert_eq!(c.principal(&join).ok().flatten(), Some(Principal::Join));
+        let (join, _) = c.create_join_token(0, None).unwrap_or_default();
+        assert_eq!(c.principal(&join, 20).ok().flatten(), Some(Principal::Join));
         let node = |api: &str| Node {
             name: "n1".into(),
             labels: Default::default(),
@@ -287,7 +438,7 @@ mod tests {
             .join_node(node("https://10.0.0.1:7071"), None, None, 5)
             .unwrap_or_default();
         assert_eq!(
-            c.principal(&n1).ok().flatten(),
+            c.principal(&n1, 20).ok().flatten(),
             Some(Principal::Node("n1".into()))
         );
         // A second join under the bound name, without its token or with another: refused, nothing changes.
@@ -310,12 +461,12 @@ mod tests {
             .join_node(node("https://10.0.0.1:7072"), None, Some(&n1), 10)
             .unwrap_or_default();
         assert_eq!(
-            c.principal(&n1).ok().flatten(),
+            c.principal(&n1, 20).ok().flatten(),
             None,
             "a node's new token replaces its old one"
         );
         assert_eq!(
-            c.principal(&n1_again).ok().flatten(),
+            c.principal(&n1_again, 20).ok().flatten(),
             Some(Principal::Node("n1".into()))
         );
         assert_eq!(c.last_heartbeat_ms("n1").ok(), Some(10));
@@ -331,5 +482,94 @@ mod tests {
             !raw.contains(&admin[3..]) && !raw.contains(&t[3..]),
             "no token in the store as is"
         );
+    }
+
+    #[test]
+    fn tokens_expire_are_listed_by_id_and_revoked() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let c = Cluster::new(
+            FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let admin = new_token().unwrap_or_default();
+        assert!(c.init_admin(&admin).unwrap_or(false));
+        let tenant = c
+            .create_tenant("acme", Quota::default())
+            .unwrap_or_default();
+        let (join, ends) = c
+            .create_join_token(1000, Some(JOIN_TOKEN_TTL_MS))
+            .unwrap_or_default();
+        assert_eq!(ends, Some(1000 + JOIN_TOKEN_TTL_MS));
+        let last = 1000 + JOIN_TOKEN_TTL_MS - 1;
+        assert_eq!(
+            c.principal(&join, last).ok().flatten(),
+            Some(Principal::Join)
+        );
+        assert_eq!(c.principal(&join, last + 1).ok().flatten(), None, "expired");
+        let (forever, none) = c.create_join_token(2000, None).unwrap_or_default();
+        assert_eq!(none, None);
+        assert!(c.principal(&forever, u64::MAX).ok().flatten().is_some());
+
+        let list = c.list_tokens(last + 1).unwrap_or_default();
+        let kinds: Vec<(&str, bool)> = list.iter().map(|t| (t.kind.as_str(), t.expired)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("admin", false),
+                ("join", true),
+                ("join", false),
+                ("tenant", false)
+            ]
+        );
+        let shown = serde_json::to_string(&list).unwrap_or_default();
+        for secret in [&admin, &tenant, &join, &forever] {
+            assert!(
+                !shown.contains(&secret[3..]),
+                "a listing never shows a token"
+            );
+        }
+
+        // Bad ids and the admin token are refused, and nothing changes.
+        let before = c.store.list("/").unwrap_or_default();
+        let admin_id = list[0].id.clone();
+        for bad in ["", "abc", "not-hex-at-all!", &admin_id] {
+            assert!(c.revoke_token(bad, 0).is_err(), "{bad:?}");
+        }
+        assert_eq!(c.store.list("/").unwrap_or_default(), before);
+        // The tenant's token, by a prefix of its id.
+        let tenant_id = list
+            .iter()
+            .find(|t| t.kind == "tenant")
+            .map(|t| t.id.clone());
+        let gone = c.revoke_token(&tenant_id.unwrap_or_default()[..8], 0);
+        assert_eq!(gone.map(|t| t.name).ok().flatten().as_deref(), Some("acme"));
+        assert_eq!(c.principal(&tenant, 0).ok().flatten(), None);
+        assert_eq!(
+            c.principal(&admin, 0).ok().flatten(),
+            Some(Principal::Admin)
+        );
+
+        // A node's token: revoked with its name's binding, so the name
+        // can be joined again with a join token.
+        let node = Node {
+            name: "n1".into(),
+            labels: Default::default(),
+            capacity: None,
+            allocatable: Default::default(),
+            runtimes: vec![],
+            cordoned: false,
+            api: None,
+            images: None,
+        };
+        let n1 = c.join_node(node.clone(), None, None, 5).unwrap_or_default();
+        let id = c
+            .list_tokens(5)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|t| t.kind == "node")
+            .map(|t| t.id)
+            .unwrap_or_default();
+        assert!(c.revoke_token(&id, 5).is_ok());
+        assert_eq!(c.principal(&n1, 5).ok().flatten(), None);
+        assert!(c.join_node(node, None, None, 6).is_ok());
     }
 }

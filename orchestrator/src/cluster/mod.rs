@@ -8,6 +8,7 @@ pub mod assign;
 pub mod auth;
 pub mod backoff;
 pub mod etcd;
+pub mod listen;
 pub mod node;
 pub mod node_api;
 pub mod reconcile;

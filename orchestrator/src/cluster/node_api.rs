@@ -191,7 +191,15 @@ pub async fn serve(
         .route("/logs", get(logs))
         .route("/exec", post(exec))
         .with_state(app);
-    super::tls::serve(listener, router, tls).await
+    let limits = super::listen::Limits::for_this_process();
+    super::listen::serve(
+        listener,
+        super::listen::limited(router),
+        Some(tls),
+        limits,
+        std::future::pending(),
+    )
+    .await
 }
 
 #[cfg(test)]

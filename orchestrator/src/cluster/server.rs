@@ -131,7 +131,7 @@ fn who(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError> {
         ));
     };
     app.cluster
-        .principal(token)?
+        .principal(token, app.clock.now_ms())?
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))
 }
 
@@ -210,11 +210,41 @@ async fn register_node(State(app): State<App>, headers: HeaderMap, text: String)
     ok(api::NodeRegistered { name, revision })
 }
 
-async fn join_token(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+async fn join_token(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     admin(&app, &headers)?;
-    ok(api::TokenAnswer {
-        token: app.cluster.create_join_token()?,
-    })
+    let ttl_ms = match q.as_deref() {
+        None | Some("") => Some(super::auth::JOIN_TOKEN_TTL_MS),
+        Some(q) => match q.strip_prefix("ttl_s=").and_then(|n| n.parse::<u64>().ok()) {
+            Some(0) => None,
+            Some(s) => Some(s.saturating_mul(1000)),
+            None => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("query {q:?}: only ttl_s=N (seconds; 0: until revoked)"),
+                ))
+            }
+        },
+    };
+    let (token, expires_ms) = app.cluster.create_join_token(app.clock.now_ms(), ttl_ms)?;
+    ok(api::TokenAnswer { token, expires_ms })
+}
+
+async fn tokens(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(app.cluster.list_tokens(app.clock.now_ms())?)
+}
+
+async fn revoke_token(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(app.cluster.revoke_token(&id, app.clock.now_ms())?)
 }
 
 fn valid_node(n: &Node) -> Result<(), ApiError> {
@@ -616,12 +646,14 @@ async fn no_route() -> ApiError {
 }
 
 fn router(app: App) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/openapi.json", get(openapi))
         .route("/v1/tenants", post(create_tenant))
         .route("/v1/nodes", post(register_node).get(nodes))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes/tokens", post(join_token))
+        .route("/v1/tokens", get(tokens))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/v1/nodes/join", post(join))
         .route("/v1/nodes/{name}/sync", post(sync))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
@@ -641,7 +673,8 @@ fn router(app: App) -> Router {
             post(instance_exec),
         )
         .fallback(no_route)
-        .with_state(app)
+        .with_state(app);
+    super::listen::limited(routes)
 }
 
 /// The reconciler: a pass every `reconcile_ms`, on its own thread (the
@@ -710,17 +743,6 @@ pub async fn serve(
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    match tls {
-        None => {
-            axum::serve(listener, router(app))
-                .with_graceful_shutdown(stop)
-                .await
-        }
-        Some(config) => {
-            tokio::select! {
-                r = super::tls::serve(listener, router(app), config) => r,
-                _ = stop => Ok(()),
-            }
-        }
-    }
+    let limits = super::listen::Limits::for_this_process();
+    super::listen::serve(listener, router(app), tls, limits, stop).await
 }

@@ -26,6 +26,11 @@ fn file_err(path: &Path, why: impl std::fmt::Display) -> TlsError {
     }
 }
 
+/// Our clients drop a pooled connection idle this long: before the
+/// servers' own idle limit (`listen::HEADER_TIMEOUT`), so a request never
+/// goes out on a connection the server is closing.
+const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -84,7 +89,7 @@ pub fn self_signed(names: &[String]) -> Result<(String, String), TlsError> {
 pub fn client(ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
     // The TLS stack's crypto (reqwest is built without a default): ring, once per process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let b = reqwest::Client::builder();
+    let b = reqwest::Client::builder().pool_idle_timeout(CLIENT_IDLE);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).map_err(|e| file_err(ca, e))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| file_err(ca, e))?;
@@ -101,6 +106,7 @@ pub fn client(ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
         // No system roots to be found (a minimal root fs): plain http still
         // works, https fails to verify, with --cacert the way out.
         Err(_) => reqwest::Client::builder()
+            .pool_idle_timeout(CLIENT_IDLE)
             .tls_certs_only(Vec::new())
             .build()
             .map_err(|e| TlsError::Config(e.to_string())),
@@ -118,42 +124,10 @@ pub fn pinned_client(cert: &str) -> Result<reqwest::Client, TlsError> {
         ));
     }
     reqwest::Client::builder()
+        .pool_idle_timeout(CLIENT_IDLE)
         .tls_certs_only(certs)
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))
-}
-
-/// Serves `app` over TLS on `listener`: each connection's handshake (10 s
-/// at most), then HTTP/1.1. Runs until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    config: Arc<rustls::ServerConfig>,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("bulkhead: accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-            else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 #[cfg(test)]
@@ -224,10 +198,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
                 .port();
             let app = axum::Router::new().route("/hi", axum::routing::get(|| async { "hello" }));
-            tokio::spawn(serve(
+            tokio::spawn(crate::cluster::listen::serve(
                 listener,
                 app,
-                server_config_pem(&cert, &key).unwrap_or_else(|e| panic!("{e}")),
+                Some(server_config_pem(&cert, &key).unwrap_or_else(|e| panic!("{e}"))),
+                crate::cluster::listen::Limits::for_this_process(),
+                std::future::pending(),
             ));
             let url = format!("https://127.0.0.1:{port}/hi");
             let got = pinned_client(&cert)

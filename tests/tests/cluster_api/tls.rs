@@ -73,7 +73,8 @@ pub(super) fn the_api_over_tls_with_a_self_signed_pair() {
         Command::new(bulkhead())
             .args(["tenant", "create"])
             .args(extra)
-            .args(["--server", &url, "--token", &s.admin])
+            .args(["--server", &url])
+            .env("BULKHEAD_TOKEN", &s.admin)
             .output()
             .unwrap()
     };
@@ -84,9 +85,8 @@ pub(super) fn the_api_over_tls_with_a_self_signed_pair() {
         show(&o)
     );
     let o = Command::new(bulkhead())
-        .args([
-            "tenant", "create", "beta", "--server", &url, "--token", &s.admin,
-        ])
+        .args(["tenant", "create", "beta", "--server", &url])
+        .env("BULKHEAD_TOKEN", &s.admin)
         .env("BULKHEAD_CACERT", &cert)
         .output()
         .unwrap();
@@ -111,9 +111,8 @@ pub(super) fn the_api_over_tls_with_a_self_signed_pair() {
             "plain",
             "--server",
             &format!("http://{}", s.addr),
-            "--token",
-            &s.admin,
         ])
+        .env("BULKHEAD_TOKEN", &s.admin)
         .output()
         .unwrap();
     assert!(

@@ -137,22 +137,26 @@ pub(super) struct Cluster {
     pub(super) join: String,
     pub(super) url: String,
     pub(super) counter: Counter,
+    pub(super) fd_limit: Option<u64>,
     pub(super) _etcd: Option<Etcd>,
     pub(super) _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    pub(super) fn bh_in(&self, ns: &NetNs, args: &[&str]) -> Output {
+    /// `bulkhead ARGS` in `ns` with `token` in the environment (never argv).
+    pub(super) fn bh_as(&self, ns: &NetNs, token: &str, args: &[&str]) -> Output {
         let mut c = Command::new(bulkhead());
-        c.args(args).stdin(Stdio::null());
+        c.args(args)
+            .env("BULKHEAD_TOKEN", token)
+            .stdin(Stdio::null());
         netns::command_in(&mut c, &ns.path()).unwrap();
         c.output().unwrap()
     }
 
     pub(super) fn api(&self, token: &str, args: &[&str]) -> Value {
         let mut all = args.to_vec();
-        all.extend(["--server", &self.url, "--token", token, "--format", "json"]);
-        let o = self.bh_in(&self.lan, &all);
+        all.extend(["--server", &self.url, "--format", "json"]);
+        let o = self.bh_as(&self.lan, token, &all);
         assert!(
             o.status.success(),
             "bulkhead {args:?}: {}",
@@ -170,8 +174,6 @@ impl Cluster {
             "--insecure",
             "--server",
             &self.url,
-            "--join-token",
-            &self.join,
             "--name",
             &name,
             "--cpus",
@@ -183,8 +185,11 @@ impl Cluster {
             "--label",
             &format!("host={name}"),
         ]);
-        c.env("BULKHEAD_DATA", &self.data[i]).stdin(Stdio::null());
+        c.env("BULKHEAD_DATA", &self.data[i])
+            .env("BULKHEAD_JOIN_TOKEN", &self.join)
+            .stdin(Stdio::null());
         netns::command_in(&mut c, &self.hosts[i].path()).unwrap();
+        with_fd_limit(&mut c, self.fd_limit);
         self.nodes[i] = Some(Proc(c.spawn().unwrap()));
     }
 
@@ -353,6 +358,21 @@ pub(super) struct Shape {
     pub(super) etcd_members: usize,
     /// Server flags: timing and backoff.
     pub(super) timing: &'static [&'static str],
+    /// The daemons' descriptor limit (soft and hard), as a service manager
+    /// would set it; `None`: the test's own.
+    pub(super) fd_limit: Option<u64>,
+}
+
+/// Makes `cmd` start with `limit` descriptors (soft and hard).
+pub(super) fn with_fd_limit(cmd: &mut Command, limit: Option<u64>) {
+    let Some(limit) = limit else { return };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Starts server `i` (its flags kept in the cluster) and waits for it to listen.
@@ -362,6 +382,7 @@ pub(super) fn start_server(c: &mut Cluster, i: usize) {
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     netns::command_in(&mut cmd, &c.lan.path()).unwrap();
+    with_fd_limit(&mut cmd, c.fd_limit);
     let mut child = cmd.spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     loop {
@@ -477,6 +498,7 @@ pub(super) fn setup(shape: Shape) -> Cluster {
         join: String::new(),
         url,
         counter: Counter::default(),
+        fd_limit: shape.fd_limit,
         _etcd: etcd,
         _dir: dir,
     };
@@ -499,11 +521,10 @@ pub(super) fn setup(shape: Shape) -> Cluster {
         .as_str()
         .unwrap()
         .to_string();
-    let o = cl.bh_in(
+    let o = cl.bh_as(
         &cl.lan,
-        &[
-            "node", "token", "create", "--server", &cl.url, "--token", &cl.admin,
-        ],
+        &cl.admin,
+        &["node", "token", "create", "--server", &cl.url],
     );
     assert!(o.status.success(), "{o:?}");
     cl.join = String::from_utf8_lossy(&o.stdout).trim().to_string();

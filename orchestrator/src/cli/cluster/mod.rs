@@ -12,11 +12,13 @@
 mod node;
 mod server;
 mod tenant;
+mod token;
 mod workloads;
 
 pub use node::*;
 pub use server::*;
 pub use tenant::*;
+pub use token::*;
 pub use workloads::*;
 
 use std::net::SocketAddr;
@@ -53,8 +55,12 @@ pub struct Conn {
     /// and leads is used; default: $BULKHEAD_SERVER, else http://127.0.0.1:7070).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// A bearer token (default: $BULKHEAD_TOKEN).
-    #[arg(long)]
+    /// A file holding the bearer token (default: $BULKHEAD_TOKEN). Never
+    /// the token itself as an argument: every user of the host reads those.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Refused: see --token-file.
+    #[arg(long, hide = true, value_name = "TOKEN")]
     token: Option<String>,
     /// For https:// servers: trust only this CA certificate (PEM), e.g. the
     /// one `bulkhead tls self-signed` made (default: $BULKHEAD_CACERT, else
@@ -86,11 +92,15 @@ impl Conn {
             })
             .unwrap_or_else(|| DEFAULT_SERVER.into());
         let base = base.trim_end_matches('/').to_string();
-        let token = self
-            .token
-            .clone()
-            .or_else(|| std::env::var("BULKHEAD_TOKEN").ok().filter(|s| !s.is_empty()))
-            .context("no token: --token or BULKHEAD_TOKEN (the server wrote the admin token beside its store)")?;
+        if self.token.is_some() {
+            return Err(crate::cli::secrets::no_secret_in_argv(
+                "--token",
+                "BULKHEAD_TOKEN",
+                "--token-file",
+            ));
+        }
+        let token = crate::cli::secrets::secret(self.token_file.as_deref(), "BULKHEAD_TOKEN")?
+            .context("no token: BULKHEAD_TOKEN or --token-file (the server wrote the admin token beside its store)")?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// `bulkhead node --server URL --join-token T` runs the node daemon;
+/// `BULKHEAD_JOIN_TOKEN=T bulkhead node --server URL` runs the node daemon;
 /// `bulkhead node ls|cordon|uncordon|drain|token` manage nodes (admin).
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -20,8 +20,12 @@ pub struct DaemonArgs {
     /// $BULKHEAD_SERVER, else http://127.0.0.1:7070).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// From `bulkhead node token create` (default: $BULKHEAD_JOIN_TOKEN).
-    #[arg(long, value_name = "TOKEN")]
+    /// A file holding a join token from `bulkhead node token create`
+    /// (default: $BULKHEAD_JOIN_TOKEN). Never the token as an argument.
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
+    /// Refused: see --join-token-file.
+    #[arg(long, hide = true, value_name = "TOKEN")]
     join_token: Option<String>,
     /// This node's name (default: the host name).
     #[arg(long)]
@@ -99,8 +103,14 @@ pub enum NodeCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// A new join token (admin); prints it.
-    Create(Conn),
+    /// A new join token (admin); prints it. It works for --ttl.
+    Create {
+        /// How long it works (`30m`, `24h`, ...; `0`: until revoked).
+        #[arg(long, default_value = "24h", value_parser = super::parse_duration_ms)]
+        ttl: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 fn host_name() -> String {
@@ -118,10 +128,15 @@ fn daemon(a: DaemonArgs) -> Result<()> {
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| DEFAULT_SERVER.into());
-    let join_token = a
-        .join_token
-        .or_else(|| std::env::var("BULKHEAD_JOIN_TOKEN").ok().filter(|s| !s.is_empty()))
-        .context("`bulkhead node` runs the node daemon: it needs --join-token (from `bulkhead node token create`) or BULKHEAD_JOIN_TOKEN; or use a subcommand (ls, cordon, uncordon, drain, rm, token)")?;
+    if a.join_token.is_some() {
+        return Err(crate::cli::secrets::no_secret_in_argv(
+            "--join-token",
+            "BULKHEAD_JOIN_TOKEN",
+            "--join-token-file",
+        ));
+    }
+    let join_token = crate::cli::secrets::secret(a.join_token_file.as_deref(), "BULKHEAD_JOIN_TOKEN")?
+        .context("`bulkhead node` runs the node daemon: it needs a join token (from `bulkhead node token create`) in BULKHEAD_JOIN_TOKEN or --join-token-file; or use a subcommand (ls, cordon, uncordon, drain, rm, token)")?;
     if !nix::unistd::geteuid().is_root() {
         bail!("the node daemon needs root (it runs workloads through `bulkhead run`)");
     }
@@ -206,9 +221,18 @@ pub fn node(a: NodeArgs) -> Result<()> {
                 r.instances_moved
             );
         }
-        NodeCommand::Token(TokenCommand::Create(conn)) => {
-            let v = conn.call(reqwest::Method::POST, "/v1/nodes/tokens", None)?;
-            println!("{}", typed::<api::TokenAnswer>(&v)?.token);
+        NodeCommand::Token(TokenCommand::Create { ttl, conn }) => {
+            let v = conn.call(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/tokens?ttl_s={}", ttl.div_ceil(1000)),
+                None,
+            )?;
+            let t: api::TokenAnswer = typed(&v)?;
+            println!("{}", t.token);
+            match t.expires_ms {
+                Some(ms) => eprintln!("it works until {}", super::token::wall_time(ms)),
+                None => eprintln!("it works until revoked (`bulkhead token rm`)"),
+            }
         }
         NodeCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/nodes", None)?;
