@@ -68,7 +68,9 @@ pub fn cached(agent: &Path) -> Result<PathBuf, AgentInitramfsError> {
         &digest[..16],
         std::process::id()
     ));
-    std::fs::write(&tmp, image).map_err(io(format!("write {}", tmp.display())))?;
+    std::fs::write(&tmp, image)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))?;
     Ok(path)
 }

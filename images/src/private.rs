@@ -87,6 +87,9 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?; // a tmp an older run left keeps its mode otherwise
     f.write_all(bytes)?;
+    // On disk before it takes the name: a crash leaves the old file or
+    // the new one, never a torn one.
+    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 

@@ -156,6 +156,14 @@ pub fn build(
         Ok(s) => return Err(RootDiskError::Tool(format!("{tool} failed: {s}"))),
         Err(e) => return Err(RootDiskError::Tool(format!("{tool}: {e}"))),
     }
+    // On disk before it is published: a crash never leaves a torn disk
+    // under the name later runs use.
+    std::fs::File::open(&out)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Io {
+            what: format!("sync {}", out.display()),
+            source: e,
+        })?;
     std::fs::rename(&out, &path).map_err(|e| StoreError::Io {
         what: format!("publish {}", path.display()),
         source: e,

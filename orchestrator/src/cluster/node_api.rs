@@ -152,6 +152,8 @@ async fn exec(
     cmd.env("BULKHEAD_DATA", &app.data)
         .arg("exec")
         .arg(&id)
+        // The tenant's words are the command, never flags of ours.
+        .arg("--")
         .args(&req.command)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

@@ -305,6 +305,22 @@ pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
     for p in &spec.ports {
         let parsed =
             crate::network::Publish::parse(p).map_err(|e| field("ports", e.to_string()))?;
+        // The node's own ports and addresses are not a tenant's to take.
+        if parsed.host_port < 1024 {
+            return Err(field(
+                "ports",
+                format!("{p}: host ports below 1024 are the node's; publish on 1024 or above"),
+            ));
+        }
+        if parsed
+            .host_ip
+            .is_some_and(|ip| ip.is_loopback() || ip.is_link_local() || ip.is_multicast())
+        {
+            return Err(field(
+                "ports",
+                format!("{p}: a tenant publishes on the node's public addresses, not loopback or link-local"),
+            ));
+        }
         if let Some(q) = ports
             .iter()
             .find(|q: &&crate::network::Publish| q.clashes(&parsed))
@@ -450,6 +466,15 @@ ports: ['8080:80']
             ("name: a\nimage: x\nenv: {'A=B': c}\n", "env:"),
             ("name: a\nimage: x\nenv: {BULKHEAD_FENCE: '1'}\n", "env:"),
             ("name: a\nimage: x\nports: ['80']\n", "ports:"),
+            ("name: a\nimage: x\nports: ['80:80']\n", "below 1024"),
+            (
+                "name: a\nimage: x\nports: ['127.0.0.1:8080:80']\n",
+                "not loopback",
+            ),
+            (
+                "name: a\nimage: x\nports: ['169.254.1.1:8080:80']\n",
+                "not loopback",
+            ),
             (
                 "name: a\nimage: x\nports: ['8080:80', '8080:81']\n",
                 "same host port",

@@ -606,7 +606,9 @@ pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
     let path = CString::new(rel).ok()?;
     // SAFETY: open_how is plain integers; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    // Non-blocking: a FIFO the image put there opens at once (and is then
+    // refused as not a file) instead of hanging the supervisor.
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: openat2 reads `how` (of the size given) and the NUL-terminated path; both outlive the call.
     let fd = unsafe {

@@ -96,7 +96,22 @@ pub fn console_tail(path: &Path, n: usize) -> String {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    escape_controls(&lines[lines.len().saturating_sub(n)..].join("\n"))
+}
+
+/// Guest-written text made safe for an operator's terminal: control
+/// characters (escape sequences that move the cursor, retitle the window
+/// or rewrite what came before) shown as `\u{..}`; newlines and tabs kept.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Why a microVM did not come up. Each message says what failed; its cause
@@ -476,4 +491,33 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
         let _ = exit.send(report);
     });
     proc_
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_console_text_reaches_the_terminal_escaped() {
+        let hostile = "ok\tline\n\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31mred";
+        let shown = escape_controls(hostile);
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{shown:?}"
+        );
+        assert!(
+            shown.starts_with("ok\tline\n\\u{1b}]0;owned\\u{7}"),
+            "{shown}"
+        );
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, format!("1\n2\n{hostile}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let tail = console_tail(&log, 2);
+        assert!(
+            tail.starts_with("ok\tline\n") && !tail.contains('\u{1b}'),
+            "{tail:?}"
+        );
+    }
 }
