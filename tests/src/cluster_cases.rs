@@ -39,8 +39,11 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     let dir = ctx.data.with_file_name("cluster");
     let token_file = dir.join("admin-token");
     let store = format!("file:{}", dir.join("cluster.redb").display());
+    // Plain HTTP on the test host's loopback (--insecure): the walls test
+    // covers the default TLS.
     let mut server = ctx.cmd(&[
         "server",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--store",

@@ -11,6 +11,8 @@
 mod harness;
 use harness::*;
 
+#[path = "cluster_api/quota.rs"]
+mod quota;
 #[path = "cluster_api/tls.rs"]
 mod tls;
 #[path = "cluster_api/tokens.rs"]
@@ -48,7 +50,15 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
         cli(
             &s,
             &s.admin,
-            &["tenant", "create", "acme", "--instances", "20"],
+            &[
+                "tenant",
+                "create",
+                "acme",
+                "--instances",
+                "20",
+                "--runtimes",
+                "microvm,container",
+            ],
         )
         .stdout,
     )
@@ -174,6 +184,19 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
         String::from_utf8_lossy(&o.stderr).contains("quota of instances"),
         "{}",
         show(&o)
+    );
+    // small may use microVMs only (the default): a container is refused,
+    // and nothing is placed.
+    let o = cli(&s, &small, &["deploy", "-f", w]);
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("not allowed for tenant small"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(
+        json(&cli(&s, &small, &["instance", "ls", "--format", "json"])),
+        serde_json::json!([])
     );
     let cases = [
         (

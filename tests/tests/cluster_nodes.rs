@@ -210,7 +210,30 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         (Some(7), "out\n".into(), "err\n".into()),
         "exec on {node}"
     );
-    let other = c.api(&c.admin, &["tenant", "create", "other"])["token"]
+    // A command that looks like a flag is the tenant's command, not one
+    // of bulkhead's flags: `--help` is run (and not found), not answered.
+    let o = c.bh_as(
+        &c.lan,
+        &c.tenant,
+        &[
+            "instance",
+            "exec",
+            "web",
+            &index.to_string(),
+            "--server",
+            &c.url,
+            "--",
+            "--help",
+        ],
+    );
+    assert!(
+        o.status.code() == Some(127) && !String::from_utf8_lossy(&o.stdout).contains("Usage"),
+        "exec --help on {node}: {o:?}"
+    );
+    let other = c.api(
+        &c.admin,
+        &["tenant", "create", "other", "--runtimes", "container"],
+    )["token"]
         .as_str()
         .unwrap()
         .to_string();

@@ -115,6 +115,9 @@ pub struct NewTenant {
     pub name: String,
     #[serde(default)]
     pub quota: Quota,
+    /// The runtimes its services may use (default: microvm only).
+    #[serde(default)]
+    pub runtimes: Vec<crate::state::record::RuntimeKind>,
 }
 
 /// The tenant made, with its token (shown once).

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::schedule::Quota;
 use super::state::{decode, encode, heartbeat_key, node_key, Cluster, Node, StateError};
 use super::store::{Compare, Op};
+use crate::state::record::RuntimeKind;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +90,15 @@ const ID_LEN: usize = 16;
 pub struct Tenant {
     pub name: String,
     pub quota: Quota,
+    /// The runtimes its services may use: microVMs only unless an admin
+    /// allowed containers (a shared kernel) at `tenant create --runtimes`.
+    #[serde(default = "runtimes_before_the_gate")]
+    pub runtimes: Vec<RuntimeKind>,
+}
+
+/// Tenants made before runtimes were gated could use both, and keep that.
+fn runtimes_before_the_gate() -> Vec<RuntimeKind> {
+    vec![RuntimeKind::Microvm, RuntimeKind::Container]
 }
 
 /// What the server needs to call a node's own API: the secret the node
@@ -219,8 +229,22 @@ impl Cluster {
         Ok(true)
     }
 
-    /// A new tenant and its first token.
-    pub fn create_tenant(&self, name: &str, quota: Quota) -> Result<String, StateError> {
+    /// A new tenant and its first token; limits `quota` leaves out are
+    /// [`super::schedule::DEFAULT_QUOTA`]'s, and without `runtimes` it
+    /// may use microVMs only.
+    pub fn create_tenant(
+        &self,
+        name: &str,
+        quota: Quota,
+        runtimes: &[RuntimeKind],
+    ) -> Result<String, StateError> {
+        let quota = quota.or_defaults();
+        let mut runtimes = runtimes.to_vec();
+        if runtimes.is_empty() {
+            runtimes.push(RuntimeKind::Microvm);
+        }
+        runtimes.sort_by_key(|r| *r as u8);
+        runtimes.dedup();
         if !crate::state::paths::valid_name(name) {
             return Err(StateError::Spec(super::spec::SpecError::Field {
                 field: "name",
@@ -232,6 +256,7 @@ impl Cluster {
         let tenant = serde_json::to_vec(&Tenant {
             name: name.into(),
             quota,
+            runtimes,
         })
         .unwrap_or_default();
         let now = crate::state::record::now_ms();
@@ -407,6 +432,7 @@ mod tests {
                     instances: Some(3),
                     ..Default::default()
                 },
+                &[],
             )
             .unwrap_or_default();
         assert_eq!(
@@ -414,14 +440,26 @@ mod tests {
             Some(Principal::Tenant("acme".into()))
         );
         assert!(matches!(
-            c.create_tenant("acme", Quota::default()),
+            c.create_tenant("acme", Quota::default(), &[]),
             Err(StateError::Exists(_))
         ));
-        assert!(c.create_tenant("a/b", Quota::default()).is_err());
+        assert!(c.create_tenant("a/b", Quota::default(), &[]).is_err());
+        // Its limits, the defaults where none was given, and microVMs only.
+        let acme = c.tenant("acme").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            c.tenant("acme").map(|t| t.quota.instances).ok(),
-            Some(Some(3))
+            (acme.quota.instances, acme.quota.millicpus, acme.runtimes),
+            (
+                Some(3),
+                crate::cluster::schedule::DEFAULT_QUOTA.millicpus,
+                vec![RuntimeKind::Microvm]
+            )
         );
+        // A tenant record from before the gate keeps both runtimes.
+        let old: Tenant = serde_json::from_str(
+            r#"{"name":"old","quota":{"millicpus":null,"memory_mib":null,"instances":null}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(old.runtimes, [RuntimeKind::Microvm, RuntimeKind::Container]);
         let (join, _) = c.create_join_token(0, None).unwrap_or_default();
         assert_eq!(c.principal(&join, 20).ok().flatten(), Some(Principal::Join));
         let node = |api: &str| Node {
@@ -493,7 +531,7 @@ mod tests {
         let admin = new_token().unwrap_or_default();
         assert!(c.init_admin(&admin).unwrap_or(false));
         let tenant = c
-            .create_tenant("acme", Quota::default())
+            .create_tenant("acme", Quota::default(), &[])
             .unwrap_or_default();
         let (join, ends) = c
             .create_join_token(1000, Some(JOIN_TOKEN_TTL_MS))

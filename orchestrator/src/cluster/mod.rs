@@ -7,6 +7,7 @@ pub mod api;
 pub mod assign;
 pub mod auth;
 pub mod backoff;
+pub mod ca;
 pub mod etcd;
 pub mod listen;
 pub mod node;

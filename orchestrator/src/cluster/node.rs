@@ -228,18 +228,19 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         .enable_all()
         .build()
         .map_err(|e| NodeError::Local(e.to_string()))?;
-    let http =
-        super::tls::client(cfg.cacert.as_deref()).map_err(|e| NodeError::Local(e.to_string()))?;
+    let mut cfg = cfg;
+    let (secret_part, pinned) = split_join_token(&cfg.join_token);
+    cfg.join_token = secret_part;
+    let http = rt.block_on(trust(&cfg, pinned.as_deref()))?;
     let client = Client::new(&cfg.server, http);
     let secret = super::auth::new_token().map_err(|e| NodeError::Local(e.to_string()))?;
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| NodeError::Local(format!("the node API on {}: {e}", cfg.listen)))?;
     let port = listener
         .local_addr()
         .map_err(|e| NodeError::Local(e.to_string()))?
         .port();
-    let mut cfg = cfg;
     let api = cfg.advertise.clone().unwrap_or_else(|| {
         format!(
             "https://{}",
@@ -253,18 +254,30 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
             "--advertise {api:?}: https://HOST:PORT (the node API speaks TLS only)"
         ))
     })?;
-    let (cert, key) = super::tls::self_signed(&[host])
-        .map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
+    let (cert, key) = api_certificate(&cfg.data, &host)?;
     let tls = super::tls::server_config_pem(&cert, &key)
         .map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
     cfg.node.api = Some(api);
-    rt.spawn(super::node_api::serve(
-        listener,
-        tls,
-        secret.clone(),
-        cfg.data.clone(),
-        cfg.bulkhead.clone(),
-    ));
+    // The node API on a thread and runtime of its own: what its peers do
+    // never delays the main loop, which renews the leases.
+    let (api_secret, data, bulkhead) = (secret.clone(), cfg.data.clone(), cfg.bulkhead.clone());
+    std::thread::Builder::new()
+        .name("node-api".into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        super::node_api::serve(listener, tls, api_secret, data, bulkhead).await
+                    })
+                });
+            if let Err(e) = served {
+                eprintln!("bulkhead node: the node API stopped: {e}");
+            }
+        })
+        .map_err(|e| NodeError::Local(format!("start the node API: {e}")))?;
     let mut d = Daemon {
         cfg,
         client,
@@ -299,10 +312,29 @@ impl Daemon {
             api_cert: Some(self.cert.clone()),
             node_token: read_identity(&self.cfg.data, &self.cfg.node.name),
         };
-        let j: super::api::Joined = self
-            .client
-            .post("/v1/nodes/join", &self.cfg.join_token, &body)
-            .await?;
+        // A restarted node joins with its own token (its join token may
+        // have expired); a new one, or one an admin removed, with the join
+        // token.
+        let own = read_identity(&self.cfg.data, &self.cfg.node.name);
+        let j: super::api::Joined = match own {
+            Some(t) => match self.client.post("/v1/nodes/join", &t, &body).await {
+                Err(NodeError::Refused(_)) if !self.cfg.join_token.is_empty() => {
+                    let body = super::api::JoinRequest {
+                        node_token: None,
+                        ..body
+                    };
+                    self.client
+                        .post("/v1/nodes/join", &self.cfg.join_token, &body)
+                        .await?
+                }
+                r => r?,
+            },
+            None => {
+                self.client
+                    .post("/v1/nodes/join", &self.cfg.join_token, &body)
+                    .await?
+            }
+        };
         if let Err(e) = write_identity(&self.cfg.data, &self.cfg.node.name, &j.token) {
             eprintln!("bulkhead node: keep this node's token in {}: {e} (a restarted daemon will not get its name back)", identity_file(&self.cfg.data).display());
         }

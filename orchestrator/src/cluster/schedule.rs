@@ -198,6 +198,25 @@ pub struct Quota {
     pub instances: Option<u64>,
 }
 
+/// What a new tenant gets where its admin set no limit: bounded, never
+/// unlimited (an admin raises it at `tenant create`).
+pub const DEFAULT_QUOTA: Quota = Quota {
+    millicpus: Some(64_000),
+    memory_mib: Some(256 * 1024),
+    instances: Some(100),
+};
+
+impl Quota {
+    /// This quota with [`DEFAULT_QUOTA`]'s limit wherever it sets none.
+    pub fn or_defaults(self) -> Quota {
+        Quota {
+            millicpus: self.millicpus.or(DEFAULT_QUOTA.millicpus),
+            memory_mib: self.memory_mib.or(DEFAULT_QUOTA.memory_mib),
+            instances: self.instances.or(DEFAULT_QUOTA.instances),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("over the tenant's quota of {what}: {used} in use + {asked} asked > {limit}")]
 pub struct OverQuota {

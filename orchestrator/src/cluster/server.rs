@@ -70,6 +70,9 @@ struct App {
     /// This server's and its store's addresses, for nodes to keep their
     /// workloads from.
     control_plane: Arc<Vec<String>>,
+    /// The hash of the CA a joining node must find in this server's chain
+    /// (`sha256:<hex>`), which join tokens carry; `None` over plain HTTP.
+    discovery: Option<Arc<String>>,
 }
 
 /// An error as the API returns it: a status and `{"error": "..."}`.
@@ -146,10 +149,17 @@ fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn tenant(app: &App, headers: &HeaderMap) -> Result<(String, Quota), ApiError> {
+    tenant_record(app, headers).map(|(t, r)| (t, r.quota))
+}
+
+fn tenant_record(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<(String, super::auth::Tenant), ApiError> {
     match who(app, headers)? {
         Principal::Tenant(t) => {
-            let quota = app.cluster.tenant(&t)?.quota;
-            Ok((t, quota))
+            let record = app.cluster.tenant(&t)?;
+            Ok((t, record))
         }
         _ => Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -193,7 +203,7 @@ async fn openapi() -> Json<serde_json::Value> {
 async fn create_tenant(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
     admin(&app, &headers)?;
     let t: api::NewTenant = body(&text)?;
-    let token = app.cluster.create_tenant(&t.name, t.quota)?;
+    let token = app.cluster.create_tenant(&t.name, t.quota, &t.runtimes)?;
     ok(api::TenantCreated {
         name: t.name,
         token,
@@ -230,6 +240,11 @@ async fn join_token(
         },
     };
     let (token, expires_ms) = app.cluster.create_join_token(app.clock.now_ms(), ttl_ms)?;
+    // The CA's hash rides along: the node pins it (kubeadm's discovery).
+    let token = match &app.discovery {
+        Some(hash) => format!("{token}.{hash}"),
+        None => token,
+    };
     ok(api::TokenAnswer { token, expires_ms })
 }
 
@@ -259,7 +274,10 @@ fn valid_node(n: &Node) -> Result<(), ApiError> {
 }
 
 async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
-    if who(&app, &headers)? != Principal::Join {
+    // A join token, or (a restarted node, whose join token may have
+    // expired) the node's own token: then only under its own name.
+    let caller = who(&app, &headers)?;
+    if !matches!(caller, Principal::Join | Principal::Node(_)) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             "joining needs a join token (`bulkhead node token create`)".into(),
@@ -271,6 +289,14 @@ async fn join(State(app): State<App>, headers: HeaderMap, text: String) -> ApiRe
         api_cert,
         node_token,
     } = body(&text)?;
+    if let Principal::Node(own) = &caller {
+        if *own != n.name {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("a node's token joins only under its own name ({own})"),
+            ));
+        }
+    }
     valid_node(&n)?;
     n.cordoned = false; // kept as it was by register_node
                         // The node API only over TLS with the certificate the node gave: its
@@ -563,12 +589,27 @@ async fn deploy(
     RawQuery(q): RawQuery,
     text: String,
 ) -> ApiResult {
-    let (t, quota) = tenant(&app, &headers)?;
+    let (t, record) = tenant_record(&app, &headers)?;
     let dry = dry_run(&q)?;
     let svc = spec::parse(&text).map_err(StateError::from)?;
+    if !record.runtimes.contains(&svc.spec.runtime) {
+        let allowed: Vec<String> = record
+            .runtimes
+            .iter()
+            .map(|r| format!("{r:?}").to_lowercase())
+            .collect();
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "runtime {:?} is not allowed for tenant {t} (it may use {}): an admin allows it with `tenant create --runtimes`",
+                format!("{:?}", svc.spec.runtime).to_lowercase(),
+                allowed.join(", ")
+            ),
+        ));
+    }
     ok(app
         .cluster
-        .deploy(&t, &quota, &svc, app.ready_after_ms(), dry)?)
+        .deploy(&t, &record.quota, &svc, app.ready_after_ms(), dry)?)
 }
 
 async fn services(State(app): State<App>, headers: HeaderMap) -> ApiResult {
@@ -714,9 +755,13 @@ pub async fn serve(
     cluster: Arc<Cluster>,
     listen: SocketAddr,
     settings: Settings,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, String)>,
     control_plane: Vec<String>,
 ) -> std::io::Result<()> {
+    let (tls, discovery) = match tls {
+        Some((config, hash)) => (Some(config), Some(Arc::new(hash))),
+        None => (None, None),
+    };
     // Stored times (heartbeats, backoff) must mean the same to the next leader.
     let clock: Arc<dyn Clock> = Arc::new(WallClock);
     let app = App {
@@ -724,6 +769,7 @@ pub async fn serve(
         clock: Arc::clone(&clock),
         settings,
         control_plane: Arc::new(control_plane),
+        discovery,
     };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };

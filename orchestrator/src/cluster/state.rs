@@ -619,6 +619,16 @@ impl Cluster {
         ops: &mut Vec<Op>,
     ) -> Result<Change, StateError> {
         let tenant = &record.tenant;
+        // The snapshot reads the placements guard first; the tenant's
+        // instances are read after it, so a deploy that commits meanwhile
+        // fails this one's transaction: two deploys never both fit under
+        // one quota.
+        let (views, node_guards, bump) = self.snapshot(
+            tenant,
+            &record.spec.name,
+            &record.spec.image,
+            ready_after_ms,
+        )?;
         let mine = self.instances(Some(tenant))?;
         let used = mine
             .iter()
@@ -629,12 +639,6 @@ impl Cluster {
             mine.len() as u64,
             record.request.times(u64::from(count)),
             u64::from(count),
-        )?;
-        let (views, node_guards, bump) = self.snapshot(
-            tenant,
-            &record.spec.name,
-            &record.spec.image,
-            ready_after_ms,
         )?;
         if !views.is_empty() && views.iter().all(|v| !v.has_image) {
             // An unknown image (a typo, or never pulled): said as such, not

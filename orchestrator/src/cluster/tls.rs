@@ -130,6 +130,114 @@ pub fn pinned_client(cert: &str) -> Result<reqwest::Client, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))
 }
 
+/// Records the certificates a server presents and accepts them: only for
+/// [`discover_ca`], which trusts nothing it records until a hash it was
+/// given matches. Handshake signatures are still checked.
+#[derive(Debug)]
+struct Recorder {
+    seen: std::sync::Mutex<Vec<CertificateDer<'static>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.push(end_entity.clone().into_owned());
+        seen.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// kubeadm's discovery: the certificate in the chain the server at `url`
+/// presents whose hash is `pinned` (`sha256:<hex>`), as PEM. Nothing else
+/// of that handshake is trusted; the caller then verifies every connection
+/// against the certificate found, as a CA.
+pub async fn discover_ca(url: &str, pinned: &str) -> Result<String, TlsError> {
+    let u = reqwest::Url::parse(url).map_err(|e| TlsError::Config(format!("{url}: {e}")))?;
+    let host = u
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .ok_or_else(|| TlsError::Config(format!("{url}: no host")))?;
+    let port = u.port_or_known_default().unwrap_or(443);
+    let recorder = Arc::new(Recorder {
+        seen: Default::default(),
+        provider: provider(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::clone(&recorder) as _)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| TlsError::Config(format!("{host}: {e}")))?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| TlsError::Config(format!("{url}: no TLS handshake within 10 s")))?
+        .map_err(|e| TlsError::Config(format!("{url}: {e}")))?;
+    let seen = recorder
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let found = seen
+        .iter()
+        .find(|c| super::ca::hash_of_der(c) == pinned)
+        .ok_or_else(|| {
+            TlsError::Config(format!(
+                "{url} presents no certificate with the join token's hash {pinned}: not this cluster's server (or a man in the middle)"
+            ))
+        })?;
+    Ok(pem::encode(&pem::Pem::new("CERTIFICATE", found.to_vec())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

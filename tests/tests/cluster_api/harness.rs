@@ -52,8 +52,10 @@ pub(super) fn spawn_server(args: &[&std::ffi::OsStr], scheme: &str) -> Server {
 /// Starts a server over `store` (file:PATH or etcd://...); returns once
 /// it leads and its admin token is written.
 pub(super) fn start(store: &str, token_file: &Path) -> Server {
+    // Plain HTTP on loopback (--insecure): `tls.rs` covers TLS.
     let mut s = spawn_server(
         &[
+            "--insecure".as_ref(),
             "--leader-lease".as_ref(),
             "2s".as_ref(),
             "--store".as_ref(),

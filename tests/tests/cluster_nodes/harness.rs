@@ -463,8 +463,11 @@ pub(super) fn setup(shape: Shape) -> Cluster {
     };
     let server_args: Vec<Vec<String>> = (0..n_servers)
         .map(|i| {
+            // Plain HTTP on the test's own lan (--insecure): the walls
+            // test covers the default TLS.
             let mut a: Vec<String> = [
                 "server",
+                "--insecure",
                 "--listen",
                 &format!("{LAN_ADDR}:{}", 7070 + i),
                 "--store",
@@ -517,7 +520,10 @@ pub(super) fn setup(shape: Shape) -> Cluster {
             .trim()
             .to_string();
     }
-    cl.tenant = cl.api(&cl.admin.clone(), &["tenant", "create", "acme"])["token"]
+    cl.tenant = cl.api(
+        &cl.admin.clone(),
+        &["tenant", "create", "acme", "--runtimes", "container"],
+    )["token"]
         .as_str()
         .unwrap()
         .to_string();

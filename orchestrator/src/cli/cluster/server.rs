@@ -23,12 +23,29 @@ pub struct ServerArgs {
     /// store, or cluster.admin-token in the data dir).
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
-    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key)
+    /// instead of one from the cluster's CA. Join tokens then carry the
+    /// hash of the chain's last certificate.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Another name (DNS or IP address) for this server's certificate from
+    /// the cluster CA; repeatable. Its listen address, --advertise host,
+    /// host name and addresses, localhost and 127.0.0.1 are in it already.
+    #[arg(long = "tls-name", value_name = "NAME")]
+    tls_names: Vec<String>,
+    /// The cluster key that seals the CA's key in the store: the first
+    /// server makes it (default: cluster.key beside the admin token file);
+    /// every further server of the same store needs a copy.
+    #[arg(long, value_name = "FILE")]
+    cluster_key_file: Option<PathBuf>,
+    /// Serve plain HTTP: tokens, assignments and tenants' environment cross
+    /// the network in the clear. Default: HTTPS with a certificate from
+    /// the cluster's CA, made by the first server of a new store.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure: bool,
     /// Without a heartbeat this long a node is lost: not ready, and its
     /// instances are replaced once its lease and the stop time are over.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_ms)]
@@ -88,16 +105,12 @@ pub fn server(a: ServerArgs) -> Result<()> {
         reset_after_ms: a.backoff_reset,
     };
     let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some(crate::cluster::tls::server_config(c, k)?),
-        _ => None,
-    };
     let (cluster, token_file, what) = match a.store.as_deref() {
         Some(s) if s.starts_with("etcd://") => {
             let api = a.advertise.clone().unwrap_or_else(|| {
                 format!(
                     "{}://{}",
-                    if tls.is_some() { "https" } else { "http" },
+                    if a.insecure { "http" } else { "https" },
                     a.listen
                 )
             });
@@ -129,13 +142,14 @@ pub fn server(a: ServerArgs) -> Result<()> {
         }
     };
     let cluster = Arc::new(cluster);
+    let tls = tls_for(&a, &cluster, &token_file)?;
     // The admin token: made by the first leader of a new store.
     let first = Arc::clone(&cluster);
     std::thread::spawn(move || loop {
         if first.is_leader() {
             match new_token().map_err(anyhow::Error::from).and_then(|t| Ok((first.init_admin(&t)?, t))) {
                 Ok((true, token)) => match write_token(&token_file, &token) {
-                    Ok(()) => eprintln!("bulkhead server: new cluster store {what}; the admin token is in {} (export BULKHEAD_TOKEN=$(cat {}))", token_file.display(), token_file.display()),
+                    Ok(()) => eprintln!("bulkhead server: new cluster store {what}; the admin token is in {} (export BULKHEAD_TOKEN=$(cat {}) BULKHEAD_CACERT={})", token_file.display(), token_file.display(), token_file.with_file_name("cluster-ca.crt").display()),
                     Err(e) => eprintln!("bulkhead server: the admin token could not be written ({e:#}); it is {token}"),
                 },
                 Ok((false, _)) => {}
@@ -165,6 +179,107 @@ pub fn server(a: ServerArgs) -> Result<()> {
         control_plane,
     ))
     .with_context(|| format!("serve on {}", a.listen))
+}
+
+/// How this server speaks: plain HTTP (`--insecure`, warned), the
+/// operator's certificate, or (the default) one from the cluster CA, which
+/// the first leader of a new store makes; a standby waits for it. With TLS
+/// comes the hash join tokens carry. The CA's certificate is written
+/// beside the admin token for clients (`BULKHEAD_CACERT`).
+fn tls_for(
+    a: &ServerArgs,
+    cluster: &Cluster,
+    token_file: &std::path::Path,
+) -> Result<Option<(Arc<rustls::ServerConfig>, String)>> {
+    use crate::cluster::ca::{hash_of_pem, ClusterCa};
+    use crate::cluster::tls;
+    if a.insecure {
+        eprintln!("bulkhead server: warning: --insecure: plain HTTP; tokens, assignments and tenants' environment cross the network in the clear");
+        return Ok(None);
+    }
+    if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
+        let config = tls::server_config(c, k)?;
+        let pem = std::fs::read_to_string(c).with_context(|| format!("{}", c.display()))?;
+        let last = pem
+            .split_inclusive("-----END CERTIFICATE-----")
+            .filter(|p| p.contains("BEGIN CERTIFICATE"))
+            .last()
+            .and_then(hash_of_pem)
+            .with_context(|| format!("{}: no certificate", c.display()))?;
+        return Ok(Some((config, last)));
+    }
+    let key_file = a
+        .cluster_key_file
+        .clone()
+        .unwrap_or_else(|| token_file.with_file_name("cluster.key"));
+    let mut said = false;
+    let ca = loop {
+        match ClusterCa::load_or_make(cluster, &key_file, cluster.is_leader())
+            .map_err(|e| anyhow::anyhow!(bulkhead_agent_proto::report(&e)))?
+        {
+            Some(ca) => break ca,
+            None => {
+                if !said {
+                    eprintln!("bulkhead server: waiting for the leader to make the cluster CA");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    };
+    let ca_file = token_file.with_file_name("cluster-ca.crt");
+    if let Some(dir) = ca_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&ca_file, &ca.cert_pem)
+        .with_context(|| format!("write {}", ca_file.display()))?;
+    let names = certificate_names(a);
+    let (chain, key) = ca
+        .serving_cert(&names)
+        .map_err(|e| anyhow::anyhow!(bulkhead_agent_proto::report(&e)))?;
+    eprintln!(
+        "bulkhead server: TLS with a certificate from the cluster CA ({}) for {}",
+        ca_file.display(),
+        names.join(", ")
+    );
+    Ok(Some((tls::server_config_pem(&chain, &key)?, ca.hash())))
+}
+
+/// The names in this server's certificate: its listen address (or, when
+/// unspecified, the host's addresses), its advertised host, its host name,
+/// localhost and 127.0.0.1, and --tls-name.
+fn certificate_names(a: &ServerArgs) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if a.listen.ip().is_unspecified() {
+        for ifa in nix::ifaddrs::getifaddrs().into_iter().flatten() {
+            if let Some(ip) = ifa.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                names.push(ip.ip().to_string());
+            }
+        }
+    } else {
+        names.push(a.listen.ip().to_string());
+    }
+    if let Some(h) = a
+        .advertise
+        .as_deref()
+        .and_then(|u| reqwest::Url::parse(u).ok())
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        })
+    {
+        names.push(h);
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            names.push(h.to_string());
+        }
+    }
+    names.extend(a.tls_names.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The addresses nodes keep workloads from: this server's (its listen

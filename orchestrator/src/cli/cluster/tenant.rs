@@ -16,6 +16,10 @@ pub enum TenantCommand {
         /// Instances in all.
         #[arg(long)]
         instances: Option<u64>,
+        /// The runtimes its services may use (default: microvm only; a
+        /// container shares the node's kernel).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        runtimes: Vec<crate::state::record::RuntimeKind>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -27,6 +31,7 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
         cpus,
         memory,
         instances,
+        runtimes,
         conn,
     } = cmd;
     if let Some(c) = cpus {
@@ -44,7 +49,11 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
         memory_mib,
         instances,
     };
-    let body = serde_json::to_string(&api::NewTenant { name, quota })?;
+    let body = serde_json::to_string(&api::NewTenant {
+        name,
+        quota,
+        runtimes,
+    })?;
     let v = conn.call(reqwest::Method::POST, "/v1/tenants", Some(body))?;
     match conn.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),

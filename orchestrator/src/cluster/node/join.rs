@@ -43,7 +43,7 @@ pub fn refuse_cleartext(servers: &str, insecure: bool) -> Result<(), NodeError> 
         return Ok(());
     }
     Err(NodeError::Local(format!(
-        "refusing to join over {}: the join token, this node's token and its API secret would cross the network in the clear. Serve the API over TLS (`bulkhead server --tls-cert/--tls-key`, then https:// and --cacert here), or accept the risk with --insecure",
+        "refusing to join over {}: the join token, this node's token and its API secret would cross the network in the clear. Use the server's https:// URL (a server speaks TLS unless started with --insecure; the join token names its CA), or accept the risk with --insecure",
         plain.join(", ")
     )))
 }
@@ -162,4 +162,104 @@ impl Client {
         }
         Err(last)
     }
+}
+
+/// A join token as `node token create` prints it: the secret, then (from
+/// a server with TLS) `.sha256:<hex>`, the hash of its CA's certificate.
+pub(super) fn split_join_token(token: &str) -> (String, Option<String>) {
+    match token.trim().split_once('.') {
+        Some((secret, hash)) if hash.starts_with("sha256:") => {
+            (secret.to_string(), Some(hash.to_string()))
+        }
+        _ => (token.trim().to_string(), None),
+    }
+}
+
+fn kept_ca_file(data: &Path) -> PathBuf {
+    data.join("node").join("cluster-ca.crt")
+}
+
+/// How this node trusts the servers: --cacert; else the cluster CA the
+/// join token's hash names, found in a server's chain (kubeadm's
+/// discovery) and kept in the data dir; else the CA kept from an earlier
+/// join; else the system's roots (a server with a public certificate).
+pub(super) async fn trust(
+    cfg: &NodeConfig,
+    pinned: Option<&str>,
+) -> Result<reqwest::Client, NodeError> {
+    let local = |e: super::super::tls::TlsError| NodeError::Local(e.to_string());
+    if cfg.cacert.is_some() {
+        return super::super::tls::client(cfg.cacert.as_deref()).map_err(local);
+    }
+    let kept = kept_ca_file(&cfg.data);
+    let kept_pem = std::fs::read_to_string(&kept).ok();
+    let kept_hash = kept_pem.as_deref().and_then(super::super::ca::hash_of_pem);
+    let https: Vec<&str> = cfg
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|u| u.starts_with("https://"))
+        .collect();
+    let pem = match (pinned, kept_pem) {
+        (Some(p), Some(pem)) if kept_hash.as_deref() == Some(p) => pem,
+        (Some(p), _) if !https.is_empty() => {
+            let mut last = None;
+            let mut found = None;
+            for url in &https {
+                match super::super::tls::discover_ca(url, p).await {
+                    Ok(pem) => {
+                        found = Some(pem);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let pem = match (found, last) {
+                (Some(pem), _) => pem,
+                (None, e) => {
+                    let why = e.map(|e| e.to_string()).unwrap_or_default();
+                    return Err(NodeError::Local(format!("the cluster CA: {why}")));
+                }
+            };
+            crate::state::record::write_private(&kept, pem.as_bytes()).map_err(|e| {
+                NodeError::Local(format!("keep the cluster CA in {}: {e}", kept.display()))
+            })?;
+            pem
+        }
+        (None, Some(pem)) => pem,
+        _ => return super::super::tls::client(None).map_err(local),
+    };
+    super::super::tls::pinned_client(&pem).map_err(local)
+}
+
+/// The node API's key and certificate for `host`: kept in the data dir
+/// (0600) and used again after a restart while the host is the same, so
+/// the server's pin stays true; made anew for another host.
+pub(super) fn api_certificate(data: &Path, host: &str) -> Result<(String, String), NodeError> {
+    #[derive(serde::Serialize, Deserialize)]
+    struct Kept {
+        host: String,
+        cert: String,
+        key: String,
+    }
+    let file = data.join("node").join("api-tls.json");
+    if let Some(k) = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Kept>(&b).ok())
+        .filter(|k| k.host == host)
+    {
+        return Ok((k.cert, k.key));
+    }
+    let (cert, key) = super::super::tls::self_signed(&[host.to_string()])
+        .map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
+    let kept = Kept {
+        host: host.into(),
+        cert,
+        key,
+    };
+    let bytes = serde_json::to_vec(&kept).map_err(std::io::Error::other);
+    bytes
+        .and_then(|b| crate::state::record::write_private(&file, &b))
+        .map_err(|e| NodeError::Local(format!("keep the node API's certificate: {e}")))?;
+    Ok((kept.cert, kept.key))
 }
