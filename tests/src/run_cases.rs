@@ -6,6 +6,7 @@
 //! Every case drives the real CLI as a user would, with `BULKHEAD_DATA`
 //! pointing at a store that holds the busybox image [`IMAGE`].
 
+mod hardening;
 mod jail;
 pub use jail::*;
 
@@ -251,6 +252,8 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
     check_orphan(ctx, &mut check);
     if ctx.runtime == "microvm" {
         check_vmm_killed(ctx, &mut check);
+    } else {
+        hardening::check_container_walls(ctx, &mut check);
     }
 
     // Writes stay in one workload.

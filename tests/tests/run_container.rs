@@ -49,6 +49,22 @@ fn table(oci: &str) {
     let failed: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
     assert!(failed.is_empty(), "{oci}: failed: {failed:#?}");
     assert!(checks.len() >= 18, "{checks:#?}");
+    // The container's walls ran (seccomp, pids.max, the writable layer's size).
+    for want in [
+        "seccomp-unshare-refused",
+        "seccomp-mount-refused",
+        "kcore-unreadable",
+        "seccomp-setns-refused",
+        "seccomp-filter-on",
+        "fork-bomb-capped",
+        "writable-layer-capped",
+        "node-healthy-after-the-walls",
+    ] {
+        assert!(
+            checks.iter().any(|c| c.name.ends_with(want)),
+            "{oci}: {want} did not run"
+        );
+    }
     // The image's unpacked tree goes with the image.
     let bh = |args: &[&str]| {
         Command::new(&ctx.bulkhead)

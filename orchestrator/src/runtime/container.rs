@@ -15,7 +15,7 @@ use bulkhead_agent_proto::ProcessSpec;
 use bulkhead_images::store::{Digest, Store};
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, MountBuilder, Spec, UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, Spec, UserBuilder,
 };
 use tokio::process::Command;
 
@@ -47,6 +47,8 @@ pub enum PrepareError {
     Unpack(#[source] bulkhead_images::rootdisk::RootDiskError),
     #[error("mount the overlay on {0}")]
     Overlay(PathBuf, #[source] nix::Error),
+    #[error("mount the writable layer's tmpfs on {0}")]
+    Tmpfs(PathBuf, #[source] nix::Error),
     #[error("the OCI runtime spec")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error("the process's user")]
@@ -140,9 +142,22 @@ impl Container {
         let manifest = Digest::parse(&cfg.manifest).map_err(PrepareError::Manifest)?;
         let tree = ensure_tree(store, paths, &manifest)?;
         let dir = paths.workload_dir(&cfg.id);
+        // The writable layer lives on a tmpfs of its own size: filling it
+        // fills that, never the node's disk.
+        let rw = dir.join("rw");
+        std::fs::create_dir_all(&rw).map_err(io(format_args!("create {}", rw.display())))?;
+        let size = format!("size={}m,mode=0700", limits::CONTAINER_WRITABLE_MIB);
+        nix::mount::mount(
+            Some("tmpfs"),
+            &rw,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(size.as_str()),
+        )
+        .map_err(|e| PrepareError::Tmpfs(rw.clone(), e))?;
         let (upper, work, rootfs, bundle) = (
-            dir.join("upper"),
-            dir.join("work"),
+            rw.join("upper"),
+            rw.join("work"),
             dir.join("rootfs"),
             dir.join("bundle"),
         );
@@ -219,7 +234,13 @@ impl Container {
                     .build()?,
             );
         }
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(limits::CONTAINER_PIDS))
+                .build()?,
+        );
         linux.set_resources(Some(resources.build()?));
+        linux.set_seccomp(Some(super::seccomp::profile()?));
         linux.set_cgroups_path(Some(PathBuf::from(format!("/bulkhead/{}", cfg.id))));
         spec.set_linux(Some(linux));
         Ok(spec)
@@ -249,7 +270,7 @@ impl Container {
     }
 
     pub fn unmount(&self) {
-        let _ = nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH);
+        unmount_layers(&self.rootfs);
     }
 
     fn base_command(&self, log: &Path) -> Command {
@@ -468,6 +489,15 @@ impl Container {
             .status()
             .await;
         self.unmount();
+    }
+}
+
+/// Detaches a container's overlay at `rootfs`, then the tmpfs beside it
+/// that holds its writable layer.
+pub fn unmount_layers(rootfs: &Path) {
+    let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
+    if let Some(dir) = rootfs.parent() {
+        let _ = nix::mount::umount2(&dir.join("rw"), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -24,6 +24,10 @@ pub const VMM_EXTRA_PIDS: u32 = 32;
 pub const MIN_CONTAINER_MEMORY_MIB: u64 = 4;
 /// The largest memory anything may ask for (MiB): 1 TiB.
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// A container's processes at most (`pids.max`): a fork bomb stops there.
+pub const CONTAINER_PIDS: u32 = 1024;
+/// A container's writable layer at most (a tmpfs, charged to its memory).
+pub const CONTAINER_WRITABLE_MIB: u64 = 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitsError {
