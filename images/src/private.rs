@@ -72,10 +72,21 @@ pub fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` as a 0600 file, whole or not at all (written
-/// aside and renamed into place; not synced: a crash of the process never
-/// leaves half a file, a power cut may leave the old one).
+/// Writes `bytes` to `path` as a 0600 file, whole or not at all: written
+/// aside, synced, and renamed into place, so neither a crash nor a power
+/// cut leaves a torn file (state, configs, tokens, keys).
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_aside(path, bytes, true)
+}
+
+/// The same without the sync, for files that a reboot makes meaningless
+/// anyway (a lease deadline on CLOCK_MONOTONIC, rewritten every
+/// heartbeat): readers still see the old file or the new one, never half.
+pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_aside(path, bytes, false)
+}
+
+fn write_aside(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -87,9 +98,10 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?; // a tmp an older run left keeps its mode otherwise
     f.write_all(bytes)?;
-    // On disk before it takes the name: a crash leaves the old file or
-    // the new one, never a torn one.
-    f.sync_all()?;
+    if sync {
+        // On disk before it takes the name.
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 

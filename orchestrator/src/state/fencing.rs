@@ -38,7 +38,9 @@ pub fn monotonic_ms() -> u64 {
 
 /// Sets the deadline (whole or not at all: a temp file renamed over it).
 pub fn write(path: &Path, deadline_ms: u64) -> std::io::Result<()> {
-    bulkhead_images::private::write(path, format!("{deadline_ms}\n").as_bytes())
+    // Not synced: a deadline on CLOCK_MONOTONIC means nothing after a
+    // reboot, and this runs for every workload at every heartbeat.
+    bulkhead_images::private::replace(path, format!("{deadline_ms}\n").as_bytes())
 }
 
 /// The deadline in `text`; `None` for anything but one decimal number.
