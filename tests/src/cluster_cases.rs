@@ -195,11 +195,14 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     };
     check("vmm-jailed", problems.is_empty(), format!("{problems:?}"));
 
+    // Scaled to zero: the workload is removed, and with the tenant's last
+    // instance its network on this node (`t-acme`) goes too.
     let scaled = api(&tenant, &["service", "scale", "vm", "0"]);
     let gone = poll(Duration::from_secs(60), || {
         let v: serde_json::Value =
             serde_json::from_slice(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout).ok()?;
-        v.as_array().is_some_and(|a| a.is_empty()).then_some(())
+        let nets = text(&ctx.bh(&["network", "ls", "--format", "json"]).stdout);
+        (v.as_array().is_some_and(|a| a.is_empty()) && !nets.contains("t-acme")).then_some(())
     });
     check(
         "scaled-to-zero-removed",
