@@ -13,6 +13,8 @@ use harness::*;
 
 #[path = "cluster_api/quota.rs"]
 mod quota;
+#[path = "cluster_api/store_tls.rs"]
+mod store_tls;
 #[path = "cluster_api/tls.rs"]
 mod tls;
 #[path = "cluster_api/tokens.rs"]
@@ -28,21 +30,22 @@ use std::process::{Child, Command, Output, Stdio};
 fn tenants_deploy_scale_and_isolation_through_the_api_on_a_file_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file:{}", dir.path().join("cluster.redb").display());
-    scenario(&dir, &store);
+    scenario(&dir, &["--store".into(), store]);
 }
 
-/// The same on a one-member etcd (Debian's etcd-server, started here).
+/// The same on a one-member etcd (Debian's etcd-server, started here),
+/// reached over TLS with a client certificate, as it comes.
 #[test]
 fn tenants_deploy_scale_and_isolation_through_the_api_on_etcd() {
     bulkhead_images::debian::ensure_packages(&["etcd-server"], &mut |m| eprintln!("{m}")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let etcd = bulkhead_tests::etcd::Etcd::start(dir.path(), "127.0.0.1", 1, None).unwrap();
-    scenario(&dir, &etcd.url());
+    scenario(&dir, &etcd.server_args());
 }
 
-fn scenario(dir: &tempfile::TempDir, store: &str) {
+fn scenario(dir: &tempfile::TempDir, store: &[String]) {
     let token_file = dir.path().join("admin-token");
-    let s = start(store, &token_file);
+    let s = start_with(store, &token_file);
     for (n, z) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
         register(&s, n, z);
     }
@@ -625,7 +628,7 @@ fn scenario(dir: &tempfile::TempDir, store: &str) {
         s.admin.clone(),
     );
     drop(s);
-    let s = start(store, &token_file);
+    let s = start_with(store, &token_file);
     assert_eq!(
         (
             json(&cli(&s, &acme, &["instance", "ls", "--format", "json"])),
@@ -649,7 +652,12 @@ fn bad_server_flags_and_no_server_are_clear_errors() {
         .unwrap()
         .port();
     let o = Command::new(bulkhead())
-        .args(["server", "--store", &format!("etcd://127.0.0.1:{port}")])
+        .args([
+            "server",
+            "--insecure-store",
+            "--store",
+            &format!("etcd://127.0.0.1:{port}"),
+        ])
         .output()
         .unwrap();
     assert!(
@@ -732,8 +740,15 @@ fn a_deposed_leaders_writes_are_refused_by_etcd() {
     use bulkhead::cluster::store::{Compare, Op, Store, StoreError};
     bulkhead_images::debian::ensure_packages(&["etcd-server"], &mut |m| eprintln!("{m}")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let etcd = bulkhead_tests::etcd::Etcd::start(dir.path(), "127.0.0.1", 1, None).unwrap();
-    let a = bulkhead::cluster::etcd::EtcdStore::open(&etcd.url(), "http://a", 2).unwrap();
+    // In the clear: this is about the election (store_tls.rs covers TLS).
+    let etcd = bulkhead_tests::etcd::Etcd::start_plain(dir.path(), "127.0.0.1", 1, None).unwrap();
+    let a = bulkhead::cluster::etcd::EtcdStore::open(
+        &etcd.url(),
+        &bulkhead::cluster::etcd::EtcdAccess::default(),
+        "http://a",
+        2,
+    )
+    .unwrap();
     let start = std::time::Instant::now();
     while !a.is_leader() {
         assert!(

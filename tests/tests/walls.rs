@@ -299,13 +299,9 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
     let token_file = dir.path().join("admin-token");
     let cacert = dir.path().join("cluster-ca.crt");
     let mut server = Command::new(bulkhead());
-    server.args([
-        "server",
-        "--listen",
-        &format!("{SERVER}:7443"),
-        "--store",
-        &etcd.url(),
-    ]);
+    server.args(["server", "--listen", &format!("{SERVER}:7443")]);
+    // etcd over TLS with a client certificate, as it comes.
+    server.args(etcd.server_args());
     server.args([
         "--admin-token-file",
         token_file.to_str().unwrap(),

@@ -1,5 +1,9 @@
-//! The multi-host store: etcd v3 (`--store etcd://HOST:PORT[,HOST:PORT...]`),
-//! with leader election among the servers that share it.
+//! The multi-host store: etcd v3 (`--store etcds://HOST:PORT[,HOST:PORT...]`
+//! over TLS, or `etcd://` in the clear), with leader election among the
+//! servers that share it. [`EtcdAccess`] says how to reach it: the CA that
+//! signed etcd's certificate, a client certificate (etcd's
+//! `--client-cert-auth`) and etcd's own user and password, as
+//! Kubernetes' apiserver reaches its etcd.
 //!
 //! Keys live under `/bulkhead`. Each server holds an etcd lease (kept
 //! alive while it runs) and campaigns for `/bulkhead/leader`: created only
@@ -18,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 
 use super::store::{Compare, Entry, Op, Store, StoreError};
@@ -31,15 +35,53 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(format!("etcd: {e}"))
 }
 
-/// `etcd://h1:p1,h2:p2` -> the endpoints (`http://h1:p1`, ...).
+/// How a server reaches etcd beyond its addresses.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    /// PEM of the CA that signed etcd's serving certificates (`etcds://`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key this server shows etcd (`etcds://`).
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// etcd's own authentication: user and password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_pem.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+/// Whether `url` is an etcd store URL at all (`etcd://` or `etcds://`).
+pub fn is_etcd_url(url: &str) -> bool {
+    url.starts_with("etcd://") || url.starts_with("etcds://")
+}
+
+/// The `HOST:PORT,...` part of an etcd store URL.
+pub fn hosts_of(url: &str) -> Option<&str> {
+    url.strip_prefix("etcds://")
+        .or_else(|| url.strip_prefix("etcd://"))
+}
+
+/// `etcd://h1:p1,h2:p2` -> the endpoints (`http://h1:p1`, ...);
+/// `etcds://` -> `https://...`.
 pub fn endpoints(url: &str) -> Result<Vec<String>, String> {
-    let rest = url
-        .strip_prefix("etcd://")
-        .ok_or_else(|| format!("{url:?}: etcd://HOST:PORT[,HOST:PORT...]"))?;
+    let scheme = if url.starts_with("etcds://") {
+        "https"
+    } else {
+        "http"
+    };
+    let rest = hosts_of(url).ok_or_else(|| {
+        format!("{url:?}: etcds://HOST:PORT[,HOST:PORT...] (or etcd:// in the clear)")
+    })?;
     let eps: Vec<String> = rest
         .split(',')
         .map(str::trim)
-        .map(|hp| format!("http://{hp}"))
+        .map(|hp| format!("{scheme}://{hp}"))
         .collect();
     for (hp, ep) in rest.split(',').zip(&eps) {
         let hp = hp.trim();
@@ -190,10 +232,23 @@ fn hint_of(value: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn connect(eps: &[String]) -> Result<Client, StoreError> {
-    let opts = ConnectOptions::new()
+async fn connect(eps: &[String], access: &EtcdAccess) -> Result<Client, StoreError> {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
+    if eps.iter().any(|e| e.starts_with("https://")) {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &access.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &access.client_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        opts = opts.with_tls(tls);
+    }
+    if let Some((user, password)) = &access.user {
+        opts = opts.with_user(user.clone(), password.clone());
+    }
     Client::connect(eps, Some(opts))
         .await
         .map_err(|e| StoreError::Open {
@@ -205,11 +260,18 @@ async fn connect(eps: &[String]) -> Result<Client, StoreError> {
 impl EtcdStore {
     /// Connects to `url` and starts campaigning: `api` is where this
     /// server's API is (announced in the leader key), `ttl_s` the lease.
-    pub fn open(url: &str, api: &str, ttl_s: i64) -> Result<Self, StoreError> {
+    pub fn open(url: &str, access: &EtcdAccess, api: &str, ttl_s: i64) -> Result<Self, StoreError> {
         let eps = endpoints(url).map_err(|detail| StoreError::Open {
             path: url.into(),
             detail,
         })?;
+        if url.starts_with("etcds://") && access.ca_pem.is_none() {
+            return Err(StoreError::Open {
+                path: url.into(),
+                detail: "etcds:// needs the CA that signed etcd's certificate (--store-ca)".into(),
+            });
+        }
+        let worker_access = access.clone();
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let worker_eps = eps.clone();
@@ -226,7 +288,7 @@ impl EtcdStore {
                         return;
                     }
                 };
-                let mut client = match rt.block_on(connect(&worker_eps)) {
+                let mut client = match rt.block_on(connect(&worker_eps, &worker_access)) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -257,9 +319,10 @@ impl EtcdStore {
         let mine = serde_json::to_vec(&serde_json::json!({ "id": &id[3..19], "api": api }))
             .unwrap_or_default();
         let l = Arc::clone(&leadership);
+        let access = access.clone();
         std::thread::Builder::new()
             .name("election".into())
-            .spawn(move || elect(eps, mine, ttl_s.max(2), l))
+            .spawn(move || elect(eps, access, mine, ttl_s.max(2), l))
             .map_err(db)?;
         Ok(EtcdStore { jobs, leadership })
     }
@@ -324,7 +387,13 @@ impl Store for EtcdStore {
 
 /// The election loop: lease, campaign, keep alive while leading (stepping
 /// down locally well before the lease could run out), stand by otherwise.
-fn elect(eps: Vec<String>, mine: Vec<u8>, ttl_s: i64, leadership: Arc<Mutex<Leadership>>) {
+fn elect(
+    eps: Vec<String>,
+    access: EtcdAccess,
+    mine: Vec<u8>,
+    ttl_s: i64,
+    leadership: Arc<Mutex<Leadership>>,
+) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -339,7 +408,7 @@ fn elect(eps: Vec<String>, mine: Vec<u8>, ttl_s: i64, leadership: Arc<Mutex<Lead
     let ttl = Duration::from_secs(u64::try_from(ttl_s).unwrap_or(0));
     rt.block_on(async {
         loop {
-            if let Err(e) = campaign(&eps, &mine, ttl_s, ttl, &set).await {
+            if let Err(e) = campaign(&eps, &access, &mine, ttl_s, ttl, &set).await {
                 eprintln!("bulkhead server: election: {e}");
             }
             set(None, None);
@@ -351,12 +420,13 @@ fn elect(eps: Vec<String>, mine: Vec<u8>, ttl_s: i64, leadership: Arc<Mutex<Lead
 /// One term: returns when this server is not (or no longer) the leader.
 async fn campaign(
     eps: &[String],
+    access: &EtcdAccess,
     mine: &[u8],
     ttl_s: i64,
     ttl: Duration,
     set: &impl Fn(Option<Vec<u8>>, Option<String>),
 ) -> Result<(), StoreError> {
-    let mut client = connect(eps).await?;
+    let mut client = connect(eps, access).await?;
     let lease = client.lease_grant(ttl_s, None).await.map_err(db)?.id();
     let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(db)?;
     // Stand by until the key is free, keeping our lease alive meanwhile.
@@ -426,6 +496,10 @@ mod tests {
             Some(vec!["http://127.0.0.1:2379".to_string()])
         );
         assert_eq!(endpoints("etcd://a:1, b:2").ok().map(|e| e.len()), Some(2));
+        assert_eq!(
+            endpoints("etcds://a:1,b:2").ok(),
+            Some(vec!["https://a:1".to_string(), "https://b:2".to_string()])
+        );
         for bad in [
             "etcd://",
             "etcd://host",
@@ -435,6 +509,8 @@ mod tests {
             "etcd://h:1/x",
             "http://h:1",
             "etcd://h:1,,",
+            "etcds://",
+            "etcds:/h:1",
         ] {
             assert!(endpoints(bad).is_err(), "{bad}");
         }

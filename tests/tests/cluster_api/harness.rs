@@ -49,22 +49,24 @@ pub(super) fn spawn_server(args: &[&std::ffi::OsStr], scheme: &str) -> Server {
     s
 }
 
-/// Starts a server over `store` (file:PATH or etcd://...); returns once
-/// it leads and its admin token is written.
+/// Starts a server over `store` (file:PATH); returns once it leads and
+/// its admin token is written.
 pub(super) fn start(store: &str, token_file: &Path) -> Server {
+    start_with(&["--store".into(), store.into()], token_file)
+}
+
+/// The same with the store given by flags (an etcd's `server_args`).
+pub(super) fn start_with(store_args: &[String], token_file: &Path) -> Server {
     // Plain HTTP on loopback (--insecure): `tls.rs` covers TLS.
-    let mut s = spawn_server(
-        &[
-            "--insecure".as_ref(),
-            "--leader-lease".as_ref(),
-            "2s".as_ref(),
-            "--store".as_ref(),
-            store.as_ref(),
-            "--admin-token-file".as_ref(),
-            token_file.as_os_str(),
-        ],
-        "http",
-    );
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--insecure".as_ref(),
+        "--leader-lease".as_ref(),
+        "2s".as_ref(),
+        "--admin-token-file".as_ref(),
+        token_file.as_os_str(),
+    ];
+    args.extend(store_args.iter().map(std::ffi::OsStr::new));
+    let mut s = spawn_server(&args, "http");
     // Leading (a restarted server waits out its predecessor's leader lease) with a token.
     let start = std::time::Instant::now();
     loop {

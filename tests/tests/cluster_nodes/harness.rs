@@ -453,13 +453,16 @@ pub(super) fn setup(shape: Shape) -> Cluster {
     let token_file = dir.path().join("admin-token");
     let (store, n_servers, etcd) = if shape.etcd_members == 0 {
         (
-            format!("file:{}", dir.path().join("cluster.redb").display()),
+            vec![
+                "--store".to_string(),
+                format!("file:{}", dir.path().join("cluster.redb").display()),
+            ],
             1,
             None,
         )
     } else {
         let e = Etcd::start(dir.path(), LAN_ADDR, shape.etcd_members, Some(&lan.path())).unwrap();
-        (e.url(), 2, Some(e))
+        (e.server_args(), 2, Some(e))
     };
     let server_args: Vec<Vec<String>> = (0..n_servers)
         .map(|i| {
@@ -470,8 +473,6 @@ pub(super) fn setup(shape: Shape) -> Cluster {
                 "--insecure",
                 "--listen",
                 &format!("{LAN_ADDR}:{}", 7070 + i),
-                "--store",
-                &store,
                 "--leader-lease",
                 "2s",
                 "--admin-token-file",
@@ -480,6 +481,7 @@ pub(super) fn setup(shape: Shape) -> Cluster {
             .map(|s| s.to_string())
             .collect();
             a.push(token_file.display().to_string());
+            a.extend(store.iter().cloned());
             a.extend(shape.timing.iter().map(|s| s.to_string()));
             a
         })

@@ -8,9 +8,32 @@ pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     /// file:PATH: one host (default: cluster.redb in the data dir); or
-    /// etcd://HOST:PORT[,HOST:PORT...]: several servers share it, one leads.
+    /// etcds://HOST:PORT[,HOST:PORT...]: several servers share an etcd over
+    /// TLS, one leads (etcd://: in the clear, with --insecure-store).
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// etcds://: the CA that signed etcd's serving certificates (PEM).
+    #[arg(long, value_name = "FILE")]
+    store_ca: Option<PathBuf>,
+    /// etcds://: the client certificate shown to etcd (PEM; with
+    /// --store-key), for etcd's --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires = "store_key")]
+    store_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "store_cert")]
+    store_key: Option<PathBuf>,
+    /// etcd's own authentication: this user, its password from
+    /// $BULKHEAD_STORE_PASSWORD or --store-password-file.
+    #[arg(long, value_name = "NAME")]
+    store_user: Option<String>,
+    /// The etcd user's password (first line of FILE, not world-readable).
+    #[arg(long, value_name = "FILE", requires = "store_user")]
+    store_password_file: Option<PathBuf>,
+    /// Reach etcd over etcd:// in the clear: the whole cluster state
+    /// (tokens' hashes, tenants' environment, the sealed CA) crosses the
+    /// network readable and forgeable. For a store on loopback or tests.
+    #[arg(long)]
+    insecure_store: bool,
     /// Where this server's API is for others (announced while it leads;
     /// default: http://LISTEN).
     #[arg(long, value_name = "URL")]
@@ -69,6 +92,56 @@ pub struct ServerArgs {
     backoff_reset: u64,
 }
 
+/// How to reach the etcd at `url`: TLS material and credentials read from
+/// their files and the environment; plaintext refused without
+/// --insecure-store, TLS flags refused where they would not be used.
+fn store_access(a: &ServerArgs, url: &str) -> Result<crate::cluster::etcd::EtcdAccess> {
+    let read = |f: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {
+        f.as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("{}", p.display())))
+            .transpose()
+    };
+    crate::cluster::etcd::endpoints(url).map_err(anyhow::Error::msg)?;
+    let tls = url.starts_with("etcds://");
+    if !tls {
+        if !a.insecure_store {
+            bail!("--store {url}: etcd in the clear carries the cluster's whole state readable and forgeable; use etcds:// with --store-ca (and --store-cert/--store-key), or pass --insecure-store");
+        }
+        if a.store_ca.is_some() || a.store_cert.is_some() {
+            bail!("--store-ca/--store-cert are for etcds://, not {url}");
+        }
+        eprintln!(
+            "bulkhead server: warning: --insecure-store: the store {url} is reached in the clear"
+        );
+    } else if a.store_ca.is_none() {
+        bail!("--store {url}: give --store-ca, the CA that signed etcd's certificate");
+    }
+    let user = match &a.store_user {
+        None => None,
+        Some(u) => {
+            let password = crate::cli::secrets::secret(
+                a.store_password_file.as_deref(),
+                "BULKHEAD_STORE_PASSWORD",
+            )?
+            .with_context(|| {
+                format!(
+                    "--store-user {u}: set BULKHEAD_STORE_PASSWORD or give --store-password-file"
+                )
+            })?;
+            Some((u.clone(), password))
+        }
+    };
+    let client_pem = match (read(&a.store_cert)?, read(&a.store_key)?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        _ => None,
+    };
+    Ok(crate::cluster::etcd::EtcdAccess {
+        ca_pem: read(&a.store_ca)?,
+        client_pem,
+        user,
+    })
+}
+
 /// `500ms`, `10s`, `5m`, `1h`, or plain seconds -> milliseconds.
 pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
@@ -106,7 +179,7 @@ pub fn server(a: ServerArgs) -> Result<()> {
     };
     let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
     let (cluster, token_file, what) = match a.store.as_deref() {
-        Some(s) if s.starts_with("etcd://") => {
+        Some(s) if crate::cluster::etcd::is_etcd_url(s) => {
             let api = a.advertise.clone().unwrap_or_else(|| {
                 format!(
                     "{}://{}",
@@ -115,7 +188,9 @@ pub fn server(a: ServerArgs) -> Result<()> {
                 )
             });
             let ttl = i64::try_from(a.leader_lease.div_ceil(1000).max(2)).unwrap_or(i64::MAX);
-            let store = EtcdStore::open(s, &api, ttl).with_context(|| format!("--store {s}"))?;
+            let access = store_access(&a, s)?;
+            let store =
+                EtcdStore::open(s, &access, &api, ttl).with_context(|| format!("--store {s}"))?;
             let file = a
                 .admin_token_file
                 .clone()
@@ -127,7 +202,7 @@ pub fn server(a: ServerArgs) -> Result<()> {
                 None => crate::state::paths::data_dir().join("cluster.redb"),
                 Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
                 Some(s) => {
-                    bail!("--store {s:?}: file:PATH (one host) or etcd://HOST:PORT[,HOST:PORT...]")
+                    bail!("--store {s:?}: file:PATH (one host) or etcds://HOST:PORT[,HOST:PORT...]")
                 }
             };
             let file = a
@@ -301,7 +376,7 @@ fn control_plane(a: &ServerArgs) -> Vec<String> {
             ));
         }
     }
-    if let Some(etcd) = a.store.as_deref().and_then(|s| s.strip_prefix("etcd://")) {
+    if let Some(etcd) = a.store.as_deref().and_then(crate::cluster::etcd::hosts_of) {
         for ep in etcd.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (h, p) = ep.rsplit_once(':').unwrap_or((ep, "2379"));
             hosts.push((
