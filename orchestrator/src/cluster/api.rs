@@ -19,7 +19,9 @@ use super::state::{Change, Instance, Node, ServiceRecord};
 /// list of X; `text`: plain text; empty: none).
 pub const ROUTES: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("get", "/openapi.json", "anyone", "This document.", "", ""),
-    ("post", "/v1/tenants", "admin", "Create a tenant ({name, quota}); returns its token.", "NewTenant", "TenantCreated"),
+    ("post", "/v1/tenants", "admin", "Create a tenant ({name, quota, runtimes}); returns its token.", "NewTenant", "TenantCreated"),
+    ("get", "/v1/tenants", "admin", "Every tenant with its quota and runtimes.", "", "[Tenant]"),
+    ("patch", "/v1/tenants/{name}", "admin", "Change a tenant ({quota, runtimes}): the limits given replace its own, runtimes given replace its list (409 while a service uses one taken away).", "TenantUpdate", "Tenant"),
     ("post", "/v1/nodes", "admin", "Register or update a node ({name, labels, allocatable, runtimes}).", "Node", "NodeRegistered"),
     ("get", "/v1/nodes", "admin", "Nodes with readiness, allocation and instance counts.", "", "[NodeRow]"),
     ("post", "/v1/nodes/{name}/heartbeat", "admin", "The node is alive.", "", "Revision"),
@@ -118,6 +120,16 @@ pub struct NewTenant {
     /// The runtimes its services may use (default: microvm only).
     #[serde(default)]
     pub runtimes: Vec<crate::state::record::RuntimeKind>,
+}
+
+/// `PATCH /v1/tenants/{name}`: what changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUpdate {
+    #[serde(default)]
+    pub quota: Quota,
+    #[serde(default)]
+    pub runtimes: Option<Vec<crate::state::record::RuntimeKind>>,
 }
 
 /// The tenant made, with its token (shown once).
@@ -274,6 +286,8 @@ pub fn schemas() -> Vec<(
     }
     add::<NewTenant>(&mut out);
     add::<TenantCreated>(&mut out);
+    add::<TenantUpdate>(&mut out);
+    add::<super::auth::Tenant>(&mut out);
     add::<TokenAnswer>(&mut out);
     add::<super::auth::TokenInfo>(&mut out);
     add::<Revision>(&mut out);

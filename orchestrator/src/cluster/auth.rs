@@ -86,12 +86,12 @@ const TOKENS: &str = "/tokens/";
 /// An id is this many hex digits of the token's hash.
 const ID_LEN: usize = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tenant {
     pub name: String,
     pub quota: Quota,
     /// The runtimes its services may use: microVMs only unless an admin
-    /// allowed containers (a shared kernel) at `tenant create --runtimes`.
+    /// allowed containers (a shared kernel) at `tenant create|update --runtimes`.
     #[serde(default = "runtimes_before_the_gate")]
     pub runtimes: Vec<RuntimeKind>,
 }
@@ -391,6 +391,77 @@ impl Cluster {
         serde_json::from_slice(&e.value)
             .map(Some)
             .map_err(|err| StateError::Corrupt(e.key, err.to_string()))
+    }
+
+    /// Every tenant, by name.
+    pub fn tenants(&self) -> Result<Vec<Tenant>, StateError> {
+        let mut out = self
+            .store
+            .list("/tenants/")?
+            .into_iter()
+            .map(|e| {
+                serde_json::from_slice::<Tenant>(&e.value)
+                    .map_err(|err| StateError::Corrupt(e.key, err.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// An admin changes a tenant: each limit `quota` sets replaces the
+    /// tenant's (the rest stay), and `runtimes`, when given, replaces its
+    /// list. A runtime one of its services uses cannot be taken away
+    /// (remove or redeploy those first); a quota below what it uses now
+    /// stands, and refuses growth until it fits (as Kubernetes'
+    /// ResourceQuota). Written only if the tenant did not change meanwhile.
+    pub fn update_tenant(
+        &self,
+        name: &str,
+        quota: Quota,
+        runtimes: Option<&[RuntimeKind]>,
+    ) -> Result<Tenant, StateError> {
+        let key = tenant_key(name);
+        let e = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StateError::NoService(format!("tenant {name}")))?;
+        let mut t: Tenant = serde_json::from_slice(&e.value)
+            .map_err(|err| StateError::Corrupt(e.key.clone(), err.to_string()))?;
+        t.quota = Quota {
+            millicpus: quota.millicpus.or(t.quota.millicpus),
+            memory_mib: quota.memory_mib.or(t.quota.memory_mib),
+            instances: quota.instances.or(t.quota.instances),
+        };
+        if let Some(r) = runtimes {
+            if r.is_empty() {
+                return Err(StateError::Spec(super::spec::SpecError::Field {
+                    field: "runtimes",
+                    why: "at least one (microvm, container)".into(),
+                }));
+            }
+            let mut r = r.to_vec();
+            r.sort_by_key(|k| *k as u8);
+            r.dedup();
+            let kept_out: Vec<String> = self
+                .services(name)?
+                .into_iter()
+                .filter(|s| !r.contains(&s.spec.runtime))
+                .map(|s| s.spec.name)
+                .collect();
+            if !kept_out.is_empty() {
+                return Err(StateError::Taken(format!(
+                    "tenant {name}'s services {} use a runtime this takes away: remove or redeploy them first",
+                    kept_out.join(", ")
+                )));
+            }
+            t.runtimes = r;
+        }
+        let value = serde_json::to_vec(&t).unwrap_or_default();
+        self.store.txn(
+            &[Compare::Revision(key.clone(), e.revision)],
+            &[Op::Put(key, value)],
+        )?;
+        Ok(t)
     }
 
     pub fn tenant(&self, name: &str) -> Result<Tenant, StateError> {

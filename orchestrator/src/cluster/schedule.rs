@@ -199,7 +199,7 @@ pub struct Quota {
 }
 
 /// What a new tenant gets where its admin set no limit: bounded, never
-/// unlimited (an admin raises it at `tenant create`).
+/// unlimited (an admin raises it at `tenant create` or `tenant update`).
 pub const DEFAULT_QUOTA: Quota = Quota {
     millicpus: Some(64_000),
     memory_mib: Some(256 * 1024),

@@ -210,6 +210,24 @@ async fn create_tenant(State(app): State<App>, headers: HeaderMap, text: String)
     })
 }
 
+async fn tenants(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    admin(&app, &headers)?;
+    ok(app.cluster.tenants()?)
+}
+
+async fn update_tenant(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    text: String,
+) -> ApiResult {
+    admin(&app, &headers)?;
+    let u: api::TenantUpdate = body(&text)?;
+    ok(app
+        .cluster
+        .update_tenant(&name, u.quota, u.runtimes.as_deref())?)
+}
+
 async fn register_node(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
     admin(&app, &headers)?;
     let n: Node = body(&text)?;
@@ -601,7 +619,7 @@ async fn deploy(
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             format!(
-                "runtime {:?} is not allowed for tenant {t} (it may use {}): an admin allows it with `tenant create --runtimes`",
+                "runtime {:?} is not allowed for tenant {t} (it may use {}): an admin allows it with `tenant update --runtimes`",
                 format!("{:?}", svc.spec.runtime).to_lowercase(),
                 allowed.join(", ")
             ),
@@ -689,7 +707,8 @@ async fn no_route() -> ApiError {
 fn router(app: App) -> Router {
     let routes = Router::new()
         .route("/openapi.json", get(openapi))
-        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/tenants", post(create_tenant).get(tenants))
+        .route("/v1/tenants/{name}", axum::routing::patch(update_tenant))
         .route("/v1/nodes", post(register_node).get(nodes))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes/tokens", post(join_token))

@@ -1,65 +1,140 @@
-//! `tenant` and `tls`: tenants with their quotas, and the server's certificates.
+//! `tenant` and `tls`: tenants with their quotas and runtimes (create,
+//! ls, update), and the server's certificates.
 
 use super::*;
 
+/// A tenant's limits and runtimes as flags (create sets them, update
+/// changes those given).
+#[derive(Debug, Args)]
+pub struct TenantLimits {
+    /// CPUs in all (vCPUs of microVMs count whole).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory in all, as `run --memory` (microVMs count the VMM overhead).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Instances in all.
+    #[arg(long)]
+    instances: Option<u64>,
+    /// The runtimes its services may use (create's default: microvm only;
+    /// a container shares the node's kernel).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    runtimes: Vec<crate::state::record::RuntimeKind>,
+}
+
+impl TenantLimits {
+    fn quota(&self) -> Result<crate::cluster::schedule::Quota> {
+        if let Some(c) = self.cpus {
+            if !(c.is_finite() && c > 0.0) {
+                bail!("--cpus {c}: more than 0");
+            }
+        }
+        if self.instances == Some(0) {
+            bail!("--instances 0: at least 1");
+        }
+        let memory_mib = self
+            .memory
+            .as_deref()
+            .map(crate::runtime::limits::parse_memory)
+            .transpose()
+            .context("--memory")?;
+        Ok(crate::cluster::schedule::Quota {
+            millicpus: self.cpus.map(crate::runtime::limits::millicpus),
+            memory_mib,
+            instances: self.instances,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
-    /// A new tenant with its quota; prints its token (shown once).
+    /// A new tenant with its quota (limits left out: 64 CPUs, 256 GiB,
+    /// 100 instances); prints its token (shown once).
     Create {
         name: String,
-        /// CPUs in all (vCPUs of microVMs count whole).
-        #[arg(long)]
-        cpus: Option<f64>,
-        /// Memory in all, as `run --memory` (microVMs count the VMM overhead).
-        #[arg(long)]
-        memory: Option<String>,
-        /// Instances in all.
-        #[arg(long)]
-        instances: Option<u64>,
-        /// The runtimes its services may use (default: microvm only; a
-        /// container shares the node's kernel).
-        #[arg(long, value_enum, value_delimiter = ',')]
-        runtimes: Vec<crate::state::record::RuntimeKind>,
+        #[command(flatten)]
+        limits: TenantLimits,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Every tenant with its quota and runtimes.
+    Ls(Conn),
+    /// Change a tenant's limits and runtimes: those given replace its own,
+    /// the rest stay. A runtime one of its services uses cannot be taken
+    /// away; a quota below what it uses stands and refuses growth.
+    Update {
+        name: String,
+        #[command(flatten)]
+        limits: TenantLimits,
         #[command(flatten)]
         conn: Conn,
     },
 }
 
+fn tenant_row(t: &crate::cluster::auth::Tenant) -> Vec<String> {
+    let cpus = t
+        .quota
+        .millicpus
+        .map(|m| format!("{}", m as f64 / 1000.0))
+        .unwrap_or_else(|| "-".into());
+    let memory = t
+        .quota
+        .memory_mib
+        .map(|m| format!("{m} MiB"))
+        .unwrap_or_else(|| "-".into());
+    let instances = t
+        .quota
+        .instances
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "-".into());
+    let runtimes: Vec<String> = t.runtimes.iter().map(word).collect();
+    vec![t.name.clone(), cpus, memory, instances, runtimes.join(",")]
+}
+
 pub fn tenant(cmd: TenantCommand) -> Result<()> {
-    let TenantCommand::Create {
-        name,
-        cpus,
-        memory,
-        instances,
-        runtimes,
-        conn,
-    } = cmd;
-    if let Some(c) = cpus {
-        if !(c.is_finite() && c > 0.0) {
-            bail!("--cpus {c}: more than 0");
+    match cmd {
+        TenantCommand::Create { name, limits, conn } => {
+            let body = serde_json::to_string(&api::NewTenant {
+                name,
+                quota: limits.quota()?,
+                runtimes: limits.runtimes,
+            })?;
+            let v = conn.call(reqwest::Method::POST, "/v1/tenants", Some(body))?;
+            match conn.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Format::Table => println!("{}", typed::<api::TenantCreated>(&v)?.token),
+            }
+            Ok(())
+        }
+        TenantCommand::Ls(conn) => {
+            let v = conn.call(reqwest::Method::GET, "/v1/tenants", None)?;
+            conn.print(&v, |rows: Vec<crate::cluster::auth::Tenant>| {
+                let mut t = table(&["NAME", "CPUS", "MEMORY", "INSTANCES", "RUNTIMES"]);
+                for r in &rows {
+                    t.add_row(tenant_row(r));
+                }
+                t
+            })
+        }
+        TenantCommand::Update { name, limits, conn } => {
+            let quota = limits.quota()?;
+            let runtimes = (!limits.runtimes.is_empty()).then_some(limits.runtimes);
+            if quota == crate::cluster::schedule::Quota::default() && runtimes.is_none() {
+                bail!("tenant update {name}: nothing to change (--cpus, --memory, --instances, --runtimes)");
+            }
+            let body = serde_json::to_string(&api::TenantUpdate { quota, runtimes })?;
+            let v = conn.call(
+                reqwest::Method::PATCH,
+                &format!("/v1/tenants/{}", path_segment(&name)?),
+                Some(body),
+            )?;
+            conn.print(&v, |r: crate::cluster::auth::Tenant| {
+                let mut t = table(&["NAME", "CPUS", "MEMORY", "INSTANCES", "RUNTIMES"]);
+                t.add_row(tenant_row(&r));
+                t
+            })
         }
     }
-    let memory_mib = memory
-        .as_deref()
-        .map(crate::runtime::limits::parse_memory)
-        .transpose()
-        .context("--memory")?;
-    let quota = crate::cluster::schedule::Quota {
-        millicpus: cpus.map(crate::runtime::limits::millicpus),
-        memory_mib,
-        instances,
-    };
-    let body = serde_json::to_string(&api::NewTenant {
-        name,
-        quota,
-        runtimes,
-    })?;
-    let v = conn.call(reqwest::Method::POST, "/v1/tenants", Some(body))?;
-    match conn.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-        Format::Table => println!("{}", typed::<api::TenantCreated>(&v)?.token),
-    }
-    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
