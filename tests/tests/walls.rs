@@ -404,7 +404,7 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
         &service(
             "db",
             "mkdir -p /www && echo acme-secret > /www/index.html && exec httpd -f -p 5432 -h /www",
-            "",
+            "ports: ['18080:5432']\n",
         ),
     );
     deploy(&w, &acme, &service("client", "exec sleep 3600", ""));
@@ -486,6 +486,25 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
         text(&o.stdout).contains("acme-secret"),
         "acme reaches its own db: {}",
         show(&o)
+    );
+    // acme's published port (no address given): on the node's public
+    // address, from the other host and from the node itself; never on the
+    // node's loopback, where its own services live.
+    let from_host = |i: usize, ip: &str| {
+        let mut c = Command::new("/bin/busybox");
+        c.args([
+            "sh",
+            "-c",
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {ip} 18080; echo"),
+        ]);
+        netns::command_in(&mut c, &w.hosts[i].path()).unwrap();
+        text(&c.output().unwrap().stdout)
+    };
+    assert!(from_host(1, NODE1).contains("acme-secret"), "from the LAN");
+    assert!(from_host(0, NODE1).contains("acme-secret"), "from the node");
+    assert!(
+        !from_host(0, "127.0.0.1").contains("acme-secret"),
+        "never on the node's loopback"
     );
     // The attacks, from evil's instance.
     let attacks = [

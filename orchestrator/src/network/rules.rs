@@ -47,9 +47,12 @@ fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
     let mut v = Vec::new();
     for a in leases {
         for p in &a.ports {
-            let dst = match p.host_ip {
-                Some(ip) => format!("ip daddr {ip}"),
-                None => "meta nfproto ipv4 fib daddr type local".to_string(),
+            let dst = match (p.host_ip, p.public_only) {
+                (Some(ip), _) => format!("ip daddr {ip}"),
+                (None, false) => "meta nfproto ipv4 fib daddr type local".to_string(),
+                (None, true) => {
+                    "meta nfproto ipv4 fib daddr type local ip daddr != 127.0.0.0/8".to_string()
+                }
             };
             let proto = match p.proto {
                 Proto::Tcp => "tcp",
@@ -358,6 +361,25 @@ mod tests {
                 .count(),
             2,
             "prerouting and output"
+        );
+        // A tenant's port (public only) skips the host's loopback; one
+        // from `run -p` without an address takes every local address.
+        let mut tenant = lease("10.88.0.3", "9090:90");
+        tenant.ports[0].public_only = true;
+        let t = script(
+            &nets,
+            &[lease("10.88.0.2", "8080:80"), tenant],
+            &HostPolicy::default(),
+        );
+        assert_eq!(
+            t.matches("fib daddr type local tcp dport 8080 dnat")
+                .count(),
+            2
+        );
+        assert_eq!(
+            t.matches("fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 9090 dnat")
+                .count(),
+            2
         );
         assert!(s.contains("iifname \"bhtabc\" ether saddr != 02:b4:0a:58:00:02 drop"));
         assert!(s.contains("iifname \"bhtabc\" ether type ip ip saddr != 10.88.0.2 drop"));

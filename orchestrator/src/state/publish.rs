@@ -30,6 +30,12 @@ pub struct Publish {
     pub host_port: u16,
     pub port: u16,
     pub proto: Proto,
+    /// Never on the host's loopback (`host_ip: None` then means every
+    /// address but 127/8): a cluster tenant's port, which must not reach
+    /// the node's own services' view of localhost. `bulkhead run -p` on
+    /// one host publishes on loopback too, as Docker does.
+    #[serde(default)]
+    pub public_only: bool,
 }
 
 impl Publish {
@@ -71,6 +77,7 @@ impl Publish {
             host_port: num(host_port, "host port")?,
             port: num(port, "port")?,
             proto,
+            public_only: false,
         })
     }
 
@@ -105,7 +112,8 @@ mod tests {
                 host_ip: None,
                 host_port: 8080,
                 port: 80,
-                proto: Proto::Tcp
+                proto: Proto::Tcp,
+                public_only: false,
             }
         );
         let p = Publish::parse("127.0.0.1:5353:53/udp").unwrap_or_else(|e| panic!("{e}"));

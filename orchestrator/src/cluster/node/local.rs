@@ -93,7 +93,15 @@ pub(super) fn start(
     let publish = spec
         .ports
         .iter()
-        .map(|p| Publish::parse(p).map_err(|e| refused(e.to_string())))
+        .map(|p| {
+            // A tenant's port is on the node's public addresses only.
+            Publish::parse(p)
+                .map(|p| Publish {
+                    public_only: true,
+                    ..p
+                })
+                .map_err(|e| refused(e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let allow_egress = spec
         .egress
