@@ -25,6 +25,7 @@ pub fn layer_apply(data: &[u8]) {
         Limits {
             max_bytes: 1 << 20,
             max_entries: 1000,
+            min_free: 0,
         },
     ) {
         let _ = u.apply(data);

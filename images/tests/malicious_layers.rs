@@ -372,6 +372,7 @@ fn m16_decompression_bomb_stops_at_the_size_cap() {
         Limits {
             max_bytes: 1 << 20,
             max_entries: 100,
+            ..Limits::default()
         },
     )
     .unwrap();
@@ -415,7 +416,8 @@ fn m19_too_many_entries() {
             &[l.end()],
             Limits {
                 max_bytes: 1 << 20,
-                max_entries: 10
+                max_entries: 10,
+                ..Limits::default()
             }
         ),
         UnpackError::TooManyEntries(10)
@@ -663,6 +665,7 @@ fn m32_zstd_layers_unpack_and_a_zstd_bomb_stops_at_the_cap() {
         Limits {
             max_bytes: 1 << 20,
             max_entries: 100,
+            ..Limits::default()
         },
     )
     .unwrap();
@@ -712,4 +715,63 @@ fn m33_a_huge_pax_header_is_refused_before_it_is_held_in_memory() {
     let (s, r) = run(&[l]);
     r.unwrap();
     assert_eq!(std::fs::read_to_string(s.root.join("d/f")).unwrap(), "ok");
+}
+
+/// A layer bigger than the disk it lands on stops with a clear error while
+/// the disk still has the reserve free, not when it is full. The target is
+/// a 64 MiB tmpfs mounted here (as root, as the unpacker runs).
+#[test]
+fn m34_a_layer_larger_than_the_disk_stops_before_the_reserve() {
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "mounting the small disk needs root"
+    );
+    let s = Scene::new();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &s.root,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64m"),
+    )
+    .unwrap();
+    let _m = Mounted(s.root.clone());
+    let big = vec![7u8; 24 << 20];
+    let mut layer = Layer(Vec::new());
+    for i in 0..5 {
+        layer = layer.raw(
+            format!("f{i}").as_bytes(),
+            EntryType::Regular,
+            &big,
+            b"",
+            0o644,
+            None,
+        );
+    }
+    let limits = Limits {
+        min_free: 8 << 20,
+        ..Limits::default()
+    };
+    let r = apply(&s, &[layer.end()], limits);
+    match &r {
+        Err(e @ UnpackError::NoSpace { .. }) => {
+            assert!(e.to_string().contains("not enough disk space"), "{e}");
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    let st = nix::sys::statvfs::statvfs(&s.root).unwrap();
+    let free = st.blocks_available() * st.fragment_size();
+    assert!(free >= 8 << 20, "the reserve is left: {free} bytes free");
+    // The control: with room, the same kind of layer unpacks whole.
+    let small = Layer(Vec::new())
+        .raw(b"f", EntryType::Regular, &big, b"", 0o644, None)
+        .end();
+    let s2 = Scene::new();
+    assert!(apply(&s2, &[small], limits).is_ok());
 }

@@ -47,6 +47,13 @@ pub enum StoreError {
     Bad(String),
     #[error("no image {0:?} in the store (`bulkhead image ls` lists them)")]
     NotFound(String),
+    #[error("not enough disk space for {what}: it needs {} MiB and {dir} has {} MiB free, of which {} MiB stay for the node (free some: `bulkhead image rm`, `bulkhead system prune`)", need.div_ceil(1 << 20), free >> 20, pull::DISK_RESERVE >> 20)]
+    NoSpace {
+        what: String,
+        need: u64,
+        free: u64,
+        dir: String,
+    },
     #[error(transparent)]
     Digest(#[from] digest::BadDigest),
 }

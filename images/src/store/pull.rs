@@ -3,6 +3,12 @@
 //! resolved to linux/amd64, each blob streamed to a temp file in the store
 //! while hashed (never a whole layer in memory), then checked and renamed
 //! into place. Blobs already in the store are not fetched again.
+//!
+//! The registry is not trusted with our memory or disk: a manifest is read
+//! chunk by chunk and refused past [`MAX_MANIFEST`] (the limit the
+//! distribution registry itself enforces), a blob is cut off at the size
+//! its descriptor declared, and a blob that would leave the store's disk
+//! with less than [`DISK_RESERVE`] free is not fetched at all.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +41,37 @@ const ACCEPTED: &[&str] = &[
     oci::DOCKER_LIST,
 ];
 const ATTEMPTS: u32 = 3;
+
+/// The largest manifest or index accepted (the distribution registry's own
+/// limit on what it stores).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Free space a pull leaves on the store's disk, for the rest of the node.
+pub const DISK_RESERVE: u64 = 512 << 20;
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> Result<u64, StoreError> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| StoreError::Io {
+        what: format!("statvfs {}", dir.display()),
+        source: e.into(),
+    })?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
+/// Refuses `need` more bytes under `dir` when fewer than `need` plus the
+/// reserve are free.
+pub fn check_space(dir: &std::path::Path, need: u64, what: &str) -> Result<(), StoreError> {
+    let free = free_bytes(dir)?;
+    if need.saturating_add(DISK_RESERVE) > free {
+        return Err(StoreError::NoSpace {
+            what: what.to_string(),
+            need,
+            free,
+            dir: dir.display().to_string(),
+        });
+    }
+    Ok(())
+}
 
 fn bad(what: impl std::fmt::Display) -> StoreError {
     StoreError::Bad(what.to_string())
@@ -128,12 +165,10 @@ pub async fn pull(
         None => RegistryAuth::Anonymous,
     };
     let what = |e: &dyn std::fmt::Display| bad(format!("{reference}: {e}"));
-
-    // The manifest, raw; an index is resolved to linux/amd64.
-    let (bytes, _) = retry(|| client.pull_manifest_raw(&r, &auth, ACCEPTED))
+    let manifests = ManifestFetcher::new(&client, &r, &auth, opts)
         .await
         .map_err(|e| {
-            let msg = chain(&e);
+            let msg = e.to_string();
             let hint = if !opts.insecure && msg.contains("wrong version number") {
                 " (a plain-HTTP registry? use --insecure)"
             } else {
@@ -141,9 +176,9 @@ pub async fn pull(
             };
             what(&format!("{msg}{hint}"))
         })?;
-    if bytes.len() as u64 > super::MAX_JSON {
-        return Err(what(&"manifest too large"));
-    }
+
+    // The manifest, raw; an index is resolved to linux/amd64.
+    let bytes = retry(|| manifests.get(&r)).await.map_err(|e| what(&e))?;
     let mut manifest_digest = Digest::of(&bytes);
     if let Some(d) = r.digest() {
         if d != manifest_digest.as_str() {
@@ -164,12 +199,9 @@ pub async fn pull(
             .ok_or_else(|| what(&"no linux/amd64 image in the index"))?
             .clone();
         let by_digest = r.clone_with_digest(pick.digest.to_string());
-        let (bytes, _) = retry(|| client.pull_manifest_raw(&by_digest, &auth, ACCEPTED))
+        let bytes = retry(|| manifests.get(&by_digest))
             .await
-            .map_err(|e| what(&chain(&e)))?;
-        if bytes.len() as u64 > super::MAX_JSON {
-            return Err(what(&"platform manifest too large"));
-        }
+            .map_err(|e| what(&e))?;
         manifest_digest = Digest::of(&bytes);
         if manifest_digest != pick.digest {
             return Err(StoreError::DigestMismatch {
@@ -187,6 +219,7 @@ pub async fn pull(
         if store.has_blob(&desc.digest) {
             continue;
         }
+        check_space(store.root(), desc.size, &format!("blob {}", desc.digest))?;
         let mut last_err = None;
         for attempt in 0..ATTEMPTS {
             match fetch_blob(store, &client, &r, &desc.digest, desc.size, progress).await {
@@ -221,6 +254,120 @@ pub async fn pull(
         manifest: manifest_digest,
         names,
     })
+}
+
+/// Why a manifest could not be fetched.
+#[derive(Debug, thiserror::Error)]
+enum ManifestError {
+    #[error("{0}")]
+    Http(String),
+    #[error("the registry answered {status} for {url}")]
+    Status { status: u16, url: String },
+    #[error("the manifest is larger than {MAX_MANIFEST} bytes: refused before reading it all")]
+    TooLarge,
+}
+
+/// GETs manifests itself, so that a body is read chunk by chunk under
+/// [`MAX_MANIFEST`]; oci-client only gives it the credentials (a bearer
+/// token from the registry's token server, or basic auth).
+struct ManifestFetcher {
+    http: reqwest::Client,
+    scheme: &'static str,
+    authorization: Option<String>,
+}
+
+impl ManifestFetcher {
+    async fn new(
+        client: &Client,
+        r: &Reference,
+        auth: &RegistryAuth,
+        opts: &PullOptions,
+    ) -> Result<Self, ManifestError> {
+        let http = |e: &(dyn std::error::Error + 'static)| ManifestError::Http(chain(e));
+        let token = retry(|| client.auth(r, auth, oci_client::RegistryOperation::Pull))
+            .await
+            .map_err(|e| http(&e))?;
+        let authorization = match (token, auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Basic(u, p)) => Some(format!(
+                "Basic {}",
+                base64_encode(format!("{u}:{p}").as_bytes())
+            )),
+            (None, _) => None,
+        };
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|e| http(&e))?,
+            scheme: if opts.insecure { "http" } else { "https" },
+            authorization,
+        })
+    }
+
+    /// The manifest `r` names (by digest if it has one), raw.
+    async fn get(&self, r: &Reference) -> Result<Vec<u8>, ManifestError> {
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            self.scheme,
+            r.resolve_registry(),
+            r.repository(),
+            r.digest().or(r.tag()).unwrap_or("latest")
+        );
+        let mut req = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        if let Some(a) = &self.authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let mut res = req
+            .send()
+            .await
+            .map_err(|e| ManifestError::Http(chain(&e)))?;
+        if !res.status().is_success() {
+            return Err(ManifestError::Status {
+                status: res.status().as_u16(),
+                url,
+            });
+        }
+        if res.content_length().is_some_and(|n| n > MAX_MANIFEST) {
+            return Err(ManifestError::TooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| ManifestError::Http(chain(&e)))?
+        {
+            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST {
+                return Err(ManifestError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
@@ -307,6 +454,14 @@ impl AsyncWrite for HashingWriter<'_> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        // A registry sends what the descriptor declared, and not a byte
+        // more: the rest would fill the disk before the digest could fail.
+        if this.written.saturating_add(buf.len() as u64) > this.size {
+            return Poll::Ready(Err(std::io::Error::other(format!(
+                "the registry sent more than the {} bytes blob {} declares",
+                this.size, this.digest
+            ))));
+        }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 this.hasher.update(&buf[..n]);
@@ -340,5 +495,12 @@ mod tests {
         assert_eq!(base64_decode("YTpi").as_deref(), Some(&b"a:b"[..]));
         assert_eq!(base64_decode("YTpiYw==").as_deref(), Some(&b"a:bc"[..]));
         assert!(base64_decode("!!!!").is_none());
+        for s in ["", "a", "ab", "abc", "user:pass", "a:bc"] {
+            assert_eq!(
+                base64_decode(&base64_encode(s.as_bytes())).as_deref(),
+                Some(s.as_bytes())
+            );
+        }
+        assert_eq!(base64_encode(b"user:pass"), "dXNlcjpwYXNz");
     }
 }

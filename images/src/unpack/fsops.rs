@@ -74,6 +74,10 @@ const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
     .union(OFlag::O_RDONLY);
 
 impl DirFd {
+    pub fn fd(&self) -> &OwnedFd {
+        &self.0
+    }
+
     pub fn open_root(root: &Path) -> Result<Self, UnpackError> {
         nix::fcntl::open(
             root,

@@ -56,6 +56,12 @@ pub enum UnpackError {
     TooManyEntries(u64),
     #[error("the image unpacks to more than {0} bytes")]
     TooLarge(u64),
+    #[error("not enough disk space to unpack {path}: {} MiB free, {} MiB of which stay for the node (free some: `bulkhead image rm`, `bulkhead system prune`)", free >> 20, reserve >> 20)]
+    NoSpace {
+        path: String,
+        free: u64,
+        reserve: u64,
+    },
     #[error("layer digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
     #[error("{path} is owned by {uid}:{gid}, outside the ids this user may hand out (its /etc/subuid and /etc/subgid ranges, mapped from 1): widen the ranges or run as root")]
@@ -67,6 +73,11 @@ pub enum UnpackError {
 pub struct Limits {
     pub max_bytes: u64,
     pub max_entries: u64,
+    /// Free space left on the target's disk: a file that would leave less
+    /// stops the unpacking. Checked before a file once 64 MiB (or half this
+    /// reserve, if less) were written since the last check, so smaller
+    /// files between checks never eat through the reserve. 0: unchecked.
+    pub min_free: u64,
 }
 
 impl Default for Limits {
@@ -74,9 +85,13 @@ impl Default for Limits {
         Self {
             max_bytes: 32 << 30,
             max_entries: 2_000_000,
+            min_free: 512 << 20,
         }
     }
 }
+
+/// How much may be written between two looks at the disk's free space.
+const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
 /// What was unpacked, and what was skipped on purpose.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -97,6 +112,8 @@ pub struct Unpacker {
     root: DirFd,
     limits: Limits,
     report: Report,
+    /// Bytes written since the free space was last looked at.
+    unchecked: u64,
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -110,11 +127,31 @@ impl Unpacker {
             root: DirFd::open_root(root)?,
             limits,
             report: Report::default(),
+            unchecked: u64::MAX,
         })
     }
 
     pub fn report(&self) -> &Report {
         &self.report
+    }
+
+    /// Refuses a file of `size` bytes that would leave the disk with less
+    /// than `min_free`.
+    fn check_space(&mut self, size: u64, raw_path: &[u8]) -> Result<(), UnpackError> {
+        let st = nix::sys::statvfs::fstatvfs(self.root.fd()).map_err(|e| UnpackError::Io {
+            path: "statvfs of the unpack target".into(),
+            source: e.into(),
+        })?;
+        let free = st.blocks_available().saturating_mul(st.fragment_size());
+        if size.saturating_add(self.limits.min_free) > free {
+            return Err(UnpackError::NoSpace {
+                path: lossy(raw_path),
+                free,
+                reserve: self.limits.min_free,
+            });
+        }
+        self.unchecked = 0;
+        Ok(())
     }
 
     /// Applies one uncompressed layer tarball.
@@ -191,6 +228,11 @@ impl Unpacker {
                         self.report.bytes = self.report.bytes.saturating_add(size);
                         if self.report.bytes > self.limits.max_bytes {
                             return Err(UnpackError::TooLarge(self.limits.max_bytes));
+                        }
+                        self.unchecked = self.unchecked.saturating_add(size);
+                        let every = SPACE_CHECK_EVERY.min(self.limits.min_free / 2);
+                        if self.limits.min_free > 0 && self.unchecked >= every {
+                            self.check_space(size, &raw_path)?;
                         }
                         let xattrs = xattrs(&mut entry, &mut self.report);
                         let file: OwnedFd = dir.create_file(name, &raw_path)?;
