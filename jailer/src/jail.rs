@@ -35,6 +35,8 @@ pub struct Spec {
     pub netns: Option<PathBuf>,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     pub keep_fds: Vec<i32>,
+    /// A lease deadline file and how long past it the VMM is killed.
+    pub deadline: Option<(PathBuf, u64)>,
     /// The VMM (an absolute path, bound in read-only) and its arguments.
     pub command: Vec<String>,
 }
@@ -107,8 +109,24 @@ fn relayed_signals() -> SigSet {
     s
 }
 
-/// Passes SIGTERM/SIGINT to `child` until it ends; its status as a code.
-fn relay(child: Pid, signals: &SigSet) -> i32 {
+/// How often the lease deadline is looked at.
+const DEADLINE_POLL: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 250_000_000,
+};
+
+/// Waits up to `DEADLINE_POLL` for one of `signals`.
+fn wait_signal(signals: &SigSet) -> Option<Signal> {
+    // SAFETY: sigtimedwait reads the set and the timeout, both alive for
+    // the call, and writes no siginfo (null is allowed).
+    let n = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &DEADLINE_POLL) };
+    Signal::try_from(n).ok()
+}
+
+/// Passes SIGTERM/SIGINT to `child` until it ends, and SIGKILLs it once
+/// the lease deadline (if any) is `kill_after` ms past; its status as a code.
+fn relay(child: Pid, signals: &SigSet, deadline: Option<&(PathBuf, u64)>) -> i32 {
+    let mut killed = false;
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return code,
@@ -116,8 +134,23 @@ fn relay(child: Pid, signals: &SigSet) -> i32 {
             Err(_) => return 125,
             Ok(_) => {}
         }
-        if let Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) = signals.wait() {
+        let sig = match deadline {
+            None => signals.wait().ok(),
+            Some(_) => wait_signal(signals),
+        };
+        if let Some(sig @ (Signal::SIGTERM | Signal::SIGINT)) = sig {
             let _ = kill(child, sig);
+        }
+        if let Some((file, kill_after)) = deadline {
+            let by = crate::deadline::read(file).map_or(0, |d| d.saturating_add(*kill_after));
+            if !killed && crate::deadline::monotonic_ms() >= by {
+                eprintln!(
+                    "bulkhead-jailer: the lease deadline in {} passed: killing the VMM",
+                    file.display()
+                );
+                let _ = kill(child, Signal::SIGKILL);
+                killed = true;
+            }
         }
     }
 }
@@ -151,7 +184,7 @@ fn start(spec: &Spec, root: &Path, cgroups: &Cgroups) -> Result<i32, JailError> 
     match unsafe { fork() }.map_err(|e| JailError::Sys("fork", e))? {
         ForkResult::Parent { child } => {
             drop(jailer);
-            Ok(relay(child, &signals))
+            Ok(relay(child, &signals, spec.deadline.as_ref()))
         }
         ForkResult::Child => {
             let e = enter_and_exec(spec, root, cgroups, jailer);

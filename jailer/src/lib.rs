@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod chroot;
 pub mod cleanup;
+pub mod deadline;
 pub mod jail;
 pub mod validate;
 

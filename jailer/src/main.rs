@@ -18,7 +18,9 @@ the VMM and each --bind at its own path (read-only unless ,rw) and a fresh
 /proc, and turns read-only; pivot_root into it, rlimits, every fd closed
 but 0-2 and --keep-fd, an empty environment, NO_NEW_PRIVS, no capabilities
 (bounding set too), and exec as UID:GID. SIGTERM and SIGINT are passed to
-the VMM; the jail dir and cgroups are removed when it ends.
+the VMM; with --deadline-file, the VMM is SIGKILLed once the lease
+deadline plus --deadline-kill-after-ms has passed (checked every 250 ms);
+the jail dir and cgroups are removed when it ends.
 
 Exit codes: the VMM's (128+N when killed by signal N); 125 when jailing
 failed (the message says which step); 2 bad usage.";
@@ -53,6 +55,15 @@ struct Args {
     /// NOFILE=N or FSIZE=N.
     #[arg(long = "resource-limit", value_name = "NAME=VALUE")]
     rlimits: Vec<String>,
+    /// A lease deadline file (CLOCK_MONOTONIC ms, see bulkhead's fencing):
+    /// the jailer SIGKILLs the VMM once it is this far past, whatever its
+    /// supervisor does (missing or damaged: passed).
+    #[arg(long, value_name = "FILE", requires = "deadline_kill_after_ms")]
+    deadline_file: Option<PathBuf>,
+    /// How long after the deadline the VMM is killed (its supervisor's
+    /// stop signal comes first).
+    #[arg(long, value_name = "MS", requires = "deadline_file")]
+    deadline_kill_after_ms: Option<u64>,
     /// An inherited fd the VMM keeps (e.g. a TAP passed as fd 3).
     #[arg(long = "keep-fd", value_name = "N")]
     keep_fds: Vec<i32>,
@@ -116,6 +127,7 @@ fn spec(a: Args) -> Result<Spec, validate::ValidateError> {
         netns,
         rlimits,
         keep_fds: a.keep_fds,
+        deadline: a.deadline_file.zip(a.deadline_kill_after_ms),
         command,
     })
 }

@@ -586,3 +586,51 @@ fn a_nodev_noexec_base_works_and_dynamic_vmms_or_unusable_binds_are_refused() {
         );
     }
 }
+
+/// Fencing below the supervisor: a jailed VMM whose lease deadline passes
+/// is SIGKILLed by its jailer, with no supervisor around; renewed, it runs.
+#[test]
+fn the_jailer_kills_its_vmm_once_the_lease_deadline_passes() {
+    let f = fixture(Program::new().print("up\n").spin());
+    let deadline = f.base.parent().unwrap().join("deadline");
+    let now = bulkhead_jailer::deadline::monotonic_ms();
+    std::fs::write(&deadline, format!("{}\n", now + 60_000)).unwrap();
+    let c = jailed(&f, "fenced", &[]);
+    // The VMM's arguments come after `--`: the deadline flags go first.
+    let args: Vec<std::ffi::OsString> = c.get_args().map(Into::into).collect();
+    let split = args.iter().position(|a| a == "--").unwrap();
+    let mut c2 = jailer();
+    c2.args(&args[..split])
+        .arg("--deadline-file")
+        .arg(&deadline)
+        .args(["--deadline-kill-after-ms", "200"])
+        .args(&args[split..]);
+    drop(c);
+    let mut child = c2
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    // Renewed (a minute ahead): still running a second later.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(child.try_wait().unwrap().is_none(), "killed while renewed");
+    // The deadline passes (the node daemon stopped renewing).
+    std::fs::write(&deadline, "0\n").unwrap();
+    let since = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(128 + 9), "{err}");
+    assert!(err.contains("lease deadline"), "{err}");
+    assert!(
+        since.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        since.elapsed()
+    );
+    assert_eq!(leftovers("fenced", &f.kernel), Vec::<String>::new());
+}

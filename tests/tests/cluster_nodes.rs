@@ -311,10 +311,13 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         counter.0.lock().unwrap()
     );
 
-    // SIGKILL n3's daemon and its workloads (supervisors and containers):
-    // replacements run on the other nodes within 30 s.
+    // SIGKILL n3's daemon and its workloads' supervisors, leaving the
+    // containers (and crun) running: fencing below the supervisor (the
+    // fence watcher) stops each by its deadline, before the replacement
+    // runs on the other nodes within 30 s.
     let since = Instant::now();
     c.signal_node(2, nix::sys::signal::Signal::SIGKILL);
+    let mut orphans = Vec::new();
     for (_, id) in c.local(2) {
         let o = Command::new(bulkhead())
             .env("BULKHEAD_DATA", &c.data[2])
@@ -333,13 +336,17 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
             v["pids"]["supervisor"].as_i64(),
         ];
         assert!(pids.iter().all(Option::is_some), "{v}");
-        for p in pids.into_iter().flatten() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(p).unwrap()),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        let pid = |p: Option<i64>| nix::unistd::Pid::from_raw(i32::try_from(p.unwrap()).unwrap());
+        nix::sys::signal::kill(pid(pids[2]), nix::sys::signal::Signal::SIGKILL).unwrap();
+        orphans.push(pid(pids[0]));
     }
+    assert!(!orphans.is_empty());
+    assert!(
+        orphans
+            .iter()
+            .all(|p| nix::sys::signal::kill(*p, None).is_ok()),
+        "the containers outlive their supervisors for now"
+    );
     let took = wait_for(
         &c,
         "n3's instance replaced on n1/n2",
@@ -356,6 +363,12 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         counter.most_at_once("web", since) <= 3,
         "never more than 3 copies at once: {:?}",
         counter.0.lock().unwrap()
+    );
+    assert!(
+        orphans
+            .iter()
+            .all(|p| nix::sys::signal::kill(*p, None).is_err()),
+        "the orphaned containers were stopped by their deadline"
     );
     c.start_node(2);
     wait_for(&c, "n3 back", Duration::from_secs(30), || {

@@ -101,6 +101,16 @@ enum Command {
         notify_fd: Option<i32>,
         id: String,
     },
+    /// A fenced container's watcher (started by its supervisor; not for people).
+    #[command(name = "__fence-watch", hide = true)]
+    FenceWatch {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        deadline_file: PathBuf,
+        #[arg(long)]
+        kill_after_ms: u64,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -143,6 +153,11 @@ pub fn main() -> ExitCode {
             notify_fd,
             id,
         } => return crate::runtime::supervisor::main(data, id, notify_fd),
+        Command::FenceWatch {
+            id,
+            deadline_file,
+            kill_after_ms,
+        } => return crate::runtime::fence_watch::main(&id, &deadline_file, kill_after_ms),
         Command::Run(a) => (run::run(*a), run::EXIT_BULKHEAD),
         Command::Exec(a) => (workloads::exec(a), run::EXIT_BULKHEAD),
         Command::Ps(a) => (workloads::ps(a), 1),

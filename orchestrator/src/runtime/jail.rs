@@ -119,6 +119,14 @@ pub fn command(
     if tap {
         c.args(["--keep-fd", "3"]);
     }
+    // Fencing below the supervisor: the jailer kills the VMM by the lease
+    // deadline too, if the supervisor is gone by then.
+    if let Some(f) = &cfg.fencing {
+        c.arg("--deadline-file")
+            .arg(&f.deadline_file)
+            .arg("--deadline-kill-after-ms")
+            .arg(f.kill_after_ms.to_string());
+    }
     c.arg("--").arg(&files.vmm);
     c
 }

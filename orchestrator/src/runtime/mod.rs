@@ -22,6 +22,7 @@ pub mod attach;
 pub mod client;
 pub mod container;
 pub mod create;
+pub mod fence_watch;
 pub mod jail;
 pub mod limits;
 pub mod microvm;

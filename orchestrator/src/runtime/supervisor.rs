@@ -237,6 +237,15 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             return fail_early(&paths, &cfg, first, report, &mut notify).await;
         }
     };
+    // A fenced container is stopped by its deadline even if this
+    // supervisor is killed (a microVM's jailer does the same).
+    if let (Backend::Container(_), Some(f)) = (&backend, &cfg.fencing) {
+        if let Err(e) = super::fence_watch::spawn(&cfg.id, f) {
+            cleanup(&backend).await;
+            let report = failed(format!("start the fence watcher: {e}"));
+            return fail_early(&paths, &cfg, first, report, &mut notify).await;
+        }
+    }
     running.runtime = runtime_pid;
     running.started_ms = Some(now_ms());
     let _ = write_json(&dir.join("running.json"), &running);

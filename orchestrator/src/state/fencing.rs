@@ -23,41 +23,13 @@ pub struct Fencing {
     pub kill_after_ms: u64,
 }
 
-/// Milliseconds on CLOCK_MONOTONIC.
-pub fn monotonic_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            // The monotonic clock is never negative.
-            u64::try_from(t.tv_sec())
-                .unwrap_or(0)
-                .saturating_mul(1000)
-                .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000)
-        })
-        .unwrap_or(0)
-}
+pub use bulkhead_jailer::deadline::{monotonic_ms, parse, read};
 
 /// Sets the deadline (whole or not at all: a temp file renamed over it).
 pub fn write(path: &Path, deadline_ms: u64) -> std::io::Result<()> {
     // Not synced: a deadline on CLOCK_MONOTONIC means nothing after a
     // reboot, and this runs for every workload at every heartbeat.
     bulkhead_images::private::replace(path, format!("{deadline_ms}\n").as_bytes())
-}
-
-/// The deadline in `text`; `None` for anything but one decimal number.
-pub fn parse(text: &str) -> Option<u64> {
-    let t = text.strip_suffix('\n').unwrap_or(text);
-    if t.is_empty() || t.len() > 20 || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    t.parse().ok()
-}
-
-/// The deadline in the file; `None` (passed) when it cannot be read.
-pub fn read(path: &Path) -> Option<u64> {
-    let mut text = String::new();
-    let f = std::fs::File::open(path).ok()?;
-    std::io::Read::read_to_string(&mut std::io::Read::take(f, 64), &mut text).ok()?;
-    parse(&text)
 }
 
 /// Resolves once the deadline in `path` has passed (re-read each time the

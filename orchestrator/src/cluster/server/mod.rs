@@ -200,34 +200,6 @@ async fn openapi() -> Json<serde_json::Value> {
     Json(api::document())
 }
 
-async fn create_tenant(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
-    admin(&app, &headers)?;
-    let t: api::NewTenant = body(&text)?;
-    let token = app.cluster.create_tenant(&t.name, t.quota, &t.runtimes)?;
-    ok(api::TenantCreated {
-        name: t.name,
-        token,
-    })
-}
-
-async fn tenants(State(app): State<App>, headers: HeaderMap) -> ApiResult {
-    admin(&app, &headers)?;
-    ok(app.cluster.tenants()?)
-}
-
-async fn update_tenant(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    text: String,
-) -> ApiResult {
-    admin(&app, &headers)?;
-    let u: api::TenantUpdate = body(&text)?;
-    ok(app
-        .cluster
-        .update_tenant(&name, u.quota, u.runtimes.as_deref())?)
-}
-
 async fn register_node(State(app): State<App>, headers: HeaderMap, text: String) -> ApiResult {
     admin(&app, &headers)?;
     let n: Node = body(&text)?;
@@ -236,48 +208,6 @@ async fn register_node(State(app): State<App>, headers: HeaderMap, text: String)
     app.cluster.register_node(n)?;
     let revision = app.cluster.heartbeat(&name, app.clock.now_ms())?;
     ok(api::NodeRegistered { name, revision })
-}
-
-async fn join_token(
-    State(app): State<App>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    admin(&app, &headers)?;
-    let ttl_ms = match q.as_deref() {
-        None | Some("") => Some(super::auth::JOIN_TOKEN_TTL_MS),
-        Some(q) => match q.strip_prefix("ttl_s=").and_then(|n| n.parse::<u64>().ok()) {
-            Some(0) => None,
-            Some(s) => Some(s.saturating_mul(1000)),
-            None => {
-                return Err(ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!("query {q:?}: only ttl_s=N (seconds; 0: until revoked)"),
-                ))
-            }
-        },
-    };
-    let (token, expires_ms) = app.cluster.create_join_token(app.clock.now_ms(), ttl_ms)?;
-    // The CA's hash rides along: the node pins it (kubeadm's discovery).
-    let token = match &app.discovery {
-        Some(hash) => format!("{token}.{hash}"),
-        None => token,
-    };
-    ok(api::TokenAnswer { token, expires_ms })
-}
-
-async fn tokens(State(app): State<App>, headers: HeaderMap) -> ApiResult {
-    admin(&app, &headers)?;
-    ok(app.cluster.list_tokens(app.clock.now_ms())?)
-}
-
-async fn revoke_token(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    admin(&app, &headers)?;
-    ok(app.cluster.revoke_token(&id, app.clock.now_ms())?)
 }
 
 fn valid_node(n: &Node) -> Result<(), ApiError> {
@@ -703,6 +633,9 @@ async fn no_route() -> ApiError {
         "no such route (GET /openapi.json lists them)".into(),
     )
 }
+
+mod admin;
+use admin::{create_tenant, join_token, revoke_token, tenants, tokens, update_tenant};
 
 fn router(app: App) -> Router {
     let routes = Router::new()
