@@ -2,8 +2,9 @@
 //! /dev/kvm (any KVM): pseudo-random writes to every register of every
 //! virtio-mmio window, to the serial port, and to the guest memory where
 //! the rings live (forged descriptor chains, random QueueNotify), before,
-//! during and after the DRIVER_OK handshake, with a disk, vsock and rng
-//! attached, seccomp on. The VMM must survive (or stop with the guest-fault
+//! during and after the DRIVER_OK handshake, with a disk, vsock, rng and a
+//! network card on a TAP attached (the host keeps sending it frames through
+//! a packet socket on the TAP: no address is involved), seccomp on. The VMM must survive (or stop with the guest-fault
 //! code), never crash or die of a signal, keep its own memory within 1 MiB
 //! of a calm run's, and a VM beside it must get all its output through.
 
@@ -78,6 +79,81 @@ struct Run {
     status: std::process::ExitStatus,
     stdout: Vec<u8>,
     stderr: String,
+    /// Frames the host sent into the VM's TAP while it ran.
+    frames: u64,
+}
+
+/// Sends Ethernet frames out of TAP `tap` through a packet socket, so they
+/// arrive on the VM's side, until `stop` (or the TAP goes with its VMM);
+/// how many went. The TAP has no address, forwards nothing and has no
+/// IPv6: what the guest sends ends in the host stack, never anywhere else.
+fn feed_tap(tap: &str, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    use std::sync::atomic::Ordering;
+    let ifname = std::ffi::CString::new(tap).unwrap();
+    // SAFETY: a NUL-terminated name, read for the call.
+    let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    if index == 0 {
+        return 0; // the VM ended already
+    }
+    for (knob, value) in [
+        (format!("/proc/sys/net/ipv4/conf/{tap}/forwarding"), "0"),
+        (format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1"),
+    ] {
+        if std::fs::write(&knob, value).is_err() {
+            return 0;
+        }
+    }
+    let up = Command::new("ip")
+        .args(["link", "set", tap, "up"])
+        .status()
+        .unwrap();
+    if !up.success() {
+        return 0;
+    }
+    // SAFETY: socket() with integer arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh fd that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+    addr.sll_ifindex = i32::try_from(index).unwrap();
+    addr.sll_halen = 6;
+    let mut sent = 0u64;
+    let mut seed = 0x9e37_79b9u32;
+    while !stop.load(Ordering::Relaxed) {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let len = 60 + usize::try_from(seed % 1400).unwrap();
+        let mut frame = vec![0u8; len];
+        frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 3]);
+        frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 4]);
+        frame[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+        for (i, b) in frame[14..].iter_mut().enumerate() {
+            *b = (seed >> (i % 24)).to_le_bytes()[0];
+        }
+        // SAFETY: sendto reads `frame` and `addr`, both alive for the call.
+        let n = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(addr).cast(),
+                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap(),
+            )
+        };
+        if n > 0 {
+            sent += 1;
+        }
+        // Not a flood: a steady stream, so the guest side always has some.
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    sent
 }
 
 fn run_vm(dir: &Path, name: &str, p: Program) -> Run {
@@ -85,6 +161,7 @@ fn run_vm(dir: &Path, name: &str, p: Program) -> Run {
     std::fs::write(&kernel, p.elf()).unwrap();
     let disk = dir.join(format!("{name}.img"));
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let tap = format!("bhst{}{}", std::process::id() % 100_000, &name[..1]);
     let mut child = vmm()
         .arg("--kernel")
         .arg(&kernel)
@@ -92,7 +169,7 @@ fn run_vm(dir: &Path, name: &str, p: Program) -> Run {
         .arg(&disk)
         .arg("--vsock-uds")
         .arg(dir.join(format!("{name}.vsock")))
-        .args(["--vsock-cid", "3", "--memory-report"])
+        .args(["--vsock-cid", "3", "--memory-report", "--tap", &tap])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -101,6 +178,13 @@ fn run_vm(dir: &Path, name: &str, p: Program) -> Run {
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
     assert_eq!(first, "start\n", "{name}: the guest starts");
+    // The VMM made the TAP before the guest ran: frames from the host
+    // until the VM ends.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let (tap, stop) = (tap.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || feed_tap(&tap, &stop))
+    };
     let mut stdout = Vec::new();
     out.read_to_end(&mut stdout).unwrap();
     let mut stderr = String::new();
@@ -110,10 +194,15 @@ fn run_vm(dir: &Path, name: &str, p: Program) -> Run {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    let status = child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let frames = feeder.join().unwrap();
+    eprintln!("{name}: {frames} frames sent into its TAP");
     Run {
-        status: child.wait().unwrap(),
+        status,
         stdout,
         stderr,
+        frames,
     }
 }
 
@@ -155,6 +244,10 @@ fn a_hostile_guest_cannot_crash_the_vmm_grow_it_or_disturb_a_neighbour() {
     });
 
     let hostile = run_vm(dir.path(), "hostile", program(true));
+    assert!(
+        hostile.frames > 0,
+        "the storm's network card was fed frames from the host"
+    );
     let (beside, took) = beside.join().unwrap();
     eprintln!("neighbour ran {took:?} beside the storm");
 
