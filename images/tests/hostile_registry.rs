@@ -49,6 +49,20 @@ fn long_layer() -> Vec<u8> {
     vec![0x5a; 32 << 20]
 }
 
+/// A 200 with `extra` headers, then 64 MiB of spaces as far as the
+/// client keeps reading.
+fn spaces(s: &mut TcpStream, seen: &Seen, extra: &str, ty: &str) {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\n{extra}Connection: close\r\n\r\n");
+    let _ = s.write_all(head.as_bytes());
+    let chunk = vec![b' '; 64 << 10];
+    for _ in 0..1024 {
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+        seen.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+}
+
 fn serve(mut s: TcpStream, seen: &Seen) {
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
@@ -81,34 +95,15 @@ fn serve(mut s: TcpStream, seen: &Seen) {
     }
     match path.as_str() {
         "/v2/" => send(&mut s, ok(2, "application/json"), b"{}"),
-        // A manifest with no length that never ends.
-        "/v2/endless/manifests/latest" => {
-            let _ = s.write_all(
-                format!("HTTP/1.1 200 OK\r\nContent-Type: {oci}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            );
-            let spaces = vec![b' '; 64 << 10];
-            for _ in 0..1024 {
-                if s.write_all(&spaces).is_err() {
-                    return;
-                }
-                seen.sent.fetch_add(spaces.len() as u64, Ordering::Relaxed);
-            }
-        }
+        // A manifest with no length that never ends (64 MiB of spaces).
+        "/v2/endless/manifests/latest" => spaces(&mut s, seen, "", oci),
         // A manifest that declares a gigabyte.
-        "/v2/declared/manifests/latest" => {
-            let _ = s.write_all(
-                format!("HTTP/1.1 200 OK\r\nContent-Type: {oci}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", 1u64 << 30)
-                    .as_bytes(),
-            );
-            let spaces = vec![b' '; 64 << 10];
-            for _ in 0..1024 {
-                if s.write_all(&spaces).is_err() {
-                    return;
-                }
-                seen.sent.fetch_add(spaces.len() as u64, Ordering::Relaxed);
-            }
-        }
+        "/v2/declared/manifests/latest" => spaces(
+            &mut s,
+            seen,
+            &format!("Content-Length: {}\r\n", 1u64 << 30),
+            oci,
+        ),
         // A layer whose descriptor says 1 KiB; its blob is 32 MiB.
         "/v2/liar/manifests/latest" => {
             let m = manifest(&sha(&layer), 1024);

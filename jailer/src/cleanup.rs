@@ -29,16 +29,15 @@ fn procs(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILLs what is left in the group, waits for it to be gone, removes it.
-fn remove_cgroup(dir: &Path) -> Result<bool, CleanupError> {
-    if !dir.is_dir() {
-        return Ok(false);
-    }
+/// SIGKILLs every process in the cgroup `dir` until it is empty (what
+/// forks meanwhile is killed on the next pass); `Busy` if some are left
+/// after 10 s.
+pub fn kill_all(dir: &Path) -> Result<(), CleanupError> {
     let deadline = Instant::now() + KILL_WAIT;
     loop {
         let left = procs(dir);
         if left.is_empty() {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(CleanupError::Busy {
@@ -55,6 +54,14 @@ fn remove_cgroup(dir: &Path) -> Result<bool, CleanupError> {
         // Bounded poll: the kernel gives no event for "cgroup empty" on v1.
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// SIGKILLs what is left in the group, waits for it to be gone, removes it.
+fn remove_cgroup(dir: &Path) -> Result<bool, CleanupError> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    kill_all(dir)?;
     match std::fs::remove_dir(dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -5,8 +5,8 @@
 //!
 //! It watches the container's cgroups (`bulkhead/<id>`, as crun makes
 //! them): gone means the container ended and was removed, and it exits;
-//! past the deadline it SIGKILLs every process in them, as the jailer's
-//! cleanup does, and exits. It never touches anything else.
+//! past the deadline it SIGKILLs every process in them with the jailer's
+//! cleanup, and exits. It never touches anything else.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,37 +18,6 @@ use bulkhead_jailer::deadline;
 const POLL: Duration = Duration::from_millis(250);
 /// How long the container's cgroups may take to appear after the start.
 const APPEAR: Duration = Duration::from_secs(60);
-/// How long killed processes may take to leave.
-const KILL_WAIT: Duration = Duration::from_secs(10);
-
-fn procs(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// SIGKILLs what is in `dirs` until they are empty (or `KILL_WAIT` ends).
-fn kill_all(dirs: &[PathBuf]) -> bool {
-    let until = Instant::now() + KILL_WAIT;
-    loop {
-        let left: Vec<i32> = dirs.iter().flat_map(|d| procs(d)).collect();
-        if left.is_empty() {
-            return true;
-        }
-        if Instant::now() > until {
-            return false;
-        }
-        for pid in left {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// `bulkhead __fence-watch`: see the module.
 pub fn main(id: &str, deadline_file: &Path, kill_after_ms: u64) -> ExitCode {
@@ -75,11 +44,17 @@ pub fn main(id: &str, deadline_file: &Path, kill_after_ms: u64) -> ExitCode {
                     "bulkhead fence-watch: {id}: the lease deadline in {} passed with no supervisor stopping it: killing the container",
                     deadline_file.display()
                 );
-                return if kill_all(&dirs) {
-                    ExitCode::SUCCESS
-                } else {
-                    eprintln!("bulkhead fence-watch: {id}: processes left after SIGKILL");
+                let mut left = false;
+                for d in &dirs {
+                    if let Err(e) = bulkhead_jailer::cleanup::kill_all(d) {
+                        eprintln!("bulkhead fence-watch: {id}: {e}");
+                        left = true;
+                    }
+                }
+                return if left {
                     ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
                 };
             }
         }
