@@ -195,7 +195,7 @@ pub fn create(
             let mut files = vm_files(&store, &manifest, assets)?;
             // The VMM's configuration as it will get it, checked now (the
             // MAC comes with the address lease; it is ours, not asked for).
-            super::microvm::vm_config(&id, req.cpus, memory_mib, &files, None)
+            super::microvm::vm_config(&id, req.cpus, memory_mib, &files, None, false)
                 .map_err(CreateError::Vm)?;
             if let Some(other) = &req.other_vmm {
                 if req.network != crate::network::NONE {

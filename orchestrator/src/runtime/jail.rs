@@ -1,7 +1,11 @@
 //! Every VMM bulkhead starts runs inside `bulkhead-jailer`: its own uid and
-//! gid, a chroot holding only the kernel, initrd, disk and its vsock dir,
-//! new mount/pid/ipc/uts namespaces, cgroups `bulkhead/<id>` sized to the
-//! VM, rlimits, no capabilities. This module builds that command, finds the
+//! gid, a chroot holding only the kernel, initrd and its vsock dir (the
+//! root disk comes open, as a descriptor),
+//! new mount/pid/ipc/uts namespaces, one shared network namespace with
+//! nothing in it (the VMM needs only its TAP's fd, which works from
+//! anywhere: a VMM taken over finds no interface, route or socket of the
+//! host's), cgroups `bulkhead/<id>` sized to the VM, rlimits, no
+//! capabilities. This module builds that command, finds the
 //! VMM under it, and removes what a killed jailer left.
 
 use std::collections::BTreeSet;
@@ -63,6 +67,64 @@ pub fn make_vm_dir(vm_dir: &Path, jail: Option<&Jail>) -> Result<(), JailError> 
     Ok(())
 }
 
+/// The network namespace every jailed VMM joins: empty (not even
+/// loopback up), made once and kept by a bind mount at this path.
+pub fn vmm_netns_path() -> std::path::PathBuf {
+    Path::new(crate::state::paths::RUN_ROOT).join("netns/vmm")
+}
+
+/// Makes the VMMs' empty network namespace if it is not there yet (under
+/// a lock, so two supervisors starting at once make one); its path.
+pub fn vmm_netns() -> Result<std::path::PathBuf, JailError> {
+    let path = vmm_netns_path();
+    let io = |what: &str, source: std::io::Error| JailError::Io {
+        path: format!("{what} {}", path.display()),
+        source,
+    };
+    let is_netns =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC);
+    if is_netns(&path) {
+        return Ok(path);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(
+            path.parent()
+                .unwrap_or(Path::new(crate::state::paths::RUN_ROOT)),
+        )
+        .map_err(|e| io("create the dir of", e))?;
+    let lock = std::fs::File::create(path.with_extension("lock")).map_err(|e| io("lock", e))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io("lock", e.into()))?;
+    if is_netns(&path) {
+        return Ok(path);
+    }
+    std::fs::File::create(&path).map_err(|e| io("create", e))?;
+    let target = path.clone();
+    let made = std::thread::spawn(move || -> std::io::Result<()> {
+        // SAFETY: unshare on this short-lived thread only; it touches no memory.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(std::io::Error::from)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")));
+    made.map_err(|e| io("make the VMMs' network namespace at", e))?;
+    Ok(path)
+}
+
+/// statfs(2)'s magic number of nsfs, where namespace files live.
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+
 /// Lets the jailed VMM connect to a socket the supervisor listens on.
 pub fn hand_over(socket: &Path, jail: Option<&Jail>) -> Result<(), JailError> {
     if let Some(j) = jail {
@@ -77,7 +139,9 @@ pub fn hand_over(socket: &Path, jail: Option<&Jail>) -> Result<(), JailError> {
 }
 
 /// `bulkhead-jailer ... --` with the VM's binds and limits; the caller
-/// appends the VMM's own arguments. `tap`: fd 3 is the VM's TAP.
+/// appends the VMM's own arguments. `tap`: fd 3 is the VM's TAP;
+/// `netns`: the namespace the VMM joins ([`vmm_netns`]).
+#[allow(clippy::too_many_arguments)]
 pub fn command(
     jail: &Jail,
     cfg: &WorkloadConfig,
@@ -86,6 +150,7 @@ pub fn command(
     vcpus: u32,
     memory_mib: u64,
     tap: bool,
+    netns: &Path,
 ) -> Command {
     let mut c = Command::new(&jail.jailer);
     c.args([
@@ -97,9 +162,17 @@ pub fn command(
         &jail.gid.to_string(),
     ])
     .arg("--chroot-base")
-    .arg(&jail.chroot_base);
-    for ro in [&files.kernel, &files.initrd, &files.disk.path] {
+    .arg(&jail.chroot_base)
+    .arg("--netns")
+    .arg(netns);
+    // Our VMM gets the root disk open as fd 4 (`microvm::DISK_FD`), so
+    // its path is not bound; Firecracker opens it by path.
+    let disk_fd = files.flavor == crate::state::record::VmmFlavor::Bulkhead;
+    for ro in [&files.kernel, &files.initrd] {
         c.arg("--bind").arg(ro);
+    }
+    if !disk_fd {
+        c.arg("--bind").arg(&files.disk.path);
     }
     c.arg("--bind").arg(format!("{},rw", vm_dir.display()));
     let memory = memory_mib
@@ -118,6 +191,9 @@ pub fn command(
         .arg(format!("FSIZE={FSIZE_BYTES}"));
     if tap {
         c.args(["--keep-fd", "3"]);
+    }
+    if disk_fd {
+        c.args(["--keep-fd", &super::microvm::DISK_FD.to_string()]);
     }
     // Fencing below the supervisor: the jailer kills the VMM by the lease
     // deadline too, if the supervisor is gone by then.

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bulkhead_agent_proto::client::{AgentClient, ClientError, Output};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use bulkhead_agent_proto::{
     DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec,
@@ -33,6 +33,8 @@ const CONSOLE_LIMIT: u64 = 1 << 20;
 /// Generous: under the nested test host's emulation a boot takes seconds.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const CID: u32 = 3;
+/// A jailed VMM's root disk, passed open.
+pub const DISK_FD: i32 = 4;
 /// The guest kernel's command line.
 const CMDLINE: &str = "console=ttyS0 quiet reboot=k";
 
@@ -46,6 +48,7 @@ pub fn vm_config(
     memory_mib: Option<u64>,
     files: &VmFiles,
     mac: Option<&str>,
+    disk_fd: bool,
 ) -> Result<VmConfig, ConfigError> {
     let vcpus = super::limits::vm_vcpus(cpus);
     let memory = memory_mib.unwrap_or(super::limits::DEFAULT_VM_MEMORY_MIB);
@@ -55,9 +58,14 @@ pub fn vm_config(
         cmdline: Some(CMDLINE.into()),
         vcpus: u8::try_from(vcpus).unwrap_or(u8::MAX),
         memory_mib: u32::try_from(memory).unwrap_or(u32::MAX),
-        // The image's root disk (read-only: an overlay on tmpfs in the guest).
+        // The image's root disk (read-only: an overlay on tmpfs in the
+        // guest); a jailed VMM gets it open, as fd 4, and never its path.
         disks: vec![DiskConfig {
-            path: files.disk.path.clone(),
+            path: if disk_fd {
+                PathBuf::from(format!("fd:{DISK_FD}"))
+            } else {
+                files.disk.path.clone()
+            },
             read_only: files.disk.read_only,
         }],
         vsock: Some(VsockConfig {
@@ -182,7 +190,10 @@ impl Microvm {
         let with_tap =
             tap.is_some() && cfg.network.is_some() && files.flavor == VmmFlavor::Bulkhead;
         let mut cmd = match jail {
-            Some(j) => jail::command(j, cfg, files, &vm_dir, vcpus, memory, with_tap),
+            Some(j) => {
+                let netns = jail::vmm_netns()?;
+                jail::command(j, cfg, files, &vm_dir, vcpus, memory, with_tap, &netns)
+            }
             None => Command::new(&files.vmm),
         };
         match files.flavor {
@@ -192,7 +203,14 @@ impl Microvm {
                     .as_ref()
                     .filter(|_| with_tap)
                     .map(|a| a.mac.as_str());
-                let vm = vm_config(&cfg.id, cfg.cpus, cfg.memory_mib, files, mac)?;
+                let vm = vm_config(
+                    &cfg.id,
+                    cfg.cpus,
+                    cfg.memory_mib,
+                    files,
+                    mac,
+                    jail.is_some(),
+                )?;
                 let path = vm_dir.join("vm.json");
                 let json = serde_json::to_vec_pretty(&vm)?;
                 std::fs::write(&path, json)
@@ -204,6 +222,31 @@ impl Microvm {
                     unsafe {
                         cmd.pre_exec(move || {
                             if libc::dup2(fd, 3) < 0 {
+                                Err(std::io::Error::last_os_error())
+                            } else {
+                                Ok(())
+                            }
+                        });
+                    }
+                }
+                if jail.is_some() {
+                    let disk = std::fs::File::options()
+                        .read(true)
+                        .write(!files.disk.read_only)
+                        .open(&files.disk.path)
+                        .map_err(io(format_args!("open {}", files.disk.path.display())))?;
+                    // Numbered above the fds the children get (3, 4), so
+                    // that no dup2 of ours closes another's source.
+                    let disk = nix::fcntl::fcntl(&disk, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                        .map_err(|e| io("move the disk fd")(e.into()))?;
+                    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that is ours.
+                    let disk = unsafe { OwnedFd::from_raw_fd(disk) };
+                    // SAFETY: dup2 is async-signal-safe; it gives the VMM the
+                    // disk as fd 4 (without CLOEXEC), after the TAP's. `disk`
+                    // moves into the closure, so it stays open until the spawn.
+                    unsafe {
+                        cmd.pre_exec(move || {
+                            if libc::dup2(disk.as_raw_fd(), DISK_FD) < 0 {
                                 Err(std::io::Error::last_os_error())
                             } else {
                                 Ok(())

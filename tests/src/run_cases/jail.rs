@@ -92,9 +92,10 @@ pub(super) fn cgroup_value(pid: i32, v2_file: &str, v1_file: &str) -> Option<Str
 
 /// What is wrong with how VMM `pid` of workload `name` is jailed: uid and
 /// gid its own (not 0, the one `inspect` shows), no capabilities, seccomp,
-/// NO_NEW_PRIVS, mount/pid/ipc/uts namespaces not the host's, a root that
-/// holds only its devices, /proc, the VMM, kernel, initrd, disk and its vm
-/// dir, and the cgroup limits for `vcpus`/`memory_mib` (CPU: one per vCPU,
+/// NO_NEW_PRIVS, mount/pid/ipc/uts/net namespaces not the host's (the net
+/// one empty: loopback only, down), a root that
+/// holds only its devices, /proc, the VMM, kernel, initrd and its vm dir
+/// (not the disk: it comes as a descriptor), and the cgroup limits for `vcpus`/`memory_mib` (CPU: one per vCPU,
 /// when `--cpus` was given).
 pub fn vmm_jail_problems(
     ctx: &Ctx,
@@ -147,7 +148,20 @@ pub fn vmm_jail_problems(
             bad.push(format!("{k} {:?}", field(k)));
         }
     }
-    for kind in ["mnt", "pid", "ipc", "uts"] {
+    // /proc/PID/net/dev: the interfaces of the VMM's network namespace.
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+    let ifaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    if ifaces != ["lo"] {
+        bad.push(format!(
+            "the VMM's network namespace has {ifaces:?}, not only lo"
+        ));
+    }
+    for kind in ["mnt", "pid", "ipc", "uts", "net"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
         if theirs.is_none() || theirs == std::fs::read_link(format!("/proc/self/ns/{kind}")).ok() {
             bad.push(format!("{kind} namespace: {theirs:?}, the host's"));
@@ -158,11 +172,11 @@ pub fn vmm_jail_problems(
     if Path::new("/dev/net/tun").exists() {
         want.extend(["dev/net".into(), "dev/net/tun".into()]);
     }
+    // Not the root disk: the VMM gets it open (fd 4), never its path.
     for file in [
         s(&vm["vmm"]),
         s(&vm["kernel"]),
         s(&vm["initrd"]),
-        s(&vm["disk"]),
         s(&vm["jail"]["vm_dir"]),
     ] {
         want.extend(with_parents(&file));
