@@ -178,7 +178,9 @@ pub async fn pull(
         })?;
 
     // The manifest, raw; an index is resolved to linux/amd64.
-    let bytes = retry(|| manifests.get(&r)).await.map_err(|e| what(&e))?;
+    let bytes = retry_if(|| manifests.get(&r), ManifestError::transient)
+        .await
+        .map_err(|e| what(&e))?;
     let mut manifest_digest = Digest::of(&bytes);
     if let Some(d) = r.digest() {
         if d != manifest_digest.as_str() {
@@ -199,7 +201,7 @@ pub async fn pull(
             .ok_or_else(|| what(&"no linux/amd64 image in the index"))?
             .clone();
         let by_digest = r.clone_with_digest(pick.digest.to_string());
-        let bytes = retry(|| manifests.get(&by_digest))
+        let bytes = retry_if(|| manifests.get(&by_digest), ManifestError::transient)
             .await
             .map_err(|e| what(&e))?;
         manifest_digest = Digest::of(&bytes);
@@ -265,6 +267,19 @@ enum ManifestError {
     Status { status: u16, url: String },
     #[error("the manifest is larger than {MAX_MANIFEST} bytes: refused before reading it all")]
     TooLarge,
+}
+
+impl ManifestError {
+    /// Worth another try: the network, or the registry's own trouble (5xx,
+    /// 429); not a refusal or a manifest too large, which would only come
+    /// again.
+    fn transient(&self) -> bool {
+        match self {
+            ManifestError::Http(_) => true,
+            ManifestError::Status { status, .. } => *status >= 500 || *status == 429,
+            ManifestError::TooLarge => false,
+        }
+    }
 }
 
 /// GETs manifests itself, so that a body is read chunk by chunk under
@@ -371,13 +386,21 @@ fn base64_encode(bytes: &[u8]) -> String {
 }
 
 async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    f: impl FnMut() -> F,
+) -> Result<T, E> {
+    retry_if(f, |_| true).await
+}
+
+/// [`retry`], but an error `transient` says is final ends it at once.
+async fn retry_if<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
     mut f: impl FnMut() -> F,
+    transient: impl Fn(&E) -> bool,
 ) -> Result<T, E> {
     let mut attempt = 0;
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt + 1 >= ATTEMPTS => return Err(e),
+            Err(e) if attempt + 1 >= ATTEMPTS || !transient(&e) => return Err(e),
             Err(_) => {
                 tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                 attempt += 1;
