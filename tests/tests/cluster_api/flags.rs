@@ -61,6 +61,21 @@ pub(super) fn bad_server_flags_and_no_server_are_clear_errors() {
         "{}",
         show(&o)
     );
+    // etcd's flags with a file store: refused, not ignored.
+    let o = Command::new(bulkhead())
+        .args([
+            "server",
+            "--store",
+            "file:/nonexistent/c.redb",
+            "--insecure-store",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a file store"),
+        "{}",
+        show(&o)
+    );
     // A port nothing listens on (bound, then closed).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -198,6 +198,13 @@ pub fn server(a: ServerArgs) -> Result<()> {
             (Cluster::new(store), file, s.to_string())
         }
         other => {
+            if a.store_ca.is_some()
+                || a.store_cert.is_some()
+                || a.store_user.is_some()
+                || a.insecure_store
+            {
+                bail!("--store-ca, --store-cert, --store-user and --insecure-store are for an etcd store, not a file store");
+            }
             let path = match other {
                 None => crate::state::paths::data_dir().join("cluster.redb"),
                 Some(s) if s.starts_with("file:") && s.len() > 5 => PathBuf::from(&s[5..]),
