@@ -716,21 +716,23 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        // The jails' base and the VMMs' shared empty network namespace
-        // stay, by design.
-        .filter(|e| e.file_name() != "jail" && e.file_name() != "netns")
+        // The jails' base, the containers' base and the VMMs' shared
+        // empty network namespace stay, by design.
+        .filter(|e| !["jail", "netns", "ct"].contains(&e.file_name().to_string_lossy().as_ref()))
         .count();
     if n > 0 {
         left.push(format!("{n} runtime dirs in /run/bulkhead"));
     }
-    let jails: Vec<String> = std::fs::read_dir("/run/bulkhead/jail")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    if !jails.is_empty() {
-        left.push(format!("jail dirs: {jails:?}"));
+    for base in ["/run/bulkhead/jail", "/run/bulkhead/ct"] {
+        let dirs: Vec<String> = std::fs::read_dir(base)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !dirs.is_empty() {
+            left.push(format!("dirs in {base}: {dirs:?}"));
+        }
     }
     for parent in [
         "/sys/fs/cgroup/bulkhead",
@@ -754,7 +756,9 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
     let data = ctx.data.display().to_string();
     let ours: Vec<&str> = mounts
         .lines()
-        .filter(|l| l.contains(&data) || l.contains("/run/bulkhead/jail"))
+        .filter(|l| {
+            l.contains(&data) || l.contains("/run/bulkhead/jail") || l.contains("/run/bulkhead/ct")
+        })
         .collect();
     if !ours.is_empty() {
         left.push(format!("mounts: {ours:?}"));

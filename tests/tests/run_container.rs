@@ -59,6 +59,7 @@ fn table(oci: &str) {
         "fork-bomb-capped",
         "writable-layer-capped",
         "node-healthy-after-the-walls",
+        "userns-own-ids",
     ] {
         assert!(
             checks.iter().any(|c| c.name.ends_with(want)),

@@ -251,6 +251,8 @@ pub fn ensure_default(state: &State) -> Result<(), NetError> {
 pub struct Attached {
     pub tap: Option<OwnedFd>,
     pub netns: Option<OwnedFd>,
+    /// A container's user namespace, which owns `netns`.
+    pub userns: Option<OwnedFd>,
     pub held_ports: Vec<OwnedFd>,
 }
 
@@ -259,7 +261,15 @@ pub struct Attached {
 pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError> {
     let mut out = Attached::default();
     if cfg.runtime == RuntimeKind::Container {
-        let ns = host::new_netns()?;
+        let ns = match cfg.userns {
+            Some(u) => {
+                let (user, net) =
+                    super::userns::new_user_and_net(u.base, crate::state::record::UserIds::SIZE)?;
+                out.userns = Some(user);
+                net
+            }
+            None => host::new_netns()?,
+        };
         if cfg.network.is_none() {
             host::lo_up(&ns)?; // else veth_into does it
         }

@@ -10,6 +10,7 @@
 //! rules.rs     the nft script for a set of networks and leases (pure)
 //! lifecycle.rs set up, tear down, sweep (what supervisors and the CLI call)
 //! host.rs      bridges, TAPs, veths, netns, sysctls, nft: the host side
+//! userns.rs    a container's user namespace and the netns it owns
 //! ```
 //!
 //! Networks, leases, subnets and published ports as stored are the state
@@ -19,6 +20,7 @@ pub mod egress;
 pub mod host;
 pub mod lifecycle;
 pub mod rules;
+pub mod userns;
 
 use std::net::Ipv4Addr;
 

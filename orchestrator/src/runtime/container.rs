@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use bulkhead_agent_proto::ProcessSpec;
 use bulkhead_images::store::{Digest, Store};
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, Spec, UserBuilder,
+    LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, Spec, UserBuilder,
 };
 use tokio::process::Command;
 
@@ -49,48 +49,17 @@ pub enum PrepareError {
     Overlay(PathBuf, #[source] nix::Error),
     #[error("mount the writable layer's tmpfs on {0}")]
     Tmpfs(PathBuf, #[source] nix::Error),
+    #[error("mount the image's tree with the container's ids on {0}")]
+    Idmap(PathBuf, #[source] std::io::Error),
     #[error("the OCI runtime spec")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error("the process's user")]
     User(#[from] bulkhead_agent::passwd::UserError),
 }
 
-fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> PrepareError {
+pub(super) fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> PrepareError {
     let what = what.to_string();
     move |source| PrepareError::Io { what, source }
-}
-
-/// The image's unpacked root, shared read-only by its containers:
-/// `<data>/trees/<manifest hex>`, built once (unpacked aside, renamed in).
-pub fn ensure_tree(
-    store: &Store,
-    paths: &Paths,
-    manifest: &Digest,
-) -> Result<PathBuf, PrepareError> {
-    let tree = paths.trees().join(manifest.hex());
-    // Unpacked trees keep their images' modes (setuid files too): no one
-    // else may enter the directory above them.
-    bulkhead_images::private::dir(&paths.trees())
-        .map_err(io(format_args!("create {}", paths.trees().display())))?;
-    if tree.is_dir() {
-        return Ok(tree);
-    }
-    let work = store.temp_dir("tree-").map_err(PrepareError::Store)?;
-    let dest = work.path().join("root");
-    std::fs::create_dir(&dest).map_err(io(format_args!("create {}", dest.display())))?;
-    bulkhead_images::rootdisk::unpack_tree(
-        store,
-        manifest,
-        &dest,
-        Default::default(),
-        &mut |_, _| {},
-    )
-    .map_err(PrepareError::Unpack)?;
-    match std::fs::rename(&dest, &tree) {
-        Ok(()) => Ok(tree),
-        Err(_) if tree.is_dir() => Ok(tree), // another run won the race
-        Err(e) => Err(io(format_args!("publish {}", tree.display()))(e)),
-    }
 }
 
 /// Which OCI runtime: `crun` if installed, else `runc`.
@@ -120,6 +89,7 @@ pub struct Container {
     runtime: String,
     bundle: PathBuf,
     rootfs: PathBuf,
+    data: Paths,
     hybrid_unshare: bool,
     execs: std::sync::atomic::AtomicU32,
 }
@@ -127,12 +97,14 @@ pub struct Container {
 impl Container {
     /// Mounts the overlay and writes the bundle's config.json.
     /// `netns`: the network namespace the supervisor made (veth and
-    /// address in place), joined through `/proc/<supervisor>/fd/N`.
+    /// address in place), joined through `/proc/<supervisor>/fd/N`;
+    /// `userns`: the user namespace that owns it, mapping `cfg.userns`.
     pub fn prepare(
         cfg: &WorkloadConfig,
         paths: &Paths,
         store: &Store,
         netns: Option<&OwnedFd>,
+        userns: Option<&OwnedFd>,
     ) -> Result<Self, PrepareError> {
         let runtime = cfg
             .oci_runtime
@@ -140,55 +112,23 @@ impl Container {
             .or_else(|| default_oci_runtime().map(str::to_string))
             .ok_or(PrepareError::NoOciRuntime)?;
         let manifest = Digest::parse(&cfg.manifest).map_err(PrepareError::Manifest)?;
-        let tree = ensure_tree(store, paths, &manifest)?;
-        let dir = paths.workload_dir(&cfg.id);
-        // The writable layer lives on a tmpfs of its own size: filling it
-        // fills that, never the node's disk.
-        let rw = dir.join("rw");
-        std::fs::create_dir_all(&rw).map_err(io(format_args!("create {}", rw.display())))?;
-        let size = format!("size={}m,mode=0700", limits::CONTAINER_WRITABLE_MIB);
-        nix::mount::mount(
-            Some("tmpfs"),
-            &rw,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some(size.as_str()),
-        )
-        .map_err(|e| PrepareError::Tmpfs(rw.clone(), e))?;
-        let (upper, work, rootfs, bundle) = (
-            rw.join("upper"),
-            rw.join("work"),
-            dir.join("rootfs"),
-            dir.join("bundle"),
-        );
-        for d in [&upper, &work, &rootfs, &bundle] {
-            std::fs::create_dir_all(d).map_err(io(format_args!("create {}", d.display())))?;
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            tree.display(),
-            upper.display(),
-            work.display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .map_err(|e| PrepareError::Overlay(rootfs.clone(), e))?;
+        let tree = super::rootfs::ensure_tree(store, paths, &manifest)?;
+        let root = super::rootfs::mount_root(cfg, paths, &tree, userns)?;
+        let (rootfs, bundle, ct, ids) = (root.rootfs, root.bundle, root.dir, root.base);
         let c = Container {
             id: cfg.id.clone(),
             hybrid_unshare: runtime == "crun" && hybrid_cgroups(),
             runtime,
             bundle,
             rootfs,
+            data: paths.clone(),
             execs: Default::default(),
         };
-        let etc = write_etc_files(cfg, &dir).inspect_err(|_| c.unmount())?;
+        let etc = write_etc_files(cfg, &ct, ids).inspect_err(|_| c.unmount())?;
         let mut spec = c.spec(cfg).inspect_err(|_| c.unmount())?;
-        join_network(&mut spec, netns, &etc).inspect_err(|_| c.unmount())?;
+        join_namespaces(&mut spec, netns, userns.zip(cfg.userns))
+            .and_then(|()| bind_etc_files(&mut spec, &etc))
+            .inspect_err(|_| c.unmount())?;
         spec.save(c.bundle.join("config.json"))?;
         Ok(c)
     }
@@ -260,8 +200,8 @@ impl Container {
                 home: "/root".into(),
             });
         };
-        let passwd = read_in_root(&self.rootfs, "etc/passwd").unwrap_or_default();
-        let group = read_in_root(&self.rootfs, "etc/group").unwrap_or_default();
+        let passwd = super::rootfs::read_in_root(&self.rootfs, "etc/passwd").unwrap_or_default();
+        let group = super::rootfs::read_in_root(&self.rootfs, "etc/group").unwrap_or_default();
         bulkhead_agent::passwd::resolve(
             spec,
             &bulkhead_agent::passwd::parse_passwd(&passwd),
@@ -270,7 +210,7 @@ impl Container {
     }
 
     pub fn unmount(&self) {
-        unmount_layers(&self.rootfs);
+        super::rootfs::unmount_layers(&self.data, &self.id);
     }
 
     fn base_command(&self, log: &Path) -> Command {
@@ -492,15 +432,6 @@ impl Container {
     }
 }
 
-/// Detaches a container's overlay at `rootfs`, then the tmpfs beside it
-/// that holds its writable layer.
-pub fn unmount_layers(rootfs: &Path) {
-    let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
-    if let Some(dir) = rootfs.parent() {
-        let _ = nix::mount::umount2(&dir.join("rw"), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// `env` with the default PATH added when it has none (as docker does, and
 /// as the agent does in a microVM).
 fn with_default_path(env: &[String]) -> Vec<String> {
@@ -512,10 +443,12 @@ fn with_default_path(env: &[String]) -> Vec<String> {
 }
 
 /// hostname, hosts and (with a network) resolv.conf for the container, in
-/// `<workload>/etc/`: bound over the image's, as docker does.
+/// `<container dir>/etc/`: bound over the image's, as docker does, and
+/// owned by the container's root (`base`), who may edit them.
 fn write_etc_files(
     cfg: &WorkloadConfig,
     dir: &Path,
+    base: Option<u32>,
 ) -> Result<Vec<(PathBuf, &'static str)>, PrepareError> {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc).map_err(io(format_args!("create {}", etc.display())))?;
@@ -541,36 +474,66 @@ fn write_etc_files(
     }
     let mut out = Vec::new();
     for (path, dest, text) in files {
-        std::fs::write(&path, text).map_err(io(format_args!("write {}", path.display())))?;
+        std::fs::write(&path, text)
+            .and_then(|()| match base {
+                Some(b) => std::os::unix::fs::chown(&path, Some(b), Some(b)),
+                None => Ok(()),
+            })
+            .map_err(io(format_args!("write {}", path.display())))?;
         out.push((path, dest));
     }
     Ok(out)
 }
 
-/// The spec joins `netns` and binds the etc files in.
-fn join_network(
+/// The spec joins `netns` and, with its ids, the user namespace that owns
+/// it (both through `/proc/<supervisor>/fd/N`). The maps are written into
+/// the spec too: runc 1.1 reads them from there when it joins.
+fn join_namespaces(
     spec: &mut Spec,
     netns: Option<&OwnedFd>,
-    etc: &[(PathBuf, &'static str)],
+    userns: Option<(&OwnedFd, crate::state::record::UserIds)>,
 ) -> Result<(), PrepareError> {
-    if let Some(ns) = netns {
-        let path = PathBuf::from(format!(
+    let path = |fd: &OwnedFd| {
+        PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            ns.as_raw_fd()
-        ));
-        let mut linux = spec.linux().clone().unwrap_or_default();
-        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+            fd.as_raw_fd()
+        ))
+    };
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    if let Some(ns) = netns {
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
         namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Network)
-                .path(path)
+                .path(path(ns))
                 .build()?,
         );
-        linux.set_namespaces(Some(namespaces));
-        spec.set_linux(Some(linux));
     }
+    if let Some((ns, ids)) = userns {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::User);
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(path(ns))
+                .build()?,
+        );
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(ids.base)
+            .size(crate::state::record::UserIds::SIZE)
+            .build()?;
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
+    }
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// The spec binds the etc files in.
+fn bind_etc_files(spec: &mut Spec, etc: &[(PathBuf, &'static str)]) -> Result<(), PrepareError> {
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for (src, dest) in etc {
         mounts.push(
@@ -628,42 +591,6 @@ pub fn exit_report(code: i32, log: &str) -> ExitReport {
     }
 }
 
-/// Reads `rel` (at most 1 MiB) inside `root` as if `root` were `/`: symlinks
-/// and `..` in the image cannot reach the host's files.
-pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
-    use std::io::Read;
-    let dir = std::fs::File::open(root).ok()?;
-    let path = CString::new(rel).ok()?;
-    // SAFETY: open_how is plain integers; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    // Non-blocking: a FIFO the image put there opens at once (and is then
-    // refused as not a file) instead of hanging the supervisor.
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads `how` (of the size given) and the NUL-terminated path; both outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let fd = std::os::fd::RawFd::try_from(fd).ok()?;
-    // SAFETY: openat2 returned a new fd that nothing else owns.
-    let f = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut s = String::new();
-    f.take(1 << 20).read_to_string(&mut s).ok()?;
-    Some(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,34 +622,5 @@ mod tests {
         );
         let killed = exit_report(137, "");
         assert_eq!((killed.code, killed.signal), (137, Some(9)));
-    }
-
-    #[test]
-    fn reading_inside_a_root_never_leaves_it() {
-        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let root = d.path().join("root");
-        std::fs::create_dir_all(root.join("etc")).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(d.path().join("secret"), "host secret").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(root.join("secret"), "image file").unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("/secret", root.join("etc/passwd"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("../../../secret", root.join("etc/group"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            read_in_root(&root, "etc/passwd").as_deref(),
-            Some("image file"),
-            "absolute links resolve inside"
-        );
-        assert_eq!(
-            read_in_root(&root, "etc/group").as_deref(),
-            Some("image file"),
-            "dot-dot stops at the root"
-        );
-        assert_eq!(
-            read_in_root(&root, "etc"),
-            None,
-            "a directory is not a file"
-        );
-        assert_eq!(read_in_root(&root, "nope"), None);
     }
 }

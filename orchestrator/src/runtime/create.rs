@@ -25,7 +25,8 @@ use crate::state::net::{self, Want};
 use crate::state::paths::{self, Paths};
 use crate::state::record::WorkloadConfig;
 use crate::state::record::{
-    now_ms, write_json, DiskFormat, Jail, Record, RootDisk, RuntimeKind, VmFiles, VmmFlavor,
+    now_ms, write_json, DiskFormat, Jail, Record, RootDisk, RuntimeKind, UserIds, VmFiles,
+    VmmFlavor,
 };
 use crate::state::{State, StateError};
 
@@ -250,6 +251,13 @@ pub fn create(
             network: None,
             created_ms: now_ms(),
             fencing: req.fencing.clone(),
+            userns: match req.runtime {
+                RuntimeKind::Container => Some(UserIds {
+                    base: 0,
+                    ids: userns_ids()?,
+                }),
+                RuntimeKind::Microvm => None,
+            },
         },
         running: None,
         exit: None,
@@ -475,6 +483,23 @@ fn jail_ids() -> Result<(u32, u32), CreateError> {
         return Ok(DEFAULT_JAIL_IDS);
     };
     parse_jail_ids(&v).ok_or_else(|| CreateError::Input(format!("BULKHEAD_JAIL_IDS={v:?}: FIRST-LAST, 0 < FIRST <= LAST < 4294967295 (e.g. 2000000000-2000065535)")))
+}
+
+/// The ids containers' user namespaces map, in blocks of 65536 (one per
+/// container): `BULKHEAD_USERNS_IDS=FIRST-LAST`. The default lies above
+/// the jail ids and below 2^31: 2235 blocks.
+pub const DEFAULT_USERNS_IDS: (u32, u32) = (2_001_010_944, 2_147_483_647);
+
+fn userns_ids() -> Result<(u32, u32), CreateError> {
+    let Some(v) = std::env::var("BULKHEAD_USERNS_IDS")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(DEFAULT_USERNS_IDS);
+    };
+    parse_jail_ids(&v)
+        .filter(|(a, b)| b - a >= UserIds::SIZE - 1)
+        .ok_or_else(|| CreateError::Input(format!("BULKHEAD_USERNS_IDS={v:?}: FIRST-LAST, 0 < FIRST, LAST < 4294967295, at least 65536 ids (e.g. 2001010944-2147483647)")))
 }
 
 fn parse_jail_ids(v: &str) -> Option<(u32, u32)> {

@@ -27,6 +27,7 @@ pub mod jail;
 pub mod limits;
 pub mod microvm;
 pub mod remove;
+pub mod rootfs;
 pub mod seccomp;
 pub mod supervisor;
 pub mod workload;

@@ -83,7 +83,7 @@ pub fn remove(state: &State, r: &Record, force: bool) -> Result<(), RemoveError>
 pub fn remove_files(paths: &Paths, id: &str) -> std::io::Result<()> {
     super::jail::remove(id).map_err(|e| std::io::Error::other(bulkhead_agent_proto::report(&e)))?;
     let dir = paths.workload_dir(id);
-    super::container::unmount_layers(&dir.join("rootfs"));
+    super::rootfs::unmount_layers(paths, id);
     let _ = std::fs::remove_dir_all(Paths::run_dir(id));
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

@@ -205,7 +205,13 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
                     return fail_early(&paths, &cfg, first, report, &mut notify).await;
                 }
             };
-            match Container::prepare(&cfg, &paths, &store, attached.netns.as_ref()) {
+            match Container::prepare(
+                &cfg,
+                &paths,
+                &store,
+                attached.netns.as_ref(),
+                attached.userns.as_ref(),
+            ) {
                 Ok(c) => Backend::Container(c),
                 Err(e) => {
                     let report = failed(bulkhead_agent_proto::report(&e));

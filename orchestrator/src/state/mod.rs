@@ -27,6 +27,7 @@ pub mod publish;
 pub mod record;
 pub mod subnet;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -64,6 +65,8 @@ pub enum StateError {
     Conflict(String),
     #[error("no free jail uid in {0}-{1}: every one belongs to a workload in the store (`bulkhead rm` ended ones, or widen BULKHEAD_JAIL_IDS)")]
     NoJailId(u32, u32),
+    #[error("no free block of 65536 container ids in {0}-{1}: each belongs to a workload in the store (`bulkhead rm` ended ones, or widen BULKHEAD_USERNS_IDS)")]
+    NoUserIds(u32, u32),
 }
 
 #[derive(Debug, Clone)]
@@ -256,37 +259,56 @@ impl State {
 
 /// Gives a jailed VMM its uid/gid (uid = gid): the lowest of its range
 /// no workload in the store holds, ended ones included (their files may
-/// still be around until `rm`). In the insert's write transaction, so two
-/// `run`s at once never get the same.
-pub(crate) fn assign_jail_ids(
-    tx: &redb::WriteTransaction,
-    rec: &mut Record,
-) -> Result<(), StateError> {
-    let Some(jail) = rec
+/// still be around until `rm`); a container its block of user namespace
+/// ids the same way. In the insert's write transaction, so two `run`s at
+/// once never get the same.
+pub(crate) fn assign_ids(tx: &redb::WriteTransaction, rec: &mut Record) -> Result<(), StateError> {
+    let jail = rec
         .config
         .vm
         .as_mut()
         .and_then(|v| v.jail.as_mut())
-        .filter(|j| j.uid == 0)
-    else {
+        .filter(|j| j.uid == 0);
+    let userns = rec.config.userns.as_mut().filter(|u| u.base == 0);
+    if jail.is_none() && userns.is_none() {
         return Ok(());
-    };
-    let mut taken = std::collections::BTreeSet::new();
+    }
+    let (mut jail_uids, mut bases) = (BTreeSet::new(), BTreeSet::new());
     for row in tx.open_table(WORKLOADS).map_err(db)?.iter().map_err(db)? {
         let (_, value) = row.map_err(db)?;
         let other: Record = serde_json::from_slice(value.value())
             .map_err(|e| StateError::Corrupt(e.to_string()))?;
         if let Some(j) = other.config.vm.and_then(|v| v.jail) {
-            taken.insert(j.uid);
+            jail_uids.insert(j.uid);
+        }
+        if let Some(u) = other.config.userns {
+            bases.insert(u.base);
         }
     }
-    let (first, last) = jail.ids;
-    let free = (first.max(1)..=last)
-        .find(|u| !taken.contains(u))
-        .ok_or(StateError::NoJailId(first, last))?;
-    jail.uid = free;
-    jail.gid = free;
+    if let Some(jail) = jail {
+        let (first, last) = jail.ids;
+        let free = (first.max(1)..=last)
+            .find(|u| !jail_uids.contains(u))
+            .ok_or(StateError::NoJailId(first, last))?;
+        jail.uid = free;
+        jail.gid = free;
+    }
+    if let Some(u) = userns {
+        u.base = free_block(u.ids, &bases).ok_or(StateError::NoUserIds(u.ids.0, u.ids.1))?;
+    }
     Ok(())
+}
+
+/// The lowest block start `first + k * SIZE` (never 0) whose whole block
+/// lies in `first..=last` and that no one holds. Blocks of one range never
+/// overlap, so holding the start holds the block.
+fn free_block((first, last): (u32, u32), taken: &BTreeSet<u32>) -> Option<u32> {
+    let size = record::UserIds::SIZE;
+    let first = first.max(1);
+    let blocks = (u64::from(last) + 1).checked_sub(u64::from(first))? / u64::from(size);
+    (0..blocks)
+        .filter_map(|k| u32::try_from(u64::from(first) + k * u64::from(size)).ok())
+        .find(|b| !taken.contains(b))
 }
 
 /// Inserts `rec` in an open write transaction; its name must be free.
@@ -396,7 +418,7 @@ mod tests {
             let mut r = jailed(id);
             s.with_db(|d| {
                 let tx = d.begin_write().map_err(db)?;
-                assign_jail_ids(&tx, &mut r)?;
+                assign_ids(&tx, &mut r)?;
                 insert_in(&tx, &r)?;
                 tx.commit().map_err(db)
             })
@@ -422,5 +444,42 @@ mod tests {
             .filter_map(|r| r.config.vm.as_ref()?.jail.as_ref().map(|j| j.uid))
             .collect();
         assert_eq!(uids.len(), 3);
+    }
+
+    #[test]
+    fn container_id_blocks_are_whole_apart_and_never_shared() {
+        use super::record::UserIds;
+        const N: u32 = UserIds::SIZE;
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = State::new(Paths::new(d.path()));
+        // Room for two whole blocks and a part of a third.
+        let ids = (1000, 1000 + 2 * N + 99);
+        let insert = |id: &str| {
+            let mut r = rec(id, id);
+            r.config.userns = Some(UserIds { base: 0, ids });
+            s.with_db(|d| {
+                let tx = d.begin_write().map_err(db)?;
+                assign_ids(&tx, &mut r)?;
+                insert_in(&tx, &r)?;
+                tx.commit().map_err(db)
+            })
+            .map(|()| r.config.userns.map(|u| u.base))
+        };
+        assert_eq!(insert("a").ok().flatten(), Some(1000));
+        assert_eq!(insert("b").ok().flatten(), Some(1000 + N));
+        assert!(
+            matches!(insert("c"), Err(StateError::NoUserIds(1000, _))),
+            "a part of a block is not a block"
+        );
+        s.remove("a").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(insert("e").ok().flatten(), Some(1000), "freed by rm");
+        let taken = BTreeSet::new();
+        assert_eq!(free_block((0, N), &taken), Some(1), "never id 0");
+        assert_eq!(free_block((1, N - 1), &taken), None, "too small");
+        assert_eq!(
+            free_block((u32::MAX - N + 1, u32::MAX), &taken),
+            Some(u32::MAX - N + 1),
+            "the top block, without overflow"
+        );
     }
 }

@@ -315,7 +315,7 @@ pub fn insert_workload(
             .map_err(db)?;
             rec.config.network = Some(attachment);
         }
-        crate::state::assign_jail_ids(&tx, rec)?;
+        crate::state::assign_ids(&tx, rec)?;
         insert_in(&tx, rec)?;
         tx.commit().map_err(db)?;
         Ok(())

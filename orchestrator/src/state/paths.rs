@@ -55,6 +55,18 @@ impl Paths {
     pub fn jail_base() -> PathBuf {
         Path::new(RUN_ROOT).join("jail")
     }
+
+    /// Where the OCI runtime finds a container's root and the files bound
+    /// into it: `<this>/<id12>/{rootfs,etc}`. Outside the data dir because
+    /// the runtime walks these paths as the container's root, a uid of the
+    /// container's own block, which may traverse only its own dir.
+    pub fn container_base() -> PathBuf {
+        Path::new(RUN_ROOT).join("ct")
+    }
+
+    pub fn container_dir(id: &str) -> PathBuf {
+        Self::container_base().join(short(id))
+    }
 }
 
 pub fn short(id: &str) -> &str {

@@ -169,6 +169,26 @@ pub struct WorkloadConfig {
     /// Started by `bulkhead node`: stopped once its lease deadline passes.
     #[serde(default)]
     pub fencing: Option<super::fencing::Fencing>,
+    /// A container's user namespace (`None`: a microVM, or a container
+    /// recorded before containers had one).
+    #[serde(default)]
+    pub userns: Option<UserIds>,
+}
+
+/// The ids a container's user namespace maps: 0..SIZE inside are
+/// `base..base+SIZE` on the host, a block no other workload in the store
+/// holds (docs/DESIGN.md, "Which ids a container workload gets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserIds {
+    /// 0 until the store gives it one (in the insert's transaction).
+    pub base: u32,
+    /// The range the block comes from, inclusive.
+    pub ids: (u32, u32),
+}
+
+impl UserIds {
+    /// Ids per container: what an image's files and users may own.
+    pub const SIZE: u32 = 65536;
 }
 
 /// Written by the supervisor once it is up, again when the workload started.
@@ -311,6 +331,7 @@ pub fn test_record(id: &str, name: &str) -> Record {
             network: None,
             created_ms: now_ms(),
             fencing: None,
+            userns: None,
         },
         running: None,
         exit: None,

@@ -52,11 +52,66 @@ pub(super) fn check_container_walls(ctx: &Ctx, check: &mut impl FnMut(&str, bool
         said.contains("No space left on device"),
         show(&o),
     );
+    check_user_namespaces(ctx, &mut *check);
     // And the node still runs workloads.
     let o = ctx.out(ctx.run_cmd(&["--rm"], &["echo", "still-fine"]));
     check(
         "node-healthy-after-the-walls",
         o.status.code() == Some(0) && text(&o.stdout).trim() == "still-fine",
         show(&o),
+    );
+}
+
+/// Each container's root is a uid of its own block on the host: its
+/// process runs as `base` there (no id of the node's own, no root), its
+/// uid map says `0 base 65536`, and two containers never share a block.
+fn check_user_namespaces(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let names = ["userns-a", "userns-b"];
+    let mut said = Vec::new();
+    let mut maps = Vec::new();
+    for n in names {
+        let o = ctx.out(ctx.run_cmd(&["-d", "--name", n], &["sleep", "997"]));
+        said.push(show(&o));
+        let o = ctx.bh(&["exec", n, "cat", "/proc/self/uid_map"]);
+        said.push(show(&o));
+        let f: Vec<u64> = text(&o.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        maps.push(f);
+    }
+    // The sleepers' real uids as the host sees them.
+    let mut host_uids: Vec<u64> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|p| std::fs::read(p.path().join("cmdline")).unwrap_or_default() == b"sleep\0997\0")
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(p.path().join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    host_uids.sort_unstable();
+    let mut bases: Vec<u64> = maps.iter().filter_map(|m| m.get(1).copied()).collect();
+    bases.sort_unstable();
+    let ok = maps.len() == 2
+        && maps
+            .iter()
+            .all(|m| m.len() == 3 && m[0] == 0 && m[1] > 0 && m[2] == 65536)
+        && bases[0] + 65536 <= bases[1]
+        && host_uids == bases;
+    for n in names {
+        ctx.bh(&["rm", "-f", n]);
+    }
+    check(
+        "userns-own-ids",
+        ok,
+        format!("maps {maps:?}, host uids {host_uids:?}: {said:?}"),
     );
 }
