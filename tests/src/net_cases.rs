@@ -186,6 +186,7 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
         left.is_empty(),
         left.join("; "),
     );
+    let bridges = [bridge_of(&ctx, "iso"), bridge_of(&ctx, "bulkhead")];
     let rm = ctx.bh(&["network", "rm", "iso", "bulkhead"]);
     let links = links(&ctx);
     let tables = text(&ctx.tool("nft", &["list", "tables"]).stdout);
@@ -194,9 +195,13 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
         rm.status.success()
             && !links
                 .iter()
-                .any(|l| l == "bulkhead0" || l.starts_with("bh-"))
+                .any(|l| bridges.contains(l) || l.starts_with("bulkhead") || l.starts_with("bh-"))
+            && bridges.iter().all(|b| b.len() > 3)
             && !tables.contains("bulkhead"),
-        format!("{} links={links:?} tables={tables:?}", show(&rm)),
+        format!(
+            "{} bridges={bridges:?} links={links:?} tables={tables:?}",
+            show(&rm)
+        ),
     );
     drop(outside);
     drop(host_service);

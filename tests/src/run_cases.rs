@@ -718,7 +718,9 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
         .flatten()
         // The jails' base, the containers' base and the VMMs' shared
         // empty network namespace stay, by design.
-        .filter(|e| !["jail", "netns", "ct"].contains(&e.file_name().to_string_lossy().as_ref()))
+        .filter(|e| {
+            !["jail", "netns", "ct", "names", "ids"].contains(&e.file_name().to_string_lossy().as_ref())
+        })
         .count();
     if n > 0 {
         left.push(format!("{n} runtime dirs in /run/bulkhead"));

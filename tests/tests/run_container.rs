@@ -216,3 +216,107 @@ fn jails_of_workloads_the_store_lacks_are_swept_by_run() {
         "rm removes the workload's jail"
     );
 }
+
+/// Two data dirs in one network namespace (two `bulkhead`s on one host):
+/// each has its own nftables tables, default bridge and subnet, and one's
+/// sweep (every `run` starts with one) or teardown leaves the other's
+/// workload, interface and rules alone. With shared names the second's
+/// default network is refused (its subnet is on the first's bridge) and
+/// the first's `run` would replace the second's tables and delete its veth.
+#[test]
+fn two_data_dirs_in_one_namespace_keep_their_names_and_rules_apart() {
+    let _l = lock();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ns = NetNs::create("bhtest-two-dirs").unwrap();
+    let (a, b) = (ctx(&da, "crun", Some(&ns)), ctx(&db, "crun", Some(&ns)));
+    for (c, name) in [(&a, "a"), (&b, "b")] {
+        let o = c.out(c.run_cmd(&["-d", "--name", name], &["sleep", "996"]));
+        assert!(o.status.success(), "{name}: {}", run_cases::show(&o));
+    }
+    let net = |c: &Ctx| {
+        let o = c.bh(&["network", "inspect", "bulkhead"]);
+        assert!(o.status.success(), "{}", run_cases::show(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = v.as_array().and_then(|a| a.first()).cloned().unwrap_or(v);
+        (
+            v["bridge"].as_str().unwrap().to_string(),
+            v["subnet"].as_str().unwrap().to_string(),
+            v["workloads"].to_string(),
+        )
+    };
+    let ((bridge_a, subnet_a, _), (bridge_b, subnet_b, on_b)) = (net(&a), net(&b));
+    // Their user namespace blocks differ too (claimed host-wide): the
+    // sleepers are two users on the host.
+    let uids: std::collections::BTreeSet<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| std::fs::read(p.path().join("cmdline")).unwrap_or_default() == b"sleep\0996\0")
+        .filter_map(|p| {
+            let s = std::fs::read_to_string(p.path().join("status")).ok()?;
+            Some(s.lines().find(|l| l.starts_with("Uid:"))?.to_string())
+        })
+        .collect();
+    assert_eq!(uids.len(), 2, "{uids:?}");
+    assert_ne!(bridge_a, bridge_b);
+    assert_ne!(subnet_a, subnet_b);
+    let tables = |c: &Ctx| -> Vec<String> {
+        run_cases::text(&c.tool("nft", &["list", "tables"]).stdout)
+            .lines()
+            .filter(|l| l.starts_with("table inet bulkhead"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(tables(&a).len(), 2, "two inet tables: {:?}", tables(&a));
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&b.bh(&["inspect", "b"]).stdout).unwrap();
+    let veth_b = format!("bhv{}", &inspect["id"].as_str().unwrap()[..12]);
+    let links = |c: &Ctx| run_cases::text(&c.tool("ip", &["-o", "link", "show"]).stdout);
+    assert!(links(&b).contains(&veth_b), "{veth_b}: {}", links(&b));
+    // a's run sweeps, rewrites its rules; a's network goes.
+    let o = a.out(a.run_cmd(&["--rm"], &["true"]));
+    assert!(o.status.success(), "{}", run_cases::show(&o));
+    for args in [
+        &["rm", "-f", "a"][..],
+        &["network", "rm", "bulkhead"],
+        &["system", "prune"],
+    ] {
+        let o = a.bh(args);
+        assert!(o.status.success(), "{args:?}: {}", run_cases::show(&o));
+    }
+    assert!(
+        links(&b).contains(&veth_b),
+        "b's veth survives a's sweep and teardown"
+    );
+    assert!(links(&b).contains(&bridge_b), "and b's bridge");
+    assert_eq!(
+        tables(&b).len(),
+        1,
+        "b's table stays, a's went: {:?}",
+        tables(&b)
+    );
+    assert_eq!(net(&b).2, on_b, "b's workload still on its network");
+    let ps = b.bh(&["ps", "--format", "json"]);
+    assert!(
+        run_cases::text(&ps.stdout).contains("\"running\""),
+        "{}",
+        run_cases::show(&ps)
+    );
+    let o = b.bh(&["rm", "-f", "b"]);
+    assert!(o.status.success(), "{}", run_cases::show(&o));
+    let o = b.bh(&["network", "rm", "bulkhead"]);
+    assert!(o.status.success(), "{}", run_cases::show(&o));
+    assert!(tables(&b).is_empty(), "{:?}", tables(&b));
+    // Their host-wide id claims went with them.
+    let data = [&a.data, &b.data].map(|d| std::fs::canonicalize(d).unwrap());
+    for e in std::fs::read_dir("/run/bulkhead/ids").unwrap().flatten() {
+        let claim = std::fs::read(e.path()).unwrap_or_default();
+        assert!(
+            !data
+                .iter()
+                .any(|d| claim.starts_with(d.as_os_str().as_encoded_bytes())),
+            "{}: {}",
+            e.path().display(),
+            String::from_utf8_lossy(&claim)
+        );
+    }
+}

@@ -119,7 +119,7 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
                 "workloads": workloads,
                 "protected": policy.protected.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "rules": rules::network_rules(&n, &attachments, &policy),
-                "nft_table_loaded": host::list_rules().is_some(),
+                "nft_table_loaded": host::list_rules(&crate::network::HostNames::of(state().paths()).table()).is_some(),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }

@@ -102,14 +102,6 @@ pub fn link_exists(name: &str) -> bool {
     links().iter().any(|l| l == name)
 }
 
-/// Interfaces whose names start with one of `prefixes`.
-pub fn links_with_prefix(prefixes: &[&str]) -> Vec<String> {
-    links()
-        .into_iter()
-        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
-        .collect()
-}
-
 fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
     std::fs::write(path, value).map_err(|e| NetError::host(format!("set {path} to {value}"), e))
 }
@@ -258,12 +250,12 @@ pub fn delete_bridge(name: &str) -> Result<(), NetError> {
 
 /// Whether our inet table is in the kernel (a firewall reload that
 /// flushes the ruleset takes it along).
-pub fn tables_present() -> bool {
+pub fn tables_present(table: &str) -> bool {
     let Ok(nft) = tool("nft", "nftables") else {
         return false;
     };
     Command::new(&nft)
-        .args(["list", "table", "inet", "bulkhead"])
+        .args(["list", "table", "inet", table])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -417,6 +409,55 @@ pub fn host_addresses() -> Result<Vec<(String, Ipv4Addr, u8)>, NetError> {
     Ok(all)
 }
 
+/// Interfaces whose names start with one of `prefixes` and that are ports
+/// of one of `bridges` (`ip -j link`: its `master`).
+pub fn ports_of(bridges: &[&str], prefixes: &[&str]) -> Result<Vec<String>, NetError> {
+    let ip = tool("ip", "iproute2")?;
+    let what = "ip -j link show";
+    let out = Command::new(&ip)
+        .args(["-j", "link", "show"])
+        .output()
+        .map_err(|e| NetError::host(what, e))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| NetError::host(what, e))?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["master"].as_str().is_some_and(|m| bridges.contains(&m)))
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Claims this data dir's names on the host: a data dir whose tag another
+/// data dir holds (a 1 in 65536 chance) is refused before it could replace
+/// the other's tables. The claim is `/run/bulkhead/names/TAG` holding the
+/// data dir's path; one whose data dir is gone is taken over.
+pub fn claim_names(names: &super::HostNames, data: &Path) -> Result<(), NetError> {
+    let Some(tag) = names.table().strip_prefix("bulkhead_").map(str::to_string) else {
+        return Ok(());
+    };
+    let what = "claim this data dir's names on the host";
+    let dir = Path::new(crate::state::paths::RUN_ROOT).join("names");
+    let real = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    let mine = real.as_os_str().as_encoded_bytes();
+    std::fs::create_dir_all(&dir).map_err(|e| NetError::host(what, e))?;
+    let claim = dir.join(&tag);
+    match std::fs::read(&claim) {
+        Ok(holder) if holder == mine => return Ok(()),
+        Ok(holder) => {
+            let holder = std::path::PathBuf::from(String::from_utf8_lossy(&holder).into_owned());
+            if holder.join("state.redb").exists() {
+                return Err(NetError::Conflict(format!("the data dirs {} and {} would share the host names of tag {tag} (tables bulkhead_{tag}, bridges b{tag}-*): move one", real.display(), holder.display())));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(NetError::host(what, e)),
+    }
+    bulkhead_images::private::write(&claim, mine).map_err(|e| NetError::host(what, e))
+}
+
 /// Replaces bulkhead's nftables tables with `script` in one transaction.
 pub fn apply_rules(script: &str) -> Result<(), NetError> {
     let nft = tool("nft", "nftables")?;
@@ -424,10 +465,10 @@ pub fn apply_rules(script: &str) -> Result<(), NetError> {
 }
 
 /// The nft script as the kernel holds it now (for `network inspect`).
-pub fn list_rules() -> Option<String> {
+pub fn list_rules(table: &str) -> Option<String> {
     let nft = tool("nft", "nftables").ok()?;
     let out = Command::new(&nft)
-        .args(["list", "table", "inet", "bulkhead"])
+        .args(["list", "table", "inet", table])
         .output()
         .ok()?;
     out.status

@@ -41,7 +41,14 @@ pub fn apply(state: &State) -> Result<(), NetError> {
         let on = host::forwarding_on()?;
         net::update_host_policy(state, |p| p.forwarded_before_us = Some(on))?;
     }
-    host::apply_rules(&rules::script(&nets, &leases, &net::host_policy(state)?))?;
+    let names = super::HostNames::of(state.paths());
+    host::claim_names(&names, state.paths().data())?;
+    host::apply_rules(&rules::script(
+        &names.table(),
+        &nets,
+        &leases,
+        &net::host_policy(state)?,
+    ))?;
     if !nets.is_empty() {
         host::enable_forwarding()?;
     }
@@ -78,7 +85,7 @@ pub fn check_walls(state: &State) -> Result<Vec<String>, NetError> {
             .into_iter()
             .map(|r| format!("routing: {r}")),
     );
-    if !host::tables_present() {
+    if !host::tables_present(&super::HostNames::of(state.paths()).table()) {
         apply(state)?;
         fixed.push("the nftables tables inet/bridge bulkhead, which were gone".into());
     }
@@ -144,7 +151,7 @@ fn create_locked(
     if !super::valid_name(name) {
         return Err(NetError::Input(format!("network name {name:?}: letters, digits, '_', '.', '-', at most 32, starting with a letter or digit (and not \"none\")")));
     }
-    let bridge = bridge.unwrap_or_else(|| super::bridge_for(name));
+    let bridge = bridge.unwrap_or_else(|| super::HostNames::of(state.paths()).bridge_for(name));
     if bridge.is_empty()
         || bridge.len() > 15
         || !bridge
@@ -230,11 +237,17 @@ pub fn ensure_default(state: &State) -> Result<(), NetError> {
     match net::network(state, super::DEFAULT_NETWORK).map_err(NetError::from) {
         Ok(_) => Ok(()),
         Err(NetError::NoSuchNetwork(_)) => {
-            let subnet = Subnet::parse(super::DEFAULT_SUBNET)?;
-            match create(state, super::DEFAULT_NETWORK, subnet, Some(super::DEFAULT_BRIDGE.into())) {
+            // Another data dir on this host takes a free /16 of its own
+            // where the default one is in use on the host (by the first).
+            let names = super::HostNames::of(state.paths());
+            let mut subnet = Subnet::parse(super::DEFAULT_SUBNET)?;
+            if !names.is_default() && check_host_overlap(&subnet, &net::networks(state)?).is_err() {
+                subnet = pick_subnet(state, 16)?;
+            }
+            let bridge = names.default_bridge();
+            match create(state, super::DEFAULT_NETWORK, subnet, Some(bridge.clone())) {
                 Err(NetError::Conflict(m)) if m.contains("overlaps") => Err(NetError::Conflict(format!(
-                    "the default network: {m} (or replace it: `bulkhead network create --subnet 10.99.0.0/16 --bridge {} {}`)",
-                    super::DEFAULT_BRIDGE,
+                    "the default network: {m} (or replace it: `bulkhead network create --subnet 10.99.0.0/16 --bridge {bridge} {}`)",
                     super::DEFAULT_NETWORK
                 ))),
                 Err(NetError::Conflict(m)) if m.contains("exists already") => Ok(()), // a parallel run made it
@@ -326,7 +339,11 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
     // beside this one could insert a workload between the two reads, and
     // its lease and interface would be swept as left over.)
     let leases: Vec<Lease> = net::leases(state)?;
-    let links = host::links_with_prefix(&["bht", "bhv"]);
+    // Only ports of our own bridges: another data dir's workloads on this
+    // host are not in our store, and their interfaces are theirs.
+    let nets = net::networks(state)?;
+    let bridges: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
+    let links = host::ports_of(&bridges, &["bht", "bhv"])?;
     let records = state.list()?;
     let live: BTreeSet<&str> = records
         .iter()
@@ -351,7 +368,7 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
             removed.push(format!("interface {name}"));
         }
     }
-    for n in &net::networks(state)? {
+    for n in &nets {
         if !host::link_exists(&n.bridge) {
             host::ensure_bridge(n)?;
             removed.push(format!(

@@ -95,6 +95,69 @@ pub fn valid_name(n: &str) -> bool {
     n.len() <= 32 && n != NONE && crate::state::paths::valid_name(n)
 }
 
+/// One data dir's names for what it makes on the host, apart from another
+/// data dir's on the same host (`Paths::host_tag`): the default data dir
+/// has the plain ones (`inet bulkhead`, `bulkhead0`, `bh-NAME`), another
+/// `bulkhead_TAG`, `bulkheadTAG`, `bTAG-NAME`. Interfaces of workloads
+/// (`bht`/`bhv` and the workload id) never clash: their ids are random.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNames {
+    tag: Option<String>,
+}
+
+impl HostNames {
+    pub fn of(paths: &crate::state::paths::Paths) -> Self {
+        Self {
+            tag: paths.host_tag(),
+        }
+    }
+
+    /// The nftables tables' name (in the `inet` and `bridge` families).
+    pub fn table(&self) -> String {
+        match &self.tag {
+            None => "bulkhead".into(),
+            Some(t) => format!("bulkhead_{t}"),
+        }
+    }
+
+    /// The default network's bridge.
+    pub fn default_bridge(&self) -> String {
+        match &self.tag {
+            None => DEFAULT_BRIDGE.into(),
+            Some(t) => format!("bulkhead{t}"),
+        }
+    }
+
+    /// The bridge for a new network, within IFNAMSIZ.
+    pub fn bridge_for(&self, name: &str) -> String {
+        match &self.tag {
+            None => bridge_for(name),
+            Some(t) => {
+                let fits =
+                    name.len() <= 9 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if fits {
+                    format!("b{t}-{name}")
+                } else {
+                    format!("b{t}-{}", &name_hash(name)[..9])
+                }
+            }
+        }
+    }
+
+    /// Whether this is the default data dir's (plain names).
+    pub fn is_default(&self) -> bool {
+        self.tag.is_none()
+    }
+}
+
+fn name_hash(name: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(name.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The bridge for a new network: `bh-NAME` when that fits IFNAMSIZ.
 pub fn bridge_for(name: &str) -> String {
     let clean: String = name
@@ -152,6 +215,41 @@ mod tests {
         }
         assert_eq!(bridge_for("web"), "bh-web");
         assert_ne!(bridge_for("a.b"), bridge_for("a_b"));
+    }
+
+    #[test]
+    fn two_data_dirs_name_their_tables_and_bridges_apart() {
+        use crate::state::paths::{Paths, DEFAULT_DATA};
+        let plain = HostNames::of(&Paths::new(DEFAULT_DATA));
+        let (a, b) = (
+            HostNames::of(&Paths::new("/srv/node-a")),
+            HostNames::of(&Paths::new("/srv/node-b")),
+        );
+        assert!(plain.is_default());
+        assert_eq!(
+            (
+                plain.table(),
+                plain.default_bridge(),
+                plain.bridge_for("web")
+            ),
+            ("bulkhead".into(), "bulkhead0".into(), "bh-web".into())
+        );
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert!(!n.is_default());
+            assert!(n.table().starts_with("bulkhead_"), "{}", n.table());
+        }
+        for name in ["web", "t-acme", "a-very-long-network-name", "a.b"] {
+            for n in [&plain, &a, &b] {
+                let br = n.bridge_for(name);
+                assert!(br.len() <= 15 && br.is_ascii(), "{br}");
+            }
+            assert_ne!(a.bridge_for(name), b.bridge_for(name), "{name}");
+            assert_ne!(a.bridge_for(name), plain.bridge_for(name), "{name}");
+        }
+        assert_ne!(a.table(), b.table());
+        assert_ne!(a.default_bridge(), b.default_bridge());
+        assert_ne!(a.bridge_for("a.b"), a.bridge_for("a_b"));
     }
 
     #[test]

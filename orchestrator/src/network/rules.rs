@@ -155,10 +155,15 @@ fn port_rules(a: &Attachment) -> Vec<String> {
     ]
 }
 
-/// The whole `nft -f` script: both tables replaced, or deleted when there
-/// are no networks.
-pub fn script(networks: &[Network], leases: &[Attachment], policy: &HostPolicy) -> String {
-    let mut s = String::from("table inet bulkhead {}\ndelete table inet bulkhead\ntable bridge bulkhead {}\ndelete table bridge bulkhead\n");
+/// The whole `nft -f` script: both tables (`inet TABLE`, `bridge TABLE`)
+/// replaced, or deleted when there are no networks.
+pub fn script(
+    table: &str,
+    networks: &[Network],
+    leases: &[Attachment],
+    policy: &HostPolicy,
+) -> String {
+    let mut s = format!("table inet {table} {{}}\ndelete table inet {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n");
     if networks.is_empty() {
         return s;
     }
@@ -168,7 +173,7 @@ pub fn script(networks: &[Network], leases: &[Attachment], policy: &HostPolicy) 
         s.push_str(r);
         s.push('\n');
     };
-    s.push_str("table inet bulkhead {\n");
+    s.push_str(&format!("table inet {table} {{\n"));
     s.push_str(&format!(
         "\tset bridges {{\n\t\ttype ifname\n\t\telements = {{ {} }}\n\t}}\n",
         quoted_set(&bridges)
@@ -261,7 +266,9 @@ pub fn script(networks: &[Network], leases: &[Attachment], policy: &HostPolicy) 
     // prerouting chain: with br_netfilter the inet prerouting hook sees the
     // port, not the bridge (`meta ibrname` needs a module hosts may lack).
     let ports: Vec<&str> = leases.iter().map(|a| a.host_if.as_str()).collect();
-    s.push_str("table bridge bulkhead {\n\tset ports {\n\t\ttype ifname\n");
+    s.push_str(&format!(
+        "table bridge {table} {{\n\tset ports {{\n\t\ttype ifname\n"
+    ));
     if !ports.is_empty() {
         s.push_str(&format!("\t\telements = {{ {} }}\n", quoted_set(&ports)));
     }
@@ -330,7 +337,7 @@ mod tests {
 
     #[test]
     fn no_networks_deletes_both_tables_and_nothing_else() {
-        let s = script(&[], &[], &HostPolicy::default());
+        let s = script("bulkhead", &[], &[], &HostPolicy::default());
         assert_eq!(
             s.lines().filter(|l| l.starts_with("delete table")).count(),
             2
@@ -345,6 +352,7 @@ mod tests {
             net("other", "bh-other", "10.89.0.0/24"),
         ];
         let s = script(
+            "bulkhead",
             &nets,
             &[lease("10.88.0.2", "127.0.0.1:8080:80")],
             &HostPolicy::default(),
@@ -367,6 +375,7 @@ mod tests {
         let mut tenant = lease("10.88.0.3", "9090:90");
         tenant.ports[0].public_only = true;
         let t = script(
+            "bulkhead",
             &nets,
             &[lease("10.88.0.2", "8080:80"), tenant],
             &HostPolicy::default(),
@@ -411,7 +420,7 @@ mod tests {
             protected: vec![cidr("172.31.9.1/32"), cidr("203.0.113.5/32")],
             forwarded_before_us: Some(false),
         };
-        let s = script(&nets, &[a.clone()], &policy);
+        let s = script("bulkhead", &nets, &[a.clone()], &policy);
         assert!(
             s.contains("type filter hook forward priority filter; policy drop;"),
             "{s}"
@@ -468,7 +477,7 @@ mod tests {
             forwarded_before_us: Some(true),
             ..policy.clone()
         };
-        let s = script(&nets, &[a.clone()], &router);
+        let s = script("bulkhead", &nets, &[a.clone()], &router);
         assert!(
             forward_line(&s, "oifname @bridges drop")
                 < s.split("chain forward {")

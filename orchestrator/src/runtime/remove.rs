@@ -84,6 +84,12 @@ pub fn remove_files(paths: &Paths, id: &str) -> std::io::Result<()> {
     super::jail::remove(id).map_err(|e| std::io::Error::other(bulkhead_agent_proto::report(&e)))?;
     let dir = paths.workload_dir(id);
     super::rootfs::unmount_layers(paths, id);
+    // Its host-wide id claims (stale once the dir is gone, but tidy).
+    if let Ok(h) =
+        crate::state::hostids::HostIds::lock(&crate::state::hostids::default_dir(), paths.data())
+    {
+        h.release(id);
+    }
     let _ = std::fs::remove_dir_all(Paths::run_dir(id));
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

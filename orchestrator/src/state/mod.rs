@@ -20,6 +20,7 @@
 
 pub mod fdlimit;
 pub mod fencing;
+pub mod hostids;
 pub mod net;
 pub mod paths;
 pub mod procs;
@@ -261,8 +262,14 @@ impl State {
 /// no workload in the store holds, ended ones included (their files may
 /// still be around until `rm`); a container its block of user namespace
 /// ids the same way. In the insert's write transaction, so two `run`s at
-/// once never get the same.
-pub(crate) fn assign_ids(tx: &redb::WriteTransaction, rec: &mut Record) -> Result<(), StateError> {
+/// once never get the same; with `host`, also none another data dir's live
+/// workload holds, and the ids given are claimed there.
+pub(crate) fn assign_ids(
+    tx: &redb::WriteTransaction,
+    rec: &mut Record,
+    host: Option<&hostids::HostIds>,
+) -> Result<(), StateError> {
+    let rec_id = rec.config.id.clone();
     let jail = rec
         .config
         .vm
@@ -285,16 +292,29 @@ pub(crate) fn assign_ids(tx: &redb::WriteTransaction, rec: &mut Record) -> Resul
             bases.insert(u.base);
         }
     }
+    let claim = |kind: &str, n: u32| match host {
+        Some(h) => h.claim(kind, n, &rec_id).map_err(|error| StateError::Io {
+            path: format!("the host's claim of {kind} id {n}"),
+            error,
+        }),
+        None => Ok(()),
+    };
+    if let Some(h) = host {
+        jail_uids.extend(h.held_by_others("jail"));
+        bases.extend(h.held_by_others("userns"));
+    }
     if let Some(jail) = jail {
         let (first, last) = jail.ids;
         let free = (first.max(1)..=last)
             .find(|u| !jail_uids.contains(u))
             .ok_or(StateError::NoJailId(first, last))?;
+        claim("jail", free)?;
         jail.uid = free;
         jail.gid = free;
     }
     if let Some(u) = userns {
         u.base = free_block(u.ids, &bases).ok_or(StateError::NoUserIds(u.ids.0, u.ids.1))?;
+        claim("userns", u.base)?;
     }
     Ok(())
 }
@@ -418,7 +438,7 @@ mod tests {
             let mut r = jailed(id);
             s.with_db(|d| {
                 let tx = d.begin_write().map_err(db)?;
-                assign_ids(&tx, &mut r)?;
+                assign_ids(&tx, &mut r, None)?;
                 insert_in(&tx, &r)?;
                 tx.commit().map_err(db)
             })
@@ -459,7 +479,7 @@ mod tests {
             r.config.userns = Some(UserIds { base: 0, ids });
             s.with_db(|d| {
                 let tx = d.begin_write().map_err(db)?;
-                assign_ids(&tx, &mut r)?;
+                assign_ids(&tx, &mut r, None)?;
                 insert_in(&tx, &r)?;
                 tx.commit().map_err(db)
             })

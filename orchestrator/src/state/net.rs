@@ -315,7 +315,27 @@ pub fn insert_workload(
             .map_err(db)?;
             rec.config.network = Some(attachment);
         }
-        crate::state::assign_ids(&tx, rec)?;
+        let needs_ids = rec.config.userns.is_some_and(|u| u.base == 0)
+            || rec
+                .config
+                .vm
+                .as_ref()
+                .and_then(|v| v.jail.as_ref())
+                .is_some_and(|j| j.uid == 0);
+        let host = if needs_ids {
+            let dir = crate::state::hostids::default_dir();
+            Some(
+                crate::state::hostids::HostIds::lock(&dir, state.paths().data()).map_err(
+                    |error| StateError::Io {
+                        path: dir.display().to_string(),
+                        error,
+                    },
+                )?,
+            )
+        } else {
+            None
+        };
+        crate::state::assign_ids(&tx, rec, host.as_ref())?;
         insert_in(&tx, rec)?;
         tx.commit().map_err(db)?;
         Ok(())

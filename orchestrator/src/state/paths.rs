@@ -67,7 +67,24 @@ impl Paths {
     pub fn container_dir(id: &str) -> PathBuf {
         Self::container_base().join(short(id))
     }
+
+    /// What sets this data dir's host-wide names (its nftables tables, its
+    /// bridges) apart from another data dir's on the same host: `None` for
+    /// the default data dir (the plain names), else 4 hex digits of the
+    /// SHA-256 of its canonical path.
+    pub fn host_tag(&self) -> Option<String> {
+        use sha2::Digest;
+        let real = std::fs::canonicalize(&self.data).unwrap_or_else(|_| self.data.clone());
+        if real == Path::new(DEFAULT_DATA) {
+            return None;
+        }
+        let h = sha2::Sha256::digest(real.as_os_str().as_encoded_bytes());
+        Some(format!("{:02x}{:02x}", h[0], h[1]))
+    }
 }
+
+/// The data dir of bulkhead run as root without `BULKHEAD_DATA`.
+pub const DEFAULT_DATA: &str = "/var/lib/bulkhead";
 
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
