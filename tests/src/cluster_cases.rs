@@ -32,6 +32,11 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// The node's limit on a root disk build in this table (the default is
+/// 600 s): above the server's default lease (15 s), so the running
+/// instance must be renewed through the whole hang.
+const DISK_TIMEOUT_S: u64 = 25;
+
 pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut check =
@@ -100,8 +105,9 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     let tenant = text(&api(&admin, &["tenant", "create", "acme"]).stdout)
         .trim()
         .to_string();
-    let node = ctx
-        .cmd(&[
+    let node_log = dir.join("node.log");
+    let node = std::fs::File::create(&node_log).and_then(|log| {
+        ctx.cmd(&[
             "node",
             "--insecure",
             "--server",
@@ -116,10 +122,14 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
             "1g",
             "--listen",
             "127.0.0.1:0",
+            "--disk-timeout",
+            &DISK_TIMEOUT_S.to_string(),
         ])
         .env("BULKHEAD_JOIN_TOKEN", &join)
         .stdin(Stdio::null())
-        .spawn();
+        .stderr(log)
+        .spawn()
+    });
     let Ok(node) = node.map(Killed) else {
         check("node", false, "cannot start bulkhead node".into());
         return checks;
@@ -194,6 +204,7 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
         None => vec![format!("no VMM pid for {name}")],
     };
     check("vmm-jailed", problems.is_empty(), format!("{problems:?}"));
+    check_hung_disk_build(ctx, &api, &tenant, &name, fence, &node_log, &mut check);
 
     // Scaled to zero: the workload is removed, and with the tenant's last
     // instance its network on this node (`t-acme`) goes too.
@@ -214,4 +225,128 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     let left = run_cases::leftovers(ctx);
     check("nothing-left", left.is_empty(), format!("{left:?}"));
     checks
+}
+
+/// A tenant's image whose root disk build hangs: the build runs in a child
+/// (`bulkhead image disk`), so the node daemon goes on renewing the lease of
+/// the instance it runs already (same fence, deadline moving) for as long
+/// as the build hangs, kills the build (with what it started) at its
+/// `--disk-timeout`, and reports the instance failed. A hang cannot be made
+/// on demand from layer bytes (every parser has limits), so the image's
+/// layer blob is swapped for a FIFO no one writes: opening it blocks
+/// forever, exactly where a hostile layer would hold the unpacker.
+fn check_hung_disk_build(
+    ctx: &Ctx,
+    api: &dyn Fn(&str, &[&str]) -> std::process::Output,
+    tenant: &str,
+    running: &str,
+    fence: u64,
+    node_log: &std::path::Path,
+    check: &mut dyn FnMut(&str, bool, String),
+) {
+    let inspect: serde_json::Value = serde_json::from_slice(
+        &ctx.bh(&["image", "inspect", run_cases::NOPATH_IMAGE])
+            .stdout,
+    )
+    .unwrap_or_default();
+    let Some(layer) = inspect["layers"][0]["digest"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("sha256:"))
+    else {
+        check("hung-disk-build", false, format!("no layer in {inspect}"));
+        return;
+    };
+    let blob = ctx.data.join("blobs/sha256").join(layer);
+    let aside = blob.with_extension("aside");
+    // The image's disk built earlier in this table goes aside too: the
+    // node must build it anew.
+    let manifest = inspect["manifest"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("sha256:");
+    let disk = ctx.data.join("disks").join(format!("{manifest}.ext4"));
+    let disk_aside = disk.with_extension("aside");
+    let disk_moved = std::fs::rename(&disk, &disk_aside).is_ok();
+    let fifo = std::fs::rename(&blob, &aside)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            nix::unistd::mkfifo(&blob, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| e.to_string())
+        });
+    let lease = ctx.data.join("node/leases").join(running);
+    let deadline = || -> Option<u64> { std::fs::read_to_string(&lease).ok()?.trim().parse().ok() };
+    let spec = ctx.data.with_file_name("cluster").join("hang.yaml");
+    let yaml = format!("name: hang\nimage: {}\nruntime: microvm\nmemory: 128m\nrestart: never\ncommand: [\"true\"]\n", run_cases::NOPATH_IMAGE);
+    let deployed = std::fs::write(&spec, yaml)
+        .map(|()| api(tenant, &["deploy", "-f", spec.to_str().unwrap_or("")]));
+    let data = ctx.data.display().to_string();
+    let builds = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|p| {
+                let cmd = std::fs::read(p.path().join("cmdline")).ok()?;
+                let cmd = text(&cmd).replace('\0', " ");
+                let env = text(&std::fs::read(p.path().join("environ")).unwrap_or_default());
+                (cmd.contains(" image disk ") && env.contains(&data))
+                    .then(|| p.file_name().to_str()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    };
+    let hung = poll(Duration::from_secs(60), || {
+        (!builds().is_empty()).then_some(())
+    });
+    let first = deadline();
+    // Renewed while the build hangs: the deadline moves at least twice.
+    let mut seen = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    let ended = poll(Duration::from_secs(DISK_TIMEOUT_S + 60), || {
+        seen.extend(deadline());
+        let v: serde_json::Value =
+            serde_json::from_slice(&api(tenant, &["instance", "ls", "--format", "json"]).stdout)
+                .ok()?;
+        let hang = v
+            .as_array()?
+            .iter()
+            .find(|i| i["service"] == "hang")?
+            .clone();
+        (hang["state"] == "exited" && builds().is_empty()).then_some(hang)
+    });
+    let waited = start.elapsed();
+    let v: serde_json::Value =
+        serde_json::from_slice(&api(tenant, &["instance", "ls", "--format", "json"]).stdout)
+            .unwrap_or_default();
+    let vm = v
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["service"] == "vm").cloned())
+        .unwrap_or_default();
+    let log = std::fs::read_to_string(node_log).unwrap_or_default();
+    let removed = api(tenant, &["service", "rm", "hang"]);
+    // The blob back, so nothing after this sees the FIFO.
+    let _ = std::fs::remove_file(&blob);
+    let restored = std::fs::rename(&aside, &blob).is_ok()
+        && (!disk_moved || std::fs::rename(&disk_aside, &disk).is_ok());
+    check(
+        "hung-disk-build-leaves-leases-renewed",
+        fifo.is_ok()
+            && deployed.as_ref().is_ok_and(|o| o.status.success())
+            && hung.is_some()
+            && seen.len() >= 3
+            && first.is_some_and(|f| seen.iter().all(|d| *d >= f))
+            && ended.as_ref().is_some_and(|h| h["last_exit"] == 125)
+            && waited >= Duration::from_secs(DISK_TIMEOUT_S.saturating_sub(5))
+            && vm["state"] == "running"
+            && vm["fence"].as_u64() == Some(fence)
+            && log.contains("took longer than")
+            && removed.status.success()
+            && restored,
+        format!(
+            "fifo {fifo:?}; deploy {:?}; hung {hung:?}; deadlines {seen:?} from {first:?}; hang {ended:?} after {waited:?}; vm {vm}; node log {:?}; rm {}",
+            deployed.as_ref().map(show),
+            log.lines().rev().take(5).collect::<Vec<_>>(),
+            show(&removed)
+        ),
+    );
 }

@@ -194,7 +194,7 @@ impl Store {
     /// Removes what crashed writers left in `tmp/`: every entry nobody holds
     /// a lock on. Root disk trees in there can be owned by the image's ids,
     /// so a rootless caller runs this inside its user namespace.
-    fn sweep_tmp(&self) -> Result<u64, StoreError> {
+    pub fn sweep_tmp(&self) -> Result<u64, StoreError> {
         let _sweeping = self.tmp_guard(nix::fcntl::FlockArg::LockExclusive)?;
         let mut removed = 0;
         for e in std::fs::read_dir(self.root.join("tmp"))

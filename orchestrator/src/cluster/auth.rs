@@ -139,7 +139,7 @@ fn info_of(key: &str, r: &TokenRecord, now_ms: u64) -> TokenInfo {
     }
 }
 
-fn tenant_key(name: &str) -> String {
+pub(crate) fn tenant_key(name: &str) -> String {
     format!("/tenants/{name}")
 }
 

@@ -67,6 +67,8 @@ pub struct NodeConfig {
     /// Join and sync over http:// (the join token, this node's token and
     /// its API secret then cross the network in the clear).
     pub insecure: bool,
+    /// How long an image's root disk may take to build.
+    pub disk_timeout: Duration,
 }
 
 /// An instance's identity on this node, from its workload's environment.
@@ -515,8 +517,11 @@ impl Daemon {
             return;
         }
         let (busy, failed) = (Arc::clone(&self.busy), Arc::clone(&self.failed_starts));
-        let (bulkhead, data, node, kill_after_ms) = (
-            self.cfg.bulkhead.clone(),
+        let builds = local::Builds {
+            bulkhead: self.cfg.bulkhead.clone(),
+            disk_timeout: self.cfg.disk_timeout,
+        };
+        let (data, node, kill_after_ms) = (
             self.cfg.data.clone(),
             self.cfg.node.name.clone(),
             self.kill_after_ms,
@@ -534,7 +539,7 @@ impl Daemon {
                     .map_err(|e| (Some(125), format!("the tenant's network: {e}")))
                     .and_then(|network| {
                         start(
-                            &bulkhead,
+                            &builds,
                             &data,
                             &node,
                             &k,

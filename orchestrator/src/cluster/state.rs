@@ -619,6 +619,23 @@ impl Cluster {
         ops: &mut Vec<Op>,
     ) -> Result<Change, StateError> {
         let tenant = &record.tenant;
+        // The quota is the tenant record's as read here, and that record's
+        // revision guards the write: an admin lowering the quota meanwhile
+        // fails this transaction instead of letting it through at the old
+        // one. (The caller's quota counts only where no record exists.)
+        let tkey = super::auth::tenant_key(tenant);
+        let quota = match self.store.get(&tkey)? {
+            Some(e) => {
+                let t: super::auth::Tenant = decode(&e)?;
+                guards.push(Compare::Revision(tkey, e.revision));
+                t.quota
+            }
+            None => {
+                guards.push(Compare::Absent(tkey));
+                *quota
+            }
+        };
+        let quota = &quota;
         // The snapshot reads the placements guard first; the tenant's
         // instances are read after it, so a deploy that commits meanwhile
         // fails this one's transaction: two deploys never both fit under

@@ -62,6 +62,11 @@ pub struct DaemonArgs {
     /// (refused without this flag).
     #[arg(long)]
     insecure: bool,
+    /// Seconds an image's root disk may take to build (unpacking and mkfs,
+    /// in a child process) before the build is killed and the instance
+    /// reported failed: a hostile image cannot hold a worker forever.
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    disk_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +195,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
         listen: a.listen,
         advertise: a.advertise,
         insecure: a.insecure,
+        disk_timeout: std::time::Duration::from_secs(a.disk_timeout),
     };
     crate::cluster::node::run(cfg)?;
     Ok(())

@@ -20,30 +20,134 @@ pub(super) enum Work {
 /// kernel build`, `bulkhead image disk`): unpacking a tenant's layers and
 /// mkfs never run in the daemon, whose lease renewal must go on.
 struct InChildren<'a> {
-    bulkhead: &'a Path,
+    builds: &'a Builds,
     data: &'a Path,
 }
 
+/// How the node builds what a microVM needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Builds {
+    /// This program.
+    pub bulkhead: PathBuf,
+    /// How long an image's root disk may take to build before its child
+    /// (and everything it started) is killed: a tenant's image must not
+    /// hold a node's worker, and its tenant's network lock, forever.
+    pub disk_timeout: Duration,
+}
+
 impl InChildren<'_> {
-    /// `bulkhead ARGS` with the node's data dir: its last stdout line.
-    fn path_from(&self, args: &[&str], what: &str) -> Result<PathBuf, CreateError> {
-        let o = std::process::Command::new(self.bulkhead)
+    /// `bulkhead ARGS` with the node's data dir, in a process group of its
+    /// own, killed whole once `limit` passed: its last stdout line.
+    fn path_from(
+        &self,
+        args: &[&str],
+        what: &str,
+        limit: Option<Duration>,
+    ) -> Result<PathBuf, CreateError> {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new(&self.builds.bulkhead)
             .env("BULKHEAD_DATA", self.data)
             .args(args)
             .stdin(std::process::Stdio::null())
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
             .map_err(|e| CreateError::asset(what, e))?;
-        let out = String::from_utf8_lossy(&o.stdout);
+        let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+        let timed_out = match limit {
+            Some(limit) => !exits_within(&child, limit),
+            None => false,
+        };
+        if timed_out {
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let status = child.wait().map_err(|e| CreateError::asset(what, e))?;
+        if timed_out {
+            // What the killed build was writing (a half-unpacked tree) goes;
+            // other writers' entries are locked and stay.
+            if let Err(e) = Store::open(self.data).and_then(|s| s.sweep_tmp()) {
+                eprintln!(
+                    "bulkhead node: remove what the killed build left: {}",
+                    bulkhead_agent_proto::report(&e)
+                );
+            }
+        }
+        let (out, err) = (
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        );
+        let out = String::from_utf8_lossy(&out);
         match out.lines().last().map(str::trim) {
-            Some(p) if o.status.success() && !p.is_empty() => Ok(PathBuf::from(p)),
+            Some(p) if status.success() && !p.is_empty() => Ok(PathBuf::from(p)),
+            _ if timed_out => Err(CreateError::asset(
+                what,
+                format!(
+                    "`bulkhead {}` took longer than {} s: killed (see `bulkhead node --disk-timeout`)",
+                    args.join(" "),
+                    limit.map_or(0, |l| l.as_secs())
+                ),
+            )),
             _ => Err(CreateError::asset(
                 what,
                 format!(
                     "`bulkhead {}`: {}",
                     args.join(" "),
-                    String::from_utf8_lossy(&o.stderr).trim()
+                    String::from_utf8_lossy(&err).trim()
                 ),
             )),
+        }
+    }
+}
+
+/// Reads a child's pipe to its end (at most 1 MiB kept) on a thread.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(p) = pipe {
+            let mut p = p;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = p.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if v.len() < 1 << 20 {
+                    v.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+        v
+    })
+}
+
+/// Whether `child` exits within `limit` (a pidfd polled; it stays a zombie
+/// for `wait`).
+fn exits_within(child: &std::process::Child, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let Some(fd) = i32::try_from(child.id())
+        .ok()
+        .and_then(crate::state::procs::ProcId::of)
+        .and_then(|p| p.pidfd())
+    else {
+        return true; // gone already
+    };
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&fd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).unwrap_or(0) > 0 {
+            return true;
         }
     }
 }
@@ -52,7 +156,8 @@ impl VmAssets for InChildren<'_> {
     fn kernel(&mut self) -> Result<PathBuf, CreateError> {
         match bulkhead_images::kernel::find_built() {
             Ok(k) => Ok(k.vmlinux),
-            Err(_) => self.path_from(&["kernel", "build"], "build the guest kernel"),
+            // Our own input, however long it takes on this host.
+            Err(_) => self.path_from(&["kernel", "build"], "build the guest kernel", None),
         }
     }
 
@@ -71,6 +176,7 @@ impl VmAssets for InChildren<'_> {
                 &manifest.to_string(),
             ],
             "the image's root disk",
+            Some(self.builds.disk_timeout),
         )
     }
 }
@@ -80,7 +186,7 @@ impl VmAssets for InChildren<'_> {
 /// field). Err: (the code to report when the runtime made no workload that
 /// will report it, why).
 pub(super) fn start(
-    bulkhead: &Path,
+    builds: &Builds,
     data: &Path,
     node: &str,
     k: &Key,
@@ -139,7 +245,7 @@ pub(super) fn start(
         fencing: Some(fencing),
         other_vmm: None,
     };
-    let rec = create::create(data, &req, &mut InChildren { bulkhead, data })
+    let rec = create::create(data, &req, &mut InChildren { builds, data })
         .map_err(|e| refused(format!("{:#}", anyhow::Error::from(e))))?;
     match create::start(data, &rec.config.id) {
         Ok(Started::Running) => Ok(()),

@@ -301,3 +301,46 @@ fn two_deploys_that_read_the_same_capacity_cannot_both_commit() {
     assert!(c.commit(empty(), &g, &o, false).is_ok());
     assert_eq!(c.instances(None).unwrap_or_default().len(), 6);
 }
+
+/// The quota a placement counts against is the tenant record's, and its
+/// revision guards the write: an admin lowering the quota between the
+/// placement and its commit fails the commit (before, it went through at
+/// the old quota).
+#[test]
+fn a_quota_lowered_while_a_deploy_places_fails_that_deploy() {
+    let (_d, c) = cluster(1);
+    let big = Quota {
+        instances: Some(10),
+        ..Quota::default()
+    };
+    c.create_tenant("acme", big, &[RuntimeKind::Container])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = svc("name: web\nimage: bb\nruntime: container\nreplicas: 3\n");
+    let record = ServiceRecord {
+        tenant: "acme".into(),
+        spec: s.spec.clone(),
+        request: s.request,
+    };
+    let (mut guards, mut ops) = (Vec::new(), Vec::new());
+    // The caller's (stale, larger) quota does not count: the record's does.
+    c.place_more(&record, &Quota::default(), 0, 3, 0, &mut guards, &mut ops)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let small = Quota {
+        instances: Some(2),
+        ..Quota::default()
+    };
+    c.update_tenant("acme", small, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        c.store.txn(&guards, &ops).is_err(),
+        "the tenant changed after the placement read it"
+    );
+    assert!(c.instances(Some("acme")).unwrap_or_default().is_empty());
+    assert!(
+        matches!(
+            c.deploy("acme", &big, &s, 0, false),
+            Err(StateError::OverQuota(_))
+        ),
+        "a deploy now counts against the new quota, whatever the caller read"
+    );
+}
