@@ -442,7 +442,7 @@ pub fn claim_names(names: &super::HostNames, data: &Path) -> Result<(), NetError
     let dir = Path::new(crate::state::paths::RUN_ROOT).join("names");
     let real = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
     let mine = real.as_os_str().as_encoded_bytes();
-    std::fs::create_dir_all(&dir).map_err(|e| NetError::host(what, e))?;
+    bulkhead_images::private::dir(&dir).map_err(|e| NetError::host(what, e))?;
     let claim = dir.join(&tag);
     match std::fs::read(&claim) {
         Ok(holder) if holder == mine => return Ok(()),

@@ -85,9 +85,12 @@ pub fn check_walls(state: &State) -> Result<Vec<String>, NetError> {
             .into_iter()
             .map(|r| format!("routing: {r}")),
     );
-    if !host::tables_present(&super::HostNames::of(state.paths()).table()) {
+    let table = super::HostNames::of(state.paths()).table();
+    if !host::tables_present(&table) {
         apply(state)?;
-        fixed.push("the nftables tables inet/bridge bulkhead, which were gone".into());
+        fixed.push(format!(
+            "the nftables tables inet/bridge {table}, which were gone"
+        ));
     }
     Ok(fixed)
 }

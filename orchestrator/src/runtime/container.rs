@@ -502,23 +502,17 @@ fn join_namespaces(
     };
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    let mut join = |typ: LinuxNamespaceType, fd: &OwnedFd| -> Result<(), PrepareError> {
+        namespaces.retain(|n| n.typ() != typ);
+        let ns = LinuxNamespaceBuilder::default().typ(typ).path(path(fd));
+        namespaces.push(ns.build()?);
+        Ok(())
+    };
     if let Some(ns) = netns {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
-        namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::Network)
-                .path(path(ns))
-                .build()?,
-        );
+        join(LinuxNamespaceType::Network, ns)?;
     }
     if let Some((ns, ids)) = userns {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::User);
-        namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::User)
-                .path(path(ns))
-                .build()?,
-        );
+        join(LinuxNamespaceType::User, ns)?;
         let map = LinuxIdMappingBuilder::default()
             .container_id(0u32)
             .host_id(ids.base)

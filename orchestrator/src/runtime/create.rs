@@ -476,13 +476,7 @@ pub const ROOT_DISK_FORMAT: DiskFormat = DiskFormat::Ext4;
 pub const DEFAULT_JAIL_IDS: (u32, u32) = (2_000_000_000, 2_000_065_535);
 
 fn jail_ids() -> Result<(u32, u32), CreateError> {
-    let Some(v) = std::env::var("BULKHEAD_JAIL_IDS")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        return Ok(DEFAULT_JAIL_IDS);
-    };
-    parse_jail_ids(&v).ok_or_else(|| CreateError::Input(format!("BULKHEAD_JAIL_IDS={v:?}: FIRST-LAST, 0 < FIRST <= LAST < 4294967295 (e.g. 2000000000-2000065535)")))
+    id_range("BULKHEAD_JAIL_IDS", DEFAULT_JAIL_IDS, 1)
 }
 
 /// The ids containers' user namespaces map, in blocks of 65536 (one per
@@ -491,15 +485,22 @@ fn jail_ids() -> Result<(u32, u32), CreateError> {
 pub const DEFAULT_USERNS_IDS: (u32, u32) = (2_001_010_944, 2_147_483_647);
 
 fn userns_ids() -> Result<(u32, u32), CreateError> {
-    let Some(v) = std::env::var("BULKHEAD_USERNS_IDS")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        return Ok(DEFAULT_USERNS_IDS);
+    id_range("BULKHEAD_USERNS_IDS", DEFAULT_USERNS_IDS, UserIds::SIZE)
+}
+
+/// `$VAR=FIRST-LAST` holding at least `min` ids, else `default`.
+fn id_range(var: &str, default: (u32, u32), min: u32) -> Result<(u32, u32), CreateError> {
+    let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) else {
+        return Ok(default);
     };
     parse_jail_ids(&v)
-        .filter(|(a, b)| b - a >= UserIds::SIZE - 1)
-        .ok_or_else(|| CreateError::Input(format!("BULKHEAD_USERNS_IDS={v:?}: FIRST-LAST, 0 < FIRST, LAST < 4294967295, at least 65536 ids (e.g. 2001010944-2147483647)")))
+        .filter(|(a, b)| b - a >= min.saturating_sub(1))
+        .ok_or_else(|| {
+            CreateError::Input(format!(
+                "{var}={v:?}: FIRST-LAST, 0 < FIRST <= LAST < 4294967295, at least {min} ids (e.g. {}-{})",
+                default.0, default.1
+            ))
+        })
 }
 
 fn parse_jail_ids(v: &str) -> Option<(u32, u32)> {
