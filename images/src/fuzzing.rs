@@ -54,5 +54,10 @@ pub fn image_json(data: &[u8]) {
     }
     if let Ok(c) = serde_json::from_slice::<ImageConfig>(data) {
         let _ = c.config.process_spec().validate();
+        let _ = c.config.healthcheck();
+    }
+    // The HEALTHCHECK decoder on any JSON value, as an image's config holds it.
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = crate::store::healthcheck::decode(&v);
     }
 }

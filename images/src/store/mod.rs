@@ -11,6 +11,7 @@
 //! ```
 
 pub mod digest;
+pub mod healthcheck;
 pub mod import;
 pub mod oci;
 pub mod pull;

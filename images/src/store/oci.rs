@@ -81,6 +81,11 @@ pub struct RunConfig {
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// The image's HEALTHCHECK, kept as the image wrote it (decoded and
+    /// checked by [`RunConfig::healthcheck`]): an odd value here never
+    /// makes the whole config unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<serde_json::Value>,
 }
 
 impl Index {
@@ -100,6 +105,16 @@ impl Index {
 }
 
 impl RunConfig {
+    /// The image's HEALTHCHECK, decoded; `Ok(None)` where it has none.
+    pub fn healthcheck(
+        &self,
+    ) -> Result<Option<super::healthcheck::Healthcheck>, super::healthcheck::HealthcheckError> {
+        match &self.healthcheck {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(raw) => super::healthcheck::decode(raw),
+        }
+    }
+
     /// The agent's process spec for this image: Entrypoint + Cmd, Env,
     /// WorkingDir, User (CLI overrides come later, in `bulkhead run`).
     pub fn process_spec(&self) -> bulkhead_agent_proto::ProcessSpec {
@@ -137,6 +152,25 @@ mod tests {
                 Some("1000:1000")
             )
         );
+        assert_eq!(c.config.healthcheck(), Ok(None));
+    }
+
+    #[test]
+    fn the_healthcheck_is_kept_and_a_bad_one_spoils_nothing_else() {
+        let good: ImageConfig = serde_json::from_str(r#"{"config":{"Cmd":["nginx"],"Healthcheck":{"Test":["CMD-SHELL","wget -q -O- localhost"],"Interval":10000000000}}}"#).unwrap_or_else(|e| panic!("{e}"));
+        let h = good.config.healthcheck().ok().flatten();
+        assert_eq!(h.map(|h| h.interval.as_secs()), Some(10));
+        // Written back (the store keeps configs as pulled; inspect shows it).
+        let again: ImageConfig =
+            serde_json::from_str(&serde_json::to_string(&good).unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, good);
+        let bad: ImageConfig = serde_json::from_str(
+            r#"{"config":{"Cmd":["nginx"],"Healthcheck":{"Test":"oops","Interval":-5}}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bad.config.process_spec().args, ["nginx"], "the rest reads");
+        assert!(bad.config.healthcheck().is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bulkhead_images::rootdisk::{self, Format};
+use bulkhead_images::store::healthcheck::HealthTest;
 use bulkhead_images::store::{import, Store};
 use clap::Subcommand;
 
@@ -184,6 +185,21 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                 "architecture": img.config.architecture,
                 "os": img.config.os,
                 "Config": img.config.config,
+                "healthcheck": match img.config.config.healthcheck() {
+                    Ok(None) => serde_json::Value::Null,
+                    Ok(Some(h)) => serde_json::json!({
+                        "test": match &h.test {
+                            HealthTest::Off => serde_json::json!("none"),
+                            HealthTest::Exec(args) => serde_json::json!({ "exec": args }),
+                            HealthTest::Shell(cmd) => serde_json::json!({ "shell": cmd }),
+                        },
+                        "interval_s": h.interval.as_secs_f64(),
+                        "timeout_s": h.timeout.as_secs_f64(),
+                        "start_period_s": h.start_period.as_secs_f64(),
+                        "retries": h.retries,
+                    }),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                },
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
