@@ -3,12 +3,15 @@
 //! through masquerade to the internet and nowhere else unless allowed (the
 //! LAN, cloud metadata, the host's loopback), walls that fail closed when
 //! the firewall is flushed, isolation between networks and from the host's
-//! own services, anti-spoofing, bad input, and create/remove cycles that
+//! own services, anti-spoofing, names from each user network's resolver,
+//! bad input, and create/remove cycles that
 //! leave nothing behind. Everything happens in a [`Lan`] the table makes: a
 //! host namespace where bulkhead runs and an outside one on a veth pair,
 //! which also plays the internet and the metadata service.
 
+mod names;
 mod walls;
+use names::*;
 use walls::*;
 
 use std::io::{BufRead, BufReader};
@@ -177,6 +180,7 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     check_crash_sweeps(&ctx, &mut check);
     check_bad_input(&ctx, &mut check);
     check_auto_subnets(&ctx, &mut check);
+    check_names(&ctx, &mut check);
     let rm = ctx.bh(&["rm", "-f", "web"]);
     check("web-removed", rm.status.success(), show(&rm));
     check_cycles(&ctx, cycles, &mut check);
@@ -615,9 +619,13 @@ pub fn net_leftovers(ctx: &Ctx) -> Vec<String> {
     let nets: Vec<serde_json::Value> =
         serde_json::from_slice(&ctx.bh(&["network", "ls", "--format", "json"]).stdout)
             .unwrap_or_default();
+    let mut in_use = Vec::new();
     for n in nets.iter().filter_map(|n| n["name"].as_str()) {
         let v2: serde_json::Value =
             serde_json::from_slice(&ctx.bh(&["network", "inspect", n]).stdout).unwrap_or_default();
+        if v2["workloads"].as_array().is_some_and(|w| !w.is_empty()) {
+            in_use.extend(v2["bridge"].as_str().map(|b| format!("{b}.")));
+        }
         v.extend(
             v2["workloads"]
                 .as_array()
@@ -626,6 +634,20 @@ pub fn net_leftovers(ctx: &Ctx) -> Vec<String> {
                 .filter_map(|w| w["id"].as_str())
                 .map(|id| format!("lease {id} on {n}")),
         );
+    }
+    // Networks' resolvers: their names, lock and log go with them.
+    let resolvers: Vec<String> = std::fs::read_dir("/run/bulkhead/dns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // A network with workloads has its resolver; one without, none.
+        .filter(|f| !in_use.iter().any(|b| f.starts_with(b.as_str())))
+        .collect();
+    if !resolvers.is_empty() {
+        v.push(format!(
+            "resolver files in /run/bulkhead/dns: {resolvers:?}"
+        ));
     }
     v
 }

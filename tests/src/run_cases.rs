@@ -7,6 +7,7 @@
 //! pointing at a store that holds the busybox image [`IMAGE`].
 
 mod hardening;
+mod health;
 mod jail;
 pub use jail::*;
 
@@ -250,6 +251,7 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
     check_detached_lifecycle(ctx, &mut check);
     check_stop_with_closed_output(ctx, &mut check);
     check_orphan(ctx, &mut check);
+    health::check_health(ctx, &mut check);
     if ctx.runtime == "microvm" {
         check_vmm_killed(ctx, &mut check);
     } else {
@@ -719,7 +721,7 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
         // The jails' base, the containers' base and the VMMs' shared
         // empty network namespace stay, by design.
         .filter(|e| {
-            !["jail", "netns", "ct", "names", "ids"].contains(&e.file_name().to_string_lossy().as_ref())
+            !["jail", "netns", "ct", "names", "ids", "dns"].contains(&e.file_name().to_string_lossy().as_ref())
         })
         .count();
     if n > 0 {

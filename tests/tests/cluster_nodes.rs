@@ -468,6 +468,59 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         to <= now_ms() && exited["started_ms"].as_u64().is_none_or(|from| from <= to),
         "{exited}"
     );
+    check_health(&c, &listed);
+}
+
+/// Health checks in the service file: an HTTP check on a serving port is
+/// reported healthy (the node probes from the host, through the tenant's
+/// bridge); a failing exec check makes its instance unhealthy, and its node
+/// stops it; with `restart: never` it stays exited, where
+/// without the check it would sleep for an hour.
+fn check_health(c: &Cluster, listed: &dyn Fn(&str, &str) -> Option<Value>) {
+    deploy(c, &format!("name: fine\nimage: {}\nruntime: container\ncommand: [sh, -c, 'mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www']\nhealth: {{http: {{port: 80, path: /index.html}}, interval: 1s, timeout: 1s}}\n", run_cases::IMAGE));
+    deploy(c, &format!("name: sick\nimage: {}\nruntime: container\nrestart: never\ncommand: [sleep, '3600']\nhealth: {{exec: [sh, -c, 'test -f /tmp/ok'], interval: 1s, retries: 2}}\n", run_cases::IMAGE));
+    wait_for(c, "fine reported healthy", Duration::from_secs(60), || {
+        listed("fine", "running").is_some_and(|i| i["health"] == "healthy")
+    });
+    let mut sick = None;
+    wait_for(
+        c,
+        "sick stopped for its health",
+        Duration::from_secs(60),
+        || {
+            sick = listed("sick", "exited");
+            sick.is_some()
+        },
+    );
+    let sick = sick.unwrap();
+    // Stopped: SIGTERM, then SIGKILL past the stop time (sleep as PID 1
+    // ignores SIGTERM), never its own exit.
+    assert!(
+        sick["last_exit"] == 143 || sick["last_exit"] == 137,
+        "stopped: {sick}"
+    );
+    assert_eq!(sick["restarts"], 0, "restart: never: {sick}");
+    // A bad check is refused at deploy, naming the field; nothing made.
+    let bad = c._dir.path().join("bad-health.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "name: badh\nimage: {}\nruntime: container\nhealth: {{tcp: 80, http: {{port: 80}}}}\n",
+            run_cases::IMAGE
+        ),
+    )
+    .unwrap();
+    let o = c.bh_as(
+        &c.lan,
+        &c.tenant,
+        &["deploy", "-f", bad.to_str().unwrap(), "--server", &c.url],
+    );
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("health: one of exec, tcp or http"),
+        "{o:?}"
+    );
+    assert!(listed("badh", "pending").is_none() && listed("badh", "running").is_none());
 }
 
 /// Two servers on a 3-member etcd, one node. The leader is SIGKILLed

@@ -60,6 +60,9 @@ fn table(oci: &str) {
         "writable-layer-capped",
         "node-healthy-after-the-walls",
         "userns-own-ids",
+        "health-failing-makes-unhealthy",
+        "health-passing-makes-healthy",
+        "health-bad-settings-refused",
     ] {
         assert!(
             checks.iter().any(|c| c.name.ends_with(want)),

@@ -111,6 +111,12 @@ enum Command {
         #[arg(long)]
         kill_after_ms: u64,
     },
+    /// A network's resolver (started for a network with workloads; not for people).
+    #[command(name = "__dns", hide = true)]
+    Dns {
+        #[arg(long)]
+        bridge: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -158,6 +164,7 @@ pub fn main() -> ExitCode {
             deadline_file,
             kill_after_ms,
         } => return crate::runtime::fence_watch::main(&id, &deadline_file, kill_after_ms),
+        Command::Dns { bridge } => return crate::network::dns::server::main(&bridge),
         Command::Run(a) => (run::run(*a), run::EXIT_BULKHEAD),
         Command::Exec(a) => (workloads::exec(a), run::EXIT_BULKHEAD),
         Command::Ps(a) => (workloads::ps(a), 1),

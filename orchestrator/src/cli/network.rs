@@ -115,6 +115,8 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
                 "bridge_present": host::link_exists(&n.bridge),
                 "subnet": n.subnet.to_string(),
                 "gateway": n.gateway().to_string(),
+                // Where its workloads' names are answered (none on the default network).
+                "resolver": crate::network::dns::serves(&n).then(|| format!("{}:53", n.gateway())),
                 "tenant": n.tenant,
                 "workloads": workloads,
                 "protected": policy.protected.iter().map(ToString::to_string).collect::<Vec<_>>(),

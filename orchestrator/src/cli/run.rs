@@ -84,6 +84,26 @@ pub struct RunArgs {
     /// which nothing opens.
     #[arg(long = "allow-egress", value_name = "CIDR")]
     allow_egress: Vec<String>,
+    /// A health check: CMD runs inside the workload through /bin/sh -c
+    /// every interval; exit 0 is healthy (`ps` and `inspect` show it).
+    /// Replaces the image's HEALTHCHECK; without it the image's is used.
+    #[arg(long, value_name = "CMD")]
+    health_cmd: Option<String>,
+    /// Time between checks (default 30s, at least 1s): 500ms, 10s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = super::cluster::parse_duration_ms)]
+    health_interval: Option<u64>,
+    /// How long one check may take (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = super::cluster::parse_duration_ms)]
+    health_timeout: Option<u64>,
+    /// Failures in a row that make it unhealthy (default 3).
+    #[arg(long, value_name = "N")]
+    health_retries: Option<u32>,
+    /// Failures in this time after the start do not count (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = super::cluster::parse_duration_ms)]
+    health_start_period: Option<u64>,
+    /// No health check, whatever the image's HEALTHCHECK says.
+    #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
+    no_healthcheck: bool,
     // Docker flags bulkhead does not support yet: refused by name, never ignored.
     #[arg(short = 'v', long = "volume", hide = true)]
     volume: Vec<String>,
@@ -202,6 +222,16 @@ fn request(a: &RunArgs) -> Result<Request> {
             kill_after_ms: a.fence_kill_after_ms,
         }),
         other_vmm: a.vmm_firecracker.clone(),
+        health: crate::runtime::health::HealthAsk {
+            probe: a.health_cmd.as_ref().map(|c| {
+                crate::state::health::Probe::Exec(vec!["/bin/sh".into(), "-c".into(), c.clone()])
+            }),
+            interval_ms: a.health_interval,
+            timeout_ms: a.health_timeout,
+            start_period_ms: a.health_start_period,
+            retries: a.health_retries,
+            off: a.no_healthcheck,
+        },
     })
 }
 

@@ -63,7 +63,7 @@ fn ports(r: &Record) -> String {
         .unwrap_or_default()
 }
 
-fn summary(r: &Record) -> serde_json::Value {
+fn summary(st: &crate::state::State, r: &Record) -> serde_json::Value {
     serde_json::json!({
         "id": r.config.id,
         "name": r.config.name,
@@ -74,11 +74,13 @@ fn summary(r: &Record) -> serde_json::Value {
         "command": r.config.process.args,
         "ip": r.config.network.as_ref().map(|n| n.ip.to_string()),
         "ports": ports(r),
+        "health": st.health(r).map(|h| h.status),
     })
 }
 
 pub fn ps(a: PsArgs) -> Result<u8> {
-    let all = state().list()?;
+    let st = state();
+    let all = st.list()?;
     let shown: Vec<&Record> = all
         .iter()
         .filter(|r| a.all || r.status().is_live())
@@ -86,7 +88,9 @@ pub fn ps(a: PsArgs) -> Result<u8> {
     if a.format == OutputFormat::Json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&shown.iter().map(|r| summary(r)).collect::<Vec<_>>())?
+            serde_json::to_string_pretty(
+                &shown.iter().map(|r| summary(&st, r)).collect::<Vec<_>>()
+            )?
         );
         return Ok(0);
     }
@@ -103,6 +107,9 @@ pub fn ps(a: PsArgs) -> Result<u8> {
         let mut status = r.status().to_string();
         if let Some(first) = status.lines().next() {
             status = first.chars().take(60).collect();
+        }
+        if let Some(h) = st.health(r) {
+            status = format!("{status} ({})", h.status);
         }
         t.add_row([
             paths::short(&r.config.id).to_string(),
@@ -332,6 +339,8 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
         "runtime": c.runtime.to_string(),
         "oci_runtime": c.oci_runtime,
         "status": r.status().to_string(),
+        "health_check": c.health,
+        "health": st.health(&r),
         "process": c.process,
         "network": c.network.as_ref().map(|n| serde_json::json!({"network": n.network, "ip": n.ip.to_string(), "gateway": n.gateway.to_string(), "mac": n.mac, "interface": n.host_if, "ports": n.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "nameservers": n.nameservers})),
         "vm": c.vm.as_ref().map(|vm| serde_json::json!({

@@ -47,6 +47,9 @@ pub struct Report {
     pub fence: u64,
     #[serde(flatten)]
     pub observed: Observed,
+    /// A running instance's health, where it has a check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::state::health::HealthStatus>,
 }
 
 /// What one reconciler pass did.
@@ -112,14 +115,22 @@ impl Cluster {
             let mut st: InstanceStatus = old.as_ref().map(decode).transpose()?.unwrap_or_default();
             let current = st.fence == r.fence;
             match r.observed {
-                Observed::Running if current && st.state == Some(InstanceState::Running) => {
+                Observed::Running
+                    if current
+                        && st.state == Some(InstanceState::Running)
+                        && st.health == r.health =>
+                {
                     continue
+                }
+                Observed::Running if current && st.state == Some(InstanceState::Running) => {
+                    st.health = r.health;
                 }
                 Observed::Running => {
                     st.state = Some(InstanceState::Running);
                     st.started_ms = Some(now_ms);
                     st.exited_ms = None;
                     st.last_exit = None;
+                    st.health = r.health;
                 }
                 Observed::Exited { .. } if current && st.state == Some(InstanceState::Exited) => {
                     continue
@@ -137,6 +148,7 @@ impl Cluster {
                     st.restarts
                         .ended(svc.spec.restart, backoff, code, started, now_ms);
                     st.state = Some(InstanceState::Exited);
+                    st.health = None;
                     st.last_exit = Some(code);
                     st.exited_ms = Some(now_ms);
                 }
@@ -331,6 +343,7 @@ mod tests {
             index: a.index,
             fence: a.fence,
             observed,
+            health: None,
         }
     }
 

@@ -30,6 +30,7 @@ use super::assign::{Assignment, Observed, Report};
 use super::spec::Resources;
 use super::state::Node;
 use crate::state::fencing::{self, monotonic_ms};
+use crate::state::health::HealthStatus;
 use crate::state::paths::Paths;
 use crate::state::record::{Record, RuntimeKind, Status};
 use crate::state::State;
@@ -112,6 +113,7 @@ impl Key {
             index: self.index,
             fence: self.fence,
             observed,
+            health: None,
         }
     }
 
@@ -437,9 +439,19 @@ impl Daemon {
     /// One heartbeat: report, renew, act.
     async fn sync_once(&mut self, token: &str) -> Result<(), NodeError> {
         let local = local_instances(&self.cfg.data)?;
+        let here = State::new(Paths::new(&self.cfg.data));
+        let health: BTreeMap<&Key, HealthStatus> = local
+            .iter()
+            .filter_map(|(k, r)| Some((k, here.health(r)?.status)))
+            .collect();
         let mut reports: Vec<Report> = local
             .iter()
-            .filter_map(|(k, r)| observed(r).map(|o| k.report(o)))
+            .filter_map(|(k, r)| {
+                observed(r).map(|o| Report {
+                    health: health.get(k).copied(),
+                    ..k.report(o)
+                })
+            })
             .collect();
         reports.extend(
             self.failed_starts
@@ -485,6 +497,10 @@ impl Daemon {
                     k.clone(),
                     Work::Remove(r.config.id.clone(), r.status().is_live()),
                 );
+            } else if health.get(k) == Some(&HealthStatus::Unhealthy) {
+                // Out of service: it stops, is reported exited, and its
+                // restart policy decides (Kubernetes' liveness probes).
+                self.spawn_worker(k.clone(), Work::Stop(r.config.id.clone()));
             }
         }
         let failed: BTreeSet<Key> = self
@@ -563,6 +579,21 @@ impl Daemon {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .insert(k.clone(), code);
                         }
+                    }
+                }
+                Work::Stop(id) => {
+                    let state = State::new(Paths::new(&data));
+                    eprintln!(
+                        "bulkhead node: {}/{}/{} is unhealthy: stopping it",
+                        k.tenant, k.service, k.index
+                    );
+                    let secs = kill_after_ms.div_ceil(1000).max(1);
+                    if let Err(e) = state
+                        .get(&id)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| Ok(crate::runtime::remove::stop(&r, secs)?))
+                    {
+                        eprintln!("bulkhead node: stop {id}: {e:#}");
                     }
                 }
                 Work::Remove(id, live) => {

@@ -210,6 +210,7 @@ mod tests {
             started_ms: None,
             exited_ms: None,
             fence: 0,
+            health: None,
         };
         Seen {
             instance,

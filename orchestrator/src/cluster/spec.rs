@@ -95,6 +95,119 @@ impl Egress {
     }
 }
 
+/// A health check: one of `exec`, `tcp`, `http` (or none, to retime the
+/// image's HEALTHCHECK), and its timing, as `bulkhead run --health-*`.
+/// An unhealthy instance is stopped, then restarted by the service's
+/// restart policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// A command run inside the instance (exec form, as `bulkhead exec`);
+    /// exit 0 is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// A port of the instance that accepts TCP connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<u16>,
+    /// `GET path` on a port of the instance answers 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// Time between checks: 500ms, 10s, 5m (default 30s, at least 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// How long one check may take (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Failures in a row that make an instance unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Failures this soon after the start do not count (default 0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<String>,
+    /// No check at all, whatever the image's HEALTHCHECK says.
+    #[serde(default)]
+    pub disable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub port: u16,
+    #[serde(default = "root_path")]
+    pub path: String,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+impl Health {
+    /// What the node asks of the instance's check; the bounds are checked
+    /// here, so a bad check is refused at deploy, not on a node.
+    pub fn ask(&self) -> Result<crate::runtime::health::HealthAsk, SpecError> {
+        use crate::state::health::{parse_duration_ms, HealthSpec, Probe};
+        let probes = [self.exec.is_some(), self.tcp.is_some(), self.http.is_some()];
+        let probe = match (&self.exec, self.tcp, &self.http) {
+            _ if probes.iter().filter(|p| **p).count() > 1 => {
+                return Err(field("health", "one of exec, tcp or http, not several"))
+            }
+            (Some(args), _, _) => Some(Probe::Exec(args.clone())),
+            (_, Some(port), _) => Some(Probe::Tcp { port }),
+            (_, _, Some(h)) => Some(Probe::Http {
+                port: h.port,
+                path: h.path.clone(),
+            }),
+            _ => None,
+        };
+        if self.disable
+            && (probe.is_some()
+                || self.interval.is_some()
+                || self.timeout.is_some()
+                || self.retries.is_some()
+                || self.start_period.is_some())
+        {
+            return Err(field(
+                "health",
+                "disable: true takes no check and no timing",
+            ));
+        }
+        let duration = |f: &'static str, v: &Option<String>| {
+            v.as_deref()
+                .map(parse_duration_ms)
+                .transpose()
+                .map_err(|why| field(f, why))
+        };
+        let ask = crate::runtime::health::HealthAsk {
+            probe,
+            interval_ms: duration("health.interval", &self.interval)?,
+            timeout_ms: duration("health.timeout", &self.timeout)?,
+            start_period_ms: duration("health.start_period", &self.start_period)?,
+            retries: self.retries,
+            off: self.disable,
+        };
+        // The bounds, with Docker's defaults where nothing is said.
+        let spec = HealthSpec {
+            probe: ask
+                .probe
+                .clone()
+                .unwrap_or_else(|| Probe::Exec(vec!["true".into()])),
+            interval_ms: ask.interval_ms.unwrap_or(30_000),
+            timeout_ms: ask.timeout_ms.unwrap_or(30_000),
+            start_period_ms: ask.start_period_ms.unwrap_or(0),
+            retries: ask.retries.unwrap_or(3),
+        };
+        spec.check().map_err(|why| field("health", why))?;
+        if ask
+            .probe
+            .as_ref()
+            .is_some_and(|p| matches!(p, Probe::Exec(a) if a.iter().any(|s| s.contains('\0'))))
+        {
+            return Err(field("health", "no NUL bytes in the command"));
+        }
+        Ok(ask)
+    }
+}
+
 /// What the user writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +235,8 @@ pub struct ServiceSpec {
     pub ports: Vec<String>,
     #[serde(default, skip_serializing_if = "Egress::is_empty")]
     pub egress: Egress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 fn default_runtime() -> RuntimeKind {
@@ -360,6 +475,9 @@ pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
             ));
         }
     }
+    if let Some(h) = &spec.health {
+        h.ask()?;
+    }
     let request = instance_request(spec.runtime, spec.cpus, memory_mib);
     Ok(Service {
         spec,
@@ -466,6 +584,39 @@ ports: ['8080:80']
             ("name: a\nimage: x\nenv: {'A=B': c}\n", "env:"),
             ("name: a\nimage: x\nenv: {BULKHEAD_FENCE: '1'}\n", "env:"),
             ("name: a\nimage: x\nports: ['80']\n", "ports:"),
+            (
+                "name: a\nimage: x\nhealth: {grpc: 80}\n",
+                "unknown field `grpc`",
+            ),
+            (
+                "name: a\nimage: x\nhealth: {tcp: 80, http: {port: 80}}\n",
+                "health: one of",
+            ),
+            (
+                "name: a\nimage: x\nhealth: {tcp: 0}\n",
+                "health: health check port",
+            ),
+            (
+                "name: a\nimage: x\nhealth: {tcp: 80, interval: 10ms}\n",
+                "interval",
+            ),
+            (
+                "name: a\nimage: x\nhealth: {tcp: 80, interval: soon}\n",
+                "health.interval:",
+            ),
+            (
+                "name: a\nimage: x\nhealth: {http: {port: 80, path: 'x y'}}\n",
+                "path",
+            ),
+            ("name: a\nimage: x\nhealth: {exec: []}\n", "command"),
+            (
+                "name: a\nimage: x\nhealth: {disable: true, tcp: 80}\n",
+                "disable",
+            ),
+            (
+                "name: a\nimage: x\nhealth: {tcp: 80, retries: 0}\n",
+                "retries",
+            ),
             ("name: a\nimage: x\nports: ['80:80']\n", "below 1024"),
             (
                 "name: a\nimage: x\nports: ['127.0.0.1:8080:80']\n",

@@ -126,6 +126,9 @@ pub struct Instance {
     /// are ignored.
     #[serde(default)]
     pub fence: u64,
+    /// Its health check's verdict while it runs (from the status record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::state::health::HealthStatus>,
 }
 
 /// What the node reported about an instance (kept apart from the
@@ -142,6 +145,9 @@ pub struct InstanceStatus {
     #[serde(default)]
     pub exited_ms: Option<u64>,
     pub restarts: Restarts,
+    /// Its health check's verdict while it runs (none without a check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::state::health::HealthStatus>,
 }
 
 pub(crate) fn service_key(tenant: &str, name: &str) -> String {
@@ -415,6 +421,7 @@ impl Cluster {
                 i.state = st.state.unwrap_or(InstanceState::Pending);
                 i.last_exit = st.last_exit;
                 (i.started_ms, i.exited_ms) = (st.started_ms, st.exited_ms);
+                i.health = st.health;
             }
             out.push((i, st));
         }
@@ -696,6 +703,7 @@ impl Cluster {
                 started_ms: None,
                 exited_ms: None,
                 fence: 0,
+                health: None,
             };
             ops.push(Op::Put(
                 instance_key(tenant, &record.spec.name, index),

@@ -52,7 +52,7 @@ pub fn apply(state: &State) -> Result<(), NetError> {
     if !nets.is_empty() {
         host::enable_forwarding()?;
     }
-    Ok(())
+    super::dns::sync(&nets, &leases)
 }
 
 /// The addresses of the control plane and its store, which no workload
@@ -194,6 +194,7 @@ fn create_locked(
 pub fn remove(state: &State, name: &str) -> Result<Network, NetError> {
     let _l = lock(state)?;
     let net = net::remove_network(state, name)?;
+    super::dns::stop(&net.bridge)?;
     host::delete_bridge(&net.bridge)?;
     apply(state)?;
     Ok(net)
@@ -230,6 +231,7 @@ pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetEr
         return Ok(false);
     }
     net::remove_network(state, &name)?;
+    super::dns::stop(&net.bridge)?;
     host::delete_bridge(&net.bridge)?;
     apply(state)?;
     Ok(true)

@@ -9,6 +9,7 @@
 //! egress.rs    what workloads may reach beyond their network (pure)
 //! rules.rs     the nft script for a set of networks and leases (pure)
 //! lifecycle.rs set up, tear down, sweep (what supervisors and the CLI call)
+//! dns/         a resolver per network for its workloads' names
 //! host.rs      bridges, TAPs, veths, netns, sysctls, nft: the host side
 //! userns.rs    a container's user namespace and the netns it owns
 //! ```
@@ -16,6 +17,7 @@
 //! Networks, leases, subnets and published ports as stored are the state
 //! layer's (`crate::state::{net, subnet, publish}`), below this one.
 
+pub mod dns;
 pub mod egress;
 pub mod host;
 pub mod lifecycle;

@@ -5,8 +5,9 @@
 //! update.
 //!
 //! - `table inet bulkhead` (IPv4 and IPv6 in one place):
-//!   - input from a bridge only for replies (workloads cannot reach host
-//!     services, 127.0.0.1 included);
+//!   - input from a bridge only for replies and, where the network has a
+//!     resolver, its own gateway's port 53 (workloads cannot reach host
+//!     services, 127.0.0.1 included, nor another network's resolver);
 //!   - forward, policy drop: replies, published ports (DNAT) and a
 //!     network's own traffic; nothing between networks; then egress:
 //!     never the protected addresses (control plane, store), the workload's
@@ -92,6 +93,15 @@ fn egress_rules(a: &Attachment) -> Vec<String> {
     v
 }
 
+/// A network's way to its own resolver: its gateway's port 53, from its bridge.
+fn resolver_rule(n: &Network) -> String {
+    format!(
+        "iifname \"{}\" ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+        n.bridge,
+        n.gateway()
+    )
+}
+
 /// The rules of the inet table that concern one network (for `network inspect`).
 pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) -> Vec<String> {
     let b = &net.bridge;
@@ -100,12 +110,17 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
         .filter(|a| a.network == net.name)
         .cloned()
         .collect();
-    let mut v = vec![
-        format!("input: iifname \"{b}\" ct state established,related accept"),
+    let mut v = vec![format!(
+        "input: iifname \"{b}\" ct state established,related accept"
+    )];
+    if super::dns::serves(net) {
+        v.push(format!("input: {}   (its resolver)", resolver_rule(net)));
+    }
+    v.extend([
         format!("input: iifname \"{b}\" drop"),
         format!("forward: iifname \"{b}\" oifname \"{b}\" accept"),
         format!("forward: iifname \"{b}\" oifname @bridges drop   (other networks)"),
-    ];
+    ]);
     if !policy.protected.is_empty() {
         v.push(format!(
             "forward: iifname \"{b}\" ip daddr {{ {} }} drop   (control plane and store)",
@@ -196,6 +211,9 @@ pub fn script(
         &mut s,
         "iifname @bridges ct state established,related accept",
     );
+    for n in networks.iter().filter(|n| super::dns::serves(n)) {
+        line(&mut s, &resolver_rule(n));
+    }
     line(&mut s, "iifname @bridges drop");
     s.push_str("\t}\n");
 
@@ -315,6 +333,7 @@ mod tests {
             ports: vec![Publish::parse(port).unwrap_or_else(|e| panic!("{e}"))],
             nameservers: vec![],
             allow_egress: vec![],
+            names: vec![],
         }
     }
 
@@ -394,6 +413,13 @@ mod tests {
         assert!(s.contains("iifname \"bhtabc\" ether type ip ip saddr != 10.88.0.2 drop"));
         assert!(s.contains("ip saddr 10.89.0.0/24 oifname != @bridges masquerade"));
         assert!(s.contains("iifname @bridges oifname @bridges drop"));
+        // A network's resolver: its own gateway, from its own bridge, before
+        // the input chain's drop; the default network has none.
+        let resolver = s
+            .find("iifname \"bh-other\" ip daddr 10.89.0.1 meta l4proto { tcp, udp } th dport 53 accept")
+            .unwrap_or(usize::MAX);
+        assert!(resolver < s.find("iifname @bridges drop").unwrap_or(0));
+        assert_eq!(s.matches("th dport 53 accept").count(), 1, "{s}");
         // The braces balance (a broken script would be refused whole by nft).
         assert_eq!(s.matches('{').count(), s.matches('}').count());
         let r = network_rules(

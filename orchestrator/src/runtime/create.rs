@@ -65,6 +65,8 @@ pub struct Request {
     pub fencing: Option<Fencing>,
     /// `bulkhead bench`: another VMM, started Firecracker's way.
     pub other_vmm: Option<PathBuf>,
+    /// The health check asked for, over the image's.
+    pub health: super::health::HealthAsk,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,13 @@ pub fn create(
         }
         _ => libc::SIGTERM,
     };
+    let image_check = img
+        .config
+        .config
+        .healthcheck()
+        .map_err(|e| CreateError::Input(format!("{e} (run without it: --no-healthcheck)")))?;
+    let health =
+        super::health::spec_for(image_check.as_ref(), &req.health).map_err(CreateError::Input)?;
     // Checked for the runtime before anything is made (the VMM's own bounds for a microVM).
     let memory_mib = req
         .memory
@@ -258,6 +267,7 @@ pub fn create(
                 }),
                 RuntimeKind::Microvm => None,
             },
+            health,
         },
         running: None,
         exit: None,
@@ -388,11 +398,17 @@ fn want(state: &State, req: &Request) -> Result<Option<Want>, CreateError> {
     for port in &req.publish {
         drop(crate::network::host::bind_port(port)?);
     }
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    // A network with a resolver: its gateway; else the host's nameservers.
+    let nameservers = match net::network(state, &req.network) {
+        Ok(n) if crate::network::dns::serves(&n) => vec![n.gateway().to_string()],
+        _ => crate::network::nameservers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    };
     Ok(Some(Want {
         network: req.network.clone(),
         ports: req.publish.clone(),
-        nameservers: crate::network::nameservers(&resolv),
+        nameservers,
         allow_egress: req.allow_egress.clone(),
     }))
 }

@@ -23,6 +23,7 @@ pub mod client;
 pub mod container;
 pub mod create;
 pub mod fence_watch;
+pub mod health;
 pub mod jail;
 pub mod limits;
 pub mod microvm;

@@ -273,6 +273,20 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         backend: Arc::clone(&backend),
         stop_signal: cfg.stop_signal,
     });
+    let health = cfg.health.clone().map(|spec| {
+        let b = Arc::clone(&backend);
+        let exec: super::health::Exec = Box::new(move |p| {
+            let b = Arc::clone(&b);
+            Box::pin(async move { b.exec(&p).await })
+        });
+        tokio::spawn(super::health::run(
+            spec,
+            cfg.process.clone(),
+            cfg.network.as_ref().map(|n| n.ip),
+            exec,
+            dir.join("health.json"),
+        ))
+    });
     let mut handlers = Vec::new();
     if let Some(s) = first {
         handlers.push(tokio::spawn(serve(s, Arc::clone(&shared))));
@@ -327,6 +341,9 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         }
     }
     let mut report = report.unwrap_or_else(|| failed("no exit status"));
+    if let Some(h) = health {
+        h.abort();
+    }
     drop(shared);
     if let (Backend::Microvm(m), 125) = (&*backend, report.code) {
         report = m

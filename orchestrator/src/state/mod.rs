@@ -20,6 +20,7 @@
 
 pub mod fdlimit;
 pub mod fencing;
+pub mod health;
 pub mod hostids;
 pub mod net;
 pub mod paths;
@@ -169,6 +170,16 @@ impl State {
             1 => Ok(hits.remove(0)),
             _ => Err(StateError::Ambiguous(key.to_string())),
         }
+    }
+
+    /// A running workload's health as its supervisor last wrote it (`None`:
+    /// no check, or not running).
+    pub fn health(&self, r: &Record) -> Option<health::Health> {
+        if r.config.health.is_none() || r.status() != record::Status::Running {
+            return None;
+        }
+        let path = self.paths.workload_dir(&r.config.id).join("health.json");
+        record::read_json(&path).ok().flatten()
     }
 
     /// Reads `running.json` and `exit.json` into the record (and the store

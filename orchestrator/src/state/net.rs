@@ -53,6 +53,10 @@ pub struct Attachment {
     /// Beyond the internet: what `--allow-egress` opened (see `egress`).
     #[serde(default)]
     pub allow_egress: Vec<Subnet>,
+    /// What the network's resolver answers with this address (the
+    /// workload's name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// Host interface names: a kind letter and the id's first 12 digits (15 bytes, IFNAMSIZ-1).
@@ -299,6 +303,7 @@ pub fn insert_workload(
                 ports: w.ports.clone(),
                 nameservers: w.nameservers.clone(),
                 allow_egress: w.allow_egress.clone(),
+                names: vec![rec.config.name.clone()],
             };
             let lease = serde_json::to_vec(&Lease {
                 id: id.clone(),

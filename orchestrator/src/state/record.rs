@@ -173,6 +173,9 @@ pub struct WorkloadConfig {
     /// recorded before containers had one).
     #[serde(default)]
     pub userns: Option<UserIds>,
+    /// Its health check, run by its supervisor (`health.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<super::health::HealthSpec>,
 }
 
 /// The ids a container's user namespace maps: 0..SIZE inside are
@@ -332,6 +335,7 @@ pub fn test_record(id: &str, name: &str) -> Record {
             created_ms: now_ms(),
             fencing: None,
             userns: None,
+            health: None,
         },
         running: None,
         exit: None,

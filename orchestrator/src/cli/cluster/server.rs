@@ -142,25 +142,7 @@ fn store_access(a: &ServerArgs, url: &str) -> Result<crate::cluster::etcd::EtcdA
     })
 }
 
-/// `500ms`, `10s`, `5m`, `1h`, or plain seconds -> milliseconds.
-pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: a number with ms, s, m or h (e.g. 10s)"))?;
-    let mult = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("{s:?}: the unit is ms, s, m or h")),
-    };
-    n.checked_mul(mult)
-        .filter(|ms| *ms <= 7 * 24 * 3_600_000)
-        .ok_or_else(|| format!("{s:?}: at most a week"))
-}
+pub use crate::state::health::parse_duration_ms;
 
 pub fn server(a: ServerArgs) -> Result<()> {
     // A connection per node and client: not systemd's soft 1024.

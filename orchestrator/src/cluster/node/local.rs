@@ -14,6 +14,8 @@ pub(super) enum Work {
     Start(Box<Assignment>),
     /// The workload id, and whether it may still run (stop it first).
     Remove(String, bool),
+    /// Stop this workload (unhealthy); its exit is reported as any other.
+    Stop(String),
 }
 
 /// What the node builds for a microVM runs in child processes (`bulkhead
@@ -215,6 +217,13 @@ pub(super) fn start(
         .iter()
         .map(|c| egress::parse_allow(c).map_err(|e| refused(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let health = spec
+        .health
+        .as_ref()
+        .map(crate::cluster::spec::Health::ask)
+        .transpose()
+        .map_err(|e| refused(e.to_string()))?
+        .unwrap_or_default();
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.extend([
         format!("BULKHEAD_TENANT={}", k.tenant),
@@ -244,6 +253,7 @@ pub(super) fn start(
         auto_remove: false,
         fencing: Some(fencing),
         other_vmm: None,
+        health,
     };
     let rec = create::create(data, &req, &mut InChildren { builds, data })
         .map_err(|e| refused(format!("{:#}", anyhow::Error::from(e))))?;
