@@ -47,6 +47,12 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
             "1s",
             "--backoff-cap",
             "4s",
+            "--tenant-pool",
+            "10.200.0.0/16",
+            "--tenant-range",
+            "22",
+            "--node-slice",
+            "26",
         ],
     });
     c.counter = Counter::start(&c.lan);
@@ -132,8 +138,11 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         );
         eprintln!("{n} replicas running and connected after {took:?}");
     }
-    // Each node put the tenant's copies on a network of its own, and keeps
-    // them from the control plane (the servers and etcd share LAN_ADDR).
+    // Each node put the tenant's copies on a network of its own, on its own
+    // /26 slice of acme's /22 range of the server's pool (no two nodes hand
+    // out one address), and keeps them from the control plane (the servers
+    // and etcd share LAN_ADDR).
+    let mut slices = Vec::new();
     for d in &c.data {
         let o = Command::new(bulkhead())
             .env("BULKHEAD_DATA", d)
@@ -151,7 +160,21 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
             serde_json::json!([format!("{LAN_ADDR}/32")]),
             "{v}"
         );
+        slices.push(v["subnet"].as_str().unwrap_or_default().to_string());
     }
+    let mut apart = slices.clone();
+    apart.sort();
+    apart.dedup();
+    assert!(
+        apart.len() == 3
+            && slices.iter().all(|s| s.starts_with("10.200.")
+                && s.ends_with("/26")
+                && s.split('.')
+                    .nth(2)
+                    .and_then(|o| o.parse::<u8>().ok())
+                    .is_some_and(|o| o < 4)),
+        "acme's slices: {slices:?}"
+    );
     // The copies that stayed spoke without a pause while the others were stopped and removed.
     std::thread::sleep(Duration::from_secs(3)); // longer than the counter's silence limit
     let visits = counter.0.lock().unwrap().clone();

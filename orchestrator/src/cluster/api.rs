@@ -206,6 +206,10 @@ pub struct SyncRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Synced {
     pub assignments: Vec<Assignment>,
+    /// Each tenant's network slice on this node (CIDR): the node's bridge
+    /// for the tenant takes it.
+    #[serde(default)]
+    pub slices: std::collections::BTreeMap<String, String>,
     pub lease_ms: u64,
     pub kill_after_ms: u64,
     #[serde(default)]

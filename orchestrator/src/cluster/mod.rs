@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod ca;
 pub mod etcd;
 pub mod listen;
+pub mod netpool;
 pub mod node;
 pub mod node_api;
 pub mod reconcile;

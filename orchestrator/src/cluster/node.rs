@@ -471,6 +471,13 @@ impl Daemon {
         let s: super::api::Synced = self.client.post(&path, token, &body).await?;
         self.kill_after_ms = s.kill_after_ms;
         let deadline = sent.saturating_add(s.lease_ms);
+        // A slice the node cannot read is left out: the network then takes
+        // a free /24 of its own, as before slices.
+        let slices: BTreeMap<String, crate::state::subnet::Subnet> = s
+            .slices
+            .iter()
+            .filter_map(|(t, c)| Some((t.clone(), crate::state::subnet::Subnet::parse(c).ok()?)))
+            .collect();
         let assigned: BTreeMap<Key, Assignment> = s
             .assignments
             .into_iter()
@@ -516,7 +523,8 @@ impl Daemon {
                     eprintln!("bulkhead node: the lease of {}: {e}", k.workload_name());
                     continue;
                 }
-                self.spawn_worker(k, Work::Start(Box::new(a)));
+                let slice = slices.get(&k.tenant).copied();
+                self.spawn_worker(k, Work::Start(Box::new(a), slice));
             }
         }
         Ok(())
@@ -546,11 +554,12 @@ impl Daemon {
         let tenant_lock = self.tenant_locks.of(&k.tenant);
         std::thread::spawn(move || {
             match work {
-                Work::Start(a) => {
+                Work::Start(a, slice) => {
                     let shared = tenant_lock.read().unwrap_or_else(|p| p.into_inner());
                     let started = crate::network::lifecycle::ensure_tenant_network(
                         &State::new(Paths::new(&data)),
                         &k.tenant,
+                        slice,
                     )
                     .map_err(|e| (Some(125), format!("the tenant's network: {e}")))
                     .and_then(|network| {

@@ -201,17 +201,38 @@ pub fn remove(state: &State, name: &str) -> Result<Network, NetError> {
 }
 
 /// The network of a cluster tenant's instances on this node, made on
-/// first use (its own bridge and a free /24): tenants never share one.
-pub fn ensure_tenant_network(state: &State, tenant: &str) -> Result<String, NetError> {
+/// first use (its own bridge): tenants never share one. Its subnet is
+/// `slice`, the node's slice of the tenant's range as the server gave it
+/// (a network made on another subnet is made again once it is empty), or
+/// without one a free /24.
+pub fn ensure_tenant_network(
+    state: &State,
+    tenant: &str,
+    slice: Option<Subnet>,
+) -> Result<String, NetError> {
     let name = super::tenant_network(tenant);
     let _l = lock(state)?;
     match net::network(state, &name).map_err(NetError::from) {
-        Ok(n) if n.tenant.as_deref() == Some(tenant) => return Ok(name),
-        Ok(_) => return Err(NetError::Conflict(format!("network {name:?} exists and is not tenant {tenant:?}'s: remove it (`bulkhead network rm {name}`)"))),
+        Ok(n) if n.tenant.as_deref() != Some(tenant) => return Err(NetError::Conflict(format!("network {name:?} exists and is not tenant {tenant:?}'s: remove it (`bulkhead network rm {name}`)"))),
+        Ok(n) if slice.is_none_or(|s| s == n.subnet) => return Ok(name),
+        Ok(n) => {
+            let used = net::leases(state)?.iter().any(|l| l.attachment.network == name);
+            if used {
+                // Its instances keep their addresses; the next start after
+                // they are gone takes the slice.
+                return Ok(name);
+            }
+            net::remove_network(state, &name)?;
+            super::dns::stop(&n.bridge)?;
+            host::delete_bridge(&n.bridge)?;
+        }
         Err(NetError::NoSuchNetwork(_)) => {}
         Err(e) => return Err(e),
     }
-    let subnet = pick_subnet(state, 24)?;
+    let subnet = match slice {
+        Some(s) => s,
+        None => pick_subnet(state, 24)?,
+    };
     create_locked(state, &name, subnet, None, Some(tenant))?;
     Ok(name)
 }

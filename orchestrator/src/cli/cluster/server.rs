@@ -90,6 +90,17 @@ pub struct ServerArgs {
     /// ...and forgotten after a run this long.
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration_ms)]
     backoff_reset: u64,
+    /// Tenant networks' addresses: each tenant gets a range of this pool,
+    /// each node a tenant runs on a slice of that range (its bridge there).
+    /// Keep it apart from the nodes' own networks.
+    #[arg(long, default_value = crate::cluster::netpool::DEFAULT_POOL, value_name = "CIDR")]
+    tenant_pool: String,
+    /// The prefix length of each tenant's range.
+    #[arg(long, default_value_t = crate::cluster::netpool::DEFAULT_RANGE_PREFIX, value_name = "BITS")]
+    tenant_range: u8,
+    /// The prefix length of each node's slice of a tenant's range.
+    #[arg(long, default_value_t = crate::cluster::netpool::DEFAULT_SLICE_PREFIX, value_name = "BITS")]
+    node_slice: u8,
 }
 
 /// How to reach the etcd at `url`: TLS material and credentials read from
@@ -159,7 +170,11 @@ pub fn server(a: ServerArgs) -> Result<()> {
         cap_ms: a.backoff_cap,
         reset_after_ms: a.backoff_reset,
     };
-    let settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
+    let mut settings = Settings::new(timing, backoff).map_err(anyhow::Error::msg)?;
+    let pool = crate::state::subnet::Subnet::parse(&a.tenant_pool)
+        .map_err(|e| anyhow::anyhow!("--tenant-pool {}: {e}", a.tenant_pool))?;
+    settings.pool = crate::cluster::netpool::Pool::new(pool, a.tenant_range, a.node_slice)
+        .map_err(anyhow::Error::msg)?;
     let (cluster, token_file, what) = match a.store.as_deref() {
         Some(s) if crate::cluster::etcd::is_etcd_url(s) => {
             let api = a.advertise.clone().unwrap_or_else(|| {

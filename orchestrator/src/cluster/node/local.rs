@@ -11,7 +11,8 @@ use crate::state::fencing::Fencing;
 use crate::state::record::DiskFormat;
 
 pub(super) enum Work {
-    Start(Box<Assignment>),
+    /// With the tenant's network slice on this node, as the server gave it.
+    Start(Box<Assignment>, Option<crate::state::subnet::Subnet>),
     /// The workload id, and whether it may still run (stop it first).
     Remove(String, bool),
     /// Stop this workload (unhealthy); its exit is reported as any other.

@@ -35,6 +35,8 @@ pub struct Settings {
     pub kill_after_ms: u64,
     /// The reconciler runs this often.
     pub reconcile_ms: u64,
+    /// Tenant networks' addresses: a range per tenant, a slice per node.
+    pub pool: crate::cluster::netpool::Pool,
 }
 
 impl Settings {
@@ -58,6 +60,7 @@ impl Settings {
             heartbeat_ms,
             kill_after_ms: timing.stop_ms / 2,
             reconcile_ms: heartbeat_ms.min(1_000),
+            pool: crate::cluster::netpool::Pool::default(),
         })
     }
 }
@@ -447,8 +450,20 @@ async fn sync(
     }
     app.cluster
         .report(&name, &s.reports, now, &app.settings.backoff)?;
+    let assignments = app.cluster.assignments(&name)?;
+    // Each tenant it runs: its slice of the tenant's range (made on first use).
+    let mut slices = std::collections::BTreeMap::new();
+    for a in &assignments {
+        if !slices.contains_key(&a.tenant) {
+            let s = app
+                .cluster
+                .tenant_slice(&app.settings.pool, &a.tenant, &name)?;
+            slices.insert(a.tenant.clone(), s.to_string());
+        }
+    }
     ok(api::Synced {
-        assignments: app.cluster.assignments(&name)?,
+        assignments,
+        slices,
         lease_ms: app.settings.timing.lease_ms,
         kill_after_ms: app.settings.kill_after_ms,
         control_plane: app.control_plane.to_vec(),
