@@ -175,6 +175,48 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
                     .is_some_and(|o| o < 4)),
         "acme's slices: {slices:?}"
     );
+    // Names: from one of web's instances, `web` (and its long form) names
+    // all three, on every node; `<index>.web` one. (Names reach a node with
+    // its next sync after the instance runs: asked until they all answer.)
+    let (index, _) = c
+        .instances()
+        .into_iter()
+        .find(|i| i.0 == "web")
+        .map(|i| (i.1, i.2))
+        .unwrap();
+    let mut said = String::new();
+    wait_for(
+        &c,
+        "web's names, from every node",
+        Duration::from_secs(30),
+        || {
+            let o = c.bh_as(
+                &c.lan,
+                &c.tenant,
+                &[
+                    "instance",
+                    "exec",
+                    "web",
+                    &index.to_string(),
+                    "--server",
+                    &c.url,
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("nslookup web; nslookup web.acme.internal; nslookup {index}.web"),
+                ],
+            );
+            said = String::from_utf8_lossy(&o.stdout).into_owned();
+            said.matches("Address: 10.200.").count() == 7
+        },
+    );
+    let mut addrs: Vec<&str> = said
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address: 10.200."))
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 3, "three instances, one address each: {said}");
     // The copies that stayed spoke without a pause while the others were stopped and removed.
     std::thread::sleep(Duration::from_secs(3)); // longer than the counter's silence limit
     let visits = counter.0.lock().unwrap().clone();

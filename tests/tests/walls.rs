@@ -487,6 +487,30 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
         "acme reaches its own db: {}",
         show(&o)
     );
+    // Names: acme's client finds db by its service name and the long
+    // forms, and reaches it by name; evil's instance resolves none of
+    // acme's names (its resolver knows evil's services only), and
+    // `.internal` never goes to the host's resolvers.
+    let names = format!(
+        "nslookup db; nslookup db.acme.internal; nslookup 0.db; {}",
+        nc_get("db", 5432)
+    );
+    let out = wait_for("acme's names", Duration::from_secs(30), || {
+        let out = text(&w.exec(&acme, "client", &names).stdout);
+        (out.matches(&format!("Address: {acme_db}")).count() == 3).then_some(out)
+    });
+    assert!(out.contains("acme-secret"), "db reached by name: {out}");
+    let o = w.exec(
+        &evil,
+        "probe",
+        "nslookup db.acme.internal; nslookup db; echo tried",
+    );
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("tried") && out.matches("NXDOMAIN").count() >= 3 && !out.contains(&acme_db),
+        "{}",
+        show(&o)
+    );
     // acme's published port (no address given): on the node's public
     // address, from the other host and from the node itself; never on the
     // node's loopback, where its own services live.

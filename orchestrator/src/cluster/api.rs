@@ -210,6 +210,13 @@ pub struct Synced {
     /// for the tenant takes it.
     #[serde(default)]
     pub slices: std::collections::BTreeMap<String, String>,
+    /// Each tenant's service names for its resolver on this node:
+    /// `<service>`, `<index>.<service>`, and each with `.<tenant>.internal`
+    /// -> the addresses of its running (and, with a check, healthy)
+    /// instances, on any node.
+    #[serde(default)]
+    #[schema(value_type = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>)]
+    pub names: std::collections::BTreeMap<String, crate::network::dns::ClusterNames>,
     pub lease_ms: u64,
     pub kill_after_ms: u64,
     #[serde(default)]

@@ -50,6 +50,10 @@ pub struct Report {
     /// A running instance's health, where it has a check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::state::health::HealthStatus>,
+    /// A running instance's address on its tenant's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// What one reconciler pass did.
@@ -118,12 +122,14 @@ impl Cluster {
                 Observed::Running
                     if current
                         && st.state == Some(InstanceState::Running)
-                        && st.health == r.health =>
+                        && st.health == r.health
+                        && st.ip == r.ip =>
                 {
                     continue
                 }
                 Observed::Running if current && st.state == Some(InstanceState::Running) => {
                     st.health = r.health;
+                    st.ip = r.ip;
                 }
                 Observed::Running => {
                     st.state = Some(InstanceState::Running);
@@ -131,6 +137,7 @@ impl Cluster {
                     st.exited_ms = None;
                     st.last_exit = None;
                     st.health = r.health;
+                    st.ip = r.ip;
                 }
                 Observed::Exited { .. } if current && st.state == Some(InstanceState::Exited) => {
                     continue
@@ -149,6 +156,7 @@ impl Cluster {
                         .ended(svc.spec.restart, backoff, code, started, now_ms);
                     st.state = Some(InstanceState::Exited);
                     st.health = None;
+                    st.ip = None;
                     st.last_exit = Some(code);
                     st.exited_ms = Some(now_ms);
                 }
@@ -344,6 +352,7 @@ mod tests {
             fence: a.fence,
             observed,
             health: None,
+            ip: None,
         }
     }
 

@@ -187,6 +187,38 @@ impl Cluster {
         }
     }
 
+    /// A tenant's service names for its resolvers: `<service>` and
+    /// `<index>.<service>`, each also under `.<tenant>.internal`, -> the
+    /// addresses of its running instances on any node (with a health
+    /// check: the healthy ones only).
+    pub fn service_names(
+        &self,
+        tenant: &str,
+    ) -> Result<crate::network::dns::ClusterNames, StateError> {
+        use crate::state::health::HealthStatus;
+        let mut names = crate::network::dns::ClusterNames::new();
+        let t = tenant.to_ascii_lowercase();
+        for (i, _) in self.instances_with_status(Some(tenant))? {
+            let (Some(ip), super::state::InstanceState::Running) = (i.ip, i.state) else {
+                continue;
+            };
+            if i.health.is_some_and(|h| h != HealthStatus::Healthy) {
+                continue;
+            }
+            let svc = i.service.to_ascii_lowercase();
+            let one = format!("{}.{svc}", i.index);
+            for n in [
+                svc.clone(),
+                format!("{svc}.{t}.internal"),
+                one.clone(),
+                format!("{one}.{t}.internal"),
+            ] {
+                names.entry(n).or_default().push(ip);
+            }
+        }
+        Ok(names)
+    }
+
     /// A removed node's slices go back to their tenants' ranges.
     pub(crate) fn slice_ops_of_node(&self, node: &str) -> Result<Vec<Op>, StateError> {
         Ok(self

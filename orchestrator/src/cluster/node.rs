@@ -114,6 +114,7 @@ impl Key {
             fence: self.fence,
             observed,
             health: None,
+            ip: None,
         }
     }
 
@@ -449,6 +450,9 @@ impl Daemon {
             .filter_map(|(k, r)| {
                 observed(r).map(|o| Report {
                     health: health.get(k).copied(),
+                    ip: (o == Observed::Running)
+                        .then(|| r.config.network.as_ref().map(|n| n.ip))
+                        .flatten(),
                     ..k.report(o)
                 })
             })
@@ -478,6 +482,15 @@ impl Daemon {
             .iter()
             .filter_map(|(t, c)| Some((t.clone(), crate::state::subnet::Subnet::parse(c).ok()?)))
             .collect();
+        // Each tenant's service names, for its resolver here.
+        for (tenant, names) in &s.names {
+            let net = crate::network::tenant_network(tenant);
+            if let Ok(n) = crate::state::net::network(&here, &net) {
+                if let Err(e) = crate::network::dns::set_cluster_names(&n.bridge, names) {
+                    eprintln!("bulkhead node: tenant {tenant}'s names: {e}");
+                }
+            }
+        }
         let assigned: BTreeMap<Key, Assignment> = s
             .assignments
             .into_iter()

@@ -211,6 +211,7 @@ mod tests {
             exited_ms: None,
             fence: 0,
             health: None,
+            ip: None,
         };
         Seen {
             instance,

@@ -129,6 +129,10 @@ pub struct Instance {
     /// Its health check's verdict while it runs (from the status record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::state::health::HealthStatus>,
+    /// Its address on the tenant's network while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// What the node reported about an instance (kept apart from the
@@ -148,6 +152,9 @@ pub struct InstanceStatus {
     /// Its health check's verdict while it runs (none without a check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::state::health::HealthStatus>,
+    /// Its address on the tenant's network while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 pub(crate) fn service_key(tenant: &str, name: &str) -> String {
@@ -423,6 +430,7 @@ impl Cluster {
                 i.last_exit = st.last_exit;
                 (i.started_ms, i.exited_ms) = (st.started_ms, st.exited_ms);
                 i.health = st.health;
+                i.ip = st.ip;
             }
             out.push((i, st));
         }
@@ -705,6 +713,7 @@ impl Cluster {
                 exited_ms: None,
                 fence: 0,
                 health: None,
+                ip: None,
             };
             ops.push(Op::Put(
                 instance_key(tenant, &record.spec.name, index),

@@ -453,17 +453,20 @@ async fn sync(
     let assignments = app.cluster.assignments(&name)?;
     // Each tenant it runs: its slice of the tenant's range (made on first use).
     let mut slices = std::collections::BTreeMap::new();
+    let mut names = std::collections::BTreeMap::new();
     for a in &assignments {
         if !slices.contains_key(&a.tenant) {
             let s = app
                 .cluster
                 .tenant_slice(&app.settings.pool, &a.tenant, &name)?;
             slices.insert(a.tenant.clone(), s.to_string());
+            names.insert(a.tenant.clone(), app.cluster.service_names(&a.tenant)?);
         }
     }
     ok(api::Synced {
         assignments,
         slices,
+        names,
         lease_ms: app.settings.timing.lease_ms,
         kill_after_ms: app.settings.kill_after_ms,
         control_plane: app.control_plane.to_vec(),

@@ -1,6 +1,7 @@
 //! What the resolver says to one query (pure): the names of the workloads
-//! on its network, their reverse names, NXDOMAIN for other single-label
-//! names (they never leave the host), and "forward" for the rest. Queries
+//! on its network (and, on a cluster tenant's network, the tenant's service
+//! names), their reverse names, NXDOMAIN for other single-label names and
+//! for `.internal` (they never leave the host), and "forward" for the rest. Queries
 //! come from workloads: hostile input, parsed and written by hickory only.
 
 use std::net::Ipv4Addr;
@@ -14,6 +15,8 @@ use super::Table;
 /// Seconds a client may keep an answer: short, so a removed workload's
 /// name goes quickly from caches too.
 pub const TTL: u32 = 5;
+/// Addresses in one answer, at most (a UDP answer stays under 512 bytes).
+pub const MAX_ADDRESSES: usize = 16;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -39,37 +42,43 @@ pub fn answer(table: &Table, from: Ipv4Addr, query: &[u8]) -> Reply {
         return Reply::Drop;
     }
     if msg.metadata.op_code != OpCode::Query {
-        return reply(&msg, ResponseCode::NotImp, None);
+        return reply(&msg, ResponseCode::NotImp, Vec::new());
     }
     let [q] = msg.queries.as_slice() else {
-        return reply(&msg, ResponseCode::FormErr, None);
+        return reply(&msg, ResponseCode::FormErr, Vec::new());
     };
     if q.query_class() != DNSClass::IN {
-        return reply(&msg, ResponseCode::Refused, None);
+        return reply(&msg, ResponseCode::Refused, Vec::new());
     }
     let name = q.name().to_lowercase().to_ascii();
     let name = name.strip_suffix('.').unwrap_or(&name);
-    if let Some(ip) = table.names.get(name) {
-        let rec = matches!(q.query_type(), RecordType::A | RecordType::ANY)
-            .then(|| Record::from_rdata(q.name().clone(), TTL, RData::A(A(*ip))));
-        return reply(&msg, ResponseCode::NoError, rec);
+    if let Some(ips) = table.names.get(name) {
+        let recs: Vec<Record> = if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
+            ips.iter()
+                .take(MAX_ADDRESSES)
+                .map(|ip| Record::from_rdata(q.name().clone(), TTL, RData::A(A(*ip))))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        return reply(&msg, ResponseCode::NoError, recs);
     }
     if let Some(ip) = reverse(name) {
-        if !table.subnet.contains(ip) {
-            return Reply::Forward;
-        }
-        let found = table.names.iter().find(|(_, a)| **a == ip);
+        // Ours: an address we name (a cluster tenant's on other nodes too)
+        // or any of this network's; never asked of the host's resolvers.
+        let found = table.names.iter().find(|(_, a)| a.contains(&ip));
         return match found.map(|(n, _)| Name::from_ascii(format!("{n}."))) {
             Some(Ok(target)) => {
                 let rec = matches!(q.query_type(), RecordType::PTR | RecordType::ANY)
                     .then(|| Record::from_rdata(q.name().clone(), TTL, RData::PTR(PTR(target))));
-                reply(&msg, ResponseCode::NoError, rec)
+                reply(&msg, ResponseCode::NoError, rec.into_iter().collect())
             }
-            _ => reply(&msg, ResponseCode::NXDomain, None),
+            _ if table.subnet.contains(ip) => reply(&msg, ResponseCode::NXDomain, Vec::new()),
+            _ => Reply::Forward,
         };
     }
-    if !name.contains('.') {
-        return reply(&msg, ResponseCode::NXDomain, None);
+    if !name.contains('.') || name.ends_with(".internal") {
+        return reply(&msg, ResponseCode::NXDomain, Vec::new());
     }
     Reply::Forward
 }
@@ -85,7 +94,7 @@ fn reverse(name: &str) -> Option<Ipv4Addr> {
     parts.next().is_none().then(|| Ipv4Addr::from(octets))
 }
 
-fn reply(query: &Message, code: ResponseCode, answer: Option<Record>) -> Reply {
+fn reply(query: &Message, code: ResponseCode, answer: Vec<Record>) -> Reply {
     let mut r = Message::response(query.metadata.id, query.metadata.op_code);
     r.metadata.recursion_desired = query.metadata.recursion_desired;
     r.metadata.recursion_available = true;
@@ -125,8 +134,12 @@ mod tests {
         Table {
             subnet: Subnet::parse("10.89.3.0/24").unwrap_or_else(|e| panic!("{e}")),
             names: [
-                ("db".to_string(), Ipv4Addr::new(10, 89, 3, 2)),
-                ("web.prod".to_string(), Ipv4Addr::new(10, 89, 3, 3)),
+                ("db".to_string(), vec![Ipv4Addr::new(10, 89, 3, 2)]),
+                ("web.prod".to_string(), vec![Ipv4Addr::new(10, 89, 3, 3)]),
+                (
+                    "api.acme.internal".to_string(),
+                    vec![Ipv4Addr::new(10, 200, 0, 5), Ipv4Addr::new(10, 200, 0, 70)],
+                ),
             ]
             .into(),
         }
@@ -182,6 +195,41 @@ mod tests {
         let m = decoded(answer(&table(), CLIENT, &query("db", RecordType::AAAA)));
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert!(m.answers.is_empty());
+    }
+
+    #[test]
+    fn a_service_name_answers_every_address_and_internal_never_leaves() {
+        let m = decoded(answer(
+            &table(),
+            CLIENT,
+            &query("api.acme.internal", RecordType::A),
+        ));
+        assert_eq!(
+            addresses(&m),
+            vec![Ipv4Addr::new(10, 200, 0, 5), Ipv4Addr::new(10, 200, 0, 70)]
+        );
+        let m = decoded(answer(
+            &table(),
+            CLIENT,
+            &query("db.evil.internal", RecordType::A),
+        ));
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        // Another node's instance: its reverse name is ours too.
+        let m = decoded(answer(
+            &table(),
+            CLIENT,
+            &query("70.0.200.10.in-addr.arpa", RecordType::PTR),
+        ));
+        assert!(
+            matches!(&m.answers[0].data, RData::PTR(p) if p.0.to_ascii() == "api.acme.internal.")
+        );
+        let mut many = table();
+        many.names.insert(
+            "big".into(),
+            (1..=40).map(|i| Ipv4Addr::new(10, 89, 3, i)).collect(),
+        );
+        let m = decoded(answer(&many, CLIENT, &query("big", RecordType::A)));
+        assert_eq!(m.answers.len(), MAX_ADDRESSES);
     }
 
     #[test]

@@ -41,9 +41,13 @@ pub const NOBODY: u32 = 65534;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
     pub subnet: Subnet,
-    /// Lower-case name -> address.
-    pub names: BTreeMap<String, Ipv4Addr>,
+    /// Lower-case name -> addresses.
+    pub names: BTreeMap<String, Vec<Ipv4Addr>>,
 }
+
+/// A cluster tenant's service names, as its node got them from the server
+/// (`<bridge>.cluster.json`): lower-case name -> addresses.
+pub type ClusterNames = BTreeMap<String, Vec<Ipv4Addr>>;
 
 /// Whether a network gets a resolver: every one but the default network.
 pub fn serves(net: &Network) -> bool {
@@ -57,6 +61,10 @@ pub fn dir() -> PathBuf {
 
 fn table_path(bridge: &str) -> PathBuf {
     dir().join(format!("{bridge}.json"))
+}
+
+fn cluster_path(bridge: &str) -> PathBuf {
+    dir().join(format!("{bridge}.cluster.json"))
 }
 
 /// Held (flock) by the running resolver; holds its pid and start time.
@@ -84,11 +92,12 @@ fn ensure_dir() -> Result<(), NetError> {
 
 /// The names on `net`, from its leases: each workload's names, lower-cased.
 pub fn table_of(net: &Network, leases: &[Attachment]) -> Table {
-    let names = leases
-        .iter()
-        .filter(|a| a.network == net.name)
-        .flat_map(|a| a.names.iter().map(move |n| (n.to_ascii_lowercase(), a.ip)))
-        .collect();
+    let mut names: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for a in leases.iter().filter(|a| a.network == net.name) {
+        for n in &a.names {
+            names.entry(n.to_ascii_lowercase()).or_default().push(a.ip);
+        }
+    }
     Table {
         subnet: net.subnet,
         names,
@@ -108,20 +117,32 @@ pub fn sync(nets: &[Network], leases: &[Attachment]) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Sets the cluster names `bridge`'s resolver answers beside its
+/// workloads' (the node daemon, for a tenant's network).
+pub fn set_cluster_names(bridge: &str, names: &ClusterNames) -> Result<(), NetError> {
+    let bytes = serde_json::to_vec(names).map_err(|e| host("encode the names", e))?;
+    write_names(&cluster_path(bridge), &bytes)
+}
+
 fn write_table(bridge: &str, table: &Table) -> Result<(), NetError> {
-    ensure_dir()?;
-    let path = table_path(bridge);
     let bytes = serde_json::to_vec(table).map_err(|e| host("encode the names", e))?;
-    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+    write_names(&table_path(bridge), &bytes)
+}
+
+/// Written aside and renamed in, readable by the resolvers' group; left
+/// alone when unchanged.
+fn write_names(path: &std::path::Path, bytes: &[u8]) -> Result<(), NetError> {
+    ensure_dir()?;
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
     let what = "write the resolver's names";
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| host(what, e))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| host(what, e))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))
         .map_err(|e| host(what, e))?;
     nix::unistd::chown(&tmp, Some(0.into()), Some(NOBODY.into())).map_err(|e| host(what, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| host(what, e))
+    std::fs::rename(&tmp, path).map_err(|e| host(what, e))
 }
 
 /// The running resolver of `bridge`, if any: the lock is held.
@@ -197,6 +218,7 @@ pub fn stop(bridge: &str) -> Result<(), NetError> {
     }
     for p in [
         table_path(bridge),
+        cluster_path(bridge),
         lock_path(bridge),
         dir().join(format!("{bridge}.log")),
     ] {

@@ -61,7 +61,7 @@ fn run(bridge: &str) -> Result<(), String> {
         }
         Err((_, e)) => return Err(format!("lock: {e}")),
     };
-    let names = Names::new(super::table_path(bridge));
+    let names = Names::new(super::table_path(bridge), super::cluster_path(bridge));
     let table = names.current().ok_or("no names file")?;
     let gateway = table.subnet.gateway();
     let upstreams = upstreams(
@@ -146,38 +146,60 @@ pub fn upstreams(resolv_conf: &str, gateway: Ipv4Addr) -> Vec<SocketAddr> {
 
 /// A file's inode, size and mtime: when they change, it is read again.
 type Stamp = (u64, u64, i64, i64);
+/// The workloads' names file's, and the cluster names file's if it exists.
+type Stamps = (Stamp, Option<Stamp>);
 
-/// The names file, read again when it changes.
+/// The names files (the workloads', and a cluster tenant's service names
+/// where its node wrote them), read again when either changes.
 struct Names {
     path: PathBuf,
-    cached: Mutex<Option<(Stamp, Arc<Table>)>>,
+    cluster: PathBuf,
+    cached: Mutex<Option<(Stamps, Arc<Table>)>>,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 impl Names {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, cluster: PathBuf) -> Self {
         Self {
             path,
+            cluster,
             cached: Mutex::new(None),
         }
     }
 
-    /// The table now; `None` once the file is gone (the resolver ends).
+    /// The table now; `None` once the workloads' file is gone (the
+    /// resolver ends).
     fn current(&self) -> Option<Arc<Table>> {
-        let m = std::fs::metadata(&self.path).ok()?;
-        let stamp = (m.ino(), m.size(), m.mtime(), m.mtime_nsec());
+        let stamps = (stamp(&self.path)?, stamp(&self.cluster));
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((s, t)) = c.as_ref() {
-            if *s == stamp {
+            if *s == stamps {
                 return Some(t.clone());
             }
         }
-        let t = Arc::new(read_table(&self.path)?);
-        *c = Some((stamp, t.clone()));
+        let mut t: Table = read_json(&self.path)?;
+        if stamps.1.is_some() {
+            let cluster: super::ClusterNames = read_json(&self.cluster).unwrap_or_default();
+            for (name, ips) in cluster {
+                let have = t.names.entry(name).or_default();
+                for ip in ips {
+                    if !have.contains(&ip) {
+                        have.push(ip);
+                    }
+                }
+            }
+        }
+        let t = Arc::new(t);
+        *c = Some((stamps, t.clone()));
         Some(t)
     }
 }
 
-fn read_table(path: &Path) -> Option<Table> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .ok()?
