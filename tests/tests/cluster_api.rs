@@ -15,6 +15,8 @@ use harness::*;
 mod flags;
 #[path = "cluster_api/quota.rs"]
 mod quota;
+#[path = "cluster_api/stacks.rs"]
+mod stacks;
 #[path = "cluster_api/store_tls.rs"]
 mod store_tls;
 #[path = "cluster_api/tls.rs"]
@@ -118,6 +120,7 @@ fn scenario(dir: &tempfile::TempDir, store: &[String]) {
     ));
     assert_eq!(down["removed"].as_array().unwrap().len(), 6);
     assert_eq!(spread(&s, &acme), [1, 1, 1]);
+    stacks::stacks(dir, &s, &acme, &small);
 
     // Another tenant sees nothing of it and can change nothing.
     let o = cli(&s, &small, &["service", "inspect", "web"]);

@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod schedule;
 pub mod server;
 pub mod spec;
+pub mod stack;
 pub mod state;
 pub mod store;
 pub mod tls;

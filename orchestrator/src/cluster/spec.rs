@@ -237,6 +237,9 @@ pub struct ServiceSpec {
     pub egress: Egress,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// The stack it was deployed with (`services:` in a file), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
 }
 
 fn default_runtime() -> RuntimeKind {
@@ -331,6 +334,17 @@ fn has_anchor_or_alias(text: &str) -> bool {
 
 /// Parses a service file: JSON when it starts with `{`, else YAML.
 pub fn parse(text: &str) -> Result<Service, SpecError> {
+    let spec: ServiceSpec = if guard(text)? {
+        serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
+    };
+    check(spec)
+}
+
+/// The checks every file passes before it is parsed (size, nesting,
+/// anchors); whether it is JSON.
+pub(crate) fn guard(text: &str) -> Result<bool, SpecError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SpecError::Syntax(format!(
             "{} bytes: a service file is at most {MAX_FILE_BYTES}",
@@ -346,12 +360,7 @@ pub fn parse(text: &str) -> Result<Service, SpecError> {
     if !json && has_anchor_or_alias(text) {
         return Err(SpecError::Syntax("YAML anchors and aliases (&name, *name) are not accepted; quote a value that starts with & or *".into()));
     }
-    let spec: ServiceSpec = if json {
-        serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
-    };
-    check(spec)
+    Ok(json)
 }
 
 /// Every field in range; what one instance needs from a node.
@@ -477,6 +486,14 @@ pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
     }
     if let Some(h) = &spec.health {
         h.ask()?;
+    }
+    if let Some(s) = &spec.stack {
+        if !crate::state::paths::valid_name(s) {
+            return Err(field(
+                "stack",
+                format!("{s:?}: letters, digits, '_', '.', '-', starting with a letter or digit"),
+            ));
+        }
     }
     let request = instance_request(spec.runtime, spec.cpus, memory_mib);
     Ok(Service {

@@ -5,7 +5,9 @@ use crate::cluster::state::Instance;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The service file (YAML or JSON; `-` reads stdin).
+    /// The service file (YAML or JSON; `-` reads stdin); or a stack file
+    /// (`name:` and `services: {NAME: SERVICE, ...}`), whose services are
+    /// deployed together: all of them, or none.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: PathBuf,
     /// Show where the replicas would go; change nothing.
@@ -21,6 +23,9 @@ pub fn deploy(a: DeployArgs) -> Result<()> {
     } else {
         std::fs::read_to_string(&a.file).with_context(|| format!("read {}", a.file.display()))?
     };
+    if crate::cluster::stack::is_stack(&text) {
+        return deploy_stack(&a, &crate::cluster::stack::parse(&text)?);
+    }
     // Checked here first: a bad file fails without a round trip, with the same message.
     crate::cluster::spec::parse(&text)?;
     let v = a.conn.call(
@@ -31,6 +36,77 @@ pub fn deploy(a: DeployArgs) -> Result<()> {
     a.conn.print(&v, placement_table)?;
     if a.dry_run && a.conn.format == Format::Table {
         eprintln!("dry run: nothing was changed");
+    }
+    Ok(())
+}
+
+/// A stack's services, each checked by the server first (a dry run: the
+/// name free, the quota, the image, a placement), then deployed one by one;
+/// if one fails, those deployed here are removed again, so the stack goes
+/// in whole or not at all. (Not one transaction: a change by someone else
+/// between the dry runs and the deploys can still refuse a later one, and
+/// then the earlier ones are rolled back.)
+fn deploy_stack(a: &DeployArgs, stack: &crate::cluster::stack::Stack) -> Result<()> {
+    let send = |svc: &crate::cluster::spec::Service, dry: bool| {
+        a.conn.call(
+            reqwest::Method::POST,
+            &format!("/v1/services?dry_run={dry}"),
+            Some(serde_json::to_string(&svc.spec).unwrap_or_default()),
+        )
+    };
+    for svc in &stack.services {
+        send(svc, true)
+            .with_context(|| format!("stack {}: service {}", stack.name, svc.spec.name))?;
+    }
+    let mut done: Vec<(String, Value)> = Vec::new();
+    if !a.dry_run {
+        for svc in &stack.services {
+            match send(svc, false) {
+                Ok(v) => done.push((svc.spec.name.clone(), v)),
+                Err(e) => {
+                    let mut undone = Vec::new();
+                    for (name, _) in &done {
+                        let path = format!("/v1/services/{}", path_segment(name)?);
+                        if a.conn.call(reqwest::Method::DELETE, &path, None).is_ok() {
+                            undone.push(name.clone());
+                        }
+                    }
+                    return Err(e.context(format!(
+                        "stack {}: service {} (removed again: {})",
+                        stack.name,
+                        svc.spec.name,
+                        if undone.is_empty() {
+                            "none".to_string()
+                        } else {
+                            undone.join(", ")
+                        }
+                    )));
+                }
+            }
+        }
+    } else {
+        for svc in &stack.services {
+            done.push((svc.spec.name.clone(), send(svc, true)?));
+        }
+    }
+    if a.conn.format == Format::Json {
+        let services: serde_json::Map<String, Value> = done.into_iter().collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"stack": stack.name, "services": services}))?
+        );
+    } else {
+        let mut t = table(&["SERVICE", "INSTANCE", "NODE", ""]);
+        for (name, v) in done {
+            let c: Change = serde_json::from_value(v)?;
+            for crate::cluster::state::Placed { index, node } in c.placed {
+                t.add_row(vec![name.clone(), index.to_string(), node, "placed".into()]);
+            }
+        }
+        println!("stack {}\n{t}", stack.name);
+        if a.dry_run {
+            eprintln!("dry run: nothing was changed");
+        }
     }
     Ok(())
 }
@@ -55,9 +131,14 @@ pub enum ServiceCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Remove a service and its instances.
+    /// Remove a service and its instances; or, with --stack, every
+    /// service of a stack.
     Rm {
-        name: String,
+        #[arg(required_unless_present = "stack", conflicts_with = "stack")]
+        name: Option<String>,
+        /// The stack whose services go.
+        #[arg(long, value_name = "STACK")]
+        stack: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -70,6 +151,7 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
             conn.print(&v, |rows: Vec<api::ServiceRow>| {
                 let mut t = table(&[
                     "NAME",
+                    "STACK",
                     "IMAGE",
                     "RUNTIME",
                     "REPLICAS",
@@ -82,6 +164,7 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
                     let (spec, request) = (&r.service.spec, r.service.request);
                     t.add_row(vec![
                         spec.name.clone(),
+                        spec.stack.clone().unwrap_or_default(),
                         spec.image.clone(),
                         word(&spec.runtime),
                         spec.replicas.to_string(),
@@ -118,13 +201,35 @@ pub fn service(cmd: ServiceCommand) -> Result<()> {
             )?;
             conn.print(&v, placement_table)?;
         }
-        ServiceCommand::Rm { name, conn } => {
-            conn.call(
-                reqwest::Method::DELETE,
-                &format!("/v1/services/{}", path_segment(&name)?),
-                None,
-            )?;
-            println!("{name}");
+        ServiceCommand::Rm { name, stack, conn } => {
+            let names = match (name, stack) {
+                (Some(n), _) => vec![n],
+                (None, Some(s)) => {
+                    let rows: Vec<api::ServiceRow> = serde_json::from_value(conn.call(
+                        reqwest::Method::GET,
+                        "/v1/services",
+                        None,
+                    )?)?;
+                    let of: Vec<String> = rows
+                        .into_iter()
+                        .filter(|r| r.service.spec.stack.as_deref() == Some(s.as_str()))
+                        .map(|r| r.service.spec.name)
+                        .collect();
+                    if of.is_empty() {
+                        bail!("no stack {s:?} (`bulkhead service ls` shows each service's stack)");
+                    }
+                    of
+                }
+                (None, None) => bail!("a service's name, or --stack"),
+            };
+            for name in names {
+                conn.call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/services/{}", path_segment(&name)?),
+                    None,
+                )?;
+                println!("{name}");
+            }
         }
     }
     Ok(())
