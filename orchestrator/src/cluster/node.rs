@@ -484,11 +484,8 @@ impl Daemon {
             .collect();
         // Each tenant's service names, for its resolver here.
         for (tenant, names) in &s.names {
-            let net = crate::network::tenant_network(tenant);
-            if let Ok(n) = crate::state::net::network(&here, &net) {
-                if let Err(e) = crate::network::dns::set_cluster_names(&n.bridge, names) {
-                    eprintln!("bulkhead node: tenant {tenant}'s names: {e}");
-                }
+            if let Err(e) = crate::network::lifecycle::set_tenant_names(&here, tenant, names) {
+                eprintln!("bulkhead node: tenant {tenant}'s names: {e}");
             }
         }
         let assigned: BTreeMap<Key, Assignment> = s

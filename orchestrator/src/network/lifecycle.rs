@@ -237,6 +237,29 @@ pub fn ensure_tenant_network(
     Ok(name)
 }
 
+/// Gives the resolver of a cluster tenant's network here its service names
+/// (the node daemon, at each sync). Under the network lock, and only while
+/// the network has workloads (its resolver runs): a write racing the
+/// network's removal or its resolver's stop would leave the file behind.
+pub fn set_tenant_names(
+    state: &State,
+    tenant: &str,
+    names: &super::dns::ClusterNames,
+) -> Result<(), NetError> {
+    let name = super::tenant_network(tenant);
+    let _l = lock(state)?;
+    let Ok(net) = net::network(state, &name) else {
+        return Ok(());
+    };
+    let used = net::leases(state)?
+        .iter()
+        .any(|l| l.attachment.network == name);
+    if net.tenant.as_deref() != Some(tenant) || !used {
+        return Ok(());
+    }
+    super::dns::set_cluster_names(&net.bridge, names)
+}
+
 /// Removes a tenant's network once no workload is on it; whether it did.
 pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetError> {
     let name = super::tenant_network(tenant);
