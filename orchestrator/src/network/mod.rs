@@ -10,6 +10,7 @@
 //! rules.rs     the nft script for a set of networks and leases (pure)
 //! lifecycle.rs set up, tear down, sweep (what supervisors and the CLI call)
 //! dns/         a resolver per network for its workloads' names
+//! daemon.rs    the small daemons' lock, spawn and ready protocol
 //! host.rs      bridges, TAPs, veths, netns, sysctls, nft: the host side
 //! userns.rs    a container's user namespace and the netns it owns
 //! ```
@@ -17,6 +18,7 @@
 //! Networks, leases, subnets and published ports as stored are the state
 //! layer's (`crate::state::{net, subnet, publish}`), below this one.
 
+pub mod daemon;
 pub mod dns;
 pub mod egress;
 pub mod host;

@@ -23,8 +23,6 @@ pub mod answer;
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -32,7 +30,6 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{Attachment, NetError, Network, Subnet};
-use crate::state::procs::ProcId;
 
 /// The user and group the resolver runs as once its sockets are bound.
 pub const NOBODY: u32 = 65534;
@@ -145,77 +142,22 @@ fn write_names(path: &std::path::Path, bytes: &[u8]) -> Result<(), NetError> {
     std::fs::rename(&tmp, path).map_err(|e| host(what, e))
 }
 
-/// The running resolver of `bridge`, if any: the lock is held.
-fn holder(bridge: &str) -> Result<Option<ProcId>, NetError> {
-    let path = lock_path(bridge);
-    let mut f = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(host("open the resolver's lock", e)),
-    };
-    let mut text = String::new();
-    f.read_to_string(&mut text)
-        .map_err(|e| host("read the resolver's lock", e))?;
-    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(_free) => Ok(None),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut it = text.split_whitespace().map(str::parse::<u64>);
-            match (it.next(), it.next()) {
-                (Some(Ok(pid)), Some(Ok(start))) => Ok(Some(ProcId {
-                    pid: i32::try_from(pid).unwrap_or(0),
-                    start,
-                })),
-                // Locked, pid not written yet: it is starting.
-                _ => Ok(Some(ProcId { pid: 0, start: 0 })),
-            }
-        }
-        Err((_, e)) => Err(host("check the resolver's lock", e)),
-    }
-}
-
 /// Starts the resolver of `bridge` unless it runs; returns once it serves.
 fn ensure_running(bridge: &str) -> Result<(), NetError> {
-    if holder(bridge)?.is_some() {
+    if super::daemon::holder(&lock_path(bridge))?.is_some() {
         return Ok(());
     }
-    let what = format!("start the resolver of {bridge}");
-    let exe = std::env::current_exe().map_err(|e| host(&what, e))?;
-    let log = bulkhead_images::private::append(&dir().join(format!("{bridge}.log")))
-        .map_err(|e| host(&what, e))?;
-    let out = std::process::Command::new(exe)
-        .args(["__dns", "--bridge", bridge])
-        .stdin(std::process::Stdio::null())
-        .stderr(log)
-        .output()
-        .map_err(|e| host(&what, e))?;
-    let said = String::from_utf8_lossy(&out.stdout);
-    if out.status.success() && said.lines().any(|l| l == server::READY) {
-        return Ok(());
-    }
-    let tail = std::fs::read_to_string(dir().join(format!("{bridge}.log"))).unwrap_or_default();
-    Err(host(
-        &what,
-        format!(
-            "{} ({})",
-            out.status,
-            tail.lines().last().unwrap_or("no message")
-        ),
-    ))
+    super::daemon::spawn(
+        &format!("start the resolver of {bridge}"),
+        &["__dns", "--bridge", bridge],
+        &dir().join(format!("{bridge}.log")),
+    )
 }
 
 /// Stops the resolver of `bridge` (waits until it is gone) and removes
 /// its files.
 pub fn stop(bridge: &str) -> Result<(), NetError> {
-    if let Some(p) = holder(bridge)? {
-        if let Some(fd) = p.pidfd() {
-            p.signal(libc::SIGKILL);
-            let mut pfd = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&fd),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(2000u16));
-        }
-    }
+    super::daemon::kill(&lock_path(bridge))?;
     for p in [
         table_path(bridge),
         cluster_path(bridge),

@@ -8,9 +8,9 @@
 //! `MAX_FORWARDS` at once; an answer must carry the query's id). It ends
 //! when it is killed (`dns::stop`) or its names file is gone.
 
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -21,9 +21,8 @@ use tokio::sync::Semaphore;
 
 use super::answer::{answer, Reply};
 use super::{Table, NOBODY};
+use crate::network::daemon;
 
-/// What the process prints once it serves (its spawner waits for it).
-pub const READY: &str = "ready";
 /// Queries in flight upstream at once; past that, SERVFAIL.
 const MAX_FORWARDS: usize = 128;
 /// TCP connections at once.
@@ -44,22 +43,8 @@ pub fn main(bridge: &str) -> ExitCode {
 }
 
 fn run(bridge: &str) -> Result<(), String> {
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(super::lock_path(bridge))
-        .map_err(|e| format!("open the lock: {e}"))?;
-    let mut lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-    {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            println!("{READY}"); // another one serves already
-            return Ok(());
-        }
-        Err((_, e)) => return Err(format!("lock: {e}")),
+    let Some(mut lock) = daemon::take_lock(&super::lock_path(bridge))? else {
+        return daemon::ready(); // another one serves already
     };
     let names = Names::new(super::table_path(bridge), super::cluster_path(bridge));
     let table = names.current().ok_or("no names file")?;
@@ -82,32 +67,14 @@ fn run(bridge: &str) -> Result<(), String> {
         )
         .map_err(|e| format!("nonblocking: {e}"))?;
     }
-    // SAFETY: one thread so far (no runtime yet); the parent side only
-    // calls _exit, which runs nothing of ours (the lock stays with the child).
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            // SAFETY: _exit ends this process at once; no destructor runs
-            // (one would release the flock the child now holds).
-            unsafe { libc::_exit(0) }
-        }
-        nix::unistd::ForkResult::Child => {}
-    }
-    let _ = nix::unistd::setsid();
-    let me = crate::state::procs::ProcId::current();
-    lock.set_len(0)
-        .and_then(|()| lock.rewind())
-        .and_then(|()| writeln!(lock, "{} {}", me.pid, me.start))
-        .map_err(|e| format!("record the pid: {e}"))?;
+    daemon::detach(&mut lock)?;
     drop_privileges()?;
     // As nobody now: a names file it cannot read is an error its spawner
     // hears, not a resolver that quietly ends at its first query.
     names
         .current()
         .ok_or("cannot read the names file as nobody")?;
-    println!("{READY}");
-    let _ = std::io::stdout().flush();
-    let null = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
-    nix::unistd::dup2_stdout(&null).map_err(|e| format!("stdout: {e}"))?;
+    daemon::ready()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
