@@ -718,10 +718,11 @@ pub fn leftovers(ctx: &Ctx) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        // The jails' base, the containers' base and the VMMs' shared
-        // empty network namespace stay, by design.
+        // The jails' base, the containers' base, the VMMs' shared empty
+        // network namespace and the network daemons' dirs stay, by design.
         .filter(|e| {
-            !["jail", "netns", "ct", "names", "ids", "dns"].contains(&e.file_name().to_string_lossy().as_ref())
+            !["jail", "netns", "ct", "names", "ids", "dns", "overlay"]
+                .contains(&e.file_name().to_string_lossy().as_ref())
         })
         .count();
     if n > 0 {

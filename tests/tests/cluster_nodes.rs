@@ -14,6 +14,8 @@
 
 #[path = "cluster_nodes/harness.rs"]
 mod harness;
+#[path = "cluster_nodes/overlay.rs"]
+mod overlay;
 use harness::*;
 
 use std::collections::BTreeMap;
@@ -190,17 +192,11 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
         "web's names, from every node",
         Duration::from_secs(30),
         || {
-            let o = c.bh_as(
-                &c.lan,
+            let o = c.exec_in(
                 &c.tenant,
+                "web",
+                index,
                 &[
-                    "instance",
-                    "exec",
-                    "web",
-                    &index.to_string(),
-                    "--server",
-                    &c.url,
-                    "--",
                     "sh",
                     "-c",
                     &format!("nslookup web; nslookup web.acme.internal; nslookup {index}.web"),
@@ -250,21 +246,11 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
             && String::from_utf8_lossy(&o.stdout) == format!("started web/{index}\n"),
         "logs from {node}: {o:?}"
     );
-    let o = c.bh_as(
-        &c.lan,
+    let o = c.exec_in(
         &c.tenant,
-        &[
-            "instance",
-            "exec",
-            "web",
-            &index.to_string(),
-            "--server",
-            &c.url,
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; exit 7",
-        ],
+        "web",
+        index,
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
     );
     assert_eq!(
         (
@@ -277,20 +263,7 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     );
     // A command that looks like a flag is the tenant's command, not one
     // of bulkhead's flags: `--help` is run (and not found), not answered.
-    let o = c.bh_as(
-        &c.lan,
-        &c.tenant,
-        &[
-            "instance",
-            "exec",
-            "web",
-            &index.to_string(),
-            "--server",
-            &c.url,
-            "--",
-            "--help",
-        ],
-    );
+    let o = c.exec_in(&c.tenant, "web", index, &["--help"]);
     assert!(
         o.status.code() == Some(127) && !String::from_utf8_lossy(&o.stdout).contains("Usage"),
         "exec --help on {node}: {o:?}"

@@ -117,6 +117,13 @@ enum Command {
         #[arg(long)]
         bridge: String,
     },
+    /// A tenant's userspace WireGuard tunnel (started by the node daemon
+    /// where the kernel has none; not for people).
+    #[command(name = "__wg", hide = true)]
+    Wg {
+        #[arg(long)]
+        iface: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -165,6 +172,7 @@ pub fn main() -> ExitCode {
             kill_after_ms,
         } => return crate::runtime::fence_watch::main(&id, &deadline_file, kill_after_ms),
         Command::Dns { bridge } => return crate::network::dns::server::main(&bridge),
+        Command::Wg { iface } => return crate::network::overlay::userspace::main(&iface),
         Command::Run(a) => (run::run(*a), run::EXIT_BULKHEAD),
         Command::Exec(a) => (workloads::exec(a), run::EXIT_BULKHEAD),
         Command::Ps(a) => (workloads::ps(a), 1),

@@ -200,6 +200,38 @@ pub struct SyncRequest {
     /// The node's images now (`None`: not said, the record keeps its own).
     #[serde(default)]
     pub images: Option<BTreeSet<String>>,
+    /// The node's ends of its tenants' overlays (`None`: not said).
+    #[serde(default)]
+    pub overlay: Option<OverlayReport>,
+}
+
+/// A node's ends of the overlays of the tenants it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OverlayReport {
+    /// Its address on the network between nodes (peers send there).
+    #[schema(value_type = String)]
+    pub address: std::net::Ipv4Addr,
+    /// Tenant -> its end here.
+    pub ends: std::collections::BTreeMap<String, OverlayEnd>,
+}
+
+/// One end of a tenant's overlay on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OverlayEnd {
+    /// WireGuard's public key (base64); empty for a plain overlay.
+    pub public_key: String,
+    pub port: u16,
+}
+
+/// Another node of a tenant, as a node's peer in the tenant's overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OverlayPeer {
+    pub node: String,
+    pub public_key: String,
+    /// ADDRESS:PORT on the network between nodes.
+    pub endpoint: String,
+    /// Its slice of the tenant's range (CIDR): all it may send from.
+    pub slice: String,
 }
 
 /// What the node must run now.
@@ -217,6 +249,14 @@ pub struct Synced {
     #[serde(default)]
     #[schema(value_type = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>)]
     pub names: std::collections::BTreeMap<String, crate::network::dns::ClusterNames>,
+    /// How the tenants' nodes are joined: `wireguard` or `plain`.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub overlay: crate::network::overlay::Mode,
+    /// Each tenant's other nodes that run it: the node's peers in the
+    /// tenant's overlay.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, Vec<OverlayPeer>>,
     pub lease_ms: u64,
     pub kill_after_ms: u64,
     #[serde(default)]

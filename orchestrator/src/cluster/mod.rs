@@ -13,6 +13,7 @@ pub mod listen;
 pub mod netpool;
 pub mod node;
 pub mod node_api;
+pub mod overlay;
 pub mod reconcile;
 pub mod schedule;
 pub mod server;

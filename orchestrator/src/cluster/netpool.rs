@@ -219,11 +219,12 @@ impl Cluster {
         Ok(names)
     }
 
-    /// A removed node's slices go back to their tenants' ranges.
-    pub(crate) fn slice_ops_of_node(&self, node: &str) -> Result<Vec<Op>, StateError> {
+    /// Deletes of a removed node's keys under `prefix` (`/PREFIX/TENANT/NODE`):
+    /// its slices go back to their tenants' ranges, its overlay ends go.
+    pub(crate) fn node_key_deletes(&self, prefix: &str, node: &str) -> Result<Vec<Op>, StateError> {
         Ok(self
             .store
-            .list("/netslices/")?
+            .list(prefix)?
             .into_iter()
             .filter(|e| e.key.rsplit('/').next() == Some(node))
             .map(|e| Op::Delete(e.key))

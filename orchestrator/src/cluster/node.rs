@@ -15,6 +15,7 @@
 
 mod join;
 mod local;
+mod overlay;
 
 pub use join::*;
 pub(crate) use local::*;
@@ -70,6 +71,10 @@ pub struct NodeConfig {
     pub insecure: bool,
     /// How long an image's root disk may take to build.
     pub disk_timeout: Duration,
+    /// This host's address between nodes, where its tenants' overlays
+    /// take their peers' traffic (default: its address on the way to the
+    /// server).
+    pub overlay_address: Option<std::net::Ipv4Addr>,
 }
 
 /// An instance's identity on this node, from its workload's environment.
@@ -149,6 +154,8 @@ struct Daemon {
     control_plane: Vec<String>,
     /// When our firewall tables and routing rules were last checked.
     walls_checked: Option<Instant>,
+    /// Its tenants' tunnels to their other nodes.
+    overlays: overlay::Overlays,
 }
 
 #[derive(Clone, Default)]
@@ -263,6 +270,12 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
     let tls = super::tls::server_config_pem(&cert, &key)
         .map_err(|e| NodeError::Local(format!("the node API's certificate: {e}")))?;
     cfg.node.api = Some(api);
+    let overlay_address = cfg.overlay_address.or(
+        match own_address(&cfg.server, std::net::Ipv4Addr::UNSPECIFIED.into()) {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        },
+    );
     // The node API on a thread and runtime of its own: what its peers do
     // never delays the main loop, which renews the leases.
     let (api_secret, data, bulkhead) = (secret.clone(), cfg.data.clone(), cfg.bulkhead.clone());
@@ -295,6 +308,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), NodeError> {
         tenant_locks: TenantLocks::default(),
         control_plane: Vec::new(),
         walls_checked: None,
+        overlays: overlay::Overlays::new(overlay_address),
     };
     d.protect(Vec::new());
     rt.block_on(async move {
@@ -471,6 +485,7 @@ impl Daemon {
         let body = super::api::SyncRequest {
             reports,
             images: local_images(&self.cfg.data),
+            overlay: self.overlays.report(),
         };
         let s: super::api::Synced = self.client.post(&path, token, &body).await?;
         self.kill_after_ms = s.kill_after_ms;
@@ -488,6 +503,8 @@ impl Daemon {
                 eprintln!("bulkhead node: tenant {tenant}'s names: {e}");
             }
         }
+        let tenants: Vec<&String> = slices.keys().collect();
+        self.overlays.sync(&here, s.overlay, &tenants, &s.peers);
         let assigned: BTreeMap<Key, Assignment> = s
             .assignments
             .into_iter()

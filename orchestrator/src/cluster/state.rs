@@ -379,7 +379,9 @@ impl Cluster {
         let mut guards = vec![Compare::Revision(key.clone(), e.revision), placements];
         let mut ops = vec![Op::Delete(key), Op::Delete(heartbeat_key(name)), bump];
         ops.extend(self.node_token_ops(name)?);
-        ops.extend(self.slice_ops_of_node(name)?);
+        for prefix in ["/netslices/", "/overlay/"] {
+            ops.extend(self.node_key_deletes(prefix, name)?);
+        }
         for i in &on {
             let ikey = instance_key(&i.tenant, &i.service, i.index);
             guards.push(Compare::Revision(ikey.clone(), i.fence));

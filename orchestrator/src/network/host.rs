@@ -20,7 +20,7 @@ const SOCKADDR_IN_LEN: libc::socklen_t = 16;
 const _: () = assert!(std::mem::size_of::<libc::sockaddr_in>() == SOCKADDR_IN_LEN as usize);
 
 /// `name` from PATH, then the sbin dirs (root's PATH may lack them).
-fn tool(name: &str, package: &str) -> Result<std::path::PathBuf, NetError> {
+pub(super) fn tool(name: &str, package: &str) -> Result<std::path::PathBuf, NetError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs =
         std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from));
@@ -35,7 +35,12 @@ fn tool(name: &str, package: &str) -> Result<std::path::PathBuf, NetError> {
 
 /// Runs `prog` with `stdin`, inside the network namespace `netns` if given;
 /// an error carries its stderr.
-fn run(prog: &Path, args: &[&str], stdin: &[u8], netns: Option<&OwnedFd>) -> Result<(), NetError> {
+pub(super) fn run(
+    prog: &Path,
+    args: &[&str],
+    stdin: &[u8],
+    netns: Option<&OwnedFd>,
+) -> Result<(), NetError> {
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .stdin(Stdio::piped())
@@ -78,7 +83,7 @@ fn run(prog: &Path, args: &[&str], stdin: &[u8], netns: Option<&OwnedFd>) -> Res
 }
 
 /// `ip -batch -`: one command per line, stopping at the first failure.
-fn ip_batch(lines: &[String], netns: Option<&OwnedFd>) -> Result<(), NetError> {
+pub(super) fn ip_batch(lines: &[String], netns: Option<&OwnedFd>) -> Result<(), NetError> {
     let ip = tool("ip", "iproute2")?;
     run(&ip, &["-batch", "-"], lines.join("\n").as_bytes(), netns).map_err(|e| match e {
         NetError::Host { why, .. } => NetError::host(format!("ip: {}", lines.join("; ")), why),

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::{host, rules, Attachment, NetError, Network, Subnet};
+use super::{host, overlay, rules, Attachment, NetError, Network, Subnet};
 use crate::state::net::{self, Lease};
 use crate::state::record::{now_ms, RuntimeKind, WorkloadConfig};
 use crate::state::State;
@@ -155,12 +155,7 @@ fn create_locked(
         return Err(NetError::Input(format!("network name {name:?}: letters, digits, '_', '.', '-', at most 32, starting with a letter or digit (and not \"none\")")));
     }
     let bridge = bridge.unwrap_or_else(|| super::HostNames::of(state.paths()).bridge_for(name));
-    if bridge.is_empty()
-        || bridge.len() > 15
-        || !bridge
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !super::valid_ifname(&bridge) {
         return Err(NetError::Input(format!(
             "bridge name {bridge:?}: 1 to 15 letters, digits, '-', '_', '.'"
         )));
@@ -177,6 +172,7 @@ fn create_locked(
         created_ms: now_ms(),
         cursor: 0,
         tenant: tenant.map(str::to_string),
+        tunnel: None,
     };
     net::create_network(state, &net)?;
     let up = host::ensure_bridge(&net).and_then(|()| apply(state));
@@ -195,6 +191,9 @@ pub fn remove(state: &State, name: &str) -> Result<Network, NetError> {
     let _l = lock(state)?;
     let net = net::remove_network(state, name)?;
     super::dns::stop(&net.bridge)?;
+    if net.tenant.is_some() {
+        overlay::remove(&overlay::tunnel_for(&net.bridge))?;
+    }
     host::delete_bridge(&net.bridge)?;
     apply(state)?;
     Ok(net)
@@ -224,6 +223,7 @@ pub fn ensure_tenant_network(
             }
             net::remove_network(state, &name)?;
             super::dns::stop(&n.bridge)?;
+            overlay::remove(&overlay::tunnel_for(&n.bridge))?;
             host::delete_bridge(&n.bridge)?;
         }
         Err(NetError::NoSuchNetwork(_)) => {}
@@ -276,9 +276,52 @@ pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetEr
     }
     net::remove_network(state, &name)?;
     super::dns::stop(&net.bridge)?;
+    overlay::remove(&overlay::tunnel_for(&net.bridge))?;
     host::delete_bridge(&net.bridge)?;
     apply(state)?;
     Ok(true)
+}
+
+/// Joins a cluster tenant's network here to the tenant's other nodes (the
+/// node daemon, when the server's peers change): its tunnel made unless
+/// there, its peers exactly `peers` (one whose slice overlaps ours is
+/// left out: a stale record), their slices routed into it, the rules
+/// rendered again when they changed. Only while the network has
+/// workloads; this end's key and port for the server (`None`: no such
+/// network here).
+pub fn set_tenant_overlay(
+    state: &State,
+    join: &overlay::Join,
+    peers: &[overlay::Peer],
+) -> Result<Option<overlay::LocalEnd>, NetError> {
+    let tenant = join.tenant;
+    let name = super::tenant_network(tenant);
+    let _l = lock(state)?;
+    let Ok(net) = net::network(state, &name) else {
+        return Ok(None);
+    };
+    let used = net::leases(state)?
+        .iter()
+        .any(|l| l.attachment.network == name);
+    if net.tenant.as_deref() != Some(tenant) || !used {
+        return Ok(None);
+    }
+    let iface = overlay::tunnel_for(&net.bridge);
+    let end = overlay::ensure(state.paths().data(), &iface, join)?;
+    let peers: Vec<overlay::Peer> = peers
+        .iter()
+        .filter(|p| !p.slice.overlaps(&net.subnet))
+        .cloned()
+        .collect();
+    overlay::set_peers(&iface, join, &peers)?;
+    let tunnel = net::Tunnel {
+        iface,
+        peers: peers.iter().map(|p| p.slice).collect(),
+    };
+    if net::set_tunnel(state, &name, Some(tunnel))? {
+        apply(state)?;
+    }
+    Ok(Some(end))
 }
 
 /// The default network, created on first use.

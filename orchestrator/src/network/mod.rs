@@ -10,6 +10,7 @@
 //! rules.rs     the nft script for a set of networks and leases (pure)
 //! lifecycle.rs set up, tear down, sweep (what supervisors and the CLI call)
 //! dns/         a resolver per network for its workloads' names
+//! overlay/     a cluster tenant's tunnels to its other nodes
 //! daemon.rs    the small daemons' lock, spawn and ready protocol
 //! host.rs      bridges, TAPs, veths, netns, sysctls, nft: the host side
 //! userns.rs    a container's user namespace and the netns it owns
@@ -23,6 +24,7 @@ pub mod dns;
 pub mod egress;
 pub mod host;
 pub mod lifecycle;
+pub mod overlay;
 pub mod rules;
 pub mod userns;
 
@@ -92,6 +94,14 @@ pub fn tenant_network(tenant: &str) -> String {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     )
+}
+
+/// An interface name: 1 to 15 (IFNAMSIZ) letters, digits, '-', '_', '.'.
+pub fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Network names: like workload names, at most 32 characters.

@@ -15,6 +15,10 @@
 //!     ranges (`egress::DENIED`), then the internet. No IPv6 from or to
 //!     workloads. Forwarding that is not ours passes only where the host
 //!     forwarded before bulkhead turned forwarding on;
+//!   - a cluster tenant's network and its tunnel to the tenant's other
+//!     nodes (`overlay`): forwarded to and from the peers' slices only,
+//!     never to or from another network; TCP's MSS clamped to the
+//!     tunnel's MTU; nothing from a tunnel reaches the host but replies;
 //!   - DNAT for published ports in prerouting (other hosts) and output (the
 //!     host itself, 127.0.0.1 included, masqueraded out of the bridge);
 //!     masquerade for egress.
@@ -28,6 +32,7 @@
 
 use super::egress::{self, HostPolicy, BRIDGE_MARK};
 use super::{Attachment, Network, Proto, Subnet};
+use crate::state::net::Tunnel;
 
 fn quoted_set(names: &[&str]) -> String {
     names
@@ -102,6 +107,26 @@ fn resolver_rule(n: &Network) -> String {
     )
 }
 
+/// A tenant's network and its tunnel: to the other nodes' slices and back,
+/// each way only between the two (never from a tunnel to another
+/// network, never from a slice that is not a peer's).
+fn tunnel_rules(n: &Network, t: &Tunnel) -> Vec<String> {
+    if t.peers.is_empty() {
+        return Vec::new();
+    }
+    let peers = addr_set(&t.peers);
+    vec![
+        format!(
+            "iifname \"{}\" oifname \"{}\" ip daddr {{ {peers} }} accept",
+            n.bridge, t.iface
+        ),
+        format!(
+            "iifname \"{}\" oifname \"{}\" ip saddr {{ {peers} }} ip daddr {} accept",
+            t.iface, n.bridge, n.subnet
+        ),
+    ]
+}
+
 /// The rules of the inet table that concern one network (for `network inspect`).
 pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) -> Vec<String> {
     let b = &net.bridge;
@@ -121,6 +146,14 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
         format!("forward: iifname \"{b}\" oifname \"{b}\" accept"),
         format!("forward: iifname \"{b}\" oifname @bridges drop   (other networks)"),
     ]);
+    if let Some(t) = &net.tunnel {
+        v.extend(
+            tunnel_rules(net, t)
+                .into_iter()
+                .map(|r| format!("forward: {r}   (its tunnel)")),
+        );
+        v.push("forward: iifname @tunnels drop; oifname @tunnels drop   (anything else)".into());
+    }
     if !policy.protected.is_empty() {
         v.push(format!(
             "forward: iifname \"{b}\" ip daddr {{ {} }} drop   (control plane and store)",
@@ -140,7 +173,7 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
         format!("forward: iifname \"{b}\" accept   (the internet)"),
         format!("forward: oifname \"{b}\" drop   (unless established or published)"),
         format!(
-            "postrouting: ip saddr {} oifname != @bridges masquerade",
+            "postrouting: ip saddr {} oifname != @bridges oifname != @tunnels masquerade",
             net.subnet
         ),
         format!("postrouting: oifname \"{b}\" ip saddr 127.0.0.0/8 masquerade"),
@@ -205,12 +238,28 @@ pub fn script(
         ));
     }
     s.push_str("\t}\n");
+    let tunnels: Vec<(&Network, &Tunnel)> = networks
+        .iter()
+        .filter_map(|n| n.tunnel.as_ref().map(|t| (n, t)))
+        .collect();
+    let names: Vec<&str> = tunnels.iter().map(|(_, t)| t.iface.as_str()).collect();
+    s.push_str("\tset tunnels {\n\t\ttype ifname\n");
+    if !names.is_empty() {
+        s.push_str(&format!("\t\telements = {{ {} }}\n", quoted_set(&names)));
+    }
+    s.push_str("\t}\n");
 
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
     line(
         &mut s,
         "iifname @bridges ct state established,related accept",
     );
+    // Other nodes' instances reach nothing of this host.
+    line(
+        &mut s,
+        "iifname @tunnels ct state established,related accept",
+    );
+    line(&mut s, "iifname @tunnels drop");
     for n in networks.iter().filter(|n| super::dns::serves(n)) {
         line(&mut s, &resolver_rule(n));
     }
@@ -220,6 +269,11 @@ pub fn script(
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n");
     line(&mut s, "iifname @bridges meta nfproto ipv6 drop");
     line(&mut s, "oifname @bridges meta nfproto ipv6 drop");
+    // No fragmentation surprises: TCP's MSS fits the tunnel.
+    line(
+        &mut s,
+        "oifname @tunnels tcp flags syn tcp option maxseg size set rt mtu",
+    );
     line(
         &mut s,
         "iifname @bridges ct state established,related accept",
@@ -233,6 +287,13 @@ pub fn script(
         line(&mut s, &format!("iifname \"{b}\" oifname \"{b}\" accept"));
     }
     line(&mut s, "iifname @bridges oifname @bridges drop");
+    for (n, t) in &tunnels {
+        for r in tunnel_rules(n, t) {
+            line(&mut s, &r);
+        }
+    }
+    line(&mut s, "iifname @tunnels drop");
+    line(&mut s, "oifname @tunnels drop");
     line(&mut s, "iifname @bridges ip daddr @protected drop");
     for a in leases {
         for r in egress_rules(a) {
@@ -274,7 +335,10 @@ pub fn script(
         );
         line(
             &mut s,
-            &format!("ip saddr {} oifname != @bridges masquerade", n.subnet),
+            &format!(
+                "ip saddr {} oifname != @bridges oifname != @tunnels masquerade",
+                n.subnet
+            ),
         );
     }
     s.push_str("\t}\n}\n");
@@ -318,6 +382,7 @@ mod tests {
             created_ms: 0,
             cursor: 0,
             tenant: None,
+            tunnel: None,
         }
     }
 
@@ -352,6 +417,52 @@ mod tests {
             .lines()
             .position(|l| l.contains(what))
             .unwrap_or_else(|| panic!("no {what:?} in the forward chain:\n{chain}"))
+    }
+
+    #[test]
+    fn a_tunnel_joins_its_own_network_and_peer_slices_only() {
+        let mut acme = net("t-acme", "bh-t-acme", "10.200.0.0/26");
+        acme.tunnel = Some(Tunnel {
+            iface: "wh-t-acme".into(),
+            peers: vec![cidr("10.200.0.64/26"), cidr("10.200.0.128/26")],
+        });
+        let evil = net("t-evil", "bh-t-evil", "10.200.4.0/26");
+        let s = script("bulkhead", &[acme, evil], &[], &HostPolicy::default());
+        let out = forward_line(
+            &s,
+            "iifname \"bh-t-acme\" oifname \"wh-t-acme\" ip daddr { 10.200.0.64/26, 10.200.0.128/26 } accept",
+        );
+        let back = forward_line(&s, "iifname \"wh-t-acme\" oifname \"bh-t-acme\" ip saddr { 10.200.0.64/26, 10.200.0.128/26 } ip daddr 10.200.0.0/26 accept");
+        let drops = (
+            forward_line(&s, "iifname @tunnels drop"),
+            forward_line(&s, "oifname @tunnels drop"),
+        );
+        // After the way between networks is shut, before anything else
+        // (the internet's accept) could let a tunnel's packet through.
+        assert!(forward_line(&s, "iifname @bridges oifname @bridges drop") < out);
+        assert!(
+            out < drops.0
+                && back < drops.0
+                && drops.1 < forward_line(&s, "iifname @bridges meta nfproto ipv4 accept")
+        );
+        assert!(
+            forward_line(&s, "maxseg size set rt mtu") < forward_line(&s, "ct state established")
+        );
+        assert!(!s.contains("oifname \"wh-t-acme\" ip daddr 10.200.4.0"));
+        assert!(s.contains("elements = { \"wh-t-acme\" }"));
+        assert!(
+            s.contains("ip saddr 10.200.4.0/26 oifname != @bridges oifname != @tunnels masquerade")
+        );
+        let input = s.split("chain input {").nth(1).unwrap_or_default();
+        assert!(input.contains("iifname @tunnels drop"));
+        // No peers yet: nothing forwarded into it.
+        let mut lone = net("t-acme", "bh-t-acme", "10.200.0.0/26");
+        lone.tunnel = Some(Tunnel {
+            iface: "wh-t-acme".into(),
+            peers: vec![],
+        });
+        let s = script("bulkhead", &[lone], &[], &HostPolicy::default());
+        assert!(!s.contains("oifname \"wh-t-acme\""), "{s}");
     }
 
     #[test]
@@ -411,7 +522,9 @@ mod tests {
         );
         assert!(s.contains("iifname \"bhtabc\" ether saddr != 02:b4:0a:58:00:02 drop"));
         assert!(s.contains("iifname \"bhtabc\" ether type ip ip saddr != 10.88.0.2 drop"));
-        assert!(s.contains("ip saddr 10.89.0.0/24 oifname != @bridges masquerade"));
+        assert!(
+            s.contains("ip saddr 10.89.0.0/24 oifname != @bridges oifname != @tunnels masquerade")
+        );
         assert!(s.contains("iifname @bridges oifname @bridges drop"));
         // A network's resolver: its own gateway, from its own bridge, before
         // the input chain's drop; the default network has none.

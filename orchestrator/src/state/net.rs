@@ -28,6 +28,18 @@ pub struct Network {
     /// first use, removed with the last): tenants never share a bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// A cluster tenant's tunnel to its instances on other nodes (the node
+    /// daemon sets it; `network::overlay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
+}
+
+/// The overlay end of a tenant's network on this node: the interface and
+/// the other nodes' slices of the tenant's range routed into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub iface: String,
+    pub peers: Vec<Subnet>,
 }
 
 impl Network {
@@ -223,6 +235,29 @@ pub fn create_network(state: &State, net: &Network) -> Result<(), StateError> {
         }
         tx.commit().map_err(db)?;
         Ok(())
+    })
+}
+
+/// Sets (or clears) a network's tunnel; whether it changed.
+pub fn set_tunnel(state: &State, name: &str, tunnel: Option<Tunnel>) -> Result<bool, StateError> {
+    state.with_db(|d| {
+        let tx = d.begin_write().map_err(db)?;
+        let changed = {
+            let mut t = tx.open_table(NETWORKS).map_err(db)?;
+            let mut net: Network = match t.get(name).map_err(db)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
+                None => return Err(StateError::NoSuchNetwork(name.to_string())),
+            };
+            let changed = net.tunnel != tunnel;
+            if changed {
+                net.tunnel = tunnel;
+                let bytes = serde_json::to_vec(&net).map_err(db)?;
+                t.insert(name, bytes.as_slice()).map_err(db)?;
+            }
+            changed
+        };
+        tx.commit().map_err(db)?;
+        Ok(changed)
     })
 }
 
@@ -425,6 +460,7 @@ mod tests {
             created_ms: 0,
             cursor: 0,
             tenant: None,
+            tunnel: None,
         };
         create_network(&s, &net).unwrap_or_else(|e| panic!("{e}"));
         let clash = Network {
@@ -434,6 +470,7 @@ mod tests {
             created_ms: 0,
             cursor: 0,
             tenant: None,
+            tunnel: None,
         };
         assert!(
             matches!(create_network(&s, &clash), Err(StateError::Conflict(m)) if m.contains("overlaps"))

@@ -153,6 +153,16 @@ impl Cluster {
         c.output().unwrap()
     }
 
+    /// `instance exec SERVICE INDEX -- ARGS` through the server, as `token`.
+    pub(super) fn exec_in(&self, token: &str, service: &str, index: u64, args: &[&str]) -> Output {
+        let index = index.to_string();
+        let mut all = vec![
+            "instance", "exec", service, &index, "--server", &self.url, "--",
+        ];
+        all.extend(args);
+        self.bh_as(&self.lan, token, &all)
+    }
+
     pub(super) fn api(&self, token: &str, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["--server", &self.url, "--format", "json"]);

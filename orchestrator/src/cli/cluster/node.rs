@@ -67,6 +67,11 @@ pub struct DaemonArgs {
     /// reported failed: a hostile image cannot hold a worker forever.
     #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     disk_timeout: u64,
+    /// This host's address on the network between nodes: its tenants'
+    /// instances on other nodes reach its instances through tunnels that
+    /// end here (default: its address on the way to the server).
+    #[arg(long, value_name = "IP")]
+    overlay_address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +201,7 @@ fn daemon(a: DaemonArgs) -> Result<()> {
         advertise: a.advertise,
         insecure: a.insecure,
         disk_timeout: std::time::Duration::from_secs(a.disk_timeout),
+        overlay_address: a.overlay_address,
     };
     crate::cluster::node::run(cfg)?;
     Ok(())

@@ -101,6 +101,12 @@ pub struct ServerArgs {
     /// The prefix length of each node's slice of a tenant's range.
     #[arg(long, default_value_t = crate::cluster::netpool::DEFAULT_SLICE_PREFIX, value_name = "BITS")]
     node_slice: u8,
+    /// How a tenant's instances on different nodes reach each other:
+    /// `wireguard` (encrypted and authenticated: kernel WireGuard where the
+    /// kernel has it, else a userspace one) or `plain` (VXLAN in the
+    /// clear, for underlays you trust as much as the nodes).
+    #[arg(long, default_value = "wireguard", value_name = "KIND")]
+    overlay: crate::network::overlay::Mode,
 }
 
 /// How to reach the etcd at `url`: TLS material and credentials read from
@@ -175,6 +181,7 @@ pub fn server(a: ServerArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--tenant-pool {}: {e}", a.tenant_pool))?;
     settings.pool = crate::cluster::netpool::Pool::new(pool, a.tenant_range, a.node_slice)
         .map_err(anyhow::Error::msg)?;
+    settings.overlay = a.overlay;
     let (cluster, token_file, what) = match a.store.as_deref() {
         Some(s) if crate::cluster::etcd::is_etcd_url(s) => {
             let api = a.advertise.clone().unwrap_or_else(|| {

@@ -37,6 +37,8 @@ pub struct Settings {
     pub reconcile_ms: u64,
     /// Tenant networks' addresses: a range per tenant, a slice per node.
     pub pool: crate::cluster::netpool::Pool,
+    /// How a tenant's nodes are joined.
+    pub overlay: crate::network::overlay::Mode,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
             kill_after_ms: timing.stop_ms / 2,
             reconcile_ms: heartbeat_ms.min(1_000),
             pool: crate::cluster::netpool::Pool::default(),
+            overlay: crate::network::overlay::Mode::default(),
         })
     }
 }
@@ -463,10 +466,27 @@ async fn sync(
             names.insert(a.tenant.clone(), app.cluster.service_names(&a.tenant)?);
         }
     }
+    // Its overlay ends, for tenants it runs only; then its peers in each.
+    if let Some(o) = &s.overlay {
+        for (tenant, end) in o.ends.iter().filter(|(t, _)| slices.contains_key(*t)) {
+            match crate::cluster::overlay::refuse_end(o.address, end) {
+                None => app.cluster.set_overlay_end(tenant, &name, o.address, end)?,
+                Some(why) => eprintln!(
+                    "bulkhead server: node {name}'s end of tenant {tenant}'s overlay: {why}"
+                ),
+            }
+        }
+    }
+    let mut peers = std::collections::BTreeMap::new();
+    for tenant in slices.keys() {
+        peers.insert(tenant.clone(), app.cluster.overlay_peers(tenant, &name)?);
+    }
     ok(api::Synced {
         assignments,
         slices,
         names,
+        overlay: app.settings.overlay,
+        peers,
         lease_ms: app.settings.timing.lease_ms,
         kill_after_ms: app.settings.kill_after_ms,
         control_plane: app.control_plane.to_vec(),
