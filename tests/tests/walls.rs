@@ -619,16 +619,19 @@ fn tenants_reach_neither_each_other_nor_the_node_nor_the_control_plane() {
         }
     }
     wait_for(
-        "the tenants' networks removed",
+        "the tenants' networks and workloads removed",
         Duration::from_secs(60),
         || {
             let nets = serde_json::from_slice::<Value>(
                 &w.local(0, &["network", "ls", "--format", "json"]).stdout,
             )
             .ok()?;
-            nets.as_array()?
-                .iter()
-                .all(|n| n["tenant"].is_null())
+            // And every workload's record, which goes after its files.
+            let left = serde_json::from_slice::<Value>(
+                &w.local(0, &["ps", "-a", "--format", "json"]).stdout,
+            )
+            .ok()?;
+            (nets.as_array()?.iter().all(|n| n["tenant"].is_null()) && left.as_array()?.is_empty())
                 .then_some(())
         },
     );
