@@ -123,6 +123,9 @@ enum Command {
     Wg {
         #[arg(long)]
         iface: String,
+        /// Its key in the node's data dir: it ends when that is gone.
+        #[arg(long)]
+        key: std::path::PathBuf,
     },
 }
 
@@ -172,7 +175,9 @@ pub fn main() -> ExitCode {
             kill_after_ms,
         } => return crate::runtime::fence_watch::main(&id, &deadline_file, kill_after_ms),
         Command::Dns { bridge } => return crate::network::dns::server::main(&bridge),
-        Command::Wg { iface } => return crate::network::overlay::userspace::main(&iface),
+        Command::Wg { iface, key } => {
+            return crate::network::overlay::userspace::main(&iface, &key)
+        }
         Command::Run(a) => (run::run(*a), run::EXIT_BULKHEAD),
         Command::Exec(a) => (workloads::exec(a), run::EXIT_BULKHEAD),
         Command::Ps(a) => (workloads::ps(a), 1),

@@ -221,9 +221,10 @@ fn ensure_wireguard(data: &Path, tunnel: &str) -> Result<LocalEnd, NetError> {
         // A plain one from before the server changed its mind.
         remove(tunnel)?;
     }
+    let key = private_key(data, tunnel)?;
     if !host::link_exists(tunnel) {
         if let Err(kernel) = host::ip_batch(&[format!("link add {tunnel} type wireguard")], None) {
-            userspace::start(tunnel).map_err(|e| {
+            userspace::start(tunnel, &key).map_err(|e| {
                 NetError::host(
                     format!("make the tunnel {tunnel}"),
                     format!("no kernel WireGuard ({kernel}), and the userspace one: {e}"),
@@ -233,7 +234,6 @@ fn ensure_wireguard(data: &Path, tunnel: &str) -> Result<LocalEnd, NetError> {
     }
     // Set every time (the same key changes nothing): boringtun never
     // shows its private key, so there is no asking whether it has it.
-    let key = private_key(data, tunnel)?;
     let private = std::fs::read(&key).map_err(|e| NetError::host("read the tunnel's key", e))?;
     host::run(
         &wg()?,

@@ -6,11 +6,15 @@
 //! (`/run/bulkhead/overlay/NAME.lock`, see `network::daemon`); the device
 //! goes with the process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::network::daemon;
 use crate::network::NetError;
+
+/// How often the daemon checks that its key is still there.
+const KEY_WATCH: Duration = Duration::from_secs(2);
 
 /// `/run/bulkhead/overlay`: root's.
 fn dir() -> PathBuf {
@@ -30,14 +34,21 @@ fn socket_path(iface: &str) -> PathBuf {
 }
 
 /// Starts the userspace tunnel `iface` unless it runs; returns once the
-/// device is there.
-pub fn start(iface: &str) -> Result<(), NetError> {
+/// device is there. It ends by itself once `key` (its key in the node's
+/// data dir) is gone: a data dir removed without its networks leaves no
+/// tunnel running.
+pub fn start(iface: &str, key: &Path) -> Result<(), NetError> {
     let what = format!("start the userspace tunnel {iface}");
     bulkhead_images::private::dir(&dir()).map_err(|e| NetError::host(&what, e))?;
     if daemon::holder(&lock_path(iface))?.is_some() {
         return Ok(());
     }
-    daemon::spawn(&what, &["__wg", "--iface", iface], &log_path(iface))
+    let key = key.to_string_lossy();
+    daemon::spawn(
+        &what,
+        &["__wg", "--iface", iface, "--key", &key],
+        &log_path(iface),
+    )
 }
 
 /// Stops the userspace tunnel `iface` (its device goes with it) and
@@ -54,8 +65,8 @@ pub fn stop(iface: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-pub fn main(iface: &str) -> ExitCode {
-    match run(iface) {
+pub fn main(iface: &str, key: &Path) -> ExitCode {
+    match run(iface, key) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bulkhead __wg {iface}: {e}");
@@ -64,7 +75,7 @@ pub fn main(iface: &str) -> ExitCode {
     }
 }
 
-fn run(iface: &str) -> Result<(), String> {
+fn run(iface: &str, key: &Path) -> Result<(), String> {
     if !crate::network::valid_ifname(iface) {
         return Err(format!("{iface:?}: not an interface name"));
     }
@@ -82,6 +93,16 @@ fn run(iface: &str) -> Result<(), String> {
     let mut device = boringtun::device::DeviceHandle::new(iface, config)
         .map_err(|e| format!("the tunnel device: {e:?}"))?;
     daemon::ready()?;
+    let (name, key) = (iface.to_string(), key.to_path_buf());
+    std::thread::spawn(move || loop {
+        std::thread::sleep(KEY_WATCH);
+        if !key.exists() {
+            for p in [socket_path(&name), log_path(&name), lock_path(&name)] {
+                let _ = std::fs::remove_file(p);
+            }
+            std::process::exit(0);
+        }
+    });
     device.wait();
     device.clean();
     Ok(())
