@@ -582,6 +582,13 @@ impl Daemon {
         std::thread::spawn(move || {
             match work {
                 Work::Start(a, slice) => {
+                    // The sync that asked read the local workloads before
+                    // its slow part (the server, the network lock): an
+                    // earlier start of this instance may have ended since.
+                    if local_instances(&data).is_ok_and(|l| l.contains_key(&k)) {
+                        busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
+                        return;
+                    }
                     let shared = tenant_lock.read().unwrap_or_else(|p| p.into_inner());
                     let started = crate::network::lifecycle::ensure_tenant_network(
                         &State::new(Paths::new(&data)),
