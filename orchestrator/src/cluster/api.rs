@@ -249,6 +249,12 @@ pub struct Synced {
     #[serde(default)]
     #[schema(value_type = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>)]
     pub names: std::collections::BTreeMap<String, crate::network::dns::ClusterNames>,
+    /// Each tenant's service addresses -> the addresses of their running
+    /// (and, with a check, healthy) instances on any node, for the node's
+    /// rules to balance connections over.
+    #[serde(default)]
+    #[schema(value_type = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>)]
+    pub vips: std::collections::BTreeMap<String, crate::network::Vips>,
     /// How the tenants' nodes are joined: `wireguard` or `plain`.
     #[serde(default)]
     #[schema(value_type = String)]

@@ -49,9 +49,9 @@ impl Pool {
     /// Checks the cut: the range within the pool, the slice within the
     /// range and big enough for a gateway and an instance (/29 at most).
     pub fn new(pool: Subnet, range_prefix: u8, slice_prefix: u8) -> Result<Self, String> {
-        if !(pool.prefix..=slice_prefix).contains(&range_prefix) {
+        if !(pool.prefix..slice_prefix).contains(&range_prefix) {
             return Err(format!(
-                "--tenant-range /{range_prefix}: between the pool's /{} and the node slice's /{slice_prefix}",
+                "--tenant-range /{range_prefix}: from the pool's /{} to shorter than the node slice's /{slice_prefix} (a range holds node slices and, in its last slice, its services' addresses)",
                 pool.prefix
             ));
         }
@@ -86,9 +86,19 @@ impl Pool {
         first_free(Self::cuts(self.pool, self.range_prefix), taken)
     }
 
-    /// The first slice of `range` no node holds.
+    /// The first slice of `range` no node holds (never the last: that one
+    /// holds the tenant's service addresses).
     pub fn free_slice(&self, range: Subnet, taken: &[Subnet]) -> Option<Subnet> {
-        first_free(Self::cuts(range, self.slice_prefix), taken)
+        let vips = self.vip_slice(range);
+        first_free(
+            Self::cuts(range, self.slice_prefix).filter(|s| Some(*s) != vips),
+            taken,
+        )
+    }
+
+    /// The last slice of `range`: its services' addresses (VIPs).
+    pub fn vip_slice(&self, range: Subnet) -> Option<Subnet> {
+        Self::cuts(range, self.slice_prefix).last()
     }
 }
 
@@ -104,6 +114,10 @@ fn slice_key(tenant: &str, node: &str) -> String {
     format!("/netslices/{tenant}/{node}")
 }
 
+fn vip_key(tenant: &str, service: &str) -> String {
+    format!("/vips/{tenant}/{service}")
+}
+
 /// Bumped by every range allocated (its revision guards the next).
 const POOL_KEY: &str = "/netpool";
 
@@ -115,8 +129,72 @@ impl Cluster {
         tenant: &str,
         node: &str,
     ) -> Result<Subnet, StateError> {
+        self.allocate_in_range(
+            pool,
+            tenant,
+            &slice_key(tenant, node),
+            &slice_prefix_key(tenant),
+            &format!("tenant {tenant:?}'s slice on {node:?}"),
+            |range, taken: &[Subnet]| {
+                pool.free_slice(range, taken).ok_or_else(|| {
+                    StateError::Taken(format!(
+                        "tenant {tenant:?}'s range {range} has no free /{} left for node {node:?} (the server's --tenant-range and --node-slice)",
+                        pool.slice_prefix
+                    ))
+                })
+            },
+        )
+    }
+
+    /// `service`'s stable address (VIP), allocated on first use from the
+    /// last slice of its tenant's range; kept while the service lives,
+    /// however its instances move.
+    pub fn service_vip(
+        &self,
+        pool: &Pool,
+        tenant: &str,
+        service: &str,
+    ) -> Result<std::net::Ipv4Addr, StateError> {
+        self.allocate_in_range(
+            pool,
+            tenant,
+            &vip_key(tenant, service),
+            &format!("/vips/{tenant}/"),
+            &format!("service {service:?}'s address"),
+            |range, taken: &[std::net::Ipv4Addr]| {
+                pool.vip_slice(range)
+                    .and_then(|s| {
+                        let base = u32::from(s.base);
+                        (1..s.size().saturating_sub(1))
+                            .map(|i| std::net::Ipv4Addr::from(base + i))
+                            .find(|a| !taken.contains(a))
+                    })
+                    .ok_or_else(|| {
+                        StateError::Taken(format!(
+                            "tenant {tenant:?} has no service address left for {service:?} (the last /{} of its range {range} holds them)",
+                            pool.slice_prefix
+                        ))
+                    })
+            },
+        )
+    }
+
+    /// `key`, allocated on first use within `tenant`'s range (made on
+    /// first use too): `pick` chooses from the range and what is under
+    /// `taken_prefix`; one transaction guarded by the range record (bumped
+    /// by every allocation), so concurrent syncs never hand out one thing
+    /// twice: the loser reads again.
+    fn allocate_in_range<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        pool: &Pool,
+        tenant: &str,
+        key: &str,
+        taken_prefix: &str,
+        what: &str,
+        pick: impl Fn(Subnet, &[T]) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         for _ in 0..8 {
-            if let Some(e) = self.store.get(&slice_key(tenant, node))? {
+            if let Some(e) = self.store.get(key)? {
                 return decode(&e);
             }
             let (range, range_rev) = match self.store.get(&range_key(tenant))? {
@@ -126,35 +204,30 @@ impl Cluster {
                     continue;
                 }
             };
-            let taken: Vec<Subnet> = self
+            let taken: Vec<T> = self
                 .store
-                .list(&slice_prefix_key(tenant))?
+                .list(taken_prefix)?
                 .iter()
                 .map(decode)
                 .collect::<Result<_, _>>()?;
-            let slice = pool.free_slice(range, &taken).ok_or_else(|| {
-                StateError::Taken(format!(
-                    "tenant {tenant:?}'s range {range} has no free /{} left for node {node:?} (the server's --tenant-range and --node-slice)",
-                    pool.slice_prefix
-                ))
-            })?;
+            let got = pick(range, &taken)?;
             match self.store.txn(
                 &[
-                    Compare::Absent(slice_key(tenant, node)),
+                    Compare::Absent(key.to_string()),
                     Compare::Revision(range_key(tenant), range_rev),
                 ],
                 &[
-                    Op::Put(slice_key(tenant, node), encode(&slice)),
+                    Op::Put(key.to_string(), encode(&got)),
                     Op::Put(range_key(tenant), encode(&range)),
                 ],
             ) {
-                Ok(_) => return Ok(slice),
-                Err(StoreError::Conflict(_)) => continue, // another node's slice came first
+                Ok(_) => return Ok(got),
+                Err(StoreError::Conflict(_)) => continue, // another sync came first
                 Err(e) => return Err(e.into()),
             }
         }
         Err(StateError::Taken(format!(
-            "tenant {tenant:?}'s slice on {node:?}: the store kept changing; the next sync tries again"
+            "{what}: the store kept changing; the next sync tries again"
         )))
     }
 
@@ -187,17 +260,38 @@ impl Cluster {
         }
     }
 
-    /// A tenant's service names for its resolvers: `<service>` and
-    /// `<index>.<service>`, each also under `.<tenant>.internal`, -> the
-    /// addresses of its running instances on any node (with a health
-    /// check: the healthy ones only).
+    /// A tenant's services for its nodes: each service's address (VIP)
+    /// -> the addresses of its running instances on any node (with a
+    /// health check: the healthy ones only), and the names its resolvers
+    /// answer: `<service>` and `<service>.<tenant>.internal` the VIP,
+    /// `<index>.<service>` (also under `.<tenant>.internal`) one instance.
     pub fn service_names(
         &self,
+        pool: &Pool,
         tenant: &str,
-    ) -> Result<crate::network::dns::ClusterNames, StateError> {
+    ) -> Result<(crate::network::dns::ClusterNames, crate::network::Vips), StateError> {
         use crate::state::health::HealthStatus;
         let mut names = crate::network::dns::ClusterNames::new();
+        let mut vips = crate::network::Vips::new();
         let t = tenant.to_ascii_lowercase();
+        let mut of_service = std::collections::BTreeMap::new();
+        for s in self.services(tenant)? {
+            // One service without an address must not cost the sync (it
+            // renews the node's leases): its names are its instances'.
+            let vip = match self.service_vip(pool, tenant, &s.spec.name) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("bulkhead server: {e}");
+                    continue;
+                }
+            };
+            let svc = s.spec.name.to_ascii_lowercase();
+            for n in [svc.clone(), format!("{svc}.{t}.internal")] {
+                names.insert(n, vec![vip]);
+            }
+            vips.insert(vip, Vec::new());
+            of_service.insert(s.spec.name.clone(), vip);
+        }
         for (i, _) in self.instances_with_status(Some(tenant))? {
             let (Some(ip), super::state::InstanceState::Running) = (i.ip, i.state) else {
                 continue;
@@ -205,18 +299,21 @@ impl Cluster {
             if i.health.is_some_and(|h| h != HealthStatus::Healthy) {
                 continue;
             }
-            let svc = i.service.to_ascii_lowercase();
-            let one = format!("{}.{svc}", i.index);
-            for n in [
-                svc.clone(),
-                format!("{svc}.{t}.internal"),
-                one.clone(),
-                format!("{one}.{t}.internal"),
-            ] {
+            match of_service.get(&i.service).and_then(|v| vips.get_mut(v)) {
+                Some(backends) => backends.push(ip),
+                None => {
+                    let svc = i.service.to_ascii_lowercase();
+                    for n in [svc.clone(), format!("{svc}.{t}.internal")] {
+                        names.entry(n).or_default().push(ip);
+                    }
+                }
+            }
+            let one = format!("{}.{}", i.index, i.service.to_ascii_lowercase());
+            for n in [one.clone(), format!("{one}.{t}.internal")] {
                 names.entry(n).or_default().push(ip);
             }
         }
-        Ok(names)
+        Ok((names, vips))
     }
 
     /// Deletes of a removed node's keys under `prefix` (`/PREFIX/TENANT/NODE`):
@@ -269,6 +366,10 @@ mod tests {
         let all: Vec<Subnet> = Pool::cuts(r2, 26).collect();
         assert_eq!(all.len(), 16);
         assert_eq!(p.free_slice(r2, &all), None);
+        // The last slice is the services', never a node's.
+        assert_eq!(p.vip_slice(r2), Some(cidr("10.200.7.192/26")));
+        assert_eq!(p.free_slice(r2, &all[..15]), None);
+        assert!(Pool::new(cidr("10.200.0.0/16"), 26, 26).is_err());
     }
 
     #[test]
@@ -294,12 +395,16 @@ mod tests {
         );
         // Asked again: the same.
         assert_eq!(c.tenant_slice(&p, "acme", "n1").ok(), Some(a1));
-        // acme's /25 holds four /27s; a fifth node gets none, said as such.
-        for n in ["n3", "n4"] {
-            c.tenant_slice(&p, "acme", n)
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        let full = c.tenant_slice(&p, "acme", "n5");
+        // Services' addresses: from the range's last slice, kept.
+        let vip = |s: &str| c.service_vip(&p, "acme", s).ok().map(|a| a.to_string());
+        assert_eq!(vip("web").as_deref(), Some("10.200.0.97"));
+        assert_eq!(vip("db").as_deref(), Some("10.200.0.98"));
+        assert_eq!(vip("web").as_deref(), Some("10.200.0.97"));
+        // acme's /25 holds four /27s, the last for its services'
+        // addresses; a fourth node gets none, said as such.
+        c.tenant_slice(&p, "acme", "n3")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let full = c.tenant_slice(&p, "acme", "n4");
         assert!(
             matches!(&full, Err(StateError::Taken(m)) if m.contains("no free /27")),
             "{full:?}"

@@ -503,6 +503,11 @@ impl Daemon {
                 eprintln!("bulkhead node: tenant {tenant}'s names: {e}");
             }
         }
+        for (tenant, vips) in &s.vips {
+            if let Err(e) = crate::network::lifecycle::set_tenant_vips(&here, tenant, vips) {
+                eprintln!("bulkhead node: tenant {tenant}'s service addresses: {e}");
+            }
+        }
         let tenants: Vec<&String> = slices.keys().collect();
         self.overlays.sync(&here, s.overlay, &tenants, &s.peers);
         let assigned: BTreeMap<Key, Assignment> = s

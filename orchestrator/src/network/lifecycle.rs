@@ -173,6 +173,7 @@ fn create_locked(
         cursor: 0,
         tenant: tenant.map(str::to_string),
         tunnel: None,
+        vips: net::Vips::new(),
     };
     net::create_network(state, &net)?;
     let up = host::ensure_bridge(&net).and_then(|()| apply(state));
@@ -237,6 +238,19 @@ pub fn ensure_tenant_network(
     Ok(name)
 }
 
+/// A cluster tenant's network here, if it exists and has workloads (its
+/// resolver runs); the caller holds the network lock.
+fn tenant_network_in_use(state: &State, tenant: &str) -> Result<Option<Network>, NetError> {
+    let name = super::tenant_network(tenant);
+    let Ok(net) = net::network(state, &name) else {
+        return Ok(None);
+    };
+    let used = net::leases(state)?
+        .iter()
+        .any(|l| l.attachment.network == name);
+    Ok((net.tenant.as_deref() == Some(tenant) && used).then_some(net))
+}
+
 /// Gives the resolver of a cluster tenant's network here its service names
 /// (the node daemon, at each sync). Under the network lock, and only while
 /// the network has workloads (its resolver runs): a write racing the
@@ -246,18 +260,25 @@ pub fn set_tenant_names(
     tenant: &str,
     names: &super::dns::ClusterNames,
 ) -> Result<(), NetError> {
-    let name = super::tenant_network(tenant);
     let _l = lock(state)?;
-    let Ok(net) = net::network(state, &name) else {
+    let Some(net) = tenant_network_in_use(state, tenant)? else {
         return Ok(());
     };
-    let used = net::leases(state)?
-        .iter()
-        .any(|l| l.attachment.network == name);
-    if net.tenant.as_deref() != Some(tenant) || !used {
-        return Ok(());
-    }
     super::dns::set_cluster_names(&net.bridge, names)
+}
+
+/// Sets the service addresses of a cluster tenant's network here and the
+/// instances behind each (the node daemon, at each sync); the rules are
+/// rendered again when they changed. Only while the network has workloads.
+pub fn set_tenant_vips(state: &State, tenant: &str, vips: &net::Vips) -> Result<(), NetError> {
+    let _l = lock(state)?;
+    let Some(net) = tenant_network_in_use(state, tenant)? else {
+        return Ok(());
+    };
+    if net::update_network(state, &net.name, |n| n.vips = vips.clone())? {
+        apply(state)?;
+    }
+    Ok(())
 }
 
 /// Removes a tenant's network once no workload is on it; whether it did.
@@ -294,18 +315,10 @@ pub fn set_tenant_overlay(
     join: &overlay::Join,
     peers: &[overlay::Peer],
 ) -> Result<Option<overlay::LocalEnd>, NetError> {
-    let tenant = join.tenant;
-    let name = super::tenant_network(tenant);
     let _l = lock(state)?;
-    let Ok(net) = net::network(state, &name) else {
+    let Some(net) = tenant_network_in_use(state, join.tenant)? else {
         return Ok(None);
     };
-    let used = net::leases(state)?
-        .iter()
-        .any(|l| l.attachment.network == name);
-    if net.tenant.as_deref() != Some(tenant) || !used {
-        return Ok(None);
-    }
     let iface = overlay::tunnel_for(&net.bridge);
     let end = overlay::ensure(state.paths().data(), &iface, join)?;
     let peers: Vec<overlay::Peer> = peers
@@ -318,7 +331,7 @@ pub fn set_tenant_overlay(
         iface,
         peers: peers.iter().map(|p| p.slice).collect(),
     };
-    if net::set_tunnel(state, &name, Some(tunnel))? {
+    if net::update_network(state, &net.name, |n| n.tunnel = Some(tunnel))? {
         apply(state)?;
     }
     Ok(Some(end))

@@ -30,7 +30,7 @@ pub mod userns;
 
 use std::net::Ipv4Addr;
 
-pub use crate::state::net::{tap_name, veth_name, Attachment, Network};
+pub use crate::state::net::{tap_name, veth_name, Attachment, Network, Vips};
 pub use crate::state::publish::{Proto, Publish};
 pub use crate::state::subnet::Subnet;
 

@@ -107,6 +107,31 @@ fn resolver_rule(n: &Network) -> String {
     )
 }
 
+/// A tenant's service addresses, from its own bridge only: each
+/// connection to one goes to one of the instances behind it, at random
+/// (kube-proxy's nft mode); one with none behind it goes nowhere. Another
+/// network's packet to the address is not translated and is dropped as
+/// private egress.
+fn vip_rules(n: &Network) -> Vec<String> {
+    n.vips
+        .iter()
+        .filter(|(_, backends)| !backends.is_empty())
+        .map(|(vip, backends)| {
+            let map = backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : {b}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "iifname \"{}\" ip daddr {vip} dnat ip to numgen random mod {} map {{ {map} }}",
+                n.bridge,
+                backends.len()
+            )
+        })
+        .collect()
+}
+
 /// A tenant's network and its tunnel: to the other nodes' slices and back,
 /// each way only between the two (never from a tunnel to another
 /// network, never from a slice that is not a peer's).
@@ -178,6 +203,11 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
         ),
         format!("postrouting: oifname \"{b}\" ip saddr 127.0.0.0/8 masquerade"),
     ]);
+    v.extend(
+        vip_rules(net)
+            .into_iter()
+            .map(|r| format!("prerouting: {r}   (a service address)")),
+    );
     v.extend(
         dnat_rules(&mine)
             .into_iter()
@@ -315,6 +345,11 @@ pub fn script(
         s.push_str(&format!(
             "\tchain {chain} {{\n\t\ttype nat hook {chain} priority -100; policy accept;\n"
         ));
+        if chain == "prerouting" {
+            for r in networks.iter().flat_map(vip_rules) {
+                line(&mut s, &r);
+            }
+        }
         for r in &dnat {
             line(&mut s, r);
         }
@@ -383,6 +418,7 @@ mod tests {
             cursor: 0,
             tenant: None,
             tunnel: None,
+            vips: Default::default(),
         }
     }
 
@@ -455,6 +491,35 @@ mod tests {
         );
         let input = s.split("chain input {").nth(1).unwrap_or_default();
         assert!(input.contains("iifname @tunnels drop"));
+        // Service addresses: from acme's bridge only, over their instances.
+        let mut with_vips = net("t-acme", "bh-t-acme", "10.200.0.0/26");
+        with_vips.vips = [
+            (
+                "10.200.3.193".parse().unwrap_or_else(|e| panic!("{e}")),
+                vec![
+                    "10.200.0.5".parse().unwrap_or_else(|e| panic!("{e}")),
+                    "10.200.0.70".parse().unwrap_or_else(|e| panic!("{e}")),
+                ],
+            ),
+            (
+                "10.200.3.194".parse().unwrap_or_else(|e| panic!("{e}")),
+                vec![],
+            ),
+        ]
+        .into();
+        let s = script("bulkhead", &[with_vips], &[], &HostPolicy::default());
+        let pre = s.split("chain prerouting {").nth(1).unwrap_or_default();
+        assert!(pre.contains("iifname \"bh-t-acme\" ip daddr 10.200.3.193 dnat ip to numgen random mod 2 map { 0 : 10.200.0.5, 1 : 10.200.0.70 }"), "{s}");
+        assert!(
+            !s.contains("10.200.3.194"),
+            "none behind it: not translated"
+        );
+        let out = s.split("chain output {").nth(1).unwrap_or_default();
+        assert!(!out
+            .split("chain postrouting")
+            .next()
+            .unwrap_or_default()
+            .contains("numgen"));
         // No peers yet: nothing forwarded into it.
         let mut lone = net("t-acme", "bh-t-acme", "10.200.0.0/26");
         lone.tunnel = Some(Tunnel {

@@ -32,7 +32,14 @@ pub struct Network {
     /// daemon sets it; `network::overlay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<Tunnel>,
+    /// A cluster tenant's service addresses -> their instances' addresses
+    /// (the node daemon sets them; connections balanced over those).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vips: Vips,
 }
+
+/// A service's address -> the addresses of the instances behind it.
+pub type Vips = std::collections::BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>;
 
 /// The overlay end of a tenant's network on this node: the interface and
 /// the other nodes' slices of the tenant's range routed into it.
@@ -238,8 +245,12 @@ pub fn create_network(state: &State, net: &Network) -> Result<(), StateError> {
     })
 }
 
-/// Sets (or clears) a network's tunnel; whether it changed.
-pub fn set_tunnel(state: &State, name: &str, tunnel: Option<Tunnel>) -> Result<bool, StateError> {
+/// Changes a network's record in one transaction; whether it changed.
+pub fn update_network(
+    state: &State,
+    name: &str,
+    change: impl FnOnce(&mut Network),
+) -> Result<bool, StateError> {
     state.with_db(|d| {
         let tx = d.begin_write().map_err(db)?;
         let changed = {
@@ -248,9 +259,10 @@ pub fn set_tunnel(state: &State, name: &str, tunnel: Option<Tunnel>) -> Result<b
                 Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
                 None => return Err(StateError::NoSuchNetwork(name.to_string())),
             };
-            let changed = net.tunnel != tunnel;
+            let old = net.clone();
+            change(&mut net);
+            let changed = net != old;
             if changed {
-                net.tunnel = tunnel;
                 let bytes = serde_json::to_vec(&net).map_err(db)?;
                 t.insert(name, bytes.as_slice()).map_err(db)?;
             }
@@ -461,6 +473,7 @@ mod tests {
             cursor: 0,
             tenant: None,
             tunnel: None,
+            vips: Vips::new(),
         };
         create_network(&s, &net).unwrap_or_else(|e| panic!("{e}"));
         let clash = Network {
@@ -471,6 +484,7 @@ mod tests {
             cursor: 0,
             tenant: None,
             tunnel: None,
+            vips: Vips::new(),
         };
         assert!(
             matches!(create_network(&s, &clash), Err(StateError::Conflict(m)) if m.contains("overlaps"))

@@ -457,13 +457,16 @@ async fn sync(
     // Each tenant it runs: its slice of the tenant's range (made on first use).
     let mut slices = std::collections::BTreeMap::new();
     let mut names = std::collections::BTreeMap::new();
+    let mut vips = std::collections::BTreeMap::new();
     for a in &assignments {
         if !slices.contains_key(&a.tenant) {
             let s = app
                 .cluster
                 .tenant_slice(&app.settings.pool, &a.tenant, &name)?;
             slices.insert(a.tenant.clone(), s.to_string());
-            names.insert(a.tenant.clone(), app.cluster.service_names(&a.tenant)?);
+            let (n, v) = app.cluster.service_names(&app.settings.pool, &a.tenant)?;
+            names.insert(a.tenant.clone(), n);
+            vips.insert(a.tenant.clone(), v);
         }
     }
     // Its overlay ends, for tenants it runs only; then its peers in each.
@@ -485,6 +488,7 @@ async fn sync(
         assignments,
         slices,
         names,
+        vips,
         overlay: app.settings.overlay,
         peers,
         lease_ms: app.settings.timing.lease_ms,

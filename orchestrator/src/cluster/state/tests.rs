@@ -344,3 +344,85 @@ fn a_quota_lowered_while_a_deploy_places_fails_that_deploy() {
         "a deploy now counts against the new quota, whatever the caller read"
     );
 }
+
+/// Key distribution: a node is handed the overlay ends of the other nodes
+/// that run the same tenant, with their slices, and nothing of tenants it
+/// does not run; a node that stops running the tenant is no one's peer.
+#[test]
+fn a_node_gets_the_overlay_ends_of_its_own_tenants_other_nodes_only() {
+    use crate::cluster::api::OverlayEnd;
+    use base64::Engine;
+    let (_d, c) = cluster(3);
+    let pool = crate::cluster::netpool::Pool::default();
+    let acme = svc(
+        "name: web\nimage: bb\nruntime: container\nreplicas: 3\nplacement: {anti_affinity: true}\n",
+    );
+    c.deploy("acme", &Quota::default(), &acme, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let evil = svc("name: p\nimage: bb\nruntime: container\n");
+    c.deploy("evil", &Quota::default(), &evil, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let evil_node = c.instances(Some("evil")).unwrap_or_default()[0]
+        .node
+        .clone();
+    let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    let end = |b: u8| OverlayEnd {
+        public_key: key(b),
+        port: 51820,
+    };
+    let addr = |i: u8| std::net::Ipv4Addr::new(10, 78, 0, 11 + i);
+    for i in 0..3u8 {
+        let n = format!("n{i}");
+        c.tenant_slice(&pool, "acme", &n)
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.set_overlay_end("acme", &n, addr(i), &end(i))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    c.tenant_slice(&pool, "evil", &evil_node)
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.set_overlay_end("evil", &evil_node, addr(9), &end(99))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let peers = c
+        .overlay_peers("acme", "n0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mine = c
+        .tenant_slice(&pool, "acme", "n0")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    assert_eq!(
+        peers.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+    assert_eq!(
+        (peers[0].public_key.clone(), peers[0].endpoint.clone()),
+        (key(1), "10.78.0.12:51820".to_string())
+    );
+    assert!(peers
+        .iter()
+        .all(|p| p.slice != mine && p.public_key != key(99)));
+    assert!(
+        c.overlay_peers("evil", &evil_node)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty(),
+        "evil runs on one node: no peers, and none of acme's"
+    );
+    // Down to two: the node that no longer runs acme is no one's peer.
+    c.scale("acme", &Quota::default(), "web", 2, 0, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let left: Vec<String> = c
+        .instances(Some("acme"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.node)
+        .collect();
+    let asker = &left[0];
+    let peers = c
+        .overlay_peers("acme", asker)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        peers.iter().map(|p| &p.node).collect::<Vec<_>>(),
+        [&left[1]],
+        "{left:?}"
+    );
+}
