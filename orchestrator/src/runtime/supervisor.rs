@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bulkhead_images::store::Store;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::network::lifecycle as network;
 
@@ -288,8 +288,19 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         ))
     });
     let mut handlers = Vec::new();
+    // The attached client registers for output in its own task: output is
+    // held until it has (or gave up), so a quick `echo` is not lost to nobody.
+    let (registered_tx, registered_rx) = oneshot::channel();
+    let mut first_ready = first.is_none();
+    let mut first_registered = Box::pin(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(60), registered_rx).await;
+    });
     if let Some(s) = first {
-        handlers.push(tokio::spawn(serve(s, Arc::clone(&shared))));
+        handlers.push(tokio::spawn(serve(
+            s,
+            Arc::clone(&shared),
+            Some(registered_tx),
+        )));
     }
     let mut log = RotatingLog::new(dir.join("log"), LOG_ROTATE_BYTES);
     let mut exit = Box::pin(exit);
@@ -315,7 +326,8 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
                 eprintln!("bulkhead supervisor: the lease deadline passed: stopping the workload");
                 tokio::spawn(stop(Arc::clone(&shared), kill_after));
             }
-            chunk = output.recv(), if output_open => match chunk {
+            _ = &mut first_registered, if !first_ready => first_ready = true,
+            chunk = output.recv(), if output_open && first_ready => match chunk {
                 Some((kind, data)) => {
                     log.write(&data);
                     let clients: Vec<_> = {
@@ -335,7 +347,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             conn = listener.accept() => {
                 if let Ok((s, _)) = conn {
                     handlers.retain(|h| !h.is_finished()); // a long-lived workload sees many requests
-                    handlers.push(tokio::spawn(serve(s, Arc::clone(&shared))));
+                    handlers.push(tokio::spawn(serve(s, Arc::clone(&shared), None)));
                 }
             }
         }
@@ -455,8 +467,9 @@ fn bind(run_dir: &std::path::Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(sock)
 }
 
-/// One control connection.
-async fn serve(stream: UnixStream, shared: Arc<Shared>) {
+/// One control connection; `registered` is told once an attaching client
+/// gets output (dropped unsent for any other request).
+async fn serve(stream: UnixStream, shared: Arc<Shared>, registered: Option<oneshot::Sender<()>>) {
     let (mut rd, mut wr) = stream.into_split();
     let req: Request = match attach::read_frame(&mut rd).await {
         Ok(Some((Kind::Request, p))) => match attach::parse("request", &p) {
@@ -475,6 +488,7 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         },
         _ => return,
     };
+    let registered = registered.filter(|_| matches!(req, Request::Attach { .. }));
     match req {
         Request::Signal { signal } => {
             let error = shared
@@ -496,6 +510,9 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(tx);
+            if let Some(r) = registered {
+                let _ = r.send(());
+            }
             let input = tokio::spawn(client_input(
                 rd,
                 stdin.then(|| shared.main_stdin.clone()),
