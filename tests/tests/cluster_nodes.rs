@@ -310,7 +310,18 @@ fn nodes_run_spread_scale_readopt_fence_replace_and_back_off() {
     // SIGSTOP n2's daemon past grace + lease + stop time: its copy fences
     // itself before the replacement starts; SIGCONT: it removes its copy.
     let since = Instant::now();
+    // Stopped holding neither its network lock nor its state store's
+    // (its copy's supervisor needs both to end, and `ps` below the store),
+    // taken in the daemon's own order.
+    let held: Vec<_> = ["network.lock", "state.lock"]
+        .iter()
+        .map(|l| {
+            let f = std::fs::File::open(c.data[1].join(l)).unwrap();
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).unwrap()
+        })
+        .collect();
     c.signal_node(1, nix::sys::signal::Signal::SIGSTOP);
+    drop(held);
     let took = wait_for(
         &c,
         "n2's instance replaced",
