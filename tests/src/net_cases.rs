@@ -174,6 +174,7 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
         host_loopback: &host_loopback,
     };
     check_egress(&ctx, &walls, &mut check);
+    check_own_egress(&ctx, &walls, &mut check);
     check_inspect(&ctx, &web_ip, &mut check);
     check_none(&ctx, &mut check);
     check_spoofing(&ctx, &internet, &mut check);

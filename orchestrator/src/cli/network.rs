@@ -102,11 +102,12 @@ pub fn run(cmd: NetworkCommand) -> Result<()> {
                 .collect();
             let attachments: Vec<_> = leases.iter().map(|l| l.attachment.clone()).collect();
             let policy = net::host_policy(&st)?;
+            let refused = crate::network::lifecycle::refused(&st);
             let workloads: Vec<_> = leases
                 .iter()
                 .map(|l| {
                     let a = &l.attachment;
-                    serde_json::json!({"id": l.id, "ip": a.ip.to_string(), "mac": a.mac, "interface": a.host_if, "ports": a.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "allow_egress": a.allow_egress.iter().map(ToString::to_string).collect::<Vec<_>>()})
+                    serde_json::json!({"id": l.id, "ip": a.ip.to_string(), "mac": a.mac, "interface": a.host_if, "ports": a.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "egress": crate::network::lifecycle::egress_json(a, &refused)})
                 })
                 .collect();
             let v = serde_json::json!({

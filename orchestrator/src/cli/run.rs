@@ -84,6 +84,15 @@ pub struct RunArgs {
     /// which nothing opens.
     #[arg(long = "allow-egress", value_name = "CIDR")]
     allow_egress: Vec<String>,
+    /// Never let the workload reach CIDR (or one address), even on the
+    /// internet or inside an --allow-egress range; repeatable. What the
+    /// walls refuse is counted (`bulkhead inspect`: egress_refused).
+    #[arg(long = "deny-egress", value_name = "CIDR")]
+    deny_egress: Vec<String>,
+    /// No internet: the workload reaches its own network, its nameservers
+    /// and what --allow-egress opens, nothing else.
+    #[arg(long)]
+    no_internet: bool,
     /// A health check: CMD runs inside the workload through /bin/sh -c
     /// every interval; exit 0 is healthy (`ps` and `inspect` show it).
     /// Replaces the image's HEALTHCHECK; without it the image's is used.
@@ -198,6 +207,11 @@ fn request(a: &RunArgs) -> Result<Request> {
         .iter()
         .map(|c| crate::network::egress::parse_allow(c))
         .collect::<Result<Vec<_>, _>>()?;
+    let deny_egress = a
+        .deny_egress
+        .iter()
+        .map(|c| crate::network::egress::parse_deny(c))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Request {
         image: a.image.clone(),
         name: a.name.clone(),
@@ -215,6 +229,8 @@ fn request(a: &RunArgs) -> Result<Request> {
         network: a.network.clone(),
         publish,
         allow_egress,
+        deny_egress,
+        no_internet: a.no_internet,
         attach: !a.detach,
         auto_remove: a.rm,
         fencing: a.fence_deadline_file.as_ref().map(|f| Fencing {

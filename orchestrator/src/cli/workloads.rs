@@ -331,6 +331,12 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
     let r = st.get(&a.name)?;
     let dir = st.paths().workload_dir(&r.config.id);
     let c = &r.config;
+    // The lease is current (a tenant policy may change a running workload's egress).
+    let attachment = crate::state::net::leases(&st)
+        .ok()
+        .and_then(|ls| ls.into_iter().find(|l| l.id == c.id))
+        .map(|l| l.attachment)
+        .or_else(|| c.network.clone());
     let v = serde_json::json!({
         "id": c.id,
         "name": c.name,
@@ -342,7 +348,8 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
         "health_check": c.health,
         "health": st.health(&r),
         "process": c.process,
-        "network": c.network.as_ref().map(|n| serde_json::json!({"network": n.network, "ip": n.ip.to_string(), "gateway": n.gateway.to_string(), "mac": n.mac, "interface": n.host_if, "ports": n.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "nameservers": n.nameservers})),
+        "network": attachment.as_ref().map(|n| serde_json::json!({"network": n.network, "ip": n.ip.to_string(), "gateway": n.gateway.to_string(), "mac": n.mac, "interface": n.host_if, "ports": n.ports.iter().map(ToString::to_string).collect::<Vec<_>>(), "nameservers": n.nameservers,
+            "egress": crate::network::lifecycle::egress_json(n, &crate::network::lifecycle::refused(&st))})),
         "vm": c.vm.as_ref().map(|vm| serde_json::json!({
             "vcpus": crate::runtime::limits::vm_vcpus(c.cpus),
             "memory_mib": c.memory_mib.unwrap_or(crate::runtime::limits::DEFAULT_VM_MEMORY_MIB),

@@ -120,6 +120,9 @@ pub struct NewTenant {
     /// The runtimes its services may use (default: microvm only).
     #[serde(default)]
     pub runtimes: Vec<crate::state::record::RuntimeKind>,
+    /// Whether its instances may reach the internet (default: yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet: Option<bool>,
 }
 
 /// `PATCH /v1/tenants/{name}`: what changes.
@@ -130,6 +133,9 @@ pub struct TenantUpdate {
     pub quota: Quota,
     #[serde(default)]
     pub runtimes: Option<Vec<crate::state::record::RuntimeKind>>,
+    /// Whether its instances may reach the internet; running ones follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet: Option<bool>,
 }
 
 /// The tenant made, with its token (shown once).
@@ -263,6 +269,10 @@ pub struct Synced {
     /// tenant's overlay.
     #[serde(default)]
     pub peers: std::collections::BTreeMap<String, Vec<OverlayPeer>>,
+    /// Every service's published ports and where their connections go
+    /// from this node; every node's address.
+    #[serde(default)]
+    pub ingress: super::ingress::Ingress,
     pub lease_ms: u64,
     pub kill_after_ms: u64,
     #[serde(default)]

@@ -54,6 +54,9 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Packets of a running instance that its node's walls refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
 }
 
 /// What one reconciler pass did.
@@ -69,16 +72,31 @@ impl Cluster {
     /// The instances assigned to `node`, with their services' specs.
     pub fn assignments(&self, node: &str) -> Result<Vec<Assignment>, StateError> {
         let mut specs: BTreeMap<(String, String), Option<ServiceSpec>> = BTreeMap::new();
+        let mut internet: BTreeMap<String, bool> = BTreeMap::new();
         let mut out = Vec::new();
         for i in self.instances(None)?.into_iter().filter(|i| i.node == node) {
             let key = (i.tenant.clone(), i.service.clone());
             if !specs.contains_key(&key) {
+                if !internet.contains_key(&i.tenant) {
+                    let allowed = match self.tenant(&i.tenant) {
+                        Ok(t) => t.internet,
+                        // Services kept from before tenants had records: as then.
+                        Err(StateError::NoService(_)) => true,
+                        Err(e) => return Err(e),
+                    };
+                    internet.insert(i.tenant.clone(), allowed);
+                }
+                let allowed = internet.get(&i.tenant).copied().unwrap_or(false);
+                // The tenant's policy is folded in: the node obeys what it gets.
                 let spec = self
                     .store
                     .get(&service_key(&i.tenant, &i.service))?
                     .map(|e| decode::<ServiceRecord>(&e))
                     .transpose()?
-                    .map(|r| r.spec);
+                    .map(|r| ServiceSpec {
+                        egress: r.spec.egress.under(allowed),
+                        ..r.spec
+                    });
                 specs.insert(key.clone(), spec);
             }
             if let Some(Some(spec)) = specs.get(&key) {
@@ -123,13 +141,15 @@ impl Cluster {
                     if current
                         && st.state == Some(InstanceState::Running)
                         && st.health == r.health
-                        && st.ip == r.ip =>
+                        && st.ip == r.ip
+                        && st.refused == r.refused =>
                 {
                     continue
                 }
                 Observed::Running if current && st.state == Some(InstanceState::Running) => {
                     st.health = r.health;
                     st.ip = r.ip;
+                    st.refused = r.refused;
                 }
                 Observed::Running => {
                     st.state = Some(InstanceState::Running);
@@ -138,6 +158,7 @@ impl Cluster {
                     st.last_exit = None;
                     st.health = r.health;
                     st.ip = r.ip;
+                    st.refused = r.refused;
                 }
                 Observed::Exited { .. } if current && st.state == Some(InstanceState::Exited) => {
                     continue
@@ -157,6 +178,7 @@ impl Cluster {
                     st.state = Some(InstanceState::Exited);
                     st.health = None;
                     st.ip = None;
+                    st.refused = None;
                     st.last_exit = Some(code);
                     st.exited_ms = Some(now_ms);
                 }
@@ -306,14 +328,14 @@ impl Cluster {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::spec::{self, Resources};
     use crate::cluster::state::Node;
     use crate::cluster::store::FileStore;
     use crate::state::record::RuntimeKind;
 
-    fn cluster(nodes: &[&str]) -> (tempfile::TempDir, Cluster) {
+    pub(crate) fn cluster(nodes: &[&str]) -> (tempfile::TempDir, Cluster) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let c = Cluster::new(
             FileStore::open(&dir.path().join("c.redb")).unwrap_or_else(|e| panic!("{e}")),
@@ -338,13 +360,13 @@ mod tests {
         (dir, c)
     }
 
-    fn deploy(c: &Cluster, text: &str) {
+    pub(crate) fn deploy(c: &Cluster, text: &str) {
         let s = spec::parse(text).unwrap_or_else(|e| panic!("{e}"));
         c.deploy("t", &Quota::default(), &s, 0, false)
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    fn report(a: &Assignment, observed: Observed) -> Report {
+    pub(crate) fn report(a: &Assignment, observed: Observed) -> Report {
         Report {
             tenant: a.tenant.clone(),
             service: a.service.clone(),
@@ -353,6 +375,7 @@ mod tests {
             observed,
             health: None,
             ip: None,
+            refused: None,
         }
     }
 

@@ -94,6 +94,15 @@ pub struct Tenant {
     /// allowed containers (a shared kernel) at `tenant create|update --runtimes`.
     #[serde(default = "runtimes_before_the_gate")]
     pub runtimes: Vec<RuntimeKind>,
+    /// Whether its instances may reach the internet (an admin's policy;
+    /// without it, only its network and the private ranges its services
+    /// allow).
+    #[serde(default = "yes")]
+    pub internet: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Tenants made before runtimes were gated could use both, and keep that.
@@ -257,6 +266,7 @@ impl Cluster {
             name: name.into(),
             quota,
             runtimes,
+            internet: true,
         })
         .unwrap_or_default();
         let now = crate::state::record::now_ms();
@@ -419,6 +429,7 @@ impl Cluster {
         name: &str,
         quota: Quota,
         runtimes: Option<&[RuntimeKind]>,
+        internet: Option<bool>,
     ) -> Result<Tenant, StateError> {
         let key = tenant_key(name);
         let e = self
@@ -455,6 +466,9 @@ impl Cluster {
                 )));
             }
             t.runtimes = r;
+        }
+        if let Some(i) = internet {
+            t.internet = i;
         }
         let value = serde_json::to_vec(&t).unwrap_or_default();
         self.store.txn(

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backoff;
 pub mod ca;
 pub mod etcd;
+pub mod ingress;
 pub mod listen;
 pub mod netpool;
 pub mod node;

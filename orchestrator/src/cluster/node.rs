@@ -120,6 +120,7 @@ impl Key {
             observed,
             health: None,
             ip: None,
+            refused: None,
         }
     }
 
@@ -459,11 +460,19 @@ impl Daemon {
             .iter()
             .filter_map(|(k, r)| Some((k, here.health(r)?.status)))
             .collect();
+        let refused = crate::network::lifecycle::refused(&here);
         let mut reports: Vec<Report> = local
             .iter()
             .filter_map(|(k, r)| {
                 observed(r).map(|o| Report {
                     health: health.get(k).copied(),
+                    refused: (o == Observed::Running)
+                        .then_some(r.config.network.as_ref())
+                        .flatten()
+                        .map(|n| {
+                            let c = crate::network::egress::refused_counter(&n.host_if);
+                            refused.get(&c).map_or(0, |(packets, _)| *packets)
+                        }),
                     ip: (o == Observed::Running)
                         .then(|| r.config.network.as_ref().map(|n| n.ip))
                         .flatten(),
@@ -530,6 +539,23 @@ impl Daemon {
         // After the renewals: these take the network lock and run ip and nft.
         self.protect(s.control_plane);
         self.check_walls();
+        if let Err(e) =
+            crate::network::lifecycle::set_ingress(&here, s.ingress.ports, s.ingress.nodes)
+        {
+            eprintln!("bulkhead node: the cluster's published ports: {e}");
+        }
+        // A tenant's policy may have changed under running instances.
+        let wants: BTreeMap<String, crate::network::lifecycle::EgressWant> = local
+            .iter()
+            .filter(|(_, r)| r.status().is_live())
+            .filter_map(|(k, r)| {
+                let want = local::egress_of(&assigned.get(k)?.spec).ok()?;
+                Some((r.config.id.clone(), want))
+            })
+            .collect();
+        if let Err(e) = crate::network::lifecycle::set_egress(&here, &wants) {
+            eprintln!("bulkhead node: the instances' egress: {e}");
+        }
         for (k, r) in &local {
             if !assigned.contains_key(k) {
                 self.spawn_worker(

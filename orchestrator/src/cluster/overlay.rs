@@ -26,8 +26,8 @@ fn end_key(tenant: &str, node: &str) -> String {
 
 /// Why a node's report of its end is not taken (`None`: it is).
 pub fn refuse_end(address: Ipv4Addr, end: &OverlayEnd) -> Option<String> {
-    if address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
-        return Some(format!("address {address}: not one peers can send to"));
+    if let Some(why) = refuse_address(address) {
+        return Some(why);
     }
     if end.port == 0 {
         return Some("port 0".into());
@@ -36,6 +36,12 @@ pub fn refuse_end(address: Ipv4Addr, end: &OverlayEnd) -> Option<String> {
         return Some("the public key is not 32 bytes of base64".into());
     }
     None
+}
+
+/// Why a node's reported address is not one others can send to.
+pub fn refuse_address(address: Ipv4Addr) -> Option<String> {
+    (address.is_unspecified() || address.is_broadcast() || address.is_multicast())
+        .then(|| format!("address {address}: not one peers can send to"))
 }
 
 impl Cluster {

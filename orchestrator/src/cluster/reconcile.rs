@@ -212,6 +212,7 @@ mod tests {
             fence: 0,
             health: None,
             ip: None,
+            refused: None,
         };
         Seen {
             instance,

@@ -87,11 +87,55 @@ pub struct Egress {
     /// space, and never the control plane or its store, whatever is said.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// CIDRs (or addresses) never reached, even on the internet or inside
+    /// an allowed range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// `false`: no internet, only the tenant network and what `allow`
+    /// opens. Left out: the internet, unless the tenant's policy (set by
+    /// the admin) forbids it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet: Option<bool>,
 }
 
 impl Egress {
     fn is_empty(&self) -> bool {
-        self.allow.is_empty()
+        self.allow.is_empty() && self.deny.is_empty() && self.internet.is_none()
+    }
+
+    /// This egress under a tenant policy: where the tenant may not reach
+    /// the internet, no internet and only the private part of `allow`.
+    pub fn under(&self, tenant_internet: bool) -> Egress {
+        if tenant_internet {
+            return self.clone();
+        }
+        Egress {
+            allow: self
+                .allow
+                .iter()
+                .filter(|a| {
+                    crate::network::egress::check_tenant_allow(a)
+                        .is_ok_and(|n| crate::network::egress::is_private(&n))
+                })
+                .cloned()
+                .collect(),
+            deny: self.deny.clone(),
+            internet: Some(false),
+        }
+    }
+
+    /// Why this egress breaks a tenant policy that forbids the internet.
+    pub fn breaks_no_internet(&self) -> Option<String> {
+        if self.internet == Some(true) {
+            return Some("internet: true".into());
+        }
+        self.allow
+            .iter()
+            .find(|a| {
+                crate::network::egress::check_tenant_allow(a)
+                    .is_ok_and(|n| !crate::network::egress::is_private(&n))
+            })
+            .map(|a| format!("allow {a} (the internet)"))
     }
 }
 
@@ -462,19 +506,30 @@ pub fn check(spec: ServiceSpec) -> Result<Service, SpecError> {
             "replicas that publish a host port need placement.anti_affinity: true (one per node)",
         ));
     }
-    if spec.egress.allow.len() > crate::network::egress::MAX_ALLOWS {
-        return Err(field(
-            "egress.allow",
-            format!(
-                "{} entries: at most {}",
-                spec.egress.allow.len(),
-                crate::network::egress::MAX_ALLOWS
-            ),
-        ));
-    }
-    for a in &spec.egress.allow {
-        crate::network::egress::check_tenant_allow(a)
-            .map_err(|why| field("egress.allow", format!("{a:?}: {why}")))?;
+    let deny = |d: &str| {
+        crate::network::egress::parse_deny(d)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let allow = |a: &str| crate::network::egress::check_tenant_allow(a).map(|_| ());
+    type Check = dyn Fn(&str) -> Result<(), String>;
+    for (name, list, check) in [
+        ("egress.allow", &spec.egress.allow, &allow as &Check),
+        ("egress.deny", &spec.egress.deny, &deny as &Check),
+    ] {
+        if list.len() > crate::network::egress::MAX_ALLOWS {
+            return Err(field(
+                name,
+                format!(
+                    "{} entries: at most {}",
+                    list.len(),
+                    crate::network::egress::MAX_ALLOWS
+                ),
+            ));
+        }
+        for c in list {
+            check(c).map_err(|why| field(name, format!("{c:?}: {why}")))?;
+        }
     }
     for (k, v) in &spec.placement.labels {
         if !valid_label(k) || !valid_label(v) {
@@ -533,255 +588,4 @@ pub fn instance_request(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = "
-name: web
-image: busybox:latest
-command: [httpd, -f, -p, '80']
-env: {GREETING: hello}
-replicas: 3
-cpus: 1.5
-memory: 128m
-restart: on-failure
-placement:
-  labels: {zone: a}
-  anti_affinity: true
-  strategy: binpack
-ports: ['8080:80']
-";
-
-    #[test]
-    fn a_full_spec_in_yaml_and_json() {
-        let s = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.spec.replicas, 3);
-        assert_eq!(s.spec.restart, RestartPolicy::OnFailure);
-        assert_eq!(s.spec.placement.strategy, Strategy::Binpack);
-        assert_eq!(s.memory_mib, Some(128));
-        assert_eq!(
-            s.request,
-            Resources {
-                millicpus: 2000,
-                memory_mib: 128 + 64
-            },
-            "2 whole vCPUs, guest + VMM overhead"
-        );
-        let json = serde_json::to_string(&s.spec).unwrap_or_default();
-        assert_eq!(parse(&json).map(|j| j.spec), Ok(s.spec));
-        let lan = parse("name: a\nimage: x\negress: {allow: [10.20.0.0/16, 192.168.1.7]}\n")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(lan.spec.egress.allow, ["10.20.0.0/16", "192.168.1.7"]);
-        let minimal =
-            parse("name: a\nimage: x\nruntime: container\n").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            (minimal.spec.replicas, minimal.spec.restart, minimal.request),
-            (1, RestartPolicy::Always, DEFAULT_CONTAINER)
-        );
-    }
-
-    #[test]
-    fn bad_specs_name_the_field() {
-        let cases: &[(&str, &str)] = &[
-            ("name: a\nimage: x\nreplica: 3\n", "unknown field `replica`"),
-            (
-                "name: a\nimage: x\nplacement: {label: {a: b}}\n",
-                "unknown field `label`",
-            ),
-            ("name: 'bad name'\nimage: x\n", "name:"),
-            ("name: a\nimage: ''\n", "image:"),
-            ("name: a\nimage: x\nreplicas: 1001\n", "replicas:"),
-            ("name: a\nimage: x\nreplicas: -1\n", "does not parse"),
-            ("name: a\nimage: x\ncpus: 0\n", "cpus:"),
-            ("name: a\nimage: x\ncpus: .nan\n", "cpus:"),
-            ("name: a\nimage: x\ncpus: 65\n", "cpus:"),
-            ("name: a\nimage: x\nmemory: lots\n", "memory:"),
-            ("name: a\nimage: x\nmemory: 1m\n", "memory:"),
-            ("name: a\nimage: x\nmemory: 999999g\n", "memory:"),
-            ("name: a\nimage: x\nenv: {'A=B': c}\n", "env:"),
-            ("name: a\nimage: x\nenv: {BULKHEAD_FENCE: '1'}\n", "env:"),
-            ("name: a\nimage: x\nports: ['80']\n", "ports:"),
-            (
-                "name: a\nimage: x\nhealth: {grpc: 80}\n",
-                "unknown field `grpc`",
-            ),
-            (
-                "name: a\nimage: x\nhealth: {tcp: 80, http: {port: 80}}\n",
-                "health: one of",
-            ),
-            (
-                "name: a\nimage: x\nhealth: {tcp: 0}\n",
-                "health: health check port",
-            ),
-            (
-                "name: a\nimage: x\nhealth: {tcp: 80, interval: 10ms}\n",
-                "interval",
-            ),
-            (
-                "name: a\nimage: x\nhealth: {tcp: 80, interval: soon}\n",
-                "health.interval:",
-            ),
-            (
-                "name: a\nimage: x\nhealth: {http: {port: 80, path: 'x y'}}\n",
-                "path",
-            ),
-            ("name: a\nimage: x\nhealth: {exec: []}\n", "command"),
-            (
-                "name: a\nimage: x\nhealth: {disable: true, tcp: 80}\n",
-                "disable",
-            ),
-            (
-                "name: a\nimage: x\nhealth: {tcp: 80, retries: 0}\n",
-                "retries",
-            ),
-            ("name: a\nimage: x\nports: ['80:80']\n", "below 1024"),
-            (
-                "name: a\nimage: x\nports: ['127.0.0.1:8080:80']\n",
-                "not loopback",
-            ),
-            (
-                "name: a\nimage: x\nports: ['169.254.1.1:8080:80']\n",
-                "not loopback",
-            ),
-            (
-                "name: a\nimage: x\nports: ['8080:80', '8080:81']\n",
-                "same host port",
-            ),
-            (
-                "name: a\nimage: x\nreplicas: 2\nports: ['8080:80']\n",
-                "anti_affinity",
-            ),
-            (
-                "name: a\nimage: x\nplacement: {labels: {'a b': c}}\n",
-                "placement.labels",
-            ),
-            (
-                "name: a\nimage: x\negress: {allow: [169.254.169.254/32]}\n",
-                "egress.allow",
-            ),
-            (
-                "name: a\nimage: x\negress: {allow: [0.0.0.0/0]}\n",
-                "egress.allow",
-            ),
-            (
-                "name: a\nimage: x\negress: {allow: [127.0.0.1]}\n",
-                "egress.allow",
-            ),
-            (
-                "name: a\nimage: x\negress: {allow: [10.0.0.1/8]}\n",
-                "egress.allow",
-            ),
-            (
-                "name: a\nimage: x\negress: {allow: [lan]}\n",
-                "egress.allow",
-            ),
-            (
-                "name: a\nimage: x\negress: {deny: [10.0.0.0/8]}\n",
-                "unknown field `deny`",
-            ),
-            ("name: a\nimage: x\nruntime: vm\n", "does not parse"),
-            ("restart: sometimes\n", "does not parse"),
-            ("{\"name\": \"a\"", "does not parse"),
-            ("", "does not parse"),
-            ("- a\n- b\n", "does not parse"),
-        ];
-        for (text, want) in cases {
-            match parse(text) {
-                Ok(s) => panic!("{text:?} was accepted: {s:?}"),
-                Err(e) => assert!(
-                    e.to_string().contains(want),
-                    "{text:?}: wanted {want:?} in {e}"
-                ),
-            }
-        }
-    }
-
-    /// Tenants write these files: alias amplification, deep nesting,
-    /// oversize files, dangling aliases, binary junk and second documents
-    /// end in an error.
-    #[test]
-    fn hostile_yaml_is_refused() {
-        let mut bomb = String::from("name: a\nimage: x\nenv: {A: &l0 xxxxxxxxxx}\ncommand: [");
-        bomb += &vec!["*l0"; 8000].join(", ");
-        bomb += "]\n";
-        assert!(bomb.len() < MAX_FILE_BYTES);
-        // 60 KiB of brackets: under the size cap, refused by the depth cap (parsing it took ~50 s).
-        let deep = format!(
-            "name: {}x{}\nimage: x\n",
-            "[".repeat(30_000),
-            "]".repeat(30_000)
-        );
-        let huge = format!("name: a\nimage: x\ncommand: [{}]\n", "x,".repeat(40_000));
-        for text in [
-            bomb,
-            deep,
-            huge,
-            "name: *nowhere\nimage: x\n".to_string(),
-            "\u{0}\u{1}".into(),
-            "name: a\nimage: x\n---\nname: b\n".into(),
-        ] {
-            assert!(parse(&text).is_err(), "{}", &text[..text.len().min(80)]);
-        }
-        assert!(parse("name: a\nimage: x\ncommand: [sh, -c, 'ls *.txt', \"a & b\"]\nenv: {A: 'x & *y'} # a *comment\n").is_ok(), "& and * inside quoted values and comments are fine");
-        for token in [
-            "name: &a web\nimage: x\n",
-            "name: a\nimage: x\ncommand:\n  - *x\n",
-            "name: a\nimage: x\nenv: {A: *v}\n",
-        ] {
-            assert!(
-                parse(token)
-                    .unwrap_err()
-                    .to_string()
-                    .contains("anchors and aliases"),
-                "{token:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn requests_per_runtime() {
-        assert_eq!(
-            instance_request(RuntimeKind::Microvm, None, None),
-            Resources {
-                millicpus: 1000,
-                memory_mib: 256 + 64
-            }
-        );
-        assert_eq!(
-            instance_request(RuntimeKind::Microvm, Some(0.5), Some(512)),
-            Resources {
-                millicpus: 1000,
-                memory_mib: 576
-            }
-        );
-        assert_eq!(
-            instance_request(RuntimeKind::Container, Some(0.25), Some(32)),
-            Resources {
-                millicpus: 250,
-                memory_mib: 32
-            }
-        );
-        let r = Resources {
-            millicpus: 3,
-            memory_mib: 5,
-        };
-        assert_eq!(
-            r.times(2).plus(r),
-            Resources {
-                millicpus: 9,
-                memory_mib: 15
-            }
-        );
-        assert!(r.within(r) && !r.times(2).within(r));
-        assert_eq!(
-            Resources {
-                millicpus: u64::MAX,
-                memory_mib: 1
-            }
-            .plus(r)
-            .millicpus,
-            u64::MAX,
-            "saturates"
-        );
-    }
-}
+mod tests;

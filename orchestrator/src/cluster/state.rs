@@ -133,6 +133,10 @@ pub struct Instance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Packets it sent that its node's walls refused (egress, other
+    /// networks, the node's services), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
 }
 
 /// What the node reported about an instance (kept apart from the
@@ -155,6 +159,9 @@ pub struct InstanceStatus {
     /// Its address on the tenant's network while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Packets the node's walls refused of it, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
 }
 
 pub(crate) fn service_key(tenant: &str, name: &str) -> String {
@@ -379,7 +386,7 @@ impl Cluster {
         let mut guards = vec![Compare::Revision(key.clone(), e.revision), placements];
         let mut ops = vec![Op::Delete(key), Op::Delete(heartbeat_key(name)), bump];
         ops.extend(self.node_token_ops(name)?);
-        for prefix in ["/netslices/", "/overlay/"] {
+        for prefix in ["/netslices/", "/overlay/", super::ingress::ADDRESSES] {
             ops.extend(self.node_key_deletes(prefix, name)?);
         }
         for i in &on {
@@ -433,6 +440,7 @@ impl Cluster {
                 (i.started_ms, i.exited_ms) = (st.started_ms, st.exited_ms);
                 i.health = st.health;
                 i.ip = st.ip;
+                i.refused = st.refused;
             }
             out.push((i, st));
         }
@@ -716,6 +724,7 @@ impl Cluster {
                 fence: 0,
                 health: None,
                 ip: None,
+                refused: None,
             };
             ops.push(Op::Put(
                 instance_key(tenant, &record.spec.name, index),

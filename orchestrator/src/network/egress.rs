@@ -60,6 +60,26 @@ pub fn parse_allow(s: &str) -> Result<Subnet, NetError> {
     Subnet::parse_cidr(s.trim()).map_err(|e| NetError::Input(format!("--allow-egress: {e}")))
 }
 
+/// `--deny-egress CIDR` (or a bare address): closed even where the
+/// internet or `--allow-egress` would open it.
+pub fn parse_deny(s: &str) -> Result<Subnet, NetError> {
+    Subnet::parse_cidr(s.trim()).map_err(|e| NetError::Input(format!("--deny-egress: {e}")))
+}
+
+/// Whether `net` lies wholly in the denied (private, reserved) space: an
+/// allowance that opens no part of the internet.
+pub fn is_private(net: &Subnet) -> bool {
+    denied()
+        .iter()
+        .any(|r| r.prefix <= net.prefix && r.contains(net.base))
+}
+
+/// The nftables counter of what one workload (by its host interface) sent
+/// that the walls refused.
+pub fn refused_counter(host_if: &str) -> String {
+    format!("refused_{host_if}")
+}
+
 /// A tenant's `egress.allow` entry: a CIDR that opens none of
 /// `NEVER_FOR_TENANTS`. The reason when not.
 pub fn check_tenant_allow(s: &str) -> Result<Subnet, String> {
@@ -128,5 +148,15 @@ mod tests {
             .unwrap_or_default();
         assert!(why.contains("metadata"), "{why}");
         assert!(parse_allow("192.168.1.0/24").is_ok() && parse_allow("192.168.1.1/24").is_err());
+    }
+
+    #[test]
+    fn private_means_wholly_inside_the_denied_space() {
+        let p = |s: &str| is_private(&Subnet::parse_cidr(s).unwrap_or_else(|e| panic!("{e}")));
+        assert!(p("10.20.0.0/16") && p("192.168.1.7/32") && p("10.0.0.0/8"));
+        // Partly or wholly the internet.
+        assert!(!p("8.8.8.8/32") && !p("0.0.0.0/0") && !p("8.0.0.0/5") && !p("172.0.0.0/8"));
+        assert!(parse_deny("203.0.113.0/24").is_ok() && parse_deny("203.0.113.1/24").is_err());
+        assert!(parse_deny("nope").is_err());
     }
 }

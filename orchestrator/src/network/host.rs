@@ -469,6 +469,39 @@ pub fn apply_rules(script: &str) -> Result<(), NetError> {
     run(&nft, &["-f", "-"], script.as_bytes(), None)
 }
 
+/// The refused counters of `table` as the kernel holds them now, by name
+/// (none when the table is not there).
+pub fn refused_counts(table: &str) -> super::rules::Refused {
+    let Ok(nft) = tool("nft", "nftables") else {
+        return Default::default();
+    };
+    let out = Command::new(&nft)
+        .args(["-j", "list", "counters", "table", "inet", table])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => parse_counters(&o.stdout),
+        _ => Default::default(),
+    }
+}
+
+/// `nft -j list counters` output: each named counter's packets and bytes.
+fn parse_counters(json: &[u8]) -> super::rules::Refused {
+    let v: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
+    v.get("nftables")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let c = e.get("counter")?;
+            Some((
+                c.get("name")?.as_str()?.to_string(),
+                (c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?),
+            ))
+        })
+        .collect()
+}
+
 /// The nft script as the kernel holds it now (for `network inspect`).
 pub fn list_rules(table: &str) -> Option<String> {
     let nft = tool("nft", "nftables").ok()?;
@@ -479,4 +512,22 @@ pub fn list_rules(table: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_by_name_and_anything_else_is_skipped() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"counter": {"family": "inet", "name": "refused_bhtabc", "table": "t", "handle": 4, "packets": 5, "bytes": 300}},
+            {"counter": {"family": "inet", "name": "odd", "packets": -1, "bytes": 3}},
+            {"counter": {"family": "inet", "packets": 1, "bytes": 3}}]}"#;
+        let c = parse_counters(json);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c.get("refused_bhtabc"), Some(&(5, 300)));
+        assert!(parse_counters(b"not json").is_empty());
+        assert!(parse_counters(b"{\"nftables\": 3}").is_empty());
+    }
 }

@@ -37,22 +37,115 @@ pub fn apply(state: &State) -> Result<(), NetError> {
         .into_iter()
         .map(|l| l.attachment)
         .collect();
-    if !nets.is_empty() && net::host_policy(state)?.forwarded_before_us.is_none() {
+    // A node without networks still passes ingress connections on.
+    let forwards = !nets.is_empty() || !net::host_policy(state)?.ingress.is_empty();
+    if forwards && net::host_policy(state)?.forwarded_before_us.is_none() {
         let on = host::forwarding_on()?;
         net::update_host_policy(state, |p| p.forwarded_before_us = Some(on))?;
     }
     let names = super::HostNames::of(state.paths());
     host::claim_names(&names, state.paths().data())?;
+    // Counts since the last read are lost with the old table: a few
+    // packets at most, in the time between this read and the swap.
+    let refused = host::refused_counts(&names.table());
     host::apply_rules(&rules::script(
         &names.table(),
         &nets,
         &leases,
         &net::host_policy(state)?,
+        &refused,
     ))?;
-    if !nets.is_empty() {
+    if forwards {
         host::enable_forwarding()?;
     }
     super::dns::sync(&nets, &leases)
+}
+
+/// What the walls refused of each workload so far, by counter name
+/// (`egress::refused_counter`): packets and bytes.
+pub fn refused(state: &State) -> rules::Refused {
+    host::refused_counts(&super::HostNames::of(state.paths()).table())
+}
+
+/// One attachment's egress policy and what was refused of it, as
+/// `inspect` and `network inspect` show them.
+pub fn egress_json(a: &Attachment, refused: &rules::Refused) -> serde_json::Value {
+    let (packets, bytes) = refused
+        .get(&super::egress::refused_counter(&a.host_if))
+        .copied()
+        .unwrap_or_default();
+    let cidrs = |l: &[super::Subnet]| l.iter().map(ToString::to_string).collect::<Vec<_>>();
+    serde_json::json!({
+        "allow": cidrs(&a.allow_egress),
+        "deny": cidrs(&a.deny_egress),
+        "internet": !a.no_internet,
+        "refused": {"packets": packets, "bytes": bytes},
+    })
+}
+
+/// The cluster's published ports as this node balances them, and every
+/// node's address (the node daemon sets them at each sync); the rules are
+/// rendered again when they changed. Whether they did.
+pub fn set_ingress(
+    state: &State,
+    mut ports: Vec<net::IngressPort>,
+    mut nodes: Vec<std::net::Ipv4Addr>,
+) -> Result<bool, NetError> {
+    ports.sort_by_key(|p| (p.proto, p.port));
+    nodes.sort();
+    nodes.dedup();
+    let p = net::host_policy(state)?;
+    if p.ingress == ports && p.nodes == nodes {
+        return Ok(false);
+    }
+    let _l = lock(state)?;
+    let changed = net::update_host_policy(state, |p| {
+        p.ingress = ports;
+        p.nodes = nodes;
+    })?;
+    if changed {
+        apply(state)?;
+    }
+    Ok(changed)
+}
+
+/// A workload's egress: what it allows, what it denies, whether it is
+/// without the internet.
+pub type EgressWant = (Vec<Subnet>, Vec<Subnet>, bool);
+
+/// Sets running workloads' egress, by id (a tenant policy changed under
+/// them): their leases change and the rules are rendered again if any
+/// did. Which changed.
+pub fn set_egress(
+    state: &State,
+    wants: &std::collections::BTreeMap<String, EgressWant>,
+) -> Result<Vec<String>, NetError> {
+    let differs = |a: &Attachment, (allow, deny, no_internet): &EgressWant| {
+        a.allow_egress != *allow || a.deny_egress != *deny || a.no_internet != *no_internet
+    };
+    // Read once, without the lock: a node asks at every sync, and nearly
+    // always nothing changed.
+    let mut changed: Vec<String> = net::leases(state)?
+        .iter()
+        .filter(|l| wants.get(&l.id).is_some_and(|w| differs(&l.attachment, w)))
+        .map(|l| l.id.clone())
+        .collect();
+    changed.dedup();
+    if changed.is_empty() {
+        return Ok(changed);
+    }
+    let _l = lock(state)?;
+    for id in &changed {
+        if let Some((allow, deny, no_internet)) = wants.get(id) {
+            net::update_leases(state, id, |a| {
+                a.allow_egress = allow.clone();
+                a.deny_egress = deny.clone();
+                a.no_internet = *no_internet;
+            })?;
+        }
+    }
+    apply(state)?;
+    Ok(changed)
 }
 
 /// The addresses of the control plane and its store, which no workload

@@ -73,6 +73,27 @@ fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
     v
 }
 
+/// What one workload closed for itself (`--deny-egress`): refused
+/// before any exception opens it.
+fn deny_rules(a: &Attachment) -> Vec<String> {
+    if a.deny_egress.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "iifname \"{}\" ip saddr {} ip daddr {{ {} }} goto refuse",
+        a.bridge,
+        a.ip,
+        addr_set(&a.deny_egress)
+    )]
+}
+
+/// A workload without the internet (`--no-internet`, a tenant's policy):
+/// after its exceptions, everything else is refused.
+fn no_internet_rule(a: &Attachment) -> Option<String> {
+    a.no_internet
+        .then(|| format!("iifname \"{}\" ip saddr {} goto refuse", a.bridge, a.ip))
+}
+
 /// The egress exceptions of one workload: its nameservers (port 53 only)
 /// and what it allowed, from its own address on its own bridge (the
 /// bridge table keeps that address its own).
@@ -132,6 +153,36 @@ fn vip_rules(n: &Network) -> Vec<String> {
         .collect()
 }
 
+/// Set on the connection of every ingress DNAT: its packets (both ways)
+/// are forwarded between other nodes and clients, and leave masqueraded.
+pub const INGRESS_CT_MARK: u32 = 0x0080_0000;
+
+/// The cluster's published ports on this node (`cluster::ingress`): a
+/// connection from outside (not a workload, not another node) to a local
+/// address goes to one of the port's backends at random.
+fn ingress_rules(policy: &HostPolicy) -> Vec<String> {
+    policy
+        .ingress
+        .iter()
+        .filter(|p| !p.backends.is_empty())
+        .map(|p| {
+            let map = p
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : {} . {}", b.ip(), b.port()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "iifname != @bridges meta nfproto ipv4 fib daddr type local ip daddr != 127.0.0.0/8 ip saddr != @nodes {} dport {} ct mark set ct mark or {INGRESS_CT_MARK:#x} dnat ip to numgen random mod {} map {{ {map} }}",
+                p.proto,
+                p.port,
+                p.backends.len()
+            )
+        })
+        .collect()
+}
+
 /// A tenant's network and its tunnel: to the other nodes' slices and back,
 /// each way only between the two (never from a tunnel to another
 /// network, never from a slice that is not a peer's).
@@ -167,9 +218,9 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
         v.push(format!("input: {}   (its resolver)", resolver_rule(net)));
     }
     v.extend([
-        format!("input: iifname \"{b}\" drop"),
+        format!("input: iifname \"{b}\" goto refuse   (the host's services)"),
         format!("forward: iifname \"{b}\" oifname \"{b}\" accept"),
-        format!("forward: iifname \"{b}\" oifname @bridges drop   (other networks)"),
+        format!("forward: iifname \"{b}\" oifname @bridges goto refuse   (other networks)"),
     ]);
     if let Some(t) = &net.tunnel {
         v.extend(
@@ -177,24 +228,34 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
                 .into_iter()
                 .map(|r| format!("forward: {r}   (its tunnel)")),
         );
-        v.push("forward: iifname @tunnels drop; oifname @tunnels drop   (anything else)".into());
+        v.push("forward: iifname @tunnels drop; iifname @bridges oifname @tunnels goto refuse   (anything else)".into());
     }
     if !policy.protected.is_empty() {
         v.push(format!(
-            "forward: iifname \"{b}\" ip daddr {{ {} }} drop   (control plane and store)",
+            "forward: iifname \"{b}\" ip daddr {{ {} }} goto refuse   (control plane and store)",
             addr_set(&policy.protected)
         ));
     }
     v.extend(
         mine.iter()
+            .flat_map(deny_rules)
+            .map(|r| format!("forward: {r}   (its own denials)")),
+    );
+    v.extend(
+        mine.iter()
             .flat_map(egress_rules)
             .map(|r| format!("forward: {r}")),
     );
+    v.push(format!(
+        "forward: iifname \"{b}\" ip daddr {{ {} }} goto refuse   (denied ranges)",
+        egress::DENIED.join(", ")
+    ));
+    v.extend(
+        mine.iter()
+            .filter_map(no_internet_rule)
+            .map(|r| format!("forward: {r}   (no internet)")),
+    );
     v.extend([
-        format!(
-            "forward: iifname \"{b}\" ip daddr {{ {} }} drop   (denied ranges)",
-            egress::DENIED.join(", ")
-        ),
         format!("forward: iifname \"{b}\" accept   (the internet)"),
         format!("forward: oifname \"{b}\" drop   (unless established or published)"),
         format!(
@@ -219,6 +280,10 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
             .map(|r| format!("bridge prerouting: {r}")),
     );
     v.extend(mine.iter().map(|a| format!("bridge prerouting: iifname \"{}\" meta mark set meta mark or {BRIDGE_MARK:#x}   (unmarked: not routed)", a.host_if)));
+    v.push(
+        "refuse: counter name iifname . ip saddr map @refusers; drop   (counted per workload)"
+            .into(),
+    );
     v
 }
 
@@ -233,16 +298,22 @@ fn port_rules(a: &Attachment) -> Vec<String> {
     ]
 }
 
+/// Packets and bytes each workload's refused counter (by name) held: a
+/// new script carries them over, so a rules change does not zero them.
+pub type Refused = std::collections::BTreeMap<String, (u64, u64)>;
+
 /// The whole `nft -f` script: both tables (`inet TABLE`, `bridge TABLE`)
-/// replaced, or deleted when there are no networks.
+/// replaced, or deleted when there are no networks. `refused`: the
+/// counters' values so far.
 pub fn script(
     table: &str,
     networks: &[Network],
     leases: &[Attachment],
     policy: &HostPolicy,
+    refused: &Refused,
 ) -> String {
     let mut s = format!("table inet {table} {{}}\ndelete table inet {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n");
-    if networks.is_empty() {
+    if networks.is_empty() && policy.ingress.is_empty() {
         return s;
     }
     let bridges: Vec<&str> = networks.iter().map(|n| n.bridge.as_str()).collect();
@@ -252,10 +323,17 @@ pub fn script(
         s.push('\n');
     };
     s.push_str(&format!("table inet {table} {{\n"));
-    s.push_str(&format!(
-        "\tset bridges {{\n\t\ttype ifname\n\t\telements = {{ {} }}\n\t}}\n",
-        quoted_set(&bridges)
-    ));
+    s.push_str("\tset bridges {\n\t\ttype ifname\n");
+    if !bridges.is_empty() {
+        s.push_str(&format!("\t\telements = {{ {} }}\n", quoted_set(&bridges)));
+    }
+    s.push_str("\t}\n");
+    s.push_str("\tset nodes {\n\t\ttype ipv4_addr\n");
+    if !policy.nodes.is_empty() {
+        let nodes: Vec<String> = policy.nodes.iter().map(ToString::to_string).collect();
+        s.push_str(&format!("\t\telements = {{ {} }}\n", nodes.join(", ")));
+    }
+    s.push_str("\t}\n");
     s.push_str(&format!(
         "\tset denied {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
         egress::DENIED.join(", ")
@@ -278,6 +356,35 @@ pub fn script(
         s.push_str(&format!("\t\telements = {{ {} }}\n", quoted_set(&names)));
     }
     s.push_str("\t}\n");
+    // What a workload sent that the walls refused, counted per workload.
+    for a in leases {
+        let name = egress::refused_counter(&a.host_if);
+        let (packets, bytes) = refused.get(&name).copied().unwrap_or_default();
+        s.push_str(&format!(
+            "\tcounter {name} {{\n\t\tpackets {packets} bytes {bytes}\n\t}}\n"
+        ));
+    }
+    s.push_str("\tmap refusers {\n\t\ttype ifname . ipv4_addr : counter\n");
+    if !leases.is_empty() {
+        let elements = leases
+            .iter()
+            .map(|a| {
+                format!(
+                    "\"{}\" . {} : \"{}\"",
+                    a.bridge,
+                    a.ip,
+                    egress::refused_counter(&a.host_if)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        s.push_str(&format!("\t\telements = {{ {elements} }}\n"));
+    }
+    s.push_str("\t}\n");
+    s.push_str("\tchain refuse {\n");
+    line(&mut s, "counter name iifname . ip saddr map @refusers");
+    line(&mut s, "drop");
+    s.push_str("\t}\n");
 
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
     line(
@@ -293,7 +400,7 @@ pub fn script(
     for n in networks.iter().filter(|n| super::dns::serves(n)) {
         line(&mut s, &resolver_rule(n));
     }
-    line(&mut s, "iifname @bridges drop");
+    line(&mut s, "iifname @bridges goto refuse");
     s.push_str("\t}\n");
 
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n");
@@ -313,24 +420,36 @@ pub fn script(
         "oifname @bridges ct state established,related accept",
     );
     line(&mut s, "oifname @bridges ct status dnat accept");
+    // Ingress passed on to another node, and its replies.
+    line(
+        &mut s,
+        &format!("ct mark & {INGRESS_CT_MARK:#x} == {INGRESS_CT_MARK:#x} accept"),
+    );
     for b in &bridges {
         line(&mut s, &format!("iifname \"{b}\" oifname \"{b}\" accept"));
     }
-    line(&mut s, "iifname @bridges oifname @bridges drop");
+    line(&mut s, "iifname @bridges oifname @bridges goto refuse");
     for (n, t) in &tunnels {
         for r in tunnel_rules(n, t) {
             line(&mut s, &r);
         }
     }
     line(&mut s, "iifname @tunnels drop");
+    line(&mut s, "iifname @bridges oifname @tunnels goto refuse");
     line(&mut s, "oifname @tunnels drop");
-    line(&mut s, "iifname @bridges ip daddr @protected drop");
+    line(&mut s, "iifname @bridges ip daddr @protected goto refuse");
+    for r in leases.iter().flat_map(deny_rules) {
+        line(&mut s, &r);
+    }
     for a in leases {
         for r in egress_rules(a) {
             line(&mut s, &r);
         }
     }
-    line(&mut s, "iifname @bridges ip daddr @denied drop");
+    line(&mut s, "iifname @bridges ip daddr @denied goto refuse");
+    for r in leases.iter().filter_map(no_internet_rule) {
+        line(&mut s, &r);
+    }
     line(&mut s, "iifname @bridges meta nfproto ipv4 accept");
     line(&mut s, "iifname @bridges drop");
     line(&mut s, "oifname @bridges drop");
@@ -346,6 +465,9 @@ pub fn script(
             "\tchain {chain} {{\n\t\ttype nat hook {chain} priority -100; policy accept;\n"
         ));
         if chain == "prerouting" {
+            for r in ingress_rules(policy) {
+                line(&mut s, &r);
+            }
             for r in networks.iter().flat_map(vip_rules) {
                 line(&mut s, &r);
             }
@@ -360,6 +482,13 @@ pub fn script(
         "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
     );
     line(&mut s, "oifname @bridges ip saddr 127.0.0.0/8 masquerade");
+    // Passed on to another node: its replies must come back through here.
+    line(
+        &mut s,
+        &format!(
+            "ct mark & {INGRESS_CT_MARK:#x} == {INGRESS_CT_MARK:#x} oifname != @bridges masquerade"
+        ),
+    );
     for n in networks {
         line(
             &mut s,
@@ -405,301 +534,4 @@ pub fn script(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::network::{Publish, Subnet};
-
-    fn net(name: &str, bridge: &str, subnet: &str) -> Network {
-        Network {
-            name: name.into(),
-            bridge: bridge.into(),
-            subnet: Subnet::parse(subnet).unwrap_or_else(|e| panic!("{e}")),
-            created_ms: 0,
-            cursor: 0,
-            tenant: None,
-            tunnel: None,
-            vips: Default::default(),
-        }
-    }
-
-    fn lease(ip: &str, port: &str) -> Attachment {
-        Attachment {
-            network: "bulkhead".into(),
-            bridge: "bulkhead0".into(),
-            ip: ip.parse().unwrap_or_else(|e| panic!("{e}")),
-            prefix: 16,
-            gateway: "10.88.0.1".parse().unwrap_or_else(|e| panic!("{e}")),
-            mac: "02:b4:0a:58:00:02".into(),
-            host_if: "bhtabc".into(),
-            ports: vec![Publish::parse(port).unwrap_or_else(|e| panic!("{e}"))],
-            nameservers: vec![],
-            allow_egress: vec![],
-            names: vec![],
-        }
-    }
-
-    fn cidr(s: &str) -> Subnet {
-        Subnet::parse_cidr(s).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// The line numbers of the forward chain's rules that contain `what`.
-    fn forward_line(s: &str, what: &str) -> usize {
-        let chain = s
-            .split("chain forward {")
-            .nth(1)
-            .and_then(|c| c.split("\n\t}").next())
-            .unwrap_or_default();
-        chain
-            .lines()
-            .position(|l| l.contains(what))
-            .unwrap_or_else(|| panic!("no {what:?} in the forward chain:\n{chain}"))
-    }
-
-    #[test]
-    fn a_tunnel_joins_its_own_network_and_peer_slices_only() {
-        let mut acme = net("t-acme", "bh-t-acme", "10.200.0.0/26");
-        acme.tunnel = Some(Tunnel {
-            iface: "wh-t-acme".into(),
-            peers: vec![cidr("10.200.0.64/26"), cidr("10.200.0.128/26")],
-        });
-        let evil = net("t-evil", "bh-t-evil", "10.200.4.0/26");
-        let s = script("bulkhead", &[acme, evil], &[], &HostPolicy::default());
-        let out = forward_line(
-            &s,
-            "iifname \"bh-t-acme\" oifname \"wh-t-acme\" ip daddr { 10.200.0.64/26, 10.200.0.128/26 } accept",
-        );
-        let back = forward_line(&s, "iifname \"wh-t-acme\" oifname \"bh-t-acme\" ip saddr { 10.200.0.64/26, 10.200.0.128/26 } ip daddr 10.200.0.0/26 accept");
-        let drops = (
-            forward_line(&s, "iifname @tunnels drop"),
-            forward_line(&s, "oifname @tunnels drop"),
-        );
-        // After the way between networks is shut, before anything else
-        // (the internet's accept) could let a tunnel's packet through.
-        assert!(forward_line(&s, "iifname @bridges oifname @bridges drop") < out);
-        assert!(
-            out < drops.0
-                && back < drops.0
-                && drops.1 < forward_line(&s, "iifname @bridges meta nfproto ipv4 accept")
-        );
-        assert!(
-            forward_line(&s, "maxseg size set rt mtu") < forward_line(&s, "ct state established")
-        );
-        assert!(!s.contains("oifname \"wh-t-acme\" ip daddr 10.200.4.0"));
-        assert!(s.contains("elements = { \"wh-t-acme\" }"));
-        assert!(
-            s.contains("ip saddr 10.200.4.0/26 oifname != @bridges oifname != @tunnels masquerade")
-        );
-        let input = s.split("chain input {").nth(1).unwrap_or_default();
-        assert!(input.contains("iifname @tunnels drop"));
-        // Service addresses: from acme's bridge only, over their instances.
-        let mut with_vips = net("t-acme", "bh-t-acme", "10.200.0.0/26");
-        with_vips.vips = [
-            (
-                "10.200.3.193".parse().unwrap_or_else(|e| panic!("{e}")),
-                vec![
-                    "10.200.0.5".parse().unwrap_or_else(|e| panic!("{e}")),
-                    "10.200.0.70".parse().unwrap_or_else(|e| panic!("{e}")),
-                ],
-            ),
-            (
-                "10.200.3.194".parse().unwrap_or_else(|e| panic!("{e}")),
-                vec![],
-            ),
-        ]
-        .into();
-        let s = script("bulkhead", &[with_vips], &[], &HostPolicy::default());
-        let pre = s.split("chain prerouting {").nth(1).unwrap_or_default();
-        assert!(pre.contains("iifname \"bh-t-acme\" ip daddr 10.200.3.193 dnat ip to numgen random mod 2 map { 0 : 10.200.0.5, 1 : 10.200.0.70 }"), "{s}");
-        assert!(
-            !s.contains("10.200.3.194"),
-            "none behind it: not translated"
-        );
-        let out = s.split("chain output {").nth(1).unwrap_or_default();
-        assert!(!out
-            .split("chain postrouting")
-            .next()
-            .unwrap_or_default()
-            .contains("numgen"));
-        // No peers yet: nothing forwarded into it.
-        let mut lone = net("t-acme", "bh-t-acme", "10.200.0.0/26");
-        lone.tunnel = Some(Tunnel {
-            iface: "wh-t-acme".into(),
-            peers: vec![],
-        });
-        let s = script("bulkhead", &[lone], &[], &HostPolicy::default());
-        assert!(!s.contains("oifname \"wh-t-acme\""), "{s}");
-    }
-
-    #[test]
-    fn no_networks_deletes_both_tables_and_nothing_else() {
-        let s = script("bulkhead", &[], &[], &HostPolicy::default());
-        assert_eq!(
-            s.lines().filter(|l| l.starts_with("delete table")).count(),
-            2
-        );
-        assert!(!s.contains("chain"));
-    }
-
-    #[test]
-    fn the_script_replaces_tables_and_holds_every_rule_of_a_lease() {
-        let nets = [
-            net("bulkhead", "bulkhead0", "10.88.0.0/16"),
-            net("other", "bh-other", "10.89.0.0/24"),
-        ];
-        let s = script(
-            "bulkhead",
-            &nets,
-            &[lease("10.88.0.2", "127.0.0.1:8080:80")],
-            &HostPolicy::default(),
-        );
-        let delete = s.find("delete table inet bulkhead").unwrap_or(usize::MAX);
-        let create = s.find("table inet bulkhead {\n").unwrap_or(0);
-        assert!(
-            delete < create,
-            "the old table goes first, in the same transaction"
-        );
-        assert!(s.contains("elements = { \"bulkhead0\", \"bh-other\" }"));
-        assert_eq!(
-            s.matches("ip daddr 127.0.0.1 tcp dport 8080 dnat ip to 10.88.0.2:80")
-                .count(),
-            2,
-            "prerouting and output"
-        );
-        // A tenant's port (public only) skips the host's loopback; one
-        // from `run -p` without an address takes every local address.
-        let mut tenant = lease("10.88.0.3", "9090:90");
-        tenant.ports[0].public_only = true;
-        let t = script(
-            "bulkhead",
-            &nets,
-            &[lease("10.88.0.2", "8080:80"), tenant],
-            &HostPolicy::default(),
-        );
-        assert_eq!(
-            t.matches("fib daddr type local tcp dport 8080 dnat")
-                .count(),
-            2
-        );
-        assert_eq!(
-            t.matches("fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 9090 dnat")
-                .count(),
-            2
-        );
-        assert!(s.contains("iifname \"bhtabc\" ether saddr != 02:b4:0a:58:00:02 drop"));
-        assert!(s.contains("iifname \"bhtabc\" ether type ip ip saddr != 10.88.0.2 drop"));
-        assert!(
-            s.contains("ip saddr 10.89.0.0/24 oifname != @bridges oifname != @tunnels masquerade")
-        );
-        assert!(s.contains("iifname @bridges oifname @bridges drop"));
-        // A network's resolver: its own gateway, from its own bridge, before
-        // the input chain's drop; the default network has none.
-        let resolver = s
-            .find("iifname \"bh-other\" ip daddr 10.89.0.1 meta l4proto { tcp, udp } th dport 53 accept")
-            .unwrap_or(usize::MAX);
-        assert!(resolver < s.find("iifname @bridges drop").unwrap_or(0));
-        assert_eq!(s.matches("th dport 53 accept").count(), 1, "{s}");
-        // The braces balance (a broken script would be refused whole by nft).
-        assert_eq!(s.matches('{').count(), s.matches('}').count());
-        let r = network_rules(
-            &nets[1],
-            &[lease("10.88.0.2", "8080:80")],
-            &HostPolicy::default(),
-        );
-        assert!(
-            r.iter().any(|l| l.contains("10.89.0.0/24")) && !r.iter().any(|l| l.contains("dnat")),
-            "another network's publications are not this one's"
-        );
-    }
-
-    /// Egress: the protected addresses go before anything a workload
-    /// allowed, its allows before the denied ranges, the internet last;
-    /// nothing of ours falls through to the policy, which drops.
-    #[test]
-    fn egress_is_denied_by_default_and_protected_addresses_win_over_allows() {
-        let nets = [net("bulkhead", "bulkhead0", "10.88.0.0/16")];
-        let mut a = lease("10.88.0.2", "8080:80");
-        a.allow_egress = vec![cidr("172.31.9.0/24")];
-        a.nameservers = vec!["10.0.0.2".into(), "not-an-address".into()];
-        let policy = HostPolicy {
-            protected: vec![cidr("172.31.9.1/32"), cidr("203.0.113.5/32")],
-            forwarded_before_us: Some(false),
-        };
-        let s = script("bulkhead", &nets, &[a.clone()], &policy);
-        assert!(
-            s.contains("type filter hook forward priority filter; policy drop;"),
-            "{s}"
-        );
-        assert!(s.contains("elements = { 172.31.9.1/32, 203.0.113.5/32 }"));
-        let bridge_table = s
-            .split("table bridge bulkhead {\n")
-            .nth(1)
-            .unwrap_or_default();
-        assert!(
-            bridge_table.contains("elements = { \"bhtabc\" }")
-                && bridge_table.contains("iifname @ports meta mark set meta mark or 0x400000"),
-            "the mark the host's routing asks for, on frames from workloads' ports"
-        );
-        for r in [
-            "10.0.0.0/8",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
-            "100.64.0.0/10",
-            "169.254.0.0/16",
-            "127.0.0.0/8",
-            "224.0.0.0/4",
-            "240.0.0.0/4",
-        ] {
-            assert!(s.contains(r), "{r} is not denied");
-        }
-        let protected = forward_line(&s, "ip daddr @protected drop");
-        let allow = forward_line(&s, "ip saddr 10.88.0.2 ip daddr { 172.31.9.0/24 } accept");
-        let dns = forward_line(
-            &s,
-            "ip daddr { 10.0.0.2 } meta l4proto { tcp, udp } th dport 53 accept",
-        );
-        let denied = forward_line(&s, "ip daddr @denied drop");
-        let internet = forward_line(&s, "iifname @bridges meta nfproto ipv4 accept");
-        let between = forward_line(&s, "iifname @bridges oifname @bridges drop");
-        assert!(
-            between < protected
-                && protected < allow
-                && protected < dns
-                && allow < denied
-                && dns < denied
-                && denied < internet,
-            "{s}"
-        );
-        assert!(
-            forward_line(&s, "oifname @bridges ct status dnat accept") < between,
-            "published ports come in"
-        );
-        assert!(
-            !s.lines().any(|l| l.trim() == "accept"),
-            "the host did not forward before us: nothing else is let through"
-        );
-        let router = HostPolicy {
-            forwarded_before_us: Some(true),
-            ..policy.clone()
-        };
-        let s = script("bulkhead", &nets, &[a.clone()], &router);
-        assert!(
-            forward_line(&s, "oifname @bridges drop")
-                < s.split("chain forward {")
-                    .nth(1)
-                    .map(|c| c.lines().position(|l| l.trim() == "accept").unwrap_or(0))
-                    .unwrap_or(0),
-            "a router's own forwarding passes, after ours"
-        );
-        let r = network_rules(&nets[0], &[a], &policy);
-        assert!(
-            r.iter()
-                .any(|l| l.contains("172.31.9.1/32") && l.contains("control plane")),
-            "{r:?}"
-        );
-        assert!(
-            r.iter()
-                .any(|l| l.contains("ip daddr { 172.31.9.0/24 } accept")),
-            "{r:?}"
-        );
-    }
-}
+mod tests;

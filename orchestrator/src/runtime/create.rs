@@ -58,6 +58,10 @@ pub struct Request {
     pub network: String,
     pub publish: Vec<Publish>,
     pub allow_egress: Vec<Subnet>,
+    /// `--deny-egress`: closed even where the internet or an allowance would open it.
+    pub deny_egress: Vec<Subnet>,
+    /// `--no-internet`: nothing beyond its network but what it allowed.
+    pub no_internet: bool,
     /// A client attaches (the supervisor keeps the output for it).
     pub attach: bool,
     /// Remove it once it ends.
@@ -368,11 +372,21 @@ fn check_network_asks(req: &Request) -> Result<(), CreateError> {
             "--allow-egress needs a network: --network none has loopback only".into(),
         ));
     }
-    if req.allow_egress.len() > egress::MAX_ALLOWS {
-        return Err(CreateError::Input(format!(
-            "--allow-egress: at most {} of them",
-            egress::MAX_ALLOWS
-        )));
+    if none && !req.deny_egress.is_empty() {
+        return Err(CreateError::Input(
+            "--deny-egress needs a network: --network none has loopback only".into(),
+        ));
+    }
+    for (flag, list) in [
+        ("--allow-egress", &req.allow_egress),
+        ("--deny-egress", &req.deny_egress),
+    ] {
+        if list.len() > egress::MAX_ALLOWS {
+            return Err(CreateError::Input(format!(
+                "{flag}: at most {} of them",
+                egress::MAX_ALLOWS
+            )));
+        }
     }
     for (i, p) in req.publish.iter().enumerate() {
         if let Some(q) = req.publish[..i].iter().find(|q| q.clashes(p)) {
@@ -410,6 +424,8 @@ fn want(state: &State, req: &Request) -> Result<Option<Want>, CreateError> {
         ports: req.publish.clone(),
         nameservers,
         allow_egress: req.allow_egress.clone(),
+        deny_egress: req.deny_egress.clone(),
+        no_internet: req.no_internet,
     }))
 }
 

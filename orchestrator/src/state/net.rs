@@ -72,6 +72,13 @@ pub struct Attachment {
     /// Beyond the internet: what `--allow-egress` opened (see `egress`).
     #[serde(default)]
     pub allow_egress: Vec<Subnet>,
+    /// What `--deny-egress` closed, even where the internet or an allowance
+    /// would open it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_egress: Vec<Subnet>,
+    /// `--no-internet`: nothing beyond its network but what it allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_internet: bool,
     /// What the network's resolver answers with this address (the
     /// workload's name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -87,6 +94,19 @@ pub fn veth_name(id: &str) -> String {
     format!("bhv{}", super::paths::short(id))
 }
 
+/// One published port of a cluster service as this node balances it
+/// (`cluster::ingress`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IngressPort {
+    #[schema(value_type = String)]
+    pub proto: super::publish::Proto,
+    /// The host port, the same on every node.
+    pub port: u16,
+    /// Where its connections go from this node: `address:port` each.
+    #[schema(value_type = Vec<String>)]
+    pub backends: Vec<std::net::SocketAddrV4>,
+}
+
 /// This host's side of the policy, kept in the state store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPolicy {
@@ -99,6 +119,14 @@ pub struct HostPolicy {
     /// is not bulkhead's let through (a router, another container engine).
     #[serde(default)]
     pub forwarded_before_us: Option<bool>,
+    /// Cluster services' ports published on every node, and where each
+    /// goes from here (`cluster::ingress`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<IngressPort>,
+    /// Every node's address: connections another node passed on are taken
+    /// to this node's own instance, never passed on again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<Ipv4Addr>,
 }
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
@@ -121,6 +149,10 @@ pub struct Want {
     pub nameservers: Vec<String>,
     /// `--allow-egress`: reachable beyond the internet.
     pub allow_egress: Vec<Subnet>,
+    /// `--deny-egress`: never reachable.
+    pub deny_egress: Vec<Subnet>,
+    /// `--no-internet`.
+    pub no_internet: bool,
 }
 
 fn corrupt(e: serde_json::Error) -> StateError {
@@ -350,6 +382,8 @@ pub fn insert_workload(
                 ports: w.ports.clone(),
                 nameservers: w.nameservers.clone(),
                 allow_egress: w.allow_egress.clone(),
+                deny_egress: w.deny_egress.clone(),
+                no_internet: w.no_internet,
                 names: vec![rec.config.name.clone()],
             };
             let lease = serde_json::to_vec(&Lease {
@@ -412,6 +446,41 @@ pub fn check_ports(leases: &[Lease], ports: &[Publish]) -> Result<(), StateError
     Ok(())
 }
 
+/// Changes the leases of workload `id` in one transaction; whether any changed.
+pub fn update_leases(
+    state: &State,
+    id: &str,
+    change: impl Fn(&mut Attachment),
+) -> Result<bool, StateError> {
+    state.with_db(|d| {
+        let tx = d.begin_write().map_err(db)?;
+        let changed = {
+            let mut t = tx.open_table(LEASES).map_err(db)?;
+            let mut new = Vec::new();
+            for row in t.iter().map_err(db)? {
+                let (k, v) = row.map_err(db)?;
+                let mut lease: Lease = serde_json::from_slice(v.value()).map_err(corrupt)?;
+                if lease.id == id {
+                    let old = lease.attachment.clone();
+                    change(&mut lease.attachment);
+                    if lease.attachment != old {
+                        new.push((
+                            k.value().to_string(),
+                            serde_json::to_vec(&lease).map_err(db)?,
+                        ));
+                    }
+                }
+            }
+            for (k, v) in &new {
+                t.insert(k.as_str(), v.as_slice()).map_err(db)?;
+            }
+            !new.is_empty()
+        };
+        tx.commit().map_err(db)?;
+        Ok(changed)
+    })
+}
+
 /// Gives back the workload's address and ports; whether it held any.
 pub fn release(state: &State, id: &str) -> Result<bool, StateError> {
     state.with_db(|d| {
@@ -458,6 +527,8 @@ mod tests {
                 .collect(),
             nameservers: vec![],
             allow_egress: vec![],
+            deny_egress: vec![],
+            no_internet: false,
         }
     }
 
@@ -570,7 +641,8 @@ mod tests {
             host_policy(&s).ok(),
             Some(HostPolicy {
                 protected: vec![p],
-                forwarded_before_us: Some(false)
+                forwarded_before_us: Some(false),
+                ..HostPolicy::default()
             })
         );
     }

@@ -275,3 +275,91 @@ pub(super) fn check_spoofing(
     );
     let _ = ctx.bh(&["rm", "-f", "forger"]);
 }
+
+/// A workload's own egress: `--deny-egress` closes part of the internet
+/// for it alone (another workload still reaches that address),
+/// `--no-internet` leaves it only what it allowed. What the walls refuse
+/// is counted for the workload that sent it (one that sent nothing
+/// refused shows 0), and the counts survive the rules being rendered again
+/// (another workload starting).
+pub(super) fn check_own_egress(ctx: &Ctx, w: &Walls, check: &mut impl FnMut(&str, bool, String)) {
+    let idle = "echo ready && exec sleep 3600";
+    let started = [
+        start_detached(
+            ctx,
+            &[
+                "--name",
+                "denier",
+                "--deny-egress",
+                &format!("{INTERNET_ADDR}/32"),
+            ],
+            idle,
+        ),
+        start_detached(
+            ctx,
+            &[
+                "--name",
+                "offline",
+                "--no-internet",
+                "--allow-egress",
+                &format!("{OUTSIDE_ADDR}/32"),
+            ],
+            idle,
+        ),
+        start_detached(ctx, &["--name", "quiet"], idle),
+    ];
+    if started.iter().any(Result::is_err) {
+        check("own-egress", false, format!("{started:?}"));
+        let _ = ctx.bh(&["rm", "-f", "denier", "offline", "quiet"]);
+        return;
+    }
+    let exec = |name: &str, script: &str| ctx.bh(&["exec", name, "sh", "-c", script]);
+    let (internet, outside) = (w.internet.peers().len(), w.outside.peers().len());
+    let d = exec(
+        "denier",
+        &format!("{}; echo tried", nc_get(INTERNET_ADDR, 9000)),
+    );
+    let o = exec(
+        "offline",
+        &format!(
+            "{}; echo; {}; echo tried",
+            nc_get(INTERNET_ADDR, 9000),
+            nc_get(OUTSIDE_ADDR, 9000)
+        ),
+    );
+    let q = exec("quiet", &nc_get(INTERNET_ADDR, 9000));
+    let seen = (w.internet.peers().len(), w.outside.peers().len());
+    check(
+        "own-egress-deny-and-no-internet",
+        text(&d.stdout).contains("tried")
+            && !text(&d.stdout).contains("from-internet")
+            && text(&o.stdout).contains("tried")
+            && !text(&o.stdout).contains("from-internet")
+            && text(&o.stdout).contains("from-outside")
+            && text(&q.stdout).contains("from-internet")
+            && seen == (internet + 1, outside + 1),
+        format!(
+            "{} / {} / {}; internet, outside listeners {:?} -> {seen:?}",
+            show(&d),
+            show(&o),
+            show(&q),
+            (internet, outside)
+        ),
+    );
+    let refused =
+        |name: &str| inspect(ctx, name)["network"]["egress"]["refused"]["packets"].as_u64();
+    let counts = [refused("denier"), refused("offline"), refused("quiet")];
+    let later = start_detached(ctx, &["--name", "later"], idle);
+    let kept = [refused("denier"), refused("offline"), refused("quiet")];
+    check(
+        "own-egress-refused-counted-per-workload",
+        matches!(counts, [Some(d), Some(o), Some(0)] if d > 0 && o > 0)
+            && later.is_ok()
+            && kept.iter().zip(&counts).all(|(k, c)| k >= c)
+            && kept[2] == Some(0),
+        format!(
+            "denier, offline, quiet refused {counts:?}, after a rules change {kept:?} ({later:?})"
+        ),
+    );
+    let _ = ctx.bh(&["rm", "-f", "denier", "offline", "quiet", "later"]);
+}

@@ -186,6 +186,7 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
             .map(|h| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(h.path()).unwrap()))
             .collect(),
     );
+    c.counter = Counter::start(&c.lan);
     let evil = c.api(
         &c.admin,
         &["tenant", "create", "evil", "--runtimes", "container"],
@@ -317,6 +318,8 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
     }
 
     if !encrypted {
+        egress_case(&c, &evil);
+        ingress_case(&c);
         return remove_all(&c, &evil);
     }
     // A node host cannot speak for another node's slice: n2 sending from
@@ -384,6 +387,148 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
     // and every tunnel with the tenants' networks.
     c.start_node(db_host);
     remove_all(&c, &evil);
+}
+
+/// The workloads' egress on node `i` for tenant `t`, from its network's
+/// inspect: one entry per workload.
+fn node_egress(c: &Cluster, i: usize, t: &str) -> Vec<Value> {
+    let Some(name) = node_networks(c, i)
+        .iter()
+        .find(|n| n["tenant"] == t)
+        .and_then(|n| n["name"].as_str().map(str::to_string))
+    else {
+        return Vec::new();
+    };
+    let o = Command::new(bulkhead())
+        .env("BULKHEAD_DATA", &c.data[i])
+        .args(["network", "inspect", &name])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<Value>(&o.stdout).unwrap_or_default()["workloads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|w| w["egress"].clone())
+        .collect()
+}
+
+/// Egress per tenant: evil's refused packets (its scans of acme) are
+/// counted per instance and shown to evil; then the admin takes the
+/// internet from evil: its running probe loses it at the node's next sync,
+/// acme's web keeps it, and evil cannot deploy a service that asks for it.
+fn egress_case(c: &Cluster, evil: &str) {
+    wait_for(
+        c,
+        "evil's refused packets counted for each of its instances",
+        Duration::from_secs(10),
+        || {
+            c.api(evil, &["instance", "ls"])
+                .as_array()
+                .is_some_and(|a| {
+                    a.iter()
+                        .filter(|i| {
+                            i["service"] == "probe" && i["refused"].as_u64().is_some_and(|n| n > 0)
+                        })
+                        .count()
+                        == 2
+                })
+        },
+    );
+    let visits = |who: &str| {
+        c.counter
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v.who == who)
+            .count()
+    };
+    let say = |token: &str, service: &str, who: &str| {
+        exec(
+            c,
+            token,
+            service,
+            0,
+            &format!("echo {who} | nc -w 2 {COUNTER_ADDR} {COUNTER_PORT}; echo said"),
+        )
+    };
+    assert!(say(evil, "probe", "evil/open").contains("said"));
+    assert_eq!(visits("evil/open"), 1, "evil reaches the internet at first");
+    c.api(
+        &c.admin,
+        &["tenant", "update", "evil", "--internet", "deny"],
+    );
+    let (probe_node, _) = placed(c, evil, "probe", 0).unwrap();
+    let took = wait_for(
+        c,
+        "evil's running probe loses the internet",
+        Duration::from_secs(10),
+        || {
+            let e = node_egress(c, host_of(&probe_node), "evil");
+            !e.is_empty() && e.iter().all(|e| e["internet"] == false)
+        },
+    );
+    eprintln!("evil's running probe lost the internet {took:?} after the policy changed");
+    assert!(say(evil, "probe", "evil/closed").contains("said"));
+    assert!(say(&c.tenant, "web", "acme/open").contains("said"));
+    assert_eq!(
+        (visits("evil/closed"), visits("acme/open")),
+        (0, 1),
+        "evil without the internet, acme with it"
+    );
+    let asks = c._dir.path().join("asks.yaml");
+    std::fs::write(&asks, format!("name: asks\nimage: {}\nruntime: container\negress: {{internet: true}}\ncommand: [sleep, '3600']\n", run_cases::IMAGE)).unwrap();
+    let o = c.bh_as(
+        &c.lan,
+        evil,
+        &["deploy", "-f", asks.to_str().unwrap(), "--server", &c.url],
+    );
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && said.contains("may not reach the internet"),
+        "{said}"
+    );
+}
+
+/// Ingress: acme's `front` (two instances, on two of the three nodes)
+/// publishes 18080; a client outside reaches it through every node, the
+/// one without an instance too, and through each node reaches both
+/// instances (connections are balanced at random: 20 tries see both but
+/// once in a million).
+fn ingress_case(c: &Cluster) {
+    deploy(c, &format!("name: front\nimage: {}\nruntime: container\nreplicas: 2\ncpus: 0.1\nmemory: 32m\nplacement: {{anti_affinity: true}}\nports: ['18080:8080']\ncommand: [sh, -c, 'mkdir -p /w && echo front-$BULKHEAD_INSTANCE > /w/index.html && exec httpd -f -p 8080 -h /w']\n", run_cases::IMAGE));
+    wait_for(
+        c,
+        "front's two instances running",
+        Duration::from_secs(60),
+        || placed(c, &c.tenant, "front", 0).is_some() && placed(c, &c.tenant, "front", 1).is_some(),
+    );
+    let both: std::collections::BTreeSet<String> =
+        ["front-0".to_string(), "front-1".to_string()].into();
+    for i in 0..3 {
+        let addr = format!("10.78.0.{}:18080", 11 + i);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut tries = 0;
+        let took = wait_for(
+            c,
+            &format!("node {} reaching both of front's instances", i + 1),
+            Duration::from_secs(15),
+            || {
+                tries += 1;
+                if let Ok(body) = netns::http_get(&c.lan, &addr) {
+                    seen.insert(body.trim().to_string());
+                }
+                seen.len() >= 2
+            },
+        );
+        assert_eq!(seen, both, "through node {}", i + 1);
+        eprintln!(
+            "node {} reached both of front's instances in {tries} tries ({took:?})",
+            i + 1
+        );
+    }
+    c.api(&c.tenant, &["service", "rm", "front"]);
 }
 
 fn remove_all(c: &Cluster, evil: &str) {

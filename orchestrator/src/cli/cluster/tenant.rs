@@ -20,6 +20,23 @@ pub struct TenantLimits {
     /// a container shares the node's kernel).
     #[arg(long, value_enum, value_delimiter = ',')]
     runtimes: Vec<crate::state::record::RuntimeKind>,
+    /// Whether its instances may reach the internet (create's default:
+    /// allow). `deny` leaves them their tenant network and the private
+    /// ranges their services allow; it applies to running instances too.
+    #[arg(long, value_enum)]
+    internet: Option<Internet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Internet {
+    Allow,
+    Deny,
+}
+
+impl TenantLimits {
+    fn internet(&self) -> Option<bool> {
+        self.internet.map(|i| i == Internet::Allow)
+    }
 }
 
 impl TenantLimits {
@@ -88,8 +105,25 @@ fn tenant_row(t: &crate::cluster::auth::Tenant) -> Vec<String> {
         .map(|n| n.to_string())
         .unwrap_or_else(|| "-".into());
     let runtimes: Vec<String> = t.runtimes.iter().map(word).collect();
-    vec![t.name.clone(), cpus, memory, instances, runtimes.join(",")]
+    let internet = if t.internet { "allow" } else { "deny" };
+    vec![
+        t.name.clone(),
+        cpus,
+        memory,
+        instances,
+        runtimes.join(","),
+        internet.into(),
+    ]
 }
+
+const TENANT_COLUMNS: [&str; 6] = [
+    "NAME",
+    "CPUS",
+    "MEMORY",
+    "INSTANCES",
+    "RUNTIMES",
+    "INTERNET",
+];
 
 pub fn tenant(cmd: TenantCommand) -> Result<()> {
     match cmd {
@@ -97,6 +131,7 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
             let body = serde_json::to_string(&api::NewTenant {
                 name,
                 quota: limits.quota()?,
+                internet: limits.internet(),
                 runtimes: limits.runtimes,
             })?;
             let v = conn.call(reqwest::Method::POST, "/v1/tenants", Some(body))?;
@@ -109,7 +144,7 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
         TenantCommand::Ls(conn) => {
             let v = conn.call(reqwest::Method::GET, "/v1/tenants", None)?;
             conn.print(&v, |rows: Vec<crate::cluster::auth::Tenant>| {
-                let mut t = table(&["NAME", "CPUS", "MEMORY", "INSTANCES", "RUNTIMES"]);
+                let mut t = table(&TENANT_COLUMNS);
                 for r in &rows {
                     t.add_row(tenant_row(r));
                 }
@@ -118,18 +153,26 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
         }
         TenantCommand::Update { name, limits, conn } => {
             let quota = limits.quota()?;
+            let internet = limits.internet();
             let runtimes = (!limits.runtimes.is_empty()).then_some(limits.runtimes);
-            if quota == crate::cluster::schedule::Quota::default() && runtimes.is_none() {
-                bail!("tenant update {name}: nothing to change (--cpus, --memory, --instances, --runtimes)");
+            if quota == crate::cluster::schedule::Quota::default()
+                && runtimes.is_none()
+                && internet.is_none()
+            {
+                bail!("tenant update {name}: nothing to change (--cpus, --memory, --instances, --runtimes, --internet)");
             }
-            let body = serde_json::to_string(&api::TenantUpdate { quota, runtimes })?;
+            let body = serde_json::to_string(&api::TenantUpdate {
+                quota,
+                runtimes,
+                internet,
+            })?;
             let v = conn.call(
                 reqwest::Method::PATCH,
                 &format!("/v1/tenants/{}", path_segment(&name)?),
                 Some(body),
             )?;
             conn.print(&v, |r: crate::cluster::auth::Tenant| {
-                let mut t = table(&["NAME", "CPUS", "MEMORY", "INSTANCES", "RUNTIMES"]);
+                let mut t = table(&TENANT_COLUMNS);
                 t.add_row(tenant_row(&r));
                 t
             })

@@ -9,6 +9,7 @@ use crate::network::{egress, Publish};
 use crate::runtime::create::{self, CreateError, Request, Started, VmAssets};
 use crate::state::fencing::Fencing;
 use crate::state::record::DiskFormat;
+use crate::state::subnet::Subnet;
 
 pub(super) enum Work {
     /// With the tenant's network slice on this node, as the server gave it.
@@ -212,12 +213,7 @@ pub(super) fn start(
                 .map_err(|e| refused(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let allow_egress = spec
-        .egress
-        .allow
-        .iter()
-        .map(|c| egress::parse_allow(c).map_err(|e| refused(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (allow_egress, deny_egress, no_internet) = egress_of(spec).map_err(refused)?;
     let health = spec
         .health
         .as_ref()
@@ -250,6 +246,8 @@ pub(super) fn start(
         network: network.to_string(),
         publish,
         allow_egress,
+        deny_egress,
+        no_internet,
         attach: false,
         auto_remove: false,
         fencing: Some(fencing),
@@ -264,6 +262,24 @@ pub(super) fn start(
         Ok(Started::Ended(why)) => Err((None, why)),
         Err(e) => Err((None, format!("{:#}", anyhow::Error::from(e)))),
     }
+}
+
+/// A service's egress as the runtime takes it: what it allows, what it
+/// denies, whether it is without the internet (the server folded the
+/// tenant's policy in).
+pub(super) fn egress_of(
+    spec: &crate::cluster::spec::ServiceSpec,
+) -> Result<(Vec<Subnet>, Vec<Subnet>, bool), String> {
+    let parse = |list: &[String], f: fn(&str) -> Result<Subnet, crate::network::NetError>| {
+        list.iter()
+            .map(|c| f(c).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok((
+        parse(&spec.egress.allow, egress::parse_allow)?,
+        parse(&spec.egress.deny, egress::parse_deny)?,
+        spec.egress.internet == Some(false),
+    ))
 }
 
 /// What the local image store holds, as the server matches a service's

@@ -11,6 +11,11 @@ pub(super) async fn create_tenant(
     admin(&app, &headers)?;
     let t: api::NewTenant = body(&text)?;
     let token = app.cluster.create_tenant(&t.name, t.quota, &t.runtimes)?;
+    // Nobody holds the token yet: nothing is deployed between the two writes.
+    if t.internet == Some(false) {
+        app.cluster
+            .update_tenant(&t.name, Default::default(), None, Some(false))?;
+    }
     ok(api::TenantCreated {
         name: t.name,
         token,
@@ -32,7 +37,7 @@ pub(super) async fn update_tenant(
     let u: api::TenantUpdate = body(&text)?;
     ok(app
         .cluster
-        .update_tenant(&name, u.quota, u.runtimes.as_deref())?)
+        .update_tenant(&name, u.quota, u.runtimes.as_deref(), u.internet)?)
 }
 
 pub(super) async fn join_token(

@@ -471,6 +471,10 @@ async fn sync(
     }
     // Its overlay ends, for tenants it runs only; then its peers in each.
     if let Some(o) = &s.overlay {
+        // Where other nodes pass ingress connections on to it.
+        if crate::cluster::overlay::refuse_address(o.address).is_none() {
+            app.cluster.set_node_address(&name, o.address)?;
+        }
         for (tenant, end) in o.ends.iter().filter(|(t, _)| slices.contains_key(*t)) {
             match crate::cluster::overlay::refuse_end(o.address, end) {
                 None => app.cluster.set_overlay_end(tenant, &name, o.address, end)?,
@@ -491,6 +495,7 @@ async fn sync(
         vips,
         overlay: app.settings.overlay,
         peers,
+        ingress: app.cluster.ingress(&name)?,
         lease_ms: app.settings.timing.lease_ms,
         kill_after_ms: app.settings.kill_after_ms,
         control_plane: app.control_plane.to_vec(),
@@ -582,21 +587,7 @@ async fn deploy(
     let (t, record) = tenant_record(&app, &headers)?;
     let dry = dry_run(&q)?;
     let svc = spec::parse(&text).map_err(StateError::from)?;
-    if !record.runtimes.contains(&svc.spec.runtime) {
-        let allowed: Vec<String> = record
-            .runtimes
-            .iter()
-            .map(|r| format!("{r:?}").to_lowercase())
-            .collect();
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!(
-                "runtime {:?} is not allowed for tenant {t} (it may use {}): an admin allows it with `tenant update --runtimes`",
-                format!("{:?}", svc.spec.runtime).to_lowercase(),
-                allowed.join(", ")
-            ),
-        ));
-    }
+    policy::check_deploy(&app, &t, &record, &svc)?;
     ok(app
         .cluster
         .deploy(&t, &record.quota, &svc, app.ready_after_ms(), dry)?)
@@ -677,6 +668,7 @@ async fn no_route() -> ApiError {
 }
 
 mod admin;
+mod policy;
 use admin::{create_tenant, join_token, revoke_token, tenants, tokens, update_tenant};
 
 fn router(app: App) -> Router {

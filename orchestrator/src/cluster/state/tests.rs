@@ -329,7 +329,7 @@ fn a_quota_lowered_while_a_deploy_places_fails_that_deploy() {
         instances: Some(2),
         ..Quota::default()
     };
-    c.update_tenant("acme", small, None)
+    c.update_tenant("acme", small, None, None)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         c.store.txn(&guards, &ops).is_err(),
