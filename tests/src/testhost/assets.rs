@@ -23,8 +23,10 @@ const CLOUD_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the L1 machine loads (with their dependencies, in order):
 /// kvm-amd for nested KVM, virtio_pci + virtio_console for the stdio ports,
 /// tun for the VMs' TAP devices, bridge + veth + nf_tables with NAT,
-/// masquerade, conntrack and fib for workload networking. Add here what
-/// later tests need.
+/// masquerade, conntrack and fib for workload networking, objref for the
+/// per-workload refused counters (a map to named counters), numgen for
+/// balancing service addresses and published ports. Add here what later
+/// tests need.
 const MODULES: &[&str] = &[
     "kvm_amd",
     "virtio_pci",
@@ -40,6 +42,8 @@ const MODULES: &[&str] = &[
     "nft_fib_inet",
     "nft_fib_ipv4",
     "nft_meta_bridge",
+    "nft_objref",
+    "nft_numgen",
 ];
 
 /// Host programs the L1 machine gets (with their shared libraries), in
