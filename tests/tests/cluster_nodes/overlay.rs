@@ -196,22 +196,7 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
         .to_string();
     // The network between the nodes, captured from here on.
     let pcap = c._dir.path().join("underlay.pcap");
-    let mut dump = Command::new("tcpdump");
-    dump.args(["-i", "br0", "-n", "-U", "-B", "16384", "-s", "0", "-w"])
-        .arg(&pcap)
-        .arg("udp")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    netns::command_in(&mut dump, &c.lan.path()).unwrap();
-    let mut dump = dump.spawn().unwrap();
-    let mut said = BufReader::new(dump.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(said.read_line(&mut line).unwrap() > 0, "tcpdump ended");
-    }
-    let mut dump = Some(Proc(dump));
+    let mut dump = Some(capture(&c.lan, "br0", "udp", &pcap));
 
     let image = run_cases::IMAGE;
     deploy(&c, &format!("name: web\nimage: {image}\nruntime: container\ncpus: 1\nmemory: 32m\nplacement: {{labels: {{host: n2}}}}\ncommand: [sleep, '3600']\n"));
@@ -272,13 +257,7 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
     );
     // Nothing of it in clear between the nodes, though it all went there.
     // Stopped as it should be, so it writes what it holds.
-    let mut d = dump.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(d.0.id()).unwrap()),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    d.0.wait().unwrap();
+    stop_capture(dump.take().unwrap());
     let captured = std::fs::read(&pcap).unwrap();
     // Most of it at least (a capture may drop packets under load).
     assert!(
@@ -316,6 +295,7 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
             "evil probe {i}: {out}"
         );
     }
+    udp_case(&c, &evil, db_host, &all);
 
     if !encrypted {
         egress_case(&c, &evil);
@@ -387,6 +367,92 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
     // and every tunnel with the tenants' networks.
     c.start_node(db_host);
     remove_all(&c, &evil);
+}
+
+/// A capture of `filter` on `iface` in `ns` into `pcap`, once it listens.
+fn capture(ns: &NetNs, iface: &str, filter: &str, pcap: &Path) -> Proc {
+    let mut dump = Command::new("tcpdump");
+    dump.args(["-i", iface, "-n", "-U", "-B", "16384", "-s", "0", "-w"])
+        .arg(pcap)
+        .arg(filter)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    netns::command_in(&mut dump, &ns.path()).unwrap();
+    let mut dump = dump.spawn().unwrap();
+    let mut said = BufReader::new(dump.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(said.read_line(&mut line).unwrap() > 0, "tcpdump ended");
+    }
+    Proc(dump)
+}
+
+/// Stopped as a capture should be, so it writes what it holds.
+fn stop_capture(mut d: Proc) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(d.0.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    d.0.wait().unwrap();
+}
+
+/// UDP datagrams to port 5353 of every address, 40 at once, 1 s each
+/// (busybox has no UDP nc: a TFTP read request is the datagram).
+fn udp_scan(addrs: &[String]) -> String {
+    let batches: Vec<String> = addrs
+        .chunks(40)
+        .map(|ips| {
+            format!(
+                "for ip in {}; do timeout 1 tftp -g -r probe -l /dev/null $ip 5353 >/dev/null 2>&1 & done; wait",
+                ips.join(" ")
+            )
+        })
+        .collect();
+    format!("{}; echo sent", batches.join("; "))
+}
+
+/// UDP: evil's datagrams to every address of acme's slices and its
+/// service address never reach acme's bridge on db's node, where web's
+/// (the control, from another node) do.
+fn udp_case(c: &Cluster, evil: &str, db_host: usize, all: &[String]) {
+    let bridge = node_networks(c, db_host)
+        .iter()
+        .find(|n| n["tenant"] == "acme")
+        .and_then(|n| n["bridge"].as_str().map(str::to_string))
+        .unwrap();
+    let (_, db_ip) = placed(c, &c.tenant, "db", 0).unwrap();
+    let (_, web_ip) = placed(c, &c.tenant, "web", 0).unwrap();
+    let evils: Vec<String> = (0..2)
+        .map(|i| placed(c, evil, "probe", i).unwrap().1)
+        .collect();
+    let pcap = c._dir.path().join("udp.pcap");
+    let dump = capture(&c.hosts[db_host], &bridge, "udp port 5353", &pcap);
+    assert!(exec(c, &c.tenant, "web", 0, &udp_scan(&[db_ip])).contains("sent"));
+    for i in 0..2 {
+        assert!(exec(c, evil, "probe", i, &udp_scan(all)).contains("sent"));
+    }
+    stop_capture(dump);
+    let read = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&read.stdout);
+    let from = |ip: &str| {
+        text.lines()
+            .filter(|l| l.contains(&format!(" IP {ip}.")))
+            .count()
+    };
+    assert!(
+        from(&web_ip) > 0,
+        "the control: web's datagrams reach db's bridge\n{text}"
+    );
+    for e in &evils {
+        assert_eq!(from(e), 0, "evil's {e} reached acme's bridge\n{text}");
+    }
 }
 
 /// The workloads' egress on node `i` for tenant `t`, from its network's
