@@ -213,7 +213,14 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
         let v: serde_json::Value =
             serde_json::from_slice(&ctx.bh(&["ps", "-a", "--format", "json"]).stdout).ok()?;
         let nets = text(&ctx.bh(&["network", "ls", "--format", "json"]).stdout);
-        (v.as_array().is_some_and(|a| a.is_empty()) && !nets.contains("t-acme")).then_some(())
+        // Its rules and bridge too: the node is killed right after this.
+        let rules = text(&ctx.tool("nft", &["list", "ruleset"]).stdout);
+        let links = text(&ctx.tool("ip", &["-o", "link"]).stdout);
+        (v.as_array().is_some_and(|a| a.is_empty())
+            && !nets.contains("t-acme")
+            && !rules.contains("t-acme")
+            && !links.contains("t-acme"))
+        .then_some(())
     });
     check(
         "scaled-to-zero-removed",

@@ -389,10 +389,13 @@ pub fn release_tenant_network(state: &State, tenant: &str) -> Result<bool, NetEr
         return Ok(false);
     }
     net::remove_network(state, &name)?;
+    // The rules first: whatever of the rest fails, no rule (a service
+    // address, a tunnel's) outlives the network's record.
+    let applied = apply(state);
     super::dns::stop(&net.bridge)?;
     overlay::remove(&overlay::tunnel_for(&net.bridge))?;
     host::delete_bridge(&net.bridge)?;
-    apply(state)?;
+    applied?;
     Ok(true)
 }
 
