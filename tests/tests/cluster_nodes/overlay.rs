@@ -63,20 +63,24 @@ fn addresses(subnet: &str) -> Vec<String> {
         .collect()
 }
 
-/// A TCP connect to port 5432 of every address, 40 at once (an
-/// instance may run a few hundred processes), 1 s each; prints `HIT ip`
-/// for each that answered.
-fn scan(addrs: &[String]) -> String {
+/// A script running `each` (a command on `$ip`) for every address, 40 at
+/// once (an instance may run a few hundred processes), then printing `done`.
+fn batched(addrs: &[String], each: &str, done: &str) -> String {
     let batches: Vec<String> = addrs
         .chunks(40)
-        .map(|ips| {
-            format!(
-                "for ip in {}; do (nc -w 1 $ip 5432 </dev/null >/dev/null 2>&1 && echo HIT $ip) & done; wait",
-                ips.join(" ")
-            )
-        })
+        .map(|ips| format!("for ip in {}; do ({each}) & done; wait", ips.join(" ")))
         .collect();
-    format!("{}; echo scanned", batches.join("; "))
+    format!("{}; echo {done}", batches.join("; "))
+}
+
+/// A TCP connect to port 5432 of every address, 1 s each; prints `HIT ip`
+/// for each that answered.
+fn scan(addrs: &[String]) -> String {
+    batched(
+        addrs,
+        "nc -w 1 $ip 5432 </dev/null >/dev/null 2>&1 && echo HIT $ip",
+        "scanned",
+    )
 }
 
 /// Whether `dst` answers a ping from node host `i` sent from `src`.
@@ -399,19 +403,14 @@ fn stop_capture(mut d: Proc) {
     d.0.wait().unwrap();
 }
 
-/// UDP datagrams to port 5353 of every address, 40 at once, 1 s each
-/// (busybox has no UDP nc: a TFTP read request is the datagram).
+/// UDP datagrams to port 5353 of every address, 1 s each (busybox has
+/// no UDP nc: a TFTP read request is the datagram).
 fn udp_scan(addrs: &[String]) -> String {
-    let batches: Vec<String> = addrs
-        .chunks(40)
-        .map(|ips| {
-            format!(
-                "for ip in {}; do timeout 1 tftp -g -r probe -l /dev/null $ip 5353 >/dev/null 2>&1 & done; wait",
-                ips.join(" ")
-            )
-        })
-        .collect();
-    format!("{}; echo sent", batches.join("; "))
+    batched(
+        addrs,
+        "timeout 1 tftp -g -r probe -l /dev/null $ip 5353 >/dev/null 2>&1",
+        "sent",
+    )
 }
 
 /// UDP: evil's datagrams to every address of acme's slices and its
