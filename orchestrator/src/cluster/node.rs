@@ -460,7 +460,12 @@ impl Daemon {
             .iter()
             .filter_map(|(k, r)| Some((k, here.health(r)?.status)))
             .collect();
-        let refused = crate::network::lifecycle::refused(&here);
+        // One `nft` run per sync, and none on a node with nothing to count.
+        let refused = if local.is_empty() {
+            Default::default()
+        } else {
+            crate::network::lifecycle::refused(&here)
+        };
         let mut reports: Vec<Report> = local
             .iter()
             .filter_map(|(k, r)| {

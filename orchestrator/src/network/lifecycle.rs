@@ -37,11 +37,13 @@ pub fn apply(state: &State) -> Result<(), NetError> {
         .into_iter()
         .map(|l| l.attachment)
         .collect();
+    let mut policy = net::host_policy(state)?;
     // A node without networks still passes ingress connections on.
-    let forwards = !nets.is_empty() || !net::host_policy(state)?.ingress.is_empty();
-    if forwards && net::host_policy(state)?.forwarded_before_us.is_none() {
+    let forwards = !nets.is_empty() || !policy.ingress.is_empty();
+    if forwards && policy.forwarded_before_us.is_none() {
         let on = host::forwarding_on()?;
         net::update_host_policy(state, |p| p.forwarded_before_us = Some(on))?;
+        policy.forwarded_before_us = Some(on);
     }
     let names = super::HostNames::of(state.paths());
     host::claim_names(&names, state.paths().data())?;
@@ -52,7 +54,7 @@ pub fn apply(state: &State) -> Result<(), NetError> {
         &names.table(),
         &nets,
         &leases,
-        &net::host_policy(state)?,
+        &policy,
         &refused,
     ))?;
     if forwards {
