@@ -9,6 +9,7 @@
 mod hardening;
 mod health;
 mod jail;
+mod tty;
 pub use jail::*;
 
 use std::io::{BufRead, BufReader, Write};
@@ -235,16 +236,7 @@ pub fn run_table(ctx: &Ctx, cycles: usize) -> Vec<Check> {
         Err(e) => check("stdin-round-trip", false, e.to_string()),
     }
 
-    let o = ctx.out(ctx.run_cmd(
-        &["--rm", "-t"],
-        &["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty"],
-    ));
-    check(
-        "tty",
-        o.status.code() == Some(0) && text(&o.stdout).contains("is-a-tty"),
-        show(&o),
-    );
-
+    tty::check_tty(ctx, &mut check);
     check_sigkill(ctx, &mut check);
     check_sigterm_forwarded(ctx, &mut check);
     check_limits(ctx, &mut check);

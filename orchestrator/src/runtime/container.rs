@@ -10,6 +10,9 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bulkhead_agent_proto::ProcessSpec;
 use bulkhead_images::store::{Digest, Store};
@@ -20,9 +23,10 @@ use oci_spec::runtime::{
 use tokio::process::Command;
 
 use super::attach::{ExitReport, Kind};
+use super::console::{attach_terminal, lock, ConsoleSocket, Terminal, Tty};
 use super::limits;
 use super::workload::{
-    failed, open_pty, proc_pair, pump_reader, pump_writer, set_winsize, stdio_for, Control, Proc,
+    failed, open_pty, proc_pair, pump_reader, pump_writer, stdio_for, Control, Proc,
 };
 use crate::state::paths::Paths;
 use crate::state::record::WorkloadConfig;
@@ -92,6 +96,7 @@ pub struct Container {
     data: Paths,
     hybrid_unshare: bool,
     execs: std::sync::atomic::AtomicU32,
+    consoles: std::sync::atomic::AtomicU32,
 }
 
 impl Container {
@@ -123,6 +128,7 @@ impl Container {
             rootfs,
             data: paths.clone(),
             execs: Default::default(),
+            consoles: Default::default(),
         };
         let etc = write_etc_files(cfg, &ct, ids).inspect_err(|_| c.unmount())?;
         let mut spec = c.spec(cfg).inspect_err(|_| c.unmount())?;
@@ -224,30 +230,50 @@ impl Container {
         cmd
     }
 
-    /// Spawns `runtime ARGS` with a pty (as its controlling terminal) or
-    /// pipes, and turns it into a [`Proc`].
+    /// A terminal for the process, if it asked for one: crun's
+    /// `--console-socket` goes on `cmd` (before the container id).
+    fn terminal_for(&self, cmd: &mut Command, tty: bool) -> Result<Option<Tty>, ExitReport> {
+        if !tty {
+            return Ok(None);
+        }
+        if self.runtime != "crun" {
+            let (master, slave) = open_pty().map_err(|e| failed(format!("open a pty: {e}")))?;
+            return Ok(Some(Tty::Pty { master, slave }));
+        }
+        let n = self
+            .consoles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Paths::run_dir(&self.id);
+        let sock = ConsoleSocket::bind(&dir, &format!("console-{n}.sock"))
+            .map_err(|e| failed(format!("a console socket in {}: {e}", dir.display())))?;
+        cmd.arg("--console-socket").arg(sock.path());
+        Ok(Some(Tty::Console(sock)))
+    }
+
+    /// Spawns `runtime ARGS` and turns it into a [`Proc`]: output from
+    /// pipes or from the process's terminal.
     fn spawn(
         &self,
         mut cmd: Command,
-        tty: bool,
+        tty: Option<Tty>,
         log: PathBuf,
     ) -> Result<(Proc, Option<crate::state::procs::ProcId>), ExitReport> {
-        let pty = if tty {
-            Some(open_pty().map_err(|e| failed(format!("open a pty: {e}")))?)
-        } else {
-            None
-        };
-        let (i, o, e) =
-            stdio_for(pty.as_ref().map(|(_, s)| s)).map_err(|e| failed(format!("stdio: {e}")))?;
+        let (i, o, e) = match &tty {
+            Some(Tty::Pty { slave, .. }) => stdio_for(Some(slave)),
+            Some(Tty::Console(_)) => stdio_for(None).map(|(_, o, e)| (Stdio::null(), o, e)),
+            None => stdio_for(None),
+        }
+        .map_err(|e| failed(format!("stdio: {e}")))?;
         cmd.stdin(i).stdout(o).stderr(e).kill_on_drop(false);
         let unified = CString::new("/sys/fs/cgroup/unified").unwrap_or_default();
         let root = CString::new("/").unwrap_or_default();
-        let (hybrid, with_tty) = (self.hybrid_unshare, tty);
+        let hybrid = self.hybrid_unshare;
+        let with_ctty = matches!(tty, Some(Tty::Pty { .. }));
         // SAFETY: between fork and exec only raw syscalls on memory prepared
         // before the fork (the CStrings above); nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
-                if with_tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
+                if with_ctty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
                     return Err(std::io::Error::last_os_error());
                 }
                 if hybrid
@@ -274,62 +300,82 @@ impl Container {
             .and_then(|p| crate::state::procs::ProcId::of(crate::state::procs::pid_t(p)));
         let (proc_, ends) = proc_pair();
         let mut readers = Vec::new();
-        let master: Option<std::sync::Arc<OwnedFd>> = match pty {
-            Some((master, slave)) => {
+        if let Some(out) = child.stdout.take() {
+            readers.push(pump_reader(out, Kind::Stdout, ends.output.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(pump_reader(err, Kind::Stderr, ends.output.clone()));
+        }
+        let mut stdin = Some(ends.stdin);
+        if let (Some(w), Some(s)) = (child.stdin.take(), stdin.take_if(|_| tty.is_none())) {
+            pump_writer(w, s, None);
+        }
+        let terminal = Arc::new(Mutex::new(Terminal::default()));
+        let (mut console, mut pty_reader) = (None, None);
+        match tty {
+            Some(Tty::Pty { master, slave }) => {
                 drop(slave);
-                let read = tokio::fs::File::from_std(std::fs::File::from(
-                    master.try_clone().map_err(|e| failed(e.to_string()))?,
-                ));
-                let write = tokio::fs::File::from_std(std::fs::File::from(
-                    master.try_clone().map_err(|e| failed(e.to_string()))?,
-                ));
-                readers.push(pump_reader(read, Kind::Stdout, ends.output.clone()));
-                pump_writer(write, ends.stdin, Some(b"\x04"));
-                Some(std::sync::Arc::new(master))
+                pty_reader = attach_terminal(master, &terminal, ends.output.clone(), stdin.take());
             }
-            None => {
-                if let Some(out) = child.stdout.take() {
-                    readers.push(pump_reader(out, Kind::Stdout, ends.output.clone()));
-                }
-                if let Some(err) = child.stderr.take() {
-                    readers.push(pump_reader(err, Kind::Stderr, ends.output.clone()));
-                }
-                if let Some(stdin) = child.stdin.take() {
-                    pump_writer(stdin, ends.stdin, None);
-                }
-                None
-            }
-        };
-        drop(ends.output);
+            Some(Tty::Console(c)) => console = Some(c),
+            None => {}
+        }
         let (runtime, id, mut control) = (self.runtime.clone(), self.id.clone(), ends.control);
-        let ctl_master = master.clone();
+        let ctl_terminal = Arc::clone(&terminal);
         tokio::spawn(async move {
             while let Some(c) = control.recv().await {
                 match c {
                     Control::Signal(s) => {
                         let _ = Command::new(&runtime)
                             .args(["kill", &id, &s.to_string()])
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
                             .status()
                             .await;
                     }
-                    Control::Resize(r, c) => {
-                        if let Some(m) = &ctl_master {
-                            set_winsize(m, r, c);
-                        }
-                    }
+                    Control::Resize(r, c) => lock(&ctl_terminal).resize(r, c),
                 }
             }
         });
-        let exit = ends.exit;
+        let (exit, output) = (ends.exit, ends.output);
         tokio::spawn(async move {
-            let status = child.wait().await;
-            // With a pty, the reader ends when the last holder of the slave is gone.
+            let wait = child.wait();
+            tokio::pin!(wait);
+            let mut status = None;
+            if let Some(console) = console {
+                // crun passes the terminal before the process starts, so once
+                // the process has ended it is there already, or never comes.
+                let master = tokio::select! {
+                    biased;
+                    m = console.receive() => Some(m),
+                    s = &mut wait => {
+                        status = Some(s);
+                        tokio::time::timeout(Duration::from_secs(1), console.receive()).await.ok()
+                    }
+                };
+                match master {
+                    Some(Ok(m)) => {
+                        pty_reader = attach_terminal(m, &terminal, output.clone(), stdin.take());
+                    }
+                    Some(Err(e)) => eprintln!("bulkhead supervisor: the workload's terminal: {e}"),
+                    None => {}
+                }
+            }
+            drop(output);
+            let status = match status {
+                Some(s) => s,
+                None => wait.await,
+            };
             for r in readers {
                 let _ = r.await;
             }
-            drop(master);
+            // The pty ends when the last holder of its other end is gone: at
+            // once for a whole container; an exec's background child may keep
+            // it, and does not keep the exit from being reported.
+            if let Some(r) = pty_reader {
+                let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+            }
+            lock(&terminal).close();
             let report = match status {
                 Ok(s) => exit_report(
                     s.code().unwrap_or(125),
@@ -354,14 +400,15 @@ impl Container {
         cmd.args(["run", "--bundle"])
             .arg(&self.bundle)
             .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(&self.id);
+            .arg(&pid_file);
+        let console = self.terminal_for(&mut cmd, p.tty)?;
+        cmd.arg(&self.id);
         let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC)
             .map_err(|e| failed(format!("inotify: {e}")))?;
         use nix::sys::inotify::AddWatchFlags as W;
         ino.add_watch(&self.bundle, W::IN_CREATE | W::IN_MOVED_TO)
             .map_err(|e| failed(format!("inotify: {e}")))?;
-        let (proc_, pid) = self.spawn(cmd, p.tty, log)?;
+        let (proc_, pid) = self.spawn(cmd, console, log)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         // Until the pid file appears, the runtime gives up, or a minute passed.
         while !pid_file.exists()
@@ -406,8 +453,9 @@ impl Container {
             }
         }
         // Neither runtime takes "--" here: options end at the container id.
+        let console = self.terminal_for(&mut cmd, p.tty)?;
         cmd.arg(&self.id).args(&p.args);
-        self.spawn(cmd, p.tty, log).map(|(p, _)| p)
+        self.spawn(cmd, console, log).map(|(p, _)| p)
     }
 
     /// SIGKILL to every process of the container (it did not stop when told).

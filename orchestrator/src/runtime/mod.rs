@@ -20,6 +20,7 @@
 
 pub mod attach;
 pub mod client;
+pub mod console;
 pub mod container;
 pub mod create;
 pub mod fence_watch;
