@@ -114,7 +114,8 @@ fn slice_key(tenant: &str, node: &str) -> String {
     format!("/netslices/{tenant}/{node}")
 }
 
-fn vip_key(tenant: &str, service: &str) -> String {
+/// Deleted with the service: its address goes back to its tenant.
+pub(crate) fn vip_key(tenant: &str, service: &str) -> String {
     format!("/vips/{tenant}/{service}")
 }
 
@@ -148,7 +149,7 @@ impl Cluster {
 
     /// `service`'s stable address (VIP), allocated on first use from the
     /// last slice of its tenant's range; kept while the service lives,
-    /// however its instances move.
+    /// however its instances move, and free again once it is removed.
     pub fn service_vip(
         &self,
         pool: &Pool,
@@ -409,6 +410,21 @@ mod tests {
             matches!(&full, Err(StateError::Taken(m)) if m.contains("no free /27")),
             "{full:?}"
         );
+        // A removed service's address is free again: the next one gets it.
+        let (_d2, c2) = crate::cluster::assign::tests::cluster(&["n1"]);
+        for name in ["web", "db"] {
+            crate::cluster::assign::tests::deploy(
+                &c2,
+                &format!("name: {name}\nimage: bb\nruntime: container\n"),
+            );
+        }
+        let vip2 = |s: &str| c2.service_vip(&p, "t", s).ok().map(|a| a.to_string());
+        let (web, db) = (vip2("web"), vip2("db"));
+        assert!(web.is_some() && db.is_some() && web != db, "{web:?} {db:?}");
+        c2.remove("t", "web").unwrap_or_else(|e| panic!("{e}"));
+        crate::cluster::assign::tests::deploy(&c2, "name: cache\nimage: bb\nruntime: container\n");
+        assert_eq!(vip2("cache"), web, "web's address, free again");
+        assert_eq!(vip2("db"), db, "db keeps its own");
         // Two ranges in a /24 of /25s: a third tenant gets none.
         let none = c.tenant_slice(&p, "third", "n1");
         assert!(

@@ -615,7 +615,11 @@ impl Cluster {
             .get(&key)?
             .ok_or_else(|| StateError::NoService(name.into()))?;
         let (placements, bump) = self.placements_guard()?;
-        let mut ops = vec![Op::Delete(key.clone()), bump];
+        let mut ops = vec![
+            Op::Delete(key.clone()),
+            bump,
+            Op::Delete(super::netpool::vip_key(tenant, name)),
+        ];
         ops.extend(
             self.store
                 .list(&instance_prefix(tenant, name))?
