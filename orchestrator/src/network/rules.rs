@@ -130,7 +130,7 @@ fn resolver_rule(n: &Network) -> String {
 
 /// A tenant's service addresses, from its own bridge only: each
 /// connection to one goes to one of the instances behind it, at random
-/// (kube-proxy's nft mode); one with none behind it goes nowhere. Another
+/// (kube-proxy's nft mode); one with none behind it is refused. Another
 /// network's packet to the address is not translated and is dropped as
 /// private egress.
 fn vip_rules(n: &Network) -> Vec<String> {
@@ -151,6 +151,25 @@ fn vip_rules(n: &Network) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A tenant's service addresses with nobody behind them: refused at once
+/// (as kube-proxy's are), not silence until the client gives up, and not
+/// counted as egress refused.
+fn empty_vip_rule(n: &Network) -> Option<String> {
+    let empty: Vec<String> = n
+        .vips
+        .iter()
+        .filter(|(_, backends)| backends.is_empty())
+        .map(|(vip, _)| vip.to_string())
+        .collect();
+    (!empty.is_empty()).then(|| {
+        format!(
+            "iifname \"{}\" ip daddr {{ {} }} reject",
+            n.bridge,
+            empty.join(", ")
+        )
+    })
 }
 
 /// Set on the connection of every ingress DNAT: its packets (both ways)
@@ -268,6 +287,9 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
         vip_rules(net)
             .into_iter()
             .map(|r| format!("prerouting: {r}   (a service address)")),
+    );
+    v.extend(
+        empty_vip_rule(net).map(|r| format!("forward: {r}   (service addresses with no instance)")),
     );
     v.extend(
         dnat_rules(&mine)
@@ -425,6 +447,9 @@ pub fn script(
         &mut s,
         &format!("ct mark & {INGRESS_CT_MARK:#x} == {INGRESS_CT_MARK:#x} accept"),
     );
+    for r in networks.iter().filter_map(empty_vip_rule) {
+        line(&mut s, &r);
+    }
     for b in &bridges {
         line(&mut s, &format!("iifname \"{b}\" oifname \"{b}\" accept"));
     }

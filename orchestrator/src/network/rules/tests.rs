@@ -113,8 +113,17 @@ fn a_tunnel_joins_its_own_network_and_peer_slices_only() {
     let pre = s.split("chain prerouting {").nth(1).unwrap_or_default();
     assert!(pre.contains("iifname \"bh-t-acme\" ip daddr 10.200.3.193 dnat ip to numgen random mod 2 map { 0 : 10.200.0.5, 1 : 10.200.0.70 }"), "{s}");
     assert!(
-        !s.contains("10.200.3.194"),
+        !pre.contains("10.200.3.194"),
         "none behind it: not translated"
+    );
+    // ... but refused at once, before any egress rule counts it.
+    let fwd = s.split("chain forward {").nth(1).unwrap_or_default();
+    let refused = fwd
+        .find("iifname \"bh-t-acme\" ip daddr { 10.200.3.194 } reject")
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        fwd.find("goto refuse").is_some_and(|g| g > refused),
+        "{fwd}"
     );
     let out = s.split("chain output {").nth(1).unwrap_or_default();
     assert!(!out
