@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+#[path = "cluster_nodes/figures.rs"]
+mod figures;
 #[path = "cluster_nodes/harness.rs"]
 mod harness;
 #[path = "cluster_nodes/overlay.rs"]

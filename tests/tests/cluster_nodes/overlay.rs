@@ -15,7 +15,7 @@ use super::*;
 const MARKER: &str = "acme-overlay-marker";
 const BIG: usize = 4_000_000;
 
-fn node_networks(c: &Cluster, i: usize) -> Vec<Value> {
+pub(super) fn node_networks(c: &Cluster, i: usize) -> Vec<Value> {
     let o = Command::new(bulkhead())
         .env("BULKHEAD_DATA", &c.data[i])
         .args(["network", "ls", "--format", "json"])
@@ -94,7 +94,19 @@ fn pings_from_host(c: &Cluster, i: usize, src: &str, dst: &str) -> bool {
 /// Kills the userspace tunnels living in this cluster's host namespaces
 /// however the test ends (a failure, or a node that never came back,
 /// leaves them to outlive the namespaces' names).
-struct Reaper(Vec<u64>);
+pub(super) struct Reaper(Vec<u64>);
+
+impl Reaper {
+    /// For the tunnels in `c`'s host namespaces.
+    pub(super) fn of(c: &Cluster) -> Reaper {
+        Reaper(
+            c.hosts
+                .iter()
+                .map(|h| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(h.path()).unwrap()))
+                .collect(),
+        )
+    }
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -132,7 +144,7 @@ impl Drop for Reaper {
     }
 }
 
-const TIMING: [&str; 12] = [
+pub(super) const TIMING: [&str; 12] = [
     "--heartbeat-grace",
     "2s",
     "--lease",
@@ -184,12 +196,7 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
         fd_limit: None,
         timing,
     });
-    let _reaper = Reaper(
-        c.hosts
-            .iter()
-            .map(|h| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(h.path()).unwrap()))
-            .collect(),
-    );
+    let _reaper = Reaper::of(&c);
     c.counter = Counter::start(&c.lan);
     let evil = c.api(
         &c.admin,
@@ -306,6 +313,20 @@ fn overlay_case(timing: &'static [&'static str], encrypted: bool) {
         ingress_case(&c);
         return remove_all(&c, &evil);
     }
+    // The figures' code (the bench's), small: each path carries whole
+    // transfers and answers every connect.
+    let rows = super::figures::figures(&c, super::figures::SMOKE);
+    eprintln!("{}", super::figures::table(&rows));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for r in &rows {
+        assert!(
+            r.mib_s.len() == super::figures::SMOKE.transfers
+                && r.connect_us.len() == super::figures::SMOKE.connects
+                && r.mib_s.iter().all(|m| *m > 0.0),
+            "{r:?}"
+        );
+    }
+
     // A node host cannot speak for another node's slice: n2 sending from
     // an address of db's slice gets nothing, from its own gateway db answers.
     let own_gw = {
