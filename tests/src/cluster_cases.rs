@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::run_cases::{self, record, show, text, Check, Ctx};
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -19,7 +19,7 @@ impl Drop for Killed {
 }
 
 /// Polls `f` every 250 ms for up to `limit`; its last answer.
-fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -37,68 +37,97 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 /// instance must be renewed through the whole hang.
 const DISK_TIMEOUT_S: u64 = 25;
 
+/// A `bulkhead server` with a one-host store, killed on drop.
+pub(crate) struct Server {
+    _proc: Killed,
+    pub(crate) url: String,
+    pub(crate) admin: String,
+}
+
+impl Server {
+    /// Starts one on `listen` (in `ctx`'s namespace) with its store and
+    /// admin token in `dir`, and waits for its address and token. Plain
+    /// HTTP (--insecure): the walls test covers the default TLS.
+    pub(crate) fn start(ctx: &Ctx, dir: &std::path::Path, listen: &str) -> Result<Self, String> {
+        let token_file = dir.join("admin-token");
+        let store = format!("file:{}", dir.join("cluster.redb").display());
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut server = ctx.cmd(&[
+            "server",
+            "--insecure",
+            "--listen",
+            listen,
+            "--store",
+            &store,
+            "--admin-token-file",
+            token_file.to_str().unwrap_or(""),
+        ]);
+        let mut child = server
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start bulkhead server: {e}"))?;
+        let err = child.stderr.take();
+        let proc = Killed(child);
+        let mut url = None;
+        let mut said = Vec::new();
+        if let Some(err) = err {
+            let mut lines = BufReader::new(err).lines();
+            for line in lines.by_ref().take(10).map_while(Result::ok) {
+                said.push(line.clone());
+                if let Some(a) = line.trim().strip_prefix("bulkhead server: listening on ") {
+                    url = Some(a.to_string());
+                    break;
+                }
+            }
+            std::thread::spawn(move || lines.for_each(drop));
+        }
+        let admin = poll(Duration::from_secs(20), || {
+            std::fs::read_to_string(&token_file)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        });
+        match (url, admin) {
+            (Some(url), Some(admin)) => Ok(Server {
+                _proc: proc,
+                url,
+                admin,
+            }),
+            _ => Err(format!(
+                "no address or no admin token; the server said {said:?}"
+            )),
+        }
+    }
+
+    /// `bulkhead ARGS` against this server as `token` (in `ctx`'s
+    /// namespace). The connection flags go before a `--` (after it is the
+    /// command); the token goes in the environment, never as an argument.
+    pub(crate) fn api(&self, ctx: &Ctx, token: &str, args: &[&str]) -> std::process::Output {
+        let mut all = args.to_vec();
+        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
+        all.splice(at..at, ["--server", self.url.as_str()]);
+        let mut c = ctx.cmd(&all);
+        c.env("BULKHEAD_TOKEN", token);
+        ctx.out(c)
+    }
+}
+
 pub fn run_table(ctx: &Ctx) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut check =
         |name: &str, ok: bool, detail: String| record(&mut checks, "cluster/", name, ok, detail);
     let dir = ctx.data.with_file_name("cluster");
-    let token_file = dir.join("admin-token");
-    let store = format!("file:{}", dir.join("cluster.redb").display());
-    // Plain HTTP on the test host's loopback (--insecure): the walls test
-    // covers the default TLS.
-    let mut server = ctx.cmd(&[
-        "server",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        &store,
-        "--admin-token-file",
-        token_file.to_str().unwrap_or(""),
-    ]);
-    let Ok(mut child) = server.stdin(Stdio::null()).stderr(Stdio::piped()).spawn() else {
-        check("server", false, "cannot start bulkhead server".into());
-        return checks;
-    };
-    let err = child.stderr.take();
-    let server = Killed(child);
-    let mut url = None;
-    let mut said = Vec::new();
-    if let Some(err) = err {
-        let mut lines = BufReader::new(err).lines();
-        for line in lines.by_ref().take(10).map_while(Result::ok) {
-            said.push(line.clone());
-            if let Some(a) = line.trim().strip_prefix("bulkhead server: listening on ") {
-                url = Some(a.to_string());
-                break;
-            }
+    let server = match Server::start(ctx, &dir, "127.0.0.1:0") {
+        Ok(s) => s,
+        Err(e) => {
+            check("server", false, e);
+            return checks;
         }
-        std::thread::spawn(move || lines.for_each(drop));
-    }
-    let admin = poll(Duration::from_secs(20), || {
-        std::fs::read_to_string(&token_file)
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-    });
-    let (Some(url), Some(admin)) = (url, admin) else {
-        check(
-            "server",
-            false,
-            format!("no address or no admin token; the server said {said:?}"),
-        );
-        return checks;
     };
-    // The connection flags go before a `--` (after it is the command).
-    // The token goes in the environment: never as an argument.
-    let api = |token: &str, args: &[&str]| {
-        let mut all = args.to_vec();
-        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
-        all.splice(at..at, ["--server", url.as_str()]);
-        let mut c = ctx.cmd(&all);
-        c.env("BULKHEAD_TOKEN", token);
-        ctx.out(c)
-    };
+    let api = |token: &str, args: &[&str]| server.api(ctx, token, args);
+    let admin = server.admin.clone();
+    let url = server.url.clone();
     let join = text(&api(&admin, &["node", "token", "create"]).stdout)
         .trim()
         .to_string();

@@ -6,6 +6,7 @@
 
 pub mod agent_vm;
 pub mod busybox_root;
+pub mod cluster_across;
 pub mod cluster_cases;
 pub mod etcd;
 pub mod guest_initramfs;

@@ -1,7 +1,8 @@
 //! `bulkhead run` with the microvm runtime: the shared table of cases
 //! (`run_cases`) and 5 run/rm cycles, a microVM service deployed through
-//! `bulkhead server` and `bulkhead node` (`cluster_cases`) and the
-//! networking table (`net_cases`), all in one boot of the test host
+//! `bulkhead server` and `bulkhead node` (`cluster_cases`), a stack of a
+//! microVM and a container on two nodes reaching each other by name
+//! (`cluster_across`) and the networking table (`net_cases`), all in one boot of the test host
 //! (nested on machines whose /dev/kvm cannot boot Linux). Also: on such a
 //! machine `run --runtime microvm` itself refuses at once.
 
@@ -14,11 +15,12 @@ use bulkhead_tests::testhost::{Mode, TestHost};
 
 use bulkhead_tests::bulkhead;
 
-/// One table of checks that `bulkhead-testkit` runs: its name, cycles, the
-/// prefix of its CHECK names and the checks that must have run.
+/// One table of checks that `bulkhead-testkit` runs: its name, its
+/// arguments after the data dir (cycles, or a store), the prefix of its
+/// CHECK names and the checks that must have run.
 struct Table {
     name: &'static str,
-    cycles: &'static str,
+    args: &'static str,
     prefix: &'static str,
     wants: &'static [&'static str],
 }
@@ -26,7 +28,7 @@ struct Table {
 /// `run_cases` with microVMs, and 5 run/rm cycles.
 const RUN: Table = Table {
     name: "run-cases",
-    cycles: "5",
+    args: "5",
     prefix: "microvm/",
     wants: &[
         "echo",
@@ -60,7 +62,7 @@ const RUN: Table = Table {
 /// to zero and gone.
 const CLUSTER: Table = Table {
     name: "cluster-cases",
-    cycles: "1",
+    args: "1",
     prefix: "cluster/",
     wants: &[
         "node-joined",
@@ -73,13 +75,32 @@ const CLUSTER: Table = Table {
     ],
 };
 
+/// A stack of two services, a microVM on one node and a container on
+/// another (`cluster_across`): each reaches the other by name through the
+/// tenant's overlay, on kernel WireGuard; removed, nothing stays.
+const ACROSS: Table = Table {
+    name: "cluster-across",
+    args: "/t/ct-store",
+    prefix: "across/",
+    wants: &[
+        "nodes-joined",
+        "stack-running-on-two-nodes",
+        "container-reaches-microvm-by-name",
+        "microvm-reaches-container-by-name",
+        "other-tenant-reaches-nothing",
+        "overlay-on-kernel-wireguard",
+        "stack-removed-nothing-left-on-the-nodes",
+        "nothing-left",
+    ],
+};
+
 /// Workload networking (`net_cases`) with microVMs: TAPs on the bridge, the
 /// guest configured by the agent, published ports, egress walls (the
 /// guest's root tries the LAN, metadata and the host's loopback; the walls
 /// fail closed when flushed), isolation, spoofing.
 const NET: Table = Table {
     name: "net-cases",
-    cycles: "3",
+    args: "3",
     prefix: "microvm/net/",
     wants: &[
         "web-vmm-jailed",
@@ -154,20 +175,24 @@ fn the_microvm_tables_pass_in_one_test_host() {
     let data = dir.path().join("data");
     // The root disk is built here: the test host has no mkfs.
     run_cases::prepare_store(&bulkhead(), &data, true).unwrap();
-    let tables = [RUN, CLUSTER, NET];
+    // The container node's store: images only.
+    let ct_store = dir.path().join("ct-store");
+    run_cases::prepare_store(&bulkhead(), &ct_store, false).unwrap();
+    let tables = [RUN, CLUSTER, ACROSS, NET];
     let script: Vec<String> = tables
         .iter()
         .map(|t| {
             format!(
-                "bulkhead-testkit {name} /t/data {cycles}; echo \"TABLE {name} exit $?\"",
+                "bulkhead-testkit {name} /t/data {args}; echo \"TABLE {name} exit $?\"",
                 name = t.name,
-                cycles = t.cycles
+                args = t.args
             )
         })
         .collect();
     let out = TestHost::new()
         .unwrap()
         .stage(&data, "/t/data")
+        .stage(&ct_store, "/t/ct-store")
         .env("BULKHEAD_CACHE", "/t/cache")
         // Up to four 256 MiB VMs at once in the networking table.
         .memory_mib(3072)

@@ -25,7 +25,11 @@ const CLOUD_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 /// tun for the VMs' TAP devices, bridge + veth + nf_tables with NAT,
 /// masquerade, conntrack and fib for workload networking, objref for the
 /// per-workload refused counters (a map to named counters), numgen for
-/// balancing service addresses and published ports. Add here what later
+/// balancing service addresses and published ports, reject_inet for
+/// refusing a service address with no instance behind it; wireguard for a
+/// tenant's tunnels between nodes; overlay for containers' roots, and loop
+/// (with ext4) for the filesystem a container node keeps its data on (the
+/// test host's tmpfs root takes no idmapped mount). Add here what later
 /// tests need.
 const MODULES: &[&str] = &[
     "kvm_amd",
@@ -44,12 +48,25 @@ const MODULES: &[&str] = &[
     "nft_meta_bridge",
     "nft_objref",
     "nft_numgen",
+    "nft_reject_inet",
+    "wireguard",
+    "overlay",
+    "loop",
+    "ext4",
 ];
 
 /// Host programs the L1 machine gets (with their shared libraries), in
 /// /usr/local/sbin so they come before busybox's applets of the same name:
-/// bulkhead's networking drives iproute2 and nftables.
-const L1_PROGRAMS: &[(&str, &str)] = &[("/usr/sbin/ip", "ip"), ("/usr/sbin/nft", "nft")];
+/// bulkhead's networking drives iproute2, nftables and (for kernel
+/// WireGuard) wg; its container runtime drives crun; mkfs.ext4 makes a
+/// container node's data filesystem.
+const L1_PROGRAMS: &[(&str, &str)] = &[
+    ("/usr/sbin/ip", "ip"),
+    ("/usr/sbin/nft", "nft"),
+    ("/usr/bin/wg", "wg"),
+    ("/usr/bin/crun", "crun"),
+    ("/usr/sbin/mkfs.ext4", "mkfs.ext4"),
+];
 
 /// Host tools the nested mode needs, and the packages that bring them.
 const TOOLS: &[(&str, &str)] = &[
@@ -58,6 +75,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("/sbin/depmod", "kmod"),
     ("/usr/sbin/ip", "iproute2"),
     ("/usr/sbin/nft", "nftables"),
+    ("/usr/bin/wg", "wireguard-tools"),
+    ("/usr/bin/crun", "crun"),
+    ("/usr/sbin/mkfs.ext4", "e2fsprogs"),
 ];
 
 /// What a nested run boots.
@@ -277,7 +297,18 @@ fn base_initramfs(
 ) -> Result<PathBuf, TestHostError> {
     let dep_text = fs::read_to_string(cloud.modules_dir().join("modules.dep"))
         .map_err(TestHostError::io("read modules.dep"))?;
-    let modules = load_order(&parse_modules_dep(&dep_text), MODULES)?;
+    // Built in (modules.builtin lists them as module paths): nothing to load.
+    let builtin: BTreeSet<String> = fs::read_to_string(cloud.modules_dir().join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .map(module_name)
+        .collect();
+    let wanted: Vec<&str> = MODULES
+        .iter()
+        .copied()
+        .filter(|m| !builtin.contains(&m.replace('-', "_")))
+        .collect();
+    let modules = load_order(&parse_modules_dep(&dep_text), &wanted)?;
     let guest_kernel = bulkhead_images::kernel::find_built()
         .ok()
         .map(|k| k.vmlinux);
