@@ -209,6 +209,12 @@ pub struct SyncRequest {
     /// The node's ends of its tenants' overlays (`None`: not said).
     #[serde(default)]
     pub overlay: Option<OverlayReport>,
+    /// The tenants whose networks the node holds now (`None`: not said;
+    /// the server then keeps every slice it gave the node). A tenant the
+    /// node neither holds a network of nor is assigned instances of gets
+    /// its slice back.
+    #[serde(default)]
+    pub networks: Option<BTreeSet<String>>,
 }
 
 /// A node's ends of the overlays of the tenants it runs.
@@ -287,6 +293,10 @@ pub struct NodeRow {
     pub heartbeat_age_ms: u64,
     pub allocated: Resources,
     pub instances: usize,
+    /// Each tenant's slice of its range on this node (tenant -> CIDR),
+    /// held while the node runs the tenant or holds its network.
+    #[serde(default)]
+    pub slices: std::collections::BTreeMap<String, String>,
 }
 
 /// A drain: how many instances move.

@@ -114,6 +114,16 @@ fn slice_key(tenant: &str, node: &str) -> String {
     format!("/netslices/{tenant}/{node}")
 }
 
+/// The slices a node holds, listed under it (one per tenant, the slice as
+/// value): what its syncs look at to give slices back.
+fn node_slices_key(node: &str) -> String {
+    format!("/nodeslices/{node}/")
+}
+
+fn node_slice_key(node: &str, tenant: &str) -> String {
+    format!("/nodeslices/{node}/{tenant}")
+}
+
 /// Deleted with the service: its address goes back to its tenant.
 pub(crate) fn vip_key(tenant: &str, service: &str) -> String {
     format!("/vips/{tenant}/{service}")
@@ -133,7 +143,7 @@ impl Cluster {
         self.allocate_in_range(
             pool,
             tenant,
-            &slice_key(tenant, node),
+            (&slice_key(tenant, node), Some(&node_slice_key(node, tenant))),
             &slice_prefix_key(tenant),
             &format!("tenant {tenant:?}'s slice on {node:?}"),
             |range, taken: &[Subnet]| {
@@ -159,7 +169,7 @@ impl Cluster {
         self.allocate_in_range(
             pool,
             tenant,
-            &vip_key(tenant, service),
+            (&vip_key(tenant, service), None),
             &format!("/vips/{tenant}/"),
             &format!("service {service:?}'s address"),
             |range, taken: &[std::net::Ipv4Addr]| {
@@ -181,15 +191,15 @@ impl Cluster {
     }
 
     /// `key`, allocated on first use within `tenant`'s range (made on
-    /// first use too): `pick` chooses from the range and what is under
-    /// `taken_prefix`; one transaction guarded by the range record (bumped
+    /// first use too), written to its `index` key as well if given: `pick`
+    /// chooses from the range and what is under `taken_prefix`; one transaction guarded by the range record (bumped
     /// by every allocation), so concurrent syncs never hand out one thing
     /// twice: the loser reads again.
     fn allocate_in_range<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         pool: &Pool,
         tenant: &str,
-        key: &str,
+        (key, index): (&str, Option<&String>),
         taken_prefix: &str,
         what: &str,
         pick: impl Fn(Subnet, &[T]) -> Result<T, StateError>,
@@ -212,15 +222,17 @@ impl Cluster {
                 .map(decode)
                 .collect::<Result<_, _>>()?;
             let got = pick(range, &taken)?;
+            let mut ops = vec![
+                Op::Put(key.to_string(), encode(&got)),
+                Op::Put(range_key(tenant), encode(&range)),
+            ];
+            ops.extend(index.map(|i| Op::Put(i.clone(), encode(&got))));
             match self.store.txn(
                 &[
                     Compare::Absent(key.to_string()),
                     Compare::Revision(range_key(tenant), range_rev),
                 ],
-                &[
-                    Op::Put(key.to_string(), encode(&got)),
-                    Op::Put(range_key(tenant), encode(&range)),
-                ],
+                &ops,
             ) {
                 Ok(_) => return Ok(got),
                 Err(StoreError::Conflict(_)) => continue, // another sync came first
@@ -317,6 +329,69 @@ impl Cluster {
         Ok((names, vips))
     }
 
+    /// Gives back `node`'s slices of the tenants `keep` says no to (the
+    /// node runs none of their instances and holds none of their networks
+    /// any more), each to its tenant's range, with the node's end of that
+    /// tenant's overlay: a tenant that once ran on many nodes does not keep
+    /// their slices, and its range serves nodes it moves to. A slice whose
+    /// records changed meanwhile stays (the next sync decides again). The
+    /// tenants whose slices went.
+    pub fn release_slices(
+        &self,
+        node: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, StateError> {
+        let mut released = Vec::new();
+        for e in self.store.list(&node_slices_key(node))? {
+            let Some(tenant) = e.key.rsplit('/').next().filter(|t| !keep(t)) else {
+                continue;
+            };
+            let slice = slice_key(tenant, node);
+            let guard = match self.store.get(&slice)? {
+                Some(s) => Compare::Revision(slice.clone(), s.revision),
+                None => Compare::Absent(slice.clone()),
+            };
+            match self.store.txn(
+                &[guard, Compare::Revision(e.key.clone(), e.revision)],
+                &[
+                    Op::Delete(slice),
+                    Op::Delete(e.key.clone()),
+                    Op::Delete(super::overlay::end_key(tenant, node)),
+                ],
+            ) {
+                Ok(_) => released.push(tenant.to_string()),
+                Err(StoreError::Conflict(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(released)
+    }
+
+    /// `node`'s slices: tenant -> CIDR.
+    pub fn node_slices(
+        &self,
+        node: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, StateError> {
+        self.store
+            .list(&node_slices_key(node))?
+            .iter()
+            .map(|e| {
+                let tenant = e.key.rsplit('/').next().unwrap_or_default().to_string();
+                Ok((tenant, decode::<Subnet>(e)?.to_string()))
+            })
+            .collect()
+    }
+
+    /// Deletes of a removed node's slice index (`/nodeslices/NODE/...`).
+    pub(crate) fn node_slice_index_deletes(&self, node: &str) -> Result<Vec<Op>, StateError> {
+        Ok(self
+            .store
+            .list(&node_slices_key(node))?
+            .into_iter()
+            .map(|e| Op::Delete(e.key))
+            .collect())
+    }
+
     /// Deletes of a removed node's keys under `prefix` (`/PREFIX/TENANT/NODE`):
     /// its slices go back to their tenants' ranges, its overlay ends go.
     pub(crate) fn node_key_deletes(&self, prefix: &str, node: &str) -> Result<Vec<Op>, StateError> {
@@ -371,6 +446,51 @@ mod tests {
         assert_eq!(p.vip_slice(r2), Some(cidr("10.200.7.192/26")));
         assert_eq!(p.free_slice(r2, &all[..15]), None);
         assert!(Pool::new(cidr("10.200.0.0/16"), 26, 26).is_err());
+    }
+
+    #[test]
+    fn a_node_gives_back_the_slices_of_tenants_it_let_go_of() {
+        let (_dir, c) = cluster();
+        let p = Pool::new(cidr("10.200.0.0/24"), 25, 27).unwrap_or_else(|e| panic!("{e}"));
+        let slice = |t: &str, n: &str| c.tenant_slice(&p, t, n).unwrap_or_else(|e| panic!("{e}"));
+        let (a1, a2, e1) = (
+            slice("acme", "n1"),
+            slice("acme", "n2"),
+            slice("evil", "n1"),
+        );
+        let end = crate::cluster::api::OverlayEnd {
+            public_key: String::new(),
+            port: 51820,
+        };
+        let addr = std::net::Ipv4Addr::new(10, 78, 0, 11);
+        c.set_overlay_end("acme", "n1", addr, &end)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // n1 keeps evil's (it still runs it), lets go of acme's: only
+        // acme's slice and overlay end on n1 go; n2's stays.
+        let listed = |n: &str| c.node_slices(n).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            listed("n1").into_iter().collect::<Vec<_>>(),
+            [
+                ("acme".into(), a1.to_string()),
+                ("evil".into(), e1.to_string())
+            ]
+        );
+        let released = c
+            .release_slices("n1", |t| t == "evil")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(released, ["acme"]);
+        assert_eq!(listed("n1").len(), 1);
+        let key = |k: &str| c.store.get(k).unwrap_or_else(|e| panic!("{e}")).is_some();
+        assert!(!key("/netslices/acme/n1") && !key("/overlay/acme/n1"));
+        assert!(key("/netslices/acme/n2") && key("/netslices/evil/n1"));
+        // Nothing more to give back: asked again, nothing goes.
+        let again = c.release_slices("n1", |t| t == "evil");
+        assert!(again.is_ok_and(|r| r.is_empty()));
+        // The next node of acme's gets the slice back; n1, if acme comes
+        // back to it, another free one; the others keep theirs.
+        assert_eq!(slice("acme", "n3"), a1);
+        assert_ne!(slice("acme", "n1"), a1);
+        assert_eq!((slice("acme", "n2"), slice("evil", "n1")), (a2, e1));
     }
 
     #[test]

@@ -500,6 +500,9 @@ impl Daemon {
             reports,
             images: local_images(&self.cfg.data),
             overlay: self.overlays.report(),
+            networks: crate::state::net::networks(&here)
+                .ok()
+                .map(|n| n.into_iter().filter_map(|n| n.tenant).collect()),
         };
         let s: super::api::Synced = self.client.post(&path, token, &body).await?;
         self.kill_after_ms = s.kill_after_ms;

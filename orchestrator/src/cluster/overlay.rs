@@ -20,7 +20,7 @@ struct StoredEnd {
     endpoint: SocketAddrV4,
 }
 
-fn end_key(tenant: &str, node: &str) -> String {
+pub(crate) fn end_key(tenant: &str, node: &str) -> String {
     format!("/overlay/{tenant}/{node}")
 }
 

@@ -389,6 +389,7 @@ impl Cluster {
         for prefix in ["/netslices/", "/overlay/", super::ingress::ADDRESSES] {
             ops.extend(self.node_key_deletes(prefix, name)?);
         }
+        ops.extend(self.node_slice_index_deletes(name)?);
         for i in &on {
             let ikey = instance_key(&i.tenant, &i.service, i.index);
             guards.push(Compare::Revision(ikey.clone(), i.fence));

@@ -646,4 +646,18 @@ fn remove_all(c: &Cluster, evil: &str) {
             })
         },
     );
+    // Their slices back in their ranges: no node keeps one of a tenant it
+    // neither runs nor holds a network of (the restarted node's too).
+    wait_for(
+        c,
+        "every node's slices given back",
+        Duration::from_secs(30),
+        || {
+            c.api(&c.admin, &["node", "ls"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["slices"].as_object().is_some_and(|m| m.is_empty()))
+        },
+    );
 }

@@ -469,6 +469,11 @@ async fn sync(
             vips.insert(a.tenant.clone(), v);
         }
     }
+    // Slices of tenants it has let go of go back to their ranges.
+    if let Some(held) = &s.networks {
+        app.cluster
+            .release_slices(&name, |t| slices.contains_key(t) || held.contains(t))?;
+    }
     // Its overlay ends, for tenants it runs only; then its peers in each.
     if let Some(o) = &s.overlay {
         // Where other nodes pass ingress connections on to it.
@@ -518,6 +523,7 @@ async fn nodes(State(app): State<App>, headers: HeaderMap) -> ApiResult {
             heartbeat_age_ms: app.clock.now_ms().saturating_sub(last),
             allocated,
             instances: on.len(),
+            slices: app.cluster.node_slices(&n.name)?,
             node: n,
         });
     }
