@@ -5,7 +5,9 @@
 //! machines whose /dev/kvm cannot), whose kernel has WireGuard: so this is
 //! also the overlay on kernel WireGuard, where the native cluster test runs
 //! on the userspace one. Three namespaces: a lan with the server, and two
-//! node hosts on it. Each case prints `CHECK across/<name> ok|FAIL`.
+//! node hosts on it. Then, the daemons gone, the same two runtimes on one
+//! local network find each other by name (`bulkhead run --network`).
+//! Each case prints `CHECK across/<name> ok|FAIL`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -418,6 +420,20 @@ pub fn run_table(ctx: &Ctx, container_store: &Path) -> Vec<Check> {
     );
     drop(nodes);
     drop(server);
+    // Locally on the container node's store, the daemons gone: one
+    // network, both runtimes, names both ways.
+    let local_vm = Ctx {
+        data: ct_data.clone(),
+        runtime: "microvm".into(),
+        oci_runtime: None,
+        netns: None,
+        bulkhead: ctx.bulkhead.clone(),
+    };
+    let local_ct = Ctx {
+        runtime: "container".into(),
+        ..local_vm.clone()
+    };
+    crate::net_cases::check_mixed(&local_vm, &local_ct, &mut check);
     drop(ext4);
     let left: Vec<String> = [&vm_ctx, &ct_ctx]
         .iter()

@@ -11,6 +11,7 @@
 
 mod names;
 mod walls;
+pub use names::check_mixed;
 use names::*;
 use walls::*;
 

@@ -77,7 +77,8 @@ const CLUSTER: Table = Table {
 
 /// A stack of two services, a microVM on one node and a container on
 /// another (`cluster_across`): each reaches the other by name through the
-/// tenant's overlay, on kernel WireGuard; removed, nothing stays.
+/// tenant's overlay, on kernel WireGuard; removed, nothing stays. Then
+/// both runtimes on one local network, by name.
 const ACROSS: Table = Table {
     name: "cluster-across",
     args: "/t/ct-store",
@@ -90,6 +91,10 @@ const ACROSS: Table = Table {
         "other-tenant-reaches-nothing",
         "overlay-on-kernel-wireguard",
         "stack-removed-nothing-left-on-the-nodes",
+        "microvm-and-container-reach-each-other-by-name",
+        "later-container-found-from-the-microvm",
+        "removed-container-not-found-from-the-microvm",
+        "mixed-network-removed",
         "nothing-left",
     ],
 };

@@ -154,3 +154,67 @@ pub(super) fn check_names(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String))
         ),
     );
 }
+
+/// Both runtimes on one network (`mix`, one data dir): a microVM and a
+/// container find each other by name and fetch each other's page; a
+/// container started later is found from the microVM, and not once
+/// removed. `vm` and `ct` share their data dir and differ in runtime.
+pub fn check_mixed(vm: &Ctx, ct: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
+    let created = vm.bh(&["network", "create", "mix"]);
+    let started = start_detached(vm, &["--name", "mix-vm", "--network", "mix"], WEB)
+        .and_then(|()| start_detached(ct, &["--name", "mix-ct", "--network", "mix"], WEB));
+    let vm_ip = inspect_ip(vm, "mix-vm").unwrap_or_default();
+    let ct_ip = inspect_ip(vm, "mix-ct").unwrap_or_default();
+    let fetch = |from: &Ctx, at: &str, name: &str| {
+        let o = from.bh(&[
+            "exec",
+            at,
+            "sh",
+            "-c",
+            &format!("timeout 10 wget -q -O- http://{name}/"),
+        ]);
+        (text(&o.stdout).contains(PAGE), show(&o))
+    };
+    let (vm_found, d1) = lookup_in(ct, "mix-ct", "mix-vm");
+    let (vm_page, d2) = fetch(ct, "mix-ct", "mix-vm");
+    let (ct_found, d3) = lookup_in(vm, "mix-vm", "mix-ct");
+    let (ct_page, d4) = fetch(vm, "mix-vm", "mix-ct");
+    check(
+        "microvm-and-container-reach-each-other-by-name",
+        created.status.success()
+            && started.is_ok()
+            && !vm_ip.is_empty()
+            && !ct_ip.is_empty()
+            && vm_found.as_deref() == Some(vm_ip.as_str())
+            && ct_found.as_deref() == Some(ct_ip.as_str())
+            && vm_page
+            && ct_page,
+        format!("{started:?} vm {vm_ip} ct {ct_ip}: {d1} / {d2} / {d3} / {d4}"),
+    );
+    let late = start_detached(
+        ct,
+        &["--name", "mix-late", "--network", "mix"],
+        "echo ready; exec sleep 3600",
+    );
+    let late_ip = inspect_ip(ct, "mix-late").unwrap_or_default();
+    let (found, detail) = lookup_in(vm, "mix-vm", "mix-late");
+    check(
+        "later-container-found-from-the-microvm",
+        late.is_ok() && !late_ip.is_empty() && found.as_deref() == Some(late_ip.as_str()),
+        format!("late={late:?} ip={late_ip} {detail}"),
+    );
+    let rm = ct.bh(&["rm", "-f", "mix-late"]);
+    let (found, detail) = lookup_in(vm, "mix-vm", "mix-late");
+    check(
+        "removed-container-not-found-from-the-microvm",
+        rm.status.success() && found.is_none() && detail.contains("NXDOMAIN"),
+        format!("{} / {detail}", show(&rm)),
+    );
+    let rm = vm.bh(&["rm", "-f", "mix-vm", "mix-ct"]);
+    let net_rm = vm.bh(&["network", "rm", "mix"]);
+    check(
+        "mixed-network-removed",
+        rm.status.success() && net_rm.status.success(),
+        format!("{} / {}", show(&rm), show(&net_rm)),
+    );
+}
