@@ -207,6 +207,11 @@ pub struct VmConfig {
     pub memory_report: bool,
     /// seccomp filters on every thread (`--no-seccomp` turns them off, for debugging only).
     pub seccomp: bool,
+    /// Map the kernel's and the initramfs's pages from their files
+    /// (copy-on-write) instead of copying them: see `boot/mapped.rs`.
+    /// VMs given the same files then share those physical pages until they
+    /// write: a cache side channel between them. Off by default.
+    pub share_boot_files: bool,
 }
 
 impl Default for VmConfig {
@@ -224,6 +229,7 @@ impl Default for VmConfig {
             boot_timeline: false,
             memory_report: false,
             seccomp: true,
+            share_boot_files: false,
         }
     }
 }

@@ -289,7 +289,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("bulkhead-tiny-{}", std::process::id()));
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         std::fs::write(&path, Program::new().print("hi").power_off().elf()).unwrap();
-        let k = load_kernel(&mem, &path).unwrap();
+        let k = load_kernel(&mem, &path, false).unwrap();
         assert!(matches!(k.entry, Entry::Pvh(GuestAddress(a)) if a == u64::from(LOAD_ADDR)));
         assert_eq!(
             mem.read_obj::<[u8; 4]>(GuestAddress(u64::from(LOAD_ADDR)))
@@ -297,7 +297,7 @@ mod tests {
             [0x66, 0xba, 0xf8, 0x03]
         );
         std::fs::write(&path, Program::new().power_off().elf_64bit_entry()).unwrap();
-        let k = load_kernel(&mem, &path).unwrap();
+        let k = load_kernel(&mem, &path, false).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(
             matches!(k.entry, Entry::Linux64 { entry: GuestAddress(a), header: None } if a == u64::from(LOAD_ADDR))

@@ -106,6 +106,16 @@ pub fn vmm_jail_problems(
     cpus_flag: bool,
 ) -> Vec<String> {
     let mut bad = Vec::new();
+    // Its kernel and initramfs are its own copies: no page shared with
+    // another tenant's VM (SECURITY.md).
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if argv.is_empty()
+        || argv
+            .split(|b| *b == 0)
+            .any(|a| a == b"--share-boot-files".as_slice())
+    {
+        bad.push(format!("argv: {:?}", String::from_utf8_lossy(&argv)));
+    }
     let v: serde_json::Value =
         serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).unwrap_or_default();
     let vm = &v["vm"];

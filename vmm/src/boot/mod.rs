@@ -3,6 +3,7 @@
 //! firmware tables (MP table and ACPI) that describe CPUs and devices.
 
 pub mod acpi;
+pub mod mapped;
 pub mod mptable;
 pub mod params;
 
@@ -13,6 +14,7 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{elf::PvhBootCapability, BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use self::mapped::MappedFile;
 use crate::layout::{CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, MMIO_HOLE_START};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,13 +71,20 @@ pub struct LoadedKernel {
 }
 
 /// Loads `path` into guest memory: ELF (with its PVH entry when the Xen PVH
-/// note is there, else the 64-bit entry) or bzImage.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+/// note is there, else the 64-bit entry) or bzImage. `share`: map the pages
+/// that line up instead of copying them ([`mapped`]).
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    share: bool,
+) -> Result<LoadedKernel, BootError> {
     let open = || {
-        File::open(path).map_err(|source| BootError::Open {
-            path: path.display().to_string(),
-            source,
-        })
+        File::open(path)
+            .and_then(|f| MappedFile::new(f, share))
+            .map_err(|source| BootError::Open {
+                path: path.display().to_string(),
+                source,
+            })
     };
     let himem = Some(GuestAddress(HIMEM_START));
     let elf_err = match Elf::load(mem, None, &mut open()?, himem) {
@@ -123,8 +132,8 @@ pub struct LoadedInitrd {
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
-    kernel_end: u64,
-    addr_max: u64,
+    (kernel_end, addr_max): (u64, u64),
+    share: bool,
 ) -> Result<LoadedInitrd, BootError> {
     let file = File::open(path).map_err(|source| BootError::Open {
         path: path.display().to_string(),
@@ -155,7 +164,10 @@ pub fn load_initrd(
             limit,
         });
     };
-    let mut file = file;
+    let mut file = MappedFile::new(file, share).map_err(|source| BootError::InitrdRead {
+        path: path.display().to_string(),
+        source,
+    })?;
     let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig {
         path: path.display().to_string(),
         size,
@@ -260,16 +272,16 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let dir = std::env::temp_dir().join(format!("bulkhead-initrd-test-{}", std::process::id()));
         std::fs::write(&dir, vec![7u8; 10_000]).unwrap();
-        let r = load_initrd(&mem, &dir, 2 << 20, u64::MAX).unwrap();
+        let r = load_initrd(&mem, &dir, (2 << 20, u64::MAX), false).unwrap();
         assert_eq!(r.addr % 4096, 0);
         assert!(r.addr + r.size <= 64 << 20);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(r.addr + 9_999)).unwrap(), 7);
         // Below a header limit.
-        let r = load_initrd(&mem, &dir, 2 << 20, (16 << 20) - 1).unwrap();
+        let r = load_initrd(&mem, &dir, (2 << 20, (16 << 20) - 1), false).unwrap();
         assert!(r.addr + r.size <= 16 << 20);
         // Does not fit above the kernel.
         assert!(matches!(
-            load_initrd(&mem, &dir, 64 << 20, u64::MAX),
+            load_initrd(&mem, &dir, (64 << 20, u64::MAX), true),
             Err(BootError::InitrdTooBig { .. })
         ));
         std::fs::remove_file(&dir).unwrap();
@@ -282,12 +294,12 @@ mod tests {
             std::env::temp_dir().join(format!("bulkhead-kernel-garbage-{}", std::process::id()));
         std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
         assert!(matches!(
-            load_kernel(&mem, &path),
+            load_kernel(&mem, &path, true),
             Err(BootError::KernelFormat { .. })
         ));
         std::fs::write(&path, b"").unwrap();
         assert!(matches!(
-            load_kernel(&mem, &path),
+            load_kernel(&mem, &path, true),
             Err(BootError::KernelFormat { .. })
         ));
         std::fs::remove_file(&path).unwrap();
