@@ -49,13 +49,7 @@ fn run_once(vmm: &Path, extra: &[&str], kernel: &Path) -> Sample {
     let first_byte = start.elapsed();
     let mut rest = Vec::new();
     out.read_to_end(&mut rest).expect("read guest output");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
+    let err = stderr_of(&mut child);
     let status = child.wait().expect("wait");
     let exit = start.elapsed();
     assert!(status.success(), "bulkhead-vmm failed: {status}: {err}");
@@ -70,6 +64,18 @@ fn run_once(vmm: &Path, extra: &[&str], kernel: &Path) -> Sample {
         exit,
         overhead_kib,
     }
+}
+
+/// All the child's stderr, to its end.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    err
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // p in 0..=1: an index in the slice
@@ -211,13 +217,7 @@ fn kernel_entry_once(vmm: &Path, extra: &[&str], vmlinux: &Path, initrd: &Path) 
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("stop bulkhead-vmm");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
+    let err = stderr_of(&mut child);
     let _ = child.wait();
     bulkhead_vmm::timeline::parse_report(&err)
         .marks
