@@ -364,6 +364,8 @@ fn jail_self(
         .collect();
     let path = CString::new(Path::new(&spec.command[0]).as_os_str().as_bytes()).unwrap_or_default();
     let env: [CString; 0] = [];
+    // For the start timeline (`bulkhead bench boot`): everything of the jail is in place.
+    eprintln!("{}", crate::timeline::jail_ready_line());
     match nix::unistd::execve(&path, &args, &env) {
         Err(e) => Err(JailError::Sys("exec the VMM", e)),
         Ok(never) => match never {},

@@ -6,6 +6,7 @@ pub mod chroot;
 pub mod cleanup;
 pub mod deadline;
 pub mod jail;
+pub mod timeline;
 pub mod validate;
 
 /// An error with each of its causes once (no message repeats its cause).

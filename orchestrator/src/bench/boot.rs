@@ -3,9 +3,14 @@
 //! drift (caches, thermal, noisy neighbours) lands on every runtime alike.
 //!
 //! Every phase is milliseconds since `bulkhead run` was invoked, all on
-//! CLOCK_MONOTONIC: `runtime-invoked` (the supervisor spawns the VMM or
-//! crun/runc) and `agent-connected` (the agent dialed in) from the
-//! supervisor; `vmm-start`, `kernel-entry` and `agent-ready` from
+//! CLOCK_MONOTONIC, so no cost outside the guest hides: `cli-parsed` and
+//! `record-stored` (the workload's record and address lease committed) from
+//! the CLI; `supervisor-up`, `client-attached` (the CLI connected to attach),
+//! `network-attached`, `bundle-ready` (a container's OCI bundle and root),
+//! `runtime-invoked` (the supervisor spawns bulkhead-jailer or crun/runc)
+//! and `agent-connected` (the agent dialed in) from the supervisor;
+//! `jail-ready` (the jailer about to exec the VMM) from the jailer;
+//! `vmm-start` (the VMM exec'd), `kernel-entry` and `agent-ready` from
 //! bulkhead-vmm's own timeline (its boot-stage port: guest-side times, not
 //! guesses); `first-output` (the first byte on `run`'s stdout) and `exit`
 //! (`run` returned: the workload ended and was cleaned up) measured here.
@@ -25,7 +30,14 @@ use crate::runtime::attach::Mark;
 
 /// Phases in start order; a runtime reports those it has.
 pub const PHASES: &[&str] = &[
+    "cli-parsed",
+    "record-stored",
+    "supervisor-up",
+    "client-attached",
+    "network-attached",
+    "bundle-ready",
     "runtime-invoked",
+    "jail-ready",
     "vmm-start",
     "kernel-entry",
     "agent-ready",
@@ -56,6 +68,10 @@ pub struct BootArgs {
     /// vCPUs per microVM.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
+    /// The network each run attaches to (`bulkhead`, the default network, measures attaching one;
+    /// `none` leaves loopback only).
+    #[arg(long, default_value = "none", value_name = "NAME")]
+    pub network: String,
     /// Memory per microVM, MiB.
     #[arg(long, default_value_t = crate::runtime::limits::DEFAULT_VM_MEMORY_MIB, value_name = "MIB")]
     pub memory: u64,
@@ -85,6 +101,9 @@ pub fn run(a: BootArgs) -> Result<Report> {
     }
     if !(1..=64).contains(&a.cpus) || !(64..=1 << 20).contains(&a.memory) {
         bail!("--cpus 1 to 64, --memory 64 to 1048576 MiB");
+    }
+    if a.vmm_vs.is_some() && a.network != crate::network::NONE {
+        bail!("--vmm-vs runs with --network none only (another VMM takes no TAP from us)");
     }
     let image = super::image_facts(&a.image)?;
     let targets = super::targets(a.runtimes.as_deref(), a.vmm_vs.as_deref())?;
@@ -142,7 +161,7 @@ pub fn run(a: BootArgs) -> Result<Report> {
         memory_mib: a.memory,
         runs: a.runs,
         warmup: a.warmup,
-        method: "each run: `bulkhead run --rm --network none IMAGE CMD`, runtimes alternating A B A B; phases in ms since `bulkhead run` was invoked".into(),
+        method: format!("each run: `bulkhead run --rm --network {} IMAGE CMD`, runtimes alternating A B A B; phases in ms since `bulkhead run` was invoked", a.network),
         series,
         ratios,
     })
@@ -153,6 +172,8 @@ fn nested(a: &BootArgs, vms: &[Target], command: &[String]) -> Result<Report> {
     let mut args: Vec<String> = vec![
         "boot".into(),
         a.image.clone(),
+        "--network".into(),
+        a.network.clone(),
         "--runs".into(),
         a.runs.to_string(),
         "--warmup".into(),
@@ -246,7 +267,7 @@ fn run_once(
         .tempdir()?;
     let timeline = dir.path().join("timeline.json");
     let mut cmd = Command::new(exe);
-    cmd.args(["run", "--rm", "--network", "none", "--timeline-json"])
+    cmd.args(["run", "--rm", "--network", &a.network, "--timeline-json"])
         .arg(&timeline);
     t.run_flags(&mut cmd);
     if t.is_vm() {

@@ -9,8 +9,9 @@ use bulkhead_images::store::{Digest, Store};
 use clap::Args;
 
 use crate::network::Publish;
+use crate::runtime::attach::{self, Mark};
+use crate::runtime::client;
 use crate::runtime::create::{self, CreateError, Request, Started, VmAssets};
-use crate::runtime::{attach, client};
 use crate::state::fencing::Fencing;
 use crate::state::paths::{self, Paths};
 use crate::state::record::{now_ms, DiskFormat, RuntimeKind};
@@ -291,6 +292,7 @@ impl VmAssets for HereWithProgress {
 
 pub fn run(a: RunArgs) -> Result<u8> {
     let invoked_ms = now_ms();
+    let mut marks = vec![Mark::now("cli-parsed")];
     a.refuse_unsupported()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("`bulkhead run` needs root for now (KVM, TAP devices, overlay mounts, OCI runtimes)");
@@ -298,6 +300,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     let data = paths::data_dir();
     let req = request(&a)?;
     let rec = create::create(&data, &req, &mut HereWithProgress)?;
+    marks.push(Mark::now("record-stored"));
     let id = rec.config.id;
     let started = create::start(&data, &id)?;
     if a.detach {
@@ -341,7 +344,8 @@ pub fn run(a: RunArgs) -> Result<u8> {
         eprintln!("bulkhead: {e}");
     }
     if let Some(path) = &a.timeline_json {
-        let json = serde_json::json!({"code": report.code, "timeline": report.timeline});
+        marks.extend(report.timeline.iter().cloned());
+        let json = serde_json::json!({"code": report.code, "timeline": marks});
         std::fs::write(path, json.to_string())
             .with_context(|| format!("write {}", path.display()))?;
     }

@@ -304,7 +304,12 @@ impl Microvm {
                 if let Some(p) = pump.take() {
                     let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
                 }
-                let vmm_log = std::fs::read_to_string(workload_dir.join("vmm.log")).unwrap_or_default();
+                let vmm_log: String = std::fs::read_to_string(workload_dir.join("vmm.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| !bulkhead_jailer::timeline::is_mark(l))
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 return Err(BootError::NoAgent(with_console(format!("the VMM exited before the agent dialed in ({}): {}", s.map(|s| s.to_string()).unwrap_or_default(), vmm_log.trim()), &console)));
             }
             _ = tokio::time::sleep(BOOT_TIMEOUT) => {
@@ -441,18 +446,27 @@ impl Microvm {
 }
 
 /// bulkhead-vmm's own milestones from `vmm.log` (once it exited), on
-/// CLOCK_MONOTONIC: `vmm-start` (its `main`), `kernel-entry`, the guest's
+/// CLOCK_MONOTONIC: `jail-ready` (bulkhead-jailer about to exec it),
+/// `vmm-start` (its `main`), `kernel-entry`, the guest's
 /// stage codes (`agent-ready`, ...) and `vmm-exit`. None from another VMM.
 pub fn vmm_timeline(workload_dir: &Path) -> Vec<Mark> {
     let log = std::fs::read(workload_dir.join("vmm.log")).unwrap_or_default();
-    let report = bulkhead_vmm::timeline::parse_report(&String::from_utf8_lossy(&log));
+    let log = String::from_utf8_lossy(&log);
+    let report = bulkhead_vmm::timeline::parse_report(&log);
     let Some(start) = report.monotonic_start_us else {
         return Vec::new();
     };
-    let mut marks = vec![Mark {
+    let mut marks: Vec<Mark> = bulkhead_jailer::timeline::jail_ready_at(&log)
+        .map(|at_us| Mark {
+            name: "jail-ready".into(),
+            at_us,
+        })
+        .into_iter()
+        .collect();
+    marks.push(Mark {
         name: "vmm-start".into(),
         at_us: start,
-    }];
+    });
     marks.extend(report.marks.into_iter().map(|(name, us)| Mark {
         name: if name == "exit" {
             "vmm-exit".into()

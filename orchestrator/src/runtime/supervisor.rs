@@ -135,6 +135,7 @@ struct Shared {
 }
 
 async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) -> u8 {
+    let mut marks = vec![Mark::now("supervisor-up")];
     let dir = paths.workload_dir(&id);
     let cfg: WorkloadConfig = match read_json(&dir.join("config.json")) {
         Ok(Some(c)) => c,
@@ -167,7 +168,10 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     if cfg.attach {
         tell(&mut notify, "ok\n");
         match tokio::time::timeout(Duration::from_secs(60), listener.accept()).await {
-            Ok(Ok((s, _))) => first = Some(s),
+            Ok(Ok((s, _))) => {
+                marks.push(Mark::now("client-attached"));
+                first = Some(s)
+            }
             _ => {
                 finish(
                     &paths,
@@ -182,7 +186,6 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         }
     }
     let state = State::new(paths.clone());
-    let mut marks = Vec::new();
     let attached = match network::attach(&state, &cfg) {
         Ok(a) => a,
         Err(e) => {
@@ -196,6 +199,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             .await
         }
     };
+    marks.push(Mark::now("network-attached"));
     let backend = match cfg.runtime {
         crate::state::record::RuntimeKind::Container => {
             let store = match Store::open(paths.data()) {
@@ -212,7 +216,12 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
                 attached.netns.as_ref(),
                 attached.userns.as_ref(),
             ) {
-                Ok(c) => Backend::Container(c),
+                Ok(c) => {
+                    // The container's confinement ready: its bundle (config
+                    // with seccomp, user namespace, cgroup) and root mounted.
+                    marks.push(Mark::now("bundle-ready"));
+                    Backend::Container(c)
+                }
                 Err(e) => {
                     let report = failed(bulkhead_agent_proto::report(&e));
                     return fail_early(&paths, &cfg, first, report, &mut notify).await;
