@@ -495,6 +495,7 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
         return Ok(out);
     };
     let _l = lock(state)?;
+    let _db = state.hold()?;
     let result = (|| {
         let net = net::network(state, &a.network)?;
         host::ensure_bridge(&net)?;
@@ -521,6 +522,7 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
 /// Tears down what `attach` made and releases the lease (idempotent).
 pub fn detach(state: &State, id: &str) -> Result<(), NetError> {
     let _l = lock(state)?;
+    let _db = state.hold()?;
     for name in [super::tap_name(id), super::veth_name(id)] {
         host::delete_link(&name)?;
     }
@@ -535,6 +537,7 @@ pub fn detach(state: &State, id: &str) -> Result<(), NetError> {
 /// rules again if any of that happened. Returns what it did, for people.
 pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
     let _l = lock(state)?;
+    let _db = state.hold()?;
     // Leases and interfaces first, the records after: a workload's record
     // is written with its lease (one transaction) and before its interface,
     // so everything seen here that still has a live workload has its

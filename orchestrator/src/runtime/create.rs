@@ -236,6 +236,8 @@ pub fn create(
     if let Err(e) = lifecycle::sweep(&state) {
         eprintln!("bulkhead: warning: cleaning up after workloads that are gone: {e}");
     }
+    // The store stays open from here to the record's insert (one open, not one per step).
+    let db = state.hold()?;
     if let Err(e) = super::jail::sweep(&state) {
         eprintln!(
             "bulkhead: warning: removing the jails of workloads that are gone: {}",
@@ -293,6 +295,7 @@ pub fn create(
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
+    drop(db);
     Ok(rec)
 }
 

@@ -44,7 +44,9 @@ impl HostIds {
         })
     }
 
-    /// The ids of `kind` other data dirs' live workloads hold.
+    /// The ids of `kind` other data dirs' live workloads hold. Stale claims
+    /// met on the way (their workload dir is gone: a removed test data dir,
+    /// a crash) are removed, so later reads do not pay for them again.
     pub fn held_by_others(&self, kind: &str) -> BTreeSet<u32> {
         let prefix = format!("{kind}-");
         std::fs::read_dir(&self.dir)
@@ -55,8 +57,13 @@ impl HostIds {
                 let name = e.file_name().to_str()?.to_string();
                 let n: u32 = name.strip_prefix(&prefix)?.parse().ok()?;
                 let (data, id) = read_claim(&e.path())?;
-                let live = data != self.data && data.join("workloads").join(&id).exists();
-                live.then_some(n)
+                // The workload dir is made before its claim and removed after
+                // its release: a claim without one is left over.
+                if !data.join("workloads").join(&id).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                    return None;
+                }
+                (data != self.data).then_some(n)
             })
             .collect()
     }
@@ -128,6 +135,11 @@ mod tests {
             BTreeSet::from([7]),
             "8's workload dir is gone: stale"
         );
+        assert!(
+            !claims.join("jail-8").exists(),
+            "a stale claim is removed when met"
+        );
+        assert!(claims.join("jail-7").exists());
         assert_eq!(ids.held_by_others("userns"), BTreeSet::from([65536]));
         drop(ids);
         let ids = HostIds::lock(&claims, &a).unwrap_or_else(|e| panic!("{e}"));

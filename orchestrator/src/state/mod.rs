@@ -17,6 +17,9 @@
 //! redb locks its file for as long as a `Database` is open, so every
 //! operation opens it for one transaction only, behind a blocking flock on
 //! `state.lock`: any number of CLI invocations and supervisors take turns.
+//! Opening costs fsyncs (redb marks the file in use and clean again), so a
+//! step that reads and writes several times (`run`'s record, a network's
+//! attach and rules) holds it open across them with [`State::hold`].
 
 pub mod fdlimit;
 pub mod fencing;
@@ -29,9 +32,12 @@ pub mod publish;
 pub mod record;
 pub mod subnet;
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::rc::Rc;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -85,11 +91,42 @@ impl State {
         &self.paths
     }
 
-    /// Runs `f` with the database open, holding the lock.
+    /// Runs `f` with the database open, holding the lock: the one this
+    /// thread holds ([`State::hold`]), else opened for `f` alone.
     pub(crate) fn with_db<T, E: From<StateError>>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, E>,
     ) -> Result<T, E> {
+        if let Some(database) = held_db(&self.paths.state_db()) {
+            return f(&database);
+        }
+        let (_held, database) = self.open_locked()?;
+        f(&database)
+    }
+
+    /// Keeps the store open and locked in this thread until the guard
+    /// drops: every `with_db` of this store in this thread uses it. For
+    /// synchronous steps only (no `.await` while held: other tasks on the
+    /// thread would share it). Take it after any other lock of the step
+    /// (the network lock comes first, as everywhere). Nested holds are one.
+    pub fn hold(&self) -> Result<Hold, StateError> {
+        let path = self.paths.state_db();
+        // Nested, or another store already held here (that one stays).
+        if HELD.with(|h| h.borrow().is_some()) {
+            return Ok(Hold { outer: false });
+        }
+        let (lock, database) = self.open_locked()?;
+        HELD.with(|h| {
+            *h.borrow_mut() = Some(HeldDb {
+                path,
+                database: Rc::new(database),
+                _lock: lock,
+            })
+        });
+        Ok(Hold { outer: true })
+    }
+
+    fn open_locked(&self) -> Result<(nix::fcntl::Flock<File>, Database), StateError> {
         let io = |error| StateError::Io {
             path: self.paths.state_lock().display().to_string(),
             error,
@@ -102,11 +139,11 @@ impl State {
             .mode(0o600)
             .open(self.paths.state_lock())
             .map_err(io)?;
-        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io(e.into()))?;
         let database = Database::create(self.paths.state_db()).map_err(db)?;
         bulkhead_images::private::tighten(&self.paths.state_db(), 0o600).map_err(io)?;
-        f(&database)
+        Ok((held, database))
     }
 
     /// Adds a new workload; its name must be free.
@@ -359,6 +396,49 @@ pub(crate) fn insert_in(tx: &redb::WriteTransaction, rec: &Record) -> Result<(),
     Ok(())
 }
 
+/// The store a thread holds open: the database, then its lock, go when
+/// the outermost [`Hold`] drops.
+struct HeldDb {
+    path: PathBuf,
+    database: Rc<Database>,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+thread_local! {
+    static HELD: RefCell<Option<HeldDb>> = const { RefCell::new(None) };
+}
+
+fn held_db(path: &std::path::Path) -> Option<Rc<Database>> {
+    HELD.with(|h| {
+        h.borrow()
+            .as_ref()
+            .filter(|held| held.path == path)
+            .map(|held| Rc::clone(&held.database))
+    })
+}
+
+/// The store held open in this thread ([`State::hold`]) until this drops.
+#[derive(Debug)]
+#[must_use = "the store is closed again when the hold drops"]
+pub struct Hold {
+    outer: bool,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.outer {
+            // The database closes (redb's fsyncs) before the lock is let go.
+            if let Some(held) = HELD.with(|h| h.borrow_mut().take()) {
+                let HeldDb {
+                    database, _lock, ..
+                } = held;
+                drop(database);
+                drop(_lock);
+            }
+        }
+    }
+}
+
 pub(crate) fn db<E: std::fmt::Display>(e: E) -> StateError {
     StateError::Db(e.to_string())
 }
@@ -366,6 +446,39 @@ pub(crate) fn db<E: std::fmt::Display>(e: E) -> StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hold_keeps_one_open_store_for_every_step_and_lets_go_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::new(Paths::new(dir.path()));
+        let others_can_lock = || {
+            let f = File::options()
+                .write(true)
+                .open(state.paths().state_lock())
+                .unwrap();
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+        };
+        {
+            let _hold = state.hold().unwrap();
+            let _nested = state.hold().unwrap();
+            // Each of these would open the store again (and block on its own
+            // lock) if the hold were not used.
+            state.insert(&rec("a1", "one")).unwrap();
+            state.insert(&rec("b2", "two")).unwrap();
+            assert_eq!(state.list().unwrap().len(), 2);
+            drop(_nested);
+            assert!(!others_can_lock(), "the store is let go while held");
+            state.remove("a1").unwrap();
+        }
+        assert!(others_can_lock(), "the lock outlives the hold");
+        let names: Vec<String> = state
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.config.name)
+            .collect();
+        assert_eq!(names, ["two"]);
+    }
 
     fn rec(id: &str, name: &str) -> Record {
         super::record::test_record(id, name)
