@@ -9,7 +9,6 @@
 
 use std::process::ExitCode;
 
-mod netlink;
 mod pid1;
 mod probe;
 mod process;

@@ -1,6 +1,7 @@
 //! The guest's network setup over rtnetlink (no `ip` binary in the guest,
 //! no shell-outs): bring links up, set the MTU, add an IPv4 address and a
-//! default route. Messages are built by hand; there are only three.
+//! default route. Messages are built by hand; there are only three. The
+//! host does the same inside a container's network namespace.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -11,7 +12,7 @@ use bulkhead_agent_proto::NetworkSpec;
 pub enum NetError {
     #[error("network spec: {0}")]
     Spec(String),
-    #[error("no interface {0:?} in the guest")]
+    #[error("no interface {0:?} (in the guest or the namespace)")]
     NoInterface(String),
     #[error("netlink {what}")]
     Netlink {

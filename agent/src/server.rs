@@ -23,7 +23,8 @@ use bulkhead_agent_proto::{
 
 use crate::pid1::BootMarks;
 use crate::process::{self, Namespaces};
-use crate::{netlink, rootfs};
+use crate::rootfs;
+use bulkhead_agent::netlink;
 
 /// How long a finished process's output may keep flowing before its exit
 /// is reported anyway (a background child may hold the pipe open).

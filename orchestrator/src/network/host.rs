@@ -103,6 +103,14 @@ fn links() -> Vec<String> {
         .collect()
 }
 
+/// Our network namespace's interfaces whose names start with one of `prefixes`.
+pub fn links_named(prefixes: &[&str]) -> Vec<String> {
+    links()
+        .into_iter()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .collect()
+}
+
 pub fn link_exists(name: &str) -> bool {
     links().iter().any(|l| l == name)
 }
@@ -117,8 +125,14 @@ fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
 /// Its fail-closed routing rule comes first (before a new bridge exists;
 /// put back for one an older bulkhead made).
 pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
+    ensure_fail_closed(&[net.bridge.as_str()])?;
+    ip_batch(&bridge_lines(net), None)?;
+    bridge_sysctls(net)
+}
+
+/// The `ip -batch` lines that make the bridge as [`ensure_bridge`] says.
+fn bridge_lines(net: &Network) -> Vec<String> {
     let b = &net.bridge;
-    ensure_fail_closed(&[b.as_str()])?;
     let mut lines = Vec::new();
     if !link_exists(b) {
         lines.push(format!("link add {b} type bridge"));
@@ -136,7 +150,11 @@ pub fn ensure_bridge(net: &Network) -> Result<(), NetError> {
         crate::state::subnet::mac_for(net.gateway())
     ));
     lines.push(format!("link set {b} up"));
-    ip_batch(&lines, None)?;
+    lines
+}
+
+fn bridge_sysctls(net: &Network) -> Result<(), NetError> {
+    let b = &net.bridge;
     let v6 = format!("/proc/sys/net/ipv6/conf/{b}/disable_ipv6");
     if Path::new(&v6).exists() {
         sysctl(&v6, "1")?;
@@ -281,14 +299,20 @@ pub fn delete_link(name: &str) -> Result<(), NetError> {
 /// A TAP for a microVM, opened the way the VMM's own `Tap::open` does
 /// (vnet headers, no packet info), on the bridge and up. Not persistent: it
 /// disappears when the last fd (the VMM's) closes.
-pub fn open_tap(name: &str, bridge: &str) -> Result<OwnedFd, NetError> {
+/// The workload's TAP, on its network's bridge (made or put right as
+/// [`ensure_bridge`] does, in the same `ip` run).
+pub fn open_tap(net: &Network, name: &str) -> Result<OwnedFd, NetError> {
     let what = format!("create TAP {name}");
+    ensure_fail_closed(&[net.bridge.as_str()])?;
     let tap = bulkhead_vmm::devices::virtio::net::tap::Tap::open(name)
         .map_err(|e| NetError::host(&what, e))?;
     let fd = std::os::fd::AsFd::as_fd(&tap)
         .try_clone_to_owned()
         .map_err(|e| NetError::host(&what, e))?;
-    ip_batch(&[format!("link set {name} master {bridge} up")], None)?;
+    let mut lines = bridge_lines(net);
+    lines.push(format!("link set {name} master {} up", net.bridge));
+    ip_batch(&lines, None)?;
+    bridge_sysctls(net)?;
     Ok(fd)
 }
 
@@ -312,35 +336,58 @@ pub fn new_netns() -> Result<OwnedFd, NetError> {
     }
 }
 
+/// Runs `f` on a thread of its own inside `netns` (setns moves only the
+/// calling thread, which ends with `f`): netlink there, no `ip` process.
+fn in_netns<T: Send>(
+    netns: &OwnedFd,
+    what: &str,
+    f: impl FnOnce() -> Result<T, bulkhead_agent::netlink::NetError> + Send,
+) -> Result<T, NetError> {
+    let done = std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetError::host(format!("{what}: enter the namespace"), e))?;
+            f().map_err(|e| NetError::host(what, bulkhead_agent_proto::report(&e)))
+        })
+        .join()
+    });
+    done.unwrap_or_else(|_| Err(NetError::host(what, "the thread panicked")))
+}
+
 /// Loopback up inside `netns`.
 pub fn lo_up(netns: &OwnedFd) -> Result<(), NetError> {
-    ip_batch(&["link set lo up".into()], Some(netns))
+    in_netns(netns, "loopback up", || {
+        bulkhead_agent::netlink::configure(None)
+    })
 }
 
 /// A veth pair: `a.host_if` on the bridge, the other end made directly in
 /// `netns` as `eth0` with the workload's MAC (about 20 ms faster than making
-/// it here and moving it), then its address, default route and loopback.
-pub fn veth_into(a: &Attachment, netns: &OwnedFd) -> Result<(), NetError> {
+/// it here and moving it), then loopback, its address and default route
+/// over netlink from a thread inside the namespace (no `ip` there).
+pub fn veth_into(net: &Network, a: &Attachment, netns: &OwnedFd) -> Result<(), NetError> {
     let ns_path = format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd());
-    ip_batch(
-        &[
-            format!(
-                "link add {} type veth peer name eth0 address {} netns {ns_path}",
-                a.host_if, a.mac
-            ),
-            format!("link set {} master {} up", a.host_if, a.bridge),
-        ],
-        None,
-    )?;
-    ip_batch(
-        &[
-            "link set lo up".into(),
-            format!("address add {}/{} dev eth0", a.ip, a.prefix),
-            "link set eth0 up".into(),
-            format!("route add default via {}", a.gateway),
-        ],
-        Some(netns),
-    )
+    ensure_fail_closed(&[net.bridge.as_str()])?;
+    // The bridge (made or put right as `ensure_bridge` does) and the pair, in one `ip` run.
+    let mut lines = bridge_lines(net);
+    lines.extend([
+        format!(
+            "link add {} type veth peer name eth0 address {} netns {ns_path}",
+            a.host_if, a.mac
+        ),
+        format!("link set {} master {} up", a.host_if, a.bridge),
+    ]);
+    ip_batch(&lines, None)?;
+    bridge_sysctls(net)?;
+    let spec = bulkhead_agent_proto::NetworkSpec {
+        interface: "eth0".into(),
+        address: format!("{}/{}", a.ip, a.prefix),
+        gateway: Some(a.gateway.to_string()),
+        mtu: None,
+    };
+    in_netns(netns, "the workload's eth0", || {
+        bulkhead_agent::netlink::configure(Some(&spec))
+    })
 }
 
 /// A socket bound to a published port (never listening): it keeps host

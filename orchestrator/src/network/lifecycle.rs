@@ -13,9 +13,14 @@ use crate::state::record::{now_ms, RuntimeKind, WorkloadConfig};
 use crate::state::State;
 
 /// Serializes network changes between CLIs and supervisors: the rules
-/// applied last are always rendered from the latest store.
-pub fn lock(state: &State) -> Result<nix::fcntl::Flock<File>, NetError> {
+/// applied last are always rendered from the latest store. Taken again in
+/// the thread that holds it (a step that sweeps, then inserts), it is the
+/// same lock. Taken before the store's ([`State::hold`]), as everywhere.
+pub fn lock(state: &State) -> Result<NetLock, NetError> {
     let path = state.paths().data().join("network.lock");
+    if NET_LOCKED.with(|l| l.borrow().as_ref() == Some(&path)) {
+        return Ok(NetLock { held: None });
+    }
     let io = |e: std::io::Error| NetError::host(format!("lock {}", path.display()), e);
     bulkhead_images::private::data_root(state.paths().data()).map_err(io)?;
     let f = std::os::unix::fs::OpenOptionsExt::mode(
@@ -24,7 +29,32 @@ pub fn lock(state: &State) -> Result<nix::fcntl::Flock<File>, NetError> {
     )
     .open(&path)
     .map_err(io)?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))
+    let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io(e.into()))?;
+    NET_LOCKED.with(|l| *l.borrow_mut() = Some(path));
+    Ok(NetLock { held: Some(held) })
+}
+
+thread_local! {
+    /// The network lock this thread holds (its path), if any.
+    static NET_LOCKED: std::cell::RefCell<Option<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The network lock, let go when the outermost one drops.
+#[derive(Debug)]
+#[must_use = "the lock is let go when this drops"]
+pub struct NetLock {
+    held: Option<nix::fcntl::Flock<File>>,
+}
+
+impl Drop for NetLock {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            NET_LOCKED.with(|l| *l.borrow_mut() = None);
+            drop(held);
+        }
+    }
 }
 
 /// Renders both tables from the store and swaps them in (lock held);
@@ -60,6 +90,31 @@ pub fn apply(state: &State) -> Result<(), NetError> {
     if forwards {
         host::enable_forwarding()?;
     }
+    super::dns::sync(&nets, &leases)
+}
+
+/// After one workload's lease came (`added`, its interface made) or went
+/// (released, its interface gone): only its set elements change when
+/// that is all it changes and our tables are there (`rules::lease_change`),
+/// else the whole script is rendered as for any change. The resolver's
+/// records follow either way. Lock held.
+fn apply_lease(state: &State, a: &Attachment, added: bool) -> Result<(), NetError> {
+    let names = super::HostNames::of(state.paths());
+    let Some(change) = rules::lease_change(&names.table(), a, added) else {
+        return apply(state);
+    };
+    // The tag is this data dir's (as a whole apply checks) before its table is touched.
+    host::claim_names(&names, state.paths().data())?;
+    // Refused (our tables missing or from an older bulkhead, an element
+    // not there): the whole script puts everything right.
+    if host::apply_rules(&change).is_err() {
+        return apply(state);
+    }
+    let nets = net::networks(state)?;
+    let leases: Vec<Attachment> = net::leases(state)?
+        .into_iter()
+        .map(|l| l.attachment)
+        .collect();
     super::dns::sync(&nets, &leases)
 }
 
@@ -498,16 +553,20 @@ pub fn attach(state: &State, cfg: &WorkloadConfig) -> Result<Attached, NetError>
     let _db = state.hold()?;
     let result = (|| {
         let net = net::network(state, &a.network)?;
-        host::ensure_bridge(&net)?;
         for p in &a.ports {
             out.held_ports.push(host::bind_port(p)?);
         }
+        // The bridge is made or put right with the workload's interface.
         match (&cfg.runtime, &out.netns) {
-            (RuntimeKind::Microvm, _) => out.tap = Some(host::open_tap(&a.host_if, &a.bridge)?),
-            (RuntimeKind::Container, Some(ns)) => host::veth_into(a, ns)?,
-            (RuntimeKind::Container, None) => {}
+            (RuntimeKind::Microvm, _) => out.tap = Some(host::open_tap(&net, &a.host_if)?),
+            (RuntimeKind::Container, Some(ns)) => host::veth_into(&net, a, ns)?,
+            (RuntimeKind::Container, None) => host::ensure_bridge(&net)?,
         }
-        apply(state)
+        // The lease as the store holds it (the source of every rendering).
+        match net::leases(state)?.into_iter().find(|l| l.id == cfg.id) {
+            Some(l) => apply_lease(state, &l.attachment, true),
+            None => apply(state),
+        }
     })();
     match result {
         Ok(()) => Ok(out),
@@ -526,8 +585,12 @@ pub fn detach(state: &State, id: &str) -> Result<(), NetError> {
     for name in [super::tap_name(id), super::veth_name(id)] {
         host::delete_link(&name)?;
     }
+    let lease = net::leases(state)?.into_iter().find(|l| l.id == id);
     if net::release(state, id)? {
-        apply(state)?;
+        match lease {
+            Some(l) => apply_lease(state, &l.attachment, false)?,
+            None => apply(state)?,
+        }
     }
     Ok(())
 }
@@ -538,18 +601,11 @@ pub fn detach(state: &State, id: &str) -> Result<(), NetError> {
 pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
     let _l = lock(state)?;
     let _db = state.hold()?;
-    // Leases and interfaces first, the records after: a workload's record
-    // is written with its lease (one transaction) and before its interface,
-    // so everything seen here that still has a live workload has its
-    // record in the list read next. (Read the other way round, a `run`
-    // beside this one could insert a workload between the two reads, and
-    // its lease and interface would be swept as left over.)
+    // Both locks are held from here on: no record or lease is written and
+    // no interface made (those need them) while this reads, so what it
+    // reads is one moment's view whatever the order.
     let leases: Vec<Lease> = net::leases(state)?;
-    // Only ports of our own bridges: another data dir's workloads on this
-    // host are not in our store, and their interfaces are theirs.
     let nets = net::networks(state)?;
-    let bridges: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
-    let links = host::ports_of(&bridges, &["bht", "bhv"])?;
     let records = state.list()?;
     let live: BTreeSet<&str> = records
         .iter()
@@ -557,6 +613,20 @@ pub fn sweep(state: &State) -> Result<Vec<String>, NetError> {
         .map(|r| r.config.id.as_str())
         .collect();
     let is_live = |short: &str| live.iter().any(|id| id.starts_with(short));
+    // Only ports of our own bridges: another data dir's workloads on this
+    // host are not in our store, and their interfaces are theirs. Which
+    // bridge a link is on costs a look at every link (`ip`): only when
+    // there is a link by our names that no live workload of ours explains.
+    let prefixes = ["bht", "bhv"];
+    let unexplained = host::links_named(&prefixes)
+        .iter()
+        .any(|n| !is_live(&n[3..]));
+    let bridges: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
+    let links = if unexplained {
+        host::ports_of(&bridges, &prefixes)?
+    } else {
+        Vec::new()
+    };
     let mut removed = Vec::new();
     for l in leases.iter().filter(|l| !live.contains(l.id.as_str())) {
         net::release(state, &l.id)?;

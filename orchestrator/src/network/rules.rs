@@ -2,7 +2,11 @@
 //! leases and the host's egress policy in the state store. `script`
 //! replaces both tables in one `nft -f` transaction: the kernel never sees
 //! half of a change, and a sweep after a crash is the same call as any other
-//! update.
+//! update. What one workload adds (its port, MAC and address, its refused
+//! counter, its egress exceptions and denials) is set and map elements, not
+//! rules, so `lease_change` adds or deletes just those elements (one small
+//! transaction) when a workload without published ports comes or goes; the
+//! rules stay as they are.
 //!
 //! - `table inet bulkhead` (IPv4 and IPv6 in one place):
 //!   - input from a bridge only for replies and, where the network has a
@@ -49,6 +53,126 @@ fn addr_set(nets: &[Subnet]) -> String {
         .join(", ")
 }
 
+/// The ranges without those another one of the list covers (an interval
+/// set refuses overlapping elements).
+fn outermost(nets: &[Subnet]) -> Vec<Subnet> {
+    let mut out: Vec<Subnet> = Vec::new();
+    let mut sorted = nets.to_vec();
+    sorted.sort_by_key(|n| n.prefix);
+    for n in sorted {
+        if !out.iter().any(|o| o.contains(n.base)) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The sets and maps that hold what each workload adds: (family, name,
+/// declaration).
+const LEASE_SETS: &[(&str, &str, &str)] = &[
+    ("inet", "refusers", "type ifname . ipv4_addr : counter"),
+    // Its nameservers (port 53 only), what it allowed, what it denied
+    // itself, and whether it has the internet: keyed by its bridge and
+    // its address (which the bridge table keeps its own).
+    ("inet", "egress_dns", "type ifname . ipv4_addr . ipv4_addr"),
+    (
+        "inet",
+        "egress_allowed",
+        "type ifname . ipv4_addr . ipv4_addr\n\t\tflags interval",
+    ),
+    (
+        "inet",
+        "egress_denied",
+        "type ifname . ipv4_addr . ipv4_addr\n\t\tflags interval",
+    ),
+    ("inet", "no_internet", "type ifname . ipv4_addr"),
+    // Its port, and the one MAC and address frames from it may carry.
+    ("bridge", "ports", "type ifname"),
+    ("bridge", "port_macs", "type ifname . ether_addr"),
+    ("bridge", "port_ips", "type ifname . ipv4_addr"),
+];
+
+/// One workload's elements of [`LEASE_SETS`]: (set, element).
+fn lease_elements(a: &Attachment) -> Vec<(&'static str, String)> {
+    let (b, ip, port) = (&a.bridge, a.ip, &a.host_if);
+    let mut v = vec![(
+        "refusers",
+        format!("\"{b}\" . {ip} : \"{}\"", egress::refused_counter(port)),
+    )];
+    v.extend(
+        a.nameservers
+            .iter()
+            .filter_map(|n| n.parse::<std::net::Ipv4Addr>().ok())
+            .map(|n| ("egress_dns", format!("\"{b}\" . {ip} . {n}"))),
+    );
+    v.extend(
+        outermost(&a.allow_egress)
+            .iter()
+            .map(|n| ("egress_allowed", format!("\"{b}\" . {ip} . {n}"))),
+    );
+    v.extend(
+        outermost(&a.deny_egress)
+            .iter()
+            .map(|n| ("egress_denied", format!("\"{b}\" . {ip} . {n}"))),
+    );
+    if a.no_internet {
+        v.push(("no_internet", format!("\"{b}\" . {ip}")));
+    }
+    v.push(("ports", format!("\"{port}\"")));
+    v.push(("port_macs", format!("\"{port}\" . {}", a.mac)));
+    v.push(("port_ips", format!("\"{port}\" . {ip}")));
+    v
+}
+
+/// `\tset NAME {\n\t\tDECL\n\t\telements = { ... }\n\t}\n` with every
+/// lease's elements of that set.
+fn lease_set(s: &mut String, family: &str, leases: &[Attachment]) {
+    for (_, name, decl) in LEASE_SETS.iter().filter(|(f, ..)| *f == family) {
+        let kind = if decl.contains(" : ") { "map" } else { "set" };
+        s.push_str(&format!("\t{kind} {name} {{\n\t\t{decl}\n"));
+        let elements: Vec<String> = leases
+            .iter()
+            .flat_map(lease_elements)
+            .filter(|(set, _)| set == name)
+            .map(|(_, e)| e)
+            .collect();
+        if !elements.is_empty() {
+            s.push_str(&format!("\t\telements = {{ {} }}\n", elements.join(", ")));
+        }
+        s.push_str("\t}\n");
+    }
+}
+
+/// What one workload adds to tables a whole `script` made, as one `nft -f`
+/// transaction: its elements and its refused counter, added (`added`) or
+/// deleted. None where that is not all it adds (published ports are DNAT
+/// rules): the caller renders the whole script then.
+pub fn lease_change(table: &str, a: &Attachment, added: bool) -> Option<String> {
+    if !a.ports.is_empty() {
+        return None;
+    }
+    let counter = egress::refused_counter(&a.host_if);
+    let verb = if added { "add" } else { "delete" };
+    let mut s = String::new();
+    if added {
+        s.push_str(&format!("add counter inet {table} {counter}\n"));
+    }
+    for (set, element) in lease_elements(a) {
+        let family = LEASE_SETS
+            .iter()
+            .find(|(_, name, _)| *name == set)
+            .map_or("inet", |(f, ..)| *f);
+        s.push_str(&format!(
+            "{verb} element {family} {table} {set} {{ {element} }}\n"
+        ));
+    }
+    if !added {
+        // After the map's element that pointed at it, in the same transaction.
+        s.push_str(&format!("delete counter inet {table} {counter}\n"));
+    }
+    Some(s)
+}
+
 fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
     let mut v = Vec::new();
     for a in leases {
@@ -74,7 +198,8 @@ fn dnat_rules(leases: &[Attachment]) -> Vec<String> {
 }
 
 /// What one workload closed for itself (`--deny-egress`): refused
-/// before any exception opens it.
+/// before any exception opens it. (The rule as `network inspect` says it;
+/// the table holds it as `egress_denied` elements.)
 fn deny_rules(a: &Attachment) -> Vec<String> {
     if a.deny_egress.is_empty() {
         return Vec::new();
@@ -88,7 +213,8 @@ fn deny_rules(a: &Attachment) -> Vec<String> {
 }
 
 /// A workload without the internet (`--no-internet`, a tenant's policy):
-/// after its exceptions, everything else is refused.
+/// after its exceptions, everything else is refused (as said; held as a
+/// `no_internet` element).
 fn no_internet_rule(a: &Attachment) -> Option<String> {
     a.no_internet
         .then(|| format!("iifname \"{}\" ip saddr {} goto refuse", a.bridge, a.ip))
@@ -96,7 +222,8 @@ fn no_internet_rule(a: &Attachment) -> Option<String> {
 
 /// The egress exceptions of one workload: its nameservers (port 53 only)
 /// and what it allowed, from its own address on its own bridge (the
-/// bridge table keeps that address its own).
+/// bridge table keeps that address its own). As said; held as
+/// `egress_dns` and `egress_allowed` elements.
 fn egress_rules(a: &Attachment) -> Vec<String> {
     let mut v = Vec::new();
     let ns: Vec<String> = a
@@ -309,6 +436,17 @@ pub fn network_rules(net: &Network, leases: &[Attachment], policy: &HostPolicy) 
     v
 }
 
+/// Frames from a workload's port carry its own MAC, and ARP and IPv4 its
+/// own address; nothing but IPv4 and ARP passes (`port_macs`, `port_ips`).
+const PORT_RULES: &[&str] = &[
+    "iifname @ports iifname . ether saddr != @port_macs drop",
+    "iifname @ports ether type arp iifname . arp saddr ether != @port_macs drop",
+    "iifname @ports ether type arp iifname . arp saddr ip != @port_ips drop",
+    "iifname @ports ether type ip iifname . ip saddr != @port_ips drop",
+    "iifname @ports ether type != { ip, arp } drop",
+];
+
+/// What [`PORT_RULES`] mean for one workload, as `network inspect` says it.
 fn port_rules(a: &Attachment) -> Vec<String> {
     let (p, mac, ip) = (&a.host_if, &a.mac, a.ip);
     vec![
@@ -386,23 +524,7 @@ pub fn script(
             "\tcounter {name} {{\n\t\tpackets {packets} bytes {bytes}\n\t}}\n"
         ));
     }
-    s.push_str("\tmap refusers {\n\t\ttype ifname . ipv4_addr : counter\n");
-    if !leases.is_empty() {
-        let elements = leases
-            .iter()
-            .map(|a| {
-                format!(
-                    "\"{}\" . {} : \"{}\"",
-                    a.bridge,
-                    a.ip,
-                    egress::refused_counter(&a.host_if)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        s.push_str(&format!("\t\telements = {{ {elements} }}\n"));
-    }
-    s.push_str("\t}\n");
+    lease_set(&mut s, "inet", leases);
     s.push_str("\tchain refuse {\n");
     line(&mut s, "counter name iifname . ip saddr map @refusers");
     line(&mut s, "drop");
@@ -463,18 +585,22 @@ pub fn script(
     line(&mut s, "iifname @bridges oifname @tunnels goto refuse");
     line(&mut s, "oifname @tunnels drop");
     line(&mut s, "iifname @bridges ip daddr @protected goto refuse");
-    for r in leases.iter().flat_map(deny_rules) {
-        line(&mut s, &r);
-    }
-    for a in leases {
-        for r in egress_rules(a) {
-            line(&mut s, &r);
-        }
-    }
+    // Each workload's own denials, then its exceptions, then the denied
+    // ranges, then (without the internet) nothing more: see `LEASE_SETS`.
+    line(
+        &mut s,
+        "iifname . ip saddr . ip daddr @egress_denied goto refuse",
+    );
+    line(
+        &mut s,
+        "iifname . ip saddr . ip daddr @egress_dns meta l4proto { tcp, udp } th dport 53 accept",
+    );
+    line(
+        &mut s,
+        "iifname . ip saddr . ip daddr @egress_allowed accept",
+    );
     line(&mut s, "iifname @bridges ip daddr @denied goto refuse");
-    for r in leases.iter().filter_map(no_internet_rule) {
-        line(&mut s, &r);
-    }
+    line(&mut s, "iifname . ip saddr @no_internet goto refuse");
     line(&mut s, "iifname @bridges meta nfproto ipv4 accept");
     line(&mut s, "iifname @bridges drop");
     line(&mut s, "oifname @bridges drop");
@@ -536,19 +662,11 @@ pub fn script(
     // workload's port (after the anti-spoofing drops), not in an inet
     // prerouting chain: with br_netfilter the inet prerouting hook sees the
     // port, not the bridge (`meta ibrname` needs a module hosts may lack).
-    let ports: Vec<&str> = leases.iter().map(|a| a.host_if.as_str()).collect();
-    s.push_str(&format!(
-        "table bridge {table} {{\n\tset ports {{\n\t\ttype ifname\n"
-    ));
-    if !ports.is_empty() {
-        s.push_str(&format!("\t\telements = {{ {} }}\n", quoted_set(&ports)));
-    }
-    s.push_str("\t}\n");
+    s.push_str(&format!("table bridge {table} {{\n"));
+    lease_set(&mut s, "bridge", leases);
     s.push_str("\tchain ports {\n\t\ttype filter hook prerouting priority -200; policy accept;\n");
-    for a in leases {
-        for r in port_rules(a) {
-            line(&mut s, &r);
-        }
+    for r in PORT_RULES {
+        line(&mut s, r);
     }
     line(
         &mut s,

@@ -232,12 +232,14 @@ pub fn create(
     };
     check_network_asks(req)?;
     let state = State::new(Paths::new(data));
+    // The network lock, then the store, held from the sweep to the
+    // record's insert: one open of the store for the whole step.
+    let net_lock = lifecycle::lock(&state)?;
+    let db = state.hold()?;
     // Leftovers of workloads that are gone (a crash, a reboot) go first.
     if let Err(e) = lifecycle::sweep(&state) {
         eprintln!("bulkhead: warning: cleaning up after workloads that are gone: {e}");
     }
-    // The store stays open from here to the record's insert (one open, not one per step).
-    let db = state.hold()?;
     if let Err(e) = super::jail::sweep(&state) {
         eprintln!(
             "bulkhead: warning: removing the jails of workloads that are gone: {}",
@@ -296,6 +298,7 @@ pub fn create(
         return Err(e);
     }
     drop(db);
+    drop(net_lock);
     Ok(rec)
 }
 

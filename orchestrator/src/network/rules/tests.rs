@@ -210,8 +210,11 @@ fn the_script_replaces_tables_and_holds_every_rule_of_a_lease() {
             .count(),
         2
     );
-    assert!(s.contains("iifname \"bhtabc\" ether saddr != 02:b4:0a:58:00:02 drop"));
-    assert!(s.contains("iifname \"bhtabc\" ether type ip ip saddr != 10.88.0.2 drop"));
+    // The port's own MAC and address, as elements the port rules look up.
+    assert!(s.contains("set port_macs {\n\t\ttype ifname . ether_addr\n\t\telements = { \"bhtabc\" . 02:b4:0a:58:00:02 }"), "{s}");
+    assert!(s.contains("set port_ips {\n\t\ttype ifname . ipv4_addr\n\t\telements = { \"bhtabc\" . 10.88.0.2 }"), "{s}");
+    assert!(s.contains("iifname @ports iifname . ether saddr != @port_macs drop"));
+    assert!(s.contains("iifname @ports ether type ip iifname . ip saddr != @port_ips drop"));
     assert!(s.contains("ip saddr 10.89.0.0/24 oifname != @bridges oifname != @tunnels masquerade"));
     assert!(s.contains("iifname @bridges oifname @bridges goto refuse"));
     // A network's resolver: its own gateway, from its own bridge, before
@@ -222,7 +225,16 @@ fn the_script_replaces_tables_and_holds_every_rule_of_a_lease() {
         )
         .unwrap_or(usize::MAX);
     assert!(resolver < s.find("iifname @bridges goto refuse").unwrap_or(0));
-    assert_eq!(s.matches("th dport 53 accept").count(), 1, "{s}");
+    assert_eq!(
+        s.matches("ip daddr 10.89.0.1 meta l4proto { tcp, udp } th dport 53 accept")
+            .count(),
+        1,
+        "{s}"
+    );
+    assert!(
+        !s.contains("egress_dns {\n\t\ttype ifname . ipv4_addr . ipv4_addr\n\t\telements"),
+        "no nameservers asked: {s}"
+    );
     // The braces balance (a broken script would be refused whole by nft).
     assert_eq!(s.matches('{').count(), s.matches('}').count());
     let r = network_rules(
@@ -278,10 +290,18 @@ fn egress_is_denied_by_default_and_protected_addresses_win_over_allows() {
         assert!(s.contains(r), "{r} is not denied");
     }
     let protected = forward_line(&s, "ip daddr @protected goto refuse");
-    let allow = forward_line(&s, "ip saddr 10.88.0.2 ip daddr { 172.31.9.0/24 } accept");
+    assert!(
+        s.contains("elements = { \"bulkhead0\" . 10.88.0.2 . 172.31.9.0/24 }"),
+        "{s}"
+    );
+    assert!(
+        s.contains("elements = { \"bulkhead0\" . 10.88.0.2 . 10.0.0.2 }"),
+        "only the address among its nameservers: {s}"
+    );
+    let allow = forward_line(&s, "iifname . ip saddr . ip daddr @egress_allowed accept");
     let dns = forward_line(
         &s,
-        "ip daddr { 10.0.0.2 } meta l4proto { tcp, udp } th dport 53 accept",
+        "iifname . ip saddr . ip daddr @egress_dns meta l4proto { tcp, udp } th dport 53 accept",
     );
     let denied = forward_line(&s, "ip daddr @denied goto refuse");
     let internet = forward_line(&s, "iifname @bridges meta nfproto ipv4 accept");
@@ -351,22 +371,20 @@ fn denials_and_no_internet_are_refused_and_counted_per_workload() {
         &HostPolicy::default(),
         &counts,
     );
+    assert!(s.contains("elements = { \"bulkhead0\" . 10.88.0.2 . 172.31.9.0/24, \"bulkhead0\" . 10.88.0.2 . 203.0.113.0/24 }"), "{s}");
+    assert!(s.contains("elements = { \"bulkhead0\" . 10.88.0.2 . 172.31.0.0/16, \"bulkhead0\" . 10.88.0.3 . 192.168.7.0/24 }"), "{s}");
+    assert!(s.contains("set no_internet {\n\t\ttype ifname . ipv4_addr\n\t\telements = { \"bulkhead0\" . 10.88.0.3 }"), "only b is cut off: {s}");
     let deny = forward_line(
         &s,
-        "ip saddr 10.88.0.2 ip daddr { 172.31.9.0/24, 203.0.113.0/24 } goto refuse",
+        "iifname . ip saddr . ip daddr @egress_denied goto refuse",
     );
-    let allow_a = forward_line(&s, "ip saddr 10.88.0.2 ip daddr { 172.31.0.0/16 } accept");
-    let allow_b = forward_line(&s, "ip saddr 10.88.0.3 ip daddr { 192.168.7.0/24 } accept");
+    let allow = forward_line(&s, "iifname . ip saddr . ip daddr @egress_allowed accept");
     let denied = forward_line(&s, "ip daddr @denied goto refuse");
-    let cut = forward_line(&s, "iifname \"bulkhead0\" ip saddr 10.88.0.3 goto refuse");
+    let cut = forward_line(&s, "iifname . ip saddr @no_internet goto refuse");
     let internet = forward_line(&s, "iifname @bridges meta nfproto ipv4 accept");
     assert!(
-        deny < allow_a && allow_b < denied && denied < cut && cut < internet,
+        deny < allow && allow < denied && denied < cut && cut < internet,
         "{s}"
-    );
-    assert!(
-        !s.contains("ip saddr 10.88.0.2 goto refuse"),
-        "a has the internet"
     );
     // One counter per workload, the old count kept, and the map that
     // finds it from the packet's bridge and (checked) source address.
@@ -455,4 +473,72 @@ fn ingress_balances_outside_connections_and_passes_them_on_once() {
         &Refused::new(),
     );
     assert!(!none.contains("table inet bulkhead {\n"));
+}
+
+/// A workload without published ports comes and goes as elements only:
+/// the change holds exactly the elements the whole script gives it, and
+/// its counter (added first, deleted after the map's element).
+#[test]
+fn a_workload_comes_and_goes_as_its_elements_only() {
+    let nets = [net("bulkhead", "bulkhead0", "10.88.0.0/16")];
+    let mut a = lease("10.88.0.2", "8080:80");
+    a.ports.clear();
+    a.nameservers = vec!["10.0.0.2".into()];
+    a.allow_egress = vec![cidr("172.31.0.0/16"), cidr("172.31.9.0/24")];
+    a.deny_egress = vec![cidr("203.0.113.0/24")];
+    a.no_internet = true;
+    let add = lease_change("bulkhead", &a, true).unwrap_or_default();
+    let del = lease_change("bulkhead", &a, false).unwrap_or_default();
+    assert!(
+        add.starts_with("add counter inet bulkhead refused_bhtabc\n"),
+        "{add}"
+    );
+    assert!(
+        del.ends_with("delete counter inet bulkhead refused_bhtabc\n"),
+        "{del}"
+    );
+    let whole = script(
+        "bulkhead",
+        &nets,
+        &[a.clone()],
+        &HostPolicy::default(),
+        &Refused::new(),
+    );
+    let elements: Vec<&str> = add
+        .lines()
+        .filter(|l| l.starts_with("add element"))
+        .collect();
+    assert_eq!(elements.len(), 8, "{add}");
+    for l in &elements {
+        // `add element FAMILY TABLE SET { E }`: E is in the whole script's SET.
+        let words: Vec<&str> = l.splitn(6, ' ').collect();
+        let (family, set, element) = (
+            words[2],
+            words[4],
+            words[5].trim_matches(|c| c == '{' || c == '}' || c == ' '),
+        );
+        let table = whole
+            .split(&format!("table {family} bulkhead {{\n"))
+            .nth(1)
+            .unwrap_or_default();
+        let decl = table
+            .split(&format!(" {set} {{\n"))
+            .nth(1)
+            .and_then(|t| t.split("\n\t}").next())
+            .unwrap_or_default();
+        assert!(decl.contains(element), "{set}: {element} not in {decl}");
+    }
+    // Nested ranges: an interval set takes the outer one only.
+    assert!(
+        add.contains("172.31.0.0/16") && !add.contains("172.31.9.0/24"),
+        "{add}"
+    );
+    assert_eq!(
+        del.lines()
+            .filter(|l| l.starts_with("delete element"))
+            .count(),
+        elements.len()
+    );
+    // Published ports are rules: the whole script, not a change.
+    assert!(lease_change("bulkhead", &lease("10.88.0.2", "8080:80"), true).is_none());
 }
