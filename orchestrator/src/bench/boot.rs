@@ -12,8 +12,10 @@
 //! `jail-ready` (the jailer about to exec the VMM) from the jailer;
 //! `vmm-start` (the VMM exec'd), `kernel-entry` and `agent-ready` from
 //! bulkhead-vmm's own timeline (its boot-stage port: guest-side times, not
-//! guesses); `first-output` (the first byte on `run`'s stdout) and `exit`
-//! (`run` returned: the workload ended and was cleaned up) measured here.
+//! guesses); the teardown from the supervisor: `workload-exited` (its exit
+//! and last output in), `runtime-cleaned` (the VMM or OCI runtime gone),
+//! `released` (network, jail, files, record); `first-output` (the first
+//! byte on `run`'s stdout) and `exit` (`run` returned) measured here.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -43,6 +45,9 @@ pub const PHASES: &[&str] = &[
     "agent-ready",
     "agent-connected",
     "first-output",
+    "workload-exited",
+    "runtime-cleaned",
+    "released",
     "exit",
 ];
 

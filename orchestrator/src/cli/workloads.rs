@@ -304,6 +304,9 @@ pub fn kill(a: KillArgs) -> Result<u8> {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Several workloads are removed side by side (up to 16 at once), each as it finishes; a name that cannot be removed is reported and the others still go (exit status 1 then)."
+)]
 pub struct RmArgs {
     /// Kill it first if it still runs (also cleans up after a dead supervisor).
     #[arg(short, long)]
@@ -312,13 +315,51 @@ pub struct RmArgs {
     names: Vec<String>,
 }
 
+/// Workloads removed at once by one `rm`.
+const RM_PARALLEL: usize = 16;
+
 pub fn rm(a: RmArgs) -> Result<u8> {
     let st = state();
-    for n in &a.names {
-        crate::runtime::remove::remove(&st, &st.get(n)?, a.force)?;
-        println!("{n}");
+    // Names to records with the store open once; each workload once, in
+    // the order first named.
+    let mut todo: Vec<(String, Record)> = Vec::new();
+    let mut failed = false;
+    {
+        let _db = st.hold()?;
+        for n in &a.names {
+            match st.get(n) {
+                Ok(r) if todo.iter().any(|(_, t)| t.config.id == r.config.id) => {}
+                Ok(r) => todo.push((n.clone(), r)),
+                Err(e) => {
+                    eprintln!("bulkhead: {e}");
+                    failed = true;
+                }
+            }
+        }
     }
-    Ok(0)
+    // Side by side: each one's stop (a VM's shutdown takes the longest)
+    // does not wait for the others'. They take turns on the store and the
+    // network lock as any two `rm`s would.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = std::sync::Mutex::new(&mut failed);
+    std::thread::scope(|s| {
+        for _ in 0..todo.len().min(RM_PARALLEL) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((n, r)) = todo.get(i) else { break };
+                let done = crate::runtime::remove::remove(&st, r, a.force);
+                let mut failed = out.lock().unwrap_or_else(|p| p.into_inner());
+                match done {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("bulkhead: {}", bulkhead_agent_proto::report(&e));
+                        **failed = true;
+                    }
+                }
+            });
+        }
+    });
+    Ok(u8::from(failed))
 }
 
 #[derive(Debug, Args)]

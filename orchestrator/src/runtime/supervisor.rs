@@ -362,6 +362,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
         }
     }
     let mut report = report.unwrap_or_else(|| failed("no exit status"));
+    marks.push(Mark::now("workload-exited"));
     if let Some(h) = health {
         h.abort();
     }
@@ -379,6 +380,8 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     cleanup(&backend).await;
     drop(attached);
     drop(listener);
+    // The VMM or OCI runtime gone (for a microVM: the VM torn down).
+    marks.push(Mark::now("runtime-cleaned"));
     report.started_ms = running.started_ms;
     if let Backend::Microvm(_) = &*backend {
         marks.extend(super::microvm::vmm_timeline(&dir));
@@ -461,7 +464,10 @@ async fn finish(
         ),
     );
     if let Some(tx) = exit_tx {
-        let _ = tx.send(Some(report.clone()));
+        let mut report = report.clone();
+        // Network, jail, files (and for --rm the record): all released.
+        report.timeline.push(Mark::now("released"));
+        let _ = tx.send(Some(report));
     }
 }
 
