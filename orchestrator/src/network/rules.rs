@@ -121,6 +121,9 @@ fn lease_elements(a: &Attachment) -> Vec<(&'static str, String)> {
     v.push(("ports", format!("\"{port}\"")));
     v.push(("port_macs", format!("\"{port}\" . {}", a.mac)));
     v.push(("port_ips", format!("\"{port}\" . {ip}")));
+    // Each once (a nameserver listed twice): nft deletes an element once.
+    let mut seen = std::collections::BTreeSet::new();
+    v.retain(|e| seen.insert(e.clone()));
     v
 }
 

@@ -69,6 +69,10 @@ pub fn remove(state: &State, r: &Record, force: bool) -> Result<(), RemoveError>
         }
         force_end(r);
     }
+    // The network lock, then the store, once for the whole removal.
+    let _net = crate::network::lifecycle::lock(state)
+        .map_err(|e| RemoveError::Network(r.config.name.clone(), e))?;
+    let _db = state.hold()?;
     crate::network::lifecycle::detach(state, &r.config.id)
         .map_err(|e| RemoveError::Network(r.config.name.clone(), e))?;
     remove_files(state.paths(), &r.config.id)

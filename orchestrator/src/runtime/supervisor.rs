@@ -427,8 +427,12 @@ async fn finish(
     notify: &mut Option<std::fs::File>,
 ) {
     let dir = paths.workload_dir(&cfg.id);
+    let state = State::new(paths.clone());
+    // One open of the store for the whole teardown (no `.await` below
+    // while it is held), taken as everywhere after the network lock.
+    let held = network::lock(&state).ok().map(|l| (l, state.hold().ok()));
     // The address, ports, interfaces and rules go before anything else.
-    if let Err(e) = network::detach(&State::new(paths.clone()), &cfg.id) {
+    if let Err(e) = network::detach(&state, &cfg.id) {
         eprintln!("bulkhead supervisor: network teardown: {e}");
     }
     // The jailer removes its jail when the VMM ends; this is for a jailer
@@ -447,10 +451,11 @@ async fn finish(
     };
     if cfg.auto_remove {
         let _ = super::remove::remove_files(paths, &cfg.id);
-        let _ = State::new(paths.clone()).remove(&cfg.id);
+        let _ = state.remove(&cfg.id);
     } else {
         let _ = write_json(&dir.join("exit.json"), &exit);
     }
+    drop(held);
     let _ = std::fs::remove_dir_all(Paths::run_dir(&cfg.id));
     tell(
         notify,

@@ -483,7 +483,7 @@ fn a_workload_comes_and_goes_as_its_elements_only() {
     let nets = [net("bulkhead", "bulkhead0", "10.88.0.0/16")];
     let mut a = lease("10.88.0.2", "8080:80");
     a.ports.clear();
-    a.nameservers = vec!["10.0.0.2".into()];
+    a.nameservers = vec!["10.0.0.2".into(), "10.0.0.2".into()];
     a.allow_egress = vec![cidr("172.31.0.0/16"), cidr("172.31.9.0/24")];
     a.deny_egress = vec![cidr("203.0.113.0/24")];
     a.no_internet = true;
