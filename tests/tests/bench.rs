@@ -52,7 +52,7 @@ fn series(report: &Value, runtime: &str) -> Vec<(String, Vec<f64>)> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["runtime"] == runtime)
+        .filter(|s| s["runtime"] == runtime && s["unit"] != "exits")
         .map(|s| {
             (
                 s["phase"].as_str().unwrap().to_string(),
@@ -239,6 +239,39 @@ fn boot_and_density_report_every_runtime() {
         ]),
         3,
     );
+    // Where the microVM's exits to the VMM went, per run: the agent's
+    // stage codes to the boot-stage port, the disk's and vsock's queue
+    // notifications; none counted for a container or another VMM.
+    let exits = |runtime: &str| -> Vec<(String, Vec<f64>)> {
+        report["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["runtime"] == runtime && s["unit"] == "exits")
+            .map(|s| {
+                let v = s["samples"].as_array().unwrap();
+                (
+                    s["phase"].as_str().unwrap().to_string(),
+                    v.iter().map(|x| x.as_f64().unwrap()).collect(),
+                )
+            })
+            .collect()
+    };
+    let vm = exits("microvm");
+    for want in [
+        "exits io-out boot-stage",
+        "exits mmio-write virtio-blk",
+        "exits mmio-write virtio-vsock",
+    ] {
+        let (_, v) = vm
+            .iter()
+            .find(|(n, _)| n == want)
+            .unwrap_or_else(|| panic!("no {want:?} in {vm:?}"));
+        assert!(v.len() == 3 && v.iter().all(|n| *n >= 1.0), "{want}: {v:?}");
+    }
+    for other in ["vmm-vs:other-vmm", "crun", "runc"] {
+        assert!(exits(other).is_empty(), "{other}: {:?}", exits(other));
+    }
     check_phases(
         &report,
         "vmm-vs:other-vmm",

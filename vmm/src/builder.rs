@@ -106,33 +106,37 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     let ioapic = Arc::new(Mutex::new(Ioapic::new(ioapic_id, vm.msi_sink())));
 
     let mut mmio = Bus::new();
-    mmio.insert(ioapic.clone(), IOAPIC_ADDR, IOAPIC_SIZE)?;
+    mmio.insert(ioapic.clone(), IOAPIC_ADDR, IOAPIC_SIZE, "ioapic")?;
 
     let mut io = Bus::new();
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         IrqLine::new(ioapic.clone(), IRQ_SERIAL),
         serial_sink(&config.serial)?,
     )));
-    io.insert(serial.clone(), u64::from(PORT_COM1), 8)?;
+    io.insert(serial.clone(), u64::from(PORT_COM1), 8, "serial")?;
     io.insert(
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         u64::from(PORT_I8042),
         5,
+        "i8042",
     )?;
     io.insert(
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
         u64::from(PORT_ACPI_SLEEP_CONTROL),
         3,
+        "acpi-pm",
     )?;
     io.insert(
         Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
         u64::from(PORT_PVPANIC),
         1,
+        "pvpanic",
     )?;
     io.insert(
         Arc::new(Mutex::new(BootStagePort::new(timeline.clone()))),
         u64::from(BOOT_STAGE_PORT),
         1,
+        "boot-stage",
     )?;
 
     let mut event_loop = EventLoop::new()?;
@@ -238,6 +242,17 @@ struct VirtioSlots<'a> {
     declared: Vec<acpi::MmioDevice>,
 }
 
+/// What a virtio device's exits are counted under.
+fn virtio_name(device_type: u32) -> &'static str {
+    match device_type {
+        1 => "virtio-net",
+        2 => "virtio-blk",
+        4 => "virtio-rng",
+        19 => "virtio-vsock",
+        _ => "virtio",
+    }
+}
+
 impl VirtioSlots<'_> {
     /// The event registry of the next device added.
     fn registry(&self) -> Registry {
@@ -252,13 +267,14 @@ impl VirtioSlots<'_> {
             .ok_or(BuildError::TooManyDevices(VIRTIO_IRQS.len()))?;
         let base = VIRTIO_MMIO_BASE + n as u64 * VIRTIO_MMIO_SIZE;
         let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(self.ioapic.clone(), irq)));
+        let name = virtio_name(device.device_type());
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             device,
             self.mem.clone(),
             interrupt,
         )));
         self.mmio
-            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE, name)?;
         self.event_loop.add_device(transport);
         self.declared.push(acpi::MmioDevice {
             base,

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let timeline = built.ctx.timeline.clone();
+    let (io, mmio) = (built.ctx.io.clone(), built.ctx.mmio.clone());
     let opts = runner::RunOptions {
         measure: config.memory_report,
         seccomp: config.seccomp,
@@ -68,6 +69,9 @@ fn main() -> ExitCode {
     }
     if config.boot_timeline {
         for line in timeline.report_lines() {
+            eprintln!("{line}");
+        }
+        for line in timeline::exit_lines(&io.access_counts(), &mmio.access_counts()) {
             eprintln!("{line}");
         }
     }

@@ -41,6 +41,12 @@ pub const TIMELINE_PREFIX: &str = "bulkhead-vmm: boot-timeline ";
 /// Prefix of the line with the process start on CLOCK_MONOTONIC.
 pub const CLOCK_PREFIX: &str = "bulkhead-vmm: boot-clock monotonic_start_us=";
 
+/// Prefix of the lines with the VM's exits to us, by kind and device.
+pub const EXITS_PREFIX: &str = "bulkhead-vmm: exits ";
+
+/// Most exit lines a report holds (a few devices, four kinds each).
+const MAX_EXIT_LINES: usize = 64;
+
 /// What `--boot-timeline` printed, read back from the VMM's stderr.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -48,6 +54,47 @@ pub struct Report {
     pub monotonic_start_us: Option<u64>,
     /// Milestone names with µs since the process start, in order.
     pub marks: Vec<(String, u64)>,
+    /// Exits to the VMM over the VM's life: `KIND DEVICE` (`io-in serial`,
+    /// `mmio-write ioapic`, ...) and how many.
+    pub exits: Vec<(String, u64)>,
+}
+
+/// The exit lines `--boot-timeline` prints: every port I/O and MMIO access
+/// of the guest is an exit to us, counted by the device it went to.
+pub fn exit_lines(
+    io: &[crate::devices::bus::AccessCount],
+    mmio: &[crate::devices::bus::AccessCount],
+) -> Vec<String> {
+    let mut v = Vec::new();
+    for (read, write, counts) in [("io-in", "io-out", io), ("mmio-read", "mmio-write", mmio)] {
+        for c in counts {
+            for (kind, n) in [(read, c.reads), (write, c.writes)] {
+                if n > 0 {
+                    v.push(format!("{EXITS_PREFIX}{kind} {} {n}", c.device));
+                }
+            }
+        }
+    }
+    v
+}
+
+fn exit_line(rest: &str) -> Option<(String, u64)> {
+    let mut words = rest.split(' ');
+    let (Some(kind), Some(device), Some(n), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return None;
+    };
+    let kind_ok = ["io-in", "io-out", "mmio-read", "mmio-write"].contains(&kind);
+    let device_ok = !device.is_empty()
+        && device.len() <= 32
+        && device
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (kind_ok && device_ok)
+        .then(|| n.parse().ok())
+        .flatten()
+        .map(|n| (format!("{kind} {device}"), n))
 }
 
 /// Reads the timeline lines out of the VMM's stderr. Anything else (other
@@ -58,6 +105,10 @@ pub fn parse_report(stderr: &str) -> Report {
     for line in stderr.lines() {
         if let Some(v) = line.strip_prefix(CLOCK_PREFIX) {
             r.monotonic_start_us = v.trim().parse().ok().or(r.monotonic_start_us);
+        } else if let Some(rest) = line.strip_prefix(EXITS_PREFIX) {
+            if let Some(e) = exit_line(rest).filter(|_| r.exits.len() < MAX_EXIT_LINES) {
+                r.exits.push(e);
+            }
         } else if let Some(rest) = line.strip_prefix(TIMELINE_PREFIX) {
             let mut words = rest.split(' ');
             let (Some(name), Some(at), None) = (words.next(), words.next(), words.next()) else {
@@ -206,5 +257,42 @@ mod tests {
         let flood = "bulkhead-vmm: boot-timeline guest-code-9 1us\n".repeat(1000);
         assert_eq!(parse_report(&flood).marks.len(), MAX_EVENTS + 1);
         assert_eq!(parse_report(""), Report::default());
+    }
+
+    #[test]
+    fn exits_are_printed_and_read_back_and_malformed_lines_are_not() {
+        use crate::devices::bus::AccessCount;
+        let io = [AccessCount {
+            device: "serial",
+            reads: 0,
+            writes: 1500,
+        }];
+        let mmio = [AccessCount {
+            device: "virtio-blk",
+            reads: 7,
+            writes: 9,
+        }];
+        let lines = exit_lines(&io, &mmio);
+        assert_eq!(lines.len(), 3, "no line for a count of 0: {lines:?}");
+        let text = [
+            lines.join("\n"),
+            "bulkhead-vmm: exits io-out serial".into(),
+            "bulkhead-vmm: exits io-sideways serial 3".into(),
+            "bulkhead-vmm: exits io-out Serial 3".into(),
+            "bulkhead-vmm: exits io-out serial -3".into(),
+            "bulkhead-vmm: exits io-out serial 3 4".into(),
+            format!("bulkhead-vmm: exits io-out {} 3", "x".repeat(33)),
+        ]
+        .join("\n");
+        assert_eq!(
+            parse_report(&text).exits,
+            [
+                ("io-out serial".to_string(), 1500),
+                ("mmio-read virtio-blk".to_string(), 7),
+                ("mmio-write virtio-blk".to_string(), 9)
+            ]
+        );
+        let flood = "bulkhead-vmm: exits io-in serial 1\n".repeat(1000);
+        assert_eq!(parse_report(&flood).exits.len(), MAX_EXIT_LINES);
     }
 }

@@ -16,6 +16,9 @@
 //! and last output in), `runtime-cleaned` (the VMM or OCI runtime gone),
 //! `released` (network, jail, files, record); `first-output` (the first
 //! byte on `run`'s stdout) and `exit` (`run` returned) measured here.
+//! Beside the phases, a microVM's exits to bulkhead-vmm per run by kind and
+//! device (`exits mmio-write ioapic`, ...: where the VMM's share of a boot
+//! goes; a count, not a time).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -237,8 +240,19 @@ fn measure(a: &BootArgs, targets: &[Target], command: &[String]) -> Result<Vec<S
                 phases.get("exit").copied().unwrap_or(f64::NAN)
             ));
             if round >= a.warmup {
-                for (phase, ms) in phases {
-                    samples[i].entry(phase).or_default().push(ms);
+                let done = round - a.warmup;
+                // A kind of exit one run had none of counts 0 there.
+                for (phase, v) in phases {
+                    let s = samples[i].entry(phase.clone()).or_default();
+                    if phase.starts_with(EXITS) {
+                        s.resize(done, 0.0);
+                    }
+                    s.push(v);
+                }
+                for (phase, s) in samples[i].iter_mut() {
+                    if phase.starts_with(EXITS) {
+                        s.resize(done + 1, 0.0);
+                    }
                 }
             }
         }
@@ -255,6 +269,9 @@ fn measure(a: &BootArgs, targets: &[Target], command: &[String]) -> Result<Vec<S
             if let Some(v) = by_phase.remove(*phase) {
                 series.push(Series::new(&t.name(), phase, "ms", v));
             }
+        }
+        for (what, v) in by_phase.into_iter().filter(|(k, _)| k.starts_with(EXITS)) {
+            series.push(Series::new(&t.name(), &what, "exits", v));
         }
     }
     Ok(series)
@@ -314,8 +331,18 @@ fn run_once(
         serde_json::from_slice(&std::fs::read(&timeline).context("the run's timeline")?)?;
     let marks: Vec<Mark> =
         serde_json::from_value(report["timeline"].clone()).context("the run's timeline")?;
-    Ok(phases(t0, &marks, first_at, exit_at))
+    let exits: Vec<(String, u64)> =
+        serde_json::from_value(report["vm_exits"].clone()).unwrap_or_default();
+    let mut out = phases(t0, &marks, first_at, exit_at);
+    for (what, n) in exits {
+        out.insert(format!("{EXITS}{what}"), n as f64);
+    }
+    Ok(out)
 }
+
+/// Prefix of the series of a microVM's exits to bulkhead-vmm (`exits
+/// io-out serial`, ...): per run, over the VM's whole life.
+pub const EXITS: &str = "exits ";
 
 /// Milestones relative to `t0`, in ms; names outside [`PHASES`] and marks
 /// before `t0` (a clock that cannot be right) are left out.

@@ -345,7 +345,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
     }
     if let Some(path) = &a.timeline_json {
         marks.extend(report.timeline.iter().cloned());
-        let json = serde_json::json!({"code": report.code, "timeline": marks});
+        let json = serde_json::json!({"code": report.code, "timeline": marks, "vm_exits": report.vm_exits});
         std::fs::write(path, json.to_string())
             .with_context(|| format!("write {}", path.display()))?;
     }

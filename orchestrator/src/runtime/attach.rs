@@ -85,6 +85,10 @@ pub struct ExitReport {
     /// Start milestones on CLOCK_MONOTONIC (`bulkhead bench` reads them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<Mark>,
+    /// A microVM's exits to bulkhead-vmm over its life, by `KIND DEVICE`
+    /// (its `--boot-timeline` report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vm_exits: Vec<(String, u64)>,
 }
 
 /// A start milestone: `runtime-invoked`, `agent-connected`, and for

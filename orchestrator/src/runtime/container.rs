@@ -621,6 +621,7 @@ pub fn exit_report(code: i32, log: &str) -> ExitReport {
                 error: Some(msg),
                 started_ms: None,
                 timeline: Vec::new(),
+                vm_exits: Vec::new(),
             }
         }
         _ => ExitReport {
@@ -629,6 +630,7 @@ pub fn exit_report(code: i32, log: &str) -> ExitReport {
             error: None,
             started_ms: None,
             timeline: Vec::new(),
+            vm_exits: Vec::new(),
         },
     }
 }

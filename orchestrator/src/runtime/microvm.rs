@@ -394,6 +394,7 @@ impl Microvm {
                     error: Some(a.message),
                     started_ms: None,
                     timeline: Vec::new(),
+                    vm_exits: Vec::new(),
                 }
             }
             other => failed(with_console(other.to_string(), &self.console)),
@@ -478,6 +479,13 @@ pub fn vmm_timeline(workload_dir: &Path) -> Vec<Mark> {
     marks
 }
 
+/// bulkhead-vmm's exits by `KIND DEVICE` from `vmm.log` (once it exited);
+/// none from another VMM.
+pub fn vmm_exits(workload_dir: &Path) -> Vec<(String, u64)> {
+    let log = std::fs::read(workload_dir.join("vmm.log")).unwrap_or_default();
+    bulkhead_vmm::timeline::parse_report(&String::from_utf8_lossy(&log)).exits
+}
+
 /// Runs an agent process as a [`Proc`]. Only a process started with stdin
 /// gets data or an EOF on it: the agent treats anything else as a broken
 /// protocol and hangs up.
@@ -532,6 +540,7 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
                 error: None,
                 started_ms: None,
                 timeline: Vec::new(),
+                vm_exits: Vec::new(),
             },
             // The agent is guest code: no arithmetic on its numbers may overflow.
             Ok(ExitStatus::Signal(s)) => ExitReport {
@@ -540,6 +549,7 @@ fn drive(mut p: bulkhead_agent_proto::client::Process, has_stdin: bool) -> Proc 
                 error: None,
                 started_ms: None,
                 timeline: Vec::new(),
+                vm_exits: Vec::new(),
             },
             Err(e) => failed(format!(
                 "the agent connection ended without an exit report: {e}"

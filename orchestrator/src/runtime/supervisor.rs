@@ -385,6 +385,7 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     report.started_ms = running.started_ms;
     if let Backend::Microvm(_) = &*backend {
         marks.extend(super::microvm::vmm_timeline(&dir));
+        report.vm_exits = super::microvm::vmm_exits(&dir);
     }
     report.timeline = marks;
     finish(&paths, &cfg, &report, Some(&exit_tx), &mut notify).await;

@@ -64,6 +64,7 @@ pub fn failed(why: impl Into<String>) -> ExitReport {
         error: Some(why.into()),
         started_ms: None,
         timeline: Vec::new(),
+        vm_exits: Vec::new(),
     }
 }
 

@@ -183,8 +183,13 @@ mod tests {
     fn ctx() -> VcpuContext {
         let exit = Arc::new(ExitSignal::new().unwrap());
         let mut io = Bus::new();
-        io.insert(Arc::new(Mutex::new(AcpiPm::new(exit.clone()))), 0x600, 3)
-            .unwrap();
+        io.insert(
+            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+            0x600,
+            3,
+            "acpi-pm",
+        )
+        .unwrap();
         VcpuContext {
             io: Arc::new(io),
             mmio: Arc::new(Bus::new()),
