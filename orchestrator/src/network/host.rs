@@ -297,10 +297,9 @@ pub fn delete_link(name: &str) -> Result<(), NetError> {
 }
 
 /// A TAP for a microVM, opened the way the VMM's own `Tap::open` does
-/// (vnet headers, no packet info), on the bridge and up. Not persistent: it
-/// disappears when the last fd (the VMM's) closes.
-/// The workload's TAP, on its network's bridge (made or put right as
-/// [`ensure_bridge`] does, in the same `ip` run).
+/// (vnet headers, no packet info), on its network's bridge (made or put
+/// right as [`ensure_bridge`] does, in the same `ip` run) and up. Not
+/// persistent: it disappears when the last fd (the VMM's) closes.
 pub fn open_tap(net: &Network, name: &str) -> Result<OwnedFd, NetError> {
     let what = format!("create TAP {name}");
     ensure_fail_closed(&[net.bridge.as_str()])?;

@@ -19,7 +19,10 @@ use crate::state::State;
 pub fn lock(state: &State) -> Result<NetLock, NetError> {
     let path = state.paths().data().join("network.lock");
     if NET_LOCKED.with(|l| l.borrow().as_ref() == Some(&path)) {
-        return Ok(NetLock { held: None });
+        return Ok(NetLock {
+            held: None,
+            _here: std::marker::PhantomData,
+        });
     }
     let io = |e: std::io::Error| NetError::host(format!("lock {}", path.display()), e);
     bulkhead_images::private::data_root(state.paths().data()).map_err(io)?;
@@ -32,7 +35,10 @@ pub fn lock(state: &State) -> Result<NetLock, NetError> {
     let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| io(e.into()))?;
     NET_LOCKED.with(|l| *l.borrow_mut() = Some(path));
-    Ok(NetLock { held: Some(held) })
+    Ok(NetLock {
+        held: Some(held),
+        _here: std::marker::PhantomData,
+    })
 }
 
 thread_local! {
@@ -46,6 +52,8 @@ thread_local! {
 #[must_use = "the lock is let go when this drops"]
 pub struct NetLock {
     held: Option<nix::fcntl::Flock<File>>,
+    /// Dropped in the thread that took it (re-entry is per thread).
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for NetLock {

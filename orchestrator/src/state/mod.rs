@@ -113,7 +113,10 @@ impl State {
         let path = self.paths.state_db();
         // Nested, or another store already held here (that one stays).
         if HELD.with(|h| h.borrow().is_some()) {
-            return Ok(Hold { outer: false });
+            return Ok(Hold {
+                outer: false,
+                _here: std::marker::PhantomData,
+            });
         }
         let (lock, database) = self.open_locked()?;
         HELD.with(|h| {
@@ -123,7 +126,10 @@ impl State {
                 _lock: lock,
             })
         });
-        Ok(Hold { outer: true })
+        Ok(Hold {
+            outer: true,
+            _here: std::marker::PhantomData,
+        })
     }
 
     fn open_locked(&self) -> Result<(nix::fcntl::Flock<File>, Database), StateError> {
@@ -422,6 +428,8 @@ fn held_db(path: &std::path::Path) -> Option<Rc<Database>> {
 #[must_use = "the store is closed again when the hold drops"]
 pub struct Hold {
     outer: bool,
+    /// Dropped in the thread that took it (the store is held per thread).
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for Hold {
