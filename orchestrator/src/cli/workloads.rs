@@ -341,25 +341,23 @@ pub fn rm(a: RmArgs) -> Result<u8> {
     // does not wait for the others'. They take turns on the store and the
     // network lock as any two `rm`s would.
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let out = std::sync::Mutex::new(&mut failed);
+    let any_failed = std::sync::atomic::AtomicBool::new(failed);
     std::thread::scope(|s| {
         for _ in 0..todo.len().min(RM_PARALLEL) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some((n, r)) = todo.get(i) else { break };
-                let done = crate::runtime::remove::remove(&st, r, a.force);
-                let mut failed = out.lock().unwrap_or_else(|p| p.into_inner());
-                match done {
+                match crate::runtime::remove::remove(&st, r, a.force) {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
                         eprintln!("bulkhead: {}", bulkhead_agent_proto::report(&e));
-                        **failed = true;
+                        any_failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             });
         }
     });
-    Ok(u8::from(failed))
+    Ok(u8::from(any_failed.into_inner()))
 }
 
 #[derive(Debug, Args)]

@@ -127,17 +127,17 @@ fn lease_elements(a: &Attachment) -> Vec<(&'static str, String)> {
     v
 }
 
-/// `\tset NAME {\n\t\tDECL\n\t\telements = { ... }\n\t}\n` with every
-/// lease's elements of that set.
-fn lease_set(s: &mut String, family: &str, leases: &[Attachment]) {
+/// `\tset NAME {\n\t\tDECL\n\t\telements = { ... }\n\t}\n` for each of
+/// `family`'s lease sets, with `elements` (every lease's, as
+/// [`lease_elements`] gives them) of that set.
+fn lease_set(s: &mut String, family: &str, elements: &[(&'static str, String)]) {
     for (_, name, decl) in LEASE_SETS.iter().filter(|(f, ..)| *f == family) {
         let kind = if decl.contains(" : ") { "map" } else { "set" };
         s.push_str(&format!("\t{kind} {name} {{\n\t\t{decl}\n"));
-        let elements: Vec<String> = leases
+        let elements: Vec<&str> = elements
             .iter()
-            .flat_map(lease_elements)
             .filter(|(set, _)| set == name)
-            .map(|(_, e)| e)
+            .map(|(_, e)| e.as_str())
             .collect();
         if !elements.is_empty() {
             s.push_str(&format!("\t\telements = {{ {} }}\n", elements.join(", ")));
@@ -480,6 +480,7 @@ pub fn script(
         return s;
     }
     let bridges: Vec<&str> = networks.iter().map(|n| n.bridge.as_str()).collect();
+    let elements: Vec<(&'static str, String)> = leases.iter().flat_map(lease_elements).collect();
     let line = |s: &mut String, r: &str| {
         s.push_str("\t\t");
         s.push_str(r);
@@ -527,7 +528,7 @@ pub fn script(
             "\tcounter {name} {{\n\t\tpackets {packets} bytes {bytes}\n\t}}\n"
         ));
     }
-    lease_set(&mut s, "inet", leases);
+    lease_set(&mut s, "inet", &elements);
     s.push_str("\tchain refuse {\n");
     line(&mut s, "counter name iifname . ip saddr map @refusers");
     line(&mut s, "drop");
@@ -666,7 +667,7 @@ pub fn script(
     // prerouting chain: with br_netfilter the inet prerouting hook sees the
     // port, not the bridge (`meta ibrname` needs a module hosts may lack).
     s.push_str(&format!("table bridge {table} {{\n"));
-    lease_set(&mut s, "bridge", leases);
+    lease_set(&mut s, "bridge", &elements);
     s.push_str("\tchain ports {\n\t\ttype filter hook prerouting priority -200; policy accept;\n");
     for r in PORT_RULES {
         line(&mut s, r);

@@ -446,16 +446,17 @@ impl Microvm {
     }
 }
 
-/// bulkhead-vmm's own milestones from `vmm.log` (once it exited), on
+/// bulkhead-vmm's own report from `vmm.log` (once it exited), on
 /// CLOCK_MONOTONIC: `jail-ready` (bulkhead-jailer about to exec it),
-/// `vmm-start` (its `main`), `kernel-entry`, the guest's
-/// stage codes (`agent-ready`, ...) and `vmm-exit`. None from another VMM.
-pub fn vmm_timeline(workload_dir: &Path) -> Vec<Mark> {
+/// `vmm-start` (its `main`), `kernel-entry`, the guest's stage codes
+/// (`agent-ready`, ...) and `vmm-exit`; and its exits by `KIND DEVICE`.
+/// Nothing from another VMM.
+pub fn vmm_report(workload_dir: &Path) -> (Vec<Mark>, Vec<(String, u64)>) {
     let log = std::fs::read(workload_dir.join("vmm.log")).unwrap_or_default();
     let log = String::from_utf8_lossy(&log);
     let report = bulkhead_vmm::timeline::parse_report(&log);
     let Some(start) = report.monotonic_start_us else {
-        return Vec::new();
+        return (Vec::new(), report.exits);
     };
     let mut marks: Vec<Mark> = bulkhead_jailer::timeline::jail_ready_at(&log)
         .map(|at_us| Mark {
@@ -476,14 +477,7 @@ pub fn vmm_timeline(workload_dir: &Path) -> Vec<Mark> {
         },
         at_us: start.saturating_add(us),
     }));
-    marks
-}
-
-/// bulkhead-vmm's exits by `KIND DEVICE` from `vmm.log` (once it exited);
-/// none from another VMM.
-pub fn vmm_exits(workload_dir: &Path) -> Vec<(String, u64)> {
-    let log = std::fs::read(workload_dir.join("vmm.log")).unwrap_or_default();
-    bulkhead_vmm::timeline::parse_report(&String::from_utf8_lossy(&log)).exits
+    (marks, report.exits)
 }
 
 /// Runs an agent process as a [`Proc`]. Only a process started with stdin

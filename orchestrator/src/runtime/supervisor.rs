@@ -384,8 +384,9 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
     marks.push(Mark::now("runtime-cleaned"));
     report.started_ms = running.started_ms;
     if let Backend::Microvm(_) = &*backend {
-        marks.extend(super::microvm::vmm_timeline(&dir));
-        report.vm_exits = super::microvm::vmm_exits(&dir);
+        let (vmm_marks, exits) = super::microvm::vmm_report(&dir);
+        marks.extend(vmm_marks);
+        report.vm_exits = exits;
     }
     report.timeline = marks;
     finish(&paths, &cfg, &report, Some(&exit_tx), &mut notify).await;
