@@ -229,7 +229,7 @@ pub fn run_table(ctx: &Ctx) -> Vec<Check> {
         show(&exec),
     );
     let problems = match run_cases::pid_of(ctx, &name, "runtime") {
-        Some(pid) => run_cases::vmm_jail_problems(ctx, &name, pid, 1, 128, false),
+        Some(pid) => run_cases::vmm_jail_problems(ctx, &name, "acme", pid, 1, 128, false),
         None => vec![format!("no VMM pid for {name}")],
     };
     check("vmm-jailed", problems.is_empty(), format!("{problems:?}"));

@@ -86,7 +86,15 @@ pub fn run_table(base: &Ctx, tag: &str, cycles: usize) -> Vec<Check> {
     if ctx.runtime == "microvm" {
         // Jailed with its TAP passed in (the checks below need it working).
         let problems = match crate::run_cases::pid_of(&ctx, "web", "runtime") {
-            Some(pid) => crate::run_cases::vmm_jail_problems(&ctx, "web", pid, 1, 256, false),
+            Some(pid) => crate::run_cases::vmm_jail_problems(
+                &ctx,
+                "web",
+                crate::run_cases::LOCAL_OWNER,
+                pid,
+                1,
+                256,
+                false,
+            ),
             None => vec!["no VMM pid".into()],
         };
         check("web-vmm-jailed", problems.is_empty(), problems.join("; "));

@@ -539,7 +539,7 @@ fn check_vmm_killed(ctx: &Ctx, check: &mut impl FnMut(&str, bool, String)) {
         filtered,
         format!("(thread, Seccomp, NoNewPrivs): {filters:?}"),
     );
-    let problems = vmm_jail_problems(ctx, "vmmkill", vmm, 2, 300, true);
+    let problems = vmm_jail_problems(ctx, "vmmkill", LOCAL_OWNER, vmm, 2, 300, true);
     check("vmm-jailed", problems.is_empty(), problems.join("; "));
     // The jailer itself SIGKILLed (it cannot clean up): the VMM dies with
     // it (parent-death signal), the supervisor reports and removes the jail.

@@ -239,6 +239,7 @@ fn request(a: &RunArgs) -> Result<Request> {
             kill_after_ms: a.fence_kill_after_ms,
         }),
         other_vmm: a.vmm_firecracker.clone(),
+        tenant: None,
         health: crate::runtime::health::HealthAsk {
             probe: a.health_cmd.as_ref().map(|c| {
                 crate::state::health::Probe::Exec(vec!["/bin/sh".into(), "-c".into(), c.clone()])

@@ -69,6 +69,10 @@ pub struct Request {
     pub fencing: Option<Fencing>,
     /// `bulkhead bench`: another VMM, started Firecracker's way.
     pub other_vmm: Option<PathBuf>,
+    /// Whose workload it is (a cluster tenant); `None`: the local user.
+    /// A microVM maps its owner's own copy of the guest kernel and
+    /// initramfs (`boot_copies`): pages shared with that owner's VMs only.
+    pub tenant: Option<String>,
     /// The health check asked for, over the image's.
     pub health: super::health::HealthAsk,
 }
@@ -206,7 +210,11 @@ pub fn create(
     let id = paths::new_id().map_err(CreateError::io("a new workload id"))?;
     let vm = match req.runtime {
         RuntimeKind::Microvm => {
-            let mut files = vm_files(&store, &manifest, assets)?;
+            let owner = req
+                .tenant
+                .as_deref()
+                .unwrap_or(super::boot_copies::LOCAL_OWNER);
+            let mut files = vm_files(data, owner, &store, &manifest, assets)?;
             // The VMM's configuration as it will get it, checked now (the
             // MAC comes with the address lease; it is ours, not asked for).
             super::microvm::vm_config(&id, req.cpus, memory_mib, &files, None, false)
@@ -222,6 +230,7 @@ pub fn create(
                     other.display()
                 )))?;
                 files.flavor = VmmFlavor::Firecracker;
+                files.share_boot_files = false;
             }
             Some(files)
         }
@@ -463,6 +472,8 @@ fn name_for(req: &Request, id: &str) -> Result<String, CreateError> {
 }
 
 fn vm_files(
+    data: &Path,
+    owner: &str,
     store: &Store,
     manifest: &Digest,
     assets: &mut dyn VmAssets,
@@ -483,6 +494,8 @@ fn vm_files(
     let agent = shipped("bulkhead-agent")?;
     let initrd = bulkhead_images::agent_initramfs::cached(&agent)
         .map_err(|e| CreateError::asset("the agent's initramfs", e))?;
+    let (kernel, initrd) = super::boot_copies::kernel_and_initrd(data, owner, &kernel, &initrd)
+        .map_err(|e| CreateError::asset("the guest kernel's and initramfs's copies", e))?;
     let disk = assets.root_disk(store, manifest, ROOT_DISK_FORMAT)?;
     let real =
         |p: PathBuf| std::fs::canonicalize(&p).map_err(CreateError::io(p.display().to_string()));
@@ -500,6 +513,7 @@ fn vm_files(
         disk: RootDisk::image(real(disk)?, ROOT_DISK_FORMAT),
         flavor: Default::default(),
         jail: Some(jail),
+        share_boot_files: true,
     })
 }
 

@@ -83,6 +83,8 @@ pub fn vm_config(
             .transpose()?,
         serial: SerialOutput::Stdout,
         boot_timeline: true,
+        // Mapped, not copied, where they are the owner's own copies.
+        share_boot_files: files.share_boot_files,
         ..VmConfig::default()
     };
     config.validate()?;

@@ -11,6 +11,9 @@
 //!                       exit.json    how it ended (supervisor; folded in
 //!                                    by the CLI)
 //!                       upper/ work/ rootfs/ bundle/  (container runtime)
+//! <data>/boot/<owner>/               each owner's own copy of the guest
+//!                                    kernel and initramfs, mapped into its
+//!                                    VMs (`boot_copies.rs`)
 //! /run/bulkhead/<id12>/ctl.sock      the supervisor's control socket
 //!                       vm/vsock*    the VM's vsock sockets (microvm; vm/ is
 //!                                    the jailed VMM's, owned by its uid)
@@ -19,6 +22,7 @@
 //! ```
 
 pub mod attach;
+pub mod boot_copies;
 pub mod client;
 pub mod console;
 pub mod container;

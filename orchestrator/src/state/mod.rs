@@ -563,6 +563,7 @@ mod tests {
                 disk: super::record::RootDisk::image("/d".into(), super::record::DiskFormat::Ext4),
                 flavor: Default::default(),
                 jail: Some(jail),
+                share_boot_files: true,
             });
             r
         };

@@ -42,6 +42,11 @@ pub struct VmFiles {
     /// The box the VMM runs in (`None` only in records from before jails).
     #[serde(default)]
     pub jail: Option<Jail>,
+    /// `kernel` and `initrd` are this workload's owner's own copies, so
+    /// bulkhead-vmm maps them rather than copying (`runtime::boot_copies`);
+    /// false in records from before (theirs may be shared by all).
+    #[serde(default)]
+    pub share_boot_files: bool,
 }
 
 /// A microVM's root disk: the image as a filesystem image, the VM's first

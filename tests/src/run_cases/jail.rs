@@ -90,7 +90,26 @@ pub(super) fn cgroup_value(pid: i32, v2_file: &str, v1_file: &str) -> Option<Str
     None
 }
 
-/// What is wrong with how VMM `pid` of workload `name` is jailed: uid and
+/// The owner of `bulkhead run`'s workloads (a cluster node's are tenants).
+pub const LOCAL_OWNER: &str = "local";
+
+/// Where `owner`'s copies of the guest kernel and initramfs are, as
+/// `bulkhead::runtime::boot_copies` documents it (computed here on its
+/// own): `<data>/boot/` and 16 hex digits of SHA-256 over "owner" and the
+/// name, each after its length (u64, little-endian).
+pub fn owner_boot_dir(data: &Path, owner: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in ["owner", owner] {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    data.join("boot").join(hex::encode(&h.finalize()[..8]))
+}
+
+/// What is wrong with how VMM `pid` of workload `name` (whose owner is
+/// `owner`: a cluster tenant, or the local user) is jailed: its kernel and
+/// initramfs its owner's own copies, mapped; uid and
 /// gid its own (not 0, the one `inspect` shows), no capabilities, seccomp,
 /// NO_NEW_PRIVS, mount/pid/ipc/uts/net namespaces not the host's (the net
 /// one empty: loopback only, down), a root that
@@ -100,25 +119,33 @@ pub(super) fn cgroup_value(pid: i32, v2_file: &str, v1_file: &str) -> Option<Str
 pub fn vmm_jail_problems(
     ctx: &Ctx,
     name: &str,
+    owner: &str,
     pid: i32,
     vcpus: u32,
     memory_mib: u64,
     cpus_flag: bool,
 ) -> Vec<String> {
     let mut bad = Vec::new();
-    // Its kernel and initramfs are its own copies: no page shared with
-    // another tenant's VM (SECURITY.md).
-    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if argv.is_empty()
-        || argv
-            .split(|b| *b == 0)
-            .any(|a| a == b"--share-boot-files".as_slice())
-    {
-        bad.push(format!("argv: {:?}", String::from_utf8_lossy(&argv)));
-    }
     let v: serde_json::Value =
         serde_json::from_slice(&ctx.bh(&["inspect", name]).stdout).unwrap_or_default();
     let vm = &v["vm"];
+    // Its kernel and initramfs are its owner's own copies (so no page is
+    // shared with another tenant's VM, SECURITY.md), and it maps them.
+    let own = owner_boot_dir(&ctx.data, owner);
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    for key in ["kernel", "initrd"] {
+        let file = vm[key].as_str().unwrap_or("");
+        if Path::new(file).parent() != Some(own.as_path()) {
+            bad.push(format!(
+                "{key} {file:?} is not {owner}'s copy (in {})",
+                own.display()
+            ));
+        }
+        // As the jail sees it, or with the jail's root before it.
+        if file.is_empty() || !maps.lines().any(|l| l.ends_with(file)) {
+            bad.push(format!("{key} {file:?} is not mapped: {maps}"));
+        }
+    }
     let uid = vm["jail"]["uid"].as_u64().unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |k: &str| {
@@ -229,4 +256,22 @@ pub fn vmm_jail_problems(
         }
     }
     bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_dir_is_where_bulkhead_puts_the_owners_copies() {
+        let data = Path::new("/var/lib/bulkhead");
+        for owner in [LOCAL_OWNER, "acme", "evil", "", "../x"] {
+            assert_eq!(
+                owner_boot_dir(data, owner),
+                bulkhead::runtime::boot_copies::owner_dir(data, owner),
+                "{owner:?}"
+            );
+        }
+        assert_eq!(LOCAL_OWNER, bulkhead::runtime::boot_copies::LOCAL_OWNER);
+    }
 }

@@ -252,6 +252,7 @@ pub(super) fn start(
         auto_remove: false,
         fencing: Some(fencing),
         other_vmm: None,
+        tenant: Some(k.tenant.clone()),
         health,
     };
     let rec = create::create(data, &req, &mut InChildren { builds, data })
