@@ -320,48 +320,93 @@ fn smaps_rollup_kib(pid: i32, key: &str) -> Option<u64> {
     )
 }
 
-/// PSS of a VMM's guest memory: its anonymous mappings as big as the
-/// guest's RAM, or, above the MMIO hole, the two that add up to it.
+/// PSS of a VMM's guest memory: a run of adjacent mappings as big as the
+/// guest's RAM (or, above the MMIO hole, two runs that add up to it), with
+/// anonymous memory in each. A run, not one mapping: the kernel and the
+/// initramfs are mapped from their files into the middle of it
+/// (`share_boot_files`), which splits it, and those pages are the guest's too.
 fn guest_pss_kib(pid: i32, guest_kib: u64) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     guest_pss_in(&smaps, guest_kib)
 }
 
-pub fn guest_pss_in(smaps: &str, guest_kib: u64) -> u64 {
-    let mut maps: Vec<(u64, u64)> = Vec::new(); // (size, pss)
-    let mut current: Option<(bool, u64, u64)> = None; // (anonymous, size, pss)
+/// One mapping of smaps.
+#[derive(Debug, Default, Clone, Copy)]
+struct Vma {
+    start: u64,
+    end: u64,
+    anonymous: bool,
+    size_kib: u64,
+    pss_kib: u64,
+}
+
+fn vmas(smaps: &str) -> Vec<Vma> {
+    let mut out: Vec<Vma> = Vec::new();
+    let kib = |v: &str| {
+        v.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
     for line in smaps.lines() {
-        let head = line.split_whitespace().next().unwrap_or("");
-        if head.contains('-') && !head.ends_with(':') {
-            if let Some((true, size, pss)) = current.take() {
-                maps.push((size, pss));
-            }
-            current = Some((line.split_whitespace().nth(5).is_none(), 0, 0));
-        } else if let Some((_, size, pss)) = current.as_mut() {
-            if let Some(v) = line.strip_prefix("Size:") {
-                *size = v
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-            } else if let Some(v) = line.strip_prefix("Pss:") {
-                *pss = v
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
+        let mut words = line.split_whitespace();
+        let head = words.next().unwrap_or("");
+        let range = head.split_once('-').and_then(|(a, b)| {
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        });
+        if let Some((start, end)) = range {
+            out.push(Vma {
+                start,
+                end,
+                // No path (the sixth field): anonymous.
+                anonymous: words.nth(4).is_none(),
+                ..Vma::default()
+            });
+        } else if let Some(v) = out.last_mut() {
+            if let Some(rest) = line.strip_prefix("Size:") {
+                v.size_kib = kib(rest);
+            } else if let Some(rest) = line.strip_prefix("Pss:") {
+                v.pss_kib = kib(rest);
             }
         }
     }
-    if let Some((true, size, pss)) = current {
-        maps.push((size, pss));
+    out
+}
+
+pub fn guest_pss_in(smaps: &str, guest_kib: u64) -> u64 {
+    let maps = vmas(smaps);
+    // (first, last, size, pss) of every run of adjacent mappings with
+    // anonymous memory in it, no bigger than the guest.
+    let mut runs: Vec<(usize, usize, u64, u64)> = Vec::new();
+    for i in 0..maps.len() {
+        let (mut size, mut pss, mut anonymous) = (0u64, 0u64, false);
+        for j in i..maps.len() {
+            if j > i && maps[j].start != maps[j - 1].end {
+                break;
+            }
+            size = size.saturating_add(maps[j].size_kib);
+            pss = pss.saturating_add(maps[j].pss_kib);
+            anonymous |= maps[j].anonymous;
+            if size > guest_kib {
+                break;
+            }
+            if anonymous {
+                runs.push((i, j, size, pss));
+            }
+        }
     }
-    if let Some((_, pss)) = maps.iter().find(|(s, _)| *s == guest_kib) {
-        return *pss;
+    if let Some(r) = runs.iter().find(|r| r.2 == guest_kib) {
+        return r.3;
     }
-    for (i, a) in maps.iter().enumerate() {
-        if let Some(b) = maps[i + 1..].iter().find(|b| a.0 + b.0 == guest_kib) {
-            return a.1 + b.1;
+    for a in &runs {
+        if let Some(b) = runs
+            .iter()
+            .find(|b| b.0 > a.1 && a.2.checked_add(b.2) == Some(guest_kib))
+        {
+            return a.3 + b.3;
         }
     }
     0
@@ -401,5 +446,28 @@ mod tests {
         );
         assert_eq!(guest_pss_in("", 1), 0);
         assert_eq!(guest_pss_in("Size: x\nPss: y\n-\n", 1), 0);
+        assert_eq!(
+            guest_pss_in("zz-yy rw-p 0 00:00 0\nSize: 1 kB\nPss: 1 kB\n", 1),
+            0
+        );
+    }
+
+    #[test]
+    fn guest_memory_split_by_the_mapped_kernel_counts_whole() {
+        // 256 MiB of guest memory: anonymous, the kernel file mapped into
+        // it (16 MiB at +16 MiB), anonymous again; a file mapping right
+        // after it does not belong.
+        let smaps = "\
+7f0000000000-7f0001000000 rw-p 00000000 00:00 0 \nSize: 16384 kB\nPss: 100 kB\n\
+7f0001000000-7f0002000000 rw-p 00000000 08:01 9 /data/boot/k/x-vmlinux\nSize: 16384 kB\nPss: 2000 kB\n\
+7f0002000000-7f0010000000 rw-p 00000000 00:00 0 \nSize: 229376 kB\nPss: 300 kB\n\
+7f0010000000-7f0010100000 r--p 00000000 08:01 9 /usr/lib/x.so\nSize: 1024 kB\nPss: 7 kB\n";
+        assert_eq!(guest_pss_in(smaps, 262_144), 2_400);
+        // Not adjacent: not one run.
+        let apart = smaps.replace("7f0001000000-7f0002000000", "7f0001001000-7f0002001000");
+        assert_eq!(guest_pss_in(&apart, 262_144), 0);
+        // The file alone has no anonymous memory: not the guest's.
+        let file_only = smaps.lines().skip(3).take(3).collect::<Vec<_>>().join("\n");
+        assert_eq!(guest_pss_in(&file_only, 16_384), 0);
     }
 }
