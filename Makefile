@@ -30,8 +30,9 @@ build-deps:
 	if [ -n "$$missing" ]; then echo "installing$$missing (the etcd client's build needs protoc)"; \
 		apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
-# Debug info is stripped (symbols stay, so backtraces still name
-# functions): the agent goes into every guest's initramfs, 1.7 MB not 5.6.
+# Debug info is stripped (symbols stay, so the VMM's and the jailer's
+# backtraces still name functions; the agent drops its symbols too, see
+# Cargo.toml): the agent goes into every guest's initramfs, 1.7 MB not 5.6.
 static:
 	CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_STRIP=debuginfo RUSTFLAGS="$(STATIC_RUSTFLAGS)" \
 		cargo build --release --target $(STATIC_TARGET) -p bulkhead-agent -p bulkhead-vmm -p bulkhead-jailer

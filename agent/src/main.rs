@@ -116,6 +116,9 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
         Some(path) => transport::Transport::Unix { path },
         None => {
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            if let Some(fstype) = pid1::boot_probe_from_cmdline(&cmdline) {
+                return boot_probe(fstype, &marks);
+            }
             transport::Transport::Vsock {
                 port: pid1::port_from_cmdline(&cmdline).unwrap_or(AGENT_VSOCK_PORT),
             }
@@ -137,4 +140,35 @@ fn agent(unix: Option<std::path::PathBuf>) -> ExitCode {
         boot_to_connected_us,
     });
     server::Agent::new(conn, signals, own_pid_ns, &marks).run(hello)
+}
+
+/// `bulkhead.boot_probe=FSTYPE`: the guest's own boot work without a host.
+/// Everything a start does inside the guest up to the container's root
+/// (PID 1's mounts, the image's disk at /dev/vda under the overlay, the
+/// switch into it) but the vsock dial, then the time since the kernel
+/// started (CLOCK_BOOTTIME, and the TSC, which counts from the VM's reset)
+/// on the console and power-off. Under QEMU's `-icount` both are virtual:
+/// they count the guest's instructions (and timer waits), not the host's
+/// load.
+fn boot_probe(fstype: &str, marks: &pid1::BootMarks) -> ExitCode {
+    let root = bulkhead_agent_proto::RootSpec {
+        source: bulkhead_agent_proto::RootSource::Block {
+            device: "/dev/vda".into(),
+            fstype: fstype.into(),
+        },
+        scratch: None,
+    };
+    let result = pid1::mount_rest()
+        .map_err(|e| bulkhead_agent_proto::report(&e))
+        .and_then(|()| rootfs::enter(&root).map_err(|e| bulkhead_agent_proto::report(&e)));
+    marks.mark(BootStage::AgentReady);
+    match (result, pid1::since_boot_us()) {
+        (Ok(()), Some(us)) => eprintln!(
+            "bulkhead-agent: boot probe ready {us} us tsc {}",
+            pid1::tsc()
+        ),
+        (Ok(()), None) => eprintln!("bulkhead-agent: boot probe failed: no CLOCK_BOOTTIME"),
+        (Err(e), _) => eprintln!("bulkhead-agent: boot probe failed: {e}"),
+    }
+    pid1::power_off()
 }

@@ -196,6 +196,15 @@ pub fn since_boot_us() -> Option<u64> {
         .checked_add(u64::try_from(t.tv_nsec() / 1000).ok()?)
 }
 
+/// The time-stamp counter (0 where there is none).
+pub fn tsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: rdtsc only reads the time-stamp counter, which every x86_64 CPU has.
+    return unsafe { std::arch::x86_64::_rdtsc() };
+    #[cfg(not(target_arch = "x86_64"))]
+    0
+}
+
 /// Flushes filesystems and powers the machine off (in a test's pid
 /// namespace the kernel turns this into the end of that namespace).
 pub fn power_off() -> ! {
@@ -214,6 +223,17 @@ pub fn port_from_cmdline(cmdline: &str) -> Option<u32> {
             .parse()
             .ok()
     })
+}
+
+/// The root filesystem type from `bulkhead.boot_probe=FSTYPE` on the
+/// kernel command line: the boot-time probe (`bulkhead-guest-probe
+/// --boot-time`) asks the agent to mount `/dev/vda` as a start would, print
+/// the time since boot and power off, without a host to dial.
+pub fn boot_probe_from_cmdline(cmdline: &str) -> Option<&str> {
+    cmdline
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("bulkhead.boot_probe="))
+        .filter(|fstype| !fstype.is_empty())
 }
 
 /// Sets or clears O_NONBLOCK.
@@ -239,6 +259,18 @@ pub fn set_nonblocking(fd: &impl AsRawFd, on: bool) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_probe_is_asked_for_by_name_with_a_filesystem() {
+        assert_eq!(
+            boot_probe_from_cmdline("console=ttyS0 bulkhead.boot_probe=erofs quiet"),
+            Some("erofs")
+        );
+        assert_eq!(boot_probe_from_cmdline("console=ttyS0 quiet"), None);
+        assert_eq!(boot_probe_from_cmdline("bulkhead.boot_probe="), None);
+        assert_eq!(boot_probe_from_cmdline("bulkhead.boot_probe"), None);
+        assert_eq!(boot_probe_from_cmdline("xbulkhead.boot_probe=ext4"), None);
+    }
 
     #[test]
     fn port_comes_from_the_command_line_or_not_at_all() {

@@ -79,6 +79,25 @@ pub fn docker_save_without_env(dir: &Path, out: &Path, tag: &str) -> std::io::Re
     outer.into_inner()?.sync_all()
 }
 
+/// An erofs image of [`build`]'s tree (mkfs.erofs as `bulkhead` makes an
+/// image's root disk).
+pub fn erofs(dir: &Path, image: &Path) -> std::io::Result<()> {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    build(&tree)?;
+    let status = Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(image)
+        .arg(&tree)
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "mkfs.erofs failed: {status}"
+        )));
+    }
+    Ok(())
+}
+
 /// An ext4 image of [`build`]'s tree.
 pub fn ext4(dir: &Path, image: &Path) -> std::io::Result<()> {
     let tree = dir.join("tree");

@@ -42,12 +42,7 @@ fn process(args: &[&str]) -> ProcessSpec {
 
 impl NsAgent {
     async fn boot() -> NsAgent {
-        let agent = guest_probe::static_agent_path();
-        assert!(
-            agent.is_file(),
-            "no static agent at {} (`make static`)",
-            agent.display()
-        );
+        let agent = guest_probe::expect_static_agent();
         let dir = scratch_dir();
         let root = dir.path().join("root");
         busybox_root::build(&root).unwrap();

@@ -21,12 +21,7 @@ fn field(line: &str, key: &str) -> u64 {
 #[test]
 fn agent_runs_echo_exit_codes_exec_and_sigterm_in_a_vm_then_powers_off() {
     let _vm = vm_lock();
-    let agent = guest_probe::static_agent_path();
-    assert!(
-        agent.is_file(),
-        "no static agent at {} (`make static`)",
-        agent.display()
-    );
+    let agent = guest_probe::expect_static_agent();
     let initrd = bulkhead_images::agent_initramfs::cached(&agent).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("root.img");

@@ -94,12 +94,7 @@ fn cli_kernel_path_fails_clearly_when_nothing_is_built() {
 fn probe_boot_passes_every_check_and_powers_off() {
     let _vm = vm_lock();
     let k = built();
-    let agent = guest_probe::static_agent_path();
-    assert!(
-        agent.is_file(),
-        "no static agent at {} (`make static`)",
-        agent.display()
-    );
+    let agent = guest_probe::expect_static_agent();
     let report =
         guest_probe::boot(&k.vmlinux, &agent, 2, Duration::from_secs(240), &mut |_| {}).unwrap();
     for check in [
@@ -135,4 +130,55 @@ fn probe_boot_passes_every_check_and_powers_off() {
         "console tail:\n{}",
         bulkhead_tests::testhost::tail_lines(&report.console, 30)
     );
+}
+
+/// The boot-time probe (`bulkhead-guest-probe --boot-time`) reaches the
+/// agent's ready mark through the real start path (bulkhead's command line,
+/// the agent's initramfs, an erofs root disk mounted and switched into) and
+/// is deterministic: the figure a kernel or agent change is judged by must
+/// not move between two boots of the same input. A boot that fails to mount
+/// the disk, or an agent that never prints the mark, fails here.
+#[test]
+fn boot_time_probe_reaches_the_agent_and_repeats() {
+    let _vm = vm_lock();
+    let k = built();
+    let agent = guest_probe::expect_static_agent();
+    let initrd = bulkhead_images::agent_initramfs::cached(&agent).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("root.erofs");
+    bulkhead_tests::busybox_root::erofs(work.path(), &disk).unwrap();
+    let input = guest_probe::BootTimeInput {
+        kernel: &k.vmlinux,
+        initrd: &initrd,
+        disk: &disk,
+        fstype: "erofs",
+        cpus: 1,
+        memory_mib: 256,
+    };
+    let boot = || guest_probe::boot_time(&input, Duration::from_secs(240), &mut |_| {}).unwrap();
+    let (first, second) = (boot(), boot());
+    assert!(first.ready_us > 0, "{first:?}");
+    // The TSC counts from the VM's reset (QEMU's firmware first),
+    // CLOCK_BOOTTIME from the kernel's start: the first is the larger.
+    assert!(first.since_reset_us > first.ready_us, "{first:?}");
+    // They agree within tens of microseconds on a quiet host (the disk's
+    // real latency is what is left); 5% leaves room for a loaded one and is
+    // still below the 4 ms steps of a probe that lets the guest sleep.
+    let spread = first.ready_us.abs_diff(second.ready_us);
+    assert!(
+        spread * 20 <= first.ready_us,
+        "two boots of the same input differ by more than 5%: {} vs {} us",
+        first.ready_us,
+        second.ready_us
+    );
+
+    // A disk the agent cannot mount is a failed probe, not a figure.
+    let ext4_named_erofs = guest_probe::BootTimeInput {
+        fstype: "ext4",
+        ..input
+    };
+    let err = guest_probe::boot_time(&ext4_named_erofs, Duration::from_secs(240), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("boot probe failed"), "{err}");
 }

@@ -75,12 +75,7 @@ fn script(runs: &[(&str, &str, &str)]) -> String {
 
 fn guest_cpio(dir: &std::path::Path) -> std::path::PathBuf {
     let init = format!("#!/bin/sh\n{}{ACTIONS}", guest_initramfs::MOUNTS);
-    let agent = guest_probe::static_agent_path();
-    assert!(
-        agent.is_file(),
-        "no static agent at {} (`make static`)",
-        agent.display()
-    );
+    let agent = guest_probe::expect_static_agent();
     let path = dir.join("guest.cpio");
     std::fs::write(
         &path,

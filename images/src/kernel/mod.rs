@@ -15,6 +15,10 @@ pub use builder::{build, BuildOptions, BuildProgress};
 /// The project's config fragment, compiled in so the CLI works from anywhere.
 pub const MICROVM_FRAGMENT: &str = include_str!("../../kernel/microvm.config");
 
+/// The guest kernel's command line in a bulkhead microVM (the boot-time
+/// probe boots with it too, so it measures the same boot).
+pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet reboot=k";
+
 /// Debian package holding the kernel source tarball.
 pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
 

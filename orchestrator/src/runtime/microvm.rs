@@ -36,7 +36,7 @@ const CID: u32 = 3;
 /// A jailed VMM's root disk, passed open.
 pub const DISK_FD: i32 = 4;
 /// The guest kernel's command line.
-const CMDLINE: &str = "console=ttyS0 quiet reboot=k";
+const CMDLINE: &str = bulkhead_images::kernel::GUEST_CMDLINE;
 
 /// The VMM's whole configuration for the workload `id`, the one hand-off
 /// to it: `create` checks it before anything is made (without the MAC,
