@@ -98,6 +98,19 @@ fn clear_of_acpi_padding(len: usize) -> usize {
     (2048 + 4096 - len % 4096) % 4096
 }
 
+/// `image` padded clear of microvm's ACPI tables, in a fresh work dir
+/// (removed when the returned guard drops).
+fn staged_initrd(mut image: Vec<u8>) -> Result<(tempfile::TempDir, PathBuf), TestHostError> {
+    let work = tempfile::Builder::new()
+        .prefix("bulkhead-probe-")
+        .tempdir()
+        .map_err(TestHostError::io("create a work dir"))?;
+    let initrd = work.path().join("initrd.cpio");
+    image.resize(image.len() + clear_of_acpi_padding(image.len()), 0);
+    std::fs::write(&initrd, image).map_err(TestHostError::io("write the initramfs"))?;
+    Ok((work, initrd))
+}
+
 /// Boots `kernel` with the probe on `cpus` vCPUs; `live` sees console output.
 pub fn boot(
     kernel: &Path,
@@ -107,14 +120,8 @@ pub fn boot(
     live: &mut dyn FnMut(&[u8]),
 ) -> Result<ProbeReport, TestHostError> {
     let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("bulkhead-probe-")
-        .tempdir()
-        .map_err(TestHostError::io("create a work dir"))?;
-    let initrd = work.path().join("probe.cpio");
-    let mut image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
-    image.resize(image.len() + clear_of_acpi_padding(image.len()), 0);
-    std::fs::write(&initrd, image).map_err(TestHostError::io("write probe initramfs"))?;
+    let image = initramfs(agent).map_err(TestHostError::io("probe initramfs"))?;
+    let (_work, initrd) = staged_initrd(image)?;
 
     // No PIT to calibrate against (see `run_qemu`): the command line gives
     // the TSC rate. earlyprintk: the console from the first line on.
@@ -293,17 +300,11 @@ pub fn boot_time(
     live: &mut dyn FnMut(&[u8]),
 ) -> Result<BootTime, TestHostError> {
     let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("bulkhead-boot-time-")
-        .tempdir()
-        .map_err(TestHostError::io("create a work dir"))?;
-    let initrd = work.path().join("agent.cpio");
-    let mut image = std::fs::read(input.initrd).map_err(TestHostError::io(format!(
+    let image = std::fs::read(input.initrd).map_err(TestHostError::io(format!(
         "read {}",
         input.initrd.display()
     )))?;
-    image.resize(image.len() + clear_of_acpi_padding(image.len()), 0);
-    std::fs::write(&initrd, image).map_err(TestHostError::io("write the padded initramfs"))?;
+    let (_work, initrd) = staged_initrd(image)?;
     // bulkhead's command line as bulkhead-vmm completes it; then what the
     // probe needs: idle=poll keeps the one vCPU executing while it waits
     // (for the disk, mostly), so a wait costs virtual time by its real
