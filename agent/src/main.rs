@@ -161,12 +161,14 @@ fn boot_probe(fstype: &str, marks: &pid1::BootMarks) -> ExitCode {
     let result = pid1::mount_rest()
         .map_err(|e| bulkhead_agent_proto::report(&e))
         .and_then(|()| rootfs::enter(&root).map_err(|e| bulkhead_agent_proto::report(&e)));
-    marks.mark(BootStage::AgentReady);
     match (result, pid1::since_boot_us()) {
-        (Ok(()), Some(us)) => eprintln!(
-            "bulkhead-agent: boot probe ready {us} us tsc {}",
-            pid1::tsc()
-        ),
+        (Ok(()), Some(us)) => {
+            marks.mark(BootStage::AgentReady);
+            eprintln!(
+                "bulkhead-agent: boot probe ready {us} us tsc {}",
+                pid1::tsc()
+            )
+        }
         (Ok(()), None) => eprintln!("bulkhead-agent: boot probe failed: no CLOCK_BOOTTIME"),
         (Err(e), _) => eprintln!("bulkhead-agent: boot probe failed: {e}"),
     }
