@@ -6,6 +6,7 @@ pub(crate) mod kernel;
 mod network;
 pub(crate) mod run;
 mod secrets;
+mod volume;
 mod workloads;
 
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ enum Command {
     /// Networks: bridges, subnets and the firewall rules between workloads.
     #[command(subcommand, after_help = EXIT_CODES)]
     Network(network::NetworkCommand),
+    /// Named volumes: data that outlives workloads (`run -v NAME:/path`).
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Volume(volume::VolumeCommand),
     /// Host-wide maintenance.
     #[command(subcommand, after_help = EXIT_CODES)]
     System(network::SystemCommand),
@@ -188,6 +192,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => (workloads::inspect(a), 1),
         Command::Kernel(cmd) => (kernel::run(cmd).map(|()| 0), 1),
         Command::Network(cmd) => (network::run(cmd).map(|()| 0), 1),
+        Command::Volume(cmd) => (volume::run(cmd).map(|()| 0), 1),
         Command::System(cmd) => (network::system(cmd).map(|()| 0), 1),
         Command::Image(cmd) => (image::run(cmd).map(|()| 0), 1),
         Command::Bench(cmd) => (crate::bench::run(cmd).map(|()| 0), 1),

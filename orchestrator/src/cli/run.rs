@@ -15,6 +15,7 @@ use crate::runtime::create::{self, CreateError, Request, Started, VmAssets};
 use crate::state::fencing::Fencing;
 use crate::state::paths::{self, Paths};
 use crate::state::record::{now_ms, DiskFormat, RuntimeKind};
+use crate::state::volumes::{self, MountAsk, VolumeMount};
 use crate::state::State;
 
 /// bulkhead's own failure (docker's convention).
@@ -114,11 +115,16 @@ pub struct RunArgs {
     /// No health check, whatever the image's HEALTHCHECK says.
     #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
     no_healthcheck: bool,
-    // Docker flags bulkhead does not support yet: refused by name, never ignored.
-    #[arg(short = 'v', long = "volume", hide = true)]
+    /// A named volume: NAME:/path[:ro]. Made on first use (a block volume
+    /// for a microVM, a dir volume for a container: `bulkhead volume`),
+    /// filled from the image's content at /path then; its data outlives the
+    /// workload. One writer at a time. (Host paths: not supported yet.)
+    #[arg(short = 'v', long = "volume", value_name = "NAME:/PATH[:ro]")]
     volume: Vec<String>,
-    #[arg(long, hide = true)]
+    /// The same as type=volume,source=NAME,target=/PATH[,readonly].
+    #[arg(long, value_name = "type=volume,source=NAME,target=/PATH[,readonly]")]
     mount: Vec<String>,
+    // Docker flags bulkhead does not support yet: refused by name, never ignored.
     #[arg(long, hide = true)]
     privileged: bool,
     #[arg(long, hide = true)]
@@ -146,9 +152,6 @@ pub struct RunArgs {
 impl RunArgs {
     fn refuse_unsupported(&self) -> Result<()> {
         let mut not_yet = Vec::new();
-        if !self.volume.is_empty() || !self.mount.is_empty() {
-            not_yet.push("-v/--volume and --mount (volumes are not supported yet)");
-        }
         if self.privileged {
             not_yet.push(
                 "--privileged (not supported: it would undo the isolation bulkhead exists for)",
@@ -196,6 +199,30 @@ fn env_of(a: &RunArgs) -> Result<Vec<String>> {
     Ok(env)
 }
 
+/// `-v` and `--mount` -> the volumes, in order; host paths refused.
+fn volumes_of(a: &RunArgs) -> Result<Vec<VolumeMount>> {
+    let asks = a
+        .volume
+        .iter()
+        .map(|v| volumes::parse_volume_flag(v))
+        .chain(a.mount.iter().map(|m| volumes::parse_mount_flag(m)));
+    let mut out: Vec<VolumeMount> = Vec::new();
+    for ask in asks {
+        match ask.map_err(anyhow::Error::msg)? {
+            MountAsk::Volume(v) => {
+                if out.iter().any(|o| o.target == v.target) {
+                    bail!("two volumes at {}", v.target);
+                }
+                out.push(v);
+            }
+            MountAsk::Bind { source, target } => bail!(
+                "{source}:{target}: host directories (bind mounts) are not supported yet; use a named volume (NAME:{target})"
+            ),
+        }
+    }
+    Ok(out)
+}
+
 /// The flags as the runtime's typed request.
 fn request(a: &RunArgs) -> Result<Request> {
     let publish = a
@@ -216,6 +243,7 @@ fn request(a: &RunArgs) -> Result<Request> {
     Ok(Request {
         image: a.image.clone(),
         name: a.name.clone(),
+        volumes: volumes_of(a)?,
         runtime: a.runtime,
         oci_runtime: a.oci_runtime.clone(),
         entrypoint: a.entrypoint.clone(),

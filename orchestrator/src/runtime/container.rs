@@ -59,6 +59,8 @@ pub enum PrepareError {
     Spec(#[from] oci_spec::OciSpecError),
     #[error("the process's user")]
     User(#[from] bulkhead_agent::passwd::UserError),
+    #[error("the workload's volumes")]
+    Volume(#[source] Box<super::volumes::VolumeError>),
 }
 
 pub(super) fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> PrepareError {
@@ -135,6 +137,11 @@ impl Container {
         join_namespaces(&mut spec, netns, userns.zip(cfg.userns))
             .and_then(|()| bind_etc_files(&mut spec, &etc))
             .inspect_err(|_| c.unmount())?;
+        let state = crate::state::State::new(paths.clone());
+        let vols = super::volumes::bind_for_container(cfg, &state, &ct, userns)
+            .map_err(|e| PrepareError::Volume(Box::new(e)))
+            .inspect_err(|_| c.unmount())?;
+        bind_volumes(&mut spec, &vols).inspect_err(|_| c.unmount())?;
         spec.save(c.bundle.join("config.json"))?;
         Ok(c)
     }
@@ -584,6 +591,28 @@ fn bind_etc_files(spec: &mut Spec, etc: &[(PathBuf, &'static str)]) -> Result<()
                 .typ("bind")
                 .source(src)
                 .options(vec!["rbind".to_string(), "rprivate".to_string()])
+                .build()?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// The spec binds the volumes (bound with the container's ids under its
+/// dir) at their paths; `:ro` ones read-only here too.
+fn bind_volumes(spec: &mut Spec, vols: &[(PathBuf, String, bool)]) -> Result<(), PrepareError> {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (src, dest, read_only) in vols {
+        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        if *read_only {
+            options.push("ro".into());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(src)
+                .options(options)
                 .build()?,
         );
     }

@@ -38,6 +38,8 @@ pub struct Request {
     pub image: String,
     /// Default: the image's name and a short id.
     pub name: Option<String>,
+    /// Named volumes to mount (made on first use), targets checked.
+    pub volumes: Vec<crate::state::volumes::VolumeMount>,
     pub runtime: RuntimeKind,
     /// crun or runc (`--runtime container`); default: crun if installed.
     pub oci_runtime: Option<String>,
@@ -176,6 +178,11 @@ pub fn create(
     req: &Request,
     assets: &mut dyn VmAssets,
 ) -> Result<Record, CreateError> {
+    if !req.volumes.is_empty() && req.runtime == RuntimeKind::Microvm {
+        return Err(CreateError::Input(
+            "volumes in microVMs (block volumes) are not supported yet; --runtime container mounts dir volumes".into(),
+        ));
+    }
     let store = Store::open(data).map_err(|e| CreateError::OpenStore(data.to_path_buf(), e))?;
     let manifest = store
         .resolve(&req.image)
@@ -257,6 +264,7 @@ pub fn create(
     }
     let want = want(&state, req)?;
     let name = name_for(req, &id)?;
+    volumes_for(&state, req, &store, &manifest)?;
     let p = state.paths().clone();
     let dir = p.workload_dir(&id);
     let mut rec = Record {
@@ -285,6 +293,7 @@ pub fn create(
                 RuntimeKind::Microvm => None,
             },
             health,
+            volumes: req.volumes.clone(),
         },
         running: None,
         exit: None,
@@ -309,6 +318,65 @@ pub fn create(
     drop(db);
     drop(net_lock);
     Ok(rec)
+}
+
+/// The volumes `req` mounts, checked under the store's hold (so no other
+/// `run` slips in between): each made now if it is not there yet (of the
+/// kind the runtime mounts), of that kind, not written by a live workload
+/// (one writer at a time), and, on its first use, filled from the image's
+/// content at its path.
+fn volumes_for(
+    state: &State,
+    req: &Request,
+    store: &Store,
+    manifest: &Digest,
+) -> Result<(), CreateError> {
+    use crate::state::volumes::{self, VolumeKind};
+    if req.volumes.is_empty() {
+        return Ok(());
+    }
+    let kind = VolumeKind::for_runtime(req.runtime);
+    let records = state.list()?;
+    let vol_err = |e: super::volumes::VolumeError| match e {
+        super::volumes::VolumeError::Input(m) => CreateError::Input(m),
+        super::volumes::VolumeError::State(s) => CreateError::State(s),
+        other => CreateError::asset("a volume", other),
+    };
+    let mut tree = None;
+    for m in &req.volumes {
+        let v = match volumes::get(state, &m.volume)? {
+            Some(v) => v,
+            None => {
+                eprintln!("bulkhead: making volume {:?} ({kind})", m.volume);
+                super::volumes::create(state, &m.volume, kind, volumes::DEFAULT_SIZE)
+                    .map_err(vol_err)?
+            }
+        };
+        if v.kind != kind {
+            return Err(CreateError::Input(format!(
+                "volume {:?} is a {} volume: a {} mounts {kind} volumes only (the host never mounts what a guest wrote, and a guest gets no host directory yet)",
+                v.name, v.kind, req.runtime
+            )));
+        }
+        if let Some(why) = volumes::conflict(&records, m) {
+            return Err(CreateError::Input(why));
+        }
+        if !v.used {
+            if tree.is_none() {
+                tree = Some(
+                    super::rootfs::ensure_tree(store, state.paths(), manifest)
+                        .map_err(|e| CreateError::asset("the image's tree", e))?,
+                );
+            }
+            if super::volumes::first_use(state, &v, tree.as_deref(), &m.target).map_err(vol_err)? {
+                eprintln!(
+                    "bulkhead: volume {:?} filled from the image's {}",
+                    v.name, m.target
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Image config + the request -> the process to run.

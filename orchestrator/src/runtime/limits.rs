@@ -54,24 +54,8 @@ fn size(mib: u64) -> String {
 /// `512m`, `1g`, `1024k`, plain bytes (a trailing `b` is allowed) -> MiB,
 /// rounded down; at least 1 MiB and at most [`MAX_MEMORY_MIB`].
 pub fn parse_memory(s: &str) -> Result<u64, LimitsError> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let syntax = || LimitsError::Syntax(s.to_string());
-    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(syntax());
-    }
-    let bytes = num
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(syntax)?;
+    let bytes =
+        crate::state::volumes::parse_bytes(s).ok_or_else(|| LimitsError::Syntax(s.to_string()))?;
     let mib = bytes >> 20;
     if mib == 0 || mib > MAX_MEMORY_MIB {
         return Err(LimitsError::OutOfRange {

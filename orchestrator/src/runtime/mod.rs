@@ -11,6 +11,10 @@
 //!                       exit.json    how it ended (supervisor; folded in
 //!                                    by the CLI)
 //!                       upper/ work/ rootfs/ bundle/  (container runtime)
+//! <data>/volumes/<name>/disk.ext4    a named volume (`volumes.rs`); mnt/:
+//!                                    a dir volume's host mount, bound into
+//!                                    containers at /run/bulkhead/ct/<id12>/
+//!                                    vols/N with their ids
 //! <data>/boot/<owner>/               each owner's own copy of the guest
 //!                                    kernel and initramfs, mapped into its
 //!                                    VMs (`boot_copies.rs`)
@@ -36,6 +40,7 @@ pub mod remove;
 pub mod rootfs;
 pub mod seccomp;
 pub mod supervisor;
+pub mod volumes;
 pub mod workload;
 
 /// A binary bulkhead ships (`bulkhead-vmm`, `bulkhead-jailer`, ...): the

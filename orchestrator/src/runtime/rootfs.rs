@@ -109,7 +109,8 @@ fn mount_layers(
             let lower = dir.join("lower");
             std::fs::create_dir_all(&lower)
                 .map_err(io(format_args!("create {}", lower.display())))?;
-            idmapped_bind(tree, &lower, ns).map_err(|e| PrepareError::Idmap(lower.clone(), e))?;
+            idmapped_bind(tree, &lower, ns, false)
+                .map_err(|e| PrepareError::Idmap(lower.clone(), e))?;
             let mode = std::fs::metadata(tree)
                 .map_err(io(format_args!("read {}", tree.display())))?
                 .permissions();
@@ -168,6 +169,7 @@ pub fn unmount_layers(paths: &Paths, id: &str) {
         let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
     let _ = std::fs::remove_dir(dir.join("lower"));
+    super::volumes::unbind_all(&ct);
     let _ = std::fs::remove_dir(ct.join("rootfs"));
     for f in ["hostname", "hosts", "resolv.conf"] {
         let _ = std::fs::remove_file(ct.join("etc").join(f));
@@ -179,7 +181,7 @@ pub fn unmount_layers(paths: &Paths, id: &str) {
 /// `<container base>/<id12>`: the base passable by anyone (0711, like
 /// /var/lib/docker's for remapped roots), the dir itself only by root and,
 /// with a user namespace, the container's root group (0710 root:BASE).
-fn container_dir(id: &str, base: Option<u32>) -> Result<PathBuf, PrepareError> {
+pub(super) fn container_dir(id: &str, base: Option<u32>) -> Result<PathBuf, PrepareError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let top = Paths::container_base();
     for d in [top.parent().unwrap_or(&top), top.as_path()] {
@@ -208,8 +210,15 @@ fn container_dir(id: &str, base: Option<u32>) -> Result<PathBuf, PrepareError> {
 }
 
 /// Binds `tree` at `at` through an idmapped mount: files the image owns as
-/// N show as the user namespace's N (base+N on the host).
-fn idmapped_bind(tree: &Path, at: &Path, userns: &OwnedFd) -> std::io::Result<()> {
+/// N show as the user namespace's N (base+N on the host); `read_only`
+/// makes the bind itself read-only (the host's mount, not the runtime's
+/// flag, refuses the writes).
+pub(super) fn idmapped_bind(
+    tree: &Path,
+    at: &Path,
+    userns: &OwnedFd,
+    read_only: bool,
+) -> std::io::Result<()> {
     let c =
         |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other);
     let (tree, at, empty) = (c(tree)?, c(at)?, CString::default());
@@ -229,7 +238,12 @@ fn idmapped_bind(tree: &Path, at: &Path, userns: &OwnedFd) -> std::io::Result<()
     // SAFETY: a new fd that nothing else owns.
     let clone = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_set: libc::MOUNT_ATTR_IDMAP
+            | if read_only {
+                libc::MOUNT_ATTR_RDONLY
+            } else {
+                0
+            },
         attr_clr: 0,
         propagation: 0,
         userns_fd: u64::try_from(userns.as_raw_fd()).map_err(std::io::Error::other)?,
@@ -265,17 +279,15 @@ fn idmapped_bind(tree: &Path, at: &Path, userns: &OwnedFd) -> std::io::Result<()
     Ok(())
 }
 
-/// Reads `rel` (at most 1 MiB) inside `root` as if `root` were `/`: symlinks
-/// and `..` in the image cannot reach the host's files.
-pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
-    use std::io::Read;
+/// Opens `rel` inside `root` as if `root` were `/` (`openat2` with
+/// RESOLVE_IN_ROOT, no magic links): symlinks and `..` in the image cannot
+/// reach the host's files. `None` when it is not there.
+pub fn open_in_root(root: &Path, rel: &str, flags: libc::c_int) -> Option<OwnedFd> {
     let dir = std::fs::File::open(root).ok()?;
     let path = CString::new(rel).ok()?;
     // SAFETY: open_how is plain integers; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    // Non-blocking: a FIFO the image put there opens at once (and is then
-    // refused as not a file) instead of hanging the supervisor.
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.flags = u64::try_from(flags).ok()?;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: openat2 reads `how` (of the size given) and the NUL-terminated path; both outlive the call.
     let fd = unsafe {
@@ -287,12 +299,21 @@ pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
             std::mem::size_of::<libc::open_how>(),
         )
     };
-    if fd < 0 {
-        return None;
-    }
-    let fd = std::os::fd::RawFd::try_from(fd).ok()?;
+    let fd = std::os::fd::RawFd::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)?;
     // SAFETY: openat2 returned a new fd that nothing else owns.
-    let f = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Reads `rel` (at most 1 MiB) inside `root` as if `root` were `/`: symlinks
+/// and `..` in the image cannot reach the host's files.
+pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
+    use std::io::Read;
+    // Non-blocking: a FIFO the image put there opens at once (and is then
+    // refused as not a file) instead of hanging the supervisor.
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+    let f = std::fs::File::from(open_in_root(root, rel, flags)?);
     if !f.metadata().ok()?.is_file() {
         return None;
     }

@@ -12,6 +12,7 @@
 //! net.rs       networks, address leases and the host's policy in the store
 //! subnet.rs    subnets, address allocation, MACs (pure)
 //! publish.rs   -p HOSTIP:HOSTPORT:PORT/PROTO parsing (pure)
+//! volumes.rs   named volumes in the store, `-v`/`--mount` parsing (pure)
 //! ```
 //!
 //! redb locks its file for as long as a `Database` is open, so every
@@ -31,6 +32,7 @@ pub mod procs;
 pub mod publish;
 pub mod record;
 pub mod subnet;
+pub mod volumes;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;

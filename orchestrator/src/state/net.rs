@@ -155,11 +155,14 @@ pub struct Want {
     pub no_internet: bool,
 }
 
-fn corrupt(e: serde_json::Error) -> StateError {
+pub(super) fn corrupt(e: serde_json::Error) -> StateError {
     StateError::Corrupt(e.to_string())
 }
 
-fn rows<T: redb::ReadableTable<&'static str, &'static [u8]>, V: serde::de::DeserializeOwned>(
+pub(super) fn rows<
+    T: redb::ReadableTable<&'static str, &'static [u8]>,
+    V: serde::de::DeserializeOwned,
+>(
     t: &T,
 ) -> Result<Vec<V>, StateError> {
     let mut v = Vec::new();
@@ -170,7 +173,7 @@ fn rows<T: redb::ReadableTable<&'static str, &'static [u8]>, V: serde::de::Deser
     Ok(v)
 }
 
-fn read_all<V: serde::de::DeserializeOwned>(
+pub(super) fn read_all<V: serde::de::DeserializeOwned>(
     state: &State,
     def: TableDefinition<&str, &[u8]>,
 ) -> Result<Vec<V>, StateError> {

@@ -32,6 +32,12 @@ impl Paths {
         self.data.join("workloads").join(id)
     }
 
+    /// A named volume's files: its filesystem image and, for a dir
+    /// volume, where the host mounts it (`state::volumes`).
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.data.join("volumes").join(name)
+    }
+
     /// Root trees of images for the container runtime, by manifest digest.
     pub fn trees(&self) -> PathBuf {
         self.data.join("trees")

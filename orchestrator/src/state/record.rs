@@ -181,6 +181,9 @@ pub struct WorkloadConfig {
     /// Its health check, run by its supervisor (`health.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<super::health::HealthSpec>,
+    /// Named volumes it mounts (`-v NAME:/path`), in the order asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<super::volumes::VolumeMount>,
 }
 
 /// The ids a container's user namespace maps: 0..SIZE inside are
@@ -341,6 +344,7 @@ pub fn test_record(id: &str, name: &str) -> Record {
             fencing: None,
             userns: None,
             health: None,
+            volumes: Vec::new(),
         },
         running: None,
         exit: None,

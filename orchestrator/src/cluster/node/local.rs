@@ -232,6 +232,8 @@ pub(super) fn start(
     let req = Request {
         image: spec.image.clone(),
         name: Some(k.workload_name()),
+        // Cluster services have no volumes yet.
+        volumes: Vec::new(),
         runtime: spec.runtime,
         oci_runtime: None,
         entrypoint: None,
