@@ -157,6 +157,7 @@ fn boot_probe(fstype: &str, marks: &pid1::BootMarks) -> ExitCode {
             fstype: fstype.into(),
         },
         scratch: None,
+        volumes: Vec::new(),
     };
     let result = pid1::mount_rest()
         .map_err(|e| bulkhead_agent_proto::report(&e))

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use bulkhead_agent_proto::{DnsSpec, HostEntry, RootSource, RootSpec};
+use bulkhead_agent_proto::{DnsSpec, HostEntry, RootSource, RootSpec, VolumeSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
@@ -175,6 +175,57 @@ pub fn enter(spec: &RootSpec) -> Result<(), RootError> {
     nix::unistd::chroot(".").map_err(sys("chroot"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     Ok(())
+}
+
+/// Mounts each volume (an ext4 disk) at its target, after [`enter`]: the
+/// paths resolve inside the root, dirs made as needed; read-only ones
+/// read-only (the host gives their disks read-only too).
+pub fn mount_volumes(volumes: &[VolumeSpec]) -> Result<(), RootError> {
+    for v in volumes {
+        mkdir(&v.target)?;
+        let mut flags = MsFlags::MS_NODEV;
+        if v.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        mount(
+            Some(v.device.as_str()),
+            v.target.as_str(),
+            Some("ext4"),
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| match e {
+            // A read-only disk whose journal was left to replay (its last
+            // VM lost its power while writing it): the replay would write.
+            nix::Error::EROFS if v.read_only => RootError::Spec(format!(
+                "volume at {}: its journal must be replayed first (the last VM that wrote it did not shut down); mount it read-write once",
+                v.target
+            )),
+            e => RootError::Sys {
+                what: format!("mount volume {} at {}", v.device, v.target),
+                source: e,
+            },
+        })?;
+    }
+    Ok(())
+}
+
+/// Unmounts the volumes (last mounted first) so that their filesystems are
+/// clean on disk; one still busy is remounted read-only instead. Errors
+/// are reported, not fatal: power-off follows, and the journal has the rest.
+pub fn unmount_volumes(targets: &[String]) {
+    for t in targets.iter().rev() {
+        if let Err(e) = nix::mount::umount(t.as_str()) {
+            let ro = mount(
+                None::<&str>,
+                t.as_str(),
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+            eprintln!("bulkhead-agent: unmount volume at {t}: {e} (read-only instead: {ro:?})");
+        }
+    }
 }
 
 /// Content of /etc/hosts: localhost, the hostname on the container's

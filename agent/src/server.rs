@@ -85,6 +85,9 @@ pub struct Agent<'a> {
     procs: HashMap<u32, Proc>,
     main: Option<u32>,
     started: bool,
+    /// Where the volumes are mounted: unmounted before power-off, so the
+    /// next VM finds them clean (no journal to replay).
+    volumes: Vec<String>,
     ack_timeout: Duration,
     phase: Phase,
 }
@@ -104,6 +107,7 @@ impl<'a> Agent<'a> {
             procs: HashMap::new(),
             main: None,
             started: false,
+            volumes: Vec::new(),
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             phase: Phase::Running,
         }
@@ -146,6 +150,8 @@ impl<'a> Agent<'a> {
         if let Some(mut c) = self.conn.take() {
             let _ = c.flush();
         }
+        // Every process is gone (reaped): nothing holds the volumes.
+        rootfs::unmount_volumes(&self.volumes);
         crate::pid1::power_off()
     }
 
@@ -434,6 +440,7 @@ impl<'a> Agent<'a> {
         }
         self.check_new_id(process)?;
         spec.process.validate().map_err(invalid)?;
+        spec.root.validate().map_err(invalid)?;
         let spec_err = |e: rootfs::RootError| invalid(bulkhead_agent_proto::report(&e));
         if let Some(h) = &spec.hostname {
             rootfs::check_etc_token("hostname", h).map_err(spec_err)?;
@@ -453,6 +460,8 @@ impl<'a> Agent<'a> {
             AgentError::new(ErrorKind::Failed, bulkhead_agent_proto::report(e))
         };
         rootfs::enter(&spec.root).map_err(|e| failed(&e))?;
+        rootfs::mount_volumes(&spec.root.volumes).map_err(|e| failed(&e))?;
+        self.volumes = spec.root.volumes.iter().map(|v| v.target.clone()).collect();
         if let Some(h) = &spec.hostname {
             nix::unistd::sethostname(h)
                 .map_err(|e| AgentError::new(ErrorKind::Failed, format!("sethostname: {e}")))?;

@@ -118,6 +118,7 @@ impl Vm {
                     fstype: "ext4".into(),
                 },
                 scratch: None,
+                volumes: Vec::new(),
             },
             hostname: Some("guest".into()),
             ..Default::default()

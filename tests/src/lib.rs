@@ -15,6 +15,7 @@ pub mod net_cases;
 pub mod netns;
 pub mod run_cases;
 pub mod testhost;
+pub mod volume_cases;
 
 /// Serialises tests that boot VMs: each boot costs a full core of emulation,
 /// and two side by side on a two-core machine only slow each other down.

@@ -86,6 +86,7 @@ impl NsAgent {
                     path: self.root.display().to_string(),
                 },
                 scratch: None,
+                volumes: Vec::new(),
             },
             ..Default::default()
         }

@@ -57,6 +57,25 @@ const RUN: Table = Table {
     ],
 };
 
+/// Named volumes in microVMs (`volume_cases`): block volumes made,
+/// filled, kept, read-only, one writer, a dir volume refused, a power cut
+/// mid-write that the next VM's journal replay and e2fsck find clean.
+const VOLUMES: Table = Table {
+    name: "volume-cases",
+    args: "",
+    prefix: "microvm/vol/",
+    wants: &[
+        "made-on-first-use-and-kept",
+        "filled-from-the-image",
+        "two-volumes-each-at-its-path",
+        "read-only-refused",
+        "one-writer-at-a-time",
+        "dir-volume-refused",
+        "power-cut-mid-write-then-fsck-clean",
+        "volumes-removed",
+    ],
+};
+
 /// A microVM service through the control plane: deployed, running on the
 /// node, its logs and an exec through the server, its VMM jailed, scaled
 /// to zero and gone.
@@ -168,7 +187,7 @@ fn table_failures(t: &Table, lines: &[&str], exit: Option<&str>) -> Vec<String> 
     out
 }
 
-/// The three microVM tables in one test-host boot (a nested boot is the
+/// The microVM tables in one test-host boot (a nested boot is the
 /// slow part) and one data dir, as on a real host. Their order leaves each
 /// what the next expects: the run table, the control plane, then
 /// networking, which removes the default network at its end. A table's
@@ -180,13 +199,16 @@ fn the_microvm_tables_pass_in_one_test_host() {
     let data = dir.path().join("data");
     // The root disk is built here: the test host has no mkfs.
     run_cases::prepare_store(&bulkhead(), &data, true).unwrap();
+    bulkhead_images::debian::ensure_packages(&["e2fsck-static"], &mut |m| eprintln!("{m}"))
+        .unwrap();
+    bulkhead_tests::volume_cases::prepare_fsck_image(&bulkhead(), &data).unwrap();
     // The container node's store: images only.
     let ct_store = dir.path().join("ct-store");
     run_cases::prepare_store(&bulkhead(), &ct_store, false).unwrap();
     // `BULKHEAD_TEST_TABLES=cluster-across,...`: only those (for working
     // on one; each still needs what the ones before it leave).
     let only = std::env::var("BULKHEAD_TEST_TABLES").unwrap_or_default();
-    let tables: Vec<Table> = [RUN, CLUSTER, ACROSS, NET]
+    let tables: Vec<Table> = [RUN, VOLUMES, CLUSTER, ACROSS, NET]
         .into_iter()
         .filter(|t| only.is_empty() || only.split(',').any(|n| n == t.name))
         .collect();

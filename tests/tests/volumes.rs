@@ -210,4 +210,7 @@ fn checks(c: &Ctx) {
     let o = c.bh(&["volume", "rm", "data", "small", "blk"]);
     assert!(o.status.success(), "{}", show(&o));
     assert!(!c.data.join("volumes/data").exists());
+    // The containers' binds went with them.
+    let left = run_cases::leftovers(c);
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -183,6 +183,57 @@ pub struct RootSpec {
     /// A read-write block device for the overlay's upper layer (formatted
     /// ext4); tmpfs when absent.
     pub scratch: Option<String>,
+    /// Disks mounted inside the root once it is entered (named volumes).
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A named volume: an ext4 disk mounted at `target` inside the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// `/dev/vdb` .. `/dev/vdz` (the root disk is `/dev/vda`).
+    pub device: String,
+    /// Absolute, without `.` or `..`, not `/`.
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Most volumes a workload mounts.
+pub const MAX_VOLUMES: usize = 16;
+
+impl RootSpec {
+    /// Checks the volumes: a data disk each (never the root's), each once,
+    /// at most [`MAX_VOLUMES`], targets absolute without `.`/`..`/NUL and
+    /// never `/`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(format!("more than {MAX_VOLUMES} volumes"));
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            let letter = v.device.strip_prefix("/dev/vd").unwrap_or_default();
+            if letter.len() != 1 || !matches!(letter.as_bytes()[0], b'b'..=b'z') {
+                return Err(format!(
+                    "volume device {:?}: /dev/vdb to /dev/vdz",
+                    v.device
+                ));
+            }
+            let parts: Vec<&str> = v.target.split('/').filter(|p| !p.is_empty()).collect();
+            if !v.target.starts_with('/')
+                || v.target.contains('\0')
+                || parts.is_empty()
+                || parts.iter().any(|p| *p == "." || *p == "..")
+            {
+                return Err(format!(
+                    "volume target {:?}: absolute, without . or .., not /",
+                    v.target
+                ));
+            }
+            if self.volumes[..i].iter().any(|o| o.device == v.device) {
+                return Err(format!("volume device {:?} given twice", v.device));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +346,49 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_specs_refuse_bad_volumes() {
+        let vol = |device: &str, target: &str| VolumeSpec {
+            device: device.into(),
+            target: target.into(),
+            read_only: false,
+        };
+        let spec = |volumes: Vec<VolumeSpec>| RootSpec {
+            volumes,
+            ..RootSpec::default()
+        };
+        assert_eq!(
+            spec(vec![vol("/dev/vdb", "/data"), vol("/dev/vdc", "/a/b")]).validate(),
+            Ok(())
+        );
+        for bad in [
+            vec![vol("/dev/vda", "/data")],
+            vec![vol("/dev/sda", "/data")],
+            vec![vol("/dev/vdbb", "/data")],
+            vec![vol("/dev/vd", "/data")],
+            vec![vol("/dev/vdB", "/data")],
+            vec![vol("/dev/vdb", "data")],
+            vec![vol("/dev/vdb", "/")],
+            vec![vol("/dev/vdb", "//")],
+            vec![vol("/dev/vdb", "/a/../b")],
+            vec![vol("/dev/vdb", "/a/./b")],
+            vec![vol("/dev/vdb", "/a\0b")],
+            vec![vol("/dev/vdb", "/a"), vol("/dev/vdb", "/b")],
+            (0..17)
+                .map(|i| vol(&format!("/dev/vd{}", char::from(b'b' + i)), "/x"))
+                .collect(),
+        ] {
+            assert!(spec(bad.clone()).validate().is_err(), "{bad:?} accepted");
+        }
+        // Unknown fields are refused, a missing list is empty.
+        assert!(serde_json::from_str::<VolumeSpec>(
+            r#"{"device":"/dev/vdb","target":"/a","read_only":false,"x":1}"#
+        )
+        .is_err());
+        let r: RootSpec = serde_json::from_str("{}").unwrap_or_default();
+        assert!(r.volumes.is_empty());
+    }
 
     #[test]
     fn messages_round_trip() {

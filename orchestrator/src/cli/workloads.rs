@@ -397,6 +397,7 @@ pub fn inspect(a: InspectArgs) -> Result<u8> {
         })),
         "limits": {"cpus": c.cpus, "memory_mib": c.memory_mib},
         "fencing": c.fencing,
+        "volumes": c.volumes,
         "pids": r.running.as_ref().map(|x| serde_json::json!({"supervisor": x.supervisor.pid, "runtime": x.runtime.map(|p| p.pid)})),
         "paths": {
             "dir": dir,

@@ -178,9 +178,15 @@ pub fn create(
     req: &Request,
     assets: &mut dyn VmAssets,
 ) -> Result<Record, CreateError> {
-    if !req.volumes.is_empty() && req.runtime == RuntimeKind::Microvm {
+    if req.volumes.len() > bulkhead_agent_proto::MAX_VOLUMES {
+        return Err(CreateError::Input(format!(
+            "at most {} volumes",
+            bulkhead_agent_proto::MAX_VOLUMES
+        )));
+    }
+    if !req.volumes.is_empty() && req.other_vmm.is_some() {
         return Err(CreateError::Input(
-            "volumes in microVMs (block volumes) are not supported yet; --runtime container mounts dir volumes".into(),
+            "another VMM runs without volumes".into(),
         ));
     }
     let store = Store::open(data).map_err(|e| CreateError::OpenStore(data.to_path_buf(), e))?;
@@ -224,7 +230,7 @@ pub fn create(
             let mut files = vm_files(data, owner, &store, &manifest, assets)?;
             // The VMM's configuration as it will get it, checked now (the
             // MAC comes with the address lease; it is ours, not asked for).
-            super::microvm::vm_config(&id, req.cpus, memory_mib, &files, None, false)
+            super::microvm::vm_config(&id, req.cpus, memory_mib, &files, None, false, &[])
                 .map_err(CreateError::Vm)?;
             if let Some(other) = &req.other_vmm {
                 if req.network != crate::network::NONE {

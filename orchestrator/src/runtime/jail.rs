@@ -150,6 +150,7 @@ pub fn command(
     vcpus: u32,
     memory_mib: u64,
     tap: bool,
+    volumes: &[super::volumes::VolumeDisk],
     netns: &Path,
 ) -> Command {
     let mut c = Command::new(&jail.jailer);
@@ -188,12 +189,15 @@ pub fn command(
     c.arg("--resource-limit")
         .arg(format!("NOFILE={NOFILE}"))
         .arg("--resource-limit")
-        .arg(format!("FSIZE={FSIZE_BYTES}"));
+        .arg(format!("FSIZE={}", fsize_for(volumes)));
     if tap {
         c.args(["--keep-fd", "3"]);
     }
     if disk_fd {
         c.args(["--keep-fd", &super::microvm::DISK_FD.to_string()]);
+        for fd in (super::microvm::VOLUME_FD_BASE..).take(volumes.len()) {
+            c.args(["--keep-fd", &fd.to_string()]);
+        }
     }
     // Fencing below the supervisor: the jailer kills the VMM by the lease
     // deadline too, if the supervisor is gone by then.
@@ -205,6 +209,16 @@ pub fn command(
     }
     c.arg("--").arg(&files.vmm);
     c
+}
+
+/// The VMM's file size limit: its log's cap, or a writable volume's size
+/// (RLIMIT_FSIZE bounds every write's offset, a disk's too).
+fn fsize_for(volumes: &[super::volumes::VolumeDisk]) -> u64 {
+    volumes
+        .iter()
+        .filter(|v| !v.read_only)
+        .map(|v| v.size)
+        .fold(FSIZE_BYTES, u64::max)
 }
 
 /// The VMM under a running jailer: its one child.

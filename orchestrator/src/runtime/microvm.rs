@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use bulkhead_agent_proto::{
     DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec,
-    StartRequest, AGENT_VSOCK_PORT,
+    StartRequest, VolumeSpec, AGENT_VSOCK_PORT,
 };
 use bulkhead_vmm::config::{
     ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
@@ -35,6 +35,10 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const CID: u32 = 3;
 /// A jailed VMM's root disk, passed open.
 pub const DISK_FD: i32 = 4;
+/// A jailed VMM's volume disks, passed open: 5, 6, ...
+pub const VOLUME_FD_BASE: i32 = 5;
+/// Where the disks' fds wait for their dup2 (above every target number).
+const FD_PARKING: i32 = 64;
 /// The guest kernel's command line.
 const CMDLINE: &str = bulkhead_images::kernel::GUEST_CMDLINE;
 
@@ -49,6 +53,7 @@ pub fn vm_config(
     files: &VmFiles,
     mac: Option<&str>,
     disk_fd: bool,
+    volumes: &[super::volumes::VolumeDisk],
 ) -> Result<VmConfig, ConfigError> {
     let vcpus = super::limits::vm_vcpus(cpus);
     let memory = memory_mib.unwrap_or(super::limits::DEFAULT_VM_MEMORY_MIB);
@@ -60,14 +65,30 @@ pub fn vm_config(
         memory_mib: u32::try_from(memory).unwrap_or(u32::MAX),
         // The image's root disk (read-only: an overlay on tmpfs in the
         // guest); a jailed VMM gets it open, as fd 4, and never its path.
-        disks: vec![DiskConfig {
+        // Then the volumes (/dev/vdb, ...), read-only where asked: the
+        // device refuses writes, not only the guest's mount.
+        disks: std::iter::once(DiskConfig {
             path: if disk_fd {
                 PathBuf::from(format!("fd:{DISK_FD}"))
             } else {
                 files.disk.path.clone()
             },
             read_only: files.disk.read_only,
-        }],
+        })
+        .chain(
+            volumes
+                .iter()
+                .zip(VOLUME_FD_BASE..)
+                .map(|(v, fd)| DiskConfig {
+                    path: if disk_fd {
+                        PathBuf::from(format!("fd:{fd}"))
+                    } else {
+                        v.path.clone()
+                    },
+                    read_only: v.read_only,
+                }),
+        )
+        .collect(),
         vsock: Some(VsockConfig {
             uds_path: Paths::vm_dir(id).join("vsock"),
             cid: CID,
@@ -173,6 +194,7 @@ impl Microvm {
         cfg: &WorkloadConfig,
         workload_dir: &Path,
         tap: Option<&OwnedFd>,
+        volumes: &[super::volumes::VolumeDisk],
         marks: &mut Vec<Mark>,
     ) -> Result<Self, BootError> {
         let files = cfg.vm.as_ref().ok_or(BootError::NoVmFiles)?;
@@ -194,7 +216,9 @@ impl Microvm {
         let mut cmd = match jail {
             Some(j) => {
                 let netns = jail::vmm_netns()?;
-                jail::command(j, cfg, files, &vm_dir, vcpus, memory, with_tap, &netns)
+                jail::command(
+                    j, cfg, files, &vm_dir, vcpus, memory, with_tap, volumes, &netns,
+                )
             }
             None => Command::new(&files.vmm),
         };
@@ -212,6 +236,7 @@ impl Microvm {
                     files,
                     mac,
                     jail.is_some(),
+                    volumes,
                 )?;
                 let path = vm_dir.join("vm.json");
                 let json = serde_json::to_vec_pretty(&vm)?;
@@ -232,28 +257,42 @@ impl Microvm {
                     }
                 }
                 if jail.is_some() {
-                    let disk = std::fs::File::options()
-                        .read(true)
-                        .write(!files.disk.read_only)
-                        .open(&files.disk.path)
-                        .map_err(io(format_args!("open {}", files.disk.path.display())))?;
-                    // Numbered above the fds the children get (3, 4), so
-                    // that no dup2 of ours closes another's source.
-                    let disk = nix::fcntl::fcntl(&disk, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-                        .map_err(|e| io("move the disk fd")(e.into()))?;
-                    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that is ours.
-                    let disk = unsafe { OwnedFd::from_raw_fd(disk) };
-                    // SAFETY: dup2 is async-signal-safe; it gives the VMM the
-                    // disk as fd 4 (without CLOEXEC), after the TAP's. `disk`
-                    // moves into the closure, so it stays open until the spawn.
-                    unsafe {
-                        cmd.pre_exec(move || {
-                            if libc::dup2(disk.as_raw_fd(), DISK_FD) < 0 {
-                                Err(std::io::Error::last_os_error())
-                            } else {
-                                Ok(())
-                            }
-                        });
+                    // The root disk as fd 4, the volumes' as 5, 6, ...
+                    let disks = std::iter::once((&files.disk.path, files.disk.read_only, DISK_FD))
+                        .chain(
+                            volumes
+                                .iter()
+                                .zip(VOLUME_FD_BASE..)
+                                .map(|(v, fd)| (&v.path, v.read_only, fd)),
+                        );
+                    for (path, read_only, target) in disks {
+                        let disk = std::fs::File::options()
+                            .read(true)
+                            .write(!read_only)
+                            .open(path)
+                            .map_err(io(format_args!("open {}", path.display())))?;
+                        // Parked above every number the children get (3,
+                        // 4, 5, ...), so that no dup2 of ours closes another's source.
+                        let disk = nix::fcntl::fcntl(
+                            &disk,
+                            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FD_PARKING),
+                        )
+                        .map_err(|e| io("move a disk fd")(e.into()))?;
+                        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that is ours.
+                        let disk = unsafe { OwnedFd::from_raw_fd(disk) };
+                        // SAFETY: dup2 is async-signal-safe; it gives the VMM
+                        // the disk as fd `target` (without CLOEXEC), after the
+                        // TAP's. `disk` moves into the closure, so it stays
+                        // open until the spawn.
+                        unsafe {
+                            cmd.pre_exec(move || {
+                                if libc::dup2(disk.as_raw_fd(), target) < 0 {
+                                    Err(std::io::Error::last_os_error())
+                                } else {
+                                    Ok(())
+                                }
+                            });
+                        }
                     }
                 }
                 cmd.arg("--config").arg(&path);
@@ -351,6 +390,17 @@ impl Microvm {
                     None => RootSource::default(),
                 },
                 scratch: None,
+                // Disk i+1 (after the root's /dev/vda) is the i-th volume.
+                volumes: cfg
+                    .volumes
+                    .iter()
+                    .zip(b'b'..=b'z')
+                    .map(|(m, letter)| VolumeSpec {
+                        device: format!("/dev/vd{}", char::from(letter)),
+                        target: m.target.clone(),
+                        read_only: m.read_only,
+                    })
+                    .collect(),
             },
             hostname: Some(crate::state::paths::short(&cfg.id).to_string()),
             network: cfg.network.as_ref().map(|a| NetworkSpec {

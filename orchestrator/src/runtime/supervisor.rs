@@ -229,7 +229,8 @@ async fn supervise(paths: Paths, id: String, mut notify: Option<std::fs::File>) 
             }
         }
         crate::state::record::RuntimeKind::Microvm => {
-            match Microvm::boot(&cfg, &dir, attached.tap.as_ref(), &mut marks).await {
+            let disks = super::volumes::disks_of(&cfg, &paths);
+            match Microvm::boot(&cfg, &dir, attached.tap.as_ref(), &disks, &mut marks).await {
                 Ok(m) => Backend::Microvm(Box::new(m)),
                 Err(e) => {
                     let report = failed(bulkhead_agent_proto::report(&e));

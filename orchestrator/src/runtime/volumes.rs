@@ -324,6 +324,32 @@ pub fn remove(state: &State, name: &str) -> Result<(), VolumeError> {
     })
 }
 
+/// A block volume as a microVM gets it: a disk of its own after the root's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDisk {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Its length (the jailed VMM may write files this large).
+    pub size: u64,
+}
+
+/// A microVM's volume disks, in the order its record names them (the
+/// guest's /dev/vdb, /dev/vdc, ...).
+pub fn disks_of(cfg: &WorkloadConfig, paths: &Paths) -> Vec<VolumeDisk> {
+    cfg.volumes
+        .iter()
+        .map(|m| {
+            let path = disk_path(paths, &m.volume);
+            let size = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
+            VolumeDisk {
+                path,
+                read_only: m.read_only,
+                size,
+            }
+        })
+        .collect()
+}
+
 /// Space the volume's image takes on the host's disk (it is sparse).
 pub fn allocated_bytes(paths: &Paths, name: &str) -> Option<u64> {
     std::fs::metadata(disk_path(paths, name))
