@@ -158,6 +158,8 @@ fn boot_probe(fstype: &str, marks: &pid1::BootMarks) -> ExitCode {
         },
         scratch: None,
         volumes: Vec::new(),
+        tmpfs: Vec::new(),
+        read_only: false,
     };
     let result = pid1::mount_rest()
         .map_err(|e| bulkhead_agent_proto::report(&e))

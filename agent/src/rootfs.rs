@@ -8,7 +8,7 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use bulkhead_agent_proto::{DnsSpec, HostEntry, RootSource, RootSpec, VolumeSpec};
+use bulkhead_agent_proto::{DnsSpec, HostEntry, RootSource, RootSpec, TmpfsSpec, VolumeSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
@@ -208,6 +208,42 @@ pub fn mount_volumes(volumes: &[VolumeSpec]) -> Result<(), RootError> {
         })?;
     }
     Ok(())
+}
+
+/// Mounts each tmpfs at its target, after [`enter`] (nosuid, nodev; noexec
+/// where asked), of its size.
+pub fn mount_tmpfs(list: &[TmpfsSpec]) -> Result<(), RootError> {
+    for t in list {
+        mkdir(&t.target)?;
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if t.noexec {
+            flags |= MsFlags::MS_NOEXEC;
+        }
+        let opts = format!("size={},mode={:o}", t.size_bytes, t.mode);
+        mount(
+            Some("tmpfs"),
+            t.target.as_str(),
+            Some("tmpfs"),
+            flags,
+            Some(opts.as_str()),
+        )
+        .map_err(sys(format!("tmpfs at {}", t.target)))?;
+    }
+    Ok(())
+}
+
+/// Makes the root read-only (`--read-only`), once everything the agent
+/// writes in it is written; what is mounted below it (/dev, /proc, /run,
+/// /tmp, tmpfs, volumes) stays as it is.
+pub fn seal_root() -> Result<(), RootError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(sys("make the root read-only"))
 }
 
 /// Unmounts the volumes (last mounted first) so that their filesystems are

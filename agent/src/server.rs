@@ -462,6 +462,7 @@ impl<'a> Agent<'a> {
         rootfs::enter(&spec.root).map_err(|e| failed(&e))?;
         rootfs::mount_volumes(&spec.root.volumes).map_err(|e| failed(&e))?;
         self.volumes = spec.root.volumes.iter().map(|v| v.target.clone()).collect();
+        rootfs::mount_tmpfs(&spec.root.tmpfs).map_err(|e| failed(&e))?;
         if let Some(h) = &spec.hostname {
             nix::unistd::sethostname(h)
                 .map_err(|e| AgentError::new(ErrorKind::Failed, format!("sethostname: {e}")))?;
@@ -480,6 +481,9 @@ impl<'a> Agent<'a> {
         if !spec.dns.nameservers.is_empty() {
             rootfs::write_etc("/etc/resolv.conf", &rootfs::resolv_conf(&spec.dns))
                 .map_err(|e| failed(&e))?;
+        }
+        if spec.root.read_only {
+            rootfs::seal_root().map_err(|e| failed(&e))?;
         }
         netlink::configure(spec.network.as_ref()).map_err(|e| failed(&e))?;
         if spec.exit_ack_timeout_ms > 0 {

@@ -119,6 +119,8 @@ impl Vm {
                 },
                 scratch: None,
                 volumes: Vec::new(),
+                tmpfs: Vec::new(),
+                read_only: false,
             },
             hostname: Some("guest".into()),
             ..Default::default()

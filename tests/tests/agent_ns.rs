@@ -87,6 +87,8 @@ impl NsAgent {
                 },
                 scratch: None,
                 volumes: Vec::new(),
+                tmpfs: Vec::new(),
+                read_only: false,
             },
             ..Default::default()
         }

@@ -58,20 +58,20 @@ const RUN: Table = Table {
 };
 
 /// Named volumes in microVMs (`volume_cases`): block volumes made,
-/// filled, kept, read-only, one writer, a dir volume refused, a power cut
-/// mid-write that the next VM's journal replay and e2fsck find clean.
+/// filled, kept, read-only, `--read-only` with `--tmpfs`, one writer, a
+/// dir volume refused, a power cut mid-write that the next VM's journal
+/// replay and e2fsck find clean, a smashed superblock harming nothing else.
 const VOLUMES: Table = Table {
     name: "volume-cases",
     args: "",
     prefix: "microvm/vol/",
     wants: &[
-        "made-on-first-use-and-kept",
-        "filled-from-the-image",
-        "two-volumes-each-at-its-path",
-        "read-only-refused",
+        "made-on-first-use-and-filled",
+        "kept-at-their-paths-ro-and-read-only-root",
         "one-writer-at-a-time",
         "dir-volume-refused",
         "power-cut-mid-write-then-fsck-clean",
+        "corrupt-superblock-harms-only-its-volume",
         "volumes-removed",
     ],
 };

@@ -7,7 +7,8 @@
 //! they have inside (a second container with another id block sees the
 //! same owners, and on the host they are no user of the node), a block
 //! volume (what guests write) is never mounted by the host, and a volume
-//! in use cannot be removed. Every workload runs with `--network none`:
+//! in use cannot be removed. `--read-only` and `--tmpfs` are here too.
+//! Every workload runs with `--network none`:
 //! nothing leaves the host.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -154,6 +155,39 @@ fn checks(c: &Ctx) {
     assert!(o.status.success(), "ended: free again: {}", show(&o));
     let o = c.bh(&["rm", "writer"]);
     assert!(o.status.success(), "{}", show(&o));
+    // --read-only: writes go to tmpfs and volumes only; --tmpfs is of its
+    // size (memory), noexec unless asked.
+    let script =
+        "touch /x; echo a > /scratch/a && echo b > /v/b && grep ' /scratch ' /proc/mounts \
+                  && ! dd if=/dev/zero of=/scratch/big bs=1M count=16 2>/dev/null";
+    let o = sh(
+        c,
+        &[
+            "--read-only",
+            "--tmpfs",
+            "/scratch:size=8m",
+            "-v",
+            "data:/v",
+        ],
+        script,
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("Read-only file system"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        text(&o.stdout).contains("noexec") && text(&o.stdout).contains("size=8192k"),
+        "{}",
+        show(&o)
+    );
+    let o = sh(c, &["--tmpfs", "/t:size=0"], "true");
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("size=0"),
+        "{}",
+        show(&o)
+    );
     // Its size caps what a workload writes: the node's disk is not its.
     let o = c.bh(&[
         "volume", "create", "--type", "dir", "--size", "32m", "small",
@@ -198,6 +232,20 @@ fn checks(c: &Ctx) {
             show(&o)
         );
     }
+    // A clash and a size the data dir cannot hold: refused, nothing made.
+    let o = c.bh(&["volume", "create", "--type", "dir", "small"]);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("exists already"),
+        "{}",
+        show(&o)
+    );
+    let o = c.bh(&["volume", "create", "--size", "16t", "huge"]);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("does not fit"),
+        "{}",
+        show(&o)
+    );
+    assert!(!c.data.join("volumes/huge").exists());
     let ls = c.bh(&["volume", "ls", "--format", "json"]);
     let vols: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
     let names: Vec<_> = vols
@@ -210,6 +258,38 @@ fn checks(c: &Ctx) {
     let o = c.bh(&["volume", "rm", "data", "small", "blk"]);
     assert!(o.status.success(), "{}", show(&o));
     assert!(!c.data.join("volumes/data").exists());
+    // 20 create/use/rm cycles: no mount, loop device or file left.
+    for i in 0..20 {
+        let name = format!("cycle{i}");
+        let o = sh(
+            c,
+            &["-v", &format!("{name}:/c")],
+            "echo x > /c/f && cat /c/f",
+        );
+        assert!(
+            o.status.success() && text(&o.stdout) == "x\n",
+            "{i}: {}",
+            show(&o)
+        );
+        let o = c.bh(&["volume", "rm", &name]);
+        assert!(o.status.success(), "{i}: {}", show(&o));
+    }
+    let data = c.data.display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&data), "mounts left: {mountinfo}");
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .unwrap();
+    assert!(
+        !text(&loops.stdout).contains(&data),
+        "loop devices left: {}",
+        text(&loops.stdout)
+    );
+    assert_eq!(
+        std::fs::read_dir(c.data.join("volumes")).unwrap().count(),
+        0
+    );
     // The containers' binds went with them.
     let left = run_cases::leftovers(c);
     assert!(left.is_empty(), "{left:?}");

@@ -185,6 +185,23 @@ pub struct RootSpec {
     pub scratch: Option<String>,
     /// Disks mounted inside the root once it is entered (named volumes).
     pub volumes: Vec<VolumeSpec>,
+    /// tmpfs mounted inside the root (`--tmpfs`).
+    pub tmpfs: Vec<TmpfsSpec>,
+    /// The root read-only once it is set up (`--read-only`): writes go to
+    /// tmpfs (/run, /tmp, [`RootSpec::tmpfs`]) and volumes only.
+    pub read_only: bool,
+}
+
+/// A tmpfs at `target` inside the root, of `size_bytes` at most.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TmpfsSpec {
+    /// Absolute, without `.` or `..`, not `/`.
+    pub target: String,
+    pub size_bytes: u64,
+    /// Permission bits of its root (at most 0o7777).
+    pub mode: u32,
+    pub noexec: bool,
 }
 
 /// A named volume: an ext4 disk mounted at `target` inside the root.
@@ -198,7 +215,22 @@ pub struct VolumeSpec {
     pub read_only: bool,
 }
 
-/// Most volumes a workload mounts.
+/// A mount's path inside the root: absolute, no `.`/`..`/NUL, not `/`.
+fn check_target(target: &str) -> Result<(), String> {
+    let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+    if !target.starts_with('/')
+        || target.contains('\0')
+        || parts.is_empty()
+        || parts.iter().any(|p| *p == "." || *p == "..")
+    {
+        return Err(format!(
+            "target {target:?}: absolute, without . or .., not /"
+        ));
+    }
+    Ok(())
+}
+
+/// Most volumes (and tmpfs) a workload mounts.
 pub const MAX_VOLUMES: usize = 16;
 
 impl RootSpec {
@@ -206,8 +238,17 @@ impl RootSpec {
     /// at most [`MAX_VOLUMES`], targets absolute without `.`/`..`/NUL and
     /// never `/`.
     pub fn validate(&self) -> Result<(), String> {
-        if self.volumes.len() > MAX_VOLUMES {
-            return Err(format!("more than {MAX_VOLUMES} volumes"));
+        if self.volumes.len() > MAX_VOLUMES || self.tmpfs.len() > MAX_VOLUMES {
+            return Err(format!("more than {MAX_VOLUMES} volumes or tmpfs"));
+        }
+        for t in &self.tmpfs {
+            check_target(&t.target).map_err(|e| format!("tmpfs {e}"))?;
+            if t.mode > 0o7777 || t.size_bytes == 0 {
+                return Err(format!(
+                    "tmpfs at {:?}: mode at most 07777, a size above 0",
+                    t.target
+                ));
+            }
         }
         for (i, v) in self.volumes.iter().enumerate() {
             let letter = v.device.strip_prefix("/dev/vd").unwrap_or_default();
@@ -217,17 +258,7 @@ impl RootSpec {
                     v.device
                 ));
             }
-            let parts: Vec<&str> = v.target.split('/').filter(|p| !p.is_empty()).collect();
-            if !v.target.starts_with('/')
-                || v.target.contains('\0')
-                || parts.is_empty()
-                || parts.iter().any(|p| *p == "." || *p == "..")
-            {
-                return Err(format!(
-                    "volume target {:?}: absolute, without . or .., not /",
-                    v.target
-                ));
-            }
+            check_target(&v.target).map_err(|e| format!("volume {e}"))?;
             if self.volumes[..i].iter().any(|o| o.device == v.device) {
                 return Err(format!("volume device {:?} given twice", v.device));
             }
@@ -380,6 +411,25 @@ mod tests {
                 .collect(),
         ] {
             assert!(spec(bad.clone()).validate().is_err(), "{bad:?} accepted");
+        }
+        let tmp = |target: &str, mode: u32, size_bytes: u64| RootSpec {
+            tmpfs: vec![TmpfsSpec {
+                target: target.into(),
+                size_bytes,
+                mode,
+                noexec: false,
+            }],
+            ..RootSpec::default()
+        };
+        assert_eq!(tmp("/scratch", 0o1777, 1 << 20).validate(), Ok(()));
+        for bad in [
+            tmp("/", 0o755, 1),
+            tmp("x", 0o755, 1),
+            tmp("/a/../b", 0o755, 1),
+            tmp("/t", 0o10000, 1),
+            tmp("/t", 0o755, 0),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} accepted");
         }
         // Unknown fields are refused, a missing list is empty.
         assert!(serde_json::from_str::<VolumeSpec>(

@@ -124,6 +124,14 @@ pub struct RunArgs {
     /// The same as type=volume,source=NAME,target=/PATH[,readonly].
     #[arg(long, value_name = "type=volume,source=NAME,target=/PATH[,readonly]")]
     mount: Vec<String>,
+    /// A tmpfs at /PATH (memory): size=SIZE (default 64m), mode=OCTAL
+    /// (default 1777), exec (default noexec); nosuid, nodev.
+    #[arg(long, value_name = "/PATH[:size=64m,mode=1777,exec]")]
+    tmpfs: Vec<String>,
+    /// The root filesystem read-only: writes go to tmpfs (/run, /tmp in a
+    /// microVM; --tmpfs) and volumes only.
+    #[arg(long)]
+    read_only: bool,
     // Docker flags bulkhead does not support yet: refused by name, never ignored.
     #[arg(long, hide = true)]
     privileged: bool,
@@ -244,6 +252,13 @@ fn request(a: &RunArgs) -> Result<Request> {
         image: a.image.clone(),
         name: a.name.clone(),
         volumes: volumes_of(a)?,
+        tmpfs: a
+            .tmpfs
+            .iter()
+            .map(|t| volumes::parse_tmpfs_flag(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?,
+        read_only_root: a.read_only,
         runtime: a.runtime,
         oci_runtime: a.oci_runtime.clone(),
         entrypoint: a.entrypoint.clone(),

@@ -141,7 +141,9 @@ impl Container {
         let vols = super::volumes::bind_for_container(cfg, &state, &ct, userns)
             .map_err(|e| PrepareError::Volume(Box::new(e)))
             .inspect_err(|_| c.unmount())?;
-        bind_volumes(&mut spec, &vols).inspect_err(|_| c.unmount())?;
+        bind_volumes(&mut spec, &vols)
+            .and_then(|()| add_tmpfs(&mut spec, &cfg.tmpfs))
+            .inspect_err(|_| c.unmount())?;
         spec.save(c.bundle.join("config.json"))?;
         Ok(c)
     }
@@ -170,7 +172,7 @@ impl Container {
         spec.set_process(Some(process));
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(self.rootfs.clone());
-        root.set_readonly(Some(false));
+        root.set_readonly(Some(cfg.read_only_root));
         spec.set_root(Some(root));
         spec.set_hostname(Some(crate::state::paths::short(&cfg.id).to_string()));
         let mut linux = spec.linux().clone().unwrap_or_default();
@@ -612,6 +614,36 @@ fn bind_volumes(spec: &mut Spec, vols: &[(PathBuf, String, bool)]) -> Result<(),
                 .destination(dest)
                 .typ("bind")
                 .source(src)
+                .options(options)
+                .build()?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// `--tmpfs`: the runtime mounts each (inside the container's namespaces,
+/// so its memory is the container's).
+fn add_tmpfs(
+    spec: &mut Spec,
+    list: &[crate::state::volumes::TmpfsMount],
+) -> Result<(), PrepareError> {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for t in list {
+        let mut options = vec![
+            "nosuid".to_string(),
+            "nodev".to_string(),
+            format!("size={}", t.size_bytes),
+            format!("mode={:o}", t.mode),
+        ];
+        if t.noexec {
+            options.push("noexec".into());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(&t.target)
+                .typ("tmpfs")
+                .source("tmpfs")
                 .options(options)
                 .build()?,
         );

@@ -40,6 +40,10 @@ pub struct Request {
     pub name: Option<String>,
     /// Named volumes to mount (made on first use), targets checked.
     pub volumes: Vec<crate::state::volumes::VolumeMount>,
+    /// `--tmpfs`, targets checked.
+    pub tmpfs: Vec<crate::state::volumes::TmpfsMount>,
+    /// `--read-only`.
+    pub read_only_root: bool,
     pub runtime: RuntimeKind,
     /// crun or runc (`--runtime container`); default: crun if installed.
     pub oci_runtime: Option<String>,
@@ -178,11 +182,22 @@ pub fn create(
     req: &Request,
     assets: &mut dyn VmAssets,
 ) -> Result<Record, CreateError> {
-    if req.volumes.len() > bulkhead_agent_proto::MAX_VOLUMES {
+    if req.volumes.len() > bulkhead_agent_proto::MAX_VOLUMES
+        || req.tmpfs.len() > bulkhead_agent_proto::MAX_VOLUMES
+    {
         return Err(CreateError::Input(format!(
-            "at most {} volumes",
+            "at most {} volumes and {0} tmpfs",
             bulkhead_agent_proto::MAX_VOLUMES
         )));
+    }
+    let targets = req
+        .volumes
+        .iter()
+        .map(|v| &v.target)
+        .chain(req.tmpfs.iter().map(|t| &t.target));
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = targets.into_iter().find(|t| !seen.insert(*t)) {
+        return Err(CreateError::Input(format!("two mounts at {twice}")));
     }
     if !req.volumes.is_empty() && req.other_vmm.is_some() {
         return Err(CreateError::Input(
@@ -300,6 +315,8 @@ pub fn create(
             },
             health,
             volumes: req.volumes.clone(),
+            tmpfs: req.tmpfs.clone(),
+            read_only_root: req.read_only_root,
         },
         running: None,
         exit: None,

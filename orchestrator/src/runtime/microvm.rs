@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use bulkhead_agent_proto::{
     DnsSpec, ErrorKind, ExitStatus, Fd, NetworkSpec, ProcessSpec, RootSource, RootSpec,
-    StartRequest, VolumeSpec, AGENT_VSOCK_PORT,
+    StartRequest, TmpfsSpec, VolumeSpec, AGENT_VSOCK_PORT,
 };
 use bulkhead_vmm::config::{
     ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
@@ -401,6 +401,17 @@ impl Microvm {
                         read_only: m.read_only,
                     })
                     .collect(),
+                tmpfs: cfg
+                    .tmpfs
+                    .iter()
+                    .map(|t| TmpfsSpec {
+                        target: t.target.clone(),
+                        size_bytes: t.size_bytes,
+                        mode: t.mode,
+                        noexec: t.noexec,
+                    })
+                    .collect(),
+                read_only: cfg.read_only_root,
             },
             hostname: Some(crate::state::paths::short(&cfg.id).to_string()),
             network: cfg.network.as_ref().map(|a| NetworkSpec {

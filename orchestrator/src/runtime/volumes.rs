@@ -70,6 +70,19 @@ pub fn create(
         created_ms: crate::state::record::now_ms(),
         used: false,
     };
+    // Sparse, but promised: a volume larger than what the data dir's
+    // filesystem has free would fail its workload's writes later instead.
+    if let Ok(fs) = nix::sys::statvfs::statvfs(state.paths().data()) {
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        if size_bytes > free {
+            return Err(VolumeError::Input(format!(
+                "volume {name:?} of {} MiB does not fit: {} has {} MiB free (--size, or `bulkhead volume create --size SIZE {name}` first)",
+                size_bytes >> 20,
+                state.paths().data().display(),
+                free >> 20
+            )));
+        }
+    }
     volumes::insert(state, &v)?;
     if let Err(e) = make_fs(state.paths(), &v, None) {
         let _ = std::fs::remove_dir_all(state.paths().volume_dir(name));

@@ -184,6 +184,12 @@ pub struct WorkloadConfig {
     /// Named volumes it mounts (`-v NAME:/path`), in the order asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<super::volumes::VolumeMount>,
+    /// `--tmpfs`, in the order asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<super::volumes::TmpfsMount>,
+    /// `--read-only`: its root filesystem read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
 }
 
 /// The ids a container's user namespace maps: 0..SIZE inside are
@@ -345,6 +351,8 @@ pub fn test_record(id: &str, name: &str) -> Record {
             userns: None,
             health: None,
             volumes: Vec::new(),
+            tmpfs: Vec::new(),
+            read_only_root: false,
         },
         running: None,
         exit: None,

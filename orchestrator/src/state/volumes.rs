@@ -80,6 +80,58 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
+/// A tmpfs in a workload (`--tmpfs /path[:size=..,mode=..,exec]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    pub target: String,
+    pub size_bytes: u64,
+    pub mode: u32,
+    pub noexec: bool,
+}
+
+/// A tmpfs's size when `--tmpfs` gives none (it is memory: the
+/// workload's, a container's counted in its cgroup).
+pub const DEFAULT_TMPFS_SIZE: u64 = 64 << 20;
+
+/// `--tmpfs /path[:OPTIONS]`, docker's options: `size=SIZE` (default 64m,
+/// 1m to 1t), `mode=OCTAL` (default 1777), `exec`/`noexec` (default
+/// noexec), `rw`, `nosuid`, `nodev` (always so).
+pub fn parse_tmpfs_flag(s: &str) -> Result<TmpfsMount, String> {
+    let flag = format!("--tmpfs {s}");
+    let (target, opts) = s.split_once(':').unwrap_or((s, ""));
+    let target = check_target(target).map_err(|e| format!("{flag}: {e}"))?;
+    let mut t = TmpfsMount {
+        target,
+        size_bytes: DEFAULT_TMPFS_SIZE,
+        mode: 0o1777,
+        noexec: true,
+    };
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o.split_once('=') {
+            Some(("size", v)) => {
+                t.size_bytes = parse_bytes(v)
+                    .filter(|b| (1 << 20..=1 << 40).contains(b))
+                    .ok_or_else(|| format!("{flag}: size={v}: 1m to 1t"))?;
+            }
+            Some(("mode", v)) => {
+                t.mode = u32::from_str_radix(v, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| format!("{flag}: mode={v}: octal, at most 7777"))?;
+            }
+            None if o == "exec" => t.noexec = false,
+            None if o == "noexec" => t.noexec = true,
+            None if matches!(o, "rw" | "nosuid" | "nodev") => {}
+            _ => {
+                return Err(format!(
+                    "{flag}: {o:?}: size=, mode=, exec, noexec, rw, nosuid, nodev"
+                ))
+            }
+        }
+    }
+    Ok(t)
+}
+
 /// What `-v` or `--mount` asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountAsk {
@@ -422,6 +474,38 @@ mod tests {
             "",
         ] {
             assert!(parse_mount_flag(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn dash_dash_tmpfs_takes_docker_options() {
+        let t = parse_tmpfs_flag("/run").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (t.target.as_str(), t.size_bytes, t.mode, t.noexec),
+            ("/run", 64 << 20, 0o1777, true)
+        );
+        let t = parse_tmpfs_flag("/scratch/:size=8m,mode=700,exec,rw")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (t.target.as_str(), t.size_bytes, t.mode, t.noexec),
+            ("/scratch", 8 << 20, 0o700, false)
+        );
+        for bad in [
+            "",
+            "run",
+            "/",
+            "/proc",
+            "/a/../b",
+            "/t:size=0",
+            "/t:size=2t",
+            "/t:size=big",
+            "/t:mode=9",
+            "/t:mode=17777",
+            "/t:uid=0",
+            "/t:ro",
+            "/t:suid",
+        ] {
+            assert!(parse_tmpfs_flag(bad).is_err(), "{bad:?} accepted");
         }
     }
 

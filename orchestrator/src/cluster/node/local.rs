@@ -232,8 +232,10 @@ pub(super) fn start(
     let req = Request {
         image: spec.image.clone(),
         name: Some(k.workload_name()),
-        // Cluster services have no volumes yet.
+        // Cluster services have no volumes or tmpfs yet.
         volumes: Vec::new(),
+        tmpfs: Vec::new(),
+        read_only_root: false,
         runtime: spec.runtime,
         oci_runtime: None,
         entrypoint: None,
