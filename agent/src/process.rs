@@ -15,7 +15,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::Pid;
 
-use bulkhead_agent_proto::{AgentError, ErrorKind, ProcessSpec, RlimitResource};
+use bulkhead_agent_proto::{
+    AgentError, CopyDirection, CopySpec, ErrorKind, ProcessSpec, RlimitResource,
+};
 
 use crate::passwd;
 
@@ -318,6 +320,107 @@ pub fn spawn(spec: &ProcessSpec, ns: Namespaces, own_pid_ns: &File) -> Result<Sp
         stderr,
         tty: pty_master,
     })
+}
+
+/// Starts one end of `bulkhead cp` (`bulkhead_agent::copy`): a child of
+/// ours in the container's mount namespace, so the copy sees the workload's
+/// files (volumes and tmpfs included) and nothing else of the guest. Its
+/// stdout (out) or stdin (in) carries the stream; stderr the reason it
+/// failed.
+pub fn spawn_copy(spec: &CopySpec, main: Pid) -> Result<Spawned, AgentError> {
+    spec.validate()
+        .map_err(|m| err(ErrorKind::InvalidRequest, m))?;
+    let mnt = File::open(format!("/proc/{main}/ns/mnt")).map_err(|e| {
+        err(
+            ErrorKind::InvalidRequest,
+            format!("the container's main process is gone: {e}"),
+        )
+    })?;
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(failed("pipe"));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (in_r, in_w) = pipe()?;
+    let ends = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    // SAFETY: the agent is single-threaded, so the child starts with no
+    // lock held by a vanished thread; it runs the copy and _exits.
+    match unsafe { nix::unistd::fork() }.map_err(failed("fork"))? {
+        nix::unistd::ForkResult::Child => {
+            let code = copy_child(spec, &mnt, ends);
+            // SAFETY: ends the child without running the parent's atexit handlers or destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((in_r, out_w, err_w));
+            let stdin = (spec.direction == CopyDirection::In).then_some(in_w);
+            for fd in [Some(&out_r), Some(&err_r), stdin.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                crate::pid1::set_nonblocking(fd, true)
+                    .map_err(|e| err(ErrorKind::Failed, format!("non-blocking stdio: {e}")))?;
+            }
+            Ok(Spawned {
+                pid: child,
+                stdin,
+                stdout: out_r,
+                stderr: Some(err_r),
+                tty: None,
+            })
+        }
+    }
+}
+
+/// The copy's child: stdio onto the pipes, nothing else of ours kept, into
+/// the container's mount namespace, then the copy. Its exit code.
+fn copy_child(spec: &CopySpec, mnt: &File, ends: [i32; 3]) -> i32 {
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    // SAFETY: plain syscalls on descriptors this process holds.
+    let ready = unsafe {
+        libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) == 0
+            && libc::dup2(ends[0], 0) == 0
+            && libc::dup2(ends[1], 1) == 1
+            && libc::dup2(ends[2], 2) == 2
+            && libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == 0
+            && libc::chdir(c"/".as_ptr()) == 0
+    };
+    if !ready {
+        eprintln!(
+            "bulkhead-agent: enter the container for the copy: {}",
+            std::io::Error::last_os_error()
+        );
+        return 1;
+    }
+    let root = std::path::Path::new("/");
+    use std::os::fd::FromRawFd;
+    // SAFETY: 0 and 1 are the pipes dup'ed above; nothing else here owns them.
+    let (stdin, stdout) = unsafe { (File::from_raw_fd(0), File::from_raw_fd(1)) };
+    let mut note = |n: String| eprintln!("{n}");
+    let done = match spec.direction {
+        CopyDirection::Out => bulkhead_agent::copy::send(
+            root,
+            &spec.path,
+            spec.follow_link,
+            bulkhead_agent::copy::IdShift(0),
+            std::io::BufWriter::with_capacity(64 << 10, stdout),
+            &mut note,
+        )
+        .map(|_| ()),
+        CopyDirection::In => bulkhead_agent::copy::receive(
+            root,
+            &spec.path,
+            spec.keep_owners,
+            bulkhead_agent::copy::IdShift(0),
+            std::io::BufReader::with_capacity(64 << 10, stdin),
+            &mut note,
+        ),
+    };
+    match done {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{}", bulkhead_agent_proto::report(&e));
+            1
+        }
+    }
 }
 
 /// Sets a pty's window size.

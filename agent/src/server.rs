@@ -394,6 +394,19 @@ impl<'a> Agent<'a> {
                     .map(|s| self.track(process, s, spec.stdin));
                 self.reply(id, r);
             }
+            ToAgent::Copy { id, process, spec } => {
+                let main_pid = self.check_new_id(process).and_then(|()| {
+                    match self.main.and_then(|m| self.procs.get(&m)) {
+                        Some(main) if main.status.is_none() => Ok(main.pid),
+                        _ => Err(invalid("the container is not running")),
+                    }
+                });
+                let stdin = spec.direction == bulkhead_agent_proto::CopyDirection::In;
+                let r = main_pid
+                    .and_then(|pid| process::spawn_copy(&spec, pid))
+                    .map(|s| self.track(process, s, stdin));
+                self.reply(id, r);
+            }
             ToAgent::Signal {
                 id,
                 process,

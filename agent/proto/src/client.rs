@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::flow::{RecvWindow, SendWindow};
 use crate::frame::{Fd, Frame, FrameDecoder, StreamId, DATA_CHUNK};
 use crate::messages::{
-    encode, AgentError, ExitStatus, FromAgent, Hello, ProcessSpec, StartRequest, ToAgent,
+    encode, AgentError, CopyDirection, CopySpec, ExitStatus, FromAgent, Hello, ProcessSpec,
+    StartRequest, ToAgent,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -203,6 +204,14 @@ impl AgentClient {
     pub async fn exec(&self, spec: ProcessSpec) -> Result<Process, ClientError> {
         let stdin = spec.stdin;
         self.spawn(stdin, |id, process| ToAgent::Exec { id, process, spec })
+            .await
+    }
+
+    /// Copies out of (its stdout carries the stream) or into (its stdin
+    /// does) the running container.
+    pub async fn copy(&self, spec: CopySpec) -> Result<Process, ClientError> {
+        let stdin = spec.direction == CopyDirection::In;
+        self.spawn(stdin, |id, process| ToAgent::Copy { id, process, spec })
             .await
     }
 

@@ -53,6 +53,9 @@ pub fn to_agent(data: &[u8]) {
             Ok(ToAgent::Exec { spec, .. }) => {
                 let _ = spec.validate();
             }
+            Ok(ToAgent::Copy { spec, .. }) => {
+                let _ = spec.validate();
+            }
             _ => {}
         },
         |f| {
@@ -72,6 +75,8 @@ pub fn from_agent(data: &[u8]) {
         data,
         |b| {
             let _ = FromAgent::decode(b);
+            // A copy stream's first line comes from the guest too.
+            let _ = crate::messages::CopyHeader::read_from(&mut &b[..]);
         },
         |f| {
             if let Frame::Credit { bytes, .. } = f {

@@ -32,6 +32,15 @@ pub enum ToAgent {
         rows: u16,
         cols: u16,
     },
+    /// Copy files out of or into the running container (`bulkhead cp`): a
+    /// process of the agent's own, whose stdout (out) or stdin (in) carries
+    /// a [`CopyHeader`] line and a tar stream; it ends with `Exited` like
+    /// any other (code 0, or 1 with the reason on stderr).
+    Copy {
+        id: u64,
+        process: u32,
+        spec: CopySpec,
+    },
     /// The host has the exit report of `process`.
     AckExit { process: u32 },
     /// Stop everything and power off.
@@ -311,6 +320,111 @@ pub struct NetworkSpec {
     pub mtu: Option<u32>,
 }
 
+/// Which way a copy goes, seen from the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyDirection {
+    /// From the workload to the host: the workload sends.
+    Out,
+    /// From the host into the workload: the workload receives.
+    In,
+}
+
+/// One end of `bulkhead cp` inside a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopySpec {
+    pub direction: CopyDirection,
+    /// The path in the workload, absolute, as the user wrote it: a trailing
+    /// `/.` (copy a directory's contents) and `/` (must be a directory)
+    /// keep docker's meaning.
+    pub path: String,
+    /// Out: follow the path if it is a symlink (`-L`).
+    pub follow_link: bool,
+    /// In: keep the owners the stream carries (`-a`); else everything
+    /// belongs to the workload's root.
+    pub keep_owners: bool,
+}
+
+/// Longest path a copy names.
+pub const MAX_COPY_PATH: usize = 4096;
+
+impl CopySpec {
+    /// An absolute path without NUL bytes, of at most [`MAX_COPY_PATH`].
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') || self.path.contains('\0') {
+            return Err(format!(
+                "copy path {:?}: absolute, without NUL bytes",
+                self.path
+            ));
+        }
+        if self.path.len() > MAX_COPY_PATH {
+            return Err(format!("copy path longer than {MAX_COPY_PATH} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// The first line of every copy stream (JSON, then `\n`, then a tar):
+/// what the tree's top entry is, so the receiving end can place it as
+/// `docker cp` does. The stream's entries all sit under `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyHeader {
+    /// One path component (no `/`, not `.` or `..`); empty for a bare tar
+    /// (`cp - NAME:DIR`) whose entries land in the directory as they are.
+    pub name: String,
+    pub dir: bool,
+    /// The source ended in `/.`: its contents, not the directory itself.
+    pub contents_only: bool,
+}
+
+/// Longest [`CopyHeader`] line accepted, newline included.
+pub const MAX_COPY_HEADER: usize = 1024;
+
+impl CopyHeader {
+    /// Reads and checks the header line (one byte at a time: the tar that
+    /// follows is not consumed).
+    pub fn read_from(r: &mut impl std::io::Read) -> Result<Self, String> {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            match r.read(&mut b) {
+                Ok(0) => return Err("the copy stream ended before its header".into()),
+                Ok(_) if b[0] == b'\n' => break,
+                Ok(_) => line.push(b[0]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading the copy header: {e}")),
+            }
+            if line.len() >= MAX_COPY_HEADER {
+                return Err(format!("copy header longer than {MAX_COPY_HEADER} bytes"));
+            }
+        }
+        let h: CopyHeader =
+            serde_json::from_slice(&line).map_err(|e| format!("bad copy header: {e}"))?;
+        h.validate()?;
+        Ok(h)
+    }
+
+    /// The header line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut v = encode(self);
+        v.push(b'\n');
+        v
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        if n.contains('/') || n.contains('\0') || n == "." || n == ".." || n.len() > 255 {
+            return Err(format!("copy header: bad name {n:?}"));
+        }
+        if n.is_empty() && !(self.dir && self.contents_only) {
+            return Err("copy header: an unnamed stream must be a directory's contents".into());
+        }
+        Ok(())
+    }
+}
+
 /// Most argv/env entries, groups, rlimits and hosts a request may carry.
 pub const MAX_LIST: usize = 4096;
 
@@ -377,6 +491,50 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_headers_round_trip_and_refuse_junk() {
+        let h = CopyHeader {
+            name: "data".into(),
+            dir: true,
+            contents_only: false,
+        };
+        let mut line = h.to_line();
+        line.extend_from_slice(b"tar bytes");
+        let mut r = &line[..];
+        assert_eq!(CopyHeader::read_from(&mut r), Ok(h));
+        assert_eq!(r, b"tar bytes", "the tar after the header is not consumed");
+        for bad in [
+            &b""[..],
+            b"{\"name\":\"a\",\"dir\":true,\"contents_only\":false}",
+            b"not json\n",
+            b"{\"name\":\"../x\",\"dir\":true,\"contents_only\":false}\n",
+            b"{\"name\":\"..\",\"dir\":true,\"contents_only\":false}\n",
+            b"{\"name\":\"\",\"dir\":false,\"contents_only\":false}\n",
+            b"{\"name\":\"a\",\"dir\":true,\"contents_only\":false,\"x\":1}\n",
+        ] {
+            assert!(
+                CopyHeader::read_from(&mut &bad[..]).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = vec![b' '; MAX_COPY_HEADER + 10];
+        assert!(CopyHeader::read_from(&mut &long[..]).is_err());
+        let spec = |path: &str| CopySpec {
+            direction: CopyDirection::Out,
+            path: path.into(),
+            follow_link: false,
+            keep_owners: false,
+        };
+        assert!(spec("/a/b").validate().is_ok());
+        for bad in ["a/b", "", "/a\0b"] {
+            assert!(spec(bad).validate().is_err(), "{bad:?} accepted");
+        }
+        assert!(spec(&format!("/{}", "a".repeat(MAX_COPY_PATH)))
+            .validate()
+            .is_err());
+    }
 
     #[test]
     fn root_specs_refuse_bad_volumes() {

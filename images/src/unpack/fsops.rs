@@ -36,6 +36,18 @@ impl Meta {
         })
     }
 
+    /// For a copy landing on the host: the owner replaced when given, the
+    /// setuid and setgid bits gone.
+    pub fn for_copy(self, owner: Option<(u32, u32)>) -> Self {
+        let (uid, gid) = owner.unwrap_or((self.uid, self.gid));
+        Self {
+            uid,
+            gid,
+            mode: self.mode & !0o6000,
+            ..self
+        }
+    }
+
     fn times(&self) -> (TimeSpec, TimeSpec) {
         let t = TimeSpec::new(self.mtime, 0);
         (t, t)

@@ -64,6 +64,8 @@ pub enum UnpackError {
     },
     #[error("layer digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("entry {0:?} is outside the copied file or directory")]
+    OutsideCopy(String),
     #[error("{path} is owned by {uid}:{gid}, outside the ids this user may hand out (its /etc/subuid and /etc/subgid ranges, mapped from 1): widen the ranges or run as root")]
     IdNotMapped { path: String, uid: u32, gid: u32 },
 }
@@ -114,6 +116,39 @@ pub struct Unpacker {
     report: Report,
     /// Bytes written since the free space was last looked at.
     unchecked: u64,
+    landing: Option<Landing>,
+}
+
+/// A `bulkhead cp` stream landing on the host ([`Unpacker::for_copy`]):
+/// every entry must sit under `top`, which lands as `to` (`None`: the top
+/// entry is the target itself, its children land in it); owners are
+/// `owner` when given. No whiteouts (a `.wh.` name is just a name), and
+/// never a setuid or setgid bit or a file capability: a tenant's file does
+/// not become a privileged program on the node.
+#[derive(Debug, Clone)]
+pub struct Landing {
+    /// Empty: a bare stream, entries land as they are.
+    pub top: Vec<u8>,
+    pub to: Option<Vec<u8>>,
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Landing {
+    /// The components an entry lands at; empty is the target itself.
+    fn place<'a>(&'a self, comps: Vec<&'a [u8]>, raw: &[u8]) -> Result<Vec<&'a [u8]>, UnpackError> {
+        if self.top.is_empty() {
+            return Ok(comps);
+        }
+        match comps.split_first() {
+            Some((first, rest)) if *first == self.top.as_slice() => Ok(self
+                .to
+                .as_deref()
+                .into_iter()
+                .chain(rest.iter().copied())
+                .collect()),
+            _ => Err(UnpackError::OutsideCopy(lossy(raw))),
+        }
+    }
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -128,7 +163,16 @@ impl Unpacker {
             limits,
             report: Report::default(),
             unchecked: u64::MAX,
+            landing: None,
         })
+    }
+
+    /// Unpacks a `bulkhead cp` stream into `target` (an existing
+    /// directory) as [`Landing`] says.
+    pub fn for_copy(target: &Path, limits: Limits, landing: Landing) -> Result<Self, UnpackError> {
+        let mut u = Self::new(target, limits)?;
+        u.landing = Some(landing);
+        Ok(u)
     }
 
     pub fn report(&self) -> &Report {
@@ -165,6 +209,7 @@ impl Unpacker {
         let mut created: HashSet<u64> = HashSet::new();
         let mut dir_times: Vec<(Vec<u8>, Meta)> = Vec::new();
         let mut dir_times_bytes = 0usize;
+        let landing = self.landing.clone();
         let mut entries = archive
             .entries()
             .map_err(|e| UnpackError::Tar(e.to_string()))?;
@@ -180,12 +225,23 @@ impl Unpacker {
                 }
                 let raw_path = entry.path_bytes().into_owned();
                 let comps = path::components(&raw_path)?;
+                let comps = match &landing {
+                    Some(l) => l.place(comps, &raw_path)?,
+                    None => comps,
+                };
                 let Some((name, parents)) = comps.split_last() else {
                     break 'entry; // the root itself: its metadata is ours
                 };
                 let kind = entry.header().entry_type();
-                let meta = Meta::from_header(entry.header())?;
-                match path::whiteout(name)? {
+                let mut meta = Meta::from_header(entry.header())?;
+                let whiteout = match &landing {
+                    Some(l) => {
+                        meta = meta.for_copy(l.owner);
+                        Whiteout::None
+                    }
+                    None => path::whiteout(name)?,
+                };
+                match whiteout {
                     Whiteout::Remove(target) => {
                         let dir = self.root.walk(parents, false, &raw_path)?;
                         if let Some(dir) = dir {
@@ -234,7 +290,10 @@ impl Unpacker {
                         if self.limits.min_free > 0 && self.unchecked >= every {
                             self.check_space(size, &raw_path)?;
                         }
-                        let xattrs = xattrs(&mut entry, &mut self.report);
+                        let mut xattrs = xattrs(&mut entry, &mut self.report);
+                        if landing.is_some() {
+                            xattrs.retain(|(n, _)| n.starts_with(b"user."));
+                        }
                         let file: OwnedFd = dir.create_file(name, &raw_path)?;
                         let copied = std::io::copy(
                             &mut (&mut entry).take(size),
@@ -271,8 +330,12 @@ impl Unpacker {
                                 ))
                             })?
                             .into_owned();
-                        let tcomps =
-                            path::components(&target).map_err(|e| UnpackError::Hardlink {
+                        let tcomps = path::components(&target)
+                            .and_then(|c| match &landing {
+                                Some(l) => l.place(c, &target),
+                                None => Ok(c),
+                            })
+                            .map_err(|e| UnpackError::Hardlink {
                                 link: lossy(&raw_path),
                                 target: lossy(&target),
                                 why: e.to_string(),
