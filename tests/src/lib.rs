@@ -8,6 +8,7 @@ pub mod agent_vm;
 pub mod busybox_root;
 pub mod cluster_across;
 pub mod cluster_cases;
+pub mod copy_cases;
 pub mod etcd;
 pub mod guest_initramfs;
 pub mod guest_probe;

@@ -76,6 +76,25 @@ const VOLUMES: Table = Table {
     ],
 };
 
+/// `bulkhead cp` with a microVM (`copy_cases`): a tree in and out through
+/// the agent with owners, modes, symlinks and content; a symlink out of
+/// the root refused both ways; nothing setuid made on the host; a stopped
+/// microVM's layer gone, and said so.
+const COPY: Table = Table {
+    name: "copy-cases",
+    args: "",
+    prefix: "microvm/cp/",
+    wants: &[
+        "round-trip-keeps-owners-modes-symlinks-content",
+        "without-a-owners-are-the-receivers",
+        "symlink-out-of-the-root-refused",
+        "no-setuid-on-the-host-and-no-whiteouts",
+        "bad-input-clear-errors",
+        "after-it-stopped",
+        "removed",
+    ],
+};
+
 /// A microVM service through the control plane: deployed, running on the
 /// node, its logs and an exec through the server, its VMM jailed, scaled
 /// to zero and gone.
@@ -208,7 +227,7 @@ fn the_microvm_tables_pass_in_one_test_host() {
     // `BULKHEAD_TEST_TABLES=cluster-across,...`: only those (for working
     // on one; each still needs what the ones before it leave).
     let only = std::env::var("BULKHEAD_TEST_TABLES").unwrap_or_default();
-    let tables: Vec<Table> = [RUN, VOLUMES, CLUSTER, ACROSS, NET]
+    let tables: Vec<Table> = [RUN, VOLUMES, COPY, CLUSTER, ACROSS, NET]
         .into_iter()
         .filter(|t| only.is_empty() || only.split(',').any(|n| n == t.name))
         .collect();

@@ -1,6 +1,7 @@
 //! The `bulkhead` command line.
 
 mod cluster;
+mod copy;
 mod image;
 pub(crate) mod kernel;
 mod network;
@@ -49,6 +50,9 @@ enum Command {
     /// A workload's details as JSON: image digest, runtime, VM size, pids,
     /// socket paths, exit status, times.
     Inspect(workloads::InspectArgs),
+    /// Copy files and directories between the host and a workload
+    /// (`NAME:PATH`), either way, as docker cp does.
+    Cp(copy::CpArgs),
     /// Networks: bridges, subnets and the firewall rules between workloads.
     #[command(subcommand, after_help = EXIT_CODES)]
     Network(network::NetworkCommand),
@@ -115,6 +119,21 @@ enum Command {
         #[arg(long)]
         kill_after_ms: u64,
     },
+    /// `bulkhead cp`'s end inside a container (started by its supervisor or
+    /// by `cp`; not for people).
+    #[command(name = "__copy", hide = true)]
+    Copy {
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        pid: Option<i32>,
+        #[arg(long)]
+        workload: Option<String>,
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        id_base: u32,
+    },
     /// A network's resolver (started for a network with workloads; not for people).
     #[command(name = "__dns", hide = true)]
     Dns {
@@ -179,6 +198,21 @@ pub fn main() -> ExitCode {
             kill_after_ms,
         } => return crate::runtime::fence_watch::main(&id, &deadline_file, kill_after_ms),
         Command::Dns { bridge } => return crate::network::dns::server::main(&bridge),
+        Command::Copy {
+            spec,
+            pid,
+            workload,
+            root,
+            id_base,
+        } => {
+            return ExitCode::from(crate::runtime::copy::helper_main(
+                &spec,
+                pid,
+                workload.as_deref(),
+                root.as_deref(),
+                id_base,
+            ))
+        }
         Command::Wg { iface, key } => {
             return crate::network::overlay::userspace::main(&iface, &key)
         }
@@ -190,6 +224,7 @@ pub fn main() -> ExitCode {
         Command::Kill(a) => (workloads::kill(a), 1),
         Command::Rm(a) => (workloads::rm(a), 1),
         Command::Inspect(a) => (workloads::inspect(a), 1),
+        Command::Cp(a) => (copy::cp(a).map(|()| 0), 1),
         Command::Kernel(cmd) => (kernel::run(cmd).map(|()| 0), 1),
         Command::Network(cmd) => (network::run(cmd).map(|()| 0), 1),
         Command::Volume(cmd) => (volume::run(cmd).map(|()| 0), 1),

@@ -63,6 +63,11 @@ pub enum Request {
     Stop {
         timeout_s: u64,
     },
+    /// `bulkhead cp`: the stream comes as stdout (out) or goes as stdin
+    /// (in), the reason it failed as stderr, then `Exit`.
+    Copy {
+        spec: bulkhead_agent_proto::CopySpec,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +138,15 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     kind: Kind,
     payload: &[u8],
 ) -> Result<(), FrameError> {
+    let head = head_of(kind, payload)?;
+    w.write_all(&head).await?;
+    w.write_all(payload).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// A frame's 5-byte head: kind, then the payload's length (LE).
+fn head_of(kind: Kind, payload: &[u8]) -> Result<[u8; 5], FrameError> {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     if len > MAX_FRAME {
         return Err(FrameError::TooLong(len));
@@ -140,10 +154,45 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     let mut head = [0u8; 5];
     head[0] = kind as u8;
     head[1..].copy_from_slice(&len.to_le_bytes());
-    w.write_all(&head).await?;
-    w.write_all(payload).await?;
-    w.flush().await?;
+    Ok(head)
+}
+
+/// The kind and payload length a head announces, checked.
+fn parse_head(head: [u8; 5]) -> Result<(Kind, usize), FrameError> {
+    let kind = Kind::from_u8(head[0]).ok_or(FrameError::UnknownKind(head[0]))?;
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong(len));
+    }
+    Ok((kind, len as usize))
+}
+
+/// [`write_frame`] on a blocking stream (`bulkhead cp`'s threads).
+pub fn write_frame_blocking(
+    w: &mut impl std::io::Write,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    let head = head_of(kind, payload)?;
+    w.write_all(&head)?;
+    w.write_all(payload)?;
     Ok(())
+}
+
+/// [`read_frame`] on a blocking stream.
+pub fn read_frame_blocking(
+    r: &mut impl std::io::Read,
+) -> Result<Option<(Kind, Vec<u8>)>, FrameError> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let (kind, len) = parse_head(head)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok(Some((kind, payload)))
 }
 
 pub async fn write_json<W: AsyncWrite + Unpin>(
@@ -168,12 +217,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let kind = Kind::from_u8(head[0]).ok_or(FrameError::UnknownKind(head[0]))?;
-    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLong(len));
-    }
-    let mut payload = vec![0u8; len as usize];
+    let (kind, len) = parse_head(head)?;
+    let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
     Ok(Some((kind, payload)))
 }

@@ -467,6 +467,26 @@ impl Container {
         self.spawn(cmd, console, log).map(|(p, _)| p)
     }
 
+    /// One end of `bulkhead cp`: our own helper (`bulkhead __copy`) in the
+    /// container's user and mount namespaces (`runtime::copy`).
+    pub fn copy(&self, spec: &bulkhead_agent_proto::CopySpec) -> Result<Proc, ExitReport> {
+        let pid = std::fs::read_to_string(self.bundle.join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .ok_or_else(|| failed("the container's pid file is missing"))?;
+        let cmd = super::copy::helper_command(
+            spec,
+            super::copy::Inside::Running {
+                pid,
+                workload: &self.id,
+            },
+        )
+        .map_err(|e| failed(format!("the copy helper: {e}")))?;
+        // The helper says why it failed on stderr; no runtime log.
+        let log = self.bundle.join("copy.log");
+        self.spawn(Command::from(cmd), None, log).map(|(p, _)| p)
+    }
+
     /// SIGKILL to every process of the container (it did not stop when told).
     pub async fn kill_all(&self) {
         let _ = Command::new(&self.runtime)
@@ -477,7 +497,10 @@ impl Container {
             .await;
     }
 
-    /// After the workload ended: the runtime's leftovers, the overlay mount.
+    /// After the workload ended: the runtime's leftovers and the volumes'
+    /// binds (a volume is free for its next writer). The root stays mounted
+    /// until `rm`, as docker keeps a stopped container's writable layer:
+    /// `bulkhead cp` reads and writes it (its memory stays taken until then).
     pub async fn cleanup(&self) {
         let _ = Command::new(&self.runtime)
             .args(["delete", "-f", &self.id])
@@ -485,7 +508,7 @@ impl Container {
             .stderr(std::process::Stdio::null())
             .status()
             .await;
-        self.unmount();
+        super::volumes::unbind_all(&Paths::container_dir(&self.id));
     }
 }
 

@@ -443,6 +443,17 @@ impl Microvm {
         Ok(drive(p, spec.stdin))
     }
 
+    /// One end of `bulkhead cp`, run by the agent in the container.
+    pub async fn copy(&self, spec: &bulkhead_agent_proto::CopySpec) -> Result<Proc, ExitReport> {
+        let stdin = spec.direction == bulkhead_agent_proto::CopyDirection::In;
+        let p = self
+            .client
+            .copy(spec.clone())
+            .await
+            .map_err(|e| self.report(e))?;
+        Ok(drive(p, stdin))
+    }
+
     fn report(&self, e: ClientError) -> ExitReport {
         match e {
             ClientError::Agent(a) => {

@@ -30,6 +30,7 @@ pub mod boot_copies;
 pub mod client;
 pub mod console;
 pub mod container;
+pub mod copy;
 pub mod create;
 pub mod fence_watch;
 pub mod health;

@@ -120,6 +120,13 @@ impl Backend {
             Backend::Microvm(m) => m.exec(p).await,
         }
     }
+
+    async fn copy(&self, spec: &bulkhead_agent_proto::CopySpec) -> Result<Proc, ExitReport> {
+        match self {
+            Backend::Container(c) => c.copy(spec),
+            Backend::Microvm(m) => m.copy(spec).await,
+        }
+    }
 }
 
 type OutputSender = mpsc::Sender<(Kind, Vec<u8>)>;
@@ -561,32 +568,53 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>, registered: Option<onesh
             input.abort();
         }
         Request::Exec { process } => {
-            let p = match shared.backend.exec(&process).await {
-                Ok(p) => p,
-                Err(report) => {
-                    let _ = attach::write_json(&mut wr, Kind::Exit, &report).await;
-                    return;
-                }
-            };
-            let Proc {
-                mut output,
-                stdin,
-                control,
-                exit,
-            } = p;
-            let input = tokio::spawn(client_input(rd, process.stdin.then_some(stdin), control));
-            while let Some((kind, data)) = output.recv().await {
-                if attach::write_frame(&mut wr, kind, &data).await.is_err() {
-                    break;
-                }
-            }
-            let report = exit
-                .await
-                .unwrap_or_else(|_| failed("the exec'd process was lost"));
-            let _ = attach::write_json(&mut wr, Kind::Exit, &report).await;
-            input.abort();
+            let p = shared.backend.exec(&process).await;
+            relay(p, process.stdin, true, rd, wr).await;
+        }
+        Request::Copy { spec } => {
+            let stdin = spec.direction == bulkhead_agent_proto::CopyDirection::In;
+            let p = shared.backend.copy(&spec).await;
+            relay(p, stdin, false, rd, wr).await;
         }
     }
+}
+
+/// Carries a started process's output to the client and the client's
+/// stdin (and, with `signals`, its signals and window size) to it, then its
+/// exit report.
+async fn relay(
+    p: Result<Proc, ExitReport>,
+    stdin: bool,
+    signals: bool,
+    rd: tokio::net::unix::OwnedReadHalf,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+) {
+    let p = match p {
+        Ok(p) => p,
+        Err(report) => {
+            let _ = attach::write_json(&mut wr, Kind::Exit, &report).await;
+            return;
+        }
+    };
+    let Proc {
+        mut output,
+        stdin: input_tx,
+        control,
+        exit,
+    } = p;
+    // A copy takes no signals: its process is ours, not the workload's.
+    let control = if signals { control } else { mpsc::channel(1).0 };
+    let input = tokio::spawn(client_input(rd, stdin.then_some(input_tx), control));
+    while let Some((kind, data)) = output.recv().await {
+        if attach::write_frame(&mut wr, kind, &data).await.is_err() {
+            break;
+        }
+    }
+    let report = exit
+        .await
+        .unwrap_or_else(|_| failed("the exec'd process was lost"));
+    let _ = attach::write_json(&mut wr, Kind::Exit, &report).await;
+    input.abort();
 }
 
 /// The stop signal, SIGKILL after `timeout`, and the VM ended from outside

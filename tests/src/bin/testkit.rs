@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         ["run-cases", data, cycles] => run_cases(data, cycles),
         ["net-cases", data, cycles] => net_cases(data, cycles),
         ["volume-cases", data] => microvm_table(data, "1", |ctx, _| bulkhead_tests::volume_cases::run_table(ctx)),
+        ["copy-cases", data] => microvm_table(data, "1", |ctx, _| bulkhead_tests::copy_cases::run_table(ctx)),
         ["cluster-cases", data, ..] => microvm_table(data, "1", |ctx, _| bulkhead_tests::cluster_cases::run_table(ctx)),
         ["cluster-across", data, container_store] => microvm_table(data, "1", |ctx, _| {
             bulkhead_tests::cluster_across::run_table(ctx, std::path::Path::new(container_store))
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
             let code = rt.block_on(bulkhead_tests::agent_vm::run_one(kernel, initrd, disk, &cmd));
             return ExitCode::from(u8::try_from(code).unwrap_or(125));
         }
-        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | run-cases DATA CYCLES | volume-cases DATA | net-cases DATA CYCLES | cluster-cases DATA | cluster-across DATA CONTAINER_STORE | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
+        _ => Err("usage: bulkhead-testkit vsock-connect UDS PORT MESSAGE | vsock-listen PATH REPLY REPORT | tap-create NAME | agent-e2e KERNEL AGENT_INITRD DISK BASELINE_INITRD SCRATCH | run-cases DATA CYCLES | volume-cases DATA | copy-cases DATA | net-cases DATA CYCLES | cluster-cases DATA | cluster-across DATA CONTAINER_STORE | agent-run KERNEL AGENT_INITRD DISK CMD...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
