@@ -341,6 +341,23 @@ fn is_pseudo(path: &Path) -> bool {
     .contains(&t)
 }
 
+/// The name a copy of `path` travels under: its last component as written
+/// (a symlink keeps its own name, as with docker), `rootfs` for the root.
+/// The receiving host expects exactly this name, so a workload cannot pick
+/// where its stream lands.
+pub fn top_name(path: &str) -> String {
+    let trimmed = path.trim_end_matches("/.").trim_end_matches('/');
+    match components(trimmed.as_bytes()).back() {
+        Some(c) if c != ".." => c.to_string_lossy().into_owned(),
+        _ => "rootfs".into(),
+    }
+}
+
+/// Whether a copy of `path` sends a directory's contents (`/.`, or `/`).
+pub fn contents_only(path: &str) -> bool {
+    path.ends_with("/.") || components(path.as_bytes()).is_empty()
+}
+
 /// Writes the stream for `path` (inside the workload, under `root`): its
 /// header line, then a tar of it (recursively, symlinks kept as links,
 /// owners as the workload numbers them). Sockets and device nodes are
@@ -354,7 +371,7 @@ pub fn send(
     mut out: impl Write,
     note: &mut dyn FnMut(String),
 ) -> Result<u64, CopyError> {
-    let contents_only = path.ends_with("/.") || components(path.as_bytes()).is_empty();
+    let contents_only = contents_only(path);
     let must_be_dir = path.ends_with('/') || contents_only;
     let src = resolve(root, path, follow_link || must_be_dir)?;
     let meta = std::fs::symlink_metadata(&src).map_err(|e| match e.kind() {
@@ -364,14 +381,11 @@ pub fn send(
     if must_be_dir && !meta.is_dir() {
         return Err(CopyError::NotADirectory(path.into()));
     }
-    let name = match src.strip_prefix(root).ok().and_then(Path::file_name) {
-        Some(n) => n.to_os_string(),
-        None => "rootfs".into(), // the root itself: only its contents go
-    };
+    let name = OsString::from(top_name(path));
     let header = CopyHeader {
-        name: name.to_string_lossy().into_owned(),
+        name: top_name(path),
         dir: meta.is_dir(),
-        contents_only: contents_only && meta.is_dir(),
+        contents_only,
     };
     header
         .validate()

@@ -153,6 +153,24 @@ fn stream_names_land_under_their_top_or_are_refused() {
 }
 
 #[test]
+fn a_copy_travels_under_the_name_it_was_asked_by() {
+    for (path, name, contents) in [
+        ("/srv/data", "data", false),
+        ("/srv/data/", "data", false),
+        ("/srv/data/.", "data", true),
+        ("/link", "link", false),
+        ("/", "rootfs", true),
+        ("/a/..", "rootfs", false),
+    ] {
+        assert_eq!(
+            (top_name(path), contents_only(path)),
+            (name.to_string(), contents),
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn ids_shift_by_the_base_and_stay_in_its_range() {
     let p = Path::new("/x");
     let s = IdShift(100_000);

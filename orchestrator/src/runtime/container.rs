@@ -97,6 +97,9 @@ pub struct Container {
     rootfs: PathBuf,
     data: Paths,
     hybrid_unshare: bool,
+    /// Its root stays mounted once it ended, until `rm` (a local
+    /// workload: `cp` reaches it); a cluster instance's goes at once.
+    keep_root: bool,
     execs: std::sync::atomic::AtomicU32,
     consoles: std::sync::atomic::AtomicU32,
 }
@@ -125,6 +128,7 @@ impl Container {
         let c = Container {
             id: cfg.id.clone(),
             hybrid_unshare: runtime == "crun" && hybrid_cgroups(),
+            keep_root: cfg.fencing.is_none(),
             runtime,
             bundle,
             rootfs,
@@ -498,9 +502,11 @@ impl Container {
     }
 
     /// After the workload ended: the runtime's leftovers and the volumes'
-    /// binds (a volume is free for its next writer). The root stays mounted
-    /// until `rm`, as docker keeps a stopped container's writable layer:
-    /// `bulkhead cp` reads and writes it (its memory stays taken until then).
+    /// binds (a volume is free for its next writer). A local workload's
+    /// root stays mounted until `rm`, as docker keeps a stopped container's
+    /// writable layer: `bulkhead cp` reads and writes it (its memory stays
+    /// taken until then). A cluster instance is replaced, not looked into:
+    /// its root goes now.
     pub async fn cleanup(&self) {
         let _ = Command::new(&self.runtime)
             .args(["delete", "-f", &self.id])
@@ -508,7 +514,11 @@ impl Container {
             .stderr(std::process::Stdio::null())
             .status()
             .await;
-        super::volumes::unbind_all(&Paths::container_dir(&self.id));
+        if self.keep_root {
+            super::volumes::unbind_all(&Paths::container_dir(&self.id));
+        } else {
+            self.unmount();
+        }
     }
 }
 

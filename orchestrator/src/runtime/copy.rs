@@ -277,7 +277,7 @@ pub fn copy(state: &State, req: &CopyRequest) -> Result<Copied, CopyError> {
                 check_host_dest(dest)?;
             }
             let peer = start(state, name, &spec)?;
-            copy_out(peer, dest, req.archive)
+            copy_out(peer, path, dest, req.archive)
         }
         (Endpoint::Host(src), Endpoint::Workload { name, path }) => {
             let spec = CopySpec {
@@ -471,9 +471,11 @@ fn stopped_container(r: &Record, spec: &CopySpec) -> Result<Peer, CopyError> {
         dev(p).is_some() && dev(p) != p.parent().and_then(dev)
     };
     if !mounted(&root) {
-        return Err(CopyError::Input(format!(
-            "{name} has ended and its writable layer is gone (the host restarted since)"
-        )));
+        return Err(CopyError::Input(if r.config.fencing.is_some() {
+            format!("{name} is an ended cluster instance: its writable layer went with it")
+        } else {
+            format!("{name} has ended and its writable layer is gone (the host restarted since)")
+        }));
     }
     let base = r.config.userns.as_ref().map(|u| u.base).ok_or_else(|| {
         CopyError::Input(format!(
@@ -565,7 +567,19 @@ fn broken_stream(e: &CopyError) -> bool {
     )
 }
 
-fn copy_out(mut peer: Peer, dest: &str, archive: bool) -> Result<Copied, CopyError> {
+/// The workload does not choose where its stream lands: the name and the
+/// contents-only flag must be the ones asked for.
+fn check_header(asked: &str, h: &CopyHeader) -> Result<(), CopyError> {
+    if h.name != engine::top_name(asked) || h.contents_only != engine::contents_only(asked) {
+        return Err(CopyError::Input(format!(
+            "the workload sent {:?} (contents only: {}) for {asked:?}: refused",
+            h.name, h.contents_only
+        )));
+    }
+    Ok(())
+}
+
+fn copy_out(mut peer: Peer, asked: &str, dest: &str, archive: bool) -> Result<Copied, CopyError> {
     let from = peer
         .from
         .take()
@@ -573,6 +587,7 @@ fn copy_out(mut peer: Peer, dest: &str, archive: bool) -> Result<Copied, CopyErr
     let mut from = BufReader::with_capacity(64 << 10, from);
     let here = (|| {
         let h = CopyHeader::read_from(&mut from).map_err(CopyError::There)?;
+        check_header(asked, &h)?;
         if dest == "-" {
             let mut out = std::io::stdout().lock();
             let bytes =
@@ -683,6 +698,25 @@ mod tests {
         assert_eq!(Endpoint::parse("web:/a:b"), w("web", "/a:b"));
         for host in ["/tmp/a:b", "./a:b", "-", "plain", "../x:y", ":x", "a/b:c"] {
             assert_eq!(Endpoint::parse(host), Endpoint::Host(host.into()), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_workload_cannot_choose_where_its_stream_lands() {
+        let h = |name: &str, contents_only: bool| CopyHeader {
+            name: name.into(),
+            dir: true,
+            contents_only,
+        };
+        assert!(check_header("/srv/data", &h("data", false)).is_ok());
+        assert!(check_header("/srv/data/.", &h("data", true)).is_ok());
+        for (asked, sent) in [
+            ("/srv/data", h("authorized_keys", false)),
+            ("/srv/data", h("data", true)),
+            ("/srv/data/.", h("data", false)),
+            ("/", h("etc", true)),
+        ] {
+            assert!(check_header(asked, &sent).is_err(), "{asked} {sent:?}");
         }
     }
 
