@@ -492,3 +492,95 @@ fn bad_input_is_refused_and_writes_nothing() {
         show(&table)
     );
 }
+
+/// `bench io` natively on containers, the short way (8 MiB files, 2 s per
+/// job at most, 2 runs); with `BULKHEAD_LONG=1` microVMs too (in the nested
+/// test host where /dev/kvm cannot boot Linux). Each figure is checked for
+/// what it claims: one per job, place and run, above zero, MiB/s for the
+/// sequential jobs and IOPS for the random ones; the bench's own volumes
+/// are gone after.
+#[test]
+fn io_reports_fio_figures_per_runtime_and_place() {
+    let long = std::env::var("BULKHEAD_LONG").is_ok_and(|v| v == "1");
+    let _vm = long.then(bulkhead_tests::vm_lock);
+    bulkhead_images::debian::ensure_packages(&["crun", "fio", "e2fsprogs"], &mut |m| {
+        eprintln!("{m}")
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    run_cases::prepare_store(&bulkhead(), &data, false).unwrap();
+    let runtimes: &[&str] = if long {
+        &["microvm", "crun"]
+    } else {
+        &["crun"]
+    };
+    let rt_list = runtimes.join(",");
+    let run = |args: &[&str]| {
+        Command::new(bulkhead())
+            .env("BULKHEAD_DATA", &data)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "bench",
+        "io",
+        "--runtimes",
+        &rt_list,
+        "--runs",
+        "2",
+        "--size",
+        "8m",
+        "--seconds",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_facts(&report, "io");
+    if long {
+        check_nested_note(&report);
+    }
+    assert!(
+        report["image"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("bulkhead-bench/fio:"),
+        "{report:#}"
+    );
+    for rt in runtimes {
+        for place in ["root", "volume"] {
+            let got = series(&report, &format!("{rt}/{place}"));
+            let jobs: Vec<&str> = got.iter().map(|(j, _)| j.as_str()).collect();
+            assert_eq!(
+                jobs,
+                ["seq-write", "seq-read", "rand-write", "rand-read"],
+                "{report:#}"
+            );
+            for (job, v) in &got {
+                assert!(
+                    v.len() == 2 && v.iter().all(|x| *x > 0.0),
+                    "{rt}/{place} {job}: {v:?}"
+                );
+            }
+        }
+    }
+    for s in report["series"].as_array().unwrap() {
+        let want = if s["phase"].as_str().unwrap().starts_with("seq-") {
+            "MiB/s"
+        } else {
+            "IOPS"
+        };
+        assert_eq!(s["unit"], want, "{s}");
+    }
+    let vols = run(&["volume", "ls", "--format", "json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&vols.stdout).trim(),
+        "[]",
+        "{}",
+        show(&vols)
+    );
+}

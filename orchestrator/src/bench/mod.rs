@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod density;
 pub mod facts;
+pub mod io;
 pub mod overhead;
 pub mod report;
 pub mod stats;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     /// included): startup CPU time, time to first output and exit, memory
     /// beyond the guest's pages.
     Overhead(overhead::OverheadArgs),
+    /// fio in the workload: sequential and random reads and writes on its
+    /// root filesystem and on a volume, per runtime.
+    Io(io::IoArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +74,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Overhead(a) => {
             let out = a.output.clone();
             (overhead::run(a)?, out)
+        }
+        BenchCommand::Io(a) => {
+            let out = a.output.clone();
+            (io::run(a)?, out)
         }
     };
     emit(&report, &out)
